@@ -1,0 +1,67 @@
+"""The pipeline, end to end: .nn file -> elaborated graph -> gradients -> passes -> module text."""
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+from .autodiff import differentiate
+from .codegen import Program, emit_module
+from .elaborate import elaborate_file
+from .errors import NNError
+from .ir import Model
+from .passes import eliminate_dead_code, optimize
+
+DTYPES = ("float32", "float64")
+
+
+def build(model: Model, *, optimized: bool = True, trace: bool = False) -> Program:
+    """Differentiate and optimise an elaborated model (mutating its graph) into a Program."""
+    G = model.graph
+    roots: dict = {("out", name): n for name, n in model.outputs.items()}
+    grads: dict[str, int | None] = {}
+    adjoints: dict[int, int] = {}
+    forward_nodes = list(G.nodes())
+    target = model.target
+    if target is not None:
+        wrt = {name: n for name, n in {**model.params, **model.inputs}.items() if G[n].dtype == "float"}
+        adjoints = differentiate(G, target, wrt.values())
+        for name, n in wrt.items():
+            grads[name] = adjoints.get(n)
+            if n in adjoints:
+                roots[("grad", name)] = adjoints[n]
+    if trace:
+        roots.update({("value", n): n for n in forward_nodes})
+        roots.update({("adjoint", n): a for n, a in adjoints.items()})
+    if optimized:
+        optimize(G, roots)
+    else:
+        eliminate_dead_code(G, roots)
+    program = Program(model, G, {k[1]: v for k, v in roots.items() if k[0] == "out"},
+                      {name: roots.get(("grad", name)) for name in grads})
+    if trace:
+        program.trace_values = {k[1]: v for k, v in roots.items() if k[0] == "value" and G[v].op != "const"}
+        program.trace_grads = {k[1]: v for k, v in roots.items() if k[0] == "adjoint"}
+    return program
+
+
+def compile_file(path: str | Path, *, dtype: str | None = None, optimized: bool = True,
+                 trace: bool = False) -> str:
+    """Compile a .nn file to the source text of a standalone numpy module."""
+    if dtype is not None and dtype not in DTYPES:
+        raise NNError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    model = elaborate_file(path, dtype)
+    return emit_module(build(model, optimized=optimized, trace=trace), trace=trace)
+
+
+def load_module(source: str, name: str = "nncompiled") -> types.ModuleType:
+    """Import generated source as a module object, without writing it anywhere."""
+    module = types.ModuleType(name)
+    module.__file__ = f"<{name}>"
+    code = compile(source, module.__file__, "exec")
+    exec(code, module.__dict__)  # noqa: S102 - our own generated code
+    return module
+
+
+def compile_and_load(path: str | Path, **options) -> types.ModuleType:
+    return load_module(compile_file(path, **options), Path(path).stem)

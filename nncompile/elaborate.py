@@ -1,0 +1,571 @@
+"""Elaboration: syntax tree -> IR graph.
+
+Resolves names, evaluates constants, instantiates layers (each call gets its own params,
+scoped by the name it is bound to: ``fc1.W``), unrolls ``repeat``, follows imports, and
+checks shapes as each node is built, so every error points at the user's text.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import syntax as S
+from .errors import Loc, NNError
+from .initializers import INITIALIZERS, fans
+from .ir import Graph, Model
+from .ops import REGISTRY, OpDef
+from .parser import parse_file
+from .shapes import Dim, Shape, ShapeError, show
+
+STDLIB = Path(__file__).resolve().parent / "stdlib"
+_BINOPS = {"add": "add", "sub": "sub", "mul": "mul", "div": "div", "matmul": "matmul", "pow": "pow"}
+
+
+@dataclass(frozen=True)
+class ParamInit:
+    """How a param gets its first value: an initialiser and its arguments."""
+
+    init: str
+    args: tuple[tuple[str, float], ...]
+    fan_in: int
+    fan_out: int
+
+
+@dataclass
+class Scope:
+    """Names visible while elaborating one file's top level or one layer instance."""
+
+    prefix: tuple[str, ...]
+    consts: dict[str, Any]
+    dims: dict[str, Dim] = field(default_factory=dict)
+    values: dict[str, int] = field(default_factory=dict)
+    defined: dict[str, Loc] = field(default_factory=dict)
+    auto_names: dict[str, int] = field(default_factory=dict)
+    instances: dict[str, Loc] = field(default_factory=dict)
+    in_layer: str | None = None
+
+    def qualify(self, name: str) -> str:
+        return ".".join((*self.prefix, name))
+
+    def define(self, name: str, loc: Loc) -> None:
+        if name in self.defined:
+            raise NNError(f"'{name}' is already defined", loc,
+                          notes=((f"'{name}' was first defined here", self.defined[name]),))
+        self.defined[name] = loc
+
+
+def elaborate_file(path: str | Path, dtype: str | None = None) -> Model:
+    """Parse and elaborate a .nn file (and what it imports)."""
+    module = parse_file(path)
+    return Elaborator(module.file, dtype).run(module)
+
+
+def elaborate(module: S.Module, dtype: str | None = None) -> Model:
+    return Elaborator(module.file, dtype).run(module)
+
+
+class Elaborator:
+    def __init__(self, file: str, dtype: str | None):
+        self.G = Graph()
+        self.model = Model(self.G, file)
+        self.dtype_override = dtype
+        self.layers: dict[str, tuple[S.Layer, Loc]] = {}
+        self.param_inits: dict[str, ParamInit] = {}
+        self.importing: list[str] = []
+        self.imported: set[str] = set()
+        self.globals: dict[str, Any] = {}
+        self.instance_results: set[int] = set()   # layer results named after their instance
+
+    # ---- files and statements ----------------------------------------------------------
+
+    def run(self, module: S.Module) -> Model:
+        top = Scope((), self.globals)
+        self.importing.append(str(Path(module.file).resolve()))
+        self.statements(module.body, top)
+        if self.dtype_override:
+            self.model.dtype = self.dtype_override
+        self.model.param_inits = self.param_inits
+        if not self.model.outputs and self.model.loss is None:
+            last = module.body[-1] if module.body else None
+            raise NNError("the model has no 'output' or 'minimize' statement, so nothing would be computed",
+                          last.loc if last else Loc(module.file, 1, 1))
+        return self.model
+
+    def statements(self, body: tuple[S.Stmt, ...], scope: Scope) -> int | None:
+        returned = None
+        for stmt in body:
+            if returned is not None:
+                raise NNError("statements after 'return' are never run", stmt.loc)
+            returned = self.statement(stmt, scope)
+        return returned
+
+    def statement(self, stmt: S.Stmt, scope: Scope) -> int | None:
+        top = scope.in_layer is None
+        if isinstance(stmt, S.Const):
+            scope.define(stmt.name, stmt.loc)
+            scope.consts[stmt.name] = self.const_eval(stmt.value, scope)
+        elif isinstance(stmt, S.Input):
+            self.top_only(stmt, scope, "input")
+            self.input(stmt, scope)
+        elif isinstance(stmt, S.Param):
+            self.param(stmt, scope)
+        elif isinstance(stmt, S.Assign):
+            scope.define(stmt.name, stmt.loc)
+            hint = stmt.name if isinstance(stmt.value, (S.Call, S.Repeat)) else None
+            node = self.expr(stmt.value, scope, scope_hint=hint)
+            self.bind(scope, stmt.name, node)
+        elif isinstance(stmt, S.Output):
+            self.top_only(stmt, scope, "output")
+            for name, loc in stmt.names:
+                self.model.outputs[name] = self.lookup(S.Ref(loc, tuple(name.split("."))), scope)
+        elif isinstance(stmt, S.Minimize):
+            self.top_only(stmt, scope, "minimize")
+            node = self.lookup(S.Ref(stmt.loc, (stmt.name,)), scope)
+            if self.G[node].shape != () or self.G[node].dtype != "float":
+                raise NNError(f"the loss must be a float scalar, but '{stmt.name}' is "
+                              f"{self.G[node].dtype}{show(self.G[node].shape)}; reduce it with sum() or mean()", stmt.loc)
+            if self.model.loss is not None:
+                raise NNError("only one 'minimize' statement is allowed", stmt.loc)
+            self.model.loss = node
+            self.model.outputs.setdefault(stmt.name, node)
+        elif isinstance(stmt, S.Return):
+            if top:
+                raise NNError("'return' is only allowed inside a layer", stmt.loc)
+            return self.expr(stmt.value, scope)
+        elif isinstance(stmt, S.Layer):
+            self.top_only(stmt, scope, "layer definition")
+            self.define_layer(stmt)
+        elif isinstance(stmt, S.Import):
+            self.top_only(stmt, scope, "import")
+            self.import_(stmt, scope)
+        elif isinstance(stmt, S.DType):
+            self.top_only(stmt, scope, "dtype")
+            self.model.dtype = stmt.dtype
+        elif isinstance(stmt, S.Phase):
+            raise NNError(f"'{stmt.phase}' blocks are not supported yet", stmt.loc)
+        return None
+
+    def top_only(self, stmt: S.Node, scope: Scope, what: str) -> None:
+        if scope.in_layer is not None:
+            raise NNError(f"{what} statements are not allowed inside layer '{scope.in_layer}'", stmt.loc)
+
+    def bind(self, scope: Scope, name: str, node: int) -> None:
+        """Name a value after the variable it is assigned to (``scores = affine(h) as fc2``)."""
+        scope.values[name] = node
+        if self.G[node].name is None or node in self.instance_results:
+            self.G.set(node, name=scope.qualify(name))
+            self.instance_results.discard(node)
+
+    def input(self, stmt: S.Input, scope: Scope) -> None:
+        scope.define(stmt.name, stmt.loc)
+        dtype, shape = "float", ()
+        if stmt.type is not None:
+            dtype = stmt.type.dtype or "float"
+            shape = self.shape(stmt.type, scope, symbolic=True)
+        elif stmt.default is None:
+            raise NNError(f"input '{stmt.name}' needs a type (like float[N, 3]) or a default value", stmt.loc)
+        if stmt.default is not None:
+            value = np.asarray(self.const_eval(stmt.default, scope), dtype=float if dtype == "float" else None)
+            if dtype == "int" and not np.issubdtype(value.dtype, np.integer):
+                raise NNError(f"input '{stmt.name}' is int, but its default is not an integer", stmt.default.loc)
+            if stmt.type is None:
+                shape = value.shape
+            elif value.shape != shape:
+                raise NNError(f"the default of '{stmt.name}' has shape {show(value.shape)}, "
+                              f"but the input is declared {show(shape)}", stmt.default.loc)
+            self.model.defaults[stmt.name] = value.tolist()
+        node = self.G.add("input", (), {"name": stmt.name, "shape": shape, "dtype": dtype},
+                          name=stmt.name, loc=stmt.loc)
+        scope.values[stmt.name] = node
+        self.model.inputs[stmt.name] = node
+
+    def param(self, stmt: S.Param, scope: Scope) -> None:
+        scope.define(stmt.name, stmt.loc)
+        if stmt.type is not None and stmt.type.dtype == "int":
+            raise NNError("params are trained by gradient descent, so they must be float", stmt.type.loc)
+        shape = self.shape(stmt.type, scope, symbolic=False) if stmt.type is not None else None
+        init = stmt.init
+        if isinstance(init, S.Call) and init.func in INITIALIZERS:
+            spec = INITIALIZERS[init.func]
+            known = dict(spec.args)
+            args = dict(known)
+            names = list(known)
+            if len(init.args) > len(names):
+                raise NNError(f"{init.func}() takes {len(names)} argument(s)", init.args[len(names)].loc)
+            for name, value in zip(names, init.args):
+                args[name] = float(self.const_eval(value, scope))
+            for name, value, loc in init.kwargs:
+                if name not in known:
+                    raise NNError(f"{init.func}() has no argument '{name}'"
+                                  + (f"; it takes {', '.join(names)}" if names else ""), loc)
+                args[name] = float(self.const_eval(value, scope))
+            if shape is None:
+                shape = ()
+            fan_in, fan_out = fans(shape)
+            spec_init = ParamInit(init.func, tuple(args.items()), fan_in, fan_out)
+        else:
+            value = np.asarray(self.const_eval(init, scope), dtype=float)
+            if shape is None:
+                shape = value.shape
+            elif value.shape not in ((), shape):
+                raise NNError(f"the initial value has shape {show(value.shape)}, but the param is {show(shape)}",
+                              init.loc)
+            spec_init = ParamInit("constant", (("value", value.tolist()),), *fans(shape))
+        name = scope.qualify(stmt.name)
+        node = self.G.add("param", (), {"name": name, "shape": shape, "dtype": "float"},
+                          name=name, loc=stmt.loc, scope=scope.prefix)
+        scope.values[stmt.name] = node
+        self.model.params[name] = node
+        self.param_inits[name] = spec_init
+
+    def shape(self, type_: S.Type, scope: Scope, symbolic: bool) -> Shape:
+        if type_.shape is None:
+            return ()
+        dims: list[Dim] = []
+        for expr in type_.shape:
+            if isinstance(expr, S.Ref) and len(expr.parts) == 1 and symbolic and \
+                    expr.name not in scope.consts and expr.name not in scope.dims:
+                dims.append(expr.name)  # a symbolic dim, bound when the module is called
+                continue
+            value = self.const_eval(expr, scope)
+            if isinstance(value, str):
+                if not symbolic:
+                    raise NNError(f"a param's shape cannot depend on the symbolic dim {value}", expr.loc)
+                dims.append(value)
+            elif isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0:
+                dims.append(int(value))
+            else:
+                raise NNError(f"a dimension must be a positive integer, not {value!r}", expr.loc)
+        return tuple(dims)
+
+    def define_layer(self, layer: S.Layer) -> None:
+        if layer.name in self.layers:
+            raise NNError(f"layer '{layer.name}' is already defined", layer.loc,
+                          notes=(("first defined here", self.layers[layer.name][1]),))
+        if layer.name in REGISTRY and REGISTRY[layer.name].public:
+            raise NNError(f"'{layer.name}' is a built-in op; give the layer another name", layer.loc)
+        seen: set[str] = set()
+        for arg in layer.args:
+            if arg.name in seen:
+                raise NNError(f"layer '{layer.name}' has two arguments named '{arg.name}'", arg.loc)
+            seen.add(arg.name)
+        self.layers[layer.name] = (layer, layer.loc)
+
+    def import_(self, stmt: S.Import, scope: Scope) -> None:
+        if stmt.is_path:
+            path = (Path(stmt.loc.file).parent / stmt.target).resolve()
+        else:
+            path = (STDLIB / f"{stmt.target}.nn").resolve()
+            if not path.is_file():
+                known = sorted(p.stem for p in STDLIB.glob("*.nn"))
+                raise NNError(f"no standard library module '{stmt.target}'"
+                              + (f"; there is {', '.join(known)}" if known else ""), stmt.loc)
+        if str(path) in self.importing:
+            raise NNError(f"import cycle: {path.name} imports itself", stmt.loc)
+        if str(path) in self.imported:
+            return
+        if not path.is_file():
+            raise NNError(f"cannot import {stmt.target}: no such file {path}", stmt.loc)
+        module = parse_file(path)
+        self.importing.append(str(path))
+        for inner in module.body:
+            if not isinstance(inner, (S.Const, S.Layer, S.Import)):
+                raise NNError("an imported file may only define consts and layers, and import others", inner.loc)
+            self.statement(inner, scope)
+        self.importing.pop()
+        self.imported.add(str(path))
+
+    # ---- compile-time constants --------------------------------------------------------
+
+    def const_eval(self, expr: S.Expr, scope: Scope) -> Any:
+        """Evaluate an expression that must be known at compile time (dims, attributes)."""
+        if isinstance(expr, S.Number):
+            return expr.value
+        if isinstance(expr, S.Bool):
+            return expr.value
+        if isinstance(expr, S.Ref) and len(expr.parts) == 1:
+            if expr.name in scope.consts:
+                return scope.consts[expr.name]
+            if expr.name in scope.dims:
+                return scope.dims[expr.name]
+            if expr.name in self.model.inputs or expr.name in scope.values:
+                raise NNError(f"'{expr.name}' is a tensor, but a constant is needed here", expr.loc)
+            raise self.unknown(expr.name, expr.loc, scope, consts_only=True)
+        if isinstance(expr, S.Neg):
+            value = self.const_eval(expr.operand, scope)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return -value
+        if isinstance(expr, S.ListExpr):
+            return [self.const_eval(item, scope) for item in expr.items]
+        if isinstance(expr, S.BinOp) and expr.op != "matmul":
+            left, right = self.const_eval(expr.left, scope), self.const_eval(expr.right, scope)
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (left, right)):
+                try:
+                    if expr.op == "div" and isinstance(left, int) and isinstance(right, int) and left % right == 0:
+                        return left // right
+                    return {"add": lambda: left + right, "sub": lambda: left - right, "mul": lambda: left * right,
+                            "div": lambda: left / right, "pow": lambda: left ** right}[expr.op]()
+                except (ZeroDivisionError, OverflowError) as exc:
+                    raise NNError(f"cannot evaluate this constant: {exc}", expr.loc) from None
+        raise NNError("a constant is needed here (a number, a const, or arithmetic on them)", expr.loc)
+
+    # ---- expressions -------------------------------------------------------------------
+
+    def expr(self, expr: S.Expr, scope: Scope, scope_hint: str | None = None) -> int:
+        if isinstance(expr, S.Number):
+            return self.constant(float(expr.value), expr.loc)
+        if isinstance(expr, S.Ref):
+            return self.lookup(expr, scope)
+        if isinstance(expr, S.BinOp):
+            left, right = self.expr(expr.left, scope), self.expr(expr.right, scope)
+            return self.op(_BINOPS[expr.op], [left, right], {}, expr.loc, scope)
+        if isinstance(expr, S.Neg):
+            if isinstance(expr.operand, S.Number):
+                return self.constant(-float(expr.operand.value), expr.loc)
+            return self.op("neg", [self.expr(expr.operand, scope)], {}, expr.loc, scope)
+        if isinstance(expr, S.Call):
+            return self.call(expr, scope, scope_hint)
+        if isinstance(expr, S.Repeat):
+            return self.repeat(expr, scope, scope_hint)
+        if isinstance(expr, S.ListExpr):
+            value = np.asarray(self.const_eval(expr, scope), dtype=float)
+            return self.G.add("const", (), {"value": value.tolist(), "shape": value.shape, "dtype": "float"},
+                              loc=expr.loc)
+        if isinstance(expr, S.Bool):
+            raise NNError("true and false are only allowed as op attributes (like keepdims=true)", expr.loc)
+        if isinstance(expr, S.Index):
+            raise NNError("indexing is not supported yet", expr.loc)
+        raise NNError("unsupported expression", expr.loc)  # pragma: no cover - the grammar has no others
+
+    def constant(self, value: float, loc: Loc | None) -> int:
+        return self.G.add("const", (), {"value": value, "shape": (), "dtype": "float"}, loc=loc)
+
+    def lookup(self, ref: S.Ref, scope: Scope) -> int:
+        name = ref.name
+        if name in scope.values:
+            return scope.values[name]
+        if len(ref.parts) == 1:
+            if name in scope.consts:
+                value = scope.consts[name]
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    return self.constant(float(value), ref.loc)
+                raise NNError(f"'{name}' is {value!r}, not a number", ref.loc)
+            if name in scope.dims:
+                dim = scope.dims[name]
+                if isinstance(dim, int):
+                    return self.constant(float(dim), ref.loc)
+                return self.G.add("dim", (), {"symbols": (dim,), "factor": 1}, loc=ref.loc)
+        raise self.unknown(name, ref.loc, scope)
+
+    def unknown(self, name: str, loc: Loc, scope: Scope, consts_only: bool = False) -> NNError:
+        pool = list(scope.consts) + list(scope.dims) + ([] if consts_only else list(scope.values))
+        close = difflib.get_close_matches(name, pool, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        if "." in name and name.split(".")[0] in scope.values:
+            hint = f"; '{name.split('.')[0]}' has no member '{name.split('.', 1)[1]}'" + hint
+        return NNError(f"unknown name '{name}'{hint}", loc)
+
+    def op(self, opname: str, args: list[int], attrs: dict[str, Any], loc: Loc, scope: Scope,
+           arg_locs: list[Loc] | None = None) -> int:
+        opdef = REGISTRY[opname]
+        try:
+            node = self.G.add(opname, args, attrs, loc=loc, scope=scope.prefix)
+        except ShapeError as exc:
+            where = arg_locs[exc.arg] if arg_locs and exc.arg is not None and exc.arg < len(arg_locs) else loc
+            raise NNError(exc.message, where) from None
+        if opdef.int_bounds:
+            for index, bound in opdef.int_bounds([self.G[a] for a in args]).items():
+                leaf = self.G[args[index]]
+                if leaf.op == "input":
+                    old = self.model.int_bounds.get(leaf.name, bound)
+                    self.model.int_bounds[leaf.name] = min(old, bound)
+        return node
+
+    def call(self, call: S.Call, scope: Scope, scope_hint: str | None) -> int:
+        if call.func in self.layers:
+            layer, _ = self.layers[call.func]
+            name = call.scope or scope_hint or self.auto_name(scope, call.func)
+            return self.instantiate(layer, call, name, scope, args=None)
+        if call.scope is not None:
+            raise NNError(f"'as {call.scope}' names a layer instance, but {call.func} is not a layer", call.loc)
+        opdef = REGISTRY.get(call.func)
+        if opdef is None or not opdef.public:
+            if call.func in INITIALIZERS:
+                raise NNError(f"{call.func}() is an initialiser: use it in a param declaration, "
+                              f"like 'param W: [3, 4] = {call.func}()'", call.loc)
+            known = [n for n, d in REGISTRY.items() if d.public] + list(self.layers)
+            close = difflib.get_close_matches(call.func, known, n=1)
+            raise NNError(f"unknown op or layer '{call.func}'" + (f"; did you mean '{close[0]}'?" if close else ""),
+                          call.loc)
+        return self.op_call(opdef, call, scope)
+
+    def op_call(self, opdef: OpDef, call: S.Call, scope: Scope) -> int:
+        attr_names = [a for a, _ in opdef.attrs]
+        if len(call.args) < opdef.arity:
+            raise NNError(f"{opdef.name}() takes {opdef.arity} tensor argument(s), got {len(call.args)}", call.loc)
+        if len(call.args) > opdef.arity + len(attr_names):
+            raise NNError(f"{opdef.name}() takes at most {opdef.arity + len(attr_names)} arguments",
+                          call.args[opdef.arity + len(attr_names)].loc)
+        args = [self.expr(a, scope) for a in call.args[:opdef.arity]]
+        attrs: dict[str, Any] = dict(opdef.attrs)
+        given: set[str] = set()
+        for name, value in zip(attr_names, call.args[opdef.arity:]):
+            attrs[name] = self.attr_value(value, scope)
+            given.add(name)
+        for name, value, loc in call.kwargs:
+            if name not in attrs:
+                raise NNError(f"{opdef.name}() has no argument '{name}'"
+                              + (f"; it takes {', '.join(attr_names)}" if attr_names else ""), loc)
+            if name in given:
+                raise NNError(f"{opdef.name}() got '{name}' twice", loc)
+            attrs[name] = self.attr_value(value, scope)
+            given.add(name)
+        if "shape" in attrs and attrs["shape"] is None:
+            raise NNError(f"{opdef.name}() needs a shape, like {opdef.name}(x, [2, 3])", call.loc)
+        return self.op(opdef.name, args, attrs, call.loc, scope, [a.loc for a in call.args])
+
+    def attr_value(self, expr: S.Expr, scope: Scope) -> Any:
+        value = self.const_eval(expr, scope)
+        if isinstance(value, list):
+            return tuple(value)
+        return value
+
+    def auto_name(self, scope: Scope, layer: str) -> str:
+        count = scope.auto_names.get(layer, 0) + 1
+        scope.auto_names[layer] = count
+        return f"{layer}_{count}"
+
+    def repeat(self, rep: S.Repeat, scope: Scope, scope_hint: str | None) -> int:
+        count = self.const_eval(rep.count, scope)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise NNError(f"repeat needs a positive whole number of times, not {count!r}", rep.count.loc)
+        call = rep.call
+        if call.func not in self.layers:
+            raise NNError(f"repeat applies a layer, but '{call.func}' is not one", call.loc)
+        if not call.args:
+            raise NNError("repeat feeds each result into the layer's first argument, so give it one", call.loc)
+        layer, _ = self.layers[call.func]
+        base = call.scope or scope_hint or self.auto_name(scope, call.func)
+        value = self.expr(call.args[0], scope)
+        rest = [self.expr(a, scope) for a in call.args[1:]]
+        for i in range(1, count + 1):
+            value = self.instantiate(layer, call, f"{base}.{i}", scope, args=[value, *rest])
+        return value
+
+    # ---- layers ------------------------------------------------------------------------
+
+    def instantiate(self, layer: S.Layer, call: S.Call, name: str, scope: Scope, args: list[int] | None) -> int:
+        """Inline one call of a layer: bind its arguments, build its body under scope ``name``."""
+        if name in scope.instances:
+            raise NNError(f"the layer instance name '{name}' is already used; name this call with 'as'",
+                          call.loc, notes=(("first used here", scope.instances[name]),))
+        scope.instances[name] = call.loc
+        inner = Scope((*scope.prefix, name), dict(self.globals), in_layer=layer.name)
+        bound = self.bind_layer_args(layer, call, scope, inner, args)
+        for arg in layer.args:
+            if arg.name in bound:
+                inner.define(arg.name, arg.loc)
+        try:
+            result = self.statements(layer.body, inner)
+        except NNError as exc:
+            if exc.loc is not None and exc.loc.file == layer.loc.file and \
+                    layer.loc.line <= exc.loc.line and call.loc.line != exc.loc.line:
+                exc.notes = (*exc.notes, (f"in layer '{layer.name}' called here as '{name}'", call.loc))
+            raise
+        if result is None:
+            raise NNError(f"layer '{layer.name}' has no 'return' statement", layer.loc)
+        if layer.returns is not None:
+            self.check_pattern(self.G[result].shape, layer.returns, inner, call.loc,
+                               f"{layer.name}() returns", bind=False)
+        self.model.layers[inner.prefix] = layer.name
+        for local, node in inner.values.items():
+            scope.values[f"{name}.{local}"] = node
+        if self.G[result].name is None:
+            self.G.set(result, name=".".join(inner.prefix))
+            self.instance_results.add(result)
+        return result
+
+    def bind_layer_args(self, layer: S.Layer, call: S.Call, scope: Scope, inner: Scope,
+                        given: list[int] | None) -> dict[str, Any]:
+        params = {a.name: a for a in layer.args}
+        order = [a.name for a in layer.args]
+        values: dict[str, tuple[Any, Loc]] = {}
+        positional = call.args
+        if len(positional) > len(order):
+            raise NNError(f"{layer.name}() takes {len(order)} argument(s) but {len(positional)} were given",
+                          positional[len(order)].loc)
+        for i, (arg_name, expr) in enumerate(zip(order, positional)):
+            values[arg_name] = (("node", given[i]) if given is not None else ("expr", expr), expr.loc)
+        for kw, expr, loc in call.kwargs:
+            if kw not in params:
+                close = difflib.get_close_matches(kw, order, n=1)
+                raise NNError(f"{layer.name}() has no argument '{kw}'"
+                              + (f"; did you mean '{close[0]}'?" if close else f"; it takes {', '.join(order)}"), loc)
+            if kw in values:
+                raise NNError(f"{layer.name}() got argument '{kw}' twice", loc)
+            values[kw] = (("expr", expr), loc)
+        bound: dict[str, Any] = {}
+        for arg in layer.args:
+            if arg.name not in values:
+                if arg.default is None:
+                    raise NNError(f"{layer.name}() is missing argument '{arg.name}'", call.loc,
+                                  notes=((f"'{arg.name}' is declared here", arg.loc),))
+                values[arg.name] = (("expr", arg.default), arg.loc)
+                default_scope = inner
+            else:
+                default_scope = scope
+            (kind, payload), loc = values[arg.name]
+            if arg.is_attribute:
+                if kind == "node":
+                    raise NNError(f"'{arg.name}' of {layer.name}() is a {arg.type.dtype} attribute, not a tensor", loc)
+                value = self.const_eval(payload, default_scope)
+                want = arg.type.dtype
+                if want == "int" and not (isinstance(value, int) and not isinstance(value, bool)):
+                    raise NNError(f"{layer.name}() needs an int for '{arg.name}', not {value!r}", loc)
+                if want == "float" and not isinstance(value, (int, float)):
+                    raise NNError(f"{layer.name}() needs a number for '{arg.name}', not {value!r}", loc)
+                inner.consts[arg.name] = float(value) if want == "float" else value
+                bound[arg.name] = value
+            else:
+                node = payload if kind == "node" else self.expr(payload, default_scope)
+                if arg.type is not None:
+                    actual = self.G[node]
+                    if arg.type.dtype and arg.type.dtype != actual.dtype:
+                        raise NNError(f"{layer.name}() needs {arg.type.dtype} for '{arg.name}', "
+                                      f"but got {actual.dtype}{show(actual.shape)}", loc)
+                    self.check_pattern(actual.shape, arg.type.shape or (), inner, loc,
+                                       f"argument '{arg.name}' of {layer.name}()", bind=True)
+                inner.values[arg.name] = node
+                bound[arg.name] = node
+        return bound
+
+    def check_pattern(self, shape: Shape, pattern: tuple[S.Expr, ...], inner: Scope, loc: Loc,
+                      what: str, bind: bool) -> None:
+        """Match a shape against ``[B, K]``: unbound names bind, known ones must agree."""
+        expected = "[" + ", ".join(_show_expr(e) for e in pattern) + "]"
+        if len(shape) != len(pattern):
+            raise NNError(f"{what} must have shape {expected} (rank {len(pattern)}), "
+                          f"but it has shape {show(shape)}", loc)
+        for axis, (dim, expr) in enumerate(zip(shape, pattern)):
+            if bind and isinstance(expr, S.Ref) and len(expr.parts) == 1 and \
+                    expr.name not in inner.consts and expr.name not in inner.dims:
+                inner.dims[expr.name] = dim
+                if isinstance(dim, int):
+                    inner.consts[expr.name] = dim
+                continue
+            want = self.const_eval(expr, inner)
+            if want != dim:
+                raise NNError(f"{what} must have shape {expected}, but it has shape {show(shape)}: "
+                              f"dim {axis + 1} is {dim}, expected {_show_expr(expr)} = {want}", loc)
+
+
+def _show_expr(expr: S.Expr) -> str:
+    if isinstance(expr, S.Ref):
+        return expr.name
+    if isinstance(expr, S.Number):
+        return str(expr.value)
+    return "?"

@@ -1,0 +1,74 @@
+"""Errors a user can cause, reported against their own text.
+
+Every stage raises :class:`NNError` with the location of the offending source; the CLI
+prints it as ``FILE:LINE:COL: error: MESSAGE`` followed by the line and a caret.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Loc:
+    """A position in a .nn file (1-based line and column)."""
+
+    file: str
+    line: int
+    col: int
+    end_col: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+class Sources:
+    """The text of every file read during a compile, so errors can quote it."""
+
+    _texts: dict[str, str] = {}
+
+    @classmethod
+    def add(cls, file: str, text: str) -> None:
+        cls._texts[file] = text
+
+    @classmethod
+    def line(cls, file: str, line: int) -> str | None:
+        text = cls._texts.get(file)
+        if text is None:
+            try:
+                text = Path(file).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                return None
+        lines = text.splitlines()
+        return lines[line - 1] if 0 < line <= len(lines) else None
+
+
+class NNError(Exception):
+    """A mistake in the user's model, inputs or files."""
+
+    def __init__(self, message: str, loc: Loc | None = None, file: str | None = None,
+                 notes: tuple[tuple[str, Loc], ...] = ()):
+        super().__init__(message)
+        self.message = message
+        self.loc = loc
+        self.file = file if file is not None else (loc.file if loc else None)
+        self.notes = notes
+
+    def format(self) -> str:
+        if self.loc is None:
+            where = f"{self.file}: " if self.file else ""
+            return f"{where}error: {self.message}"
+        text = [f"{self.loc}: error: {self.message}"]
+        source = Sources.line(self.loc.file, self.loc.line)
+        if source is not None:
+            printable = source.expandtabs(1)
+            width = max(1, (self.loc.end_col or self.loc.col + 1) - self.loc.col)
+            width = min(width, max(1, len(printable) - self.loc.col + 1))
+            text.append(f"    {printable}")
+            text.append("    " + " " * (self.loc.col - 1) + "^" + "~" * (width - 1))
+        for note, where in self.notes:
+            text.append(f"{where}: note: {note}")
+        return "\n".join(text)
+
+    def __str__(self) -> str:
+        return self.format()

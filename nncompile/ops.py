@@ -1,0 +1,513 @@
+"""The op registry: every primitive op, declared once.
+
+An :class:`OpDef` carries everything the pipeline needs to know about an op: its name in
+the language, its operands and attributes, its shape/dtype rule, its numpy emitter, its
+scalar form for elementwise fusion, and its gradient rule (a VJP that builds graph nodes
+from other registry ops). Adding an op means adding one ``op(...)`` call below; the test
+suite generates a float64 finite-difference gradient check from each op's ``samples``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from . import shapes as S
+from .ir import Graph, Node
+from .shapes import Shape, ShapeError
+
+Emit = Callable[["EmitContext", list[str], dict[str, Any]], str]
+Vjp = Callable[[Graph, int, int], Sequence[int | None]]
+
+
+class EmitContext:
+    """What an emitter may ask of the backend: the array module, the dtype, concrete shapes."""
+
+    xp = "np"
+    dtype = "np.float32"
+
+    def shape(self, shape: Shape) -> str:  # pragma: no cover - overridden by codegen
+        raise NotImplementedError
+
+    def dim(self, symbol: str) -> str:  # pragma: no cover - overridden by codegen
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Operand shapes (and attributes) for an op's generated gradient check.
+
+    ``ints`` maps an operand index to the exclusive upper bound of its integer values.
+    """
+
+    shapes: tuple[Shape, ...]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    ints: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    arity: int
+    infer: Callable[[list[Node], dict[str, Any]], tuple[Shape, str]]
+    emit: Emit
+    vjp: Vjp | None = None
+    attrs: tuple[tuple[str, Any], ...] = ()   # (name, default) in positional order
+    public: bool = True                       # callable from a .nn file
+    ufunc: str | None = None                  # numpy ufunc when the op is one (it takes out=)
+    scalar: str | None = None                 # C expression over {0}, {1}: fusable elementwise op
+    domain: str = "real"                      # gradient-check inputs: real, positive, separated
+    samples: tuple[Sample, ...] = ()
+    int_bounds: Callable[[list[Node]], dict[int, int]] | None = None
+    helper: str | None = None                 # a function the emitted code calls, defined once per module
+    doc: str = ""
+
+    @property
+    def elementwise(self) -> bool:
+        return self.scalar is not None
+
+
+REGISTRY: dict[str, OpDef] = {}
+
+
+def op(name: str, arity: int, infer, emit, **kw: Any) -> OpDef:
+    if name in REGISTRY:
+        raise ValueError(f"op {name} declared twice")
+    REGISTRY[name] = OpDef(name, arity, infer, emit, **kw)
+    return REGISTRY[name]
+
+
+# ---- shape and dtype rules ------------------------------------------------------------
+
+def _need_float(ins: list[Node], opname: str) -> None:
+    for i, node in enumerate(ins):
+        if node.dtype != "float":
+            what = f"'{node.name}'" if node.name else f"operand {i + 1}"
+            raise ShapeError(f"{opname} needs floats, but {what} is {node.dtype}{S.show(node.shape)}", i)
+
+
+def elementwise_rule(opname: str):
+    def infer(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+        _need_float(ins, opname)
+        try:
+            return S.broadcast(*(n.shape for n in ins)), "float"
+        except ShapeError as exc:
+            raise ShapeError(f"cannot apply {opname} to {' and '.join(S.show(n.shape) for n in ins)}: "
+                             + exc.message.split(": ", 1)[-1], len(ins) - 1) from None
+    return infer
+
+
+def _same_as_first(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+    return ins[0].shape, ins[0].dtype
+
+
+def _leaf(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+    return attrs["shape"], attrs["dtype"]
+
+
+def _matmul_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+    _need_float(ins, "'@'")
+    return S.matmul(ins[0].shape, ins[1].shape), "float"
+
+
+def _reduce_rule(opname: str):
+    def infer(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+        _need_float(ins, opname)
+        return S.reduce(ins[0].shape, attrs.get("axis"), attrs.get("keepdims", False)), "float"
+    return infer
+
+
+def _reshape_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+    return S.reshape(ins[0].shape, tuple(attrs["shape"])), ins[0].dtype
+
+
+def _transpose_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+    return S.transpose(ins[0].shape, attrs.get("axes")), ins[0].dtype
+
+
+def _target_shape_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+    return tuple(attrs["shape"]), "float"
+
+
+def _ce_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+    scores, labels = ins[0], ins[1]
+    _need_float([scores], "softmax_cross_entropy")
+    if labels.dtype != "int":
+        what = f"'{labels.name}'" if labels.name else "the labels"
+        raise ShapeError(f"softmax_cross_entropy needs integer class labels, but {what} is "
+                         f"{labels.dtype}{S.show(labels.shape)}; declare it as int[...]", 1)
+    if len(scores.shape) != 2:
+        raise ShapeError(f"softmax_cross_entropy needs scores of shape [N, C], not {S.show(scores.shape)}", 0)
+    if labels.shape != scores.shape[:1]:
+        raise ShapeError(f"softmax_cross_entropy: labels {S.show(labels.shape)} do not match "
+                         f"scores {S.show(scores.shape)}; expected {S.show(scores.shape[:1])}", 1)
+    return (), "float"
+
+
+def _ce_grad_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+    return ins[0].shape, "float"
+
+
+# ---- emitters -------------------------------------------------------------------------
+
+def call(fn: str, **fixed: str) -> Emit:
+    """Emit ``np.fn(a, b, key=value)``; attributes are passed as keywords when not None."""
+    def emit(ctx: EmitContext, args: list[str], attrs: dict) -> str:
+        extra = [f"{k}={v}" for k, v in fixed.items()]
+        extra += [f"{k}={v!r}" for k, v in attrs.items() if v is not None and v is not False]
+        return f"{ctx.xp}.{fn}({', '.join([*args, *extra])})"
+    return emit
+
+
+def template(text: str) -> Emit:
+    """Emit an expression written with {0}, {1} for operands and {xp} for the array module."""
+    def emit(ctx: EmitContext, args: list[str], attrs: dict) -> str:
+        return text.format(*args, xp=ctx.xp, dtype=ctx.dtype, **attrs)
+    return emit
+
+
+def _emit_step(ctx: EmitContext, args: list[str], attrs: dict) -> str:
+    fn = {">": "greater", ">=": "greater_equal", "<": "less", "==": "equal"}[attrs["cmp"]]
+    return f"{ctx.xp}.{fn}({args[0]}, {args[1]}).astype({ctx.dtype})"
+
+
+def _emit_dim(ctx: EmitContext, args: list[str], attrs: dict) -> str:
+    factors = [ctx.dim(d) for d in attrs["symbols"]] + ([str(attrs["factor"])] if attrs["factor"] != 1 else [])
+    return f"{ctx.dtype}({' * '.join(factors)})"
+
+
+def _emit_reshape(ctx: EmitContext, args: list[str], attrs: dict) -> str:
+    return f"{args[0]}.reshape({ctx.shape(attrs['shape'])})"
+
+
+def _emit_transpose(ctx: EmitContext, args: list[str], attrs: dict) -> str:
+    axes = attrs.get("axes")
+    return f"{ctx.xp}.transpose({args[0]})" if axes is None else f"{ctx.xp}.transpose({args[0]}, {tuple(axes)!r})"
+
+
+def _emit_sum_to(ctx: EmitContext, args: list[str], attrs: dict) -> str:
+    dropped, kept = attrs["dropped"], attrs["kept"]
+    if not kept:
+        return f"{ctx.xp}.sum({args[0]}, axis={dropped!r})"
+    text = f"{ctx.xp}.sum({args[0]}, axis={dropped + kept!r}, keepdims=True)"
+    return f"{text}.reshape({ctx.shape(attrs['shape'])})" if dropped else text
+
+
+def _emit_broadcast(ctx: EmitContext, args: list[str], attrs: dict) -> str:
+    value = args[0]
+    if attrs.get("axes"):
+        value = f"{ctx.xp}.expand_dims({value}, {attrs['axes']!r})"
+    return f"{ctx.xp}.broadcast_to({value}, {ctx.shape(attrs['shape'])})"
+
+
+_CE_HELPER = '''
+def _log_softmax(scores):
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def _softmax_cross_entropy(scores, labels):
+    """Mean of -log softmax(scores)[label]; shifting by the row max keeps exp finite."""
+    picked = np.take_along_axis(_log_softmax(scores), labels[:, None], axis=1)
+    return -picked.mean()
+
+
+def _softmax_cross_entropy_grad(scores, labels, g):
+    """(softmax(scores) - onehot(labels)) * g / N, the fused gradient of the loss above."""
+    probs = np.exp(_log_softmax(scores))
+    probs[np.arange(len(labels)), labels] -= 1
+    probs *= g / len(labels)
+    return probs
+'''
+
+
+# ---- gradient rules -------------------------------------------------------------------
+# Each returns one gradient per operand, shaped like the op's output (or like the operand);
+# autodiff sums away broadcast axes, so rules never need to.
+
+def _vjp_add(G: Graph, n: int, g: int):
+    return g, g
+
+
+def _vjp_sub(G: Graph, n: int, g: int):
+    return g, G.add("neg", [g])
+
+
+def _vjp_mul(G: Graph, n: int, g: int):
+    a, b = G[n].args
+    return G.add("mul", [g, b]), G.add("mul", [g, a])
+
+
+def _vjp_div(G: Graph, n: int, g: int):
+    a, b = G[n].args
+    ga = G.add("div", [g, b])
+    return ga, G.add("neg", [G.add("mul", [ga, n])])
+
+
+def _vjp_pow(G: Graph, n: int, g: int):
+    a, b = G[n].args
+    one = constant(G, 1.0)
+    ga = G.add("mul", [g, G.add("mul", [b, G.add("pow", [a, G.add("sub", [b, one])])])])
+    gb = G.add("mul", [g, G.add("mul", [n, G.add("log", [a])])])
+    return ga, gb
+
+
+def _vjp_neg(G: Graph, n: int, g: int):
+    return (G.add("neg", [g]),)
+
+
+def _vjp_exp(G: Graph, n: int, g: int):
+    return (G.add("mul", [g, n]),)
+
+
+def _vjp_log(G: Graph, n: int, g: int):
+    return (G.add("div", [g, G[n].args[0]]),)
+
+
+def _vjp_sqrt(G: Graph, n: int, g: int):
+    return (G.add("div", [G.add("mul", [g, constant(G, 0.5)]), n]),)
+
+
+def _vjp_abs(G: Graph, n: int, g: int):
+    return (G.add("mul", [g, G.add("sign", [G[n].args[0]])]),)
+
+
+def _vjp_tanh(G: Graph, n: int, g: int):
+    return (G.add("mul", [g, G.add("sub", [constant(G, 1.0), G.add("mul", [n, n])])]),)
+
+
+def _vjp_sigmoid(G: Graph, n: int, g: int):
+    return (G.add("mul", [g, G.add("mul", [n, G.add("sub", [constant(G, 1.0), n])])]),)
+
+
+def _vjp_relu(G: Graph, n: int, g: int):
+    return (G.add("mul", [g, G.add("step", [G[n].args[0], constant(G, 0.0)], {"cmp": ">"})]),)
+
+
+def _vjp_maximum(G: Graph, n: int, g: int):
+    a, b = G[n].args  # the max gate routes the gradient to the larger operand
+    return (G.add("mul", [g, G.add("step", [a, b], {"cmp": ">="})]),
+            G.add("mul", [g, G.add("step", [a, b], {"cmp": "<"})]))
+
+
+def _vjp_minimum(G: Graph, n: int, g: int):
+    a, b = G[n].args
+    return (G.add("mul", [g, G.add("step", [a, b], {"cmp": "<="})]),
+            G.add("mul", [g, G.add("step", [a, b], {"cmp": ">"})]))
+
+
+def _vjp_matmul(G: Graph, n: int, g: int):
+    a, b = G[n].args
+    sa, sb = G[a].shape, G[b].shape
+    if len(sa) == 1 and len(sb) == 1:           # a dot product
+        return G.add("mul", [g, b]), G.add("mul", [g, a])
+    if len(sa) == 1:                             # [K] @ [..., K, M]: treat a as [1, K]
+        a2 = G.add("reshape", [a], {"shape": (1, sa[0])})
+        g2 = G.add("reshape", [g], {"shape": (*G[g].shape[:-1], 1, G[g].shape[-1])})
+        ga = G.add("matmul", [g2, _swap(G, b)])
+        ga = G.add("reshape", [ga], {"shape": (*G[ga].shape[:-2], sa[0])})
+        return sum_to(G, ga, sa), G.add("matmul", [_swap(G, a2), g2])
+    if len(sb) == 1:                             # [..., N, K] @ [K]: treat b as [K, 1]
+        b2 = G.add("reshape", [b], {"shape": (sb[0], 1)})
+        g2 = G.add("reshape", [g], {"shape": (*G[g].shape, 1)})
+        gb = G.add("matmul", [_swap(G, a), g2])
+        gb = G.add("reshape", [gb], {"shape": G[gb].shape[:-1]})
+        return G.add("matmul", [g2, _swap(G, b2)]), sum_to(G, gb, sb)
+    return G.add("matmul", [g, _swap(G, b)]), G.add("matmul", [_swap(G, a), g])
+
+
+def _swap(G: Graph, x: int) -> int:
+    rank = len(G[x].shape)
+    return G.add("transpose", [x], {"axes": (*range(rank - 2), rank - 1, rank - 2)})
+
+
+def _vjp_sum(G: Graph, n: int, g: int):
+    x = G[n].args[0]
+    return (broadcast(G, g, G[x].shape, G[n].attr("axis"), G[n].attr("keepdims")),)
+
+
+def _vjp_mean(G: Graph, n: int, g: int):
+    x = G[n].args[0]
+    factor, symbols = _count(G[x].shape, G[n].attr("axis"))
+    if symbols:
+        scaled = G.add("div", [g, G.add("dim", (), {"symbols": symbols, "factor": factor})])
+    else:
+        scaled = G.add("mul", [g, constant(G, 1.0 / factor)])
+    return (broadcast(G, scaled, G[x].shape, G[n].attr("axis"), G[n].attr("keepdims")),)
+
+
+def _vjp_maximum(G: Graph, n: int, g: int):
+    a, b = G[n].args  # the max gate routes the gradient to the larger operand
+    return (G.add("mul", [g, G.add("step", [a, b], {"cmp": ">="})]),
+            G.add("mul", [g, G.add("step", [a, b], {"cmp": "<"})]))
+
+
+def _vjp_minimum(G: Graph, n: int, g: int):
+    a, b = G[n].args
+    return (G.add("mul", [g, G.add("step", [a, b], {"cmp": "<="})]),
+            G.add("mul", [g, G.add("step", [a, b], {"cmp": ">"})]))
+
+
+def _vjp_matmul(G: Graph, n: int, g: int):
+    a, b = G[n].args
+    sa, sb = G[a].shape, G[b].shape
+    if len(sa) == 1 and len(sb) == 1:           # a dot product
+        return G.add("mul", [g, b]), G.add("mul", [g, a])
+    if len(sa) == 1:                             # [K] @ [..., K, M]: treat a as [1, K]
+        a2 = G.add("reshape", [a], {"shape": (1, sa[0])})
+        g2 = G.add("reshape", [g], {"shape": (*G[g].shape[:-1], 1, G[g].shape[-1])})
+        ga = G.add("matmul", [g2, _swap(G, b)])
+        ga = G.add("reshape", [ga], {"shape": (*G[ga].shape[:-2], sa[0])})
+        return sum_to(G, ga, sa), G.add("matmul", [_swap(G, a2), g2])
+    if len(sb) == 1:                             # [..., N, K] @ [K]: treat b as [K, 1]
+        b2 = G.add("reshape", [b], {"shape": (sb[0], 1)})
+        g2 = G.add("reshape", [g], {"shape": (*G[g].shape, 1)})
+        gb = G.add("matmul", [_swap(G, a), g2])
+        gb = G.add("reshape", [gb], {"shape": G[gb].shape[:-1]})
+        return G.add("matmul", [g2, _swap(G, b2)]), sum_to(G, gb, sb)
+    return G.add("matmul", [g, _swap(G, b)]), G.add("matmul", [_swap(G, a), g])
+
+
+def _swap(G: Graph, x: int) -> int:
+    rank = len(G[x].shape)
+    return G.add("transpose", [x], {"axes": (*range(rank - 2), rank - 1, rank - 2)})
+
+
+def _vjp_sum(G: Graph, n: int, g: int):
+    x = G[n].args[0]
+    return (broadcast(G, g, G[x].shape, G[n].attr("axis"), G[n].attr("keepdims")),)
+
+
+def _vjp_mean(G: Graph, n: int, g: int):
+    x = G[n].args[0]
+    count = _count(G[x].shape, G[n].attr("axis"))
+    scaled = G.add("div", [g, count if isinstance(count, int) else count_node(G, count)]) \
+        if isinstance(count, str) else G.add("mul", [g, constant(G, 1.0 / count)])
+    return (broadcast(G, scaled, G[x].shape, G[n].attr("axis"), G[n].attr("keepdims")),)
+
+
+def _vjp_max(G: Graph, n: int, g: int):
+    x = G[n].args[0]  # route the gradient to the maxima, as the max gate does
+    shape, axis, keep = G[x].shape, G[n].attr("axis"), G[n].attr("keepdims")
+    mask = G.add("step", [x, broadcast(G, n, shape, axis, keep)], {"cmp": "=="})
+    return (G.add("mul", [mask, broadcast(G, g, shape, axis, keep)]),)
+
+
+def _vjp_reshape(G: Graph, n: int, g: int):
+    return (G.add("reshape", [g], {"shape": G[G[n].args[0]].shape}),)
+
+
+def _vjp_transpose(G: Graph, n: int, g: int):
+    axes = G[n].attr("axes")
+    rank = len(G[n].shape)
+    axes = tuple(reversed(range(rank))) if axes is None else tuple(a % rank for a in axes)
+    inverse = tuple(sorted(range(rank), key=lambda i: axes[i]))
+    return (G.add("transpose", [g], {"axes": inverse}),)
+
+
+def _vjp_ce(G: Graph, n: int, g: int):
+    scores, labels = G[n].args
+    return G.add("softmax_cross_entropy_grad", [scores, labels, g]), None
+
+
+# ---- graph-building helpers shared by autodiff and the rules above --------------------
+
+def constant(G: Graph, value: float, shape: Shape = ()) -> int:
+    return G.add("const", (), {"value": float(value), "shape": shape, "dtype": "float"})
+
+
+def _count(shape: Shape, axis) -> tuple[int, tuple[str, ...]]:
+    """How many elements a reduction over ``axis`` averages: an int factor times symbols."""
+    axes = S.normalize_axes(axis, len(shape))
+    factor, symbols = 1, []
+    for a in axes:
+        if isinstance(shape[a], int):
+            factor *= shape[a]
+        else:
+            symbols.append(shape[a])
+    return factor, tuple(symbols)
+
+
+def sum_to(G: Graph, x: int, target: Shape) -> int:
+    """Undo broadcasting: sum a gradient back down to the shape of the operand it flowed from."""
+    shape = G[x].shape
+    if shape == tuple(target):
+        return x
+    dropped, kept = S.unbroadcast_axes(shape, target)
+    return G.add("sum_to", [x], {"dropped": dropped, "kept": kept, "shape": tuple(target)})
+
+
+def broadcast(G: Graph, g: int, shape: Shape, axis, keepdims: bool) -> int:
+    """Spread a reduced gradient back over the reduced axes."""
+    axes = () if keepdims or G[g].shape == () else S.normalize_axes(axis, len(shape))
+    return G.add("broadcast_to", [g], {"shape": tuple(shape), "axes": axes})
+
+
+# ---- the registry ---------------------------------------------------------------------
+
+_M = (3, 4)
+_B = (Sample((_M, _M)), Sample((_M, (4,))), Sample(((2, 1, 4), (3, 1))), Sample(((), _M)))
+
+_LEAF = dict(public=False, infer=_leaf)
+op("input", 0, emit=template("<input>"), **_LEAF)
+op("param", 0, emit=template("<param>"), **_LEAF)
+op("const", 0, emit=template("<const>"), **_LEAF)
+op("dim", 0, lambda ins, a: ((), "float"), _emit_dim, public=False, doc="a symbolic size as a number")
+
+op("add", 2, elementwise_rule("'+'"), call("add"), vjp=_vjp_add, ufunc="add", scalar="{0} + {1}", samples=_B)
+op("sub", 2, elementwise_rule("'-'"), call("subtract"), vjp=_vjp_sub, ufunc="subtract", scalar="{0} - {1}", samples=_B)
+op("mul", 2, elementwise_rule("'*'"), call("multiply"), vjp=_vjp_mul, ufunc="multiply", scalar="{0} * {1}", samples=_B)
+op("div", 2, elementwise_rule("'/'"), call("divide"), vjp=_vjp_div, ufunc="divide", scalar="{0} / {1}",
+   domain="positive", samples=_B)
+op("pow", 2, elementwise_rule("'**'"), call("power"), vjp=_vjp_pow, ufunc="power", scalar="pow({0}, {1})",
+   domain="positive", samples=_B)
+op("maximum", 2, elementwise_rule("maximum"), call("maximum"), vjp=_vjp_maximum, ufunc="maximum",
+   scalar="max({0}, {1})", domain="separated", samples=_B, doc="elementwise max of two tensors")
+op("minimum", 2, elementwise_rule("minimum"), call("minimum"), vjp=_vjp_minimum, ufunc="minimum",
+   scalar="min({0}, {1})", domain="separated", samples=_B, doc="elementwise min of two tensors")
+
+_U = (Sample((_M,)), Sample(((),)))
+op("neg", 1, elementwise_rule("'-'"), call("negative"), vjp=_vjp_neg, ufunc="negative", scalar="-{0}",
+   samples=_U, public=False)
+op("exp", 1, elementwise_rule("exp"), call("exp"), vjp=_vjp_exp, ufunc="exp", scalar="exp({0})", samples=_U)
+op("log", 1, elementwise_rule("log"), call("log"), vjp=_vjp_log, ufunc="log", scalar="log({0})",
+   domain="positive", samples=_U)
+op("sqrt", 1, elementwise_rule("sqrt"), call("sqrt"), vjp=_vjp_sqrt, ufunc="sqrt", scalar="sqrt({0})",
+   domain="positive", samples=_U)
+op("abs", 1, elementwise_rule("abs"), call("absolute"), vjp=_vjp_abs, ufunc="absolute", scalar="fabs({0})",
+   domain="nonzero", samples=_U)
+op("tanh", 1, elementwise_rule("tanh"), call("tanh"), vjp=_vjp_tanh, ufunc="tanh", scalar="tanh({0})", samples=_U)
+op("sigmoid", 1, elementwise_rule("sigmoid"), template("0.5 * ({xp}.tanh(0.5 * {0}) + 1)"), vjp=_vjp_sigmoid,
+   scalar="0.5 * (tanh(0.5 * {0}) + 1)", samples=_U, doc="1 / (1 + exp(-x)), computed stably via tanh")
+op("relu", 1, elementwise_rule("relu"), template("{xp}.maximum({0}, 0)"), vjp=_vjp_relu,
+   scalar="max({0}, 0)", domain="nonzero", samples=_U)
+
+# Masks and signs carry no gradient: they exist to build other ops' gradients.
+op("step", 2, elementwise_rule("step"), _emit_step, attrs=(("cmp", ">"),), public=False,
+   scalar="({0} {cmp} {1})")
+op("sign", 1, elementwise_rule("sign"), call("sign"), public=False, ufunc="sign", scalar="copysign(1, {0})")
+
+op("matmul", 2, _matmul_rule, call("matmul"), vjp=_vjp_matmul, ufunc="matmul",
+   samples=(Sample(((3, 4), (4, 2))), Sample(((2, 3, 4), (4, 2))), Sample(((4,), (4, 2))),
+            Sample(((3, 4), (4,))), Sample(((4,), (4,))), Sample(((2, 1, 3, 4), (2, 4, 2)))))
+
+_R = (Sample((_M,)), Sample((_M,), {"axis": 1}), Sample(((2, 3, 4),), {"axis": 0, "keepdims": True}),
+      Sample(((2, 3, 4),), {"axis": (0, 2)}))
+_RA = (("axis", None), ("keepdims", False))
+op("sum", 1, _reduce_rule("sum"), call("sum"), vjp=_vjp_sum, attrs=_RA, samples=_R)
+op("mean", 1, _reduce_rule("mean"), call("mean"), vjp=_vjp_mean, attrs=_RA, samples=_R)
+op("max", 1, _reduce_rule("max"), call("max"), vjp=_vjp_max, attrs=_RA, samples=_R)
+
+op("reshape", 1, _reshape_rule, _emit_reshape, vjp=_vjp_reshape, attrs=(("shape", None),),
+   samples=(Sample((_M,), {"shape": (2, 6)}), Sample(((2, 3, 4),), {"shape": (-1, 4)})))
+op("transpose", 1, _transpose_rule, _emit_transpose, vjp=_vjp_transpose, attrs=(("axes", None),),
+   samples=(Sample((_M,)), Sample(((2, 3, 4),), {"axes": (1, 2, 0)})))
+
+op("sum_to", 1, _target_shape_rule, _emit_sum_to, public=False)
+op("broadcast_to", 1, _target_shape_rule, _emit_broadcast, public=False)
+
+op("softmax_cross_entropy", 2, _ce_rule, template("_softmax_cross_entropy({0}, {1})"), vjp=_vjp_ce,
+   int_bounds=lambda ins: {1: ins[0].shape[-1]} if isinstance(ins[0].shape[-1], int) else {},
+   samples=(Sample(((5, 4), (5,)), ints={1: 4}),), helper=_CE_HELPER,
+   doc="mean over the batch of -log softmax(scores)[label], computed stably")
+op("softmax_cross_entropy_grad", 3, _ce_grad_rule, template("_softmax_cross_entropy_grad({0}, {1}, {2})"),
+   public=False, helper=_CE_HELPER)

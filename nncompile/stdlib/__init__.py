@@ -1,0 +1,1 @@
+"""The standard library of layers, written in the .nn language (``import nn``)."""
