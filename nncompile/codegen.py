@@ -26,7 +26,7 @@ NUMPY_DTYPES = {"float": None, "int": "int64", "bool": "bool"}
 VIEW_OPS = {"reshape", "transpose", "broadcast_to"}
 
 _MODULE_NAMES = {
-    "np", "DTYPE", "INPUTS", "PARAMS", "OUTPUTS", "DEFAULTS", "DIMS", "BOUNDS", "init_params", "forward",
+    "np", "DTYPE", "INPUTS", "PARAMS", "OUTPUTS", "LOSS", "DEFAULTS", "DIMS", "BOUNDS", "init_params", "forward",
     "value_and_grad", "trace", "params", "inputs", "outputs", "grads", "values",
 }
 RESERVED = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) | frozenset(dir(builtins)) | _MODULE_NAMES
@@ -152,6 +152,8 @@ class _Emitter:
             lines.append(f"{title} = {{")
             lines += [f"    {name!r}: {entry(n)}," for name, n in table.items()]
             lines.append("}")
+        loss = next((name for name, n in m.outputs.items() if n == m.target), None)
+        lines.append(f"LOSS = {loss!r}")
         lines.append(f"DEFAULTS = {m.defaults!r}")
         lines.append(f"BOUNDS = {m.int_bounds!r}")
         lines.append(f"DIMS = {tuple(self.dim_names)!r}")

@@ -1,0 +1,177 @@
+"""The command line: ``nncompile compile | eval | render | check``.
+
+Every mistake a user can make ends as ``FILE:LINE:COL: error: ...`` on stderr and exit
+code 1; output files are written whole (to a temporary name, then renamed) or not at all.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from . import __version__
+from .errors import NNError
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    """Write a file so that it appears complete or not at all."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise NNError(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise NNError(f"cannot write {path}: {exc.strerror}") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from .compiler import compile_file
+
+    if args.backend != "numpy":
+        raise NNError(f"the {args.backend} backend is not available yet")
+    source = compile_file(args.model, dtype=args.dtype)
+    write_atomic(args.output, source)
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_file, parse_sets, to_json
+
+    ev = evaluate_file(args.model, parse_sets(args.set), seed=args.seed, dtype=args.dtype)
+    dtype = ev.model.dtype
+    values = ev.named_values()
+    grads = ev.input_and_param_grads()
+    if args.json:
+        print(json.dumps({"values": {k: to_json(v, dtype) for k, v in values.items()},
+                          "grads": {k: to_json(v, dtype) for k, v in grads.items()}}))
+        return 0
+    width = max((len(k) for k in [*values, *grads]), default=1)
+    print("values:")
+    for name, value in values.items():
+        print(f"  {name:<{width}} = {_show(value)}")
+    target = ev.model.target
+    if grads:
+        print(f"gradients of {ev.program.graph[target].name if target is not None else 'the loss'}:")
+        for name, grad in grads.items():
+            print(f"  d/d{name:<{width}} = {_show(grad)}")
+    return 0
+
+
+def _show(value: np.ndarray) -> str:
+    array = np.asarray(value)
+    if array.size <= 8:
+        return np.array2string(array, precision=6, suppress_small=True, separator=", ") if array.ndim \
+            else f"{array.item():.6g}"
+    if array.dtype.kind in "iu":
+        return f"int{list(array.shape)} min {array.min()} max {array.max()}"
+    return (f"{list(array.shape)} mean {array.mean():.4g} std {array.std():.4g} "
+            f"min {array.min():.4g} max {array.max():.4g}")
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_file, parse_sets
+    from .render import render_file
+
+    ev = evaluate_file(args.model, parse_sets(args.set), seed=args.seed, dtype=args.dtype)
+    written = render_file(ev, args.output, rankdir=args.rankdir)
+    print(f"wrote {written}", file=sys.stderr)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .compiler import build, load_module
+    from .codegen import emit_module
+    from .elaborate import elaborate_file
+    from .evaluate import concrete_values, parse_sets
+    from .gradcheck import check_gradients
+
+    model = elaborate_file(args.model, "float64")
+    print(f"{args.model}: parsed and shape-checked: {len(model.inputs)} inputs, {len(model.params)} params, "
+          f"{len(model.outputs)} outputs")
+    if model.target is None:
+        print("nothing to differentiate (no 'minimize' and no single scalar output): gradient check skipped")
+        return 0
+    module = load_module(emit_module(build(model)), Path(args.model).stem)
+    params, inputs = concrete_values(model, module, parse_sets(args.set), args.seed)
+    results = check_gradients(module, params, inputs, seed=args.seed)
+    worst: dict[str, float] = {}
+    for r in results:
+        worst[r.name] = max(worst.get(r.name, 0.0), r.error)
+    failed = [name for name, err in worst.items() if err >= 1e-6]
+    for name, err in worst.items():
+        print(f"  gradient of {name:<12} relative error {err:.1e}  {'FAIL' if name in failed else 'ok'}")
+    if failed:
+        print(f"gradient check FAILED for {', '.join(failed)}", file=sys.stderr)
+        return 1
+    print("gradient check passed (float64 central differences)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nncompile", description="Compile .nn neural-network models to numpy.")
+    parser.add_argument("--version", action="version", version=f"nncompile {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser, values: bool = True) -> None:
+        p.add_argument("model", metavar="MODEL.nn")
+        p.add_argument("--dtype", choices=("float32", "float64"), default=None,
+                       help="float precision (default: the file's 'dtype' statement, else float32)")
+        if values:
+            p.add_argument("--set", action="append", metavar="NAME=VALUE",
+                           help="value of an input or param (a number or JSON list), or of a dim (N=8)")
+            p.add_argument("--seed", type=int, default=0, help="seed for params and random inputs")
+
+    p = sub.add_parser("compile", help="write the model as a standalone Python module")
+    common(p, values=False)
+    p.add_argument("-o", "--output", required=True, metavar="OUT.py")
+    p.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
+    p.set_defaults(run=cmd_compile)
+
+    p = sub.add_parser("eval", help="run forward and backward and print every value and gradient")
+    common(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object {values, grads}")
+    p.set_defaults(run=cmd_eval)
+
+    p = sub.add_parser("render", help="draw the graph with values (green) and gradients (red)")
+    common(p)
+    p.add_argument("-o", "--output", required=True, metavar="OUT.(svg|png|pdf|dot)")
+    p.add_argument("--rankdir", choices=("LR", "TB"), default="LR", help="layout direction")
+    p.set_defaults(run=cmd_render)
+
+    p = sub.add_parser("check", help="parse, shape-check and gradient-check the model")
+    common(p)
+    p.set_defaults(run=cmd_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return run(args)
+    except NNError as exc:
+        print(exc.format(), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
