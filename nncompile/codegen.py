@@ -19,15 +19,15 @@ from . import __version__
 from .errors import Sources
 from .initializers import INITIALIZERS
 from .ir import Graph, Model, Node
+from .schedule import VIEW_OPS, plan_buffers, schedule
 from .ops import REGISTRY, EmitContext
 from .shapes import Shape, show
 
 NUMPY_DTYPES = {"float": None, "int": "int64", "bool": "bool"}
-VIEW_OPS = {"reshape", "transpose", "broadcast_to"}
 
 _MODULE_NAMES = {
     "np", "DTYPE", "INPUTS", "PARAMS", "OUTPUTS", "LOSS", "DEFAULTS", "DIMS", "BOUNDS", "init_params", "forward",
-    "value_and_grad", "trace", "params", "inputs", "outputs", "grads", "values",
+    "value_and_grad", "trace", "params", "inputs", "outputs", "grads", "values", "buffers",
 }
 RESERVED = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) | frozenset(dir(builtins)) | _MODULE_NAMES
 
@@ -106,6 +106,7 @@ def emit_module(program: Program, *, trace: bool = False) -> str:
 class _Emitter:
     def __init__(self, program: Program):
         self.p = program
+        self.caches: list[str] = []
         self.G = program.graph
         self.model = program.model
         self.dtype = self.model.dtype
@@ -125,7 +126,8 @@ class _Emitter:
             'INPUTS, PARAMS and OUTPUTS map names to (shape, dtype); symbolic dims are strings.\n"""\n\n'
             "import numpy as np",
             self.tables(),
-            _READ_INPUTS,
+            self.read_inputs(),
+            _CONVERT_INPUTS,
             *self.helpers(),
             self.init_params(),
             self.function("forward", self.p.outputs, None,
@@ -137,6 +139,8 @@ class _Emitter:
                                        "param and float input."))
         if trace:
             parts.append(self.trace_function())
+        if self.caches:  # workspaces, one per function and set of dims, made on first use
+            parts.insert(3, "\n".join(f"{cache} = {{}}" for cache in self.caches) + "\n\n\n" + _EMPTY)
         return "\n\n\n".join(parts).rstrip() + "\n"
 
     def tables(self) -> str:
@@ -159,12 +163,52 @@ class _Emitter:
         lines.append(f"DIMS = {tuple(self.dim_names)!r}")
         return "\n".join(lines)
 
+    def read_inputs(self) -> str:
+        """The per-call input check, specialised to this model: a few attribute tests when the
+        caller passes arrays of the right dtype and shape, the general converter otherwise."""
+        lines = ["def _read_inputs(inputs):",
+                 '    """The inputs in INPUTS order, then the DIMS; arrays already right pass straight through."""']
+        if not self.model.inputs:
+            lines += ["    if inputs:", "        _convert_inputs(inputs)", "    return ()"]
+            return "\n".join(lines)
+        names = Names()
+        vars_ = {name: names.fresh(name) for name in self.model.inputs}
+        dims: dict[str, str] = {}
+        checks: list[str] = []
+        binds: list[str] = []
+        for name, n in self.model.inputs.items():
+            node = self.G[n]
+            var = vars_[name]
+            dtype = "DTYPE" if node.dtype == "float" else "np.int64"
+            checks += [f"type({var}) is np.ndarray", f"{var}.dtype == {dtype}", f"{var}.ndim == {len(node.shape)}"]
+            for axis, d in enumerate(node.shape):
+                if isinstance(d, int):
+                    checks.append(f"{var}.shape[{axis}] == {d}")
+                elif d in dims:
+                    checks.append(f"{var}.shape[{axis}] == {dims[d]}")
+                else:
+                    dims[d] = names.fresh(d)
+                    binds.append(f"{dims[d]} = {var}.shape[{axis}]")
+        get = ", ".join(f"inputs.get({name!r})" for name in self.model.inputs)
+        lines.append(f"    {', '.join(vars_.values())} = {get}")
+        cond = " and\n            ".join(_bind_dims(checks, binds))
+        lines += [f"    if len(inputs) != {len(vars_)} or not (", f"            {cond}):"]
+        lines.append("        return _convert_inputs(inputs)")
+        for name, n in self.model.inputs.items():
+            if name in self.model.int_bounds:
+                var = vars_[name]
+                lines.append(f"    if {var}.size and ({var}.min() < 0 or {var}.max() >= {self.model.int_bounds[name]}):")
+                lines.append("        return _convert_inputs(inputs)  # raises the error")
+        result = [*vars_.values(), *(dims[d] for d in self.dim_names)]
+        lines.append(f"    return {', '.join(result)}{',' if len(result) == 1 else ''}")
+        return "\n".join(lines)
+
     def helpers(self) -> list[str]:
         texts: list[str] = []
         for n in self.G.topological():
-            helper = REGISTRY[self.G[n].op].helper
-            if helper and helper.strip() not in texts:
-                texts.append(helper.strip())
+            for helper in REGISTRY[self.G[n].op].helpers:
+                if helper not in texts:
+                    texts.append(helper)
         return texts
 
     def init_params(self) -> str:
@@ -190,8 +234,10 @@ class _Emitter:
     # ---- functions ---------------------------------------------------------------------
 
     def function(self, fname: str, outputs: dict[str, int], grads: dict[str, int | None] | None, doc: str) -> str:
-        roots = list(outputs.values()) + [g for g in (grads or {}).values() if g is not None]
-        body, names, ctx = self.body(roots)
+        # Gradients in reverse: the last layer's first, as backprop runs, so each activation
+        # dies (and its buffer is reused) as early as possible.
+        results = [*outputs.values(), *reversed([g for g in (grads or {}).values() if g is not None])]
+        body, names, ctx = self.body(fname, results)
         ret_out = self.returned(outputs, names, ctx, set())
         if grads is None:
             body.append(f"    return {ret_out}")
@@ -204,7 +250,7 @@ class _Emitter:
     def trace_function(self) -> str:
         """For eval and render: every forward value and every adjoint, keyed by node id."""
         roots = list(self.p.trace_values.values()) + list(self.p.trace_grads.values())
-        body, names, ctx = self.body(roots)
+        body, names, ctx = self.body("trace", roots)
         values = ", ".join(f"{k}: {self.ref(v, names)}" for k, v in self.p.trace_values.items())
         grads = ", ".join(f"{k}: {self.ref(v, names)}" for k, v in self.p.trace_grads.items())
         body.append(f"    return {{{values}}}, {{{grads}}}")
@@ -212,16 +258,12 @@ class _Emitter:
                           '    """Every intermediate value and gradient, keyed by graph node (for nncompile)."""',
                           *body])
 
-    def body(self, roots: list[int]) -> tuple[list[str], dict[int, str], _Context]:
+    def body(self, fname: str, results: list[int]) -> tuple[list[str], dict[int, str], _Context]:
+        """Statements computing ``results``: inputs read, workspace fetched, ops in schedule order."""
         G = self.G
-        needed: set[int] = set()
-        stack = list(roots)
-        while stack:
-            n = stack.pop()
-            if n not in needed:
-                needed.add(n)
-                stack.extend(G[n].args)
-        order = G.topological(needed)
+        order = schedule(G, results)
+        needed = set(order)
+        plan = plan_buffers(G, order, set(results))
         names = Names()
         ctx = _Context({})
         lines: list[str] = []
@@ -235,12 +277,22 @@ class _Emitter:
             lines.append(f"    {targets}{',' if len(input_vars) + len(dim_vars) == 1 else ''} = _read_inputs(inputs)")
         else:
             lines.append("    _read_inputs(inputs)")
+        buffers = [names.fresh(f"buf{k}") for k in range(len(plan.slots))]
+        if buffers:
+            cache = f"_{fname.upper()}_BUFFERS"
+            key = "(" + "".join(f"{d}, " for d in dim_vars) + ")"
+            shapes = ", ".join(ctx.shape(shape) for shape, _ in plan.slots)
+            self.caches.append(cache)
+            lines += [f"    buffers = {cache}.get({key})",
+                      "    if buffers is None:  # first call with these dims: allocate the workspace",
+                      f"        buffers = {cache}[{key}] = _empty({shapes})",
+                      f"    {', '.join(buffers)}{',' if len(buffers) == 1 else ''} = buffers"]
         for name, n in self.model.params.items():
             if n in needed:
                 names.of[n] = names.fresh(name)
                 lines.append(f"    {names.of[n]} = params[{name!r}]")
         last_where = None
-        for n in order:
+        for n in plan.order:
             node = G[n]
             if node.op in ("input", "param", "const"):
                 continue
@@ -248,10 +300,34 @@ class _Emitter:
             if where != last_where and where:
                 lines.append(f"    # {where}")
                 last_where = where
+            args = [self.ref(a, names.of) for a in node.args]
+            if n in plan.inplace:
+                out = names.of[plan.inplace[n]]
+            elif n in plan.slot:
+                out = buffers[plan.slot[n]]
+            else:
+                out = None
             var = self.var_name(n, node, names)
-            expr = REGISTRY[node.op].emit(ctx, [self.ref(a, names.of) for a in node.args], dict(node.attrs))
-            lines.append(f"    {var} = {expr}  # {self.describe(node)}")
+            lines += self.statement(ctx, node, var, args, out)
         return lines, names.of, ctx
+
+    def statement(self, ctx: _Context, node: Node, var: str, args: list[str], out: str | None) -> list[str]:
+        """One op: a single call, or for elementwise ops a chain of ufuncs run in place."""
+        opdef = REGISTRY[node.op]
+        attrs = dict(node.attrs)
+        note = f"  # {self.describe(node)}"
+        if opdef.chain is not None and node.shape != ():
+            steps = opdef.chain(attrs)
+            lines = []
+            for i, (fn, *operands) in enumerate(steps):
+                names = [var if o == "$" else args[int(o)] if o.isdigit() else o for o in operands]
+                if i == 0:
+                    dest = [out] if out else []
+                    lines.append(f"    {var} = np.{fn}({', '.join(names + dest)}){note}")
+                else:
+                    lines.append(f"    np.{fn}({', '.join(names + [var])})")
+            return lines
+        return [f"    {var} = {opdef.emit(ctx, args, attrs, out=out if opdef.takes_out else None)}{note}"]
 
     def var_name(self, n: int, node: Node, names: Names) -> str:
         if node.grad_of is not None and self.G.nx.has_node(node.grad_of) and self.G[node.grad_of].name:
@@ -308,13 +384,35 @@ class _Emitter:
         return "{\n" + "".join(f"        {item},\n" for item in items) + "    }"
 
 
+def _bind_dims(checks: list[str], binds: list[str]) -> list[str]:
+    """Interleave ``N := X.shape[0]`` bindings into the checks right after the ndim test that
+    makes them safe, so one boolean expression both checks and binds."""
+    out = []
+    pending = {b.split(" = ")[1].split(".shape")[0]: [] for b in binds}
+    for b in binds:
+        pending[b.split(" = ")[1].split(".shape")[0]].append(b)
+    for check in checks:
+        out.append(check)
+        var = check.split(".ndim ==")[0] if ".ndim ==" in check else None
+        if var in pending:
+            for b in pending.pop(var):
+                name, expr = b.split(" = ")
+                out.append(f"({name} := {expr}) >= 0")
+    return out
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
     return value
 
 
-_READ_INPUTS = '''def _read_inputs(inputs):
+_EMPTY = '''def _empty(*shapes):
+    """Workspace buffers: allocated once per set of dims, then reused by every call."""
+    return tuple(np.empty(shape, dtype=DTYPE) for shape in shapes)'''
+
+
+_CONVERT_INPUTS = '''def _convert_inputs(inputs):
     """Check and convert the caller's inputs: returns them in INPUTS order, then the DIMS."""
     unknown = inputs.keys() - INPUTS.keys()
     if unknown:

@@ -10,13 +10,18 @@ from .codegen import Program, emit_module
 from .elaborate import elaborate_file
 from .errors import NNError
 from .ir import Model
+from .optim import Optimizer, optimizer_source
 from .passes import eliminate_dead_code, optimize
 
 DTYPES = ("float32", "float64")
 
 
-def build(model: Model, *, optimized: bool = True, trace: bool = False) -> Program:
-    """Differentiate and optimise an elaborated model (mutating its graph) into a Program."""
+def build(model: Model, *, optimized: bool = True, trace: bool = False, input_grads: bool = True) -> Program:
+    """Differentiate and optimise an elaborated model (mutating its graph) into a Program.
+
+    ``input_grads=False`` differentiates with respect to the params only, as training
+    needs: the gradient of a data input is never used there and can cost a whole matmul.
+    """
     G = model.graph
     roots: dict = {("out", name): n for name, n in model.outputs.items()}
     grads: dict[str, int | None] = {}
@@ -24,7 +29,8 @@ def build(model: Model, *, optimized: bool = True, trace: bool = False) -> Progr
     forward_nodes = list(G.nodes())
     target = model.target
     if target is not None:
-        wrt = {name: n for name, n in {**model.params, **model.inputs}.items() if G[n].dtype == "float"}
+        candidates = {**model.params, **(model.inputs if input_grads else {})}
+        wrt = {name: n for name, n in candidates.items() if G[n].dtype == "float"}
         adjoints = differentiate(G, target, wrt.values())
         for name, n in wrt.items():
             grads[name] = adjoints.get(n)
@@ -46,12 +52,17 @@ def build(model: Model, *, optimized: bool = True, trace: bool = False) -> Progr
 
 
 def compile_file(path: str | Path, *, dtype: str | None = None, optimized: bool = True,
-                 trace: bool = False) -> str:
-    """Compile a .nn file to the source text of a standalone numpy module."""
+                 trace: bool = False, input_grads: bool = True, optimizer: str | Optimizer | None = None) -> str:
+    """Compile a .nn file to the source text of a standalone numpy module.
+
+    With ``optimizer`` (a name such as "adam", or an :class:`nncompile.optim.Optimizer`), the
+    module also gets ``init_state``, ``apply_update`` and ``step`` (see nncompile/optim.py).
+    """
     if dtype is not None and dtype not in DTYPES:
         raise NNError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     model = elaborate_file(path, dtype)
-    return emit_module(build(model, optimized=optimized, trace=trace), trace=trace)
+    source = emit_module(build(model, optimized=optimized, trace=trace, input_grads=input_grads), trace=trace)
+    return source if optimizer is None else source + optimizer_source(model, optimizer)
 
 
 def load_module(source: str, name: str = "nncompiled") -> types.ModuleType:

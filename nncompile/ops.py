@@ -15,7 +15,8 @@ from . import shapes as S
 from .ir import Graph, Node
 from .shapes import Shape, ShapeError
 
-Emit = Callable[["EmitContext", list[str], dict[str, Any]], str]
+Emit = Callable[..., str]            # (ctx, operand names, attrs, out=None) -> an expression
+Step = tuple[str, ...]               # (ufunc, operand, ...): operands "0", "1", "$" (the result so far) or a literal
 Vjp = Callable[[Graph, int, int], Sequence[int | None]]
 
 
@@ -53,17 +54,18 @@ class OpDef:
     vjp: Vjp | None = None
     attrs: tuple[tuple[str, Any], ...] = ()   # (name, default) in positional order
     public: bool = True                       # callable from a .nn file
-    ufunc: str | None = None                  # numpy ufunc when the op is one (it takes out=)
+    chain: Callable[[dict[str, Any]], tuple[Step, ...]] | None = None  # elementwise: ufunc calls, in place
+    takes_out: bool = False                   # emit(..., out=buffer) writes the result into a buffer
     scalar: str | None = None                 # C expression over {0}, {1}: fusable elementwise op
     domain: str = "real"                      # gradient-check inputs: real, positive, separated
     samples: tuple[Sample, ...] = ()
     int_bounds: Callable[[list[Node]], dict[int, int]] | None = None
-    helper: str | None = None                 # a function the emitted code calls, defined once per module
+    helpers: tuple[str, ...] = ()             # functions the emitted code calls, each defined once per module
     doc: str = ""
 
     @property
     def elementwise(self) -> bool:
-        return self.scalar is not None
+        return self.chain is not None
 
 
 REGISTRY: dict[str, OpDef] = {}
@@ -74,6 +76,23 @@ def op(name: str, arity: int, infer, emit, **kw: Any) -> OpDef:
         raise ValueError(f"op {name} declared twice")
     REGISTRY[name] = OpDef(name, arity, infer, emit, **kw)
     return REGISTRY[name]
+
+
+def elementwise(name: str, arity: int, steps: tuple[Step, ...] | Callable[[dict], tuple[Step, ...]],
+                scalar: str, **kw: Any) -> OpDef:
+    """An elementwise op, emitted as a chain of numpy ufunc calls that run in place."""
+    chain = steps if callable(steps) else (lambda attrs, steps=steps: steps)
+    kw.setdefault("infer", elementwise_rule(kw.pop("symbol", name)))
+
+    def emit(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+        expr = None
+        for i, (fn, *operands) in enumerate(chain(attrs)):
+            names = [expr if o == "$" else args[int(o)] if o.isdigit() else o for o in operands]
+            last = i == len(chain(attrs)) - 1
+            expr = f"{ctx.xp}.{fn}({', '.join(names + ([out] if out and last else []))})"
+        return expr
+
+    return op(name, arity, emit=emit, chain=chain, takes_out=True, scalar=scalar, **kw)
 
 
 # ---- shape and dtype rules ------------------------------------------------------------
@@ -116,6 +135,15 @@ def _reduce_rule(opname: str):
     return infer
 
 
+def _along_axis_rule(opname: str):
+    """Shape-preserving ops that work along one axis (softmax, log_softmax)."""
+    def infer(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+        _need_float(ins, opname)
+        S.normalize_axes(attrs.get("axis", -1), len(ins[0].shape))
+        return ins[0].shape, "float"
+    return infer
+
+
 def _reshape_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
     return S.reshape(ins[0].shape, tuple(attrs["shape"])), ins[0].dtype
 
@@ -149,75 +177,87 @@ def _ce_grad_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
 
 # ---- emitters -------------------------------------------------------------------------
 
-def call(fn: str, **fixed: str) -> Emit:
-    """Emit ``np.fn(a, b, key=value)``; attributes are passed as keywords when not None."""
-    def emit(ctx: EmitContext, args: list[str], attrs: dict) -> str:
-        extra = [f"{k}={v}" for k, v in fixed.items()]
-        extra += [f"{k}={v!r}" for k, v in attrs.items() if v is not None and v is not False]
-        return f"{ctx.xp}.{fn}({', '.join([*args, *extra])})"
+def call(fn: str) -> Emit:
+    """Emit ``np.fn(a, axis=1, out=buf)``; attributes are passed as keywords when set."""
+    def emit(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+        extra = [f"{k}={v!r}" for k, v in attrs.items() if v is not None and v is not False]
+        return f"{ctx.xp}.{fn}({', '.join([*args, *extra, *([f'out={out}'] if out else [])])})"
     return emit
 
 
 def template(text: str) -> Emit:
     """Emit an expression written with {0}, {1} for operands and {xp} for the array module."""
-    def emit(ctx: EmitContext, args: list[str], attrs: dict) -> str:
+    def emit(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
         return text.format(*args, xp=ctx.xp, dtype=ctx.dtype, **attrs)
     return emit
 
 
-def _emit_step(ctx: EmitContext, args: list[str], attrs: dict) -> str:
-    fn = {">": "greater", ">=": "greater_equal", "<": "less", "==": "equal"}[attrs["cmp"]]
-    return f"{ctx.xp}.{fn}({args[0]}, {args[1]}).astype({ctx.dtype})"
+_COMPARE = {">": "greater", ">=": "greater_equal", "<": "less", "<=": "less_equal", "==": "equal"}
 
 
-def _emit_dim(ctx: EmitContext, args: list[str], attrs: dict) -> str:
+def _emit_dim(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
     factors = [ctx.dim(d) for d in attrs["symbols"]] + ([str(attrs["factor"])] if attrs["factor"] != 1 else [])
     return f"{ctx.dtype}({' * '.join(factors)})"
 
 
-def _emit_reshape(ctx: EmitContext, args: list[str], attrs: dict) -> str:
+def _emit_reshape(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
     return f"{args[0]}.reshape({ctx.shape(attrs['shape'])})"
 
 
-def _emit_transpose(ctx: EmitContext, args: list[str], attrs: dict) -> str:
+def _emit_transpose(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
     axes = attrs.get("axes")
-    return f"{ctx.xp}.transpose({args[0]})" if axes is None else f"{ctx.xp}.transpose({args[0]}, {tuple(axes)!r})"
+    if axes is None or tuple(axes) == tuple(reversed(range(len(axes)))):
+        return f"{args[0]}.T"   # a view: matmul hands it to BLAS as a transpose flag, never a copy
+    return f"{ctx.xp}.transpose({args[0]}, {tuple(axes)!r})"
 
 
-def _emit_sum_to(ctx: EmitContext, args: list[str], attrs: dict) -> str:
+def reduce_call(ufunc: str) -> Emit:
+    """``np.add.reduce(x, axis=1, out=buf)``: the ufunc method, without np.sum's Python wrapper."""
+    def emit(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+        axis = attrs.get("axis")
+        extra = [f"axis={tuple(axis) if isinstance(axis, (list, tuple)) else axis!r}"]
+        if attrs.get("keepdims"):
+            extra.append("keepdims=True")
+        if out:
+            extra.append(f"out={out}")
+        return f"{ctx.xp}.{ufunc}.reduce({', '.join([args[0], *extra])})"
+    return emit
+
+
+def _emit_sum_to(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
     dropped, kept = attrs["dropped"], attrs["kept"]
+    into = f", out={out}" if out else ""
     if not kept:
-        return f"{ctx.xp}.sum({args[0]}, axis={dropped!r})"
+        return f"{ctx.xp}.add.reduce({args[0]}, axis={dropped!r}{into})"
+    if not dropped:
+        return f"{ctx.xp}.add.reduce({args[0]}, axis={kept!r}, keepdims=True{into})"
     text = f"{ctx.xp}.sum({args[0]}, axis={dropped + kept!r}, keepdims=True)"
-    return f"{text}.reshape({ctx.shape(attrs['shape'])})" if dropped else text
+    return f"{text}.reshape({ctx.shape(attrs['shape'])})"  # a fresh array: ``out`` is not needed
 
 
-def _emit_broadcast(ctx: EmitContext, args: list[str], attrs: dict) -> str:
+def _emit_broadcast(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
     value = args[0]
     if attrs.get("axes"):
         value = f"{ctx.xp}.expand_dims({value}, {attrs['axes']!r})"
     return f"{ctx.xp}.broadcast_to({value}, {ctx.shape(attrs['shape'])})"
 
 
-_CE_HELPER = '''
-def _log_softmax(scores):
-    shifted = scores - scores.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+_LOG_SOFTMAX = '''def _log_softmax(x, axis):
+    """x - log(sum(exp(x))): shifting by the max first keeps exp from overflowing."""
+    shifted = x - np.maximum.reduce(x, axis=axis, keepdims=True)
+    shifted -= np.log(np.add.reduce(np.exp(shifted), axis=axis, keepdims=True))
+    return shifted'''
 
+_NLL = '''def _nll(logp, labels):
+    """Mean negative log-likelihood of the labels under log-probabilities ``logp``."""
+    return logp[np.arange(len(labels)), labels].sum() * (-1.0 / len(labels))'''
 
-def _softmax_cross_entropy(scores, labels):
-    """Mean of -log softmax(scores)[label]; shifting by the row max keeps exp finite."""
-    picked = np.take_along_axis(_log_softmax(scores), labels[:, None], axis=1)
-    return -picked.mean()
-
-
-def _softmax_cross_entropy_grad(scores, labels, g):
-    """(softmax(scores) - onehot(labels)) * g / N, the fused gradient of the loss above."""
-    probs = np.exp(_log_softmax(scores))
+_SOFTMAX_NLL_GRAD = '''def _softmax_nll_grad(logp, labels, g):
+    """(softmax - onehot(labels)) * g / N from saved log-probabilities: one exp, no max or sum."""
+    probs = np.exp(logp)
     probs[np.arange(len(labels)), labels] -= 1
     probs *= g / len(labels)
-    return probs
-'''
+    return probs'''
 
 
 # ---- gradient rules -------------------------------------------------------------------
@@ -280,7 +320,8 @@ def _vjp_sigmoid(G: Graph, n: int, g: int):
 
 
 def _vjp_relu(G: Graph, n: int, g: int):
-    return (G.add("mul", [g, G.add("step", [G[n].args[0], constant(G, 0.0)], {"cmp": ">"})]),)
+    # The mask comes from the output, so the pre-activation need not be kept for backward.
+    return (G.add("mul", [g, G.add("step", [n, constant(G, 0.0)], {"cmp": ">"})]),)
 
 
 def _vjp_maximum(G: Graph, n: int, g: int):
@@ -335,56 +376,6 @@ def _vjp_mean(G: Graph, n: int, g: int):
     return (broadcast(G, scaled, G[x].shape, G[n].attr("axis"), G[n].attr("keepdims")),)
 
 
-def _vjp_maximum(G: Graph, n: int, g: int):
-    a, b = G[n].args  # the max gate routes the gradient to the larger operand
-    return (G.add("mul", [g, G.add("step", [a, b], {"cmp": ">="})]),
-            G.add("mul", [g, G.add("step", [a, b], {"cmp": "<"})]))
-
-
-def _vjp_minimum(G: Graph, n: int, g: int):
-    a, b = G[n].args
-    return (G.add("mul", [g, G.add("step", [a, b], {"cmp": "<="})]),
-            G.add("mul", [g, G.add("step", [a, b], {"cmp": ">"})]))
-
-
-def _vjp_matmul(G: Graph, n: int, g: int):
-    a, b = G[n].args
-    sa, sb = G[a].shape, G[b].shape
-    if len(sa) == 1 and len(sb) == 1:           # a dot product
-        return G.add("mul", [g, b]), G.add("mul", [g, a])
-    if len(sa) == 1:                             # [K] @ [..., K, M]: treat a as [1, K]
-        a2 = G.add("reshape", [a], {"shape": (1, sa[0])})
-        g2 = G.add("reshape", [g], {"shape": (*G[g].shape[:-1], 1, G[g].shape[-1])})
-        ga = G.add("matmul", [g2, _swap(G, b)])
-        ga = G.add("reshape", [ga], {"shape": (*G[ga].shape[:-2], sa[0])})
-        return sum_to(G, ga, sa), G.add("matmul", [_swap(G, a2), g2])
-    if len(sb) == 1:                             # [..., N, K] @ [K]: treat b as [K, 1]
-        b2 = G.add("reshape", [b], {"shape": (sb[0], 1)})
-        g2 = G.add("reshape", [g], {"shape": (*G[g].shape, 1)})
-        gb = G.add("matmul", [_swap(G, a), g2])
-        gb = G.add("reshape", [gb], {"shape": G[gb].shape[:-1]})
-        return G.add("matmul", [g2, _swap(G, b2)]), sum_to(G, gb, sb)
-    return G.add("matmul", [g, _swap(G, b)]), G.add("matmul", [_swap(G, a), g])
-
-
-def _swap(G: Graph, x: int) -> int:
-    rank = len(G[x].shape)
-    return G.add("transpose", [x], {"axes": (*range(rank - 2), rank - 1, rank - 2)})
-
-
-def _vjp_sum(G: Graph, n: int, g: int):
-    x = G[n].args[0]
-    return (broadcast(G, g, G[x].shape, G[n].attr("axis"), G[n].attr("keepdims")),)
-
-
-def _vjp_mean(G: Graph, n: int, g: int):
-    x = G[n].args[0]
-    count = _count(G[x].shape, G[n].attr("axis"))
-    scaled = G.add("div", [g, count if isinstance(count, int) else count_node(G, count)]) \
-        if isinstance(count, str) else G.add("mul", [g, constant(G, 1.0 / count)])
-    return (broadcast(G, scaled, G[x].shape, G[n].attr("axis"), G[n].attr("keepdims")),)
-
-
 def _vjp_max(G: Graph, n: int, g: int):
     x = G[n].args[0]  # route the gradient to the maxima, as the max gate does
     shape, axis, keep = G[x].shape, G[n].attr("axis"), G[n].attr("keepdims")
@@ -402,6 +393,12 @@ def _vjp_transpose(G: Graph, n: int, g: int):
     axes = tuple(reversed(range(rank))) if axes is None else tuple(a % rank for a in axes)
     inverse = tuple(sorted(range(rank), key=lambda i: axes[i]))
     return (G.add("transpose", [g], {"axes": inverse}),)
+
+
+def _vjp_log_softmax(G: Graph, n: int, g: int):
+    axis = G[n].attr("axis")
+    total = G.add("sum", [g], {"axis": axis, "keepdims": True})
+    return (G.add("sub", [g, G.add("mul", [G.add("exp", [n]), total])]),)
 
 
 def _vjp_ce(G: Graph, n: int, g: int):
@@ -453,61 +450,68 @@ op("param", 0, emit=template("<param>"), **_LEAF)
 op("const", 0, emit=template("<const>"), **_LEAF)
 op("dim", 0, lambda ins, a: ((), "float"), _emit_dim, public=False, doc="a symbolic size as a number")
 
-op("add", 2, elementwise_rule("'+'"), call("add"), vjp=_vjp_add, ufunc="add", scalar="{0} + {1}", samples=_B)
-op("sub", 2, elementwise_rule("'-'"), call("subtract"), vjp=_vjp_sub, ufunc="subtract", scalar="{0} - {1}", samples=_B)
-op("mul", 2, elementwise_rule("'*'"), call("multiply"), vjp=_vjp_mul, ufunc="multiply", scalar="{0} * {1}", samples=_B)
-op("div", 2, elementwise_rule("'/'"), call("divide"), vjp=_vjp_div, ufunc="divide", scalar="{0} / {1}",
-   domain="positive", samples=_B)
-op("pow", 2, elementwise_rule("'**'"), call("power"), vjp=_vjp_pow, ufunc="power", scalar="pow({0}, {1})",
-   domain="positive", samples=_B)
-op("maximum", 2, elementwise_rule("maximum"), call("maximum"), vjp=_vjp_maximum, ufunc="maximum",
-   scalar="max({0}, {1})", domain="separated", samples=_B, doc="elementwise max of two tensors")
-op("minimum", 2, elementwise_rule("minimum"), call("minimum"), vjp=_vjp_minimum, ufunc="minimum",
-   scalar="min({0}, {1})", domain="separated", samples=_B, doc="elementwise min of two tensors")
+elementwise("add", 2, (("add", "0", "1"),), "{0} + {1}", symbol="'+'", vjp=_vjp_add, samples=_B)
+elementwise("sub", 2, (("subtract", "0", "1"),), "{0} - {1}", symbol="'-'", vjp=_vjp_sub, samples=_B)
+elementwise("mul", 2, (("multiply", "0", "1"),), "{0} * {1}", symbol="'*'", vjp=_vjp_mul, samples=_B)
+elementwise("div", 2, (("divide", "0", "1"),), "{0} / {1}", symbol="'/'", vjp=_vjp_div, samples=_B,
+            domain="positive")
+elementwise("pow", 2, (("power", "0", "1"),), "pow({0}, {1})", symbol="'**'", vjp=_vjp_pow, samples=_B,
+            domain="positive")
+elementwise("maximum", 2, (("maximum", "0", "1"),), "max({0}, {1})", vjp=_vjp_maximum, samples=_B,
+            domain="separated", doc="elementwise max of two tensors")
+elementwise("minimum", 2, (("minimum", "0", "1"),), "min({0}, {1})", vjp=_vjp_minimum, samples=_B,
+            domain="separated", doc="elementwise min of two tensors")
 
 _U = (Sample((_M,)), Sample(((),)))
-op("neg", 1, elementwise_rule("'-'"), call("negative"), vjp=_vjp_neg, ufunc="negative", scalar="-{0}",
-   samples=_U, public=False)
-op("exp", 1, elementwise_rule("exp"), call("exp"), vjp=_vjp_exp, ufunc="exp", scalar="exp({0})", samples=_U)
-op("log", 1, elementwise_rule("log"), call("log"), vjp=_vjp_log, ufunc="log", scalar="log({0})",
-   domain="positive", samples=_U)
-op("sqrt", 1, elementwise_rule("sqrt"), call("sqrt"), vjp=_vjp_sqrt, ufunc="sqrt", scalar="sqrt({0})",
-   domain="positive", samples=_U)
-op("abs", 1, elementwise_rule("abs"), call("absolute"), vjp=_vjp_abs, ufunc="absolute", scalar="fabs({0})",
-   domain="nonzero", samples=_U)
-op("tanh", 1, elementwise_rule("tanh"), call("tanh"), vjp=_vjp_tanh, ufunc="tanh", scalar="tanh({0})", samples=_U)
-op("sigmoid", 1, elementwise_rule("sigmoid"), template("0.5 * ({xp}.tanh(0.5 * {0}) + 1)"), vjp=_vjp_sigmoid,
-   scalar="0.5 * (tanh(0.5 * {0}) + 1)", samples=_U, doc="1 / (1 + exp(-x)), computed stably via tanh")
-op("relu", 1, elementwise_rule("relu"), template("{xp}.maximum({0}, 0)"), vjp=_vjp_relu,
-   scalar="max({0}, 0)", domain="nonzero", samples=_U)
+elementwise("neg", 1, (("negative", "0"),), "-{0}", symbol="'-'", vjp=_vjp_neg, samples=_U, public=False)
+elementwise("exp", 1, (("exp", "0"),), "exp({0})", vjp=_vjp_exp, samples=_U)
+elementwise("log", 1, (("log", "0"),), "log({0})", vjp=_vjp_log, samples=_U, domain="positive")
+elementwise("sqrt", 1, (("sqrt", "0"),), "sqrt({0})", vjp=_vjp_sqrt, samples=_U, domain="positive")
+elementwise("abs", 1, (("absolute", "0"),), "fabs({0})", vjp=_vjp_abs, samples=_U, domain="nonzero")
+elementwise("tanh", 1, (("tanh", "0"),), "tanh({0})", vjp=_vjp_tanh, samples=_U)
+elementwise("sigmoid", 1, (("multiply", "0", "0.5"), ("tanh", "$"), ("add", "$", "1.0"), ("multiply", "$", "0.5")),
+            "0.5 * (tanh(0.5 * {0}) + 1)", vjp=_vjp_sigmoid, samples=_U,
+            doc="1 / (1 + exp(-x)), computed as (tanh(x / 2) + 1) / 2, which cannot overflow")
+elementwise("relu", 1, (("maximum", "0", "0.0"),), "max({0}, 0)", vjp=_vjp_relu, samples=_U, domain="nonzero")
 
 # Masks and signs carry no gradient: they exist to build other ops' gradients.
-op("step", 2, elementwise_rule("step"), _emit_step, attrs=(("cmp", ">"),), public=False,
-   scalar="({0} {cmp} {1})")
-op("sign", 1, elementwise_rule("sign"), call("sign"), public=False, ufunc="sign", scalar="copysign(1, {0})")
+elementwise("step", 2, lambda attrs: ((_COMPARE[attrs["cmp"]], "0", "1"),), "({0} {cmp} {1})",
+            attrs=(("cmp", ">"),), public=False, doc="1 where the comparison holds, else 0")
+elementwise("sign", 1, (("sign", "0"),), "copysign(1, {0})", public=False)
 
-op("matmul", 2, _matmul_rule, call("matmul"), vjp=_vjp_matmul, ufunc="matmul",
+op("matmul", 2, _matmul_rule, call("matmul"), vjp=_vjp_matmul, takes_out=True,
    samples=(Sample(((3, 4), (4, 2))), Sample(((2, 3, 4), (4, 2))), Sample(((4,), (4, 2))),
             Sample(((3, 4), (4,))), Sample(((4,), (4,))), Sample(((2, 1, 3, 4), (2, 4, 2)))))
 
 _R = (Sample((_M,)), Sample((_M,), {"axis": 1}), Sample(((2, 3, 4),), {"axis": 0, "keepdims": True}),
       Sample(((2, 3, 4),), {"axis": (0, 2)}))
 _RA = (("axis", None), ("keepdims", False))
-op("sum", 1, _reduce_rule("sum"), call("sum"), vjp=_vjp_sum, attrs=_RA, samples=_R)
-op("mean", 1, _reduce_rule("mean"), call("mean"), vjp=_vjp_mean, attrs=_RA, samples=_R)
-op("max", 1, _reduce_rule("max"), call("max"), vjp=_vjp_max, attrs=_RA, samples=_R)
+op("sum", 1, _reduce_rule("sum"), reduce_call("add"), vjp=_vjp_sum, attrs=_RA, samples=_R, takes_out=True)
+op("mean", 1, _reduce_rule("mean"), call("mean"), vjp=_vjp_mean, attrs=_RA, samples=_R, takes_out=True)
+op("max", 1, _reduce_rule("max"), reduce_call("maximum"), vjp=_vjp_max, attrs=_RA, samples=_R, takes_out=True)
 
 op("reshape", 1, _reshape_rule, _emit_reshape, vjp=_vjp_reshape, attrs=(("shape", None),),
    samples=(Sample((_M,), {"shape": (2, 6)}), Sample(((2, 3, 4),), {"shape": (-1, 4)})))
 op("transpose", 1, _transpose_rule, _emit_transpose, vjp=_vjp_transpose, attrs=(("axes", None),),
    samples=(Sample((_M,)), Sample(((2, 3, 4),), {"axes": (1, 2, 0)})))
 
-op("sum_to", 1, _target_shape_rule, _emit_sum_to, public=False)
+op("sum_to", 1, _target_shape_rule, _emit_sum_to, public=False, takes_out=True)
 op("broadcast_to", 1, _target_shape_rule, _emit_broadcast, public=False)
 
-op("softmax_cross_entropy", 2, _ce_rule, template("_softmax_cross_entropy({0}, {1})"), vjp=_vjp_ce,
+op("softmax_cross_entropy", 2, _ce_rule, template("_nll(_log_softmax({0}, 1), {1})"), vjp=_vjp_ce,
+   helpers=(_LOG_SOFTMAX, _NLL),
    int_bounds=lambda ins: {1: ins[0].shape[-1]} if isinstance(ins[0].shape[-1], int) else {},
-   samples=(Sample(((5, 4), (5,)), ints={1: 4}),), helper=_CE_HELPER,
+   samples=(Sample(((5, 4), (5,)), ints={1: 4}),),
    doc="mean over the batch of -log softmax(scores)[label], computed stably")
-op("softmax_cross_entropy_grad", 3, _ce_grad_rule, template("_softmax_cross_entropy_grad({0}, {1}, {2})"),
-   public=False, helper=_CE_HELPER)
+op("softmax_cross_entropy_grad", 3, _ce_grad_rule, template("_softmax_nll_grad(_log_softmax({0}, 1), {1}, {2})"),
+   public=False, helpers=(_LOG_SOFTMAX, _SOFTMAX_NLL_GRAD))
+
+# What the passes turn softmax_cross_entropy and its gradient into, so the log-softmax is
+# computed once in the forward pass and reused by the backward pass.
+op("log_softmax", 1, _along_axis_rule("log_softmax"), template("_log_softmax({0}, {axis})"), vjp=_vjp_log_softmax,
+   attrs=(("axis", -1),), helpers=(_LOG_SOFTMAX,), samples=(Sample((_M,)), Sample(((2, 3, 4),), {"axis": 1})),
+   doc="x - log(sum(exp(x), axis)), computed stably")
+op("nll", 2, _ce_rule, template("_nll({0}, {1})"), public=False, helpers=(_NLL,),
+   doc="mean -logp[i, label_i]")
+op("softmax_nll_grad", 3, _ce_grad_rule, template("_softmax_nll_grad({0}, {1}, {2})"), public=False,
+   helpers=(_SOFTMAX_NLL_GRAD,))

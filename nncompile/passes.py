@@ -83,8 +83,8 @@ def evaluate(node: Node, args: list[np.ndarray]) -> np.ndarray:
     opdef = REGISTRY[node.op]
     names = [f"a{i}" for i in range(len(args))]
     scope: dict[str, Any] = {"np": np, **dict(zip(names, args))}
-    if opdef.helper:
-        exec(opdef.helper, scope)  # noqa: S102 - our own registry text, never user input
+    for helper in opdef.helpers:
+        exec(helper, scope)  # noqa: S102 - our own registry text, never user input
     expr = opdef.emit(_FoldContext(), names, dict(node.attrs))
     return np.asarray(eval(expr, scope))  # noqa: S307 - likewise
 
@@ -118,10 +118,19 @@ def _is_const(G: Graph, n: int, value: float) -> bool:
     return node.op == "const" and np.all(np.asarray(node.attr("value")) == value)
 
 
+_SHARES_LOG_SOFTMAX = {"softmax_cross_entropy": "nll", "softmax_cross_entropy_grad": "softmax_nll_grad"}
+
+
 def _simplify_node(G: Graph, n: int) -> int | None:
     """A cheaper equivalent of node ``n`` (an existing node id), or None to keep it."""
     node = G[n]
     args = node.args
+    if node.op in _SHARES_LOG_SOFTMAX:
+        # Loss and gradient both start from log_softmax(scores): make it one node (CSE merges
+        # the two) so the backward pass reuses what the forward pass computed.
+        logp = G.add("log_softmax", [args[0]], {"axis": 1}, loc=node.loc, scope=node.scope)
+        G.set(n, op=_SHARES_LOG_SOFTMAX[node.op], args=(logp, *args[1:]))
+        return None
     if node.op == "pow" and G[args[1]].op == "const" and G[args[1]].shape == ():
         k = G[args[1]].attr("value")
         if k == 1:
@@ -171,7 +180,7 @@ def _same_shape(G: Graph, n: int, candidate: int) -> int | None:
 
 
 def simplify(G: Graph, roots: Roots, rule: Callable[[Graph, int], int | None] = _simplify_node) -> None:
-    """Algebraic identities: x**2 -> x*x, x*1 -> x, x+0 -> x, --x -> x."""
+    """Algebraic identities (x**2 -> x*x, x*1 -> x, x+0 -> x, --x -> x) and op fusions."""
     for n in G.topological():
         if n not in G or G[n].is_leaf:
             continue

@@ -1,0 +1,120 @@
+"""Scheduling and buffer planning: in what order a function computes its values, and
+where each value lives.
+
+The schedule is a depth-first post-order from the function's results, so every value is
+computed just before its first use: masks and transposes needed only by the backward pass
+are not made (and kept alive) during the forward pass.
+
+Temporaries go into a workspace of preallocated buffers, reused once their value is dead
+(liveness over the schedule); elementwise ops overwrite an operand that dies at them, so
+a fused chain (``x @ W + b`` then ``relu``) runs in one buffer. Values the function
+returns are never in the workspace: they are fresh arrays each call, so a caller's
+results are never overwritten by the next call.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .ir import Graph
+from .ops import REGISTRY
+from .shapes import Shape
+
+VIEW_OPS = frozenset({"reshape", "transpose", "broadcast_to"})
+_NEVER = float("inf")
+
+
+@dataclass
+class Plan:
+    order: list[int]
+    slot: dict[int, int] = field(default_factory=dict)       # node -> workspace buffer holding its value
+    inplace: dict[int, int] = field(default_factory=dict)    # node -> operand whose buffer it overwrites
+    slots: list[tuple[Shape, str]] = field(default_factory=list)   # each buffer's shape and dtype
+
+
+def schedule(G: Graph, results: list[int]) -> list[int]:
+    """A deterministic topological order of everything ``results`` need (iterative DFS)."""
+    order: list[int] = []
+    done: set[int] = set()
+    for root in results:
+        stack = [(root, False)]
+        while stack:
+            n, expanded = stack.pop()
+            if n in done:
+                continue
+            if expanded:
+                done.add(n)
+                order.append(n)
+                continue
+            stack.append((n, True))
+            stack.extend((a, False) for a in reversed(G[n].args) if a not in done)
+    return order
+
+
+def _owns_storage(G: Graph, n: int) -> bool:
+    node = G[n]
+    return not node.is_leaf and node.op not in VIEW_OPS and node.shape != ()
+
+
+def plan_buffers(G: Graph, order: list[int], returned: set[int]) -> Plan:
+    """Assign buffers to the nodes of ``order`` (a topological schedule)."""
+    last_use: dict[int, float] = {n: (_NEVER if n in returned else -1) for n in order}
+    for i, n in enumerate(order):
+        for a in G[n].args:
+            last_use[a] = max(last_use[a], i)
+    for n in reversed(order):  # a view keeps its base alive
+        if G[n].op in VIEW_OPS:
+            base = G[n].args[0]
+            last_use[base] = max(last_use[base], last_use[n])
+
+    plan = Plan(order)
+    fresh: set[int] = set()              # values in arrays allocated by numpy this call
+    owner: dict[int, int] = {}           # slot -> the node whose value it holds
+    free: dict[tuple[Shape, str], list[int]] = {}
+    for i, n in enumerate(order):
+        node = G[n]
+        opdef = REGISTRY[node.op]
+        if node.is_leaf or node.op in VIEW_OPS:
+            continue
+        is_returned = n in returned
+        target = None
+        if opdef.elementwise and node.shape != ():
+            for a in dict.fromkeys(node.args):
+                if (_owns_storage(G, a) and last_use[a] == i and G[a].shape == node.shape
+                        and G[a].dtype == node.dtype and (a in fresh or not is_returned)
+                        and (a in plan.slot or a in fresh)):
+                    target = a
+                    break
+        if target is not None:
+            plan.inplace[n] = target
+            if target in plan.slot:
+                plan.slot[n] = plan.slot[target]
+                owner[plan.slot[n]] = n
+            else:
+                fresh.add(n)
+        elif opdef.takes_out and not is_returned and node.shape != () and node.dtype == "float":
+            key = (node.shape, node.dtype)
+            if free.get(key):
+                k = free[key].pop()
+            else:
+                k = len(plan.slots)
+                plan.slots.append(key)
+            plan.slot[n] = k
+            owner[k] = n
+        else:
+            fresh.add(n)
+        for a in dict.fromkeys([*node.args, *_view_bases(G, node.args)]):
+            k = plan.slot.get(a)
+            if last_use[a] == i and k is not None and owner.get(k) == a:   # its value dies here
+                owner[k] = -1
+                free.setdefault(plan.slots[k], []).append(k)
+    return plan
+
+
+def _view_bases(G: Graph, args) -> list[int]:
+    """The storage owners behind view operands (their liveness ends with the view's)."""
+    bases = []
+    for a in args:
+        while G[a].op in VIEW_OPS:
+            a = G[a].args[0]
+            bases.append(a)
+    return bases
