@@ -8,6 +8,7 @@ and options always give the same bytes.
 from __future__ import annotations
 
 import builtins
+import functools
 import keyword
 import re
 import zlib
@@ -73,6 +74,8 @@ class Names:
 
 def safe_comment(text: str) -> str:
     """Text that cannot end a comment line early (no newline or other control characters)."""
+    if text.isprintable():
+        return text
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
@@ -205,7 +208,7 @@ class _Emitter:
 
     def helpers(self) -> list[str]:
         texts: list[str] = []
-        for n in self.G.topological():
+        for n in self.G.nodes():
             for helper in REGISTRY[self.G[n].op].helpers:
                 if helper not in texts:
                     texts.append(helper)
@@ -277,16 +280,19 @@ class _Emitter:
             lines.append(f"    {targets}{',' if len(input_vars) + len(dim_vars) == 1 else ''} = _read_inputs(inputs)")
         else:
             lines.append("    _read_inputs(inputs)")
-        buffers = [names.fresh(f"buf{k}") for k in range(len(plan.slots))]
-        if buffers:
+        if len(plan.slots) <= 16:
+            buffers = [names.fresh(f"buf{k}") for k in range(len(plan.slots))]
+        else:  # a deep model: index the workspace rather than name a thousand buffers
+            buffers = [f"buffers[{k}]" for k in range(len(plan.slots))]
+        if plan.slots:
             cache = f"_{fname.upper()}_BUFFERS"
             key = "(" + "".join(f"{d}, " for d in dim_vars) + ")"
-            shapes = ", ".join(ctx.shape(shape) for shape, _ in plan.slots)
             self.caches.append(cache)
             lines += [f"    buffers = {cache}.get({key})",
                       "    if buffers is None:  # first call with these dims: allocate the workspace",
-                      f"        buffers = {cache}[{key}] = _empty({shapes})",
-                      f"    {', '.join(buffers)}{',' if len(buffers) == 1 else ''} = buffers"]
+                      f"        buffers = {cache}[{key}] = _empty({_shape_list(ctx, plan.slots)})"]
+            if len(plan.slots) <= 16:
+                lines.append(f"    {', '.join(buffers)}{',' if len(buffers) == 1 else ''} = buffers")
         for name, n in self.model.params.items():
             if n in needed:
                 names.of[n] = names.fresh(name)
@@ -343,7 +349,7 @@ class _Emitter:
         if node.loc is None:
             return None
         text = Sources.line(node.loc.file, node.loc.line)
-        label = f"{Path(node.loc.file).name}:{node.loc.line}"
+        label = f"{_basename(node.loc.file)}:{node.loc.line}"
         if text is not None:
             label += f": {text.strip()}"
         if node.grad_of is not None:
@@ -384,6 +390,23 @@ class _Emitter:
         return "{\n" + "".join(f"        {item},\n" for item in items) + "    }"
 
 
+def _shape_list(ctx: _Context, slots: list[tuple[Shape, str]]) -> str:
+    """The workspace's shapes as a short list expression: runs of one shape are multiplied."""
+    runs: list[list] = []
+    for shape, _ in slots:
+        if runs and runs[-1][0] == shape:
+            runs[-1][1] += 1
+        else:
+            runs.append([shape, 1])
+    parts = [f"[{ctx.shape(shape)}]" + (f" * {count}" if count > 1 else "") for shape, count in runs]
+    return " + ".join(parts)
+
+
+@functools.lru_cache(maxsize=None)
+def _basename(file: str) -> str:
+    return Path(file).name
+
+
 def _bind_dims(checks: list[str], binds: list[str]) -> list[str]:
     """Interleave ``N := X.shape[0]`` bindings into the checks right after the ndim test that
     makes them safe, so one boolean expression both checks and binds."""
@@ -407,7 +430,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-_EMPTY = '''def _empty(*shapes):
+_EMPTY = '''def _empty(shapes):
     """Workspace buffers: allocated once per set of dims, then reused by every call."""
     return tuple(np.empty(shape, dtype=DTYPE) for shape in shapes)'''
 

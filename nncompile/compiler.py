@@ -11,7 +11,7 @@ from .elaborate import elaborate_file
 from .errors import NNError
 from .ir import Model
 from .optim import Optimizer, optimizer_source
-from .passes import eliminate_dead_code, optimize
+from .passes import Roots, eliminate_dead_code, optimize
 
 DTYPES = ("float32", "float64")
 
@@ -40,6 +40,7 @@ def build(model: Model, *, optimized: bool = True, trace: bool = False, input_gr
         roots.update({("value", n): n for n in forward_nodes})
         roots.update({("adjoint", n): a for n, a in adjoints.items()})
     if optimized:
+        roots = Roots(roots)
         optimize(G, roots)
     else:
         eliminate_dead_code(G, roots)

@@ -39,8 +39,10 @@ class Sources:
                 text = Path(file).read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError):
                 return None
-        lines = text.splitlines()
-        return lines[line - 1] if 0 < line <= len(lines) else None
+        # Only "\n" ends a line, as in the lexer: a form feed or a lone carriage return in a
+        # comment must not shift the line numbers of everything after it.
+        lines = text.split("\n")
+        return lines[line - 1].rstrip("\r") if 0 < line <= len(lines) and text else None
 
 
 class NNError(Exception):
@@ -56,12 +58,16 @@ class NNError(Exception):
 
     def format(self) -> str:
         if self.loc is None:
-            where = f"{self.file}: " if self.file else ""
+            # An error about a whole file (missing, unreadable, a bad --set for it) is
+            # reported at its start, so every message keeps the FILE:LINE:COL form.
+            where = f"{self.file}:1:1: " if self.file else ""
             return f"{where}error: {self.message}"
         text = [f"{self.loc}: error: {self.message}"]
         source = Sources.line(self.loc.file, self.loc.line)
         if source is not None:
-            printable = source.expandtabs(1)
+            # One column per character, as the lexer counts them, so the caret lines up;
+            # control characters (a tab, a form feed, a stray carriage return) become spaces.
+            printable = "".join(c if c.isprintable() else " " for c in source)
             width = max(1, (self.loc.end_col or self.loc.col + 1) - self.loc.col)
             width = min(width, max(1, len(printable) - self.loc.col + 1))
             text.append(f"    {printable}")

@@ -14,11 +14,27 @@ from .ir import Graph, Node
 from . import shapes as S
 from .ops import REGISTRY, EmitContext
 
-Roots = dict[Any, int]
+class Roots(dict):
+    """The values a program must deliver (key -> node), with a reverse index so that
+    replacing a node is O(1) however many roots there are."""
+
+    def __init__(self, items=()):
+        super().__init__(items)
+        self.by_node: dict[int, list[Any]] = {}
+        for key, n in self.items():
+            self.by_node.setdefault(n, []).append(key)
+
+    def repoint(self, old: int, new: int) -> None:
+        keys = self.by_node.pop(old, [])
+        for key in keys:
+            self[key] = new
+        if keys:
+            self.by_node.setdefault(new, []).extend(keys)
 
 
 def optimize(G: Graph, roots: Roots) -> None:
     """The standard pipeline: fold constants, simplify, merge duplicates, drop dead code."""
+    assert isinstance(roots, Roots), "wrap the roots in passes.Roots"
     fold_constants(G, roots)
     simplify(G, roots)
     eliminate_common_subexpressions(G, roots)
@@ -30,9 +46,7 @@ def _replace(G: Graph, roots: Roots, old: int, new: int) -> None:
     if old == new:
         return
     G.replace_uses(old, new)
-    for key, value in roots.items():
-        if value == old:
-            roots[key] = new
+    roots.repoint(old, new)
     a, b = G[old], G[new]
     if b.name is None and b.loc is None and b.grad_of is None:   # an anonymous backward temp
         G.set(new, name=a.name, loc=a.loc, scope=a.scope, grad_of=a.grad_of)
@@ -142,6 +156,8 @@ def _simplify_node(G: Graph, n: int) -> int | None:
         return None
     if REGISTRY[node.op].elementwise:
         _drop_redundant_broadcasts(G, n)
+        node = G[n]
+        args = node.args
     if node.op == "mul":
         for keep, drop in ((0, 1), (1, 0)):
             if _is_const(G, args[drop], 1.0):
