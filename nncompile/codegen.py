@@ -328,10 +328,10 @@ class _Emitter:
             for i, (fn, *operands) in enumerate(steps):
                 names = [var if o == "$" else args[int(o)] if o.isdigit() else o for o in operands]
                 if i == 0:
-                    dest = [out] if out else []
+                    dest = [f"out={out}"] if out else []
                     lines.append(f"    {var} = np.{fn}({', '.join(names + dest)}){note}")
                 else:
-                    lines.append(f"    np.{fn}({', '.join(names + [var])})")
+                    lines.append(f"    np.{fn}({', '.join(names)}, out={var})")
             return lines
         return [f"    {var} = {opdef.emit(ctx, args, attrs, out=out if opdef.takes_out else None)}{note}"]
 

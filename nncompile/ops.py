@@ -89,7 +89,7 @@ def elementwise(name: str, arity: int, steps: tuple[Step, ...] | Callable[[dict]
         for i, (fn, *operands) in enumerate(chain(attrs)):
             names = [expr if o == "$" else args[int(o)] if o.isdigit() else o for o in operands]
             last = i == len(chain(attrs)) - 1
-            expr = f"{ctx.xp}.{fn}({', '.join(names + ([out] if out and last else []))})"
+            expr = f"{ctx.xp}.{fn}({', '.join(names + ([f'out={out}'] if out and last else []))})"
         return expr
 
     return op(name, arity, emit=emit, chain=chain, takes_out=True, scalar=scalar, **kw)
