@@ -42,9 +42,7 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
 def cmd_compile(args: argparse.Namespace) -> int:
     from .compiler import compile_file
 
-    if args.backend != "numpy":
-        raise NNError(f"the {args.backend} backend is not available yet")
-    source = compile_file(args.model, dtype=args.dtype)
+    source = compile_file(args.model, dtype=args.dtype, backend=args.backend)
     write_atomic(args.output, source)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
@@ -53,7 +51,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_file, parse_sets, to_json
 
-    ev = evaluate_file(args.model, parse_sets(args.set), seed=args.seed, dtype=args.dtype)
+    ev = evaluate_file(args.model, parse_sets(args.set, args.model), seed=args.seed, dtype=args.dtype)
     dtype = ev.model.dtype
     values = ev.named_values()
     grads = ev.input_and_param_grads()
@@ -88,7 +86,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_file, parse_sets
     from .render import render_file
 
-    ev = evaluate_file(args.model, parse_sets(args.set), seed=args.seed, dtype=args.dtype)
+    ev = evaluate_file(args.model, parse_sets(args.set, args.model), seed=args.seed, dtype=args.dtype)
     written = render_file(ev, args.output, rankdir=args.rankdir)
     print(f"wrote {written}", file=sys.stderr)
     return 0
@@ -108,7 +106,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print("nothing to differentiate (no 'minimize' and no single scalar output): gradient check skipped")
         return 0
     module = load_module(emit_module(build(model)), Path(args.model).stem)
-    params, inputs = concrete_values(model, module, parse_sets(args.set), args.seed)
+    params, inputs = concrete_values(model, module, parse_sets(args.set, args.model), args.seed)
     results = check_gradients(module, params, inputs, seed=args.seed)
     worst: dict[str, float] = {}
     for r in results:
@@ -140,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="write the model as a standalone Python module")
     common(p, values=False)
     p.add_argument("-o", "--output", required=True, metavar="OUT.py")
-    p.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
+    p.add_argument("--backend", choices=("numpy", "cupy"), default="numpy",
+                   help="numpy (CPU) or cupy (NVIDIA GPU; the module then needs CuPy to run)")
     p.set_defaults(run=cmd_compile)
 
     p = sub.add_parser("eval", help="run forward and backward and print every value and gradient")
@@ -171,6 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `nncompile eval big.nn | head`: the reader left, which is no error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

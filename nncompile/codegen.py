@@ -89,9 +89,9 @@ def literal(value: float) -> str:
 
 
 class _Context(EmitContext):
-    def __init__(self, dims: dict[str, str]):
+    def __init__(self, dims: dict[str, str], xp: str = "np"):
         self.dims = dims
-        self.xp = "np"
+        self.xp = xp
         self.dtype = "DTYPE"
 
     def dim(self, symbol: str) -> str:
@@ -102,14 +102,26 @@ class _Context(EmitContext):
         return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
 
 
-def emit_module(program: Program, *, trace: bool = False) -> str:
-    return _Emitter(program).module(trace)
+BACKENDS = ("numpy", "cupy")
+
+
+def emit_module(program: Program, *, trace: bool = False, backend: str = "numpy") -> str:
+    """The module's source. ``backend="cupy"`` keeps arrays on an NVIDIA GPU: the same code
+    with ``cp`` for ``np``, and each fused elementwise group one ``cp.ElementwiseKernel``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}")
+    if trace and backend != "numpy":
+        raise ValueError("trace functions are numpy-only")
+    return _Emitter(program, backend).module(trace)
 
 
 class _Emitter:
-    def __init__(self, program: Program):
+    def __init__(self, program: Program, backend: str = "numpy"):
         self.p = program
+        self.backend = backend
+        self.xp = "np" if backend == "numpy" else "cp"
         self.caches: list[str] = []
+        self.kernels: dict[tuple[str, int], str] = {}   # (C expression, inputs) -> kernel name
         self.G = program.graph
         self.model = program.model
         self.dtype = self.model.dtype
@@ -124,13 +136,14 @@ class _Emitter:
     def module(self, trace: bool) -> str:
         source = Path(self.model.file).name
         parts = [
-            f'"""{safe_comment(source)}, compiled by nncompile {__version__}: forward and backward passes in numpy.\n\n'
+            f'"""{safe_comment(source)}, compiled by nncompile {__version__}: forward and backward passes in '
+            f'{self.backend}.\n\n'
             "Generated code: edit the .nn file and compile again rather than editing this.\n"
             'INPUTS, PARAMS and OUTPUTS map names to (shape, dtype); symbolic dims are strings.\n"""\n\n'
-            "import numpy as np",
+            "import numpy as np" + ("\nimport cupy as cp" if self.xp == "cp" else ""),
             self.tables(),
             self.read_inputs(),
-            _CONVERT_INPUTS,
+            self.on_device(_CONVERT_INPUTS),
             *self.helpers(),
             self.init_params(),
             self.function("forward", self.p.outputs, None,
@@ -142,8 +155,10 @@ class _Emitter:
                                        "param and float input."))
         if trace:
             parts.append(self.trace_function())
+        if self.kernels:  # defined once at import; CuPy compiles each on first use and caches it
+            parts.insert(3, "\n".join(self.kernel_definitions()))
         if self.caches:  # workspaces, one per function and set of dims, made on first use
-            parts.insert(3, "\n".join(f"{cache} = {{}}" for cache in self.caches) + "\n\n\n" + _EMPTY)
+            parts.insert(3, "\n".join(f"{cache} = {{}}" for cache in self.caches) + "\n\n\n" + self.on_device(_EMPTY))
         return "\n\n\n".join(parts).rstrip() + "\n"
 
     def tables(self) -> str:
@@ -183,7 +198,7 @@ class _Emitter:
             node = self.G[n]
             var = vars_[name]
             dtype = "DTYPE" if node.dtype == "float" else "np.int64"
-            checks += [f"type({var}) is np.ndarray", f"{var}.dtype == {dtype}", f"{var}.ndim == {len(node.shape)}"]
+            checks += [f"type({var}) is {self.xp}.ndarray", f"{var}.dtype == {dtype}", f"{var}.ndim == {len(node.shape)}"]
             for axis, d in enumerate(node.shape):
                 if isinstance(d, int):
                     checks.append(f"{var}.shape[{axis}] == {d}")
@@ -206,12 +221,31 @@ class _Emitter:
         lines.append(f"    return {', '.join(result)}{',' if len(result) == 1 else ''}")
         return "\n".join(lines)
 
+    def on_device(self, text: str) -> str:
+        """Our own helper source, retargeted from numpy to CuPy for the GPU backend."""
+        return text if self.xp == "np" else re.sub(r"\bnp\.(?!ndarray\b|int64\b)", "cp.", text)
+
+    def kernel(self, node: Node, var: str) -> str:
+        """The module-level ElementwiseKernel computing a fused node (one per distinct expression)."""
+        key = (node.attr("expr"), len(node.args))
+        if key not in self.kernels:
+            self.kernels[key] = f"_kernel_{var}"
+        return self.kernels[key]
+
+    def kernel_definitions(self) -> list[str]:
+        lines = []
+        for (expr, arity), name in self.kernels.items():
+            params = ", ".join(f"T x{i}" for i in range(arity))
+            lines.append(f"{name} = cp.ElementwiseKernel({params!r}, 'T y', {'y = ' + expr!r}, "
+                         f"{'nncompile' + name!r})")
+        return lines
+
     def helpers(self) -> list[str]:
         texts: list[str] = []
         for n in self.G.nodes():
             for helper in REGISTRY[self.G[n].op].helpers:
-                if helper not in texts:
-                    texts.append(helper)
+                if self.on_device(helper) not in texts:
+                    texts.append(self.on_device(helper))
         return texts
 
     def init_params(self) -> str:
@@ -230,7 +264,8 @@ class _Emitter:
             else:
                 rng = f"np.random.default_rng((seed, {zlib.crc32(name.encode())}))"
                 expr = INITIALIZERS[spec.init].draw(rng, shape, spec.fan_in, spec.fan_out, args)
-            lines.append(f"        {name!r}: np.asarray({expr}, dtype=DTYPE),")
+            value = f"np.asarray({expr}, dtype=DTYPE)"
+            lines.append(f"        {name!r}: {value if self.xp == 'np' else f'cp.asarray({value})'},")
         lines.append("    }")
         return "\n".join(lines)
 
@@ -268,7 +303,7 @@ class _Emitter:
         needed = set(order)
         plan = plan_buffers(G, order, set(results))
         names = Names()
-        ctx = _Context({})
+        ctx = _Context({}, self.xp)
         lines: list[str] = []
         input_vars = [names.fresh(name) for name in self.model.inputs]
         for name, var in zip(self.model.inputs, input_vars):
@@ -329,10 +364,13 @@ class _Emitter:
                 names = [var if o == "$" else args[int(o)] if o.isdigit() else o for o in operands]
                 if i == 0:
                     dest = [f"out={out}"] if out else []
-                    lines.append(f"    {var} = np.{fn}({', '.join(names + dest)}){note}")
+                    lines.append(f"    {var} = {self.xp}.{fn}({', '.join(names + dest)}){note}")
                 else:
-                    lines.append(f"    np.{fn}({', '.join(names)}, out={var})")
+                    lines.append(f"    {self.xp}.{fn}({', '.join(names)}, out={var})")
             return lines
+        if node.op == "fused":
+            kernel = self.kernel(node, var)
+            return [f"    {var} = {kernel}({', '.join(args + ([out] if out else []))}){note}"]
         return [f"    {var} = {opdef.emit(ctx, args, attrs, out=out if opdef.takes_out else None)}{note}"]
 
     def var_name(self, n: int, node: Node, names: Names) -> str:
@@ -366,7 +404,7 @@ class _Emitter:
             value = node.attr("value")
             if node.shape == () or not isinstance(value, tuple):
                 return literal(value)
-            return f"np.array({_plain(value)!r}, dtype=DTYPE)"
+            return f"{self.xp}.array({_plain(value)!r}, dtype=DTYPE)"
         return names[n]
 
     def returned(self, values: dict[str, int | None], names: dict[int, str], ctx: _Context, seen: set[int]) -> str:
@@ -375,14 +413,14 @@ class _Emitter:
         for name, n in values.items():
             if n is None:
                 wrt = self.model.params.get(name, self.model.inputs.get(name))
-                expr = f"np.zeros({ctx.shape(self.G[wrt].shape)}, dtype=DTYPE)"
+                expr = f"{self.xp}.zeros({ctx.shape(self.G[wrt].shape)}, dtype=DTYPE)"
             else:
                 node = self.G[n]
                 expr = self.ref(n, names)
                 if node.op == "const":
-                    expr = f"np.full({ctx.shape(node.shape)}, {expr}, dtype=DTYPE)"
+                    expr = f"{self.xp}.full({ctx.shape(node.shape)}, {expr}, dtype=DTYPE)"
                 elif node.op in VIEW_OPS or node.op in ("input", "param") or n in seen:
-                    expr = f"np.array({expr})"
+                    expr = f"{self.xp}.array({expr})"
                 seen.add(n)
             items.append(f"{name!r}: {expr}")
         if not items:

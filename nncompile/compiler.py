@@ -6,21 +6,23 @@ import types
 from pathlib import Path
 
 from .autodiff import differentiate
-from .codegen import Program, emit_module
+from .codegen import BACKENDS, Program, emit_module
 from .elaborate import elaborate_file
 from .errors import NNError
 from .ir import Model
 from .optim import Optimizer, optimizer_source
-from .passes import Roots, eliminate_dead_code, optimize
+from .passes import Roots, eliminate_dead_code, fuse_elementwise, optimize
 
 DTYPES = ("float32", "float64")
 
 
-def build(model: Model, *, optimized: bool = True, trace: bool = False, input_grads: bool = True) -> Program:
+def build(model: Model, *, optimized: bool = True, trace: bool = False, input_grads: bool = True,
+          fuse: bool = False) -> Program:
     """Differentiate and optimise an elaborated model (mutating its graph) into a Program.
 
     ``input_grads=False`` differentiates with respect to the params only, as training
     needs: the gradient of a data input is never used there and can cost a whole matmul.
+    ``fuse`` merges elementwise groups into single kernels (for the GPU backend).
     """
     G = model.graph
     roots: dict = {("out", name): n for name, n in model.outputs.items()}
@@ -42,6 +44,8 @@ def build(model: Model, *, optimized: bool = True, trace: bool = False, input_gr
     if optimized:
         roots = Roots(roots)
         optimize(G, roots)
+        if fuse:
+            fuse_elementwise(G, roots)
     else:
         eliminate_dead_code(G, roots)
     program = Program(model, G, {k[1]: v for k, v in roots.items() if k[0] == "out"},
@@ -53,7 +57,8 @@ def build(model: Model, *, optimized: bool = True, trace: bool = False, input_gr
 
 
 def compile_file(path: str | Path, *, dtype: str | None = None, optimized: bool = True,
-                 trace: bool = False, input_grads: bool = True, optimizer: str | Optimizer | None = None) -> str:
+                 trace: bool = False, input_grads: bool = True, backend: str = "numpy",
+                 optimizer: str | Optimizer | None = None) -> str:
     """Compile a .nn file to the source text of a standalone numpy module.
 
     With ``optimizer`` (a name such as "adam", or an :class:`nncompile.optim.Optimizer`), the
@@ -62,7 +67,10 @@ def compile_file(path: str | Path, *, dtype: str | None = None, optimized: bool 
     if dtype is not None and dtype not in DTYPES:
         raise NNError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     model = elaborate_file(path, dtype)
-    source = emit_module(build(model, optimized=optimized, trace=trace, input_grads=input_grads), trace=trace)
+    if backend not in BACKENDS:
+        raise NNError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    program = build(model, optimized=optimized, trace=trace, input_grads=input_grads, fuse=backend == "cupy")
+    source = emit_module(program, trace=trace, backend=backend)
     return source if optimizer is None else source + optimizer_source(model, optimizer)
 
 

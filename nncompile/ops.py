@@ -56,6 +56,7 @@ class OpDef:
     public: bool = True                       # callable from a .nn file
     chain: Callable[[dict[str, Any]], tuple[Step, ...]] | None = None  # elementwise: ufunc calls, in place
     takes_out: bool = False                   # emit(..., out=buffer) writes the result into a buffer
+    in_place: bool = False                    # may write over an operand of its own shape (elementwise)
     scalar: str | None = None                 # C expression over {0}, {1}: fusable elementwise op
     domain: str = "real"                      # gradient-check inputs: real, positive, separated
     samples: tuple[Sample, ...] = ()
@@ -92,7 +93,7 @@ def elementwise(name: str, arity: int, steps: tuple[Step, ...] | Callable[[dict]
             expr = f"{ctx.xp}.{fn}({', '.join(names + ([f'out={out}'] if out and last else []))})"
         return expr
 
-    return op(name, arity, emit=emit, chain=chain, takes_out=True, scalar=scalar, **kw)
+    return op(name, arity, emit=emit, chain=chain, takes_out=True, in_place=True, scalar=scalar, **kw)
 
 
 # ---- shape and dtype rules ------------------------------------------------------------
@@ -211,27 +212,34 @@ def _emit_transpose(ctx: EmitContext, args: list[str], attrs: dict, out: str | N
     return f"{ctx.xp}.transpose({args[0]}, {tuple(axes)!r})"
 
 
+_REDUCTIONS = {"add": "sum", "maximum": "max"}
+
+
+def _reduce(ctx: EmitContext, ufunc: str, x: str, axis, keepdims: bool = False, out: str | None = None) -> str:
+    """``np.add.reduce(x, axis=1, out=buf)``: numpy's ufunc method skips np.sum's Python
+    wrapper; CuPy gets its own ``cp.sum``."""
+    extra = [f"axis={tuple(axis) if isinstance(axis, (list, tuple)) else axis!r}"]
+    if keepdims:
+        extra.append("keepdims=True")
+    if out:
+        extra.append(f"out={out}")
+    fn = f"{ufunc}.reduce" if ctx.xp == "np" else _REDUCTIONS[ufunc]
+    return f"{ctx.xp}.{fn}({', '.join([x, *extra])})"
+
+
 def reduce_call(ufunc: str) -> Emit:
-    """``np.add.reduce(x, axis=1, out=buf)``: the ufunc method, without np.sum's Python wrapper."""
     def emit(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
-        axis = attrs.get("axis")
-        extra = [f"axis={tuple(axis) if isinstance(axis, (list, tuple)) else axis!r}"]
-        if attrs.get("keepdims"):
-            extra.append("keepdims=True")
-        if out:
-            extra.append(f"out={out}")
-        return f"{ctx.xp}.{ufunc}.reduce({', '.join([args[0], *extra])})"
+        return _reduce(ctx, ufunc, args[0], attrs.get("axis"), attrs.get("keepdims", False), out)
     return emit
 
 
 def _emit_sum_to(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
     dropped, kept = attrs["dropped"], attrs["kept"]
-    into = f", out={out}" if out else ""
     if not kept:
-        return f"{ctx.xp}.add.reduce({args[0]}, axis={dropped!r}{into})"
+        return _reduce(ctx, "add", args[0], dropped, out=out)
     if not dropped:
-        return f"{ctx.xp}.add.reduce({args[0]}, axis={kept!r}, keepdims=True{into})"
-    text = f"{ctx.xp}.sum({args[0]}, axis={dropped + kept!r}, keepdims=True)"
+        return _reduce(ctx, "add", args[0], kept, keepdims=True, out=out)
+    text = _reduce(ctx, "add", args[0], dropped + kept, keepdims=True)
     return f"{text}.reshape({ctx.shape(attrs['shape'])})"  # a fresh array: ``out`` is not needed
 
 
@@ -470,14 +478,14 @@ elementwise("sqrt", 1, (("sqrt", "0"),), "sqrt({0})", vjp=_vjp_sqrt, samples=_U,
 elementwise("abs", 1, (("absolute", "0"),), "fabs({0})", vjp=_vjp_abs, samples=_U, domain="nonzero")
 elementwise("tanh", 1, (("tanh", "0"),), "tanh({0})", vjp=_vjp_tanh, samples=_U)
 elementwise("sigmoid", 1, (("multiply", "0", "0.5"), ("tanh", "$"), ("add", "$", "1.0"), ("multiply", "$", "0.5")),
-            "0.5 * (tanh(0.5 * {0}) + 1)", vjp=_vjp_sigmoid, samples=_U,
+            "(T)0.5 * (tanh((T)0.5 * {0}) + (T)1)", vjp=_vjp_sigmoid, samples=_U,
             doc="1 / (1 + exp(-x)), computed as (tanh(x / 2) + 1) / 2, which cannot overflow")
-elementwise("relu", 1, (("maximum", "0", "0.0"),), "max({0}, 0)", vjp=_vjp_relu, samples=_U, domain="nonzero")
+elementwise("relu", 1, (("maximum", "0", "0.0"),), "max({0}, (T)0)", vjp=_vjp_relu, samples=_U, domain="nonzero")
 
 # Masks and signs carry no gradient: they exist to build other ops' gradients.
-elementwise("step", 2, lambda attrs: ((_COMPARE[attrs["cmp"]], "0", "1"),), "({0} {cmp} {1})",
+elementwise("step", 2, lambda attrs: ((_COMPARE[attrs["cmp"]], "0", "1"),), "(T)({0} {cmp} {1})",
             attrs=(("cmp", ">"),), public=False, doc="1 where the comparison holds, else 0")
-elementwise("sign", 1, (("sign", "0"),), "copysign(1, {0})", public=False)
+elementwise("sign", 1, (("sign", "0"),), "copysign((T)1, {0})", public=False)
 
 op("matmul", 2, _matmul_rule, call("matmul"), vjp=_vjp_matmul, takes_out=True,
    samples=(Sample(((3, 4), (4, 2))), Sample(((2, 3, 4), (4, 2))), Sample(((4,), (4, 2))),
@@ -496,6 +504,11 @@ op("transpose", 1, _transpose_rule, _emit_transpose, vjp=_vjp_transpose, attrs=(
    samples=(Sample((_M,)), Sample(((2, 3, 4),), {"axes": (1, 2, 0)})))
 
 op("sum_to", 1, _target_shape_rule, _emit_sum_to, public=False, takes_out=True)
+
+# A group of elementwise ops made one GPU kernel by passes.fuse_elementwise (CuPy backend).
+op("fused", -1, lambda ins, attrs: (attrs["shape"], "float"), template("{kernel}"), public=False, takes_out=True,
+   in_place=True,
+   doc="several elementwise ops in one kernel: attrs hold the C expression over x0, x1, ...")
 op("broadcast_to", 1, _target_shape_rule, _emit_broadcast, public=False)
 
 op("softmax_cross_entropy", 2, _ce_rule, template("_nll(_log_softmax({0}, 1), {1})"), vjp=_vjp_ce,

@@ -204,3 +204,58 @@ def simplify(G: Graph, roots: Roots, rule: Callable[[Graph, int], int | None] = 
         if better is not None and better != n:
             _replace(G, roots, n, better)
             G.remove(n)
+
+
+def fuse_elementwise(G: Graph, roots: Roots) -> None:
+    """Merge each tree of elementwise ops into one ``fused`` node holding a C expression.
+
+    An op joins its user's group when it has no other user, is not a result, and has the
+    user's shape (so the kernel computes it once per output element). Singletons stay as
+    they are: one library ufunc is already one kernel.
+    """
+    results = set(roots.values())
+    absorbed: set[int] = set()
+    for n in reversed(G.topological()):
+        node = G[n]
+        if n in absorbed or not _fusable(node):
+            continue
+        members: list[int] = []
+        inputs: list[int] = []
+        expr = _fused_expr(G, n, node.shape, results, members, inputs)
+        if len(members) < 2:
+            continue
+        absorbed.update(members)
+        fused = G.add("fused", inputs, {"expr": expr, "shape": node.shape, "ops": tuple(G[m].op for m in members)},
+                      name=node.name, loc=node.loc, scope=node.scope, grad_of=node.grad_of)
+        _replace(G, roots, n, fused)
+    eliminate_dead_code(G, roots)
+
+
+def _fusable(node: Node) -> bool:
+    return REGISTRY[node.op].scalar is not None and node.shape != () and node.dtype == "float"
+
+
+def _fused_expr(G: Graph, n: int, shape, results: set[int], members: list[int], inputs: list[int]) -> str:
+    """The C expression computing node ``n`` from the group's inputs x0, x1, ..."""
+    node = G[n]
+    members.append(n)
+    operands = []
+    for a in node.args:
+        arg = G[a]
+        if arg.op == "const" and arg.shape == ():
+            operands.append(_c_literal(arg.attr("value")))
+        elif _fusable(arg) and a not in results and arg.shape == shape and G.users(a) == [n]:
+            operands.append(f"({_fused_expr(G, a, shape, results, members, inputs)})")
+        else:
+            if a not in inputs:
+                inputs.append(a)
+            operands.append(f"x{inputs.index(a)}")
+    return REGISTRY[node.op].scalar.format(*operands, **dict(node.attrs))
+
+
+def _c_literal(value: float) -> str:
+    if value != value:
+        return "NAN"
+    if value in (float("inf"), float("-inf")):
+        return "INFINITY" if value > 0 else "(-INFINITY)"
+    return f"(T){float(value)!r}"

@@ -1,0 +1,592 @@
+"""Rendering: an evaluated model as a Graphviz diagram, in the CS231n backprop convention.
+
+Every value a node produces is drawn once, on the wire leaving it: the forward value above
+the wire in green and the gradient of the loss below it in red (left and right of it with
+``rankdir=TB``). The wire is a small "value" node whose middle row is a rule that lines up
+with the edge, so the numbers sit on either side of the line as on the lecture slides; when
+a value fans out, the wire splits after its label, so the gradient shown is the sum over
+the branches. Op nodes show the operation; inputs, params, constants, outputs and the loss
+each have their own shape and colour (see the legend under the graph). Tensors are shown
+as shape and summary statistics, never element by element (small ones list their numbers in
+the SVG tooltip). Layer instances are clusters labelled ``name: layer``; repeated
+instances (``h3.1``, ``h3.2``) are grouped in a ``repeat`` cluster.
+
+:func:`to_dot` is a pure function of the evaluation, so the DOT text is byte-stable: node
+ids come from graph node ids and everything is emitted in a fixed order. Every piece of
+user text is escaped (:func:`escape` for HTML-like labels, :func:`quote` for DOT strings).
+Above ``max_nodes`` forward nodes each top-level layer instance is collapsed into one node.
+"""
+from __future__ import annotations
+
+import html
+import math
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import numpy as np
+
+from .errors import NNError, Sources
+from .ir import Graph, Node
+
+FORMATS = (".svg", ".png", ".pdf", ".dot")
+MAX_NODES = 400          # above this many forward nodes, layer instances are collapsed
+DOT_TIMEOUT_S = 300
+TOOLTIP_NUMBERS = 16     # tensors up to this size list their numbers in the tooltip
+
+FONT = "Helvetica,Arial,sans-serif"
+GREEN = "#1a7f37"        # forward values
+RED = "#cf222e"          # gradients
+WIRE = "#57606a"         # edges (and the rule inside value labels)
+MUTED = "#8c959f"
+
+STYLE = {  # kind -> Graphviz node attributes
+    "input": {"shape": "box", "style": "rounded,filled", "fillcolor": "#ddf4ff", "color": "#0969da",
+              "width": "0.4", "height": "0.3", "margin": "0.1,0.04"},
+    "param": {"shape": "cylinder", "style": "filled", "fillcolor": "#fff8c5", "color": "#9a6700",
+              "width": "0.4", "height": "0.4", "margin": "0.1,0.04"},
+    "const": {"shape": "box", "style": "filled,dashed", "fillcolor": "#f6f8fa", "color": MUTED,
+              "fontcolor": "#424a53", "fontsize": "10", "width": "0.25", "height": "0.25", "margin": "0.05,0.02"},
+    "op": {"shape": "circle", "style": "filled", "fillcolor": "#ffffff", "color": "#24292f", "fontsize": "16",
+           "width": "0.42", "fixedsize": "true"},
+    "opname": {"shape": "ellipse", "style": "filled", "fillcolor": "#ffffff", "color": "#24292f",
+               "height": "0.42", "margin": "0.06,0.03"},
+    "output": {"shape": "box", "style": "filled,bold", "fillcolor": "#dafbe1", "color": GREEN, "peripheries": "2",
+               "width": "0.4", "height": "0.3", "margin": "0.1,0.04"},
+    "loss": {"shape": "doubleoctagon", "style": "filled,bold", "fillcolor": "#ffebe9", "color": RED,
+             "width": "0.4", "height": "0.3", "margin": "0.06,0.03"},
+    "layer": {"shape": "box3d", "style": "filled", "fillcolor": "#fbefff", "color": "#8250df",
+              "margin": "0.12,0.06"},
+}
+
+SYMBOLS = {"add": "+", "sub": "−", "mul": "×", "div": "÷", "pow": "**", "matmul": "@", "neg": "−",
+           "maximum": "max", "minimum": "min"}
+
+
+# ---- text ------------------------------------------------------------------------------
+
+def escape(text: Any) -> str:
+    """User text made safe inside an HTML-like Graphviz label (and hence in the SVG).
+
+    Graphviz expands escapes such as ``\\N`` (the node's name) even in HTML labels, after
+    decoding entities, so a backslash is doubled as well."""
+    return html.escape(str(text), quote=True).replace("\\", "\\\\")
+
+
+def quote(text: Any) -> str:
+    """A double-quoted DOT string that Graphviz shows as ``text``, literally.
+
+    For tooltips Graphviz undoes backslash escapes twice (once for the DOT string, once
+    for its ``\\N``-style escapes), so a backslash is written as four."""
+    out = []
+    for ch in str(text):
+        if ch == "\\":
+            out.append("\\" * 4)
+        elif ch == '"':
+            out.append('\\"')
+        elif ch == "\n":
+            out.append("\\n")
+        elif not ch.isprintable():
+            out.append(" ")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """A number in ``%.{digits}g``, with integers shown plainly (-12, not -12.0)."""
+    v = float(value)
+    if math.isnan(v):
+        return "nan"
+    if v in (float("inf"), float("-inf")):
+        return "inf" if v > 0 else "-inf"
+    text = f"{v:.{digits}g}"
+    return "0" if text == "-0" else text
+
+
+def shape_text(actual: tuple[int, ...], declared: tuple | None = None) -> str:
+    """``[N=4, 100]``: the concrete shape, naming the symbolic dims it came from."""
+    dims = []
+    for i, d in enumerate(actual):
+        sym = declared[i] if declared is not None and i < len(declared) else None
+        dims.append(f"{sym}={d}" if isinstance(sym, str) else str(d))
+    return "[" + ", ".join(dims) + "]"
+
+
+def _nonfinite(array: np.ndarray) -> str:
+    if array.dtype.kind != "f":
+        return ""
+    nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+    parts = ([f"{nan} NaN"] if nan else []) + ([f"{inf} inf"] if inf else [])
+    return (" ⚠ " + ", ".join(parts)) if parts else ""
+
+
+def _finite(array: np.ndarray) -> np.ndarray:
+    return array[np.isfinite(array)] if array.dtype.kind == "f" else array
+
+
+def value_text(value: Any, declared: tuple | None = None) -> str:
+    """One line for a forward value: the number, or shape and statistics of a tensor."""
+    array = np.asarray(value)
+    if array.ndim == 0:
+        return str(int(array)) if array.dtype.kind in "iub" else fmt(array)
+    shape = shape_text(array.shape, declared)
+    if array.size == 0:
+        return f"{shape} empty"
+    if array.dtype.kind == "b":
+        return f"bool {shape} {fmt(100 * array.mean(), 3)}% true"
+    if array.dtype.kind in "iu":
+        return f"int {shape} min {array.min()} max {array.max()}"
+    finite = _finite(array)
+    stats = f" μ {fmt(finite.mean(), 3)} σ {fmt(finite.std(), 3)}" if finite.size else ""
+    return f"{shape}{stats}{_nonfinite(array)}"
+
+
+def grad_text(grad: Any) -> str:
+    """One line for a gradient: the number, or the norm of a tensor's gradient."""
+    array = np.asarray(grad)
+    if array.ndim == 0:
+        return fmt(array)
+    finite = _finite(array).astype(np.float64)
+    return f"‖g‖ {fmt(np.sqrt(np.sum(finite * finite)), 3)}{_nonfinite(array)}"
+
+
+def stats_text(array: Any, what: str) -> str:
+    """Everything about one array, for a tooltip."""
+    array = np.asarray(array)
+    if array.ndim == 0:
+        return f"{what}: {fmt(array, 8) if array.dtype.kind == 'f' else array.item()}"
+    lines = [f"{what}: {array.dtype} {list(array.shape)}"]
+    if array.size and array.dtype.kind in "iuf":
+        finite = _finite(array).astype(np.float64)
+        if finite.size:
+            lines.append(f"  mean {fmt(finite.mean())}  std {fmt(finite.std())}  min {fmt(finite.min())}  "
+                         f"max {fmt(finite.max())}  ‖·‖₂ {fmt(np.sqrt(np.sum(finite * finite)))}  "
+                         f"zeros {fmt(100 * np.mean(array == 0), 3)}%")
+        bad = _nonfinite(array)
+        if bad:
+            lines.append("  " + bad.strip())
+        if array.size <= TOOLTIP_NUMBERS:
+            lines.append("  " + np.array2string(array.astype(np.float64) if array.dtype.kind == "f" else array,
+                                                precision=4, separator=", ", max_line_width=10_000))
+    return "\n".join(lines)
+
+
+def op_text(node: Node) -> str:
+    """What an op node says: a symbol for arithmetic, else the op's name and attributes."""
+    if node.op in SYMBOLS:
+        return SYMBOLS[node.op]
+    if node.op in ("sum", "mean", "max"):
+        axis, keep = node.attr("axis"), node.attr("keepdims")
+        args = ([] if axis is None else [f"axis={_attr(axis)}"]) + (["keepdims"] if keep else [])
+        return f"{node.op}({', '.join(args)})" if args else node.op
+    if node.op == "reshape":
+        return f"reshape({_attr(node.attr('shape'))})"
+    if node.op == "transpose":
+        axes = node.attr("axes")
+        return "transpose" if axes is None else f"transpose({_attr(axes)})"
+    if node.op == "dim":
+        return f"dim {node.attr('name', '')}".strip()
+    extra = ", ".join(f"{k}={_attr(v)}" for k, v in node.attrs)
+    text = f"{node.op}({extra})" if extra else node.op
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def _attr(v: Any) -> str:
+    if isinstance(v, tuple):
+        return ", ".join(_attr(x) for x in v)
+    return str(v)
+
+
+# ---- what to draw -----------------------------------------------------------------------
+
+def forward_nodes(ev) -> list[int]:
+    """The forward graph, in a deterministic topological order: the outputs, the target and
+    everything they depend on (the backward graph shares the IR and is left out)."""
+    G: Graph = ev.program.graph
+    roots = [n for n in ev.model.outputs.values() if n in G]
+    if ev.model.target is not None and ev.model.target in G:
+        roots.append(ev.model.target)
+    keep: set[int] = set()
+    for r in roots:
+        if G[r].grad_of is None:
+            keep.add(r)
+            keep.update(a for a in nx.ancestors(G.nx, r) if G[a].grad_of is None)
+    return G.topological(keep)
+
+
+_REPEATED = re.compile(r"^(.+)\.(\d+)$")
+
+
+def _repeat_groups(layers: dict) -> dict[tuple, list[tuple]]:
+    """(parent scope, base name) -> the unrolled instances ``base.1``, ``base.2``, ..."""
+    groups: dict[tuple, list[tuple]] = {}
+    for scope in layers:
+        m = _REPEATED.match(scope[-1])
+        if m and scope[:-1] + (m.group(1),) not in layers:
+            groups.setdefault((scope[:-1], m.group(1)), []).append(scope)
+    return groups
+
+
+@dataclass
+class _Cluster:
+    lines: list[str] = field(default_factory=list)
+    children: dict[tuple, _Cluster] = field(default_factory=dict)
+
+
+class _Diagram:
+    """Builds the DOT text for one evaluation (see the module docstring)."""
+
+    def __init__(self, ev, rankdir: str, max_nodes: int, warn: Callable[[str], None]):
+        if rankdir not in ("LR", "TB"):
+            raise NNError(f"unknown rankdir {rankdir!r}; use LR or TB")
+        self.ev = ev
+        self.G: Graph = ev.program.graph
+        self.model = ev.model
+        self.rankdir = rankdir
+        self.nodes = forward_nodes(ev)
+        self.fwd = set(self.nodes)
+        self.layers: dict = dict(ev.model.layers)
+        self.repeats = _repeat_groups(self.layers)
+        self.collapse = len(self.nodes) > max_nodes and any(self.G[n].scope for n in self.nodes)
+        if len(self.nodes) > max_nodes:
+            file = Path(ev.model.file).name
+            if self.collapse:
+                warn(f"{file}: warning: the graph has {len(self.nodes)} nodes (more than {max_nodes}), so each "
+                     "layer instance is drawn as one node")
+            else:
+                warn(f"{file}: warning: the graph has {len(self.nodes)} nodes (more than {max_nodes}); "
+                     "Graphviz may be slow and the diagram hard to read")
+        # collapsed layer instances, numbered in order of first appearance
+        self.collapsed: dict[tuple, list[int]] = {}
+        if self.collapse:
+            for n in self.nodes:
+                if self.G[n].scope:
+                    self.collapsed.setdefault(self.G[n].scope[:1], []).append(n)
+        self.layer_ids = {scope: f"L{i}" for i, scope in enumerate(self.collapsed)}
+        target = ev.model.target
+        self.target_name = (self.G[target].name or "the loss") if target is not None else None
+
+    # ---- where things go ----
+
+    def rep(self, n: int) -> str:
+        """The id of the drawn node standing for graph node ``n``."""
+        if self.collapse and self.G[n].scope:
+            return self.layer_ids[self.G[n].scope[:1]]
+        return f"n{n}"
+
+    def cluster_path(self, scope: tuple[str, ...]) -> tuple:
+        """The chain of clusters a scope sits in: each layer instance, and a ``repeat`` group
+        around unrolled instances (``h3.1`` and ``h3.2`` sit in ``h3``)."""
+        path: list = []
+        for i, part in enumerate(scope):
+            m = _REPEATED.match(part)
+            if m and (scope[:i], m.group(1)) in self.repeats:
+                path.append(("repeat", scope[:i], m.group(1)))
+            path.append(("layer", scope[: i + 1]))
+        return tuple(path)
+
+    def path_of(self, n: int) -> tuple:
+        scope = self.G[n].scope
+        if self.collapse:  # a collapsed instance still sits in its repeat group, if any
+            return self.cluster_path(scope[:1])[:-1] if scope else ()
+        return self.cluster_path(scope)
+
+    # ---- values ----
+
+    def value(self, n: int) -> Any:
+        node = self.G[n]
+        if n in self.ev.values:
+            return self.ev.values[n]
+        if node.op == "const":
+            v = np.asarray(node.attr("value"))
+            if v.ndim == 0 and node.shape and all(isinstance(d, int) for d in node.shape):
+                v = np.broadcast_to(v, node.shape)
+            return v
+        return None
+
+    def grad_line(self, n: int) -> tuple[str, str]:
+        """(text, tooltip) for the gradient of node n, saying so when there is none."""
+        node = self.G[n]
+        if n in self.ev.grads:
+            g = self.ev.grads[n]
+            return grad_text(g), stats_text(g, f"d{self.target_name}/d(this)")
+        if self.target_name is None:
+            return "no grad", "no gradient: the model has no loss (no 'minimize', no single scalar output)"
+        if node.dtype != "float":
+            return f"no grad ({node.dtype})", f"no gradient: {node.dtype} values are not differentiable"
+        return "no grad", f"no gradient: {self.target_name} does not depend on this value"
+
+    # ---- labels ----
+
+    def value_node(self, n: int) -> str:
+        """The label on the wire leaving node n: value above (green), gradient below (red)."""
+        node = self.G[n]
+        v = self.value(n)
+        vtext = "?" if v is None else value_text(v, node.shape)
+        name = None if node.is_leaf else node.name
+        if name:
+            vtext = f"{name} = {vtext}" if np.ndim(v) == 0 else f"{name}: {vtext}"
+        gtext, gtip = self.grad_line(n)
+        vtip = "value not recorded" if v is None else stats_text(v, node.name or op_text(node))
+        vfont = f'<FONT COLOR="{GREEN}">{escape(vtext)}</FONT>'
+        gbody = escape(gtext) if n in self.ev.grads else f"<I>{escape(gtext)}</I>"
+        gfont = f'<FONT COLOR="{RED}">{gbody}</FONT>'
+        if self.rankdir == "LR":   # value above the wire, gradient below it
+            table = (f'<TR><TD>{vfont}</TD></TR>'
+                     f'<TR><TD PORT="c" HEIGHT="1" WIDTH="36" CELLPADDING="0" BGCOLOR="{WIRE}"></TD></TR>'
+                     f'<TR><TD>{gfont}</TD></TR>')
+        else:                      # value left of the wire, gradient right of it
+            table = (f'<TR><TD ALIGN="RIGHT" CELLPADDING="3">{vfont}</TD>'
+                     f'<TD PORT="c" WIDTH="1" HEIGHT="28" CELLPADDING="0" BGCOLOR="{WIRE}"></TD>'
+                     f'<TD ALIGN="LEFT" CELLPADDING="3">{gfont}</TD></TR>')
+        label = f'<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1">{table}</TABLE>>'
+        return f"v{n} [shape=plain, label={label}, tooltip={quote(vtip + chr(10) + gtip)}];"
+
+    def node_line(self, n: int) -> str:
+        node = self.G[n]
+        loc = node.loc
+        where = ""
+        if loc is not None:
+            source = Sources.line(loc.file, loc.line)
+            where = f"{Path(loc.file).name}:{loc.line}" + (f": {source.strip()}" if source else "")
+        if node.op in ("input", "param"):
+            dims = "" if node.shape == () else '<BR/><FONT POINT-SIZE="9">' + escape(
+                ("int" if node.dtype == "int" else "") + "[" + ", ".join(map(str, node.shape)) + "]") + "</FONT>"
+            label = f"<<B>{escape(node.name)}</B>{dims}>"
+            attrs = STYLE[node.op]
+            tip = f"{node.op} {node.name}: {node.dtype}[{', '.join(map(str, node.shape))}]\n{where}"
+        elif node.op == "const":
+            v = self.value(n)
+            text = "?" if v is None else value_text(v, node.shape)
+            label = f"<{escape(node.name + ' = ' if node.name else '')}{escape(text)}>"
+            attrs = STYLE["const"]
+            tip = f"constant (no gradient)\n{stats_text(v, 'value') if v is not None else ''}\n{where}"
+        else:
+            text = op_text(node)
+            label = f"<{escape(text)}>"
+            if len(text) <= 2:      # + − × ÷ @ **
+                attrs = STYLE["op"]
+            elif len(text) <= 4:    # exp, relu, sum, ...
+                attrs = {**STYLE["op"], "fontsize": "12", "width": "0.5"}
+            else:
+                attrs = STYLE["opname"]
+            attrs = {**attrs, "ordering": "in"}   # operands top to bottom in argument order
+            tip = f"{node.op}{(' -> ' + node.name) if node.name else ''}\n{where}"
+        return f"n{n} [{_attrs(attrs)}, label={label}, tooltip={quote(tip.strip())}];"
+
+    def layer_node(self, scope: tuple, members: list[int]) -> str:
+        """One node for a collapsed layer instance: its type, params and their gradient."""
+        params = [n for n in members if self.G[n].op == "param"]
+        count = sum(int(np.size(self.value(n))) for n in params if self.value(n) is not None)
+        grads = [np.asarray(self.ev.grads[n], dtype=np.float64) for n in params if n in self.ev.grads]
+        lines = [f"<B>{escape('.'.join(scope))}</B>: {escape(self.layers.get(scope, 'layer'))}",
+                 f'<FONT POINT-SIZE="9">{len(params)} params, {count:,} numbers</FONT>']
+        if grads:
+            norm = fmt(np.sqrt(sum(float(np.sum(g * g)) for g in grads)), 3)
+            lines.append(f'<FONT POINT-SIZE="9" COLOR="{RED}">‖∇params‖ {escape(norm)}</FONT>')
+        tip = "\n".join(f"{self.G[n].name} {list(np.shape(self.value(n)))}" for n in params)
+        return (f"{self.layer_ids[scope]} [{_attrs(STYLE['layer'])}, label=<{'<BR/>'.join(lines)}>, "
+                f"tooltip={quote(tip or '.'.join(scope))}];")
+
+    def cluster_label(self, key: tuple) -> tuple[str, str]:
+        """(label, style) of a cluster: ``fc1: affine (307,300 params)`` or a repeat group."""
+        if key[0] == "repeat":
+            _, parent, base = key
+            inst = self.repeats[(parent, base)]
+            kinds = sorted({self.layers[s] for s in inst})
+            return f"{base}: repeat {len(inst)} × {', '.join(kinds)}", "dashed,rounded"
+        scope = key[1]
+        params = [n for n in self.nodes if self.G[n].op == "param" and self.G[n].scope[: len(scope)] == scope]
+        count = sum(int(np.size(self.value(n))) for n in params if self.value(n) is not None)
+        extra = f"  ({count:,} params)" if count else ""
+        return f"{scope[-1]}: {self.layers.get(scope, 'layer')}{extra}", "rounded"
+
+    def legend(self) -> str:
+        """The graph's label: the file, what the colours and shapes mean."""
+        def cell(kind: str, text: str) -> str:
+            s = STYLE[kind]
+            return (f'<TD BGCOLOR="{s["fillcolor"]}" COLOR="{s["color"]}" BORDER="1" STYLE="ROUNDED">'
+                    f'<FONT POINT-SIZE="9">{text}</FONT></TD>')
+        if self.target_name is not None:
+            grads = f"below: gradient ∂{escape(self.target_name)}/∂value"
+        else:
+            grads = "no gradients: the model has no loss"
+        return ('<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="4" CELLPADDING="2"><TR>'
+                f'<TD><B>{escape(Path(self.model.file).name)}</B></TD>'
+                f'<TD><FONT COLOR="{GREEN}" POINT-SIZE="10">'
+                f'{"above" if self.rankdir == "LR" else "left of"} each wire: forward value</FONT></TD>'
+                f'<TD><FONT COLOR="{RED}" POINT-SIZE="10">'
+                f'{grads if self.rankdir == "LR" else grads.replace("below:", "right of it:")}</FONT></TD>'
+                + cell("input", "input") + cell("param", "param") + cell("const", "constant")
+                + cell("op", "op") + cell("output", "output") + cell("loss", "loss")
+                + (cell("layer", "layer (collapsed)") if self.collapse else "")
+                + '</TR></TABLE>>')
+
+    # ---- the whole graph ----
+
+    def dot(self) -> str:
+        G = self.G
+        root = _Cluster()
+
+        def place(path: tuple, line: str) -> None:
+            cur = root
+            for key in path:
+                cur = cur.children.setdefault(key, _Cluster())
+            cur.lines.append(line)
+
+        # sinks: every output, and the loss, get a final wire showing value and seed gradient
+        target = self.model.target
+        sinks: list[tuple[str, int, str, str]] = []
+        for i, (name, n) in enumerate(self.model.outputs.items()):
+            kind = "loss" if n == target and self.model.loss is not None else "output"
+            sinks.append((f"out{i}", n, kind, name))
+        if target is not None and target not in self.model.outputs.values():
+            sinks.append(("out_loss", target, "loss", G[target].name or "loss"))
+
+        for n in self.nodes:
+            if not (self.collapse and G[n].scope):
+                place(self.path_of(n), self.node_line(n))
+        for scope, members in self.collapsed.items():
+            place(self.cluster_path(scope)[:-1], self.layer_node(scope, members))
+
+        # wires: producer -> its value label -> each consumer, in argument order
+        port_in, port_out = ("c:w", "c:e") if self.rankdir == "LR" else ("c:n", "c:s")
+        edges: list[str] = []
+        wired: set[int] = set()
+        seen: set[tuple[str, str]] = set()
+
+        def wire(a: int, dst: str) -> None:
+            if a not in wired:
+                wired.add(a)
+                place(self.path_of(a), self.value_node(a))
+                edges.append(f"{self.rep(a)} -> v{a}:{port_in} [arrowhead=none];")
+            if self.collapse:   # one wire per (value, collapsed layer), not one per use
+                if (f"v{a}", dst) in seen:
+                    return
+                seen.add((f"v{a}", dst))
+            edges.append(f"v{a}:{port_out} -> {dst};")
+
+        for c in self.nodes:
+            for a in G[c].args:
+                if a not in self.fwd:
+                    continue
+                src, dst = self.rep(a), self.rep(c)
+                if src == dst and self.collapse:
+                    continue
+                if G[a].op == "const":
+                    if not (self.collapse and (src, dst) in seen):
+                        seen.add((src, dst))
+                        edges.append(f'{src} -> {dst} [style=dashed, color="{MUTED}"];')
+                    continue
+                wire(a, dst)
+        sink_lines = []
+        for sid, n, kind, name in sinks:
+            word = "minimize" if kind == "loss" else "output"
+            seed = " (the gradient is seeded with 1 here)" if n == target else ""
+            sink_lines.append(f"{sid} [{_attrs(STYLE[kind])}, label=<{word} <B>{escape(name)}</B>>, "
+                              f"tooltip={quote(word + ' ' + name + seed)}];")
+            wire(n, sid)
+
+        out = [
+            "digraph nncompile {",
+            (f"  graph [rankdir={self.rankdir}, fontname={quote(FONT)}, fontsize=11, nodesep=0.25, ranksep=0.3, "
+             f"newrank=true, labelloc=b, labeljust=l, label={self.legend()}];"),
+            f"  node [fontname={quote(FONT)}, fontsize=12];",
+            f'  edge [color="{WIRE}", arrowsize=0.6, penwidth=1];',
+        ]
+        counter = 0
+
+        def emit(cluster: _Cluster, depth: int) -> None:
+            nonlocal counter
+            pad = "  " * depth
+            out.extend(pad + line for line in cluster.lines)
+            for key, child in cluster.children.items():
+                counter += 1
+                label, style = self.cluster_label(key)
+                out.append(f"{pad}subgraph cluster_{counter}_{_slug(key)} {{")
+                out.append(f"{pad}  graph [label=<<B>{escape(label)}</B>>, style={quote(style)}, "
+                           f'color="#8250df", fontcolor="#8250df", fontsize=11, labelloc=t, labeljust=l, margin=10];')
+                emit(child, depth + 1)
+                out.append(pad + "}")
+
+        emit(root, 1)
+        out.extend("  " + s for s in sink_lines)
+        out.extend("  " + e for e in edges)
+        out.append("}")
+        return "\n".join(out) + "\n"
+
+
+def _slug(key: tuple) -> str:
+    if key[0] == "repeat":
+        text = ".".join((*key[1], key[2]))
+    else:
+        text = ".".join(key[1])
+    return re.sub(r"\W", "_", text)[:40]
+
+
+def _attrs(attrs: dict[str, str]) -> str:
+    return ", ".join(f"{k}={quote(v)}" for k, v in attrs.items())
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def to_dot(ev, rankdir: str = "LR", *, max_nodes: int = MAX_NODES,
+           warn: Callable[[str], None] = _stderr) -> str:
+    """The diagram of an evaluated model as DOT source (deterministic, no Graphviz needed)."""
+    return _Diagram(ev, rankdir, max_nodes, warn).dot()
+
+
+# ---- files ------------------------------------------------------------------------------
+
+INSTALL_HINT = ("install Graphviz (Debian/Ubuntu: sudo apt-get install graphviz; macOS: brew install graphviz; "
+                "conda: conda install -c conda-forge graphviz)")
+
+
+def render_file(ev, output: str | Path, rankdir: str = "LR", *, max_nodes: int = MAX_NODES) -> Path:
+    """Write the diagram to ``output``; the format is its extension (.svg, .png, .pdf or .dot).
+
+    .dot needs nothing else; the others run Graphviz's ``dot``. When ``dot`` is missing, the
+    DOT source is written next to ``output`` (g.svg -> g.dot) and NNError says how to install it.
+    """
+    from .cli import write_atomic
+
+    output = Path(output)
+    ext = output.suffix.lower()
+    if ext not in FORMATS:
+        raise NNError(f"cannot render to {output}: unknown format {ext or '(no extension)'!r}; "
+                      f"use one of {', '.join(FORMATS)}")
+    source = to_dot(ev, rankdir, max_nodes=max_nodes)
+    if ext == ".dot":
+        write_atomic(output, source)
+        return output
+    dot = shutil.which("dot")
+    if dot is None:
+        fallback = output.with_suffix(".dot")
+        write_atomic(fallback, source)
+        raise NNError(f"cannot write {output}: Graphviz's 'dot' program is not on PATH; {INSTALL_HINT}. "
+                      f"The graph was written as DOT source to {fallback} (render it later with "
+                      f"'dot -T{ext[1:]} {fallback} -o {output}', or ask for -o {fallback})")
+    cmd = [dot, f"-T{ext[1:]}"] + (["-Gdpi=144"] if ext == ".png" else [])
+    try:
+        done = subprocess.run(cmd, input=source.encode("utf-8"), capture_output=True, timeout=DOT_TIMEOUT_S,
+                              check=False)
+    except subprocess.TimeoutExpired:
+        raise NNError(f"cannot write {output}: Graphviz's dot took longer than {DOT_TIMEOUT_S} s; "
+                      f"write the DOT source instead (-o {output.with_suffix('.dot')})") from None
+    except OSError as exc:
+        raise NNError(f"cannot write {output}: could not run {dot}: {exc.strerror}") from None
+    if done.returncode != 0 or not done.stdout:
+        detail = done.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise NNError(f"cannot write {output}: Graphviz's dot failed"
+                      + (f": {' '.join(detail[:3])}" if detail else f" (exit code {done.returncode})"))
+    write_atomic(output, done.stdout)
+    return output
