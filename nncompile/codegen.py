@@ -79,6 +79,11 @@ def safe_comment(text: str) -> str:
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
+def _docstring_text(text: str) -> str:
+    """Text that stays inside a triple-quoted docstring, whatever a file is called."""
+    return safe_comment(text).replace("\\", "\\\\").replace('"', '\\"')
+
+
 def literal(value: float) -> str:
     if value != value:
         return "np.nan"
@@ -136,7 +141,7 @@ class _Emitter:
     def module(self, trace: bool) -> str:
         source = Path(self.model.file).name
         parts = [
-            f'"""{safe_comment(source)}, compiled by nncompile {__version__}: forward and backward passes in '
+            f'"""{_docstring_text(source)}, compiled by nncompile {__version__}: forward and backward passes in '
             f'{self.backend}.\n\n'
             "Generated code: edit the .nn file and compile again rather than editing this.\n"
             'INPUTS, PARAMS and OUTPUTS map names to (shape, dtype); symbolic dims are strings.\n"""\n\n'
