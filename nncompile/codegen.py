@@ -28,7 +28,8 @@ NUMPY_DTYPES = {"float": None, "int": "int64", "bool": "bool"}
 
 _MODULE_NAMES = {
     "np", "DTYPE", "INPUTS", "PARAMS", "OUTPUTS", "LOSS", "DEFAULTS", "DIMS", "BOUNDS", "init_params", "forward",
-    "value_and_grad", "trace", "params", "inputs", "outputs", "grads", "values", "buffers",
+    "value_and_grad", "trace", "params", "inputs", "outputs", "grads", "values", "buffers", "state", "rng",
+    "STATE", "init_state", "new_state",
 }
 RESERVED = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) | frozenset(dir(builtins)) | _MODULE_NAMES
 
@@ -41,8 +42,10 @@ class Program:
     graph: Graph
     outputs: dict[str, int]
     grads: dict[str, int | None]           # wrt name -> its gradient node (None: no dependence)
+    updates: dict[str, int] = field(default_factory=dict)  # state name -> its new value (train mode)
     trace_values: dict[int, int] = field(default_factory=dict)   # forward node -> node holding it
     trace_grads: dict[int, int] = field(default_factory=dict)    # forward node -> its adjoint
+    eval_program: Program | None = None   # forward()'s program, when eval mode differs from train mode
 
 
 class Names:
@@ -121,12 +124,13 @@ def emit_module(program: Program, *, trace: bool = False, backend: str = "numpy"
 
 
 class _Emitter:
-    def __init__(self, program: Program, backend: str = "numpy"):
+    def __init__(self, program: Program, backend: str = "numpy", share: _Emitter | None = None):
         self.p = program
         self.backend = backend
         self.xp = "np" if backend == "numpy" else "cp"
-        self.caches: list[str] = []
-        self.kernels: dict[tuple[str, int], str] = {}   # (C expression, inputs) -> kernel name
+        # Module-level definitions are shared with the emitter of the other mode's program.
+        self.caches: list[str] = share.caches if share else []
+        self.kernels: dict[tuple[str, int], str] = share.kernels if share else {}
         self.G = program.graph
         self.model = program.model
         self.dtype = self.model.dtype
@@ -140,6 +144,7 @@ class _Emitter:
 
     def module(self, trace: bool) -> str:
         source = Path(self.model.file).name
+        evaluation = self if self.p.eval_program is None else _Emitter(self.p.eval_program, self.backend, share=self)
         parts = [
             f'"""{_docstring_text(source)}, compiled by nncompile {__version__}: forward and backward passes in '
             f'{self.backend}.\n\n'
@@ -149,15 +154,19 @@ class _Emitter:
             self.tables(),
             self.read_inputs(),
             self.on_device(_CONVERT_INPUTS),
-            *self.helpers(),
+            *self.helpers(evaluation.G),
             self.init_params(),
-            self.function("forward", self.p.outputs, None,
-                          "Every declared output, for the given params and inputs."),
+            *([self.init_params("state")] if self.model.state else []),
+            evaluation.function("forward", evaluation.p.outputs, None,
+                                "Every declared output, for the given params and inputs"
+                                + (", in eval mode." if self.model.mode_dependent else ".")),
         ]
         if self.model.target is not None:
-            parts.append(self.function("value_and_grad", self.p.outputs, self.p.grads,
-                                       "The outputs, and the gradient of the loss with respect to every "
-                                       "param and float input."))
+            doc = ("The outputs, and the gradient of the loss with respect to every param and float input"
+                   + (", in train mode." if self.model.mode_dependent else ".")
+                   + ("\n\n    With state, also the new state (running statistics after this step)."
+                      if self.model.state else ""))
+            parts.append(self.function("value_and_grad", self.p.outputs, self.p.grads, doc))
         if trace:
             parts.append(self.trace_function())
         if self.kernels:  # defined once at import; CuPy compiles each on first use and caches it
@@ -175,7 +184,8 @@ class _Emitter:
             return f"({tuple(node.shape)!r}, {dtype!r})"
 
         lines = [f"DTYPE = np.{self.dtype}"]
-        for title, table in (("INPUTS", m.inputs), ("PARAMS", m.params), ("OUTPUTS", self.p.outputs)):
+        tables = [("INPUTS", m.inputs), ("PARAMS", m.params), ("OUTPUTS", self.p.outputs)]
+        for title, table in tables + ([("STATE", m.state)] if m.state else []):
             lines.append(f"{title} = {{")
             lines += [f"    {name!r}: {entry(n)}," for name, n in table.items()]
             lines.append("}")
@@ -245,22 +255,26 @@ class _Emitter:
                          f"{'nncompile' + name!r})")
         return lines
 
-    def helpers(self) -> list[str]:
+    def helpers(self, other: Graph) -> list[str]:
         texts: list[str] = []
-        for n in self.G.nodes():
-            for helper in REGISTRY[self.G[n].op].helpers:
+        for n, G in [*((n, self.G) for n in self.G.nodes()), *((n, other) for n in other.nodes())]:
+            for helper in REGISTRY[G[n].op].helpers:
                 if self.on_device(helper) not in texts:
                     texts.append(self.on_device(helper))
         return texts
 
-    def init_params(self) -> str:
-        lines = ["def init_params(seed=0):",
-                 '    """Fresh params drawn as the .nn file says: the same seed always gives the same params.',
-                 "",
-                 "    Each param has its own random stream, keyed by its name, so adding a param to the",
-                 '    model does not change the others."""',
-                 "    return {"]
-        for name, n in self.model.params.items():
+    def init_params(self, kind: str = "params") -> str:
+        if kind == "params":
+            lines = ["def init_params(seed=0):",
+                     '    """Fresh params drawn as the .nn file says: the same seed always gives the same params.',
+                     "",
+                     "    Each param has its own random stream, keyed by its name, so adding a param to the",
+                     '    model does not change the others."""']
+        else:
+            lines = ["def init_state(seed=0):",
+                     '    """The state a model starts from (running statistics before any training)."""']
+        lines.append("    return {")
+        for name, n in (self.model.params if kind == "params" else self.model.state).items():
             spec = self.model.param_inits[name]
             shape = repr(tuple(self.G[n].shape))
             args = dict(spec.args)
@@ -280,6 +294,8 @@ class _Emitter:
         # Gradients in reverse: the last layer's first, as backprop runs, so each activation
         # dies (and its buffer is reused) as early as possible.
         results = [*outputs.values(), *reversed([g for g in (grads or {}).values() if g is not None])]
+        updates = self.p.updates if grads is not None else {}
+        results += list(updates.values())
         body, names, ctx = self.body(fname, results)
         ret_out = self.returned(outputs, names, ctx, set())
         if grads is None:
@@ -287,8 +303,16 @@ class _Emitter:
         else:
             seen = set(outputs.values())
             ret_grads = self.returned({k: v for k, v in grads.items()}, names, ctx, seen)
-            body.append(f"    return {ret_out}, {ret_grads}")
-        return "\n".join([f"def {fname}(params, /, **inputs):", f'    """{doc}"""', *body])
+            if self.model.state:
+                new_state = self.returned(updates, names, ctx, seen, keep=list(self.model.state))
+                body.append(f"    return {ret_out}, {ret_grads}, {new_state}")
+            else:
+                body.append(f"    return {ret_out}, {ret_grads}")
+        return "\n".join([f"def {fname}({self.signature(fname)}):", f'    """{doc}"""', *body])
+
+    def signature(self, fname: str) -> str:
+        """Positional-only extras, so no input name can collide with them."""
+        return "params, state=None, /, **inputs" if fname == "forward" else "params, state=None, rng=None, /, **inputs"
 
     def trace_function(self) -> str:
         """For eval and render: every forward value and every adjoint, keyed by node id."""
@@ -297,7 +321,7 @@ class _Emitter:
         values = ", ".join(f"{k}: {self.ref(v, names)}" for k, v in self.p.trace_values.items())
         grads = ", ".join(f"{k}: {self.ref(v, names)}" for k, v in self.p.trace_grads.items())
         body.append(f"    return {{{values}}}, {{{grads}}}")
-        return "\n".join(["def trace(params, /, **inputs):",
+        return "\n".join([f"def trace({self.signature('trace')}):",
                           '    """Every intermediate value and gradient, keyed by graph node (for nncompile)."""',
                           *body])
 
@@ -337,10 +361,20 @@ class _Emitter:
             if n in needed:
                 names.of[n] = names.fresh(name)
                 lines.append(f"    {names.of[n]} = params[{name!r}]")
+        if any(n in needed for n in self.model.state.values()):
+            lines.append("    if state is None:")
+            lines.append("        state = init_state()")
+            for name, n in self.model.state.items():
+                if n in needed:
+                    names.of[n] = names.fresh(name)
+                    lines.append(f"    {names.of[n]} = state[{name!r}]")
+        if any(G[n].op == "dropout_mask" for n in needed):
+            lines.append("    if rng is None:  # pass a seeded generator for reproducible dropout masks")
+            lines.append(f"        rng = {self.xp}.random.default_rng()")
         last_where = None
         for n in plan.order:
             node = G[n]
-            if node.op in ("input", "param", "const"):
+            if node.is_leaf:
                 continue
             where = self.where(node)
             if where != last_where and where:
@@ -412,10 +446,18 @@ class _Emitter:
             return f"{self.xp}.array({_plain(value)!r}, dtype=DTYPE)"
         return names[n]
 
-    def returned(self, values: dict[str, int | None], names: dict[int, str], ctx: _Context, seen: set[int]) -> str:
-        """A dict of results that never aliases params, inputs, or each other."""
+    def returned(self, values: dict[str, int | None], names: dict[int, str], ctx: _Context, seen: set[int],
+                 keep: list[str] | None = None) -> str:
+        """A dict of results that never aliases params, inputs, or each other.
+
+        With ``keep`` (the state's names), names without a new value pass the old one on."""
         items = []
+        if keep is not None:
+            values = {name: values.get(name) for name in keep}
         for name, n in values.items():
+            if n is None and keep is not None:
+                items.append(f"{name!r}: state[{name!r}]")
+                continue
             if n is None:
                 wrt = self.model.params.get(name, self.model.inputs.get(name))
                 expr = f"{self.xp}.zeros({ctx.shape(self.G[wrt].shape)}, dtype=DTYPE)"
@@ -424,7 +466,7 @@ class _Emitter:
                 expr = self.ref(n, names)
                 if node.op == "const":
                     expr = f"{self.xp}.full({ctx.shape(node.shape)}, {expr}, dtype=DTYPE)"
-                elif node.op in VIEW_OPS or node.op in ("input", "param") or n in seen:
+                elif node.op in VIEW_OPS or node.is_leaf or n in seen:
                     expr = f"{self.xp}.array({expr})"
                 seen.add(n)
             items.append(f"{name!r}: {expr}")

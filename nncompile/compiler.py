@@ -5,7 +5,7 @@ import sys
 import types
 from pathlib import Path
 
-from .autodiff import differentiate
+from .autodiff import differentiate as reverse_mode
 from .codegen import BACKENDS, Program, emit_module
 from .elaborate import elaborate_file
 from .errors import NNError
@@ -17,7 +17,7 @@ DTYPES = ("float32", "float64")
 
 
 def build(model: Model, *, optimized: bool = True, trace: bool = False, input_grads: bool = True,
-          fuse: bool = False) -> Program:
+          fuse: bool = False, differentiate: bool = True) -> Program:
     """Differentiate and optimise an elaborated model (mutating its graph) into a Program.
 
     ``input_grads=False`` differentiates with respect to the params only, as training
@@ -26,14 +26,15 @@ def build(model: Model, *, optimized: bool = True, trace: bool = False, input_gr
     """
     G = model.graph
     roots: dict = {("out", name): n for name, n in model.outputs.items()}
+    roots.update({("state", name): n for name, n in model.updates.items()})
     grads: dict[str, int | None] = {}
     adjoints: dict[int, int] = {}
     forward_nodes = list(G.nodes())
-    target = model.target
+    target = model.target if differentiate else None
     if target is not None:
         candidates = {**model.params, **(model.inputs if input_grads else {})}
         wrt = {name: n for name, n in candidates.items() if G[n].dtype == "float"}
-        adjoints = differentiate(G, target, wrt.values())
+        adjoints = reverse_mode(G, target, wrt.values())
         for name, n in wrt.items():
             grads[name] = adjoints.get(n)
             if n in adjoints:
@@ -49,7 +50,8 @@ def build(model: Model, *, optimized: bool = True, trace: bool = False, input_gr
     else:
         eliminate_dead_code(G, roots)
     program = Program(model, G, {k[1]: v for k, v in roots.items() if k[0] == "out"},
-                      {name: roots.get(("grad", name)) for name in grads})
+                      {name: roots.get(("grad", name)) for name in grads},
+                      {k[1]: v for k, v in roots.items() if k[0] == "state"})
     if trace:
         program.trace_values = {k[1]: v for k, v in roots.items() if k[0] == "value" and G[v].op != "const"}
         program.trace_grads = {k[1]: v for k, v in roots.items() if k[0] == "adjoint"}
@@ -70,6 +72,9 @@ def compile_file(path: str | Path, *, dtype: str | None = None, optimized: bool 
     if backend not in BACKENDS:
         raise NNError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     program = build(model, optimized=optimized, trace=trace, input_grads=input_grads, fuse=backend == "cupy")
+    if model.mode_dependent:  # forward() runs eval mode: dropout off, running statistics used
+        evaluation = elaborate_file(path, dtype, mode="eval")
+        program.eval_program = build(evaluation, optimized=optimized, fuse=backend == "cupy", differentiate=False)
     source = emit_module(program, trace=trace, backend=backend)
     return source if optimizer is None else source + optimizer_source(model, optimizer)
 

@@ -7,6 +7,7 @@ checks shapes as each node is built, so every error points at the user's text.
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,20 +59,29 @@ class Scope:
         self.defined[name] = loc
 
 
-def elaborate_file(path: str | Path, dtype: str | None = None) -> Model:
-    """Parse and elaborate a .nn file (and what it imports)."""
+MODES = ("train", "eval")
+
+
+def elaborate_file(path: str | Path, dtype: str | None = None, mode: str = "train") -> Model:
+    """Parse and elaborate a .nn file (and what it imports) for train or eval mode."""
     module = parse_file(path)
-    return Elaborator(module.file, dtype).run(module)
+    return Elaborator(module.file, dtype, mode).run(module)
 
 
-def elaborate(module: S.Module, dtype: str | None = None) -> Model:
-    return Elaborator(module.file, dtype).run(module)
+def elaborate(module: S.Module, dtype: str | None = None, mode: str = "train") -> Model:
+    return Elaborator(module.file, dtype, mode).run(module)
 
 
 class Elaborator:
-    def __init__(self, file: str, dtype: str | None):
+    """Builds the graph of one mode: ``train { }`` blocks count in train mode, ``eval { }``
+    blocks in eval mode, and mode-dependent ops (dropout) lower accordingly."""
+
+    def __init__(self, file: str, dtype: str | None, mode: str = "train"):
+        assert mode in MODES, mode
         self.G = Graph()
-        self.model = Model(self.G, file)
+        self.model = Model(self.G, file, mode=mode)
+        self.mode = mode
+        self.phase: str | None = None    # the train/eval block being elaborated, if any
         self.dtype_override = dtype
         self.layers: dict[str, tuple[S.Layer, Loc]] = {}
         self.param_inits: dict[str, ParamInit] = {}
@@ -111,8 +121,10 @@ class Elaborator:
         elif isinstance(stmt, S.Input):
             self.top_only(stmt, scope, "input")
             self.input(stmt, scope)
-        elif isinstance(stmt, S.Param):
+        elif isinstance(stmt, (S.Param, S.State)):
             self.param(stmt, scope)
+        elif isinstance(stmt, S.Update):
+            self.update(stmt, scope)
         elif isinstance(stmt, S.Assign):
             scope.define(stmt.name, stmt.loc)
             hint = stmt.name if isinstance(stmt.value, (S.Call, S.Repeat)) else None
@@ -146,8 +158,39 @@ class Elaborator:
             self.top_only(stmt, scope, "dtype")
             self.model.dtype = stmt.dtype
         elif isinstance(stmt, S.Phase):
-            raise NNError(f"'{stmt.phase}' blocks are not supported yet", stmt.loc)
+            return self.phase_block(stmt, scope)
         return None
+
+    def phase_block(self, block: S.Phase, scope: Scope) -> int | None:
+        """A compile-time branch: its statements count only in its own mode, and what they
+        define is visible after the block."""
+        if self.phase is not None:
+            raise NNError(f"a '{block.phase}' block cannot be nested in a '{self.phase}' block", block.loc)
+        self.model.mode_dependent = True
+        if block.phase != self.mode:
+            return None
+        self.phase = block.phase
+        try:
+            return self.statements(block.body, scope)
+        finally:
+            self.phase = None
+
+    def update(self, stmt: S.Update, scope: Scope) -> None:
+        if self.phase != "train":
+            raise NNError("'update' changes state while training, so it belongs in a 'train { }' block", stmt.loc)
+        target = self.lookup(stmt.target, scope)
+        node = self.G[target]
+        if node.op != "state":
+            raise NNError(f"'{stmt.target.name}' is not declared with 'state', so it cannot be updated",
+                          stmt.target.loc)
+        if node.name in self.model.updates:
+            raise NNError(f"'{stmt.target.name}' is updated twice", stmt.loc)
+        value = self.expr(stmt.value, scope)
+        got = self.G[value]
+        if got.shape != node.shape or got.dtype != "float":
+            raise NNError(f"the new value of '{stmt.target.name}' is {got.dtype}{show(got.shape)}, "
+                          f"but the state is float{show(node.shape)}", stmt.value.loc)
+        self.model.updates[node.name] = value
 
     def top_only(self, stmt: S.Node, scope: Scope, what: str) -> None:
         if scope.in_layer is not None:
@@ -183,10 +226,14 @@ class Elaborator:
         scope.values[stmt.name] = node
         self.model.inputs[stmt.name] = node
 
-    def param(self, stmt: S.Param, scope: Scope) -> None:
+    def param(self, stmt: S.Param | S.State, scope: Scope) -> None:
+        """A param (trained) or a state (carried between calls): a named leaf with an initialiser."""
+        kind = "param" if isinstance(stmt, S.Param) else "state"
+        if self.phase is not None:
+            raise NNError(f"declare {kind}s outside '{self.phase}' blocks: both modes share them", stmt.loc)
         scope.define(stmt.name, stmt.loc)
         if stmt.type is not None and stmt.type.dtype == "int":
-            raise NNError("params are trained by gradient descent, so they must be float", stmt.type.loc)
+            raise NNError(f"{kind}s hold real numbers, so they must be float", stmt.type.loc)
         shape = self.shape(stmt.type, scope, symbolic=False) if stmt.type is not None else None
         init = stmt.init
         if isinstance(init, S.Call) and init.func in INITIALIZERS:
@@ -216,10 +263,10 @@ class Elaborator:
                               init.loc)
             spec_init = ParamInit("constant", (("value", value.tolist()),), *fans(shape))
         name = scope.qualify(stmt.name)
-        node = self.G.add("param", (), {"name": name, "shape": shape, "dtype": "float"},
+        node = self.G.add(kind, (), {"name": name, "shape": shape, "dtype": "float"},
                           name=name, loc=stmt.loc, scope=scope.prefix)
         scope.values[stmt.name] = node
-        self.model.params[name] = node
+        (self.model.params if kind == "param" else self.model.state)[name] = node
         self.param_inits[name] = spec_init
 
     def shape(self, type_: S.Type, scope: Scope, symbolic: bool) -> Shape:
@@ -231,6 +278,10 @@ class Elaborator:
                     expr.name not in scope.consts and expr.name not in scope.dims:
                 dims.append(expr.name)  # a symbolic dim, bound when the module is called
                 continue
+            if not symbolic and isinstance(expr, S.Ref) and expr.name not in scope.consts and \
+                    expr.name not in scope.dims and expr.name in self.symbolic_dims():
+                raise NNError(f"a param's shape must be known when compiling, but {expr.name} is a symbolic dim "
+                              "(set by the inputs at each call)", expr.loc)
             value = self.const_eval(expr, scope)
             if isinstance(value, str):
                 if not symbolic:
@@ -241,6 +292,9 @@ class Elaborator:
             else:
                 raise NNError(f"a dimension must be a positive integer, not {value!r}", expr.loc)
         return tuple(dims)
+
+    def symbolic_dims(self) -> set[str]:
+        return {d for n in self.model.inputs.values() for d in self.G[n].shape if isinstance(d, str)}
 
     def define_layer(self, layer: S.Layer) -> None:
         if layer.name in self.layers:
@@ -257,20 +311,24 @@ class Elaborator:
 
     def import_(self, stmt: S.Import, scope: Scope) -> None:
         if stmt.is_path:
-            path = (Path(stmt.loc.file).parent / stmt.target).resolve()
+            # Shown (in errors, in the generated code's comments) relative to the importing
+            # file as the user wrote it; resolved only to recognise a file seen before.
+            shown = Path(os.path.normpath(Path(stmt.loc.file).parent / stmt.target))
+            path = shown.resolve()
         else:
-            path = (STDLIB / f"{stmt.target}.nn").resolve()
+            shown = path = (STDLIB / f"{stmt.target}.nn").resolve()
             if not path.is_file():
                 known = sorted(p.stem for p in STDLIB.glob("*.nn"))
                 raise NNError(f"no standard library module '{stmt.target}'"
                               + (f"; there is {', '.join(known)}" if known else ""), stmt.loc)
         if str(path) in self.importing:
-            raise NNError(f"import cycle: {path.name} imports itself", stmt.loc)
+            chain = [*self.importing[self.importing.index(str(path)):], str(path)]
+            raise NNError("import cycle: " + " imports ".join(Path(p).name for p in chain), stmt.loc)
         if str(path) in self.imported:
             return
         if not path.is_file():
-            raise NNError(f"cannot import {stmt.target}: no such file {path}", stmt.loc)
-        module = parse_file(path)
+            raise NNError(f"cannot import \"{stmt.target}\": there is no file {shown}", stmt.loc)
+        module = parse_file(shown)
         self.importing.append(str(path))
         for inner in module.body:
             if not isinstance(inner, (S.Const, S.Layer, S.Import)):
@@ -309,8 +367,10 @@ class Elaborator:
                         return left // right
                     return {"add": lambda: left + right, "sub": lambda: left - right, "mul": lambda: left * right,
                             "div": lambda: left / right, "pow": lambda: left ** right}[expr.op]()
-                except (ZeroDivisionError, OverflowError) as exc:
-                    raise NNError(f"cannot evaluate this constant: {exc}", expr.loc) from None
+                except ZeroDivisionError:
+                    raise NNError("cannot evaluate this constant: division by zero", expr.loc) from None
+                except OverflowError as exc:
+                    raise NNError(f"cannot evaluate this constant: {exc.args[-1]}", expr.loc) from None
         raise NNError("a constant is needed here (a number, a const, or arithmetic on them)", expr.loc)
 
     # ---- expressions -------------------------------------------------------------------
@@ -408,8 +468,9 @@ class Elaborator:
         if len(call.args) < opdef.arity:
             raise NNError(f"{opdef.name}() takes {opdef.arity} tensor argument(s), got {len(call.args)}", call.loc)
         if len(call.args) > opdef.arity + len(attr_names):
-            raise NNError(f"{opdef.name}() takes at most {opdef.arity + len(attr_names)} arguments",
-                          call.args[opdef.arity + len(attr_names)].loc)
+            most = opdef.arity + len(attr_names)
+            raise NNError(f"{opdef.name}() takes at most {most} argument{'s' if most != 1 else ''}, "
+                          f"got {len(call.args)}", call.args[most].loc)
         args = [self.expr(a, scope) for a in call.args[:opdef.arity]]
         attrs: dict[str, Any] = dict(opdef.attrs)
         given: set[str] = set()
@@ -426,6 +487,12 @@ class Elaborator:
             given.add(name)
         if "shape" in attrs and attrs["shape"] is None:
             raise NNError(f"{opdef.name}() needs a shape, like {opdef.name}(x, [2, 3])", call.loc)
+        if opdef.lower is not None:  # an op whose meaning depends on the mode, like dropout
+            self.model.mode_dependent = True
+            try:
+                return opdef.lower(self, args, attrs, call.loc, scope)
+            except ShapeError as exc:
+                raise NNError(exc.message, call.loc) from None
         return self.op(opdef.name, args, attrs, call.loc, scope, [a.loc for a in call.args])
 
     def attr_value(self, expr: S.Expr, scope: Scope) -> Any:
@@ -480,7 +547,7 @@ class Elaborator:
             raise NNError(f"layer '{layer.name}' has no 'return' statement", layer.loc)
         if layer.returns is not None:
             self.check_pattern(self.G[result].shape, layer.returns, inner, call.loc,
-                               f"{layer.name}() returns", bind=False)
+                               f"the result of {layer.name}()", bind=False)
         self.model.layers[inner.prefix] = layer.name
         for local, node in inner.values.items():
             scope.values[f"{name}.{local}"] = node
@@ -559,8 +626,10 @@ class Elaborator:
                 continue
             want = self.const_eval(expr, inner)
             if want != dim:
+                named = _show_expr(expr)
+                named = f"{named} = {want}" if named != str(want) else named
                 raise NNError(f"{what} must have shape {expected}, but it has shape {show(shape)}: "
-                              f"dim {axis + 1} is {dim}, expected {_show_expr(expr)} = {want}", loc)
+                              f"dim {axis + 1} is {dim}, expected {named}", loc)
 
 
 def _show_expr(expr: S.Expr) -> str:

@@ -50,13 +50,13 @@ class Evaluation:
         return out
 
 
-def parse_sets(items: list[str] | None) -> dict[str, str]:
-    """``["x=3", "W=[[1,2]]"]`` -> ``{"x": "3", "W": "[[1,2]]"}``."""
+def parse_sets(items: list[str] | None, file: str | None = None) -> dict[str, str]:
+    """``["x=3", "W=[[1,2]]"]`` -> ``{"x": "3", "W": "[[1,2]]"}``; ``file`` is the model they are for."""
     sets: dict[str, str] = {}
     for item in items or []:
         name, eq, value = item.partition("=")
         if not eq or not name.strip():
-            raise NNError(f"--set expects NAME=VALUE, not {item!r}")
+            raise NNError(f"--set expects NAME=VALUE, not {item!r}", file=file)
         sets[name.strip()] = value.strip()
     return sets
 
@@ -67,7 +67,7 @@ def evaluate_file(path: str | Path, sets: Mapping[str, str] | None = None, *, se
     program = build(model, optimized=False, trace=True)
     module = load_module(emit_module(program, trace=True), Path(path).stem)
     params, inputs = concrete_values(model, module, sets or {}, seed)
-    values, grads = _run(model, module, params, inputs)
+    values, grads = _run(model, module, params, inputs, seed)
     return Evaluation(model, program, module, params, inputs, values, grads)
 
 
@@ -83,7 +83,8 @@ def concrete_values(model: Model, module: ModuleType, sets: Mapping[str, str], s
         if name in symbols and name not in model.inputs:
             text = sets.pop(name)
             if not text.isdigit() or int(text) < 1:
-                raise NNError(f"--set {name}={text}: the dim {name} must be a positive integer", file=model.file)
+                declared = next(G[n].loc for n in model.inputs.values() if name in G[n].shape)
+                raise NNError(f"--set {name}={text}: the dim {name} must be a positive integer", declared)
             dims[name] = int(text)
     unknown = [name for name in sets if name not in model.inputs and name not in model.params]
     if unknown:
@@ -130,10 +131,10 @@ def _parse_value(name: str, text: str, model: Model, n: int, dtype) -> np.ndarra
     return value.astype(dtype if node.dtype == "float" else np.int64)
 
 
-def _run(model: Model, module: ModuleType, params, inputs) -> tuple[dict, dict]:
+def _run(model: Model, module: ModuleType, params, inputs, seed: int) -> tuple[dict, dict]:
     try:
         with np.errstate(all="ignore"):
-            return module.trace(params, **inputs)
+            return module.trace(params, None, np.random.default_rng(seed), **inputs)
     except (TypeError, ValueError) as exc:  # the module's own input checks
         raise NNError(str(exc), file=model.file) from None
 

@@ -33,7 +33,12 @@ def check_gradients(module: ModuleType, params: Mapping[str, np.ndarray], inputs
     tensor in a couple of loss evaluations instead of one per entry.
     """
     rng = np.random.default_rng(seed)
-    outputs, grads = module.value_and_grad(params, **inputs)
+
+    def train_step(p: Mapping[str, np.ndarray], i: Mapping[str, np.ndarray]):
+        # The same seed every call: dropout draws the same mask, so the loss is one function.
+        return module.value_and_grad(p, None, np.random.default_rng(seed), **i)
+
+    grads = train_step(params, inputs)[1]
     loss_name = module.LOSS
     results = []
     for name, grad in grads.items():
@@ -45,7 +50,7 @@ def check_gradients(module: ModuleType, params: Mapping[str, np.ndarray], inputs
             def loss_at(x: np.ndarray) -> float:
                 p, i = dict(params), dict(inputs)
                 (p if is_param else i)[name] = x
-                return float(module.forward(p, **i)[loss_name])
+                return float(train_step(p, i)[0][loss_name])
 
             numeric = (loss_at(point + eps * direction) - loss_at(point - eps * direction)) / (2 * eps)
             analytic = float(np.sum(np.asarray(grad, dtype=float) * direction))

@@ -16,6 +16,7 @@ from .errors import Loc
 from .shapes import Shape
 
 Attrs = tuple[tuple[str, Any], ...]
+LEAVES = frozenset({"input", "param", "state", "const"})
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class Node:
 
     @property
     def is_leaf(self) -> bool:
-        return self.op in ("input", "param", "const")
+        return self.op in LEAVES
 
 
 def freeze(attrs: dict[str, Any]) -> Attrs:
@@ -153,7 +154,12 @@ class Model:
     defaults: dict[str, Any] = field(default_factory=dict)      # input name -> default value
     int_bounds: dict[str, int] = field(default_factory=dict)    # int input -> exclusive upper bound
     layers: dict[tuple[str, ...], str] = field(default_factory=dict)  # scope -> layer type name
-    param_inits: dict[str, Any] = field(default_factory=dict)          # param name -> ParamInit
+    param_inits: dict[str, Any] = field(default_factory=dict)          # param or state name -> ParamInit
+    state: dict[str, int] = field(default_factory=dict)       # carried between calls, not trained
+    updates: dict[str, int] = field(default_factory=dict)     # state name -> its new value (train mode)
+    mode: str = "train"
+    mode_dependent: bool = False   # has train/eval blocks or mode-dependent ops: the modes differ
+    dropout_count: int = 0
 
     @property
     def target(self) -> int | None:

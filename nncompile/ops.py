@@ -25,6 +25,7 @@ class EmitContext:
 
     xp = "np"
     dtype = "np.float32"
+    rng = "rng"
 
     def shape(self, shape: Shape) -> str:  # pragma: no cover - overridden by codegen
         raise NotImplementedError
@@ -62,6 +63,7 @@ class OpDef:
     samples: tuple[Sample, ...] = ()
     int_bounds: Callable[[list[Node]], dict[int, int]] | None = None
     helpers: tuple[str, ...] = ()             # functions the emitted code calls, each defined once per module
+    lower: Callable[..., int] | None = None   # mode-dependent ops: (elaborator, args, attrs, loc, scope) -> node
     doc: str = ""
 
     @property
@@ -455,6 +457,7 @@ _B = (Sample((_M, _M)), Sample((_M, (4,))), Sample(((2, 1, 4), (3, 1))), Sample(
 _LEAF = dict(public=False, infer=_leaf)
 op("input", 0, emit=template("<input>"), **_LEAF)
 op("param", 0, emit=template("<param>"), **_LEAF)
+op("state", 0, emit=template("<state>"), **_LEAF)
 op("const", 0, emit=template("<const>"), **_LEAF)
 op("dim", 0, lambda ins, a: ((), "float"), _emit_dim, public=False, doc="a symbolic size as a number")
 
@@ -504,6 +507,34 @@ op("transpose", 1, _transpose_rule, _emit_transpose, vjp=_vjp_transpose, attrs=(
    samples=(Sample((_M,)), Sample(((2, 3, 4),), {"axes": (1, 2, 0)})))
 
 op("sum_to", 1, _target_shape_rule, _emit_sum_to, public=False, takes_out=True)
+
+# Dropout: inverted dropout in train mode, the identity in eval mode (lowered by the elaborator).
+_DROPOUT_MASK = '''def _dropout_mask(rng, shape, p):
+    """Keep each unit with probability 1 - p and scale kept units by 1 / (1 - p) (inverted dropout)."""
+    return np.multiply(rng.random(shape, dtype=DTYPE) >= p, 1 / (1 - p), dtype=DTYPE)'''
+
+
+def _emit_dropout_mask(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+    return f"_dropout_mask({ctx.rng}, {ctx.shape(attrs['shape'])}, {attrs['p']!r})"
+
+
+def _lower_dropout(el, args: list[int], attrs: dict, loc, scope) -> int:
+    p = attrs["p"]
+    if not isinstance(p, (int, float)) or not 0 <= p < 1:
+        raise ShapeError(f"dropout rate p must be in [0, 1), not {p!r}")
+    x = args[0]
+    if el.mode == "eval" or p == 0:
+        return x
+    el.model.dropout_count += 1   # each dropout draws its own mask: the id keeps CSE from merging two
+    mask = el.op("dropout_mask", [], {"shape": el.G[x].shape, "p": float(p), "id": el.model.dropout_count},
+                 loc, scope)
+    return el.op("mul", [x, mask], {}, loc, scope)
+
+
+op("dropout", 1, _same_as_first, template("<dropout>"), attrs=(("p", 0.5),), lower=_lower_dropout,
+   doc="inverted dropout: in train mode x * mask / (1 - p) with mask ~ Bernoulli(1 - p); in eval mode x")
+op("dropout_mask", 0, _target_shape_rule, _emit_dropout_mask, public=False, helpers=(_DROPOUT_MASK,),
+   doc="0 or 1 / (1 - p), drawn from the caller's random generator")
 
 # A group of elementwise ops made one GPU kernel by passes.fuse_elementwise (CuPy backend).
 op("fused", -1, lambda ins, attrs: (attrs["shape"], "float"), template("{kernel}"), public=False, takes_out=True,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Iterator
@@ -14,15 +15,6 @@ from .errors import Loc, NNError, Sources
 
 _OPEN = {"LPAR": "RPAR", "LSQB": "RSQB"}
 _CLOSE = {"RPAR", "RSQB"}
-
-# Readable names for the terminals Lark reports in "expected ..." messages.
-_TERMINAL_NAMES = {
-    "NAME": "a name", "NUMBER": "a number", "STRING": "a quoted path", "_NL": "end of line",
-    "SEMICOLON": "';'", "LPAR": "'('", "RPAR": "')'", "LSQB": "'['", "RSQB": "']'",
-    "LBRACE": "'{'", "RBRACE": "'}'", "COMMA": "','", "COLON": "':'", "EQUAL": "'='",
-    "PLUS": "'+'", "MINUS": "'-'", "STAR": "'*'", "SLASH": "'/'", "AT": "'@'", "DOT": "'.'",
-    "__ANON_0": "'**'", "$END": "end of file",
-}
 
 
 def grammar_text() -> str:
@@ -78,9 +70,9 @@ def parse(text: str, file: str = "<string>") -> S.Module:
 def parse_file(path: str | Path) -> S.Module:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # tolerate a BOM
     except FileNotFoundError:
-        raise NNError(f"no such file: {path}", file=str(path)) from None
+        raise NNError("no such file", file=str(path)) from None
     except IsADirectoryError:
         raise NNError(f"{path} is a directory, not a .nn file", file=str(path)) from None
     except UnicodeDecodeError as exc:
@@ -91,54 +83,136 @@ def parse_file(path: str | Path) -> S.Module:
 
 
 def _syntax_error(exc: UnexpectedInput, text: str, file: str) -> NNError:
-    lines = text.splitlines() or [""]
-    if isinstance(exc, UnexpectedEOF) or getattr(exc, "line", -1) in (-1, None):
-        unclosed = _unclosed_bracket(text)
-        line = len(lines)
-        loc = Loc(file, line, len(lines[-1]) + 1)
+    lines = text.split("\n")
+    eof = Loc(file, len(lines), len(lines[-1].rstrip("\r")) + 1)
+    token = getattr(exc, "token", None)
+    if isinstance(exc, UnexpectedEOF) or getattr(exc, "line", -1) in (-1, None) or \
+            (token is not None and token.type == "$END"):
+        unclosed = _open_brackets(text)
         if unclosed:
-            char, (l, c) = unclosed
-            return NNError(f"'{char}' opened here was never closed", Loc(file, l, c))
-        return NNError("unexpected end of file", loc)
+            return _never_closed(unclosed[-1], file)
+        return NNError("unexpected end of file", eof)
     loc = Loc(file, exc.line, exc.column)
     if isinstance(exc, UnexpectedCharacters):
         char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else "?"
+        if char == '"':
+            return NNError("unterminated string: the closing '\"' is missing on this line", loc)
         return NNError(f"unexpected character {char!r}", loc)
     assert isinstance(exc, UnexpectedToken)
-    token = exc.token
-    if token.type == "$END":
-        unclosed = _unclosed_bracket(text)
-        if unclosed:
-            char, (l, c) = unclosed
-            return NNError(f"'{char}' opened here was never closed", Loc(file, l, c))
-        return NNError("unexpected end of file", Loc(file, len(lines), len(lines[-1]) + 1))
+    tok_loc = Loc(file, token.line, token.column,
+                  token.column + max(1, len(str(token))) if token.type != "_NL" else None)
+    opened = _open_brackets(text, token.start_pos)
+    if token.type in _CLOSERS:
+        want = _CLOSERS[token.type]
+        if not any(char == want for char, *_ in opened):
+            if opened and opened[-1][0] in "([":
+                char, line, col, _ = opened[-1]
+                return NNError(f"'{token}' does not match the '{char}' opened at line {line}, column {col}: "
+                               f"close it with '{_PAIRS[char]}'", tok_loc)
+            return NNError(f"unmatched '{token}': no '{want}' is open here", tok_loc)
+        char, line, col, _ = opened[-1]
+        if char != want:
+            return NNError(f"'{token}' cannot close the '{char}' opened at line {line}, column {col}; "
+                           f"expected '{_PAIRS[char]}'", tok_loc,
+                           notes=((f"'{char}' opened here", Loc(file, line, col, col + 1)),))
+    if opened and opened[-1][0] in "([" and opened[-1][1] < token.line and \
+            opened[-1] in _open_brackets(text):
+        # Newlines are dropped inside ( and [, so a bracket left open swallows the next
+        # statements and the parser only notices later; the bracket is the real mistake.
+        return _never_closed(opened[-1], file)
+    keyword = _misused_keyword(text, token)
+    if keyword is not None:
+        word, start = keyword
+        col = start - text.rfind("\n", 0, start)
+        return NNError(f"'{word}' is a keyword of the language, so it cannot be used as a name; "
+                       "choose another name", Loc(file, token.line, col, col + len(word)))
+    if token.type == "DOT" and re.match(r"[ \t\f]*import\b", text[text.rfind("\n", 0, token.start_pos) + 1:]):
+        return NNError('to import a file, quote its path, like: import "layers.nn"', tok_loc)
     got = "end of line" if token.type == "_NL" else repr(str(token))
-    loc = Loc(file, token.line, token.column, token.column + max(1, len(str(token))) if token.type != "_NL" else None)
-    expected = sorted({_TERMINAL_NAMES.get(t, repr(t.lower()) if t.isupper() else t) for t in exc.expected})
+    expected = _describe_expected(getattr(exc, "accepts", None) or exc.expected)
     hint = ""
-    if len(expected) <= 6:
-        hint = f"; expected {', '.join(expected[:-1]) + ' or ' + expected[-1] if len(expected) > 1 else expected[0]}"
-    return NNError(f"unexpected {got}{hint}", loc)
+    if expected and len(expected) <= 6:
+        hint = "; expected " + (", ".join(expected[:-1]) + " or " + expected[-1] if len(expected) > 1 else expected[0])
+    return NNError(f"unexpected {got}{hint}", tok_loc)
 
 
-def _unclosed_bracket(text: str) -> tuple[str, tuple[int, int]] | None:
-    """Find the innermost bracket still open at the end of the file, for a useful EOF message."""
-    stack: list[tuple[str, tuple[int, int]]] = []
-    line, col = 1, 1
-    in_comment = False
-    for ch in text:
+_PAIRS = {"(": ")", "[": "]", "{": "}"}
+_CLOSERS = {"RPAR": "(", "RSQB": "[", "RBRACE": "{"}
+_EXPRESSION_START = {"NAME", "NUMBER", "LPAR", "LSQB", "MINUS", "PLUS", "TRUE", "FALSE", "REPEAT"}
+_OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "AT", "LSQB", "AS"}
+_END = {"_NL", "SEMICOLON", "$END"}
+# Tokens that may follow a name but never a keyword: a keyword right before one was meant as a name.
+_AFTER_NAME = {"EQUAL", "STAR", "SLASH", "AT", "RPAR", "RSQB", "COMMA", "DOT", "COLON"}
+_SPECIAL = {"NAME": "a name", "NUMBER": "a number", "STRING": 'a quoted path like "layers.nn"',
+            "_NL": "end of line", "SEMICOLON": "end of line", "$END": "end of file"}
+
+
+def _terminal(name: str) -> str:
+    """How a terminal reads in a message: ``'='``, ``'float'``, ``a name``."""
+    if name in _SPECIAL:
+        return _SPECIAL[name]
+    for term in _lark().terminals:
+        if term.name == name and term.pattern.type == "str":
+            return repr(term.pattern.value)
+    return name.lower()
+
+
+def _keywords() -> set[str]:
+    return {t.pattern.value for t in _lark().terminals if t.pattern.type == "str" and t.pattern.value.isidentifier()}
+
+
+def _describe_expected(accepts) -> list[str]:
+    names = set(accepts)
+    out = []
+    if {"NAME", "NUMBER", "LPAR"} <= names:
+        out.append("an expression")
+        names -= _EXPRESSION_START
+    if {"STAR", "SLASH", "AT"} <= names:
+        out.append("an operator")
+        names -= _OPERATORS | {name for name in names if _terminal(name) == "'**'"}
+    rest = sorted({_terminal(name) for name in names if name not in _END})
+    return out + rest + (["end of line"] if names & {"_NL", "SEMICOLON"} else
+                         ["end of file"] if "$END" in names else [])
+
+
+def _misused_keyword(text: str, token: Token) -> tuple[str, int] | None:
+    """A keyword written where a name belongs (``output = 3``): the word and its offset."""
+    if token.type not in _AFTER_NAME:
+        return None
+    line_start = text.rfind("\n", 0, token.start_pos) + 1
+    match = re.search(r"([A-Za-z_][A-Za-z0-9_]*)[ \t\f]*$", text[line_start:token.start_pos])
+    if match is None or match.group(1) not in _keywords():
+        return None
+    return match.group(1), line_start + match.start(1)
+
+
+def _never_closed(bracket: tuple[str, int, int, int], file: str) -> NNError:
+    char, line, col, _ = bracket
+    return NNError(f"'{char}' opened here was never closed", Loc(file, line, col, col + 1))
+
+
+def _open_brackets(text: str, upto: int | None = None) -> list[tuple[str, int, int, int]]:
+    """The brackets still open at offset ``upto`` (default: the end), innermost last, as
+    (char, line, column, offset). Comments and quoted paths are skipped."""
+    stack: list[tuple[str, int, int, int]] = []
+    line, line_start = 1, 0
+    in_comment = in_string = False
+    for i, ch in enumerate(text[:upto]):
         if ch == "\n":
-            line, col, in_comment = line + 1, 1, False
+            line, line_start, in_comment, in_string = line + 1, i + 1, False, False
+        elif in_comment:
             continue
-        if not in_comment:
-            if ch == "#":
-                in_comment = True
-            elif ch in "([{":
-                stack.append((ch, (line, col)))
-            elif ch in ")]}" and stack:
-                stack.pop()
-        col += 1
-    return stack[-1] if stack else None
+        elif in_string:
+            in_string = ch != '"'
+        elif ch == "#":
+            in_comment = True
+        elif ch == '"':
+            in_string = True
+        elif ch in _PAIRS:
+            stack.append((ch, line, i - line_start + 1, i))
+        elif ch in ")]}" and stack and _PAIRS[stack[-1][0]] == ch:
+            stack.pop()
+    return stack
 
 
 def _loc(file: str, meta) -> Loc:
@@ -175,6 +249,12 @@ class _ToAst(Transformer):
 
     def param_stmt(self, meta, items):
         return S.Param(self.L(meta), str(items[0]), items[1], items[2])
+
+    def state_stmt(self, meta, items):
+        return S.State(self.L(meta), str(items[0]), items[1], items[2])
+
+    def update_stmt(self, meta, items):
+        return S.Update(self.L(meta), items[0], items[1])
 
     def assign(self, meta, items):
         return S.Assign(self.L(meta), str(items[0]), items[1])

@@ -50,7 +50,7 @@ def _replace(G: Graph, roots: Roots, old: int, new: int) -> None:
     a, b = G[old], G[new]
     if b.name is None and b.loc is None and b.grad_of is None:   # an anonymous backward temp
         G.set(new, name=a.name, loc=a.loc, scope=a.scope, grad_of=a.grad_of)
-    elif b.name is None and a.name is not None and b.op not in ("input", "param") and a.grad_of is None:
+    elif b.name is None and a.name is not None and b.op not in ("input", "param", "state") and a.grad_of is None:
         G.set(new, name=a.name, loc=a.loc or b.loc, scope=a.scope)
 
 
@@ -62,7 +62,7 @@ def eliminate_dead_code(G: Graph, roots: Roots) -> None:
         if n not in live:
             live.add(n)
             stack.extend(G[n].args)
-    for n in [n for n in G.nodes() if n not in live and G[n].op not in ("input", "param")]:
+    for n in [n for n in G.nodes() if n not in live and G[n].op not in ("input", "param", "state")]:
         G.remove(n)
 
 

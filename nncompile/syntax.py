@@ -113,6 +113,22 @@ class Param(Node):
 
 
 @dataclass(frozen=True)
+class State(Node):
+    """Values a model carries between calls without training them (batch norm's running
+    statistics): declared like a param, changed only by ``update`` in train mode."""
+
+    name: str
+    type: Type | None
+    init: Expr
+
+
+@dataclass(frozen=True)
+class Update(Node):
+    target: Ref
+    value: Expr
+
+
+@dataclass(frozen=True)
 class Assign(Node):
     name: str
     value: Expr
@@ -149,7 +165,7 @@ class LayerArg(Node):
 class Layer(Node):
     name: str
     args: tuple[LayerArg, ...]
-    returns: Type | None
+    returns: tuple[Expr, ...] | None  # the shape after ``->``: ``[B, out]``
     body: tuple[Stmt, ...]
 
 
@@ -170,7 +186,7 @@ class Phase(Node):
     body: tuple[Stmt, ...]
 
 
-Stmt = Const | Input | Param | Assign | Output | Minimize | Return | Layer | Import | DType | Phase
+Stmt = Const | Input | Param | State | Update | Assign | Output | Minimize | Return | Layer | Import | DType | Phase
 
 
 @dataclass(frozen=True)
