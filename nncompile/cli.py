@@ -61,13 +61,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     width = max((len(k) for k in [*values, *grads]), default=1)
     print("values:")
-    for name, value in values.items():
-        print(f"  {name:<{width}} = {_show(value)}")
+    for name, value in values.items():   # a matrix's later rows line up under its first
+        print(f"  {name:<{width}} = " + _show(value).replace("\n", "\n" + " " * (width + 5)))
     target = ev.model.target
     if grads:
         print(f"gradients of {ev.program.graph[target].name if target is not None else 'the loss'}:")
         for name, grad in grads.items():
-            print(f"  d/d{name:<{width}} = {_show(grad)}")
+            print(f"  d/d{name:<{width}} = " + _show(grad).replace("\n", "\n" + " " * (width + 8)))
     return 0
 
 
@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="parse, shape-check and gradient-check the model")
     common(p)
     p.set_defaults(run=cmd_check)
+
+    from .train.cli import add_train_parser
+    add_train_parser(sub)
     return parser
 
 

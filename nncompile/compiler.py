@@ -52,6 +52,10 @@ def build(model: Model, *, optimized: bool = True, trace: bool = False, input_gr
     program = Program(model, G, {k[1]: v for k, v in roots.items() if k[0] == "out"},
                       {name: roots.get(("grad", name)) for name in grads},
                       {k[1]: v for k, v in roots.items() if k[0] == "state"})
+    # The passes replaced nodes: point the model's names at the survivors.
+    loss_name = next((name for name, n in model.outputs.items() if n == model.loss), None)
+    model.outputs = dict(program.outputs)
+    model.loss = model.outputs[loss_name] if loss_name is not None else None
     if trace:
         program.trace_values = {k[1]: v for k, v in roots.items() if k[0] == "value" and G[v].op != "const"}
         program.trace_grads = {k[1]: v for k, v in roots.items() if k[0] == "adjoint"}
@@ -64,7 +68,7 @@ def compile_file(path: str | Path, *, dtype: str | None = None, optimized: bool 
     """Compile a .nn file to the source text of a standalone numpy module.
 
     With ``optimizer`` (a name such as "adam", or an :class:`nncompile.optim.Optimizer`), the
-    module also gets ``init_state``, ``apply_update`` and ``step`` (see nncompile/optim.py).
+    module also gets ``init_opt_state``, ``apply_update`` and ``step`` (see nncompile/optim.py).
     """
     if dtype is not None and dtype not in DTYPES:
         raise NNError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")

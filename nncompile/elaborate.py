@@ -250,6 +250,9 @@ class Elaborator:
                     raise NNError(f"{init.func}() has no argument '{name}'"
                                   + (f"; it takes {', '.join(names)}" if names else ""), loc)
                 args[name] = float(self.const_eval(value, scope))
+            problem = spec.check(args) if spec.check else None
+            if problem:
+                raise NNError(f"{init.func}(): {problem}", init.loc)
             if shape is None:
                 shape = ()
             fan_in, fan_out = fans(shape)
@@ -352,6 +355,8 @@ class Elaborator:
                 return scope.dims[expr.name]
             if expr.name in self.model.inputs or expr.name in scope.values:
                 raise NNError(f"'{expr.name}' is a tensor, but a constant is needed here", expr.loc)
+            if expr.name in self.symbolic_dims():   # a dim like N, known only at each call: arange(N)
+                return expr.name
             raise self.unknown(expr.name, expr.loc, scope, consts_only=True)
         if isinstance(expr, S.Neg):
             value = self.const_eval(expr.operand, scope)
@@ -398,8 +403,65 @@ class Elaborator:
         if isinstance(expr, S.Bool):
             raise NNError("true and false are only allowed as op attributes (like keepdims=true)", expr.loc)
         if isinstance(expr, S.Index):
-            raise NNError("indexing is not supported yet", expr.loc)
+            return self.index(expr, scope)
         raise NNError("unsupported expression", expr.loc)  # pragma: no cover - the grammar has no others
+
+    def index(self, expr: S.Index, scope: Scope) -> int:
+        """``x[2, 0:3, idx]`` as numpy reads it: integers and fixed slices make a view (the
+        ``slice`` op), integer tensors among the subscripts a gather (``index``). Bounds are
+        made non-negative where the dim is known, so x[:, -3:] and x[:, 2:5] are one value."""
+        target = self.expr(expr.target, scope)
+        shape = self.G[target].shape
+        if len(expr.subscripts) > len(shape):
+            raise NNError(f"too many subscripts: the value has shape {show(shape)} ({len(shape)} axes), "
+                          f"but {len(expr.subscripts)} are given", expr.subscripts[len(shape)].loc)
+        key: list[str] = []
+        tensors: list[int] = []
+        locs = [expr.target.loc]
+        for axis, sub in enumerate(expr.subscripts):
+            dim = shape[axis]
+            if isinstance(sub, S.Slice):
+                start, stop = (None if e is None else self.static_index(e, scope) for e in (sub.start, sub.stop))
+                if isinstance(dim, int) and (start, stop) != (None, None):
+                    start, stop, _ = slice(start, stop).indices(dim)
+                key.append(":" if (start, stop) in ((None, None), (0, dim)) else
+                           f"{'' if start is None else start}:{'' if stop is None else stop}")
+            elif self.is_static(sub, scope):
+                value = self.static_index(sub, scope)
+                key.append(str(value + dim if isinstance(dim, int) and -dim <= value < 0 else value))
+            else:
+                node = self.expr(sub, scope)
+                tensors.append(node)
+                key.append(f"{{{len(tensors)}}}")
+                locs.append(sub.loc)
+                leaf = self.G[node]
+                if leaf.op == "input" and leaf.dtype == "int" and isinstance(dim, int):
+                    self.model.int_bounds[leaf.name] = min(self.model.int_bounds.get(leaf.name, dim), dim)
+        while key and key[-1] == ":":   # x[i, :] is x[i]
+            key.pop()
+        if not key:
+            return target                # x[:] is x
+        return self.op("index" if tensors else "slice", [target, *tensors], {"key": tuple(key)},
+                       expr.loc, scope, locs)
+
+    def is_static(self, expr: S.Expr, scope: Scope) -> bool:
+        """Whether a subscript is known when compiling (a number or a const), not a tensor."""
+        if isinstance(expr, S.Number):
+            return True
+        if isinstance(expr, S.Ref):
+            return len(expr.parts) == 1 and expr.name not in scope.values and \
+                (expr.name in scope.consts or isinstance(scope.dims.get(expr.name), int))
+        if isinstance(expr, S.Neg):
+            return self.is_static(expr.operand, scope)
+        if isinstance(expr, S.BinOp):
+            return expr.op != "matmul" and self.is_static(expr.left, scope) and self.is_static(expr.right, scope)
+        return False
+
+    def static_index(self, expr: S.Expr, scope: Scope) -> int:
+        value = self.const_eval(expr, scope)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise NNError(f"an index must be a whole number (or an int tensor), not {value!r}", expr.loc)
+        return value
 
     def constant(self, value: float, loc: Loc | None) -> int:
         return self.G.add("const", (), {"value": value, "shape": (), "dtype": "float"}, loc=loc)
@@ -419,6 +481,8 @@ class Elaborator:
                 if isinstance(dim, int):
                     return self.constant(float(dim), ref.loc)
                 return self.G.add("dim", (), {"symbols": (dim,), "factor": 1}, loc=ref.loc)
+            if name in self.symbolic_dims():   # the batch size N as a number: sum(x) / N
+                return self.G.add("dim", (), {"symbols": (name,), "factor": 1}, loc=ref.loc)
         raise self.unknown(name, ref.loc, scope)
 
     def unknown(self, name: str, loc: Loc, scope: Scope, consts_only: bool = False) -> NNError:
@@ -432,6 +496,9 @@ class Elaborator:
     def op(self, opname: str, args: list[int], attrs: dict[str, Any], loc: Loc, scope: Scope,
            arg_locs: list[Loc] | None = None) -> int:
         opdef = REGISTRY[opname]
+        if opdef.dispatch is not None:   # one name in the language, the op chosen by the operands' dtypes
+            opdef = REGISTRY[opdef.dispatch([self.G[a] for a in args])]
+            opname = opdef.name
         try:
             node = self.G.add(opname, args, attrs, loc=loc, scope=scope.prefix)
         except ShapeError as exc:
@@ -465,16 +532,27 @@ class Elaborator:
 
     def op_call(self, opdef: OpDef, call: S.Call, scope: Scope) -> int:
         attr_names = [a for a, _ in opdef.attrs]
-        if len(call.args) < opdef.arity:
-            raise NNError(f"{opdef.name}() takes {opdef.arity} tensor argument(s), got {len(call.args)}", call.loc)
-        if len(call.args) > opdef.arity + len(attr_names):
-            most = opdef.arity + len(attr_names)
+        # A variadic op (arity -1: concat, l2) takes every positional argument as a tensor,
+        # so its attributes are given by keyword: concat(a, b, axis=1).
+        arity = len(call.args) if opdef.arity < 0 else opdef.arity
+        positional = [] if opdef.arity < 0 else attr_names
+        if opdef.arity < 0 and not call.args:
+            raise NNError(f"{opdef.name}() needs at least one tensor argument", call.loc)
+        if opdef.arity < 0 and attr_names:
+            for arg in call.args:
+                if isinstance(arg, (S.Number, S.Bool)):
+                    raise NNError(f"{opdef.name}() takes any number of tensors, so give "
+                                  f"{' and '.join(attr_names)} by keyword, like {attr_names[0]}=...", arg.loc)
+        if len(call.args) < arity:
+            raise NNError(f"{opdef.name}() takes {arity} tensor argument(s), got {len(call.args)}", call.loc)
+        if len(call.args) > arity + len(positional):
+            most = arity + len(positional)
             raise NNError(f"{opdef.name}() takes at most {most} argument{'s' if most != 1 else ''}, "
                           f"got {len(call.args)}", call.args[most].loc)
-        args = [self.expr(a, scope) for a in call.args[:opdef.arity]]
+        args = [self.expr(a, scope) for a in call.args[:arity]]
         attrs: dict[str, Any] = dict(opdef.attrs)
         given: set[str] = set()
-        for name, value in zip(attr_names, call.args[opdef.arity:]):
+        for name, value in zip(positional, call.args[arity:]):
             attrs[name] = self.attr_value(value, scope)
             given.add(name)
         for name, value, loc in call.kwargs:

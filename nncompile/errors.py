@@ -62,19 +62,23 @@ class NNError(Exception):
             # reported at its start, so every message keeps the FILE:LINE:COL form.
             where = f"{self.file}:1:1: " if self.file else ""
             return f"{where}error: {self.message}"
-        text = [f"{self.loc}: error: {self.message}"]
-        source = Sources.line(self.loc.file, self.loc.line)
-        if source is not None:
-            # One column per character, as the lexer counts them, so the caret lines up;
-            # control characters (a tab, a form feed, a stray carriage return) become spaces.
-            printable = "".join(c if c.isprintable() else " " for c in source)
-            width = max(1, (self.loc.end_col or self.loc.col + 1) - self.loc.col)
-            width = min(width, max(1, len(printable) - self.loc.col + 1))
-            text.append(f"    {printable}")
-            text.append("    " + " " * (self.loc.col - 1) + "^" + "~" * (width - 1))
-        for note, where in self.notes:
-            text.append(f"{where}: note: {note}")
+        text = [f"{self.loc}: error: {self.message}", *_quote(self.loc)]
+        for note, where in self.notes:   # each note quotes its own line too, as compilers do
+            text += [f"{where}: note: {note}", *_quote(where)]
         return "\n".join(text)
 
     def __str__(self) -> str:
         return self.format()
+
+
+def _quote(loc: Loc) -> list[str]:
+    """The source line of ``loc`` and a caret (with ~ under the rest of the span) below it."""
+    source = Sources.line(loc.file, loc.line)
+    if source is None:
+        return []
+    # One column per character, as the lexer counts them, so the caret lines up; control
+    # characters (a tab, a form feed, a stray carriage return) are shown as spaces.
+    printable = "".join(c if c.isprintable() else " " for c in source)
+    width = max(1, (loc.end_col or loc.col + 1) - loc.col)
+    width = min(width, max(1, len(printable) - loc.col + 1))
+    return [f"    {printable}", "    " + " " * (loc.col - 1) + "^" + "~" * (width - 1)]

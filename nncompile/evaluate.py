@@ -3,6 +3,7 @@ random tensors. ``eval``, ``render`` and ``check`` all start here."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -97,13 +98,16 @@ def concrete_values(model: Model, module: ModuleType, sets: Mapping[str, str], s
         if name in sets:
             params[name] = _parse_value(name, sets[name], model, n, module.DTYPE)
     inputs: dict[str, np.ndarray] = {}
-    for name, n in model.inputs.items():
-        node = G[n]
+    for name, n in model.inputs.items():   # given values fix the dims first (--set y=[0, 3]: N = 2) ...
         if name in sets:
             inputs[name] = _parse_value(name, sets[name], model, n, module.DTYPE)
-            for want, got in zip(node.shape, np.shape(inputs[name])):
+            for want, got in zip(G[n].shape, np.shape(inputs[name])):
                 if isinstance(want, str):
                     dims.setdefault(want, got)
+    for name, n in model.inputs.items():   # ... then random values are drawn to match them
+        node = G[n]
+        if name in sets:
+            continue
         elif name in model.defaults:
             continue
         else:
@@ -136,6 +140,11 @@ def _run(model: Model, module: ModuleType, params, inputs, seed: int) -> tuple[d
         with np.errstate(all="ignore"):
             return module.trace(params, None, np.random.default_rng(seed), **inputs)
     except (TypeError, ValueError) as exc:  # the module's own input checks
+        # "input 'y' holds class labels, ...": point at where y is declared
+        named = re.match(r"input '([^']+)'", str(exc))
+        node = model.inputs.get(named.group(1)) if named else None
+        if node is not None and model.graph[node].loc is not None:
+            raise NNError(str(exc), model.graph[node].loc) from None
         raise NNError(str(exc), file=model.file) from None
 
 

@@ -19,7 +19,7 @@ from .ir import Graph
 from .ops import REGISTRY
 from .shapes import Shape
 
-VIEW_OPS = frozenset({"reshape", "transpose", "broadcast_to"})
+VIEW_OPS = frozenset({"reshape", "transpose", "broadcast_to", "slice"})   # slice: x[:, 0:3], a numpy view
 _NEVER = float("inf")
 
 

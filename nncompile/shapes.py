@@ -46,7 +46,7 @@ def matmul(a: Shape, b: Shape) -> Shape:
     a2 = (1, *a) if len(a) == 1 else a
     b2 = (*b, 1) if len(b) == 1 else b
     if a2[-1] != b2[-2]:
-        raise ShapeError(f"cannot multiply {show(a)} @ {show(b)}: inner dims {a2[-1]} and {b2[-2]} differ", 1)
+        raise ShapeError(f"cannot multiply {show(a)} @ {show(b)}: inner dims {a2[-1]} and {b2[-2]} differ")
     try:
         batch = broadcast(a2[:-2], b2[:-2])
     except ShapeError:
@@ -62,9 +62,11 @@ def matmul(a: Shape, b: Shape) -> Shape:
 def normalize_axes(axis: int | tuple[int, ...] | None, rank: int) -> tuple[int, ...]:
     if axis is None:
         return tuple(range(rank))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    axes = (axis,) if isinstance(axis, (int, str, float)) else tuple(axis)
     out = []
     for a in axes:
+        if isinstance(a, bool) or not isinstance(a, int):   # axis=N or axis=1.5, say
+            raise ShapeError(f"an axis must be a whole number, not {a!r}")
         if not -rank <= a < rank:
             raise ShapeError(f"axis {a} is out of range for a tensor of rank {rank}")
         out.append(a % rank)

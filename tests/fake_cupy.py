@@ -16,7 +16,7 @@ _C_TO_NUMPY = [
     (r"\bfabs\(", "np.abs("),
     (r"\bpow\(", "np.power("),
     (r"\bcopysign\(", "np.copysign("),
-    (r"\b(exp|log|sqrt|tanh)\(", r"np.\1("),
+    (r"\b(exp|expm1|log|log1p|sqrt|tanh)\(", r"np.\1("),
     (r"\bINFINITY\b", "np.inf"),
     (r"\bNAN\b", "np.nan"),
 ]

@@ -1,0 +1,305 @@
+"""Optimisers, emitted into the generated module as fused, in-place numpy updates.
+
+``emit_optimizer`` returns Python source that is appended to a compiled module (see
+``compile_file(..., optimizer=...)``). It defines::
+
+    OPTIMIZER    the optimiser's name ("adam")
+    HYPERPARAMS  the compiled-in defaults of its hyperparameters (and clip_norm)
+    TRAINABLE    the params it updates, in PARAMS order
+    SLOTS        the names of its per-param state ("m", "v")
+    init_opt_state(params) -> opt_state
+    apply_update(params, grads, opt_state, lr, /, **hyperparams)   in place; grads are only read
+    step(params, opt_state, lr, state=None, rng=None, /, **inputs)
+        forward + backward + update in one call; returns the outputs, or (outputs, new_state)
+        for a model with state (running statistics), exactly as value_and_grad does
+
+``opt_state`` is ``{"step": t, SLOT: {param name: array}}``. (The model's own ``state``,
+running statistics, is a different thing: ``init_state`` / ``STATE`` belong to the model.)
+
+The update rules are the CS231n ones (``p`` a param, ``g`` its gradient, ``lr`` the
+learning rate of this step, ``t`` the 1-based step count):
+
+    sgd       p -= lr * g
+    momentum  v = mu * v - lr * g;  p += v
+    nesterov  v = mu * v - lr * g;  p += mu * v - lr * g      (= -mu * v_old + (1 + mu) * v)
+    adagrad   c += g**2;  p -= lr * g / (sqrt(c) + eps)
+    rmsprop   c = rho * c + (1 - rho) * g**2;  p -= lr * g / (sqrt(c) + eps)
+    adam      m = b1 * m + (1 - b1) * g;  v = b2 * v + (1 - b2) * g**2
+              p -= lr * (m / (1 - b1**t)) / (sqrt(v / (1 - b2**t)) + eps)
+    adamw     p *= 1 - lr * weight_decay, then the adam step (decoupled weight decay,
+              Loshchilov & Hutter; the decay follows the scheduled lr, as in PyTorch)
+
+Gradient clipping by global norm (any optimiser, ``clip_norm``): when
+``||g|| = sqrt(sum over params of sum(g**2))`` exceeds ``clip_norm``, every gradient is
+scaled by ``clip_norm / ||g||``. The scale is folded into the update's constants, so the
+caller's gradients are never written.
+
+Each optimiser is a short, straight-line sequence of ufunc calls with ``out=``: the params
+and the state are updated in place and the only temporary is one scratch buffer, shared
+by all params and allocated once. The update functions are therefore not thread-safe:
+two threads must not step the same compiled module object at the same time.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import NNError
+
+__all__ = ["OPTIMIZERS", "Optimizer", "OptimizerDef", "emit_optimizer", "optimizer_source"]
+
+
+@dataclass(frozen=True)
+class OptimizerDef:
+    """One optimiser: its state slots, hyperparameters, and the fused per-param kernel.
+
+    ``prelude`` computes per-step Python floats from the hyperparameters, ``lr``, the step
+    count ``t`` and the clipping factor ``scale``; ``kernel`` updates one param in place
+    using them, with ``w`` a scratch array shaped like the param.
+    """
+
+    name: str
+    formula: str
+    slots: tuple[str, ...]
+    hyper: tuple[tuple[str, float], ...]
+    prelude: tuple[str, ...]
+    kernel_args: tuple[str, ...]
+    kernel: tuple[str, ...]
+
+
+_PLAIN = "c = lr * scale"
+
+OPTIMIZERS: dict[str, OptimizerDef] = {
+    d.name: d for d in (
+        OptimizerDef(
+            "sgd", "p -= lr * g", (), (),
+            (_PLAIN,), ("c",),
+            ("np.multiply(g, c, out=w)",
+             "np.subtract(p, w, out=p)")),
+        OptimizerDef(
+            "momentum", "v = momentum * v - lr * g; p += v", ("v",), (("momentum", 0.9),),
+            (_PLAIN,), ("momentum", "c"),
+            ("np.multiply(v, momentum, out=v)",
+             "np.multiply(g, c, out=w)",
+             "np.subtract(v, w, out=v)",
+             "np.add(p, v, out=p)")),
+        OptimizerDef(
+            "nesterov", "v = momentum * v - lr * g; p += momentum * v - lr * g", ("v",), (("momentum", 0.9),),
+            (_PLAIN,), ("momentum", "c"),
+            ("np.multiply(v, momentum, out=v)",
+             "np.multiply(g, c, out=w)",
+             "np.subtract(v, w, out=v)",
+             "np.subtract(p, w, out=p)",
+             "np.multiply(v, momentum, out=w)",
+             "np.add(p, w, out=p)")),
+        OptimizerDef(
+            "adagrad", "cache += g**2; p -= lr * g / (sqrt(cache) + eps)", ("cache",), (("eps", 1e-8),),
+            (_PLAIN, "s2 = scale * scale"), ("c", "s2", "eps"),
+            ("np.multiply(g, g, out=w)",
+             "np.multiply(w, s2, out=w)",
+             "np.add(cache, w, out=cache)",
+             "np.sqrt(cache, out=w)",
+             "np.add(w, eps, out=w)",
+             "np.divide(g, w, out=w)",
+             "np.multiply(w, c, out=w)",
+             "np.subtract(p, w, out=p)")),
+        OptimizerDef(
+            "rmsprop", "cache = decay_rate * cache + (1 - decay_rate) * g**2; p -= lr * g / (sqrt(cache) + eps)",
+            ("cache",), (("decay_rate", 0.99), ("eps", 1e-8)),
+            (_PLAIN, "a = (1.0 - decay_rate) * scale * scale"), ("decay_rate", "a", "c", "eps"),
+            ("np.multiply(cache, decay_rate, out=cache)",
+             "np.multiply(g, g, out=w)",
+             "np.multiply(w, a, out=w)",
+             "np.add(cache, w, out=cache)",
+             "np.sqrt(cache, out=w)",
+             "np.add(w, eps, out=w)",
+             "np.divide(g, w, out=w)",
+             "np.multiply(w, c, out=w)",
+             "np.subtract(p, w, out=p)")),
+    )
+}
+
+_ADAM_PRELUDE = (
+    "a1 = (1.0 - beta1) * scale",
+    "a2 = (1.0 - beta2) * scale * scale",
+    "c1 = lr / (1.0 - beta1 ** t)",
+    "c2 = 1.0 / (1.0 - beta2 ** t) ** 0.5",
+)
+_ADAM_KERNEL = (
+    "np.multiply(m, beta1, out=m)",
+    "np.multiply(g, a1, out=w)",
+    "np.add(m, w, out=m)",
+    "np.multiply(v, beta2, out=v)",
+    "np.multiply(g, g, out=w)",
+    "np.multiply(w, a2, out=w)",
+    "np.add(v, w, out=v)",
+    "np.sqrt(v, out=w)",
+    "np.multiply(w, c2, out=w)",
+    "np.add(w, eps, out=w)",
+    "np.divide(m, w, out=w)",
+    "np.multiply(w, c1, out=w)",
+    "np.subtract(p, w, out=p)",
+)
+_ADAM_FORMULA = ("m = beta1 * m + (1 - beta1) * g; v = beta2 * v + (1 - beta2) * g**2; "
+                 "p -= lr * (m / (1 - beta1**t)) / (sqrt(v / (1 - beta2**t)) + eps)")
+OPTIMIZERS["adam"] = OptimizerDef(
+    "adam", _ADAM_FORMULA, ("m", "v"), (("beta1", 0.9), ("beta2", 0.999), ("eps", 1e-8)),
+    _ADAM_PRELUDE, ("beta1", "a1", "beta2", "a2", "c1", "c2", "eps"), _ADAM_KERNEL)
+OPTIMIZERS["adamw"] = OptimizerDef(
+    "adamw", "p *= 1 - lr * weight_decay; then " + _ADAM_FORMULA, ("m", "v"),
+    (("beta1", 0.9), ("beta2", 0.999), ("eps", 1e-8), ("weight_decay", 0.01)),
+    (*_ADAM_PRELUDE, "d = 1.0 - lr * weight_decay"), ("beta1", "a1", "beta2", "a2", "c1", "c2", "eps", "d"),
+    ("np.multiply(p, d, out=p)", *_ADAM_KERNEL))
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    """An optimiser choice with its hyperparameters, as ``compile_file(optimizer=...)`` takes it.
+
+    Hyperparameters not given keep the defaults of :data:`OPTIMIZERS`; they become the
+    compiled module's defaults and can still be overridden per call of ``apply_update``.
+    """
+
+    name: str
+    hyper: Mapping[str, float] = field(default_factory=dict)
+    clip_norm: float | None = None
+
+    def __post_init__(self) -> None:
+        check_optimizer(self.name, self.hyper, self.clip_norm)
+
+    @classmethod
+    def coerce(cls, value: str | Optimizer) -> Optimizer:
+        """Accept a bare name ("adam") where an Optimizer is expected."""
+        return value if isinstance(value, Optimizer) else cls(value)
+
+
+def check_optimizer(name: str, hyper: Mapping[str, float], clip_norm: float | None) -> None:
+    """Reject unknown optimisers, unknown hyperparameters and values outside their domain."""
+    if name not in OPTIMIZERS:
+        raise NNError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    known = dict(OPTIMIZERS[name].hyper)
+    for key, value in hyper.items():
+        if key not in known:
+            takes = ", ".join(known) or "no hyperparameters"
+            raise NNError(f"the {name} optimizer has no hyperparameter {key!r} (it takes {takes})")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise NNError(f"{key} must be a finite number, not {value!r}")
+        if key in ("momentum", "beta1", "beta2", "decay_rate") and not 0 <= value < 1:
+            raise NNError(f"{key} must lie in [0, 1), not {value!r}")
+        if key == "eps" and value <= 0:
+            raise NNError(f"eps must be positive, not {value!r}")
+        if key == "weight_decay" and value < 0:
+            raise NNError(f"weight_decay must not be negative, not {value!r}")
+    if clip_norm is not None and (isinstance(clip_norm, bool) or not isinstance(clip_norm, (int, float))
+                                  or not math.isfinite(clip_norm) or clip_norm <= 0):
+        raise NNError(f"clip_norm must be a positive number, not {clip_norm!r}")
+
+
+def emit_optimizer(name: str, param_names: Iterable[str], *, clip_norm: float | None = None,
+                   model_state: bool = False, **hyper: float) -> str:
+    """Python source for optimiser ``name`` over ``param_names``, to append to a compiled module.
+
+    ``model_state`` says whether the model has state, so value_and_grad returns a third item
+    that ``step`` passes on. The source relies on the module's ``np``, ``DTYPE`` and
+    ``value_and_grad``; it is a pure function of its arguments, so the module stays
+    byte-for-byte deterministic.
+    """
+    check_optimizer(name, hyper, clip_norm)
+    d = OPTIMIZERS[name]
+    values = {k: float(hyper.get(k, v)) for k, v in d.hyper}
+    params = list(param_names)
+    kw = ", ".join(f"{k}={v!r}" for k, v in values.items())
+    kw = f"{kw}, clip_norm={clip_norm!r}" if kw else f"clip_norm={clip_norm!r}"
+    hyper_table = {**values, "clip_norm": clip_norm}
+    uses_t = any(re.search(r"\bt\b", line) for line in d.prelude)   # the bias corrections of adam
+
+    out = [
+        f"# ---- optimiser: {name} (emitted by nncompile.optim) ".ljust(88, "-"),
+        "",
+        f"OPTIMIZER = {name!r}",
+        f"HYPERPARAMS = {hyper_table!r}",
+        "TRAINABLE = (" + "".join(f"\n    {p!r}," for p in params) + ("\n)" if params else ")"),
+        f"SLOTS = {d.slots!r}",
+        "_OPT_WORK = [np.empty(0, dtype=DTYPE)]",
+        "",
+        "",
+        "def _opt_scratch(like):",
+        '    """A scratch array shaped like ``like``: one buffer for every param, grown once."""',
+        "    buffer = _OPT_WORK[0]",
+        "    if buffer.size < like.size or buffer.dtype != like.dtype:",
+        "        buffer = _OPT_WORK[0] = np.empty(max(buffer.size, like.size), dtype=like.dtype)",
+        "    return buffer[:like.size].reshape(like.shape)",
+        "",
+        "",
+        "def _opt_clip_scale(grads, clip_norm):",
+        '    """clip_norm / ||g|| if the global gradient norm exceeds clip_norm, else 1."""',
+        "    total = 0.0",
+        "    for name in TRAINABLE:",
+        "        g = grads[name]",
+        "        total += float(np.vdot(g, g))",
+        "    norm = total ** 0.5",
+        "    return clip_norm / norm if norm > clip_norm else 1.0",
+        "",
+        "",
+        "def init_opt_state(params):",
+        f'    """Fresh {name} state: the step count, and a zeroed array per param for each of SLOTS."""',
+        "    return {",
+        "        'step': 0,",
+        *(f"        {slot!r}: {{name: np.zeros_like(params[name]) for name in TRAINABLE}}," for slot in d.slots),
+        "    }",
+        "",
+        "",
+        f"def _{name}_update(p, g, {''.join(s + ', ' for s in d.slots)}w, {', '.join(d.kernel_args)}):",
+        '    """In place on p and its state (w is scratch):',
+        f'    {d.formula}"""',
+        *(f"    {line}" for line in d.kernel),
+        "",
+        "",
+        f"def apply_update(params, grads, opt_state, lr, /, *, {kw}):",
+        f'    """One {name} step (see _{name}_update), in place on params and opt_state.',
+        "",
+        "    lr is this step's learning rate; grads are read, never written. With clip_norm set, the",
+        '    gradients count as scaled to a global norm of at most clip_norm."""',
+        "    lr = float(lr)",
+        "    t = opt_state['step'] = opt_state['step'] + 1" if uses_t else "    opt_state['step'] += 1",
+        "    scale = 1.0 if clip_norm is None else _opt_clip_scale(grads, clip_norm)",
+        *(f"    {line}" for line in d.prelude),
+        *(f"    {slot} = opt_state[{slot!r}]" for slot in d.slots),
+    ]
+    args = ", ".join(d.kernel_args)
+    for p in params:
+        slots = "".join(f"{slot}[{p!r}], " for slot in d.slots)
+        out.append(f"    _{name}_update(params[{p!r}], grads[{p!r}], {slots}_opt_scratch(params[{p!r}]), {args})")
+    out += [
+        "",
+        "",
+        "def step(params, opt_state, lr, state=None, rng=None, /, **inputs):",
+    ]
+    if model_state:
+        out += [
+            f'    """Forward, backward and one {name} update in a single call; returns (outputs, new_state)."""',
+            "    outputs, grads, new_state = value_and_grad(params, state, rng, **inputs)",
+            "    apply_update(params, grads, opt_state, lr)",
+            "    return outputs, new_state",
+        ]
+    else:
+        out += [
+            f'    """Forward, backward and one {name} update in a single call; returns the outputs."""',
+            "    outputs, grads = value_and_grad(params, state, rng, **inputs)",
+            "    apply_update(params, grads, opt_state, lr)",
+            "    return outputs",
+        ]
+    return "\n".join(out) + "\n"
+
+
+def optimizer_source(model: Any, optimizer: str | Optimizer) -> str:
+    """The optimiser section for an elaborated model, checking that it has a loss to minimise."""
+    spec = Optimizer.coerce(optimizer)
+    if model.target is None:
+        raise NNError("this model has nothing to minimise, so it cannot be trained: add a 'minimize LOSS' "
+                      "statement", file=model.file)
+    return "\n\n" + emit_optimizer(spec.name, list(model.params), clip_norm=spec.clip_norm,
+                                   model_state=bool(getattr(model, "state", None)), **dict(spec.hyper))

@@ -1,0 +1,25 @@
+"""Training compiled models: the trainer, datasets, learning-rate schedules and the CLI verb.
+
+The optimisers themselves are compiled into the generated module (nncompile.optim); this
+package feeds that module mini-batches and keeps the run's books. Optional dependencies
+(scikit-learn for the digits set, tqdm, matplotlib) come with ``pip install 'nncompile[train]'``
+and are imported only when used.
+"""
+from .checkpoint import TrainState
+from .data import Dataset, bind, load_source
+from .schedules import Schedule, make_schedule
+from .trainer import (
+    GradCheck,
+    LossCheck,
+    Metrics,
+    OverfitResult,
+    RunReport,
+    TrainConfig,
+    Trainer,
+    run,
+)
+
+__all__ = [
+    "Dataset", "GradCheck", "LossCheck", "Metrics", "OverfitResult", "RunReport", "Schedule", "TrainConfig",
+    "TrainState", "Trainer", "bind", "load_source", "make_schedule", "run",
+]

@@ -1,0 +1,140 @@
+"""Checkpoints: everything a run needs to continue exactly where it stopped.
+
+A checkpoint is one .npz file (no pickle): the params (``param/NAME``), the optimiser's
+state (``opt/SLOT/NAME``), the model's own state if it has any (running statistics,
+``state/NAME``), the best params and model state so far (``best/NAME``,
+``best_state/NAME``), and a JSON ``meta`` entry with the epoch and step counters, the
+states of the shuffling and dropout generators, the early-stopping bookkeeping, the
+metrics history and the run's fingerprint. It is written to a temporary
+file and renamed, so an interrupted write never leaves a half checkpoint behind.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import NNError
+
+FORMAT = 1
+
+
+@dataclass
+class TrainState:
+    """The whole state of a run between two epochs."""
+
+    params: dict[str, np.ndarray]
+    opt: dict[str, Any]                      # the module's init_opt_state(): {'step': int, slot: {name: array}}
+    rng: np.random.Generator                 # shuffles the training set each epoch
+    noise: np.random.Generator               # draws the dropout masks
+    model_state: dict[str, np.ndarray] | None = None   # the model's running statistics, if it has any
+    epoch: int = 0                           # epochs completed
+    best_loss: float = math.inf              # best validation loss so far
+    best_epoch: int = 0                      # the epoch that reached it (0: none yet)
+    best_params: dict[str, np.ndarray] | None = None
+    best_model_state: dict[str, np.ndarray] | None = None
+    bad_epochs: int = 0                      # epochs since the last improvement
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def step(self) -> int:
+        """Optimiser steps taken (the schedule's clock)."""
+        return int(self.opt["step"])
+
+
+def save_checkpoint(path: Path, state: TrainState, fingerprint: dict[str, Any]) -> None:
+    arrays: dict[str, np.ndarray] = {f"param/{k}": v for k, v in state.params.items()}
+    for slot, value in state.opt.items():
+        if isinstance(value, dict):
+            arrays.update({f"opt/{slot}/{k}": v for k, v in value.items()})
+    for prefix, group in (("state/", state.model_state), ("best/", state.best_params),
+                          ("best_state/", state.best_model_state)):
+        arrays.update({prefix + k: v for k, v in (group or {}).items()})
+    meta = {
+        "format": FORMAT,
+        "epoch": state.epoch,
+        "step": state.step,
+        "rng": state.rng.bit_generator.state,
+        "noise": state.noise.bit_generator.state,
+        "best_loss": state.best_loss if math.isfinite(state.best_loss) else None,
+        "best_epoch": state.best_epoch,
+        "bad_epochs": state.bad_epochs,
+        "stopped_early": state.stopped_early,
+        "history": state.history,
+        "fingerprint": fingerprint,
+    }
+    arrays["meta"] = np.array(json.dumps(meta))
+    write_npz(path, arrays)
+
+
+def load_checkpoint(path: Path, slots: tuple[str, ...]) -> tuple[TrainState, dict[str, Any]]:
+    """The state saved at ``path`` and the fingerprint of the run that saved it."""
+    if not path.exists():
+        raise NNError(f"there is no checkpoint to resume from in {path.parent} (expected {path.name}); "
+                      "run without --resume to start a new run")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            entries = {k: archive[k] for k in archive.files}
+        meta = json.loads(str(entries.pop("meta")))
+    except (OSError, ValueError, KeyError, EOFError) as exc:
+        raise NNError(f"cannot read the checkpoint: {exc}", file=str(path)) from None
+    if meta.get("format") != FORMAT:
+        raise NNError(f"the checkpoint has format {meta.get('format')!r}; this nncompile reads format {FORMAT}",
+                      file=str(path))
+
+    def group(prefix: str) -> dict[str, np.ndarray]:
+        return {k[len(prefix):]: v for k, v in entries.items() if k.startswith(prefix)}
+
+    opt: dict[str, Any] = {"step": int(meta["step"])}
+    for slot in slots:
+        opt[slot] = group(f"opt/{slot}/")
+    state = TrainState(
+        params=group("param/"), opt=opt, rng=_generator(meta["rng"]), noise=_generator(meta["noise"]),
+        model_state=group("state/") or None, epoch=int(meta["epoch"]),
+        best_loss=math.inf if meta["best_loss"] is None else float(meta["best_loss"]),
+        best_epoch=int(meta["best_epoch"]), best_params=group("best/") or None,
+        best_model_state=group("best_state/") or None, bad_epochs=int(meta["bad_epochs"]),
+        stopped_early=bool(meta["stopped_early"]), history=list(meta["history"]))
+    return state, dict(meta["fingerprint"])
+
+
+def _generator(saved: dict[str, Any]) -> np.random.Generator:
+    """A PCG64 generator in exactly the saved state."""
+    generator = np.random.Generator(np.random.PCG64())
+    generator.bit_generator.state = saved
+    return generator
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez, atomically (temporary file, then rename)."""
+    write_bytes_atomic(path, lambda handle: np.savez(handle, **arrays))  # type: ignore[arg-type]
+
+
+def write_text(path: Path, text: str) -> None:
+    write_bytes_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def write_bytes_atomic(path: Path, fill: Any) -> None:
+    """Create ``path`` whole or not at all; ``fill(handle)`` writes the content."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise NNError(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            fill(handle)
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise NNError(f"cannot write {path}: {exc.strerror}") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,503 @@
+"""Datasets for training: the bundled digits set and the user's .npz / .csv files.
+
+Loading happens in two stages. A *source* (:class:`RawData`) is whatever the file holds:
+named arrays (npz), named columns (csv), or the digits set. :func:`bind` then maps the
+source onto the compiled model's inputs by name (or by ``--map NAME=ARRAY``) and
+validates every array against the module's INPUTS and BOUNDS before any training starts,
+so bad data is reported as an :class:`NNError` naming the array, the input and the
+offending value, never as a traceback from the middle of an epoch.
+
+The digits set (scikit-learn's copy of the UCI handwritten digits: 1797 8x8 images with
+pixel values 0..16, 10 classes) is scaled by 1/16 to [0, 1] when loaded. The trainer then
+normalises float inputs with statistics of the training split only (:class:`Normalizer`):
+for digits by default the lectures' image recipe, subtract the mean image and divide by the
+pixels' overall standard deviation; user files are left as they are unless asked.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+from ..errors import Loc, NNError
+
+DIGITS = "digits"
+LABEL_COLUMNS = ("label", "labels", "y", "target", "class")
+
+
+@dataclass
+class RawData:
+    """Named arrays as a data source holds them, before they are bound to a model.
+
+    ``roles`` names candidate arrays for an input that is neither named like an array nor
+    mapped: ``features`` for the float input and ``labels`` for the integer one (the first
+    candidate with the input's rank wins). Arrays from
+    a csv file or the digits set are ``flat`` ([N, K]) and may be reshaped to the input's
+    shape when the sizes agree; arrays from an npz file must match exactly.
+    """
+
+    arrays: dict[str, np.ndarray]
+    source: str
+    file: str | None = None
+    roles: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    flat: bool = False
+    csv: bool = False
+    default_test_split: float = 0.0
+    default_normalize: str = "none"
+
+    @property
+    def what(self) -> str:
+        """How messages name the source (a file's path is already in the error's location)."""
+        return "the file" if self.file else self.source
+
+
+@dataclass
+class Dataset:
+    """Arrays keyed by model input name, all with the same number of examples on axis 0."""
+
+    arrays: dict[str, np.ndarray]
+    source: str
+    labels: str | None = None     # the input holding class labels, if any
+
+    def __len__(self) -> int:
+        return len(next(iter(self.arrays.values()))) if self.arrays else 0
+
+    def take(self, index: np.ndarray) -> Dataset:
+        """The examples at ``index`` (a copy), in that order."""
+        return Dataset({k: v[index] for k, v in self.arrays.items()}, self.source, self.labels)
+
+    def label_array(self) -> np.ndarray | None:
+        return self.arrays[self.labels] if self.labels else None
+
+
+# ---- sources ---------------------------------------------------------------------------
+
+
+def load_source(spec: str) -> RawData:
+    """The data named on the command line: ``digits``, or a path to an .npz or .csv file."""
+    if spec == DIGITS:
+        return load_digits()
+    path = Path(spec)
+    if not path.exists():
+        raise NNError(f"data file not found: {spec} (use --data digits for the bundled digits set, "
+                      "or a .npz or .csv file)")
+    if path.is_dir():
+        raise NNError(f"{spec} is a directory, not a .npz or .csv data file")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        return load_npz(path)
+    if suffix == ".csv":
+        return load_csv(path)
+    raise NNError(f"cannot read data from {spec}: use a .npz or .csv file (or --data digits)")
+
+
+def load_digits() -> RawData:
+    """scikit-learn's bundled 8x8 digits (no download), pixels scaled from 0..16 to [0, 1]."""
+    try:
+        from sklearn.datasets import load_digits as sk_load_digits  # type: ignore[import-untyped]
+    except ImportError:
+        raise NNError("the digits dataset comes with scikit-learn, which is not installed: "
+                      "pip install 'nncompile[train]'") from None
+    bunch = sk_load_digits()
+    images = np.asarray(bunch.images, dtype=np.float64) / 16.0
+    labels = np.asarray(bunch.target, dtype=np.int64)
+    return RawData({"X": images.reshape(len(images), -1), "images": images, "y": labels},
+                   "the digits dataset", roles={"features": ("X", "images"), "labels": ("y",)}, flat=True,
+                   default_test_split=0.2, default_normalize="image")
+
+
+def load_npz(path: Path) -> RawData:
+    """Every array of an .npz file, by name (object arrays are refused: no pickle)."""
+    if not zipfile.is_zipfile(path):
+        raise NNError("not a readable .npz file (numpy.savez writes a zip archive of arrays)", file=str(path))
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise NNError("the file holds object arrays (pickled Python objects); save plain numeric "
+                          "arrays instead", file=str(path)) from None
+        raise NNError(f"not a readable .npz file: {exc}", file=str(path)) from None
+    except (OSError, EOFError) as exc:
+        raise NNError(f"not a readable .npz file: {exc}", file=str(path)) from None
+    if not arrays:
+        raise NNError("the .npz file holds no arrays", file=str(path))
+    return RawData(arrays, str(path), file=str(path))
+
+
+def load_csv(path: Path) -> RawData:
+    """The columns of a .csv file with a header row, as float arrays keyed by column name.
+
+    A file whose first row is all numbers has no header; its columns are named "0", "1", ...
+    A column named like a label (label, y, target, class) is the default label column.
+    """
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            rows = [(reader.line_num, row) for row in reader if row and any(cell.strip() for cell in row)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise NNError(f"cannot read the csv file: {exc}", file=str(path)) from None
+    if not rows:
+        raise NNError("the csv file is empty", file=str(path))
+    header = [cell.strip() for cell in rows[0][1]]
+    if all(_is_number(cell) for cell in header):
+        names, body = [str(i) for i in range(len(header))], rows
+    else:
+        names, body = header, rows[1:]
+        seen: set[str] = set()
+        for name in names:
+            if not name or name in seen:
+                raise NNError(f"the csv header has {'an empty' if not name else 'a repeated'} column name "
+                              f"{name!r}", file=str(path))
+            seen.add(name)
+    if not body:
+        raise NNError("the csv file has a header but no rows of data", file=str(path))
+    table = np.empty((len(body), len(names)), dtype=np.float64)
+    for r, (line, row) in enumerate(body):
+        if len(row) != len(names):
+            raise NNError(f"line {line} has {len(row)} fields, but the file has {len(names)} columns",
+                          Loc(str(path), line, 1))
+        for c, cell in enumerate(row):
+            try:
+                table[r, c] = float(cell) if cell.strip() else math.nan
+            except ValueError:
+                col = sum(len(previous) + 1 for previous in row[:c]) + 1   # exact unless cells are quoted
+                raise NNError(f"line {line}, column {names[c]!r}: {cell.strip()!r} is not a number",
+                              Loc(str(path), line, col, col + max(1, len(cell)))) from None
+    arrays = {name: table[:, c] for c, name in enumerate(names)}
+    roles: dict[str, tuple[str, ...]] = {}
+    label = next((name for name in names if name.lower() in LABEL_COLUMNS), None)
+    if label is not None:
+        roles["labels"] = (label,)
+    return RawData(arrays, str(path), file=str(path), roles=roles, flat=True, csv=True)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_mapping(items: Sequence[str] | None) -> dict[str, str]:
+    """``["X=images,y=labels", "z=col"]`` -> {"X": "images", "y": "labels", "z": "col"}."""
+    mapping: dict[str, str] = {}
+    for item in items or ():
+        for part in item.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            name, eq, array = part.partition("=")
+            if not eq or not name.strip() or not array.strip():
+                raise NNError(f"bad --map entry {part!r}: write INPUT=ARRAY (for a csv file INPUT=COLUMN or "
+                              "INPUT=FIRST:LAST)")
+            if name.strip() in mapping:
+                raise NNError(f"--map gives input {name.strip()!r} twice")
+            mapping[name.strip()] = array.strip()
+    return mapping
+
+
+# ---- binding and validation ------------------------------------------------------------
+
+
+def bind(raw: RawData, module: ModuleType, mapping: Mapping[str, str] | None = None) -> Dataset:
+    """Map a source onto the model's inputs and validate it; see the module docstring.
+
+    Each input takes, in order of preference: the array ``--map`` names; the array with the
+    input's own name; or, when it is the only unfed integer (float) input, the source's
+    ``labels`` (``features``) array, or for a csv file the columns nothing else took.
+    Inputs with a default value in the .nn file may go unfed.
+    """
+    mapping = dict(mapping or {})
+    inputs: dict[str, tuple[tuple, str]] = module.INPUTS
+    for name in mapping:
+        if name not in inputs:
+            raise NNError(f"--map names {name!r}, but the model's inputs are {_names(inputs)}", file=raw.file)
+    chosen: dict[str, tuple[str, np.ndarray]] = {}
+    used: set[str] = set()
+    for name in inputs:
+        if name in mapping:
+            label, array, columns = _lookup(raw, mapping[name], name)
+        elif name in raw.arrays:
+            label, array, columns = name, raw.arrays[name], [name]
+        else:
+            continue
+        chosen[name] = (label, array)
+        used.update(columns)
+    unfed = [n for n in inputs if n not in chosen and n not in module.DEFAULTS]
+    for is_int, role in ((True, "labels"), (False, "features")):
+        group = [n for n in unfed if inputs[n][1].startswith("int") == is_int]
+        if len(group) != 1:
+            continue
+        name, rank = group[0], len(inputs[group[0]][0])
+        candidates = [c for c in raw.roles.get(role, ()) if c not in used]
+        if candidates:
+            pick = next((c for c in candidates if raw.arrays[c].ndim == rank), candidates[0])
+            chosen[name] = (pick, raw.arrays[pick])
+            used.add(pick)
+        elif raw.csv and not is_int:
+            rest = [c for c in raw.arrays if c not in used]
+            if rest:
+                label = f"{rest[0]}:{rest[-1]}" if len(rest) > 1 else rest[0]
+                chosen[name] = (label, np.stack([raw.arrays[c] for c in rest], axis=1))
+                used.update(rest)
+    for name, (shape, dtype) in inputs.items():
+        if name not in chosen and name not in module.DEFAULTS:
+            kind = "columns" if raw.csv else "arrays"
+            raise NNError(f"no data for the model's input {name!r} ({_type(shape, dtype)}): {raw.what} has "
+                          f"{kind} {_names(raw.arrays)}; choose one with --map {name}=NAME", file=raw.file)
+    if not chosen:
+        raise NNError("the model has no inputs to feed with data", file=raw.file)
+    arrays = {name: _check_array(raw, name, array_name, array, *inputs[name], module)
+              for name, (array_name, array) in chosen.items()}
+    _check_dims(raw, chosen, arrays, inputs)
+    labels = label_input(module)
+    return Dataset(arrays, raw.source, labels if labels in arrays else None)
+
+
+def _lookup(raw: RawData, wanted: str, input_name: str) -> tuple[str, np.ndarray, list[str]]:
+    """The array (or csv column range FIRST:LAST) that --map names, and the columns it uses."""
+    if raw.csv and ":" in wanted and wanted not in raw.arrays:
+        first, _, last = wanted.partition(":")
+        columns = list(raw.arrays)
+        for end in (first, last):
+            if end not in raw.arrays:
+                raise NNError(f"--map {input_name}={wanted}: no column {end!r} (columns: {_names(raw.arrays)})",
+                              file=raw.file)
+        i, j = columns.index(first), columns.index(last)
+        if j < i:
+            raise NNError(f"--map {input_name}={wanted}: column {last!r} comes before {first!r}", file=raw.file)
+        members = columns[i:j + 1]
+        return wanted, np.stack([raw.arrays[c] for c in members], axis=1), members
+    if wanted not in raw.arrays:
+        kind = "column" if raw.csv else "array"
+        raise NNError(f"--map {input_name}={wanted}: {raw.what} has no {kind} {wanted!r} "
+                      f"(it has {_names(raw.arrays)})", file=raw.file)
+    return wanted, raw.arrays[wanted], [wanted]
+
+
+def _check_array(raw: RawData, name: str, array_name: str, array: np.ndarray, shape: tuple, dtype: str,
+                 module: ModuleType) -> np.ndarray:
+    """One array, converted to the input's dtype and shape, or a clear error."""
+    what = f"{'column' if raw.csv and ':' not in array_name else 'array'} {array_name!r}"
+    what += f" for input {name!r}" if raw.file else f" of {raw.source} for input {name!r}"
+    array = np.asarray(array)
+    kind = array.dtype.kind
+    if kind not in "fiub":
+        raise NNError(f"{what} holds {array.dtype} values; it must hold numbers", file=raw.file)
+    if dtype.startswith("int"):
+        if kind == "b":
+            raise NNError(f"{what} holds booleans, but {name} is {_type(shape, dtype)}: give integer labels",
+                          file=raw.file)
+        if kind == "f":
+            if not raw.csv:
+                raise NNError(f"{what} holds {array.dtype} values, but {name} is {_type(shape, dtype)}: save "
+                              "the class labels as integers", file=raw.file)
+            whole = np.isfinite(array) & (array == np.round(array))
+            if not whole.all():
+                row = _first(~whole)
+                assert row is not None
+                raise NNError(f"{what}: row {row[0]} holds {array[row[1]].item()!r}, but {name} is "
+                              f"{_type(shape, dtype)} and needs whole-number class labels", file=raw.file)
+        array = array.astype(np.int64)
+    else:
+        if kind == "b":
+            raise NNError(f"{what} holds booleans, but {name} is {_type(shape, dtype)}: give numbers",
+                          file=raw.file)
+        array = array.astype(dtype)
+        bad = ~np.isfinite(array)
+        if bad.any():
+            where = _first(bad)
+            assert where is not None
+            raise NNError(f"{what} holds {int(bad.sum())} NaN or infinite value(s); the first is in row "
+                          f"{where[0]} ({array[where[1]].item()!r})", file=raw.file)
+    if array.ndim == 0:
+        raise NNError(f"{what} is a single value, but {name} is {_type(shape, dtype)}: it needs one entry per "
+                      "example", file=raw.file)
+    if len(array) == 0:
+        raise NNError(f"{what} holds no examples", file=raw.file)
+    if array.ndim != len(shape):
+        per_example = shape[1:]
+        if raw.flat and array.ndim in (1, 2) and all(isinstance(d, int) for d in per_example) \
+                and math.prod(array.shape[1:]) == math.prod(per_example):
+            array = array.reshape((len(array), *per_example))
+        else:
+            raise NNError(f"{what} has shape {_shape(array.shape)}, but {name} is {_type(shape, dtype)}",
+                          file=raw.file)
+    if not shape or not isinstance(shape[0], str):
+        raise NNError(f"input {name!r} is {_type(shape, dtype)}, which has no batch dimension to hold examples: "
+                      "declare it with a symbolic first dim, e.g. float[N, 64]", file=raw.file)
+    for axis, (want, got) in enumerate(zip(shape, array.shape)):
+        if isinstance(want, int) and want != got:
+            raise NNError(f"{what} has shape {_shape(array.shape)}, but {name} is {_type(shape, dtype)} "
+                          f"(axis {axis} must be {want})", file=raw.file)
+    bounds: dict[str, int] = module.BOUNDS
+    if name in bounds:
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high >= bounds[name]:
+            row = _first((array < 0) | (array >= bounds[name]))
+            assert row is not None
+            raise NNError(f"{what} holds the label {int(array[row[1]])} (row {row[0]}), but the model has "
+                          f"{bounds[name]} classes: labels must lie in [0, {bounds[name]})", file=raw.file)
+    return np.ascontiguousarray(array)
+
+
+def _check_dims(raw: RawData, chosen: Mapping[str, tuple[str, np.ndarray]], arrays: Mapping[str, np.ndarray],
+                inputs: Mapping[str, tuple[tuple, str]]) -> None:
+    """Every symbolic dim (the batch N first of all) has one size across the arrays."""
+    seen: dict[str, tuple[int, str]] = {}
+    batch = {inputs[name][0][0] for name in arrays}
+    if len(batch) > 1:
+        raise NNError(f"the model's inputs {_names(arrays)} have different batch dims {sorted(batch)}; the "
+                      "data arrays need one shared first dim", file=raw.file)
+    for name, array in arrays.items():
+        for want, got in zip(inputs[name][0], array.shape):
+            if isinstance(want, str):
+                if want in seen and seen[want][0] != got:
+                    other_size, other = seen[want]
+                    noun = "examples" if want in batch else f"entries along {want}"
+                    raise NNError(f"array {chosen[name][0]!r} for input {name!r} has {got} {noun}, but array "
+                                  f"{chosen[other][0]!r} for input {other!r} has {other_size}", file=raw.file)
+                seen.setdefault(want, (got, name))
+
+
+def _first(mask: np.ndarray) -> tuple[int, tuple[int, ...]] | None:
+    """(example row, full index) of the first True entry, or None."""
+    hits = np.argwhere(mask)
+    if not len(hits):
+        return None
+    index = tuple(int(i) for i in hits[0])
+    return index[0], index
+
+
+def _names(items: Mapping[str, object] | Sequence[str]) -> str:
+    return ", ".join(repr(k) for k in items) or "(none)"
+
+
+def _shape(shape: tuple) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _type(shape: tuple, dtype: str) -> str:
+    return f"{'int' if dtype.startswith('int') else 'float'}{_shape(shape)}"
+
+
+# ---- what the trainer needs to know about a model ---------------------------------------
+
+
+def label_input(module: ModuleType) -> str | None:
+    """The integer input that holds class labels: a rank-1 int input with a class bound."""
+    for name, (shape, dtype) in module.INPUTS.items():
+        if dtype.startswith("int") and len(shape) == 1 and name in module.BOUNDS:
+            return name
+    return None
+
+
+def scores_output(module: ModuleType) -> str | None:
+    """The output holding class scores: the first float output of shape [N, C] (N symbolic, C fixed)."""
+    for name, (shape, dtype) in module.OUTPUTS.items():
+        if dtype.startswith("float") and len(shape) == 2 and isinstance(shape[0], str) and isinstance(shape[1], int):
+            return name
+    return None
+
+
+# ---- splits ------------------------------------------------------------------------------
+
+SPLIT_SEED = 0   # splits never depend on --seed, so runs with different seeds share them
+
+
+def split(data: Dataset, fraction: float, salt: int) -> tuple[Dataset, Dataset]:
+    """(rest, held out): ``fraction`` of the examples, drawn per class when there are labels.
+
+    The draw uses a fixed seed (and ``salt``, so the test and validation splits differ):
+    the same data always gives the same split, whatever the training seed.
+    """
+    n = len(data)
+    if not 0 <= fraction < 1:
+        raise NNError(f"a split fraction must lie in [0, 1), not {fraction}")
+    if fraction == 0:
+        return data, data.take(np.arange(0))
+    rng = np.random.default_rng((SPLIT_SEED, salt))
+    labels = data.label_array()
+    held: list[np.ndarray] = []
+    if labels is None:
+        held.append(rng.permutation(n)[:round(fraction * n)])
+    else:
+        for c in np.unique(labels):
+            members = rng.permutation(np.flatnonzero(labels == c))
+            held.append(members[:round(fraction * len(members))])
+    held_index = np.sort(np.concatenate(held)).astype(np.int64)
+    mask = np.ones(n, dtype=bool)
+    mask[held_index] = False
+    if not mask.any():
+        raise NNError(f"holding out {fraction:g} of {n} examples leaves none to train on")
+    return data.take(np.flatnonzero(mask)), data.take(held_index)
+
+
+# ---- normalisation -----------------------------------------------------------------------
+
+NORMALIZE = ("none", "center", "standardize", "image")
+
+
+@dataclass
+class Normalizer:
+    """``(x - mean) / scale`` for each float input, with statistics of the training split.
+
+    ``center`` subtracts each feature's mean; ``standardize`` also divides each feature by its
+    standard deviation (1 where it is 0); ``image`` subtracts the mean image and divides by
+    one standard deviation over all pixels, keeping the pixels' relative scale, as the
+    lectures recommend for images. Statistics come from training data only, so validation
+    and test examples never leak into them; the same transform must be applied at inference
+    (the run directory keeps it in normalization.npz).
+    """
+
+    method: str
+    mean: dict[str, np.ndarray] = field(default_factory=dict)
+    scale: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, method: str, train: Dataset) -> Normalizer:
+        if method not in NORMALIZE:
+            raise NNError(f"unknown normalisation {method!r}; choose one of {', '.join(NORMALIZE)}")
+        norm = cls(method)
+        if method == "none":
+            return norm
+        for name, array in train.arrays.items():
+            if array.dtype.kind != "f":
+                continue
+            x = array.astype(np.float64)
+            mean = x.mean(axis=0)
+            if method == "center":
+                scale = np.ones_like(mean)
+            elif method == "standardize":
+                scale = x.std(axis=0)
+                scale[scale == 0] = 1.0
+            else:
+                spread = float((x - mean).std())
+                scale = np.full_like(mean, spread if spread > 0 else 1.0)
+            norm.mean[name], norm.scale[name] = mean, scale
+        return norm
+
+    def apply(self, data: Dataset) -> Dataset:
+        """A copy of ``data`` with its float inputs normalised (in their own dtype)."""
+        if not self.mean:
+            return data
+        arrays = dict(data.arrays)
+        for name, mean in self.mean.items():
+            if name in arrays:
+                x = arrays[name]
+                arrays[name] = ((x - mean) / self.scale[name]).astype(x.dtype)
+        return Dataset(arrays, data.source, data.labels)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """For normalization.npz: ``mean/NAME`` and ``scale/NAME`` per normalised input."""
+        out = {f"mean/{k}": v for k, v in self.mean.items()}
+        out.update({f"scale/{k}": v for k, v in self.scale.items()})
+        return out

@@ -1,0 +1,598 @@
+"""The trainer: mini-batch training of a compiled .nn model, with the lectures' sanity checks.
+
+Everything numeric happens in the generated module: ``step`` runs forward, backward and the
+compiled optimiser update in one call. This file only feeds it mini-batches, keeps score,
+and writes the run directory. Two entry points:
+
+* :class:`Trainer` — the Python API: ``fit`` on a :class:`~nncompile.train.data.Dataset`,
+  ``evaluate``, and the sanity checks ``initial_loss_check``, ``overfit`` and
+  ``gradient_check``;
+* :func:`run` — what ``nncompile train`` does: load and split the data, check, train,
+  checkpoint, evaluate on the test split, and write metrics, curves and a summary.
+
+Conventions the trainer relies on (see docs/training.md): the loss is the module's LOSS
+output; classification accuracy uses the first output of shape [N, C] as the class scores
+and the integer input with a class bound (BOUNDS) as the labels. Training steps run the
+model in train mode (dropout on, running statistics updated, masks drawn from a seeded,
+checkpointed generator); evaluation runs ``forward``, the eval mode. Where the eval mode
+has no loss (a loss written inside ``train { }``), the validation loss is the softmax
+cross-entropy of the scores.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from time import perf_counter
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from ..compiler import compile_file, load_module
+from ..errors import NNError
+from ..optim import Optimizer
+from .checkpoint import (
+    TrainState,
+    load_checkpoint,
+    save_checkpoint,
+    write_npz,
+    write_text,
+)
+from .data import (
+    NORMALIZE,
+    Dataset,
+    Normalizer,
+    bind,
+    label_input,
+    load_source,
+    parse_mapping,
+    scores_output,
+    split,
+)
+from .plots import plot_curves
+from .schedules import Schedule, make_schedule
+
+Log = Callable[[str], None]
+EVAL_CHUNK = 2048          # examples per forward call when evaluating
+LOSS_CHECK_EXAMPLES = 2048  # examples used for the initial-loss check
+
+
+@dataclass
+class TrainConfig:
+    """The settings of a run; the CLI flags map one to one onto these fields."""
+
+    epochs: int = 50
+    batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    hyper: dict[str, float] = field(default_factory=dict)   # optimiser hyperparameters (momentum, beta1, ...)
+    clip_norm: float | None = None
+    schedule: str = "constant"
+    seed: int = 0
+    val_split: float = 0.1
+    test_split: float | None = None    # None: the dataset's default (0.2 for digits, 0 for files)
+    patience: int | None = 10          # early stopping on validation loss; None or 0: off
+    normalize: str | None = None       # none, center, standardize, image; None: the dataset's default
+    dtype: str | None = None
+
+    def check(self) -> None:
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise NNError(f"--epochs must be a positive whole number, not {self.epochs!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise NNError(f"--batch-size must be a positive whole number, not {self.batch_size!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise NNError(f"--lr must be a positive number, not {self.lr!r}")
+        if not 0 <= self.val_split < 1:
+            raise NNError(f"--val-split must lie in [0, 1), not {self.val_split!r}")
+        if self.test_split is not None and not 0 <= self.test_split < 1:
+            raise NNError(f"--test-split must lie in [0, 1), not {self.test_split!r}")
+        if self.patience is not None and self.patience < 0:
+            raise NNError(f"--patience must not be negative, not {self.patience!r}")
+        if self.normalize is not None and self.normalize not in NORMALIZE:
+            raise NNError(f"--normalize must be one of {', '.join(NORMALIZE)}, not {self.normalize!r}")
+        make_schedule(self.schedule, self.lr, 1, self.epochs)   # a bad --schedule fails before any work
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Mean loss and accuracy over ``n`` examples; either is None when the model cannot say."""
+
+    loss: float | None
+    acc: float | None
+    n: int
+
+    def show(self) -> str:
+        loss = f"loss {self.loss:.4f}" if self.loss is not None else "no loss in eval mode"
+        acc = f", accuracy {100 * self.acc:.2f}%" if self.acc is not None else ""
+        return f"{loss}{acc} ({self.n} examples)"
+
+
+@dataclass(frozen=True)
+class LossCheck:
+    """The lecture's first check: with regularisation off, the initial loss is about -log(1/C)."""
+
+    classes: int
+    expected: float          # -log(1 / classes)
+    data_loss: float         # initial loss without regularisation
+    total_loss: float        # initial loss as the model defines it (with regularisation)
+    how: str                 # where data_loss came from
+    ok: bool
+
+    def show(self) -> str:
+        verdict = "ok" if self.ok else "WARNING: far from the expected value; check the initialisation scale"
+        line = (f"initial loss without regularisation {self.data_loss:.4f}, expected -log(1/{self.classes}) = "
+                f"{self.expected:.4f} ({self.how}): {verdict}")
+        reg = self.total_loss - self.data_loss
+        if abs(reg) > 1e-6 * max(1.0, abs(self.total_loss)):
+            line += f"; with regularisation {self.total_loss:.4f} ({reg:+.4f})"
+        return line
+
+
+@dataclass(frozen=True)
+class OverfitResult:
+    """The lecture's second check: can the model drive a tiny training set to 100% accuracy?"""
+
+    examples: int
+    epochs: int
+    acc: float
+    loss: float | None
+
+    @property
+    def reached(self) -> bool:
+        return self.acc >= 1.0
+
+    def show(self) -> str:
+        verdict = "PASS" if self.reached else "FAIL: the model cannot even memorise a handful of examples"
+        loss = f" (loss {self.loss:.4f})" if self.loss is not None else ""
+        return (f"overfit check: training accuracy {100 * self.acc:.1f}%{loss} on "
+                f"{self.examples} examples after {self.epochs} epochs: {verdict}")
+
+
+@dataclass(frozen=True)
+class GradCheck:
+    """Analytic against finite-difference gradients on one mini-batch, per param (float64)."""
+
+    errors: dict[str, float]      # worst relative error per param or input
+    threshold: float
+
+    @property
+    def ok(self) -> bool:
+        return all(e < self.threshold for e in self.errors.values())
+
+    def show(self) -> str:
+        worst = max(self.errors.values(), default=0.0)
+        bad = [k for k, e in self.errors.items() if e >= self.threshold]
+        verdict = "ok" if not bad else f"FAILED for {', '.join(bad)}"
+        return (f"gradient check on one mini-batch (float64 central differences): worst relative error "
+                f"{worst:.1e}: {verdict}")
+
+
+class Trainer:
+    """A compiled model and its optimiser, ready to train on Datasets."""
+
+    def __init__(self, model: str | Path, config: TrainConfig | None = None, *, log: Log | None = None,
+                 progress: bool = False):
+        self.path = Path(model)
+        self.config = config if config is not None else TrainConfig()
+        self.config.check()
+        self.optimizer = Optimizer(self.config.optimizer, dict(self.config.hyper), self.config.clip_norm)
+        # Training never needs gradients with respect to the inputs.
+        self.source = compile_file(self.path, dtype=self.config.dtype, input_grads=False, optimizer=self.optimizer)
+        self.module: ModuleType = load_module(self.source, self.path.stem)
+        self.loss: str = self.module.LOSS
+        self.has_state = hasattr(self.module, "STATE")   # running statistics (batch norm)
+        self.scores = scores_output(self.module)
+        self.labels = label_input(self.module)
+        if self.scores is not None and self.labels is not None \
+                and self.module.OUTPUTS[self.scores][0][1] != self.module.BOUNDS[self.labels]:
+            self.scores = None   # scores and labels disagree on the number of classes: no accuracy
+        self.log: Log = log or (lambda line: None)
+        self.progress = progress
+
+    @property
+    def classes(self) -> int | None:
+        return int(self.module.OUTPUTS[self.scores][0][1]) if self.scores else None
+
+    # ---- state -------------------------------------------------------------------------
+
+    def init_state(self) -> TrainState:
+        """Fresh params and model state, zeroed optimiser state, seeded shuffling and dropout."""
+        seed = self.config.seed
+        params = self.module.init_params(seed)
+        return TrainState(params, self.module.init_opt_state(params), np.random.default_rng((seed, 1)),
+                          np.random.default_rng((seed, 3)),
+                          self.module.init_state(seed) if self.has_state else None)
+
+    # ---- training ----------------------------------------------------------------------
+
+    def fit(self, train: Dataset, val: Dataset | None = None, *, state: TrainState | None = None,
+            run_dir: Path | None = None, fingerprint: dict[str, Any] | None = None,
+            on_step: Callable[[TrainState], None] | None = None) -> TrainState:
+        """Train until ``config.epochs`` epochs are done or early stopping fires; returns the state.
+
+        With ``run_dir``, a checkpoint and a metrics line are written after every epoch.
+        ``on_step`` is called after each optimiser step (tests use it to interrupt a run).
+        """
+        cfg = self.config
+        state = state if state is not None else self.init_state()
+        schedule = self.schedule(len(train))
+        val = val if val is not None and len(val) else None
+        patience = cfg.patience or None
+        while state.epoch < cfg.epochs and not state.stopped_early:
+            started = perf_counter()
+            epoch = state.epoch + 1
+            lr = schedule(state.step)
+            loss, acc = self._epoch(state, train, schedule, f"epoch {epoch}/{cfg.epochs}", on_step)
+            record: dict[str, Any] = {"epoch": epoch, "step": state.step, "lr": lr, "loss": loss, "acc": acc}
+            if val is not None:
+                measured = self.evaluate(state.params, val, state.model_state)
+                record.update(val_loss=measured.loss, val_acc=measured.acc)
+            if val is not None and measured.loss is not None:
+                if not math.isfinite(measured.loss):
+                    raise NNError(f"the validation loss is {measured.loss} after epoch {epoch}: training diverged; "
+                                  "try a smaller --lr or --clip-norm")
+                if measured.loss < state.best_loss:
+                    state.best_loss, state.best_epoch, state.bad_epochs = measured.loss, epoch, 0
+                    state.best_params = {k: v.copy() for k, v in state.params.items()}
+                    state.best_model_state = _copy(state.model_state)
+                else:
+                    state.bad_epochs += 1
+                    if patience is not None and state.bad_epochs >= patience:
+                        state.stopped_early = True
+            record["seconds"] = round(perf_counter() - started, 4)
+            state.history.append(record)
+            state.epoch = epoch
+            if run_dir is not None:
+                save_checkpoint(run_dir / "checkpoint.npz", state, fingerprint or {})
+                with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(record) + "\n")
+            self.log(_epoch_line(record, cfg.epochs))
+            if state.stopped_early:
+                self.log(f"early stopping: no better validation loss for {patience} epochs; the best was "
+                         f"{state.best_loss:.4f} at epoch {state.best_epoch}")
+        return state
+
+    def schedule(self, examples: int) -> Schedule:
+        return make_schedule(self.config.schedule, self.config.lr, self.steps_per_epoch(examples), self.config.epochs)
+
+    def steps_per_epoch(self, examples: int) -> int:
+        return math.ceil(examples / min(self.config.batch_size, max(1, examples)))
+
+    def _epoch(self, state: TrainState, data: Dataset, schedule: Schedule, label: str,
+               on_step: Callable[[TrainState], None] | None) -> tuple[float, float | None]:
+        """One pass over ``data`` in a fresh random order; the mean batch loss and accuracy."""
+        n = len(data)
+        size = min(self.config.batch_size, n)
+        steps = math.ceil(n / size)
+        order = state.rng.permutation(n)
+        step, loss_name = self.module.step, self.loss
+        classify = self.scores is not None and self.labels is not None
+        scores, labels = self.scores or "", self.labels or ""
+        total, correct = 0.0, 0
+        bar = _progress_bar(steps, label) if self.progress else None
+        # A diverging run overflows on its way to a non-finite loss, which is reported below as
+        # an error with advice; numpy's warnings about it would only be noise.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            try:
+                for b in range(steps):
+                    index = order[b * size:(b + 1) * size]
+                    batch = {k: v[index] for k, v in data.arrays.items()}
+                    outputs = step(state.params, state.opt, schedule(state.step), state.model_state, state.noise,
+                                   **batch)
+                    if self.has_state:
+                        outputs, state.model_state = outputs
+                    loss = float(outputs[loss_name])
+                    if not math.isfinite(loss):
+                        raise NNError(f"the training loss became {loss} at step {state.step}: training diverged; "
+                                      "try a smaller --lr or --clip-norm")
+                    total += loss * len(index)
+                    if classify:
+                        correct += int(np.count_nonzero(outputs[scores].argmax(axis=1) == batch[labels]))
+                    if bar is not None and (b % 10 == 0 or b == steps - 1):
+                        seen = min(n, (b + 1) * size)
+                        acc = f" acc {100 * correct / seen:.1f}%" if classify else ""
+                        bar.set_postfix_str(f"loss {total / seen:.4f}{acc}", refresh=False)
+                        bar.update(b + 1 - bar.n)
+                    if on_step is not None:
+                        on_step(state)
+            finally:
+                if bar is not None:
+                    bar.close()
+        return total / n, (correct / n if classify else None)
+
+    # ---- measuring ---------------------------------------------------------------------
+
+    def evaluate(self, params: dict[str, np.ndarray], data: Dataset,
+                 model_state: dict[str, np.ndarray] | None = None) -> Metrics:
+        """Mean loss and accuracy of ``params`` on ``data``: forward (eval mode) in chunks.
+
+        The loss is the model's LOSS output, or where eval mode has none, the softmax
+        cross-entropy of the scores; None if neither exists.
+        """
+        n = len(data)
+        classify = self.scores is not None and data.labels is not None
+        scores, labels = self.scores or "", data.labels or ""
+        total, correct, has_loss = 0.0, 0, True
+        for start in range(0, n, EVAL_CHUNK):
+            chunk = {k: v[start:start + EVAL_CHUNK] for k, v in data.arrays.items()}
+            outputs = self.module.forward(params, model_state, **chunk)
+            size = len(next(iter(chunk.values())))
+            if self.loss in outputs:
+                total += float(outputs[self.loss]) * size
+            elif classify:
+                total += softmax_cross_entropy(outputs[scores], chunk[labels]) * size
+            else:
+                has_loss = False
+            if classify:
+                correct += int(np.count_nonzero(outputs[scores].argmax(axis=1) == chunk[labels]))
+        return Metrics(total / max(1, n) if has_loss else None, correct / n if classify and n else None, n)
+
+    def initial_loss_check(self, params: dict[str, np.ndarray], data: Dataset,
+                           model_state: dict[str, np.ndarray] | None = None) -> LossCheck | None:
+        """Compare the initial loss without regularisation with -log(1/C).
+
+        The loss is the training loss before the first step (train mode, as training sees it;
+        no state is updated and the dropout generator of the run is not touched).
+        "Regularisation off" is the model's scalar output ``data_loss`` when it declares one;
+        otherwise the softmax cross-entropy of the class scores, computed here. Either way
+        the model's full loss is reported beside it. ``ok`` means within 20% of -log(1/C).
+        None when the model has no class scores and labels to compare against.
+        """
+        if self.scores is None or data.labels is None:
+            return None
+        subset = {k: v[:LOSS_CHECK_EXAMPLES] for k, v in data.arrays.items()}
+        outputs = self.module.value_and_grad(params, model_state, np.random.default_rng(0), **subset)[0]
+        total = float(outputs[self.loss])
+        data_out = self.module.OUTPUTS.get("data_loss")
+        if data_out is not None and data_out[0] == () and "data_loss" != self.loss and "data_loss" in outputs:
+            data_loss, how = float(outputs["data_loss"]), "the model's data_loss output"
+        else:
+            data_loss = softmax_cross_entropy(outputs[self.scores], subset[data.labels])
+            how = "softmax cross-entropy of the scores"
+        classes = self.classes
+        assert classes is not None
+        expected = math.log(classes)
+        return LossCheck(classes, expected, data_loss, total, how, abs(data_loss - expected) <= 0.2 * expected)
+
+    def overfit(self, data: Dataset, examples: int) -> OverfitResult:
+        """Train fresh params on ``examples`` examples of ``data`` and report the training accuracy.
+
+        Runs up to ``config.epochs`` epochs, stopping as soon as every example is classified
+        correctly; no validation, no early stopping, no files.
+        """
+        if self.scores is None or data.labels is None:
+            raise NNError("--overfit needs a classifier: an output of shape [N, C] (the class scores) and an "
+                          "integer label input", file=str(self.path))
+        if not 1 <= examples <= len(data):
+            raise NNError(f"--overfit takes between 1 and {len(data)} examples (the training split), "
+                          f"not {examples}")
+        state = self.init_state()
+        subset = data.take(np.sort(np.random.default_rng((self.config.seed, 2)).permutation(len(data))[:examples]))
+        schedule = self.schedule(examples)
+        measured = self.evaluate(state.params, subset, state.model_state)
+        epoch = 0
+        while epoch < self.config.epochs and (measured.acc or 0.0) < 1.0:
+            epoch += 1
+            self._epoch(state, subset, schedule, f"overfit {epoch}/{self.config.epochs}", None)
+            measured = self.evaluate(state.params, subset, state.model_state)
+        return OverfitResult(examples, epoch, measured.acc or 0.0, measured.loss)
+
+    def gradient_check(self, params: dict[str, np.ndarray], data: Dataset, *, threshold: float = 1e-6) -> GradCheck:
+        """Check value_and_grad against central differences on the first mini-batch, in float64.
+
+        The model is compiled again in float64 (float32 differences are too noisy to judge);
+        ``nncompile.gradcheck`` probes each gradient along random directions.
+        """
+        from ..gradcheck import check_gradients
+
+        module64 = load_module(compile_file(self.path, dtype="float64"), self.path.stem + "_float64")
+        size = min(self.config.batch_size, len(data))
+        batch = {k: (v[:size].astype(np.float64) if v.dtype.kind == "f" else v[:size]) for k, v in data.arrays.items()}
+        params64 = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
+        errors: dict[str, float] = {}
+        for result in check_gradients(module64, params64, batch, seed=self.config.seed):
+            errors[result.name] = max(errors.get(result.name, 0.0), result.error)
+        return GradCheck(errors, threshold)
+
+
+def softmax_cross_entropy(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Mean of -log softmax(scores)[label], computed stably in float64."""
+    s = np.asarray(scores, dtype=np.float64)
+    s = s - s.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(s).sum(axis=1))
+    return float(np.mean(log_norm - s[np.arange(len(labels)), labels]))
+
+
+def _copy(arrays: dict[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:
+    return None if arrays is None else {k: np.array(v, copy=True) for k, v in arrays.items()}
+
+
+def _progress_bar(total: int, label: str) -> Any:
+    """A tqdm bar on stderr, or None when tqdm is not installed."""
+    try:
+        from tqdm.auto import tqdm  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=label, unit="batch", leave=False, dynamic_ncols=True)
+
+
+def _epoch_line(record: dict[str, Any], epochs: int) -> str:
+    def part(prefix: str) -> str:
+        loss, acc = record.get(prefix + "loss"), record.get(prefix + "acc")
+        return (f"loss {loss:.4f}" if loss is not None else "loss -") + (f" acc {100 * acc:5.1f}%" if acc is not None else "")
+
+    line = f"epoch {record['epoch']:>{len(str(epochs))}}/{epochs}  train {part('')}"
+    if "val_loss" in record:
+        line += f"  | val {part('val_')}"
+    return line + f"  | lr {record['lr']:.2e}  {record['seconds']:.2f}s"
+
+
+# ---- the whole run, as `nncompile train` does it ---------------------------------------------
+
+
+@dataclass
+class RunReport:
+    """What a run did: the numbers a user (or a test) wants at the end."""
+
+    ok: bool
+    run_dir: Path | None
+    train_examples: int = 0
+    val_examples: int = 0
+    test_examples: int = 0
+    epochs: int = 0
+    best_epoch: int = 0
+    stopped_early: bool = False
+    val: Metrics | None = None
+    test: Metrics | None = None
+    loss_check: LossCheck | None = None
+    grad_check: GradCheck | None = None
+    overfit: OverfitResult | None = None
+    seconds: float = 0.0
+    files: list[str] = field(default_factory=list)
+
+
+def run(model: str | Path, *, data: str = "digits", mapping: dict[str, str] | str | None = None,
+        test_data: str | None = None, config: TrainConfig | None = None, out: str | Path | None = None,
+        resume: bool = False, overfit: int | None = None, grad_check: bool = False, log: Log | None = None,
+        progress: bool = False, on_step: Callable[[TrainState], None] | None = None) -> RunReport:
+    """Load, split, check, train, evaluate and write RUN_DIR: the whole of ``nncompile train``.
+
+    RUN_DIR (``out``, default runs/MODEL_STEM) receives config.json, model.py (the compiled
+    module), checkpoint.npz (resumable state after the last epoch), metrics.jsonl,
+    params.npz (the params evaluated on the test split: the best by validation loss),
+    curves.png and summary.json. ``overfit`` and ``grad_check`` run the sanity checks.
+    """
+    started = perf_counter()
+    say: Log = log or (lambda line: None)
+    config = config if config is not None else TrainConfig()
+    trainer = Trainer(model, config, log=say, progress=progress)
+    module = trainer.module
+    if isinstance(mapping, str):
+        mapping = parse_mapping([mapping])
+    raw = load_source(data)
+    dataset = bind(raw, module, mapping)
+    test_split = config.test_split
+    if test_data is not None:
+        if test_split:
+            raise NNError("give either --test-data or --test-split, not both")
+        test = bind(load_source(test_data), module, mapping)
+        pool = dataset
+    else:
+        pool, test = split(dataset, raw.default_test_split if test_split is None else test_split, salt=1)
+    train, val = split(pool, config.val_split, salt=2)
+    normalizer = Normalizer.fit(config.normalize or raw.default_normalize, train)
+    train, val, test = (normalizer.apply(part) for part in (train, val, test))
+    say(f"data: {raw.source}: {len(train)} training, {len(val)} validation, {len(test)} test examples"
+        + ("" if normalizer.method == "none" else f"; inputs normalised ({normalizer.method}, training statistics)"))
+    report = RunReport(ok=True, run_dir=None, train_examples=len(train), val_examples=len(val),
+                       test_examples=len(test))
+
+    if overfit is not None:
+        report.overfit = trainer.overfit(train, overfit)
+        say(report.overfit.show())
+        report.ok = report.overfit.reached
+        report.seconds = perf_counter() - started
+        return report
+
+    run_dir = Path(out) if out is not None else Path("runs") / Path(model).stem
+    report.run_dir = run_dir
+    fingerprint = _fingerprint(trainer, data, mapping, test_data, test_split, len(train), normalizer.method)
+    if resume:
+        state, saved = load_checkpoint(run_dir / "checkpoint.npz", module.SLOTS)
+        changed = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
+        if changed:
+            details = "; ".join(f"{k}: was {saved.get(k)!r}, now {fingerprint.get(k)!r}" for k in changed)
+            raise NNError(f"cannot resume: this run's settings differ from the checkpoint's ({details})",
+                          file=str(run_dir / "checkpoint.npz"))
+        say(f"resuming {run_dir} after epoch {state.epoch} (step {state.step})")
+        _rewrite_metrics(run_dir / "metrics.jsonl", state.history)
+    else:
+        state = trainer.init_state()
+        report.loss_check = trainer.initial_loss_check(state.params, train, state.model_state)
+        if report.loss_check is not None:
+            say("sanity: " + report.loss_check.show())
+        if grad_check:
+            report.grad_check = trainer.gradient_check(state.params, train)
+            say("sanity: " + report.grad_check.show())
+            if not report.grad_check.ok:
+                report.ok = False
+                report.seconds = perf_counter() - started
+                return report
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in ("checkpoint.npz", "metrics.jsonl", "params.npz", "state.npz", "normalization.npz",
+                      "curves.png", "summary.json"):
+            (run_dir / stale).unlink(missing_ok=True)
+        (run_dir / "metrics.jsonl").touch()
+        write_text(run_dir / "config.json", json.dumps({"model": str(model), **fingerprint}, indent=2) + "\n")
+        write_text(run_dir / "model.py", trainer.source)
+        if normalizer.mean:
+            write_npz(run_dir / "normalization.npz", normalizer.arrays())
+
+    state = trainer.fit(train, val, state=state, run_dir=run_dir, fingerprint=fingerprint, on_step=on_step)
+    if state.best_params is not None:
+        final, final_state = state.best_params, state.best_model_state
+        chosen = f"the best validation loss (epoch {state.best_epoch})"
+    else:
+        final, final_state = state.params, state.model_state
+        chosen = f"the last epoch ({state.epoch})"
+    write_npz(run_dir / "params.npz", final)
+    if final_state is not None:
+        write_npz(run_dir / "state.npz", final_state)
+    report.epochs, report.best_epoch, report.stopped_early = state.epoch, state.best_epoch, state.stopped_early
+    if len(val):
+        report.val = trainer.evaluate(final, val, final_state)
+    if len(test):
+        report.test = trainer.evaluate(final, test, final_state)
+        say(f"test: {report.test.show()}, with the params of {chosen}")
+    else:
+        say(f"no test split (use --test-split or --test-data); kept the params of {chosen}")
+    files = ["config.json", "model.py", "checkpoint.npz", "metrics.jsonl", "params.npz"]
+    if final_state is not None:
+        files.append("state.npz")
+    if normalizer.mean:
+        files.append("normalization.npz")
+    if plot_curves(state.history, run_dir / "curves.png", title=f"{Path(model).name} on {raw.source}",
+                   best_epoch=state.best_epoch or None):
+        files.append("curves.png")
+    else:
+        say("matplotlib is not installed, so no curves.png (pip install 'nncompile[train]')")
+    report.seconds = perf_counter() - started
+    summary = {
+        "model": str(model), "data": data, "normalize": normalizer.method, "epochs": state.epoch, "steps": state.step,
+        "best_epoch": state.best_epoch, "stopped_early": state.stopped_early,
+        "train_examples": len(train), "val_examples": len(val), "test_examples": len(test),
+        "val": asdict(report.val) if report.val else None, "test": asdict(report.test) if report.test else None,
+        "initial_loss_check": asdict(report.loss_check) if report.loss_check else None,
+        "grad_check": asdict(report.grad_check) if report.grad_check else None,
+        "seconds": round(report.seconds, 3),
+    }
+    write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    report.files = [*files, "summary.json"]
+    say(f"wrote {run_dir}/{{{','.join(report.files)}}} in {report.seconds:.1f}s")
+    return report
+
+
+def _fingerprint(trainer: Trainer, data: str, mapping: dict[str, str] | None, test_data: str | None,
+                 test_split: float | None, train_examples: int, normalize: str) -> dict[str, Any]:
+    """The settings a resumed run must share with the run it continues."""
+    cfg = trainer.config
+    schedule = trainer.schedule(train_examples)
+    fingerprint: dict[str, Any] = {
+        "module_sha256": hashlib.sha256(trainer.source.encode("utf-8")).hexdigest(),
+        "data": data, "map": dict(mapping or {}), "test_data": test_data, "test_split": test_split,
+        "val_split": cfg.val_split, "train_examples": train_examples, "normalize": normalize, "batch_size": cfg.batch_size,
+        "optimizer": cfg.optimizer, "hyper": dict(cfg.hyper), "clip_norm": cfg.clip_norm, "lr": cfg.lr,
+        "schedule": schedule.describe(), "seed": cfg.seed, "patience": cfg.patience, "dtype": cfg.dtype,
+    }
+    if schedule.depends_on_length:
+        fingerprint["epochs"] = cfg.epochs
+    return fingerprint
+
+
+def _rewrite_metrics(path: Path, history: list[dict[str, Any]]) -> None:
+    """metrics.jsonl as of the checkpoint: drops lines of an epoch that was cut short."""
+    write_text(path, "".join(json.dumps(record) + "\n" for record in history))

@@ -1,0 +1,339 @@
+"""The generated module: standalone (numpy only), deterministic, readable, and correct.
+
+Its API is a fixed contract (ARCHITECTURE.md): INPUTS, PARAMS, OUTPUTS, init_params,
+forward, value_and_grad.
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nncompile.codegen import emit_module
+from nncompile.compiler import build, compile_and_load, compile_file, load_module
+from nncompile.elaborate import elaborate
+from nncompile.parser import parse
+
+from conftest import EXAMPLE_FILES, EXAMPLES, assert_grads_match, cli, write_nn
+
+pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
+
+
+def imported_modules(source: str) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            found.add("." * node.level + (node.module or ""))
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("__import__", "exec", "eval"):
+            found.add(node.func.id)
+    return found
+
+
+def load_path(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---- standalone and deterministic ----------------------------------------------------
+
+@pytest.mark.parametrize("example", EXAMPLE_FILES, ids=lambda p: p.name)
+def test_module_imports_only_numpy(example: Path) -> None:
+    source = compile_file(example)
+    assert imported_modules(source) == {"numpy"}
+    assert "nncompile." not in source.replace("compiled by nncompile", "")
+
+
+def test_module_runs_without_nncompile(tmp_path: Path) -> None:
+    """Import the written module in a fresh interpreter and check nncompile never gets loaded."""
+    out = tmp_path / "circuit_mod.py"
+    out.write_text(compile_file(EXAMPLES / "circuit.nn"))
+    script = ("import sys, circuit_mod; out, g = circuit_mod.value_and_grad({}); "
+              "assert 'nncompile' not in sys.modules, 'the module imported nncompile'; "
+              "print(float(out['f']), float(g['x']))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["-12.0", "-4.0"]
+
+
+@pytest.mark.parametrize("example", EXAMPLE_FILES, ids=lambda p: p.name)
+def test_two_compiles_are_byte_identical(example: Path) -> None:
+    assert compile_file(example) == compile_file(example)
+    assert compile_file(example, dtype="float64") == compile_file(example, dtype="float64")
+
+
+def test_compiles_in_separate_processes_are_byte_identical(tmp_path: Path) -> None:
+    """Nothing depends on hash seeds, dict or set order of one run."""
+    outputs = []
+    for seed in ("0", "12345"):
+        out = tmp_path / f"mlp_{seed}.py"
+        result = cli("compile", EXAMPLES / "mlp.nn", "-o", out, cwd=tmp_path, env={"PYTHONHASHSEED": seed})
+        assert result.returncode == 0, result
+        outputs.append(out.read_bytes())
+    assert outputs[0] == outputs[1]
+    assert outputs[0].decode() == compile_file(EXAMPLES / "mlp.nn")
+
+
+# ---- the API contract -----------------------------------------------------------------
+
+def test_tables_describe_inputs_params_outputs() -> None:
+    m = compile_and_load(EXAMPLES / "two_layer.nn")
+    assert m.INPUTS == {"X": (("N", 3072), "float32"), "y": (("N",), "int64")}
+    assert m.PARAMS == {"fc1.W": ((3072, 100), "float32"), "fc1.b": ((100,), "float32"),
+                        "fc2.W": ((100, 10), "float32"), "fc2.b": ((10,), "float32")}
+    assert m.OUTPUTS == {"scores": (("N", 10), "float32"), "loss": ((), "float32")}
+
+
+def test_init_params_is_seeded_and_follows_the_initialisers() -> None:
+    m = compile_and_load(EXAMPLES / "two_layer.nn")
+    a, b, c = m.init_params(0), m.init_params(0), m.init_params(1)
+    assert set(a) == set(m.PARAMS)
+    for name in a:
+        assert a[name].shape == m.PARAMS[name][0] and a[name].dtype == np.float32
+        np.testing.assert_array_equal(a[name], b[name])
+    assert not np.array_equal(a["fc1.W"], c["fc1.W"])
+    np.testing.assert_array_equal(a["fc1.b"], np.zeros(100))
+    # he(): N(0, 2 / fan_in), fan_in = 3072
+    assert abs(a["fc1.W"].std() - np.sqrt(2 / 3072)) < 0.05 * np.sqrt(2 / 3072)
+    assert abs(a["fc1.W"].mean()) < 0.01 * np.sqrt(2 / 3072)
+
+
+def test_forward_returns_every_output_and_matches_numpy() -> None:
+    m = compile_and_load(EXAMPLES / "two_layer.nn", dtype="float64")
+    p = m.init_params(0)
+    p = {k: v + 0.01 for k, v in p.items()}
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((5, 3072)), np.array([0, 1, 9, 3, 3])
+    out = m.forward(p, X=X, y=y)
+    assert set(out) == {"scores", "loss"}
+    h = np.maximum(X @ p["fc1.W"] + p["fc1.b"], 0)
+    scores = h @ p["fc2.W"] + p["fc2.b"]
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    loss = -logp[np.arange(5), y].mean() + 0.5 * 1e-3 * ((p["fc1.W"] ** 2).sum() + (p["fc2.W"] ** 2).sum())
+    np.testing.assert_allclose(out["scores"], scores, rtol=1e-10)
+    np.testing.assert_allclose(out["loss"], loss, rtol=1e-10)
+    out2, _ = m.value_and_grad(p, X=X, y=y)
+    np.testing.assert_allclose(out2["loss"], loss, rtol=1e-10)
+
+
+def test_symbolic_batch_size_varies_between_calls() -> None:
+    m = compile_and_load(EXAMPLES / "mlp.nn", dtype="float64")
+    p = m.init_params(0)
+    for n in (1, 7, 3):
+        out, grads = m.value_and_grad(p, X=np.ones((n, 64)), y=np.zeros(n, dtype=int))
+        assert out["scores"].shape == (n, 10) and grads["X"].shape == (n, 64)
+
+
+def test_results_are_not_overwritten_by_later_calls() -> None:
+    """Outputs and gradients are fresh arrays: the next call (which may reuse workspace
+    buffers) must not change what an earlier call returned, nor the caller's arrays."""
+    m = compile_and_load(EXAMPLES / "mlp.nn", dtype="float64")
+    p = m.init_params(0)
+    rng = np.random.default_rng(0)
+    X1, X2 = rng.standard_normal((4, 64)), rng.standard_normal((4, 64))
+    y = np.array([1, 2, 3, 4])
+    snapshot = {k: v.copy() for k, v in p.items()}
+    X1_copy = X1.copy()
+    out1, grads1 = m.value_and_grad(p, X=X1, y=y)
+    kept_out = {k: np.array(v, copy=True) for k, v in out1.items()}
+    kept_grads = {k: np.array(v, copy=True) for k, v in grads1.items()}
+    fwd1 = m.forward(p, X=X1, y=y)
+    kept_fwd = {k: np.array(v, copy=True) for k, v in fwd1.items()}
+    m.value_and_grad(p, X=X2, y=y)
+    m.forward(p, X=X2, y=y)
+    for k in kept_out:
+        np.testing.assert_array_equal(out1[k], kept_out[k], err_msg=k)
+    for k in kept_grads:
+        np.testing.assert_array_equal(grads1[k], kept_grads[k], err_msg=k)
+    for k in kept_fwd:
+        np.testing.assert_array_equal(fwd1[k], kept_fwd[k], err_msg=k)
+    for k in p:
+        np.testing.assert_array_equal(p[k], snapshot[k], err_msg=f"param {k} was modified")
+    np.testing.assert_array_equal(X1, X1_copy)
+
+
+def test_intermediate_outputs_are_not_overwritten_by_later_calls(compile_nn) -> None:
+    m = compile_nn("""
+        input x: float[N, 3]
+        param W: [3, 3] = normal(std=1)
+        h = relu(x @ W)
+        g = h * 2
+        loss = sum(g * g)
+        output h, g
+        minimize loss
+    """, dtype="float64")
+    p = m.init_params(0)
+    out1, grads1 = m.value_and_grad(p, x=np.ones((2, 3)))
+    kept = {k: v.copy() for k, v in out1.items()}, {k: v.copy() for k, v in grads1.items()}
+    m.value_and_grad(p, x=np.full((2, 3), -5.0))
+    for k in out1:
+        np.testing.assert_array_equal(out1[k], kept[0][k], err_msg=k)
+    for k in grads1:
+        np.testing.assert_array_equal(grads1[k], kept[1][k], err_msg=k)
+
+
+def test_bad_inputs_are_rejected_clearly() -> None:
+    m = compile_and_load(EXAMPLES / "two_layer.nn")
+    p = m.init_params(0)
+    with pytest.raises(TypeError, match="missing input 'y'"):
+        m.forward(p, X=np.ones((2, 3072)))
+    with pytest.raises(TypeError, match="unknown input"):
+        m.forward(p, X=np.ones((2, 3072)), y=np.zeros(2, dtype=int), z=1)
+    with pytest.raises(ValueError, match="'X'"):
+        m.forward(p, X=np.ones((2, 30)), y=np.zeros(2, dtype=int))
+    with pytest.raises(ValueError, match="N"):
+        m.forward(p, X=np.ones((2, 3072)), y=np.zeros(3, dtype=int))
+    with pytest.raises(ValueError, match=r"class labels.*\[0, 10\)"):
+        m.forward(p, X=np.ones((2, 3072)), y=np.array([0, 10]))
+    with pytest.raises(TypeError, match="integers"):
+        m.forward(p, X=np.ones((2, 3072)), y=np.array([0.5, 1.0]))
+
+
+# ---- gradients ------------------------------------------------------------------------
+
+def test_gradients_match_finite_differences(tmp_path: Path, run_cli) -> None:
+    """A model using most ops, compiled by the CLI to a file and imported from it."""
+    write_nn(tmp_path, "many.nn", """
+        const D = 3
+        dtype float64
+        input x: float[N, D]
+        input labels: int[N]
+        param W: [D, 4] = xavier()
+        param v: [4] = uniform(a=0.5, b=1.5)
+        layer block(t: [B, K]) -> [B, K] {
+            param s: [K] = normal(std=0.5)
+            return tanh(t) * s + t
+        }
+        a = x @ W + v
+        b = repeat 2 block(a)
+        c = sigmoid(b) + exp(-abs(b)) / sqrt(v * v + 1) + log(v) ** 2
+        d = transpose(reshape(c, [-1, 2, 2]), [0, 2, 1])
+        e = mean(d, axis=1) - max(maximum(d, 0.5), axis=2) + minimum(sum(d, axis=2), 1)
+        loss = softmax_cross_entropy(reshape(e, [-1, 2]), labels) + mean(e ** 2)
+        minimize loss
+    """)
+    result = run_cli("compile", "many.nn", "-o", "many.py")
+    assert result.returncode == 0, result
+    m = load_path(tmp_path / "many.py", "many_generated")
+    assert m.DTYPE == np.float64
+    rng = np.random.default_rng(0)
+    params = {k: v + 0.1 * rng.standard_normal(v.shape) for k, v in m.init_params(2).items()}
+    assert_grads_match(m, params, {"x": rng.standard_normal((3, 3)), "labels": np.array([0, 1, 1])})
+
+
+# ---- readable -------------------------------------------------------------------------
+
+def test_names_follow_the_users_names() -> None:
+    source = compile_file(EXAMPLES / "two_layer.nn")
+    for name in ("fc1_W", "d_fc1_W", "fc2_b", "d_fc2_b", "scores", "data_loss", "reg_loss", "d_X"):
+        assert f"    {name} = " in source, name
+    assert "params['fc1.W']" in source
+
+
+def test_each_statement_is_commented_with_its_line_and_shape() -> None:
+    source = compile_file(EXAMPLES / "two_layer.nn")
+    assert "# two_layer.nn:16: h = relu(fc1)" in source
+    assert "# two_layer.nn:22: loss = data_loss + reg_loss" in source
+    assert "  # [N, 100]" in source and "  # scalar" in source
+
+
+def test_python_keywords_builtins_and_generated_names_are_fine(compile_nn) -> None:
+    names = ["lambda", "print", "np", "params", "grads", "inputs", "DTYPE", "_read_inputs", "outputs", "forward",
+             "buffers", "buf0", "t1", "d_lambda", "None", "sum", "len", "class", "def", "self", "value_and_grad",
+             "init_params", "INPUTS", "LOSS", "_empty", "_convert_inputs", "__name__"]
+    lines = [f"input {n} = {i + 1}" for i, n in enumerate(names)]
+    lines += ["layer import_(x) {", "    param return_ = 2", "    return x * return_", "}",
+              "total = " + " + ".join(f"{n} * {n}" for n in names) + " + import_(lambda) as if"]
+    lines += ["output total"]
+    m = compile_nn("\n".join(lines), dtype="float64")
+    values = {n: float(i + 1) for i, n in enumerate(names)}
+    outputs, grads = m.value_and_grad(m.init_params())
+    expected = sum(v * v for v in values.values()) + 2 * values["lambda"]
+    assert float(outputs["total"]) == expected
+    assert set(grads) == set(names) | {"if.return_"}
+    for n, v in values.items():
+        assert float(grads[n]) == 2 * v + (2 if n == "lambda" else 0), n
+    assert float(grads["if.return_"]) == values["lambda"]
+    # and nothing of the module was shadowed by them
+    assert m.np is np and m.LOSS == "total" and callable(m.forward)
+    outputs = m.forward(m.init_params(), **{n: 1.0 for n in names})
+    assert float(outputs["total"]) == len(names) + 2
+
+
+def test_hostile_text_cannot_break_comment_lines(tmp_path: Path) -> None:
+    """Comments quote .nn lines; control characters in them must not end the comment early."""
+    clean = (EXAMPLES / "circuit.nn").read_text()
+    hostile = clean.replace("q = x + y", "q = x + y  # sum\x0c\x0b print('boom') \u2028 \x85 import os \\")
+    hostile = hostile.replace("\n", "\r\n")                       # and Windows line endings
+    path = tmp_path / "hostile.nn"
+    path.write_bytes(hostile.encode("utf-8"))
+    source = compile_file(path)
+    ast.parse(source)
+    assert imported_modules(source) == {"numpy"}
+    assert not any(c in source for c in "\x0c\x0b\r\u2028\x85")
+    m = load_module(source, "hostile")
+    assert float(m.forward({})["f"]) == -12.0
+    assert {k: float(v) for k, v in m.value_and_grad({})[1].items()} == {"x": -4.0, "y": -4.0, "z": 3.0}
+    assert "# hostile.nn:8: f = q * z" in source          # later lines keep their numbers
+
+
+def test_carriage_return_inside_a_comment_given_as_text() -> None:
+    """Through the API a lone carriage return can reach the lexer; it stays inside the comment."""
+    text = "input x = 2  # note\rprint('boom')\ny = x * 3  # a\x0cb\noutput y\n"
+    source = emit_module(build(elaborate(parse(text, "cr.nn"), "float64")))
+    ast.parse(source)
+    assert "print('boom')" not in source.replace("\\rprint('boom')", "")
+    m = load_module(source, "cr")
+    assert float(m.forward({})["y"]) == 6.0
+    assert "# cr.nn:2: y = x * 3" in source
+
+
+def test_file_name_cannot_break_the_module(tmp_path: Path) -> None:
+    # The module docstring quotes the file name: three double quotes or a backslash escape
+    # such as \N in the name must neither end that string early nor break it.
+    path = tmp_path / 'tricky"""\\N{x}.nn'
+    path.write_text((EXAMPLES / "circuit.nn").read_text())
+    source = compile_file(path)
+    ast.parse(source)
+    assert float(load_module(source, "tricky").forward({})["f"]) == -12.0
+
+
+# ---- dtypes ---------------------------------------------------------------------------
+
+def test_float32_by_default_float64_on_request(tmp_path: Path, run_cli) -> None:
+    m32 = compile_and_load(EXAMPLES / "two_layer.nn")
+    assert m32.DTYPE == np.float32
+    out, grads = m32.value_and_grad(m32.init_params(), X=np.ones((2, 3072)), y=np.array([1, 2]))
+    assert out["loss"].dtype == np.float32 and out["scores"].dtype == np.float32
+    assert all(g.dtype == np.float32 for g in grads.values())
+
+    assert run_cli("compile", EXAMPLES / "two_layer.nn", "--dtype", "float64", "-o", "m64.py").returncode == 0
+    m64 = load_path(tmp_path / "m64.py", "m64")
+    assert m64.DTYPE == np.float64 and m64.PARAMS["fc1.W"] == ((3072, 100), "float64")
+    out, grads = m64.value_and_grad(m64.init_params(), X=np.ones((2, 3072)), y=np.array([1, 2]))
+    assert out["loss"].dtype == np.float64 and all(g.dtype == np.float64 for g in grads.values())
+    # float32 inputs are converted, not rejected
+    out, _ = m64.value_and_grad(m64.init_params(), X=np.ones((2, 3072), dtype=np.float32), y=np.array([1, 2]))
+    assert out["loss"].dtype == np.float64
+
+
+def test_dtype_statement_and_option(compile_nn) -> None:
+    text = """
+        dtype float64
+        input x = 1.5
+        y = x * x
+        output y
+    """
+    assert compile_nn(text).DTYPE == np.float64
+    assert compile_nn(text, dtype="float32").DTYPE == np.float32    # the option wins over the file
+    assert compile_nn(text.replace("dtype float64", "")).DTYPE == np.float32

@@ -1,0 +1,283 @@
+"""Training data (nncompile/train/data.py): the digits set, .npz and .csv files mapped onto a
+model's inputs, validation with clear errors before training, splits and normalisation."""
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+from conftest import write_nn
+
+import nncompile
+from nncompile.errors import NNError
+from nncompile.train.data import (
+    Dataset,
+    Normalizer,
+    bind,
+    label_input,
+    load_digits,
+    load_source,
+    parse_mapping,
+    scores_output,
+    split,
+)
+
+CLASSIFIER = """
+    const D = 4, C = 3
+    input X: float[N, D]
+    input y: int[N]
+    param W: [D, C] = normal(std=0.01)
+    param b: [C] = zeros()
+    scores = X @ W + b
+    output scores
+    loss = softmax_cross_entropy(scores, y)
+    minimize loss
+"""
+
+
+@pytest.fixture(scope="module")
+def module(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
+    path = write_nn(tmp_path_factory.mktemp("data"), "classifier.nn", CLASSIFIER)
+    return nncompile.compile_and_load(path)
+
+
+def arrays(n: int = 30, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"X": rng.standard_normal((n, 4)), "y": rng.integers(0, 3, n)}
+
+
+def npz(tmp_path: Path, **data: np.ndarray) -> Path:
+    path = tmp_path / "data.npz"
+    np.savez(path, **data)
+    return path
+
+
+def bind_file(path: Path, module: ModuleType, mapping: dict[str, str] | None = None) -> Dataset:
+    return bind(load_source(str(path)), module, mapping)
+
+
+def error_of(action) -> str:
+    with pytest.raises(NNError) as info:
+        action()
+    return info.value.format()
+
+
+# ---- the digits set ---------------------------------------------------------------------------
+
+def test_digits_are_loaded_and_scaled() -> None:
+    raw = load_digits()
+    assert raw.arrays["X"].shape == (1797, 64) and raw.arrays["images"].shape == (1797, 8, 8)
+    assert raw.arrays["X"].min() == 0.0 and raw.arrays["X"].max() == 1.0   # 0..16 scaled by 1/16
+    assert sorted(np.unique(raw.arrays["y"])) == list(range(10))
+    assert raw.default_test_split == 0.2 and raw.default_normalize == "image"
+
+
+def test_digits_feed_a_model_whatever_its_input_names(tmp_path: Path) -> None:
+    flat = nncompile.compile_and_load(write_nn(tmp_path, "flat.nn", """
+        input pixels: float[N, 64]
+        input label: int[N]
+        param W: [64, 10] = zeros()
+        scores = pixels @ W
+        loss = softmax_cross_entropy(scores, label)
+        minimize loss
+    """))
+    data = bind(load_digits(), flat)
+    assert data.arrays["pixels"].shape == (1797, 64) and data.arrays["pixels"].dtype == np.float32
+    assert data.labels == "label"
+    images = nncompile.compile_and_load(write_nn(tmp_path, "images.nn", """
+        input img: float[N, 8, 8]
+        input y: int[N]
+        param W: [64, 10] = zeros()
+        scores = reshape(img, [N, 64]) @ W
+        loss = softmax_cross_entropy(scores, y)
+        minimize loss
+    """))
+    assert bind(load_digits(), images).arrays["img"].shape == (1797, 8, 8)
+
+
+# ---- npz files ---------------------------------------------------------------------------------
+
+def test_npz_arrays_bind_by_name_and_convert_dtypes(tmp_path: Path, module: ModuleType) -> None:
+    data = arrays()
+    data["X"] = (data["X"] * 10).astype(np.int16)    # integers are fine for a float input
+    bound = bind_file(npz(tmp_path, **data, extra=np.zeros(3)), module)
+    assert set(bound.arrays) == {"X", "y"} and len(bound) == 30
+    assert bound.arrays["X"].dtype == np.float32 and bound.arrays["y"].dtype == np.int64
+    assert bound.labels == "y"
+
+
+def test_npz_map_names_arrays(tmp_path: Path, module: ModuleType) -> None:
+    data = arrays()
+    bound = bind_file(npz(tmp_path, images=data["X"], labels=data["y"]), module,
+                      parse_mapping(["X=images,y=labels"]))
+    np.testing.assert_array_equal(bound.arrays["y"], data["y"])
+
+
+@pytest.mark.parametrize("make, mapping, message", [
+    (lambda a: {"X": a["X"], "labels": a["y"]}, None,
+     "no data for the model's input 'y' (int[N]): the file has arrays 'X', 'labels'; choose one with --map y=NAME"),
+    (lambda a: a, {"y": "target"}, "--map y=target: the file has no array 'target' (it has 'X', 'y')"),
+    (lambda a: a, {"Z": "X"}, "--map names 'Z', but the model's inputs are 'X', 'y'"),
+    (lambda a: {**a, "X": a["X"][:, :3]}, None,
+     "array 'X' for input 'X' has shape [30, 3], but X is float[N, 4] (axis 1 must be 4)"),
+    (lambda a: {**a, "X": a["X"][:, :, None]}, None, "array 'X' for input 'X' has shape [30, 4, 1], but X is float[N, 4]"),
+    (lambda a: {**a, "y": a["y"].astype(float)}, None,
+     "array 'y' for input 'y' holds float64 values, but y is int[N]: save the class labels as integers"),
+    (lambda a: {**a, "y": a["y"] > 0}, None, "array 'y' for input 'y' holds booleans, but y is int[N]"),
+    (lambda a: {**a, "X": np.where(np.arange(30)[:, None] == 7, np.nan, a["X"])}, None,
+     "array 'X' for input 'X' holds 4 NaN or infinite value(s); the first is in row 7"),
+    (lambda a: {**a, "X": np.where(np.arange(30)[:, None] == 2, np.inf, a["X"])}, None, "the first is in row 2 (inf)"),
+    (lambda a: {**a, "y": np.where(np.arange(30) == 5, 3, a["y"])}, None,
+     "array 'y' for input 'y' holds the label 3 (row 5), but the model has 3 classes: labels must lie in [0, 3)"),
+    (lambda a: {**a, "y": np.where(np.arange(30) == 9, -1, a["y"])}, None, "holds the label -1 (row 9)"),
+    (lambda a: {**a, "y": a["y"][:29]}, None, "array 'y' for input 'y' has 29 examples, but array 'X' for input 'X' has 30"),
+    (lambda a: {**a, "X": np.array(["a"] * 30)}, None, "array 'X' for input 'X' holds <U1 values; it must hold numbers"),
+    (lambda a: {**a, "X": np.zeros((0, 4)), "y": np.zeros(0, dtype=int)}, None, "holds no examples"),
+])
+def test_bad_npz_data_is_reported_before_training(tmp_path: Path, module: ModuleType, make, mapping, message) -> None:
+    path = npz(tmp_path, **make(arrays()))
+    text = error_of(lambda: bind_file(path, module, mapping))
+    assert text.startswith(str(path)) and "error: " in text, text
+    assert message in text
+
+
+def test_missing_and_unreadable_files(tmp_path: Path) -> None:
+    assert "data file not found: nowhere.npz" in error_of(lambda: load_source("nowhere.npz"))
+    (tmp_path / "data.txt").write_text("1,2\n")
+    assert "use a .npz or .csv file" in error_of(lambda: load_source(str(tmp_path / "data.txt")))
+    (tmp_path / "broken.npz").write_bytes(b"not a zip file")
+    assert "not a readable .npz file" in error_of(lambda: load_source(str(tmp_path / "broken.npz")))
+    np.savez(tmp_path / "objects.npz", X=np.array([{"a": 1}], dtype=object))
+    assert "object arrays" in error_of(lambda: load_source(str(tmp_path / "objects.npz")))
+    assert "is a directory" in error_of(lambda: load_source(str(tmp_path)))
+
+
+def test_an_input_without_a_batch_dimension_is_refused(tmp_path: Path) -> None:
+    fixed = nncompile.compile_and_load(write_nn(tmp_path, "fixed.nn", """
+        input X: float[5, 4]
+        param W: [4, 1] = zeros()
+        loss = sum(X @ W)
+        minimize loss
+    """))
+    text = error_of(lambda: bind_file(npz(tmp_path, X=np.zeros((5, 4))), fixed))
+    assert "has no batch dimension" in text and "float[N, 64]" in text
+
+
+def test_inputs_with_defaults_may_go_unfed(tmp_path: Path) -> None:
+    module = nncompile.compile_and_load(write_nn(tmp_path, "defaults.nn", """
+        input X: float[N, 2]
+        input scale = 2.0
+        param W: [2, 1] = zeros()
+        loss = scale * sum(X @ W)
+        minimize loss
+    """))
+    assert set(bind_file(npz(tmp_path, X=np.ones((3, 2))), module).arrays) == {"X"}
+
+
+# ---- csv files ---------------------------------------------------------------------------------
+
+def write_csv(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "data.csv"
+    path.write_text(text)
+    return path
+
+
+def test_csv_label_column_and_remaining_columns(tmp_path: Path, module: ModuleType) -> None:
+    path = write_csv(tmp_path, "a,b,c,d,label\n1,2,3,4,0\n5,6,7,8,2\n9,10,11,12,1.0\n")
+    bound = bind_file(path, module)
+    np.testing.assert_array_equal(bound.arrays["X"], [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]])
+    np.testing.assert_array_equal(bound.arrays["y"], [0, 2, 1])
+
+
+def test_csv_column_ranges_and_headerless_files(tmp_path: Path, module: ModuleType) -> None:
+    path = write_csv(tmp_path, "id,p0,p1,p2,p3,cls\n7,1,2,3,4,0\n8,5,6,7,8,1\n")
+    bound = bind_file(path, module, parse_mapping(["X=p0:p3", "y=cls"]))
+    np.testing.assert_array_equal(bound.arrays["X"], [[1, 2, 3, 4], [5, 6, 7, 8]])
+    path = write_csv(tmp_path, "1,2,3,4,0\n5,6,7,8,2\n")
+    bound = bind_file(path, module, {"y": "4", "X": "0:3"})
+    np.testing.assert_array_equal(bound.arrays["y"], [0, 2])
+
+
+def test_a_csv_column_fills_a_one_wide_input(tmp_path: Path) -> None:
+    regression = nncompile.compile_and_load(write_nn(tmp_path, "regression.nn", """
+        input X: float[N, 2]
+        input t: float[N, 1]
+        param W: [2, 1] = zeros()
+        loss = mean((X @ W - t) ** 2)
+        minimize loss
+    """))
+    bound = bind_file(write_csv(tmp_path, "a,b,t\n1,2,3\n4,5,6\n"), regression, {"t": "t"})
+    np.testing.assert_array_equal(bound.arrays["t"], [[3], [6]])
+    np.testing.assert_array_equal(bound.arrays["X"], [[1, 2], [4, 5]])
+    assert bound.labels is None
+
+
+@pytest.mark.parametrize("text, mapping, message", [
+    ("a,b,c,d,label\n1,2,x,4,0\n", None, "line 2, column 'c': 'x' is not a number"),
+    ("a,b,c,d,label\n1,2,3,4,0\n1,2,3\n", None, "line 3 has 3 fields, but the file has 5 columns"),
+    ("a,b,c,d,label\n1,2,3,4,0.5\n", None, "column 'label' for input 'y': row 0 holds 0.5, but y is int[N]"),
+    ("a,b,c,d,label\n1,,3,4,0\n", None, "holds 1 NaN or infinite value(s); the first is in row 0"),
+    ("a,b,c,label\n1,2,3,0\n", None, "array 'a:c' for input 'X' has shape [1, 3], but X is float[N, 4]"),
+    ("a,a,c,d,label\n1,2,3,4,0\n", None, "a repeated column name 'a'"),
+    ("a,b,c,d,label\n", None, "has a header but no rows of data"),
+    ("", None, "the csv file is empty"),
+    ("a,b,c,d,label\n1,2,3,4,0\n", {"X": "a:zz"}, "--map X=a:zz: no column 'zz'"),
+])
+def test_bad_csv_data(tmp_path: Path, module: ModuleType, text: str, mapping, message: str) -> None:
+    path = write_csv(tmp_path, text)
+    assert message in error_of(lambda: bind_file(path, module, mapping))
+
+
+def test_a_bad_csv_cell_is_shown_with_a_caret(tmp_path: Path, module: ModuleType) -> None:
+    path = write_csv(tmp_path, "a,b,c,d,label\n\n1,2,3,4,0\n1,2,oops,4,0\n")
+    lines = error_of(lambda: bind_file(path, module)).splitlines()
+    assert lines[0] == f"{path}:4:5: error: line 4, column 'c': 'oops' is not a number"
+    assert lines[1:] == ["    1,2,oops,4,0", "        ^~~~"]
+
+
+def test_parse_mapping() -> None:
+    assert parse_mapping(["X=images, y=labels", "z=col"]) == {"X": "images", "y": "labels", "z": "col"}
+    assert parse_mapping(None) == {}
+    assert "write INPUT=ARRAY" in error_of(lambda: parse_mapping(["X"]))
+    assert "gives input 'X' twice" in error_of(lambda: parse_mapping(["X=a", "X=b"]))
+
+
+def test_what_the_trainer_reads_from_a_module(module: ModuleType) -> None:
+    assert label_input(module) == "y" and scores_output(module) == "scores"
+
+
+# ---- splits and normalisation ---------------------------------------------------------------------
+
+def test_splits_are_stratified_disjoint_and_fixed() -> None:
+    labels = np.repeat(np.arange(4), [50, 30, 20, 100])
+    data = Dataset({"X": np.arange(200.0)[:, None], "y": labels}, "test", "y")
+    rest, held = split(data, 0.2, salt=1)
+    assert len(held) == 40 and len(rest) == 160
+    assert np.bincount(held.arrays["y"]).tolist() == [10, 6, 4, 20]
+    ids = np.concatenate([rest.arrays["X"][:, 0], held.arrays["X"][:, 0]])
+    assert sorted(ids) == list(range(200))
+    again = split(data, 0.2, salt=1)[1]
+    np.testing.assert_array_equal(again.arrays["X"], held.arrays["X"])
+    other = split(data, 0.2, salt=2)[1]
+    assert not np.array_equal(other.arrays["X"], held.arrays["X"])
+    assert split(data, 0.0, salt=1)[1].arrays["X"].shape == (0, 1)
+    assert "leaves none to train on" in error_of(lambda: split(Dataset({"X": np.zeros((1, 1))}, "t"), 0.9, 1))
+
+
+def test_normalizer_uses_training_statistics_only() -> None:
+    rng = np.random.default_rng(0)
+    train = Dataset({"X": rng.normal(3.0, 2.0, (500, 3)).astype(np.float32), "y": np.zeros(500, int)}, "t", "y")
+    test = Dataset({"X": np.full((2, 3), 3.0, dtype=np.float32), "y": np.zeros(2, int)}, "t", "y")
+    for method in ("center", "standardize", "image"):
+        norm = Normalizer.fit(method, train)
+        out = norm.apply(train).arrays["X"]
+        assert out.dtype == np.float32
+        np.testing.assert_allclose(out.mean(axis=0), 0, atol=1e-5)
+        np.testing.assert_array_equal(norm.apply(test).arrays["y"], test.arrays["y"])   # labels untouched
+        assert set(norm.arrays()) == {"mean/X", "scale/X"}
+    np.testing.assert_allclose(Normalizer.fit("standardize", train).apply(train).arrays["X"].std(axis=0), 1, rtol=1e-4)
+    image = Normalizer.fit("image", train)
+    assert len(set(image.scale["X"].tolist())) == 1       # one scale for every pixel
+    assert Normalizer.fit("none", train).apply(train) is train
+    assert "unknown normalisation" in error_of(lambda: Normalizer.fit("whiten", train))

@@ -1,0 +1,474 @@
+"""Elaboration: names, constants, layers (scoping, shape variables), repeat, imports."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import pytest
+
+from nncompile.elaborate import elaborate, elaborate_file
+from nncompile.errors import NNError
+from nncompile.parser import parse
+
+from conftest import EXAMPLES, write_nn
+
+AFFINE = """
+layer affine(x: [B, K], out: int) -> [B, out] {
+    param W: [K, out] = he()
+    param b: [out] = zeros()
+    return x @ W + b
+}
+"""
+
+
+def model_of(text: str, dtype: str | None = None):
+    return elaborate(parse(textwrap.dedent(text).lstrip("\n"), "m.nn"), dtype)
+
+
+def error_of(text: str) -> NNError:
+    with pytest.raises(NNError) as info:
+        model_of(text)
+    return info.value
+
+
+def shape_of(model, name: str):
+    G = model.graph
+    node = next(n for n in G.nodes() if G[n].name == name)
+    return G[node].shape
+
+
+# ---- names and values -----------------------------------------------------------------
+
+def test_circuit_graph() -> None:
+    m = elaborate_file(EXAMPLES / "circuit.nn")
+    G = m.graph
+    assert list(m.inputs) == ["x", "y", "z"] and m.params == {}
+    assert m.defaults == {"x": -2.0, "y": 5.0, "z": -4.0}
+    f = m.outputs["f"]
+    assert G[f].op == "mul" and G[f].name == "f" and G[f].shape == () and m.target == f
+    q, z = G[f].args
+    assert G[q].op == "add" and G[q].name == "q" and G[z].name == "z"
+    assert (G[f].loc.line, G[f].loc.col) == (8, 5)
+
+
+def test_names_are_bound_in_order_and_reported_when_unknown() -> None:
+    err = error_of("""
+        y = x * 2
+        input x = 1
+        output y
+    """)
+    assert err.message == "unknown name 'x'" and (err.loc.line, err.loc.col) == (1, 5)
+    err = error_of("""
+        input scores: float[3]
+        l = sum(score)
+        output l
+    """)
+    assert err.message == "unknown name 'score'; did you mean 'scores'?"
+
+
+def test_a_name_is_defined_once() -> None:
+    err = error_of("""
+        input x = 1
+        const x = 2
+        output x
+    """)
+    assert err.message == "'x' is already defined" and err.notes[0][1].line == 1
+
+
+def test_inputs_defaults_and_types() -> None:
+    m = model_of("""
+        input a = 3
+        input v: float[3] = [1, 2, 3]
+        input M = [[1, 2], [3, 4]]
+        input k: int = 2
+        input X: float[N, 5]
+        s = a + sum(v) + sum(M) + sum(X)
+        output s
+    """)
+    G = m.graph
+    assert {n: G[i].shape for n, i in m.inputs.items()} == {"a": (), "v": (3,), "M": (2, 2), "k": (), "X": ("N", 5)}
+    assert G[m.inputs["k"]].dtype == "int" and G[m.inputs["X"]].dtype == "float"
+    assert m.defaults == {"a": 3.0, "v": [1.0, 2.0, 3.0], "M": [[1.0, 2.0], [3.0, 4.0]], "k": 2}
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("input x: float[3] = [1, 2]\noutput x\n", "the default of 'x' has shape [2], but the input is declared [3]"),
+    ("input x: int[2] = [1.5, 2]\noutput x\n", "input 'x' is int, but its default is not an integer"),
+    ("input x\noutput x\n", "input 'x' needs a type (like float[N, 3]) or a default value"),
+    ("input x: float[3, 0]\noutput x\n", "a dimension must be a positive integer, not 0"),
+    ("param W: int[3] = zeros()\noutput W\n", "so they must be float"),
+    ("param W: [2] = [1, 2, 3]\noutput W\n", "the initial value has shape [3], but the param is [2]"),
+    ("input x: float[N]\nparam W: [N] = zeros()\noutput W\n", "a param's shape must be known when compiling"),
+    ("input x = 1\ny = he() * x\noutput y\n", "he() is an initialiser: use it in a param declaration"),
+    ("param W: [2] = normal(sd=1)\noutput W\n", "normal() has no argument 'sd'; it takes std, mean"),
+    ("input x = 1\ny = x\n", "the model has no 'output' or 'minimize' statement"),
+    ("input x: float[3]\nminimize x\n", "the loss must be a float scalar, but 'x' is float[3]"),
+    ("input x = 1\nminimize x\nminimize x\n", "only one 'minimize' statement is allowed"),
+    ("input x = 1\nreturn x\n", "'return' is only allowed inside a layer"),
+    ("input x = 1\ny = true\noutput y\n", "true and false are only allowed as op attributes"),
+    ("input x: float[3]\ny = x[0, 1]\noutput y\n", "too many subscripts: the value has shape [3] (1 axes), but 2 are given"),
+    ("const D = 2 / 0\n", "cannot evaluate this constant: division by zero"),
+    ("input x: float[3]\ny = sum(x, axis=x)\noutput y\n", "'x' is a tensor, but a constant is needed here"),
+    ("input x: float[3]\ny = sum(x, axs=0)\noutput y\n", "sum() has no argument 'axs'; it takes axis, keepdims"),
+    ("input x: float[3]\ny = sum(x, 0, axis=0)\noutput y\n", "sum() got 'axis' twice"),
+    ("input x: float[3]\ny = exp(x, 2)\noutput y\n", "exp() takes at most 1 argument, got 2"),
+    ("input x: float[3]\ny = maximum(x)\noutput y\n", "maximum() takes 2 tensor argument(s), got 1"),
+    ("input x: float[3]\ny = reshape(x)\noutput y\n", "reshape() needs a shape, like reshape(x, [2, 3])"),
+    ("input x: float[3]\ny = relu(x) as r\noutput y\n", "'as r' names a layer instance, but relu is not a layer"),
+    ("input x: float[3]\ny = rellu(x)\noutput y\n", "unknown op or layer 'rellu'; did you mean 'relu'?"),
+    ("input x: float[3]\ny = step(x, x)\noutput y\n", "unknown op or layer 'step'"),
+])
+def test_elaboration_errors(text: str, message: str) -> None:
+    with pytest.raises(NNError) as info:
+        elaborate(parse(text, "m.nn"))
+    assert message in info.value.message, info.value.message
+    assert info.value.loc is not None and info.value.loc.file == "m.nn"
+
+
+# ---- constants ------------------------------------------------------------------------
+
+def test_consts_in_shapes_and_expressions() -> None:
+    m = model_of("""
+        const D = 4, H = D * 2, half = H / 2, third = D / 3, reg = 1e-3
+        input X: float[N, D]
+        param W: [D, H] = zeros()
+        param V: [H, half] = zeros()
+        y = sum(X @ W @ V) * reg + third
+        output y
+    """)
+    G = m.graph
+    assert G[m.inputs["X"]].shape == ("N", 4)
+    assert G[m.params["W"]].shape == (4, 8) and G[m.params["V"]].shape == (8, 4)   # 8 / 2 stays an int
+    consts = sorted(G[n].attr("value") for n in G.nodes() if G[n].op == "const")
+    assert consts == sorted([1e-3, 4 / 3])
+
+
+def test_a_dimension_must_be_a_whole_number() -> None:
+    err = error_of("""
+        const D = 3 / 2
+        input x: float[D]
+        output x
+    """)
+    assert err.message == "a dimension must be a positive integer, not 1.5" and err.loc.line == 2
+
+
+def test_dtype_statement_and_override() -> None:
+    assert model_of("input x = 1\noutput x\n").dtype == "float32"
+    assert model_of("dtype float64\ninput x = 1\noutput x\n").dtype == "float64"
+    assert model_of("dtype float64\ninput x = 1\noutput x\n", dtype="float32").dtype == "float32"
+
+
+# ---- layers ---------------------------------------------------------------------------
+
+def test_layer_params_are_scoped_by_the_bound_name() -> None:
+    m = elaborate_file(EXAMPLES / "two_layer.nn")
+    assert list(m.params) == ["fc1.W", "fc1.b", "fc2.W", "fc2.b"]
+    G = m.graph
+    assert G[m.params["fc1.W"]].shape == (3072, 100) and G[m.params["fc2.W"]].shape == (100, 10)
+    assert G[m.params["fc1.W"]].scope == ("fc1",)
+    assert m.layers == {("fc1",): "affine", ("fc2",): "affine"}
+    init = m.param_inits["fc1.W"]
+    assert (init.init, init.fan_in, init.fan_out) == ("he", 3072, 100)
+    assert m.param_inits["fc2.b"].init == "zeros"
+    assert G[m.outputs["scores"]].shape == ("N", 10)
+
+
+def test_scoped_names_are_visible_after_the_call() -> None:
+    m = model_of(AFFINE + """
+        input X: float[N, 3]
+        h = affine(X, out=4) as fc1
+        penalty = sum(fc1.W * fc1.W) + sum(fc1.b)
+        output penalty
+    """)
+    G = m.graph
+    assert m.params["fc1.W"] in nx.ancestors(G.nx, m.outputs["penalty"])
+
+
+def test_unnamed_layer_calls_get_numbered_names() -> None:
+    m = model_of(AFFINE + """
+        input X: float[N, 3]
+        y = relu(affine(X, out=4)) + relu(affine(X, out=4))
+        output y
+    """)
+    assert list(m.params) == ["affine_1.W", "affine_1.b", "affine_2.W", "affine_2.b"]
+
+
+def test_instance_names_must_be_unique() -> None:
+    err = error_of(AFFINE + """
+        input X: float[N, 3]
+        a = affine(X, out=4) as fc
+        b = affine(a, out=4) as fc
+        output b
+    """)
+    assert "the layer instance name 'fc' is already used" in err.message
+
+
+def test_shape_variables_are_bound_from_arguments_and_checked() -> None:
+    m = model_of("""
+        layer pair(a: [B, K], b: [B, K], scale: float = 2) -> [B, K] {
+            param w: [K] = ones()
+            return (a + b) * w * scale
+        }
+        input X: float[N, 4]
+        input Y: float[N, 4]
+        z = pair(X, Y)
+        output z
+    """)
+    assert m.graph[m.params["z.w"]].shape == (4,)          # K bound to 4
+    assert m.graph[m.outputs["z"]].shape == ("N", 4)       # B bound to the symbolic N
+    err = error_of("""
+        layer pair(a: [B, K], b: [B, K]) -> [B, K] {
+            return a + b
+        }
+        input X: float[N, 4]
+        input M: float[5, 4]
+        z = pair(X, M)
+        output z
+    """)
+    assert err.message == ("argument 'b' of pair() must have shape [B, K], but it has shape [5, 4]: "
+                           "dim 1 is 5, expected B = N")
+    assert (err.loc.line, err.loc.col) == (6, 13)
+
+
+def test_layer_result_is_checked_against_its_declared_shape() -> None:
+    err = error_of("""
+        layer f(x: [K]) -> [K] {
+            return sum(x)
+        }
+        input x: float[3]
+        y = f(x)
+        output y
+    """)
+    assert err.message == "the result of f() must have shape [K] (rank 1), but it has shape []"
+
+
+def test_layer_arguments_defaults_and_attributes() -> None:
+    m = model_of("""
+        layer dense(x: [B, K], out: int = 3, std: float = 0.5) -> [B, out] {
+            param W: [K, out] = normal(std=std)
+            return x @ W
+        }
+        input X: float[N, 2]
+        a = dense(X)
+        b = dense(a, 5, std=0.1)
+        output b
+    """)
+    assert m.graph[m.params["a.W"]].shape == (2, 3)
+    assert m.graph[m.params["b.W"]].shape == (3, 5)
+    assert dict(m.param_inits["a.W"].args)["std"] == 0.5 and dict(m.param_inits["b.W"].args)["std"] == 0.1
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    ("affine(X, outs=4)", "affine() has no argument 'outs'; did you mean 'out'?"),
+    ("affine(X)", "affine() is missing argument 'out'"),
+    ("affine(X, 4, 5)", "affine() takes 2 argument(s) but 3 were given"),
+    ("affine(X, 4, out=4)", "affine() got argument 'out' twice"),
+    ("affine(X, out=2.5)", "affine() needs an int for 'out', not 2.5"),
+    ("affine(X, out=X)", "'X' is a tensor, but a constant is needed here"),
+    ("affine(L, out=4)", "'@' needs floats, but 'L' is int[N, 3]"),
+    ("affine(V, out=4)", "argument 'x' of affine() must have shape [B, K] (rank 2), but it has shape [3]"),
+])
+def test_layer_call_errors(call: str, message: str) -> None:
+    err = error_of(AFFINE + f"""
+        input X: float[N, 3]
+        input L: int[N, 3]
+        input V: float[3]
+        h = {call}
+        output h
+    """)
+    assert err.message == message
+
+
+def test_layers_see_consts_but_not_outer_tensors() -> None:
+    m = model_of("""
+        const scale = 3
+        layer f(x) {
+            return x * scale
+        }
+        input a = 2
+        y = f(a)
+        output y
+    """)
+    assert m.outputs
+    err = error_of("""
+        input t = 1
+        layer f(x) {
+            return x * t
+        }
+        input a = 2
+        y = f(a)
+        output y
+    """)
+    assert err.message == "unknown name 't'" and err.loc.line == 3
+    assert err.notes == (("in layer 'f' called here as 'y'", err.notes[0][1]),) and err.notes[0][1].line == 6
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("layer relu(x) {\n  return x\n}\ninput x = 1\noutput x\n", "'relu' is a built-in op"),
+    ("layer f(x) {\n  return x\n}\nlayer f(y) {\n  return y\n}\ninput x = 1\noutput x\n", "layer 'f' is already defined"),
+    ("layer f(x, x) {\n  return x\n}\ninput x = 1\noutput x\n", "layer 'f' has two arguments named 'x'"),
+    ("layer f(x) {\n  y = x\n}\ninput a = 1\nb = f(a)\noutput b\n", "layer 'f' has no 'return' statement"),
+    ("layer f(x) {\n  return x\n  y = x\n}\ninput a = 1\nb = f(a)\noutput b\n", "statements after 'return' are never run"),
+    ("layer f(x) {\n  input z = 1\n  return x\n}\ninput a = 1\nb = f(a)\noutput b\n",
+     "input statements are not allowed inside layer 'f'"),
+])
+def test_layer_definition_errors(text: str, message: str) -> None:
+    with pytest.raises(NNError) as info:
+        elaborate(parse(text, "m.nn"))
+    assert message in info.value.message
+
+
+# ---- repeat ---------------------------------------------------------------------------
+
+def test_repeat_unrolls_with_numbered_scopes() -> None:
+    m = model_of("""
+        const L = 3
+        layer block(x: [B, K]) -> [B, K] {
+            param W: [K, K] = xavier()
+            return relu(x @ W)
+        }
+        input X: float[N, 4]
+        h = repeat L block(X)
+        output h
+    """)
+    assert list(m.params) == ["h.1.W", "h.2.W", "h.3.W"]
+    assert set(m.layers) == {("h.1",), ("h.2",), ("h.3",)}
+    G = m.graph
+    # a chain: each block's matmul takes the previous block's result
+    matmuls = sorted((n for n in G.nodes() if G[n].op == "matmul"), key=lambda n: G[n].scope)
+    assert [G[n].scope for n in matmuls] == [("h.1",), ("h.2",), ("h.3",)]
+    assert G[matmuls[0]].args[0] == m.inputs["X"]
+    for prev, nxt in zip(matmuls, matmuls[1:]):
+        relu = G[nxt].args[0]
+        assert G[relu].op == "relu" and G[relu].args[0] == prev
+
+
+def test_repeat_passes_the_other_arguments_to_every_copy() -> None:
+    m = elaborate_file(EXAMPLES / "mlp.nn")
+    assert list(m.params) == ["h1.W", "h1.b", "h2.W", "h2.b", "h3.1.W", "h3.1.b", "h3.2.W", "h3.2.b",
+                              "scores.W", "scores.b"]
+    assert all(m.graph[m.params[f"h3.{i}.W"]].shape == (128, 128) for i in (1, 2))
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("h = repeat 0 block(X)", "repeat needs a positive whole number of times, not 0"),
+    ("h = repeat 1.5 block(X)", "repeat needs a positive whole number of times, not 1.5"),
+    ("h = repeat 2 relu(X)", "repeat applies a layer, but 'relu' is not one"),
+    ("h = repeat 2 block()", "repeat feeds each result into the layer's first argument"),
+])
+def test_repeat_errors(line: str, message: str) -> None:
+    err = error_of(f"""
+        layer block(x: [B, K]) -> [B, K] {{
+            return x
+        }}
+        input X: float[N, 4]
+        {line}
+        output h
+    """)
+    assert message in err.message
+
+
+# ---- imports --------------------------------------------------------------------------
+
+def test_import_a_file_of_layers(tmp_path: Path) -> None:
+    write_nn(tmp_path, "layers.nn", """
+        const HIDDEN = 5
+        layer affine(x: [B, K], out: int) -> [B, out] {
+            param W: [K, out] = he()
+            return x @ W
+        }
+    """)
+    path = write_nn(tmp_path, "model.nn", """
+        import "layers.nn"
+        input X: float[N, 3]
+        h = affine(X, out=HIDDEN) as fc
+        output h
+    """)
+    m = elaborate_file(path)
+    assert list(m.params) == ["fc.W"] and m.graph[m.params["fc.W"]].shape == (3, 5)
+
+
+def test_imports_nest_relative_to_the_importing_file_and_load_once(tmp_path: Path) -> None:
+    write_nn(tmp_path, "lib/base.nn", "const D = 2\n")
+    write_nn(tmp_path, "lib/a.nn", 'import "base.nn"\nlayer twice(x) {\n    return 2 * x\n}\n')
+    write_nn(tmp_path, "lib/b.nn", 'import "base.nn"\nlayer thrice(x) {\n    return 3 * x\n}\n')
+    path = write_nn(tmp_path, "model.nn", """
+        import "lib/a.nn"
+        import "lib/b.nn"
+        input x: float[D]
+        y = twice(thrice(x))
+        output y
+    """)
+    m = elaborate_file(path)
+    assert m.graph[m.inputs["x"]].shape == (2,)
+
+
+def test_errors_in_imported_files_point_into_them(tmp_path: Path) -> None:
+    write_nn(tmp_path, "lib/bad.nn", "layer f(x) {\n    return x +\n}\n")
+    path = write_nn(tmp_path, "model.nn", 'import "lib/bad.nn"\ninput x = 1\noutput x\n')
+    with pytest.raises(NNError) as info:
+        elaborate_file(path)
+    assert Path(info.value.loc.file) == tmp_path / "lib" / "bad.nn" and info.value.loc.line == 2
+
+
+@pytest.mark.parametrize(("files", "message"), [
+    ({"model.nn": 'import "model.nn"\ninput x = 1\noutput x\n'}, "import cycle: model.nn imports model.nn"),
+    ({"model.nn": 'import "a.nn"\ninput x = 1\noutput x\n', "a.nn": 'import "b.nn"\n', "b.nn": 'import "model.nn"\n'},
+     "import cycle: model.nn imports a.nn imports b.nn imports model.nn"),
+    ({"model.nn": 'import "nope.nn"\ninput x = 1\noutput x\n'}, 'cannot import "nope.nn": there is no file'),
+    ({"model.nn": 'import "a.nn"\ninput x = 1\noutput x\n', "a.nn": "input y = 2\n"},
+     "an imported file may only define consts and layers, and import others"),
+    ({"model.nn": 'import "a.nn"\nconst D = 1\ninput x = 1\noutput x\n', "a.nn": "const D = 2\n"},
+     "'D' is already defined"),
+    ({"model.nn": "import nosuchlib\ninput x = 1\noutput x\n"}, "no standard library module 'nosuchlib'"),
+])
+def test_import_errors(tmp_path: Path, files: dict[str, str], message: str) -> None:
+    for name, text in files.items():
+        write_nn(tmp_path, name, text)
+    with pytest.raises(NNError) as info:
+        elaborate_file(tmp_path / "model.nn")
+    assert message in info.value.message
+
+
+# ---- what the model records -----------------------------------------------------------
+
+def test_int_bounds_come_from_the_scores() -> None:
+    m = elaborate_file(EXAMPLES / "two_layer.nn")
+    assert m.int_bounds == {"y": 10}
+    m = model_of("""
+        input s: float[N, 7]
+        input labels: int[N]
+        loss = softmax_cross_entropy(s, labels)
+        minimize loss
+    """)
+    assert m.int_bounds == {"labels": 7}
+
+
+def test_outputs_and_target() -> None:
+    m = elaborate_file(EXAMPLES / "two_layer.nn")
+    assert list(m.outputs) == ["scores", "loss"] and m.target == m.loss == m.outputs["loss"]
+    m = model_of("input x: float[3]\ny = x * 2\noutput y\n")
+    assert m.target is None                               # no loss, and the output is not a scalar
+    m = model_of("input x: float[3]\ny = sum(x)\nz = x\noutput y, z\n")
+    assert m.target is None                               # two outputs and no 'minimize'
+
+
+def test_every_node_keeps_the_users_location() -> None:
+    m = elaborate_file(EXAMPLES / "two_layer.nn")
+    G = m.graph
+    for n in G.nodes():
+        node = G[n]
+        if node.op in ("const",) and node.loc is None:
+            continue
+        assert node.loc is not None and node.loc.file.endswith("two_layer.nn"), node
+    matmul_lines = {G[n].loc.line for n in G.nodes() if G[n].op == "matmul"}
+    assert matmul_lines == {12}                           # inside the layer body, where the user wrote '@'
+
+
+def test_shapes_are_inferred_as_nodes_are_built() -> None:
+    m = elaborate_file(EXAMPLES / "two_layer.nn")
+    assert shape_of(m, "h") == ("N", 100)
+    assert shape_of(m, "data_loss") == ()
+    assert np.all([m.graph[n].dtype in ("float", "int") for n in m.graph.nodes()])

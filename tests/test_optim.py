@@ -1,0 +1,330 @@
+"""The compiled optimisers (nncompile/optim.py): each one matches its textbook update rule,
+converges on a convex least-squares problem, works in place, and is emitted
+deterministically into a module that imports only numpy."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import write_nn
+
+import nncompile
+from nncompile.errors import NNError
+from nncompile.optim import OPTIMIZERS, Optimizer, emit_optimizer
+
+# 0.5 * mean squared error of a linear model with a bias: convex, with a closed-form optimum.
+LEAST_SQUARES = """
+    input X: float[N, 3]
+    input t: float[N, 2]
+    param W: [3, 2] = normal(std=0.5)
+    param b: [2] = zeros()
+    r = X @ W + b - t
+    loss = 0.5 * mean(r ** 2)
+    minimize loss
+"""
+
+NAMES = sorted(OPTIMIZERS)
+
+
+@pytest.fixture(scope="module")
+def least_squares_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_nn(tmp_path_factory.mktemp("optim"), "least_squares.nn", LEAST_SQUARES)
+
+
+def compiled(path: Path, optimizer: str | Optimizer, dtype: str = "float64") -> Any:
+    name = optimizer if isinstance(optimizer, str) else optimizer.name
+    return nncompile.load_module(nncompile.compile_file(path, dtype=dtype, optimizer=optimizer), f"ls_{name}")
+
+
+def problem(seed: int = 0, n: int = 64) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 3))
+    t = X @ rng.standard_normal((3, 2)) + rng.standard_normal(2) + 0.1 * rng.standard_normal((n, 2))
+    return {"X": X, "t": t}
+
+
+def optimal_loss(data: dict[str, np.ndarray]) -> float:
+    A = np.hstack([data["X"], np.ones((len(data["X"]), 1))])
+    solution = np.linalg.lstsq(A, data["t"], rcond=None)[0]
+    return 0.5 * float(np.mean((A @ solution - data["t"]) ** 2))
+
+
+# ---- the textbook rules, written out independently of the emitter -------------------------
+
+HYPER = {
+    "sgd": {},
+    "momentum": {"momentum": 0.9},
+    "nesterov": {"momentum": 0.9},
+    "adagrad": {"eps": 1e-8},
+    "rmsprop": {"decay_rate": 0.99, "eps": 1e-8},
+    "adam": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
+    "adamw": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.01},
+}
+
+
+def textbook_step(name: str, p: np.ndarray, g: np.ndarray, mem: dict[str, np.ndarray], lr: float, t: int,
+                  h: dict[str, float]) -> np.ndarray:
+    """One update of a single param as the CS231n notes and the papers write it; returns the new p."""
+    if name == "sgd":
+        return p - lr * g
+    if name == "momentum":
+        mem["v"] = h["momentum"] * mem["v"] - lr * g
+        return p + mem["v"]
+    if name == "nesterov":                     # CS231n: x += -mu * v_prev + (1 + mu) * v
+        v_prev = mem["v"].copy()
+        mem["v"] = h["momentum"] * mem["v"] - lr * g
+        return p - h["momentum"] * v_prev + (1 + h["momentum"]) * mem["v"]
+    if name == "adagrad":
+        mem["cache"] = mem["cache"] + g ** 2
+        return p - lr * g / (np.sqrt(mem["cache"]) + h["eps"])
+    if name == "rmsprop":
+        mem["cache"] = h["decay_rate"] * mem["cache"] + (1 - h["decay_rate"]) * g ** 2
+        return p - lr * g / (np.sqrt(mem["cache"]) + h["eps"])
+    if name == "adamw":                        # Loshchilov & Hutter: decay the weights, then Adam
+        p = p - lr * h["weight_decay"] * p
+    mem["m"] = h["beta1"] * mem["m"] + (1 - h["beta1"]) * g
+    mem["v"] = h["beta2"] * mem["v"] + (1 - h["beta2"]) * g ** 2
+    m_hat = mem["m"] / (1 - h["beta1"] ** t)
+    v_hat = mem["v"] / (1 - h["beta2"] ** t)
+    return p - lr * m_hat / (np.sqrt(v_hat) + h["eps"])
+
+
+def textbook_run(name: str, params: dict[str, np.ndarray], grads_seq: list[dict[str, np.ndarray]],
+                 lrs: list[float], h: dict[str, float], clip_norm: float | None = None) -> dict[str, np.ndarray]:
+    params = {k: v.copy() for k, v in params.items()}
+    memory = {k: {"v": np.zeros_like(v), "m": np.zeros_like(v), "cache": np.zeros_like(v)} for k, v in params.items()}
+    for t, (grads, lr) in enumerate(zip(grads_seq, lrs), start=1):
+        if clip_norm is not None:
+            norm = np.sqrt(sum(np.sum(g ** 2) for g in grads.values()))
+            if norm > clip_norm:
+                grads = {k: g * (clip_norm / norm) for k, g in grads.items()}
+        for k in params:
+            params[k] = textbook_step(name, params[k], grads[k], memory[k], lr, t, h)
+    return params
+
+
+def random_grads(seed: int, steps: int = 4) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{"W": rng.standard_normal((3, 2)), "b": rng.standard_normal(2)} for _ in range(steps)]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_step_matches_the_textbook_formula(name: str, least_squares_path: Path) -> None:
+    module = compiled(least_squares_path, name)
+    params = module.init_params(3)
+    opt_state = module.init_opt_state(params)
+    grads = random_grads(1, steps=1)[0]
+    before = {k: v.copy() for k, v in params.items()}
+    module.apply_update(params, grads, opt_state, 0.05)
+    expected = textbook_run(name, before, [grads], [0.05], HYPER[name])
+    for k in params:
+        np.testing.assert_allclose(params[k], expected[k], rtol=1e-12, atol=1e-15, err_msg=f"{name}: {k}")
+    assert opt_state["step"] == 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_several_steps_with_a_changing_rate_match_the_textbook(name: str, least_squares_path: Path) -> None:
+    """The state (velocity, caches, moments, the step count for bias correction) carries over."""
+    module = compiled(least_squares_path, name)
+    params = module.init_params(0)
+    opt_state = module.init_opt_state(params)
+    grads_seq, lrs = random_grads(2), [0.1, 0.05, 0.02, 0.01]
+    expected = textbook_run(name, params, grads_seq, lrs, HYPER[name])
+    for grads, lr in zip(grads_seq, lrs):
+        module.apply_update(params, grads, opt_state, lr)
+    for k in params:
+        np.testing.assert_allclose(params[k], expected[k], rtol=1e-12, atol=1e-15, err_msg=f"{name}: {k}")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_clipping_by_global_norm(name: str, least_squares_path: Path) -> None:
+    module = compiled(least_squares_path, Optimizer(name, clip_norm=0.5))
+    params = module.init_params(0)
+    opt_state = module.init_opt_state(params)
+    grads_seq = random_grads(3)   # global norms around 3: every step is clipped
+    originals = [{k: g.copy() for k, g in grads.items()} for grads in grads_seq]
+    expected = textbook_run(name, params, grads_seq, [0.1] * 4, HYPER[name], clip_norm=0.5)
+    for grads in grads_seq:
+        module.apply_update(params, grads, opt_state, 0.1)
+    for k in params:
+        np.testing.assert_allclose(params[k], expected[k], rtol=1e-12, atol=1e-15, err_msg=f"{name}: {k}")
+    for grads, original in zip(grads_seq, originals):   # the caller's gradients are never written
+        for k in grads:
+            np.testing.assert_array_equal(grads[k], original[k])
+
+
+def test_clipping_leaves_small_gradients_alone(least_squares_path: Path) -> None:
+    clipped, plain = compiled(least_squares_path, Optimizer("sgd", clip_norm=100.0)), compiled(least_squares_path, "sgd")
+    grads = random_grads(4, steps=1)[0]
+    a, b = clipped.init_params(0), plain.init_params(0)
+    clipped.apply_update(a, grads, clipped.init_opt_state(a), 0.1)
+    plain.apply_update(b, grads, plain.init_opt_state(b), 0.1)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_hyperparameters_compiled_in_and_overridden_per_call(least_squares_path: Path) -> None:
+    module = compiled(least_squares_path, Optimizer("adam", {"beta1": 0.5, "eps": 1e-6}))
+    assert module.HYPERPARAMS == {"beta1": 0.5, "beta2": 0.999, "eps": 1e-6, "clip_norm": None}
+    grads_seq = random_grads(5, steps=2)
+    params = module.init_params(0)
+    expected = textbook_run("adam", params, grads_seq, [0.1, 0.1], {"beta1": 0.5, "beta2": 0.999, "eps": 1e-6})
+    opt_state = module.init_opt_state(params)
+    for grads in grads_seq:
+        module.apply_update(params, grads, opt_state, 0.1)
+    for k in params:
+        np.testing.assert_allclose(params[k], expected[k], rtol=1e-12)
+    params = module.init_params(0)
+    expected = textbook_run("adam", params, grads_seq, [0.1, 0.1], {"beta1": 0.8, "beta2": 0.9, "eps": 1e-6})
+    opt_state = module.init_opt_state(params)
+    for grads in grads_seq:
+        module.apply_update(params, grads, opt_state, 0.1, beta1=0.8, beta2=0.9)
+    for k in params:
+        np.testing.assert_allclose(params[k], expected[k], rtol=1e-12)
+
+
+# ---- convergence on a convex problem --------------------------------------------------------
+
+RATES = {"sgd": 0.1, "momentum": 0.05, "nesterov": 0.05, "adagrad": 0.5, "rmsprop": 0.01, "adam": 0.05,
+         "adamw": 0.05}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_converges_on_least_squares(name: str, least_squares_path: Path) -> None:
+    spec = Optimizer("adamw", {"weight_decay": 1e-4}) if name == "adamw" else name
+    module = compiled(least_squares_path, spec)
+    data = problem()
+    best = optimal_loss(data)
+    params = module.init_params(0)
+    opt_state = module.init_opt_state(params)
+    start = float(module.forward(params, **data)["loss"])
+    lr = RATES[name]
+    for i in range(600):
+        # a decaying rate lets the adaptive methods settle instead of hovering at a fixed step size
+        module.step(params, opt_state, lr / (1 + i / 100) if name in ("rmsprop", "adam", "adamw") else lr, **data)
+    final = float(module.forward(params, **data)["loss"])
+    assert final - best < 1e-6 * (start - best), f"{name}: loss {final} vs optimum {best} (started at {start})"
+
+
+def test_step_is_value_and_grad_then_apply_update(least_squares_path: Path) -> None:
+    module = compiled(least_squares_path, "momentum")
+    data = problem(1, n=16)
+    a, b = module.init_params(0), module.init_params(0)
+    sa, sb = module.init_opt_state(a), module.init_opt_state(b)
+    for _ in range(3):
+        outputs = module.step(a, sa, 0.1, **data)
+        expected_outputs, grads = module.value_and_grad(b, **data)
+        module.apply_update(b, grads, sb, 0.1)
+        assert float(outputs["loss"]) == float(expected_outputs["loss"])
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+        np.testing.assert_array_equal(sa["v"][k], sb["v"][k])
+
+
+# ---- in place, dtype, state --------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", NAMES)
+def test_updates_params_and_state_in_place_and_keeps_float32(name: str, least_squares_path: Path) -> None:
+    module = compiled(least_squares_path, name, dtype="float32")
+    params = module.init_params(0)
+    arrays = dict(params)
+    opt_state = module.init_opt_state(params)
+    slots = {slot: dict(opt_state[slot]) for slot in module.SLOTS}
+    data = {k: v.astype(np.float32) for k, v in problem(2, n=8).items()}
+    before = {k: v.copy() for k, v in params.items()}
+    module.step(params, opt_state, np.float64(0.01), **data)
+    for k, array in params.items():
+        assert array is arrays[k], "params must be updated in place"
+        assert array.dtype == np.float32
+        assert not np.array_equal(array, before[k])
+    for slot, table in slots.items():
+        for k, array in opt_state[slot].items():
+            assert array is table[k] and array.dtype == np.float32
+
+
+def test_init_opt_state_layout(least_squares_path: Path) -> None:
+    module = compiled(least_squares_path, "adam")
+    params = module.init_params(0)
+    opt_state = module.init_opt_state(params)
+    assert module.OPTIMIZER == "adam" and module.SLOTS == ("m", "v") and module.TRAINABLE == ("W", "b")
+    assert opt_state["step"] == 0 and set(opt_state) == {"step", "m", "v"}
+    assert all(np.array_equal(opt_state["m"][k], np.zeros_like(params[k])) for k in params)
+
+
+def test_step_passes_model_state_through(tmp_path: Path) -> None:
+    """A model with running statistics: step returns (outputs, new_state) like value_and_grad."""
+    path = write_nn(tmp_path, "bn.nn", """
+        input X: float[N, 2]
+        input t: float[N, 2]
+        param W: [2, 2] = normal(std=0.5)
+        state running_mean: [2] = zeros()
+        train {
+            mu = mean(X, axis=0)
+            update running_mean = 0.5 * running_mean + 0.5 * mu
+        }
+        eval {
+            mu = running_mean
+        }
+        r = (X - mu) @ W - t
+        loss = 0.5 * mean(r ** 2)
+        minimize loss
+    """)
+    module = compiled(path, "sgd")
+    params, model_state = module.init_params(0), module.init_state(0)
+    opt_state = module.init_opt_state(params)
+    X = np.array([[1.0, 2.0], [3.0, 4.0]])
+    outputs, new_state = module.step(params, opt_state, 0.1, model_state, None, X=X, t=np.zeros((2, 2)))
+    assert "loss" in outputs
+    np.testing.assert_allclose(new_state["running_mean"], [1.0, 1.5])
+
+
+# ---- the emitted source --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", NAMES)
+def test_emitted_source_is_deterministic_and_imports_only_numpy(name: str, least_squares_path: Path) -> None:
+    spec = Optimizer(name, clip_norm=1.0)
+    first = nncompile.compile_file(least_squares_path, optimizer=spec)
+    assert first == nncompile.compile_file(least_squares_path, optimizer=spec)
+    imports = set()
+    for node in ast.walk(ast.parse(first)):
+        if isinstance(node, ast.Import):
+            imports.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            imports.add(node.module or "")
+    assert imports == {"numpy"}
+    assert "out=" in first and "for name in TRAINABLE" in first   # fused in-place ufuncs; the norm loop
+
+
+def test_emit_optimizer_alone() -> None:
+    source = emit_optimizer("momentum", ["a.W", "a.b"], momentum=0.5)
+    assert "def apply_update(params, grads, opt_state, lr, /, *, momentum=0.5, clip_norm=None):" in source
+    assert "_momentum_update(params['a.W'], grads['a.W'], v['a.W']" in source
+    compile(source, "<optim>", "exec")
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda: Optimizer("lbfgs"), "unknown optimizer 'lbfgs'"),
+    (lambda: Optimizer("sgd", {"momentum": 0.9}), "the sgd optimizer has no hyperparameter 'momentum'"),
+    (lambda: Optimizer("adam", {"beta1": 1.0}), "beta1 must lie in [0, 1)"),
+    (lambda: Optimizer("adam", {"eps": 0.0}), "eps must be positive"),
+    (lambda: Optimizer("adamw", {"weight_decay": -1.0}), "weight_decay must not be negative"),
+    (lambda: Optimizer("sgd", clip_norm=0.0), "clip_norm must be a positive number"),
+])
+def test_bad_optimizer_settings(bad: Any, message: str) -> None:
+    with pytest.raises(NNError) as info:
+        bad()
+    assert message in str(info.value)
+
+
+def test_a_model_without_a_loss_cannot_get_an_optimizer(tmp_path: Path) -> None:
+    path = write_nn(tmp_path, "two_outputs.nn", """
+        input x = 1.0
+        a = x * 2
+        b = x * 3
+        output a, b
+    """)
+    with pytest.raises(NNError, match="nothing to minimise"):
+        nncompile.compile_file(path, optimizer="sgd")

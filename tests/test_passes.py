@@ -1,0 +1,202 @@
+"""The optimisation passes: each does its one job, on the forward and backward graph alike,
+and none changes what the model computes."""
+from __future__ import annotations
+
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nncompile.codegen import emit_module
+from nncompile.compiler import build, load_module
+from nncompile.elaborate import elaborate, elaborate_file
+from nncompile.parser import parse
+from nncompile.passes import Roots, eliminate_common_subexpressions, eliminate_dead_code, fold_constants
+
+from conftest import EXAMPLE_FILES, EXAMPLES, example_inputs, value_and_grad
+
+
+def program_of(text: str, optimized: bool = True):
+    model = elaborate(parse(textwrap.dedent(text).lstrip("\n"), "p.nn"), "float64")
+    return build(model, optimized=optimized)
+
+
+def ops(program) -> Counter:
+    G = program.graph
+    return Counter(G[n].op for n in G.nodes() if G[n].op not in ("input", "param", "const"))
+
+
+def module_of(program):
+    return load_module(emit_module(program), "p")
+
+
+def test_common_subexpressions_are_computed_once() -> None:
+    program = program_of("""
+        input x: float[3]
+        input y: float[3]
+        a = exp(x * y)
+        b = exp(x * y)
+        f = a + b
+        output f
+    """)
+    assert ops(program) == {"mul": 1, "exp": 1, "add": 1}
+    out = module_of(program).forward({}, x=np.array([1.0, 2, 3]), y=np.array([0.5, 0, -1]))
+    np.testing.assert_allclose(out["f"], 2 * np.exp([0.5, 0, -3]))
+
+
+def test_constants_are_folded() -> None:
+    program = program_of("""
+        const k = 3
+        input x: float[3]
+        f = x * (2 * k) + exp(0) * 4
+        output f
+    """)
+    G = program.graph
+    assert ops(program) == {"mul": 1, "add": 1}
+    assert not [n for n in G.nodes() if G[n].args and all(G[a].op == "const" for a in G[n].args)]
+    values = sorted(float(G[n].attr("value")) for n in G.nodes() if G[n].op == "const")
+    assert values == [4.0, 6.0]
+    np.testing.assert_allclose(module_of(program).forward({}, x=np.ones(3))["f"], np.full(3, 10.0))
+
+
+def test_dead_code_is_removed_but_inputs_and_params_stay() -> None:
+    program = program_of("""
+        input x: float[3]
+        input unused: float[2]
+        param p: [2] = ones()
+        waste = exp(unused) * p
+        f = x * 2
+        output f
+    """)
+    assert ops(program) == {"mul": 1}
+    m = module_of(program)
+    assert set(m.INPUTS) == {"x", "unused"} and set(m.PARAMS) == {"p"}
+
+
+# Regression: a pass may replace a declared output node (`f = x * 1` becomes x itself;
+# below, CSE merges two outputs); the module must still return every output by name.
+@pytest.mark.parametrize(("expr", "remaining"), [
+    ("x * 1", {}),
+    ("1 * x + 0", {}),
+    ("(x - 0) / 1", {}),
+    ("-(-x)", {}),
+    ("x ** 1", {}),
+    ("x ** 2", {"mul": 1}),
+])
+def test_algebraic_identities(expr: str, remaining: dict) -> None:
+    program = program_of(f"""
+        input x: float[3]
+        f = {expr}
+        output f
+    """)
+    assert ops(program) == remaining
+    x = np.array([1.0, -2.0, 3.0])
+    out = module_of(program).forward({}, x=x)["f"]
+    np.testing.assert_allclose(out, eval(expr.replace("x", "xv"), {"xv": x}))
+    assert out is not x, "an output must not alias the caller's input"
+
+
+def test_outputs_merged_by_cse_are_each_returned() -> None:
+    program = program_of("""
+        input x: float[2]
+        a = x * 3
+        b = x * 3
+        output a, b
+    """)
+    assert ops(program) == {"mul": 1}
+    out = module_of(program).forward({}, x=np.array([1.0, 2.0]))
+    assert set(out) == {"a", "b"} and out["a"] is not out["b"]
+    np.testing.assert_array_equal(out["a"], [3.0, 6.0])
+    np.testing.assert_array_equal(out["b"], [3.0, 6.0])
+
+
+def test_identities_never_lose_broadcasting() -> None:
+    program = program_of("""
+        input x: float[3]
+        f = x * [[1], [1]]
+        output f
+    """)
+    out = module_of(program).forward({}, x=np.array([1.0, 2.0, 3.0]))["f"]
+    assert out.shape == (2, 3)
+
+
+def test_the_backward_graph_is_optimised_too() -> None:
+    """(x + y) * z: after simplification df/dx = df/dy = z and df/dz = q, with no arithmetic
+    left in the backward pass (the seed 1.0 multiplies away, the two equal adjoints merge)."""
+    model = elaborate_file(EXAMPLES / "circuit.nn", "float64")
+    program = build(model)
+    assert ops(program) == {"add": 1, "mul": 1}
+    G = program.graph
+    assert program.grads["x"] == program.grads["y"] == model.inputs["z"]
+    assert G[program.grads["z"]].op == "add" and G[program.grads["z"]].name == "q"
+
+
+def test_unoptimised_build_keeps_every_gate() -> None:
+    program = program_of("""
+        input x: float[3]
+        f = x * 1 + 0
+        output f
+    """, optimized=False)
+    assert ops(program) == {"mul": 1, "add": 1}
+
+
+@pytest.mark.parametrize("example", EXAMPLE_FILES, ids=lambda p: p.name)
+def test_optimisation_preserves_values_and_gradients(example: Path) -> None:
+    fast = load_module(emit_module(build(elaborate_file(example, "float64"))), "fast")
+    plain = load_module(emit_module(build(elaborate_file(example, "float64"), optimized=False)), "plain")
+    inputs = example_inputs(fast)
+    params = fast.init_params(1)
+    out_fast, grads_fast = value_and_grad(fast, params, inputs)
+    out_plain, grads_plain = value_and_grad(plain, params, inputs)
+    assert out_fast.keys() == out_plain.keys() and grads_fast.keys() == grads_plain.keys()
+    for k in out_fast:
+        np.testing.assert_allclose(out_fast[k], out_plain[k], rtol=1e-12, atol=1e-14, err_msg=k)
+    for k in grads_fast:
+        np.testing.assert_allclose(grads_fast[k], grads_plain[k], rtol=1e-12, atol=1e-14, err_msg=k)
+
+
+def test_optimised_graph_is_smaller() -> None:
+    fast = build(elaborate_file(EXAMPLES / "two_layer.nn", "float64"))
+    plain = build(elaborate_file(EXAMPLES / "two_layer.nn", "float64"), optimized=False)
+    assert sum(ops(fast).values()) < sum(ops(plain).values())
+
+
+def test_passes_are_deterministic() -> None:
+    def listing():
+        program = build(elaborate_file(EXAMPLES / "mlp.nn", "float64"))
+        G = program.graph
+        return [(G[n].op, G[n].args, G[n].attrs, G[n].name) for n in G.topological()]
+    assert listing() == listing()
+
+
+# ---- the passes one at a time, on a hand-built graph ----------------------------------
+
+def _graph():
+    model = elaborate(parse("input x: float[2]\na = x * 2\nb = x * 2\nc = a + b\nd = exp(x)\noutput c\n", "g.nn"))
+    return model, model.graph
+
+
+def test_cse_merges_and_keeps_roots_pointing_at_the_survivor() -> None:
+    model, G = _graph()
+    roots = Roots({("out", "c"): model.outputs["c"]})
+    eliminate_common_subexpressions(G, roots)
+    c = roots[("out", "c")]
+    assert G[c].args[0] == G[c].args[1]           # a and b are one value now
+    assert Counter(G[n].op for n in G.nodes())["mul"] == 1
+
+
+def test_dce_keeps_exactly_what_the_roots_need() -> None:
+    model, G = _graph()
+    roots = Roots({("out", "c"): model.outputs["c"]})
+    eliminate_dead_code(G, roots)
+    assert "exp" not in {G[n].op for n in G.nodes()}
+    assert model.inputs["x"] in G
+
+
+def test_folding_leaves_non_constant_work_alone() -> None:
+    model, G = _graph()
+    before = Counter(G[n].op for n in G.nodes())
+    fold_constants(G, Roots({("out", "c"): model.outputs["c"]}))
+    assert Counter(G[n].op for n in G.nodes()) == before
