@@ -248,6 +248,11 @@ def reduce_call(ufunc: str) -> Emit:
 
 def _emit_sum_to(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
     dropped, kept = attrs["dropped"], attrs["kept"]
+    if dropped == (0,) and not kept and len(attrs["shape"]) == 1:
+        # A bias gradient, the column sums of [N, M]: as ones @ g it is one BLAS gemv,
+        # about twice as fast as a strided add.reduce.
+        into = f", out={out}" if out else ""
+        return f"{ctx.xp}.matmul({ctx.xp}.ones(len({args[0]}), dtype={ctx.dtype}), {args[0]}{into})"
     if not kept:
         return _reduce(ctx, "add", args[0], dropped, out=out)
     if not dropped:
