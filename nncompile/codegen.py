@@ -244,7 +244,10 @@ class _Emitter:
         """The module-level ElementwiseKernel computing a fused node (one per distinct expression)."""
         key = (node.attr("expr"), len(node.args))
         if key not in self.kernels:
-            self.kernels[key] = f"_kernel_{var}"
+            name, taken = f"_kernel_{var}", set(self.kernels.values())
+            while name in taken:  # the same variable name in another function or mode
+                name += "_"
+            self.kernels[key] = name
         return self.kernels[key]
 
     def kernel_definitions(self) -> list[str]:

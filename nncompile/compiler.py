@@ -80,7 +80,7 @@ def compile_file(path: str | Path, *, dtype: str | None = None, optimized: bool 
         evaluation = elaborate_file(path, dtype, mode="eval")
         program.eval_program = build(evaluation, optimized=optimized, fuse=backend == "cupy", differentiate=False)
     source = emit_module(program, trace=trace, backend=backend)
-    return source if optimizer is None else source + optimizer_source(model, optimizer)
+    return source if optimizer is None else source + optimizer_source(model, optimizer, backend)
 
 
 def load_module(source: str, name: str = "nncompiled") -> types.ModuleType:

@@ -44,7 +44,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import NNError
@@ -68,7 +68,7 @@ class OptimizerDef:
     prelude: tuple[str, ...]
     kernel_args: tuple[str, ...]
     kernel: tuple[str, ...]
-
+    cuda: str = ""      # the same update as one CUDA statement list, for the CuPy backend
 
 _PLAIN = "c = lr * scale"
 
@@ -155,6 +155,19 @@ OPTIMIZERS["adamw"] = OptimizerDef(
     ("np.multiply(p, d, out=p)", *_ADAM_KERNEL))
 
 
+# The CuPy backend updates each param with one ElementwiseKernel: the kernels above, as C.
+_CUDA = {
+    "sgd": "p -= c * g;",
+    "momentum": "v = momentum * v - c * g; p += v;",
+    "nesterov": "v = momentum * v - c * g; p += momentum * v - c * g;",
+    "adagrad": "cache += s2 * g * g; p -= c * g / (sqrt(cache) + eps);",
+    "rmsprop": "cache = decay_rate * cache + a * g * g; p -= c * g / (sqrt(cache) + eps);",
+    "adam": "m = beta1 * m + a1 * g; v = beta2 * v + a2 * g * g; p -= c1 * m / (sqrt(v) * c2 + eps);",
+    "adamw": "p *= d; m = beta1 * m + a1 * g; v = beta2 * v + a2 * g * g; p -= c1 * m / (sqrt(v) * c2 + eps);",
+}
+OPTIMIZERS = {name: replace(d, cuda=_CUDA[name]) for name, d in OPTIMIZERS.items()}
+
+
 @dataclass(frozen=True)
 class Optimizer:
     """An optimiser choice with its hyperparameters, as ``compile_file(optimizer=...)`` takes it.
@@ -199,13 +212,14 @@ def check_optimizer(name: str, hyper: Mapping[str, float], clip_norm: float | No
 
 
 def emit_optimizer(name: str, param_names: Iterable[str], *, clip_norm: float | None = None,
-                   model_state: bool = False, **hyper: float) -> str:
+                   model_state: bool = False, backend: str = "numpy", **hyper: float) -> str:
     """Python source for optimiser ``name`` over ``param_names``, to append to a compiled module.
 
     ``model_state`` says whether the model has state, so value_and_grad returns a third item
     that ``step`` passes on. The source relies on the module's ``np``, ``DTYPE`` and
     ``value_and_grad``; it is a pure function of its arguments, so the module stays
-    byte-for-byte deterministic.
+    byte-for-byte deterministic. With ``backend="cupy"`` each param's update is one
+    ElementwiseKernel call, defined once at import.
     """
     check_optimizer(name, hyper, clip_norm)
     d = OPTIMIZERS[name]
@@ -216,6 +230,7 @@ def emit_optimizer(name: str, param_names: Iterable[str], *, clip_norm: float | 
     hyper_table = {**values, "clip_norm": clip_norm}
     uses_t = any(re.search(r"\bt\b", line) for line in d.prelude)   # the bias corrections of adam
 
+    xp = "np" if backend == "numpy" else "cp"
     out = [
         f"# ---- optimiser: {name} (emitted by nncompile.optim) ".ljust(88, "-"),
         "",
@@ -223,15 +238,7 @@ def emit_optimizer(name: str, param_names: Iterable[str], *, clip_norm: float | 
         f"HYPERPARAMS = {hyper_table!r}",
         "TRAINABLE = (" + "".join(f"\n    {p!r}," for p in params) + ("\n)" if params else ")"),
         f"SLOTS = {d.slots!r}",
-        "_OPT_WORK = [np.empty(0, dtype=DTYPE)]",
-        "",
-        "",
-        "def _opt_scratch(like):",
-        '    """A scratch array shaped like ``like``: one buffer for every param, grown once."""',
-        "    buffer = _OPT_WORK[0]",
-        "    if buffer.size < like.size or buffer.dtype != like.dtype:",
-        "        buffer = _OPT_WORK[0] = np.empty(max(buffer.size, like.size), dtype=like.dtype)",
-        "    return buffer[:like.size].reshape(like.shape)",
+        *(_SCRATCH if xp == "np" else []),
         "",
         "",
         "def _opt_clip_scale(grads, clip_norm):",
@@ -239,7 +246,7 @@ def emit_optimizer(name: str, param_names: Iterable[str], *, clip_norm: float | 
         "    total = 0.0",
         "    for name in TRAINABLE:",
         "        g = grads[name]",
-        "        total += float(np.vdot(g, g))",
+        f"        total += float({xp}.vdot(g, g))",
         "    norm = total ** 0.5",
         "    return clip_norm / norm if norm > clip_norm else 1.0",
         "",
@@ -248,16 +255,11 @@ def emit_optimizer(name: str, param_names: Iterable[str], *, clip_norm: float | 
         f'    """Fresh {name} state: the step count, and a zeroed array per param for each of SLOTS."""',
         "    return {",
         "        'step': 0,",
-        *(f"        {slot!r}: {{name: np.zeros_like(params[name]) for name in TRAINABLE}}," for slot in d.slots),
+        *(f"        {slot!r}: {{name: {xp}.zeros_like(params[name]) for name in TRAINABLE}}," for slot in d.slots),
         "    }",
         "",
         "",
-        f"def _{name}_update(p, g, {''.join(s + ', ' for s in d.slots)}w, {', '.join(d.kernel_args)}):",
-        '    """In place on p and its state (w is scratch):',
-        f'    {d.formula}"""',
-        *(f"    {line}" for line in d.kernel),
-        "",
-        "",
+        *_update_function(d, xp),
         f"def apply_update(params, grads, opt_state, lr, /, *, {kw}):",
         f'    """One {name} step (see _{name}_update), in place on params and opt_state.',
         "",
@@ -271,8 +273,12 @@ def emit_optimizer(name: str, param_names: Iterable[str], *, clip_norm: float | 
     ]
     args = ", ".join(d.kernel_args)
     for p in params:
-        slots = "".join(f"{slot}[{p!r}], " for slot in d.slots)
-        out.append(f"    _{name}_update(params[{p!r}], grads[{p!r}], {slots}_opt_scratch(params[{p!r}]), {args})")
+        if xp == "np":
+            slots = "".join(f"{slot}[{p!r}], " for slot in d.slots)
+            out.append(f"    _{name}_update(params[{p!r}], grads[{p!r}], {slots}_opt_scratch(params[{p!r}]), {args})")
+        else:
+            slots = "".join(f", {slot}[{p!r}]" for slot in d.slots)
+            out.append(f"    _{name}_kernel(grads[{p!r}], {args}, params[{p!r}]{slots})")
     out += [
         "",
         "",
@@ -295,11 +301,40 @@ def emit_optimizer(name: str, param_names: Iterable[str], *, clip_norm: float | 
     return "\n".join(out) + "\n"
 
 
-def optimizer_source(model: Any, optimizer: str | Optimizer) -> str:
+_SCRATCH = (
+    "_OPT_WORK = [np.empty(0, dtype=DTYPE)]",
+    "",
+    "",
+    "def _opt_scratch(like):",
+    '    """A scratch array shaped like ``like``: one buffer for every param, grown once."""',
+    "    buffer = _OPT_WORK[0]",
+    "    if buffer.size < like.size or buffer.dtype != like.dtype:",
+    "        buffer = _OPT_WORK[0] = np.empty(max(buffer.size, like.size), dtype=like.dtype)",
+    "    return buffer[:like.size].reshape(like.shape)",
+)
+
+
+def _update_function(d: OptimizerDef, xp: str) -> list[str]:
+    """numpy: a function of in-place ufunc calls; CuPy: one fused kernel over p, g and the slots."""
+    if xp == "np":
+        return [f"def _{d.name}_update(p, g, {''.join(s + ', ' for s in d.slots)}w, {', '.join(d.kernel_args)}):",
+                '    """In place on p and its state (w is scratch):',
+                f'    {d.formula}"""',
+                *(f"    {line}" for line in d.kernel),
+                "", ""]
+    inputs = ", ".join(f"T {a}" for a in ("g", *d.kernel_args))
+    outputs = ", ".join(f"T {a}" for a in ("p", *d.slots))
+    return [f"# {d.formula}",
+            f"_{d.name}_kernel = cp.ElementwiseKernel({inputs!r}, {outputs!r}, {d.cuda!r}, 'nncompile_{d.name}')",
+            "", ""]
+
+
+def optimizer_source(model: Any, optimizer: str | Optimizer, backend: str = "numpy") -> str:
     """The optimiser section for an elaborated model, checking that it has a loss to minimise."""
     spec = Optimizer.coerce(optimizer)
     if model.target is None:
         raise NNError("this model has nothing to minimise, so it cannot be trained: add a 'minimize LOSS' "
                       "statement", file=model.file)
     return "\n\n" + emit_optimizer(spec.name, list(model.params), clip_norm=spec.clip_norm,
-                                   model_state=bool(getattr(model, "state", None)), **dict(spec.hyper))
+                                   model_state=bool(getattr(model, "state", None)), backend=backend,
+                                   **dict(spec.hyper))

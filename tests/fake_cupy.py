@@ -22,17 +22,32 @@ _C_TO_NUMPY = [
 ]
 
 
+def _to_numpy(code: str) -> str:
+    for pattern, replacement in _C_TO_NUMPY:
+        code = re.sub(pattern, replacement, code)
+    return code
+
+
 class ElementwiseKernel:
     def __init__(self, in_params: str, out_params: str, operation: str, name: str):
-        assert out_params == "T y" and operation.startswith("y = "), (out_params, operation)
         assert re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name), name
         self.arity = len(in_params.split(","))
-        expr = operation[len("y = "):]
-        for pattern, replacement in _C_TO_NUMPY:
-            expr = re.sub(pattern, replacement, expr)
-        self.expr = compile(expr, name, "eval")
+        self.inputs = [p.split()[1] for p in in_params.split(", ")]
+        self.outputs = [p.split()[1] for p in out_params.split(", ")]
+        if out_params != "T y":   # an in-place update of several arrays: C statements
+            statements = [st.strip() for st in operation.split(";") if st.strip()]
+            # `v = ...` must write into the caller's array, not rebind a local name.
+            python = [re.sub(r"^(\w+) = ", r"\1[...] = ", _to_numpy(st)) for st in statements]
+            self.statements = compile("\n".join(python), name, "exec")
+            return
+        assert operation.startswith("y = "), operation
+        self.expr = compile(_to_numpy(operation[len("y = "):]), name, "eval")
 
     def __call__(self, *args):
+        if hasattr(self, "statements"):
+            scope = {"np": np, **dict(zip(self.inputs + self.outputs, args))}
+            exec(self.statements, scope)  # noqa: S102 - our compiler's own kernels, in a test
+            return None
         inputs, out = args[:self.arity], args[self.arity:]
         scope = {"np": np, **{f"x{i}": np.asarray(a) for i, a in enumerate(inputs)}}
         with np.errstate(all="ignore"):
@@ -43,6 +58,10 @@ class ElementwiseKernel:
             out[0][...] = value
             return out[0]
         return np.broadcast_to(np.asarray(value, dtype=dtype), shape).copy()
+
+
+def asnumpy(array):
+    return np.asarray(array)
 
 
 def __getattr__(name: str):

@@ -124,3 +124,63 @@ def test_on_the_gpu_gradients_match_the_numpy_backend(path: Path) -> None:
         np.testing.assert_allclose(cp.asnumpy(got_out[key]), want_out[key], rtol=1e-9, atol=1e-12)
     for key in want_grads:
         np.testing.assert_allclose(cp.asnumpy(got_grads[key]), want_grads[key], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"])
+def test_each_optimizer_step_is_one_kernel_per_param_and_matches_numpy(optimizer: str, monkeypatch) -> None:
+    path = ROOT / "examples" / "mlp.nn"
+    reference = nncompile.compile_and_load(path, dtype="float64", input_grads=False, optimizer=optimizer)
+    source = nncompile.compile_file(path, dtype="float64", input_grads=False, optimizer=optimizer, backend="cupy")
+    update = source[source.index("def apply_update"):source.index("def step")]
+    assert update.count(f"_{optimizer}_kernel(") == len(reference.PARAMS), "one kernel call per param"
+    assert source.count(f"_{optimizer}_kernel = cp.ElementwiseKernel(") == 1
+    gpu = _load_on_fake_cupy(source, f"mlp_{optimizer}", monkeypatch)
+    params_np, params_gpu = reference.init_params(0), gpu.init_params(0)
+    state_np, state_gpu = reference.init_opt_state(params_np), gpu.init_opt_state(params_gpu)
+    inputs = _inputs(reference)
+    for _ in range(3):
+        reference.step(params_np, state_np, 0.01, **inputs)
+        gpu.step(params_gpu, state_gpu, 0.01, **inputs)
+    for name in params_np:
+        np.testing.assert_allclose(params_gpu[name], params_np[name], rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (the CUDA compiler) is not installed")
+def test_optimizer_kernels_compile_with_nvcc(tmp_path: Path) -> None:
+    from nncompile.optim import OPTIMIZERS
+
+    code = ["#include <math.h>", "typedef float T;"]
+    for d in OPTIMIZERS.values():
+        params = ", ".join([f"T {a}" for a in ("g", *d.kernel_args)] + [f"T& {a}" for a in ("p", *d.slots)])
+        code.append(f"__device__ void nncompile_{d.name}({params}) {{ {d.cuda} }}")
+    (tmp_path / "optimizers.cu").write_text("\n".join(code) + "\n")
+    result = subprocess.run(["nvcc", "-c", "optimizers.cu", "-o", "optimizers.o"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("model", ["digits_mlp", "batchnorm_mlp"])
+def test_the_trainer_runs_the_cupy_backend_and_learns_what_numpy_learns(model: str, monkeypatch) -> None:
+    """Training on the GPU path (here the CPU stand-in): the data goes to the device once
+    per epoch, params and optimiser state live there, and without dropout the run is the
+    numpy run to rounding."""
+    from nncompile.train import TrainConfig, Trainer
+    from nncompile.train.data import Dataset
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import fake_cupy
+    sys.path.pop(0)
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
+    rng = np.random.default_rng(0)
+    n, features = 96, {"digits_mlp": 64, "batchnorm_mlp": 32}[model]
+    data = Dataset({"X": rng.standard_normal((n, features)), "y": rng.integers(0, 10, n)}, "random", "y")
+    results = {}
+    for backend in ("numpy", "cupy"):
+        config = TrainConfig(epochs=2, batch_size=32, dtype="float64", backend=backend, patience=0, val_split=0.0)
+        trainer = Trainer(ROOT / "examples" / f"{model}.nn", config)
+        assert "cp.ElementwiseKernel" in trainer.source if backend == "cupy" else "import cupy" not in trainer.source
+        state = trainer.fit(data)
+        results[backend] = (state.params, trainer.evaluate(state.params, data, state.model_state))
+    for name, value in results["numpy"][0].items():
+        np.testing.assert_allclose(results["cupy"][0][name], value, rtol=1e-9, atol=1e-12, err_msg=name)
+    assert results["cupy"][1].acc == results["numpy"][1].acc

@@ -114,6 +114,7 @@ def _generator(saved: dict[str, Any]) -> np.random.Generator:
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """np.savez, atomically (temporary file, then rename)."""
+    arrays = {k: v.get() if hasattr(v, "__cuda_array_interface__") else v for k, v in arrays.items()}  # GPU -> host
     write_bytes_atomic(path, lambda handle: np.savez(handle, **arrays))  # type: ignore[arg-type]
 
 

@@ -65,6 +65,8 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--eps", type=float, help="adagrad, rmsprop, adam, adamw (default: 1e-8)")
     g.add_argument("--decay-rate", type=float, help="rmsprop (default: 0.99)")
     g.add_argument("--weight-decay", type=float, help="adamw, decoupled (default: 0.01)")
+    g.add_argument("--backend", choices=("numpy", "cupy"), default="numpy",
+                   help="numpy (CPU) or cupy (NVIDIA GPU: the data goes to the device once per epoch)")
     g.add_argument("--dtype", choices=("float32", "float64"), default=None,
                    help="float precision (default: the file's, else float32)")
 
@@ -93,7 +95,8 @@ def run_train(args: argparse.Namespace) -> int:
         config = TrainConfig(
             epochs=epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, hyper=hyper,
             clip_norm=args.clip_norm, schedule=args.schedule, seed=args.seed, val_split=args.val_split,
-            test_split=args.test_split, patience=args.patience, normalize=args.normalize, dtype=args.dtype)
+            test_split=args.test_split, patience=args.patience, normalize=args.normalize, dtype=args.dtype,
+            backend=args.backend)
         progress = args.progress if args.progress is not None else sys.stderr.isatty()
         from .data import parse_mapping
 

@@ -78,6 +78,7 @@ class TrainConfig:
     patience: int | None = 10          # early stopping on validation loss; None or 0: off
     normalize: str | None = None       # none, center, standardize, image; None: the dataset's default
     dtype: str | None = None
+    backend: str = "numpy"             # numpy (CPU) or cupy (NVIDIA GPU)
 
     def check(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -95,6 +96,8 @@ class TrainConfig:
         if self.normalize is not None and self.normalize not in NORMALIZE:
             raise NNError(f"--normalize must be one of {', '.join(NORMALIZE)}, not {self.normalize!r}")
         make_schedule(self.schedule, self.lr, 1, self.epochs)   # a bad --schedule fails before any work
+        if self.backend not in ("numpy", "cupy"):
+            raise NNError(f"--backend must be numpy or cupy, not {self.backend!r}")
 
 
 @dataclass(frozen=True)
@@ -181,7 +184,9 @@ class Trainer:
         self.config.check()
         self.optimizer = Optimizer(self.config.optimizer, dict(self.config.hyper), self.config.clip_norm)
         # Training never needs gradients with respect to the inputs.
-        self.source = compile_file(self.path, dtype=self.config.dtype, input_grads=False, optimizer=self.optimizer)
+        self.xp = array_module(self.config.backend)
+        self.source = compile_file(self.path, dtype=self.config.dtype, input_grads=False, optimizer=self.optimizer,
+                                   backend=self.config.backend)
         self.module: ModuleType = load_module(self.source, self.path.stem)
         self.loss: str = self.module.LOSS
         self.has_state = hasattr(self.module, "STATE")   # running statistics (batch norm)
@@ -192,6 +197,23 @@ class Trainer:
             self.scores = None   # scores and labels disagree on the number of classes: no accuracy
         self.log: Log = log or (lambda line: None)
         self.progress = progress
+
+    def generator(self, noise: np.random.Generator) -> Any:
+        """The generator the module draws dropout masks from. On the GPU it is a CuPy one,
+        seeded from the run's numpy generator, so checkpoints (which save that) stay exact."""
+        if self.config.backend == "numpy":
+            return noise
+        return self.xp.random.default_rng(int(noise.integers(2 ** 63)))
+
+    def to_device(self, state: TrainState) -> TrainState:
+        """Params, optimiser slots and model state where the module computes (no-op on the CPU)."""
+        if self.config.backend == "numpy":
+            return state
+        place = lambda group: None if group is None else {k: self.xp.asarray(v) for k, v in group.items()}  # noqa: E731
+        state.params = place(state.params)
+        state.opt = {k: place(v) if isinstance(v, dict) else v for k, v in state.opt.items()}
+        state.model_state = place(state.model_state)
+        return state
 
     @property
     def classes(self) -> int | None:
@@ -218,7 +240,7 @@ class Trainer:
         ``on_step`` is called after each optimiser step (tests use it to interrupt a run).
         """
         cfg = self.config
-        state = state if state is not None else self.init_state()
+        state = self.to_device(state if state is not None else self.init_state())
         schedule = self.schedule(len(train))
         val = val if val is not None and len(val) else None
         patience = cfg.patience or None
@@ -269,6 +291,8 @@ class Trainer:
         size = min(self.config.batch_size, n)
         steps = math.ceil(n / size)
         order = state.rng.permutation(n)
+        # One shuffled copy of the data per epoch, moved to the device once; batches are slices.
+        arrays = {k: self.xp.asarray(v[order]) for k, v in data.arrays.items()}
         step, loss_name = self.module.step, self.loss
         classify = self.scores is not None and self.labels is not None
         scores, labels = self.scores or "", self.labels or ""
@@ -279,19 +303,19 @@ class Trainer:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             try:
                 for b in range(steps):
-                    index = order[b * size:(b + 1) * size]
-                    batch = {k: v[index] for k, v in data.arrays.items()}
-                    outputs = step(state.params, state.opt, schedule(state.step), state.model_state, state.noise,
-                                   **batch)
+                    rows = slice(b * size, (b + 1) * size)
+                    batch = {k: v[rows] for k, v in arrays.items()}
+                    outputs = step(state.params, state.opt, schedule(state.step), state.model_state,
+                                   self.generator(state.noise), **batch)
                     if self.has_state:
                         outputs, state.model_state = outputs
                     loss = float(outputs[loss_name])
                     if not math.isfinite(loss):
                         raise NNError(f"the training loss became {loss} at step {state.step}: training diverged; "
                                       "try a smaller --lr or --clip-norm")
-                    total += loss * len(index)
+                    total += loss * (min(n, (b + 1) * size) - b * size)
                     if classify:
-                        correct += int(np.count_nonzero(outputs[scores].argmax(axis=1) == batch[labels]))
+                        correct += int(self.xp.count_nonzero(outputs[scores].argmax(axis=1) == batch[labels]))
                     if bar is not None and (b % 10 == 0 or b == steps - 1):
                         seen = min(n, (b + 1) * size)
                         acc = f" acc {100 * correct / seen:.1f}%" if classify else ""
@@ -319,16 +343,17 @@ class Trainer:
         total, correct, has_loss = 0.0, 0, True
         for start in range(0, n, EVAL_CHUNK):
             chunk = {k: v[start:start + EVAL_CHUNK] for k, v in data.arrays.items()}
-            outputs = self.module.forward(params, model_state, **chunk)
+            outputs = self.module.forward(params, model_state, **{k: self.xp.asarray(v) for k, v in chunk.items()})
             size = len(next(iter(chunk.values())))
+            predicted = to_host(outputs[scores]) if classify else None
             if self.loss in outputs:
                 total += float(outputs[self.loss]) * size
             elif classify:
-                total += softmax_cross_entropy(outputs[scores], chunk[labels]) * size
+                total += softmax_cross_entropy(predicted, chunk[labels]) * size
             else:
                 has_loss = False
             if classify:
-                correct += int(np.count_nonzero(outputs[scores].argmax(axis=1) == chunk[labels]))
+                correct += int(np.count_nonzero(predicted.argmax(axis=1) == chunk[labels]))
         return Metrics(total / max(1, n) if has_loss else None, correct / n if classify and n else None, n)
 
     def initial_loss_check(self, params: dict[str, np.ndarray], data: Dataset,
@@ -345,13 +370,14 @@ class Trainer:
         if self.scores is None or data.labels is None:
             return None
         subset = {k: v[:LOSS_CHECK_EXAMPLES] for k, v in data.arrays.items()}
-        outputs = self.module.value_and_grad(params, model_state, np.random.default_rng(0), **subset)[0]
+        outputs = self.module.value_and_grad(params, model_state, self.generator(np.random.default_rng(0)),
+                                             **{k: self.xp.asarray(v) for k, v in subset.items()})[0]
         total = float(outputs[self.loss])
         data_out = self.module.OUTPUTS.get("data_loss")
         if data_out is not None and data_out[0] == () and "data_loss" != self.loss and "data_loss" in outputs:
             data_loss, how = float(outputs["data_loss"]), "the model's data_loss output"
         else:
-            data_loss = softmax_cross_entropy(outputs[self.scores], subset[data.labels])
+            data_loss = softmax_cross_entropy(to_host(outputs[self.scores]), subset[data.labels])
             how = "softmax cross-entropy of the scores"
         classes = self.classes
         assert classes is not None
@@ -392,11 +418,27 @@ class Trainer:
         module64 = load_module(compile_file(self.path, dtype="float64"), self.path.stem + "_float64")
         size = min(self.config.batch_size, len(data))
         batch = {k: (v[:size].astype(np.float64) if v.dtype.kind == "f" else v[:size]) for k, v in data.arrays.items()}
-        params64 = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
+        params64 = {k: np.asarray(to_host(v), dtype=np.float64) for k, v in params.items()}
         errors: dict[str, float] = {}
         for result in check_gradients(module64, params64, batch, seed=self.config.seed):
             errors[result.name] = max(errors.get(result.name, 0.0), result.error)
         return GradCheck(errors, threshold)
+
+
+def array_module(backend: str) -> ModuleType:
+    """numpy, or CuPy for the GPU backend (with a clear error where it is not installed)."""
+    if backend == "numpy":
+        return np
+    try:
+        import cupy
+    except ImportError:
+        raise NNError("the cupy backend needs CuPy and an NVIDIA GPU: pip install cupy-cuda12x") from None
+    return cupy
+
+
+def to_host(array: Any) -> np.ndarray:
+    """A numpy array, copying from the GPU where the array lives there."""
+    return array.get() if hasattr(array, "__cuda_array_interface__") else np.asarray(array)
 
 
 def softmax_cross_entropy(scores: np.ndarray, labels: np.ndarray) -> float:
