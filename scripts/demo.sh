@@ -6,11 +6,13 @@ for model in examples/*.nn; do
     name=$(basename "$model" .nn)
     echo "== $model"
     nncompile compile "$model" -o "out/$name.py"
-    if [ "$(wc -c < "$model")" -lt 2000 ] && grep -q "^input [a-z0-9_]* *=" "$model"; then
-        nncompile eval "$model"
+    nncompile eval "$model" > "out/$name.eval.txt"
+    if [ "$(wc -l < "out/$name.eval.txt")" -le 24 ]; then
+        cat "out/$name.eval.txt"
     else
-        nncompile eval "$model" | head -n 12
+        sed -n '1,8p' "out/$name.eval.txt"
+        echo "  ... ($(wc -l < "out/$name.eval.txt") lines in out/$name.eval.txt)"
     fi
     nncompile render "$model" -o "out/$name.svg"
 done
-echo "modules and diagrams are in out/ (open out/circuit.svg and out/neuron.svg)"
+echo "modules, evaluations and diagrams are in out/ (open out/circuit.svg and out/neuron.svg)"
