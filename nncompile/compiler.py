@@ -1,7 +1,6 @@
 """The pipeline, end to end: .nn file -> elaborated graph -> gradients -> passes -> module text."""
 from __future__ import annotations
 
-import sys
 import types
 from pathlib import Path
 

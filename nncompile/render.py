@@ -557,7 +557,7 @@ def render_file(ev, output: str | Path, rankdir: str = "LR", *, max_nodes: int =
     .dot needs nothing else; the others run Graphviz's ``dot``. When ``dot`` is missing, the
     DOT source is written next to ``output`` (g.svg -> g.dot) and NNError says how to install it.
     """
-    from .cli import write_atomic
+    from .files import write_atomic
 
     output = Path(output)
     ext = output.suffix.lower()

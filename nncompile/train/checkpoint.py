@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import NNError
+from ..files import write_atomic
 
 FORMAT = 1
 
@@ -115,27 +114,8 @@ def _generator(saved: dict[str, Any]) -> np.random.Generator:
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """np.savez, atomically (temporary file, then rename)."""
     arrays = {k: v.get() if hasattr(v, "__cuda_array_interface__") else v for k, v in arrays.items()}  # GPU -> host
-    write_bytes_atomic(path, lambda handle: np.savez(handle, **arrays))  # type: ignore[arg-type]
+    write_atomic(path, lambda handle: np.savez(handle, **arrays))
 
 
 def write_text(path: Path, text: str) -> None:
-    write_bytes_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
-
-
-def write_bytes_atomic(path: Path, fill: Any) -> None:
-    """Create ``path`` whole or not at all; ``fill(handle)`` writes the content."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    except OSError as exc:
-        raise NNError(f"cannot write {path}: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fill(handle)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise NNError(f"cannot write {path}: {exc.strerror}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, text)

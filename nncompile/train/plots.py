@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import write_bytes_atomic
+from ..files import write_atomic
 
 
 def plot_curves(history: Sequence[dict[str, Any]], path: Path, *, title: str = "",
@@ -41,5 +41,5 @@ def plot_curves(history: Sequence[dict[str, Any]], path: Path, *, title: str = "
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    write_bytes_atomic(path, lambda handle: fig.savefig(handle, format="png"))
+    write_atomic(path, lambda handle: fig.savefig(handle, format="png"))
     return True

@@ -1,0 +1,563 @@
+"""The lecture notes' toolkit: more activations, losses and penalties, indexing and
+concatenation. Declared like :mod:`.basic`, one call per op.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from .. import shapes as S
+from ..ir import Graph, Node
+from ..shapes import Dim, Shape, ShapeError
+from .basic import _LOG_SOFTMAX, _M, _U
+from .registry import (
+    EmitContext,
+    Sample,
+    Step,
+    _along_axis_rule,
+    _ce_grad_rule,
+    _count,
+    _labels_rule,
+    _need_float,
+    _number_attr,
+    _reduce,
+    broadcast,
+    constant,
+    elementwise,
+    elementwise_rule,
+    op,
+    template,
+)
+
+# ---- the lecture's toolkit: activations, losses, penalties, indexing ---------------------
+# Each entry is the whole op: shape rule, numpy emitter, C scalar form where it is
+# elementwise (so the GPU backend fuses it), a VJP built from other registry ops, samples for
+# the generated gradient check, the formula, and a one-line example for docs/language.md.
+
+def _checked_elementwise_rule(opname: str, check: Callable[[dict], None]):
+    base = elementwise_rule(opname)
+
+    def infer(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+        check(attrs)
+        return base(ins, attrs)
+    return infer
+
+
+def _per_element(G: Graph, g: int, shape: Shape, factor: float = 1.0, rows_only: bool = False) -> int:
+    """``g * factor / count``: the gradient of a mean over ``shape`` (over its first dim when
+    ``rows_only``), where the count may be a symbolic batch size."""
+    count, symbols = _count(shape[:1] if rows_only else shape, None)
+    if symbols:
+        g = G.add("div", [g, G.add("dim", (), {"symbols": symbols, "factor": count})])
+        return g if factor == 1.0 else G.add("mul", [g, constant(G, factor)])
+    return G.add("mul", [g, constant(G, factor / count)])
+
+
+# -- activations
+
+def _leaky_chain(attrs: dict) -> tuple[Step, ...]:
+    # x + (alpha - 1) * min(x, 0): three passes, no temporary.
+    return (("minimum", "0", "0.0"), ("multiply", "$", repr(float(attrs["alpha"]) - 1.0)), ("add", "0", "$"))
+
+
+def _vjp_leaky_relu(G: Graph, n: int, g: int):
+    alpha = float(G[n].attr("alpha"))
+    # For alpha > 0 the output has the input's sign, so the input need not be kept for backward.
+    source = n if alpha > 0 else G[n].args[0]
+    mask = G.add("step", [source, constant(G, 0.0)], {"cmp": ">"})
+    slope = G.add("add", [G.add("mul", [mask, constant(G, 1.0 - alpha)]), constant(G, alpha)])
+    return (G.add("mul", [g, slope]),)
+
+
+_ELU = '''def _elu(x, alpha, out=None):
+    """x where x > 0, else alpha * (exp(x) - 1); exp only ever sees x <= 0, so it cannot overflow."""
+    neg = np.expm1(np.minimum(x, 0.0))
+    neg *= alpha
+    return np.add(np.maximum(x, 0.0, out=out), neg, out=out)'''
+
+
+def _emit_elu(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+    return f"_elu({args[0]}, {float(attrs['alpha'])!r}" + (f", out={out})" if out else ")")
+
+
+def _vjp_elu(G: Graph, n: int, g: int):
+    # d/dx = 1 where x > 0, else alpha * exp(x) = elu(x) + alpha.
+    x, alpha = G[n].args[0], float(G[n].attr("alpha"))
+    pos = G.add("step", [x, constant(G, 0.0)], {"cmp": ">"})
+    neg = G.add("step", [x, constant(G, 0.0)], {"cmp": "<="})
+    slope = G.add("add", [pos, G.add("mul", [neg, G.add("add", [n, constant(G, alpha)])])])
+    return (G.add("mul", [g, slope]),)
+
+
+def _vjp_softplus(G: Graph, n: int, g: int):
+    return (G.add("mul", [g, G.add("sigmoid", [G[n].args[0]])]),)
+
+
+_GELU_C, _GELU_K = 0.7978845608028654, 0.044715   # sqrt(2 / pi), and the cubic term's weight
+
+
+def _vjp_gelu(G: Graph, n: int, g: int):
+    # gelu = x/2 (1 + t), t = tanh(c (x + k x^3)): d/dx = (1 + t)/2 + x/2 (1 - t^2) c (1 + 3 k x^2)
+    x = G[n].args[0]
+    x2 = G.add("mul", [x, x])
+    inner = G.add("mul", [x, G.add("add", [G.add("mul", [x2, constant(G, _GELU_K)]), constant(G, 1.0)])])
+    t = G.add("tanh", [G.add("mul", [inner, constant(G, _GELU_C)])])
+    dinner = G.add("add", [G.add("mul", [x2, constant(G, 3 * _GELU_K * _GELU_C)]), constant(G, _GELU_C)])
+    sech2 = G.add("sub", [constant(G, 1.0), G.add("mul", [t, t])])
+    slope = G.add("add", [G.add("mul", [G.add("add", [t, constant(G, 1.0)]), constant(G, 0.5)]),
+                          G.add("mul", [G.add("mul", [x, constant(G, 0.5)]), G.add("mul", [sech2, dinner])])])
+    return (G.add("mul", [g, slope]),)
+
+
+def _maxout_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+    _need_float(ins, "maxout")
+    k, shape = attrs.get("k"), ins[0].shape
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ShapeError(f"maxout() needs k, the number of linear pieces, as a positive integer, not {k!r}")
+    if not shape or not isinstance(shape[-1], int) or shape[-1] % k:
+        raise ShapeError(f"maxout(x, k={k}) needs x's last dim to be a multiple of k, but x is {S.show(shape)}", 0)
+    return (*shape[:-1], shape[-1] // k), "float"
+
+
+def _pieces(shape: Shape, k: int) -> Shape:
+    """[..., k*D] viewed as k pieces of D: [..., k, D]."""
+    return (*shape[:-1], k, shape[-1] // k)
+
+
+def _emit_maxout(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+    x = args[0]
+    return _reduce(ctx, "maximum", f"{x}.reshape({x}.shape[:-1] + ({attrs['k']}, -1))", -2, out=out)
+
+
+def _vjp_maxout(G: Graph, n: int, g: int):
+    x = G[n].args[0]  # the max gate: route the gradient to the winning piece
+    shape = G[x].shape
+    pieces = _pieces(shape, G[n].attr("k"))
+    axis = len(pieces) - 2
+    xr = G.add("reshape", [x], {"shape": pieces})
+    mask = G.add("step", [xr, broadcast(G, n, pieces, axis, False)], {"cmp": "=="})
+    gx = G.add("mul", [mask, broadcast(G, g, pieces, axis, False)])
+    return (G.add("reshape", [gx], {"shape": shape}),)
+
+
+_SOFTMAX = '''def _softmax(x, axis):
+    """exp(x - max) / sum(exp(x - max)): shifting by the max first keeps exp from overflowing."""
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    e /= e.sum(axis=axis, keepdims=True)
+    return e'''
+
+
+def _vjp_softmax(G: Graph, n: int, g: int):
+    axis = G[n].attr("axis")
+    total = G.add("sum", [G.add("mul", [g, n])], {"axis": axis, "keepdims": True})
+    return (G.add("mul", [n, G.add("sub", [g, total])]),)
+
+
+# -- losses
+
+def _class_bounds(ins: list[Node]) -> dict[int, int]:
+    return {1: ins[0].shape[-1]} if isinstance(ins[0].shape[-1], int) else {}
+
+
+def _ce_probs_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+    scores, targets = ins
+    _need_float(ins, "softmax_cross_entropy")
+    if len(scores.shape) != 2:
+        raise ShapeError(f"softmax_cross_entropy needs scores of shape [N, C], not {S.show(scores.shape)}", 0)
+    if targets.shape != scores.shape:
+        raise ShapeError(f"softmax_cross_entropy: probability targets {S.show(targets.shape)} do not match "
+                         f"scores {S.show(scores.shape)}; give one distribution per row (or int[N] labels)", 1)
+    return (), "float"
+
+
+_SOFT_NLL = '''def _soft_nll(logp, targets):
+    """Mean over the batch of -sum_c targets * logp: cross-entropy against probability targets."""
+    return np.vdot(targets, logp) * (-1.0 / len(targets))'''
+
+
+def _vjp_ce_probs(G: Graph, n: int, g: int):
+    # L = -1/N sum_i sum_c t_ic logp_ic: dL/ds = (softmax(s) * rowsum(t) - t) / N, dL/dt = -logp / N.
+    scores, targets = G[n].args
+    logp = G.add("log_softmax", [scores], {"axis": 1})
+    gn = _per_element(G, g, G[scores].shape, rows_only=True)
+    rowsum = G.add("sum", [targets], {"axis": 1, "keepdims": True})
+    ds = G.add("mul", [G.add("sub", [G.add("mul", [G.add("exp", [logp]), rowsum]), targets]), gn])
+    dt = G.add("mul", [logp, G.add("neg", [gn])])
+    return ds, dt
+
+
+_SVM = '''def _svm_margins(scores, labels, delta):
+    """max(0, s_j - s_y + delta) for every class j, and 0 for the correct class y itself."""
+    rows = np.arange(len(labels))
+    margins = scores - scores[rows, labels][:, None]
+    margins += delta
+    np.maximum(margins, 0.0, out=margins)
+    margins[rows, labels] = 0.0
+    return margins
+
+
+def _svm_loss(scores, labels, delta):
+    """The multiclass SVM (hinge) loss: mean over the batch of the sum of the margins."""
+    return _svm_margins(scores, labels, delta).sum() * (1.0 / len(labels))
+
+
+def _svm_loss_grad(scores, labels, g, delta):
+    """d loss / d scores: 1 for each violated margin, minus their count at the correct class."""
+    rows = np.arange(len(labels))
+    grad = (_svm_margins(scores, labels, delta) > 0).astype(scores.dtype)
+    grad[rows, labels] = -grad.sum(axis=1)
+    grad *= g * (1.0 / len(labels))
+    return grad'''
+
+
+def _vjp_svm(G: Graph, n: int, g: int):
+    scores, labels = G[n].args
+    return G.add("svm_loss_grad", [scores, labels, g], {"delta": G[n].attr("delta")}), None
+
+
+def _same_shape_loss_rule(opname: str, what: str):
+    """Predictions and targets of one shape (targets may broadcast): a scalar mean loss."""
+    def infer(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+        _need_float(ins, opname)
+        pred, target = ins
+        try:
+            shape = S.broadcast(pred.shape, target.shape)
+        except ShapeError:
+            shape = None
+        if shape != pred.shape:
+            raise ShapeError(f"{opname}: {what} {S.show(target.shape)} do not match "
+                             f"{S.show(pred.shape)}", 1)
+        return (), "float"
+    return infer
+
+
+_SIGMOID_CE = '''def _sigmoid_ce(x, t):
+    """mean(log(1 + exp(x)) - x t): log(1 + exp(x)) as logaddexp(0, x) stays finite for any x."""
+    loss = np.logaddexp(0.0, x)
+    loss -= x * t
+    return loss.mean()'''
+
+
+def _vjp_sigmoid_ce(G: Graph, n: int, g: int):
+    x, t = G[n].args
+    gn = _per_element(G, g, G[x].shape)
+    dx = G.add("mul", [G.add("sub", [G.add("sigmoid", [x]), t]), gn])
+    dt = G.add("mul", [x, G.add("neg", [gn])])
+    return dx, dt
+
+
+_MSE = '''def _mse(pred, target):
+    """mean((pred - target) ** 2), one subtraction and a dot product."""
+    d = pred - target
+    return np.vdot(d, d) * (1.0 / d.size)'''
+
+
+def _vjp_mse(G: Graph, n: int, g: int):
+    p, t = G[n].args
+    dp = G.add("mul", [G.add("sub", [p, t]), _per_element(G, g, G[p].shape, 2.0)])
+    return dp, G.add("neg", [dp])
+
+
+# -- penalties: variadic, so one call covers all the weights, as the lecture's R(W) does
+
+def _penalty_rule(opname: str):
+    def infer(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+        if not ins:
+            raise ShapeError(f"{opname}() needs at least one tensor, like {opname}(fc1.W, fc2.W)")
+        _need_float(ins, opname)
+        if "beta" in attrs:
+            _number_attr(opname, attrs, "beta")
+        return (), "float"
+    return infer
+
+
+def _sum_of(terms: list[str]) -> str:
+    return terms[0] if len(terms) == 1 else "(" + " + ".join(terms) + ")"
+
+
+def _emit_l2(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+    return _sum_of([f"{ctx.xp}.vdot({a}, {a})" for a in args])
+
+
+def _emit_l1(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+    return _sum_of([f"{ctx.xp}.absolute({a}).sum()" for a in args])
+
+
+def _emit_elastic(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+    beta = float(attrs["beta"])
+    return f"({beta!r} * {_emit_l2(ctx, args, attrs)} + {_emit_l1(ctx, args, attrs)})"
+
+
+def _vjp_l2(G: Graph, n: int, g: int):
+    return tuple(G.add("mul", [a, G.add("mul", [g, constant(G, 2.0)])]) for a in G[n].args)
+
+
+def _vjp_l1(G: Graph, n: int, g: int):
+    return tuple(G.add("mul", [G.add("sign", [a]), g]) for a in G[n].args)
+
+
+def _vjp_elastic(G: Graph, n: int, g: int):
+    beta = float(G[n].attr("beta"))
+    return tuple(G.add("mul", [G.add("add", [G.add("mul", [a, constant(G, 2.0 * beta)]), G.add("sign", [a])]), g])
+                 for a in G[n].args)
+
+
+# -- indexing, slicing, concatenation
+# A subscript key is a tuple of numpy subscripts as text, one per indexed axis: "2", "0:3",
+# ":", or "{1}" for the integer tensor that is operand 1. Emission is then the numpy
+# expression itself, x[:, 0:3], and diagrams show it as written.
+
+def _key_parts(key: tuple[str, ...]) -> list[tuple]:
+    parts = []
+    for entry in key:
+        if entry.startswith("{"):
+            parts.append(("tensor", int(entry[1:-1])))
+        elif ":" in entry:
+            start, stop = entry.split(":")
+            parts.append(("slice", int(start) if start else None, int(stop) if stop else None))
+        else:
+            parts.append(("int", int(entry)))
+    return parts
+
+
+def _index_shape(opname: str, x: Node, tensors: list[Node], key: tuple[str, ...]) -> Shape:
+    """numpy's rule: ints drop their axis, slices keep it, and integer tensors (with any ints
+    among them) broadcast together; their dims go where they stand if they are adjacent,
+    else first."""
+    parts = _key_parts(key)
+    if len(parts) > len(x.shape):
+        raise ShapeError(f"too many subscripts: {S.show(x.shape)} has {len(x.shape)} axes, "
+                         f"but {len(parts)} are indexed", 0)
+    parts += [("slice", None, None)] * (len(x.shape) - len(parts))
+    advanced = [i for i, p in enumerate(parts) if p[0] == "tensor"]
+    if advanced:
+        advanced = [i for i, p in enumerate(parts) if p[0] in ("tensor", "int")]
+    dims: list[Dim] = []
+    for axis, (part, dim) in enumerate(zip(parts, x.shape)):
+        if part[0] == "slice":
+            if part[1:] == (None, None):
+                dims.append(dim)
+            elif isinstance(dim, int):
+                size = len(range(dim)[slice(*part[1:])])
+                if size == 0:
+                    raise ShapeError(f"the slice {key[axis]} of axis {axis} (size {dim}) is empty", 0)
+                dims.append(size)
+            else:
+                raise ShapeError(f"cannot slice axis {axis} of {S.show(x.shape)} with fixed bounds: its size "
+                                 f"{dim} is only known when the module is called; use ':'", 0)
+        elif part[0] == "int" and isinstance(dim, int) and not -dim <= part[1] < dim:
+            raise ShapeError(f"index {part[1]} is out of range for axis {axis} of {S.show(x.shape)}", 0)
+        if part[0] == "slice" or not advanced:
+            continue
+        if axis == advanced[0]:
+            dims.append(None)   # where the broadcast index dims go, if adjacent
+    if not advanced:
+        return tuple(dims)
+    try:
+        joint = S.broadcast(*(t.shape for t in tensors))
+    except ShapeError as exc:
+        raise ShapeError("the index tensors do not broadcast together: " + exc.message.split(": ", 1)[-1],
+                         1) from None
+    at = dims.index(None)
+    rest = dims[:at] + dims[at + 1:]
+    if advanced != list(range(advanced[0], advanced[-1] + 1)):
+        return (*joint, *rest)          # separated by a slice: numpy puts them first
+    return (*rest[:at], *joint, *rest[at:])
+
+
+def _slice_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+    return _index_shape("slice", ins[0], [], attrs["key"]), ins[0].dtype
+
+
+def _index_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+    for i, t in enumerate(ins[1:], 1):
+        if t.dtype != "int":
+            what = f"'{t.name}'" if t.name else "an index"
+            raise ShapeError(f"indices must be integers, but {what} is {t.dtype}{S.show(t.shape)}", i)
+    return _index_shape("index", ins[0], ins[1:], attrs["key"]), ins[0].dtype
+
+
+def _subscript(key: tuple[str, ...], args: list[str]) -> str:
+    """The key as a numpy subscript over the emitted operand names."""
+    return ", ".join(entry.format(*args) for entry in key) + ("," if len(key) == 1 else "")
+
+
+def _emit_index(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+    return f"{args[0]}[{_subscript(attrs['key'], args)}]"
+
+
+def _index_tuple(key: tuple[str, ...], args: list[str]) -> str:
+    """The key as a Python index tuple (slices spelled out), for code that indexes with it."""
+    items = []
+    for entry, part in zip(key, _key_parts(key)):
+        if part[0] == "slice":
+            items.append(f"slice({part[1]}, {part[2]})")
+        else:
+            items.append(entry.format(*args))
+    return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+
+
+_SCATTER = '''def _scatter(g, shape, index, accumulate, dtype):
+    """The gradient of x[index]: g added into zeros shaped like x (repeated indices accumulate)."""
+    out = np.zeros(shape, dtype=dtype)
+    if accumulate:
+        np.add.at(out, index, g)
+    else:
+        out[index] = g
+    return out'''
+
+
+def _emit_scatter(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+    # The key's operand numbers count x as operand 0; here operand 0 is the gradient.
+    accumulate = any(e.startswith("{") for e in attrs["key"])
+    return (f"_scatter({args[0]}, {ctx.shape(attrs['shape'])}, {_index_tuple(attrs['key'], args)}, "
+            f"{accumulate}, {ctx.dtype})")
+
+
+def _vjp_index(G: Graph, n: int, g: int):
+    x, *tensors = G[n].args
+    grad = G.add("scatter", [g, *tensors], {"key": G[n].attr("key"), "shape": G[x].shape})
+    return (grad, *([None] * len(tensors)))
+
+
+def _arange_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+    n = attrs.get("n")
+    if isinstance(n, str) or (isinstance(n, int) and not isinstance(n, bool) and n > 0):
+        return (n,), "int"
+    raise ShapeError(f"arange() needs a positive whole number or a dim like N, not {n!r}")
+
+
+def _emit_arange(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+    n = attrs["n"]
+    return f"{ctx.xp}.arange({ctx.dim(n) if isinstance(n, str) else n})"
+
+
+def _concat_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+    if not ins:
+        raise ShapeError("concat() needs at least one tensor")
+    first = ins[0]
+    if not first.shape:
+        raise ShapeError("concat() joins tensors along an axis, so they cannot be scalars", 0)
+    axis = attrs.get("axis")
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise ShapeError(f"concat() needs an integer axis, not {axis!r}")
+    (axis,) = S.normalize_axes(axis, len(first.shape))
+    total = 0
+    for i, node in enumerate(ins):
+        if node.dtype != first.dtype:
+            raise ShapeError(f"concat() cannot join {first.dtype} and {node.dtype} tensors", i)
+        others = [d for a, d in enumerate(node.shape) if a != axis]
+        if len(node.shape) != len(first.shape) or others != [d for a, d in enumerate(first.shape) if a != axis]:
+            raise ShapeError(f"concat(axis={attrs['axis']}): {S.show(node.shape)} does not match "
+                             f"{S.show(first.shape)} on the other axes", i)
+        if not isinstance(node.shape[axis], int):
+            raise ShapeError(f"concat() along axis {axis} needs fixed sizes there, but {S.show(node.shape)} "
+                             f"has the symbolic dim {node.shape[axis]}", i)
+        total += node.shape[axis]
+    return (*first.shape[:axis], total, *first.shape[axis + 1:]), first.dtype
+
+
+def _emit_concat(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+    parts = f"({', '.join(args)}{',' if len(args) == 1 else ''})"
+    return f"{ctx.xp}.concatenate({parts}, axis={attrs['axis']!r}" + (f", out={out})" if out else ")")
+
+
+def _vjp_concat(G: Graph, n: int, g: int):
+    rank = len(G[n].shape)
+    (axis,) = S.normalize_axes(G[n].attr("axis"), rank)
+    grads, start = [], 0
+    for a in G[n].args:   # each operand's gradient is its slice of g (a view, no copy)
+        size = G[a].shape[axis]
+        key = (":",) * axis + (f"{start}:{start + size}",)
+        grads.append(G.add("slice", [g], {"key": key}))
+        start += size
+    return tuple(grads)
+
+
+# -- the entries
+
+_NZ = dict(samples=_U, domain="nonzero")
+elementwise("leaky_relu", 1, _leaky_chain, "({0} + ((T){alpha} - (T)1) * min({0}, (T)0))", attrs=(("alpha", 0.01),),
+            infer=_checked_elementwise_rule("leaky_relu", lambda a: _number_attr("leaky_relu", a, "alpha")),
+            in_place=False, vjp=_vjp_leaky_relu,
+            samples=(*_U, Sample((_M,), {"alpha": 0.2})), domain="nonzero",
+            doc="x where x > 0, else alpha * x (the lecture's fix for dying relus)",
+            example="h = leaky_relu(x, alpha=0.1)")
+op("elu", 1, _checked_elementwise_rule("elu", lambda a: _number_attr("elu", a, "alpha")), _emit_elu,
+   scalar="(max({0}, (T)0) + (T){alpha} * expm1(min({0}, (T)0)))", attrs=(("alpha", 1.0),), takes_out=True,
+   in_place=True,
+   helpers=(_ELU,), vjp=_vjp_elu, samples=(*_U, Sample((_M,), {"alpha": 1.7})), domain="nonzero",
+   doc="x where x > 0, else alpha * (exp(x) - 1)", example="h = elu(x, alpha=1.0)")
+elementwise("softplus", 1, (("logaddexp", "0", "0.0"),), "(max({0}, (T)0) + log1p(exp(-fabs({0}))))",
+            vjp=_vjp_softplus, samples=_U,
+            doc="log(1 + exp(x)), computed as max(x, 0) + log(1 + exp(-|x|)), which cannot overflow",
+            example="h = softplus(x)")
+elementwise("gelu", 1, (("multiply", "0", "0"), ("multiply", "$", repr(_GELU_K)), ("add", "$", "1.0"),
+                        ("multiply", "$", "0"), ("multiply", "$", repr(_GELU_C)), ("tanh", "$"), ("add", "$", "1.0"),
+                        ("multiply", "$", "0"), ("multiply", "$", "0.5")),
+            f"(T)0.5 * {{0}} * ((T)1 + tanh((T){_GELU_C!r} * ({{0}} + (T){_GELU_K!r} * {{0}} * {{0}} * {{0}})))",
+            in_place=False, vjp=_vjp_gelu, samples=_U,
+            doc="the tanh approximation x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) of x * Phi(x)",
+            example="h = gelu(x)")
+op("maxout", 1, _maxout_rule, _emit_maxout,
+   attrs=(("k", None),), takes_out=True, vjp=_vjp_maxout, domain="separated",
+   samples=(Sample(((3, 6),), {"k": 2}), Sample(((2, 3, 6),), {"k": 3}), Sample(((4,),), {"k": 4})),
+   doc="the max over k linear pieces: x [..., k*D] is split into k consecutive pieces of D and "
+       "out[..., d] = max_j x[..., j*D + d]; maxout(x @ W + b, k=2) with W = [W1 | W2] is the "
+       "lecture's max(W1 x + b1, W2 x + b2)",
+   example="h = maxout(x, k=2)")
+op("softmax", 1, _along_axis_rule("softmax"), template("_softmax({0}, {axis})"), vjp=_vjp_softmax,
+   attrs=(("axis", -1),), helpers=(_SOFTMAX,), samples=(Sample((_M,)), Sample(((2, 3, 4),), {"axis": 1})),
+   doc="exp(x) / sum(exp(x), axis), computed after subtracting the max so it cannot overflow",
+   example="p = softmax(x, axis=-1)")
+
+op("softmax_cross_entropy_probs", 2, _ce_probs_rule, template("_soft_nll(_log_softmax({0}, 1), {1})"),
+   vjp=_vjp_ce_probs, public=False, helpers=(_LOG_SOFTMAX, _SOFT_NLL), samples=(Sample(((5, 4), (5, 4))),),
+   doc="softmax_cross_entropy with float [N, C] probability targets t: -1/N sum_i sum_c t_ic log softmax(s_i)_c")
+op("svm_loss", 2, _labels_rule("svm_loss"), template("_svm_loss({0}, {1}, {delta})"), vjp=_vjp_svm,
+   attrs=(("delta", 1.0),), helpers=(_SVM,), int_bounds=_class_bounds, domain="separated",
+   # delta = 1.05: the separated draw puts scores on a 0.1 grid, so no margin sits on its kink.
+   samples=(Sample(((5, 4), (5,)), {"delta": 1.05}, ints={1: 4}),),
+   doc="the multiclass SVM (hinge) loss: 1/N sum_i sum_{j != y_i} max(0, s_ij - s_iy_i + delta)",
+   example="loss = svm_loss(scores, y, delta=1.0)")
+op("svm_loss_grad", 3, _ce_grad_rule, template("_svm_loss_grad({0}, {1}, {2}, {delta})"), public=False,
+   attrs=(("delta", 1.0),), helpers=(_SVM,))
+op("sigmoid_cross_entropy", 2, _same_shape_loss_rule("sigmoid_cross_entropy", "targets"),
+   template("_sigmoid_ce({0}, {1})"), vjp=_vjp_sigmoid_ce, helpers=(_SIGMOID_CE,),
+   samples=(Sample(((5,), (5,))), Sample(((3, 4), (3, 4))), Sample(((3, 4), (4,)))),
+   doc="binary cross-entropy on logits x with targets t in [0, 1]: "
+       "mean(max(x, 0) - x t + log(1 + exp(-|x|))), finite for any x",
+   example="loss = sigmoid_cross_entropy(x, t)")
+op("mse", 2, _same_shape_loss_rule("mse", "targets"), template("_mse({0}, {1})"), vjp=_vjp_mse, helpers=(_MSE,),
+   samples=(Sample(((5,), (5,))), Sample(((3, 4), (3, 4))), Sample(((3, 4), ()))),
+   doc="mean squared error: mean((pred - target)^2) over every entry", example="loss = mse(x, t)")
+
+op("l2", -1, _penalty_rule("l2"), _emit_l2, vjp=_vjp_l2,
+   samples=(Sample((_M,)), Sample((_M, (4,)))),
+   doc="the L2 penalty R(W) = sum W^2, summed over every tensor given (its gradient is 2 W)",
+   example="reg = l2(W, W2)")
+op("l1", -1, _penalty_rule("l1"), _emit_l1, vjp=_vjp_l1, domain="nonzero",
+   samples=(Sample((_M,)), Sample((_M, (4,)))),
+   doc="the L1 penalty R(W) = sum |W|, summed over every tensor given", example="reg = l1(W)")
+op("elastic_net", -1, _penalty_rule("elastic_net"), _emit_elastic, vjp=_vjp_elastic, attrs=(("beta", 1.0),),
+   domain="nonzero", samples=(Sample((_M,)), Sample((_M, (4,)), {"beta": 0.3})),
+   doc="the elastic net penalty R(W) = sum (beta W^2 + |W|), summed over every tensor given",
+   example="reg = elastic_net(W, beta=0.5)")
+
+op("slice", 1, _slice_rule, _emit_index, vjp=_vjp_index, attrs=(("key", ()),), public=False,
+   samples=(Sample((_M,), {"key": (":", "1:3")}), Sample(((2, 3, 4),), {"key": ("1", "0:2")}),
+            Sample((_M,), {"key": ("-1",)})),
+   doc="x[...] with integers and fixed slices: a view", example="first = x[:, 0:3]")
+op("index", -1, _index_rule, _emit_index, vjp=_vjp_index, attrs=(("key", ()),), public=False,
+   samples=(Sample(((5, 4), (5,), (5,)), {"key": ("{1}", "{2}")}, ints={1: 5, 2: 4}),
+            Sample(((5, 4), (3,)), {"key": (":", "{1}")}, ints={1: 4}),
+            Sample(((2, 5, 4), (2, 3)), {"key": ("1", "{1}")}, ints={1: 5}),
+            Sample(((5, 4), (6,)), {"key": ("{1}",)}, ints={1: 5})),
+   doc="x[...] with integer tensors among the subscripts (numpy's advanced indexing): a gather",
+   example="correct = scores[arange(N), y]")
+op("scatter", -1, lambda ins, attrs: (attrs["shape"], "float"), _emit_scatter, public=False, helpers=(_SCATTER,),
+   doc="the gradient of slice and index: g added into zeros shaped like x at the indexed entries")
+op("arange", 0, _arange_rule, _emit_arange, attrs=(("n", None),),
+   doc="the integers 0, 1, ..., n - 1 (n may be a dim like N), to index with", example="rows = arange(N)")
+op("concat", -1, _concat_rule, _emit_concat, vjp=_vjp_concat, attrs=(("axis", 0),), takes_out=True,
+   samples=(Sample(((2, 3), (4, 3))), Sample(((3, 2), (3, 1), (3, 4)), {"axis": 1}), Sample(((3,), (2,)))),
+   doc="joins tensors along an existing axis (all other dims equal)", example="h = concat(x, t, axis=1)")
