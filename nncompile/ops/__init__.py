@@ -7,21 +7,7 @@ from other registry ops). Adding an op means adding one ``op(...)`` call in :mod
 or :mod:`.toolkit`; the test suite generates a float64 finite-difference gradient check
 from each op's ``samples``.
 """
-from . import basic, toolkit  # noqa: F401,E402 - declaring the ops fills REGISTRY
-from .registry import (
-                       REGISTRY,
-                       EmitContext,
-                       OpDef,
-                       Sample,
-                       broadcast,
-                       call,
-                       constant,
-                       elementwise,
-                       op,
-                       reduce_call,
-                       sum_to,
-                       template,
-)
+from . import basic, toolkit  # noqa: F401 - declaring the ops fills REGISTRY
+from .registry import REGISTRY, EmitContext, OpDef, Sample, broadcast, constant, elementwise, op, sum_to
 
-__all__ = ["REGISTRY", "EmitContext", "OpDef", "Sample", "broadcast", "call", "constant", "elementwise", "op",
-           "reduce_call", "sum_to", "template"]
+__all__ = ["REGISTRY", "EmitContext", "OpDef", "Sample", "broadcast", "constant", "elementwise", "op", "sum_to"]
