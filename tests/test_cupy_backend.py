@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import nncompile
+from conftest import example_inputs
 from nncompile.compiler import load_module
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,18 +71,6 @@ def _load_on_fake_cupy(source: str, name: str, monkeypatch):
     return load_module(source, name)
 
 
-def _inputs(module, n=5):
-    rng = np.random.default_rng(0)
-    out = {}
-    for name, (shape, dtype) in module.INPUTS.items():
-        if name in module.DEFAULTS:
-            continue
-        shape = tuple(n if isinstance(d, str) else d for d in shape)
-        out[name] = rng.integers(0, module.BOUNDS.get(name, 2), shape) if dtype.startswith("int") \
-            else rng.standard_normal(shape)
-    return out
-
-
 @pytest.mark.parametrize("path", MODELS, ids=lambda p: p.stem)
 def test_the_cupy_module_computes_what_the_numpy_module_computes(path: Path, monkeypatch) -> None:
     reference = nncompile.compile_and_load(path, dtype="float64")
@@ -89,7 +78,7 @@ def test_the_cupy_module_computes_what_the_numpy_module_computes(path: Path, mon
     params = reference.init_params(1)
     np.testing.assert_array_equal(gpu.init_params(1)[next(iter(params))], params[next(iter(params))]) \
         if params else None
-    inputs = _inputs(reference)
+    inputs = example_inputs(reference)
     for _ in range(2):  # the second call runs on a reused workspace
         want_out, want_grads = reference.value_and_grad(params, None, np.random.default_rng(0), **inputs)[:2]
         got_out, got_grads = gpu.value_and_grad(params, None, np.random.default_rng(0), **inputs)[:2]
@@ -116,7 +105,7 @@ def test_on_the_gpu_gradients_match_the_numpy_backend(path: Path) -> None:
     reference = nncompile.compile_and_load(path, dtype="float64")
     gpu = nncompile.compile_and_load(path, dtype="float64", backend="cupy")
     params = reference.init_params(2)
-    inputs = _inputs(reference)
+    inputs = example_inputs(reference)
     want_out, want_grads = reference.value_and_grad(params, **inputs)[:2]
     got_out, got_grads = gpu.value_and_grad({k: cp.asarray(v) for k, v in params.items()},
                                             **{k: cp.asarray(v) for k, v in inputs.items()})[:2]
@@ -137,7 +126,7 @@ def test_each_optimizer_step_is_one_kernel_per_param_and_matches_numpy(optimizer
     gpu = _load_on_fake_cupy(source, f"mlp_{optimizer}", monkeypatch)
     params_np, params_gpu = reference.init_params(0), gpu.init_params(0)
     state_np, state_gpu = reference.init_opt_state(params_np), gpu.init_opt_state(params_gpu)
-    inputs = _inputs(reference)
+    inputs = example_inputs(reference)
     for _ in range(3):
         reference.step(params_np, state_np, 0.01, **inputs)
         gpu.step(params_gpu, state_gpu, 0.01, **inputs)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import example_inputs
 
 from nncompile.codegen import emit_module
 from nncompile.compiler import build, load_module
@@ -20,20 +21,6 @@ def _module(path: Path, optimized: bool, dtype: str = "float64"):
     return load_module(emit_module(build(elaborate_file(path, dtype), optimized=optimized)), path.stem)
 
 
-def _inputs(module, n: int, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name, (shape, dtype) in module.INPUTS.items():
-        if name in module.DEFAULTS:
-            continue
-        shape = tuple(n if isinstance(d, str) else d for d in shape)
-        if dtype.startswith("int"):
-            out[name] = rng.integers(0, module.BOUNDS.get(name, 2), size=shape)
-        else:
-            out[name] = rng.standard_normal(shape).astype(module.DTYPE)
-    return out
-
-
 def _call(module, params, inputs):
     if hasattr(module, "value_and_grad"):  # a fixed seed: dropout draws the same masks in both
         return module.value_and_grad(params, None, np.random.default_rng(0), **inputs)[:2]
@@ -46,7 +33,7 @@ def test_optimised_code_matches_unoptimised_code(path: Path) -> None:
         pytest.importorskip("numpy")  # runs like the rest; 1000 layers take a second or two
     fast, plain = _module(path, optimized=True), _module(path, optimized=False)
     params = fast.init_params(3)
-    inputs = _inputs(fast, 5)
+    inputs = example_inputs(fast, 5)
     (out_fast, grads_fast), (out_plain, grads_plain) = _call(fast, params, inputs), _call(plain, params, inputs)
     assert out_fast.keys() == out_plain.keys() and grads_fast.keys() == grads_plain.keys()
     for key in out_fast:
@@ -59,10 +46,10 @@ def test_optimised_code_matches_unoptimised_code(path: Path) -> None:
 def test_a_second_call_gives_the_same_answer_and_leaves_the_first_untouched(name: str) -> None:
     module = _module(ROOT / "examples" / f"{name}.nn", optimized=True, dtype="float32")
     params = module.init_params(0)
-    inputs = _inputs(module, 6)
+    inputs = example_inputs(module, 6)
     first_out, first_grads = module.value_and_grad(params, **inputs)
     snapshot = {k: np.array(v, copy=True) for k, v in {**first_out, **first_grads}.items()}
-    other = _inputs(module, 6, seed=1)
+    other = example_inputs(module, 6, seed=1)
     module.value_and_grad(params, **other)           # reuses the workspace with other data
     second_out, second_grads = module.value_and_grad(params, **inputs)
     for key, value in {**first_out, **first_grads}.items():
@@ -80,7 +67,7 @@ def test_a_second_call_gives_the_same_answer_and_leaves_the_first_untouched(name
 def test_the_workspace_follows_the_batch_size() -> None:
     module = _module(ROOT / "examples" / "mlp.nn", optimized=True, dtype="float32")
     params = module.init_params(0)
-    small, large = _inputs(module, 3), _inputs(module, 11)
+    small, large = example_inputs(module, 3), example_inputs(module, 11)
     expected_small = module.value_and_grad(params, **small)
     module.value_and_grad(params, **large)
     again = module.value_and_grad(params, **small)
