@@ -89,6 +89,7 @@ class Elaborator:
         self.imported: set[str] = set()
         self.globals: dict[str, Any] = {}
         self.instance_results: set[int] = set()   # layer results named after their instance
+        self.layer_consts: dict[str, dict[str, Any]] = {}
 
     # ---- files and statements ----------------------------------------------------------
 
@@ -150,7 +151,7 @@ class Elaborator:
             return self.expr(stmt.value, scope)
         elif isinstance(stmt, S.Layer):
             self.top_only(stmt, scope, "layer definition")
-            self.define_layer(stmt)
+            self.define_layer(stmt, scope)
         elif isinstance(stmt, S.Import):
             self.top_only(stmt, scope, "import")
             self.import_(stmt, scope)
@@ -299,7 +300,7 @@ class Elaborator:
     def symbolic_dims(self) -> set[str]:
         return {d for n in self.model.inputs.values() for d in self.G[n].shape if isinstance(d, str)}
 
-    def define_layer(self, layer: S.Layer) -> None:
+    def define_layer(self, layer: S.Layer, scope: Scope) -> None:
         if layer.name in self.layers:
             raise NNError(f"layer '{layer.name}' is already defined", layer.loc,
                           notes=(("first defined here", self.layers[layer.name][1]),))
@@ -311,6 +312,7 @@ class Elaborator:
                 raise NNError(f"layer '{layer.name}' has two arguments named '{arg.name}'", arg.loc)
             seen.add(arg.name)
         self.layers[layer.name] = (layer, layer.loc)
+        self.layer_consts[layer.name] = scope.consts   # the consts of the file that defines it
 
     def import_(self, stmt: S.Import, scope: Scope) -> None:
         if stmt.is_path:
@@ -333,10 +335,15 @@ class Elaborator:
             raise NNError(f"cannot import \"{stmt.target}\": there is no file {shown}", stmt.loc)
         module = parse_file(shown)
         self.importing.append(str(path))
+        # The imported file has its own consts: its layers see those, never the importer's.
+        own = Scope((), {})
         for inner in module.body:
             if not isinstance(inner, (S.Const, S.Layer, S.Import)):
                 raise NNError("an imported file may only define consts and layers, and import others", inner.loc)
-            self.statement(inner, scope)
+            self.statement(inner, own)
+        for name, value in own.consts.items():   # and the importer gets them too
+            scope.define(name, own.defined.get(name, stmt.loc))
+            scope.consts[name] = value
         self.importing.pop()
         self.imported.add(str(path))
 
@@ -609,7 +616,7 @@ class Elaborator:
             raise NNError(f"the layer instance name '{name}' is already used; name this call with 'as'",
                           call.loc, notes=(("first used here", scope.instances[name]),))
         scope.instances[name] = call.loc
-        inner = Scope((*scope.prefix, name), dict(self.globals), in_layer=layer.name)
+        inner = Scope((*scope.prefix, name), dict(self.layer_consts[layer.name]), in_layer=layer.name)
         bound = self.bind_layer_args(layer, call, scope, inner, args)
         for arg in layer.args:
             if arg.name in bound:

@@ -260,7 +260,7 @@ class _ToAst(Transformer):
         return S.Assign(self.L(meta), str(items[0]), items[1])
 
     def output_stmt(self, meta, items):
-        return S.Output(self.L(meta), tuple((str(t), _tok_loc(self.file, t)) for t in items))
+        return S.Output(self.L(meta), tuple((ref.name, ref.loc) for ref in items))
 
     def minimize_stmt(self, meta, items):
         return S.Minimize(self.L(meta), str(items[0]))
@@ -365,7 +365,10 @@ class _ToAst(Transformer):
         return S.Call(self.L(meta), call.func, call.args, call.kwargs, str(name))
 
     def repeat(self, meta, items):
-        return S.Repeat(self.L(meta), items[0], items[1])
+        count, call, scope = items
+        if scope is not None:   # repeat 3 block(x) as blocks
+            call = S.Call(call.loc, call.func, call.args, call.kwargs, str(scope))
+        return S.Repeat(self.L(meta), count, call)
 
     def index(self, meta, items):
         return S.Index(self.L(meta), items[0], tuple(i for i in items[1:] if i is not None))

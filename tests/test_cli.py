@@ -199,3 +199,21 @@ def test_check_fails_on_a_shape_error(tmp_path: Path, run_cli) -> None:
     result = run_cli("check", "m.nn")
     assert result.returncode == 1
     assert result.stderr.startswith("m.nn:2:9: error: cannot multiply [N, 3] @ [N, 3]")
+
+
+def test_check_passes_a_gradient_that_is_exactly_zero(tmp_path: Path, run_cli) -> None:
+    """A bias right before batch norm gets a zero gradient: round-off, not a failure."""
+    model = write_nn(tmp_path, "bn.nn", """
+        import nn
+        input X: float[N, 4]
+        input y: int[N]
+        param W: [4, 6] = he()
+        param b: [6] = zeros()
+        h = batchnorm(X @ W + b) as bn
+        scores = linear(relu(h), out=3) as out
+        loss = softmax_cross_entropy(scores, y)
+        minimize loss
+    """)
+    result = run_cli("check", model)
+    assert result.returncode == 0, result.stderr
+    assert "gradient of b" in result.stdout and "passed" in result.stdout

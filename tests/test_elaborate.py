@@ -472,3 +472,40 @@ def test_shapes_are_inferred_as_nodes_are_built() -> None:
     assert shape_of(m, "h") == ("N", 100)
     assert shape_of(m, "data_loss") == ()
     assert np.all([m.graph[n].dtype in ("float", "int") for n in m.graph.nodes()])
+
+
+def test_repeat_can_name_its_copies_and_outputs_can_be_scoped_names() -> None:
+    model = model_of("""
+        input X: float[N, 4]
+        layer block(x: [B, K]) -> [B, K] {
+            param W: [K, K] = xavier()
+            return tanh(x @ W)
+        }
+        h = repeat 2 block(X) as blocks
+        output h, blocks.2.W
+    """)
+    assert list(model.params) == ["blocks.1.W", "blocks.2.W"]
+    assert set(model.outputs) == {"h", "blocks.2.W"}
+    assert model.outputs["blocks.2.W"] == model.params["blocks.2.W"]
+
+
+def test_an_imported_layer_sees_its_own_files_consts_not_the_importers(tmp_path: Path) -> None:
+    write_nn(tmp_path, "layers.nn", """
+        const width = 3
+        layer widen(x: [B, D]) -> [B, width] {
+            param W: [D, width] = zeros()
+            return x @ W
+        }
+    """)
+    main = write_nn(tmp_path, "main.nn", """
+        import "layers.nn"
+        const D = 99          # must not leak into the pattern [B, D] of widen()
+        input X: float[N, 5]
+        h = widen(X)
+        output h
+        s = X * width         # the importer does get the imported consts
+        output s
+    """)
+    model = elaborate_file(main)
+    assert model.graph[model.outputs["h"]].shape == ("N", 3)
+    assert model.graph[model.params["h.W"]].shape == (5, 3)
