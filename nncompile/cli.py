@@ -148,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(args)
     except NNError as exc:
+        if exc.loc is None and exc.file is None:   # keep FILE:LINE:COL: blame the model being run
+            exc.file = args.model
         print(exc.format(), file=sys.stderr)
         return 1
     except KeyboardInterrupt:

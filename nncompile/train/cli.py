@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import NNError
 from ..optim import OPTIMIZERS
 from .data import NORMALIZE
 from .schedules import NAMES as SCHEDULES
@@ -89,7 +88,7 @@ def run_train(args: argparse.Namespace) -> int:
     """Run ``nncompile train`` for parsed ``args``; returns the exit status."""
     from .trainer import TrainConfig, run
 
-    try:
+    try:  # NNError goes up to nncompile.cli.main, which reports every command's errors alike
         hyper = {name: getattr(args, name) for name in HYPER_FLAGS if getattr(args, name) is not None}
         epochs = args.epochs if args.epochs is not None else (OVERFIT_EPOCHS if args.overfit is not None else 50)
         config = TrainConfig(
@@ -103,9 +102,6 @@ def run_train(args: argparse.Namespace) -> int:
         report = run(args.model, data=args.data, mapping=parse_mapping(args.map), test_data=args.test_data,
                      config=config, out=args.out, resume=args.resume, overfit=args.overfit,
                      grad_check=args.grad_check, log=lambda line: print(line, flush=True), progress=progress)
-    except NNError as exc:
-        print(exc.format(), file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         where = args.out or str(Path("runs") / Path(args.model).stem)
         print(f"interrupted: the last finished epoch is checkpointed; continue with --resume --out {where}",
@@ -113,14 +109,3 @@ def run_train(args: argparse.Namespace) -> int:
         return 130
     return 0 if report.ok else 1
 
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m nncompile.train.cli``: the train verb on its own (the main CLI has it too)."""
-    parser = argparse.ArgumentParser(prog="nncompile")
-    add_train_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.run(args))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

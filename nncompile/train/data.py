@@ -86,15 +86,15 @@ def load_source(spec: str) -> RawData:
     path = Path(spec)
     if not path.exists():
         raise NNError(f"data file not found: {spec} (use --data digits for the bundled digits set, "
-                      "or a .npz or .csv file)")
+                      "or a .npz or .csv file)", file=spec)
     if path.is_dir():
-        raise NNError(f"{spec} is a directory, not a .npz or .csv data file")
+        raise NNError(f"{spec} is a directory, not a .npz or .csv data file", file=spec)
     suffix = path.suffix.lower()
     if suffix == ".npz":
         return load_npz(path)
     if suffix == ".csv":
         return load_csv(path)
-    raise NNError(f"cannot read data from {spec}: use a .npz or .csv file (or --data digits)")
+    raise NNError(f"cannot read data from {spec}: use a .npz or .csv file (or --data digits)", file=spec)
 
 
 def load_digits() -> RawData:
