@@ -213,12 +213,10 @@ def bench_mlp(name: str, batch: int, repeat: int, warmup: int, rows: dict[str, d
         err = ref.rel_err(r.result()[1]["fc1.W"], runners[0].result()[1]["fc1.W"])
         if err > 1e-4:
             raise BenchError(f"{label}: {r.name} reference disagrees with numpy (rel err {err:.1e})")
-    rows[label] = {"compiled": Stats(ref.time_us(compiled, repeat, warmup))}
-    for r in runners:
-        rows[label][r.name] = Stats(ref.time_us(r.step, repeat, warmup))
+    fns = {"compiled": compiled, **{r.name: r.step for r in runners}}
     if gemms:
-        gemm = gemm_step(params, X, with_dx)
-        rows[label][f"GEMMs ({9 if with_dx else 8})"] = Stats(ref.time_us(gemm, repeat, warmup))
+        fns[f"GEMMs ({9 if with_dx else 8})"] = gemm_step(params, X, with_dx)
+    rows[label] = {name: Stats(times) for name, times in ref.time_us_interleaved(fns, repeat, warmup).items()}
 
 
 def bench_circuit(repeat: int, warmup: int, rows: dict[str, dict[str, Stats]]) -> None:
@@ -231,10 +229,8 @@ def bench_circuit(repeat: int, warmup: int, rows: dict[str, dict[str, Stats]]) -
 
     runners = ref.circuit_runners(args["x"], args["y"], args["z"])
     check("circuit", compiled(), runners[0].result())
-    label = "circuit (scalars)"
-    rows[label] = {"compiled": Stats(ref.time_us(compiled, repeat, warmup))}
-    for r in runners:
-        rows[label][r.name] = Stats(ref.time_us(r.step, repeat, warmup))
+    fns = {"compiled": compiled, **{r.name: r.step for r in runners}}
+    rows["circuit (scalars)"] = {name: Stats(t) for name, t in ref.time_us_interleaved(fns, repeat, warmup).items()}
 
 
 # ------------------------------------------------------------------- compile time

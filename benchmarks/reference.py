@@ -114,6 +114,30 @@ def time_us(fn: Callable[[], Any], repeat: int, warmup: int = 10) -> list[float]
     return times
 
 
+def time_us_interleaved(fns: Mapping[str, Callable[[], Any]], repeat: int, warmup: int = 10,
+                        block: int = 10) -> dict[str, list[float]]:
+    """Per-call times like :func:`time_us`, for several implementations measured in turns
+    (``block`` calls each per round), so a machine that speeds up or slows down during the
+    run moves every row alike and the ratios stay fair."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(max(1, repeat // block)):
+            for name, fn in fns.items():
+                for _ in range(block):
+                    t0 = time.perf_counter()
+                    fn()
+                    times[name].append((time.perf_counter() - t0) * 1e6)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return times
+
+
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     """Max abs difference scaled by the largest magnitude of ``b`` (norm-wise error)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
