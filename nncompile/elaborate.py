@@ -470,8 +470,8 @@ class Elaborator:
             raise NNError(f"an index must be a whole number (or an int tensor), not {value!r}", expr.loc)
         return value
 
-    def constant(self, value: float, loc: Loc | None) -> int:
-        return self.G.add("const", (), {"value": value, "shape": (), "dtype": "float"}, loc=loc)
+    def constant(self, value: float, loc: Loc | None, name: str | None = None) -> int:
+        return self.G.add("const", (), {"value": value, "shape": (), "dtype": "float"}, loc=loc, name=name)
 
     def lookup(self, ref: S.Ref, scope: Scope) -> int:
         name = ref.name
@@ -481,7 +481,7 @@ class Elaborator:
             if name in scope.consts:
                 value = scope.consts[name]
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    return self.constant(float(value), ref.loc)
+                    return self.constant(float(value), ref.loc, name=ref.name)  # named in diagrams
                 raise NNError(f"'{name}' is {value!r}, not a number", ref.loc)
             if name in scope.dims:
                 dim = scope.dims[name]

@@ -10,6 +10,7 @@ import re
 import numpy as np
 
 _C_TO_NUMPY = [
+    (r"\(T\)\(", "_T("),   # a cast of a comparison: bool -> the array's float type
     (r"\(T\)", ""),
     (r"\bmax\(", "np.maximum("),
     (r"\bmin\(", "np.minimum("),
@@ -20,6 +21,10 @@ _C_TO_NUMPY = [
     (r"\bINFINITY\b", "np.inf"),
     (r"\bNAN\b", "np.nan"),
 ]
+
+
+def _T(value):
+    return np.asarray(value, dtype=np.float64)
 
 
 def _to_numpy(code: str) -> str:
@@ -45,11 +50,11 @@ class ElementwiseKernel:
 
     def __call__(self, *args):
         if hasattr(self, "statements"):
-            scope = {"np": np, **dict(zip(self.inputs + self.outputs, args))}
+            scope = {"np": np, "_T": _T, **dict(zip(self.inputs + self.outputs, args))}
             exec(self.statements, scope)  # noqa: S102 - our compiler's own kernels, in a test
             return None
         inputs, out = args[:self.arity], args[self.arity:]
-        scope = {"np": np, **{f"x{i}": np.asarray(a) for i, a in enumerate(inputs)}}
+        scope = {"np": np, "_T": _T, **{f"x{i}": np.asarray(a) for i, a in enumerate(inputs)}}
         with np.errstate(all="ignore"):
             value = eval(self.expr, scope)  # noqa: S307 - our compiler's own kernels, in a test
         shape = np.broadcast_shapes(*(np.shape(a) for a in inputs))

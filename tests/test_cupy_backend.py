@@ -4,6 +4,7 @@ numpy backend computes (run here on a CPU stand-in for CuPy, and on a GPU when t
 from __future__ import annotations
 
 import ast
+import re
 import shutil
 import subprocess
 import sys
@@ -173,3 +174,16 @@ def test_the_trainer_runs_the_cupy_backend_and_learns_what_numpy_learns(model: s
     for name, value in results["numpy"][0].items():
         np.testing.assert_allclose(results["cupy"][0][name], value, rtol=1e-9, atol=1e-12, err_msg=name)
     assert results["cupy"][1].acc == results["numpy"][1].acc
+
+
+def test_fused_sign_is_zero_at_zero_as_numpy_says(monkeypatch, tmp_path: Path) -> None:
+    """abs' gradient multiplies by sign(x): the GPU kernel must agree with np.sign at 0."""
+    path = tmp_path / "abs.nn"
+    path.write_text("input x: float[N]\nloss = sum(abs(x) * 3)\nminimize loss\n")
+    reference = nncompile.compile_and_load(path, dtype="float64")
+    source = nncompile.compile_file(path, dtype="float64", backend="cupy")
+    assert re.search(r"\(T\)\((x\d) > 0\) - \(T\)\(\1 < 0\)", source), "sign is fused into the gradient kernel"
+    gpu = _load_on_fake_cupy(source, "abs_gpu", monkeypatch)
+    x = np.array([-2.0, 0.0, 0.0, 1.5])
+    np.testing.assert_array_equal(gpu.value_and_grad({}, x=x)[1]["x"], reference.value_and_grad({}, x=x)[1]["x"])
+    np.testing.assert_array_equal(reference.value_and_grad({}, x=x)[1]["x"], [-3.0, 0.0, 0.0, 3.0])

@@ -255,7 +255,7 @@ elementwise("relu", 1, (("maximum", "0", "0.0"),), "max({0}, (T)0)", vjp=_vjp_re
 # Masks and signs carry no gradient: they exist to build other ops' gradients.
 elementwise("step", 2, lambda attrs: ((_COMPARE[attrs["cmp"]], "0", "1"),), "(T)({0} {cmp} {1})",
             attrs=(("cmp", ">"),), public=False, doc="1 where the comparison holds, else 0")
-elementwise("sign", 1, (("sign", "0"),), "copysign((T)1, {0})", public=False)
+elementwise("sign", 1, (("sign", "0"),), "((T)({0} > 0) - (T)({0} < 0))", public=False)  # 0 at 0, as np.sign
 
 op("matmul", 2, _matmul_rule, call("matmul"), vjp=_vjp_matmul, takes_out=True,
    samples=(Sample(((3, 4), (4, 2))), Sample(((2, 3, 4), (4, 2))), Sample(((4,), (4, 2))),
