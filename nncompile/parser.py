@@ -1,17 +1,20 @@
 """Lark front end: .nn text -> :mod:`nncompile.syntax` tree, with a location on every node."""
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 import re
 from importlib import resources
 from pathlib import Path
 from typing import Iterator
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer_NonRecursive, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from . import syntax as S
 from .errors import Loc, NNError, Sources
+from .limits import MAX_INT, MAX_NESTING
 
 _OPEN = {"LPAR": "RPAR", "LSQB": "RSQB"}
 _CLOSE = {"RPAR", "RSQB"}
@@ -69,6 +72,10 @@ def parse(text: str, file: str = "<string>") -> S.Module:
         body = _ToAst(file).transform(tree)
     except VisitError as exc:
         raise exc.orig_exc from None
+    deep = _too_deep(body)
+    if deep is not None:
+        raise NNError(f"this is nested more than {MAX_NESTING} levels deep (brackets, calls and operands "
+                      "inside one another), the limit; name the inner parts with assignments", deep.loc)
     return S.Module(file, tuple(body))
 
 
@@ -131,6 +138,9 @@ def _syntax_error(exc: UnexpectedInput, text: str, file: str) -> NNError:
         col = start - text.rfind("\n", 0, start)
         return NNError(f"'{word}' is a keyword of the language, so it cannot be used as a name; "
                        "choose another name", Loc(file, token.line, col, col + len(word)))
+    python = _python_statement(text, token, file)
+    if python is not None:
+        return python
     if token.type == "DOT" and re.match(r"[ \t\f]*import\b", text[text.rfind("\n", 0, token.start_pos) + 1:]):
         return NNError('to import a file, quote its path, like: import "layers.nn"', tok_loc)
     got = "end of line" if token.type == "_NL" else repr(str(token))
@@ -191,6 +201,24 @@ def _misused_keyword(text: str, token: Token) -> tuple[str, int] | None:
     return match.group(1), line_start + match.start(1)
 
 
+_PYTHON = {"def": "layers are written `layer name(args) -> shape { ... }`, with `return` inside",
+           "class": "layers are written `layer name(args) -> shape { ... }`",
+           "for": "there are no loops: to apply a layer n times write `repeat n layer(x)`",
+           "while": "there are no loops: to apply a layer n times write `repeat n layer(x)`"}
+
+
+def _python_statement(text: str, token: Token, file: str) -> NNError | None:
+    """A line that starts like Python (``def f(x):``): say how the language writes it."""
+    line_start = text.rfind("\n", 0, token.start_pos) + 1
+    match = re.match(r"[ \t\f]*(def|class|for|while)\b", text[line_start:token.start_pos])
+    if match is None:
+        return None
+    word = match.group(1)
+    col = match.start(1) + 1
+    return NNError(f"'{word}' is Python, not part of the .nn language: {_PYTHON[word]}",
+                   Loc(file, token.line, col, col + len(word)))
+
+
 def _never_closed(bracket: tuple[str, int, int, int], file: str) -> NNError:
     char, line, col, _ = bracket
     return NNError(f"'{char}' opened here was never closed", Loc(file, line, col, col + 1))
@@ -229,8 +257,9 @@ def _tok_loc(file: str, token: Token) -> Loc:
 
 
 @v_args(meta=True)
-class _ToAst(Transformer):
-    """Bottom-up conversion of Lark's parse tree into syntax dataclasses."""
+class _ToAst(Transformer_NonRecursive):
+    """Bottom-up conversion of Lark's parse tree into syntax dataclasses, without recursion,
+    so a 600-term sum on one line converts like a short one."""
 
     def __init__(self, file: str):
         super().__init__()
@@ -335,7 +364,15 @@ class _ToAst(Transformer):
 
     def number(self, meta, items):
         text = str(items[0])
-        value = int(text) if text.isdigit() else float(text)
+        shown = text if len(text) <= 24 else text[:20] + "..."
+        if text.isdigit():   # checked before int(): Python refuses to convert 4,300 digits
+            if len(text.lstrip("0")) > len(str(MAX_INT)) or int(text) > MAX_INT:
+                raise NNError(f"the whole number {shown} is too large: whole numbers must fit in int64 "
+                              f"(at most {MAX_INT}); for a real number write one like 1e20", self.L(meta))
+            return S.Number(self.L(meta), int(text))
+        value = float(text)
+        if not math.isfinite(value):
+            raise NNError(f"the number {shown} overflows float64 (the largest is about 1.8e308)", self.L(meta))
         return S.Number(self.L(meta), value)
 
     def true(self, meta, items):
@@ -380,6 +417,33 @@ class _ToAst(Transformer):
 
     def slice(self, meta, items):
         return S.Slice(self.L(meta), items[0], items[1])
+
+
+def _too_deep(body: list[S.Stmt]) -> S.Node | None:
+    """The first node nested more than MAX_NESTING levels deep, if any. A chain of one
+    operator (a + b + c, - - x) counts as one level: the elaborator walks it in a loop."""
+    stack = [(stmt, 0) for stmt in body]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_NESTING:
+            return node
+        for child in _children(node):
+            chained = (isinstance(node, S.BinOp) and child is node.left and isinstance(child, S.BinOp)) or \
+                (isinstance(node, S.Neg) and isinstance(child, S.Neg))
+            stack.append((child, depth if chained else depth + 1))
+    return None
+
+
+def _children(node: S.Node) -> list[S.Node]:
+    out: list[S.Node] = []
+    items = [getattr(node, f.name) for f in dataclasses.fields(node)]
+    while items:
+        item = items.pop()
+        if isinstance(item, S.Node):
+            out.append(item)
+        elif isinstance(item, tuple):
+            items.extend(item)
+    return out
 
 
 def _flatten(items) -> list:

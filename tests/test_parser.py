@@ -383,3 +383,61 @@ def test_control_characters_do_not_shift_lines() -> None:
     assert [at(s) for s in body] == [(1, 1), (2, 1), (3, 1)]
     from nncompile.errors import Sources
     assert Sources.line("cc.nn", 2) == "y = x + q"
+
+
+# ---- numbers, nesting and Python habits ------------------------------------------------
+
+@pytest.mark.parametrize(("text", "message", "where"), [
+    ("input x = " + "9" * 400 + "\n", "too large: whole numbers must fit in int64 (at most 9223372036854775807)",
+     (1, 11)),
+    ("input x = " + "1" * 5000 + "\n", "too large: whole numbers must fit in int64", (1, 11)),
+    ("const A = 9223372036854775808\n", "too large: whole numbers must fit in int64", (1, 11)),
+    ("input x = 1e400\n", "the number 1e400 overflows float64", (1, 11)),
+    ("y = leaky_relu(x, alpha=1e999)\n", "the number 1e999 overflows float64", (1, 25)),
+])
+def test_literals_past_int64_or_float64_are_located_errors(text: str, message: str, where) -> None:
+    err = error_of(text)
+    assert message in err.message, err.message
+    assert (err.loc.line, err.loc.col) == where
+
+
+def test_the_largest_literals_still_parse() -> None:
+    assert value_of("9223372036854775807") == S.Number(value_of("9223372036854775807").loc, 2**63 - 1)
+    assert value_of("1.7e308").value == 1.7e308
+    assert value_of("1" * 300 + ".5").value == float("1" * 300 + ".5")
+
+
+@pytest.mark.parametrize("text", [
+    " + ".join(["x"] * 5000),      # one long line: a left-nested chain of 4999 additions
+    "-" * 2000 + "x",
+    "(" * 10000 + "x" + ")" * 10000,
+])
+def test_long_chains_parse_without_recursion(text: str) -> None:
+    assert isinstance(value_of(text), (S.BinOp, S.Neg, S.Ref))
+
+
+@pytest.mark.parametrize("text", [
+    "[" * 600 + "1" + "]" * 600,
+    "f(" * 150 + "x" + ")" * 150,
+    "x ** " * 150 + "x",
+    "x + (" * 150 + "x" + ")" * 150,
+])
+def test_nesting_past_the_limit_is_a_located_error(text: str) -> None:
+    err = error_of(f"y = {text}\n")
+    assert "nested more than 100 levels deep" in err.message and err.loc.line == 1
+
+
+def test_nesting_up_to_the_limit_parses() -> None:
+    assert isinstance(value_of("f(" * 99 + "x" + ")" * 99), S.Call)
+
+
+@pytest.mark.parametrize(("text", "message", "where"), [
+    ("def f(x):\n    return x\n", "'def' is Python, not part of the .nn language: layers are written "
+     "`layer name(args) -> shape { ... }`", (1, 1)),
+    ("input x = 1\n  for i in range(3):\n", "there are no loops: to apply a layer n times write `repeat n layer(x)`",
+     (2, 3)),
+])
+def test_python_statements_get_a_hint(text: str, message: str, where) -> None:
+    err = error_of(text)
+    assert message in err.message, err.message
+    assert (err.loc.line, err.loc.col) == where
