@@ -7,6 +7,7 @@ checks shapes as each node is built, so every error points at the user's text.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +19,13 @@ from . import syntax as S
 from .errors import Loc, NNError
 from .initializers import INITIALIZERS, fans
 from .ir import Graph, Model
+from .limits import MAX_DIM, MAX_ELEMENTS, MAX_INT, MAX_NESTING, MAX_NODES, MAX_RANK, MAX_REPEAT
 from .ops import REGISTRY, OpDef
 from .parser import parse_file
 from .shapes import Dim, Shape, ShapeError, show
 
 STDLIB = Path(__file__).resolve().parent / "stdlib"
+_PAIRWISE = {"max": "maximum"}   # a reduction, and the op a newcomer calling it with two tensors meant
 _BINOPS = {"add": "add", "sub": "sub", "mul": "mul", "div": "div", "matmul": "matmul", "pow": "pow"}
 
 
@@ -90,6 +93,7 @@ class Elaborator:
         self.globals: dict[str, Any] = {}
         self.instance_results: set[int] = set()   # layer results named after their instance
         self.layer_consts: dict[str, dict[str, Any]] = {}
+        self.calling: list[str] = []   # the layers being instantiated, outermost first
 
     # ---- files and statements ----------------------------------------------------------
 
@@ -213,7 +217,8 @@ class Elaborator:
         elif stmt.default is None:
             raise NNError(f"input '{stmt.name}' needs a type (like float[N, 3]) or a default value", stmt.loc)
         if stmt.default is not None:
-            value = np.asarray(self.const_eval(stmt.default, scope), dtype=float if dtype == "float" else None)
+            value = np.asarray(self.tensor_value(stmt.default, scope, f"the default of '{stmt.name}'"),
+                               dtype=float if dtype == "float" else None)
             if dtype == "int" and not np.issubdtype(value.dtype, np.integer):
                 raise NNError(f"input '{stmt.name}' is int, but its default is not an integer", stmt.default.loc)
             if stmt.type is None:
@@ -245,12 +250,12 @@ class Elaborator:
             if len(init.args) > len(names):
                 raise NNError(f"{init.func}() takes {len(names)} argument(s)", init.args[len(names)].loc)
             for name, value in zip(names, init.args):
-                args[name] = float(self.const_eval(value, scope))
+                args[name] = self.number(value, scope, f"{init.func}(): {name}")
             for name, value, loc in init.kwargs:
                 if name not in known:
                     raise NNError(f"{init.func}() has no argument '{name}'"
                                   + (f"; it takes {', '.join(names)}" if names else ""), loc)
-                args[name] = float(self.const_eval(value, scope))
+                args[name] = self.number(value, scope, f"{init.func}(): {name}")
             problem = spec.check(args) if spec.check else None
             if problem:
                 raise NNError(f"{init.func}(): {problem}", init.loc)
@@ -258,8 +263,12 @@ class Elaborator:
                 shape = ()
             fan_in, fan_out = fans(shape)
             spec_init = ParamInit(init.func, tuple(args.items()), fan_in, fan_out)
+        elif isinstance(init, S.Call):
+            close = difflib.get_close_matches(init.func, INITIALIZERS, n=1)
+            raise NNError(f"unknown initialiser '{init.func}'" + (f"; did you mean '{close[0]}'?" if close else
+                          f"; the initialisers are {', '.join(sorted(INITIALIZERS))}"), init.loc)
         else:
-            value = np.asarray(self.const_eval(init, scope), dtype=float)
+            value = np.asarray(self.tensor_value(init, scope, f"the initial value of '{stmt.name}'"), dtype=float)
             if shape is None:
                 shape = value.shape
             elif value.shape not in ((), shape):
@@ -291,10 +300,13 @@ class Elaborator:
                 if not symbolic:
                     raise NNError(f"a param's shape cannot depend on the symbolic dim {value}", expr.loc)
                 dims.append(value)
-            elif isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0:
+            elif isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 < value <= MAX_DIM:
                 dims.append(int(value))
+            elif isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0:
+                raise NNError(f"a dimension can be at most {MAX_DIM} (2**31 - 1), not {value}", expr.loc)
             else:
                 raise NNError(f"a dimension must be a positive integer, not {value!r}", expr.loc)
+        _check_size(tuple(dims), type_.loc)
         return tuple(dims)
 
     def symbolic_dims(self) -> set[str]:
@@ -319,10 +331,13 @@ class Elaborator:
             # Shown (in errors, in the generated code's comments) relative to the importing
             # file as the user wrote it; resolved only to recognise a file seen before.
             shown = Path(os.path.normpath(Path(stmt.loc.file).parent / stmt.target))
-            path = shown.resolve()
+            try:
+                path = shown.resolve()
+            except OSError as exc:   # a name longer than the file system allows, say
+                raise NNError(f"cannot import \"{stmt.target[:40]}\": {exc.strerror}", stmt.loc) from None
         else:
             shown = path = (STDLIB / f"{stmt.target}.nn").resolve()
-            if not path.is_file():
+            if not _is_file(path):
                 known = sorted(p.stem for p in STDLIB.glob("*.nn"))
                 raise NNError(f"no standard library module '{stmt.target}'"
                               + (f"; there is {', '.join(known)}" if known else ""), stmt.loc)
@@ -331,7 +346,7 @@ class Elaborator:
             raise NNError("import cycle: " + " imports ".join(Path(p).name for p in chain), stmt.loc)
         if str(path) in self.imported:
             return
-        if not path.is_file():
+        if not _is_file(path):
             raise NNError(f"cannot import \"{stmt.target}\": there is no file {shown}", stmt.loc)
         module = parse_file(shown)
         self.importing.append(str(path))
@@ -351,6 +366,17 @@ class Elaborator:
 
     def const_eval(self, expr: S.Expr, scope: Scope) -> Any:
         """Evaluate an expression that must be known at compile time (dims, attributes)."""
+        if isinstance(expr, S.BinOp) and expr.op != "matmul":
+            chain = _left_chain(expr)   # a + b + c + ... in a loop, however long
+            value = self.const_eval(chain[0].left, scope)
+            for binop in chain:
+                value = _arith(binop, value, self.const_eval(binop.right, scope))
+            return value
+        if isinstance(expr, S.Neg):
+            negs, operand = _neg_chain(expr)
+            value = self.const_eval(operand, scope)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return -value if negs % 2 else value
         if isinstance(expr, S.Number):
             return expr.value
         if isinstance(expr, S.Bool):
@@ -365,24 +391,10 @@ class Elaborator:
             if expr.name in self.symbolic_dims():   # a dim like N, known only at each call: arange(N)
                 return expr.name
             raise self.unknown(expr.name, expr.loc, scope, consts_only=True)
-        if isinstance(expr, S.Neg):
-            value = self.const_eval(expr.operand, scope)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return -value
         if isinstance(expr, S.ListExpr):
-            return [self.const_eval(item, scope) for item in expr.items]
-        if isinstance(expr, S.BinOp) and expr.op != "matmul":
-            left, right = self.const_eval(expr.left, scope), self.const_eval(expr.right, scope)
-            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (left, right)):
-                try:
-                    if expr.op == "div" and isinstance(left, int) and isinstance(right, int) and left % right == 0:
-                        return left // right
-                    return {"add": lambda: left + right, "sub": lambda: left - right, "mul": lambda: left * right,
-                            "div": lambda: left / right, "pow": lambda: left ** right}[expr.op]()
-                except ZeroDivisionError:
-                    raise NNError("cannot evaluate this constant: division by zero", expr.loc) from None
-                except OverflowError as exc:
-                    raise NNError(f"cannot evaluate this constant: {exc.args[-1]}", expr.loc) from None
+            items = [self.const_eval(item, scope) for item in expr.items]
+            _check_rectangular(items, expr)
+            return items
         raise NNError("a constant is needed here (a number, a const, or arithmetic on them)", expr.loc)
 
     # ---- expressions -------------------------------------------------------------------
@@ -393,20 +405,25 @@ class Elaborator:
         if isinstance(expr, S.Ref):
             return self.lookup(expr, scope)
         if isinstance(expr, S.BinOp):
-            left, right = self.expr(expr.left, scope), self.expr(expr.right, scope)
-            return self.op(_BINOPS[expr.op], [left, right], {}, expr.loc, scope)
+            chain = _left_chain(expr)   # a + b + c + ... in a loop, however long
+            value = self.expr(chain[0].left, scope)
+            for binop in chain:
+                value = self.op(_BINOPS[binop.op], [value, self.expr(binop.right, scope)], {}, binop.loc, scope)
+            return value
         if isinstance(expr, S.Neg):
             if isinstance(expr.operand, S.Number):
                 return self.constant(-float(expr.operand.value), expr.loc)
-            return self.op("neg", [self.expr(expr.operand, scope)], {}, expr.loc, scope)
+            negs, operand = _neg_chain(expr)
+            value = self.expr(operand, scope)
+            for _ in range(negs):
+                value = self.op("neg", [value], {}, expr.loc, scope)
+            return value
         if isinstance(expr, S.Call):
             return self.call(expr, scope, scope_hint)
         if isinstance(expr, S.Repeat):
             return self.repeat(expr, scope, scope_hint)
         if isinstance(expr, S.ListExpr):
-            value = np.asarray(self.const_eval(expr, scope), dtype=float)
-            return self.G.add("const", (), {"value": value.tolist(), "shape": value.shape, "dtype": "float"},
-                              loc=expr.loc)
+            return self.const_tensor(self.tensor_value(expr, scope, "a list in an expression"), expr.loc)
         if isinstance(expr, S.Bool):
             raise NNError("true and false are only allowed as op attributes (like keepdims=true)", expr.loc)
         if isinstance(expr, S.Index):
@@ -459,9 +476,24 @@ class Elaborator:
             return len(expr.parts) == 1 and expr.name not in scope.values and \
                 (expr.name in scope.consts or isinstance(scope.dims.get(expr.name), int))
         if isinstance(expr, S.Neg):
-            return self.is_static(expr.operand, scope)
+            return self.is_static(_neg_chain(expr)[1], scope)
         if isinstance(expr, S.BinOp):
-            return expr.op != "matmul" and self.is_static(expr.left, scope) and self.is_static(expr.right, scope)
+            chain = _left_chain(expr)
+            return all(b.op != "matmul" for b in chain) and self.is_static(chain[0].left, scope) and \
+                all(self.is_static(b.right, scope) for b in chain)
+        return False
+
+    def is_tensor(self, expr: S.Expr, scope: Scope) -> bool:
+        """Whether an expression names or computes a tensor (so it cannot be an attribute)."""
+        pending = [expr]
+        while pending:
+            item = pending.pop()
+            if isinstance(item, (S.Call, S.Repeat, S.Index)) or isinstance(item, S.Ref) and item.name in scope.values:
+                return True
+            if isinstance(item, S.BinOp):
+                pending += [item.left, item.right]
+            elif isinstance(item, S.Neg):
+                pending.append(item.operand)
         return False
 
     def static_index(self, expr: S.Expr, scope: Scope) -> int:
@@ -473,6 +505,33 @@ class Elaborator:
     def constant(self, value: float, loc: Loc | None, name: str | None = None) -> int:
         return self.G.add("const", (), {"value": value, "shape": (), "dtype": "float"}, loc=loc, name=name)
 
+    def const_tensor(self, value: Any, loc: Loc, name: str | None = None) -> int:
+        array = np.asarray(value, dtype=float)
+        _check_size(array.shape, loc)
+        return self.G.add("const", (), {"value": array.tolist(), "shape": array.shape, "dtype": "float"},
+                          loc=loc, name=name)
+
+    def tensor_value(self, expr: S.Expr, scope: Scope, what: str) -> Any:
+        """A constant that becomes a tensor: a number or a (rectangular) list of numbers."""
+        value = self.const_eval(expr, scope)
+        pending = [value]
+        while pending:
+            item = pending.pop()
+            if isinstance(item, list):
+                pending.extend(item)
+            elif isinstance(item, str):
+                raise NNError(f"{what} must be made of numbers, but {item} is a symbolic dim, "
+                              "known only when the module is called", expr.loc)
+            elif not isinstance(item, (int, float)):
+                raise NNError(f"{what} must be made of numbers, not {item!r}", expr.loc)
+        return value
+
+    def number(self, expr: S.Expr, scope: Scope, what: str) -> float:
+        value = self.const_eval(expr, scope)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise NNError(f"{what} must be a number, not {value!r}", expr.loc)
+        return float(value)
+
     def lookup(self, ref: S.Ref, scope: Scope) -> int:
         name = ref.name
         if name in scope.values:
@@ -482,6 +541,8 @@ class Elaborator:
                 value = scope.consts[name]
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     return self.constant(float(value), ref.loc, name=ref.name)  # named in diagrams
+                if isinstance(value, list):
+                    return self.const_tensor(self.tensor_value(ref, scope, f"'{name}'"), ref.loc, name=ref.name)
                 raise NNError(f"'{name}' is {value!r}, not a number", ref.loc)
             if name in scope.dims:
                 dim = scope.dims[name]
@@ -511,6 +572,7 @@ class Elaborator:
         except ShapeError as exc:
             where = arg_locs[exc.arg] if arg_locs and exc.arg is not None and exc.arg < len(arg_locs) else loc
             raise NNError(exc.message, where) from None
+        _check_size(self.G[node].shape, loc)
         if opdef.int_bounds:
             for index, bound in opdef.int_bounds([self.G[a] for a in args]).items():
                 leaf = self.G[args[index]]
@@ -560,6 +622,11 @@ class Elaborator:
         attrs: dict[str, Any] = dict(opdef.attrs)
         given: set[str] = set()
         for name, value in zip(positional, call.args[arity:]):
+            if self.is_tensor(value, scope):
+                pairwise = _PAIRWISE.get(opdef.name)
+                raise NNError(f"{opdef.name}() takes {arity} tensor argument(s), then '{name}', which must be a "
+                              "constant, but this is a tensor" + (f"; for the elementwise {opdef.name} of two "
+                              f"tensors use {pairwise}(a, b)" if pairwise else ""), value.loc)
             attrs[name] = self.attr_value(value, scope)
             given.add(name)
         for name, value, loc in call.kwargs:
@@ -595,6 +662,8 @@ class Elaborator:
         count = self.const_eval(rep.count, scope)
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             raise NNError(f"repeat needs a positive whole number of times, not {count!r}", rep.count.loc)
+        if count > MAX_REPEAT:
+            raise NNError(f"repeat can unroll at most {MAX_REPEAT} copies, not {count}", rep.count.loc)
         call = rep.call
         if call.func not in self.layers:
             raise NNError(f"repeat applies a layer, but '{call.func}' is not one", call.loc)
@@ -603,24 +672,36 @@ class Elaborator:
         layer, _ = self.layers[call.func]
         base = call.scope or scope_hint or self.auto_name(scope, call.func)
         value = self.expr(call.args[0], scope)
-        rest = [self.expr(a, scope) for a in call.args[1:]]
+        # Tensors are built once and shared by every copy; attributes bind as in a plain call.
+        rest = [self.expr(a, scope) if i < len(layer.args) and not layer.args[i].is_attribute else None
+                for i, a in enumerate(call.args[1:], start=1)]
         for i in range(1, count + 1):
             value = self.instantiate(layer, call, f"{base}.{i}", scope, args=[value, *rest])
         return value
 
     # ---- layers ------------------------------------------------------------------------
 
-    def instantiate(self, layer: S.Layer, call: S.Call, name: str, scope: Scope, args: list[int] | None) -> int:
+    def instantiate(self, layer: S.Layer, call: S.Call, name: str, scope: Scope,
+                    args: list[int | None] | None) -> int:
         """Inline one call of a layer: bind its arguments, build its body under scope ``name``."""
         if name in scope.instances:
-            raise NNError(f"the layer instance name '{name}' is already used; name this call with 'as'",
+            raise NNError(f"the layer instance name '{name}' is already used; name this call with 'as' "
+                          "(each call has its own params: to share weights, declare them with 'param' "
+                          "outside the layer and pass them in as arguments)",
                           call.loc, notes=(("first used here", scope.instances[name]),))
+        if layer.name in self.calling:
+            chain = [*self.calling[self.calling.index(layer.name):], layer.name]
+            raise NNError(f"layer {layer.name} calls itself: {' -> '.join(chain)}; a layer cannot be recursive "
+                          "(to apply one n times, write `repeat n layer(x)`)", call.loc)
+        if len(self.calling) >= MAX_NESTING:
+            raise NNError(f"layers are called inside one another more than {MAX_NESTING} deep, the limit", call.loc)
         scope.instances[name] = call.loc
         inner = Scope((*scope.prefix, name), dict(self.layer_consts[layer.name]), in_layer=layer.name)
         bound = self.bind_layer_args(layer, call, scope, inner, args)
         for arg in layer.args:
             if arg.name in bound:
                 inner.define(arg.name, arg.loc)
+        self.calling.append(layer.name)
         try:
             result = self.statements(layer.body, inner)
         except NNError as exc:
@@ -628,6 +709,10 @@ class Elaborator:
                     layer.loc.line <= exc.loc.line and call.loc.line != exc.loc.line:
                 exc.notes = (*exc.notes, (f"in layer '{layer.name}' called here as '{name}'", call.loc))
             raise
+        finally:
+            self.calling.pop()
+        if len(self.G) > MAX_NODES:
+            raise NNError(f"the model grows past {MAX_NODES} graph nodes, the limit, at this layer call", call.loc)
         if result is None:
             raise NNError(f"layer '{layer.name}' has no 'return' statement", layer.loc)
         if layer.returns is not None:
@@ -642,7 +727,8 @@ class Elaborator:
         return result
 
     def bind_layer_args(self, layer: S.Layer, call: S.Call, scope: Scope, inner: Scope,
-                        given: list[int] | None) -> dict[str, Any]:
+                        given: list[int | None] | None) -> dict[str, Any]:
+        """Bind a call's arguments; ``given`` holds nodes already built for some positions (repeat's)."""
         params = {a.name: a for a in layer.args}
         order = [a.name for a in layer.args]
         values: dict[str, tuple[Any, Loc]] = {}
@@ -651,7 +737,8 @@ class Elaborator:
             raise NNError(f"{layer.name}() takes {len(order)} argument(s) but {len(positional)} were given",
                           positional[len(order)].loc)
         for i, (arg_name, expr) in enumerate(zip(order, positional)):
-            values[arg_name] = (("node", given[i]) if given is not None else ("expr", expr), expr.loc)
+            node = given[i] if given is not None else None
+            values[arg_name] = (("node", node) if node is not None else ("expr", expr), expr.loc)
         for kw, expr, loc in call.kwargs:
             if kw not in params:
                 close = difflib.get_close_matches(kw, order, n=1)
@@ -715,6 +802,92 @@ class Elaborator:
                 named = f"{named} = {want}" if named != str(want) else named
                 raise NNError(f"{what} must have shape {expected}, but it has shape {show(shape)}: "
                               f"dim {axis + 1} is {dim}, expected {named}", loc)
+
+
+def _is_file(path: Path) -> bool:
+    """Whether ``path`` is a file; a name too long for the file system is no file."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
+def _left_chain(expr: S.BinOp) -> list[S.BinOp]:
+    """``a + b - c`` as [a + b, (a + b) - c]: the operators of a left-nested chain, innermost first."""
+    chain = [expr]
+    while isinstance(chain[-1].left, S.BinOp) and chain[-1].left.op != "matmul":
+        chain.append(chain[-1].left)
+    return chain[::-1]
+
+
+def _neg_chain(expr: S.Neg) -> tuple[int, S.Expr]:
+    """``- - - x`` as (3, x)."""
+    count = 0
+    while isinstance(expr, S.Neg):
+        count, expr = count + 1, expr.operand
+    return count, expr
+
+
+def _arith(binop: S.BinOp, left: Any, right: Any) -> int | float:
+    """One step of compile-time arithmetic, refusing results that no tensor could use."""
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (left, right))
+    if not numbers:
+        raise NNError("a constant is needed here (a number, a const, or arithmetic on them)", binop.loc)
+    op = binop.op
+    if op == "pow" and isinstance(left, int) and isinstance(right, int) and right > 0 and \
+            (abs(left).bit_length() - 1) * right > MAX_INT.bit_length():   # too big before computing it
+        raise NNError(f"cannot evaluate this constant: {left} ** {right} is too large, whole numbers "
+                      f"must fit in int64 (at most {MAX_INT})", binop.loc)
+    try:
+        if op == "div" and isinstance(left, int) and isinstance(right, int) and left % right == 0:
+            value = left // right
+        else:
+            value = {"add": lambda: left + right, "sub": lambda: left - right, "mul": lambda: left * right,
+                     "div": lambda: left / right, "pow": lambda: left ** right}[op]()
+    except ZeroDivisionError:
+        raise NNError("cannot evaluate this constant: division by zero", binop.loc) from None
+    except OverflowError:
+        value = math.inf
+    if isinstance(value, complex):
+        raise NNError(f"cannot evaluate this constant: ({left}) ** {right} is a complex number", binop.loc)
+    if isinstance(value, int) and abs(value) > MAX_INT:
+        raise NNError(f"cannot evaluate this constant: the result is too large, whole numbers must fit "
+                      f"in int64 (at most {MAX_INT})", binop.loc)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise NNError("cannot evaluate this constant: the result overflows float64 (the largest is about "
+                      "1.8e308)", binop.loc)
+    return value
+
+
+def _check_size(shape: Shape, loc: Loc) -> None:
+    """Every tensor fits the limits: MAX_RANK axes, and MAX_ELEMENTS elements where its dims are known."""
+    if len(shape) > MAX_RANK:
+        raise NNError(f"a tensor can have at most {MAX_RANK} axes, but this one has {len(shape)}", loc)
+    known = math.prod(d for d in shape if isinstance(d, int))
+    if known > MAX_ELEMENTS:
+        raise NNError(f"this tensor would have {known} elements, more than the limit of {MAX_ELEMENTS} (2**40)"
+                      f": shape {show(shape)}", loc)
+
+
+def _list_shape(value: Any) -> tuple[int, ...]:
+    """The shape of a nested list whose items were already checked to be rectangular."""
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        value = value[0] if value else None
+    return tuple(shape)
+
+
+def _check_rectangular(items: list[Any], expr: S.ListExpr) -> None:
+    """A list literal is a tensor: every item has the same shape, and it has at most MAX_RANK axes."""
+    shapes = [_list_shape(item) for item in items]
+    for item, shape in zip(expr.items, shapes):
+        if shape != shapes[0]:
+            raise NNError(f"the items of a list must all have the same shape, but this one has shape "
+                          f"{show(shape)} and the first {show(shapes[0])}", item.loc)
+    if shapes and len(shapes[0]) + 1 > MAX_RANK:
+        raise NNError(f"a tensor can have at most {MAX_RANK} axes, but this list is nested "
+                      f"{len(shapes[0]) + 1} deep", expr.loc)
 
 
 def _show_expr(expr: S.Expr) -> str:

@@ -509,3 +509,235 @@ def test_an_imported_layer_sees_its_own_files_consts_not_the_importers(tmp_path:
     model = elaborate_file(main)
     assert model.graph[model.outputs["h"]].shape == ("N", 3)
     assert model.graph[model.params["h.W"]].shape == (5, 3)
+
+
+# ---- bounds: no input crashes or hangs the elaborator ----------------------------------
+
+def located_error(text: str, points_at: str) -> str:
+    """The message of the error ``text`` raises, checking that it points at ``points_at``."""
+    text = textwrap.dedent(text).lstrip("\n")
+    err = error_of(text)
+    line = text.split("\n")[err.loc.line - 1]
+    assert line[err.loc.col - 1:].startswith(points_at), (err.format(), points_at)
+    return err.message
+
+
+@pytest.mark.parametrize(("const", "message", "points_at"), [
+    ("10 ** 10 ** 9", "10 ** 1000000000 is too large, whole numbers must fit in int64", "10 ** 10"),
+    ("2 ** 1000", "2 ** 1000 is too large, whole numbers must fit in int64 (at most 9223372036854775807)", "2 **"),
+    ("2 ** 63", "the result is too large, whole numbers must fit in int64", "2 **"),
+    ("9223372036854775807 + 1", "the result is too large", "9223372036854775807 +"),
+    ("3037000500 * 3037000500", "the result is too large", "3037000500 *"),
+    ("1e308 * 10", "the result overflows float64", "1e308"),
+    ("10.0 ** 400", "the result overflows float64", "10.0"),
+    ("(-8) ** 0.5", "(-8) ** 0.5 is a complex number", "(-8)"),
+])
+def test_compile_time_arithmetic_is_bounded(const: str, message: str, points_at: str) -> None:
+    got = located_error(f"""
+        const A = {const}
+        input x: float[3]
+        y = sum(x) * A
+        output y
+    """, points_at)
+    assert "cannot evaluate this constant: " + message in got, got
+
+
+def test_arithmetic_up_to_the_bounds_is_exact() -> None:
+    m = model_of("""
+        const A = 2 ** 62 + (2 ** 62 - 1), B = 1e154 * 1e154, C = (-8) ** 2, D = - - - 5
+        input x = 1
+        y = x * A * B * C * D
+        output y
+    """)
+    values = sorted(m.graph[n].attr("value") for n in m.graph.nodes() if m.graph[n].op == "const")
+    assert values == sorted([float(2**63 - 1), 1e308, 64.0, -5.0])
+
+
+def test_long_sums_and_negations_elaborate_in_a_loop() -> None:
+    """5,000 terms on one line are deeper than Python's recursion limit of 1,000."""
+    m = model_of("const A = " + " + ".join(["1"] * 5000) + "\ninput x = 1\n"
+                 "y = " + " + ".join(["x"] * 5000) + " + " + "-" * 3001 + "x * A\noutput y\n")
+    G = m.graph
+    assert sum(G[n].op == "add" for n in G.nodes()) == 5000 and sum(G[n].op == "neg" for n in G.nodes()) == 3001
+    assert [G[n].attr("value") for n in G.nodes() if G[n].op == "const"] == [5000.0]
+
+
+@pytest.mark.parametrize(("shape", "message", "points_at"), [
+    ("[9223372036854775807, 4]", "a dimension can be at most 2147483647 (2**31 - 1), not 9223372036854775807",
+     "9223372036854775807"),
+    ("[2 ** 31, 2]", "a dimension can be at most 2147483647", "2 ** 31"),
+    ("[2 ** 20, 2 ** 21]", "this tensor would have 2199023255552 elements, more than the limit of "
+     "1099511627776 (2**40)", "[2 ** 20"),
+    ("[" + ", ".join(["1"] * 33) + "]", "a tensor can have at most 32 axes, but this one has 33", "[1, 1"),
+])
+def test_tensor_sizes_are_bounded(shape: str, message: str, points_at: str) -> None:
+    got = located_error(f"""
+        param W: {shape} = zeros()
+        y = sum(W)
+        minimize y
+    """, points_at)
+    assert message in got, got
+
+
+def test_ops_cannot_build_tensors_past_the_bounds() -> None:
+    got = located_error("""
+        input x: float[2097152]
+        y = reshape(x, [2097152, 1]) * reshape(x, [1, 2097152]) * 2
+        output y
+    """, "reshape(x, [2097152, 1]) *")
+    assert "this tensor would have 4398046511104 elements, more than the limit of 1099511627776 (2**40)" in got
+
+
+@pytest.mark.parametrize(("value", "message", "points_at"), [
+    ("[[1, 2], [3]]", "the items of a list must all have the same shape, but this one has shape [1] and "
+     "the first [2]", "[3]"),
+    ("[1, [2]]", "but this one has shape [1] and the first []", "[2]"),
+    ("[" * 40 + "1" + "]" * 40, "a tensor can have at most 32 axes, but this list is nested 33 deep",
+     "[" * 33 + "1"),
+])
+def test_list_literals_are_rectangular_tensors(value: str, message: str, points_at: str) -> None:
+    got = located_error(f"""
+        input u = {value}
+        y = sum(u)
+        output y
+    """, points_at)
+    assert message in got, got
+
+
+def test_a_default_cannot_hold_a_symbolic_dim() -> None:
+    got = located_error("""
+        input x: float[N]
+        input u: float[1] = [N]
+        y = sum(u) + sum(x)
+        output y
+    """, "[N]")
+    assert got == "the default of 'u' must be made of numbers, but N is a symbolic dim, known only when " \
+                  "the module is called"
+
+
+@pytest.mark.parametrize(("line", "message", "points_at"), [
+    ("h = repeat 1000000 block(X)", "repeat can unroll at most 10000 copies, not 1000000", "1000000"),
+    ("h = repeat R block(X)", "repeat can unroll at most 10000 copies, not 4611686018427387904", "R block"),
+])
+def test_repeat_counts_are_bounded(line: str, message: str, points_at: str) -> None:
+    got = located_error(f"""
+        const R = 2 ** 62
+        layer block(x: [B, K]) -> [B, K] {{
+            return x * 2
+        }}
+        input X: float[N, 4]
+        {line}
+        output h
+    """, points_at)
+    assert got == message
+
+
+def test_the_graph_size_is_bounded(monkeypatch) -> None:
+    import nncompile.elaborate as elaborate_module
+    monkeypatch.setattr(elaborate_module, "MAX_NODES", 50)
+    got = located_error("""
+        layer block(x: [B, K]) -> [B, K] {
+            return x * 2
+        }
+        input X: float[N, 4]
+        h = repeat 100 block(X)
+        output h
+    """, "block(X)")
+    assert got == "the model grows past 50 graph nodes, the limit, at this layer call"
+
+
+@pytest.mark.parametrize(("layers", "message"), [
+    ("layer f(a: [K]) -> [K] {\n return f(a)\n}\n", "layer f calls itself: f -> f"),
+    ("layer f(a: [K]) -> [K] {\n return g(a) * 2\n}\nlayer g(a: [K]) -> [K] {\n return f(a)\n}\n",
+     "layer f calls itself: f -> g -> f"),
+])
+def test_a_layer_cannot_call_itself(layers: str, message: str) -> None:
+    got = located_error(layers + "input x: float[3]\ny = sum(f(x))\noutput y\n", "f(a)")
+    assert got.startswith(message + "; a layer cannot be recursive"), got
+
+
+def test_layers_nest_at_most_to_the_limit() -> None:
+    chain = "".join(f"layer f{i}(a: [K]) -> [K] {{\n return f{i + 1}(a)\n}}\n" for i in range(150))
+    got = located_error(chain + "layer f150(a: [K]) -> [K] {\n return a\n}\n"
+                        "input x: float[3]\ny = sum(f0(x))\noutput y\n", "f100(a)")
+    assert got == "layers are called inside one another more than 100 deep, the limit"
+
+
+def test_import_of_an_overlong_name_is_a_located_error(tmp_path: Path) -> None:
+    for target in ("a" * 300, '"' + "a" * 300 + '.nn"'):
+        path = write_nn(tmp_path, "m.nn", f"import {target}\ninput x = 1\noutput x\n")
+        with pytest.raises(NNError) as info:
+            elaborate_file(path)
+        assert (info.value.loc.line, info.value.loc.col) == (1, 1)
+        assert info.value.message.startswith(("no standard library module", "cannot import"))
+
+
+# ---- values a newcomer writes -----------------------------------------------------------
+
+def test_repeat_binds_positional_attributes_like_a_call() -> None:
+    m = model_of("""
+        layer scale(x: [B, K], by: int) -> [B, K] {
+            return x * by
+        }
+        input X: float[2, 3]
+        h = repeat 2 scale(X, 3)
+        g = scale(X, 3)
+        output h, g
+    """)
+    G = m.graph
+    assert [G[n].attr("value") for n in G.nodes() if G[n].op == "const"] == [3.0, 3.0, 3.0]
+
+
+def test_list_consts_are_constant_tensors_in_expressions() -> None:
+    m = model_of("""
+        const v = [1, 2, 3, 4]
+        input x: float[N, 4]
+        y = x * v
+        output y
+    """)
+    G = m.graph
+    v = G[m.outputs["y"]].args[1]
+    assert (G[v].op, G[v].name, G[v].shape, G[v].attr("value")) == ("const", "v", (4,), (1.0, 2.0, 3.0, 4.0))
+    got = located_error("""
+        const v = [1, 2, 3]
+        input x: float[N, 4]
+        y = x * v
+        output y
+    """, "x * v")
+    assert got == "cannot apply '*' to [N, 4] and [3]: dims 3 and 4 differ"
+
+
+def test_max_of_two_tensors_points_to_maximum() -> None:
+    got = located_error("""
+        input z: float[3]
+        input w: float[3]
+        y = sum(max(z, w))
+        output y
+    """, "w))")
+    assert got == "max() takes 1 tensor argument(s), then 'axis', which must be a constant, but this is a " \
+                  "tensor; for the elementwise max of two tensors use maximum(a, b)"
+
+
+def test_reusing_an_instance_name_says_how_to_share_weights() -> None:
+    got = located_error(AFFINE + """
+        input X: float[N, 3]
+        h = affine(X, out=3) as fc
+        g = affine(X, out=3) as fc
+        output g
+    """, "affine(X, out=3) as fc")
+    assert "to share weights, declare them with 'param' outside the layer and pass them in as arguments" in got
+
+
+def test_params_passed_as_layer_arguments_are_shared() -> None:
+    m = model_of("""
+        layer tied(x: [B, K], W: [K, M]) -> [B, M] {
+            return x @ W
+        }
+        input a: float[N, 3]
+        param W: [3, 2] = xavier()
+        loss = sum(tied(a, W) + tied(a * 2, W))
+        minimize loss
+    """)
+    G = m.graph
+    assert list(m.params) == ["W"]
+    assert [G[n].args[1] for n in G.nodes() if G[n].op == "matmul"] == [m.params["W"]] * 2

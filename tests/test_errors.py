@@ -275,6 +275,36 @@ CASES: dict[str, Case] = {
         loss = softmax_cross_entropy(s, y)
         minimize loss
     """}, ["check", "m.nn"], points_at="y)"),
+    "number_overflows_float64": Case({"m.nn": """
+        input x = 1e400
+        output x
+    """}, ["eval", "m.nn"], points_at="1e400"),
+    "constant_too_large": Case({"m.nn": """
+        const A = 10 ** 10 ** 9
+        input x = 1
+        y = x * A
+        output y
+    """}, ["compile", "m.nn", "-o", "m.py"], points_at="10 ** 10"),
+    "recursive_layer": Case({"m.nn": """
+        layer f(a: [K]) -> [K] {
+            return g(a)
+        }
+        layer g(a: [K]) -> [K] {
+            return f(a) * 2
+        }
+        input x: float[3]
+        y = sum(f(x))
+        output y
+    """}, ["check", "m.nn"], points_at="f(a)"),
+    "python_def": Case({"m.nn": """
+        def f(x):
+            return x
+    """}, ["check", "m.nn"], points_at="def"),
+    "unknown_initialiser": Case({"m.nn": """
+        param W: [3, 2] = xaiver()
+        y = sum(W)
+        minimize y
+    """}, ["check", "m.nn"], points_at="xaiver()"),
 }
 
 

@@ -153,12 +153,18 @@ def test_model_records_each_params_fans(tmp_path: Path) -> None:
     ("uniform(0.5, 0.5)", "uniform(): needs a < b"),
     ("normal(scale=2)", "normal() has no argument 'scale'; it takes std, mean"),
     ("he(2)", "he() takes 0 argument(s)"),
+    ("normal(std=[1, 2])", "normal(): std must be a number, not [1, 2]"),
+    ("normal(std=N)", "normal(): std must be a number, not 'N'"),
+    ("normal(std=1e999)", "the number 1e999 overflows float64"),
+    ("xaiver()", "unknown initialiser 'xaiver'; did you mean 'xavier'?"),
+    ("gaussian()", "unknown initialiser 'gaussian'; the initialisers are constant, glorot, "),
 ])
 def test_bad_initialiser_arguments_are_compile_errors(init: str, message: str, tmp_path: Path) -> None:
-    path = write_nn(tmp_path, "m.nn", f"input x: float[3]\nparam W: [3] = {init}\ny = sum(W * x)\noutput y\n")
+    path = write_nn(tmp_path, "m.nn", f"input x: float[3]\ninput z: float[N]\nparam W: [3] = {init}\n"
+                    "y = sum(W * x) + sum(z)\noutput y\n")
     with pytest.raises(NNError) as info:
         elaborate_file(path)
-    assert message in info.value.message and info.value.loc.line == 2
+    assert message in info.value.message and info.value.loc.line == 3
 
 
 def test_every_initialiser_has_a_doc() -> None:
