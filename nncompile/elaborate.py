@@ -333,8 +333,10 @@ class Elaborator:
             shown = Path(os.path.normpath(Path(stmt.loc.file).parent / stmt.target))
             try:
                 path = shown.resolve()
-            except OSError as exc:   # a name longer than the file system allows, say
-                raise NNError(f"cannot import \"{stmt.target[:40]}\": {exc.strerror}", stmt.loc) from None
+            except (OSError, ValueError) as exc:   # a name too long for the file system, a NUL byte
+                shown_name = "".join(c if c.isprintable() else "?" for c in stmt.target[:40])
+                raise NNError(f"cannot import \"{shown_name}\": "
+                              f"{getattr(exc, 'strerror', None) or exc}", stmt.loc) from None
         else:
             shown = path = (STDLIB / f"{stmt.target}.nn").resolve()
             if not _is_file(path):
@@ -805,10 +807,10 @@ class Elaborator:
 
 
 def _is_file(path: Path) -> bool:
-    """Whether ``path`` is a file; a name too long for the file system is no file."""
+    """Whether ``path`` is a file; a name too long for the file system (or with a NUL byte) is no file."""
     try:
         return path.is_file()
-    except OSError:
+    except (OSError, ValueError):
         return False
 
 

@@ -663,8 +663,8 @@ def test_layers_nest_at_most_to_the_limit() -> None:
     assert got == "layers are called inside one another more than 100 deep, the limit"
 
 
-def test_import_of_an_overlong_name_is_a_located_error(tmp_path: Path) -> None:
-    for target in ("a" * 300, '"' + "a" * 300 + '.nn"'):
+def test_import_of_a_name_the_file_system_refuses_is_a_located_error(tmp_path: Path) -> None:
+    for target in ("a" * 300, '"' + "a" * 300 + '.nn"', '"a\x00b.nn"'):
         path = write_nn(tmp_path, "m.nn", f"import {target}\ninput x = 1\noutput x\n")
         with pytest.raises(NNError) as info:
             elaborate_file(path)
@@ -741,3 +741,12 @@ def test_params_passed_as_layer_arguments_are_shared() -> None:
     G = m.graph
     assert list(m.params) == ["W"]
     assert [G[n].args[1] for n in G.nodes() if G[n].op == "matmul"] == [m.params["W"]] * 2
+
+
+def test_nesting_at_every_limit_at_once_elaborates() -> None:
+    """Layers 99 deep, each calling the next through calls nested to the limit: no RecursionError."""
+    deep = "g(" * 97 + "a" + ")" * 97
+    chain = "".join(f"layer f{i}(a: [K]) -> [K] {{\n return f{i + 1}({deep})\n}}\n" for i in range(98))
+    m = model_of("layer g(a: [K]) -> [K] {\n return a * 2\n}\n" + chain +
+                 f"layer f98(a: [K]) -> [K] {{\n return {deep}\n}}\ninput x: float[3]\ny = sum(f0(x))\noutput y\n")
+    assert sum(m.graph[n].op == "mul" for n in m.graph.nodes()) == 99 * 97
