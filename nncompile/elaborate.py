@@ -19,7 +19,7 @@ from . import syntax as S
 from .errors import Loc, NNError
 from .initializers import INITIALIZERS, fans
 from .ir import Graph, Model
-from .limits import MAX_DIM, MAX_ELEMENTS, MAX_INT, MAX_NESTING, MAX_NODES, MAX_RANK, MAX_REPEAT
+from .limits import MAX_DIM, MAX_ELEMENTS, MAX_INT, MAX_LAYER_DEPTH, MAX_NODES, MAX_RANK, MAX_REPEAT
 from .ops import REGISTRY, OpDef
 from .parser import parse_file
 from .shapes import Dim, Shape, ShapeError, show
@@ -407,6 +407,8 @@ class Elaborator:
         if isinstance(expr, S.Ref):
             return self.lookup(expr, scope)
         if isinstance(expr, S.BinOp):
+            if self.is_arithmetic(expr, scope):   # numbers only: the checks of a const (1 / 0, 10 ** 400)
+                self.const_eval(expr, scope)
             chain = _left_chain(expr)   # a + b + c + ... in a loop, however long
             value = self.expr(chain[0].left, scope)
             for binop in chain:
@@ -484,6 +486,23 @@ class Elaborator:
             return all(b.op != "matmul" for b in chain) and self.is_static(chain[0].left, scope) and \
                 all(self.is_static(b.right, scope) for b in chain)
         return False
+
+    def is_arithmetic(self, expr: S.Expr, scope: Scope) -> bool:
+        """Whether an expression is arithmetic on numbers and numeric consts alone."""
+        pending = [expr]
+        while pending:
+            item = pending.pop()
+            if isinstance(item, S.BinOp) and item.op != "matmul":
+                pending += [item.left, item.right]
+            elif isinstance(item, S.Neg):
+                pending.append(item.operand)
+            elif isinstance(item, S.Ref):
+                value = scope.consts.get(item.name) if item.name not in scope.values else None
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    return False
+            elif not isinstance(item, S.Number):
+                return False
+        return True
 
     def is_tensor(self, expr: S.Expr, scope: Scope) -> bool:
         """Whether an expression names or computes a tensor (so it cannot be an attribute)."""
@@ -695,8 +714,9 @@ class Elaborator:
             chain = [*self.calling[self.calling.index(layer.name):], layer.name]
             raise NNError(f"layer {layer.name} calls itself: {' -> '.join(chain)}; a layer cannot be recursive "
                           "(to apply one n times, write `repeat n layer(x)`)", call.loc)
-        if len(self.calling) >= MAX_NESTING:
-            raise NNError(f"layers are called inside one another more than {MAX_NESTING} deep, the limit", call.loc)
+        if len(self.calling) >= MAX_LAYER_DEPTH:
+            raise NNError(f"layers are called inside one another more than {MAX_LAYER_DEPTH} deep, the limit",
+                          call.loc)
         scope.instances[name] = call.loc
         inner = Scope((*scope.prefix, name), dict(self.layer_consts[layer.name]), in_layer=layer.name)
         bound = self.bind_layer_args(layer, call, scope, inner, args)
@@ -838,8 +858,10 @@ def _arith(binop: S.BinOp, left: Any, right: Any) -> int | float:
     op = binop.op
     if op == "pow" and isinstance(left, int) and isinstance(right, int) and right > 0 and \
             (abs(left).bit_length() - 1) * right > MAX_INT.bit_length():   # too big before computing it
-        raise NNError(f"cannot evaluate this constant: {left} ** {right} is too large, whole numbers "
-                      f"must fit in int64 (at most {MAX_INT})", binop.loc)
+        real = (abs(left).bit_length() - 1) * right < 1000   # would 2.0 ** 1000 still be finite?
+        raise NNError(f"cannot evaluate this constant: {left} ** {right} is too large, whole numbers must fit in "
+                      f"int64 (at most {MAX_INT})" + (f"; for a real number write {left}.0 ** {right}" if real else ""),
+                      binop.loc)
     try:
         if op == "div" and isinstance(left, int) and isinstance(right, int) and left % right == 0:
             value = left // right
@@ -854,7 +876,8 @@ def _arith(binop: S.BinOp, left: Any, right: Any) -> int | float:
         raise NNError(f"cannot evaluate this constant: ({left}) ** {right} is a complex number", binop.loc)
     if isinstance(value, int) and abs(value) > MAX_INT:
         raise NNError(f"cannot evaluate this constant: the result is too large, whole numbers must fit "
-                      f"in int64 (at most {MAX_INT})", binop.loc)
+                      f"in int64 (at most {MAX_INT}); write the numbers as reals (2.0, 1e20) for a real result",
+                      binop.loc)
     if isinstance(value, float) and not math.isfinite(value):
         raise NNError("cannot evaluate this constant: the result overflows float64 (the largest is about "
                       "1.8e308)", binop.loc)

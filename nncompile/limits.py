@@ -14,3 +14,4 @@ MAX_RANK = 32                  # axes of a tensor (numpy's own limit is 32 or 64
 MAX_REPEAT = 10_000            # copies one `repeat` may unroll
 MAX_NODES = 200_000            # nodes of the elaborated graph: it still compiles in about a minute
 MAX_NESTING = 100              # brackets, calls and operands nested in one another
+MAX_LAYER_DEPTH = 32           # layers called inside layers: with MAX_NESTING, about 600 Python frames
