@@ -658,8 +658,9 @@ class Elaborator:
                 raise NNError(f"{opdef.name}() got '{name}' twice", loc)
             attrs[name] = self.attr_value(value, scope)
             given.add(name)
-        if "shape" in attrs and attrs["shape"] is None:
-            raise NNError(f"{opdef.name}() needs a shape, like {opdef.name}(x, [2, 3])", call.loc)
+        if "shape" in attrs and not isinstance(attrs["shape"], tuple):
+            raise NNError(f"{opdef.name}() needs a shape, like {opdef.name}(x, [2, 3])"
+                          + ("" if attrs["shape"] is None else f", not {attrs['shape']!r}"), call.loc)
         if opdef.lower is not None:  # an op whose meaning depends on the mode, like dropout
             self.model.mode_dependent = True
             try:

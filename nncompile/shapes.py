@@ -76,6 +76,8 @@ def normalize_axes(axis: int | tuple[int, ...] | None, rank: int) -> tuple[int, 
 
 
 def reduce(shape: Shape, axis, keepdims: bool) -> Shape:
+    if not isinstance(keepdims, bool):
+        raise ShapeError(f"keepdims must be true or false, not {keepdims!r}")
     axes = normalize_axes(axis, len(shape))
     if keepdims:
         return tuple(1 if i in axes else d for i, d in enumerate(shape))
@@ -88,6 +90,9 @@ def _size(dims) -> tuple[int, Counter]:
 
 
 def reshape(shape: Shape, target: tuple[Dim, ...]) -> Shape:
+    for d in target:
+        if isinstance(d, bool) or not isinstance(d, (int, str)):
+            raise ShapeError(f"reshape to {show(target)}: each dim must be a whole number or a dim like N, not {d!r}")
     holes = [i for i, d in enumerate(target) if d == -1]
     if len(holes) > 1:
         raise ShapeError("reshape can infer at most one dim (-1)")
@@ -114,6 +119,8 @@ def reshape(shape: Shape, target: tuple[Dim, ...]) -> Shape:
 def transpose(shape: Shape, axes: tuple[int, ...] | None) -> Shape:
     if axes is None:
         return tuple(reversed(shape))
+    if not isinstance(axes, tuple) or any(isinstance(a, bool) or not isinstance(a, int) for a in axes):
+        raise ShapeError(f"transpose axes must be a list of whole numbers, like [1, 0], not {axes!r}")
     if sorted(a % len(shape) if -len(shape) <= a < len(shape) else a for a in axes) != list(range(len(shape))):
         raise ShapeError(f"transpose axes {tuple(axes)} are not a permutation of the {len(shape)} axes of {show(shape)}")
     return tuple(shape[a] for a in axes)

@@ -116,6 +116,8 @@ def test_inputs_defaults_and_types() -> None:
     ("input x: float[3]\ny = exp(x, 2)\noutput y\n", "exp() takes at most 1 argument, got 2"),
     ("input x: float[3]\ny = maximum(x)\noutput y\n", "maximum() takes 2 tensor argument(s), got 1"),
     ("input x: float[3]\ny = reshape(x)\noutput y\n", "reshape() needs a shape, like reshape(x, [2, 3])"),
+    ("input x: float[3]\ny = reshape(x, shape=1.5)\noutput y\n", "reshape() needs a shape, like reshape(x, [2, 3]), "
+     "not 1.5"),
     ("input x: float[3]\ny = relu(x) as r\noutput y\n", "'as r' names a layer instance, but relu is not a layer"),
     ("input x: float[3]\ny = rellu(x)\noutput y\n", "unknown op or layer 'rellu'; did you mean 'relu'?"),
     ("input x: float[3]\ny = step(x, x)\noutput y\n", "unknown op or layer 'step'"),

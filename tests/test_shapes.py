@@ -133,6 +133,9 @@ def test_reduce_errors() -> None:
         S.reduce((3, 4), 2, False)
     with pytest.raises(ShapeError, match="repeated axis"):
         S.reduce((3, 4), (1, -1), False)
+    for keepdims in (1.5, 2, "N", (2, -1)):
+        with pytest.raises(ShapeError, match="keepdims must be true or false"):
+            S.reduce((3, 4), None, keepdims)
 
 
 # ---- reshape and transpose ------------------------------------------------------------
@@ -170,6 +173,9 @@ def test_reshape_agrees_with_numpy(shape, target, hole) -> None:
     (("N", 3, 4), (-1, 4), "cannot infer the -1"),
     (("N", 3), ("M", 3), "sizes differ"),
     (("N", 3), (3, -1, 2), "cannot reshape"),
+    ((4,), (2.0, 2), "each dim must be a whole number or a dim like N, not 2.0"),
+    ((4,), ([1], 4), "each dim must be a whole number or a dim like N, not [1]"),
+    ((4,), (True, 4), "not True"),
 ])
 def test_reshape_errors(shape, target, message) -> None:
     with pytest.raises(ShapeError) as info:
@@ -191,6 +197,9 @@ def test_transpose_symbolic_and_errors() -> None:
         S.transpose((2, 3), (0, 0))
     with pytest.raises(ShapeError, match="not a permutation"):
         S.transpose((2, 3), (0, 1, 2))
+    for axes in (1, 1.5, True, ([1], 0), ("N", 0), (True, False)):
+        with pytest.raises(ShapeError, match=r"transpose axes must be a list of whole numbers, like \[1, 0\]"):
+            S.transpose((2, 3), axes)
 
 
 # ---- undoing broadcasting -------------------------------------------------------------
