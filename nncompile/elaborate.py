@@ -606,7 +606,7 @@ class Elaborator:
         if call.func in self.layers:
             layer, _ = self.layers[call.func]
             name = call.scope or scope_hint or self.auto_name(scope, call.func)
-            return self.instantiate(layer, call, name, scope, args=None)
+            return self.instantiate(layer, call, name, scope)
         if call.scope is not None:
             raise NNError(f"'as {call.scope}' names a layer instance, but {call.func} is not a layer", call.loc)
         opdef = REGISTRY.get(call.func)
@@ -694,17 +694,20 @@ class Elaborator:
         layer, _ = self.layers[call.func]
         base = call.scope or scope_hint or self.auto_name(scope, call.func)
         value = self.expr(call.args[0], scope)
-        # Tensors are built once and shared by every copy; attributes bind as in a plain call.
-        rest = [self.expr(a, scope) if i < len(layer.args) and not layer.args[i].is_attribute else None
-                for i, a in enumerate(call.args[1:], start=1)]
+        # The other tensors are built once and shared by every copy; attributes bind as in a plain call.
+        tensors = {a.name: a for a in layer.args if not a.is_attribute}
+        named = [(a.name, e) for a, e in zip(layer.args[1:], call.args[1:])] + [(k, e) for k, e, _ in call.kwargs]
+        shared = {name: self.expr(e, scope) for name, e in named if name in tensors}
         for i in range(1, count + 1):
-            value = self.instantiate(layer, call, f"{base}.{i}", scope, args=[value, *rest])
+            if layer.args:   # else binding reports the extra argument
+                shared[layer.args[0].name] = value
+            value = self.instantiate(layer, call, f"{base}.{i}", scope, given=shared)
         return value
 
     # ---- layers ------------------------------------------------------------------------
 
     def instantiate(self, layer: S.Layer, call: S.Call, name: str, scope: Scope,
-                    args: list[int | None] | None) -> int:
+                    given: dict[str, int] | None = None) -> int:
         """Inline one call of a layer: bind its arguments, build its body under scope ``name``."""
         if name in scope.instances:
             raise NNError(f"the layer instance name '{name}' is already used; name this call with 'as' "
@@ -720,7 +723,7 @@ class Elaborator:
                           call.loc)
         scope.instances[name] = call.loc
         inner = Scope((*scope.prefix, name), dict(self.layer_consts[layer.name]), in_layer=layer.name)
-        bound = self.bind_layer_args(layer, call, scope, inner, args)
+        bound = self.bind_layer_args(layer, call, scope, inner, given or {})
         for arg in layer.args:
             if arg.name in bound:
                 inner.define(arg.name, arg.loc)
@@ -750,8 +753,8 @@ class Elaborator:
         return result
 
     def bind_layer_args(self, layer: S.Layer, call: S.Call, scope: Scope, inner: Scope,
-                        given: list[int | None] | None) -> dict[str, Any]:
-        """Bind a call's arguments; ``given`` holds nodes already built for some positions (repeat's)."""
+                        given: dict[str, int]) -> dict[str, Any]:
+        """Bind a call's arguments; ``given`` holds tensors already built for some of them (repeat's)."""
         params = {a.name: a for a in layer.args}
         order = [a.name for a in layer.args]
         values: dict[str, tuple[Any, Loc]] = {}
@@ -759,9 +762,8 @@ class Elaborator:
         if len(positional) > len(order):
             raise NNError(f"{layer.name}() takes {len(order)} argument(s) but {len(positional)} were given",
                           positional[len(order)].loc)
-        for i, (arg_name, expr) in enumerate(zip(order, positional)):
-            node = given[i] if given is not None else None
-            values[arg_name] = (("node", node) if node is not None else ("expr", expr), expr.loc)
+        for arg_name, expr in zip(order, positional):
+            values[arg_name] = (("node", given[arg_name]) if arg_name in given else ("expr", expr), expr.loc)
         for kw, expr, loc in call.kwargs:
             if kw not in params:
                 close = difflib.get_close_matches(kw, order, n=1)
@@ -769,7 +771,7 @@ class Elaborator:
                               + (f"; did you mean '{close[0]}'?" if close else f"; it takes {', '.join(order)}"), loc)
             if kw in values:
                 raise NNError(f"{layer.name}() got argument '{kw}' twice", loc)
-            values[kw] = (("expr", expr), loc)
+            values[kw] = (("node", given[kw]) if kw in given else ("expr", expr), loc)
         bound: dict[str, Any] = {}
         for arg in layer.args:
             if arg.name not in values:

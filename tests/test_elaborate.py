@@ -706,6 +706,35 @@ def test_repeat_binds_positional_attributes_like_a_call() -> None:
     assert [G[n].attr("value") for n in G.nodes() if G[n].op == "const"] == [3.0, 3.0, 3.0]
 
 
+def test_repeat_builds_its_other_tensor_arguments_once() -> None:
+    m = model_of("""
+        layer shift(x: [B, K], by: [K], scale: float = 1.0) -> [B, K] {
+            return x * scale + by
+        }
+        input X: float[2, 3]
+        input Y: float[3]
+        h = repeat 3 shift(X, relu(Y), 2.0)
+        g = repeat 2 shift(h, scale=0.5, by=exp(Y))
+        output g
+    """)
+    G = m.graph
+    assert sum(G[n].op == "relu" for n in G.nodes()) == 1 and sum(G[n].op == "exp" for n in G.nodes()) == 1
+    assert sorted(G[n].attr("value") for n in G.nodes() if G[n].op == "const") == [0.5, 0.5, 2.0, 2.0, 2.0]
+
+
+def test_repeat_of_a_layer_without_arguments_says_so() -> None:
+    got = located_error("""
+        layer f() -> [3] {
+            param W: [3] = zeros()
+            return W
+        }
+        input X: float[3]
+        h = repeat 2 f(X)
+        output h
+    """, "X)")
+    assert got == "f() takes 0 argument(s) but 1 were given"
+
+
 def test_list_consts_are_constant_tensors_in_expressions() -> None:
     m = model_of("""
         const v = [1, 2, 3, 4]
