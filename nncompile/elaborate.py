@@ -509,7 +509,9 @@ class Elaborator:
         pending = [expr]
         while pending:
             item = pending.pop()
-            if isinstance(item, (S.Call, S.Repeat, S.Index)) or isinstance(item, S.Ref) and item.name in scope.values:
+            if isinstance(item, (S.Call, S.Repeat, S.Index)):
+                return True
+            if isinstance(item, S.Ref) and item.name in scope.values:
                 return True
             if isinstance(item, S.BinOp):
                 pending += [item.left, item.right]
@@ -862,9 +864,9 @@ def _arith(binop: S.BinOp, left: Any, right: Any) -> int | float:
     if op == "pow" and isinstance(left, int) and isinstance(right, int) and right > 0 and \
             (abs(left).bit_length() - 1) * right > MAX_INT.bit_length():   # too big before computing it
         real = (abs(left).bit_length() - 1) * right < 1000   # would 2.0 ** 1000 still be finite?
+        hint = f"; for a real number write {left}.0 ** {right}" if real else ""
         raise NNError(f"cannot evaluate this constant: {left} ** {right} is too large, whole numbers must fit in "
-                      f"int64 (at most {MAX_INT})" + (f"; for a real number write {left}.0 ** {right}" if real else ""),
-                      binop.loc)
+                      f"int64 (at most {MAX_INT}){hint}", binop.loc)
     try:
         if op == "div" and isinstance(left, int) and isinstance(right, int) and left % right == 0:
             value = left // right

@@ -92,7 +92,8 @@ def _size(dims) -> tuple[int, Counter]:
 def reshape(shape: Shape, target: tuple[Dim, ...]) -> Shape:
     for d in target:
         if isinstance(d, bool) or not isinstance(d, (int, str)):
-            raise ShapeError(f"reshape to {show(target)}: each dim must be a whole number or a dim like N, not {d!r}")
+            raise ShapeError(f"reshape to {show(target)}: each dim must be a whole number or a dim like N, "
+                             f"not {d!r}")
     holes = [i for i, d in enumerate(target) if d == -1]
     if len(holes) > 1:
         raise ShapeError("reshape can infer at most one dim (-1)")

@@ -89,7 +89,8 @@ def run_one(text: str, work: Path, mode: str) -> tuple[str, str]:
         return "hang", ""
     except BaseException as exc:  # noqa: BLE001 - what we hunt for
         frames = traceback.extract_tb(exc.__traceback__)
-        where = next((f"{Path(f.filename).name}:{f.lineno}" for f in reversed(frames) if "nncompile" in f.filename), "?")
+        ours = [f"{Path(f.filename).name}:{f.lineno}" for f in frames if "nncompile" in f.filename]
+        where = ours[-1] if ours else "?"
         return "traceback", f"{type(exc).__name__}: {str(exc)[:100]} @ {where}"
     finally:
         signal.alarm(0)
