@@ -420,8 +420,8 @@ class _ToAst(Transformer_NonRecursive):
 
 
 def _too_deep(body: list[S.Stmt]) -> S.Node | None:
-    """The first node nested more than MAX_NESTING levels deep, if any. A chain of one
-    operator (a + b + c, - - x) counts as one level: the elaborator walks it in a loop."""
+    """The first node nested more than MAX_NESTING levels deep, if any. An operator chain read
+    left to right (a + b - c, - - x) counts as one level: the elaborator walks it in a loop."""
     stack = [(stmt, 0) for stmt in body]
     while stack:
         node, depth = stack.pop()
