@@ -210,7 +210,7 @@ _PYTHON = {"def": "layers are written `layer name(args) -> shape { ... }`, with 
 def _python_statement(text: str, token: Token, file: str) -> NNError | None:
     """A line that starts like Python (``def f(x):``): say how the language writes it."""
     line_start = text.rfind("\n", 0, token.start_pos) + 1
-    match = re.match(r"[ \t\f]*(def|class|for|while)\b", text[line_start:token.start_pos])
+    match = re.match(r"[ \t\f]*(def|class|for|while)[ \t\f]+[A-Za-z_(]", text[line_start:token.start_pos + 1])
     if match is None:
         return None
     word = match.group(1)

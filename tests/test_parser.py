@@ -441,3 +441,8 @@ def test_python_statements_get_a_hint(text: str, message: str, where) -> None:
     err = error_of(text)
     assert message in err.message, err.message
     assert (err.loc.line, err.loc.col) == where
+
+
+def test_names_that_are_python_keywords_get_no_python_hint() -> None:
+    assert "Python" not in error_of("for = 3 3\n").message
+    assert [s.name for s in parse_text("for = 3\ndef = for * 2\noutput def\n")[:2]] == ["for", "def"]
