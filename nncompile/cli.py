@@ -104,11 +104,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def _check_line(r) -> str:
     """``relative error 3.1e-11  ok``, or what went wrong, in words."""
-    error = f"relative error {r.error:.1e}" if np.isfinite(r.error) else "no relative error"
     verdict = {"ok": "ok", "FAIL": "FAIL", "inconclusive": "inconclusive", "unused": "warning"}[r.status]
-    if r.status in ("inconclusive", "unused"):
-        return f"{verdict}: {r.note}"
-    return f"{error}  {verdict}" + (f": {r.note}" if r.note else "")
+    if r.status in ("ok", "FAIL") and np.isfinite(r.error):
+        verdict = f"relative error {r.error:.1e}  {verdict}"
+    return verdict + (f": {r.note}" if r.note else "")
 
 
 def build_parser() -> argparse.ArgumentParser:
