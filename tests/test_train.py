@@ -179,6 +179,103 @@ def test_overfit_check_memorises_a_few_examples(files: dict[str, Path]) -> None:
     assert "PASS" in result.show()
 
 
+SVM = """
+    const D = 4, C = 3
+    input X: float[N, D]
+    input y: int[N]
+    param W: [D, C] = normal(std=0.001)
+    scores = X @ W
+    output scores
+    loss = svm_loss(scores, y, delta=DELTA) + 1e-3 * l2(W)
+    minimize loss
+"""
+
+BINARY = """
+    input X: float[N, 4]
+    input t: float[N]
+    param W: [4, 8] = he()
+    param w: [8] = normal(std=0.001)
+    logits = relu(X @ W) @ w
+    output logits
+    loss = sigmoid_cross_entropy(logits, t)
+    minimize loss
+"""
+
+REGRESSION = """
+    input X: float[N, 4]
+    input t: float[N]
+    param w: [4] = normal(std=0.1)
+    param b: [1] = zeros()
+    prediction = X @ w + b
+    output prediction
+    loss = mse(prediction, t)
+    minimize loss
+"""
+
+
+def synthetic(tmp_path: Path, name: str, **columns: np.ndarray) -> Any:
+    np.savez(tmp_path / f"{name}.npz", **columns)
+    return load_source(str(tmp_path / f"{name}.npz"))
+
+
+@pytest.mark.parametrize("delta", [1.0, 2.5])
+def test_the_initial_svm_loss_is_expected_near_c_minus_one_times_delta(tmp_path: Path, files, delta: float) -> None:
+    model = write_nn(tmp_path, "svm.nn", SVM.replace("DELTA", str(delta)))
+    trainer = Trainer(model, small())
+    check = trainer.initial_loss_check(trainer.init_state().params, bind(load_source(str(files["data"])), trainer.module))
+    assert check is not None and check.expected == pytest.approx(2 * delta) and check.ok, check.show()
+    assert f"expected (3 - 1) * {delta:g} = {2 * delta:.4f} (SVM loss of the scores): ok" in check.show()
+    assert check.total_loss > check.data_loss   # the l2 term
+
+
+def test_a_binary_model_expects_log_2_and_gets_an_accuracy(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((120, 4))
+    t = (X[:, 0] + X[:, 1] > 0).astype(np.float64)
+    trainer = Trainer(write_nn(tmp_path, "binary.nn", BINARY), small(epochs=30, lr=3e-2))
+    data = bind(synthetic(tmp_path, "binary", X=X, t=t), trainer.module)
+    state = trainer.init_state()
+    check = trainer.initial_loss_check(state.params, data)
+    assert check is not None and check.classes == 2 and check.ok, check
+    assert "expected log 2 = 0.6931 (sigmoid cross-entropy of the logits)" in check.show()
+    before = trainer.evaluate(state.params, data)
+    logits = trainer.module.forward(state.params, X=X, t=t)["logits"]
+    assert before.acc == pytest.approx(np.mean((logits > 0) == (t > 0.5)))
+    after = trainer.evaluate(trainer.fit(data).params, data)
+    assert after.acc is not None and after.acc > 0.9 > before.acc
+
+
+def test_overfit_goes_on_until_the_loss_is_small_too(files: dict[str, Path]) -> None:
+    """100% accuracy comes long before a small loss: memorised means both."""
+    trainer = Trainer(files["mlp"], small(epochs=300, lr=3e-2))
+    result = trainer.overfit(bind(load_source(str(files["data"])), trainer.module), 12)
+    assert result.reached and result.acc == 1.0
+    assert result.loss is not None and result.loss <= 0.05 * math.log(3) == result.target
+    assert f"(loss {result.loss:.4f}, the target {result.target:.4f})" in result.show()
+
+
+def test_overfit_checks_a_regression_model_by_its_loss(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 4))
+    t = X @ np.array([1.0, -2.0, 0.5, 3.0]) + 0.3
+    trainer = Trainer(write_nn(tmp_path, "regression.nn", REGRESSION), small(epochs=500, lr=5e-2))
+    data = bind(synthetic(tmp_path, "regression", X=X, t=t), trainer.module)
+    assert trainer.initial_loss_check(trainer.init_state().params, data) is None   # no chance level
+    result = trainer.overfit(data, 10)
+    assert result.reached and result.acc is None, result.show()
+    assert result.loss is not None and result.loss <= 0.05 * np.var(t[np.sort(np.random.default_rng((0, 2)).permutation(40)[:10])])
+    assert result.show().startswith("overfit check: training loss ")
+
+
+def test_overfit_of_a_regression_model_that_cannot_fit_fails(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((40, 4))
+    trainer = Trainer(write_nn(tmp_path, "regression.nn", REGRESSION), small(epochs=20, lr=5e-2))
+    data = bind(synthetic(tmp_path, "noise", X=X, t=rng.standard_normal(40)), trainer.module)
+    result = trainer.overfit(data, 20)   # 20 random targets, 5 parameters
+    assert not result.reached and "FAIL" in result.show()
+
+
 def test_gradient_check_before_training(files: dict[str, Path]) -> None:
     for model in ("mlp", "bn"):
         trainer = Trainer(files[model], small())
