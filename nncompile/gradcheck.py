@@ -101,10 +101,10 @@ class Kink:
     label: str                       # "relu in fc1 (line 12)"
     op: str
     attrs: dict
-    args: tuple[int | float, ...]    # a node id whose value the trace holds, or a constant
+    args: tuple[int | np.ndarray, ...]   # a node id whose value the trace holds, or a constant's value
 
     def switch(self, values: Mapping[int, np.ndarray]) -> np.ndarray:
-        args = [values[a] if isinstance(a, int) else np.float64(a) for a in self.args]
+        args = [a if isinstance(a, np.ndarray) else values[a] for a in self.args]
         return np.ravel(np.asarray(SWITCHES[self.op](args, self.attrs), dtype=np.float64))
 
     def describe(self, entries: int) -> str:
@@ -124,16 +124,17 @@ class Kinks:
         from .elaborate import elaborate_file
 
         model = elaborate_file(path, "float64")
-        program = build(model, optimized=False, trace=True)
+        program = build(model, optimized=False, trace=True, differentiate=False)   # forward values only
         G, traced = program.graph, program.trace_values
         kinks = []
         for n in G.nodes():
             node = G[n]
             if node.op not in SWITCHES or node.grad_of is not None:
                 continue
-            args = tuple(traced[a] if a in traced else G[a].attr("value") for a in node.args)
-            if any(a is None for a in args):
+            if not all(a in traced or G[a].op == "const" for a in node.args):
                 continue
+            args = tuple(traced[a] if a in traced else np.asarray(G[a].attr("value"), dtype=np.float64)
+                         for a in node.args)
             kinks.append(Kink(_label(node, model.file), node.op, dict(node.attrs), args))
         module = load_module(emit_module(program, trace=True), Path(path).stem + "_trace")
         return cls(module, kinks, seed)
@@ -179,9 +180,11 @@ def kink_radius(s0: list[np.ndarray], s1: list[np.ndarray], s2: list[np.ndarray]
 
 # ---- the numeric slope ------------------------------------------------------------------
 
-def ridders(f: Callable[[float], float], h: float, *, shrink: float = 2.0, levels: int = 10) -> tuple[float, float]:
+def ridders(f: Callable[[float], float], h: float, *, shrink: float = 2.0, levels: int = 10,
+            enough: float = 0.0) -> tuple[float, float]:
     """f'(0) and an estimate of its error: Ridders' extrapolation of centred differences
-    (Numerical Recipes' dfridr), stopping once round-off makes the estimates grow worse."""
+    (Numerical Recipes' dfridr), stopping once round-off makes the estimates grow worse, or
+    once the error estimate is down to ``enough``."""
     table = [[(f(h) - f(-h)) / (2 * h)]]
     best, err = table[0][0], np.inf
     for i in range(1, levels):
@@ -195,27 +198,60 @@ def ridders(f: Callable[[float], float], h: float, *, shrink: float = 2.0, level
             if e <= err:
                 best, err = row[j], e
         table.append(row)
-        if abs(row[i] - table[i - 1][i - 1]) >= 2 * err:
+        if err <= enough or abs(row[i] - table[i - 1][i - 1]) >= 2 * err:
             break
     return float(best), float(err)
 
 
-def _slope(f: Callable[[float], float], h: float | None, scale: float, tolerance: float) -> tuple[float, float]:
+def _slope(f: Callable[[float], float], h: float | None, scale: float, enough: float) -> tuple[float, float]:
     """Ridders from step ``h``; with no step known to be clear of kinks, from several
     steps, keeping the estimate with the smallest error estimate (a kink inflates it)."""
     if h is not None:
-        return ridders(f, h)
+        return ridders(f, h, enough=enough)
     best = (np.nan, np.inf)
     for start in (1e-3, 1e-5, 1e-7):
-        slope, err = ridders(f, start * scale)
+        slope, err = ridders(f, start * scale, enough=enough)
         if err < best[1] or not np.isfinite(best[0]):
             best = (slope, err)
-        if err <= 1e-2 * tolerance * abs(slope):
+        if err <= enough:
             break
     return best
 
 
 # ---- the check ----------------------------------------------------------------------------
+
+class _Line:
+    """The loss as a function of one param or input, the others held fixed."""
+
+    def __init__(self, module: ModuleType, name: str, params: Mapping[str, np.ndarray],
+                 inputs: Mapping[str, np.ndarray], seed: int, kinks: Kinks | None):
+        self.module, self.name, self.params, self.inputs, self.seed, self.kinks = \
+            module, name, params, inputs, seed, kinks
+        self.is_param = name in params
+        value = params[name] if self.is_param else inputs.get(name, module.DEFAULTS.get(name))
+        self.start = np.asarray(value, dtype=np.float64)
+
+    def at(self, x: np.ndarray) -> tuple[dict, dict]:
+        p, i = dict(self.params), dict(self.inputs)
+        (p if self.is_param else i)[self.name] = x
+        return p, i
+
+    def step(self, x: np.ndarray) -> tuple:
+        # The same seed every call: dropout draws the same mask, so the loss is one function.
+        params, inputs = self.at(x)
+        with np.errstate(all="ignore"):
+            return self.module.value_and_grad(params, None, np.random.default_rng(self.seed), **inputs)
+
+    def loss(self, x: np.ndarray) -> float:
+        return float(self.step(x)[0][self.module.LOSS])
+
+    def grad(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.step(x)[1][self.name], dtype=np.float64)
+
+    def switches(self, x: np.ndarray) -> list[np.ndarray]:
+        assert self.kinks is not None
+        return self.kinks.switches(*self.at(x))
+
 
 def check_gradients(module: ModuleType, params: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray],
                     *, seed: int = 0, directions: int = 2, kinks: Kinks | None = None,
@@ -226,79 +262,53 @@ def check_gradients(module: ModuleType, params: Mapping[str, np.ndarray], inputs
     Without ``kinks`` the check cannot see a kink near the point, and may report one as a failure.
     """
     rng = np.random.default_rng(seed)
-
-    def train_step(p: Mapping[str, np.ndarray], i: Mapping[str, np.ndarray]):
-        # The same seed every call: dropout draws the same mask, so the loss is one function.
-        with np.errstate(all="ignore"):
-            return module.value_and_grad(p, None, np.random.default_rng(seed), **i)
-
-    outputs, grads = train_step(params, inputs)[:2]
+    with np.errstate(all="ignore"):
+        outputs, grads = module.value_and_grad(params, None, np.random.default_rng(seed), **inputs)[:2]
     loss = float(outputs[module.LOSS])
     switches = kinks.switches(params, inputs) if kinks is not None else None
     results = []
     for name, grad in grads.items():
-        is_param = name in params
-        start = np.asarray(params[name] if is_param else inputs.get(name, module.DEFAULTS.get(name)), dtype=np.float64)
-
-        def at(x: np.ndarray) -> tuple[dict, dict]:
-            p, i = dict(params), dict(inputs)
-            (p if is_param else i)[name] = x
-            return p, i
-
-        def loss_at(x: np.ndarray) -> float:
-            return float(train_step(*at(x))[0][module.LOSS])
-
+        line = _Line(module, name, params, inputs, seed, kinks)
         for _ in range(directions):
-            direction = rng.standard_normal(start.shape)
-            results.append(_probe(name, start, direction, grad, loss, loss_at, at, train_step, kinks, switches,
-                                  rng, tolerance))
+            direction = rng.standard_normal(line.start.shape)
+            results.append(_probe(line, direction, np.asarray(grad, dtype=np.float64), loss, switches, rng, tolerance))
     return results
 
 
-def _probe(name: str, point: np.ndarray, direction: np.ndarray, grad: np.ndarray, loss: float,
-           loss_at: Callable[[np.ndarray], float], at: Callable, train_step: Callable, kinks: Kinks | None,
-           switches: list[np.ndarray] | None, rng: np.random.Generator, tolerance: float) -> GradResult:
+def _probe(line: _Line, direction: np.ndarray, grad: np.ndarray, loss: float, switches: list[np.ndarray] | None,
+           rng: np.random.Generator, tolerance: float) -> GradResult:
     """One direction: find a step that stays clear of kinks, then compare the slopes."""
-    grad = np.asarray(grad, dtype=np.float64)
+    name = line.name
     bad = int(np.size(grad) - np.count_nonzero(np.isfinite(grad)))
     if bad or not np.isfinite(loss):
-        what = f"the loss is {loss}" if not np.isfinite(loss) else f"the gradient holds {bad} NaN or inf entr{'y' if bad == 1 else 'ies'}"
+        what = f"the loss is {loss}" if not np.isfinite(loss) else \
+            f"the gradient holds {bad} NaN or inf entr{'y' if bad == 1 else 'ies'}"
         return GradResult(name, float("nan"), float("nan"), float("nan"), "FAIL", what)
-    scale = max(1.0, float(np.sqrt(np.mean(point ** 2)))) if point.size else 1.0
-    h = 1e-3 * scale
-    note, moved = "", 0
-    while kinks is not None and switches is not None:
-        s0 = switches if not moved else kinks.switches(*at(point))
-        while True:
-            lo, hi = kinks.switches(*at(point - h * direction)), kinks.switches(*at(point + h * direction))
-            step = min(h, kink_radius(s0, lo, hi, h) / 2)
-            if step <= 1e-9 * scale:
+    scale = max(1.0, float(np.sqrt(np.mean(line.start ** 2)))) if line.start.size else 1.0
+    point, h, note = line.start, None, ""
+    if line.kinks is not None and switches is not None:
+        for moved in range(MOVES + 1):
+            s0 = switches if moved == 0 else line.switches(point)
+            h, on = _clear_step(line, s0, point, direction, 1e-3 * scale, 1e-9 * scale)
+            if h:
                 break
-            # Linear switches cannot cross before the radius; curved ones may: look.
-            if not kinks.crossed(s0, *(kinks.switches(*at(point + s * step * direction)) for s in (-1, 1))):
-                h = step
-                break
-            h = step / 10
-        if step > 1e-9 * scale:
-            break
-        on = "; ".join(kinks.crossed(s0, lo, hi)) or "a kink lies within 1e-9 of the point"
-        if moved == MOVES:
-            return GradResult(name, float("nan"), float("nan"), float("nan"), "inconclusive",
-                              on + ", at every point tried")
-        # The point sits on a kink (a relu of zeros()-initialised biases, say): check a point nearby.
-        moved += 1
-        point = point + 1e-4 * scale * rng.standard_normal(point.shape)
-        grad = np.asarray(train_step(*at(point))[1][name], dtype=np.float64)
-        h = 1e-3 * scale
-        note = f"{on} at the given point: checked at a point nearby"
+            if moved == MOVES:
+                return GradResult(name, float("nan"), float("nan"), float("nan"), "inconclusive",
+                                  on + ", at every point tried")
+            # The point sits on a kink (a relu of zeros()-initialised biases, say): check a point nearby.
+            point = line.start + 1e-4 * scale * rng.standard_normal(point.shape)
+            grad = line.grad(point)
+            note = f"{on} at the given point: checked at a point nearby"
     analytic = float(np.sum(grad * direction))
-    numeric, uncertainty = _slope(lambda t: loss_at(point + t * direction), h if kinks is not None else None,
-                                  scale, tolerance)
+    floor = FLOOR * max(1.0, abs(loss))
+    numeric, uncertainty = _slope(lambda t: line.loss(point + t * direction), h, scale,
+                                  1e-2 * tolerance * max(abs(analytic), floor))
     if not np.isfinite(numeric):
         return GradResult(name, analytic, numeric, float("nan"), "FAIL", f"the numeric slope is {numeric}")
-    if not np.any(grad) and (numeric == 0.0 or loss_at(point + h * direction) == loss_at(point - h * direction)):
-        return GradResult(name, analytic, numeric, 0.0, "unused", f"{name} does not affect the loss (its gradient is 0, and so is the loss's change)")
-    error = relative_error(analytic, numeric, FLOOR * max(1.0, abs(loss)))
+    if not np.any(grad) and (numeric == 0.0 or line.loss(point + 1e-3 * scale * direction) == line.loss(point)):
+        return GradResult(name, analytic, numeric, 0.0, "unused",
+                          f"{name} does not affect the loss (its gradient is 0, and so is the loss's change)")
+    error = relative_error(analytic, numeric, floor)
     if error < tolerance:
         return GradResult(name, analytic, numeric, error, "ok", note)
     if abs(analytic - numeric) <= min(2 * uncertainty, SURE * max(abs(analytic), abs(numeric))):
@@ -306,9 +316,27 @@ def _probe(name: str, point: np.ndarray, direction: np.ndarray, grad: np.ndarray
         # to round-off; what the estimate itself cannot resolve is no evidence against it.
         within = f"within the numeric slope's own error (+-{uncertainty:.1e})"
         return GradResult(name, analytic, numeric, error, "ok", f"{note}; {within}" if note else within)
-    if uncertainty > tolerance * max(abs(numeric), FLOOR):
+    if uncertainty > tolerance * max(abs(numeric), floor):
         note = (note + "; " if note else "") + f"the numeric slope is uncertain (+-{uncertainty:.1e})"
     return GradResult(name, analytic, numeric, error, "FAIL", note)
+
+
+def _clear_step(line: _Line, s0: list[np.ndarray], point: np.ndarray, direction: np.ndarray, h: float,
+                smallest: float) -> tuple[float, str]:
+    """The largest step up to ``h`` along ``direction`` that crosses no kink; or 0 and the
+    kinks the point sits on, when no step above ``smallest`` is clear."""
+    kinks = line.kinks
+    assert kinks is not None
+    while True:
+        lo, hi = line.switches(point - h * direction), line.switches(point + h * direction)
+        step = min(h, kink_radius(s0, lo, hi, h) / 2)
+        if step <= smallest:
+            return 0.0, "; ".join(kinks.crossed(s0, lo, hi)) or f"a kink lies within {smallest:.0e} of the point"
+        # Linear switches cannot cross within the radius; curved ones may: look.
+        near = (lo, hi) if step == h else [line.switches(point + s * step * direction) for s in (-1, 1)]
+        if not kinks.crossed(s0, *near):
+            return step, ""
+        h = step / 10
 
 
 def summarize(results: list[GradResult]) -> dict[str, GradResult]:
