@@ -11,12 +11,14 @@ and writes the run directory. Two entry points:
   checkpoint, evaluate on the test split, and write metrics, curves and a summary.
 
 Conventions the trainer relies on (see docs/training.md): the loss is the module's LOSS
-output; classification accuracy uses the first output of shape [N, C] as the class scores
-and the integer input with a class bound (BOUNDS) as the labels. Training steps run the
-model in train mode (dropout on, running statistics updated, masks drawn from a seeded,
-checkpointed generator); evaluation runs ``forward``, the eval mode. Where the eval mode
-has no loss (a loss written inside ``train { }``), the validation loss is the softmax
-cross-entropy of the scores.
+output, and the loss op it is built on (softmax_cross_entropy, svm_loss,
+sigmoid_cross_entropy or mse: :class:`Objective`) sets what the sanity checks expect.
+Classification accuracy uses the first output of shape [N, C] as the class scores and the
+integer input with a class bound (BOUNDS) as the labels, or a binary model's logits and
+targets. Training steps run the model in train mode (dropout on, running statistics
+updated, masks drawn from a seeded, checkpointed generator); evaluation runs ``forward``,
+the eval mode. Where the eval mode has no loss (a loss written inside ``train { }``), the
+validation loss is the loss op computed by the trainer.
 """
 from __future__ import annotations
 
