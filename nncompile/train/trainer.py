@@ -231,10 +231,9 @@ class Trainer:
         or a binary model's logits [N] (or [N, 1]) and 0/1 targets; (None, None) for neither."""
         module, objective = self.module, self.objective
         if objective.binary:
-            shape = module.OUTPUTS.get(objective.predictions, ((),))[0]
-            if shape and isinstance(shape[0], str) and tuple(shape[1:]) in ((), (1,)) and objective.targets:
-                return objective.predictions, objective.targets
-            return None, None
+            shape = module.OUTPUTS[objective.predictions][0] if objective.predictions in module.OUTPUTS else ()
+            per_example = len(shape) > 0 and isinstance(shape[0], str) and tuple(shape[1:]) in ((), (1,))
+            return (objective.predictions, objective.targets) if per_example and objective.targets else (None, None)
         scores, labels = scores_output(module), label_input(module)
         if objective.op == "mse" or scores is None or labels is None \
                 or module.OUTPUTS[scores][0][1] != module.BOUNDS[labels]:
