@@ -10,13 +10,16 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from . import __version__
 from .errors import NNError
 from .files import write_atomic
+
+if TYPE_CHECKING:
+    from .gradcheck import GradResult
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -102,7 +105,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_line(r) -> str:
+def _check_line(r: GradResult) -> str:
     """``relative error 3.1e-11  ok``, or what went wrong, in words."""
     verdict = {"ok": "ok", "FAIL": "FAIL", "inconclusive": "inconclusive", "unused": "warning"}[r.status]
     if r.status in ("ok", "FAIL") and np.isfinite(r.error):

@@ -292,13 +292,15 @@ def _probe(line: _Line, direction: np.ndarray, grad: np.ndarray, loss: float, sw
             h, on = _clear_step(line, s0, point, direction, 1e-3 * scale, 1e-9 * scale)
             if h:
                 break
+            note = note or f"{on} at the given point"
             if moved == MOVES:
                 return GradResult(name, float("nan"), float("nan"), float("nan"), "inconclusive",
-                                  on + ", at every point tried")
+                                  f"{note}, and so was every point nearby tried")
             # The point sits on a kink (a relu of zeros()-initialised biases, say): check a point nearby.
             point = line.start + 1e-4 * scale * rng.standard_normal(point.shape)
             grad = line.grad(point)
-            note = f"{on} at the given point: checked at a point nearby"
+        if note:
+            note += ": checked at a point nearby"
     analytic = float(np.sum(grad * direction))
     floor = FLOOR * max(1.0, abs(loss))
     numeric, uncertainty = _slope(lambda t: line.loss(point + t * direction), h, scale,

@@ -161,6 +161,23 @@ def test_ties_in_max_and_maximum_are_named(tmp_path: Path) -> None:
     assert "maximum (line 3) has tied operands for 1 entry" in note
 
 
+def test_a_point_that_cannot_be_moved_off_a_kink_is_inconclusive_not_failed(tmp_path: Path, monkeypatch,
+                                                                            capsys) -> None:
+    """As if every point nearby sat on relu's kink too: the check says so and does not fail."""
+    from nncompile import cli, gradcheck
+
+    path = write_nn(tmp_path, "dead.nn", DEAD_ROW)
+    module, params, inputs, kinks = prepared(path)
+    monkeypatch.setattr(gradcheck, "kink_radius", lambda *args: 0.0)
+    results = by_name(check_gradients(module, params, inputs, kinks=kinks))
+    assert all(r.status == "inconclusive" and r.ok for r in results.values()), results
+    assert results["fc1.b"].note == ("relu (line 8) is at its kink for 5 entries at the given point, "
+                                     "and so was every point nearby tried")
+    assert cli.main(["check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "gradient of fc1.b  inconclusive: relu (line 8) is at its kink" in out and "5 inconclusive" in out
+
+
 def test_ridders_extrapolates_past_truncation_error() -> None:
     slope, err = ridders(np.exp, 0.5)
     assert abs(slope - 1.0) < 1e-12 and err < 1e-10

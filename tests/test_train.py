@@ -305,6 +305,28 @@ def test_gradient_check_passes_a_deep_batchnorm_net(tmp_path: Path) -> None:
     assert len(check.errors) == 93 and "worst relative error" in check.show()
 
 
+def test_gradient_check_fails_a_gradient_that_is_one_percent_off(files: dict[str, Path], monkeypatch) -> None:
+    from nncompile.train import trainer as trainer_module
+
+    trainer = Trainer(files["mlp"], small())
+    data = bind(load_source(str(files["data"])), trainer.module)
+    load = trainer_module.load_module
+
+    def wrong_fc1_W(source: str, name: str) -> ModuleType:
+        module = load(source, name)
+        right = module.value_and_grad
+
+        def value_and_grad(params, state=None, rng=None, /, **inputs):
+            outputs, grads = right(params, state, rng, **inputs)
+            return outputs, {**grads, "fc1.W": 1.01 * grads["fc1.W"]}
+        module.value_and_grad = value_and_grad
+        return module
+    monkeypatch.setattr(trainer_module, "load_module", wrong_fc1_W)
+    check = trainer.gradient_check(trainer.init_state().params, data)
+    assert not check.ok and check.failed == ["fc1.W"], check.show()
+    assert "FAILED for fc1.W" in check.show()
+
+
 def test_early_stopping_keeps_the_best_params(files: dict[str, Path], tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     noise = tmp_path / "noise.npz"      # random labels: the validation loss can only get worse
