@@ -228,6 +228,15 @@ def test_the_initial_svm_loss_is_expected_near_c_minus_one_times_delta(tmp_path:
     assert check.total_loss > check.data_loss   # the l2 term
 
 
+def test_a_loss_of_several_loss_ops_has_no_single_expected_initial_loss(tmp_path: Path, files) -> None:
+    model = write_nn(tmp_path, "both.nn", SVM.replace("DELTA", "1.0").replace(
+        "+ 1e-3 * l2(W)", "+ softmax_cross_entropy(scores, y)"))
+    trainer = Trainer(model, small())
+    data = bind(load_source(str(files["data"])), trainer.module)
+    assert trainer.initial_loss_check(trainer.init_state().params, data) is None
+    assert trainer.evaluate(trainer.init_state().params, data).acc is not None   # still a classifier
+
+
 def test_a_binary_model_expects_log_2_and_gets_an_accuracy(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     X = rng.standard_normal((120, 4))

@@ -549,6 +549,7 @@ class Objective:
     predictions: str | None = None   # the output it scores (class scores, logits, predictions), if one is
     targets: str | None = None       # the input holding its labels or targets, if one does
     delta: float = 1.0               # svm_loss's margin
+    mixed: bool = False              # the loss adds up several of them: no one chance level
 
     @classmethod
     def of_file(cls, path: str | Path) -> Objective:
@@ -562,7 +563,7 @@ class Objective:
             return cls()
         found = [n for n in nx.ancestors(G.nx, target) | {target} if G[n].op in DATA_LOSSES]
         if len(found) != 1:
-            return cls()
+            return cls(mixed=len(found) > 1)
         node = G[found[0]]
         outputs = {n: name for name, n in model.outputs.items()}
         inputs = {n: name for name, n in model.inputs.items()}
@@ -584,7 +585,7 @@ class Objective:
         """The loss of a classifier that knows nothing yet (all scores equal), and how it follows."""
         if self.binary:
             return math.log(2), "log 2"
-        if classes is None or self.op == "mse":
+        if classes is None or self.op == "mse" or self.mixed:
             return None
         if self.op == "svm_loss":
             return (classes - 1) * self.delta, f"({classes} - 1) * {self.delta:g}"
