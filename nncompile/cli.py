@@ -10,16 +10,13 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from . import __version__
 from .errors import NNError
 from .files import write_atomic
-
-if TYPE_CHECKING:
-    from .gradcheck import GradResult
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -94,23 +91,15 @@ def cmd_check(args: argparse.Namespace) -> int:
                                         kinks=Kinks.of_file(args.model, args.seed)))
     width = max(len(name) for name in results) if results else 1
     for name, r in results.items():
-        print(f"  gradient of {name:<{width}}  {_check_line(r)}")
+        print(f"  gradient of {name:<{width}}  {r.show()}")
     failed = [name for name, r in results.items() if not r.ok]
     counts = {s: sum(r.status == s for r in results.values()) for s in ("ok", "inconclusive", "unused")}
     tally = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     if failed:
-        print(f"gradient check FAILED for {', '.join(failed)} ({tally})", file=sys.stderr)
+        print(f"gradient check FAILED for {', '.join(failed)}" + (f" ({tally})" if tally else ""), file=sys.stderr)
         return 1
     print(f"gradient check passed (float64, extrapolated central differences): {tally}")
     return 0
-
-
-def _check_line(r: GradResult) -> str:
-    """``relative error 3.1e-11  ok``, or what went wrong, in words."""
-    verdict = {"ok": "ok", "FAIL": "FAIL", "inconclusive": "inconclusive", "unused": "warning"}[r.status]
-    if r.status in ("ok", "FAIL") and np.isfinite(r.error):
-        verdict = f"relative error {r.error:.1e}  {verdict}"
-    return verdict + (f": {r.note}" if r.note else "")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -45,6 +45,13 @@ class GradResult:
     def ok(self) -> bool:
         return self.status != "FAIL"
 
+    def show(self) -> str:
+        """``relative error 3.1e-11  ok``, or what went wrong, in words."""
+        verdict = "warning" if self.status == "unused" else self.status
+        if self.status in ("ok", "FAIL") and np.isfinite(self.error):
+            verdict = f"relative error {self.error:.1e}  {verdict}"
+        return verdict + (f": {self.note}" if self.note else "")
+
 
 def relative_error(a: float, b: float, floor: float = FLOOR) -> float:
     """|a - b| / max(|a|, |b|, floor): an error of a gradient that is (nearly) zero is absolute."""
