@@ -293,7 +293,7 @@ def _probe(line: _Line, direction: np.ndarray, grad: np.ndarray, loss: float, sw
         return GradResult(name, float("nan"), float("nan"), float("nan"), "FAIL", what)
     scale = max(1.0, float(np.sqrt(np.mean(line.start ** 2)))) if line.start.size else 1.0
     point, h, note = line.start, None, ""
-    if line.kinks is not None and switches is not None:
+    if switches is not None:
         for moved in range(MOVES + 1):
             s0 = switches if moved == 0 else line.switches(point)
             h, on = _clear_step(line, s0, point, direction, 1e-3 * scale, 1e-9 * scale)
