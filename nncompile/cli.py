@@ -77,7 +77,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .codegen import emit_module
     from .elaborate import elaborate_file
     from .evaluate import concrete_values, parse_sets
-    from .gradcheck import check_gradients
+    from .gradcheck import Kinks, check_gradients, summarize
 
     model = elaborate_file(args.model, "float64")
     print(f"{args.model}: parsed and shape-checked: {len(model.inputs)} inputs, {len(model.params)} params, "
@@ -87,17 +87,18 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 0
     module = load_module(emit_module(build(model)), Path(args.model).stem)
     params, inputs = concrete_values(model, module, parse_sets(args.set, args.model), args.seed)
-    results = check_gradients(module, params, inputs, seed=args.seed)
-    worst: dict[str, float] = {}
-    for r in results:
-        worst[r.name] = max(worst.get(r.name, 0.0), r.error)
-    failed = list(dict.fromkeys(r.name for r in results if not r.ok))
-    for name, err in worst.items():
-        print(f"  gradient of {name:<12} relative error {err:.1e}  {'FAIL' if name in failed else 'ok'}")
+    results = summarize(check_gradients(module, params, inputs, seed=args.seed,
+                                        kinks=Kinks.of_file(args.model, args.seed)))
+    width = max(len(name) for name in results) if results else 1
+    for name, r in results.items():
+        print(f"  gradient of {name:<{width}}  {r.show()}")
+    failed = [name for name, r in results.items() if not r.ok]
+    counts = {s: sum(r.status == s for r in results.values()) for s in ("ok", "inconclusive", "unused")}
+    tally = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     if failed:
-        print(f"gradient check FAILED for {', '.join(failed)}", file=sys.stderr)
+        print(f"gradient check FAILED for {', '.join(failed)}" + (f" ({tally})" if tally else ""), file=sys.stderr)
         return 1
-    print("gradient check passed (float64 central differences)")
+    print(f"gradient check passed (float64, extrapolated central differences): {tally}")
     return 0
 
 

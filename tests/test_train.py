@@ -179,6 +179,112 @@ def test_overfit_check_memorises_a_few_examples(files: dict[str, Path]) -> None:
     assert "PASS" in result.show()
 
 
+SVM = """
+    const D = 4, C = 3
+    input X: float[N, D]
+    input y: int[N]
+    param W: [D, C] = normal(std=0.001)
+    scores = X @ W
+    output scores
+    loss = svm_loss(scores, y, delta=DELTA) + 1e-3 * l2(W)
+    minimize loss
+"""
+
+BINARY = """
+    input X: float[N, 4]
+    input t: float[N]
+    param W: [4, 8] = he()
+    param w: [8] = normal(std=0.001)
+    logits = relu(X @ W) @ w
+    output logits
+    loss = sigmoid_cross_entropy(logits, t)
+    minimize loss
+"""
+
+REGRESSION = """
+    input X: float[N, 4]
+    input t: float[N]
+    param w: [4] = normal(std=0.1)
+    param b: [1] = zeros()
+    prediction = X @ w + b
+    output prediction
+    loss = mse(prediction, t)
+    minimize loss
+"""
+
+
+def synthetic(tmp_path: Path, name: str, **columns: np.ndarray) -> Any:
+    np.savez(tmp_path / f"{name}.npz", **columns)
+    return load_source(str(tmp_path / f"{name}.npz"))
+
+
+@pytest.mark.parametrize("delta", [1.0, 2.5])
+def test_the_initial_svm_loss_is_expected_near_c_minus_one_times_delta(tmp_path: Path, files, delta: float) -> None:
+    model = write_nn(tmp_path, "svm.nn", SVM.replace("DELTA", str(delta)))
+    trainer = Trainer(model, small())
+    check = trainer.initial_loss_check(trainer.init_state().params, bind(load_source(str(files["data"])), trainer.module))
+    assert check is not None and check.expected == pytest.approx(2 * delta) and check.ok, check.show()
+    assert f"expected (3 - 1) * {delta:g} = {2 * delta:.4f} (SVM loss of the scores): ok" in check.show()
+    assert check.total_loss > check.data_loss   # the l2 term
+
+
+def test_a_loss_of_several_loss_ops_has_no_single_expected_initial_loss(tmp_path: Path, files) -> None:
+    model = write_nn(tmp_path, "both.nn", SVM.replace("DELTA", "1.0").replace(
+        "+ 1e-3 * l2(W)", "+ softmax_cross_entropy(scores, y)"))
+    trainer = Trainer(model, small())
+    data = bind(load_source(str(files["data"])), trainer.module)
+    assert trainer.initial_loss_check(trainer.init_state().params, data) is None
+    assert trainer.evaluate(trainer.init_state().params, data).acc is not None   # still a classifier
+
+
+def test_a_binary_model_expects_log_2_and_gets_an_accuracy(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((120, 4))
+    t = (X[:, 0] + X[:, 1] > 0).astype(np.float64)
+    trainer = Trainer(write_nn(tmp_path, "binary.nn", BINARY), small(epochs=30, lr=3e-2))
+    data = bind(synthetic(tmp_path, "binary", X=X, t=t), trainer.module)
+    state = trainer.init_state()
+    check = trainer.initial_loss_check(state.params, data)
+    assert check is not None and check.classes == 2 and check.ok, check
+    assert "expected log 2 = 0.6931 (sigmoid cross-entropy of the logits)" in check.show()
+    before = trainer.evaluate(state.params, data)
+    logits = trainer.module.forward(state.params, X=X, t=t)["logits"]
+    assert before.acc == pytest.approx(np.mean((logits > 0) == (t > 0.5)))
+    after = trainer.evaluate(trainer.fit(data).params, data)
+    assert after.acc is not None and after.acc > 0.9 > before.acc
+
+
+def test_overfit_goes_on_until_the_loss_is_small_too(files: dict[str, Path]) -> None:
+    """100% accuracy comes long before a small loss: memorised means both."""
+    trainer = Trainer(files["mlp"], small(epochs=300, lr=3e-2))
+    result = trainer.overfit(bind(load_source(str(files["data"])), trainer.module), 12)
+    assert result.reached and result.acc == 1.0
+    assert result.loss is not None and result.loss <= 0.05 * math.log(3) == result.target
+    assert f"(loss {result.loss:.4f}, the target {result.target:.4f})" in result.show()
+
+
+def test_overfit_checks_a_regression_model_by_its_loss(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 4))
+    t = X @ np.array([1.0, -2.0, 0.5, 3.0]) + 0.3
+    trainer = Trainer(write_nn(tmp_path, "regression.nn", REGRESSION), small(epochs=500, lr=5e-2))
+    data = bind(synthetic(tmp_path, "regression", X=X, t=t), trainer.module)
+    assert trainer.initial_loss_check(trainer.init_state().params, data) is None   # no chance level
+    result = trainer.overfit(data, 10)
+    assert result.reached and result.acc is None, result.show()
+    assert result.loss is not None and result.loss <= 0.05 * np.var(t[np.sort(np.random.default_rng((0, 2)).permutation(40)[:10])])
+    assert result.show().startswith("overfit check: training loss ")
+
+
+def test_overfit_of_a_regression_model_that_cannot_fit_fails(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((40, 4))
+    trainer = Trainer(write_nn(tmp_path, "regression.nn", REGRESSION), small(epochs=20, lr=5e-2))
+    data = bind(synthetic(tmp_path, "noise", X=X, t=rng.standard_normal(40)), trainer.module)
+    result = trainer.overfit(data, 20)   # 20 random targets, 5 parameters
+    assert not result.reached and "FAIL" in result.show()
+
+
 def test_gradient_check_before_training(files: dict[str, Path]) -> None:
     for model in ("mlp", "bn"):
         trainer = Trainer(files[model], small())
@@ -186,6 +292,48 @@ def test_gradient_check_before_training(files: dict[str, Path]) -> None:
         check = trainer.gradient_check(trainer.init_state().params, data)
         assert check.ok, check.errors
         assert {"fc1.W", "fc2.b"} <= set(check.errors) if model == "mlp" else {"W1", "gamma"} <= set(check.errors)
+
+
+def test_gradient_check_passes_a_deep_batchnorm_net(tmp_path: Path) -> None:
+    """Thirty dense + batch-norm blocks: a fixed step of 1e-6 crosses relu kinks there."""
+    model = write_nn(tmp_path, "deep.nn", """
+        import nn
+        input X: float[N, 4]
+        input y: int[N]
+        h = repeat 30 dense_bn(X, out=4)
+        scores = linear(h, out=3) as out
+        loss = softmax_cross_entropy(scores, y)
+        minimize loss
+    """)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", X=rng.standard_normal((16, 4)), y=rng.integers(0, 3, 16))
+    trainer = Trainer(model, small(batch_size=8))
+    check = trainer.gradient_check(trainer.init_state().params, bind(load_source(str(tmp_path / "data.npz")),
+                                                                     trainer.module))
+    assert check.ok, check.show()
+    assert len(check.errors) == 93 and "worst relative error" in check.show()
+
+
+def test_gradient_check_fails_a_gradient_that_is_one_percent_off(files: dict[str, Path], monkeypatch) -> None:
+    from nncompile.train import trainer as trainer_module
+
+    trainer = Trainer(files["mlp"], small())
+    data = bind(load_source(str(files["data"])), trainer.module)
+    load = trainer_module.load_module
+
+    def wrong_fc1_W(source: str, name: str) -> ModuleType:
+        module = load(source, name)
+        right = module.value_and_grad
+
+        def value_and_grad(params, state=None, rng=None, /, **inputs):
+            outputs, grads = right(params, state, rng, **inputs)
+            return outputs, {**grads, "fc1.W": 1.01 * grads["fc1.W"]}
+        module.value_and_grad = value_and_grad
+        return module
+    monkeypatch.setattr(trainer_module, "load_module", wrong_fc1_W)
+    check = trainer.gradient_check(trainer.init_state().params, data)
+    assert not check.ok and check.failed == ["fc1.W"], check.show()
+    assert "FAILED for fc1.W" in check.show()
 
 
 def test_early_stopping_keeps_the_best_params(files: dict[str, Path], tmp_path: Path) -> None:
@@ -308,7 +456,7 @@ def test_cli_sanity_checks(files: dict[str, Path], tmp_path: Path) -> None:
     result = cli("train", files["mlp"], "--data", files["data"], "--grad-check", "--epochs", "1", "--out", "run",
                  cwd=tmp_path)
     assert result.returncode == 0, result
-    assert "gradient check on one mini-batch (float64 central differences): worst relative error" in result.stdout
+    assert "gradient check on one mini-batch (float64, extrapolated central differences): worst relative error" in result.stdout
 
 
 @pytest.mark.parametrize("make, args, message", [

@@ -11,12 +11,14 @@ and writes the run directory. Two entry points:
   checkpoint, evaluate on the test split, and write metrics, curves and a summary.
 
 Conventions the trainer relies on (see docs/training.md): the loss is the module's LOSS
-output; classification accuracy uses the first output of shape [N, C] as the class scores
-and the integer input with a class bound (BOUNDS) as the labels. Training steps run the
-model in train mode (dropout on, running statistics updated, masks drawn from a seeded,
-checkpointed generator); evaluation runs ``forward``, the eval mode. Where the eval mode
-has no loss (a loss written inside ``train { }``), the validation loss is the softmax
-cross-entropy of the scores.
+output, and the loss op it is built on (softmax_cross_entropy, svm_loss,
+sigmoid_cross_entropy or mse: :class:`Objective`) sets what the sanity checks expect.
+Classification accuracy uses the first output of shape [N, C] as the class scores and the
+integer input with a class bound (BOUNDS) as the labels, or a binary model's logits and
+targets. Training steps run the model in train mode (dropout on, running statistics
+updated, masks drawn from a seeded, checkpointed generator); evaluation runs ``forward``,
+the eval mode. Where the eval mode has no loss (a loss written inside ``train { }``), the
+validation loss is the loss op computed by the trainer.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ import numpy as np
 
 from ..compiler import compile_file, load_module
 from ..errors import NNError
+from ..gradcheck import TOLERANCE
 from ..optim import Optimizer
 from .checkpoint import (
     TrainState,
@@ -116,18 +119,21 @@ class Metrics:
 
 @dataclass(frozen=True)
 class LossCheck:
-    """The lecture's first check: with regularisation off, the initial loss is about -log(1/C)."""
+    """The lecture's first check: with regularisation off, the initial loss is the loss of a
+    model that knows nothing yet, -log(1/C) for softmax, (C - 1) * delta for the SVM, log 2
+    for a binary classifier."""
 
     classes: int
-    expected: float          # -log(1 / classes)
+    expected: float          # the chance-level loss, e.g. -log(1 / classes)
     data_loss: float         # initial loss without regularisation
     total_loss: float        # initial loss as the model defines it (with regularisation)
     how: str                 # where data_loss came from
     ok: bool
+    formula: str = ""        # how ``expected`` was derived, e.g. "-log(1/10)"
 
     def show(self) -> str:
         verdict = "ok" if self.ok else "WARNING: far from the expected value; check the initialisation scale"
-        line = (f"initial loss without regularisation {self.data_loss:.4f}, expected -log(1/{self.classes}) = "
+        line = (f"initial loss without regularisation {self.data_loss:.4f}, expected {self.formula} = "
                 f"{self.expected:.4f} ({self.how}): {verdict}")
         reg = self.total_loss - self.data_loss
         if abs(reg) > 1e-6 * max(1.0, abs(self.total_loss)):
@@ -137,41 +143,49 @@ class LossCheck:
 
 @dataclass(frozen=True)
 class OverfitResult:
-    """The lecture's second check: can the model drive a tiny training set to 100% accuracy?"""
+    """The lecture's second check: can the model memorise a tiny training set? A classifier
+    must classify every example and bring its loss near zero; a regression model, the loss."""
 
     examples: int
     epochs: int
-    acc: float
-    loss: float | None
+    acc: float | None        # None for a regression model
+    loss: float | None       # the data loss (without regularisation where the trainer can tell)
+    target: float | None = None   # the loss that counts as memorised: OVERFIT_FRACTION of chance level
 
     @property
     def reached(self) -> bool:
-        return self.acc >= 1.0
+        small = self.target is None or (self.loss is not None and self.loss <= self.target)
+        return (self.acc is None or self.acc >= 1.0) and small
 
     def show(self) -> str:
         verdict = "PASS" if self.reached else "FAIL: the model cannot even memorise a handful of examples"
-        loss = f" (loss {self.loss:.4f})" if self.loss is not None else ""
-        return (f"overfit check: training accuracy {100 * self.acc:.1f}%{loss} on "
-                f"{self.examples} examples after {self.epochs} epochs: {verdict}")
+        loss = f"loss {self.loss:.4f}" if self.loss is not None else ""
+        if loss and self.target is not None:
+            loss += f", the target {self.target:.4f}"
+        measured = (f"training accuracy {100 * self.acc:.1f}%" + (f" ({loss})" if loss else "")
+                    if self.acc is not None else f"training {loss}")
+        return f"overfit check: {measured} on {self.examples} examples after {self.epochs} epochs: {verdict}"
 
 
 @dataclass(frozen=True)
 class GradCheck:
     """Analytic against finite-difference gradients on one mini-batch, per param (float64)."""
 
-    errors: dict[str, float]      # worst relative error per param or input
+    errors: dict[str, float | None]   # worst relative error per param or input; None where not judged
     threshold: float
+    failed: list[str] = field(default_factory=list)
+    notes: dict[str, str] = field(default_factory=dict)   # why a param failed, was not judged, or is unused
 
     @property
     def ok(self) -> bool:
-        return all(e < self.threshold for e in self.errors.values())
+        return not self.failed
 
     def show(self) -> str:
-        worst = max(self.errors.values(), default=0.0)
-        bad = [k for k, e in self.errors.items() if e >= self.threshold]
-        verdict = "ok" if not bad else f"FAILED for {', '.join(bad)}"
-        return (f"gradient check on one mini-batch (float64 central differences): worst relative error "
-                f"{worst:.1e}: {verdict}")
+        worst = max((e for e in self.errors.values() if e is not None), default=0.0)
+        verdict = "ok" if self.ok else f"FAILED for {', '.join(self.failed)}"
+        notes = "".join(f"; {name}: {note}" for name, note in self.notes.items())
+        return (f"gradient check on one mini-batch (float64, extrapolated central differences): worst relative error "
+                f"{worst:.1e}: {verdict}{notes}")
 
 
 class Trainer:
@@ -190,11 +204,8 @@ class Trainer:
         self.module: ModuleType = load_module(self.source, self.path.stem)
         self.loss: str = self.module.LOSS
         self.has_state = hasattr(self.module, "STATE")   # running statistics (batch norm)
-        self.scores = scores_output(self.module)
-        self.labels = label_input(self.module)
-        if self.scores is not None and self.labels is not None \
-                and self.module.OUTPUTS[self.scores][0][1] != self.module.BOUNDS[self.labels]:
-            self.scores = None   # scores and labels disagree on the number of classes: no accuracy
+        self.objective = Objective.of_file(self.path)
+        self.scores, self.labels = self._classified()
         self.log: Log = log or (lambda line: None)
         self.progress = progress
 
@@ -215,9 +226,44 @@ class Trainer:
         state.model_state = place(state.model_state)
         return state
 
+    def _classified(self) -> tuple[str | None, str | None]:
+        """The output and input that accuracy compares: class scores [N, C] and integer labels,
+        or a binary model's logits [N] (or [N, 1]) and 0/1 targets; (None, None) for neither."""
+        module, objective = self.module, self.objective
+        if objective.binary:
+            shape = module.OUTPUTS[objective.predictions][0] if objective.predictions in module.OUTPUTS else ()
+            per_example = len(shape) > 0 and isinstance(shape[0], str) and tuple(shape[1:]) in ((), (1,))
+            return (objective.predictions, objective.targets) if per_example and objective.targets else (None, None)
+        scores, labels = scores_output(module), label_input(module)
+        if objective.op == "mse" or scores is None or labels is None \
+                or module.OUTPUTS[scores][0][1] != module.BOUNDS[labels]:
+            return None, None   # no classes, or scores and labels disagree on how many
+        return scores, labels
+
     @property
     def classes(self) -> int | None:
-        return int(self.module.OUTPUTS[self.scores][0][1]) if self.scores else None
+        if self.scores is None:
+            return None
+        return 2 if self.objective.binary else int(self.module.OUTPUTS[self.scores][0][1])
+
+    def _hits(self, predicted: Any, truth: Any) -> int:
+        """How many examples are classified right: the argmax of the scores, or the logit's sign."""
+        if self.objective.binary:
+            n = len(truth)
+            return int(((predicted.reshape(n, -1)[:, 0] > 0) == (truth.reshape(n, -1)[:, 0] > 0.5)).sum())
+        return int((predicted.argmax(axis=1) == truth).sum())
+
+    def _data_loss(self, outputs: dict[str, Any], arrays: dict[str, np.ndarray]) -> tuple[float, str] | None:
+        """The loss without regularisation: the model's ``data_loss`` output where it has one, else
+        its loss op computed here from the op's output and targets (softmax cross-entropy of the
+        scores where no loss op is recognised); None where neither is at hand."""
+        if "data_loss" in outputs and "data_loss" != self.loss and self.module.OUTPUTS.get("data_loss", [None])[0] == ():
+            return float(outputs["data_loss"]), "the model's data_loss output"
+        objective = self.objective
+        predictions, targets = (objective.predictions, objective.targets) if objective.op else (self.scores, self.labels)
+        if predictions not in outputs or targets not in arrays:
+            return None
+        return objective.data_loss(to_host(outputs[predictions]), to_host(arrays[targets])), objective.describe()
 
     # ---- state -------------------------------------------------------------------------
 
@@ -315,7 +361,7 @@ class Trainer:
                                       "try a smaller --lr or --clip-norm")
                     total += loss * (min(n, (b + 1) * size) - b * size)
                     if classify:
-                        correct += int(self.xp.count_nonzero(outputs[scores].argmax(axis=1) == batch[labels]))
+                        correct += self._hits(outputs[scores], batch[labels])
                     if bar is not None and (b % 10 == 0 or b == steps - 1):
                         seen = min(n, (b + 1) * size)
                         acc = f" acc {100 * correct / seen:.1f}%" if classify else ""
@@ -334,95 +380,113 @@ class Trainer:
                  model_state: dict[str, np.ndarray] | None = None) -> Metrics:
         """Mean loss and accuracy of ``params`` on ``data``: forward (eval mode) in chunks.
 
-        The loss is the model's LOSS output, or where eval mode has none, the softmax
-        cross-entropy of the scores; None if neither exists.
+        The loss is the model's LOSS output, or where eval mode has none, its data loss
+        (see ``_data_loss``); None if neither exists.
         """
         n = len(data)
-        classify = self.scores is not None and data.labels is not None
-        scores, labels = self.scores or "", data.labels or ""
+        classify = self.scores is not None and self.labels in data.arrays
+        scores, labels = self.scores or "", self.labels or ""
         total, correct, has_loss = 0.0, 0, True
         for start in range(0, n, EVAL_CHUNK):
             chunk = {k: v[start:start + EVAL_CHUNK] for k, v in data.arrays.items()}
             outputs = self.module.forward(params, model_state, **{k: self.xp.asarray(v) for k, v in chunk.items()})
             size = len(next(iter(chunk.values())))
             predicted = to_host(outputs[scores]) if classify else None
+            data_loss = self._data_loss(outputs, chunk) if self.loss not in outputs else None
             if self.loss in outputs:
                 total += float(outputs[self.loss]) * size
-            elif classify:
-                total += softmax_cross_entropy(predicted, chunk[labels]) * size
+            elif data_loss is not None:
+                total += data_loss[0] * size
             else:
                 has_loss = False
             if classify:
-                correct += int(np.count_nonzero(predicted.argmax(axis=1) == chunk[labels]))
+                correct += self._hits(predicted, chunk[labels])
         return Metrics(total / max(1, n) if has_loss else None, correct / n if classify and n else None, n)
 
     def initial_loss_check(self, params: dict[str, np.ndarray], data: Dataset,
                            model_state: dict[str, np.ndarray] | None = None) -> LossCheck | None:
-        """Compare the initial loss without regularisation with -log(1/C).
+        """Compare the initial loss without regularisation with the chance-level loss that the
+        model's loss op implies: -log(1/C) for softmax_cross_entropy, (C - 1) * delta for
+        svm_loss, log 2 for sigmoid_cross_entropy.
 
         The loss is the training loss before the first step (train mode, as training sees it;
         no state is updated and the dropout generator of the run is not touched).
         "Regularisation off" is the model's scalar output ``data_loss`` when it declares one;
-        otherwise the softmax cross-entropy of the class scores, computed here. Either way
-        the model's full loss is reported beside it. ``ok`` means within 20% of -log(1/C).
-        None when the model has no class scores and labels to compare against.
+        otherwise the loss op computed here. Either way the model's full loss is reported
+        beside it. ``ok`` means within 20% of the expectation. None when the model is no
+        classifier (a regression model has no chance level independent of its data).
         """
-        if self.scores is None or data.labels is None:
+        chance = self.objective.chance(self.classes)
+        if chance is None:
             return None
         subset = {k: v[:LOSS_CHECK_EXAMPLES] for k, v in data.arrays.items()}
         outputs = self.module.value_and_grad(params, model_state, self.generator(np.random.default_rng(0)),
                                              **{k: self.xp.asarray(v) for k, v in subset.items()})[0]
         total = float(outputs[self.loss])
-        data_out = self.module.OUTPUTS.get("data_loss")
-        if data_out is not None and data_out[0] == () and "data_loss" != self.loss and "data_loss" in outputs:
-            data_loss, how = float(outputs["data_loss"]), "the model's data_loss output"
-        else:
-            data_loss = softmax_cross_entropy(to_host(outputs[self.scores]), subset[data.labels])
-            how = "softmax cross-entropy of the scores"
-        classes = self.classes
-        assert classes is not None
-        expected = math.log(classes)
-        return LossCheck(classes, expected, data_loss, total, how, abs(data_loss - expected) <= 0.2 * expected)
+        data_loss, how = self._data_loss(outputs, subset) or (total, "the model's loss, regularisation included")
+        expected, formula = chance
+        return LossCheck(self.classes or 2, expected, data_loss, total, how,
+                         abs(data_loss - expected) <= 0.2 * expected, formula)
 
     def overfit(self, data: Dataset, examples: int) -> OverfitResult:
-        """Train fresh params on ``examples`` examples of ``data`` and report the training accuracy.
+        """Train fresh params on ``examples`` examples of ``data`` until they are memorised.
 
-        Runs up to ``config.epochs`` epochs, stopping as soon as every example is classified
-        correctly; no validation, no early stopping, no files.
+        Runs up to ``config.epochs`` epochs, stopping once every example is classified right
+        (for a classifier) and the data loss is below OVERFIT_FRACTION of its chance level
+        (log C for softmax; for a regression model, the targets' variance: the loss of
+        predicting their mean). No validation, no early stopping, no files.
         """
-        if self.scores is None or data.labels is None:
-            raise NNError("--overfit needs a classifier: an output of shape [N, C] (the class scores) and an "
-                          "integer label input", file=str(self.path))
+        if self.scores is None and self.objective.op != "mse":
+            raise NNError("--overfit needs a classifier (class scores [N, C] and integer labels, or logits and "
+                          "targets for sigmoid_cross_entropy) or a regression model (mse)", file=str(self.path))
         if not 1 <= examples <= len(data):
             raise NNError(f"--overfit takes between 1 and {len(data)} examples (the training split), "
                           f"not {examples}")
         state = self.init_state()
         subset = data.take(np.sort(np.random.default_rng((self.config.seed, 2)).permutation(len(data))[:examples]))
         schedule = self.schedule(examples)
-        measured = self.evaluate(state.params, subset, state.model_state)
-        epoch = 0
-        while epoch < self.config.epochs and (measured.acc or 0.0) < 1.0:
-            epoch += 1
-            self._epoch(state, subset, schedule, f"overfit {epoch}/{self.config.epochs}", None)
-            measured = self.evaluate(state.params, subset, state.model_state)
-        return OverfitResult(examples, epoch, measured.acc or 0.0, measured.loss)
+        target = self._overfit_target(subset)
+        result = self._memorised(state, subset, 0, target)
+        while result.epochs < self.config.epochs and not result.reached:
+            self._epoch(state, subset, schedule, f"overfit {result.epochs + 1}/{self.config.epochs}", None)
+            result = self._memorised(state, subset, result.epochs + 1, target)
+        return result
 
-    def gradient_check(self, params: dict[str, np.ndarray], data: Dataset, *, threshold: float = 1e-6) -> GradCheck:
+    def _overfit_target(self, data: Dataset) -> float | None:
+        chance = self.objective.chance(self.classes)
+        if chance is not None:
+            return OVERFIT_FRACTION * chance[0]
+        targets = data.arrays.get(self.objective.targets or "")
+        if targets is None:
+            return None
+        spread = float(np.var(targets)) or float(np.mean(np.square(targets.astype(np.float64)))) or 1.0
+        return OVERFIT_FRACTION * spread
+
+    def _memorised(self, state: TrainState, data: Dataset, epochs: int, target: float | None) -> OverfitResult:
+        """Accuracy and data loss on the examples being memorised (eval mode)."""
+        measured = self.evaluate(state.params, data, state.model_state)
+        outputs = self.module.forward(state.params, state.model_state,
+                                      **{k: self.xp.asarray(v) for k, v in data.arrays.items()})
+        data_loss = self._data_loss(outputs, data.arrays)
+        return OverfitResult(len(data), epochs, measured.acc, data_loss[0] if data_loss else measured.loss, target)
+
+    def gradient_check(self, params: dict[str, np.ndarray], data: Dataset, *, threshold: float = TOLERANCE) -> GradCheck:
         """Check value_and_grad against central differences on the first mini-batch, in float64.
 
         The model is compiled again in float64 (float32 differences are too noisy to judge);
-        ``nncompile.gradcheck`` probes each gradient along random directions.
+        ``nncompile.gradcheck`` probes each gradient along random directions, clear of kinks.
         """
-        from ..gradcheck import check_gradients
+        from ..gradcheck import Kinks, check_gradients, summarize
 
         module64 = load_module(compile_file(self.path, dtype="float64"), self.path.stem + "_float64")
         size = min(self.config.batch_size, len(data))
         batch = {k: (v[:size].astype(np.float64) if v.dtype.kind == "f" else v[:size]) for k, v in data.arrays.items()}
         params64 = {k: np.asarray(to_host(v), dtype=np.float64) for k, v in params.items()}
-        errors: dict[str, float] = {}
-        for result in check_gradients(module64, params64, batch, seed=self.config.seed):
-            errors[result.name] = max(errors.get(result.name, 0.0), result.error)
-        return GradCheck(errors, threshold)
+        results = summarize(check_gradients(module64, params64, batch, seed=self.config.seed, tolerance=threshold,
+                                            kinks=Kinks.of_file(self.path, self.config.seed)))
+        return GradCheck({k: r.error if math.isfinite(r.error) else None for k, r in results.items()}, threshold,
+                         [k for k, r in results.items() if not r.ok],
+                         {k: f"{r.status}: {r.note}" for k, r in results.items() if r.status != "ok"})
 
 
 def array_module(backend: str) -> ModuleType:
@@ -447,6 +511,85 @@ def softmax_cross_entropy(scores: np.ndarray, labels: np.ndarray) -> float:
     s = s - s.max(axis=1, keepdims=True)
     log_norm = np.log(np.exp(s).sum(axis=1))
     return float(np.mean(log_norm - s[np.arange(len(labels)), labels]))
+
+
+def svm_loss(scores: np.ndarray, labels: np.ndarray, delta: float = 1.0) -> float:
+    """Mean over examples of sum_{j != y} max(0, s_j - s_y + delta), in float64."""
+    s = np.asarray(scores, dtype=np.float64)
+    rows = np.arange(len(labels))
+    margins = np.maximum(s - s[rows, labels][:, None] + delta, 0.0)
+    margins[rows, labels] = 0.0
+    return float(margins.sum() / len(labels))
+
+
+def sigmoid_cross_entropy(logits: np.ndarray, targets: np.ndarray) -> float:
+    """Mean binary cross-entropy of logits against targets in [0, 1], finite for any logit."""
+    x, t = np.asarray(logits, dtype=np.float64), np.asarray(targets, dtype=np.float64)
+    return float(np.mean(np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x)))))
+
+
+def mse(predictions: np.ndarray, targets: np.ndarray) -> float:
+    return float(np.mean((np.asarray(predictions, dtype=np.float64) - targets) ** 2))
+
+
+DATA_LOSSES: dict[str, tuple[Callable[..., float], str]] = {   # op -> (its loss in numpy, what it reads)
+    "softmax_cross_entropy": (softmax_cross_entropy, "softmax cross-entropy of the scores"),
+    "svm_loss": (svm_loss, "SVM loss of the scores"),
+    "sigmoid_cross_entropy": (sigmoid_cross_entropy, "sigmoid cross-entropy of the logits"),
+    "mse": (mse, "mean squared error of the predictions"),
+}
+OVERFIT_FRACTION = 0.05   # --overfit passes once the data loss is below this fraction of chance level
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The data loss a model minimises, read off its graph: the sanity checks expect what it implies."""
+
+    op: str | None = None            # a key of DATA_LOSSES; None when the loss is none of them, or several
+    predictions: str | None = None   # the output it scores (class scores, logits, predictions), if one is
+    targets: str | None = None       # the input holding its labels or targets, if one does
+    delta: float = 1.0               # svm_loss's margin
+    mixed: bool = False              # the loss adds up several of them: no one chance level
+
+    @classmethod
+    def of_file(cls, path: str | Path) -> Objective:
+        import networkx as nx
+
+        from ..elaborate import elaborate_file
+
+        model = elaborate_file(path)
+        G, target = model.graph, model.target
+        if target is None:
+            return cls()
+        found = [n for n in nx.ancestors(G.nx, target) | {target} if G[n].op in DATA_LOSSES]
+        if len(found) != 1:
+            return cls(mixed=len(found) > 1)
+        node = G[found[0]]
+        outputs = {n: name for name, n in model.outputs.items()}
+        inputs = {n: name for name, n in model.inputs.items()}
+        return cls(node.op, outputs.get(node.args[0]), inputs.get(node.args[1]), float(node.attr("delta", 1.0)))
+
+    @property
+    def binary(self) -> bool:
+        return self.op == "sigmoid_cross_entropy"
+
+    def data_loss(self, predictions: np.ndarray, targets: np.ndarray) -> float:
+        """The loss op's value, computed here from its output and its targets."""
+        compute = DATA_LOSSES[self.op or "softmax_cross_entropy"][0]
+        return compute(predictions, targets, self.delta) if self.op == "svm_loss" else compute(predictions, targets)
+
+    def describe(self) -> str:
+        return DATA_LOSSES[self.op or "softmax_cross_entropy"][1]
+
+    def chance(self, classes: int | None) -> tuple[float, str] | None:
+        """The loss of a classifier that knows nothing yet (all scores equal), and how it follows."""
+        if self.binary:
+            return math.log(2), "log 2"
+        if classes is None or self.op == "mse" or self.mixed:
+            return None
+        if self.op == "svm_loss":
+            return (classes - 1) * self.delta, f"({classes} - 1) * {self.delta:g}"
+        return math.log(classes), f"-log(1/{classes})"
 
 
 def _copy(arrays: dict[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:
