@@ -21,7 +21,7 @@ from .errors import Sources
 from .initializers import INITIALIZERS
 from .ir import Graph, Model, Node
 from .schedule import VIEW_OPS, plan_buffers, schedule
-from .ops import REGISTRY, EmitContext
+from .ops import REGISTRY, EmitContext, literal
 from .shapes import Shape, show
 
 NUMPY_DTYPES = {"float": None, "int": "int64", "bool": "bool"}
@@ -87,13 +87,21 @@ def _docstring_text(text: str) -> str:
     return safe_comment(text).replace("\\", "\\\\").replace('"', '\\"')
 
 
-def literal(value: float) -> str:
-    if value != value:
-        return "np.nan"
-    if value in (float("inf"), float("-inf")):
-        return "np.inf" if value > 0 else "(-np.inf)"
-    text = repr(float(value))
-    return f"({text})" if text.startswith("-") else text
+def source(value: Any) -> str:
+    """Python source for a number, or a list, tuple or dict of them: ``repr``, except that
+    inf and nan are written as np.inf and np.nan, so no value can stop a module importing."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{source(k)}: {source(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(map(source, value)) + "]"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(map(source, value)) + ("," if len(value) == 1 else "") + ")"
+    return literal(value).strip("()") if isinstance(value, float) else repr(value)
+
+
+def c_source(expr: str) -> str:
+    """A fused kernel's C expression with inf and nan (from attributes) spelt as C spells them."""
+    return re.sub(r"\b(inf|nan)\b", lambda m: "INFINITY" if m[1] == "inf" else "NAN", expr)
 
 
 class _Context(EmitContext):
@@ -191,7 +199,7 @@ class _Emitter:
             lines.append("}")
         loss = next((name for name, n in m.outputs.items() if n == m.target), None)
         lines.append(f"LOSS = {loss!r}")
-        lines.append(f"DEFAULTS = {m.defaults!r}")
+        lines.append(f"DEFAULTS = {source(m.defaults)}")
         lines.append(f"BOUNDS = {m.int_bounds!r}")
         lines.append(f"DIMS = {tuple(self.dim_names)!r}")
         return "\n".join(lines)
@@ -254,7 +262,7 @@ class _Emitter:
         lines = []
         for (expr, arity), name in self.kernels.items():
             params = ", ".join(f"T x{i}" for i in range(arity))
-            lines.append(f"{name} = cp.ElementwiseKernel({params!r}, 'T y', {'y = ' + expr!r}, "
+            lines.append(f"{name} = cp.ElementwiseKernel({params!r}, 'T y', {'y = ' + c_source(expr)!r}, "
                          f"{'nncompile' + name!r})")
         return lines
 
@@ -280,9 +288,9 @@ class _Emitter:
         for name, n in (self.model.params if kind == "params" else self.model.state).items():
             spec = self.model.param_inits[name]
             shape = repr(tuple(self.G[n].shape))
-            args = dict(spec.args)
-            if spec.init == "constant" and isinstance(args["value"], list):
-                expr = f"np.array({args['value']!r})"
+            args = {k: _Source(source(v)) for k, v in spec.args}
+            if spec.init == "constant" and isinstance(dict(spec.args)["value"], list):
+                expr = f"np.array({args['value']})"
             else:
                 rng = f"np.random.default_rng((seed, {zlib.crc32(name.encode())}))"
                 expr = INITIALIZERS[spec.init].draw(rng, shape, spec.fan_in, spec.fan_out, args)
@@ -446,7 +454,7 @@ class _Emitter:
             value = node.attr("value")
             if node.shape == () or not isinstance(value, tuple):
                 return literal(value)
-            return f"{self.xp}.array({_plain(value)!r}, dtype=DTYPE)"
+            return f"{self.xp}.array({source(_plain(value))}, dtype=DTYPE)"
         return names[n]
 
     def returned(self, values: dict[str, int | None], names: dict[int, str], ctx: _Context, seen: set[int],
@@ -510,6 +518,13 @@ def _bind_dims(checks: list[str], binds: list[str]) -> list[str]:
                 name, expr = b.split(" = ")
                 out.append(f"({name} := {expr}) >= 0")
     return out
+
+
+class _Source(str):
+    """Source text that an initialiser's ``{value!r}`` writes as it is."""
+
+    def __repr__(self) -> str:
+        return str(self)
 
 
 def _plain(value: Any) -> Any:

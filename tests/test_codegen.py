@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import subprocess
+import textwrap
 import sys
 from pathlib import Path
 
@@ -337,3 +338,58 @@ def test_dtype_statement_and_option(compile_nn) -> None:
     assert compile_nn(text).DTYPE == np.float64
     assert compile_nn(text, dtype="float32").DTYPE == np.float32    # the option wins over the file
     assert compile_nn(text.replace("dtype float64", "")).DTYPE == np.float32
+
+
+# ---- whatever reaches the emitter, the module imports -----------------------------------
+
+_EVERY_KIND_OF_NUMBER = """
+    input x: float[2, 3] = [[1, 2, 3], [4, 5, 6]]
+    input y: int[2]
+    param W: [3, 4] = normal(std=0.5)
+    param b: [4] = constant(value=0.5)
+    param c: [4] = [1, 2, 3, 4]
+    h = elu(leaky_relu(x @ W + b, alpha=0.2), alpha=1.5) * 2.5 + c
+    scores = h + [1, 2, 3, 4]
+    loss = svm_loss(scores, y, delta=1.0) + elastic_net(W, beta=0.5) + sum(leaky_relu(x * 3, alpha=0.2))
+    output scores
+    minimize loss
+"""
+
+
+def with_every_number(value: float, dtype: str = "float64"):
+    """A model with every float it holds (constants, attributes, defaults, initialiser
+    arguments that numpy takes any float for) replaced by ``value``: what the emitter must
+    survive, whatever the front end lets by."""
+    def swap(v):
+        if isinstance(v, (list, tuple)):
+            return type(v)(swap(e) for e in v)
+        return value if isinstance(v, (int, float)) else v
+
+    model = elaborate(parse(textwrap.dedent(_EVERY_KIND_OF_NUMBER), "odd.nn"), dtype)
+    G = model.graph
+    for n in list(G.nodes()):
+        node = G[n]
+        G.set(n, attrs=tuple((k, swap(v) if k in ("value", "alpha", "delta", "beta") else v) for k, v in node.attrs))
+    model.defaults = {k: swap(v) for k, v in model.defaults.items()}
+    for name, spec in model.param_inits.items():
+        args = tuple((k, swap(v) if k in ("value", "mean") else v) for k, v in spec.args)
+        model.param_inits[name] = type(spec)(spec.init, args, spec.fan_in, spec.fan_out)
+    return model
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cupy"])
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan], ids=["inf", "-inf", "nan"])
+def test_non_finite_numbers_are_emitted_so_the_module_imports(backend: str, value: float, monkeypatch) -> None:
+    if backend == "cupy":
+        monkeypatch.syspath_prepend(str(Path(__file__).parent))
+        import fake_cupy
+        monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
+    source = emit_module(build(with_every_number(value), fuse=backend == "cupy"), backend=backend)
+    m = load_module(source, "odd")
+    np.testing.assert_array_equal(m.DEFAULTS["x"], np.full((2, 3), value))
+    with np.errstate(all="ignore"):
+        params = m.init_params(0)
+        outputs, grads = m.value_and_grad(params, y=np.array([0, 3]))
+    np.testing.assert_array_equal(params["b"], np.full(4, value))
+    np.testing.assert_array_equal(params["c"], np.full(4, value))
+    assert set(outputs) == {"scores", "loss"} and set(grads) == {"W", "b", "c", "x"}
