@@ -27,7 +27,8 @@ from .shapes import Shape, show
 NUMPY_DTYPES = {"float": None, "int": "int64", "bool": "bool"}
 
 _MODULE_NAMES = {
-    "np", "DTYPE", "INPUTS", "PARAMS", "OUTPUTS", "LOSS", "DEFAULTS", "DIMS", "BOUNDS", "init_params", "forward",
+    "np", "DTYPE", "INPUTS", "PARAMS", "OUTPUTS", "LOSS", "DEFAULTS", "DIMS", "BOUNDS", "DIM_BOUNDS", "MIN_DIMS",
+    "init_params", "forward",
     "value_and_grad", "trace", "params", "inputs", "outputs", "grads", "values", "buffers", "state", "rng",
     "STATE", "init_state", "new_state",
 }
@@ -201,6 +202,8 @@ class _Emitter:
         lines.append(f"LOSS = {loss!r}")
         lines.append(f"DEFAULTS = {source(m.defaults)}")
         lines.append(f"BOUNDS = {m.int_bounds!r}")
+        lines.append(f"DIM_BOUNDS = {m.dim_bounds!r}")
+        lines.append(f"MIN_DIMS = {m.min_dims!r}")
         lines.append(f"DIMS = {tuple(self.dim_names)!r}")
         return "\n".join(lines)
 
@@ -230,15 +233,18 @@ class _Emitter:
                 else:
                     dims[d] = names.fresh(d)
                     binds.append(f"{dims[d]} = {var}.shape[{axis}]")
+        checks += [f"{dims[d]} >= {least}" for d, least in self.model.min_dims.items()]
         get = ", ".join(f"inputs.get({name!r})" for name in self.model.inputs)
         lines.append(f"    {', '.join(vars_.values())} = {get}")
         cond = " and\n            ".join(_bind_dims(checks, binds))
         lines += [f"    if len(inputs) != {len(vars_)} or not (", f"            {cond}):"]
         lines.append("        return _convert_inputs(inputs)")
         for name, n in self.model.inputs.items():
-            if name in self.model.int_bounds:
-                var = vars_[name]
-                lines.append(f"    if {var}.size and ({var}.min() < 0 or {var}.max() >= {self.model.int_bounds[name]}):")
+            limits = [str(b) for b in [self.model.int_bounds.get(name)] if b is not None]
+            limits += [dims[d] for d in self.model.dim_bounds.get(name, ())]
+            if limits:
+                var, limit = vars_[name], limits[0] if len(limits) == 1 else f"min({', '.join(limits)})"
+                lines.append(f"    if {var}.size and ({var}.min() < 0 or {var}.max() >= {limit}):")
                 lines.append("        return _convert_inputs(inputs)  # raises the error")
         result = [*vars_.values(), *(dims[d] for d in self.dim_names)]
         lines.append(f"    return {', '.join(result)}{',' if len(result) == 1 else ''}")
@@ -564,7 +570,17 @@ _CONVERT_INPUTS = '''def _convert_inputs(inputs):
                     raise ValueError(f"input {name!r} has {want} = {got}, but an earlier input has {want} = {dims[want]}")
             elif want != got:
                 raise ValueError(f"input {name!r} must have shape {list(shape)}, not {array.shape}")
-        if name in BOUNDS and array.size and (array.min() < 0 or array.max() >= BOUNDS[name]):
-            raise ValueError(f"input {name!r} holds class labels, which must lie in [0, {BOUNDS[name]})")
         values.append(array)
+    for dim, least in MIN_DIMS.items():
+        if dims[dim] < least:
+            name = next(name for name, (shape, _) in INPUTS.items() if dim in shape)
+            raise ValueError(f"input {name!r} has {dim} = {dims[dim]}, but the model takes a fixed entry "
+                             f"of that axis that needs {dim} >= {least}")
+    for name, array in zip(INPUTS, values):
+        limits = [(BOUNDS[name], str(BOUNDS[name]))] if name in BOUNDS else []
+        limits += [(dims[dim], f"{dim}) = [0, {dims[dim]}") for dim in DIM_BOUNDS.get(name, ())]
+        if limits and array.size and (array.min() < 0 or array.max() >= min(limits)[0]):
+            bad = array.min() if array.min() < 0 else array.max()
+            raise ValueError(f"input {name!r} holds {bad}: its entries are class labels or indices, which must "
+                             f"lie in [0, {min(limits)[1]})")
     return (*values, *(dims[d] for d in DIMS))'''

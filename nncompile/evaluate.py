@@ -104,19 +104,28 @@ def concrete_values(model: Model, module: ModuleType, sets: Mapping[str, str], s
             for want, got in zip(G[n].shape, np.shape(inputs[name])):
                 if isinstance(want, str):
                     dims.setdefault(want, got)
-    for name, n in model.inputs.items():   # ... then random values are drawn to match them
+    for n in model.inputs.values():        # ... then the others, large enough for every fixed index ...
+        for d in G[n].shape:
+            if isinstance(d, str):
+                dims.setdefault(d, max(DEFAULT_DIM, model.min_dims.get(d, 0)))
+    for name, n in model.inputs.items():   # ... and random values are drawn to match them
         node = G[n]
-        if name in sets:
+        if name in sets or name in model.defaults:
             continue
-        elif name in model.defaults:
-            continue
+        shape = tuple(dims[d] if isinstance(d, str) else d for d in node.shape)
+        if node.dtype == "int":
+            inputs[name] = rng.integers(0, _int_limit(model, name, dims), size=shape)
         else:
-            shape = tuple(dims.setdefault(d, DEFAULT_DIM) if isinstance(d, str) else d for d in node.shape)
-            if node.dtype == "int":
-                inputs[name] = rng.integers(0, model.int_bounds.get(name, 10), size=shape)
-            else:
-                inputs[name] = rng.standard_normal(shape).astype(module.DTYPE)
+            inputs[name] = rng.standard_normal(shape).astype(module.DTYPE)
     return params, inputs
+
+
+def _int_limit(model: Model, name: str, dims: Mapping[str, int]) -> int:
+    """Random ints for an input lie below its class count and the size of every axis it
+    indexes (below 10 when nothing bounds them)."""
+    limits = [model.int_bounds[name]] if name in model.int_bounds else []
+    limits += [dims[d] for d in model.dim_bounds.get(name, ())]
+    return max(1, min(limits, default=10))   # an empty axis: the module's own check says what is wrong
 
 
 def _parse_value(name: str, text: str, model: Model, n: int, dtype) -> np.ndarray:

@@ -200,6 +200,74 @@ def test_bad_inputs_are_rejected_clearly() -> None:
         m.forward(p, X=np.ones((2, 3072)), y=np.array([0.5, 1.0]))
 
 
+def _fast_and_slow(**inputs) -> list[dict]:
+    """The same inputs as exact int64/float32 arrays (the fast path) and as lists (the converter)."""
+    fast = {k: np.asarray(v, dtype=np.int64 if np.asarray(v).dtype.kind == "i" else np.float32)
+            for k, v in inputs.items()}
+    return [fast, {k: np.asarray(v).tolist() for k, v in inputs.items()}]
+
+
+def test_int_indices_into_a_symbolic_axis_are_checked_on_every_call(compile_nn) -> None:
+    m = compile_nn("""
+        input X: float[N, 3]
+        input i: int[K]
+        rows = X[i]
+        output rows
+    """)
+    for given in _fast_and_slow(X=np.ones((4, 3)), i=[0, 3]):
+        assert m.forward({}, **given)["rows"].shape == (2, 3)
+    for bad, shown in (([0, 4], "holds 4"), ([-1, 2], "holds -1")):
+        for given in _fast_and_slow(X=np.ones((4, 3)), i=bad):
+            with pytest.raises(ValueError, match=rf"input 'i' {shown}: .* \[0, N\) = \[0, 4\)"):
+                m.forward({}, **given)
+
+
+def test_labels_are_checked_against_a_symbolic_class_count(compile_nn) -> None:
+    m = compile_nn("""
+        input scores: float[N, C]
+        input y: int[N]
+        loss = softmax_cross_entropy(scores, y) + svm_loss(scores, y)
+        minimize loss
+    """)
+    assert m.DIM_BOUNDS == {"y": ("C",)} and m.BOUNDS == {}
+    for given in _fast_and_slow(scores=np.zeros((2, 5)), y=[4, 0]):
+        assert np.isfinite(m.value_and_grad({}, **given)[0]["loss"])
+    for bad in ([5, 0], [0, -1]):
+        for given in _fast_and_slow(scores=np.zeros((2, 5)), y=bad):
+            with pytest.raises(ValueError, match=r"input 'y' holds -?\d: .*class labels.* \[0, C\) = \[0, 5\)"):
+                m.value_and_grad({}, **given)
+
+
+def test_labels_lie_below_both_a_fixed_and_a_symbolic_bound(compile_nn) -> None:
+    m = compile_nn("""
+        input X: float[N, 3]
+        input y: int[N]
+        picked = X[y, y]
+        output picked
+    """)
+    assert m.BOUNDS == {"y": 3} and m.DIM_BOUNDS == {"y": ("N",)}
+    for given in _fast_and_slow(X=np.ones((2, 3)), y=[1, 0]):
+        assert m.forward({}, **given)["picked"].shape == (2,)
+    for given in _fast_and_slow(X=np.ones((2, 3)), y=[2, 0]):   # below 3, but not below N = 2
+        with pytest.raises(ValueError, match=r"input 'y' holds 2: .* \[0, N\) = \[0, 2\)"):
+            m.forward({}, **given)
+
+
+def test_a_fixed_index_into_a_symbolic_axis_needs_the_axis_that_long(compile_nn) -> None:
+    m = compile_nn("""
+        input X: float[N, 3]
+        eighth = X[7]
+        second_last = X[-2]
+        output eighth, second_last
+    """)
+    assert m.MIN_DIMS == {"N": 8}
+    for given in _fast_and_slow(X=np.arange(24.0).reshape(8, 3)):
+        np.testing.assert_array_equal(m.forward({}, **given)["eighth"], [21, 22, 23])
+    for given in _fast_and_slow(X=np.ones((7, 3))):
+        with pytest.raises(ValueError, match=r"input 'X' has N = 7, but .* needs N >= 8"):
+            m.forward({}, **given)
+
+
 # ---- gradients ------------------------------------------------------------------------
 
 def test_gradients_match_finite_differences(tmp_path: Path, run_cli) -> None:

@@ -57,7 +57,7 @@ class OpDef:
     scalar: str | None = None                 # C expression over {0}, {1}: fusable elementwise op
     domain: str = "real"                      # gradient-check inputs: real, positive, separated
     samples: tuple[Sample, ...] = ()
-    int_bounds: Callable[[list[Node]], dict[int, int]] | None = None
+    int_bounds: Callable[[list[Node]], dict[int, S.Dim]] | None = None   # operand -> the dim its ints lie below
     helpers: tuple[str, ...] = ()             # functions the emitted code calls, each defined once per module
     lower: Callable[..., int] | None = None   # mode-dependent ops: (elaborator, args, attrs, loc, scope) -> node
     dispatch: Callable[[list[Node]], str] | None = None  # one name in the language, the op chosen by operand dtype

@@ -155,8 +155,8 @@ def _vjp_softmax(G: Graph, n: int, g: int):
 
 # -- losses
 
-def _class_bounds(ins: list[Node]) -> dict[int, int]:
-    return {1: ins[0].shape[-1]} if isinstance(ins[0].shape[-1], int) else {}
+def _class_bounds(ins: list[Node]) -> dict[int, Dim]:
+    return {1: ins[0].shape[-1]}
 
 
 def _ce_probs_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
