@@ -163,6 +163,7 @@ class _Emitter:
             self.tables(),
             self.read_inputs(),
             self.on_device(_CONVERT_INPUTS),
+            *([self.read_params(), self.on_device(_CONVERT_PARAMS)] if self.model.params else []),
             *self.helpers(evaluation.G),
             self.init_params(),
             *([self.init_params("state")] if self.model.state else []),
@@ -210,7 +211,10 @@ class _Emitter:
     def read_inputs(self) -> str:
         """The per-call input check, specialised to this model: a few attribute tests when the
         caller passes arrays of the right dtype and shape, the general converter otherwise."""
-        lines = ["def _read_inputs(inputs):",
+        lines = ["_FLOAT, _INT = np.dtype(DTYPE), np.dtype(np.int64)  # the fast paths compare dtypes by identity",
+                 "",
+                 "",
+                 "def _read_inputs(inputs):",
                  '    """The inputs in INPUTS order, then the DIMS; arrays already right pass straight through."""']
         if not self.model.inputs:
             lines += ["    if inputs:", "        _convert_inputs(inputs)", "    return ()"]
@@ -223,8 +227,8 @@ class _Emitter:
         for name, n in self.model.inputs.items():
             node = self.G[n]
             var = vars_[name]
-            dtype = "DTYPE" if node.dtype == "float" else "np.int64"
-            checks += [f"type({var}) is {self.xp}.ndarray", f"{var}.dtype == {dtype}", f"{var}.ndim == {len(node.shape)}"]
+            dtype = "_FLOAT" if node.dtype == "float" else "_INT"
+            checks += [f"type({var}) is {self.xp}.ndarray", f"{var}.dtype is {dtype}", f"{var}.ndim == {len(node.shape)}"]
             for axis, d in enumerate(node.shape):
                 if isinstance(d, int):
                     checks.append(f"{var}.shape[{axis}] == {d}")
@@ -249,6 +253,27 @@ class _Emitter:
         result = [*vars_.values(), *(dims[d] for d in self.dim_names)]
         lines.append(f"    return {', '.join(result)}{',' if len(result) == 1 else ''}")
         return "\n".join(lines)
+
+    def read_params(self) -> str:
+        """The per-call param check, like the inputs': arrays of the right type, dtype and shape
+        pass straight through; anything else goes to the converter, which says what is wrong."""
+        names = Names()
+        vars_ = [names.fresh(name) for name in self.model.params]
+        checks = []
+        for var, n in zip(vars_, self.model.params.values()):
+            checks += [f"type({var}) is {self.xp}.ndarray", f"{var}.dtype is _FLOAT",
+                       f"{var}.shape == {tuple(self.G[n].shape)!r}"]
+        get = ", ".join(f"params.get({name!r})" for name in self.model.params)
+        cond = " and\n            ".join(checks)
+        return "\n".join([
+            "def _read_params(params):",
+            '    """The params in PARAMS order; arrays already right pass straight through."""',
+            f"    if type(params) is not dict or len(params) != {len(vars_)}:",
+            "        return _convert_params(params)",
+            f"    {', '.join(vars_)} = {get}",
+            f"    if not ({cond}):",
+            "        return _convert_params(params)",
+            f"    return {', '.join(vars_)}{',' if len(vars_) == 1 else ''}"])
 
     def on_device(self, text: str) -> str:
         """Our own helper source, retargeted from numpy to CuPy for the GPU backend."""
@@ -374,11 +399,13 @@ class _Emitter:
                       f"        buffers = {cache}[{key}] = _empty({_shape_list(ctx, plan.slots)})"]
             if len(plan.slots) <= 16:
                 lines.append(f"    {', '.join(buffers)}{',' if len(buffers) == 1 else ''} = buffers")
-        for name, n in self.model.params.items():
-            if n in needed:
-                names.of[n] = names.fresh(name)
-                lines.append(f"    {names.of[n]} = params[{name!r}]")
-        if any(n in needed for n in self.model.state.values()):
+        if any(n in needed for n in self.model.params.values()):
+            for name, n in self.model.params.items():
+                if n in needed:
+                    names.of[n] = names.fresh(name)
+            targets = [names.of.get(n, "_") for n in self.model.params.values()]
+            lines.append(f"    {', '.join(targets)}{',' if len(targets) == 1 else ''} = _read_params(params)")
+        if self.model.state:   # value_and_grad passes on what it does not update, even unused
             lines.append("    if state is None:")
             lines.append("        state = init_state()")
             for name, n in self.model.state.items():
@@ -537,6 +564,26 @@ def _plain(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
     return value
+
+
+_CONVERT_PARAMS = '''def _convert_params(params):
+    """Check and convert the caller's params (init_params() makes right ones): returns them in PARAMS order."""
+    if not hasattr(params, "keys"):
+        raise TypeError(f"params must be a dict of arrays, as init_params() returns, not {type(params).__name__}")
+    missing = [name for name in PARAMS if name not in params]
+    unknown = sorted(params.keys() - PARAMS.keys())
+    if missing or unknown:
+        wrong = [f"{what} param(s) {names}" for what, names in (("missing", missing), ("unknown", unknown)) if names]
+        raise TypeError(f"{'; '.join(wrong)}: this model's params are {list(PARAMS)}")
+    values = []
+    for name, (shape, dtype) in PARAMS.items():
+        array = np.asarray(params[name])
+        if array.dtype.kind not in "fiub":
+            raise TypeError(f"param {name!r} must be numeric, not {array.dtype}")
+        if array.shape != shape:
+            raise ValueError(f"param {name!r} must have shape {list(shape)}, not {list(array.shape)}")
+        values.append(array.astype(dtype, copy=False))
+    return tuple(values)'''
 
 
 _EMPTY = '''def _empty(shapes):

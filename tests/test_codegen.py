@@ -268,6 +268,35 @@ def test_a_fixed_index_into_a_symbolic_axis_needs_the_axis_that_long(compile_nn)
             m.forward({}, **given)
 
 
+def test_params_are_checked_and_converted_like_inputs() -> None:
+    m = compile_and_load(EXAMPLES / "two_layer.nn")
+    good, X, y = m.init_params(0), np.ones((2, 3072)), np.array([1, 2])
+    want = m.forward(good, X=X, y=y)["loss"]
+    with pytest.raises(TypeError, match=r"missing param\(s\) \['fc1.b'\]; unknown param\(s\) \['fc1.bias'\]"):
+        m.forward({**{k: v for k, v in good.items() if k != "fc1.b"}, "fc1.bias": good["fc1.b"]}, X=X, y=y)
+    with pytest.raises(TypeError, match=r"missing param\(s\) \['fc2.W'\]: this model's params are"):
+        m.value_and_grad({k: v for k, v in good.items() if k != "fc2.W"}, X=X, y=y)
+    with pytest.raises(ValueError, match=r"param 'fc1.b' must have shape \[100\], not \[1\]"):
+        m.value_and_grad({**good, "fc1.b": np.zeros(1, dtype=np.float32)}, X=X, y=y)
+    with pytest.raises(TypeError, match="params must be a dict"):
+        m.forward(None, X=X, y=y)
+    # float64 arrays, lists and other mappings are converted, as inputs are
+    as_lists = {k: v.astype(np.float64).tolist() for k, v in good.items()}
+    assert m.forward(as_lists, X=X, y=y)["loss"] == want
+    out, grads = m.value_and_grad({k: v.astype(np.float64) for k, v in good.items()}, X=X, y=y)
+    assert out["loss"].dtype == np.float32 and out["loss"] == want
+
+
+def test_right_params_take_the_fast_path() -> None:
+    """Arrays of the module's dtype and shape are used as they are: no copy, no conversion."""
+    source = compile_file(EXAMPLES / "two_layer.nn")
+    m = load_module(source, "fast")
+    calls = []
+    m._convert_params = lambda params: calls.append(params) or ()
+    m.forward(m.init_params(0), X=np.ones((2, 3072), dtype=np.float32), y=np.array([1, 2]))
+    assert calls == []
+
+
 # ---- gradients ------------------------------------------------------------------------
 
 def test_gradients_match_finite_differences(tmp_path: Path, run_cli) -> None:
@@ -304,9 +333,10 @@ def test_gradients_match_finite_differences(tmp_path: Path, run_cli) -> None:
 
 def test_names_follow_the_users_names() -> None:
     source = compile_file(EXAMPLES / "two_layer.nn")
-    for name in ("fc1_W", "d_fc1_W", "fc2_b", "d_fc2_b", "scores", "data_loss", "reg_loss", "d_X"):
+    for name in ("d_fc1_W", "d_fc2_b", "scores", "data_loss", "reg_loss", "d_X"):
         assert f"    {name} = " in source, name
-    assert "params['fc1.W']" in source
+    assert "    fc1_W, fc1_b, fc2_W, fc2_b = _read_params(params)" in source
+    assert "params.get('fc1.W')" in source
 
 
 def test_each_statement_is_commented_with_its_line_and_shape() -> None:

@@ -139,3 +139,17 @@ def test_a_model_without_modes_keeps_the_plain_api() -> None:
     assert not hasattr(module, "STATE") and not hasattr(module, "init_state")
     outputs, grads = module.value_and_grad({})
     assert float(outputs["f"]) == -12.0 and float(grads["z"]) == 3.0
+
+
+def test_state_none_means_init_state_even_when_the_loss_does_not_read_it(compile_nn) -> None:
+    module = compile_nn("""
+        input x: float[N, 3]
+        param W: [3, 2] = normal()
+        state unused: [2] = ones()
+        loss = sum(x @ W)
+        minimize loss
+    """, dtype="float64")
+    params = module.init_params()
+    outputs, grads, state = module.value_and_grad(params, x=np.ones((2, 3)))
+    np.testing.assert_array_equal(state["unused"], module.init_state()["unused"])
+    assert set(module.forward(params, x=np.ones((2, 3)))) == {"loss"}
