@@ -27,10 +27,9 @@ from .shapes import Shape, show
 NUMPY_DTYPES = {"float": None, "int": "int64", "bool": "bool"}
 
 _MODULE_NAMES = {
-    "np", "DTYPE", "INPUTS", "PARAMS", "OUTPUTS", "LOSS", "DEFAULTS", "DIMS", "BOUNDS", "DIM_BOUNDS", "MIN_DIMS",
-    "init_params", "forward",
+    "np", "DTYPE", "INPUTS", "PARAMS", "OUTPUTS", "LOSS", "DEFAULTS", "DIMS", "BOUNDS", "init_params", "forward",
     "value_and_grad", "trace", "params", "inputs", "outputs", "grads", "values", "buffers", "state", "rng",
-    "STATE", "init_state", "new_state",
+    "STATE", "init_state", "new_state", "TRAIN_OUTPUTS", "DIM_BOUNDS", "MIN_DIMS",
 }
 RESERVED = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) | frozenset(dir(builtins)) | _MODULE_NAMES
 
@@ -186,18 +185,26 @@ class _Emitter:
         return "\n\n\n".join(parts).rstrip() + "\n"
 
     def tables(self) -> str:
-        G, m = self.G, self.model
+        """OUTPUTS describes what forward() returns (eval mode), TRAIN_OUTPUTS what
+        value_and_grad() returns (train mode: a train block's loss, say, exists only there)."""
+        m = self.model
+        evaluation = self.p.eval_program or self.p
 
-        def entry(n: int) -> str:
+        def entry(G: Graph, n: int) -> str:
             node = G[n]
             dtype = NUMPY_DTYPES[node.dtype] or self.dtype
             return f"({tuple(node.shape)!r}, {dtype!r})"
 
         lines = [f"DTYPE = np.{self.dtype}"]
-        tables = [("INPUTS", m.inputs), ("PARAMS", m.params), ("OUTPUTS", self.p.outputs)]
-        for title, table in tables + ([("STATE", m.state)] if m.state else []):
+        tables = [("INPUTS", m.inputs, self.G), ("PARAMS", m.params, self.G),
+                  ("OUTPUTS", evaluation.outputs, evaluation.graph)]
+        if m.target is not None:
+            tables.append(("TRAIN_OUTPUTS", self.p.outputs, self.G))
+        if m.state:
+            tables.append(("STATE", m.state, self.G))
+        for title, table, G in tables:
             lines.append(f"{title} = {{")
-            lines += [f"    {name!r}: {entry(n)}," for name, n in table.items()]
+            lines += [f"    {name!r}: {entry(G, n)}," for name, n in table.items()]
             lines.append("}")
         loss = next((name for name, n in m.outputs.items() if n == m.target), None)
         lines.append(f"LOSS = {loss!r}")
