@@ -3,6 +3,8 @@ random tensors. ``eval``, ``render`` and ``check`` all start here."""
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,9 @@ from .codegen import Program, emit_module
 from .compiler import build, load_module
 from .elaborate import elaborate_file
 from .errors import NNError
-from .ir import Model
+from .ir import Model, Node
+from .schedule import VIEW_OPS
+from .shapes import show
 
 DEFAULT_DIM = 4  # the size given to a symbolic dim (the batch N) that nothing else fixes
 
@@ -92,22 +96,24 @@ def concrete_values(model: Model, module: ModuleType, sets: Mapping[str, str], s
         known = ", ".join([*model.inputs, *model.params, *sorted(symbols)])
         raise NNError(f"--set {unknown[0]}: the model has no input, param or dim of that name; it has {known}",
                       file=model.file)
-    rng = np.random.default_rng(seed)
-    params = module.init_params(seed)
-    for name, n in model.params.items():
-        if name in sets:
-            params[name] = _parse_value(name, sets[name], model, n, module.DTYPE)
     inputs: dict[str, np.ndarray] = {}
     for name, n in model.inputs.items():   # given values fix the dims first (--set y=[0, 3]: N = 2) ...
         if name in sets:
             inputs[name] = _parse_value(name, sets[name], model, n, module.DTYPE)
-            for want, got in zip(G[n].shape, np.shape(inputs[name])):
+        if name in sets or name in model.defaults:
+            for want, got in zip(G[n].shape, np.shape(inputs.get(name, model.defaults.get(name)))):
                 if isinstance(want, str):
                     dims.setdefault(want, got)
     for n in model.inputs.values():        # ... then the others, large enough for every fixed index ...
         for d in G[n].shape:
             if isinstance(d, str):
                 dims.setdefault(d, max(DEFAULT_DIM, model.min_dims.get(d, 0)))
+    check_memory(model, dims, np.dtype(module.DTYPE).itemsize)
+    rng = np.random.default_rng(seed)
+    params = module.init_params(seed)
+    for name, n in model.params.items():
+        if name in sets:
+            params[name] = _parse_value(name, sets[name], model, n, module.DTYPE)
     for name, n in model.inputs.items():   # ... and random values are drawn to match them
         node = G[n]
         if name in sets or name in model.defaults:
@@ -118,6 +124,61 @@ def concrete_values(model: Model, module: ModuleType, sets: Mapping[str, str], s
         else:
             inputs[name] = rng.standard_normal(shape).astype(module.DTYPE)
     return params, inputs
+
+
+def check_memory(model: Model, dims: Mapping[str, int], itemsize: int) -> None:
+    """Refuse, saying the estimate and the limit, a run whose arrays cannot fit in this
+    machine's memory, rather than fail with a MemoryError halfway through. The estimate is
+    every value the graph holds (params, inputs, each intermediate and gradient), as the
+    trace that eval and render run keeps them all."""
+    limit = memory_limit()
+    sizes = {n: _nbytes(model.graph[n], dims, itemsize) for n in model.graph.nodes()
+             if model.graph[n].op not in VIEW_OPS}
+    total = sum(sizes.values())
+    if limit is None or total <= limit:
+        return
+    largest = max((n for n in sizes if model.graph[n].loc is not None), key=sizes.get, default=None)
+    node = model.graph[largest] if largest is not None else None
+    what = "" if node is None else (f"; the largest array, {node.name or node.op} {show(node.shape)}, "
+                                    f"takes {_show_bytes(sizes[largest])}")
+    at = ", ".join(f"{d} = {v}" for d, v in dims.items())
+    raise NNError(f"running this model{f' with {at}' if at else ''} would allocate about {_show_bytes(total)}, "
+                  f"more than the {_show_bytes(limit)} of memory this machine has{what}",
+                  node.loc if node is not None else None, file=model.file)
+
+
+def memory_limit() -> int | None:
+    """The most memory this process may use: the machine's physical memory, or less under a
+    resource limit or a container's (cgroup) limit; None where the system cannot say."""
+    limits = []
+    try:
+        limits.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - not a POSIX system
+        pass
+    try:
+        import resource
+        limits += [soft for soft, _ in map(resource.getrlimit, (resource.RLIMIT_AS, resource.RLIMIT_DATA))
+                   if soft != resource.RLIM_INFINITY]
+    except (ImportError, OSError, ValueError):  # pragma: no cover - not a POSIX system
+        pass
+    try:
+        text = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        limits += [int(text)] if text.isdigit() else []
+    except OSError:
+        pass
+    return min((v for v in limits if v > 0), default=None)
+
+
+def _nbytes(node: Node, dims: Mapping[str, int], itemsize: int) -> int:
+    count = math.prod(dims.get(d, DEFAULT_DIM) if isinstance(d, str) else d for d in node.shape)
+    return count * (itemsize if node.dtype == "float" else 8 if node.dtype == "int" else 1)
+
+
+def _show_bytes(n: int) -> str:
+    for unit, size in (("TiB", 2 ** 40), ("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}" if n < 2 ** 60 else f"10^{len(str(n)) - 1} bytes"
+    return f"{n} bytes"
 
 
 def _int_limit(model: Model, name: str, dims: Mapping[str, int]) -> int:

@@ -79,3 +79,52 @@ def test_eval_render_and_check_run_on_what_they_draw(name: str, command: list[st
     result = run_cli(command[0], path, *command[1:])
     assert result.returncode == 0, result
     assert "Traceback" not in result.stderr
+
+
+# ---- memory: refused up front, never a MemoryError halfway through -----------------------
+
+WIDE = """
+    input X: float[N, 1000]
+    param W: [1000, 1000] = normal()
+    h = X @ W
+    loss = sum(h * h)
+    minimize loss
+"""
+
+
+@pytest.mark.parametrize("command", [["eval"], ["render", "-o", "g.dot"], ["check"]])
+def test_a_run_too_large_for_any_machine_is_refused_with_the_estimate(command: list[str], tmp_path: Path,
+                                                                      run_cli) -> None:
+    path = write_nn(tmp_path, "wide.nn", WIDE)
+    result = run_cli(command[0], path, *command[1:], "--set", "N=1000000000000")
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr and "MemoryError" not in result.stderr
+    assert "wide.nn:1:1: error: running this model with N = 1000000000000 would allocate about" in result.stderr
+    assert "of memory this machine has; the largest array, X [N, 1000], takes" in result.stderr
+
+
+def test_the_estimate_counts_params_inputs_and_every_value(tmp_path: Path, monkeypatch) -> None:
+    import nncompile.evaluate as evaluate
+
+    path = write_nn(tmp_path, "wide.nn", WIDE)
+    ev = evaluate_file(path, {"N": "2"}, dtype="float64")
+    arrays = {id(a): a for a in [*ev.params.values(), *ev.inputs.values(), *ev.values.values(), *ev.grads.values()]}
+    held = sum(a.nbytes for a in arrays.values() if isinstance(a, np.ndarray) and a.base is None)
+    monkeypatch.setattr(evaluate, "memory_limit", lambda: held - 1)
+    with pytest.raises(evaluate.NNError, match=r"would allocate about .* more than the .* of memory"):
+        evaluate_file(path, {"N": "2"}, dtype="float64")
+    monkeypatch.setattr(evaluate, "memory_limit", lambda: 3 * held)   # a fair estimate: within 3x
+    evaluate_file(path, {"N": "2"}, dtype="float64")
+
+
+def test_a_huge_param_is_refused_where_it_is_declared(tmp_path: Path) -> None:
+    path = write_nn(tmp_path, "p.nn", """
+        input x: float[3]
+        param W: [3, 10000000000000] = normal()
+        loss = sum(x @ W)
+        minimize loss
+    """)
+    with pytest.raises(Exception) as info:
+        evaluate_file(path)
+    assert type(info.value).__name__ == "NNError" and info.value.loc is not None
+    assert "of memory this machine has" in info.value.message
