@@ -100,8 +100,7 @@ def concrete_values(model: Model, module: ModuleType, sets: Mapping[str, str], s
     for name, n in model.inputs.items():   # given values fix the dims first (--set y=[0, 3]: N = 2) ...
         if name in sets:
             inputs[name] = _parse_value(name, sets[name], model, n, module.DTYPE)
-        if name in sets or name in model.defaults:
-            for want, got in zip(G[n].shape, np.shape(inputs.get(name, model.defaults.get(name)))):
+            for want, got in zip(G[n].shape, np.shape(inputs[name])):
                 if isinstance(want, str):
                     dims.setdefault(want, got)
     for n in model.inputs.values():        # ... then the others, large enough for every fixed index ...
