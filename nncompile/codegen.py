@@ -633,8 +633,10 @@ _CONVERT_INPUTS = '''def _convert_inputs(inputs):
     for name, array in zip(INPUTS, values):
         limits = [(BOUNDS[name], str(BOUNDS[name]))] if name in BOUNDS else []
         limits += [(dims[dim], f"{dim}) = [0, {dims[dim]}") for dim in DIM_BOUNDS.get(name, ())]
-        if limits and array.size and (array.min() < 0 or array.max() >= min(limits)[0]):
-            bad = array.min() if array.min() < 0 else array.max()
-            raise ValueError(f"input {name!r} holds {bad}: its entries are class labels or indices, which must "
-                             f"lie in [0, {min(limits)[1]})")
+        if not limits or not array.size:
+            continue
+        (limit, shown), low, high = min(limits), array.min(), array.max()
+        if low < 0 or high >= limit:
+            raise ValueError(f"input {name!r} holds {low if low < 0 else high}: its entries are class labels or "
+                             f"indices, which must lie in [0, {shown})")
     return (*values, *(dims[d] for d in DIMS))'''
