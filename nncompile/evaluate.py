@@ -122,6 +122,7 @@ def concrete_values(model: Model, module: ModuleType, sets: Mapping[str, str], s
             inputs[name] = rng.integers(0, _int_limit(model, name, dims), size=shape)
         else:
             inputs[name] = rng.standard_normal(shape).astype(module.DTYPE)
+    _check_with_module(model, module, params, inputs)
     return params, inputs
 
 
@@ -204,17 +205,25 @@ def _parse_value(name: str, text: str, model: Model, n: int, dtype) -> np.ndarra
     return value.astype(dtype if node.dtype == "float" else np.int64)
 
 
-def _run(model: Model, module: ModuleType, params, inputs, seed: int) -> tuple[dict, dict]:
+def _check_with_module(model: Model, module: ModuleType, params, inputs) -> None:
+    """The module's own checks of its inputs and params, run once up front so that eval,
+    render and check all report a bad ``--set`` at the declaration it is about."""
     try:
-        with np.errstate(all="ignore"):
-            return module.trace(params, None, np.random.default_rng(seed), **inputs)
-    except (TypeError, ValueError) as exc:  # the module's own input checks
-        # "input 'y' holds class labels, ...": point at where y is declared
-        named = re.match(r"input '([^']+)'", str(exc))
-        node = model.inputs.get(named.group(1)) if named else None
+        module._convert_inputs(inputs)
+        if model.params:
+            module._convert_params(params)
+    except (TypeError, ValueError) as exc:
+        # "input 'y' holds 9: ...": point at where y is declared
+        named = re.match(r"(?:input|param) '([^']+)'", str(exc))
+        node = {**model.inputs, **model.params}.get(named.group(1)) if named else None
         if node is not None and model.graph[node].loc is not None:
             raise NNError(str(exc), model.graph[node].loc) from None
         raise NNError(str(exc), file=model.file) from None
+
+
+def _run(model: Model, module: ModuleType, params, inputs, seed: int) -> tuple[dict, dict]:
+    with np.errstate(all="ignore"):
+        return module.trace(params, None, np.random.default_rng(seed), **inputs)
 
 
 def to_json(value: Any, dtype: str) -> Any:

@@ -81,6 +81,26 @@ def test_eval_render_and_check_run_on_what_they_draw(name: str, command: list[st
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("command", [["eval"], ["render", "-o", "g.dot"], ["check"]])
+@pytest.mark.parametrize("given, message", [
+    ("y=[0, 1, 2, 3, 0, 9]", "m.nn:2:1: error: input 'y' holds 9: its entries are class labels or indices, which must lie "
+                 "in [0, C) = [0, 4)"),
+    ("N=3", "m.nn:1:1: error: input 'X' has N = 3, but the model takes a fixed entry of that axis that needs "
+            "N >= 6"),
+])
+def test_values_the_module_refuses_are_reported_at_their_declaration(command: list[str], given: str, message: str,
+                                                                     tmp_path: Path, run_cli) -> None:
+    write_nn(tmp_path, "m.nn", """
+        input X: float[N, C]
+        input y: int[N]
+        loss = softmax_cross_entropy(X, y) + sum(X[5])
+        minimize loss
+    """)
+    result = run_cli(command[0], "m.nn", *command[1:], "--set", given)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result
+    assert message in result.stderr
+
+
 # ---- memory: refused up front, never a MemoryError halfway through -----------------------
 
 WIDE = """
