@@ -21,7 +21,7 @@ from .errors import Sources
 from .initializers import INITIALIZERS
 from .ir import Graph, Model, Node
 from .schedule import VIEW_OPS, plan_buffers, schedule
-from .ops import REGISTRY, EmitContext
+from .ops import REGISTRY, EmitContext, literal
 from .shapes import Shape, show
 
 NUMPY_DTYPES = {"float": None, "int": "int64", "bool": "bool"}
@@ -29,7 +29,7 @@ NUMPY_DTYPES = {"float": None, "int": "int64", "bool": "bool"}
 _MODULE_NAMES = {
     "np", "DTYPE", "INPUTS", "PARAMS", "OUTPUTS", "LOSS", "DEFAULTS", "DIMS", "BOUNDS", "init_params", "forward",
     "value_and_grad", "trace", "params", "inputs", "outputs", "grads", "values", "buffers", "state", "rng",
-    "STATE", "init_state", "new_state",
+    "STATE", "init_state", "new_state", "TRAIN_OUTPUTS", "DIM_BOUNDS", "MIN_DIMS",
 }
 RESERVED = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) | frozenset(dir(builtins)) | _MODULE_NAMES
 
@@ -87,13 +87,21 @@ def _docstring_text(text: str) -> str:
     return safe_comment(text).replace("\\", "\\\\").replace('"', '\\"')
 
 
-def literal(value: float) -> str:
-    if value != value:
-        return "np.nan"
-    if value in (float("inf"), float("-inf")):
-        return "np.inf" if value > 0 else "(-np.inf)"
-    text = repr(float(value))
-    return f"({text})" if text.startswith("-") else text
+def source(value: Any) -> str:
+    """Python source for a number, or a list, tuple or dict of them: ``repr``, except that
+    inf and nan are written as np.inf and np.nan, so no value can stop a module importing."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{source(k)}: {source(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(map(source, value)) + "]"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(map(source, value)) + ("," if len(value) == 1 else "") + ")"
+    return literal(value).strip("()") if isinstance(value, float) else repr(value)
+
+
+def c_source(expr: str) -> str:
+    """A fused kernel's C expression with inf and nan (from attributes) spelt as C spells them."""
+    return re.sub(r"\b(inf|nan)\b", lambda m: "INFINITY" if m[1] == "inf" else "NAN", expr)
 
 
 class _Context(EmitContext):
@@ -154,6 +162,7 @@ class _Emitter:
             self.tables(),
             self.read_inputs(),
             self.on_device(_CONVERT_INPUTS),
+            *([self.read_params(), self.on_device(_CONVERT_PARAMS)] if self.model.params else []),
             *self.helpers(evaluation.G),
             self.init_params(),
             *([self.init_params("state")] if self.model.state else []),
@@ -176,30 +185,43 @@ class _Emitter:
         return "\n\n\n".join(parts).rstrip() + "\n"
 
     def tables(self) -> str:
-        G, m = self.G, self.model
+        """OUTPUTS describes what forward() returns (eval mode), TRAIN_OUTPUTS what
+        value_and_grad() returns (train mode: a train block's loss, say, exists only there)."""
+        m = self.model
+        evaluation = self.p.eval_program or self.p
 
-        def entry(n: int) -> str:
+        def entry(G: Graph, n: int) -> str:
             node = G[n]
             dtype = NUMPY_DTYPES[node.dtype] or self.dtype
             return f"({tuple(node.shape)!r}, {dtype!r})"
 
         lines = [f"DTYPE = np.{self.dtype}"]
-        tables = [("INPUTS", m.inputs), ("PARAMS", m.params), ("OUTPUTS", self.p.outputs)]
-        for title, table in tables + ([("STATE", m.state)] if m.state else []):
+        tables = [("INPUTS", m.inputs, self.G), ("PARAMS", m.params, self.G),
+                  ("OUTPUTS", evaluation.outputs, evaluation.graph)]
+        if m.target is not None:
+            tables.append(("TRAIN_OUTPUTS", self.p.outputs, self.G))
+        if m.state:
+            tables.append(("STATE", m.state, self.G))
+        for title, table, G in tables:
             lines.append(f"{title} = {{")
-            lines += [f"    {name!r}: {entry(n)}," for name, n in table.items()]
+            lines += [f"    {name!r}: {entry(G, n)}," for name, n in table.items()]
             lines.append("}")
         loss = next((name for name, n in m.outputs.items() if n == m.target), None)
         lines.append(f"LOSS = {loss!r}")
-        lines.append(f"DEFAULTS = {m.defaults!r}")
+        lines.append(f"DEFAULTS = {source(m.defaults)}")
         lines.append(f"BOUNDS = {m.int_bounds!r}")
+        lines.append(f"DIM_BOUNDS = {m.dim_bounds!r}")
+        lines.append(f"MIN_DIMS = {m.min_dims!r}")
         lines.append(f"DIMS = {tuple(self.dim_names)!r}")
         return "\n".join(lines)
 
     def read_inputs(self) -> str:
         """The per-call input check, specialised to this model: a few attribute tests when the
         caller passes arrays of the right dtype and shape, the general converter otherwise."""
-        lines = ["def _read_inputs(inputs):",
+        lines = ["_FLOAT, _INT = np.dtype(DTYPE), np.dtype(np.int64)  # the fast paths compare dtypes by identity",
+                 "",
+                 "",
+                 "def _read_inputs(inputs):",
                  '    """The inputs in INPUTS order, then the DIMS; arrays already right pass straight through."""']
         if not self.model.inputs:
             lines += ["    if inputs:", "        _convert_inputs(inputs)", "    return ()"]
@@ -212,8 +234,8 @@ class _Emitter:
         for name, n in self.model.inputs.items():
             node = self.G[n]
             var = vars_[name]
-            dtype = "DTYPE" if node.dtype == "float" else "np.int64"
-            checks += [f"type({var}) is {self.xp}.ndarray", f"{var}.dtype == {dtype}", f"{var}.ndim == {len(node.shape)}"]
+            dtype = "_FLOAT" if node.dtype == "float" else "_INT"
+            checks += [f"type({var}) is {self.xp}.ndarray", f"{var}.dtype is {dtype}", f"{var}.ndim == {len(node.shape)}"]
             for axis, d in enumerate(node.shape):
                 if isinstance(d, int):
                     checks.append(f"{var}.shape[{axis}] == {d}")
@@ -222,19 +244,43 @@ class _Emitter:
                 else:
                     dims[d] = names.fresh(d)
                     binds.append(f"{dims[d]} = {var}.shape[{axis}]")
+        checks += [f"{dims[d]} >= {least}" for d, least in self.model.min_dims.items()]
         get = ", ".join(f"inputs.get({name!r})" for name in self.model.inputs)
         lines.append(f"    {', '.join(vars_.values())} = {get}")
         cond = " and\n            ".join(_bind_dims(checks, binds))
         lines += [f"    if len(inputs) != {len(vars_)} or not (", f"            {cond}):"]
         lines.append("        return _convert_inputs(inputs)")
         for name, n in self.model.inputs.items():
-            if name in self.model.int_bounds:
-                var = vars_[name]
-                lines.append(f"    if {var}.size and ({var}.min() < 0 or {var}.max() >= {self.model.int_bounds[name]}):")
+            limits = [str(b) for b in [self.model.int_bounds.get(name)] if b is not None]
+            limits += [dims[d] for d in self.model.dim_bounds.get(name, ())]
+            if limits:
+                var, limit = vars_[name], limits[0] if len(limits) == 1 else f"min({', '.join(limits)})"
+                lines.append(f"    if {var}.size and ({var}.min() < 0 or {var}.max() >= {limit}):")
                 lines.append("        return _convert_inputs(inputs)  # raises the error")
         result = [*vars_.values(), *(dims[d] for d in self.dim_names)]
         lines.append(f"    return {', '.join(result)}{',' if len(result) == 1 else ''}")
         return "\n".join(lines)
+
+    def read_params(self) -> str:
+        """The per-call param check, like the inputs': arrays of the right type, dtype and shape
+        pass straight through; anything else goes to the converter, which says what is wrong."""
+        names = Names()
+        vars_ = [names.fresh(name) for name in self.model.params]
+        checks = []
+        for var, n in zip(vars_, self.model.params.values()):
+            checks += [f"type({var}) is {self.xp}.ndarray", f"{var}.dtype is _FLOAT",
+                       f"{var}.shape == {tuple(self.G[n].shape)!r}"]
+        get = ", ".join(f"params.get({name!r})" for name in self.model.params)
+        cond = " and\n            ".join(checks)
+        return "\n".join([
+            "def _read_params(params):",
+            '    """The params in PARAMS order; arrays already right pass straight through."""',
+            f"    if type(params) is not dict or len(params) != {len(vars_)}:",
+            "        return _convert_params(params)",
+            f"    {', '.join(vars_)} = {get}",
+            f"    if not ({cond}):",
+            "        return _convert_params(params)",
+            f"    return {', '.join(vars_)}{',' if len(vars_) == 1 else ''}"])
 
     def on_device(self, text: str) -> str:
         """Our own helper source, retargeted from numpy to CuPy for the GPU backend."""
@@ -254,7 +300,7 @@ class _Emitter:
         lines = []
         for (expr, arity), name in self.kernels.items():
             params = ", ".join(f"T x{i}" for i in range(arity))
-            lines.append(f"{name} = cp.ElementwiseKernel({params!r}, 'T y', {'y = ' + expr!r}, "
+            lines.append(f"{name} = cp.ElementwiseKernel({params!r}, 'T y', {'y = ' + c_source(expr)!r}, "
                          f"{'nncompile' + name!r})")
         return lines
 
@@ -280,9 +326,9 @@ class _Emitter:
         for name, n in (self.model.params if kind == "params" else self.model.state).items():
             spec = self.model.param_inits[name]
             shape = repr(tuple(self.G[n].shape))
-            args = dict(spec.args)
-            if spec.init == "constant" and isinstance(args["value"], list):
-                expr = f"np.array({args['value']!r})"
+            args = {k: _Source(source(v)) for k, v in spec.args}
+            if spec.init == "constant" and isinstance(dict(spec.args)["value"], list):
+                expr = f"np.array({args['value']})"
             else:
                 rng = f"np.random.default_rng((seed, {zlib.crc32(name.encode())}))"
                 expr = INITIALIZERS[spec.init].draw(rng, shape, spec.fan_in, spec.fan_out, args)
@@ -360,11 +406,13 @@ class _Emitter:
                       f"        buffers = {cache}[{key}] = _empty({_shape_list(ctx, plan.slots)})"]
             if len(plan.slots) <= 16:
                 lines.append(f"    {', '.join(buffers)}{',' if len(buffers) == 1 else ''} = buffers")
-        for name, n in self.model.params.items():
-            if n in needed:
-                names.of[n] = names.fresh(name)
-                lines.append(f"    {names.of[n]} = params[{name!r}]")
-        if any(n in needed for n in self.model.state.values()):
+        if any(n in needed for n in self.model.params.values()):
+            for name, n in self.model.params.items():
+                if n in needed:
+                    names.of[n] = names.fresh(name)
+            targets = [names.of.get(n, "_") for n in self.model.params.values()]
+            lines.append(f"    {', '.join(targets)}{',' if len(targets) == 1 else ''} = _read_params(params)")
+        if self.model.state:   # value_and_grad passes on what it does not update, even unused
             lines.append("    if state is None:")
             lines.append("        state = init_state()")
             for name, n in self.model.state.items():
@@ -446,7 +494,7 @@ class _Emitter:
             value = node.attr("value")
             if node.shape == () or not isinstance(value, tuple):
                 return literal(value)
-            return f"{self.xp}.array({_plain(value)!r}, dtype=DTYPE)"
+            return f"{self.xp}.array({source(_plain(value))}, dtype=DTYPE)"
         return names[n]
 
     def returned(self, values: dict[str, int | None], names: dict[int, str], ctx: _Context, seen: set[int],
@@ -512,10 +560,37 @@ def _bind_dims(checks: list[str], binds: list[str]) -> list[str]:
     return out
 
 
+class _Source(str):
+    """Source text that an initialiser's ``{value!r}`` writes as it is."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
     return value
+
+
+_CONVERT_PARAMS = '''def _convert_params(params):
+    """Check and convert the caller's params (init_params() makes right ones): returns them in PARAMS order."""
+    if not hasattr(params, "keys"):
+        raise TypeError(f"params must be a dict of arrays, as init_params() returns, not {type(params).__name__}")
+    missing = [name for name in PARAMS if name not in params]
+    unknown = sorted(params.keys() - PARAMS.keys())
+    if missing or unknown:
+        wrong = [f"{what} param(s) {names}" for what, names in (("missing", missing), ("unknown", unknown)) if names]
+        raise TypeError(f"{'; '.join(wrong)}: this model's params are {list(PARAMS)}")
+    values = []
+    for name, (shape, dtype) in PARAMS.items():
+        array = np.asarray(params[name])
+        if array.dtype.kind not in "fiub":
+            raise TypeError(f"param {name!r} must be numeric, not {array.dtype}")
+        if array.shape != shape:
+            raise ValueError(f"param {name!r} must have shape {list(shape)}, not {list(array.shape)}")
+        values.append(array.astype(dtype, copy=False))
+    return tuple(values)'''
 
 
 _EMPTY = '''def _empty(shapes):
@@ -549,7 +624,19 @@ _CONVERT_INPUTS = '''def _convert_inputs(inputs):
                     raise ValueError(f"input {name!r} has {want} = {got}, but an earlier input has {want} = {dims[want]}")
             elif want != got:
                 raise ValueError(f"input {name!r} must have shape {list(shape)}, not {array.shape}")
-        if name in BOUNDS and array.size and (array.min() < 0 or array.max() >= BOUNDS[name]):
-            raise ValueError(f"input {name!r} holds class labels, which must lie in [0, {BOUNDS[name]})")
         values.append(array)
+    for dim, least in MIN_DIMS.items():
+        if dims[dim] < least:
+            name = next(name for name, (shape, _) in INPUTS.items() if dim in shape)
+            raise ValueError(f"input {name!r} has {dim} = {dims[dim]}, but the model takes a fixed entry "
+                             f"of that axis that needs {dim} >= {least}")
+    for name, array in zip(INPUTS, values):
+        limits = [(BOUNDS[name], str(BOUNDS[name]))] if name in BOUNDS else []
+        limits += [(dims[dim], f"{dim}) = [0, {dims[dim]}") for dim in DIM_BOUNDS.get(name, ())]
+        if not limits or not array.size:
+            continue
+        (limit, shown), low, high = min(limits), array.min(), array.max()
+        if low < 0 or high >= limit:
+            raise ValueError(f"input {name!r} holds {low if low < 0 else high}: its entries are class labels or "
+                             f"indices, which must lie in [0, {shown})")
     return (*values, *(dims[d] for d in DIMS))'''

@@ -77,9 +77,20 @@ def compile_file(path: str | Path, *, dtype: str | None = None, optimized: bool 
     program = build(model, optimized=optimized, trace=trace, input_grads=input_grads, fuse=backend == "cupy")
     if model.mode_dependent:  # forward() runs eval mode: dropout off, running statistics used
         evaluation = elaborate_file(path, dtype, mode="eval")
+        _check_inputs_for_both(model, evaluation)
         program.eval_program = build(evaluation, optimized=optimized, fuse=backend == "cupy", differentiate=False)
     source = emit_module(program, trace=trace, backend=backend)
     return source if optimizer is None else source + optimizer_source(model, optimizer, backend)
+
+
+def _check_inputs_for_both(model: Model, evaluation: Model) -> None:
+    """The module checks its inputs once for both modes: against the bounds either mode implies."""
+    for name, bound in evaluation.int_bounds.items():
+        model.int_bounds[name] = min(model.int_bounds.get(name, bound), bound)
+    for name, dims in evaluation.dim_bounds.items():
+        model.dim_bounds[name] = tuple(dict.fromkeys((*model.dim_bounds.get(name, ()), *dims)))
+    for dim, least in evaluation.min_dims.items():
+        model.min_dims[dim] = max(model.min_dims.get(dim, 0), least)
 
 
 def load_module(source: str, name: str = "nncompiled") -> types.ModuleType:

@@ -457,14 +457,15 @@ class Elaborator:
             elif self.is_static(sub, scope):
                 value = self.static_index(sub, scope)
                 key.append(str(value + dim if isinstance(dim, int) and -dim <= value < 0 else value))
+                if isinstance(dim, str):   # X[7] needs N >= 8, X[-2] N >= 2: checked when the module is called
+                    self.model.min_dims[dim] = max(self.model.min_dims.get(dim, 0), value + 1 if value >= 0 else -value)
             else:
                 node = self.expr(sub, scope)
                 tensors.append(node)
                 key.append(f"{{{len(tensors)}}}")
                 locs.append(sub.loc)
-                leaf = self.G[node]
-                if leaf.op == "input" and leaf.dtype == "int" and isinstance(dim, int):
-                    self.model.int_bounds[leaf.name] = min(self.model.int_bounds.get(leaf.name, dim), dim)
+                if self.G[node].dtype == "int":
+                    self.bound(node, dim)
         while key and key[-1] == ":":   # x[i, :] is x[i]
             key.pop()
         if not key:
@@ -598,11 +599,18 @@ class Elaborator:
         _check_size(self.G[node].shape, loc)
         if opdef.int_bounds:
             for index, bound in opdef.int_bounds([self.G[a] for a in args]).items():
-                leaf = self.G[args[index]]
-                if leaf.op == "input":
-                    old = self.model.int_bounds.get(leaf.name, bound)
-                    self.model.int_bounds[leaf.name] = min(old, bound)
+                self.bound(args[index], bound)
         return node
+
+    def bound(self, n: int, dim: Dim) -> None:
+        """Node ``n`` holds labels or indices below ``dim``: if it is an input, the module checks it."""
+        leaf = self.G[n]
+        if leaf.op != "input":
+            return
+        if isinstance(dim, int):
+            self.model.int_bounds[leaf.name] = min(self.model.int_bounds.get(leaf.name, dim), dim)
+        elif dim not in self.model.dim_bounds.get(leaf.name, ()):
+            self.model.dim_bounds[leaf.name] = (*self.model.dim_bounds.get(leaf.name, ()), dim)
 
     def call(self, call: S.Call, scope: Scope, scope_hint: str | None) -> int:
         if call.func in self.layers:

@@ -3,6 +3,8 @@ random tensors. ``eval``, ``render`` and ``check`` all start here."""
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,9 @@ from .codegen import Program, emit_module
 from .compiler import build, load_module
 from .elaborate import elaborate_file
 from .errors import NNError
-from .ir import Model
+from .ir import Model, Node
+from .schedule import VIEW_OPS
+from .shapes import show
 
 DEFAULT_DIM = 4  # the size given to a symbolic dim (the batch N) that nothing else fixes
 
@@ -92,11 +96,6 @@ def concrete_values(model: Model, module: ModuleType, sets: Mapping[str, str], s
         known = ", ".join([*model.inputs, *model.params, *sorted(symbols)])
         raise NNError(f"--set {unknown[0]}: the model has no input, param or dim of that name; it has {known}",
                       file=model.file)
-    rng = np.random.default_rng(seed)
-    params = module.init_params(seed)
-    for name, n in model.params.items():
-        if name in sets:
-            params[name] = _parse_value(name, sets[name], model, n, module.DTYPE)
     inputs: dict[str, np.ndarray] = {}
     for name, n in model.inputs.items():   # given values fix the dims first (--set y=[0, 3]: N = 2) ...
         if name in sets:
@@ -104,19 +103,90 @@ def concrete_values(model: Model, module: ModuleType, sets: Mapping[str, str], s
             for want, got in zip(G[n].shape, np.shape(inputs[name])):
                 if isinstance(want, str):
                     dims.setdefault(want, got)
-    for name, n in model.inputs.items():   # ... then random values are drawn to match them
-        node = G[n]
+    for n in model.inputs.values():        # ... then the others, large enough for every fixed index ...
+        for d in G[n].shape:
+            if isinstance(d, str):
+                dims.setdefault(d, max(DEFAULT_DIM, model.min_dims.get(d, 0)))
+    check_memory(model, dims, np.dtype(module.DTYPE).itemsize)
+    rng = np.random.default_rng(seed)
+    params = module.init_params(seed)
+    for name, n in model.params.items():
         if name in sets:
+            params[name] = _parse_value(name, sets[name], model, n, module.DTYPE)
+    for name, n in model.inputs.items():   # ... and random values are drawn to match them
+        node = G[n]
+        if name in sets or name in model.defaults:
             continue
-        elif name in model.defaults:
-            continue
+        shape = tuple(dims[d] if isinstance(d, str) else d for d in node.shape)
+        if node.dtype == "int":
+            inputs[name] = rng.integers(0, _int_limit(model, name, dims), size=shape)
         else:
-            shape = tuple(dims.setdefault(d, DEFAULT_DIM) if isinstance(d, str) else d for d in node.shape)
-            if node.dtype == "int":
-                inputs[name] = rng.integers(0, model.int_bounds.get(name, 10), size=shape)
-            else:
-                inputs[name] = rng.standard_normal(shape).astype(module.DTYPE)
+            inputs[name] = rng.standard_normal(shape).astype(module.DTYPE)
+    _check_with_module(model, module, params, inputs)
     return params, inputs
+
+
+def check_memory(model: Model, dims: Mapping[str, int], itemsize: int) -> None:
+    """Refuse, saying the estimate and the limit, a run whose arrays cannot fit in this
+    machine's memory, rather than fail with a MemoryError halfway through. The estimate is
+    every value the graph holds (params, inputs, each intermediate and gradient), as the
+    trace that eval and render run keeps them all."""
+    limit = memory_limit()
+    sizes = {n: _nbytes(model.graph[n], dims, itemsize) for n in model.graph.nodes()
+             if model.graph[n].op not in VIEW_OPS}
+    total = sum(sizes.values())
+    if limit is None or total <= limit:
+        return
+    largest = max((n for n in sizes if model.graph[n].loc is not None), key=sizes.get, default=None)
+    node = model.graph[largest] if largest is not None else None
+    what = "" if node is None else (f"; the largest array, {node.name or node.op} {show(node.shape)}, "
+                                    f"takes {_show_bytes(sizes[largest])}")
+    at = ", ".join(f"{d} = {v}" for d, v in dims.items())
+    raise NNError(f"running this model{f' with {at}' if at else ''} would allocate about {_show_bytes(total)}, "
+                  f"more than the {_show_bytes(limit)} of memory this machine has{what}",
+                  node.loc if node is not None else None, file=model.file)
+
+
+def memory_limit() -> int | None:
+    """The most memory this process may use: the machine's physical memory, or less under a
+    resource limit or a container's (cgroup) limit; None where the system cannot say."""
+    limits = []
+    try:
+        limits.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - not a POSIX system
+        pass
+    try:
+        import resource
+        limits += [soft for soft, _ in map(resource.getrlimit, (resource.RLIMIT_AS, resource.RLIMIT_DATA))
+                   if soft != resource.RLIM_INFINITY]
+    except (ImportError, OSError, ValueError):  # pragma: no cover - not a POSIX system
+        pass
+    try:
+        text = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        limits += [int(text)] if text.isdigit() else []
+    except OSError:
+        pass
+    return min((v for v in limits if v > 0), default=None)
+
+
+def _nbytes(node: Node, dims: Mapping[str, int], itemsize: int) -> int:
+    count = math.prod(dims.get(d, DEFAULT_DIM) if isinstance(d, str) else d for d in node.shape)
+    return count * (itemsize if node.dtype == "float" else 8 if node.dtype == "int" else 1)
+
+
+def _show_bytes(n: int) -> str:
+    for unit, size in (("TiB", 2 ** 40), ("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}" if n < 2 ** 60 else f"10^{len(str(n)) - 1} bytes"
+    return f"{n} bytes"
+
+
+def _int_limit(model: Model, name: str, dims: Mapping[str, int]) -> int:
+    """Random ints for an input lie below its class count and the size of every axis it
+    indexes (below 10 when nothing bounds them)."""
+    limits = [model.int_bounds[name]] if name in model.int_bounds else []
+    limits += [dims[d] for d in model.dim_bounds.get(name, ())]
+    return max(1, min(limits, default=10))   # an empty axis: the module's own check says what is wrong
 
 
 def _parse_value(name: str, text: str, model: Model, n: int, dtype) -> np.ndarray:
@@ -135,17 +205,25 @@ def _parse_value(name: str, text: str, model: Model, n: int, dtype) -> np.ndarra
     return value.astype(dtype if node.dtype == "float" else np.int64)
 
 
-def _run(model: Model, module: ModuleType, params, inputs, seed: int) -> tuple[dict, dict]:
+def _check_with_module(model: Model, module: ModuleType, params, inputs) -> None:
+    """The module's own checks of its inputs and params, run once up front so that eval,
+    render and check all report a bad ``--set`` at the declaration it is about."""
     try:
-        with np.errstate(all="ignore"):
-            return module.trace(params, None, np.random.default_rng(seed), **inputs)
-    except (TypeError, ValueError) as exc:  # the module's own input checks
-        # "input 'y' holds class labels, ...": point at where y is declared
-        named = re.match(r"input '([^']+)'", str(exc))
-        node = model.inputs.get(named.group(1)) if named else None
+        module._convert_inputs(inputs)
+        if model.params:
+            module._convert_params(params)
+    except (TypeError, ValueError) as exc:
+        # "input 'y' holds 9: ...": point at where y is declared
+        named = re.match(r"(?:input|param) '([^']+)'", str(exc))
+        node = {**model.inputs, **model.params}.get(named.group(1)) if named else None
         if node is not None and model.graph[node].loc is not None:
             raise NNError(str(exc), model.graph[node].loc) from None
         raise NNError(str(exc), file=model.file) from None
+
+
+def _run(model: Model, module: ModuleType, params, inputs, seed: int) -> tuple[dict, dict]:
+    with np.errstate(all="ignore"):
+        return module.trace(params, None, np.random.default_rng(seed), **inputs)
 
 
 def to_json(value: Any, dtype: str) -> Any:

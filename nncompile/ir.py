@@ -153,6 +153,8 @@ class Model:
     dtype: str = "float32"
     defaults: dict[str, Any] = field(default_factory=dict)      # input name -> default value
     int_bounds: dict[str, int] = field(default_factory=dict)    # int input -> exclusive upper bound
+    dim_bounds: dict[str, tuple[str, ...]] = field(default_factory=dict)  # int input -> symbolic dims it lies below
+    min_dims: dict[str, int] = field(default_factory=dict)      # symbolic dim -> least size (fixed indices into it)
     layers: dict[tuple[str, ...], str] = field(default_factory=dict)  # scope -> layer type name
     param_inits: dict[str, Any] = field(default_factory=dict)          # param or state name -> ParamInit
     state: dict[str, int] = field(default_factory=dict)       # carried between calls, not trained

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import subprocess
+import textwrap
 import sys
 from pathlib import Path
 
@@ -199,6 +200,103 @@ def test_bad_inputs_are_rejected_clearly() -> None:
         m.forward(p, X=np.ones((2, 3072)), y=np.array([0.5, 1.0]))
 
 
+def _fast_and_slow(**inputs) -> list[dict]:
+    """The same inputs as exact int64/float32 arrays (the fast path) and as lists (the converter)."""
+    fast = {k: np.asarray(v, dtype=np.int64 if np.asarray(v).dtype.kind == "i" else np.float32)
+            for k, v in inputs.items()}
+    return [fast, {k: np.asarray(v).tolist() for k, v in inputs.items()}]
+
+
+def test_int_indices_into_a_symbolic_axis_are_checked_on_every_call(compile_nn) -> None:
+    m = compile_nn("""
+        input X: float[N, 3]
+        input i: int[K]
+        rows = X[i]
+        output rows
+    """)
+    for given in _fast_and_slow(X=np.ones((4, 3)), i=[0, 3]):
+        assert m.forward({}, **given)["rows"].shape == (2, 3)
+    for bad, shown in (([0, 4], "holds 4"), ([-1, 2], "holds -1")):
+        for given in _fast_and_slow(X=np.ones((4, 3)), i=bad):
+            with pytest.raises(ValueError, match=rf"input 'i' {shown}: .* \[0, N\) = \[0, 4\)"):
+                m.forward({}, **given)
+
+
+def test_labels_are_checked_against_a_symbolic_class_count(compile_nn) -> None:
+    m = compile_nn("""
+        input scores: float[N, C]
+        input y: int[N]
+        loss = softmax_cross_entropy(scores, y) + svm_loss(scores, y)
+        minimize loss
+    """)
+    assert m.DIM_BOUNDS == {"y": ("C",)} and m.BOUNDS == {}
+    for given in _fast_and_slow(scores=np.zeros((2, 5)), y=[4, 0]):
+        assert np.isfinite(m.value_and_grad({}, **given)[0]["loss"])
+    for bad in ([5, 0], [0, -1]):
+        for given in _fast_and_slow(scores=np.zeros((2, 5)), y=bad):
+            with pytest.raises(ValueError, match=r"input 'y' holds -?\d: .*class labels.* \[0, C\) = \[0, 5\)"):
+                m.value_and_grad({}, **given)
+
+
+def test_labels_lie_below_both_a_fixed_and_a_symbolic_bound(compile_nn) -> None:
+    m = compile_nn("""
+        input X: float[N, 3]
+        input y: int[N]
+        picked = X[y, y]
+        output picked
+    """)
+    assert m.BOUNDS == {"y": 3} and m.DIM_BOUNDS == {"y": ("N",)}
+    for given in _fast_and_slow(X=np.ones((2, 3)), y=[1, 0]):
+        assert m.forward({}, **given)["picked"].shape == (2,)
+    for given in _fast_and_slow(X=np.ones((2, 3)), y=[2, 0]):   # below 3, but not below N = 2
+        with pytest.raises(ValueError, match=r"input 'y' holds 2: .* \[0, N\) = \[0, 2\)"):
+            m.forward({}, **given)
+
+
+def test_a_fixed_index_into_a_symbolic_axis_needs_the_axis_that_long(compile_nn) -> None:
+    m = compile_nn("""
+        input X: float[N, 3]
+        eighth = X[7]
+        second_last = X[-2]
+        output eighth, second_last
+    """)
+    assert m.MIN_DIMS == {"N": 8}
+    for given in _fast_and_slow(X=np.arange(24.0).reshape(8, 3)):
+        np.testing.assert_array_equal(m.forward({}, **given)["eighth"], [21, 22, 23])
+    for given in _fast_and_slow(X=np.ones((7, 3))):
+        with pytest.raises(ValueError, match=r"input 'X' has N = 7, but .* needs N >= 8"):
+            m.forward({}, **given)
+
+
+def test_params_are_checked_and_converted_like_inputs() -> None:
+    m = compile_and_load(EXAMPLES / "two_layer.nn")
+    good, X, y = m.init_params(0), np.ones((2, 3072)), np.array([1, 2])
+    want = m.forward(good, X=X, y=y)["loss"]
+    with pytest.raises(TypeError, match=r"missing param\(s\) \['fc1.b'\]; unknown param\(s\) \['fc1.bias'\]"):
+        m.forward({**{k: v for k, v in good.items() if k != "fc1.b"}, "fc1.bias": good["fc1.b"]}, X=X, y=y)
+    with pytest.raises(TypeError, match=r"missing param\(s\) \['fc2.W'\]: this model's params are"):
+        m.value_and_grad({k: v for k, v in good.items() if k != "fc2.W"}, X=X, y=y)
+    with pytest.raises(ValueError, match=r"param 'fc1.b' must have shape \[100\], not \[1\]"):
+        m.value_and_grad({**good, "fc1.b": np.zeros(1, dtype=np.float32)}, X=X, y=y)
+    with pytest.raises(TypeError, match="params must be a dict"):
+        m.forward(None, X=X, y=y)
+    # float64 arrays, lists and other mappings are converted, as inputs are
+    as_lists = {k: v.astype(np.float64).tolist() for k, v in good.items()}
+    assert m.forward(as_lists, X=X, y=y)["loss"] == want
+    out, grads = m.value_and_grad({k: v.astype(np.float64) for k, v in good.items()}, X=X, y=y)
+    assert out["loss"].dtype == np.float32 and out["loss"] == want
+
+
+def test_right_params_take_the_fast_path() -> None:
+    """Arrays of the module's dtype and shape are used as they are: no copy, no conversion."""
+    source = compile_file(EXAMPLES / "two_layer.nn")
+    m = load_module(source, "fast")
+    calls = []
+    m._convert_params = lambda params: calls.append(params) or ()
+    m.forward(m.init_params(0), X=np.ones((2, 3072), dtype=np.float32), y=np.array([1, 2]))
+    assert calls == []
+
+
 # ---- gradients ------------------------------------------------------------------------
 
 def test_gradients_match_finite_differences(tmp_path: Path, run_cli) -> None:
@@ -235,9 +333,10 @@ def test_gradients_match_finite_differences(tmp_path: Path, run_cli) -> None:
 
 def test_names_follow_the_users_names() -> None:
     source = compile_file(EXAMPLES / "two_layer.nn")
-    for name in ("fc1_W", "d_fc1_W", "fc2_b", "d_fc2_b", "scores", "data_loss", "reg_loss", "d_X"):
+    for name in ("d_fc1_W", "d_fc2_b", "scores", "data_loss", "reg_loss", "d_X"):
         assert f"    {name} = " in source, name
-    assert "params['fc1.W']" in source
+    assert "    fc1_W, fc1_b, fc2_W, fc2_b = _read_params(params)" in source
+    assert "params.get('fc1.W')" in source
 
 
 def test_each_statement_is_commented_with_its_line_and_shape() -> None:
@@ -337,3 +436,58 @@ def test_dtype_statement_and_option(compile_nn) -> None:
     assert compile_nn(text).DTYPE == np.float64
     assert compile_nn(text, dtype="float32").DTYPE == np.float32    # the option wins over the file
     assert compile_nn(text.replace("dtype float64", "")).DTYPE == np.float32
+
+
+# ---- whatever reaches the emitter, the module imports -----------------------------------
+
+_EVERY_KIND_OF_NUMBER = """
+    input x: float[2, 3] = [[1, 2, 3], [4, 5, 6]]
+    input y: int[2]
+    param W: [3, 4] = normal(std=0.5)
+    param b: [4] = constant(value=0.5)
+    param c: [4] = [1, 2, 3, 4]
+    h = elu(leaky_relu(x @ W + b, alpha=0.2), alpha=1.5) * 2.5 + c
+    scores = h + [1, 2, 3, 4]
+    loss = svm_loss(scores, y, delta=1.0) + elastic_net(W, beta=0.5) + sum(leaky_relu(x * 3, alpha=0.2))
+    output scores
+    minimize loss
+"""
+
+
+def with_every_number(value: float, dtype: str = "float64"):
+    """A model with every float it holds (constants, attributes, defaults, initialiser
+    arguments that numpy takes any float for) replaced by ``value``: what the emitter must
+    survive, whatever the front end lets by."""
+    def swap(v):
+        if isinstance(v, (list, tuple)):
+            return type(v)(swap(e) for e in v)
+        return value if isinstance(v, (int, float)) else v
+
+    model = elaborate(parse(textwrap.dedent(_EVERY_KIND_OF_NUMBER), "odd.nn"), dtype)
+    G = model.graph
+    for n in list(G.nodes()):
+        node = G[n]
+        G.set(n, attrs=tuple((k, swap(v) if k in ("value", "alpha", "delta", "beta") else v) for k, v in node.attrs))
+    model.defaults = {k: swap(v) for k, v in model.defaults.items()}
+    for name, spec in model.param_inits.items():
+        args = tuple((k, swap(v) if k in ("value", "mean") else v) for k, v in spec.args)
+        model.param_inits[name] = type(spec)(spec.init, args, spec.fan_in, spec.fan_out)
+    return model
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cupy"])
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan], ids=["inf", "-inf", "nan"])
+def test_non_finite_numbers_are_emitted_so_the_module_imports(backend: str, value: float, monkeypatch) -> None:
+    if backend == "cupy":
+        monkeypatch.syspath_prepend(str(Path(__file__).parent))
+        import fake_cupy
+        monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
+    source = emit_module(build(with_every_number(value), fuse=backend == "cupy"), backend=backend)
+    m = load_module(source, "odd")
+    np.testing.assert_array_equal(m.DEFAULTS["x"], np.full((2, 3), value))
+    with np.errstate(all="ignore"):
+        params = m.init_params(0)
+        outputs, grads = m.value_and_grad(params, y=np.array([0, 3]))
+    np.testing.assert_array_equal(params["b"], np.full(4, value))
+    np.testing.assert_array_equal(params["c"], np.full(4, value))
+    assert set(outputs) == {"scores", "loss"} and set(grads) == {"W", "b", "c", "x"}

@@ -15,7 +15,9 @@ import pytest
 
 import nncompile
 from conftest import example_inputs
-from nncompile.compiler import load_module
+from nncompile.codegen import emit_module
+from nncompile.compiler import build, load_module
+from test_codegen import with_every_number
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = sorted((ROOT / "examples").glob("*.nn")) + sorted((ROOT / "benchmarks" / "models").glob("*.nn"))
@@ -50,10 +52,7 @@ def test_bias_add_and_relu_become_one_kernel() -> None:
     assert source.count("cp.ElementwiseKernel(") == len(set(bodies)), "each kernel is defined once"
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (the CUDA compiler) is not installed")
-@pytest.mark.parametrize("path", SMALL, ids=lambda p: p.stem)
-def test_generated_cuda_compiles_with_nvcc(path: Path, tmp_path: Path) -> None:
-    kernels = _kernels(nncompile.compile_file(path, backend="cupy"))
+def _compile_with_nvcc(kernels: list[tuple[str, str, str, str]], tmp_path: Path) -> None:
     code = ["#include <math.h>", "typedef float T;"]
     for in_params, _, operation, name in kernels:
         params = ", ".join(in_params.split(", "))
@@ -62,6 +61,21 @@ def test_generated_cuda_compiles_with_nvcc(path: Path, tmp_path: Path) -> None:
     result = subprocess.run(["nvcc", "-c", "kernels.cu", "-o", "kernels.o"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (the CUDA compiler) is not installed")
+@pytest.mark.parametrize("path", SMALL, ids=lambda p: p.stem)
+def test_generated_cuda_compiles_with_nvcc(path: Path, tmp_path: Path) -> None:
+    _compile_with_nvcc(_kernels(nncompile.compile_file(path, backend="cupy")), tmp_path)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (the CUDA compiler) is not installed")
+def test_kernels_holding_inf_and_nan_compile_with_nvcc(tmp_path: Path) -> None:
+    kernels = []
+    for value in (np.inf, -np.inf, np.nan):
+        kernels += _kernels(emit_module(build(with_every_number(value, "float32"), fuse=True), backend="cupy"))
+    assert any("INFINITY" in body for _, _, body, _ in kernels) and any("NAN" in body for _, _, body, _ in kernels)
+    _compile_with_nvcc([(a, b, body, f"{name}_{i}") for i, (a, b, body, name) in enumerate(kernels)], tmp_path)
 
 
 def _load_on_fake_cupy(source: str, name: str, monkeypatch):

@@ -2,6 +2,8 @@
 each says what the issue asks of it."""
 from __future__ import annotations
 
+import inspect
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -90,3 +92,48 @@ def test_example_float32_and_float64_agree(example: Path) -> None:
         for k in want:
             scale = max(1.0, float(np.max(np.abs(want[k]))))
             np.testing.assert_allclose(got[k], want[k], rtol=1e-3, atol=1e-4 * scale, err_msg=k)
+
+
+def _every_call(m, params: dict, inputs: dict) -> list[dict]:
+    """What forward() and value_and_grad() return for these inputs: every dict they hand out."""
+    results = [m.forward(params, **inputs)]
+    if hasattr(m, "value_and_grad"):
+        if "rng" in inspect.signature(m.value_and_grad).parameters:
+            results += m.value_and_grad(params, None, np.random.default_rng(0), **inputs)
+        else:
+            results += m.value_and_grad(params, **inputs)
+    return results
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cupy"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("example", EXAMPLE_FILES, ids=lambda p: p.name)
+def test_every_result_is_a_fresh_array_of_the_module_dtype(example: Path, dtype: str, backend: str,
+                                                           monkeypatch) -> None:
+    """The module's contract, for every function and every example, on both backends (CuPy's
+    on its CPU stand-in): each returned value has exactly the module's dtype and memory of
+    its own; a later call (which reuses the workspace) changes no earlier result; inputs and
+    params are never written."""
+    if backend == "cupy":
+        monkeypatch.syspath_prepend(str(Path(__file__).parent))
+        import fake_cupy
+        monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
+    m = compile_and_load(example, dtype=dtype, backend=backend)
+    params = m.init_params(0)
+    first, other = ({k: v.astype(m.DTYPE) if v.dtype.kind == "f" else v for k, v in example_inputs(m, 5, seed).items()}
+                    for seed in (0, 1))
+    given = [*params.values(), *first.values()]
+    kept_given = [np.array(v, copy=True) for v in given]
+    results = _every_call(m, params, first)
+    returned = [(f"{i}:{name}", value) for i, result in enumerate(results) for name, value in result.items()]
+    kept = [np.array(value, copy=True) for _, value in returned]
+    for (name, value), copy in zip(returned, kept):
+        assert isinstance(value, (np.ndarray, np.generic)) and value.dtype == m.DTYPE, (name, type(value), value.dtype)
+        for other_value in [*given, *(v for n, v in returned if n != name)]:
+            assert not np.may_share_memory(value, other_value), f"{name} shares memory with another array"
+    _every_call(m, params, other)
+    _every_call(m, params, first)
+    for (name, value), copy in zip(returned, kept):
+        np.testing.assert_array_equal(value, copy, err_msg=f"{name} was overwritten by a later call")
+    for value, copy in zip(given, kept_given):
+        np.testing.assert_array_equal(value, copy, err_msg="an input or param was written")

@@ -139,3 +139,30 @@ def test_a_model_without_modes_keeps_the_plain_api() -> None:
     assert not hasattr(module, "STATE") and not hasattr(module, "init_state")
     outputs, grads = module.value_and_grad({})
     assert float(outputs["f"]) == -12.0 and float(grads["z"]) == 3.0
+
+
+def test_state_none_means_init_state_even_when_the_loss_does_not_read_it(compile_nn) -> None:
+    module = compile_nn("""
+        input x: float[N, 3]
+        param W: [3, 2] = normal()
+        state unused: [2] = ones()
+        loss = sum(x @ W)
+        minimize loss
+    """, dtype="float64")
+    params = module.init_params()
+    outputs, grads, state = module.value_and_grad(params, x=np.ones((2, 3)))
+    np.testing.assert_array_equal(state["unused"], module.init_state()["unused"])
+    assert set(module.forward(params, x=np.ones((2, 3)))) == {"loss"}
+
+
+def test_outputs_describe_forward_and_train_outputs_describe_value_and_grad(net) -> None:
+    """A loss defined in a train block exists in train mode only: OUTPUTS lists what
+    forward() returns, TRAIN_OUTPUTS what value_and_grad() returns, each exactly."""
+    params, data = net.init_params(), _data()
+    forward = net.forward(params, None, **data)
+    outputs = net.value_and_grad(params, None, np.random.default_rng(0), **data)[0]
+    assert set(net.OUTPUTS) == set(forward) == {"scores"}
+    assert set(net.TRAIN_OUTPUTS) == set(outputs) == {"scores", "loss"}
+    for table, values in ((net.OUTPUTS, forward), (net.TRAIN_OUTPUTS, outputs)):
+        for name, (shape, dtype) in table.items():
+            assert values[name].ndim == len(shape) and values[name].dtype == dtype, name

@@ -8,6 +8,6 @@ or :mod:`.toolkit`; the test suite generates a float64 finite-difference gradien
 from each op's ``samples``.
 """
 from . import basic, toolkit  # noqa: F401 - declaring the ops fills REGISTRY
-from .registry import REGISTRY, EmitContext, OpDef, Sample, broadcast, constant, elementwise, op, sum_to
+from .registry import REGISTRY, EmitContext, OpDef, Sample, broadcast, constant, elementwise, literal, op, sum_to
 
-__all__ = ["REGISTRY", "EmitContext", "OpDef", "Sample", "broadcast", "constant", "elementwise", "op", "sum_to"]
+__all__ = ["REGISTRY", "EmitContext", "OpDef", "Sample", "broadcast", "constant", "elementwise", "literal", "op", "sum_to"]

@@ -320,7 +320,7 @@ op("broadcast_to", 1, _target_shape_rule, _emit_broadcast, public=False)
 
 op("softmax_cross_entropy", 2, _labels_rule("softmax_cross_entropy"), template("_nll(_log_softmax({0}, 1), {1})"), vjp=_vjp_ce,
    helpers=(_LOG_SOFTMAX, _NLL),
-   int_bounds=lambda ins: {1: ins[0].shape[-1]} if isinstance(ins[0].shape[-1], int) else {},
+   int_bounds=lambda ins: {1: ins[0].shape[-1]},
    samples=(Sample(((5, 4), (5,)), ints={1: 4}),), dispatch=_dispatch_ce,
    doc="mean over the batch of -log softmax(s_i)[y_i] for int [N] labels y, computed stably; with float "
        "[N, C] probability targets t instead: -1/N sum_i sum_c t_ic log softmax(s_i)_c",

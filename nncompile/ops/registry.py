@@ -57,7 +57,7 @@ class OpDef:
     scalar: str | None = None                 # C expression over {0}, {1}: fusable elementwise op
     domain: str = "real"                      # gradient-check inputs: real, positive, separated
     samples: tuple[Sample, ...] = ()
-    int_bounds: Callable[[list[Node]], dict[int, int]] | None = None
+    int_bounds: Callable[[list[Node]], dict[int, S.Dim]] | None = None   # operand -> the dim its ints lie below
     helpers: tuple[str, ...] = ()             # functions the emitted code calls, each defined once per module
     lower: Callable[..., int] | None = None   # mode-dependent ops: (elaborator, args, attrs, loc, scope) -> node
     dispatch: Callable[[list[Node]], str] | None = None  # one name in the language, the op chosen by operand dtype
@@ -172,10 +172,23 @@ def _dispatch_ce(ins: list[Node]) -> str:
 
 # ---- emitters -------------------------------------------------------------------------
 
+def literal(value: Any) -> str:
+    """Python source for an attribute value; a float that is inf or nan as np.inf or np.nan
+    (a bare ``inf`` would not import)."""
+    if not isinstance(value, float):
+        return repr(value)
+    if value != value:
+        return "np.nan"
+    if value in (float("inf"), float("-inf")):
+        return "np.inf" if value > 0 else "(-np.inf)"
+    text = repr(value)
+    return f"({text})" if text.startswith("-") else text
+
+
 def call(fn: str) -> Emit:
     """Emit ``np.fn(a, axis=1, out=buf)``; attributes are passed as keywords when set."""
     def emit(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
-        extra = [f"{k}={v!r}" for k, v in attrs.items() if v is not None and v is not False]
+        extra = [f"{k}={literal(v)}" for k, v in attrs.items() if v is not None and v is not False]
         return f"{ctx.xp}.{fn}({', '.join([*args, *extra, *([f'out={out}'] if out else [])])})"
     return emit
 
@@ -183,7 +196,7 @@ def call(fn: str) -> Emit:
 def template(text: str) -> Emit:
     """Emit an expression written with {0}, {1} for operands and {xp} for the array module."""
     def emit(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
-        return text.format(*args, xp=ctx.xp, dtype=ctx.dtype, **attrs)
+        return text.format(*args, xp=ctx.xp, dtype=ctx.dtype, **{k: literal(v) if isinstance(v, float) else v for k, v in attrs.items()})
     return emit
 
 

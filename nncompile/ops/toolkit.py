@@ -24,6 +24,7 @@ from .registry import (
     constant,
     elementwise,
     elementwise_rule,
+    literal,
     op,
     template,
 )
@@ -56,7 +57,7 @@ def _per_element(G: Graph, g: int, shape: Shape, factor: float = 1.0, rows_only:
 
 def _leaky_chain(attrs: dict) -> tuple[Step, ...]:
     # x + (alpha - 1) * min(x, 0): three passes, no temporary.
-    return (("minimum", "0", "0.0"), ("multiply", "$", repr(float(attrs["alpha"]) - 1.0)), ("add", "0", "$"))
+    return (("minimum", "0", "0.0"), ("multiply", "$", literal(float(attrs["alpha"]) - 1.0)), ("add", "0", "$"))
 
 
 def _vjp_leaky_relu(G: Graph, n: int, g: int):
@@ -76,7 +77,7 @@ _ELU = '''def _elu(x, alpha, out=None):
 
 
 def _emit_elu(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
-    return f"_elu({args[0]}, {float(attrs['alpha'])!r}" + (f", out={out})" if out else ")")
+    return f"_elu({args[0]}, {literal(float(attrs['alpha']))}" + (f", out={out})" if out else ")")
 
 
 def _vjp_elu(G: Graph, n: int, g: int):
@@ -154,8 +155,8 @@ def _vjp_softmax(G: Graph, n: int, g: int):
 
 # -- losses
 
-def _class_bounds(ins: list[Node]) -> dict[int, int]:
-    return {1: ins[0].shape[-1]} if isinstance(ins[0].shape[-1], int) else {}
+def _class_bounds(ins: list[Node]) -> dict[int, Dim]:
+    return {1: ins[0].shape[-1]}
 
 
 def _ce_probs_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
@@ -284,7 +285,7 @@ def _emit_l1(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = N
 
 def _emit_elastic(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
     beta = float(attrs["beta"])
-    return f"({beta!r} * {_emit_l2(ctx, args, attrs)} + {_emit_l1(ctx, args, attrs)})"
+    return f"({literal(beta)} * {_emit_l2(ctx, args, attrs)} + {_emit_l1(ctx, args, attrs)})"
 
 
 def _vjp_l2(G: Graph, n: int, g: int):

@@ -1,0 +1,150 @@
+"""Running a model on concrete numbers (eval, render, check): the inputs it draws itself
+respect every bound the model implies, so a valid model never fails on them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import write_nn
+from nncompile.evaluate import evaluate_file
+
+# Each model indexes or labels in a way the old draws (N = 4, ints below 10) broke.
+BOUNDED = {
+    "fixed_index_past_the_default_batch": """
+        input X: float[N, 3]
+        top = X[7]
+        back = X[-6]
+        loss = sum(top * back)
+        minimize loss
+    """,
+    "int_index_into_a_symbolic_axis": """
+        input X: float[N, 3]
+        input i: int[K]
+        rows = X[i]
+        loss = sum(rows * rows)
+        minimize loss
+    """,
+    "int_index_into_a_small_fixed_axis": """
+        input X: float[N, 3]
+        input j: int[N]
+        picked = X[arange(N), j]
+        loss = sum(picked * picked)
+        minimize loss
+    """,
+    "labels_with_a_symbolic_class_count": """
+        input scores: float[N, C]
+        input y: int[N]
+        loss = softmax_cross_entropy(scores, y) + svm_loss(scores, y)
+        minimize loss
+    """,
+    "labels_below_a_class_count_and_an_axis": """
+        input X: float[N, 5]
+        input scores: float[M, C]
+        input y: int[M]
+        loss = softmax_cross_entropy(scores, y) + sum(X[y])
+        minimize loss
+    """,
+}
+
+
+@pytest.mark.parametrize("name", BOUNDED)
+def test_drawn_inputs_respect_every_bound_the_model_implies(name: str, tmp_path: Path) -> None:
+    path = write_nn(tmp_path, f"{name}.nn", BOUNDED[name])
+    for seed in range(5):
+        ev = evaluate_file(path, seed=seed, dtype="float64")
+        assert np.isfinite(ev.named_values()["loss"])
+        assert set(ev.input_and_param_grads()) == {k for k, v in ev.inputs.items() if v.dtype.kind == "f"}
+
+
+def test_a_fixed_index_makes_the_default_dim_large_enough(tmp_path: Path) -> None:
+    ev = evaluate_file(write_nn(tmp_path, "m.nn", BOUNDED["fixed_index_past_the_default_batch"]))
+    assert ev.inputs["X"].shape == (8, 3)
+    small = evaluate_file(write_nn(tmp_path, "small.nn", "input X: float[N, 3]\ntop = X[1]\noutput top\n"))
+    assert small.inputs["X"].shape == (4, 3)   # the usual default, when it suffices
+
+
+def test_drawn_labels_cover_a_symbolic_class_count_given_by_set(tmp_path: Path) -> None:
+    path = write_nn(tmp_path, "m.nn", BOUNDED["labels_with_a_symbolic_class_count"])
+    ev = evaluate_file(path, {"C": "3", "N": "64"})
+    assert ev.inputs["scores"].shape == (64, 3) and set(ev.inputs["y"].tolist()) == {0, 1, 2}
+
+
+@pytest.mark.parametrize("command", [["eval"], ["render", "-o", "g.dot"], ["check"]])
+@pytest.mark.parametrize("name", BOUNDED)
+def test_eval_render_and_check_run_on_what_they_draw(name: str, command: list[str], tmp_path: Path,
+                                                     run_cli) -> None:
+    path = write_nn(tmp_path, f"{name}.nn", BOUNDED[name])
+    result = run_cli(command[0], path, *command[1:])
+    assert result.returncode == 0, result
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [["eval"], ["render", "-o", "g.dot"], ["check"]])
+@pytest.mark.parametrize("given, message", [
+    ("y=[0, 1, 2, 3, 0, 9]", "m.nn:2:1: error: input 'y' holds 9: its entries are class labels or indices, which must lie "
+                 "in [0, C) = [0, 4)"),
+    ("N=3", "m.nn:1:1: error: input 'X' has N = 3, but the model takes a fixed entry of that axis that needs "
+            "N >= 6"),
+])
+def test_values_the_module_refuses_are_reported_at_their_declaration(command: list[str], given: str, message: str,
+                                                                     tmp_path: Path, run_cli) -> None:
+    write_nn(tmp_path, "m.nn", """
+        input X: float[N, C]
+        input y: int[N]
+        loss = softmax_cross_entropy(X, y) + sum(X[5])
+        minimize loss
+    """)
+    result = run_cli(command[0], "m.nn", *command[1:], "--set", given)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result
+    assert message in result.stderr
+
+
+# ---- memory: refused up front, never a MemoryError halfway through -----------------------
+
+WIDE = """
+    input X: float[N, 1000]
+    param W: [1000, 1000] = normal()
+    h = X @ W
+    loss = sum(h * h)
+    minimize loss
+"""
+
+
+@pytest.mark.parametrize("command", [["eval"], ["render", "-o", "g.dot"], ["check"]])
+def test_a_run_too_large_for_any_machine_is_refused_with_the_estimate(command: list[str], tmp_path: Path,
+                                                                      run_cli) -> None:
+    path = write_nn(tmp_path, "wide.nn", WIDE)
+    result = run_cli(command[0], path, *command[1:], "--set", "N=1000000000000")
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr and "MemoryError" not in result.stderr
+    assert "wide.nn:1:1: error: running this model with N = 1000000000000 would allocate about" in result.stderr
+    assert "of memory this machine has; the largest array, X [N, 1000], takes" in result.stderr
+
+
+def test_the_estimate_counts_params_inputs_and_every_value(tmp_path: Path, monkeypatch) -> None:
+    import nncompile.evaluate as evaluate
+
+    path = write_nn(tmp_path, "wide.nn", WIDE)
+    ev = evaluate_file(path, {"N": "2"}, dtype="float64")
+    arrays = {id(a): a for a in [*ev.params.values(), *ev.inputs.values(), *ev.values.values(), *ev.grads.values()]}
+    held = sum(a.nbytes for a in arrays.values() if isinstance(a, np.ndarray) and a.base is None)
+    monkeypatch.setattr(evaluate, "memory_limit", lambda: held - 1)
+    with pytest.raises(evaluate.NNError, match=r"would allocate about .* more than the .* of memory"):
+        evaluate_file(path, {"N": "2"}, dtype="float64")
+    monkeypatch.setattr(evaluate, "memory_limit", lambda: 3 * held)   # a fair estimate: within 3x
+    evaluate_file(path, {"N": "2"}, dtype="float64")
+
+
+def test_a_huge_param_is_refused_where_it_is_declared(tmp_path: Path) -> None:
+    path = write_nn(tmp_path, "p.nn", """
+        input x: float[3]
+        param W: [3, 10000000000000] = normal()
+        loss = sum(x @ W)
+        minimize loss
+    """)
+    with pytest.raises(Exception) as info:
+        evaluate_file(path)
+    assert type(info.value).__name__ == "NNError" and info.value.loc is not None
+    assert "of memory this machine has" in info.value.message
