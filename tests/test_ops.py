@@ -8,6 +8,7 @@ added without samples (or without a gradient rule and without saying why) fails 
 """
 from __future__ import annotations
 
+import dataclasses
 import zlib
 
 import numpy as np
@@ -16,7 +17,8 @@ import pytest
 from nncompile.codegen import emit_module
 from nncompile.compiler import build, load_module
 from nncompile.ir import Graph, Model
-from nncompile.ops import REGISTRY, OpDef, Sample
+from nncompile.ops import REGISTRY, OpDef, Sample, constant, elementwise
+from nncompile.ops.basic import _U
 
 from conftest import numeric_grad
 
@@ -65,46 +67,91 @@ def _draw(rng: np.random.Generator, domain: str, shapes: list[tuple[int, ...]]) 
     raise AssertionError(f"unknown gradient-check domain {domain!r}: teach tests/test_ops.py:draw() about it")
 
 
-def compile_op(opdef: OpDef, sample: Sample, weights_seed: int):
-    """A float64 module computing loss = sum(op(x0, x1, ...) * w) for fixed random w."""
+FEEDS = ("leaves", "intermediates")
+
+
+def compile_op(opdef: OpDef, sample: Sample, weights_seed: int, *, feed: str = "leaves", optimized: bool = True,
+               dtype: str = "float64"):
+    """A module computing loss = sum(op(x0, x1, ...) * w) for fixed random w.
+
+    With ``feed="intermediates"`` each float operand is ``xi * 2``, the output of another op
+    in a workspace buffer that dies at this op (which it may then overwrite), not a leaf, and
+    the op's own result is not returned, so it may live in that buffer."""
     G = Graph()
     names = [f"x{i}" for i in range(len(sample.shapes))]
-    leaves = []
+    leaves, operands = [], []
     for i, (name, shape) in enumerate(zip(names, sample.shapes)):
-        dtype = "int" if i in sample.ints else "float"
-        leaves.append(G.add("input", (), {"name": name, "shape": tuple(shape), "dtype": dtype}, name=name))
+        dtype_ = "int" if i in sample.ints else "float"
+        leaves.append(G.add("input", (), {"name": name, "shape": tuple(shape), "dtype": dtype_}, name=name))
+        if feed == "intermediates" and dtype_ == "float":
+            operands.append(G.add("mul", [leaves[-1], G.add("const", (), {"value": 2.0, "shape": (), "dtype": "float"})]))
+        else:
+            operands.append(leaves[-1])
     attrs = {**dict(opdef.attrs), **sample.attrs}
-    out = G.add(opdef.name, leaves, attrs, name="out")
+    out = G.add(opdef.name, operands, attrs, name="out")
     shape = G[out].shape
     weights = np.random.default_rng(weights_seed).uniform(0.5, 1.5, shape)
     w = G.add("const", (), {"value": weights.tolist() if shape else float(weights), "shape": shape,
                             "dtype": "float"})
     loss = G.add("sum", [G.add("mul", [out, w])], {"axis": None, "keepdims": False}, name="loss")
-    model = Model(G, f"{opdef.name}.nn", inputs=dict(zip(names, leaves)), outputs={"out": out, "loss": loss},
-                  loss=loss, dtype="float64")
-    return load_module(emit_module(build(model)), f"op_{opdef.name}"), names, weights
+    outputs = {"loss": loss} if feed == "intermediates" else {"out": out, "loss": loss}
+    model = Model(G, f"{opdef.name}.nn", inputs=dict(zip(names, leaves)), outputs=outputs, loss=loss, dtype=dtype)
+    return load_module(emit_module(build(model, optimized=optimized)), f"op_{opdef.name}"), names, weights
 
 
-@pytest.mark.parametrize(("opdef", "sample"), _cases())
-def test_gradient_matches_central_differences(opdef: OpDef, sample: Sample) -> None:
-    seed = zlib.crc32(f"{opdef.name}{sample}".encode())
+def sample_values(opdef: OpDef, sample: Sample, names: list[str], feed: str, seed: int) -> dict[str, np.ndarray]:
+    """Inputs that put the op's operands in its domain (halved when they are doubled first)."""
     rng = np.random.default_rng(seed)
-    module, names, weights = compile_op(opdef, sample, seed + 1)
     float_names = [n for i, n in enumerate(names) if i not in sample.ints]
-    values = dict(zip(float_names, draw(rng, opdef.domain,
-                                        [s for i, s in enumerate(sample.shapes) if i not in sample.ints])))
+    drawn = draw(rng, opdef.domain, [s for i, s in enumerate(sample.shapes) if i not in sample.ints])
+    values = {n: np.array(v / 2) if feed == "intermediates" else v for n, v in zip(float_names, drawn)}
     for i, bound in sample.ints.items():
         values[names[i]] = np.array(rng.integers(0, bound, sample.shapes[i]))
+    return values
+
+
+def check_op(opdef: OpDef, sample: Sample, feed: str = "leaves") -> None:
+    """The generated check of one op on one sample: its gradient matches central differences,
+    and the optimised module computes what the unoptimised one does."""
+    seed = zlib.crc32(f"{opdef.name}{sample}".encode())
+    module, names, weights = compile_op(opdef, sample, seed + 1, feed=feed)
+    values = sample_values(opdef, sample, names, feed, seed)
+    float_names = [n for i, n in enumerate(names) if i not in sample.ints]
 
     outputs, grads = module.value_and_grad({}, **values)
     assert set(grads) == set(float_names)
-    np.testing.assert_allclose(outputs["loss"], np.sum(outputs["out"] * weights), rtol=1e-12)
+    if feed == "leaves":
+        np.testing.assert_allclose(outputs["loss"], np.sum(outputs["out"] * weights), rtol=1e-12)
     for name in float_names:
         assert grads[name].shape == tuple(sample.shapes[names.index(name)])
         assert grads[name].dtype == np.float64
         expected = numeric_grad(lambda: float(module.forward({}, **values)["loss"]), values[name])
         np.testing.assert_allclose(grads[name], expected, rtol=1e-6, atol=1e-8,
-                                   err_msg=f"d loss / d {name} for {opdef.name}{sample}")
+                                   err_msg=f"d loss / d {name} for {opdef.name}{sample}, fed {feed}")
+    plain, _, _ = compile_op(opdef, sample, seed + 1, feed=feed, optimized=False)
+    want, want_grads = plain.value_and_grad({}, **values)
+    for name, value in [*outputs.items(), *(("d " + k, v) for k, v in grads.items())]:
+        np.testing.assert_allclose(value, {**want, **{"d " + k: v for k, v in want_grads.items()}}[name],
+                                   rtol=1e-12, atol=1e-14,
+                                   err_msg=f"{name} for {opdef.name}{sample}, fed {feed}: optimised != unoptimised")
+
+
+@pytest.mark.parametrize("feed", FEEDS)
+@pytest.mark.parametrize(("opdef", "sample"), _cases())
+def test_gradient_matches_central_differences(opdef: OpDef, sample: Sample, feed: str) -> None:
+    check_op(opdef, sample, feed)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(("opdef", "sample"), _cases())
+def test_values_and_gradients_have_the_module_dtype(opdef: OpDef, sample: Sample, dtype: str) -> None:
+    seed = zlib.crc32(f"{opdef.name}{sample}".encode())
+    for feed in FEEDS:
+        module, names, _ = compile_op(opdef, sample, seed + 1, feed=feed, dtype=dtype)
+        outputs, grads = module.value_and_grad({}, **sample_values(opdef, sample, names, feed, seed))
+        for name, value in [*outputs.items(), *grads.items()]:
+            assert isinstance(value, (np.ndarray, np.generic)), f"{name} is a {type(value).__name__}"
+            assert value.dtype == dtype, f"{name} of {opdef.name}{sample} is {value.dtype} in a {dtype} module"
 
 
 def test_every_op_is_covered() -> None:
@@ -159,3 +206,56 @@ def test_softmax_cross_entropy_is_stable_for_huge_scores() -> None:
     outputs, grads = module.value_and_grad({}, x0=scores, x1=np.array([0, 2]))
     assert np.isfinite(outputs["out"]) and np.isfinite(grads["x0"]).all()
     np.testing.assert_allclose(outputs["out"], (0.0 + 1000.0) / 2)
+
+
+# ---- in-place chains: a contributor's op, checked the way the registry checks its own ------
+
+SWISH = (("negative", "0"), ("exp", "$"), ("add", "$", "1.0"), ("divide", "0", "$"))   # x / (1 + exp(-x))
+
+
+def _vjp_swish(G: Graph, n: int, g: int):
+    s = G.add("sigmoid", [G[n].args[0]])    # swish' = s + swish * (1 - s)
+    return (G.add("mul", [g, G.add("add", [s, G.add("mul", [n, G.add("sub", [constant(G, 1.0), s])])])]),)
+
+
+@pytest.fixture
+def swish():
+    """A swish op written as a chain, as a contributor would add it; removed afterwards."""
+    opdef = elementwise("swish_for_test", 1, SWISH, "{0} / ((T)1 + exp(-{0}))", vjp=_vjp_swish, samples=_U)
+    yield opdef
+    del REGISTRY[opdef.name]
+
+
+class _AlwaysInPlace(OpDef):
+    """The old default: trust every chain to run over its operand's buffer."""
+
+    def may_overwrite(self, attrs: dict) -> bool:
+        return True
+
+
+def test_a_chain_runs_in_place_only_if_no_later_step_reads_an_operand(swish) -> None:
+    assert not swish.may_overwrite({})                     # its last step reads x again
+    assert REGISTRY["relu"].may_overwrite({}) and REGISTRY["exp"].may_overwrite({})
+    assert not REGISTRY["gelu"].may_overwrite({}) and not REGISTRY["leaky_relu"].may_overwrite({"alpha": 0.1})
+    for sample in swish.samples:
+        check_op(swish, sample, "intermediates")
+    module, _, weights = compile_op(swish, Sample(((3, 4),)), 0, feed="intermediates")
+    x = np.linspace(-2, 2, 12).reshape(3, 4)
+    np.testing.assert_allclose(module.forward({}, x0=x)["loss"], np.sum(weights * 2 * x / (1 + np.exp(-2 * x))),
+                               rtol=1e-12)
+
+
+def test_the_generated_check_catches_a_chain_wrongly_run_in_place(swish) -> None:
+    """Fed leaves, a wrong in-place flag goes unnoticed (leaves are never overwritten); fed
+    intermediate values, the generated check fails."""
+    wrong = _AlwaysInPlace(**{f.name: getattr(swish, f.name) for f in dataclasses.fields(swish)})
+    REGISTRY[swish.name] = wrong
+    check_op(wrong, wrong.samples[0], "leaves")
+    with pytest.raises(AssertionError):
+        check_op(wrong, wrong.samples[0], "intermediates")
+
+
+def test_an_elementwise_op_cannot_declare_its_own_in_place_flag() -> None:
+    with pytest.raises(TypeError, match="follows from its chain"):
+        elementwise("never_registered", 1, SWISH, "{0}", in_place=True)
+    assert "never_registered" not in REGISTRY
