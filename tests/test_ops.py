@@ -2,30 +2,37 @@
 
 For every op with a gradient rule and every ``Sample`` it declares, a tiny graph
 ``loss = sum(op(inputs...) * fixed random weights)`` is compiled to a float64 module, and its
-gradient is compared with central differences for every entry of every float operand.
+gradient is compared with central differences for every entry of every float operand, with
+the operands fed as inputs and as intermediate values (another op's output, in a buffer the
+op may overwrite), and the optimised module is compared with the unoptimised one. Every
+sample also checks dtypes in float32 and float64, the C scalar form (compiled with gcc)
+against the numpy form, and second-order gradients.
 An op added to the registry is picked up here without anyone writing a test for it; an op
 added without samples (or without a gradient rule and without saying why) fails the suite.
 """
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import zlib
 
 import numpy as np
 import pytest
 
+from nncompile.autodiff import differentiate
 from nncompile.codegen import emit_module
 from nncompile.compiler import build, load_module
 from nncompile.ir import Graph, Model
 from nncompile.ops import REGISTRY, OpDef, Sample, constant, elementwise
 from nncompile.ops.basic import _U
 
+import fake_cupy
 from conftest import numeric_grad
 
-# Public ops (callable from a .nn file) allowed to have no gradient rule, and why. Empty:
-# anything a user can write is differentiable. Internal ops (masks such as step and sign,
-# the backward-only sum_to / broadcast_to, what the passes fuse things into) are built after
-# autodiff or only inside gradient rules, so they need none.
+# Public ops (callable from a .nn file) allowed to have no gradient rule, and why: anything
+# else a user can write is differentiable. Internal ops that gradient rules emit have rules
+# too (second-order gradients need them) or are masks declared differentiable=False; what
+# the passes fuse things into is built after autodiff, so it needs none.
 PUBLIC_NON_DIFFERENTIABLE: dict[str, str] = {
     "arange": "integer-valued: it makes indices, which carry no gradient",
 }
@@ -70,30 +77,37 @@ def _draw(rng: np.random.Generator, domain: str, shapes: list[tuple[int, ...]]) 
 FEEDS = ("leaves", "intermediates")
 
 
-def compile_op(opdef: OpDef, sample: Sample, weights_seed: int, *, feed: str = "leaves", optimized: bool = True,
-               dtype: str = "float64"):
-    """A module computing loss = sum(op(x0, x1, ...) * w) for fixed random w.
+def op_graph(opdef: OpDef, sample: Sample, weights_seed: int, feed: str = "leaves"):
+    """The graph of loss = sum(op(x0, x1, ...) * w) for fixed random w: (G, leaves, out, loss, w).
 
     With ``feed="intermediates"`` each float operand is ``xi * 2``, the output of another op
-    in a workspace buffer that dies at this op (which it may then overwrite), not a leaf, and
-    the op's own result is not returned, so it may live in that buffer."""
+    in a workspace buffer that dies at this op (which it may then overwrite), not a leaf."""
     G = Graph()
-    names = [f"x{i}" for i in range(len(sample.shapes))]
     leaves, operands = [], []
-    for i, (name, shape) in enumerate(zip(names, sample.shapes)):
-        dtype_ = "int" if i in sample.ints else "float"
-        leaves.append(G.add("input", (), {"name": name, "shape": tuple(shape), "dtype": dtype_}, name=name))
-        if feed == "intermediates" and dtype_ == "float":
-            operands.append(G.add("mul", [leaves[-1], G.add("const", (), {"value": 2.0, "shape": (), "dtype": "float"})]))
+    for i, shape in enumerate(sample.shapes):
+        dtype = "int" if i in sample.ints else "float"
+        leaves.append(G.add("input", (), {"name": f"x{i}", "shape": tuple(shape), "dtype": dtype}, name=f"x{i}"))
+        if feed == "intermediates" and dtype == "float":
+            operands.append(G.add("mul", [leaves[-1], constant(G, 2.0)]))
         else:
             operands.append(leaves[-1])
-    attrs = {**dict(opdef.attrs), **sample.attrs}
-    out = G.add(opdef.name, operands, attrs, name="out")
-    shape = G[out].shape
-    weights = np.random.default_rng(weights_seed).uniform(0.5, 1.5, shape)
-    w = G.add("const", (), {"value": weights.tolist() if shape else float(weights), "shape": shape,
-                            "dtype": "float"})
-    loss = G.add("sum", [G.add("mul", [out, w])], {"axis": None, "keepdims": False}, name="loss")
+    out = G.add(opdef.name, operands, {**dict(opdef.attrs), **sample.attrs}, name="out")
+    weights = np.random.default_rng(weights_seed).uniform(0.5, 1.5, G[out].shape)
+    loss = G.add("sum", [G.add("mul", [out, _const(G, weights)])], {"axis": None, "keepdims": False}, name="loss")
+    return G, leaves, out, loss, weights
+
+
+def _const(G: Graph, value: np.ndarray) -> int:
+    return G.add("const", (), {"value": value.tolist() if value.shape else float(value), "shape": value.shape,
+                               "dtype": "float"})
+
+
+def compile_op(opdef: OpDef, sample: Sample, weights_seed: int, *, feed: str = "leaves", optimized: bool = True,
+               dtype: str = "float64"):
+    """The module of :func:`op_graph`'s loss. Fed intermediates, the op's own result is not
+    returned, so it may live in its operand's buffer."""
+    G, leaves, out, loss, weights = op_graph(opdef, sample, weights_seed, feed)
+    names = [G[n].name for n in leaves]
     outputs = {"loss": loss} if feed == "intermediates" else {"out": out, "loss": loss}
     model = Model(G, f"{opdef.name}.nn", inputs=dict(zip(names, leaves)), outputs=outputs, loss=loss, dtype=dtype)
     return load_module(emit_module(build(model, optimized=optimized)), f"op_{opdef.name}"), names, weights
@@ -142,8 +156,13 @@ def test_gradient_matches_central_differences(opdef: OpDef, sample: Sample, feed
     check_op(opdef, sample, feed)
 
 
+def _sampled_cases() -> list:
+    return [pytest.param(opdef, sample, id=f"{name}-{i}") for name, opdef in REGISTRY.items()
+            for i, sample in enumerate(opdef.samples)]
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize(("opdef", "sample"), _cases())
+@pytest.mark.parametrize(("opdef", "sample"), _sampled_cases())
 def test_values_and_gradients_have_the_module_dtype(opdef: OpDef, sample: Sample, dtype: str) -> None:
     seed = zlib.crc32(f"{opdef.name}{sample}".encode())
     for feed in FEEDS:
@@ -163,8 +182,8 @@ def test_every_op_is_covered() -> None:
         elif opdef.public and opdef.lower is None:  # lowered ops are checked through what they lower to
             assert name in PUBLIC_NON_DIFFERENTIABLE, \
                 f"op {name} can be called from a .nn file but has no gradient rule; give it one and samples"
-    for name in ("step", "sign"):  # the masks of the max gate, relu and abs carry no gradient
-        assert REGISTRY[name].vjp is None and not REGISTRY[name].public
+    for name in ("step", "split", "sign"):  # the masks of the max gate, relu and abs carry no gradient
+        assert REGISTRY[name].vjp is None and not REGISTRY[name].differentiable and not REGISTRY[name].public
 
 
 def test_issue_ops_are_public_and_checked() -> None:
@@ -259,3 +278,99 @@ def test_an_elementwise_op_cannot_declare_its_own_in_place_flag() -> None:
     with pytest.raises(TypeError, match="follows from its chain"):
         elementwise("never_registered", 1, SWISH, "{0}", in_place=True)
     assert "never_registered" not in REGISTRY
+
+
+# ---- the C scalar forms (what the CuPy backend fuses), compiled and run on the CPU ---------
+
+needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="no C compiler (gcc) on the PATH")
+C_TOLERANCE = {"float64": 1e-12, "float32": 4e-6}
+
+
+def _scalar_cases() -> list:
+    return [case for case in _sampled_cases() if case.values[0].scalar is not None]
+
+
+def check_scalar_form(opdef: OpDef, sample: Sample, dtype: str) -> None:
+    """The op's C form, compiled with gcc, computes what its numpy form computes: on the
+    sample's draw, on it scaled by 10 (where the domain allows), at 0, and, for two operands
+    of one shape, on ties."""
+    seed = zlib.crc32(f"{opdef.name}{sample}".encode())
+    module, names, _ = compile_op(opdef, sample, seed + 1, dtype=dtype)
+    drawn = sample_values(opdef, sample, names, "leaves", seed)
+    trials = {"drawn": drawn, "at 0": {n: np.zeros_like(v) for n, v in drawn.items()}}
+    if opdef.domain in ("real", "nonzero"):
+        trials["scaled"] = {n: v * 10 for n, v in drawn.items()}
+    if len(names) == 2 and sample.shapes[0] == sample.shapes[1]:
+        trials["tied"] = {names[0]: drawn[names[0]], names[1]: drawn[names[0]]}
+    expr = opdef.scalar.format(*names, **{**dict(opdef.attrs), **sample.attrs})
+    for trial, values in trials.items():
+        values = {n: np.asarray(v, dtype=dtype) for n, v in values.items()}
+        with np.errstate(all="ignore"):
+            want = module.forward({}, **values)["out"]
+        got = fake_cupy.run_c(expr, dtype, *(values[n] for n in names))
+        np.testing.assert_allclose(got, want, rtol=C_TOLERANCE[dtype], atol=C_TOLERANCE[dtype],
+                                   err_msg=f"C form {opdef.scalar!r} of {opdef.name}{sample}, {trial}, {dtype}")
+
+
+@needs_gcc
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize(("opdef", "sample"), _scalar_cases())
+def test_the_c_scalar_form_computes_what_numpy_computes(opdef: OpDef, sample: Sample, dtype: str) -> None:
+    check_scalar_form(opdef, sample, dtype)
+
+
+def test_every_fusable_op_has_samples_for_its_c_form() -> None:
+    for name, opdef in REGISTRY.items():
+        if opdef.scalar is not None:
+            assert opdef.samples, f"op {name} has a C form but no samples to compare it with numpy on"
+
+
+@needs_gcc
+def test_the_c_check_catches_a_wrong_sign(monkeypatch) -> None:
+    tanh = REGISTRY["tanh"]
+    monkeypatch.setitem(REGISTRY, "tanh", dataclasses.replace(tanh, scalar="-tanh({0})"))
+    with pytest.raises(AssertionError, match="C form"):
+        check_scalar_form(REGISTRY["tanh"], tanh.samples[0], "float64")
+
+
+# ---- the gradient rules' own ops: differentiable again, or declared masks ---------------
+
+@pytest.mark.parametrize(("opdef", "sample"), _cases())
+def test_every_op_a_gradient_rule_emits_has_a_gradient_rule_itself(opdef: OpDef, sample: Sample) -> None:
+    """Second-order gradients differentiate the backward graph: every op a VJP adds has a
+    VJP too, or is declared non-differentiable (a mask), or has no operands (a constant)."""
+    G, leaves, _, loss, _ = op_graph(opdef, sample, 0)
+    wrt = [n for n in leaves if G[n].dtype == "float"]
+    before = set(G.nodes())
+    adjoints = differentiate(G, loss, wrt)
+    for n in set(G.nodes()) - before:
+        emitted = REGISTRY[G[n].op]
+        assert emitted.vjp is not None or not emitted.differentiable or not G[n].args, \
+            f"{opdef.name}'s gradient rule emits {emitted.name}, which has no gradient rule and is not a mask"
+
+
+@pytest.mark.parametrize(("opdef", "sample"), _cases())
+def test_second_order_gradients_match_central_differences(opdef: OpDef, sample: Sample) -> None:
+    """d/dx of sum(w2 * d loss/dx), built by differentiating the backward graph, against
+    central differences of the first-order gradient."""
+    seed = zlib.crc32(f"{opdef.name}{sample}2".encode())
+    G, leaves, _, loss, _ = op_graph(opdef, sample, seed)
+    wrt = [n for n in leaves if G[n].dtype == "float"]
+    adjoints = differentiate(G, loss, wrt)
+    terms = [G.add("sum", [G.add("mul", [adjoints[n], _const(G, np.random.default_rng(seed + i).uniform(
+        0.5, 1.5, G[n].shape))])], {"axis": None, "keepdims": False}) for i, n in enumerate(wrt) if n in adjoints]
+    if not terms:
+        pytest.skip("the op's gradient does not depend on its operands")
+    total = terms[0]
+    for term in terms[1:]:
+        total = G.add("add", [total, term])
+    names = [G[n].name for n in leaves]
+    model = Model(G, f"{opdef.name}2.nn", inputs=dict(zip(names, leaves)), outputs={"total": total}, loss=total,
+                  dtype="float64")
+    module = load_module(emit_module(build(model)), f"op2_{opdef.name}")
+    values = sample_values(opdef, sample, names, "leaves", seed)
+    _, grads = module.value_and_grad({}, **values)
+    for name in (G[n].name for n in wrt):
+        expected = numeric_grad(lambda: float(module.forward({}, **values)["total"]), values[name])
+        np.testing.assert_allclose(grads[name], expected, rtol=1e-5, atol=1e-7,
+                                   err_msg=f"second-order d / d {name} for {opdef.name}{sample}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 from ..ir import Graph
 from ..shapes import ShapeError, unbroadcast_axes
 from .registry import (
+    _COMPARE,
     EmitContext,
     Sample,
     _along_axis_rule,
@@ -309,11 +310,12 @@ elementwise("relu", 1, (("maximum", "0", "0.0"),), "max({0}, (T)0)", vjp=_vjp_re
 # Masks and signs carry no gradient: they exist to build other ops' gradients.
 _MASK = dict(public=False, differentiable=False, infer=elementwise_rule("a mask"))
 op("step", 2, emit=_emit_step, scalar="(T)({0} {cmp} {1})", attrs=(("cmp", ">"),), takes_out=True, in_place=True,
+   samples=(*(Sample((_M, _M), {"cmp": cmp}) for cmp in _COMPARE), Sample((_M, ()), {"cmp": ">="})),
    doc="1 where the comparison holds, else 0", **_MASK)
 op("split", 2, emit=template("{xp}.heaviside({xp}.subtract({0}, {1}), 0.5)"),
-   scalar="((T)({0} > {1}) + (T)0.5 * (T)({0} == {1}))", **_MASK,
+   scalar="((T)({0} > {1}) + (T)0.5 * (T)({0} == {1}))", samples=_B, **_MASK,
    doc="the max gate's share for a: 1 where a > b, 0.5 where a == b, 0 where a < b")
-elementwise("sign", 1, (("sign", "0"),), "((T)({0} > 0) - (T)({0} < 0))", **_MASK)  # 0 at 0, as np.sign
+elementwise("sign", 1, (("sign", "0"),), "((T)({0} > 0) - (T)({0} < 0))", samples=_U, **_MASK)  # 0 at 0
 
 op("matmul", 2, _matmul_rule, call("matmul"), vjp=_vjp_matmul, takes_out=True,
    samples=(Sample(((3, 4), (4, 2))), Sample(((2, 3, 4), (4, 2))), Sample(((4,), (4, 2))),
