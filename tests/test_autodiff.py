@@ -14,7 +14,8 @@ from nncompile.autodiff import differentiate
 from nncompile.compiler import compile_and_load
 from nncompile.elaborate import elaborate_file
 
-from conftest import EXAMPLE_FILES, EXAMPLES, ROOT, assert_grads_match, example_inputs, numeric_grad, value_and_grad, write_nn
+from conftest import (EXAMPLE_FILES, EXAMPLES, ROOT, assert_grads_match, example_inputs, numeric_grad,
+                      value_and_grad, write_nn)
 
 
 def _scalars(values: dict) -> dict:
@@ -312,8 +313,7 @@ def test_backward_graph_lives_in_the_same_ir(tmp_path) -> None:
 
 # ---- dtypes: every value and every gradient has exactly the module's dtype ---------------
 
-MODELS = [*EXAMPLE_FILES, *(p for p in sorted((ROOT / "benchmarks" / "models").glob("*.nn"))
-                            if p.stem != "deep_tanh")]   # deep_tanh: mlp's ops, 1000 times over
+MODELS = [*EXAMPLE_FILES, *sorted((ROOT / "benchmarks" / "models").glob("*.nn"))]
 
 
 def assert_module_dtypes(module, outputs: dict, grads: dict) -> None:
@@ -333,22 +333,30 @@ def test_every_value_and_gradient_has_the_module_dtype(path, dtype: str) -> None
     m = compile_and_load(path, dtype=dtype)
     params, inputs = m.init_params(), example_inputs(m)
     assert_module_dtypes(m, m.forward(params, **inputs), {})
-    if hasattr(m, "value_and_grad"):
+    if not hasattr(m, "value_and_grad"):
+        return
+    if not hasattr(m, "STATE"):
         assert_module_dtypes(m, *value_and_grad(m, params, inputs))
+        return
+    outputs, grads, state = m.value_and_grad(params, None, np.random.default_rng(0), **inputs)
+    assert_module_dtypes(m, outputs, grads)
+    assert all(v.dtype == m.DTYPE for v in [*m.init_state().values(), *state.values()]), state
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("source", [
     "loss = sum(relu(x))", "loss = sum(leaky_relu(x, alpha=0))", "loss = sum(leaky_relu(x, alpha=0.2))",
     "loss = sum(maximum(x, 0))", "loss = sum(minimum(x, 0))", "loss = max(x)", "loss = max(x - w)",
-    "loss = sum(-x)", "loss = sum(-b)", "loss = mean(-b)", "loss = sum(x)", "loss = mean(x)", "loss = maximum(s, 0)", "loss = leaky_relu(s)",
+    "loss = sum(-x)", "loss = sum(-b)", "loss = mean(-b)", "loss = sum(x)", "loss = mean(x)",
+    "loss = maximum(s, 0)", "loss = leaky_relu(s)",
     "loss = sum(abs(x))", "loss = sum(elu(x))", "loss = max(concat(x, w, axis=0))", "loss = sum(maxout(x, k=3))",
 ])
 def test_mask_gradients_have_the_module_dtype(compile_nn, source: str, dtype: str) -> None:
     """Masks (relu's, the max gate's) are bools in numpy, and a seed broadcast from a Python
     float is float64: a gradient that is only a mask or a seed must still come back as floats
     of the module's dtype, in float32 and float64, scalars too."""
-    m = compile_nn(f"input x: float[3]\ninput w: float[3]\ninput s = 0.5\ninput b: float[20]\n{source}\nminimize loss\n", dtype=dtype)
+    inputs = "input x: float[3]\ninput w: float[3]\ninput s = 0.5\ninput b: float[20]\n"
+    m = compile_nn(f"{inputs}{source}\nminimize loss\n", dtype=dtype)
     assert_module_dtypes(m, *m.value_and_grad({}, x=np.array([-1.0, 2.0, 3.0]), w=np.array([0.5, 1.0, 4.0]),
                                                 s=np.array(0.5), b=np.linspace(-1, 1, 20)))
 

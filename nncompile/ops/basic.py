@@ -331,7 +331,8 @@ op("sum", 1, _reduce_rule("sum"), reduce_call("add"), vjp=_vjp_sum, attrs=_RA, s
 op("mean", 1, _reduce_rule("mean"), call("mean"), vjp=_vjp_mean, attrs=_RA, samples=_R, takes_out=True,
    doc="the mean over axis (every axis by default)", example="m = mean(x, axis=0)")
 op("max", 1, _reduce_rule("max"), reduce_call("maximum"), vjp=_vjp_max, attrs=_RA, samples=_R, takes_out=True,
-   doc="the max over axis (every axis by default); the gradient goes to the maxima, split evenly among ties", example="top = max(x, axis=1)")
+   doc="the max over axis (every axis by default); the gradient goes to the maxima, split evenly among ties",
+   example="top = max(x, axis=1)")
 
 op("reshape", 1, _reshape_rule, _emit_reshape, vjp=_vjp_reshape, attrs=(("shape", None),),
    samples=(Sample((_M,), {"shape": (2, 6)}), Sample(((2, 3, 4),), {"shape": (-1, 4)})),
