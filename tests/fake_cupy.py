@@ -19,7 +19,7 @@ import numpy as np
 
 C_COMPILER: str | None = None        # "gcc": compile each kernel's C expression and run that
 _C_TYPES = {np.dtype(np.float64): "double", np.dtype(np.float32): "float"}
-_BUILD = Path(tempfile.mkdtemp(prefix="nncompile_c_kernels_"))
+_BUILD = tempfile.TemporaryDirectory(prefix="nncompile_c_kernels_")   # removed when Python exits
 _LOADED: dict[tuple[str, int, str], ctypes._CFuncPtr] = {}
 
 # C has no max/min; CUDA's are fmax/fmin for floating point (NaN is ignored, not spread).
@@ -42,8 +42,8 @@ def compiled_kernels(compiler: str = "gcc"):
 
 
 def c_function(expr: str, arity: int, dtype) -> ctypes._CFuncPtr:
-    """``void f(long n, const T *x0, ..., T *y)`` computing ``y[i] = expr`` over x0[i], ...,
-    compiled once per expression and dtype (``gcc -shared -fPIC -O1 -lm``)."""
+    """``void kernel(long n, const T *X0, ..., T *y)`` computing ``y[i] = expr`` with
+    x0 = X0[i], ..., compiled once per expression and dtype (``gcc -shared -fPIC -O1 -lm``)."""
     ctype = _C_TYPES[np.dtype(dtype)]
     key = (expr, arity, ctype)
     if key not in _LOADED:
@@ -52,7 +52,7 @@ def c_function(expr: str, arity: int, dtype) -> ctypes._CFuncPtr:
         source = (_C_PRELUDE.format(ctype=ctype)
                   + f"void kernel(long n{params}, T *y) {{\n"
                   + f"    for (long i = 0; i < n; i++) {{ {reads}y[i] = {expr}; }}\n}}\n")
-        stem = _BUILD / hashlib.sha1(source.encode()).hexdigest()
+        stem = Path(_BUILD.name) / hashlib.sha1(source.encode()).hexdigest()
         stem.with_suffix(".c").write_text(source)
         done = subprocess.run([C_COMPILER or "gcc", "-shared", "-fPIC", "-O1", str(stem.with_suffix(".c")),
                                "-o", str(stem.with_suffix(".so")), "-lm"], capture_output=True, text=True)
@@ -73,6 +73,7 @@ def run_c(expr: str, dtype, *inputs) -> np.ndarray:
     c_function(expr, len(inputs), dtype)(ctypes.c_long(out.size), *(pointer(a.ctypes.data) for a in arrays),
                                          pointer(out.ctypes.data))
     return out
+
 
 _C_TO_NUMPY = [
     (r"\(T\)\(", "_T("),   # a cast of a comparison: bool -> the array's float type

@@ -5,6 +5,7 @@ programs, the language's subscripts, errors, and the GPU backend's scalar forms.
 from __future__ import annotations
 
 import decimal
+import shutil
 import sys
 from pathlib import Path
 
@@ -145,6 +146,18 @@ def test_sigmoid_keeps_its_relative_precision_on_both_sides(build, dtype: str, l
     out, grads = m.value_and_grad({}, x=np.array([-50.0, 50.0]))
     np.testing.assert_allclose(out["loss"], -50.0, rtol=ulps * eps)
     np.testing.assert_allclose(grads["x"], [1.0, 0.0], rtol=ulps * eps, atol=1e-20)   # 1 - sigmoid(x)
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="no C compiler (gcc) on the PATH")
+@pytest.mark.parametrize(("dtype", "low", "high"), [("float64", -700, 700), ("float32", -87, 88)])
+def test_sigmoids_c_form_keeps_its_relative_precision_too(dtype: str, low: float, high: float) -> None:
+    """The scalar form the GPU backend fuses, compiled with gcc, is as accurate as numpy's."""
+    import fake_cupy
+    from nncompile.ops import REGISTRY
+
+    x = np.linspace(low, high, 4001).astype(dtype)
+    got = fake_cupy.run_c(REGISTRY["sigmoid"].scalar.format("x0"), dtype, x)
+    np.testing.assert_allclose(got, [exact_sigmoid(v) for v in x], rtol=4 * np.finfo(dtype).eps, atol=0)
 
 
 def test_maxout_is_the_lectures_max_of_two_affine_maps(build) -> None:
