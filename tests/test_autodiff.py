@@ -317,13 +317,15 @@ MODELS = [*EXAMPLE_FILES, *sorted((ROOT / "benchmarks" / "models").glob("*.nn"))
 
 
 def assert_module_dtypes(module, outputs: dict, grads: dict) -> None:
-    """Outputs have the dtype OUTPUTS declares, gradients the module's float dtype; scalars are
-    numpy scalars or 0-d arrays of that dtype, never Python numbers."""
+    """Outputs have the dtype OUTPUTS declares, gradients the module's float dtype; arrays are
+    arrays, and scalars numpy scalars of that dtype (as numpy's ufuncs return them), never
+    Python numbers or sometimes-0-d arrays."""
     expected = {**{name: np.dtype(dtype) for name, (_, dtype) in module.OUTPUTS.items()},
                 **{f"d {name}": np.dtype(module.DTYPE) for name in grads}}
     got = {**outputs, **{f"d {name}": g for name, g in grads.items()}}
     for name, value in got.items():
-        assert isinstance(value, (np.ndarray, np.generic)), f"{name} is a {type(value).__name__}"
+        assert isinstance(value, np.generic if np.shape(value) == () else np.ndarray), \
+            f"{name} is a {type(value).__name__} of shape {np.shape(value)}"
         assert value.dtype == expected[name], f"{name} is {value.dtype}, not {expected[name]}"
 
 

@@ -169,7 +169,8 @@ def test_values_and_gradients_have_the_module_dtype(opdef: OpDef, sample: Sample
         module, names, _ = compile_op(opdef, sample, seed + 1, feed=feed, dtype=dtype)
         outputs, grads = module.value_and_grad({}, **sample_values(opdef, sample, names, feed, seed))
         for name, value in [*outputs.items(), *grads.items()]:
-            assert isinstance(value, (np.ndarray, np.generic)), f"{name} is a {type(value).__name__}"
+            assert isinstance(value, np.generic if np.shape(value) == () else np.ndarray), \
+                f"{name} is a {type(value).__name__} of shape {np.shape(value)}"
             assert value.dtype == dtype, f"{name} of {opdef.name}{sample} is {value.dtype} in a {dtype} module"
 
 
