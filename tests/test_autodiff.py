@@ -449,6 +449,9 @@ def test_power_gradients_have_pytorchs_limits_at_zero(compile_nn, dtype: str) ->
     _, grads = m.value_and_grad({"e": np.array(0.0)}, x=x)
     np.testing.assert_array_equal(grads["x"], [0, 0, 0])
     assert np.isfinite(grads["e"])
+    with np.errstate(divide="ignore"):    # 0 ** -1 is inf, and so is its d/de: as PyTorch has it
+        _, grads = m.value_and_grad({"e": np.array(-1.0)}, x=x)
+    assert grads["e"] == -np.inf
 
 
 def test_power_gradients_match_central_differences_away_from_zero(compile_nn) -> None:

@@ -95,13 +95,14 @@ def _vjp_div(G: Graph, n: int, g: int):
 
 def _vjp_pow(G: Graph, n: int, g: int):
     # PyTorch's limits where the formulas give 0 * inf: d/da = b a^(b-1) is 0 where b == 0
-    # (x ** 0 at x = 0), and d/db = a^b log(a) is 0 where a == 0. Each mask moves the
-    # offending power or log to 1 exactly there, and is a constant for higher derivatives.
+    # (x ** 0 at x = 0), and d/db = a^b log(a) is 0 where a == 0 and b >= 0. Each mask moves
+    # the offending power or log to 1 exactly there, and is a constant for higher derivatives.
     a, b = G[n].args
-    b_is_0 = G.add("step", [b, constant(G, 0.0)], {"cmp": "=="})
+    zero = constant(G, 0.0)
+    b_is_0 = G.add("step", [b, zero], {"cmp": "=="})
     power = G.add("pow", [a, G.add("add", [G.add("sub", [b, constant(G, 1.0)]), b_is_0])])
     ga = G.add("mul", [g, G.add("mul", [b, power])])
-    a_is_0 = G.add("step", [a, constant(G, 0.0)], {"cmp": "=="})
+    a_is_0 = G.add("mul", [G.add("step", [a, zero], {"cmp": "=="}), G.add("step", [b, zero], {"cmp": ">="})])
     gb = G.add("mul", [g, G.add("mul", [n, G.add("log", [G.add("add", [a, a_is_0])])])])
     return ga, gb
 
