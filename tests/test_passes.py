@@ -224,8 +224,10 @@ def compare_fused_kernels(path: Path, dtype: str, monkeypatch) -> None:
         got, got_grads = value_and_grad(gpu, params, inputs)
     tol = 1e-10 if dtype == "float64" else 1e-4
     for key in want:
+        assert np.asarray(got[key]).dtype == np.asarray(want[key]).dtype, key
         np.testing.assert_allclose(got[key], want[key], rtol=tol, atol=tol, err_msg=key)
     for key in want_grads:
+        assert got_grads[key].dtype == dtype, f"d {key}"
         np.testing.assert_allclose(got_grads[key], want_grads[key], rtol=tol, atol=tol, err_msg=f"d {key}")
 
 
