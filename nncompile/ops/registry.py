@@ -89,7 +89,9 @@ def op(name: str, arity: int, infer, emit, **kw: Any) -> OpDef:
 
 def elementwise(name: str, arity: int, steps: tuple[Step, ...] | Callable[[dict], tuple[Step, ...]],
                 scalar: str, **kw: Any) -> OpDef:
-    """An elementwise op, emitted as a chain of numpy ufunc calls that run in place."""
+    """An elementwise op, emitted as a chain of numpy ufunc calls that run in place in its
+    result; whether that result may overwrite an operand follows from the chain
+    (:meth:`OpDef.may_overwrite`), so it cannot be declared."""
     chain = steps if callable(steps) else (lambda attrs, steps=steps: steps)
     kw.setdefault("infer", elementwise_rule(kw.pop("symbol", name)))
 
