@@ -61,9 +61,12 @@ _SOFTMAX_NLL_GRAD = '''def _softmax_nll_grad(logp, labels, g):
 
 _SIGMOID = '''def _sigmoid(x, out=None):
     """1 / (1 + exp(-x)) as where(x >= 0, 1, e) / (1 + e) with e = exp(-|x|): exp cannot
-    overflow, and no side cancels, so sigmoid(-50) keeps its relative precision."""
+    overflow, and no side cancels, so sigmoid(-50) keeps its relative precision. As e <= 1,
+    the numerator is max(e, x >= 0), many times faster than np.where."""
     e = np.exp(-np.abs(x))
-    return np.divide(np.where(x >= 0, 1.0, e), e + 1.0, out=out)'''
+    top = np.maximum(e, x >= 0, out=out)
+    e += 1.0
+    return np.divide(top, e, out=out)'''
 
 
 def _emit_sigmoid(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
