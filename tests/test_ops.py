@@ -22,6 +22,7 @@ import pytest
 from nncompile.autodiff import differentiate
 from nncompile.codegen import emit_module
 from nncompile.compiler import build, load_module
+from nncompile import passes
 from nncompile.ir import Graph, Model
 from nncompile.ops import REGISTRY, OpDef, Sample, constant, elementwise
 from nncompile.ops.basic import _U
@@ -142,8 +143,17 @@ def check_op(opdef: OpDef, sample: Sample, feed: str = "leaves") -> None:
         expected = numeric_grad(lambda: float(module.forward({}, **values)["loss"]), values[name])
         np.testing.assert_allclose(grads[name], expected, rtol=1e-6, atol=1e-8,
                                    err_msg=f"d loss / d {name} for {opdef.name}{sample}, fed {feed}")
+    compare_with_unoptimised(opdef, sample, feed)
+
+
+def compare_with_unoptimised(opdef: OpDef, sample: Sample, feed: str) -> None:
+    """The optimised module's outputs and gradients are the unoptimised module's."""
+    seed = zlib.crc32(f"{opdef.name}{sample}".encode())
+    fast, names, _ = compile_op(opdef, sample, seed + 1, feed=feed)
     plain, _, _ = compile_op(opdef, sample, seed + 1, feed=feed, optimized=False)
-    for got, want, what in zip((outputs, grads), plain.value_and_grad({}, **values), ("output", "gradient")):
+    values = sample_values(opdef, sample, names, feed, seed)
+    results = zip(fast.value_and_grad({}, **values), plain.value_and_grad({}, **values), ("output", "gradient"))
+    for got, want, what in results:
         for name in want:
             np.testing.assert_allclose(got[name], want[name], rtol=1e-12, atol=1e-14,
                                        err_msg=f"{what} {name} of {opdef.name}{sample}, fed {feed}: "
@@ -375,3 +385,18 @@ def test_second_order_gradients_match_central_differences(opdef: OpDef, sample: 
         expected = numeric_grad(lambda: float(module.forward({}, **values)["total"]), values[name])
         np.testing.assert_allclose(grads[name], expected, rtol=1e-5, atol=1e-7,
                                    err_msg=f"second-order d / d {name} for {opdef.name}{sample}")
+
+
+def test_the_generated_check_catches_a_wrong_optimisation(monkeypatch) -> None:
+    """A simplification that drops multiplications by constants (x * 2 -> x): the optimised
+    module no longer computes what the unoptimised one does."""
+    def drop_scaling(G: Graph, n: int):
+        node = G[n]
+        if node.op == "mul" and G[node.args[1]].op == "const" and G[node.args[0]].shape == node.shape:
+            return node.args[0]
+        return passes._simplify_node(G, n)
+
+    simplify = passes.simplify
+    monkeypatch.setattr(passes, "simplify", lambda G, roots: simplify(G, roots, drop_scaling))
+    with pytest.raises(AssertionError, match="differs from the unoptimised"):
+        compare_with_unoptimised(REGISTRY["exp"], REGISTRY["exp"].samples[0], "intermediates")
