@@ -42,7 +42,7 @@ def differentiate(G: Graph, target: int, wrt: Iterable[int]) -> dict[int, int]:
         if G[grad].grad_of is None:
             G.set(grad, grad_of=n, loc=node.loc, scope=node.scope)
         adjoints[n] = grad
-        if node.is_leaf:
+        if node.is_leaf or not REGISTRY[node.op].differentiable:   # a mask: piecewise constant
             continue
         vjp = REGISTRY[node.op].vjp
         if vjp is None:

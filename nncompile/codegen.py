@@ -509,16 +509,18 @@ class _Emitter:
             if n is None and keep is not None:
                 items.append(f"{name!r}: state[{name!r}]")
                 continue
+            node = self.G[n if n is not None else self.model.params.get(name, self.model.inputs.get(name))]
+            # A scalar is returned as numpy's ufuncs return one, a numpy scalar: immutable, so it
+            # needs no copy (CuPy has no scalars: there it is a 0-d array).
+            scalar = self.xp == "np" and node.shape == ()
             if n is None:
-                wrt = self.model.params.get(name, self.model.inputs.get(name))
-                expr = f"{self.xp}.zeros({ctx.shape(self.G[wrt].shape)}, dtype=DTYPE)"
+                expr = "DTYPE(0)" if scalar else f"{self.xp}.zeros({ctx.shape(node.shape)}, dtype=DTYPE)"
             else:
-                node = self.G[n]
                 expr = self.ref(n, names)
                 if node.op == "const":
-                    expr = f"{self.xp}.full({ctx.shape(node.shape)}, {expr}, dtype=DTYPE)"
+                    expr = f"DTYPE({expr})" if scalar else f"{self.xp}.full({ctx.shape(node.shape)}, {expr}, dtype=DTYPE)"
                 elif node.op in VIEW_OPS or node.is_leaf or n in seen:
-                    expr = f"{self.xp}.array({expr})"
+                    expr = f"{expr}[()]" if scalar else f"{self.xp}.array({expr})"
                 seen.add(n)
             items.append(f"{name!r}: {expr}")
         if not items:

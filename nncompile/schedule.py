@@ -77,7 +77,7 @@ def plan_buffers(G: Graph, order: list[int], returned: set[int]) -> Plan:
             continue
         is_returned = n in returned
         target = None
-        if opdef.in_place and node.shape != ():
+        if opdef.may_overwrite(dict(node.attrs)) and node.shape != ():
             for a in dict.fromkeys(node.args):
                 if (_owns_storage(G, a) and last_use[a] == i and G[a].shape == node.shape
                         and G[a].dtype == node.dtype and (a in fresh or not is_returned)

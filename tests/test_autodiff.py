@@ -14,7 +14,8 @@ from nncompile.autodiff import differentiate
 from nncompile.compiler import compile_and_load
 from nncompile.elaborate import elaborate_file
 
-from conftest import EXAMPLES, assert_grads_match, numeric_grad, write_nn
+from conftest import (EXAMPLE_FILES, EXAMPLES, ROOT, assert_grads_match, example_inputs, numeric_grad,
+                      value_and_grad, write_nn)
 
 
 def _scalars(values: dict) -> dict:
@@ -308,3 +309,156 @@ def test_backward_graph_lives_in_the_same_ir(tmp_path) -> None:
     assert all(G[a].op == "sum_to" and G[a].shape == (2,) for a in G[adjoints[x]].args)
     # and the whole thing is still a DAG, with a deterministic schedule
     assert nx.is_directed_acyclic_graph(G.nx)
+
+
+# ---- dtypes: every value and every gradient has exactly the module's dtype ---------------
+
+MODELS = [*EXAMPLE_FILES, *sorted((ROOT / "benchmarks" / "models").glob("*.nn"))]
+
+
+def assert_module_dtypes(module, outputs: dict, grads: dict) -> None:
+    """Outputs have the dtype OUTPUTS declares, gradients the module's float dtype; arrays are
+    arrays, and scalars numpy scalars of that dtype (as numpy's ufuncs return them), never
+    Python numbers or sometimes-0-d arrays."""
+    expected = {**{name: np.dtype(dtype) for name, (_, dtype) in module.OUTPUTS.items()},
+                **{f"d {name}": np.dtype(module.DTYPE) for name in grads}}
+    got = {**outputs, **{f"d {name}": g for name, g in grads.items()}}
+    for name, value in got.items():
+        assert isinstance(value, np.generic if np.shape(value) == () else np.ndarray), \
+            f"{name} is a {type(value).__name__} of shape {np.shape(value)}"
+        assert value.dtype == expected[name], f"{name} is {value.dtype}, not {expected[name]}"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("path", MODELS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_value_and_gradient_has_the_module_dtype(path, dtype: str) -> None:
+    m = compile_and_load(path, dtype=dtype)
+    params, inputs = m.init_params(), example_inputs(m)
+    assert_module_dtypes(m, m.forward(params, **inputs), {})
+    if not hasattr(m, "value_and_grad"):
+        return
+    if not hasattr(m, "STATE"):
+        assert_module_dtypes(m, *value_and_grad(m, params, inputs))
+        return
+    outputs, grads, state = m.value_and_grad(params, None, np.random.default_rng(0), **inputs)
+    assert_module_dtypes(m, outputs, grads)
+    assert all(v.dtype == m.DTYPE for v in [*m.init_state().values(), *state.values()]), state
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("source", [
+    "loss = sum(relu(x))", "loss = sum(leaky_relu(x, alpha=0))", "loss = sum(leaky_relu(x, alpha=0.2))",
+    "loss = sum(maximum(x, 0))", "loss = sum(minimum(x, 0))", "loss = max(x)", "loss = max(x - w)",
+    "loss = sum(-x)", "loss = sum(-b)", "loss = mean(-b)", "loss = sum(x)", "loss = mean(x)",
+    "loss = maximum(s, 0)", "loss = leaky_relu(s)",
+    "loss = sum(abs(x))", "loss = sum(elu(x))", "loss = max(concat(x, w, axis=0))", "loss = sum(maxout(x, k=3))",
+])
+def test_mask_gradients_have_the_module_dtype(compile_nn, source: str, dtype: str) -> None:
+    """Masks (relu's, the max gate's) are bools in numpy, and a seed broadcast from a Python
+    float is float64: a gradient that is only a mask or a seed must still come back as floats
+    of the module's dtype, in float32 and float64, scalars too."""
+    inputs = "input x: float[3]\ninput w: float[3]\ninput s = 0.5\ninput b: float[20]\n"
+    m = compile_nn(f"{inputs}{source}\nminimize loss\n", dtype=dtype)
+    assert_module_dtypes(m, *m.value_and_grad({}, x=np.array([-1.0, 2.0, 3.0]), w=np.array([0.5, 1.0, 4.0]),
+                                                s=np.array(0.5), b=np.linspace(-1, 1, 20)))
+
+
+# ---- ties and limits: PyTorch's conventions ---------------------------------------------
+
+def test_max_splits_the_gradient_evenly_among_ties(compile_nn) -> None:
+    m = compile_nn("""
+        input x: float[4]
+        loss = max(x)
+        minimize loss
+    """, dtype="float64")
+    _, grads = m.value_and_grad({}, x=np.full(4, 2.0))
+    np.testing.assert_array_equal(grads["x"], [0.25] * 4)
+    _, grads = m.value_and_grad({}, x=np.array([1.0, 3.0, 3.0, -1.0]))
+    np.testing.assert_array_equal(grads["x"], [0, 0.5, 0.5, 0])
+
+
+def test_max_of_a_repeated_param_shares_its_gradient(compile_nn) -> None:
+    """max(concat(W, W)) has d/dW = [1, 0, 0] for W = [3, 1, 2]: each copy of the max gets half."""
+    m = compile_nn("""
+        param W = [3, 1, 2]
+        loss = max(concat(W, W, axis=0))
+        minimize loss
+    """, dtype="float64")
+    _, grads = m.value_and_grad(m.init_params())
+    np.testing.assert_array_equal(grads["W"], [1, 0, 0])
+
+
+@pytest.mark.parametrize(("source", "shape", "per_output"), [
+    ("max(x, axis=1)", (3,), lambda g: g.sum(axis=1)),
+    ("max(x, axis=0)", (8,), lambda g: g.sum(axis=0)),
+    ("max(x, axis=1, keepdims=true)", (3, 1), lambda g: g.sum(axis=1, keepdims=True)),
+    ("maxout(x, k=2)", (3, 4), lambda g: g.reshape(3, 2, 4).sum(axis=1)),
+    ("maxout(x, k=4)", (3, 2), lambda g: g.reshape(3, 4, 2).sum(axis=1)),
+])
+def test_a_reductions_gradient_sums_to_the_upstream_gradient(compile_nn, source: str, shape, per_output) -> None:
+    """Whatever the ties, the entries feeding one output share exactly its gradient."""
+    m = compile_nn(f"""
+        input x: float[3, 8]
+        input u: float[{", ".join(map(str, shape))}]
+        loss = sum({source} * u)
+        minimize loss
+    """, dtype="float64")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 3, (3, 8)).astype(float)          # small integers: ties everywhere
+    u = rng.uniform(1, 2, shape)
+    _, grads = m.value_and_grad({}, x=x, u=u)
+    np.testing.assert_allclose(per_output(grads["x"]), u)
+
+
+@pytest.mark.parametrize(("source", "expected"), [
+    ("maximum(x, 0)", 0.5), ("maximum(0, x)", 0.5), ("minimum(x, 0)", 0.5), ("relu(x)", 0.0),
+    ("leaky_relu(x, alpha=0.1)", 0.1), ("abs(x)", 0.0), ("elu(x, alpha=0.5)", 0.5),
+])
+def test_kinks_and_ties_follow_pytorch(compile_nn, source: str, expected: float) -> None:
+    """At x = 0: maximum and minimum give each operand half, relu'(0) = 0, abs'(0) = 0."""
+    m = compile_nn(f"input x: float[2]\nloss = sum({source})\nminimize loss\n", dtype="float64")
+    _, grads = m.value_and_grad({}, x=np.zeros(2))
+    np.testing.assert_array_equal(grads["x"], [expected] * 2)
+
+
+def test_maximum_of_two_tensors_splits_ties_and_sums_to_the_gradient(compile_nn) -> None:
+    m = compile_nn("""
+        input a: float[3]
+        input b: float[3]
+        loss = sum(maximum(a, b) * [1, 2, 4]) + sum(minimum(a, b) * [8, 16, 32])
+        minimize loss
+    """, dtype="float64")
+    _, grads = m.value_and_grad({}, a=np.array([1.0, 2.0, 3.0]), b=np.array([0.0, 2.0, 5.0]))
+    np.testing.assert_array_equal(grads["a"], [1 + 0, 1 + 8, 0 + 32])
+    np.testing.assert_array_equal(grads["b"], [0 + 8, 1 + 8, 4 + 0])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_power_gradients_have_pytorchs_limits_at_zero(compile_nn, dtype: str) -> None:
+    """d(x ** 0)/dx = 0 at x = 0 (not 0 * inf), and d(x ** e)/de = 0 at x = 0 (not 0 * log 0)."""
+    m = compile_nn("""
+        input x: float[3]
+        param e = 2.5
+        loss = sum(x ** 0) + sum(x ** e)
+        minimize loss
+    """, dtype=dtype)
+    x = np.array([0.0, 1.0, 2.0])
+    _, grads = m.value_and_grad({"e": np.array(2.5)}, x=x)
+    np.testing.assert_allclose(grads["x"], 2.5 * x ** 1.5, rtol=1e-6)
+    np.testing.assert_allclose(grads["e"], np.sum(x[1:] ** 2.5 * np.log(x[1:])), rtol=1e-6)
+    _, grads = m.value_and_grad({"e": np.array(0.0)}, x=x)
+    np.testing.assert_array_equal(grads["x"], [0, 0, 0])
+    assert np.isfinite(grads["e"])
+    with np.errstate(divide="ignore"):    # 0 ** -1 is inf, and so is its d/de: as PyTorch has it
+        _, grads = m.value_and_grad({"e": np.array(-1.0)}, x=x)
+    assert grads["e"] == -np.inf
+
+
+def test_power_gradients_match_central_differences_away_from_zero(compile_nn) -> None:
+    m = compile_nn("""
+        input x: float[3]
+        param e = 1.7
+        loss = sum(x ** e) + sum(e ** x)
+        minimize loss
+    """, dtype="float64")
+    assert_grads_match(m, {"e": np.array(1.7)}, {"x": np.array([0.5, 1.0, 2.0])})

@@ -2,28 +2,38 @@
 
 For every op with a gradient rule and every ``Sample`` it declares, a tiny graph
 ``loss = sum(op(inputs...) * fixed random weights)`` is compiled to a float64 module, and its
-gradient is compared with central differences for every entry of every float operand.
+gradient is compared with central differences for every entry of every float operand, with
+the operands fed as inputs and as intermediate values (another op's output, in a buffer the
+op may overwrite), and the optimised module is compared with the unoptimised one. Every
+sample also checks dtypes in float32 and float64, the C scalar form (compiled with gcc)
+against the numpy form, and second-order gradients.
 An op added to the registry is picked up here without anyone writing a test for it; an op
 added without samples (or without a gradient rule and without saying why) fails the suite.
 """
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import zlib
 
 import numpy as np
 import pytest
 
+from nncompile.autodiff import differentiate
 from nncompile.codegen import emit_module
 from nncompile.compiler import build, load_module
+from nncompile import passes
 from nncompile.ir import Graph, Model
-from nncompile.ops import REGISTRY, OpDef, Sample
+from nncompile.ops import REGISTRY, OpDef, Sample, constant, elementwise
+from nncompile.ops.basic import _U
 
+import fake_cupy
 from conftest import numeric_grad
 
-# Public ops (callable from a .nn file) allowed to have no gradient rule, and why. Empty:
-# anything a user can write is differentiable. Internal ops (masks such as step and sign,
-# the backward-only sum_to / broadcast_to, what the passes fuse things into) are built after
-# autodiff or only inside gradient rules, so they need none.
+# Public ops (callable from a .nn file) allowed to have no gradient rule, and why: anything
+# else a user can write is differentiable. Internal ops that gradient rules emit have rules
+# too (second-order gradients need them) or are masks declared differentiable=False; what
+# the passes fuse things into is built after autodiff, so it needs none.
 PUBLIC_NON_DIFFERENTIABLE: dict[str, str] = {
     "arange": "integer-valued: it makes indices, which carry no gradient",
 }
@@ -65,46 +75,113 @@ def _draw(rng: np.random.Generator, domain: str, shapes: list[tuple[int, ...]]) 
     raise AssertionError(f"unknown gradient-check domain {domain!r}: teach tests/test_ops.py:draw() about it")
 
 
-def compile_op(opdef: OpDef, sample: Sample, weights_seed: int):
-    """A float64 module computing loss = sum(op(x0, x1, ...) * w) for fixed random w."""
+FEEDS = ("leaves", "intermediates")
+
+
+def op_graph(opdef: OpDef, sample: Sample, weights_seed: int, feed: str = "leaves"):
+    """The graph of loss = sum(op(x0, x1, ...) * w) for fixed random w: (G, leaves, out, loss, w).
+
+    With ``feed="intermediates"`` each float operand is ``xi * 2``, the output of another op
+    in a workspace buffer that dies at this op (which it may then overwrite), not a leaf."""
     G = Graph()
-    names = [f"x{i}" for i in range(len(sample.shapes))]
-    leaves = []
-    for i, (name, shape) in enumerate(zip(names, sample.shapes)):
+    leaves, operands = [], []
+    for i, shape in enumerate(sample.shapes):
         dtype = "int" if i in sample.ints else "float"
-        leaves.append(G.add("input", (), {"name": name, "shape": tuple(shape), "dtype": dtype}, name=name))
-    attrs = {**dict(opdef.attrs), **sample.attrs}
-    out = G.add(opdef.name, leaves, attrs, name="out")
-    shape = G[out].shape
-    weights = np.random.default_rng(weights_seed).uniform(0.5, 1.5, shape)
-    w = G.add("const", (), {"value": weights.tolist() if shape else float(weights), "shape": shape,
-                            "dtype": "float"})
-    loss = G.add("sum", [G.add("mul", [out, w])], {"axis": None, "keepdims": False}, name="loss")
-    model = Model(G, f"{opdef.name}.nn", inputs=dict(zip(names, leaves)), outputs={"out": out, "loss": loss},
-                  loss=loss, dtype="float64")
-    return load_module(emit_module(build(model)), f"op_{opdef.name}"), names, weights
+        leaves.append(G.add("input", (), {"name": f"x{i}", "shape": tuple(shape), "dtype": dtype}, name=f"x{i}"))
+        if feed == "intermediates" and dtype == "float":
+            operands.append(G.add("mul", [leaves[-1], constant(G, 2.0)]))
+        else:
+            operands.append(leaves[-1])
+    out = G.add(opdef.name, operands, {**dict(opdef.attrs), **sample.attrs}, name="out")
+    weights = np.random.default_rng(weights_seed).uniform(0.5, 1.5, G[out].shape)
+    loss = G.add("sum", [G.add("mul", [out, _const(G, weights)])], {"axis": None, "keepdims": False}, name="loss")
+    return G, leaves, out, loss, weights
 
 
-@pytest.mark.parametrize(("opdef", "sample"), _cases())
-def test_gradient_matches_central_differences(opdef: OpDef, sample: Sample) -> None:
-    seed = zlib.crc32(f"{opdef.name}{sample}".encode())
+def _const(G: Graph, value: np.ndarray) -> int:
+    return G.add("const", (), {"value": value.tolist() if value.shape else float(value), "shape": value.shape,
+                               "dtype": "float"})
+
+
+def compile_op(opdef: OpDef, sample: Sample, weights_seed: int, *, feed: str = "leaves", optimized: bool = True,
+               dtype: str = "float64"):
+    """The module of :func:`op_graph`'s loss. Fed intermediates, the op's own result is not
+    returned, so it may live in its operand's buffer."""
+    G, leaves, out, loss, weights = op_graph(opdef, sample, weights_seed, feed)
+    names = [G[n].name for n in leaves]
+    outputs = {"loss": loss} if feed == "intermediates" else {"out": out, "loss": loss}
+    model = Model(G, f"{opdef.name}.nn", inputs=dict(zip(names, leaves)), outputs=outputs, loss=loss, dtype=dtype)
+    return load_module(emit_module(build(model, optimized=optimized)), f"op_{opdef.name}"), names, weights
+
+
+def sample_values(opdef: OpDef, sample: Sample, names: list[str], feed: str, seed: int) -> dict[str, np.ndarray]:
+    """Inputs that put the op's operands in its domain (halved when they are doubled first)."""
     rng = np.random.default_rng(seed)
-    module, names, weights = compile_op(opdef, sample, seed + 1)
     float_names = [n for i, n in enumerate(names) if i not in sample.ints]
-    values = dict(zip(float_names, draw(rng, opdef.domain,
-                                        [s for i, s in enumerate(sample.shapes) if i not in sample.ints])))
+    drawn = draw(rng, opdef.domain, [s for i, s in enumerate(sample.shapes) if i not in sample.ints])
+    values = {n: np.array(v / 2) if feed == "intermediates" else v for n, v in zip(float_names, drawn)}
     for i, bound in sample.ints.items():
         values[names[i]] = np.array(rng.integers(0, bound, sample.shapes[i]))
+    return values
+
+
+def check_op(opdef: OpDef, sample: Sample, feed: str = "leaves") -> None:
+    """The generated check of one op on one sample: its gradient matches central differences,
+    and the optimised module computes what the unoptimised one does."""
+    seed = zlib.crc32(f"{opdef.name}{sample}".encode())
+    module, names, weights = compile_op(opdef, sample, seed + 1, feed=feed)
+    values = sample_values(opdef, sample, names, feed, seed)
+    float_names = [n for i, n in enumerate(names) if i not in sample.ints]
 
     outputs, grads = module.value_and_grad({}, **values)
     assert set(grads) == set(float_names)
-    np.testing.assert_allclose(outputs["loss"], np.sum(outputs["out"] * weights), rtol=1e-12)
+    if feed == "leaves":
+        np.testing.assert_allclose(outputs["loss"], np.sum(outputs["out"] * weights), rtol=1e-12)
     for name in float_names:
         assert grads[name].shape == tuple(sample.shapes[names.index(name)])
         assert grads[name].dtype == np.float64
         expected = numeric_grad(lambda: float(module.forward({}, **values)["loss"]), values[name])
         np.testing.assert_allclose(grads[name], expected, rtol=1e-6, atol=1e-8,
-                                   err_msg=f"d loss / d {name} for {opdef.name}{sample}")
+                                   err_msg=f"d loss / d {name} for {opdef.name}{sample}, fed {feed}")
+    compare_with_unoptimised(opdef, sample, feed)
+
+
+def compare_with_unoptimised(opdef: OpDef, sample: Sample, feed: str) -> None:
+    """The optimised module's outputs and gradients are the unoptimised module's."""
+    seed = zlib.crc32(f"{opdef.name}{sample}".encode())
+    fast, names, _ = compile_op(opdef, sample, seed + 1, feed=feed)
+    plain, _, _ = compile_op(opdef, sample, seed + 1, feed=feed, optimized=False)
+    values = sample_values(opdef, sample, names, feed, seed)
+    results = zip(fast.value_and_grad({}, **values), plain.value_and_grad({}, **values), ("output", "gradient"))
+    for got, want, what in results:
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-12, atol=1e-14,
+                                       err_msg=f"{what} {name} of {opdef.name}{sample}, fed {feed}: "
+                                               "the optimised module differs from the unoptimised one")
+
+
+@pytest.mark.parametrize("feed", FEEDS)
+@pytest.mark.parametrize(("opdef", "sample"), _cases())
+def test_gradient_matches_central_differences(opdef: OpDef, sample: Sample, feed: str) -> None:
+    check_op(opdef, sample, feed)
+
+
+def _sampled_cases() -> list:
+    return [pytest.param(opdef, sample, id=f"{name}-{i}") for name, opdef in REGISTRY.items()
+            for i, sample in enumerate(opdef.samples)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(("opdef", "sample"), _sampled_cases())
+def test_values_and_gradients_have_the_module_dtype(opdef: OpDef, sample: Sample, dtype: str) -> None:
+    seed = zlib.crc32(f"{opdef.name}{sample}".encode())
+    for feed in FEEDS:
+        module, names, _ = compile_op(opdef, sample, seed + 1, feed=feed, dtype=dtype)
+        outputs, grads = module.value_and_grad({}, **sample_values(opdef, sample, names, feed, seed))
+        for name, value in [*outputs.items(), *grads.items()]:
+            assert isinstance(value, np.generic if np.shape(value) == () else np.ndarray), \
+                f"{name} is a {type(value).__name__} of shape {np.shape(value)}"
+            assert value.dtype == dtype, f"{name} of {opdef.name}{sample} is {value.dtype} in a {dtype} module"
 
 
 def test_every_op_is_covered() -> None:
@@ -116,8 +193,8 @@ def test_every_op_is_covered() -> None:
         elif opdef.public and opdef.lower is None:  # lowered ops are checked through what they lower to
             assert name in PUBLIC_NON_DIFFERENTIABLE, \
                 f"op {name} can be called from a .nn file but has no gradient rule; give it one and samples"
-    for name in ("step", "sign"):  # the masks of the max gate, relu and abs carry no gradient
-        assert REGISTRY[name].vjp is None and not REGISTRY[name].public
+    for name in ("step", "split", "sign"):  # the masks of the max gate, relu and abs carry no gradient
+        assert REGISTRY[name].vjp is None and not REGISTRY[name].differentiable and not REGISTRY[name].public
 
 
 def test_issue_ops_are_public_and_checked() -> None:
@@ -159,3 +236,167 @@ def test_softmax_cross_entropy_is_stable_for_huge_scores() -> None:
     outputs, grads = module.value_and_grad({}, x0=scores, x1=np.array([0, 2]))
     assert np.isfinite(outputs["out"]) and np.isfinite(grads["x0"]).all()
     np.testing.assert_allclose(outputs["out"], (0.0 + 1000.0) / 2)
+
+
+# ---- in-place chains: a contributor's op, checked the way the registry checks its own ------
+
+SWISH = (("negative", "0"), ("exp", "$"), ("add", "$", "1.0"), ("divide", "0", "$"))   # x / (1 + exp(-x))
+
+
+def _vjp_swish(G: Graph, n: int, g: int):
+    s = G.add("sigmoid", [G[n].args[0]])    # swish' = s + swish * (1 - s)
+    return (G.add("mul", [g, G.add("add", [s, G.add("mul", [n, G.add("sub", [constant(G, 1.0), s])])])]),)
+
+
+@pytest.fixture
+def swish():
+    """A swish op written as a chain, as a contributor would add it; removed afterwards."""
+    opdef = elementwise("swish_for_test", 1, SWISH, "{0} / ((T)1 + exp(-{0}))", vjp=_vjp_swish, samples=_U)
+    yield opdef
+    del REGISTRY[opdef.name]
+
+
+class _AlwaysInPlace(OpDef):
+    """The old default: trust every chain to run over its operand's buffer."""
+
+    def may_overwrite(self, attrs: dict) -> bool:
+        return True
+
+
+def test_a_chain_runs_in_place_only_if_no_later_step_reads_an_operand(swish) -> None:
+    assert not swish.may_overwrite({})                     # its last step reads x again
+    assert REGISTRY["relu"].may_overwrite({}) and REGISTRY["exp"].may_overwrite({})
+    assert not REGISTRY["gelu"].may_overwrite({}) and not REGISTRY["leaky_relu"].may_overwrite({"alpha": 0.1})
+    for sample in swish.samples:
+        check_op(swish, sample, "intermediates")
+    module, _, weights = compile_op(swish, Sample(((3, 4),)), 0, feed="intermediates")
+    x = np.linspace(-2, 2, 12).reshape(3, 4)
+    np.testing.assert_allclose(module.forward({}, x0=x)["loss"], np.sum(weights * 2 * x / (1 + np.exp(-2 * x))),
+                               rtol=1e-12)
+
+
+def test_the_generated_check_catches_a_chain_wrongly_run_in_place(swish) -> None:
+    """Fed leaves, a wrong in-place flag goes unnoticed (leaves are never overwritten); fed
+    intermediate values, the generated check fails."""
+    wrong = _AlwaysInPlace(**{f.name: getattr(swish, f.name) for f in dataclasses.fields(swish)})
+    REGISTRY[swish.name] = wrong
+    check_op(wrong, wrong.samples[0], "leaves")
+    with pytest.raises(AssertionError, match=f"{swish.name}.*fed intermediates"):
+        check_op(wrong, wrong.samples[0], "intermediates")
+
+
+def test_an_elementwise_op_cannot_declare_its_own_in_place_flag() -> None:
+    with pytest.raises(TypeError, match="follows from its chain"):
+        elementwise("never_registered", 1, SWISH, "{0}", in_place=True)
+    assert "never_registered" not in REGISTRY
+
+
+# ---- the C scalar forms (what the CuPy backend fuses), compiled and run on the CPU ---------
+
+needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="no C compiler (gcc) on the PATH")
+C_TOLERANCE = {"float64": 1e-12, "float32": 4e-6}
+
+
+def _scalar_cases() -> list:
+    return [case for case in _sampled_cases() if case.values[0].scalar is not None]
+
+
+def check_scalar_form(opdef: OpDef, sample: Sample, dtype: str) -> None:
+    """The op's C form, compiled with gcc, computes what its numpy form computes: on the
+    sample's draw, on it scaled by 10 (where the domain allows), at 0, and, for two operands
+    of one shape, on ties."""
+    seed = zlib.crc32(f"{opdef.name}{sample}".encode())
+    module, names, _ = compile_op(opdef, sample, seed + 1, dtype=dtype)
+    drawn = sample_values(opdef, sample, names, "leaves", seed)
+    trials = {"drawn": drawn, "at 0": {n: np.zeros_like(v) for n, v in drawn.items()}}
+    if opdef.domain in ("real", "nonzero"):
+        trials["scaled"] = {n: v * 10 for n, v in drawn.items()}
+    if len(names) == 2 and sample.shapes[0] == sample.shapes[1]:
+        trials["tied"] = {names[0]: drawn[names[0]], names[1]: drawn[names[0]]}
+    expr = opdef.scalar.format(*names, **{**dict(opdef.attrs), **sample.attrs})
+    for trial, values in trials.items():
+        values = {n: np.asarray(v, dtype=dtype) for n, v in values.items()}
+        with np.errstate(all="ignore"):
+            want = module.forward({}, **values)["out"]
+        got = fake_cupy.run_c(expr, dtype, *(values[n] for n in names))
+        np.testing.assert_allclose(got, want, rtol=C_TOLERANCE[dtype], atol=C_TOLERANCE[dtype],
+                                   err_msg=f"C form {opdef.scalar!r} of {opdef.name}{sample}, {trial}, {dtype}")
+
+
+@needs_gcc
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize(("opdef", "sample"), _scalar_cases())
+def test_the_c_scalar_form_computes_what_numpy_computes(opdef: OpDef, sample: Sample, dtype: str) -> None:
+    check_scalar_form(opdef, sample, dtype)
+
+
+def test_every_fusable_op_has_samples_for_its_c_form() -> None:
+    for name, opdef in REGISTRY.items():
+        if opdef.scalar is not None:
+            assert opdef.samples, f"op {name} has a C form but no samples to compare it with numpy on"
+
+
+@needs_gcc
+def test_the_c_check_catches_a_wrong_sign(monkeypatch) -> None:
+    tanh = REGISTRY["tanh"]
+    monkeypatch.setitem(REGISTRY, "tanh", dataclasses.replace(tanh, scalar="-tanh({0})"))
+    with pytest.raises(AssertionError, match="C form"):
+        check_scalar_form(REGISTRY["tanh"], tanh.samples[0], "float64")
+
+
+# ---- the gradient rules' own ops: differentiable again, or declared masks ---------------
+
+@pytest.mark.parametrize(("opdef", "sample"), _cases())
+def test_every_op_a_gradient_rule_emits_has_a_gradient_rule_itself(opdef: OpDef, sample: Sample) -> None:
+    """Second-order gradients differentiate the backward graph: every op a VJP adds has a
+    VJP too, or is declared non-differentiable (a mask), or has no operands (a constant)."""
+    G, leaves, _, loss, _ = op_graph(opdef, sample, 0)
+    wrt = [n for n in leaves if G[n].dtype == "float"]
+    before = set(G.nodes())
+    adjoints = differentiate(G, loss, wrt)
+    for n in set(G.nodes()) - before:
+        emitted = REGISTRY[G[n].op]
+        assert emitted.vjp is not None or not emitted.differentiable or not G[n].args, \
+            f"{opdef.name}'s gradient rule emits {emitted.name}, which has no gradient rule and is not a mask"
+
+
+@pytest.mark.parametrize(("opdef", "sample"), _cases())
+def test_second_order_gradients_match_central_differences(opdef: OpDef, sample: Sample) -> None:
+    """d/dx of sum(w2 * d loss/dx), built by differentiating the backward graph, against
+    central differences of the first-order gradient."""
+    seed = zlib.crc32(f"{opdef.name}{sample}2".encode())
+    G, leaves, _, loss, _ = op_graph(opdef, sample, seed)
+    wrt = [n for n in leaves if G[n].dtype == "float"]
+    adjoints = differentiate(G, loss, wrt)
+    terms = [G.add("sum", [G.add("mul", [adjoints[n], _const(G, np.random.default_rng(seed + i).uniform(
+        0.5, 1.5, G[n].shape))])], {"axis": None, "keepdims": False}) for i, n in enumerate(wrt) if n in adjoints]
+    if not terms:
+        pytest.skip("the op's gradient does not depend on its operands")
+    total = terms[0]
+    for term in terms[1:]:
+        total = G.add("add", [total, term])
+    names = [G[n].name for n in leaves]
+    model = Model(G, f"{opdef.name}2.nn", inputs=dict(zip(names, leaves)), outputs={"total": total}, loss=total,
+                  dtype="float64")
+    module = load_module(emit_module(build(model)), f"op2_{opdef.name}")
+    values = sample_values(opdef, sample, names, "leaves", seed)
+    _, grads = module.value_and_grad({}, **values)
+    for name in (G[n].name for n in wrt):
+        expected = numeric_grad(lambda: float(module.forward({}, **values)["total"]), values[name])
+        np.testing.assert_allclose(grads[name], expected, rtol=1e-5, atol=1e-7,
+                                   err_msg=f"second-order d / d {name} for {opdef.name}{sample}")
+
+
+def test_the_generated_check_catches_a_wrong_optimisation(monkeypatch) -> None:
+    """A simplification that drops multiplications by constants (x * 2 -> x): the optimised
+    module no longer computes what the unoptimised one does."""
+    def drop_scaling(G: Graph, n: int):
+        node = G[n]
+        if node.op == "mul" and G[node.args[1]].op == "const" and G[node.args[0]].shape == node.shape:
+            return node.args[0]
+        return passes._simplify_node(G, n)
+
+    simplify = passes.simplify
+    monkeypatch.setattr(passes, "simplify", lambda G, roots: simplify(G, roots, drop_scaling))
+    with pytest.raises(AssertionError, match="differs from the unoptimised"):
+        compare_with_unoptimised(REGISTRY["exp"], REGISTRY["exp"].samples[0], "intermediates")

@@ -4,6 +4,8 @@ checked where the generated registry check (tests/test_ops.py) cannot reach: who
 programs, the language's subscripts, errors, and the GPU backend's scalar forms."""
 from __future__ import annotations
 
+import decimal
+import shutil
 import sys
 from pathlib import Path
 
@@ -112,6 +114,50 @@ def test_activations_stay_finite_at_1000(call: str, dtype: str, build) -> None:
     slope = {"sigmoid": [0, 0, 0, 0], "softplus": [0, 0, 1, 1], "elu": [0, 0, 1, 1], "gelu": [0, 0, 1, 1],
              "leaky_relu": [0.01, 0.01, 1, 1], "tanh": [0, 0, 0, 0], "relu": [0, 0, 1, 1]}[call]
     np.testing.assert_allclose(grads["x"], slope, atol=1e-6)
+
+
+def exact_sigmoid(x: float) -> float:
+    """1 / (1 + exp(-x)) with 50 significant digits, rounded once to a float."""
+    with decimal.localcontext() as ctx:
+        ctx.prec = 50
+        return float(1 / (1 + (-decimal.Decimal(float(x))).exp()))
+
+
+@pytest.mark.parametrize(("dtype", "low", "high", "ulps"), [("float64", -700, 700, 4), ("float32", -87, 88, 4)])
+def test_sigmoid_keeps_its_relative_precision_on_both_sides(build, dtype: str, low: float, high: float,
+                                                            ulps: int) -> None:
+    """Over the dtype's whole normal range: sigmoid(-50) is exp(-50), not 0, and so is
+    softplus's gradient; log(sigmoid(-50)) is -50 with gradient 1, not -inf and NaN."""
+    m = build("""
+        input x: float[N]
+        s = sigmoid(x)
+        loss = sum(softplus(x))
+        output s
+        minimize loss
+    """, dtype=dtype)
+    x = np.linspace(low, high, 4001).astype(dtype)
+    out, grads = m.value_and_grad({}, x=x)
+    exact = np.array([exact_sigmoid(v) for v in x])
+    eps = np.finfo(dtype).eps
+    for got in (out["s"], grads["x"]):
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, exact, rtol=ulps * eps, atol=0)
+    m = build("input x: float[2]\nloss = sum(log(sigmoid(x)))\nminimize loss\n", dtype=dtype)
+    out, grads = m.value_and_grad({}, x=np.array([-50.0, 50.0]))
+    np.testing.assert_allclose(out["loss"], -50.0, rtol=ulps * eps)
+    np.testing.assert_allclose(grads["x"], [1.0, 0.0], rtol=ulps * eps, atol=1e-20)   # 1 - sigmoid(x)
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="no C compiler (gcc) on the PATH")
+@pytest.mark.parametrize(("dtype", "low", "high"), [("float64", -700, 700), ("float32", -87, 88)])
+def test_sigmoids_c_form_keeps_its_relative_precision_too(dtype: str, low: float, high: float) -> None:
+    """The scalar form the GPU backend fuses, compiled with gcc, is as accurate as numpy's."""
+    import fake_cupy
+    from nncompile.ops import REGISTRY
+
+    x = np.linspace(low, high, 4001).astype(dtype)
+    got = fake_cupy.run_c(REGISTRY["sigmoid"].scalar.format("x0"), dtype, x)
+    np.testing.assert_allclose(got, [exact_sigmoid(v) for v in x], rtol=4 * np.finfo(dtype).eps, atol=0)
 
 
 def test_maxout_is_the_lectures_max_of_two_affine_maps(build) -> None:

@@ -2,6 +2,9 @@
 and none changes what the model computes."""
 from __future__ import annotations
 
+import dataclasses
+import shutil
+import sys
 import textwrap
 from collections import Counter
 from pathlib import Path
@@ -9,10 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import fake_cupy
+import nncompile
 from nncompile.codegen import emit_module
 from nncompile.compiler import build, load_module
 from nncompile.elaborate import elaborate, elaborate_file
 from nncompile.parser import parse
+from nncompile.ops import REGISTRY
 from nncompile.passes import Roots, eliminate_common_subexpressions, eliminate_dead_code, fold_constants
 
 from conftest import EXAMPLE_FILES, EXAMPLES, example_inputs, value_and_grad
@@ -200,3 +206,49 @@ def test_folding_leaves_non_constant_work_alone() -> None:
     before = Counter(G[n].op for n in G.nodes())
     fold_constants(G, Roots({("out", "c"): model.outputs["c"]}))
     assert Counter(G[n].op for n in G.nodes()) == before
+
+
+FUSED_MODELS = ["activations.nn", "losses.nn", "mlp.nn", "batchnorm_mlp.nn", "neuron.nn"]
+needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="no C compiler (gcc) on the PATH")
+
+
+def compare_fused_kernels(path: Path, dtype: str, monkeypatch) -> None:
+    """The CuPy module's values and gradients, its fused kernels compiled as C with gcc (as
+    CuPy compiles them with nvcc), against the numpy module's."""
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
+    gpu = load_module(nncompile.compile_file(path, dtype=dtype, backend="cupy"), f"{path.stem}_c")
+    cpu = nncompile.compile_and_load(path, dtype=dtype)
+    params, inputs = cpu.init_params(1), example_inputs(cpu)
+    want, want_grads = value_and_grad(cpu, params, inputs)
+    with fake_cupy.compiled_kernels():
+        got, got_grads = value_and_grad(gpu, params, inputs)
+    tol = 1e-10 if dtype == "float64" else 1e-4
+    for key in want:
+        assert np.asarray(got[key]).dtype == np.asarray(want[key]).dtype, key
+        np.testing.assert_allclose(got[key], want[key], rtol=tol, atol=tol, err_msg=key)
+    for key in want_grads:
+        assert got_grads[key].dtype == dtype, f"d {key}"
+        np.testing.assert_allclose(got_grads[key], want_grads[key], rtol=tol, atol=tol, err_msg=f"d {key}")
+
+
+@needs_gcc
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", FUSED_MODELS)
+def test_fused_kernels_compiled_as_c_compute_what_numpy_computes(name: str, dtype: str, monkeypatch) -> None:
+    compare_fused_kernels(EXAMPLES / name, dtype, monkeypatch)
+
+
+@needs_gcc
+def test_the_fused_kernel_check_catches_what_only_c_gets_wrong(tmp_path: Path, monkeypatch) -> None:
+    """C's integer division makes 1/2 zero: translated to numpy the kernel is right, compiled
+    as C it is wrong, and only the compiled check sees it."""
+    path = tmp_path / "t.nn"
+    path.write_text("input x: float[4, 3]\nloss = sum(tanh(x * 2) * x)\nminimize loss\n")
+    tanh = REGISTRY["tanh"]
+    monkeypatch.setitem(REGISTRY, "tanh", dataclasses.replace(tanh, scalar="(tanh({0}) * (1/2 + 1/2))"))
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
+    translated = load_module(nncompile.compile_file(path, dtype="float64", backend="cupy"), "t_numpy")
+    x = np.linspace(-1, 1, 12).reshape(4, 3)
+    np.testing.assert_allclose(translated.forward({}, x=x)["loss"], np.sum(np.tanh(2 * x) * x))
+    with pytest.raises(AssertionError):
+        compare_fused_kernels(path, "float64", monkeypatch)

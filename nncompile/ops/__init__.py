@@ -3,9 +3,12 @@
 An :class:`OpDef` carries everything the pipeline needs to know about an op: its name in
 the language, its operands and attributes, its shape/dtype rule, its numpy emitter, its
 scalar form for elementwise fusion, and its gradient rule (a VJP that builds graph nodes
-from other registry ops). Adding an op means adding one ``op(...)`` call in :mod:`.basic`
-or :mod:`.toolkit`; the test suite generates a float64 finite-difference gradient check
-from each op's ``samples``.
+from other registry ops, each of which has a rule too or is a mask declared
+``differentiable=False``). Adding an op means adding one ``op(...)`` call in :mod:`.basic`
+or :mod:`.toolkit`; from each op's ``samples`` the test suite (tests/test_ops.py) generates
+float64 finite-difference checks of its first and second derivatives, fed leaves and
+intermediate values, optimised and not, dtype checks in float32 and float64, and a
+comparison of its C scalar form, compiled with gcc, with its numpy form.
 """
 from . import basic, toolkit  # noqa: F401 - declaring the ops fills REGISTRY
 from .registry import REGISTRY, EmitContext, OpDef, Sample, broadcast, constant, elementwise, literal, op, sum_to

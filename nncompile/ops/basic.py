@@ -6,7 +6,7 @@ whole op: shape rule, emitter, C scalar form, gradient rule and gradient-check s
 from __future__ import annotations
 
 from ..ir import Graph
-from ..shapes import ShapeError
+from ..shapes import ShapeError, unbroadcast_axes
 from .registry import (
     _COMPARE,
     EmitContext,
@@ -18,6 +18,7 @@ from .registry import (
     _emit_broadcast,
     _emit_dim,
     _emit_reshape,
+    _emit_step,
     _emit_sum_to,
     _emit_transpose,
     _labels_rule,
@@ -32,7 +33,9 @@ from .registry import (
     call,
     constant,
     elementwise,
+    elementwise_rule,
     op,
+    per_element,
     reduce_call,
     sum_to,
     template,
@@ -54,6 +57,20 @@ _SOFTMAX_NLL_GRAD = '''def _softmax_nll_grad(logp, labels, g):
     probs[np.arange(len(labels)), labels] -= 1
     probs *= g / len(labels)
     return probs'''
+
+
+_SIGMOID = '''def _sigmoid(x, out=None):
+    """1 / (1 + exp(-x)) as where(x >= 0, 1, e) / (1 + e) with e = exp(-|x|): exp cannot
+    overflow, and no side cancels, so sigmoid(-50) keeps its relative precision. As e <= 1,
+    the numerator is max(e, x >= 0), many times faster than np.where."""
+    e = np.exp(-np.abs(x))
+    top = np.maximum(e, x >= 0, out=out)
+    e += 1.0
+    return np.divide(top, e, out=out)'''
+
+
+def _emit_sigmoid(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+    return f"_sigmoid({args[0]}" + (f", out={out})" if out else ")")
 
 
 # ---- gradient rules -------------------------------------------------------------------
@@ -80,10 +97,16 @@ def _vjp_div(G: Graph, n: int, g: int):
 
 
 def _vjp_pow(G: Graph, n: int, g: int):
+    # PyTorch's limits where the formulas give 0 * inf: d/da = b a^(b-1) is 0 where b == 0
+    # (x ** 0 at x = 0), and d/db = a^b log(a) is 0 where a == 0 and b >= 0. Each mask moves
+    # the offending power or log to 1 exactly there, and is a constant for higher derivatives.
     a, b = G[n].args
-    one = constant(G, 1.0)
-    ga = G.add("mul", [g, G.add("mul", [b, G.add("pow", [a, G.add("sub", [b, one])])])])
-    gb = G.add("mul", [g, G.add("mul", [n, G.add("log", [a])])])
+    zero = constant(G, 0.0)
+    b_is_0 = G.add("step", [b, zero], {"cmp": "=="})
+    power = G.add("pow", [a, G.add("add", [G.add("sub", [b, constant(G, 1.0)]), b_is_0])])
+    ga = G.add("mul", [g, G.add("mul", [b, power])])
+    a_is_0 = G.add("mul", [G.add("step", [a, zero], {"cmp": "=="}), G.add("step", [b, zero], {"cmp": ">="})])
+    gb = G.add("mul", [g, G.add("mul", [n, G.add("log", [G.add("add", [a, a_is_0])])])])
     return ga, gb
 
 
@@ -120,16 +143,21 @@ def _vjp_relu(G: Graph, n: int, g: int):
     return (G.add("mul", [g, G.add("step", [n, constant(G, 0.0)], {"cmp": ">"})]),)
 
 
+def _gate(G: Graph, g: int, winner: int, loser: int) -> tuple[int, int]:
+    """The max gate: the gradient goes to the winning operand, and half to each on a tie
+    (PyTorch's rule), so the two shares always sum to g."""
+    share = G.add("mul", [g, G.add("split", [winner, loser])])
+    return share, G.add("sub", [g, share])
+
+
 def _vjp_maximum(G: Graph, n: int, g: int):
-    a, b = G[n].args  # the max gate routes the gradient to the larger operand
-    return (G.add("mul", [g, G.add("step", [a, b], {"cmp": ">="})]),
-            G.add("mul", [g, G.add("step", [a, b], {"cmp": "<"})]))
+    a, b = G[n].args
+    return _gate(G, g, a, b)
 
 
 def _vjp_minimum(G: Graph, n: int, g: int):
     a, b = G[n].args
-    return (G.add("mul", [g, G.add("step", [a, b], {"cmp": "<="})]),
-            G.add("mul", [g, G.add("step", [a, b], {"cmp": ">"})]))
+    return _gate(G, g, b, a)
 
 
 def _vjp_matmul(G: Graph, n: int, g: int):
@@ -173,10 +201,17 @@ def _vjp_mean(G: Graph, n: int, g: int):
 
 
 def _vjp_max(G: Graph, n: int, g: int):
-    x = G[n].args[0]  # route the gradient to the maxima, as the max gate does
+    x = G[n].args[0]
     shape, axis, keep = G[x].shape, G[n].attr("axis"), G[n].attr("keepdims")
-    mask = G.add("step", [x, broadcast(G, n, shape, axis, keep)], {"cmp": "=="})
-    return (G.add("mul", [mask, broadcast(G, g, shape, axis, keep)]),)
+    return (route_to_maxima(G, x, n, g, shape, axis, keep),)
+
+
+def route_to_maxima(G: Graph, x: int, top: int, g: int, shape, axis, keepdims: bool) -> int:
+    """The gradient of ``top = max(x, axis)``: g split evenly among the entries tied for the
+    max (PyTorch's amax rule), so each reduced slice's gradient sums to its g."""
+    mask = G.add("step", [x, broadcast(G, top, shape, axis, keepdims)], {"cmp": "=="})
+    ties = G.add("sum", [mask], {"axis": axis, "keepdims": keepdims})
+    return G.add("mul", [mask, broadcast(G, G.add("div", [g, ties]), shape, axis, keepdims)])
 
 
 def _vjp_reshape(G: Graph, n: int, g: int):
@@ -200,6 +235,28 @@ def _vjp_log_softmax(G: Graph, n: int, g: int):
 def _vjp_ce(G: Graph, n: int, g: int):
     scores, labels = G[n].args
     return G.add("softmax_cross_entropy_grad", [scores, labels, g]), None
+
+
+def _vjp_ce_grad(G: Graph, n: int, u: int):
+    # out = (softmax(s) - onehot(y)) g / N: linear in g, and softmax's VJP for s.
+    scores, labels, g = G[n].args
+    unit = G.add("softmax_cross_entropy_grad", [scores, labels, constant(G, 1.0)])
+    dg = G.add("sum", [G.add("mul", [u, unit])], {"axis": None, "keepdims": False})
+    v = G.add("mul", [u, per_element(G, g, G[scores].shape, rows_only=True)])
+    p = G.add("exp", [G.add("log_softmax", [scores], {"axis": 1})])
+    total = G.add("sum", [G.add("mul", [v, p])], {"axis": 1, "keepdims": True})
+    return G.add("mul", [p, G.add("sub", [v, total])]), None, dg
+
+
+def _vjp_sum_to(G: Graph, n: int, g: int):
+    return (G.add("broadcast_to", [g], {"shape": G[G[n].args[0]].shape, "axes": ()}),)
+
+
+def _vjp_broadcast_to(G: Graph, n: int, g: int):
+    axes = G[n].attr("axes")
+    if axes:   # the axes expand_dims inserted: summed away, then numpy's own broadcasting undone
+        g = G.add("sum", [g], {"axis": tuple(axes), "keepdims": False})
+    return (sum_to(G, g, G[G[n].args[0]].shape),)
 
 
 # ---- the registry ---------------------------------------------------------------------
@@ -227,10 +284,10 @@ elementwise("pow", 2, (("power", "0", "1"),), "pow({0}, {1})", symbol="'**'", vj
             domain="positive",
             doc="a ** b, elementwise; x ** 2 compiles to x * x", example="z = x ** 2")
 elementwise("maximum", 2, (("maximum", "0", "1"),), "max({0}, {1})", vjp=_vjp_maximum, samples=_B,
-            domain="separated", doc="elementwise max of two tensors",
+            domain="separated", doc="elementwise max of two tensors; on a tie each gets half the gradient",
             example="z = maximum(x, 0)")
 elementwise("minimum", 2, (("minimum", "0", "1"),), "min({0}, {1})", vjp=_vjp_minimum, samples=_B,
-            domain="separated", doc="elementwise min of two tensors",
+            domain="separated", doc="elementwise min of two tensors; on a tie each gets half the gradient",
             example="z = minimum(x, t)")
 
 _U = (Sample((_M,)), Sample(((),)))
@@ -245,17 +302,24 @@ elementwise("abs", 1, (("absolute", "0"),), "fabs({0})", vjp=_vjp_abs, samples=_
             doc="|x|", example="z = abs(x)")
 elementwise("tanh", 1, (("tanh", "0"),), "tanh({0})", vjp=_vjp_tanh, samples=_U,
             doc="(exp(x) - exp(-x)) / (exp(x) + exp(-x)) = 2 sigmoid(2x) - 1", example="h = tanh(x)")
-elementwise("sigmoid", 1, (("multiply", "0", "0.5"), ("tanh", "$"), ("add", "$", "1.0"), ("multiply", "$", "0.5")),
-            "(T)0.5 * (tanh((T)0.5 * {0}) + (T)1)", vjp=_vjp_sigmoid, samples=_U,
-            doc="1 / (1 + exp(-x)), computed as (tanh(x / 2) + 1) / 2, which cannot overflow",
-            example="h = sigmoid(x)")
+op("sigmoid", 1, elementwise_rule("sigmoid"), _emit_sigmoid,
+   scalar="(exp(min({0}, (T)0)) / ((T)1 + exp(-fabs({0}))))", takes_out=True, in_place=True,
+   helpers=(_SIGMOID,), vjp=_vjp_sigmoid, samples=_U,
+   doc="1 / (1 + exp(-x)), computed as exp(min(x, 0)) / (1 + exp(-|x|)), which cannot overflow and keeps "
+       "its relative precision on both sides (sigmoid(-50) is exp(-50), not 0)",
+   example="h = sigmoid(x)")
 elementwise("relu", 1, (("maximum", "0", "0.0"),), "max({0}, (T)0)", vjp=_vjp_relu, samples=_U, domain="nonzero",
             doc="max(0, x)", example="h = relu(x)")
 
 # Masks and signs carry no gradient: they exist to build other ops' gradients.
-elementwise("step", 2, lambda attrs: ((_COMPARE[attrs["cmp"]], "0", "1"),), "(T)({0} {cmp} {1})",
-            attrs=(("cmp", ">"),), public=False, doc="1 where the comparison holds, else 0")
-elementwise("sign", 1, (("sign", "0"),), "((T)({0} > 0) - (T)({0} < 0))", public=False)  # 0 at 0, as np.sign
+_MASK = dict(public=False, differentiable=False, infer=elementwise_rule("a mask"))
+op("step", 2, emit=_emit_step, scalar="(T)({0} {cmp} {1})", attrs=(("cmp", ">"),), takes_out=True, in_place=True,
+   samples=(*(Sample((_M, _M), {"cmp": cmp}) for cmp in _COMPARE), Sample((_M, ()), {"cmp": ">="})),
+   doc="1 where the comparison holds, else 0", **_MASK)
+op("split", 2, emit=template("{xp}.heaviside({xp}.subtract({0}, {1}), 0.5)"),
+   scalar="((T)({0} > {1}) + (T)0.5 * (T)({0} == {1}))", samples=_B, **_MASK,
+   doc="the max gate's share for a: 1 where a > b, 0.5 where a == b, 0 where a < b")
+elementwise("sign", 1, (("sign", "0"),), "((T)({0} > 0) - (T)({0} < 0))", samples=_U, **_MASK)  # 0 at 0
 
 op("matmul", 2, _matmul_rule, call("matmul"), vjp=_vjp_matmul, takes_out=True,
    samples=(Sample(((3, 4), (4, 2))), Sample(((2, 3, 4), (4, 2))), Sample(((4,), (4, 2))),
@@ -271,7 +335,8 @@ op("sum", 1, _reduce_rule("sum"), reduce_call("add"), vjp=_vjp_sum, attrs=_RA, s
 op("mean", 1, _reduce_rule("mean"), call("mean"), vjp=_vjp_mean, attrs=_RA, samples=_R, takes_out=True,
    doc="the mean over axis (every axis by default)", example="m = mean(x, axis=0)")
 op("max", 1, _reduce_rule("max"), reduce_call("maximum"), vjp=_vjp_max, attrs=_RA, samples=_R, takes_out=True,
-   doc="the max over axis (every axis by default); the gradient goes to the maxima", example="top = max(x, axis=1)")
+   doc="the max over axis (every axis by default); the gradient goes to the maxima, split evenly among ties",
+   example="top = max(x, axis=1)")
 
 op("reshape", 1, _reshape_rule, _emit_reshape, vjp=_vjp_reshape, attrs=(("shape", None),),
    samples=(Sample((_M,), {"shape": (2, 6)}), Sample(((2, 3, 4),), {"shape": (-1, 4)})),
@@ -281,7 +346,11 @@ op("transpose", 1, _transpose_rule, _emit_transpose, vjp=_vjp_transpose, attrs=(
    samples=(Sample((_M,)), Sample(((2, 3, 4),), {"axes": (1, 2, 0)})),
    doc="permutes the axes (reverses them by default)", example="xt = transpose(x)")
 
-op("sum_to", 1, _target_shape_rule, _emit_sum_to, public=False, takes_out=True)
+op("sum_to", 1, _target_shape_rule, _emit_sum_to, public=False, takes_out=True, vjp=_vjp_sum_to,
+   attrs=(("dropped", ()), ("kept", ()), ("shape", ())),
+   samples=tuple(Sample((shape,), {"dropped": d, "kept": k, "shape": target}) for shape, target in
+                 (((3, 4), (4,)), ((2, 3, 4), (3, 1)), ((3, 4), (1, 4)))
+                 for d, k in [unbroadcast_axes(shape, target)]))
 
 # Dropout: inverted dropout in train mode, the identity in eval mode (lowered by the elaborator).
 _DROPOUT_MASK = '''def _dropout_mask(rng, shape, p):
@@ -316,7 +385,10 @@ op("dropout_mask", 0, _target_shape_rule, _emit_dropout_mask, public=False, help
 op("fused", -1, lambda ins, attrs: (attrs["shape"], "float"), template("{kernel}"), public=False, takes_out=True,
    in_place=True,
    doc="several elementwise ops in one kernel: attrs hold the C expression over x0, x1, ...")
-op("broadcast_to", 1, _target_shape_rule, _emit_broadcast, public=False)
+op("broadcast_to", 1, _target_shape_rule, _emit_broadcast, public=False, vjp=_vjp_broadcast_to,
+   attrs=(("shape", ()), ("axes", ())),
+   samples=(Sample(((4,),), {"shape": (3, 4)}), Sample(((3,),), {"shape": (3, 4), "axes": (1,)}),
+            Sample(((),), {"shape": (2, 3)})))
 
 op("softmax_cross_entropy", 2, _labels_rule("softmax_cross_entropy"), template("_nll(_log_softmax({0}, 1), {1})"), vjp=_vjp_ce,
    helpers=(_LOG_SOFTMAX, _NLL),
@@ -326,7 +398,8 @@ op("softmax_cross_entropy", 2, _labels_rule("softmax_cross_entropy"), template("
        "[N, C] probability targets t instead: -1/N sum_i sum_c t_ic log softmax(s_i)_c",
    example="loss = softmax_cross_entropy(scores, y)")
 op("softmax_cross_entropy_grad", 3, _ce_grad_rule, template("_softmax_nll_grad(_log_softmax({0}, 1), {1}, {2})"),
-   public=False, helpers=(_LOG_SOFTMAX, _SOFTMAX_NLL_GRAD))
+   public=False, helpers=(_LOG_SOFTMAX, _SOFTMAX_NLL_GRAD), vjp=_vjp_ce_grad,
+   samples=(Sample(((5, 4), (5,), ()), ints={1: 4}),))
 
 # What the passes turn softmax_cross_entropy and its gradient into, so the log-softmax is
 # computed once in the forward pass and reused by the backward pass.

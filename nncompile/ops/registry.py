@@ -53,7 +53,8 @@ class OpDef:
     public: bool = True                       # callable from a .nn file
     chain: Callable[[dict[str, Any]], tuple[Step, ...]] | None = None  # elementwise: ufunc calls, in place
     takes_out: bool = False                   # emit(..., out=buffer) writes the result into a buffer
-    in_place: bool = False                    # may write over an operand of its own shape (elementwise)
+    in_place: bool = False                    # not a chain: may write over an operand of its own shape
+    differentiable: bool = True               # False: carries no gradient (a mask), autodiff treats it as constant
     scalar: str | None = None                 # C expression over {0}, {1}: fusable elementwise op
     domain: str = "real"                      # gradient-check inputs: real, positive, separated
     samples: tuple[Sample, ...] = ()
@@ -68,6 +69,13 @@ class OpDef:
     def elementwise(self) -> bool:
         return self.chain is not None
 
+    def may_overwrite(self, attrs: dict[str, Any]) -> bool:
+        """Whether the result may be written over an operand's buffer. A chain's first step
+        writes there, so that is safe only if no later step reads an operand again."""
+        if self.chain is None:
+            return self.in_place
+        return not any(o.isdigit() for _, *operands in self.chain(attrs)[1:] for o in operands)
+
 
 REGISTRY: dict[str, OpDef] = {}
 
@@ -81,7 +89,9 @@ def op(name: str, arity: int, infer, emit, **kw: Any) -> OpDef:
 
 def elementwise(name: str, arity: int, steps: tuple[Step, ...] | Callable[[dict], tuple[Step, ...]],
                 scalar: str, **kw: Any) -> OpDef:
-    """An elementwise op, emitted as a chain of numpy ufunc calls that run in place."""
+    """An elementwise op, emitted as a chain of numpy ufunc calls that run in place in its
+    result; whether that result may overwrite an operand follows from the chain
+    (:meth:`OpDef.may_overwrite`), so it cannot be declared."""
     chain = steps if callable(steps) else (lambda attrs, steps=steps: steps)
     kw.setdefault("infer", elementwise_rule(kw.pop("symbol", name)))
 
@@ -93,8 +103,8 @@ def elementwise(name: str, arity: int, steps: tuple[Step, ...] | Callable[[dict]
             expr = f"{ctx.xp}.{fn}({', '.join(names + ([f'out={out}'] if out and last else []))})"
         return expr
 
-    # A chain that reads an operand after its first step must not overwrite that operand.
-    kw.setdefault("in_place", True)
+    if "in_place" in kw:
+        raise TypeError(f"{name}: an elementwise op's in_place follows from its chain (OpDef.may_overwrite)")
     return op(name, arity, emit=emit, chain=chain, takes_out=True, scalar=scalar, **kw)
 
 
@@ -203,6 +213,13 @@ def template(text: str) -> Emit:
 _COMPARE = {">": "greater", ">=": "greater_equal", "<": "less", "<=": "less_equal", "==": "equal"}
 
 
+def _emit_step(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+    """1 where the comparison holds, else 0, in the module's float dtype: a numpy comparison
+    gives bools unless it writes into a float buffer."""
+    test = f"{ctx.xp}.{_COMPARE[attrs['cmp']]}({args[0]}, {args[1]}"
+    return f"{test}, out={out})" if out else f"{test}).astype({ctx.dtype})"
+
+
 def _emit_dim(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
     factors = [ctx.dim(d) for d in attrs["symbols"]] + ([str(attrs["factor"])] if attrs["factor"] != 1 else [])
     return f"{ctx.dtype}({' * '.join(factors)})"
@@ -255,8 +272,18 @@ def _emit_sum_to(ctx: EmitContext, args: list[str], attrs: dict, out: str | None
     return f"{text}.reshape({ctx.shape(attrs['shape'])})"  # a fresh array: ``out`` is not needed
 
 
+def _is_number(text: str) -> bool:
+    """Whether an emitted operand is a literal (a folded constant) rather than an array."""
+    try:
+        float(text.strip("()").replace("np.", ""))
+    except ValueError:
+        return False
+    return True
+
+
 def _emit_broadcast(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
-    value = args[0]
+    # A Python float would broadcast as float64 (the seed 1.0 of a float32 module's gradient).
+    value = f"{ctx.dtype}({args[0]})" if _is_number(args[0]) else args[0]
     if attrs.get("axes"):
         value = f"{ctx.xp}.expand_dims({value}, {attrs['axes']!r})"
     return f"{ctx.xp}.broadcast_to({value}, {ctx.shape(attrs['shape'])})"
@@ -308,6 +335,16 @@ def _count(shape: Shape, axis) -> tuple[int, tuple[str, ...]]:
         else:
             symbols.append(shape[a])
     return factor, tuple(symbols)
+
+
+def per_element(G: Graph, g: int, shape: Shape, factor: float = 1.0, rows_only: bool = False) -> int:
+    """``g * factor / count``: the gradient of a mean over ``shape`` (over its first dim when
+    ``rows_only``), where the count may be a symbolic batch size."""
+    count, symbols = _count(shape[:1] if rows_only else shape, None)
+    if symbols:
+        g = G.add("div", [g, G.add("dim", (), {"symbols": symbols, "factor": count})])
+        return g if factor == 1.0 else G.add("mul", [g, constant(G, factor)])
+    return G.add("mul", [g, constant(G, factor / count)])
 
 
 def sum_to(G: Graph, x: int, target: Shape) -> int:

@@ -8,24 +8,23 @@ from typing import Callable
 from .. import shapes as S
 from ..ir import Graph, Node
 from ..shapes import Dim, Shape, ShapeError
-from .basic import _LOG_SOFTMAX, _M, _U
+from .basic import _LOG_SOFTMAX, _M, _U, route_to_maxima
 from .registry import (
     EmitContext,
     Sample,
     Step,
     _along_axis_rule,
     _ce_grad_rule,
-    _count,
     _labels_rule,
     _need_float,
     _number_attr,
     _reduce,
-    broadcast,
     constant,
     elementwise,
     elementwise_rule,
     literal,
     op,
+    per_element,
     template,
 )
 
@@ -41,16 +40,6 @@ def _checked_elementwise_rule(opname: str, check: Callable[[dict], None]):
         check(attrs)
         return base(ins, attrs)
     return infer
-
-
-def _per_element(G: Graph, g: int, shape: Shape, factor: float = 1.0, rows_only: bool = False) -> int:
-    """``g * factor / count``: the gradient of a mean over ``shape`` (over its first dim when
-    ``rows_only``), where the count may be a symbolic batch size."""
-    count, symbols = _count(shape[:1] if rows_only else shape, None)
-    if symbols:
-        g = G.add("div", [g, G.add("dim", (), {"symbols": symbols, "factor": count})])
-        return g if factor == 1.0 else G.add("mul", [g, constant(G, factor)])
-    return G.add("mul", [g, constant(G, factor / count)])
 
 
 # -- activations
@@ -130,13 +119,11 @@ def _emit_maxout(ctx: EmitContext, args: list[str], attrs: dict, out: str | None
 
 
 def _vjp_maxout(G: Graph, n: int, g: int):
-    x = G[n].args[0]  # the max gate: route the gradient to the winning piece
+    x = G[n].args[0]  # the max gate: the winning piece gets the gradient, tied pieces share it
     shape = G[x].shape
     pieces = _pieces(shape, G[n].attr("k"))
-    axis = len(pieces) - 2
     xr = G.add("reshape", [x], {"shape": pieces})
-    mask = G.add("step", [xr, broadcast(G, n, pieces, axis, False)], {"cmp": "=="})
-    gx = G.add("mul", [mask, broadcast(G, g, pieces, axis, False)])
+    gx = route_to_maxima(G, xr, n, g, pieces, len(pieces) - 2, False)
     return (G.add("reshape", [gx], {"shape": shape}),)
 
 
@@ -179,7 +166,7 @@ def _vjp_ce_probs(G: Graph, n: int, g: int):
     # L = -1/N sum_i sum_c t_ic logp_ic: dL/ds = (softmax(s) * rowsum(t) - t) / N, dL/dt = -logp / N.
     scores, targets = G[n].args
     logp = G.add("log_softmax", [scores], {"axis": 1})
-    gn = _per_element(G, g, G[scores].shape, rows_only=True)
+    gn = per_element(G, g, G[scores].shape, rows_only=True)
     rowsum = G.add("sum", [targets], {"axis": 1, "keepdims": True})
     ds = G.add("mul", [G.add("sub", [G.add("mul", [G.add("exp", [logp]), rowsum]), targets]), gn])
     dt = G.add("mul", [logp, G.add("neg", [gn])])
@@ -215,6 +202,13 @@ def _vjp_svm(G: Graph, n: int, g: int):
     return G.add("svm_loss_grad", [scores, labels, g], {"delta": G[n].attr("delta")}), None
 
 
+def _vjp_svm_grad(G: Graph, n: int, u: int):
+    # Piecewise constant in the scores (their gradient is 0 off the kinks), linear in g.
+    scores, labels, _ = G[n].args
+    unit = G.add("svm_loss_grad", [scores, labels, constant(G, 1.0)], dict(G[n].attrs))
+    return None, None, G.add("sum", [G.add("mul", [u, unit])], {"axis": None, "keepdims": False})
+
+
 def _same_shape_loss_rule(opname: str, what: str):
     """Predictions and targets of one shape (targets may broadcast): a scalar mean loss."""
     def infer(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
@@ -240,7 +234,7 @@ _SIGMOID_CE = '''def _sigmoid_ce(x, t):
 
 def _vjp_sigmoid_ce(G: Graph, n: int, g: int):
     x, t = G[n].args
-    gn = _per_element(G, g, G[x].shape)
+    gn = per_element(G, g, G[x].shape)
     dx = G.add("mul", [G.add("sub", [G.add("sigmoid", [x]), t]), gn])
     dt = G.add("mul", [x, G.add("neg", [gn])])
     return dx, dt
@@ -254,7 +248,7 @@ _MSE = '''def _mse(pred, target):
 
 def _vjp_mse(G: Graph, n: int, g: int):
     p, t = G[n].args
-    dp = G.add("mul", [G.add("sub", [p, t]), _per_element(G, g, G[p].shape, 2.0)])
+    dp = G.add("mul", [G.add("sub", [p, t]), per_element(G, g, G[p].shape, 2.0)])
     return dp, G.add("neg", [dp])
 
 
@@ -420,6 +414,14 @@ def _vjp_index(G: Graph, n: int, g: int):
     return (grad, *([None] * len(tensors)))
 
 
+def _vjp_scatter(G: Graph, n: int, u: int):
+    # scatter is index's transpose, so its VJP is the gather again.
+    g, *tensors = G[n].args
+    key = G[n].attr("key")
+    gather = G.add("index" if tensors else "slice", [u, *tensors], {"key": key})
+    return (gather, *([None] * len(tensors)))
+
+
 def _arange_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
     n = attrs.get("n")
     if isinstance(n, str) or (isinstance(n, int) and not isinstance(n, bool) and n > 0):
@@ -479,7 +481,7 @@ def _vjp_concat(G: Graph, n: int, g: int):
 _NZ = dict(samples=_U, domain="nonzero")
 elementwise("leaky_relu", 1, _leaky_chain, "({0} + ((T){alpha} - (T)1) * min({0}, (T)0))", attrs=(("alpha", 0.01),),
             infer=_checked_elementwise_rule("leaky_relu", lambda a: _number_attr("leaky_relu", a, "alpha")),
-            in_place=False, vjp=_vjp_leaky_relu,
+            vjp=_vjp_leaky_relu,
             samples=(*_U, Sample((_M,), {"alpha": 0.2})), domain="nonzero",
             doc="x where x > 0, else alpha * x (the lecture's fix for dying relus)",
             example="h = leaky_relu(x, alpha=0.1)")
@@ -496,7 +498,7 @@ elementwise("gelu", 1, (("multiply", "0", "0"), ("multiply", "$", repr(_GELU_K))
                         ("multiply", "$", "0"), ("multiply", "$", repr(_GELU_C)), ("tanh", "$"), ("add", "$", "1.0"),
                         ("multiply", "$", "0"), ("multiply", "$", "0.5")),
             f"(T)0.5 * {{0}} * ((T)1 + tanh((T){_GELU_C!r} * ({{0}} + (T){_GELU_K!r} * {{0}} * {{0}} * {{0}})))",
-            in_place=False, vjp=_vjp_gelu, samples=_U,
+            vjp=_vjp_gelu, samples=_U,
             doc="the tanh approximation x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) of x * Phi(x)",
             example="h = gelu(x)")
 op("maxout", 1, _maxout_rule, _emit_maxout,
@@ -521,7 +523,8 @@ op("svm_loss", 2, _labels_rule("svm_loss"), template("_svm_loss({0}, {1}, {delta
    doc="the multiclass SVM (hinge) loss: 1/N sum_i sum_{j != y_i} max(0, s_ij - s_iy_i + delta)",
    example="loss = svm_loss(scores, y, delta=1.0)")
 op("svm_loss_grad", 3, _ce_grad_rule, template("_svm_loss_grad({0}, {1}, {2}, {delta})"), public=False,
-   attrs=(("delta", 1.0),), helpers=(_SVM,))
+   attrs=(("delta", 1.0),), helpers=(_SVM,), vjp=_vjp_svm_grad, domain="separated",
+   samples=(Sample(((5, 4), (5,), ()), {"delta": 1.05}, ints={1: 4}),))
 op("sigmoid_cross_entropy", 2, _same_shape_loss_rule("sigmoid_cross_entropy", "targets"),
    template("_sigmoid_ce({0}, {1})"), vjp=_vjp_sigmoid_ce, helpers=(_SIGMOID_CE,),
    samples=(Sample(((5,), (5,))), Sample(((3, 4), (3, 4))), Sample(((3, 4), (4,)))),
@@ -556,6 +559,10 @@ op("index", -1, _index_rule, _emit_index, vjp=_vjp_index, attrs=(("key", ()),), 
    doc="x[...] with integer tensors among the subscripts (numpy's advanced indexing): a gather",
    example="correct = scores[arange(N), y]")
 op("scatter", -1, lambda ins, attrs: (attrs["shape"], "float"), _emit_scatter, public=False, helpers=(_SCATTER,),
+   vjp=_vjp_scatter, attrs=(("key", ()), ("shape", ())),
+   samples=(Sample(((3, 2),), {"key": (":", "1:3"), "shape": (3, 4)}),
+            Sample(((5,), (5,), (5,)), {"key": ("{1}", "{2}"), "shape": (5, 4)}, ints={1: 5, 2: 4}),
+            Sample(((6,), (6,)), {"key": ("{1}",), "shape": (5,)}, ints={1: 5})),
    doc="the gradient of slice and index: g added into zeros shaped like x at the indexed entries")
 op("arange", 0, _arange_rule, _emit_arange, attrs=(("n", None),),
    doc="the integers 0, 1, ..., n - 1 (n may be a dim like N), to index with", example="rows = arange(N)")
