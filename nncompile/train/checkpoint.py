@@ -112,9 +112,9 @@ def _generator(saved: dict[str, Any]) -> np.random.Generator:
 
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez, atomically (temporary file, then rename)."""
+    """np.savez, atomically and durably: a power cut leaves the old file or the new one."""
     arrays = {k: v.get() if hasattr(v, "__cuda_array_interface__") else v for k, v in arrays.items()}  # GPU -> host
-    write_atomic(path, lambda handle: np.savez(handle, **arrays))
+    write_atomic(path, lambda handle: np.savez(handle, **arrays), durable=True)
 
 
 def write_text(path: Path, text: str) -> None:
