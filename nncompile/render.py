@@ -553,8 +553,9 @@ INSTALL_HINT = ("install Graphviz (Debian/Ubuntu: sudo apt-get install graphviz;
 def render_file(ev, output: str | Path, rankdir: str = "LR", *, max_nodes: int = MAX_NODES) -> Path:
     """Write the diagram to ``output``; the format is its extension (.svg, .png, .pdf or .dot).
 
-    .dot needs nothing else; the others run Graphviz's ``dot``. When ``dot`` is missing, the
-    DOT source is written next to ``output`` (g.svg -> g.dot) and NNError says how to install it.
+    .dot needs nothing else; the others run Graphviz's ``dot``. When ``dot`` is missing,
+    nothing is written (not even g.dot beside g.svg: only the file the user named is ever
+    written) and NNError says how to install it, or to ask for the DOT source with -o g.dot.
     """
     from .files import write_atomic
 
@@ -568,11 +569,10 @@ def render_file(ev, output: str | Path, rankdir: str = "LR", *, max_nodes: int =
         write_atomic(output, source)
         return output
     if shutil.which("dot") is None:
-        fallback = output.with_suffix(".dot")
-        write_atomic(fallback, source)
+        dot = output.with_suffix(".dot")
         raise NNError(f"cannot write {output}: Graphviz's 'dot' program is not on PATH; {INSTALL_HINT}. "
-                      f"The graph was written as DOT source to {fallback} (render it later with "
-                      f"'dot -T{ext[1:]} {fallback} -o {output}', or ask for -o {fallback})")
+                      f"Without it, -o {dot} writes the DOT source (render it later with "
+                      f"'dot -T{ext[1:]} {dot} -o {output}')")
     if ext == ".png":  # a sharper bitmap than Graphviz's default 72 dpi
         source = source.replace("  graph [", "  graph [dpi=144, ", 1)
     try:

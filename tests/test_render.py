@@ -208,16 +208,17 @@ def test_dot_output_needs_no_graphviz(circuit, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("ext", [".svg", ".png", ".pdf"])
-def test_missing_dot_writes_dot_and_says_how_to_install(circuit, tmp_path, monkeypatch, ext):
+def test_missing_dot_writes_nothing_and_says_how_to_install(circuit, tmp_path, monkeypatch, ext):
     _no_dot(monkeypatch)
+    (tmp_path / "g.dot").write_text("// the user's own graph\n")
     with pytest.raises(NNError) as info:
         render_file(circuit, tmp_path / f"g{ext}")
     message = str(info.value)
     assert "not on PATH" in message and "apt-get install graphviz" in message
     assert "brew install graphviz" in message and "conda" in message
-    assert str(tmp_path / "g.dot") in message
-    assert (tmp_path / "g.dot").read_text(encoding="utf-8") == to_dot(circuit)
-    assert not (tmp_path / f"g{ext}").exists()
+    assert f"-o {tmp_path / 'g.dot'} writes the DOT source" in message
+    assert (tmp_path / "g.dot").read_text() == "// the user's own graph\n", "a file the user did not name was replaced"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.dot"]
 
 
 def test_unknown_extension(circuit, tmp_path):
