@@ -275,12 +275,20 @@ def test_train_refuses_an_out_that_is_a_file(tmp_path: Path, run_cli) -> None:
     assert (tmp_path / "results").read_text() == "mine\n"
 
 
-def test_train_reports_a_damaged_checkpoint_cleanly(tmp_path: Path, run_cli) -> None:
-    (tmp_path / "run").mkdir()
-    np.savez(tmp_path / "run" / "checkpoint.npz", meta=np.array("{}"), **{"param/W": np.zeros(500)})
-    blob = bytearray((tmp_path / "run" / "checkpoint.npz").read_bytes())
-    blob[len(blob) // 3] ^= 0xFF
-    (tmp_path / "run" / "checkpoint.npz").write_bytes(bytes(blob))
+@pytest.mark.parametrize("meta, flip, message", [
+    ('{"format": 1}', True, "not a readable .npz file: Bad CRC-32"),
+    ('{"format": 1, "step": 3}', False, "cannot read the checkpoint (KeyError: 'rng'): it is damaged"),
+    ('[1]', False, "cannot read the checkpoint (AttributeError:"),
+])
+def test_train_reports_a_damaged_checkpoint_cleanly(meta: str, flip: bool, message: str, tmp_path: Path,
+                                                    run_cli) -> None:
+    checkpoint = tmp_path / "run" / "checkpoint.npz"
+    checkpoint.parent.mkdir()
+    np.savez(checkpoint, meta=np.array(meta), **{"param/W": np.zeros(500)})
+    if flip:
+        blob = bytearray(checkpoint.read_bytes())
+        blob[len(blob) // 3] ^= 0xFF
+        checkpoint.write_bytes(bytes(blob))
     result = run_cli("train", EXAMPLES / "digits_mlp.nn", "--data", "digits", "--out", "run", "--resume")
     assert result.returncode == 1 and "Traceback" not in result.stderr, result
-    assert result.stderr.startswith("nncompile: error: run/checkpoint.npz: not a readable .npz file"), result
+    assert result.stderr.startswith(f"nncompile: error: run/checkpoint.npz: {message}"), result

@@ -83,12 +83,16 @@ def load_checkpoint(path: Path, slots: tuple[str, ...]) -> tuple[TrainState, dic
     entries = read_npz(path)
     try:
         meta = json.loads(str(entries.pop("meta")))
-    except (ValueError, KeyError) as exc:
-        raise NNError(f"cannot read the checkpoint: {exc}", file=str(path)) from None
-    if meta.get("format") != FORMAT:
-        raise NNError(f"the checkpoint has format {meta.get('format')!r}; this nncompile reads format {FORMAT}",
-                      file=str(path))
+        if meta.get("format") != FORMAT:
+            raise NNError(f"the checkpoint has format {meta.get('format')!r}; this nncompile reads format {FORMAT}",
+                          file=str(path))
+        return _state(entries, meta, slots), dict(meta["fingerprint"])
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:   # a damaged or foreign meta entry
+        raise NNError(f"cannot read the checkpoint ({type(exc).__name__}: {exc}): it is damaged, or was not "
+                      "written by nncompile train", file=str(path)) from None
 
+
+def _state(entries: dict[str, np.ndarray], meta: dict[str, Any], slots: tuple[str, ...]) -> TrainState:
     def group(prefix: str) -> dict[str, np.ndarray]:
         return {k[len(prefix):]: v for k, v in entries.items() if k.startswith(prefix)}
 
@@ -102,7 +106,7 @@ def load_checkpoint(path: Path, slots: tuple[str, ...]) -> tuple[TrainState, dic
         best_epoch=int(meta["best_epoch"]), best_params=group("best/") or None,
         best_model_state=group("best_state/") or None, bad_epochs=int(meta["bad_epochs"]),
         stopped_early=bool(meta["stopped_early"]), history=list(meta["history"]))
-    return state, dict(meta["fingerprint"])
+    return state
 
 
 def _generator(saved: dict[str, Any]) -> np.random.Generator:
