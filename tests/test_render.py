@@ -312,7 +312,7 @@ hostile_text = st.lists(st.one_of(st.sampled_from(HOSTILE), st.text(
     st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r\x00"), max_size=6)), max_size=4).map("".join)
 hostile_file_name = st.lists(st.one_of(st.sampled_from(HOSTILE), st.text(
     st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00"), max_size=6)), max_size=3).map(
-    lambda parts: "".join(parts)[:60] + ".nn")
+    lambda parts: "".join(parts).replace("/", "_")[:60] + ".nn")   # no folders: a name, not a path
 
 COMMENTED = """\
 # {0}
