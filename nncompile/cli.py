@@ -1,7 +1,8 @@
 """The command line: ``nncompile compile | eval | render | check``.
 
 Every mistake a user can make ends as ``FILE:LINE:COL: error: ...`` (or, with no place in
-a file, ``nncompile: error: ...``) on stderr and exit code 1; output files are written whole (to a temporary name, then renamed) or not at all.
+a file, ``nncompile: error: ...``) on stderr and exit code 1; output files are written whole
+(to a temporary name, then renamed) or not at all, and never over the model itself.
 """
 from __future__ import annotations
 
