@@ -47,9 +47,10 @@ def write_atomic(path: str | Path, content: str | bytes | Callable[[BinaryIO], o
 
 
 def _mode_for(path: Path) -> int:
-    """The mode of the existing file at ``path``, else what the umask gives a new file."""
+    """The permissions of the existing file at ``path`` (not its setuid/setgid bits), else
+    what the umask gives a new file."""
     try:
-        return path.stat().st_mode & 0o7777
+        return path.stat().st_mode & 0o777
     except FileNotFoundError:
         umask = os.umask(0o022)   # the only way to read it is to set it; put it straight back
         os.umask(umask)
