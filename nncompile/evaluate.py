@@ -133,7 +133,8 @@ def _parse_value(name: str, text: str, model: Model, n: int, dtype) -> np.ndarra
         raise _set_error(f"{flag}: '{name}' is int, so its values must be whole numbers", name, node.loc)
     if len(value.shape) != len(node.shape) or any(isinstance(w, int) and w != g for w, g in zip(node.shape, value.shape)):
         dims = "[" + ", ".join(str(d) for d in node.shape) + "]"
-        raise _set_error(f"--set {name}: '{name}' has shape {dims}, but the value has shape {list(value.shape)}", name, node.loc)
+        raise _set_error(f"--set {name}: '{name}' has shape {dims}, but the value has shape {list(value.shape)}",
+                         name, node.loc)
     return value.astype(dtype if node.dtype == "float" else np.int64)
 
 

@@ -305,7 +305,8 @@ def test_error_message(name: str, tmp_path: Path, monkeypatch) -> None:
         header = re.fullmatch(r"(?P<file>[^:\s]+):(?P<line>\d+):(?P<col>\d+): error: (?P<message>.+)", lines[0])
         assert header, f"first line is not FILE:LINE:COL: error: MESSAGE\n{result.stderr}"
     else:   # no place in a file's text: no made-up position; a note may show what it is about
-        assert re.fullmatch(r"nncompile: error: .+", lines[0]), f"first line is not nncompile: error: MESSAGE\n{result.stderr}"
+        assert re.fullmatch(r"nncompile: error: .+", lines[0]), \
+            f"first line is not nncompile: error: MESSAGE\n{result.stderr}"
         lines = lines[1:]
         header = re.fullmatch(r"(?P<file>[^:\s]+):(?P<line>\d+):(?P<col>\d+): note: (?P<message>.+)", lines[0]) \
             if lines else None

@@ -54,7 +54,8 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--schedule", default="constant", metavar="NAME[:K=V,...]",
                    help=f"learning-rate schedule: {', '.join(SCHEDULES)}, e.g. step:every=10,gamma=0.5 "
                         "(default: constant)")
-    g.add_argument("--seed", type=seed, default=0, help="seed for the initial params, the shuffling and dropout (default: 0)")
+    g.add_argument("--seed", type=seed, default=0,
+                   help="seed for the initial params, the shuffling and dropout (default: 0)")
     g.add_argument("--patience", type=int, default=10,
                    help="stop after this many epochs without a better validation loss; 0 never stops (default: 10)")
     g.add_argument("--clip-norm", type=float, default=None, metavar="C",
