@@ -1,7 +1,8 @@
 """The command line: ``nncompile compile | eval | render | check``.
 
-Every mistake a user can make ends as ``FILE:LINE:COL: error: ...`` on stderr and exit
-code 1; output files are written whole (to a temporary name, then renamed) or not at all.
+Every mistake a user can make ends as ``FILE:LINE:COL: error: ...`` (or, with no place in
+a file, ``nncompile: error: ...``) on stderr and exit code 1; output files are written whole
+(to a temporary name, then renamed) or not at all, and never over the model itself.
 """
 from __future__ import annotations
 
@@ -19,9 +20,21 @@ from .errors import NNError
 from .files import write_atomic
 
 
+def _check_output(args: argparse.Namespace) -> None:
+    """Refuse ``-o`` naming the model file itself: the model would be replaced by the output."""
+    try:
+        same = os.path.samefile(args.output, args.model)
+    except OSError:   # one of them does not exist (yet): they cannot be the same file
+        return
+    if same:
+        raise NNError(f"-o {args.output}: that is the model file; writing the output there would destroy it. "
+                      "Choose another output file")
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     from .compiler import compile_file
 
+    _check_output(args)
     source = compile_file(args.model, dtype=args.dtype, backend=args.backend)
     write_atomic(args.output, source)
     print(f"wrote {args.output}", file=sys.stderr)
@@ -31,7 +44,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_file, parse_sets, to_json
 
-    ev = evaluate_file(args.model, parse_sets(args.set, args.model), seed=args.seed, dtype=args.dtype)
+    ev = evaluate_file(args.model, parse_sets(args.set), seed=args.seed, dtype=args.dtype)
     dtype = ev.model.dtype
     values = ev.named_values()
     grads = ev.input_and_param_grads()
@@ -66,7 +79,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_file, parse_sets
     from .render import render_file
 
-    ev = evaluate_file(args.model, parse_sets(args.set, args.model), seed=args.seed, dtype=args.dtype)
+    _check_output(args)
+    ev = evaluate_file(args.model, parse_sets(args.set), seed=args.seed, dtype=args.dtype)
     written = render_file(ev, args.output, rankdir=args.rankdir)
     print(f"wrote {written}", file=sys.stderr)
     return 0
@@ -86,7 +100,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print("nothing to differentiate (no 'minimize' and no single scalar output): gradient check skipped")
         return 0
     module = load_module(emit_module(build(model)), Path(args.model).stem)
-    params, inputs = concrete_values(model, module, parse_sets(args.set, args.model), args.seed)
+    params, inputs = concrete_values(model, module, parse_sets(args.set), args.seed)
     results = summarize(check_gradients(module, params, inputs, seed=args.seed,
                                         kinks=Kinks.of_file(args.model, args.seed)))
     width = max(len(name) for name in results) if results else 1
@@ -103,6 +117,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .train.cli import add_train_parser, seed
+
     parser = argparse.ArgumentParser(prog="nncompile", description="Compile .nn neural-network models to numpy.")
     parser.add_argument("--version", action="version", version=f"nncompile {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -114,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         if values:
             p.add_argument("--set", action="append", metavar="NAME=VALUE",
                            help="value of an input or param (a number or JSON list), or of a dim (N=8)")
-            p.add_argument("--seed", type=int, default=0, help="seed for params and random inputs")
+            p.add_argument("--seed", type=seed, default=0, help="seed for params and random inputs")
 
     p = sub.add_parser("compile", help="write the model as a standalone Python module")
     common(p, values=False)
@@ -138,7 +154,6 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(run=cmd_check)
 
-    from .train.cli import add_train_parser
     add_train_parser(sub)
     return parser
 
@@ -149,8 +164,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(args)
     except NNError as exc:
-        if exc.loc is None and exc.file is None:   # keep FILE:LINE:COL: blame the model being run
-            exc.file = args.model
         print(exc.format(), file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -1,7 +1,9 @@
 """Errors a user can cause, reported against their own text.
 
 Every stage raises :class:`NNError` with the location of the offending source; the CLI
-prints it as ``FILE:LINE:COL: error: MESSAGE`` followed by the line and a caret.
+prints it as ``FILE:LINE:COL: error: MESSAGE`` followed by the line and a caret. An error
+with no place in a file's text (a missing file, a bad ``--set``, bad data) is printed as
+``nncompile: error: [FILE: ]MESSAGE``: a made-up position would send the reader to line 1.
 """
 from __future__ import annotations
 
@@ -57,12 +59,10 @@ class NNError(Exception):
         self.notes = notes
 
     def format(self) -> str:
-        if self.loc is None:
-            # An error about a whole file (missing, unreadable, a bad --set for it) is
-            # reported at its start, so every message keeps the FILE:LINE:COL form.
-            where = f"{self.file}:1:1: " if self.file else ""
-            return f"{where}error: {self.message}"
-        text = [f"{self.loc}: error: {self.message}", *_quote(self.loc)]
+        if self.loc is None:   # about a whole file, or about no file at all
+            text = [f"nncompile: error: {f'{self.file}: ' if self.file else ''}{self.message}"]
+        else:
+            text = [f"{self.loc}: error: {self.message}", *_quote(self.loc)]
         for note, where in self.notes:   # each note quotes its own line too, as compilers do
             text += [f"{where}: note: {note}", *_quote(where)]
         return "\n".join(text)

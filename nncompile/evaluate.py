@@ -16,7 +16,7 @@ import numpy as np
 from .codegen import Program, emit_module
 from .compiler import build, load_module
 from .elaborate import elaborate_file
-from .errors import NNError
+from .errors import Loc, NNError
 from .ir import Model, Node
 from .schedule import VIEW_OPS
 from .shapes import show
@@ -55,13 +55,13 @@ class Evaluation:
         return out
 
 
-def parse_sets(items: list[str] | None, file: str | None = None) -> dict[str, str]:
-    """``["x=3", "W=[[1,2]]"]`` -> ``{"x": "3", "W": "[[1,2]]"}``; ``file`` is the model they are for."""
+def parse_sets(items: list[str] | None) -> dict[str, str]:
+    """``["x=3", "W=[[1,2]]"]`` -> ``{"x": "3", "W": "[[1,2]]"}``."""
     sets: dict[str, str] = {}
     for item in items or []:
         name, eq, value = item.partition("=")
         if not eq or not name.strip():
-            raise NNError(f"--set expects NAME=VALUE, not {item!r}", file=file)
+            raise NNError(f"--set expects NAME=VALUE, not {item!r}")
         sets[name.strip()] = value.strip()
     return sets
 
@@ -89,13 +89,12 @@ def concrete_values(model: Model, module: ModuleType, sets: Mapping[str, str], s
             text = sets.pop(name)
             if not text.isdigit() or int(text) < 1:
                 declared = next(G[n].loc for n in model.inputs.values() if name in G[n].shape)
-                raise NNError(f"--set {name}={text}: the dim {name} must be a positive integer", declared)
+                raise _set_error(f"--set {name}={text}: the dim {name} must be a positive integer", name, declared)
             dims[name] = int(text)
     unknown = [name for name in sets if name not in model.inputs and name not in model.params]
     if unknown:
         known = ", ".join([*model.inputs, *model.params, *sorted(symbols)])
-        raise NNError(f"--set {unknown[0]}: the model has no input, param or dim of that name; it has {known}",
-                      file=model.file)
+        raise NNError(f"--set {unknown[0]}: the model has no input, param or dim of that name; it has {known}")
     inputs: dict[str, np.ndarray] = {}
     for name, n in model.inputs.items():   # given values fix the dims first (--set y=[0, 3]: N = 2) ...
         if name in sets:
@@ -191,18 +190,28 @@ def _int_limit(model: Model, name: str, dims: Mapping[str, int]) -> int:
 
 def _parse_value(name: str, text: str, model: Model, n: int, dtype) -> np.ndarray:
     node = model.graph[n]
+    flag = f"--set {name}={text if len(text) <= 40 else text[:37] + '...'}"
     try:
         value = np.asarray(json.loads(text))
+    except RecursionError:
+        raise _set_error(f"{flag}: the list is nested too deeply", name, node.loc) from None
     except (json.JSONDecodeError, ValueError):
-        raise NNError(f"--set {name}={text}: not a number or a JSON list of numbers", node.loc) from None
+        raise _set_error(f"{flag}: not a number or a JSON list of numbers", name, node.loc) from None
     if value.dtype.kind not in "iuf" or value.dtype == object:
-        raise NNError(f"--set {name}={text}: not a number or a JSON list of numbers", node.loc)
+        raise _set_error(f"{flag}: not a number or a JSON list of numbers", name, node.loc)
     if node.dtype == "int" and value.dtype.kind == "f":
-        raise NNError(f"--set {name}={text}: '{name}' is int, so its values must be whole numbers", node.loc)
+        raise _set_error(f"{flag}: '{name}' is int, so its values must be whole numbers", name, node.loc)
     if len(value.shape) != len(node.shape) or any(isinstance(w, int) and w != g for w, g in zip(node.shape, value.shape)):
         dims = "[" + ", ".join(str(d) for d in node.shape) + "]"
-        raise NNError(f"--set {name}: '{name}' has shape {dims}, but the value has shape {list(value.shape)}", node.loc)
+        raise _set_error(f"--set {name}: '{name}' has shape {dims}, but the value has shape {list(value.shape)}",
+                         name, node.loc)
     return value.astype(dtype if node.dtype == "float" else np.int64)
+
+
+def _set_error(message: str, name: str, declared: Loc | None) -> NNError:
+    """A bad ``--set`` is a mistake on the command line, not in the file: the error names the
+    flag, and a note shows the declaration the value is for."""
+    return NNError(message, notes=((f"'{name}' is declared here", declared),) if declared else ())
 
 
 def _check_with_module(model: Model, module: ModuleType, params, inputs) -> None:

@@ -9,12 +9,19 @@ from typing import BinaryIO, Callable
 from .errors import NNError
 
 
-def write_atomic(path: str | Path, content: str | bytes | Callable[[BinaryIO], object]) -> None:
+def write_atomic(path: str | Path, content: str | bytes | Callable[[BinaryIO], object],
+                 durable: bool = False) -> None:
     """Write ``content`` (text, bytes, or a function that writes to a binary handle) to a
-    temporary file beside ``path``, then rename it into place."""
+    temporary file beside ``path``, then rename it into place.
+
+    The file gets the mode an ordinary ``open()`` would give it (``0o666 & ~umask``), or keeps
+    its own if it exists. ``durable`` (params, checkpoints) also syncs the data before the
+    rename and the folder after it, so a power cut leaves either the old file or the new one.
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        mode = _mode_for(path)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     except OSError as exc:
         raise NNError(f"cannot write {path}: {exc.strerror}") from None
@@ -24,10 +31,38 @@ def write_atomic(path: str | Path, content: str | bytes | Callable[[BinaryIO], o
                 content(handle)
             else:
                 handle.write(content.encode("utf-8") if isinstance(content, str) else content)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.chmod(tmp, mode)   # mkstemp made it 0600, which no other output of a compiler has
         os.replace(tmp, path)
+        if durable:
+            _sync_folder(path.parent)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         raise NNError(f"cannot write {path}: {exc.strerror}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _mode_for(path: Path) -> int:
+    """The permissions of the existing file at ``path`` (not its setuid/setgid bits), else
+    what the umask gives a new file."""
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0o022)   # the only way to read it is to set it; put it straight back
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX; Windows has no handle on a folder to sync)."""
+    if os.name == "nt":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

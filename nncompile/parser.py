@@ -86,11 +86,11 @@ def parse_file(path: str | Path) -> S.Module:
     except FileNotFoundError:
         raise NNError("no such file", file=str(path)) from None
     except IsADirectoryError:
-        raise NNError(f"{path} is a directory, not a .nn file", file=str(path)) from None
+        raise NNError("is a directory, not a .nn file", file=str(path)) from None
     except UnicodeDecodeError as exc:
-        raise NNError(f"{path} is not UTF-8 text ({exc.reason})", file=str(path)) from None
+        raise NNError(f"not UTF-8 text ({exc.reason})", file=str(path)) from None
     except OSError as exc:
-        raise NNError(f"cannot read {path}: {exc.strerror}", file=str(path)) from None
+        raise NNError(f"cannot be read: {exc.strerror}", file=str(path)) from None
     return parse(text, str(path))
 
 

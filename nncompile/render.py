@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import graphviz
 import networkx as nx
@@ -75,14 +76,23 @@ def escape(text: Any) -> str:
 
     Graphviz expands escapes such as ``\\N`` (the node's name) even in HTML labels, after
     decoding entities, so a backslash is doubled as well."""
-    return html.escape(str(text), quote=True).replace("\\", "\\\\")
+    return html.escape(_printable(text), quote=True).replace("\\", "\\\\")
+
+
+def _printable(text: Any) -> str:
+    """``text`` with every unprintable character as a space: controls (an ESC in a file name
+    makes Graphviz fail), bidi marks, surrogates from an undecodable file name and the
+    noncharacters U+FFFE/U+FFFF, none of which XML 1.0 or a reader wants in a diagram."""
+    return "".join(ch if ch.isprintable() else " " for ch in str(text))
 
 
 def quote(text: Any) -> str:
     """A double-quoted DOT string that Graphviz shows as ``text``, literally.
 
     For tooltips Graphviz undoes backslash escapes twice (once for the DOT string, once
-    for its ``\\N``-style escapes), so a backslash is written as four."""
+    for its ``\\N``-style escapes), so a backslash is written as four. It also decodes
+    character references (a comment's ``&#1;`` would become a character that XML forbids),
+    so ``&`` is written as ``&amp;``."""
     out = []
     for ch in str(text):
         if ch == "\\":
@@ -91,10 +101,10 @@ def quote(text: Any) -> str:
             out.append('\\"')
         elif ch == "\n":
             out.append("\\n")
-        elif not ch.isprintable():
-            out.append(" ")
+        elif ch == "&":
+            out.append("&amp;")
         else:
-            out.append(ch)
+            out.append(_printable(ch))
     return '"' + "".join(out) + '"'
 
 
@@ -553,8 +563,9 @@ INSTALL_HINT = ("install Graphviz (Debian/Ubuntu: sudo apt-get install graphviz;
 def render_file(ev, output: str | Path, rankdir: str = "LR", *, max_nodes: int = MAX_NODES) -> Path:
     """Write the diagram to ``output``; the format is its extension (.svg, .png, .pdf or .dot).
 
-    .dot needs nothing else; the others run Graphviz's ``dot``. When ``dot`` is missing, the
-    DOT source is written next to ``output`` (g.svg -> g.dot) and NNError says how to install it.
+    .dot needs nothing else; the others run Graphviz's ``dot``. When ``dot`` is missing,
+    nothing is written (not even g.dot beside g.svg: only the file the user named is ever
+    written) and NNError says how to install it, or to ask for the DOT source with -o g.dot.
     """
     from .files import write_atomic
 
@@ -568,11 +579,10 @@ def render_file(ev, output: str | Path, rankdir: str = "LR", *, max_nodes: int =
         write_atomic(output, source)
         return output
     if shutil.which("dot") is None:
-        fallback = output.with_suffix(".dot")
-        write_atomic(fallback, source)
+        dot = output.with_suffix(".dot")
         raise NNError(f"cannot write {output}: Graphviz's 'dot' program is not on PATH; {INSTALL_HINT}. "
-                      f"The graph was written as DOT source to {fallback} (render it later with "
-                      f"'dot -T{ext[1:]} {fallback} -o {output}', or ask for -o {fallback})")
+                      f"Without it, -o {dot} writes the DOT source (render it later with "
+                      f"'dot -T{ext[1:]} {dot} -o {output}')")
     if ext == ".png":  # a sharper bitmap than Graphviz's default 72 dpi
         source = source.replace("  graph [", "  graph [dpi=144, ", 1)
     try:
@@ -583,5 +593,11 @@ def render_file(ev, output: str | Path, rankdir: str = "LR", *, max_nodes: int =
                       + (f": {' '.join(detail[:3])}" if detail else f" (exit code {exc.returncode})")) from None
     except (graphviz.ExecutableNotFound, OSError) as exc:
         raise NNError(f"cannot write {output}: could not run Graphviz's dot ({exc})") from None
+    if ext == ".svg":   # the last line of defence: never leave an SVG that no viewer can open
+        try:
+            ElementTree.fromstring(image)
+        except ElementTree.ParseError as exc:
+            raise NNError(f"cannot write {output}: Graphviz made an SVG that is not well-formed XML ({exc}); "
+                          f"-o {output.with_suffix('.dot')} writes the DOT source") from None
     write_atomic(output, image)
     return output

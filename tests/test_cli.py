@@ -217,3 +217,78 @@ def test_check_passes_a_gradient_that_is_exactly_zero(tmp_path: Path, run_cli) -
     result = run_cli("check", model)
     assert result.returncode == 0, result.stderr
     assert "gradient of b" in result.stdout and "passed" in result.stdout
+
+
+# ---- the boundary: arguments, the files the commands read and write ---------------------
+
+SQUARES = "input x: float[3]\ny = sum(x * x)\noutput y\n"
+
+
+@pytest.mark.parametrize("verb", ["eval", "render", "check", "train"])
+def test_a_negative_seed_is_a_usage_error(verb: str, tmp_path: Path, run_cli) -> None:
+    write_nn(tmp_path, "m.nn", SQUARES)
+    result = run_cli(verb, "m.nn", "--seed", "-1", *(["-o", "m.svg"] if verb == "render" else []))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result
+    assert "argument --seed: '-1': a seed is a whole number from 0 up" in result.stderr
+
+
+@pytest.mark.parametrize("verb", ["eval", "render", "check"])
+def test_a_set_value_nested_beyond_reason_is_a_clean_error(verb: str, tmp_path: Path, run_cli) -> None:
+    write_nn(tmp_path, "m.nn", SQUARES)
+    deep = "[" * 5000 + "]" * 5000
+    result = run_cli(verb, "m.nn", "--set", f"x={deep}", *(["-o", "m.dot"] if verb == "render" else []))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result
+    assert result.stderr.startswith(f"nncompile: error: --set x={'[' * 37}...: the list is nested too deeply\n")
+
+
+@pytest.mark.parametrize("verb, output", [("compile", "m.nn"), ("compile", "./sub/../m.nn"), ("render", "m.nn")])
+def test_the_output_is_never_the_model_itself(verb: str, output: str, tmp_path: Path, run_cli) -> None:
+    (tmp_path / "sub").mkdir()
+    write_nn(tmp_path, "m.nn", SQUARES)
+    result = run_cli(verb, "m.nn", "-o", output)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result
+    assert result.stderr.startswith(f"nncompile: error: -o {output}: that is the model file;")
+    assert (tmp_path / "m.nn").read_text() == SQUARES
+
+
+@pytest.mark.parametrize("args, message", [
+    (["compile", "gone.nn", "-o", "gone.py"], "nncompile: error: gone.nn: no such file\n"),
+    (["eval", "."], "nncompile: error: .: is a directory, not a .nn file\n"),
+    (["eval", "m.nn", "--set", "z=1"], "nncompile: error: --set z: the model has no input, param or dim of that name"),
+    (["train", "m.nn", "--data", "gone.npz"], "nncompile: error: gone.npz: data file not found"),
+])
+def test_an_error_with_no_place_in_a_file_has_no_made_up_position(args: list[str], message: str, tmp_path: Path,
+                                                                  run_cli) -> None:
+    write_nn(tmp_path, "m.nn", SQUARES)
+    result = run_cli(*args)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result
+    assert result.stderr.startswith(message), result
+
+
+def test_train_refuses_an_out_that_is_a_file(tmp_path: Path, run_cli) -> None:
+    (tmp_path / "results").write_text("mine\n")
+    for out in ("results", "results/run"):
+        result = run_cli("train", EXAMPLES / "digits_mlp.nn", "--data", "digits", "--out", out)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result
+        assert result.stderr.startswith(f"nncompile: error: cannot use {out} as the run directory: results is a "
+                                        "file, not a folder")
+    assert (tmp_path / "results").read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("meta, flip, message", [
+    ('{"format": 1}', True, "not a readable .npz file: Bad CRC-32"),
+    ('{"format": 1, "step": 3}', False, "cannot read the checkpoint (KeyError: 'rng'): it is damaged"),
+    ('[1]', False, "cannot read the checkpoint (AttributeError:"),
+])
+def test_train_reports_a_damaged_checkpoint_cleanly(meta: str, flip: bool, message: str, tmp_path: Path,
+                                                    run_cli) -> None:
+    checkpoint = tmp_path / "run" / "checkpoint.npz"
+    checkpoint.parent.mkdir()
+    np.savez(checkpoint, meta=np.array(meta), **{"param/W": np.zeros(500)})
+    if flip:
+        blob = bytearray(checkpoint.read_bytes())
+        blob[len(blob) // 3] ^= 0xFF
+        checkpoint.write_bytes(bytes(blob))
+    result = run_cli("train", EXAMPLES / "digits_mlp.nn", "--data", "digits", "--out", "run", "--resume")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result
+    assert result.stderr.startswith(f"nncompile: error: run/checkpoint.npz: {message}"), result

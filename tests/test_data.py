@@ -2,6 +2,8 @@
 model's inputs, validation with clear errors before training, splits and normalisation."""
 from __future__ import annotations
 
+import io
+import zipfile
 from pathlib import Path
 from types import ModuleType
 
@@ -138,12 +140,12 @@ def test_npz_map_names_arrays(tmp_path: Path, module: ModuleType) -> None:
 def test_bad_npz_data_is_reported_before_training(tmp_path: Path, module: ModuleType, make, mapping, message) -> None:
     path = npz(tmp_path, **make(arrays()))
     text = error_of(lambda: bind_file(path, module, mapping))
-    assert text.startswith(str(path)) and "error: " in text, text
+    assert text.startswith(f"nncompile: error: {path}: "), text
     assert message in text
 
 
 def test_missing_and_unreadable_files(tmp_path: Path) -> None:
-    assert "data file not found: nowhere.npz" in error_of(lambda: load_source("nowhere.npz"))
+    assert error_of(lambda: load_source("nowhere.npz")).startswith("nncompile: error: nowhere.npz: data file not found")
     (tmp_path / "data.txt").write_text("1,2\n")
     assert "use a .npz or .csv file" in error_of(lambda: load_source(str(tmp_path / "data.txt")))
     (tmp_path / "broken.npz").write_bytes(b"not a zip file")
@@ -151,6 +153,40 @@ def test_missing_and_unreadable_files(tmp_path: Path) -> None:
     np.savez(tmp_path / "objects.npz", X=np.array([{"a": 1}], dtype=object))
     assert "object arrays" in error_of(lambda: load_source(str(tmp_path / "objects.npz")))
     assert "is a directory" in error_of(lambda: load_source(str(tmp_path)))
+
+
+def damaged(path: Path, kind: str) -> Path:
+    """An .npz file broken as files get broken: a flipped byte in a member, a deflate stream
+    cut short, or a header that claims a billion rows that the member does not hold."""
+    if kind == "flipped byte":
+        np.savez(path, X=np.arange(1000.0), y=np.zeros(1000, dtype=int))
+        blob = bytearray(path.read_bytes())
+        blob[len(blob) // 4] ^= 0xFF
+        path.write_bytes(bytes(blob))
+    elif kind == "bad deflate stream":
+        np.savez_compressed(path, X=np.arange(1000.0))
+        blob = bytearray(path.read_bytes())
+        blob[100:140] = bytes(40)
+        path.write_bytes(bytes(blob))
+    else:
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False,
+                                                      "shape": (2_000_000_000, 64)})
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("X.npy", header.getvalue() + bytes(64))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["flipped byte", "bad deflate stream", "header claims a billion rows"])
+def test_a_damaged_npz_file_is_a_clean_error(kind: str, tmp_path: Path) -> None:
+    path = damaged(tmp_path / "data.npz", kind)
+    text = error_of(lambda: load_source(str(path)))
+    assert text.startswith(f"nncompile: error: {path}: not a readable .npz file"), text
+
+
+def test_an_npz_header_is_checked_against_the_size_of_its_member(tmp_path: Path) -> None:
+    text = error_of(lambda: load_source(str(damaged(tmp_path / "data.npz", "header claims a billion rows"))))
+    assert "array 'X' claims shape [2000000000, 64] (1,024,000,000,000 bytes), but its member holds 64 bytes" in text
 
 
 def test_an_input_without_a_batch_dimension_is_refused(tmp_path: Path) -> None:

@@ -3,8 +3,10 @@
 Each case runs the CLI (its main(), as ``python -m nncompile`` does; a sample of the cases
 also as a real process) in a fresh directory, with relative paths so the messages are the
 same on every machine, and compares stderr with tests/golden/CASE.txt exactly. Each message must be
-``FILE:LINE:COL: error: MESSAGE``, then the source line and a caret under ``points_at``; the
-exit code is 1 and there is never a traceback.
+``FILE:LINE:COL: error: MESSAGE``, then the source line and a caret under ``points_at``; an error
+with no place in a file's text (a missing file, a bad --set) is ``nncompile: error: MESSAGE``,
+perhaps with a note that quotes the declaration it is about. The exit code is 1 and there is
+never a traceback.
 
 To regenerate the golden files after changing a message on purpose:
 
@@ -44,6 +46,7 @@ class Case:
     args: list[str]
     points_at: str | None          # the text the caret must be under; None: no source line to show
     line: int | None = None        # where the error is, when not in the first file's first match
+    located: bool = True           # False: no place in a file (nncompile: error: ...); points_at is then a note's
     extra: dict = field(default_factory=dict)
 
 
@@ -161,8 +164,8 @@ CASES: dict[str, Case] = {
         output = x * 2
         output output
     """}, ["check", "m.nn"], points_at="output = x"),
-    "missing_file": Case({}, ["check", "missing.nn"], points_at=None),
-    "missing_file_compile": Case({}, ["compile", "nowhere/missing.nn", "-o", "out.py"], points_at=None),
+    "missing_file": Case({}, ["check", "missing.nn"], points_at=None, located=False),
+    "missing_file_compile": Case({}, ["compile", "nowhere/missing.nn", "-o", "out.py"], points_at=None, located=False),
     "empty_file": Case({"m.nn": ""}, ["check", "m.nn"], points_at=None),
     "comments_only_file": Case({"m.nn": "# nothing here yet\n\n"}, ["check", "m.nn"], points_at="# nothing"),
     "no_output": Case({"m.nn": """
@@ -226,23 +229,23 @@ CASES: dict[str, Case] = {
         input x: float[3]
         y = sum(x)
         output y
-    """}, ["eval", "m.nn", "--set", "x=abc"], points_at="input x"),
+    """}, ["eval", "m.nn", "--set", "x=abc"], points_at="input x", located=False),
     "bad_set_shape": Case({"m.nn": """
         input x: float[3]
         y = sum(x)
         output y
-    """}, ["eval", "m.nn", "--set", "x=[1, 2]"], points_at="input x"),
+    """}, ["eval", "m.nn", "--set", "x=[1, 2]"], points_at="input x", located=False),
     "bad_set_int": Case({"m.nn": """
         input labels: int[2]
         input s: float[2, 3]
         loss = softmax_cross_entropy(s, labels)
         minimize loss
-    """}, ["eval", "m.nn", "--set", "labels=[0.5, 1]"], points_at="input labels"),
+    """}, ["eval", "m.nn", "--set", "labels=[0.5, 1]"], points_at="input labels", located=False),
     "bad_set_dim": Case({"m.nn": """
         input x: float[N, 3]
         y = sum(x)
         output y
-    """}, ["eval", "m.nn", "--set", "N=0"], points_at="input x"),
+    """}, ["eval", "m.nn", "--set", "N=0"], points_at="input x", located=False),
     "bad_set_label_out_of_range": Case({"m.nn": """
         input s: float[N, 3]
         input y: int[N]
@@ -253,11 +256,11 @@ CASES: dict[str, Case] = {
         input x: float[3]
         y = sum(x)
         output y
-    """}, ["eval", "m.nn", "--set", "z=1"], points_at=None),
+    """}, ["eval", "m.nn", "--set", "z=1"], points_at=None, located=False),
     "set_without_value": Case({"m.nn": """
         input x = 1
         output x
-    """}, ["eval", "m.nn", "--set", "x"], points_at=None),
+    """}, ["eval", "m.nn", "--set", "x"], points_at=None, located=False),
     "param_of_symbolic_shape": Case({"m.nn": """
         input x: float[N, 3]
         param W: [N, 3] = zeros()
@@ -328,12 +331,21 @@ def test_error_message(name: str, tmp_path: Path, monkeypatch) -> None:
     assert result.stdout == "", result
 
     lines = result.stderr.rstrip("\n").split("\n")
-    header = re.fullmatch(r"(?P<file>[^:\s]+):(?P<line>\d+):(?P<col>\d+): error: (?P<message>.+)", lines[0])
-    assert header, f"first line is not FILE:LINE:COL: error: MESSAGE\n{result.stderr}"
-    expected_file = case.extra.get("file") or (next(iter(case.files), None) or case.args[1])
-    assert header["file"] == expected_file
+    if case.located:
+        header = re.fullmatch(r"(?P<file>[^:\s]+):(?P<line>\d+):(?P<col>\d+): error: (?P<message>.+)", lines[0])
+        assert header, f"first line is not FILE:LINE:COL: error: MESSAGE\n{result.stderr}"
+    else:   # no place in a file's text: no made-up position; a note may show what it is about
+        assert re.fullmatch(r"nncompile: error: .+", lines[0]), \
+            f"first line is not nncompile: error: MESSAGE\n{result.stderr}"
+        lines = lines[1:]
+        header = re.fullmatch(r"(?P<file>[^:\s]+):(?P<line>\d+):(?P<col>\d+): note: (?P<message>.+)", lines[0]) \
+            if lines else None
+        assert (header is None) == (case.points_at is None), result.stderr
+    if header:
+        expected_file = case.extra.get("file") or (next(iter(case.files), None) or case.args[1])
+        assert header["file"] == expected_file
     if case.points_at is None:
-        assert len(lines) == 1 or "note:" in lines[1], result.stderr
+        assert len(lines) <= 1 or "note:" in lines[1], result.stderr
     else:
         assert len(lines) >= 3, f"no source line and caret:\n{result.stderr}"
         source_file = tmp_path / header["file"]

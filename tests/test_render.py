@@ -7,11 +7,14 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from nncompile import render
 from nncompile.errors import NNError
@@ -208,16 +211,17 @@ def test_dot_output_needs_no_graphviz(circuit, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("ext", [".svg", ".png", ".pdf"])
-def test_missing_dot_writes_dot_and_says_how_to_install(circuit, tmp_path, monkeypatch, ext):
+def test_missing_dot_writes_nothing_and_says_how_to_install(circuit, tmp_path, monkeypatch, ext):
     _no_dot(monkeypatch)
+    (tmp_path / "g.dot").write_text("// the user's own graph\n")
     with pytest.raises(NNError) as info:
         render_file(circuit, tmp_path / f"g{ext}")
     message = str(info.value)
     assert "not on PATH" in message and "apt-get install graphviz" in message
     assert "brew install graphviz" in message and "conda" in message
-    assert str(tmp_path / "g.dot") in message
-    assert (tmp_path / "g.dot").read_text(encoding="utf-8") == to_dot(circuit)
-    assert not (tmp_path / f"g{ext}").exists()
+    assert f"-o {tmp_path / 'g.dot'} writes the DOT source" in message
+    assert (tmp_path / "g.dot").read_text() == "// the user's own graph\n", "a file the user did not name was replaced"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.dot"]
 
 
 def test_unknown_extension(circuit, tmp_path):
@@ -300,6 +304,55 @@ def test_hostile_names_cannot_break_the_diagram(tmp_path):
     assert f"{hostile} = 3" in texts
     titles = [a.get("{http://www.w3.org/1999/xlink}title") or "" for a in tree.iter(f"{SVG}a")]
     assert any(t.startswith(f"input {hostile}: float[]") for t in titles)   # tooltips too
+
+
+HOSTILE = ["&#1;", "&#xFFFE;", "&#55296;", "&amp;", "&lt;b&gt;", "<script>alert(1)</script>", "]]>", '"', "'",
+           "\x1b[31m", "\x01", "\x7f", "\u200f\u202e", "\ufffe\uffff", "\\N \\G", "naïve 中文 🤖", "<!--", "&"]
+hostile_text = st.lists(st.one_of(st.sampled_from(HOSTILE), st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r\x00"), max_size=6)), max_size=4).map("".join)
+hostile_file_name = st.lists(st.one_of(st.sampled_from(HOSTILE), st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00"), max_size=6)), max_size=3).map(
+    lambda parts: "".join(parts).replace("/", "_")[:60] + ".nn")   # no folders: a name, not a path
+
+COMMENTED = """\
+# {0}
+layer affine(x: [B, K], out: int) -> [B, out] {{  # {0}
+    param W: [K, out] = he()  # {0}
+    return x @ W
+}}
+const k = 2  # {0}
+input x: float[2, 3]  # {0}
+h = affine(x, out=k) as fc  # {0}
+loss = sum(h * h)  # {0}
+minimize loss
+"""
+
+
+@needs_dot
+@settings(max_examples=25, deadline=None)
+@given(comment=hostile_text, file_name=hostile_file_name)
+@example(comment="&#1; &#xFFFE; &#55296;", file_name="&#1;.nn")
+@example(comment="&amp; <script> ]]> \" '", file_name="e\x1bx&#xFFFE;.nn")
+def test_every_svg_is_well_formed_xml_whatever_the_source_holds(comment: str, file_name: str) -> None:
+    """Comments (shown in tooltips) and file names (in the legend and tooltips) reach the SVG
+    as literal text: no character reference decoded into a character XML forbids."""
+    with tempfile.TemporaryDirectory() as folder:
+        model = Path(folder) / file_name
+        model.write_text(COMMENTED.format(comment), encoding="utf-8")
+        out = render_file(evaluate_file(model), Path(folder) / "g.svg")
+        tree = ET.parse(out)   # raises on anything that is not well-formed XML
+    titles = [" ".join((a.get("{http://www.w3.org/1999/xlink}title") or "").split()) for a in tree.iter(f"{SVG}a")]
+    shown = " ".join(f"{render._printable(file_name)}:7: input x: float[2, 3]  # {render._printable(comment)}".split())
+    assert any(shown in title for title in titles), (shown, titles)
+
+
+def test_an_svg_that_is_not_well_formed_is_never_written(circuit, tmp_path, monkeypatch):
+    """Should Graphviz ever emit broken XML, the command fails instead of leaving it behind."""
+    monkeypatch.setattr(render.shutil, "which", lambda *a, **k: "/usr/bin/dot")
+    monkeypatch.setattr(render.graphviz, "pipe", lambda *a, **k: b'<svg xmlns="http://www.w3.org/2000/svg">&#1;</svg>')
+    with pytest.raises(NNError, match="not well-formed XML"):
+        render_file(circuit, tmp_path / "g.svg")
+    assert list(tmp_path.iterdir()) == []
 
 
 # ---- formatting -------------------------------------------------------------------------------

@@ -460,7 +460,7 @@ def test_cli_sanity_checks(files: dict[str, Path], tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("make, args, message", [
-    (None, ["--data", "missing.npz"], "data file not found: missing.npz"),
+    (None, ["--data", "missing.npz"], "missing.npz: data file not found"),
     (lambda X, y: {"X": X, "y": np.where(np.arange(len(y)) == 3, 7, y)}, [],
      "holds the label 7 (row 3), but the model has 3 classes: labels must lie in [0, 3)"),
     (lambda X, y: {"X": np.where(np.arange(len(y))[:, None] == 1, np.nan, X), "y": y}, [],

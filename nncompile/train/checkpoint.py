@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,16 +80,19 @@ def load_checkpoint(path: Path, slots: tuple[str, ...]) -> tuple[TrainState, dic
     if not path.exists():
         raise NNError(f"there is no checkpoint to resume from in {path.parent} (expected {path.name}); "
                       "run without --resume to start a new run")
+    entries = read_npz(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            entries = {k: archive[k] for k in archive.files}
         meta = json.loads(str(entries.pop("meta")))
-    except (OSError, ValueError, KeyError, EOFError) as exc:
-        raise NNError(f"cannot read the checkpoint: {exc}", file=str(path)) from None
-    if meta.get("format") != FORMAT:
-        raise NNError(f"the checkpoint has format {meta.get('format')!r}; this nncompile reads format {FORMAT}",
-                      file=str(path))
+        if meta.get("format") != FORMAT:
+            raise NNError(f"the checkpoint has format {meta.get('format')!r}; this nncompile reads format {FORMAT}",
+                          file=str(path))
+        return _state(entries, meta, slots), dict(meta["fingerprint"])
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:   # a damaged or foreign meta entry
+        raise NNError(f"cannot read the checkpoint ({type(exc).__name__}: {exc}): it is damaged, or was not "
+                      "written by nncompile train", file=str(path)) from None
 
+
+def _state(entries: dict[str, np.ndarray], meta: dict[str, Any], slots: tuple[str, ...]) -> TrainState:
     def group(prefix: str) -> dict[str, np.ndarray]:
         return {k[len(prefix):]: v for k, v in entries.items() if k.startswith(prefix)}
 
@@ -101,7 +106,7 @@ def load_checkpoint(path: Path, slots: tuple[str, ...]) -> tuple[TrainState, dic
         best_epoch=int(meta["best_epoch"]), best_params=group("best/") or None,
         best_model_state=group("best_state/") or None, bad_epochs=int(meta["bad_epochs"]),
         stopped_early=bool(meta["stopped_early"]), history=list(meta["history"]))
-    return state, dict(meta["fingerprint"])
+    return state
 
 
 def _generator(saved: dict[str, Any]) -> np.random.Generator:
@@ -111,10 +116,45 @@ def _generator(saved: dict[str, Any]) -> np.random.Generator:
     return generator
 
 
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz file, by name, or an NNError for a damaged one: a corrupted
+    member, a pickle, or a header that claims more data than its member holds (np.load would
+    first try to allocate all of it: a billion rows is a MemoryError, not a message)."""
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.filename.endswith(".npy"):
+                    name = info.filename[:-len(".npy")]
+                    with archive.open(info) as member:
+                        _check_npy_header(member, info.file_size, name)
+                    with archive.open(info) as member:
+                        arrays[name] = np.lib.format.read_array(member, allow_pickle=False)
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as exc:
+        raise NNError(f"not a readable .npz file: {exc}", file=str(path)) from None
+    except MemoryError:
+        raise NNError("the arrays of this .npz file do not fit in memory", file=str(path)) from None
+    return arrays
+
+
+def _check_npy_header(member: Any, size: int, name: str) -> None:
+    """Refuse an array whose header promises more bytes than the member has, or objects."""
+    version = np.lib.format.read_magic(member)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(member)
+    if dtype.hasobject:
+        raise ValueError(f"array {name!r} holds Python objects, and object arrays (pickles) are never "
+                         "loaded: save plain numeric arrays instead")
+    needed = math.prod(shape) * dtype.itemsize
+    if needed > size - member.tell():
+        raise ValueError(f"array {name!r} claims shape {list(shape)} ({needed:,} bytes), but its member holds "
+                         f"{size - member.tell():,} bytes: the file is damaged")
+
+
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez, atomically (temporary file, then rename)."""
+    """np.savez, atomically and durably: a power cut leaves the old file or the new one."""
     arrays = {k: v.get() if hasattr(v, "__cuda_array_interface__") else v for k, v in arrays.items()}  # GPU -> host
-    write_atomic(path, lambda handle: np.savez(handle, **arrays))
+    write_atomic(path, lambda handle: np.savez(handle, **arrays), durable=True)
 
 
 def write_text(path: Path, text: str) -> None:

@@ -2,7 +2,7 @@
 
 nncompile/cli.py calls :func:`add_train_parser` to register the verb; the parser's ``run``
 default is :func:`run_train`, which returns the exit status: 0 on success, 1 for a user
-error (printed as ``FILE: error: ...``, never a traceback) or a failed sanity check, 130
+error (printed as ``nncompile: error: ...``, never a traceback) or a failed sanity check, 130
 when interrupted (the last finished epoch is checkpointed; ``--resume`` continues it).
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..errors import NNError
 from ..optim import OPTIMIZERS
 from .data import NORMALIZE
 from .schedules import NAMES as SCHEDULES
@@ -53,7 +54,8 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--schedule", default="constant", metavar="NAME[:K=V,...]",
                    help=f"learning-rate schedule: {', '.join(SCHEDULES)}, e.g. step:every=10,gamma=0.5 "
                         "(default: constant)")
-    g.add_argument("--seed", type=int, default=0, help="seed for the initial params, the shuffling and dropout (default: 0)")
+    g.add_argument("--seed", type=seed, default=0,
+                   help="seed for the initial params, the shuffling and dropout (default: 0)")
     g.add_argument("--patience", type=int, default=10,
                    help="stop after this many epochs without a better validation loss; 0 never stops (default: 10)")
     g.add_argument("--clip-norm", type=float, default=None, metavar="C",
@@ -88,7 +90,9 @@ def run_train(args: argparse.Namespace) -> int:
     """Run ``nncompile train`` for parsed ``args``; returns the exit status."""
     from .trainer import TrainConfig, run
 
+    run_dir = Path(args.out) if args.out is not None else Path("runs") / Path(args.model).stem
     try:  # NNError goes up to nncompile.cli.main, which reports every command's errors alike
+        _check_run_dir(run_dir)
         hyper = {name: getattr(args, name) for name in HYPER_FLAGS if getattr(args, name) is not None}
         epochs = args.epochs if args.epochs is not None else (OVERFIT_EPOCHS if args.overfit is not None else 50)
         config = TrainConfig(
@@ -103,9 +107,28 @@ def run_train(args: argparse.Namespace) -> int:
                      config=config, out=args.out, resume=args.resume, overfit=args.overfit,
                      grad_check=args.grad_check, log=lambda line: print(line, flush=True), progress=progress)
     except KeyboardInterrupt:
-        where = args.out or str(Path("runs") / Path(args.model).stem)
-        print(f"interrupted: the last finished epoch is checkpointed; continue with --resume --out {where}",
+        print(f"interrupted: the last finished epoch is checkpointed; continue with --resume --out {run_dir}",
               file=sys.stderr)
         return 130
     return 0 if report.ok else 1
 
+
+def seed(text: str) -> int:
+    """The type of every ``--seed``: numpy's generators take any whole number from 0 up."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a seed is a whole number from 0 up")
+    return value
+
+
+def _check_run_dir(run_dir: Path) -> None:
+    """Refuse a run directory that is a file (or lies under one) before any work is done."""
+    for folder in (run_dir, *run_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise NNError(f"cannot use {run_dir} as the run directory: {folder} is a file, not a folder; "
+                              "choose another with --out")
+            return

@@ -26,6 +26,7 @@ from types import ModuleType
 import numpy as np
 
 from ..errors import Loc, NNError
+from .checkpoint import read_npz
 
 DIGITS = "digits"
 LABEL_COLUMNS = ("label", "labels", "y", "target", "class")
@@ -85,16 +86,16 @@ def load_source(spec: str) -> RawData:
         return load_digits()
     path = Path(spec)
     if not path.exists():
-        raise NNError(f"data file not found: {spec} (use --data digits for the bundled digits set, "
+        raise NNError("data file not found (use --data digits for the bundled digits set, "
                       "or a .npz or .csv file)", file=spec)
     if path.is_dir():
-        raise NNError(f"{spec} is a directory, not a .npz or .csv data file", file=spec)
+        raise NNError("is a directory, not a .npz or .csv data file", file=spec)
     suffix = path.suffix.lower()
     if suffix == ".npz":
         return load_npz(path)
     if suffix == ".csv":
         return load_csv(path)
-    raise NNError(f"cannot read data from {spec}: use a .npz or .csv file (or --data digits)", file=spec)
+    raise NNError("cannot read data from this file: use a .npz or .csv file (or --data digits)", file=spec)
 
 
 def load_digits() -> RawData:
@@ -116,16 +117,7 @@ def load_npz(path: Path) -> RawData:
     """Every array of an .npz file, by name (object arrays are refused: no pickle)."""
     if not zipfile.is_zipfile(path):
         raise NNError("not a readable .npz file (numpy.savez writes a zip archive of arrays)", file=str(path))
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except ValueError as exc:
-        if "allow_pickle" in str(exc):
-            raise NNError("the file holds object arrays (pickled Python objects); save plain numeric "
-                          "arrays instead", file=str(path)) from None
-        raise NNError(f"not a readable .npz file: {exc}", file=str(path)) from None
-    except (OSError, EOFError) as exc:
-        raise NNError(f"not a readable .npz file: {exc}", file=str(path)) from None
+    arrays = read_npz(path)
     if not arrays:
         raise NNError("the .npz file holds no arrays", file=str(path))
     return RawData(arrays, str(path), file=str(path))

@@ -1,0 +1,90 @@
+"""Output files: written whole or not at all, with the permissions the user's umask gives."""
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+
+from nncompile.errors import NNError
+from nncompile.files import write_atomic
+from nncompile.train.checkpoint import write_npz
+
+posix_only = pytest.mark.skipif(os.name == "nt", reason="POSIX permissions")
+
+
+@pytest.fixture
+def umask() -> Iterator[None]:
+    """Restore the process's umask after a test that sets it."""
+    saved = os.umask(0o022)
+    yield
+    os.umask(saved)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What each os.fsync call synced: 'file' or 'folder'."""
+    synced: list[str] = []
+    real = os.fsync
+
+    def record(fd: int) -> None:
+        synced.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real(fd)
+    monkeypatch.setattr(os, "fsync", record)
+    return synced
+
+
+@posix_only
+@pytest.mark.parametrize(("mask", "expected"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)],
+                         ids=["umask 022", "umask 077", "umask 002"])
+def test_a_new_file_gets_the_mode_the_umask_gives(mask: int, expected: int, tmp_path: Path, umask: None) -> None:
+    os.umask(mask)
+    write_atomic(tmp_path / "m.py", "x = 1\n")
+    assert mode(tmp_path / "m.py") == expected
+
+
+@posix_only
+def test_an_existing_file_keeps_its_own_mode(tmp_path: Path, umask: None) -> None:
+    target = tmp_path / "m.py"
+    target.write_text("old\n")
+    target.chmod(0o640)
+    write_atomic(target, "new\n")
+    assert target.read_text() == "new\n" and mode(target) == 0o640
+
+
+def test_a_durable_write_syncs_the_file_before_the_rename_and_the_folder_after(
+        tmp_path: Path, fsyncs: list[str]) -> None:
+    write_atomic(tmp_path / "params.npz", b"data", durable=True)
+    assert fsyncs == (["file"] if os.name == "nt" else ["file", "folder"])
+
+
+def test_an_ordinary_write_does_not_wait_for_the_disk(tmp_path: Path, fsyncs: list[str]) -> None:
+    write_atomic(tmp_path / "m.py", "x = 1\n")
+    assert fsyncs == []
+
+
+def test_params_and_checkpoints_are_written_durably(tmp_path: Path, fsyncs: list[str]) -> None:
+    write_npz(tmp_path / "checkpoint.npz", {"param/W": np.ones(3)})
+    assert "file" in fsyncs
+    with np.load(tmp_path / "checkpoint.npz") as archive:
+        assert archive["param/W"].tolist() == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("failure", [OSError(28, "No space left on device"), RuntimeError("bug")])
+def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(failure: Exception, tmp_path: Path) -> None:
+    target = tmp_path / "checkpoint.npz"
+    target.write_bytes(b"old")
+
+    def fail(handle: object) -> None:
+        raise failure
+    with pytest.raises(NNError if isinstance(failure, OSError) else RuntimeError):
+        write_atomic(target, fail, durable=True)
+    assert target.read_bytes() == b"old"
+    assert list(tmp_path.iterdir()) == [target]
