@@ -316,11 +316,13 @@ def test_backward_graph_lives_in_the_same_ir(tmp_path) -> None:
 MODELS = [*EXAMPLE_FILES, *sorted((ROOT / "benchmarks" / "models").glob("*.nn"))]
 
 
-def assert_module_dtypes(module, outputs: dict, grads: dict) -> None:
-    """Outputs have the dtype OUTPUTS declares, gradients the module's float dtype; arrays are
-    arrays, and scalars numpy scalars of that dtype (as numpy's ufuncs return them), never
-    Python numbers or sometimes-0-d arrays."""
-    expected = {**{name: np.dtype(dtype) for name, (_, dtype) in module.OUTPUTS.items()},
+def assert_module_dtypes(module, outputs: dict, grads: dict, declared: str = "OUTPUTS") -> None:
+    """Outputs have the dtype their table declares (OUTPUTS for forward, TRAIN_OUTPUTS for
+    value_and_grad), gradients the module's float dtype; arrays are arrays, and scalars numpy
+    scalars of that dtype (as numpy's ufuncs return them), never Python numbers or
+    sometimes-0-d arrays."""
+    table = getattr(module, declared)
+    expected = {**{name: np.dtype(dtype) for name, (_, dtype) in table.items()},
                 **{f"d {name}": np.dtype(module.DTYPE) for name in grads}}
     got = {**outputs, **{f"d {name}": g for name, g in grads.items()}}
     for name, value in got.items():
@@ -338,10 +340,10 @@ def test_every_value_and_gradient_has_the_module_dtype(path, dtype: str) -> None
     if not hasattr(m, "value_and_grad"):
         return
     if not hasattr(m, "STATE"):
-        assert_module_dtypes(m, *value_and_grad(m, params, inputs))
+        assert_module_dtypes(m, *value_and_grad(m, params, inputs), declared="TRAIN_OUTPUTS")
         return
     outputs, grads, state = m.value_and_grad(params, None, np.random.default_rng(0), **inputs)
-    assert_module_dtypes(m, outputs, grads)
+    assert_module_dtypes(m, outputs, grads, declared="TRAIN_OUTPUTS")
     assert all(v.dtype == m.DTYPE for v in [*m.init_state().values(), *state.values()]), state
 
 

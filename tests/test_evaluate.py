@@ -139,8 +139,8 @@ def test_the_estimate_counts_params_inputs_and_every_value(tmp_path: Path, monke
 
 def test_a_huge_param_is_refused_where_it_is_declared(tmp_path: Path) -> None:
     path = write_nn(tmp_path, "p.nn", """
-        input x: float[3]
-        param W: [3, 10000000000000] = normal()
+        input x: float[500]
+        param W: [500, 2000000000] = normal()   # 10**12 entries: within the size limits, not in memory
         loss = sum(x @ W)
         minimize loss
     """)
