@@ -257,7 +257,8 @@ class Trainer:
         """The loss without regularisation: the model's ``data_loss`` output where it has one, else
         its loss op computed here from the op's output and targets (softmax cross-entropy of the
         scores where no loss op is recognised); None where neither is at hand."""
-        if "data_loss" in outputs and "data_loss" != self.loss and self.module.OUTPUTS.get("data_loss", [None])[0] == ():
+        declared = getattr(self.module, "TRAIN_OUTPUTS", self.module.OUTPUTS)   # value_and_grad's outputs
+        if "data_loss" in outputs and "data_loss" != self.loss and declared.get("data_loss", [None])[0] == ():
             return float(outputs["data_loss"]), "the model's data_loss output"
         objective = self.objective
         predictions, targets = (objective.predictions, objective.targets) if objective.op else (self.scores, self.labels)
