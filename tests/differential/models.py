@@ -8,7 +8,8 @@ value: fan-out), broadcasting binary ops, reductions with axis/keepdims, matmuls
 of every rank combination, softmax, reshapes, transposes, slices, concatenation, gathers by
 integer inputs, a dense layer called several times, ``repeat`` of a residual layer, and a
 param shared by two calls of a layer. The loss weights some values with random inputs and may
-add softmax cross-entropy, the SVM loss, binary cross-entropy or mean squared error.
+add softmax cross-entropy, the SVM loss, binary cross-entropy or mean squared error; plain
+``sum(v)`` or ``mean(v)`` terms leave the backward pass's own arrays (masks, seeds) unmultiplied.
 
 Inputs stay away from kinks and ties by construction (continuous random draws, never ``x - x``);
 a rough magnitude bound per value keeps float32 from overflowing or cancelling badly.
@@ -432,9 +433,14 @@ class Builder:
         chosen = [last] + self.draw(st.lists(st.sampled_from(self.values), max_size=2, unique_by=lambda v: v.name))
         nn_terms, py_terms = [], []
         for v in chosen:
-            w = self.input(v.shape, "weights")
-            nn_terms.append(f"sum({v.name} * {w.name})")
-            py_terms.append(f"op['sum']({v.name} * {w.name})")
+            reduction = self.draw(st.sampled_from(["weighted", "sum", "mean"]))
+            if reduction == "weighted":
+                w = self.input(v.shape, "weights")
+                nn_terms.append(f"sum({v.name} * {w.name})")
+                py_terms.append(f"op['sum']({v.name} * {w.name})")
+            else:   # a plain reduction: the gradient is returned as the backward pass makes it
+                nn_terms.append(f"{reduction}({v.name})")
+                py_terms.append(f"op[{reduction!r}]({v.name})")
         scores = [v for v in self.values if len(v.shape) == 2 and v.shape[0] == "N" and isinstance(v.shape[1], int)
                   and v.shape[1] >= 2]
         head = self.draw(st.sampled_from(["none", "softmax_cross_entropy", "svm_loss", "mse", "sigmoid_cross_entropy"]))
