@@ -42,6 +42,7 @@ WITHOUT_SAMPLES = {"arange": "test_arange_gathers_rows", "dropout": "test_dropou
 settings.register_profile("differential", settings.get_profile("nncompile"), max_examples=60, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile("differential-long", settings.get_profile("differential"), max_examples=3000)
+pytestmark = pytest.mark.differential
 PROFILE = settings.get_profile(os.environ.get("NNCOMPILE_DIFFERENTIAL_PROFILE", "differential"))
 
 
