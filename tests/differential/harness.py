@@ -6,7 +6,8 @@ One comparison (:func:`compare_with_torch`) checks, besides the numbers:
 - every returned value and gradient has exactly the module's float dtype and the right shape;
 - the caller's inputs and params are never modified;
 - a second call (same dims, other inputs) leaves the first call's results untouched;
-- ``forward`` agrees with ``value_and_grad``'s outputs;
+- with state, the new state after each training step, and ``forward`` in eval mode with the
+  state it is given (without state or modes, ``forward`` must agree with the outputs);
 - the ``trace`` function that ``eval`` and ``render`` show (unoptimised) gives the same
   intermediate values and gradients as PyTorch's ``retain_grad``.
 """
@@ -71,20 +72,26 @@ class TorchRun:
     grads: Arrays
 
 
-def run_torch(reference: Reference, loss: str, params: Arrays, inputs: Arrays) -> TorchRun:
-    """Evaluate ``reference`` in float64 on the same numbers, and backpropagate the loss."""
+NEW = "new "   # a reference names the state after a training step "new NAME"
+
+
+def run_torch(reference: Reference, loss: str, params: Arrays, inputs: Arrays, state: Arrays | None = None,
+              mode: str = "train") -> TorchRun:
+    """Evaluate ``reference`` in float64 on the same numbers (``env["mode"]`` says train or
+    eval, as value_and_grad and forward run them), and backpropagate the loss in train mode."""
     leaves = {}
-    for name, value in {**params, **inputs}.items():
+    for name, value in {**params, **inputs, **(state or {})}.items():
         value = np.asarray(value)
         if value.dtype.kind == "f":
-            leaves[name] = torch.tensor(value.astype(np.float64), requires_grad=True)
+            leaves[name] = torch.tensor(value.astype(np.float64), requires_grad=name not in (state or {}))
         else:
             leaves[name] = torch.tensor(value.astype(np.int64))
-    named = reference(dict(leaves))
+    named = reference({**leaves, "mode": mode})
     for tensor in named.values():
         if tensor.requires_grad and not tensor.is_leaf:
             tensor.retain_grad()
-    named[loss].backward()
+    if mode == "train":
+        named[loss].backward()
     everything = {**leaves, **named}
     values = {k: v.detach().numpy() for k, v in everything.items()}
     grads = {k: (np.zeros(v.shape) if v.grad is None else v.grad.numpy())
@@ -92,58 +99,82 @@ def run_torch(reference: Reference, loss: str, params: Arrays, inputs: Arrays) -
     return TorchRun(values, grads)
 
 
-def call(module: ModuleType, params: Arrays, inputs: Arrays) -> tuple[Arrays, Arrays]:
-    """``value_and_grad`` as a user calls it, checking that it leaves its arguments alone and
-    returns arrays of exactly the module's dtype, of the declared shapes."""
-    before = copy.deepcopy((params, inputs))
-    outputs, grads = module.value_and_grad(params, **inputs)
-    for kept, now, what in ((before[0], params, "param"), (before[1], inputs, "input")):
+@dataclass
+class Result:
+    outputs: Arrays
+    grads: Arrays
+    state: Arrays   # the new state ({} without state)
+
+
+def call(module: ModuleType, params: Arrays, inputs: Arrays, state: Arrays | None = None) -> Result:
+    """``value_and_grad`` as a user calls it (``state=None`` means ``init_state()``), checking
+    that it leaves its arguments alone and returns arrays of exactly the module's dtype, of
+    the declared shapes."""
+    before = copy.deepcopy((params, inputs, state or {}))
+    if hasattr(module, "init_state"):
+        outputs, grads, new_state = module.value_and_grad(params, state, np.random.default_rng(0), **inputs)
+    else:
+        (outputs, grads), new_state = module.value_and_grad(params, **inputs), {}
+    for kept, now, what in zip(before, (params, inputs, state or {}), ("param", "input", "state")):
         for name, value in kept.items():
             assert now[name].dtype == value.dtype and np.array_equal(now[name], value, equal_nan=True), \
                 f"value_and_grad modified its {what} {name!r}"
     dtype = np.dtype(module.DTYPE)
-    for name, value in outputs.items():
-        if module.OUTPUTS[name][1].startswith("float"):
+    tables = {**{k: v for k, v in module.OUTPUTS.items()}, **getattr(module, "STATE", {})}
+    for name, value in {**outputs, **new_state}.items():
+        if tables[name][1].startswith("float"):
             assert getattr(value, "dtype", type(value)) == dtype, \
-                f"output {name!r} is {getattr(value, 'dtype', type(value))}, not the module's {dtype}"
+                f"{name!r} is {getattr(value, 'dtype', type(value))}, not the module's {dtype}"
     for name, grad in grads.items():
         assert getattr(grad, "dtype", type(grad)) == dtype, \
             f"gradient of {name!r} is {getattr(grad, 'dtype', type(grad))}, not the module's {dtype}"
         assert np.shape(grad) == np.shape({**params, **inputs}[name]), f"gradient of {name!r} has the wrong shape"
-    return outputs, grads
+    return Result(outputs, grads, new_state)
 
 
 def compare_with_torch(path: Path, reference: Reference, params: Arrays, inputs: list[Arrays], *,
-                       dtype: str, loss: str = "loss", tol: Tolerance | None = None) -> None:
-    """Compile ``path`` in ``dtype`` and compare it with ``reference`` on each set of inputs
-    (called one after the other on one module: they should share their dims)."""
+                       dtype: str, loss: str = "loss", tol: Tolerance | None = None) -> ModuleType:
+    """Compile ``path`` in ``dtype`` and compare it with ``reference`` on each set of inputs,
+    called one after the other on one module (they should share their dims); with state, the
+    first call passes None (the initial state) and each later one the state the last returned.
+    Returns the module."""
     tol = tol or TOLERANCES[dtype]
     module = compile_and_load(path, dtype=dtype)
+    assert set(module.PARAMS) == set(params), f"the module's params are {sorted(module.PARAMS)}, not {sorted(params)}"
     params = {k: np.asarray(v, dtype=module.DTYPE) for k, v in params.items()}
     inputs = [{k: _as(v, module.DTYPE) for k, v in one.items()} for one in inputs]
-    results = [call(module, params, one) for one in inputs]
+    initial = module.init_state() if hasattr(module, "init_state") else {}
+    results, states, state = [], [], None
+    for one in inputs:
+        results.append(call(module, params, one, state))
+        states.append(initial if state is None else state)
+        state = copy.deepcopy(results[-1].state) or None
     kept = copy.deepcopy(results)
-    for i, (one, (outputs, grads)) in enumerate(zip(inputs, results)):
-        expected = run_torch(reference, loss, params, one)
+    for i, (one, before, result) in enumerate(zip(inputs, states, results)):
+        expected = run_torch(reference, loss, params, one, before)
         float_leaves = {k for k, v in {**params, **one}.items() if v.dtype.kind == "f"}
-        assert set(grads) == float_leaves, f"gradients of {sorted(grads)}, expected {sorted(float_leaves)}"
-        for name, value in outputs.items():
+        assert set(result.grads) == float_leaves, f"gradients of {sorted(result.grads)}, expected {sorted(float_leaves)}"
+        for name, value in result.outputs.items():
             assert_close(value, expected.values[name], tol, f"call {i + 1}: value of {name}")
-        for name, grad in grads.items():
+        for name, grad in result.grads.items():
             assert_close(grad, expected.grads[name], tol, f"call {i + 1}: d {loss} / d {name}")
-        evaluated = module.forward(params, **one)
+        for name, value in result.state.items():
+            assert_close(value, expected.values[NEW + name], tol, f"call {i + 1}: new state {name}")
+        evaluated = module.forward(params, before, **one) if initial else module.forward(params, **one)
+        in_eval = run_torch(reference, loss, params, one, before, mode="eval")
         for name, value in evaluated.items():
-            assert_close(value, expected.values[name], tol, f"call {i + 1}: forward() value of {name}")
+            assert_close(value, in_eval.values[name], tol, f"call {i + 1}: forward() (eval mode) value of {name}")
     for i, (before, now) in enumerate(zip(kept, results)):
-        for part, what in zip(range(2), ("output", "gradient")):
-            for name, value in before[part].items():
-                assert np.array_equal(now[part][name], value, equal_nan=True), \
-                    f"call {len(results)} overwrote the {what} {name!r} returned by call {i + 1}"
-    compare_trace(path, reference, loss, params, inputs[0], dtype=dtype, tol=tol)
+        for what in ("outputs", "grads", "state"):
+            for name, value in getattr(before, what).items():
+                assert np.array_equal(getattr(now, what)[name], value, equal_nan=True), \
+                    f"call {len(results)} overwrote {what}[{name!r}] returned by call {i + 1}"
+    compare_trace(path, reference, loss, params, inputs[0], dtype=dtype, tol=tol, state=initial)
+    return module
 
 
 def compare_trace(path: Path, reference: Reference, loss: str, params: Arrays, inputs: Arrays, *,
-                  dtype: str, tol: Tolerance, check_dtypes: bool = False) -> None:
+                  dtype: str, tol: Tolerance, state: Arrays | None = None, check_dtypes: bool = False) -> None:
     """Every named intermediate value, and the loss's gradient with respect to it, as ``eval``
     and ``render`` compute them (the unoptimised module's ``trace``), against PyTorch; with
     ``check_dtypes``, also that each gradient has the module's dtype."""
@@ -156,7 +187,7 @@ def compare_trace(path: Path, reference: Reference, loss: str, params: Arrays, i
     module = load_module(emit_module(build(model, optimized=False, trace=True), trace=True), "traced")
     with np.errstate(all="ignore"):
         values, grads = module.trace(params, None, np.random.default_rng(0), **inputs)
-    expected = run_torch(reference, loss, params, inputs)
+    expected = run_torch(reference, loss, params, inputs, state)
     compared = [(name, n) for name, n in named.items() if name in expected.values and n in values]
     for name, n in compared:
         assert_close(values[n], expected.values[name], tol, f"trace: value of {name}")

@@ -31,7 +31,7 @@ N_SIZE = 5          # the value the magnitude bound assumes for N (calls use 2..
 MAX_MAGNITUDE = 100.0
 
 LAYERS = {
-    "dense": """layer dense(x: [B, K], out: int) -> [B, out] {
+    "block": """layer block(x: [B, K], out: int) -> [B, out] {
     param W: [K, out] = normal(0.5)
     param b: [out] = normal(0.5)
     return tanh(x @ W + b)
@@ -144,6 +144,8 @@ class Builder:
         self.layers: list[str] = []
         self.count = 0
         self.operands: list[Value] = []   # the values the current step picked
+        self.pending: dict[str, Leaf] = {}   # the step's layer params, kept once its value is made
+        self.state: dict[str, Shape] = {}
 
     def fresh(self, prefix: str) -> str:
         self.count += 1
@@ -190,6 +192,8 @@ class Builder:
         distinct = distinct and all(v.distinct for v in self.operands)
         value = Value(name, shape, magnitude, sources=sources, distinct=distinct, **flags)
         self.operands.append(value)
+        self.params.update(self.pending)
+        self.pending = {}
         self.values.append(value)
         return value
 
@@ -380,13 +384,13 @@ class Builder:
         text = f"{v.name}[:, {idx.name}]"
         return self.emit(text, text, (v.shape[0], k), v.magnitude, distinct=False)   # labels repeat
 
-    def dense(self) -> Value | None:
+    def block(self) -> Value | None:
         v = self.pick([v for v in self.values if len(v.shape) == 2 and isinstance(v.shape[1], int)])
         k, m = v.shape[1], self.draw(st.integers(1, 4))
-        self.layer("dense")
+        self.layer("block")
         inst = self.fresh("L")
-        self.params.update({f"{inst}.W": Leaf((k, m), "param"), f"{inst}.b": Leaf((m,), "param")})
-        return self.emit(f"dense({v.name}, out={m}) as {inst}",
+        self.pending.update({f"{inst}.W": Leaf((k, m), "param"), f"{inst}.b": Leaf((m,), "param")})
+        return self.emit(f"block({v.name}, out={m}) as {inst}",
                          f"op['tanh']({v.name} @ env['{inst}.W'] + env['{inst}.b'])", (v.shape[0], m), 1.0,
                          bounded=True)
 
@@ -397,7 +401,7 @@ class Builder:
         inst = self.fresh("R")
         expr = v.name
         for i in range(1, count + 1):
-            self.params[f"{inst}.{i}.W"] = Leaf((k, k), "param")
+            self.pending[f"{inst}.{i}.W"] = Leaf((k, k), "param")
             expr = f"_res({expr}, env['{inst}.{i}.W'])"
         if "def _res" not in "\n".join(self.py):
             self.py.insert(1, "def _res(x, W):\n    return x + op['tanh'](x @ W)")
@@ -415,12 +419,103 @@ class Builder:
         t = self.emit(f"tanh({v.name})", f"op['tanh']({v.name})", v.shape, 1.0, bounded=True)
         return self.emit(f"shared({t.name}, {w.name})", f"{t.name} @ {w.name}", (v.shape[0], m), 2.0 * k)
 
+    def constant(self) -> Value | None:
+        """Numbers in expressions: literals and a const."""
+        v = self.pick()
+        c = self.draw(st.sampled_from([2.5, -0.5, 3, 0.25]))
+        form = self.draw(st.sampled_from(["times", "minus", "over", "const"]))
+        if form == "times":
+            return self.emit(f"{v.name} * {c}", f"{v.name} * {c!r}", v.shape, v.magnitude * 3)
+        if form == "minus":
+            return self.emit(f"{c} - {v.name}", f"{c!r} - {v.name}", v.shape, v.magnitude + 3)
+        if form == "over":
+            return self.emit(f"{v.name} / {c}", f"{v.name} / {c!r}", v.shape, v.magnitude * 4)
+        name = self.fresh("C")
+        self.nn.append(f"const {name} = {c}")
+        self.py.append(f"{name} = {c!r}")
+        return self.emit(f"{name} * {v.name} + 1", f"{name} * {v.name} + 1", v.shape, v.magnitude * 3 + 1)
+
+    def per_example(self) -> Value | None:
+        """The symbolic batch size as a number: a sum over the batch divided by N."""
+        v = self.pick([v for v in self.values if v.shape and v.shape[0] == "N"])
+        return self.emit(f"sum({v.name}, axis=0) / N", f"op['sum']({v.name}, axis=0) / N", v.shape[1:], v.magnitude)
+
+    def import_nn(self) -> None:
+        if "import nn" not in self.nn:
+            self.nn.insert(0, "import nn")
+
+    def mlp(self) -> Value | None:
+        """The standard library's mlp: repeat depth dense (relu) layers, then linear scores."""
+        v = self.pick([v for v in self.values if len(v.shape) == 2 and isinstance(v.shape[1], int)])
+        k, hidden, out, depth = v.shape[1], self.draw(st.integers(1, 4)), self.draw(st.integers(1, 3)), \
+            self.draw(st.integers(1, 2))
+        self.import_nn()
+        inst = self.fresh("M")
+        expr, fan_in = v.name, k
+        for i in range(1, depth + 1):
+            self.pending.update({f"{inst}.h.{i}.W": Leaf((fan_in, hidden), "param"),
+                                f"{inst}.h.{i}.b": Leaf((hidden,), "param")})
+            expr = f"op['relu']({expr} @ env['{inst}.h.{i}.W'] + env['{inst}.h.{i}.b'])"
+            fan_in = hidden
+        self.pending.update({f"{inst}.scores.W": Leaf((hidden, out), "param"), f"{inst}.scores.b": Leaf((out,), "param")})
+        expr = f"{expr} @ env['{inst}.scores.W'] + env['{inst}.scores.b']"
+        return self.emit(f"mlp({v.name}, hidden={hidden}, out={out}, depth={depth}) as {inst}", expr,
+                         (v.shape[0], out), v.magnitude * 2 * depth + 2)
+
+    def maxout_linear(self) -> Value | None:
+        v = self.pick([v for v in self.values if len(v.shape) == 2 and isinstance(v.shape[1], int) and v.distinct])
+        k, out, pieces = v.shape[1], self.draw(st.integers(1, 3)), self.draw(st.integers(2, 3))
+        self.import_nn()
+        inst = self.fresh("Q")
+        self.pending.update({f"{inst}.W": Leaf((k, pieces * out), "param"), f"{inst}.b": Leaf((pieces * out,), "param")})
+        return self.emit(f"maxout_linear({v.name}, out={out}, k={pieces}) as {inst}",
+                         f"op['maxout']({v.name} @ env['{inst}.W'] + env['{inst}.b'], k={pieces})",
+                         (v.shape[0], out), v.magnitude * 2 * k + 2)
+
+    def batchnorm_of(self, v: Value, inst: str, x_py: str) -> str:
+        """The PyTorch lines of the library's batchnorm on ``x_py`` (instance ``inst``); returns
+        its output expression. Train mode: batch statistics (F.batch_norm) and the running
+        statistics moved by momentum 0.9 with the biased variance, as the library does."""
+        f = v.shape[1]
+        gamma, beta, mean, var = (f"env['{inst}.{p}']" for p in ("gamma", "beta", "running_mean", "running_var"))
+        self.pending.update({f"{inst}.gamma": Leaf((f,), "param"), f"{inst}.beta": Leaf((f,), "param")})
+        self.state.update({f"{inst}.running_mean": (f,), f"{inst}.running_var": (f,)})
+        t = self.fresh("_bn")
+        self.py += [
+            f"{t} = {x_py}",
+            "if env['mode'] == 'train':",
+            f"    {t}_mu, {t}_var = {t}.mean(0), {t}.var(0, unbiased=False)",
+            f"    locals()['new {inst}.running_mean'] = 0.9 * {mean} + 0.1 * {t}_mu",
+            f"    locals()['new {inst}.running_var'] = 0.9 * {var} + 0.1 * {t}_var",
+            f"    {t} = F.batch_norm({t}, None, None, {gamma}, {beta}, training=True, eps=1e-5)",
+            "else:",
+            f"    {t} = ({t} - {mean}) / torch.sqrt({var} + 1e-5) * {gamma} + {beta}",
+        ]
+        return t
+
+    def batchnorm(self) -> Value | None:
+        v = self.pick([v for v in self.values if len(v.shape) == 2 and v.shape[0] == "N" and isinstance(v.shape[1], int)])
+        self.import_nn()
+        inst = self.fresh("B")
+        return self.emit(f"batchnorm({v.name}) as {inst}", self.batchnorm_of(v, inst, v.name), v.shape, 4.0)
+
+    def dense_bn(self) -> Value | None:
+        v = self.pick([v for v in self.values if len(v.shape) == 2 and v.shape[0] == "N" and isinstance(v.shape[1], int)])
+        out = self.draw(st.integers(1, 4))
+        self.import_nn()
+        inst = self.fresh("D")
+        self.pending[f"{inst}.W"] = Leaf((v.shape[1], out), "param")
+        shape = ("N", out)
+        bn = self.batchnorm_of(Value(v.name, shape, 1.0), f"{inst}.bn", f"{v.name} @ env['{inst}.W']")
+        return self.emit(f"dense_bn({v.name}, out={out}) as {inst}", f"op['relu']({bn})", shape, 4.0, distinct=False)
+
     STEPS = ("unary", "unary", "binary", "binary", "binary", "reduce", "matmul", "matmul", "softmax", "reshape",
-             "transpose", "subscript", "concat", "gather", "dense", "repeat", "shared")
+             "transpose", "subscript", "concat", "gather", "block", "repeat", "shared", "constant", "per_example",
+             "mlp", "maxout_linear", "batchnorm", "dense_bn")
 
     def step(self) -> None:
         name = self.draw(st.sampled_from(self.STEPS))
-        self.operands = []
+        self.operands, self.pending = [], {}
         try:
             getattr(self, name)()
         except NoCandidate:
