@@ -44,13 +44,15 @@ settings.register_profile("differential", settings.get_profile("nncompile"), max
                           derandomize=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile("differential-long", settings.get_profile("differential"), max_examples=3000,
                           derandomize=False)
-pytestmark = pytest.mark.differential
 PROFILE = settings.get_profile(os.environ.get("NNCOMPILE_DIFFERENTIAL_PROFILE", "differential"))
 
 
 @pytest.fixture
 def torch():
     return pytest.importorskip("torch")
+
+
+differential = pytest.mark.differential   # every test that compares with PyTorch
 
 
 # ---- coverage: these run without PyTorch, so a new op without a reference fails everywhere
@@ -70,6 +72,7 @@ def test_every_op_a_model_can_reach_is_compared() -> None:
 
 # ---- every op, every sample: leaves and intermediates, float64 and float32 ----------------
 
+@differential
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", op_cases(), ids=lambda case: case.id)
 def test_op_matches_torch(case: OpCase, dtype: str, torch, tmp_path: Path) -> None:
@@ -79,6 +82,7 @@ def test_op_matches_torch(case: OpCase, dtype: str, torch, tmp_path: Path) -> No
                        dtype=dtype)
 
 
+@differential
 def test_trace_gradients_have_the_module_dtype(torch, tmp_path: Path) -> None:
     """What eval and render show: the unoptimised trace's every adjoint, in the module's dtype."""
     wrong = []
@@ -167,6 +171,7 @@ def weights_for(fn, inputs: dict[str, np.ndarray], seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0.5, 1.5, shape)
 
 
+@differential
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", list(TIES), ids=list(TIES))
 def test_kinks_and_ties_follow_the_documented_rule(case: str, dtype: str, torch, tmp_path: Path) -> None:
@@ -199,6 +204,7 @@ EXTREMES = {
 RELATIVE = {"float64": Tolerance(rtol=1e-9, atol=0.0), "float32": Tolerance(rtol=1e-5, atol=0.0)}
 
 
+@differential
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", list(EXTREMES), ids=list(EXTREMES))
 def test_extreme_inputs_keep_their_relative_precision(case: str, dtype: str, torch, tmp_path: Path) -> None:
@@ -212,6 +218,7 @@ def test_extreme_inputs_keep_their_relative_precision(case: str, dtype: str, tor
 
 # ---- the ops without gradient samples -------------------------------------------------------
 
+@differential
 def test_arange_gathers_rows(torch, tmp_path: Path) -> None:
     """The lecture's scores[arange(N), y], with N bound at call time."""
     path = write_nn(tmp_path, "gather.nn", """
@@ -235,6 +242,7 @@ def test_arange_gathers_rows(torch, tmp_path: Path) -> None:
         compare_with_torch(path, reference, {}, [inputs(), inputs()], dtype=dtype)
 
 
+@differential
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_dropout_matches_torch_on_its_own_mask(dtype: str, torch, tmp_path: Path) -> None:
     """Train mode keeps a unit with probability 1 - p and scales it by 1 / (1 - p); the
@@ -269,6 +277,7 @@ def test_dropout_matches_torch_on_its_own_mask(dtype: str, torch, tmp_path: Path
 
 # ---- random well-typed models -----------------------------------------------------------------
 
+@differential
 @PROFILE
 @given(model=models.random_models(), seed=st.integers(0, 2 ** 32 - 1), n=st.integers(2, 5),
        dtype=st.sampled_from(DTYPES))

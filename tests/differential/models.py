@@ -538,15 +538,25 @@ class Builder:
                 py_terms.append(f"op[{reduction!r}]({v.name})")
         scores = [v for v in self.values if len(v.shape) == 2 and v.shape[0] == "N" and isinstance(v.shape[1], int)
                   and v.shape[1] >= 2]
-        head = self.draw(st.sampled_from(["none", "softmax_cross_entropy", "svm_loss", "mse", "sigmoid_cross_entropy"]))
+        head = self.draw(st.sampled_from(["none", "softmax_cross_entropy", "soft_targets", "svm_loss", "mse",
+                                          "sigmoid_cross_entropy"]))
         if scores and head != "none":
             s = self.draw(st.sampled_from(scores))
             if head in ("softmax_cross_entropy", "svm_loss"):
                 target = self.input(("N",), "labels", s.shape[1])
             else:
-                target = self.input(s.shape, "targets" if head == "sigmoid_cross_entropy" else "normal")
+                target = self.input(s.shape, "normal" if head == "mse" else "targets")
+            if head == "soft_targets":   # float [N, C] targets: the probability form of the same name
+                head = "softmax_cross_entropy"
             nn_terms.append(f"{head}({s.name}, {target.name})")
             py_terms.append(f"op[{head!r}]({s.name}, {target.name})")
+        weights = [w for w in self.params if self.params[w].kind == "param"]
+        penalty = self.draw(st.sampled_from(["none", "l1", "l2", "elastic_net"]))
+        if weights and penalty != "none":   # the lecture's R(W), over some of the params
+            chosen_w = self.draw(st.lists(st.sampled_from(weights), min_size=1, max_size=3, unique=True))
+            beta = ", beta=0.5" if penalty == "elastic_net" else ""
+            nn_terms.append(f"0.01 * {penalty}({', '.join(chosen_w)}{beta})")
+            py_terms.append(f"0.01 * op[{penalty!r}]({', '.join(f'env[{w!r}]' for w in chosen_w)}{beta})")
         self.nn.append(f"loss = {' + '.join(nn_terms)}")
         self.py.append(f"loss = {' + '.join(py_terms)}")
         outputs = [last.name] + [v.name for v in chosen[1:]]
