@@ -14,6 +14,7 @@ long profile). Without PyTorch the comparisons skip; the coverage checks still r
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import zlib
 from pathlib import Path
@@ -289,3 +290,21 @@ def test_random_models_match_torch(model: models.RandomModel, seed: int, n: int,
     params = model.draw_params(rng)
     compare_with_torch(path, model.reference, params, [model.draw_inputs(rng, n), model.draw_inputs(rng, n)],
                        dtype=dtype)
+
+
+@differential
+def test_an_op_that_overwrites_an_operand_it_still_needs_is_caught(torch, tmp_path: Path, monkeypatch) -> None:
+    """The intermediate variant's reason to be: gelu's chain reads x after its first step, so
+    declared in_place it overwrites an intermediate x it still needs. Leaves are never written
+    over, which is how such a bug passed the registry's own gradient checks."""
+    monkeypatch.setitem(REGISTRY, "gelu", dataclasses.replace(REGISTRY["gelu"], in_place=True))
+    sample = REGISTRY["gelu"].samples[0]
+    for variant, broken in (("leaf", False), ("intermediate", True)):
+        case = OpCase(REGISTRY["gelu"], sample, variant)
+        path = write_nn(tmp_path, f"{variant}.nn", case.text())
+        inputs = [case.inputs(np.random.default_rng(i), draw) for i in range(2)]
+        if broken:
+            with pytest.raises(AssertionError, match="value of loss"):
+                compare_with_torch(path, case.reference, case.params(), inputs, dtype="float64")
+        else:
+            compare_with_torch(path, case.reference, case.params(), inputs, dtype="float64")

@@ -4,7 +4,8 @@ Each model is ``loss = sum(op(operands...) * w)`` with random weights ``w`` (an 
 gradient, the op's value, is compared too). In the ``intermediate`` variant every float
 operand is first the output of other ops, ``h = x * a + 0.1`` with a shared scalar param
 ``a``: an op that overwrites an operand it still needs, or mishandles a non-leaf operand,
-shows there, and ``d/da`` sums the op's gradients over all its operands. The ``unweighted``
+shows there (``out`` is not an output there, so the schedule may also reuse its buffers as
+it would deep inside a model), and ``d/da`` sums the op's gradients over all its operands. The ``unweighted``
 variant is plain ``sum(op(...))``: there the op's own gradient is returned as it is made
 (a mask, a broadcast seed), with no multiplication to fix its dtype.
 """
@@ -97,7 +98,8 @@ class OpCase:
                 lines.append(f"h{i} = x{i} * a + 0.1")
                 operands[i] = f"h{i}"
         lines += [f"out = {spell(self.opdef, operands, dict(self.sample.attrs))}",
-                  "loss = sum(out * w)" if self.weighted else "loss = sum(out)", "output out", "minimize loss"]
+                  "loss = sum(out * w)" if self.weighted else "loss = sum(out)",
+                  *([] if self.intermediate else ["output out"]), "minimize loss"]
         return "\n".join(lines) + "\n"
 
     def reference(self, env: dict) -> dict:
