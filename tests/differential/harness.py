@@ -47,11 +47,16 @@ class Tolerance:
 # float64: both sides compute the same formulas at double precision, in different orders and
 # with different stable rewrites (log-softmax, logaddexp), a few ulps apart per op.
 # float32: the module rounds every intermediate to float32 (eps 1.2e-7) and the reference
-# does not; through a dozen ops with fan-out the error grows to some 1e-5 of the scale.
+# does not; through a dozen ops with fan-out the error grows to some 1e-5 of the scale. Where
+# a computation is ill-conditioned (the gradient through a batchnorm whose output is summed
+# is a cancellation of large terms), float32 is off by more, and PyTorch's own float32 run
+# says by how much: SLACK times its distance from float64 is allowed on top.
 TOLERANCES = {"float64": Tolerance(rtol=1e-8, atol=1e-10), "float32": Tolerance(rtol=2e-4, atol=1e-4)}
+SLACK = 10.0
 
 
-def assert_close(actual: Any, expected: np.ndarray, tol: Tolerance, what: str) -> None:
+def assert_close(actual: Any, expected: np.ndarray, tol: Tolerance, what: str, slack: Any = 0.0) -> None:
+    """``actual`` within ``tol`` of ``expected``, plus an allowance per entry (``slack``)."""
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape}, PyTorch has {expected.shape}"
@@ -60,8 +65,15 @@ def assert_close(actual: Any, expected: np.ndarray, tol: Tolerance, what: str) -
                                     equal_nan=True)
     assert same_nonfinite, f"{what}: non-finite entries differ\n  nncompile {actual}\n  PyTorch   {expected}"
     scale = max(1.0, float(np.abs(expected[finite]).max(initial=0.0)))
-    np.testing.assert_allclose(np.where(finite, actual, 0.0), np.where(finite, expected, 0.0),
-                               rtol=tol.rtol, atol=tol.atol * scale, err_msg=what)
+    actual, expected = np.where(finite, actual, 0.0), np.where(finite, expected, 0.0)
+    allowed = tol.atol * scale + tol.rtol * np.abs(expected) + np.nan_to_num(np.asarray(slack, dtype=np.float64))
+    bad = ~(np.abs(actual - expected) <= allowed)
+    if bad.any():
+        where = [tuple(int(i) for i in ix) for ix in zip(*np.nonzero(np.atleast_1d(bad)))][:6]
+        flat_a, flat_e = np.atleast_1d(actual), np.atleast_1d(expected)
+        rows = "\n".join(f"  {list(ix)}: nncompile {flat_a[ix]!r}, PyTorch {flat_e[ix]!r}" for ix in where)
+        raise AssertionError(f"{what}: {int(bad.sum())} of {bad.size} entries differ (rtol {tol.rtol:g}, "
+                             f"atol {tol.atol * scale:.3g})\n{rows}\n  nncompile {actual!r}\n  PyTorch   {expected!r}")
 
 
 @dataclass
@@ -76,14 +88,15 @@ NEW = "new "   # a reference names the state after a training step "new NAME"
 
 
 def run_torch(reference: Reference, loss: str, params: Arrays, inputs: Arrays, state: Arrays | None = None,
-              mode: str = "train") -> TorchRun:
-    """Evaluate ``reference`` in float64 on the same numbers (``env["mode"]`` says train or
-    eval, as value_and_grad and forward run them), and backpropagate the loss in train mode."""
+              mode: str = "train", precision: str = "float64") -> TorchRun:
+    """Evaluate ``reference`` in float64 (or ``precision``) on the same numbers (``env["mode"]``
+    says train or eval, as value_and_grad and forward run them), and backpropagate the loss
+    in train mode."""
     leaves = {}
     for name, value in {**params, **inputs, **(state or {})}.items():
         value = np.asarray(value)
         if value.dtype.kind == "f":
-            leaves[name] = torch.tensor(value.astype(np.float64), requires_grad=name not in (state or {}))
+            leaves[name] = torch.tensor(value.astype(precision), requires_grad=name not in (state or {}))
         else:
             leaves[name] = torch.tensor(value.astype(np.int64))
     named = reference({**leaves, "mode": mode})
@@ -128,7 +141,8 @@ def call(module: ModuleType, params: Arrays, inputs: Arrays, state: Arrays | Non
     for name, grad in grads.items():
         assert getattr(grad, "dtype", type(grad)) == dtype, \
             f"gradient of {name!r} is {getattr(grad, 'dtype', type(grad))}, not the module's {dtype}"
-        assert np.shape(grad) == np.shape({**params, **inputs}[name]), f"gradient of {name!r} has the wrong shape"
+        given = {**params, **module.DEFAULTS, **inputs}
+        assert np.shape(grad) == np.shape(given[name]), f"gradient of {name!r} has the wrong shape"
     return Result(outputs, grads, new_state)
 
 
@@ -152,14 +166,17 @@ def compare_with_torch(path: Path, reference: Reference, params: Arrays, inputs:
     kept = copy.deepcopy(results)
     for i, (one, before, result) in enumerate(zip(inputs, states, results)):
         expected = run_torch(reference, loss, params, one, before)
-        float_leaves = {k for k, v in {**params, **one}.items() if v.dtype.kind == "f"}
+        slack = _slack(run_torch(reference, loss, params, one, before, precision=dtype), expected)
+        defaults = {k for k in module.DEFAULTS if k not in one and module.INPUTS[k][1].startswith("float")}
+        float_leaves = {k for k, v in {**params, **one}.items() if v.dtype.kind == "f"} | defaults
         assert set(result.grads) == float_leaves, f"gradients of {sorted(result.grads)}, expected {sorted(float_leaves)}"
         for name, value in result.outputs.items():
-            assert_close(value, expected.values[name], tol, f"call {i + 1}: value of {name}")
+            assert_close(value, expected.values[name], tol, f"call {i + 1}: value of {name}", slack.values[name])
         for name, grad in result.grads.items():
-            assert_close(grad, expected.grads[name], tol, f"call {i + 1}: d {loss} / d {name}")
+            assert_close(grad, expected.grads[name], tol, f"call {i + 1}: d {loss} / d {name}", slack.grads[name])
         for name, value in result.state.items():
-            assert_close(value, expected.values[NEW + name], tol, f"call {i + 1}: new state {name}")
+            assert_close(value, expected.values[NEW + name], tol, f"call {i + 1}: new state {name}",
+                         slack.values[NEW + name])
         evaluated = module.forward(params, before, **one) if initial else module.forward(params, **one)
         in_eval = run_torch(reference, loss, params, one, before, mode="eval")
         for name, value in evaluated.items():
@@ -200,6 +217,14 @@ def compare_trace(path: Path, reference: Reference, loss: str, params: Arrays, i
     wrong = {name: getattr(grads[n], "dtype", type(grads[n])) for name, n in compared
              if n in grads and getattr(grads[n], "dtype", None) != dtype}
     assert not wrong, f"trace: gradients not of the module's dtype {dtype}: {wrong}"
+
+
+def _slack(rough: TorchRun, exact: TorchRun) -> TorchRun:
+    """SLACK times how far PyTorch's own run at the module's precision is from float64: what
+    that precision costs this computation (zero when the module is float64)."""
+    def far(a: Arrays, b: Arrays) -> Arrays:
+        return {k: SLACK * np.abs(np.asarray(a[k], dtype=np.float64) - b[k]) for k in b if k in a}
+    return TorchRun(far(rough.values, exact.values), far(rough.grads, exact.grads))
 
 
 def _as(value: Any, dtype) -> np.ndarray:

@@ -564,8 +564,10 @@ class Builder:
         self.nn.append("minimize loss")
 
     def model(self) -> RandomModel:
-        text = "\n\n".join(LAYERS[name] for name in self.layers)
-        return RandomModel((text + "\n\n" if text else "") + "\n".join(self.nn) + "\n",
+        imports = [line for line in self.nn if line.startswith("import ")]
+        text = "\n\n".join([*imports, *(LAYERS[name] for name in self.layers)])
+        body = [line for line in self.nn if not line.startswith("import ")]
+        return RandomModel((text + "\n\n" if text else "") + "\n".join(body) + "\n",
                            "\n".join(self.py) + "\n", self.inputs, self.params)
 
 
@@ -598,6 +600,10 @@ def random_models(draw: Callable, min_steps: int = 3, max_steps: int = 10) -> Ra
     b.values.append(x)
     partner = draw(st.sampled_from([("N", 1), (1, d), (d,), (), (2, 1, d)]))
     b.values.append(b.input(partner, name="Z"))
+    if draw(st.booleans()):   # an input the calls leave out: its default is used, and differentiated
+        b.nn.append("input s = 0.7")
+        b.py.append("s = torch.tensor(0.7, dtype=X.dtype, requires_grad=True)")
+        b.values.append(Value("s", (), 1.0, bounded=True, sources=frozenset(["s"])))
     for _ in range(draw(st.integers(min_steps, max_steps))):
         b.step()
     b.loss()
