@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
 
 from nncompile.compiler import compile_and_load
@@ -40,11 +40,13 @@ DTYPES = ("float64", "float32")
 # Ops a .nn file reaches that have no gradient samples, compared by the hand-written cases below.
 WITHOUT_SAMPLES = {"arange": "test_arange_gathers_rows", "dropout": "test_dropout_matches_torch_on_its_own_mask"}
 
-# CI's profile is derandomized: the same 60 models every run, so a red CI is reproducible.
+# CI's profile is derandomized (the same 60 models every run, so a red CI is reproducible) and
+# does not shrink a failure, which can take minutes; the long profile shrinks to a minimal model.
 settings.register_profile("differential", settings.get_profile("nncompile"), max_examples=60, deadline=None,
-                          derandomize=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+                          derandomize=True, phases=(Phase.explicit, Phase.reuse, Phase.generate),
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile("differential-long", settings.get_profile("differential"), max_examples=3000,
-                          derandomize=False)
+                          derandomize=False, phases=tuple(Phase))
 PROFILE = settings.get_profile(os.environ.get("NNCOMPILE_DIFFERENTIAL_PROFILE", "differential"))
 
 
