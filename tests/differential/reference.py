@@ -26,10 +26,11 @@ def _dims(x: Tensor, axis) -> tuple[int, ...]:
     return tuple(a % x.dim() for a in (axis if isinstance(axis, (list, tuple)) else (axis,)))
 
 
-def _reduction(fn: Callable) -> Callable:
+def _reduction(name: str) -> Callable:
+    """torch.sum, torch.mean or torch.amax (an even split among tied maxima) over ``axis``."""
     def reduce(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
         dims = _dims(x, axis)
-        return fn(x, dim=dims, keepdim=keepdims) if dims else x
+        return getattr(torch, name)(x, dim=dims, keepdim=keepdims) if dims else x
     return reduce
 
 
@@ -99,9 +100,9 @@ TORCH: dict[str, Callable[..., Tensor]] = {
     "maxout": _maxout,
     "softmax": lambda x, axis=-1: F.softmax(x, dim=axis),
     "log_softmax": lambda x, axis=-1: F.log_softmax(x, dim=axis),
-    "sum": _reduction(torch.sum),
-    "mean": _reduction(torch.mean),
-    "max": _reduction(lambda x, dim, keepdim: torch.amax(x, dim=dim, keepdim=keepdim)),
+    "sum": _reduction("sum"),
+    "mean": _reduction("mean"),
+    "max": _reduction("amax"),
     "reshape": lambda x, shape: x.reshape(*shape),
     "transpose": _transpose,
     "concat": lambda *xs, axis=0: torch.cat(xs, dim=axis),
