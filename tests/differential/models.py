@@ -11,8 +11,9 @@ param shared by two calls of a layer. The loss weights some values with random i
 add softmax cross-entropy, the SVM loss, binary cross-entropy or mean squared error; plain
 ``sum(v)`` or ``mean(v)`` terms leave the backward pass's own arrays (masks, seeds) unmultiplied.
 
-Inputs stay away from kinks and ties by construction (continuous random draws, never ``x - x``);
-a rough magnitude bound per value keeps float32 from overflowing or cancelling badly.
+Inputs stay away from kinks and ties by construction (continuous random draws, never ``x - x``,
+no ``max`` over values that can repeat, no batchnorm of a column that can be constant); a rough
+magnitude bound per value keeps float32 from overflowing or cancelling badly.
 """
 from __future__ import annotations
 
@@ -459,8 +460,9 @@ class Builder:
             fan_in = hidden
         self.pending.update({f"{inst}.scores.W": Leaf((hidden, out), "param"), f"{inst}.scores.b": Leaf((out,), "param")})
         expr = f"{expr} @ env['{inst}.scores.W'] + env['{inst}.scores.b']"
+        # A dead relu unit makes a column constant over the batch: ties, and zero variance.
         return self.emit(f"mlp({v.name}, hidden={hidden}, out={out}, depth={depth}) as {inst}", expr,
-                         (v.shape[0], out), v.magnitude * 2 * depth + 2)
+                         (v.shape[0], out), v.magnitude * 2 * depth + 2, distinct=False)
 
     def maxout_linear(self) -> Value | None:
         v = self.pick([v for v in self.values if len(v.shape) == 2 and isinstance(v.shape[1], int) and v.distinct])
@@ -493,14 +495,20 @@ class Builder:
         ]
         return t
 
+    def normalisable(self) -> list[Value]:
+        """[N, F] values whose columns vary over the batch (a constant column has zero variance:
+        batchnorm then divides float32 rounding noise by sqrt(eps), and no precision compares)."""
+        return [v for v in self.values if len(v.shape) == 2 and v.shape[0] == "N" and isinstance(v.shape[1], int)
+                and v.distinct]
+
     def batchnorm(self) -> Value | None:
-        v = self.pick([v for v in self.values if len(v.shape) == 2 and v.shape[0] == "N" and isinstance(v.shape[1], int)])
+        v = self.pick(self.normalisable())
         self.import_nn()
         inst = self.fresh("B")
         return self.emit(f"batchnorm({v.name}) as {inst}", self.batchnorm_of(v, inst, v.name), v.shape, 4.0)
 
     def dense_bn(self) -> Value | None:
-        v = self.pick([v for v in self.values if len(v.shape) == 2 and v.shape[0] == "N" and isinstance(v.shape[1], int)])
+        v = self.pick(self.normalisable())
         out = self.draw(st.integers(1, 4))
         self.import_nn()
         inst = self.fresh("D")
