@@ -132,18 +132,25 @@ def call(module: ModuleType, params: Arrays, inputs: Arrays, state: Arrays | Non
         for name, value in kept.items():
             assert now[name].dtype == value.dtype and np.array_equal(now[name], value, equal_nan=True), \
                 f"value_and_grad modified its {what} {name!r}"
+    _check_dtypes(module, {**outputs, **new_state}, "value_and_grad()")
     dtype = np.dtype(module.DTYPE)
-    tables = {**{k: v for k, v in module.OUTPUTS.items()}, **getattr(module, "STATE", {})}
-    for name, value in {**outputs, **new_state}.items():
-        if tables[name][1].startswith("float"):
-            assert getattr(value, "dtype", type(value)) == dtype, \
-                f"{name!r} is {getattr(value, 'dtype', type(value))}, not the module's {dtype}"
     for name, grad in grads.items():
         assert getattr(grad, "dtype", type(grad)) == dtype, \
             f"gradient of {name!r} is {getattr(grad, 'dtype', type(grad))}, not the module's {dtype}"
         given = {**params, **module.DEFAULTS, **inputs}
         assert np.shape(grad) == np.shape(given[name]), f"gradient of {name!r} has the wrong shape"
     return Result(outputs, grads, new_state)
+
+
+def _check_dtypes(module: ModuleType, values: Arrays, where: str) -> None:
+    """Float outputs and state in exactly the module's dtype (never a Python float, never float64
+    in a float32 module)."""
+    dtype = np.dtype(module.DTYPE)
+    tables = {**module.OUTPUTS, **getattr(module, "STATE", {})}
+    for name, value in values.items():
+        if tables[name][1].startswith("float"):
+            assert getattr(value, "dtype", type(value)) == dtype, \
+                f"{where}: {name!r} is {getattr(value, 'dtype', type(value))}, not the module's {dtype}"
 
 
 def compare_with_torch(path: Path, reference: Reference, params: Arrays, inputs: list[Arrays], *,
@@ -179,6 +186,7 @@ def compare_with_torch(path: Path, reference: Reference, params: Arrays, inputs:
                          slack.values[NEW + name])
         evaluated = module.forward(params, before, **one) if initial else module.forward(params, **one)
         in_eval = run_torch(reference, loss, params, one, before, mode="eval")
+        _check_dtypes(module, evaluated, "forward()")
         for name, value in evaluated.items():
             assert_close(value, in_eval.values[name], tol, f"call {i + 1}: forward() (eval mode) value of {name}")
     for i, (before, now) in enumerate(zip(kept, results)):
