@@ -50,9 +50,13 @@ def spell(opdef: OpDef, operands: list[str], attrs: dict) -> str:
     return f"{SPELLED_AS.get(opdef.name, opdef.name)}({', '.join(args)})"
 
 
+SYNTAX = {"neg", "slice", "index"}  # internal ops written as -x and subscripts
+
+
 def reachable_ops() -> dict[str, OpDef]:
-    """Every op a .nn file can produce: the public ones and those spelled by syntax."""
-    return {name: d for name, d in REGISTRY.items() if d.public or (d.vjp is not None and d.samples)}
+    """Every op a .nn file can produce: the public ones, and those spelled by syntax or chosen
+    by a public one's dispatch."""
+    return {name: d for name, d in REGISTRY.items() if d.public or name in SYNTAX or name in SPELLED_AS}
 
 
 @dataclass
