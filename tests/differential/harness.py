@@ -176,7 +176,8 @@ def compare_with_torch(path: Path, reference: Reference, params: Arrays, inputs:
         slack = _slack(run_torch(reference, loss, params, one, before, precision=dtype), expected)
         defaults = {k for k in module.DEFAULTS if k not in one and module.INPUTS[k][1].startswith("float")}
         float_leaves = {k for k, v in {**params, **one}.items() if v.dtype.kind == "f"} | defaults
-        assert set(result.grads) == float_leaves, f"gradients of {sorted(result.grads)}, expected {sorted(float_leaves)}"
+        assert set(result.grads) == float_leaves, \
+            f"gradients of {sorted(result.grads)}, expected {sorted(float_leaves)}"
         for name, value in result.outputs.items():
             assert_close(value, expected.values[name], tol, f"call {i + 1}: value of {name}", slack.values[name])
         for name, grad in result.grads.items():

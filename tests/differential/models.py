@@ -18,12 +18,13 @@ magnitude bound per value keeps float32 from overflowing or cancelling badly.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from hypothesis import strategies as st
 
+from .opcases import nn_literal
 from .reference import TORCH, F, torch
 
 Dim = int | str
@@ -122,14 +123,6 @@ def size(shape: Shape) -> int:
 
 def nn_shape(shape: Shape) -> str:
     return "[" + ", ".join(map(str, shape)) + "]"
-
-
-def nn_literal(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(map(nn_literal, value)) + "]"
-    return repr(value)
 
 
 class Builder:
@@ -458,7 +451,8 @@ class Builder:
                                 f"{inst}.h.{i}.b": Leaf((hidden,), "param")})
             expr = f"op['relu']({expr} @ env['{inst}.h.{i}.W'] + env['{inst}.h.{i}.b'])"
             fan_in = hidden
-        self.pending.update({f"{inst}.scores.W": Leaf((hidden, out), "param"), f"{inst}.scores.b": Leaf((out,), "param")})
+        self.pending.update({f"{inst}.scores.W": Leaf((hidden, out), "param"),
+                             f"{inst}.scores.b": Leaf((out,), "param")})
         expr = f"{expr} @ env['{inst}.scores.W'] + env['{inst}.scores.b']"
         # A dead relu unit makes a column constant over the batch: ties, and zero variance.
         return self.emit(f"mlp({v.name}, hidden={hidden}, out={out}, depth={depth}) as {inst}", expr,
@@ -469,7 +463,8 @@ class Builder:
         k, out, pieces = v.shape[1], self.draw(st.integers(1, 3)), self.draw(st.integers(2, 3))
         self.import_nn()
         inst = self.fresh("Q")
-        self.pending.update({f"{inst}.W": Leaf((k, pieces * out), "param"), f"{inst}.b": Leaf((pieces * out,), "param")})
+        self.pending.update({f"{inst}.W": Leaf((k, pieces * out), "param"),
+                             f"{inst}.b": Leaf((pieces * out,), "param")})
         return self.emit(f"maxout_linear({v.name}, out={out}, k={pieces}) as {inst}",
                          f"op['maxout']({v.name} @ env['{inst}.W'] + env['{inst}.b'], k={pieces})",
                          (v.shape[0], out), v.magnitude * 2 * k + 2)

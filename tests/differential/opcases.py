@@ -122,7 +122,8 @@ class OpCase:
     def inputs(self, rng: np.random.Generator, draw) -> dict[str, np.ndarray]:
         """Operands from the op's gradient-check domain (away from its kinks and ties)."""
         shapes = self.sample.shapes
-        values = dict(zip((f"x{i}" for i in self.floats), draw(rng, self.opdef.domain, [shapes[i] for i in self.floats])))
+        drawn = draw(rng, self.opdef.domain, [shapes[i] for i in self.floats])
+        values = dict(zip((f"x{i}" for i in self.floats), drawn))
         for i, bound in self.sample.ints.items():
             values[f"x{i}"] = rng.integers(0, bound, shapes[i])
         if self.weighted:
