@@ -28,7 +28,8 @@ from nncompile.elaborate import elaborate_file
 from .reference import torch
 
 Arrays = dict[str, np.ndarray]
-# reference(leaves) -> every named value it computes (the loss among them), as tensors
+# reference(env) -> every named value it computes (the loss among them), as tensors; env holds
+# the params, inputs and state as tensors, and "mode": "train" or "eval"
 Reference = Callable[[dict[str, Any]], dict[str, Any]]
 
 
