@@ -367,8 +367,8 @@ class _Emitter:
         """For eval and render: every forward value and every adjoint, keyed by node id."""
         roots = list(self.p.trace_values.values()) + list(self.p.trace_grads.values())
         body, names, ctx = self.body("trace", roots)
-        values = ", ".join(f"{k}: {self.ref(v, names)}" for k, v in self.p.trace_values.items())
-        grads = ", ".join(f"{k}: {self.ref(v, names)}" for k, v in self.p.trace_grads.items())
+        values = ", ".join(f"{k}: {self.array_ref(v, names, ctx)}" for k, v in self.p.trace_values.items())
+        grads = ", ".join(f"{k}: {self.array_ref(v, names, ctx)}" for k, v in self.p.trace_grads.items())
         body.append(f"    return {{{values}}}, {{{grads}}}")
         return "\n".join([f"def trace({self.signature('trace')}):",
                           '    """Every intermediate value and gradient, keyed by graph node (for nncompile)."""',
@@ -497,6 +497,18 @@ class _Emitter:
             return f"{self.xp}.array({source(_plain(value))}, dtype=DTYPE)"
         return names[n]
 
+    def array_ref(self, n: int, names: dict[int, str], ctx: _Context) -> str:
+        """``ref``, with a constant made a value of the module's dtype (a seed of 1.0 is a Python
+        float in the code, but never in what the module returns)."""
+        node, expr = self.G[n], self.ref(n, names)
+        if node.op != "const":
+            return expr
+        if node.shape == () and self.xp == "np":
+            return f"DTYPE({expr})"   # a numpy scalar, as numpy's ufuncs return one (CuPy has none)
+        if isinstance(node.attr("value"), tuple):
+            return expr
+        return f"{self.xp}.full({ctx.shape(node.shape)}, {expr}, dtype=DTYPE)"
+
     def returned(self, values: dict[str, int | None], names: dict[int, str], ctx: _Context, seen: set[int],
                  keep: list[str] | None = None) -> str:
         """A dict of results that never aliases params, inputs, or each other.
@@ -515,11 +527,11 @@ class _Emitter:
             scalar = self.xp == "np" and node.shape == ()
             if n is None:
                 expr = "DTYPE(0)" if scalar else f"{self.xp}.zeros({ctx.shape(node.shape)}, dtype=DTYPE)"
+            elif node.op == "const":
+                expr = self.array_ref(n, names, ctx)
             else:
                 expr = self.ref(n, names)
-                if node.op == "const":
-                    expr = f"DTYPE({expr})" if scalar else f"{self.xp}.full({ctx.shape(node.shape)}, {expr}, dtype=DTYPE)"
-                elif node.op in VIEW_OPS or node.is_leaf or n in seen:
+                if node.op in VIEW_OPS or node.is_leaf or n in seen:
                     expr = f"{expr}[()]" if scalar else f"{self.xp}.array({expr})"
                 seen.add(n)
             items.append(f"{name!r}: {expr}")
