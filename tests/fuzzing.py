@@ -714,7 +714,7 @@ def _long_name(text: str, c: Choices) -> str:
 
 
 def _long_file(text: str, c: Choices) -> str:
-    n = c.choice((500, 3000))
+    n = c.choice((300, 1500))
     body = "".join(f"v{i} = v{i - 1} * 1.0001\n" for i in range(1, n))
     return text + "\ninput v0: float[3]\n" + body + f"output v{n - 1}\n"
 
@@ -874,8 +874,8 @@ def _check_cli(argv: list[str], model: Path, text: str, verb: str) -> Outcome | 
     problem = diagnostic_problem(stderr, model, text) if code == 1 else f"exit code {code}"
     if problem is None:
         return Outcome("diagnostic", verb, "", stderr.split("\n")[0][:300])
-    return Outcome("format", verb, f"format:{verb}:{problem}:{_message_shape(stderr.split(': error: ')[-1])}",
-                   stderr[:2000])
+    message = stderr.split(": error: ", 1)[-1].replace(str(model), "MODEL")
+    return Outcome("format", verb, f"format:{verb}:{problem}:{_message_shape(message)}", stderr[:2000])
 
 
 def _concrete(shape: Sequence, dims: dict[str, int]) -> tuple[int, ...]:
@@ -1189,14 +1189,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbs = ("compile",) if args.no_eval else ("compile", "eval")
     summary, started = Summary(), time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
-    for seed in range(args.start, args.start + args.n):
-        source, text = long_case(seed)
-        summary.record(seed, source, text, run_case(text, verbs=verbs, timeout=args.timeout))
-        if summary.tried % 1000 == 0:   # a run cut short still leaves a summary
-            summary.seconds = time.monotonic() - started
-            summary.write(args.out)
-            print(f"{summary.tried} cases, {len(summary.failures)} distinct failures, "
-                  f"{summary.seconds:.0f} s", file=sys.stderr, flush=True)
+    try:
+        for seed in range(args.start, args.start + args.n):
+            source, text = long_case(seed)
+            summary.record(seed, source, text, run_case(text, verbs=verbs, timeout=args.timeout))
+            if summary.tried % 1000 == 0:   # a run cut short still leaves a summary
+                summary.seconds = time.monotonic() - started
+                summary.write(args.out)
+                print(f"{summary.tried} cases, {len(summary.failures)} distinct failures, "
+                      f"{summary.seconds:.0f} s", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:   # Ctrl-C: stop generating, still minimise and write the summary
+        print(f"interrupted after {summary.tried} cases", file=sys.stderr)
     for sig, f in summary.failures.items():   # a hang costs a whole timeout per try: fewer, shorter
         hang = f["kind"] == "hang"
         f["repro"] = minimise(f["text"], sig, lambda t: run_case(t, verbs=verbs, timeout=3.0 if hang else args.timeout),

@@ -22,12 +22,12 @@ import fuzzing
 from conftest import write_nn
 from fuzzing import SEEDS, HypothesisChoices, Outcome, RandomChoices, mutate, run_case, write_program
 
-settings.register_profile("fuzz-ci", max_examples=100, derandomize=True, deadline=None, database=None,
+settings.register_profile("fuzz-ci", max_examples=150, derandomize=True, deadline=None, database=None,
                           print_blob=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile("fuzz-long", parent=settings.get_profile("fuzz-ci"), max_examples=5000,
                           derandomize=False)
 PROFILE = settings.get_profile(f"fuzz-{os.environ.get('NNCOMPILE_FUZZ', 'ci')}")
-TIMEOUT = float(os.environ.get("NNCOMPILE_FUZZ_TIMEOUT", "10"))
+TIMEOUT = float(os.environ.get("NNCOMPILE_FUZZ_TIMEOUT", "20"))
 
 pytestmark = pytest.mark.fuzz
 
