@@ -109,6 +109,7 @@ class Value:
     shape: tuple
     dtype: str = "float"
     bound: int | None = None   # int values: every entry lies in [0, bound)
+    computed: bool = True      # False for inputs and params
 
 
 class ProgramWriter:
@@ -168,7 +169,7 @@ class ProgramWriter:
             init = str(self.c.choice((0.5, -1, 2.0, 1e-3)))
         self.lines.append(f"param {name}: {self.text(shape)} = {init}" if shape or self.c.chance(0.5)
                           else f"param {name} = {init}")
-        value = Value(name, tuple(shape))
+        value = Value(name, tuple(shape), computed=False)
         self.values.append(value)
         self.params.append(value)
         return value
@@ -181,7 +182,7 @@ class ProgramWriter:
     def input(self, shape: tuple, dtype: str = "float", bound: int | None = None) -> Value:
         name = self.fresh("x" if dtype == "float" else "y")
         self.lines.append(f"input {name}: {dtype}{self.text(shape)}")
-        value = Value(name, tuple(shape), dtype, bound)
+        value = Value(name, tuple(shape), dtype, bound, computed=False)
         self.values.append(value)
         return value
 
@@ -213,14 +214,14 @@ class ProgramWriter:
             if rank == 0:
                 name = self.fresh("s")
                 self.lines.append(f"input {name} = {self.c.choice(('-2', '0.5', '3', '1e-3', '0'))}")
-                self.values.append(Value(name, ()))
+                self.values.append(Value(name, (), computed=False))
                 continue
             shape = (("N",) if self.c.chance(0.7) else ()) + tuple(self.dim() for _ in range(rank))
             shape = shape[:rank]
             if all(isinstance(d, int) for d in shape) and prod(shape) <= 6 and self.c.chance(0.4):
                 name = self.fresh("u")
                 self.lines.append(f"input {name}: float{self.text(shape)} = {self.literal(shape)}")
-                self.values.append(Value(name, shape))
+                self.values.append(Value(name, shape, computed=False))
             else:
                 self.input(shape)
 
@@ -267,21 +268,20 @@ class ProgramWriter:
             v = self.pick() or self.input(("N", 2))
             terms = [f"{self.c.choice(('sum', 'mean'))}({v.name})" if v.shape else v.name]
         if self.params and self.c.chance(0.3):
-            terms.append(f"1e-3 * {self.c.choice(('l2', 'l1'))}({', '.join(p.name for p in self.params[:3])})")
-            self.used.add("l2")
-        named = [v for v in self.values if not v.name.startswith(("x", "u", "s", "y", "W", "D"))]
-        shown = named[-self.c.integer(1, 3):] if named else []
-        loss = "loss"
-        in_train = self.c.chance(0.15)
-        body = [f"loss = {' + '.join(terms)}", "minimize loss"]
+            penalty = self.c.choice(("l2", "l1"))
+            self.used.add(penalty)
+            terms.append(f"1e-3 * {penalty}({', '.join(p.name for p in self.params[:3])})")
+        computed = [v for v in self.values if v.computed]
+        shown = computed[-self.c.integer(1, 3):] if computed else []
         if shown:
             self.lines.append(f"output {', '.join(v.name for v in shown)}")
-        if in_train:
-            self.lines.append("train {\n    " + "\n    ".join(body) + "\n}")
-        elif self.c.chance(0.1) and not shown:
-            self.lines += [f"loss = {' + '.join(terms)}", f"output {loss}"]
+        loss = f"loss = {' + '.join(terms)}"
+        if self.c.chance(0.15):
+            self.lines.append(f"train {{\n    {loss}\n    minimize loss\n}}")
+        elif self.c.chance(0.1) and not shown:   # no minimize: the single scalar output is differentiated
+            self.lines += [loss, "output loss"]
         else:
-            self.lines += body
+            self.lines += [loss, "minimize loss"]
         return "\n".join(self.lines) + "\n"
 
 
@@ -531,9 +531,9 @@ def _layer(w: ProgramWriter):
     name = w.fresh("blk")
     out = w.dim()
     act = w.c.choice(("relu", "tanh", "sigmoid", "leaky_relu", ""))
-    arrow = f" -> [B, out]" if w.c.chance(0.6) else ""
+    arrow = " -> [B, out]" if w.c.chance(0.6) else ""
     slope = ", slope: float = 0.1" if act == "leaky_relu" else ""
-    ret = f"leaky_relu(h, alpha=slope)" if act == "leaky_relu" else (f"{act}(h)" if act else "h")
+    ret = "leaky_relu(h, alpha=slope)" if act == "leaky_relu" else (f"{act}(h)" if act else "h")
     body = [f"param W: [K, out] = {w.c.choice(INITIALISERS)}", "param b: [out] = zeros()"]
     if w.c.chance(0.15):
         body += ["state seen: [out] = zeros()", "z = x @ W + b",
@@ -787,11 +787,15 @@ def diagnostic_problem(stderr: str, model: Path, text: str) -> str | None:
     if "Traceback" in stderr:
         return "a traceback in the diagnostic"
     lines = stderr.split("\n")
+    first = next((i for i, text in enumerate(lines) if "error: " in text), None)   # warnings may come first
+    if first is None:
+        return "no line says error:"
+    lines = lines[first:]
     if lines[0].startswith("nncompile: error: ") and len(lines[0]) > len("nncompile: error: "):
         return None
     where = POSITION.match(lines[0])
     if where is None:
-        return "first line is neither FILE:LINE:COL: error: nor nncompile: error:"
+        return "the error line is neither FILE:LINE:COL: error: nor nncompile: error:"
     line, col = int(where["line"]), int(where["col"])
     if line < 1 or col < 1:
         return "a position before the start of the file"

@@ -193,7 +193,9 @@ def test_a_module_that_runs_is_not_a_failure() -> None:
     ("{f}:9:1: error: unexpected end\n    \n    ^\n", "a line past the end of the file"),
     ("{f}:1:1: error: bad\n    y = + 1\n    ^\n", "the quoted line is not the line of the position"),
     ("Traceback (most recent call last):\n  ...\nValueError\n", "a traceback in the diagnostic"),
-    ("error: something\n", "first line is neither FILE:LINE:COL: error: nor nncompile: error:"),
+    ("error: something\n", "the error line is neither FILE:LINE:COL: error: nor nncompile: error:"),
+    ("{f}: warning: w is unused\n{f}:2:5: error: unexpected '+'\n    y = + 1\n        ^\n", None),
+    ("gradient check FAILED\n", "no line says error:"),
 ])
 def test_a_diagnostic_must_name_the_place_and_quote_it(tmp_path: Path, stderr: str, problem: str | None) -> None:
     model = tmp_path / "m.nn"
