@@ -1106,6 +1106,12 @@ def long_case(seed: int) -> tuple[str, str]:
     return "mutant of a program", mutate(text, c)
 
 
+def truncations(step: int = 1) -> list[tuple[str, str]]:
+    """Every seed file cut at every ``step``-th character: (where it came from, its text)."""
+    return [(f"truncation of {name}", text[:i]) for name, text in sorted(SEEDS.items())
+            for i in range(0, len(text), step)]
+
+
 def minimise(text: str, signature: str, check: Callable[[str], Outcome], budget: int = 150) -> str:
     """The smallest text found (removing chunks of lines, then of tokens) that still fails
     with the same signature: a greedy ddmin within ``budget`` checks."""
@@ -1189,13 +1195,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("fuzz-report"), help="where summary.md and summary.json go")
     p.add_argument("--no-eval", action="store_true", help="skip `nncompile eval` (twice as fast)")
     p.add_argument("--minimise", type=int, default=150, help="checks spent minimising each distinct failure")
+    p.add_argument("--truncations", type=int, metavar="STEP", default=0,
+                   help="instead of N cases: every seed file cut at every STEP-th character")
     args = p.parse_args(argv)
     verbs = ("compile",) if args.no_eval else ("compile", "eval")
     summary, started = Summary(), time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
     try:
-        for seed in range(args.start, args.start + args.n):
-            source, text = long_case(seed)
+        cases = truncations(args.truncations) if args.truncations else \
+            (long_case(seed) for seed in range(args.start, args.start + args.n))
+        for seed, (source, text) in enumerate(cases, args.start):
             summary.record(seed, source, text, run_case(text, verbs=verbs, timeout=args.timeout))
             if summary.tried % 1000 == 0:   # a run cut short still leaves a summary
                 summary.seconds = time.monotonic() - started

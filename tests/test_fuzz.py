@@ -64,6 +64,24 @@ def test_every_mutation_of_the_examples_and_the_stdlib_gives_a_clean_diagnostic_
     assert_property(text)
 
 
+def mid_statement_cuts() -> list[str]:
+    """Every example and the standard library cut in the middle of each statement line."""
+    cuts = []
+    for text in SEEDS.values():
+        offset = 0
+        for line in text.split("\n"):
+            if line.strip() and not line.lstrip().startswith("#"):
+                cuts.append(text[:offset + len(line) // 2])
+            offset += len(line) + 1
+    return cuts
+
+
+def test_every_example_cut_in_the_middle_of_any_statement_gives_a_clean_diagnostic_or_a_module() -> None:
+    failures = [(text[-80:], outcome) for text in mid_statement_cuts()
+                if (outcome := run_case(text, verbs=("compile",), timeout=TIMEOUT)).failed]
+    assert failures == []
+
+
 # The edges outside checks found: each must end as a clean diagnostic or a module that runs.
 EDGES = {
     "an overflowing input default": "input x = 1e400\noutput x\n",
