@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import functools
 import importlib.util
 import inspect
@@ -1021,12 +1022,14 @@ def check_text(text: str, workdir: Path, verbs: Sequence[str] = ("compile", "eva
     return outcome
 
 
-def _child(text: str, verbs: Sequence[str], write_fd: int, memory: int) -> None:
-    """Runs in the forked child: limits, then the check; reports progress lines, then the outcome."""
+def _child(text: str, verbs: Sequence[str], write_fd: int, memory: int, dump_fd: int, dump_after: float) -> None:
+    """Runs in the forked child: limits, then the check; reports progress lines, then the outcome.
+    Past ``dump_after`` seconds it writes its stack to ``dump_fd``: where a hang hangs."""
     def send(kind: str, payload) -> None:
         os.write(write_fd, (json.dumps([kind, payload]) + "\n").encode())
 
     try:
+        faulthandler.dump_traceback_later(dump_after, repeat=True, file=dump_fd)
         soft, hard = resource.getrlimit(resource.RLIMIT_AS)
         with open("/proc/self/statm") as f:
             used = int(f.read().split()[0]) * resource.getpagesize()
@@ -1057,12 +1060,13 @@ def run_case(text: str, *, verbs: Sequence[str] = ("compile", "eval"), timeout: 
     interpreter or an allocation past ``memory`` bytes beyond its start is an outcome too."""
     warm_up()
     read_fd, write_fd = os.pipe()
+    dump_read, dump_write = os.pipe()
     sys.stdout.flush(), sys.stderr.flush()
     pid = os.fork()
     if pid == 0:   # pragma: no cover - the child
-        os.close(read_fd)
-        _child(text, verbs, write_fd, memory)
-    os.close(write_fd)
+        os.close(read_fd), os.close(dump_read)
+        _child(text, verbs, write_fd, memory, dump_write, 0.3 * timeout)
+    os.close(write_fd), os.close(dump_write)
     buffer, stage, outcome = b"", "start", None
     deadline = time.monotonic() + timeout
     try:
@@ -1070,7 +1074,7 @@ def run_case(text: str, *, verbs: Sequence[str] = ("compile", "eval"), timeout: 
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([read_fd], [], [], left)[0]:
                 os.kill(pid, signal.SIGKILL)
-                outcome = Outcome("hang", stage, f"hang:{stage}", f"still in {stage} after {timeout:g} s")
+                outcome = _hang(stage, timeout, dump_read)
                 break
             chunk = os.read(read_fd, 65536)
             if not chunk:
@@ -1085,9 +1089,43 @@ def run_case(text: str, *, verbs: Sequence[str] = ("compile", "eval"), timeout: 
                 else:
                     outcome = Outcome(**payload)
     finally:
-        os.close(read_fd)
+        os.close(read_fd), os.close(dump_read)
         os.waitpid(pid, 0)
     return outcome
+
+
+DUMPED_FRAME = re.compile(r'File "([^"]+)", line (\d+) in (\S+)')
+
+
+def _own_frames(dump: str) -> list[tuple[str, str, str]]:
+    """(file, function, line) of the nncompile and generated frames of one dumped stack, outermost first."""
+    frames = []
+    for file, line, name in DUMPED_FRAME.findall(dump):
+        path = Path(file)
+        if path.name == "model_out.py":
+            frames.append(("module", name, line))
+        elif "nncompile" in path.parts and "tests" not in path.parts:
+            frames.append((f"{path.parent.name}/{path.name}", name, line))
+    return frames[::-1]
+
+
+def _common_prefix(stacks: list[list]) -> list:
+    common = stacks[0] if stacks else []
+    for other in stacks[1:]:
+        common = common[:next((i for i, (a, b) in enumerate(zip(common, other)) if a != b),
+                              min(len(common), len(other)))]
+    return common
+
+
+def _hang(stage: str, timeout: float, dump_fd: int) -> Outcome:
+    """A hang, named by the frames that every stack the child dumped shares: the loop it was
+    stuck in, whatever that loop happened to be calling at each dump."""
+    stack = os.read(dump_fd, 1 << 20).decode(errors="replace") if select.select([dump_fd], [], [], 0)[0] else ""
+    dumps = stack.split("Timeout (")[1:]
+    loop = _common_prefix([_own_frames(dump) for dump in dumps])[-3:]
+    where = ">".join(f"{file}:{name}" if i == 0 else name for i, (file, name, _) in enumerate(loop))
+    return Outcome("hang", stage, f"hang:{stage}:{where}",
+                   f"still in {stage} after {timeout:g} s\n" + (dumps[-1][:1500] if dumps else ""))
 
 
 # ---- the long profile ---------------------------------------------------------------------
