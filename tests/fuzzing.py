@@ -1089,6 +1089,8 @@ def run_case(text: str, *, verbs: Sequence[str] = ("compile", "eval"), timeout: 
                 else:
                     outcome = Outcome(**payload)
     finally:
+        if outcome is None:   # interrupted: the child must not outlive the run
+            os.kill(pid, signal.SIGKILL)
         os.close(read_fd), os.close(dump_read)
         os.waitpid(pid, 0)
     return outcome
