@@ -780,7 +780,7 @@ STAGES = {"parser": "parse", "syntax": "parse", "elaborate": "elaborate", "shape
           "codegen": "codegen", "compiler": "codegen", "evaluate": "eval", "render": "render",
           "gradcheck": "check", "cli": "cli", "files": "cli", "errors": "cli"}
 POSITION = re.compile(r"(?P<file>.+?):(?P<line>\d+):(?P<col>\d+): error: \S")
-CARET = re.compile(r" {4} *\^~*$")
+CARET = re.compile(r" {4} *\^[~^]*$")
 
 
 def diagnostic_problem(stderr: str, model: Path, text: str) -> str | None:
@@ -807,11 +807,18 @@ def diagnostic_problem(stderr: str, model: Path, text: str) -> str | None:
         readings = [text.split("\n"), text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
         if all(line > len(source) for source in readings):
             return "a line past the end of the file"
-        shown = ["    " + "".join(ch if ch.isprintable() else " " for ch in source[line - 1].rstrip("\r"))
-                 for source in readings if line <= len(source)]
-        if lines[1] not in shown:
+        if not any(_quotes(lines[1], source[line - 1]) for source in readings if line <= len(source)):
             return "the quoted line is not the line of the position"
     return None
+
+
+def _quotes(quoted: str, line: str) -> bool:
+    """Whether ``quoted`` shows ``line``: the same text up to whitespace and invisible
+    characters, or a piece of it where a long line is cut short with an ellipsis."""
+    def visible(text: str) -> str:
+        return re.sub(r"\s+", " ", "".join(ch if ch.isprintable() else " " for ch in text)).strip()
+    pieces = [p.strip() for p in re.split(r"\.\.\.|…", visible(quoted))]
+    return visible(quoted) == visible(line) or all(p in visible(line) for p in pieces if p) and any(pieces)
 
 
 def _frames(exc: BaseException) -> list[traceback.FrameSummary]:
@@ -909,8 +916,10 @@ def random_inputs(module, dims: dict[str, int], rng: np.random.Generator) -> dic
         if name in module.DEFAULTS:
             continue
         shape = _concrete(shape, dims)
-        if dtype.startswith("int"):
-            inputs[name] = rng.integers(0, module.BOUNDS.get(name, 1), shape).astype(dtype)
+        if dtype.startswith("int"):   # a bound may be a symbolic dim (a class count C)
+            bound = module.BOUNDS.get(name, 1)
+            bound = dims.get(bound, 1) if isinstance(bound, str) else bound
+            inputs[name] = rng.integers(0, bound if isinstance(bound, int) and bound > 0 else 1, shape).astype(dtype)
         else:
             inputs[name] = rng.standard_normal(shape).astype(dtype)
     return inputs

@@ -214,6 +214,8 @@ def test_a_module_that_runs_is_not_a_failure() -> None:
     ("error: something\n", "the error line is neither FILE:LINE:COL: error: nor nncompile: error:"),
     ("{f}: warning: w is unused\n{f}:2:5: error: unexpected '+'\n    y = + 1\n        ^\n", None),
     ("gradient check FAILED\n", "no line says error:"),
+    ("{f}:2:5: error: bad\n    y  =  +  1\n        ^^^\n", None),          # spacing and a longer caret
+    ("{f}:2:1: error: bad\n    y = ...\n    ^\n", None),                   # a long line cut short
 ])
 def test_a_diagnostic_must_name_the_place_and_quote_it(tmp_path: Path, stderr: str, problem: str | None) -> None:
     model = tmp_path / "m.nn"
@@ -295,3 +297,10 @@ def test_the_minimiser_keeps_the_failure_and_drops_the_rest() -> None:
         return Outcome("traceback", signature="boom") if "boom" in text else Outcome("module")
     text = "a = 1\nb = 2\nc = boom\nd = 4\n"
     assert fuzzing.minimise(text, "boom", check) == "boom"
+
+
+def test_int_inputs_are_drawn_below_their_bounds_even_a_symbolic_one() -> None:
+    module = types.SimpleNamespace(DEFAULTS={}, BOUNDS={"y": 3, "z": "C"},
+                                   INPUTS={"y": (("N",), "int64"), "z": (("N",), "int64"), "w": ((5,), "int64")})
+    inputs = fuzzing.random_inputs(module, {"N": 50, "C": 2}, np.random.default_rng(0))
+    assert inputs["y"].max() == 2 and inputs["z"].max() == 1 and inputs["w"].max() == 0
