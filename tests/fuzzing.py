@@ -774,11 +774,10 @@ class Outcome:
         return self.kind in FAILURES
 
 
-STAGES = {"parser": "parse", "syntax": "parse", "elaborate": "elaborate", "shapes": "elaborate",
-          "ir": "elaborate", "initializers": "elaborate", "registry": "elaborate", "basic": "elaborate",
-          "toolkit": "elaborate", "autodiff": "codegen", "passes": "codegen", "schedule": "codegen",
-          "codegen": "codegen", "compiler": "codegen", "evaluate": "eval", "render": "render",
-          "gradcheck": "check", "cli": "cli", "files": "cli", "errors": "cli"}
+# The module that runs each stage; helpers (ir, shapes, syntax, ops, ...) take the stage of their caller.
+STAGES = {"parser": "parse", "elaborate": "elaborate", "autodiff": "codegen", "passes": "codegen",
+          "schedule": "codegen", "codegen": "codegen", "compiler": "codegen", "optim": "codegen",
+          "evaluate": "eval", "render": "render", "gradcheck": "check", "cli": "cli", "files": "cli"}
 POSITION = re.compile(r"(?P<file>.+?):(?P<line>\d+):(?P<col>\d+): error: \S")
 CARET = re.compile(r" {4} *\^[~^]*$")
 
@@ -826,16 +825,21 @@ def _frames(exc: BaseException) -> list[traceback.FrameSummary]:
 
 
 def _origin(frames: list[traceback.FrameSummary], generated: Path | None) -> tuple[str, str]:
-    """(stage, frame) of the innermost frame in nncompile or the generated module."""
+    """(stage, frame): the stage of the innermost frame that runs one, and the innermost
+    frame in nncompile or the generated module, where the exception came from."""
+    where, stage = None, None
     for frame in reversed(frames):
         path = Path(frame.filename)
         if generated is not None and path == generated:
             calls = sorted(set(re.findall(r"np\.\w+|\.\w+\(|\[", frame.line or "")))
             return "run", f"module.{frame.name}:{' '.join(calls) or (frame.line or '').split('=')[0].strip()}"
         if "nncompile" in path.parts and "tests" not in path.parts:
-            return STAGES.get(path.stem, path.stem), f"{path.parent.name}/{path.name}:{frame.name}:{frame.lineno}"
-    last = frames[-1] if frames else None
-    return "?", f"{Path(last.filename).name}:{last.name}" if last else "?"
+            where = where or f"{path.parent.name}/{path.name}:{frame.name}:{frame.lineno}"
+            stage = stage or STAGES.get(path.stem)
+    if where is None:
+        last = frames[-1] if frames else None
+        return "?", f"{Path(last.filename).name}:{last.name}" if last else "?"
+    return stage or "?", where
 
 
 def _message_shape(message: str) -> str:
