@@ -609,6 +609,9 @@ FILLERS = ("\x00", "\t", "\r", "\r\n", "\x0c", "\\\n", "\udcff", "\x1b", "&#1;",
            "<", "&", '"', "'", "`", "$", "\\", "%", "!", "?", "~", "^", "|")
 
 
+MAX_TEXT = 200_000   # a long name replaced throughout a long file could make 30 MB: long, but no file a person writes
+
+
 def tokens(text: str) -> list[str]:
     return TOKEN.findall(text)
 
@@ -618,7 +621,8 @@ def mutate(text: str, c: Choices, rounds: int | None = None) -> str:
     and non-finite numbers, unicode, control characters, deep nesting, long names and files,
     truncation."""
     for _ in range(rounds if rounds is not None else c.integer(1, 3)):
-        text = c.choice(MUTATIONS)(text, c)
+        mutated = c.choice(MUTATIONS)(text, c)
+        text = mutated if len(mutated) <= MAX_TEXT else text
     return text
 
 
@@ -832,7 +836,7 @@ def _origin(frames: list[traceback.FrameSummary], generated: Path | None) -> tup
         path = Path(frame.filename)
         if generated is not None and path == generated:
             calls = sorted(set(re.findall(r"np\.\w+|\.\w+\(|\[", frame.line or "")))
-            return "run", f"module.{frame.name}:{' '.join(calls) or (frame.line or '').split('=')[0].strip()}"
+            return "run", f"module.{frame.name}:{' '.join(calls)}"
         if "nncompile" in path.parts and "tests" not in path.parts:
             where = where or f"{path.parent.name}/{path.name}:{frame.name}:{frame.lineno}"
             stage = stage or STAGES.get(path.stem)
@@ -851,6 +855,8 @@ def _message_shape(message: str) -> str:
 def _failure(kind: str, exc: BaseException, generated: Path | None = None, stage: str | None = None) -> Outcome:
     where, frame = _origin(_frames(exc), generated)
     name = type(exc).__name__
+    if frame.startswith("module."):   # the module's own names vary from case to case; the message's shape does not
+        frame += f":{_message_shape(str(exc))}"
     detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-6:])[-3000:]
     return Outcome(kind, stage or where, f"{kind}:{stage or where}:{name}:{frame}", detail)
 
