@@ -29,7 +29,8 @@ settings.register_profile("fuzz-long", parent=settings.get_profile("fuzz-ci"), m
 PROFILE = settings.get_profile(f"fuzz-{os.environ.get('NNCOMPILE_FUZZ', 'ci')}")
 TIMEOUT = float(os.environ.get("NNCOMPILE_FUZZ_TIMEOUT", "20"))
 
-pytestmark = pytest.mark.fuzz
+pytestmark = [pytest.mark.fuzz,
+              pytest.mark.skipif(not hasattr(os, "fork"), reason="each case runs in a forked child")]
 
 
 @st.composite
