@@ -116,10 +116,19 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage mistake exits 1 with ``nncompile: error:``, like every other error a user can
+    make (argparse's own convention is exit 2 and ``PROG: error:``)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(1, f"nncompile: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .train.cli import add_train_parser, seed
 
-    parser = argparse.ArgumentParser(prog="nncompile", description="Compile .nn neural-network models to numpy.")
+    parser = _Parser(prog="nncompile", description="Compile .nn neural-network models to numpy.")
     parser.add_argument("--version", action="version", version=f"nncompile {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -63,7 +63,7 @@ def parse(text: str, file: str = "<string>") -> S.Module:
     """Parse one file. Raises :class:`NNError` pointing at the first syntax error."""
     Sources.add(file, text)
     if not text.strip():
-        raise NNError("empty file: a model needs at least one statement", Loc(file, 1, 1))
+        raise NNError("empty file: a model needs at least one statement", file=file)   # no line to point at
     try:
         tree = _lark().parse(text)
     except UnexpectedInput as exc:

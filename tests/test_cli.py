@@ -228,8 +228,8 @@ SQUARES = "input x: float[3]\ny = sum(x * x)\noutput y\n"
 def test_a_negative_seed_is_a_usage_error(verb: str, tmp_path: Path, run_cli) -> None:
     write_nn(tmp_path, "m.nn", SQUARES)
     result = run_cli(verb, "m.nn", "--seed", "-1", *(["-o", "m.svg"] if verb == "render" else []))
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result
-    assert "argument --seed: '-1': a seed is a whole number from 0 up" in result.stderr
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result
+    assert "nncompile: error: argument --seed: '-1': a seed is a whole number from 0 up" in result.stderr
 
 
 @pytest.mark.parametrize("verb", ["eval", "render", "check"])

@@ -166,7 +166,7 @@ CASES: dict[str, Case] = {
     """}, ["check", "m.nn"], points_at="output = x"),
     "missing_file": Case({}, ["check", "missing.nn"], points_at=None, located=False),
     "missing_file_compile": Case({}, ["compile", "nowhere/missing.nn", "-o", "out.py"], points_at=None, located=False),
-    "empty_file": Case({"m.nn": ""}, ["check", "m.nn"], points_at=None),
+    "empty_file": Case({"m.nn": ""}, ["check", "m.nn"], points_at=None, located=False),
     "comments_only_file": Case({"m.nn": "# nothing here yet\n\n"}, ["check", "m.nn"], points_at="# nothing"),
     "no_output": Case({"m.nn": """
         input x = 1
