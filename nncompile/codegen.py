@@ -139,6 +139,7 @@ class _Emitter:
         # Module-level definitions are shared with the emitter of the other mode's program.
         self.caches: list[str] = share.caches if share else []
         self.kernels: dict[tuple[str, int], str] = share.kernels if share else {}
+        self.comments: dict[tuple[str, int, bool], str] = share.comments if share else {}
         self.G = program.graph
         self.model = program.model
         self.dtype = self.model.dtype
@@ -474,15 +475,19 @@ class _Emitter:
         return var
 
     def where(self, node: Node) -> str | None:
+        """``file.nn:12: the source line``, the comment above the statements a line became."""
         if node.loc is None:
             return None
-        text = Sources.line(node.loc.file, node.loc.line)
-        label = f"{_basename(node.loc.file)}:{node.loc.line}"
-        if text is not None:
-            label += f": {text.strip()}"
-        if node.grad_of is not None:
-            label += "  (backward)"
-        return safe_comment(label)
+        key = (node.loc.file, node.loc.line, node.grad_of is not None)
+        if key not in self.comments:   # once per line: a line can be long and make thousands of nodes
+            text = Sources.line(node.loc.file, node.loc.line)
+            label = f"{_basename(node.loc.file)}:{node.loc.line}"
+            if text is not None:
+                label += f": {text.strip()}"
+            if node.grad_of is not None:
+                label += "  (backward)"
+            self.comments[key] = safe_comment(label)
+        return self.comments[key]
 
     def describe(self, node: Node) -> str:
         shape = show(node.shape) if node.shape else "scalar"

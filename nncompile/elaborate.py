@@ -125,8 +125,10 @@ class Elaborator:
             scope.consts[stmt.name] = self.const_eval(stmt.value, scope)
         elif isinstance(stmt, S.Input):
             self.top_only(stmt, scope, "input")
+            self.outside_phase(stmt, "input")
             self.input(stmt, scope)
         elif isinstance(stmt, (S.Param, S.State)):
+            self.outside_phase(stmt, "param" if isinstance(stmt, S.Param) else "state")
             self.param(stmt, scope)
         elif isinstance(stmt, S.Update):
             self.update(stmt, scope)
@@ -197,6 +199,12 @@ class Elaborator:
                           f"but the state is float{show(node.shape)}", stmt.value.loc)
         self.model.updates[node.name] = value
 
+    def outside_phase(self, stmt: S.Input | S.Param | S.State, what: str) -> None:
+        """Train and eval mode share one module's inputs, params and state, so nothing declares
+        them in one mode only."""
+        if self.phase is not None:
+            raise NNError(f"declare {what}s outside '{self.phase}' blocks: both modes share them", stmt.loc)
+
     def top_only(self, stmt: S.Node, scope: Scope, what: str) -> None:
         if scope.in_layer is not None:
             raise NNError(f"{what} statements are not allowed inside layer '{scope.in_layer}'", stmt.loc)
@@ -235,8 +243,6 @@ class Elaborator:
     def param(self, stmt: S.Param | S.State, scope: Scope) -> None:
         """A param (trained) or a state (carried between calls): a named leaf with an initialiser."""
         kind = "param" if isinstance(stmt, S.Param) else "state"
-        if self.phase is not None:
-            raise NNError(f"declare {kind}s outside '{self.phase}' blocks: both modes share them", stmt.loc)
         scope.define(stmt.name, stmt.loc)
         if stmt.type is not None and stmt.type.dtype == "int":
             raise NNError(f"{kind}s hold real numbers, so they must be float", stmt.type.loc)

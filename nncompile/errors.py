@@ -27,24 +27,23 @@ class Loc:
 class Sources:
     """The text of every file read during a compile, so errors can quote it."""
 
-    _texts: dict[str, str] = {}
+    _lines: dict[str, list[str]] = {}   # split once: codegen quotes a line for every statement
 
     @classmethod
     def add(cls, file: str, text: str) -> None:
-        cls._texts[file] = text
+        # Only "\n" ends a line, as in the lexer: a form feed or a lone carriage return in a
+        # comment must not shift the line numbers of everything after it.
+        cls._lines[file] = text.split("\n") if text else []
 
     @classmethod
     def line(cls, file: str, line: int) -> str | None:
-        text = cls._texts.get(file)
-        if text is None:
+        if file not in cls._lines:
             try:
-                text = Path(file).read_text(encoding="utf-8")
+                cls.add(file, Path(file).read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError):
                 return None
-        # Only "\n" ends a line, as in the lexer: a form feed or a lone carriage return in a
-        # comment must not shift the line numbers of everything after it.
-        lines = text.split("\n")
-        return lines[line - 1].rstrip("\r") if 0 < line <= len(lines) and text else None
+        lines = cls._lines[file]
+        return lines[line - 1].rstrip("\r") if 0 < line <= len(lines) else None
 
 
 class NNError(Exception):

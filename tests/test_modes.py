@@ -121,6 +121,8 @@ def test_inverted_dropout_keeps_the_expected_value(tmp_path: Path) -> None:
     ("input x = 1\nupdate x = 2\noutput x\n", "belongs in a 'train { }' block"),
     ("input x = 1\ntrain { update x = 2 }\noutput x\n", "is not declared with 'state'"),
     ("input x = 1\ntrain { param w = 2 }\noutput x\n", "declare params outside 'train' blocks"),
+    ("input x = 1\noutput x\ntrain { input z = 2\nloss = x * z\nminimize loss }\n",
+     "declare inputs outside 'train' blocks"),
     ("input x = 1\ntrain { eval { y = x } }\noutput x\n", "cannot be nested"),
     ("input x = 1\nd = dropout(x, p=1.5)\noutput d\n", "dropout rate p must be in [0, 1)"),
     ("state s: [2] = zeros()\ninput x = 1\ntrain { update s = x }\noutput x\n", "but the state is float[2]"),

@@ -254,6 +254,21 @@ def test_a_binary_model_expects_log_2_and_gets_an_accuracy(tmp_path: Path) -> No
     assert after.acc is not None and after.acc > 0.9 > before.acc
 
 
+@pytest.mark.parametrize("source", [BINARY, REGRESSION], ids=["binary", "regression"])
+def test_normalisation_leaves_a_losss_targets_as_they_are(tmp_path: Path, source: str) -> None:
+    """0/1 labels and regression targets reach the loss unscaled; the features are normalised."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((120, 4)) * 5 + 3
+    t = (X[:, 0] > 3).astype(np.float64) if source is BINARY else X @ np.array([1.0, -2.0, 0.5, 0.0]) + 7
+    data = tmp_path / "d.npz"
+    np.savez(data, X=X, t=t)
+    report = run(write_nn(tmp_path, "m.nn", source), data=str(data), out=tmp_path / "run",
+                 config=small(epochs=1, normalize="standardize"))
+    stats = np.load(tmp_path / "run" / "normalization.npz")
+    assert set(stats.files) == {"mean/X", "scale/X"}, stats.files
+    assert report.ok
+
+
 def test_overfit_goes_on_until_the_loss_is_small_too(files: dict[str, Path]) -> None:
     """100% accuracy comes long before a small loss: memorised means both."""
     trainer = Trainer(files["mlp"], small(epochs=300, lr=3e-2))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import math
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -455,14 +455,16 @@ class Normalizer:
     scale: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, method: str, train: Dataset) -> Normalizer:
+    def fit(cls, method: str, train: Dataset, keep: Iterable[str] = ()) -> Normalizer:
+        """The statistics of ``train``'s float inputs, except those in ``keep`` (a loss's
+        targets: 0/1 labels or regression targets must reach the loss as they are)."""
         if method not in NORMALIZE:
             raise NNError(f"unknown normalisation {method!r}; choose one of {', '.join(NORMALIZE)}")
         norm = cls(method)
         if method == "none":
             return norm
         for name, array in train.arrays.items():
-            if array.dtype.kind != "f":
+            if array.dtype.kind != "f" or name in keep:
                 continue
             x = array.astype(np.float64)
             mean = x.mean(axis=0)

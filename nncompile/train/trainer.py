@@ -539,6 +539,7 @@ DATA_LOSSES: dict[str, tuple[Callable[..., float], str]] = {   # op -> (its loss
     "sigmoid_cross_entropy": (sigmoid_cross_entropy, "sigmoid cross-entropy of the logits"),
     "mse": (mse, "mean squared error of the predictions"),
 }
+PROBS_LOSSES = ("softmax_cross_entropy_probs",)   # losses whose targets are float, with no chance level here
 OVERFIT_FRACTION = 0.05   # --overfit passes once the data loss is below this fraction of chance level
 
 
@@ -551,6 +552,7 @@ class Objective:
     targets: str | None = None       # the input holding its labels or targets, if one does
     delta: float = 1.0               # svm_loss's margin
     mixed: bool = False              # the loss adds up several of them: no one chance level
+    target_inputs: tuple[str, ...] = ()   # every input a loss op reads as its targets: never normalised
 
     @classmethod
     def of_file(cls, path: str | Path) -> Objective:
@@ -562,13 +564,16 @@ class Objective:
         G, target = model.graph, model.target
         if target is None:
             return cls()
-        found = [n for n in nx.ancestors(G.nx, target) | {target} if G[n].op in DATA_LOSSES]
+        losses = [n for n in nx.ancestors(G.nx, target) | {target} if G[n].op in (*DATA_LOSSES, *PROBS_LOSSES)]
+        inputs = {n: name for name, n in model.inputs.items()}
+        read = tuple(sorted({inputs[a] for n in losses for a in G[n].args[1:] if a in inputs}))
+        found = [n for n in losses if G[n].op in DATA_LOSSES]
         if len(found) != 1:
-            return cls(mixed=len(found) > 1)
+            return cls(mixed=len(found) > 1, target_inputs=read)
         node = G[found[0]]
         outputs = {n: name for name, n in model.outputs.items()}
-        inputs = {n: name for name, n in model.inputs.items()}
-        return cls(node.op, outputs.get(node.args[0]), inputs.get(node.args[1]), float(node.attr("delta", 1.0)))
+        return cls(node.op, outputs.get(node.args[0]), inputs.get(node.args[1]), float(node.attr("delta", 1.0)),
+                   target_inputs=read)
 
     @property
     def binary(self) -> bool:
@@ -670,7 +675,7 @@ def run(model: str | Path, *, data: str = "digits", mapping: dict[str, str] | st
     else:
         pool, test = split(dataset, raw.default_test_split if test_split is None else test_split, salt=1)
     train, val = split(pool, config.val_split, salt=2)
-    normalizer = Normalizer.fit(config.normalize or raw.default_normalize, train)
+    normalizer = Normalizer.fit(config.normalize or raw.default_normalize, train, keep=trainer.objective.target_inputs)
     train, val, test = (normalizer.apply(part) for part in (train, val, test))
     say(f"data: {raw.source}: {len(train)} training, {len(val)} validation, {len(test)} test examples"
         + ("" if normalizer.method == "none" else f"; inputs normalised ({normalizer.method}, training statistics)"))
