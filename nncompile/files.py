@@ -18,6 +18,8 @@ def write_atomic(path: str | Path, content: str | bytes | Callable[[BinaryIO], o
     its own if it exists. ``durable`` (params, checkpoints) also syncs the data before the
     rename and the folder after it, so a power cut leaves either the old file or the new one.
     """
+    if not str(path) or Path(path).is_dir():
+        raise NNError(f"cannot write {str(path) or 'an empty file name'}: give the name of a file, not a folder")
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

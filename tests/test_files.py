@@ -88,3 +88,10 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(failure: Excep
         write_atomic(target, fail, durable=True)
     assert target.read_bytes() == b"old"
     assert list(tmp_path.iterdir()) == [target]
+
+
+@pytest.mark.parametrize("name", ["", "."])
+def test_a_folder_or_an_empty_name_is_refused_by_name(tmp_path: Path, monkeypatch, name: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(NNError, match="give the name of a file, not a folder"):
+        write_atomic(name, "text")
