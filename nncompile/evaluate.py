@@ -18,6 +18,7 @@ from .compiler import build, load_module
 from .elaborate import elaborate_file
 from .errors import Loc, NNError
 from .ir import Model, Node
+from .ops import REGISTRY
 from .schedule import VIEW_OPS
 from .shapes import show
 
@@ -119,10 +120,27 @@ def concrete_values(model: Model, module: ModuleType, sets: Mapping[str, str], s
         shape = tuple(dims[d] if isinstance(d, str) else d for d in node.shape)
         if node.dtype == "int":
             inputs[name] = rng.integers(0, _int_limit(model, name, dims), size=shape)
+        elif (kind := _target_kind(model, n)) == "probability":
+            inputs[name] = rng.uniform(0.0, 1.0, shape).astype(module.DTYPE)
+        elif kind == "distribution":
+            weights = rng.uniform(0.0, 1.0, shape)
+            inputs[name] = (weights / weights.sum(axis=-1, keepdims=True)).astype(module.DTYPE)
         else:
             inputs[name] = rng.standard_normal(shape).astype(module.DTYPE)
     _check_with_module(model, module, params, inputs)
     return params, inputs
+
+
+def _target_kind(model: Model, n: int) -> str | None:
+    """What a loss that reads input ``n`` as its targets needs of it (sigmoid cross-entropy:
+    probabilities; soft-label cross-entropy: rows that sum to 1), from the op registry."""
+    G = model.graph
+    for user in G.nx.successors(n):
+        targets = REGISTRY[G[user].op].targets
+        for i, arg in enumerate(G[user].args):
+            if arg == n and i in targets:
+                return targets[i]
+    return None
 
 
 def check_memory(model: Model, dims: Mapping[str, int], itemsize: int) -> None:

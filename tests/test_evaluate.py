@@ -71,6 +71,22 @@ def test_drawn_labels_cover_a_symbolic_class_count_given_by_set(tmp_path: Path) 
     assert ev.inputs["scores"].shape == (64, 3) and set(ev.inputs["y"].tolist()) == {0, 1, 2}
 
 
+def test_drawn_targets_are_what_their_loss_reads(tmp_path: Path) -> None:
+    """Binary targets lie in [0, 1]; soft labels are distributions (rows that sum to 1)."""
+    path = write_nn(tmp_path, "m.nn", """
+        input logits: float[N]
+        input t: float[N]
+        input scores: float[N, 3]
+        input q: float[N, 3]
+        loss = sigmoid_cross_entropy(logits, t) + softmax_cross_entropy(scores, q)
+        minimize loss
+    """)
+    ev = evaluate_file(path, {"N": "50"})
+    assert 0 <= ev.inputs["t"].min() and ev.inputs["t"].max() <= 1
+    assert np.allclose(ev.inputs["q"].sum(axis=1), 1) and ev.inputs["q"].min() >= 0
+    assert ev.inputs["logits"].min() < 0 < ev.inputs["logits"].max()   # the scores stay normal draws
+
+
 @pytest.mark.parametrize("command", [["eval"], ["render", "-o", "g.dot"], ["check"]])
 @pytest.mark.parametrize("name", BOUNDED)
 def test_eval_render_and_check_run_on_what_they_draw(name: str, command: list[str], tmp_path: Path,

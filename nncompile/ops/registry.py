@@ -59,6 +59,7 @@ class OpDef:
     domain: str = "real"                      # gradient-check inputs: real, positive, separated
     samples: tuple[Sample, ...] = ()
     int_bounds: Callable[[list[Node]], dict[int, S.Dim]] | None = None   # operand -> the dim its ints lie below
+    targets: dict[int, str] = field(default_factory=dict)   # operand -> "probability" or "distribution" (rows sum to 1)
     helpers: tuple[str, ...] = ()             # functions the emitted code calls, each defined once per module
     lower: Callable[..., int] | None = None   # mode-dependent ops: (elaborator, args, attrs, loc, scope) -> node
     dispatch: Callable[[list[Node]], str] | None = None  # one name in the language, the op chosen by operand dtype

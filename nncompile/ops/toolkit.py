@@ -514,7 +514,7 @@ op("softmax", 1, _along_axis_rule("softmax"), template("_softmax({0}, {axis})"),
    example="p = softmax(x, axis=-1)")
 
 op("softmax_cross_entropy_probs", 2, _ce_probs_rule, template("_soft_nll(_log_softmax({0}, 1), {1})"),
-   vjp=_vjp_ce_probs, public=False, helpers=(_LOG_SOFTMAX, _SOFT_NLL), samples=(Sample(((5, 4), (5, 4))),),
+   targets={1: "distribution"}, vjp=_vjp_ce_probs, public=False, helpers=(_LOG_SOFTMAX, _SOFT_NLL), samples=(Sample(((5, 4), (5, 4))),),
    doc="softmax_cross_entropy with float [N, C] probability targets t: -1/N sum_i sum_c t_ic log softmax(s_i)_c")
 op("svm_loss", 2, _labels_rule("svm_loss"), template("_svm_loss({0}, {1}, {delta})"), vjp=_vjp_svm,
    attrs=(("delta", 1.0),), helpers=(_SVM,), int_bounds=_class_bounds, domain="separated",
@@ -526,7 +526,7 @@ op("svm_loss_grad", 3, _ce_grad_rule, template("_svm_loss_grad({0}, {1}, {2}, {d
    attrs=(("delta", 1.0),), helpers=(_SVM,), vjp=_vjp_svm_grad, domain="separated",
    samples=(Sample(((5, 4), (5,), ()), {"delta": 1.05}, ints={1: 4}),))
 op("sigmoid_cross_entropy", 2, _same_shape_loss_rule("sigmoid_cross_entropy", "targets"),
-   template("_sigmoid_ce({0}, {1})"), vjp=_vjp_sigmoid_ce, helpers=(_SIGMOID_CE,),
+   template("_sigmoid_ce({0}, {1})"), vjp=_vjp_sigmoid_ce, helpers=(_SIGMOID_CE,), targets={1: "probability"},
    samples=(Sample(((5,), (5,))), Sample(((3, 4), (3, 4))), Sample(((3, 4), (4,)))),
    doc="binary cross-entropy on logits x with targets t in [0, 1]: "
        "mean(max(x, 0) - x t + log(1 + exp(-|x|))), finite for any x",
