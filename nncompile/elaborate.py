@@ -856,7 +856,7 @@ def _is_file(path: Path) -> bool:
 def _left_chain(expr: S.BinOp) -> list[S.BinOp]:
     """``a + b - c`` as [a + b, (a + b) - c]: the operators of a left-nested chain, innermost first."""
     chain = [expr]
-    while isinstance(chain[-1].left, S.BinOp) and chain[-1].left.op != "matmul":
+    while isinstance(chain[-1].left, S.BinOp):
         chain.append(chain[-1].left)
     return chain[::-1]
 
@@ -872,7 +872,7 @@ def _neg_chain(expr: S.Neg) -> tuple[int, S.Expr]:
 def _arith(binop: S.BinOp, left: Any, right: Any) -> int | float:
     """One step of compile-time arithmetic, refusing results that no tensor could use."""
     numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (left, right))
-    if not numbers:
+    if not numbers or binop.op == "matmul":
         raise NNError("a constant is needed here (a number, a const, or arithmetic on them)", binop.loc)
     op = binop.op
     if op == "pow" and isinstance(left, int) and isinstance(right, int) and right > 0 and \

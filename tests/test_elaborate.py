@@ -580,6 +580,15 @@ def test_long_sums_and_negations_elaborate_in_a_loop() -> None:
     assert [G[n].attr("value") for n in G.nodes() if G[n].op == "const"] == [5000.0]
 
 
+def test_long_matrix_product_chains_elaborate_in_a_loop() -> None:
+    m = model_of("input x: float[2, 2]\nparam W: [2, 2] = normal()\nh = x" + " @ W" * 3000 + "\noutput h\n")
+    assert sum(m.graph[n].op == "matmul" for n in m.graph.nodes()) == 3000
+
+
+def test_a_matrix_product_of_numbers_is_not_a_constant() -> None:
+    assert error_of("const A = 2 @ 3\ninput x = 1\noutput x\n").message.startswith("a constant is needed here")
+
+
 @pytest.mark.parametrize(("shape", "message", "points_at"), [
     ("[9223372036854775807, 4]", "a dimension can be at most 2147483647 (2**31 - 1), not 9223372036854775807",
      "9223372036854775807"),
