@@ -322,9 +322,12 @@ def _probe(line: _Line, direction: np.ndarray, grad: np.ndarray, loss: float, sw
         return GradResult(name, analytic, numeric, error, "ok", note)
     if abs(analytic - numeric) <= min(2 * uncertainty, SURE * max(abs(analytic), abs(numeric))):
         # A slope that cancels (a gradient nearly orthogonal to the direction) loses digits
-        # to round-off; what the estimate itself cannot resolve is no evidence against it.
+        # to round-off; what the estimate itself cannot resolve is no evidence against it, but
+        # an estimate much rougher than the tolerance is no evidence for it either.
         within = f"within the numeric slope's own error (+-{uncertainty:.1e})"
-        return GradResult(name, analytic, numeric, error, "ok", f"{note}; {within}" if note else within)
+        sharp = uncertainty <= 10 * tolerance * max(abs(numeric), floor)
+        return GradResult(name, analytic, numeric, error, "ok" if sharp else "inconclusive",
+                          f"{note}; {within}" if note else within)
     if uncertainty > tolerance * max(abs(numeric), floor):
         note = (note + "; " if note else "") + f"the numeric slope is uncertain (+-{uncertainty:.1e})"
     return GradResult(name, analytic, numeric, error, "FAIL", note)

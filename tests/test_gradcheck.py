@@ -84,6 +84,16 @@ def test_a_wrong_gradient_fails_even_where_the_point_sits_on_a_kink(tmp_path: Pa
     assert all(r.ok for name, r in results.items() if name != "fc1.b"), results
 
 
+@pytest.mark.parametrize("factor", [1.0001, 0.9999, 1.00001])
+def test_a_gradient_off_by_a_hundredth_of_a_percent_is_never_ok(tmp_path: Path, factor: float) -> None:
+    """The tolerance is 1e-6: an error a hundred times larger than that must not pass."""
+    for source, name in ((DEAD_ROW, "fc1.W"), (DEEP, "h.1.W")):
+        module, params, inputs, kinks = prepared(write_nn(tmp_path, "m.nn", source))
+        results = by_name(check_gradients(scaling_gradient(module, name, factor), params, inputs, kinks=kinks,
+                                          directions=1))
+        assert results[name].status != "ok", results[name]
+
+
 def test_a_deep_batchnorm_net_passes_and_a_wrong_gradient_in_it_fails(tmp_path: Path) -> None:
     """One run shows both: 92 correct gradients pass, the one scaled by 1.01 fails."""
     module, params, inputs, kinks = prepared(write_nn(tmp_path, "deep.nn", DEEP))

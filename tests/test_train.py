@@ -269,6 +269,28 @@ def test_normalisation_leaves_a_losss_targets_as_they_are(tmp_path: Path, source
     assert report.ok
 
 
+def test_accuracy_compares_the_scores_the_loss_reads(tmp_path: Path) -> None:
+    """Not the first [N, C] output: here that is a layer of features, of the same shape."""
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((60, 4)), rng.integers(0, 3, 60)
+    trainer = Trainer(write_nn(tmp_path, "m.nn", """
+        input X: float[N, 4]
+        input y: int[N]
+        param W1: [4, 3] = he()
+        param W2: [3, 3] = he()
+        features = X @ W1
+        scores = relu(features) @ W2
+        output features, scores
+        loss = softmax_cross_entropy(scores, y)
+        minimize loss
+    """), small())
+    params = trainer.init_state().params
+    out = trainer.module.forward(params, X=X, y=y)
+    assert trainer.evaluate(params, bind(synthetic(tmp_path, "d", X=X, y=y), trainer.module)).acc == \
+        pytest.approx(np.mean(out["scores"].argmax(axis=1) == y))
+    assert not np.array_equal(out["scores"].argmax(axis=1), out["features"].argmax(axis=1))
+
+
 def test_overfit_goes_on_until_the_loss_is_small_too(files: dict[str, Path]) -> None:
     """100% accuracy comes long before a small loss: memorised means both."""
     trainer = Trainer(files["mlp"], small(epochs=300, lr=3e-2))

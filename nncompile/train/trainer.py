@@ -234,9 +234,12 @@ class Trainer:
             shape = module.OUTPUTS[objective.predictions][0] if objective.predictions in module.OUTPUTS else ()
             per_example = len(shape) > 0 and isinstance(shape[0], str) and tuple(shape[1:]) in ((), (1,))
             return (objective.predictions, objective.targets) if per_example and objective.targets else (None, None)
-        scores, labels = scores_output(module), label_input(module)
-        if objective.op == "mse" or scores is None or labels is None \
-                or module.OUTPUTS[scores][0][1] != module.BOUNDS[labels]:
+        if objective.op in ("softmax_cross_entropy", "svm_loss") and objective.predictions and objective.targets:
+            scores, labels = objective.predictions, objective.targets   # what the loss itself reads
+        else:
+            scores, labels = scores_output(module), label_input(module)
+        if objective.op == "mse" or scores not in module.OUTPUTS or labels not in module.BOUNDS \
+                or len(module.OUTPUTS[scores][0]) != 2 or module.OUTPUTS[scores][0][1] != module.BOUNDS[labels]:
             return None, None   # no classes, or scores and labels disagree on how many
         return scores, labels
 
@@ -257,7 +260,7 @@ class Trainer:
         """The loss without regularisation: the model's ``data_loss`` output where it has one, else
         its loss op computed here from the op's output and targets (softmax cross-entropy of the
         scores where no loss op is recognised); None where neither is at hand."""
-        declared = getattr(self.module, "TRAIN_OUTPUTS", self.module.OUTPUTS)   # value_and_grad's outputs
+        declared = {**self.module.OUTPUTS, **getattr(self.module, "TRAIN_OUTPUTS", {})}   # either mode's outputs
         if "data_loss" in outputs and "data_loss" != self.loss and declared.get("data_loss", [None])[0] == ():
             return float(outputs["data_loss"]), "the model's data_loss output"
         objective = self.objective
