@@ -433,6 +433,8 @@ class _Emitter:
                 lines.append(f"    # {where}")
                 last_where = where
             args = [self.ref(a, names.of) for a in node.args]
+            ctx.literals = frozenset(i for i, a in enumerate(node.args)
+                                     if G[a].op == "const" and not isinstance(G[a].attr("value"), tuple))
             if n in plan.inplace:
                 out = names.of[plan.inplace[n]]
             elif n in plan.slot:

@@ -22,6 +22,7 @@ class EmitContext:
     xp = "np"
     dtype = "np.float32"
     rng = "rng"
+    literals: frozenset[int] = frozenset()   # the operands emitted as Python numbers (folded constants)
 
     def shape(self, shape: Shape) -> str:  # pragma: no cover - overridden by codegen
         raise NotImplementedError
@@ -273,18 +274,9 @@ def _emit_sum_to(ctx: EmitContext, args: list[str], attrs: dict, out: str | None
     return f"{text}.reshape({ctx.shape(attrs['shape'])})"  # a fresh array: ``out`` is not needed
 
 
-def _is_number(text: str) -> bool:
-    """Whether an emitted operand is a literal (a folded constant) rather than an array."""
-    try:
-        float(text.strip("()").replace("np.", ""))
-    except ValueError:
-        return False
-    return True
-
-
 def _emit_broadcast(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
     # A Python float would broadcast as float64 (the seed 1.0 of a float32 module's gradient).
-    value = f"{ctx.dtype}({args[0]})" if _is_number(args[0]) else args[0]
+    value = f"{ctx.dtype}({args[0]})" if 0 in ctx.literals else args[0]
     if attrs.get("axes"):
         value = f"{ctx.xp}.expand_dims({value}, {attrs['axes']!r})"
     return f"{ctx.xp}.broadcast_to({value}, {ctx.shape(attrs['shape'])})"
