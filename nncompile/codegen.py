@@ -163,7 +163,9 @@ class _Emitter:
             self.tables(),
             self.read_inputs(),
             self.on_device(_CONVERT_INPUTS),
-            *([self.read_params(), self.on_device(_CONVERT_PARAMS)] if self.model.params else []),
+            *([self.read_params()] if self.model.params else []),
+            *([self.read_state()] if self.model.state else []),
+            *([self.on_device(_CONVERT)] if self.model.params or self.model.state else []),
             *self.helpers(evaluation.G),
             self.init_params(),
             *([self.init_params("state")] if self.model.state else []),
@@ -265,23 +267,40 @@ class _Emitter:
     def read_params(self) -> str:
         """The per-call param check, like the inputs': arrays of the right type, dtype and shape
         pass straight through; anything else goes to the converter, which says what is wrong."""
-        names = Names()
-        vars_ = [names.fresh(name) for name in self.model.params]
-        checks = []
-        for var, n in zip(vars_, self.model.params.values()):
-            checks += [f"type({var}) is {self.xp}.ndarray", f"{var}.dtype is _FLOAT",
-                       f"{var}.shape == {tuple(self.G[n].shape)!r}"]
+        vars_, cond = self.fast_checks(self.model.params)
         get = ", ".join(f"params.get({name!r})" for name in self.model.params)
-        cond = " and\n            ".join(checks)
         return "\n".join([
             "def _read_params(params):",
             '    """The params in PARAMS order; arrays already right pass straight through."""',
             f"    if type(params) is not dict or len(params) != {len(vars_)}:",
-            "        return _convert_params(params)",
+            '        return _convert(params, PARAMS, "param", "params")',
             f"    {', '.join(vars_)} = {get}",
             f"    if not ({cond}):",
-            "        return _convert_params(params)",
+            '        return _convert(params, PARAMS, "param", "params")',
             f"    return {', '.join(vars_)}{',' if len(vars_) == 1 else ''}"])
+
+    def read_state(self) -> str:
+        """The same check for the state the caller passes back (init_state() makes a right one)."""
+        vars_, cond = self.fast_checks(self.model.state)
+        get = ", ".join(f"state.get({name!r})" for name in self.model.state)
+        return "\n".join([
+            "def _read_state(state):",
+            '    """The state as a dict of arrays of the right dtype and shape, checked."""',
+            f"    if type(state) is dict and len(state) == {len(vars_)}:",
+            f"        {', '.join(vars_)}{',' if len(vars_) == 1 else ''} = {get}",
+            f"        if ({cond}):",
+            "            return state",
+            '    return dict(zip(STATE, _convert(state, STATE, "state", "state")))'])
+
+    def fast_checks(self, table: dict[str, int]) -> tuple[list[str], str]:
+        """Names for a table's entries, and the condition that they are already right."""
+        names = Names()
+        vars_ = [names.fresh(name) for name in table]
+        checks = []
+        for var, n in zip(vars_, table.values()):
+            checks += [f"type({var}) is {self.xp}.ndarray", f"{var}.dtype is _FLOAT",
+                       f"{var}.shape == {tuple(self.G[n].shape)!r}"]
+        return vars_, " and\n            ".join(checks)
 
     def on_device(self, text: str) -> str:
         """Our own helper source, retargeted from numpy to CuPy for the GPU backend."""
@@ -414,8 +433,7 @@ class _Emitter:
             targets = [names.of.get(n, "_") for n in self.model.params.values()]
             lines.append(f"    {', '.join(targets)}{',' if len(targets) == 1 else ''} = _read_params(params)")
         if self.model.state:   # value_and_grad passes on what it does not update, even unused
-            lines.append("    if state is None:")
-            lines.append("        state = init_state()")
+            lines.append("    state = init_state() if state is None else _read_state(state)")
             for name, n in self.model.state.items():
                 if n in needed:
                     names.of[n] = names.fresh(name)
@@ -594,24 +612,25 @@ def _plain(value: Any) -> Any:
     return value
 
 
-_CONVERT_PARAMS = '''def _convert_params(params):
-    """Check and convert the caller's params (init_params() makes right ones): returns them in PARAMS order."""
-    if not hasattr(params, "keys"):
-        raise TypeError(f"params must be a dict of arrays, as init_params() returns, not {type(params).__name__}")
-    missing = [name for name in PARAMS if name not in params]
-    unknown = sorted(params.keys() - PARAMS.keys())
+_CONVERT = '''def _convert(values, table, kind, kinds):
+    """Check and convert the caller's params or state (init_params() and init_state() make right
+    ones): returns them in the table's order."""
+    if not hasattr(values, "keys"):
+        raise TypeError(f"{kinds} must be a dict of arrays, as init_{kinds}() returns, not {type(values).__name__}")
+    missing = [name for name in table if name not in values]
+    unknown = sorted(values.keys() - table.keys())
     if missing or unknown:
-        wrong = [f"{what} param(s) {names}" for what, names in (("missing", missing), ("unknown", unknown)) if names]
-        raise TypeError(f"{'; '.join(wrong)}: this model's params are {list(PARAMS)}")
-    values = []
-    for name, (shape, dtype) in PARAMS.items():
-        array = np.asarray(params[name])
+        wrong = [f"{what} {kind}(s) {names}" for what, names in (("missing", missing), ("unknown", unknown)) if names]
+        raise TypeError(f"{'; '.join(wrong)}: this model's {kinds} are {list(table)}")
+    arrays = []
+    for name, (shape, dtype) in table.items():
+        array = np.asarray(values[name])
         if array.dtype.kind not in "fiub":
-            raise TypeError(f"param {name!r} must be numeric, not {array.dtype}")
+            raise TypeError(f"{kind} {name!r} must be numeric, not {array.dtype}")
         if array.shape != shape:
-            raise ValueError(f"param {name!r} must have shape {list(shape)}, not {list(array.shape)}")
-        values.append(array.astype(dtype, copy=False))
-    return tuple(values)'''
+            raise ValueError(f"{kind} {name!r} must have shape {list(shape)}, not {list(array.shape)}")
+        arrays.append(array.astype(dtype, copy=False))
+    return tuple(arrays)'''
 
 
 _EMPTY = '''def _empty(shapes):

@@ -238,7 +238,7 @@ def _check_with_module(model: Model, module: ModuleType, params, inputs) -> None
     try:
         module._convert_inputs(inputs)
         if model.params:
-            module._convert_params(params)
+            module._convert(params, module.PARAMS, "param", "params")
     except (TypeError, ValueError) as exc:
         # "input 'y' holds 9: ...": point at where y is declared
         named = re.match(r"(?:input|param) '([^']+)'", str(exc))

@@ -292,9 +292,27 @@ def test_right_params_take_the_fast_path() -> None:
     source = compile_file(EXAMPLES / "two_layer.nn")
     m = load_module(source, "fast")
     calls = []
-    m._convert_params = lambda params: calls.append(params) or ()
+    m._convert = lambda values, *table: calls.append(values) or ()
     m.forward(m.init_params(0), X=np.ones((2, 3072), dtype=np.float32), y=np.array([1, 2]))
     assert calls == []
+
+
+def test_state_is_checked_and_converted_like_params() -> None:
+    m = compile_and_load(EXAMPLES / "batchnorm_mlp.nn")
+    params, state = m.init_params(0), m.init_state()
+    X = np.ones((4, m.INPUTS["X"][0][1]), dtype=m.DTYPE)
+    y = np.zeros(4, dtype=np.int64)
+    first = next(iter(state))
+    with pytest.raises(TypeError, match=f"missing state\\(s\\) \\[{first!r}"):
+        m.forward(params, {k: v for k, v in state.items() if k != first}, X=X, y=y)
+    with pytest.raises(ValueError, match=f"state {first!r} must have shape"):
+        m.forward(params, {**state, first: np.zeros(1)}, X=X, y=y)
+    as_lists = {k: v.tolist() for k, v in state.items()}
+    assert np.array_equal(m.forward(params, as_lists, X=X, y=y)["scores"], m.forward(params, state, X=X, y=y)["scores"])
+    calls = []
+    m._convert = lambda values, *table: calls.append(values) or ()
+    m.forward(params, state, X=X, y=y)
+    assert calls == [], "a right state takes the fast path"
 
 
 # ---- gradients ------------------------------------------------------------------------
