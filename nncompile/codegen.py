@@ -287,7 +287,7 @@ class _Emitter:
             "def _read_state(state):",
             '    """The state as a dict of arrays of the right dtype and shape, checked."""',
             f"    if type(state) is dict and len(state) == {len(vars_)}:",
-            f"        {', '.join(vars_)}{',' if len(vars_) == 1 else ''} = {get}",
+            f"        {', '.join(vars_)} = {get}",
             f"        if ({cond}):",
             "            return state",
             '    return dict(zip(STATE, _convert(state, STATE, "state", "state")))'])
