@@ -163,8 +163,8 @@ class _Emitter:
             self.tables(),
             self.read_inputs(),
             self.on_device(_CONVERT_INPUTS),
-            *([self.read_params()] if self.model.params else []),
-            *([self.read_state()] if self.model.state else []),
+            *([self.read_table("params")] if self.model.params else []),
+            *([self.read_table("state")] if self.model.state else []),
             *([self.on_device(_CONVERT)] if self.model.params or self.model.state else []),
             *self.helpers(evaluation.G),
             self.init_params(),
@@ -264,43 +264,31 @@ class _Emitter:
         lines.append(f"    return {', '.join(result)}{',' if len(result) == 1 else ''}")
         return "\n".join(lines)
 
-    def read_params(self) -> str:
-        """The per-call param check, like the inputs': arrays of the right type, dtype and shape
-        pass straight through; anything else goes to the converter, which says what is wrong."""
-        vars_, cond = self.fast_checks(self.model.params)
-        get = ", ".join(f"params.get({name!r})" for name in self.model.params)
-        return "\n".join([
-            "def _read_params(params):",
-            '    """The params in PARAMS order; arrays already right pass straight through."""',
-            f"    if type(params) is not dict or len(params) != {len(vars_)}:",
-            '        return _convert(params, PARAMS, "param", "params")',
-            f"    {', '.join(vars_)} = {get}",
-            f"    if not ({cond}):",
-            '        return _convert(params, PARAMS, "param", "params")',
-            f"    return {', '.join(vars_)}{',' if len(vars_) == 1 else ''}"])
-
-    def read_state(self) -> str:
-        """The same check for the state the caller passes back (init_state() makes a right one)."""
-        vars_, cond = self.fast_checks(self.model.state)
-        get = ", ".join(f"state.get({name!r})" for name in self.model.state)
-        return "\n".join([
-            "def _read_state(state):",
-            '    """The state as a dict of arrays of the right dtype and shape, checked."""',
-            f"    if type(state) is dict and len(state) == {len(vars_)}:",
-            f"        {', '.join(vars_)} = {get}",
-            f"        if ({cond}):",
-            "            return state",
-            '    return dict(zip(STATE, _convert(state, STATE, "state", "state")))'])
-
-    def fast_checks(self, table: dict[str, int]) -> tuple[list[str], str]:
-        """Names for a table's entries, and the condition that they are already right."""
+    def read_table(self, arg: str) -> str:
+        """``_read_params`` or ``_read_state``: the per-call check, like the inputs'. Arrays of
+        the right type, dtype and shape pass straight through; anything else goes to the
+        converter, which says what is wrong (params come back as a tuple, state as a dict)."""
+        table, TABLE, one = ((self.model.params, "PARAMS", "param") if arg == "params"
+                             else (self.model.state, "STATE", "state"))
         names = Names()
         vars_ = [names.fresh(name) for name in table]
         checks = []
         for var, n in zip(vars_, table.values()):
             checks += [f"type({var}) is {self.xp}.ndarray", f"{var}.dtype is _FLOAT",
                        f"{var}.shape == {tuple(self.G[n].shape)!r}"]
-        return vars_, " and\n            ".join(checks)
+        cond = " and\n            ".join(checks)
+        convert = f'_convert({arg}, {TABLE}, "{one}", "{arg}")'
+        fallback, ok = ((convert, f"{', '.join(vars_)}{',' if len(vars_) == 1 else ''}") if arg == "params"
+                        else (f"dict(zip(STATE, {convert}))", "state"))
+        return "\n".join([
+            f"def _read_{arg}({arg}):",
+            f'    """The {arg} in {TABLE} order; arrays already right pass straight through."""',
+            f"    if type({arg}) is not dict or len({arg}) != {len(vars_)}:",
+            f"        return {fallback}",
+            f"    {', '.join(vars_)} = {', '.join(f'{arg}.get({name!r})' for name in table)}",
+            f"    if not ({cond}):",
+            f"        return {fallback}",
+            f"    return {ok}"])
 
     def on_device(self, text: str) -> str:
         """Our own helper source, retargeted from numpy to CuPy for the GPU backend."""

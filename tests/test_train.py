@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import EXAMPLES, cli, write_nn
+from test_gradcheck import DEEP
 
 from nncompile.errors import NNError
 from nncompile.train import TrainConfig, Trainer, make_schedule, run
@@ -333,17 +334,9 @@ def test_gradient_check_before_training(files: dict[str, Path]) -> None:
 
 def test_gradient_check_passes_a_deep_batchnorm_net(tmp_path: Path) -> None:
     """Thirty dense + batch-norm blocks: a fixed step of 1e-6 crosses relu kinks there."""
-    model = write_nn(tmp_path, "deep.nn", """
-        import nn
-        input X: float[N, 4]
-        input y: int[N]
-        h = repeat 30 dense_bn(X, out=4)
-        scores = linear(h, out=3) as out
-        loss = softmax_cross_entropy(scores, y)
-        minimize loss
-    """)
+    model = write_nn(tmp_path, "deep.nn", DEEP)
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "data.npz", X=rng.standard_normal((16, 4)), y=rng.integers(0, 3, 16))
+    np.savez(tmp_path / "data.npz", X=rng.standard_normal((16, 8)), y=rng.integers(0, 3, 16))
     trainer = Trainer(model, small(batch_size=8))
     check = trainer.gradient_check(trainer.init_state().params, bind(load_source(str(tmp_path / "data.npz")),
                                                                      trainer.module))
