@@ -20,7 +20,7 @@ from . import __version__
 from .errors import Sources
 from .initializers import INITIALIZERS
 from .ir import Graph, Model, Node
-from .schedule import VIEW_OPS, plan_buffers, schedule
+from .schedule import plan_buffers, schedule
 from .ops import REGISTRY, EmitContext, literal
 from .shapes import Shape, show
 
@@ -105,10 +105,18 @@ def c_source(expr: str) -> str:
 
 
 class _Context(EmitContext):
-    def __init__(self, dims: dict[str, str], xp: str = "np"):
+    def __init__(self, emitter: _Emitter, dims: dict[str, str]):
+        self.emitter = emitter
         self.dims = dims
-        self.xp = xp
+        self.xp = emitter.xp
         self.dtype = "DTYPE"
+        self.target = "v"   # the variable the statement being emitted defines
+
+    def reduction(self, ufunc: str) -> str:
+        return super().reduction(ufunc) if self.xp == "np" else f"cp.{_CUPY_REDUCTIONS[ufunc]}"
+
+    def kernel(self, expr: str, arity: int) -> str:
+        return self.emitter.kernel(expr, arity, self.target)
 
     def dim(self, symbol: str) -> str:
         return self.dims[symbol]
@@ -119,6 +127,7 @@ class _Context(EmitContext):
 
 
 BACKENDS = ("numpy", "cupy")
+_CUPY_REDUCTIONS = {"add": "sum", "maximum": "max"}
 
 
 def emit_module(program: Program, *, trace: bool = False, backend: str = "numpy") -> str:
@@ -294,9 +303,9 @@ class _Emitter:
         """Our own helper source, retargeted from numpy to CuPy for the GPU backend."""
         return text if self.xp == "np" else re.sub(r"\bnp\.(?!ndarray\b|int64\b)", "cp.", text)
 
-    def kernel(self, node: Node, var: str) -> str:
+    def kernel(self, expr: str, arity: int, var: str) -> str:
         """The module-level ElementwiseKernel computing a fused node (one per distinct expression)."""
-        key = (node.attr("expr"), len(node.args))
+        key = (expr, arity)
         if key not in self.kernels:
             name, taken = f"_kernel_{var}", set(self.kernels.values())
             while name in taken:  # the same variable name in another function or mode
@@ -389,7 +398,7 @@ class _Emitter:
         needed = set(order)
         plan = plan_buffers(G, order, set(results))
         names = Names()
-        ctx = _Context({}, self.xp)
+        ctx = _Context(self, {})
         lines: list[str] = []
         input_vars = [names.fresh(name) for name in self.model.inputs]
         for name, var in zip(self.model.inputs, input_vars):
@@ -426,7 +435,7 @@ class _Emitter:
                 if n in needed:
                     names.of[n] = names.fresh(name)
                     lines.append(f"    {names.of[n]} = state[{name!r}]")
-        if any(G[n].op == "dropout_mask" for n in needed):
+        if any(REGISTRY[G[n].op].random for n in needed):
             lines.append("    if rng is None:  # pass a seeded generator for reproducible dropout masks")
             lines.append(f"        rng = {self.xp}.random.default_rng()")
         last_where = None
@@ -467,9 +476,7 @@ class _Emitter:
                 else:
                     lines.append(f"    {self.xp}.{fn}({', '.join(names)}, out={var})")
             return lines
-        if node.op == "fused":
-            kernel = self.kernel(node, var)
-            return [f"    {var} = {kernel}({', '.join(args + ([out] if out else []))}){note}"]
+        ctx.target = var
         return [f"    {var} = {opdef.emit(ctx, args, attrs, out=out if opdef.takes_out else None)}{note}"]
 
     def var_name(self, n: int, node: Node, names: Names) -> str:
@@ -544,7 +551,7 @@ class _Emitter:
                 expr = self.array_ref(n, names, ctx)
             else:
                 expr = self.ref(n, names)
-                if node.op in VIEW_OPS or node.is_leaf or n in seen:
+                if REGISTRY[node.op].view or node.is_leaf or n in seen:
                     expr = f"{expr}[()]" if scalar else f"{self.xp}.array({expr})"
                 seen.add(n)
             items.append(f"{name!r}: {expr}")

@@ -19,7 +19,6 @@ from .elaborate import elaborate_file
 from .errors import Loc, NNError
 from .ir import Model, Node
 from .ops import REGISTRY
-from .schedule import VIEW_OPS
 from .shapes import show
 
 DEFAULT_DIM = 4  # the size given to a symbolic dim (the batch N) that nothing else fixes
@@ -150,7 +149,7 @@ def check_memory(model: Model, dims: Mapping[str, int], itemsize: int) -> None:
     trace that eval and render run keeps them all."""
     limit = memory_limit()
     sizes = {n: _nbytes(model.graph[n], dims, itemsize) for n in model.graph.nodes()
-             if model.graph[n].op not in VIEW_OPS}
+             if not REGISTRY[model.graph[n].op].view}
     total = sum(sizes.values())
     if limit is None or total <= limit:
         return

@@ -19,7 +19,6 @@ from .ir import Graph
 from .ops import REGISTRY
 from .shapes import Shape
 
-VIEW_OPS = frozenset({"reshape", "transpose", "broadcast_to", "slice"})   # slice: x[:, 0:3], a numpy view
 _NEVER = float("inf")
 
 
@@ -52,7 +51,7 @@ def schedule(G: Graph, results: list[int]) -> list[int]:
 
 def _owns_storage(G: Graph, n: int) -> bool:
     node = G[n]
-    return not node.is_leaf and node.op not in VIEW_OPS and node.shape != ()
+    return not node.is_leaf and not REGISTRY[node.op].view and node.shape != ()
 
 
 def plan_buffers(G: Graph, order: list[int], returned: set[int]) -> Plan:
@@ -62,7 +61,7 @@ def plan_buffers(G: Graph, order: list[int], returned: set[int]) -> Plan:
         for a in G[n].args:
             last_use[a] = max(last_use[a], i)
     for n in reversed(order):  # a view keeps its base alive
-        if G[n].op in VIEW_OPS:
+        if REGISTRY[G[n].op].view:
             base = G[n].args[0]
             last_use[base] = max(last_use[base], last_use[n])
 
@@ -73,7 +72,7 @@ def plan_buffers(G: Graph, order: list[int], returned: set[int]) -> Plan:
     for i, n in enumerate(order):
         node = G[n]
         opdef = REGISTRY[node.op]
-        if node.is_leaf or node.op in VIEW_OPS:
+        if node.is_leaf or REGISTRY[node.op].view:
             continue
         is_returned = n in returned
         target = None
@@ -114,7 +113,7 @@ def _view_bases(G: Graph, args) -> list[int]:
     """The storage owners behind view operands (their liveness ends with the view's)."""
     bases = []
     for a in args:
-        while G[a].op in VIEW_OPS:
+        while REGISTRY[G[a].op].view:
             a = G[a].args[0]
             bases.append(a)
     return bases

@@ -338,11 +338,11 @@ op("max", 1, _reduce_rule("max"), reduce_call("maximum"), vjp=_vjp_max, attrs=_R
    doc="the max over axis (every axis by default); the gradient goes to the maxima, split evenly among ties",
    example="top = max(x, axis=1)")
 
-op("reshape", 1, _reshape_rule, _emit_reshape, vjp=_vjp_reshape, attrs=(("shape", None),),
+op("reshape", 1, _reshape_rule, _emit_reshape, vjp=_vjp_reshape, view=True, attrs=(("shape", None),),
    samples=(Sample((_M,), {"shape": (2, 6)}), Sample(((2, 3, 4),), {"shape": (-1, 4)})),
    doc="the same entries in a new shape; one dim may be -1, dims like N are allowed",
    example="r = reshape(x, [N, 2, 3])")
-op("transpose", 1, _transpose_rule, _emit_transpose, vjp=_vjp_transpose, attrs=(("axes", None),),
+op("transpose", 1, _transpose_rule, _emit_transpose, vjp=_vjp_transpose, view=True, attrs=(("axes", None),),
    samples=(Sample((_M,)), Sample(((2, 3, 4),), {"axes": (1, 2, 0)})),
    doc="permutes the axes (reverses them by default)", example="xt = transpose(x)")
 
@@ -378,14 +378,18 @@ def _lower_dropout(el, args: list[int], attrs: dict, loc, scope) -> int:
 op("dropout", 1, _same_as_first, template("<dropout>"), attrs=(("p", 0.5),), lower=_lower_dropout,
    doc="inverted dropout: in train mode x * mask / (1 - p) with mask ~ Bernoulli(1 - p); in eval mode x",
    example="h = dropout(x, p=0.5)")
-op("dropout_mask", 0, _target_shape_rule, _emit_dropout_mask, public=False, helpers=(_DROPOUT_MASK,),
+op("dropout_mask", 0, _target_shape_rule, _emit_dropout_mask, public=False, helpers=(_DROPOUT_MASK,), random=True,
    doc="0 or 1 / (1 - p), drawn from the caller's random generator")
 
 # A group of elementwise ops made one GPU kernel by passes.fuse_elementwise (CuPy backend).
-op("fused", -1, lambda ins, attrs: (attrs["shape"], "float"), template("{kernel}"), public=False, takes_out=True,
+def _emit_fused(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+    return f"{ctx.kernel(attrs['expr'], len(args))}({', '.join(args + ([out] if out else []))})"
+
+
+op("fused", -1, lambda ins, attrs: (attrs["shape"], "float"), _emit_fused, public=False, takes_out=True,
    in_place=True,
    doc="several elementwise ops in one kernel: attrs hold the C expression over x0, x1, ...")
-op("broadcast_to", 1, _target_shape_rule, _emit_broadcast, public=False, vjp=_vjp_broadcast_to,
+op("broadcast_to", 1, _target_shape_rule, _emit_broadcast, public=False, vjp=_vjp_broadcast_to, view=True,
    attrs=(("shape", ()), ("axes", ())),
    samples=(Sample(((4,),), {"shape": (3, 4)}), Sample(((3,),), {"shape": (3, 4), "axes": (1,)}),
             Sample(((),), {"shape": (2, 3)})))

@@ -30,6 +30,15 @@ class EmitContext:
     def dim(self, symbol: str) -> str:  # pragma: no cover - overridden by codegen
         raise NotImplementedError
 
+    def reduction(self, ufunc: str) -> str:
+        """The function reducing with ``ufunc`` ("add", "maximum"): numpy's ufunc method
+        ``np.add.reduce`` skips np.sum's Python wrapper; a backend may name its own."""
+        return f"{self.xp}.{ufunc}.reduce"
+
+    def kernel(self, expr: str, arity: int) -> str:  # pragma: no cover - overridden by codegen
+        """The name of a module-level kernel computing the C expression ``expr`` over x0, x1, ..."""
+        raise NotImplementedError
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -56,6 +65,8 @@ class OpDef:
     takes_out: bool = False                   # emit(..., out=buffer) writes the result into a buffer
     in_place: bool = False                    # not a chain: may write over an operand of its own shape
     differentiable: bool = True               # False: carries no gradient (a mask), autodiff treats it as constant
+    view: bool = False                        # the result is a numpy view of operand 0: it owns no storage
+    random: bool = False                      # draws from the caller's random generator (ctx.rng)
     scalar: str | None = None                 # C expression over {0}, {1}: fusable elementwise op
     domain: str = "real"                      # gradient-check inputs: real, positive, separated
     samples: tuple[Sample, ...] = ()
@@ -238,19 +249,14 @@ def _emit_transpose(ctx: EmitContext, args: list[str], attrs: dict, out: str | N
     return f"{ctx.xp}.transpose({args[0]}, {tuple(axes)!r})"
 
 
-_REDUCTIONS = {"add": "sum", "maximum": "max"}
-
-
 def _reduce(ctx: EmitContext, ufunc: str, x: str, axis, keepdims: bool = False, out: str | None = None) -> str:
-    """``np.add.reduce(x, axis=1, out=buf)``: numpy's ufunc method skips np.sum's Python
-    wrapper; CuPy gets its own ``cp.sum``."""
+    """``np.add.reduce(x, axis=1, out=buf)``, or the backend's own reduction."""
     extra = [f"axis={tuple(axis) if isinstance(axis, (list, tuple)) else axis!r}"]
     if keepdims:
         extra.append("keepdims=True")
     if out:
         extra.append(f"out={out}")
-    fn = f"{ufunc}.reduce" if ctx.xp == "np" else _REDUCTIONS[ufunc]
-    return f"{ctx.xp}.{fn}({', '.join([x, *extra])})"
+    return f"{ctx.reduction(ufunc)}({', '.join([x, *extra])})"
 
 
 def reduce_call(ufunc: str) -> Emit:

@@ -547,7 +547,7 @@ op("elastic_net", -1, _penalty_rule("elastic_net"), _emit_elastic, vjp=_vjp_elas
    doc="the elastic net penalty R(W) = sum (beta W^2 + |W|), summed over every tensor given",
    example="reg = elastic_net(W, beta=0.5)")
 
-op("slice", 1, _slice_rule, _emit_index, vjp=_vjp_index, attrs=(("key", ()),), public=False,
+op("slice", 1, _slice_rule, _emit_index, vjp=_vjp_index, attrs=(("key", ()),), public=False, view=True,
    samples=(Sample((_M,), {"key": (":", "1:3")}), Sample(((2, 3, 4),), {"key": ("1", "0:2")}),
             Sample((_M,), {"key": ("-1",)})),
    doc="x[...] with integers and fixed slices: a view", example="first = x[:, 0:3]")
