@@ -188,25 +188,9 @@ class Statements:
         shape = self.shape(stmt.type, scope, symbolic=False) if stmt.type is not None else None
         match stmt.init:
             case syntax.Call(func=func) as init if func in INITIALIZERS:
-                spec = INITIALIZERS[func]
-                known = dict(spec.args)
-                args = dict(known)
-                names = list(known)
-                if len(init.args) > len(names):
-                    raise NNError(f"{func}() takes {len(names)} argument(s)", init.args[len(names)].loc)
-                for name, value in zip(names, init.args):
-                    args[name] = el.consts.number(value, scope, f"{func}(): {name}")
-                for name, value, loc in init.kwargs:
-                    if name not in known:
-                        raise NNError(f"{func}() has no argument '{name}'"
-                                      + (f"; it takes {', '.join(names)}" if names else ""), loc)
-                    args[name] = el.consts.number(value, scope, f"{func}(): {name}")
-                problem = spec.check(args) if spec.check else None
-                if problem:
-                    raise NNError(f"{func}(): {problem}", init.loc)
                 if shape is None:
                     shape = ()
-                initial = ParamInit(func, tuple(args.items()), *fans(shape))
+                initial = self.initializer(init, shape, scope)
             case syntax.Call(func=func) as init:
                 close = difflib.get_close_matches(func, INITIALIZERS, n=1)
                 raise NNError(f"unknown initialiser '{func}'" + (f"; did you mean '{close[0]}'?" if close else
@@ -226,6 +210,26 @@ class Statements:
         scope.values[stmt.name] = node
         (el.model.params if kind == "param" else el.model.state)[name] = node
         el.model.param_inits[name] = initial
+
+    def initializer(self, init: syntax.Call, shape: Shape, scope: Scope) -> ParamInit:
+        """``he()``, ``normal(std=0.01)``: an initialiser's arguments, by position or keyword, checked."""
+        spec = INITIALIZERS[init.func]
+        known = dict(spec.args)
+        args = dict(known)
+        names = list(known)
+        if len(init.args) > len(names):
+            raise NNError(f"{init.func}() takes {len(names)} argument(s)", init.args[len(names)].loc)
+        for name, value in zip(names, init.args):
+            args[name] = self.el.consts.number(value, scope, f"{init.func}(): {name}")
+        for name, value, loc in init.kwargs:
+            if name not in known:
+                raise NNError(f"{init.func}() has no argument '{name}'"
+                              + (f"; it takes {', '.join(names)}" if names else ""), loc)
+            args[name] = self.el.consts.number(value, scope, f"{init.func}(): {name}")
+        problem = spec.check(args) if spec.check else None
+        if problem:
+            raise NNError(f"{init.func}(): {problem}", init.loc)
+        return ParamInit(init.func, tuple(args.items()), *fans(shape))
 
     def shape(self, type_: syntax.Type, scope: Scope, symbolic: bool) -> Shape:
         """The shape of an input (``symbolic``: unknown names become dims set at each call) or of
