@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from .. import shapes as S
 from ..ir import Graph, Node
 from ..shapes import Shape, ShapeError
@@ -14,6 +16,10 @@ from ..shapes import Shape, ShapeError
 Emit = Callable[..., str]            # (ctx, operand names, attrs, out=None) -> an expression
 Step = tuple[str, ...]               # (ufunc, operand, ...): operands "0", "1", "$" (the result so far) or a literal
 Vjp = Callable[[Graph, int, int], Sequence[int | None]]
+Rewrite = Callable[[Graph, int], int | None]   # (graph, node) -> its cheaper equivalent (see ops/rewrites.py)
+Label = str | Callable[[dict[str, Any]], str]   # a diagram's op node: a symbol ("×"), or text made from the attrs
+Switch = Callable[[list[np.ndarray], dict[str, Any]], np.ndarray]   # (operand values, attrs) -> crosses 0 at a kink
+Chance = Callable[[int | None, dict[str, Any]], tuple[float, str] | None]   # (classes, attrs) -> loss, formula
 
 
 class EmitContext:
@@ -52,6 +58,32 @@ class Sample:
     ints: dict[int, int] = field(default_factory=dict)
 
 
+def _first_operand(operands: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    return operands[0]
+
+
+@dataclass(frozen=True)
+class Kink:
+    """Where an op is not differentiable, for the gradient check (:mod:`nncompile.gradcheck`):
+    ``switch(operands, attrs)`` is an array that crosses 0 exactly where the op changes
+    branch (by default the first operand: relu at 0), and ``what`` says what sits there."""
+
+    switch: Switch = _first_operand
+    what: str = "is at its kink"
+
+
+@dataclass(frozen=True)
+class Loss:
+    """A loss op as training reads it (:mod:`nncompile.train.trainer`): what kind of targets
+    it compares with, how a report names its value, and the loss of a model that knows nothing yet."""
+
+    kind: str         # what it compares: "classes" (scores [N, C], int labels), "binary" (logits, 0/1
+                      # targets), "regression" (predictions, targets), "distribution" (scores, rows of probabilities)
+    what: str = ""    # its value in a report: "softmax cross-entropy of the scores"
+    chance: Chance | None = None   # the loss of equal scores, and its formula ("-log(1/10)"); None: no such level
+    assumed: bool = False   # the loss training assumes of class scores where the graph has none it knows
+
+
 @dataclass(frozen=True)
 class OpDef:
     name: str
@@ -77,6 +109,10 @@ class OpDef:
     dispatch: Callable[[list[Node]], str] | None = None  # one name in the language, the op chosen by operand dtype
     doc: str = ""                             # what it computes: the formula, for docs/language.md
     example: str = ""                         # one line of .nn using it (elaborated by tests/test_docs.py)
+    rewrites: tuple[Rewrite, ...] = ()        # simplifications of a node of this op, tried in order
+    label: Label | None = None                # what diagrams show; None: the name and attributes
+    kink: Kink | None = None                  # where it is not differentiable, for the gradient check
+    loss: Loss | None = None                  # a loss: what training reads of it
 
     @property
     def elementwise(self) -> bool:
@@ -89,8 +125,26 @@ class OpDef:
             return self.in_place
         return not any(o.isdigit() for _, *operands in self.chain(attrs)[1:] for o in operands)
 
+    def compute(self, args: Sequence[Any], attrs: dict[str, Any]) -> np.ndarray:
+        """Run the op on concrete float64 numpy arrays with the very code the numpy backend
+        emits (constant folding, a trainer's data loss)."""
+        names = [f"a{i}" for i in range(len(args))]
+        scope: dict[str, Any] = {"np": np, **dict(zip(names, args))}
+        for helper in self.helpers:
+            exec(helper, scope)  # noqa: S102 - our own registry text, never user input
+        return np.asarray(eval(self.emit(_Float64Context(), names, attrs), scope))  # noqa: S307 - likewise
+
 
 REGISTRY: dict[str, OpDef] = {}
+
+
+class _Float64Context(EmitContext):
+    """Emission for running an op here, on float64 numpy arrays."""
+
+    dtype = "np.float64"
+
+    def shape(self, shape: Shape) -> str:
+        return repr(tuple(shape))
 
 
 def op(name: str, arity: int, infer, emit, **kw: Any) -> OpDef:
@@ -359,3 +413,12 @@ def broadcast(G: Graph, g: int, shape: Shape, axis, keepdims: bool) -> int:
     """Spread a reduced gradient back over the reduced axes."""
     axes = () if keepdims or G[g].shape == () else S.normalize_axes(axis, len(shape))
     return G.add("broadcast_to", [g], {"shape": tuple(shape), "axes": axes})
+
+
+# ---- diagram text ---------------------------------------------------------------------
+
+def attr_text(value: Any) -> str:
+    """An attribute value as a diagram shows it: a tuple as ``0, 2``, anything else as str."""
+    if isinstance(value, tuple):
+        return ", ".join(attr_text(x) for x in value)
+    return str(value)
