@@ -19,11 +19,12 @@ Above ``max_nodes`` forward nodes each top-level layer instance is collapsed int
 from __future__ import annotations
 
 import html
+import itertools
 import math
 import re
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,8 +246,16 @@ def _repeat_groups(layers: dict) -> dict[tuple, list[tuple]]:
 
 @dataclass
 class _Cluster:
+    """A cluster's own DOT lines and the clusters nested in it, in the order first placed."""
     lines: list[str] = field(default_factory=list)
     children: dict[tuple, _Cluster] = field(default_factory=dict)
+
+    def at(self, path: tuple) -> _Cluster:
+        """The cluster at the end of ``path`` (keys from :meth:`_Diagram.cluster_path`), made if new."""
+        cluster = self
+        for key in path:
+            cluster = cluster.children.setdefault(key, _Cluster())
+        return cluster
 
 
 class _Diagram:
@@ -263,32 +272,31 @@ class _Diagram:
         self.fwd = set(self.nodes)
         self.layers: dict = dict(ev.model.layers)
         self.repeats = _repeat_groups(self.layers)
-        self.collapse = len(self.nodes) > max_nodes and any(self.G[n].scope for n in self.nodes)
-        if len(self.nodes) > max_nodes:
-            file = Path(ev.model.file).name
-            if self.collapse:
-                warn(f"{file}: warning: the graph has {len(self.nodes)} nodes (more than {max_nodes}), so each "
-                     "layer instance is drawn as one node")
-            else:
-                warn(f"{file}: warning: the graph has {len(self.nodes)} nodes (more than {max_nodes}); "
-                     "Graphviz may be slow and the diagram hard to read")
-        # collapsed layer instances, numbered in order of first appearance
-        self.collapsed: dict[tuple, list[int]] = {}
-        if self.collapse:
-            for n in self.nodes:
-                if self.G[n].scope:
-                    self.collapsed.setdefault(self.G[n].scope[:1], []).append(n)
-        self.layer_ids = {scope: f"L{i}" for i, scope in enumerate(self.collapsed)}
+        self.box_of = self.collapse(max_nodes, warn)
+        self.boxes: dict[tuple, list[int]] = {}   # each box's members; boxes in order of first appearance
+        for n, scope in self.box_of.items():
+            self.boxes.setdefault(scope, []).append(n)
+        self.box_ids = {scope: f"L{i}" for i, scope in enumerate(self.boxes)}
         target = ev.model.target
         self.target_name = (self.G[target].name or "the loss") if target is not None else None
 
     # ---- where things go ----
 
+    def collapse(self, max_nodes: int, warn: Callable[[str], None]) -> dict[int, tuple]:
+        """Whether to collapse, decided once: each graph node drawn inside a box -> the scope
+        of its top-level layer instance. Empty when the graph is within ``max_nodes`` or has
+        no layers to collapse (then drawn node by node, with a warning if it is big)."""
+        if len(self.nodes) <= max_nodes:
+            return {}
+        box_of = {n: self.G[n].scope[:1] for n in self.nodes if self.G[n].scope}
+        warn(f"{Path(self.model.file).name}: warning: the graph has {len(self.nodes)} nodes (more than {max_nodes})"
+             + (", so each layer instance is drawn as one node" if box_of
+                else "; Graphviz may be slow and the diagram hard to read"))
+        return box_of
+
     def rep(self, n: int) -> str:
-        """The id of the drawn node standing for graph node ``n``."""
-        if self.collapse and self.G[n].scope:
-            return self.layer_ids[self.G[n].scope[:1]]
-        return f"n{n}"
+        """The id of the drawn node standing for graph node ``n``: its own, or its box's."""
+        return self.box_ids[self.box_of[n]] if n in self.box_of else f"n{n}"
 
     def cluster_path(self, scope: tuple[str, ...]) -> tuple:
         """The chain of clusters a scope sits in: each layer instance, and a ``repeat`` group
@@ -302,10 +310,11 @@ class _Diagram:
         return tuple(path)
 
     def path_of(self, n: int) -> tuple:
-        scope = self.G[n].scope
-        if self.collapse:  # a collapsed instance still sits in its repeat group, if any
-            return self.cluster_path(scope[:1])[:-1] if scope else ()
-        return self.cluster_path(scope)
+        """The clusters the drawn node for ``n`` sits in: a box sits where its instance's
+        cluster would (in its repeat group, if any)."""
+        if n in self.box_of:
+            return self.cluster_path(self.box_of[n])[:-1]
+        return self.cluster_path(self.G[n].scope)
 
     # ---- values ----
 
@@ -401,7 +410,7 @@ class _Diagram:
             norm = fmt(np.sqrt(sum(float(np.sum(g * g)) for g in grads)), 3)
             lines.append(f'<FONT POINT-SIZE="9" COLOR="{RED}">‖∇params‖ {escape(norm)}</FONT>')
         tip = "\n".join(f"{self.G[n].name} {list(np.shape(self.value(n)))}" for n in params)
-        return (f"{self.layer_ids[scope]} [{_attrs(STYLE['layer'])}, label=<{'<BR/>'.join(lines)}>, "
+        return (f"{self.box_ids[scope]} [{_attrs(STYLE['layer'])}, label=<{'<BR/>'.join(lines)}>, "
                 f"tooltip={quote(tip or '.'.join(scope))}];")
 
     def cluster_label(self, key: tuple) -> tuple[str, str]:
@@ -435,101 +444,88 @@ class _Diagram:
                 f'{grads if self.rankdir == "LR" else grads.replace("below:", "right of it:")}</FONT></TD>'
                 + cell("input", "input") + cell("param", "param") + cell("const", "constant")
                 + cell("op", "op") + cell("output", "output") + cell("loss", "loss")
-                + (cell("layer", "layer (collapsed)") if self.collapse else "")
+                + (cell("layer", "layer (collapsed)") if self.boxes else "")
                 + '</TR></TABLE>>')
 
     # ---- the whole graph ----
 
     def dot(self) -> str:
-        G = self.G
+        """The DOT text: the drawn nodes in their clusters, then the sinks, then the edges."""
         root = _Cluster()
-
-        def place(path: tuple, line: str) -> None:
-            cur = root
-            for key in path:
-                cur = cur.children.setdefault(key, _Cluster())
-            cur.lines.append(line)
-
-        # sinks: every output, and the loss, get a final wire showing value and seed gradient
-        target = self.model.target
-        sinks: list[tuple[str, int, str, str]] = []
-        for i, (name, n) in enumerate(self.model.outputs.items()):
-            kind = "loss" if n == target and self.model.loss is not None else "output"
-            sinks.append((f"out{i}", n, kind, name))
-        if target is not None and target not in self.model.outputs.values():
-            sinks.append(("out_loss", target, "loss", G[target].name or "loss"))
-
         for n in self.nodes:
-            if not (self.collapse and G[n].scope):
-                place(self.path_of(n), self.node_line(n))
-        for scope, members in self.collapsed.items():
-            place(self.cluster_path(scope)[:-1], self.layer_node(scope, members))
-
-        # wires: producer -> its value label -> each consumer, in argument order
-        port_in, port_out = ("c:w", "c:e") if self.rankdir == "LR" else ("c:n", "c:s")
-        edges: list[str] = []
-        wired: set[int] = set()
-        seen: set[tuple[str, str]] = set()
-
-        def wire(a: int, dst: str) -> None:
-            if a not in wired:
-                wired.add(a)
-                place(self.path_of(a), self.value_node(a))
-                edges.append(f"{self.rep(a)} -> v{a}:{port_in} [arrowhead=none];")
-            if self.collapse:   # one wire per (value, collapsed layer), not one per use
-                if (f"v{a}", dst) in seen:
-                    return
-                seen.add((f"v{a}", dst))
-            edges.append(f"v{a}:{port_out} -> {dst};")
-
-        for c in self.nodes:
-            for a in G[c].args:
-                if a not in self.fwd:
-                    continue
-                src, dst = self.rep(a), self.rep(c)
-                if src == dst and self.collapse:
-                    continue
-                if G[a].op == "const":
-                    if not (self.collapse and (src, dst) in seen):
-                        seen.add((src, dst))
-                        edges.append(f'{src} -> {dst} [style=dashed, color="{MUTED}"];')
-                    continue
-                wire(a, dst)
-        sink_lines = []
-        for sid, n, kind, name in sinks:
-            word = "minimize" if kind == "loss" else "output"
-            seed = " (the gradient is seeded with 1 here)" if n == target else ""
-            sink_lines.append(f"{sid} [{_attrs(STYLE[kind])}, label=<{word} <B>{escape(name)}</B>>, "
-                              f"tooltip={quote(word + ' ' + name + seed)}];")
-            wire(n, sid)
-
+            if n not in self.box_of:
+                root.at(self.path_of(n)).lines.append(self.node_line(n))
+        for scope, members in self.boxes.items():
+            root.at(self.path_of(members[0])).lines.append(self.layer_node(scope, members))
+        sinks = self.sinks()
+        edges = self.wires(root, sinks)
         out = [
             "digraph nncompile {",
             (f"  graph [rankdir={self.rankdir}, fontname={quote(FONT)}, fontsize=11, nodesep=0.25, ranksep=0.3, "
              f"newrank=true, labelloc=b, labeljust=l, label={self.legend()}];"),
             f"  node [fontname={quote(FONT)}, fontsize=12];",
             f'  edge [color="{WIRE}", arrowsize=0.6, penwidth=1];',
+            *self.clusters(root, 1, itertools.count(1)),
+            *("  " + line for _, _, line in sinks),
+            *("  " + edge for edge in edges),
+            "}",
         ]
-        counter = 0
-
-        def emit(cluster: _Cluster, depth: int) -> None:
-            nonlocal counter
-            pad = "  " * depth
-            out.extend(pad + line for line in cluster.lines)
-            for key, child in cluster.children.items():
-                counter += 1
-                label, style = self.cluster_label(key)
-                out.append(f"{pad}subgraph cluster_{counter}_{_slug(key)} {{")
-                out.append(f"{pad}  graph [label=<<B>{escape(label)}</B>>, style={quote(style)}, "
-                           f'color="#8250df", fontcolor="#8250df", fontsize=11, labelloc=t, labeljust=l, margin=10];')
-                emit(child, depth + 1)
-                out.append(pad + "}")
-
-        emit(root, 1)
-        out.extend("  " + s for s in sink_lines)
-        out.extend("  " + e for e in edges)
-        out.append("}")
         return "\n".join(out) + "\n"
+
+    def sinks(self) -> list[tuple[str, int, str]]:
+        """(id, graph node, DOT line) of the end nodes: every output, and the loss, get a final
+        wire showing their value and the seed gradient."""
+        target = self.model.target
+        ends = [(f"out{i}", n, "loss" if n == target and self.model.loss is not None else "output", name)
+                for i, (name, n) in enumerate(self.model.outputs.items())]
+        if target is not None and target not in self.model.outputs.values():
+            ends.append(("out_loss", target, "loss", self.G[target].name or "loss"))
+        lines = []
+        for sid, n, kind, name in ends:
+            word = "minimize" if kind == "loss" else "output"
+            seed = " (the gradient is seeded with 1 here)" if n == target else ""
+            lines.append((sid, n, f"{sid} [{_attrs(STYLE[kind])}, label=<{word} <B>{escape(name)}</B>>, "
+                                  f"tooltip={quote(word + ' ' + name + seed)}];"))
+        return lines
+
+    def wires(self, root: _Cluster, sinks: list[tuple[str, int, str]]) -> list[str]:
+        """The edges: producer -> its value label -> each consumer (and each sink), in argument
+        order, and a dashed edge from each constant. Each label is placed where first used."""
+        port_in, port_out = ("c:w", "c:e") if self.rankdir == "LR" else ("c:n", "c:s")
+        edges: list[str] = []
+        labelled: set[int] = set()
+
+        def wire(a: int, dst: str) -> None:
+            if a not in labelled:
+                labelled.add(a)
+                root.at(self.path_of(a)).lines.append(self.value_node(a))
+                edges.append(f"{self.rep(a)} -> v{a}:{port_in} [arrowhead=none];")
+            edges.append(f"v{a}:{port_out} -> {dst};")
+
+        for c in self.nodes:
+            for a in self.G[c].args:
+                src, dst = self.rep(a), self.rep(c)
+                if a not in self.fwd or src == dst:   # the backward graph, or within one box
+                    continue
+                if self.G[a].op == "const":
+                    edges.append(f'{src} -> {dst} [style=dashed, color="{MUTED}"];')
+                else:
+                    wire(a, dst)
+        for sid, n, _ in sinks:
+            wire(n, sid)
+        return list(dict.fromkeys(edges)) if self.boxes else edges   # with boxes, one edge per pair, not per use
+
+    def clusters(self, cluster: _Cluster, depth: int, numbers: Iterator[int]) -> Iterator[str]:
+        """The DOT lines of a cluster's contents, nested clusters numbered in the order drawn."""
+        pad = "  " * depth
+        yield from (pad + line for line in cluster.lines)
+        for key, child in cluster.children.items():
+            label, style = self.cluster_label(key)
+            yield f"{pad}subgraph cluster_{next(numbers)}_{_slug(key)} {{"
+            yield (f"{pad}  graph [label=<<B>{escape(label)}</B>>, style={quote(style)}, "
+                   f'color="#8250df", fontcolor="#8250df", fontsize=11, labelloc=t, labeljust=l, margin=10];')
+            yield from self.clusters(child, depth + 1, numbers)
+            yield pad + "}"
 
 
 def _slug(key: tuple) -> str:
