@@ -244,6 +244,30 @@ def _repeat_groups(layers: dict) -> dict[tuple, list[tuple]]:
     return groups
 
 
+@dataclass(frozen=True)
+class _Direction:
+    """What ``rankdir`` decides: the sides of a wire its value and gradient sit on (in the
+    legend's words), its label's table rows around the rule (the cell ``c``, to fill in with
+    ``{value}`` and ``{grad}``) and the ports of that cell the wire comes in and goes out by."""
+    value_side: str
+    grad_side: str
+    rows: str
+    port_in: str
+    port_out: str
+
+
+DIRECTIONS = {
+    "LR": _Direction("above", "below",
+                     '<TR><TD>{value}</TD></TR>'
+                     f'<TR><TD PORT="c" HEIGHT="1" WIDTH="36" CELLPADDING="0" BGCOLOR="{WIRE}"></TD></TR>'
+                     '<TR><TD>{grad}</TD></TR>', "c:w", "c:e"),
+    "TB": _Direction("left of", "right of it",
+                     '<TR><TD ALIGN="RIGHT" CELLPADDING="3">{value}</TD>'
+                     f'<TD PORT="c" WIDTH="1" HEIGHT="28" CELLPADDING="0" BGCOLOR="{WIRE}"></TD>'
+                     '<TD ALIGN="LEFT" CELLPADDING="3">{grad}</TD></TR>', "c:n", "c:s"),
+}
+
+
 @dataclass
 class _Cluster:
     """A cluster's own DOT lines and the clusters nested in it, in the order first placed."""
@@ -262,12 +286,13 @@ class _Diagram:
     """Builds the DOT text for one evaluation (see the module docstring)."""
 
     def __init__(self, ev, rankdir: str, max_nodes: int, warn: Callable[[str], None]):
-        if rankdir not in ("LR", "TB"):
-            raise NNError(f"unknown rankdir {rankdir!r}; use LR or TB")
+        if rankdir not in DIRECTIONS:
+            raise NNError(f"unknown rankdir {rankdir!r}; use {' or '.join(DIRECTIONS)}")
         self.ev = ev
         self.G: Graph = ev.program.graph
         self.model = ev.model
         self.rankdir = rankdir
+        self.direction = DIRECTIONS[rankdir]
         self.nodes = forward_nodes(ev)
         self.fwd = set(self.nodes)
         self.layers: dict = dict(ev.model.layers)
@@ -344,7 +369,8 @@ class _Diagram:
     # ---- labels ----
 
     def value_node(self, n: int) -> str:
-        """The label on the wire leaving node n: value above (green), gradient below (red)."""
+        """The label on the wire leaving node n: the value on one side of it (green), the
+        gradient on the other (red)."""
         node = self.G[n]
         v = self.value(n)
         vtext = "?" if v is None else value_text(v, node.shape)
@@ -353,18 +379,10 @@ class _Diagram:
             vtext = f"{name} = {vtext}" if np.ndim(v) == 0 else f"{name}: {vtext}"
         gtext, gtip = self.grad_line(n)
         vtip = "value not recorded" if v is None else stats_text(v, node.name or op_text(node))
-        vfont = f'<FONT COLOR="{GREEN}">{escape(vtext)}</FONT>'
         gbody = escape(gtext) if n in self.ev.grads else f"<I>{escape(gtext)}</I>"
-        gfont = f'<FONT COLOR="{RED}">{gbody}</FONT>'
-        if self.rankdir == "LR":   # value above the wire, gradient below it
-            table = (f'<TR><TD>{vfont}</TD></TR>'
-                     f'<TR><TD PORT="c" HEIGHT="1" WIDTH="36" CELLPADDING="0" BGCOLOR="{WIRE}"></TD></TR>'
-                     f'<TR><TD>{gfont}</TD></TR>')
-        else:                      # value left of the wire, gradient right of it
-            table = (f'<TR><TD ALIGN="RIGHT" CELLPADDING="3">{vfont}</TD>'
-                     f'<TD PORT="c" WIDTH="1" HEIGHT="28" CELLPADDING="0" BGCOLOR="{WIRE}"></TD>'
-                     f'<TD ALIGN="LEFT" CELLPADDING="3">{gfont}</TD></TR>')
-        label = f'<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1">{table}</TABLE>>'
+        rows = self.direction.rows.format(value=f'<FONT COLOR="{GREEN}">{escape(vtext)}</FONT>',
+                                          grad=f'<FONT COLOR="{RED}">{gbody}</FONT>')
+        label = f'<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1">{rows}</TABLE>>'
         return f"v{n} [shape=plain, label={label}, tooltip={quote(vtip + chr(10) + gtip)}];"
 
     def node_line(self, n: int) -> str:
@@ -433,15 +451,14 @@ class _Diagram:
             return (f'<TD BGCOLOR="{s["fillcolor"]}" COLOR="{s["color"]}" BORDER="1" STYLE="ROUNDED">'
                     f'<FONT POINT-SIZE="9">{text}</FONT></TD>')
         if self.target_name is not None:
-            grads = f"below: gradient ∂{escape(self.target_name)}/∂value"
+            grads = f"{self.direction.grad_side}: gradient ∂{escape(self.target_name)}/∂value"
         else:
             grads = "no gradients: the model has no loss"
         return ('<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="4" CELLPADDING="2"><TR>'
                 f'<TD><B>{escape(Path(self.model.file).name)}</B></TD>'
                 f'<TD><FONT COLOR="{GREEN}" POINT-SIZE="10">'
-                f'{"above" if self.rankdir == "LR" else "left of"} each wire: forward value</FONT></TD>'
-                f'<TD><FONT COLOR="{RED}" POINT-SIZE="10">'
-                f'{grads if self.rankdir == "LR" else grads.replace("below:", "right of it:")}</FONT></TD>'
+                f'{self.direction.value_side} each wire: forward value</FONT></TD>'
+                f'<TD><FONT COLOR="{RED}" POINT-SIZE="10">{grads}</FONT></TD>'
                 + cell("input", "input") + cell("param", "param") + cell("const", "constant")
                 + cell("op", "op") + cell("output", "output") + cell("loss", "loss")
                 + (cell("layer", "layer (collapsed)") if self.boxes else "")
@@ -491,7 +508,7 @@ class _Diagram:
     def wires(self, root: _Cluster, sinks: list[tuple[str, int, str]]) -> list[str]:
         """The edges: producer -> its value label -> each consumer (and each sink), in argument
         order, and a dashed edge from each constant. Each label is placed where first used."""
-        port_in, port_out = ("c:w", "c:e") if self.rankdir == "LR" else ("c:n", "c:s")
+        port_in, port_out = self.direction.port_in, self.direction.port_out
         edges: list[str] = []
         labelled: set[int] = set()
 

@@ -285,6 +285,13 @@ def test_top_to_bottom(circuit, tmp_path):
     assert [t for t, fill, _ in texts if fill == RED] == ["1"]
 
 
+def test_the_legend_says_which_side_of_the_wire_is_which(circuit):
+    assert "above each wire: forward value" in to_dot(circuit, "LR")
+    assert "below: gradient ∂f/∂value" in to_dot(circuit, "LR")
+    assert "left of each wire: forward value" in to_dot(circuit, "TB")
+    assert "right of it: gradient ∂f/∂value" in to_dot(circuit, "TB")
+
+
 def test_cli_render(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "nncompile", "render", str(EXAMPLES / "circuit.nn")]
