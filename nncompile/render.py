@@ -234,13 +234,20 @@ def forward_nodes(ev) -> list[int]:
 _REPEATED = re.compile(r"^(.+)\.(\d+)$")
 
 
+def _group_scope(scope: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The scope of the repeat group an unrolled instance would sit in: ``h3.2`` -> ``h3``."""
+    m = _REPEATED.match(scope[-1])
+    return scope[:-1] + (m.group(1),) if m else None
+
+
 def _repeat_groups(layers: dict) -> dict[tuple, list[tuple]]:
-    """(parent scope, base name) -> the unrolled instances ``base.1``, ``base.2``, ..."""
+    """A repeat group's scope (``h3``) -> its unrolled instances ``h3.1``, ``h3.2``, ...
+    (none where a layer instance is itself called ``h3``)."""
     groups: dict[tuple, list[tuple]] = {}
     for scope in layers:
-        m = _REPEATED.match(scope[-1])
-        if m and scope[:-1] + (m.group(1),) not in layers:
-            groups.setdefault((scope[:-1], m.group(1)), []).append(scope)
+        group = _group_scope(scope)
+        if group is not None and group not in layers:
+            groups.setdefault(group, []).append(scope)
     return groups
 
 
@@ -324,14 +331,14 @@ class _Diagram:
         return self.box_ids[self.box_of[n]] if n in self.box_of else f"n{n}"
 
     def cluster_path(self, scope: tuple[str, ...]) -> tuple:
-        """The chain of clusters a scope sits in: each layer instance, and a ``repeat`` group
-        around unrolled instances (``h3.1`` and ``h3.2`` sit in ``h3``)."""
+        """The chain of clusters a scope sits in, as (kind, scope) keys: each layer instance,
+        and a ``repeat`` group around unrolled instances (``h3.1`` and ``h3.2`` sit in ``h3``)."""
         path: list = []
-        for i, part in enumerate(scope):
-            m = _REPEATED.match(part)
-            if m and (scope[:i], m.group(1)) in self.repeats:
-                path.append(("repeat", scope[:i], m.group(1)))
-            path.append(("layer", scope[: i + 1]))
+        for i in range(1, len(scope) + 1):
+            group = _group_scope(scope[:i])
+            if group in self.repeats:
+                path.append(("repeat", group))
+            path.append(("layer", scope[:i]))
         return tuple(path)
 
     def path_of(self, n: int) -> tuple:
@@ -354,6 +361,19 @@ class _Diagram:
             return v
         return None
 
+    def numbers(self, params: list[int]) -> int:
+        """How many numbers the params hold (those with a recorded value)."""
+        return sum(int(np.size(v)) for v in map(self.value, params) if v is not None)
+
+    def value_line(self, n: int) -> tuple[str, str]:
+        """(text, tooltip) for the value of node n, named unless n is a leaf (its node says the name)."""
+        node = self.G[n]
+        v = self.value(n)
+        text = "?" if v is None else value_text(v, node.shape)
+        if node.name and not node.is_leaf:
+            text = f"{node.name} = {text}" if np.ndim(v) == 0 else f"{node.name}: {text}"
+        return text, "value not recorded" if v is None else stats_text(v, node.name or op_text(node))
+
     def grad_line(self, n: int) -> tuple[str, str]:
         """(text, tooltip) for the gradient of node n, saying so when there is none."""
         node = self.G[n]
@@ -371,14 +391,8 @@ class _Diagram:
     def value_node(self, n: int) -> str:
         """The label on the wire leaving node n: the value on one side of it (green), the
         gradient on the other (red)."""
-        node = self.G[n]
-        v = self.value(n)
-        vtext = "?" if v is None else value_text(v, node.shape)
-        name = None if node.is_leaf else node.name
-        if name:
-            vtext = f"{name} = {vtext}" if np.ndim(v) == 0 else f"{name}: {vtext}"
+        vtext, vtip = self.value_line(n)
         gtext, gtip = self.grad_line(n)
-        vtip = "value not recorded" if v is None else stats_text(v, node.name or op_text(node))
         gbody = escape(gtext) if n in self.ev.grads else f"<I>{escape(gtext)}</I>"
         rows = self.direction.rows.format(value=f'<FONT COLOR="{GREEN}">{escape(vtext)}</FONT>',
                                           grad=f'<FONT COLOR="{RED}">{gbody}</FONT>')
@@ -420,10 +434,9 @@ class _Diagram:
     def layer_node(self, scope: tuple, members: list[int]) -> str:
         """One node for a collapsed layer instance: its type, params and their gradient."""
         params = [n for n in members if self.G[n].op == "param"]
-        count = sum(int(np.size(self.value(n))) for n in params if self.value(n) is not None)
         grads = [np.asarray(self.ev.grads[n], dtype=np.float64) for n in params if n in self.ev.grads]
         lines = [f"<B>{escape('.'.join(scope))}</B>: {escape(self.layers.get(scope, 'layer'))}",
-                 f'<FONT POINT-SIZE="9">{len(params)} params, {count:,} numbers</FONT>']
+                 f'<FONT POINT-SIZE="9">{len(params)} params, {self.numbers(params):,} numbers</FONT>']
         if grads:
             norm = fmt(np.sqrt(sum(float(np.sum(g * g)) for g in grads)), 3)
             lines.append(f'<FONT POINT-SIZE="9" COLOR="{RED}">‖∇params‖ {escape(norm)}</FONT>')
@@ -433,14 +446,13 @@ class _Diagram:
 
     def cluster_label(self, key: tuple) -> tuple[str, str]:
         """(label, style) of a cluster: ``fc1: affine (307,300 params)`` or a repeat group."""
-        if key[0] == "repeat":
-            _, parent, base = key
-            inst = self.repeats[(parent, base)]
-            kinds = sorted({self.layers[s] for s in inst})
-            return f"{base}: repeat {len(inst)} × {', '.join(kinds)}", "dashed,rounded"
-        scope = key[1]
+        kind, scope = key
+        if kind == "repeat":
+            instances = self.repeats[scope]
+            kinds = sorted({self.layers[s] for s in instances})
+            return f"{scope[-1]}: repeat {len(instances)} × {', '.join(kinds)}", "dashed,rounded"
         params = [n for n in self.nodes if self.G[n].op == "param" and self.G[n].scope[: len(scope)] == scope]
-        count = sum(int(np.size(self.value(n))) for n in params if self.value(n) is not None)
+        count = self.numbers(params)
         extra = f"  ({count:,} params)" if count else ""
         return f"{scope[-1]}: {self.layers.get(scope, 'layer')}{extra}", "rounded"
 
@@ -546,11 +558,7 @@ class _Diagram:
 
 
 def _slug(key: tuple) -> str:
-    if key[0] == "repeat":
-        text = ".".join((*key[1], key[2]))
-    else:
-        text = ".".join(key[1])
-    return re.sub(r"\W", "_", text)[:40]
+    return re.sub(r"\W", "_", ".".join(key[1]))[:40]
 
 
 def _attrs(attrs: dict[str, str]) -> str:
