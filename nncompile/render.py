@@ -19,11 +19,12 @@ Above ``max_nodes`` forward nodes each top-level layer instance is collapsed int
 from __future__ import annotations
 
 import html
+import itertools
 import math
 import re
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,79 +217,119 @@ def forward_nodes(ev) -> list[int]:
 _REPEATED = re.compile(r"^(.+)\.(\d+)$")
 
 
+def _group_scope(scope: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The scope of the repeat group an unrolled instance would sit in: ``h3.2`` -> ``h3``."""
+    m = _REPEATED.match(scope[-1])
+    return scope[:-1] + (m.group(1),) if m else None
+
+
 def _repeat_groups(layers: dict) -> dict[tuple, list[tuple]]:
-    """(parent scope, base name) -> the unrolled instances ``base.1``, ``base.2``, ..."""
+    """A repeat group's scope (``h3``) -> its unrolled instances ``h3.1``, ``h3.2``, ...
+    (none where a layer instance is itself called ``h3``)."""
     groups: dict[tuple, list[tuple]] = {}
     for scope in layers:
-        m = _REPEATED.match(scope[-1])
-        if m and scope[:-1] + (m.group(1),) not in layers:
-            groups.setdefault((scope[:-1], m.group(1)), []).append(scope)
+        group = _group_scope(scope)
+        if group is not None and group not in layers:
+            groups.setdefault(group, []).append(scope)
     return groups
+
+
+@dataclass(frozen=True)
+class _Direction:
+    """What ``rankdir`` decides: the sides of a wire its value and gradient sit on (in the
+    legend's words), its label's table rows around the rule (the cell ``c``, to fill in with
+    ``{value}`` and ``{grad}``) and the ports of that cell the wire comes in and goes out by."""
+    value_side: str
+    grad_side: str
+    rows: str
+    port_in: str
+    port_out: str
+
+
+DIRECTIONS = {
+    "LR": _Direction("above", "below",
+                     '<TR><TD>{value}</TD></TR>'
+                     f'<TR><TD PORT="c" HEIGHT="1" WIDTH="36" CELLPADDING="0" BGCOLOR="{WIRE}"></TD></TR>'
+                     '<TR><TD>{grad}</TD></TR>', "c:w", "c:e"),
+    "TB": _Direction("left of", "right of it",
+                     '<TR><TD ALIGN="RIGHT" CELLPADDING="3">{value}</TD>'
+                     f'<TD PORT="c" WIDTH="1" HEIGHT="28" CELLPADDING="0" BGCOLOR="{WIRE}"></TD>'
+                     '<TD ALIGN="LEFT" CELLPADDING="3">{grad}</TD></TR>', "c:n", "c:s"),
+}
 
 
 @dataclass
 class _Cluster:
+    """A cluster's own DOT lines and the clusters nested in it, in the order first placed."""
     lines: list[str] = field(default_factory=list)
     children: dict[tuple, _Cluster] = field(default_factory=dict)
+
+    def at(self, path: tuple) -> _Cluster:
+        """The cluster at the end of ``path`` (keys from :meth:`_Diagram.cluster_path`), made if new."""
+        cluster = self
+        for key in path:
+            cluster = cluster.children.setdefault(key, _Cluster())
+        return cluster
 
 
 class _Diagram:
     """Builds the DOT text for one evaluation (see the module docstring)."""
 
     def __init__(self, ev, rankdir: str, max_nodes: int, warn: Callable[[str], None]):
-        if rankdir not in ("LR", "TB"):
-            raise NNError(f"unknown rankdir {rankdir!r}; use LR or TB")
+        if rankdir not in DIRECTIONS:
+            raise NNError(f"unknown rankdir {rankdir!r}; use {' or '.join(DIRECTIONS)}")
         self.ev = ev
         self.G: Graph = ev.program.graph
         self.model = ev.model
         self.rankdir = rankdir
+        self.direction = DIRECTIONS[rankdir]
         self.nodes = forward_nodes(ev)
         self.fwd = set(self.nodes)
         self.layers: dict = dict(ev.model.layers)
         self.repeats = _repeat_groups(self.layers)
-        self.collapse = len(self.nodes) > max_nodes and any(self.G[n].scope for n in self.nodes)
-        if len(self.nodes) > max_nodes:
-            file = Path(ev.model.file).name
-            if self.collapse:
-                warn(f"{file}: warning: the graph has {len(self.nodes)} nodes (more than {max_nodes}), so each "
-                     "layer instance is drawn as one node")
-            else:
-                warn(f"{file}: warning: the graph has {len(self.nodes)} nodes (more than {max_nodes}); "
-                     "Graphviz may be slow and the diagram hard to read")
-        # collapsed layer instances, numbered in order of first appearance
-        self.collapsed: dict[tuple, list[int]] = {}
-        if self.collapse:
-            for n in self.nodes:
-                if self.G[n].scope:
-                    self.collapsed.setdefault(self.G[n].scope[:1], []).append(n)
-        self.layer_ids = {scope: f"L{i}" for i, scope in enumerate(self.collapsed)}
+        self.box_of = self.collapse(max_nodes, warn)
+        self.boxes: dict[tuple, list[int]] = {}   # each box's members; boxes in order of first appearance
+        for n, scope in self.box_of.items():
+            self.boxes.setdefault(scope, []).append(n)
+        self.box_ids = {scope: f"L{i}" for i, scope in enumerate(self.boxes)}
         target = ev.model.target
         self.target_name = (self.G[target].name or "the loss") if target is not None else None
 
     # ---- where things go ----
 
+    def collapse(self, max_nodes: int, warn: Callable[[str], None]) -> dict[int, tuple]:
+        """Whether to collapse, decided once: each graph node drawn inside a box -> the scope
+        of its top-level layer instance. Empty when the graph is within ``max_nodes`` or has
+        no layers to collapse (then drawn node by node, with a warning if it is big)."""
+        if len(self.nodes) <= max_nodes:
+            return {}
+        box_of = {n: self.G[n].scope[:1] for n in self.nodes if self.G[n].scope}
+        warn(f"{Path(self.model.file).name}: warning: the graph has {len(self.nodes)} nodes (more than {max_nodes})"
+             + (", so each layer instance is drawn as one node" if box_of
+                else "; Graphviz may be slow and the diagram hard to read"))
+        return box_of
+
     def rep(self, n: int) -> str:
-        """The id of the drawn node standing for graph node ``n``."""
-        if self.collapse and self.G[n].scope:
-            return self.layer_ids[self.G[n].scope[:1]]
-        return f"n{n}"
+        """The id of the drawn node standing for graph node ``n``: its own, or its box's."""
+        return self.box_ids[self.box_of[n]] if n in self.box_of else f"n{n}"
 
     def cluster_path(self, scope: tuple[str, ...]) -> tuple:
-        """The chain of clusters a scope sits in: each layer instance, and a ``repeat`` group
-        around unrolled instances (``h3.1`` and ``h3.2`` sit in ``h3``)."""
+        """The chain of clusters a scope sits in, as (kind, scope) keys: each layer instance,
+        and a ``repeat`` group around unrolled instances (``h3.1`` and ``h3.2`` sit in ``h3``)."""
         path: list = []
-        for i, part in enumerate(scope):
-            m = _REPEATED.match(part)
-            if m and (scope[:i], m.group(1)) in self.repeats:
-                path.append(("repeat", scope[:i], m.group(1)))
-            path.append(("layer", scope[: i + 1]))
+        for i in range(1, len(scope) + 1):
+            group = _group_scope(scope[:i])
+            if group in self.repeats:
+                path.append(("repeat", group))
+            path.append(("layer", scope[:i]))
         return tuple(path)
 
     def path_of(self, n: int) -> tuple:
-        scope = self.G[n].scope
-        if self.collapse:  # a collapsed instance still sits in its repeat group, if any
-            return self.cluster_path(scope[:1])[:-1] if scope else ()
-        return self.cluster_path(scope)
+        """The clusters the drawn node for ``n`` sits in: a box sits where its instance's
+        cluster would (in its repeat group, if any)."""
+        if n in self.box_of:
+            return self.cluster_path(self.box_of[n])[:-1]
+        return self.cluster_path(self.G[n].scope)
 
     # ---- values ----
 
@@ -302,6 +343,19 @@ class _Diagram:
                 v = np.broadcast_to(v, node.shape)
             return v
         return None
+
+    def numbers(self, params: list[int]) -> int:
+        """How many numbers the params hold (those with a recorded value)."""
+        return sum(int(np.size(v)) for v in map(self.value, params) if v is not None)
+
+    def value_line(self, n: int) -> tuple[str, str]:
+        """(text, tooltip) for the value of node n, named unless n is a leaf (its node says the name)."""
+        node = self.G[n]
+        v = self.value(n)
+        text = "?" if v is None else value_text(v, node.shape)
+        if node.name and not node.is_leaf:
+            text = f"{node.name} = {text}" if np.ndim(v) == 0 else f"{node.name}: {text}"
+        return text, "value not recorded" if v is None else stats_text(v, node.name or op_text(node))
 
     def grad_line(self, n: int) -> tuple[str, str]:
         """(text, tooltip) for the gradient of node n, saying so when there is none."""
@@ -318,27 +372,14 @@ class _Diagram:
     # ---- labels ----
 
     def value_node(self, n: int) -> str:
-        """The label on the wire leaving node n: value above (green), gradient below (red)."""
-        node = self.G[n]
-        v = self.value(n)
-        vtext = "?" if v is None else value_text(v, node.shape)
-        name = None if node.is_leaf else node.name
-        if name:
-            vtext = f"{name} = {vtext}" if np.ndim(v) == 0 else f"{name}: {vtext}"
+        """The label on the wire leaving node n: the value on one side of it (green), the
+        gradient on the other (red)."""
+        vtext, vtip = self.value_line(n)
         gtext, gtip = self.grad_line(n)
-        vtip = "value not recorded" if v is None else stats_text(v, node.name or op_text(node))
-        vfont = f'<FONT COLOR="{GREEN}">{escape(vtext)}</FONT>'
         gbody = escape(gtext) if n in self.ev.grads else f"<I>{escape(gtext)}</I>"
-        gfont = f'<FONT COLOR="{RED}">{gbody}</FONT>'
-        if self.rankdir == "LR":   # value above the wire, gradient below it
-            table = (f'<TR><TD>{vfont}</TD></TR>'
-                     f'<TR><TD PORT="c" HEIGHT="1" WIDTH="36" CELLPADDING="0" BGCOLOR="{WIRE}"></TD></TR>'
-                     f'<TR><TD>{gfont}</TD></TR>')
-        else:                      # value left of the wire, gradient right of it
-            table = (f'<TR><TD ALIGN="RIGHT" CELLPADDING="3">{vfont}</TD>'
-                     f'<TD PORT="c" WIDTH="1" HEIGHT="28" CELLPADDING="0" BGCOLOR="{WIRE}"></TD>'
-                     f'<TD ALIGN="LEFT" CELLPADDING="3">{gfont}</TD></TR>')
-        label = f'<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1">{table}</TABLE>>'
+        rows = self.direction.rows.format(value=f'<FONT COLOR="{GREEN}">{escape(vtext)}</FONT>',
+                                          grad=f'<FONT COLOR="{RED}">{gbody}</FONT>')
+        label = f'<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1">{rows}</TABLE>>'
         return f"v{n} [shape=plain, label={label}, tooltip={quote(vtip + chr(10) + gtip)}];"
 
     def node_line(self, n: int) -> str:
@@ -376,27 +417,25 @@ class _Diagram:
     def layer_node(self, scope: tuple, members: list[int]) -> str:
         """One node for a collapsed layer instance: its type, params and their gradient."""
         params = [n for n in members if self.G[n].op == "param"]
-        count = sum(int(np.size(self.value(n))) for n in params if self.value(n) is not None)
         grads = [np.asarray(self.ev.grads[n], dtype=np.float64) for n in params if n in self.ev.grads]
         lines = [f"<B>{escape('.'.join(scope))}</B>: {escape(self.layers.get(scope, 'layer'))}",
-                 f'<FONT POINT-SIZE="9">{len(params)} params, {count:,} numbers</FONT>']
+                 f'<FONT POINT-SIZE="9">{len(params)} params, {self.numbers(params):,} numbers</FONT>']
         if grads:
             norm = fmt(np.sqrt(sum(float(np.sum(g * g)) for g in grads)), 3)
             lines.append(f'<FONT POINT-SIZE="9" COLOR="{RED}">‖∇params‖ {escape(norm)}</FONT>')
         tip = "\n".join(f"{self.G[n].name} {list(np.shape(self.value(n)))}" for n in params)
-        return (f"{self.layer_ids[scope]} [{_attrs(STYLE['layer'])}, label=<{'<BR/>'.join(lines)}>, "
+        return (f"{self.box_ids[scope]} [{_attrs(STYLE['layer'])}, label=<{'<BR/>'.join(lines)}>, "
                 f"tooltip={quote(tip or '.'.join(scope))}];")
 
     def cluster_label(self, key: tuple) -> tuple[str, str]:
         """(label, style) of a cluster: ``fc1: affine (307,300 params)`` or a repeat group."""
-        if key[0] == "repeat":
-            _, parent, base = key
-            inst = self.repeats[(parent, base)]
-            kinds = sorted({self.layers[s] for s in inst})
-            return f"{base}: repeat {len(inst)} × {', '.join(kinds)}", "dashed,rounded"
-        scope = key[1]
+        kind, scope = key
+        if kind == "repeat":
+            instances = self.repeats[scope]
+            kinds = sorted({self.layers[s] for s in instances})
+            return f"{scope[-1]}: repeat {len(instances)} × {', '.join(kinds)}", "dashed,rounded"
         params = [n for n in self.nodes if self.G[n].op == "param" and self.G[n].scope[: len(scope)] == scope]
-        count = sum(int(np.size(self.value(n))) for n in params if self.value(n) is not None)
+        count = self.numbers(params)
         extra = f"  ({count:,} params)" if count else ""
         return f"{scope[-1]}: {self.layers.get(scope, 'layer')}{extra}", "rounded"
 
@@ -407,120 +446,102 @@ class _Diagram:
             return (f'<TD BGCOLOR="{s["fillcolor"]}" COLOR="{s["color"]}" BORDER="1" STYLE="ROUNDED">'
                     f'<FONT POINT-SIZE="9">{text}</FONT></TD>')
         if self.target_name is not None:
-            grads = f"below: gradient ∂{escape(self.target_name)}/∂value"
+            grads = f"{self.direction.grad_side}: gradient ∂{escape(self.target_name)}/∂value"
         else:
             grads = "no gradients: the model has no loss"
         return ('<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="4" CELLPADDING="2"><TR>'
                 f'<TD><B>{escape(Path(self.model.file).name)}</B></TD>'
                 f'<TD><FONT COLOR="{GREEN}" POINT-SIZE="10">'
-                f'{"above" if self.rankdir == "LR" else "left of"} each wire: forward value</FONT></TD>'
-                f'<TD><FONT COLOR="{RED}" POINT-SIZE="10">'
-                f'{grads if self.rankdir == "LR" else grads.replace("below:", "right of it:")}</FONT></TD>'
+                f'{self.direction.value_side} each wire: forward value</FONT></TD>'
+                f'<TD><FONT COLOR="{RED}" POINT-SIZE="10">{grads}</FONT></TD>'
                 + cell("input", "input") + cell("param", "param") + cell("const", "constant")
                 + cell("op", "op") + cell("output", "output") + cell("loss", "loss")
-                + (cell("layer", "layer (collapsed)") if self.collapse else "")
+                + (cell("layer", "layer (collapsed)") if self.boxes else "")
                 + '</TR></TABLE>>')
 
     # ---- the whole graph ----
 
     def dot(self) -> str:
-        G = self.G
+        """The DOT text: the drawn nodes in their clusters, then the sinks, then the edges."""
         root = _Cluster()
-
-        def place(path: tuple, line: str) -> None:
-            cur = root
-            for key in path:
-                cur = cur.children.setdefault(key, _Cluster())
-            cur.lines.append(line)
-
-        # sinks: every output, and the loss, get a final wire showing value and seed gradient
-        target = self.model.target
-        sinks: list[tuple[str, int, str, str]] = []
-        for i, (name, n) in enumerate(self.model.outputs.items()):
-            kind = "loss" if n == target and self.model.loss is not None else "output"
-            sinks.append((f"out{i}", n, kind, name))
-        if target is not None and target not in self.model.outputs.values():
-            sinks.append(("out_loss", target, "loss", G[target].name or "loss"))
-
         for n in self.nodes:
-            if not (self.collapse and G[n].scope):
-                place(self.path_of(n), self.node_line(n))
-        for scope, members in self.collapsed.items():
-            place(self.cluster_path(scope)[:-1], self.layer_node(scope, members))
-
-        # wires: producer -> its value label -> each consumer, in argument order
-        port_in, port_out = ("c:w", "c:e") if self.rankdir == "LR" else ("c:n", "c:s")
-        edges: list[str] = []
-        wired: set[int] = set()
-        seen: set[tuple[str, str]] = set()
-
-        def wire(a: int, dst: str) -> None:
-            if a not in wired:
-                wired.add(a)
-                place(self.path_of(a), self.value_node(a))
-                edges.append(f"{self.rep(a)} -> v{a}:{port_in} [arrowhead=none];")
-            if self.collapse:   # one wire per (value, collapsed layer), not one per use
-                if (f"v{a}", dst) in seen:
-                    return
-                seen.add((f"v{a}", dst))
-            edges.append(f"v{a}:{port_out} -> {dst};")
-
-        for c in self.nodes:
-            for a in G[c].args:
-                if a not in self.fwd:
-                    continue
-                src, dst = self.rep(a), self.rep(c)
-                if src == dst and self.collapse:
-                    continue
-                if G[a].op == "const":
-                    if not (self.collapse and (src, dst) in seen):
-                        seen.add((src, dst))
-                        edges.append(f'{src} -> {dst} [style=dashed, color="{MUTED}"];')
-                    continue
-                wire(a, dst)
-        sink_lines = []
-        for sid, n, kind, name in sinks:
-            word = "minimize" if kind == "loss" else "output"
-            seed = " (the gradient is seeded with 1 here)" if n == target else ""
-            sink_lines.append(f"{sid} [{_attrs(STYLE[kind])}, label=<{word} <B>{escape(name)}</B>>, "
-                              f"tooltip={quote(word + ' ' + name + seed)}];")
-            wire(n, sid)
-
+            if n not in self.box_of:
+                root.at(self.path_of(n)).lines.append(self.node_line(n))
+        for scope, members in self.boxes.items():
+            root.at(self.path_of(members[0])).lines.append(self.layer_node(scope, members))
+        sinks = self.sinks()
+        edges = self.wires(root, sinks)
         out = [
             "digraph nncompile {",
             (f"  graph [rankdir={self.rankdir}, fontname={quote(FONT)}, fontsize=11, nodesep=0.25, ranksep=0.3, "
              f"newrank=true, labelloc=b, labeljust=l, label={self.legend()}];"),
             f"  node [fontname={quote(FONT)}, fontsize=12];",
             f'  edge [color="{WIRE}", arrowsize=0.6, penwidth=1];',
+            *self.clusters(root, 1, itertools.count(1)),
+            *("  " + line for _, _, line in sinks),
+            *("  " + edge for edge in edges),
+            "}",
         ]
-        counter = 0
-
-        def emit(cluster: _Cluster, depth: int) -> None:
-            nonlocal counter
-            pad = "  " * depth
-            out.extend(pad + line for line in cluster.lines)
-            for key, child in cluster.children.items():
-                counter += 1
-                label, style = self.cluster_label(key)
-                out.append(f"{pad}subgraph cluster_{counter}_{_slug(key)} {{")
-                out.append(f"{pad}  graph [label=<<B>{escape(label)}</B>>, style={quote(style)}, "
-                           f'color="#8250df", fontcolor="#8250df", fontsize=11, labelloc=t, labeljust=l, margin=10];')
-                emit(child, depth + 1)
-                out.append(pad + "}")
-
-        emit(root, 1)
-        out.extend("  " + s for s in sink_lines)
-        out.extend("  " + e for e in edges)
-        out.append("}")
         return "\n".join(out) + "\n"
+
+    def sinks(self) -> list[tuple[str, int, str]]:
+        """(id, graph node, DOT line) of the end nodes: every output, and the loss, get a final
+        wire showing their value and the seed gradient."""
+        target = self.model.target
+        ends = [(f"out{i}", n, "loss" if n == target and self.model.loss is not None else "output", name)
+                for i, (name, n) in enumerate(self.model.outputs.items())]
+        if target is not None and target not in self.model.outputs.values():
+            ends.append(("out_loss", target, "loss", self.G[target].name or "loss"))
+        lines = []
+        for sid, n, kind, name in ends:
+            word = "minimize" if kind == "loss" else "output"
+            seed = " (the gradient is seeded with 1 here)" if n == target else ""
+            lines.append((sid, n, f"{sid} [{_attrs(STYLE[kind])}, label=<{word} <B>{escape(name)}</B>>, "
+                                  f"tooltip={quote(word + ' ' + name + seed)}];"))
+        return lines
+
+    def wires(self, root: _Cluster, sinks: list[tuple[str, int, str]]) -> list[str]:
+        """The edges: producer -> its value label -> each consumer (and each sink), in argument
+        order, and a dashed edge from each constant. Each label is placed where first used."""
+        port_in, port_out = self.direction.port_in, self.direction.port_out
+        edges: list[str] = []
+        labelled: set[int] = set()
+
+        def wire(a: int, dst: str) -> None:
+            if a not in labelled:
+                labelled.add(a)
+                root.at(self.path_of(a)).lines.append(self.value_node(a))
+                edges.append(f"{self.rep(a)} -> v{a}:{port_in} [arrowhead=none];")
+            edges.append(f"v{a}:{port_out} -> {dst};")
+
+        for c in self.nodes:
+            for a in self.G[c].args:
+                src, dst = self.rep(a), self.rep(c)
+                if a not in self.fwd or src == dst:   # the backward graph, or within one box
+                    continue
+                if self.G[a].op == "const":
+                    edges.append(f'{src} -> {dst} [style=dashed, color="{MUTED}"];')
+                else:
+                    wire(a, dst)
+        for sid, n, _ in sinks:
+            wire(n, sid)
+        return list(dict.fromkeys(edges)) if self.boxes else edges   # with boxes, one edge per pair, not per use
+
+    def clusters(self, cluster: _Cluster, depth: int, numbers: Iterator[int]) -> Iterator[str]:
+        """The DOT lines of a cluster's contents, nested clusters numbered in the order drawn."""
+        pad = "  " * depth
+        yield from (pad + line for line in cluster.lines)
+        for key, child in cluster.children.items():
+            label, style = self.cluster_label(key)
+            yield f"{pad}subgraph cluster_{next(numbers)}_{_slug(key)} {{"
+            yield (f"{pad}  graph [label=<<B>{escape(label)}</B>>, style={quote(style)}, "
+                   f'color="#8250df", fontcolor="#8250df", fontsize=11, labelloc=t, labeljust=l, margin=10];')
+            yield from self.clusters(child, depth + 1, numbers)
+            yield pad + "}"
 
 
 def _slug(key: tuple) -> str:
-    if key[0] == "repeat":
-        text = ".".join((*key[1], key[2]))
-    else:
-        text = ".".join(key[1])
-    return re.sub(r"\W", "_", text)[:40]
+    return re.sub(r"\W", "_", ".".join(key[1]))[:40]
 
 
 def _attrs(attrs: dict[str, str]) -> str:

@@ -175,6 +175,42 @@ def test_collapse_above_the_node_budget(two_layer):
         subprocess.run(["dot", "-Tsvg"], input=dot.encode(), check=True, capture_output=True)
 
 
+USED_TWICE = """\
+layer scale(x: [B, K], s: []) -> [B, K] {
+    return x * s + s * x
+}
+input x: float[2, 3]
+input c: float = 3
+h = scale(x, c) as sc
+g = scale(h * 2.0, 2.0) as sd
+loss = sum(h * h) + sum(g * g)
+minimize loss
+"""
+
+
+def test_a_collapsed_layer_gets_one_wire_from_each_value_it_uses(tmp_path):
+    """A box hides its ops, so a value or constant it uses twice comes in by one wire; drawn
+    node by node, every use is a wire of its own (``h * h`` has two)."""
+    model = tmp_path / "twice.nn"
+    model.write_text(USED_TWICE)
+    ev = evaluate_file(model)
+
+    def edges(dot: str) -> list[str]:
+        return [line.strip() for line in dot.splitlines() if " -> " in line]
+
+    collapsed = edges(to_dot(ev, max_nodes=1, warn=lambda _: None))
+    assert len(collapsed) == len(set(collapsed)), "one wire per (value, drawn node)"
+    c = ev.model.inputs["c"]
+    assert f"v{c}:c:e -> L0;" in collapsed                                 # c, used twice in sc
+    assert len([e for e in collapsed if "style=dashed" in e and "-> L1 " in e]) == 1   # 2.0, twice in sd
+    G = ev.program.graph
+    h = next(n for n in render.forward_nodes(ev) if G[n].name == "h")
+    square = next(n for n in render.forward_nodes(ev) if G[n].args == (h, h))
+    expanded = edges(to_dot(ev))
+    assert expanded.count(f"v{h}:c:e -> n{square};") == 2
+    assert len([e for e in expanded if e.startswith(f"v{c}:c:e -> ")]) == 2
+
+
 @needs_dot
 def test_repeat_grouped_and_big_graph_collapsed(tmp_path):
     mlp = evaluation("mlp.nn")
@@ -247,6 +283,13 @@ def test_top_to_bottom(circuit, tmp_path):
     texts = nodes[f"v{circuit.model.outputs['f']}"]
     assert [t for t, fill, _ in texts if fill == GREEN] == ["f = -12"]
     assert [t for t, fill, _ in texts if fill == RED] == ["1"]
+
+
+def test_the_legend_says_which_side_of_the_wire_is_which(circuit):
+    assert "above each wire: forward value" in to_dot(circuit, "LR")
+    assert "below: gradient ∂f/∂value" in to_dot(circuit, "LR")
+    assert "left of each wire: forward value" in to_dot(circuit, "TB")
+    assert "right of it: gradient ∂f/∂value" in to_dot(circuit, "TB")
 
 
 def test_cli_render(tmp_path):
