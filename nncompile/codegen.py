@@ -16,18 +16,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from .backends import BACKENDS, Backend
 from .errors import Sources
 from .initializers import INITIALIZERS
 from .ir import Graph, Model, Node
 from .schedule import plan_buffers, schedule
 from .ops import REGISTRY, EmitContext, literal
 from .shapes import Shape, show
+from .version import __version__
 
 NUMPY_DTYPES = {"float": None, "int": "int64", "bool": "bool"}
 
 _MODULE_NAMES = {
-    "np", "DTYPE", "INPUTS", "PARAMS", "OUTPUTS", "LOSS", "DEFAULTS", "DIMS", "BOUNDS", "init_params", "forward",
+    *(backend.xp for backend in BACKENDS.values()), "DTYPE", "INPUTS", "PARAMS", "OUTPUTS", "LOSS", "DEFAULTS", "DIMS", "BOUNDS", "init_params", "forward",
     "value_and_grad", "trace", "params", "inputs", "outputs", "grads", "values", "buffers", "state", "rng",
     "STATE", "init_state", "new_state", "TRAIN_OUTPUTS", "DIM_BOUNDS", "MIN_DIMS",
 }
@@ -108,12 +109,13 @@ class _Context(EmitContext):
     def __init__(self, emitter: _Emitter, dims: dict[str, str]):
         self.emitter = emitter
         self.dims = dims
-        self.xp = emitter.xp
+        self.backend = emitter.backend
+        self.xp = emitter.backend.xp
         self.dtype = "DTYPE"
         self.target = "v"   # the variable the statement being emitted defines
 
     def reduction(self, ufunc: str) -> str:
-        return super().reduction(ufunc) if self.xp == "np" else f"cp.{_CUPY_REDUCTIONS[ufunc]}"
+        return self.backend.reduction(ufunc)
 
     def kernel(self, expr: str, arity: int) -> str:
         return self.emitter.kernel(expr, arity, self.target)
@@ -126,25 +128,21 @@ class _Context(EmitContext):
         return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
 
 
-BACKENDS = ("numpy", "cupy")
-_CUPY_REDUCTIONS = {"add": "sum", "maximum": "max"}
-
-
 def emit_module(program: Program, *, trace: bool = False, backend: str = "numpy") -> str:
     """The module's source. ``backend="cupy"`` keeps arrays on an NVIDIA GPU: the same code
     with ``cp`` for ``np``, and each fused elementwise group one ``cp.ElementwiseKernel``."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}")
-    if trace and backend != "numpy":
-        raise ValueError("trace functions are numpy-only")
-    return _Emitter(program, backend).module(trace)
+    if trace and not BACKENDS[backend].traces:
+        raise ValueError(f"the {backend} backend has no trace functions (they are numpy-only)")
+    return _Emitter(program, BACKENDS[backend]).module(trace)
 
 
 class _Emitter:
-    def __init__(self, program: Program, backend: str = "numpy", share: _Emitter | None = None):
+    def __init__(self, program: Program, backend: Backend, share: _Emitter | None = None):
         self.p = program
         self.backend = backend
-        self.xp = "np" if backend == "numpy" else "cp"
+        self.xp = backend.xp
         # Module-level definitions are shared with the emitter of the other mode's program.
         self.caches: list[str] = share.caches if share else []
         self.kernels: dict[tuple[str, int], str] = share.kernels if share else {}
@@ -165,16 +163,16 @@ class _Emitter:
         evaluation = self if self.p.eval_program is None else _Emitter(self.p.eval_program, self.backend, share=self)
         parts = [
             f'"""{_docstring_text(source)}, compiled by nncompile {__version__}: forward and backward passes in '
-            f'{self.backend}.\n\n'
+            f'{self.backend.name}.\n\n'
             "Generated code: edit the .nn file and compile again rather than editing this.\n"
             'INPUTS, PARAMS and OUTPUTS map names to (shape, dtype); symbolic dims are strings.\n"""\n\n'
-            "import numpy as np" + ("\nimport cupy as cp" if self.xp == "cp" else ""),
+            + "\n".join(self.backend.imports),
             self.tables(),
             self.read_inputs(),
-            self.on_device(_CONVERT_INPUTS),
+            self.backend.retarget(_CONVERT_INPUTS),
             *([self.read_table("params")] if self.model.params else []),
             *([self.read_table("state")] if self.model.state else []),
-            *([self.on_device(_CONVERT)] if self.model.params or self.model.state else []),
+            *([self.backend.retarget(_CONVERT)] if self.model.params or self.model.state else []),
             *self.helpers(evaluation.G),
             self.init_params(),
             *([self.init_params("state")] if self.model.state else []),
@@ -193,7 +191,7 @@ class _Emitter:
         if self.kernels:  # defined once at import; CuPy compiles each on first use and caches it
             parts.insert(3, "\n".join(self.kernel_definitions()))
         if self.caches:  # workspaces, one per function and set of dims, made on first use
-            parts.insert(3, "\n".join(f"{cache} = {{}}" for cache in self.caches) + "\n\n\n" + self.on_device(_EMPTY))
+            parts.insert(3, "\n".join(f"{cache} = {{}}" for cache in self.caches) + "\n\n\n" + self.backend.retarget(_EMPTY))
         return "\n\n\n".join(parts).rstrip() + "\n"
 
     def tables(self) -> str:
@@ -299,10 +297,6 @@ class _Emitter:
             f"        return {fallback}",
             f"    return {ok}"])
 
-    def on_device(self, text: str) -> str:
-        """Our own helper source, retargeted from numpy to CuPy for the GPU backend."""
-        return text if self.xp == "np" else re.sub(r"\bnp\.(?!ndarray\b|int64\b)", "cp.", text)
-
     def kernel(self, expr: str, arity: int, var: str) -> str:
         """The module-level ElementwiseKernel computing a fused node (one per distinct expression)."""
         key = (expr, arity)
@@ -317,16 +311,16 @@ class _Emitter:
         lines = []
         for (expr, arity), name in self.kernels.items():
             params = ", ".join(f"T x{i}" for i in range(arity))
-            lines.append(f"{name} = cp.ElementwiseKernel({params!r}, 'T y', {'y = ' + c_source(expr)!r}, "
-                         f"{'nncompile' + name!r})")
+            definition = self.backend.elementwise_kernel(params, "T y", "y = " + c_source(expr), "nncompile" + name)
+            lines.append(f"{name} = {definition}")
         return lines
 
     def helpers(self, other: Graph) -> list[str]:
         texts: list[str] = []
         for n, G in [*((n, self.G) for n in self.G.nodes()), *((n, other) for n in other.nodes())]:
             for helper in REGISTRY[G[n].op].helpers:
-                if self.on_device(helper) not in texts:
-                    texts.append(self.on_device(helper))
+                if self.backend.retarget(helper) not in texts:
+                    texts.append(self.backend.retarget(helper))
         return texts
 
     def init_params(self, kind: str = "params") -> str:
@@ -350,7 +344,7 @@ class _Emitter:
                 rng = f"np.random.default_rng((seed, {zlib.crc32(name.encode())}))"
                 expr = INITIALIZERS[spec.init].draw(rng, shape, spec.fan_in, spec.fan_out, args)
             value = f"np.asarray({expr}, dtype=DTYPE)"
-            lines.append(f"        {name!r}: {value if self.xp == 'np' else f'cp.asarray({value})'},")
+            lines.append(f"        {name!r}: {self.backend.to_device.format(value)},")
         lines.append("    }")
         return "\n".join(lines)
 
@@ -523,7 +517,7 @@ class _Emitter:
         node, expr = self.G[n], self.ref(n, names)
         if node.op != "const":
             return expr
-        if node.shape == () and self.xp == "np":
+        if node.shape == () and self.backend.scalars:
             return f"DTYPE({expr})"   # a numpy scalar, as numpy's ufuncs return one (CuPy has none)
         if isinstance(node.attr("value"), tuple):
             return expr
@@ -544,7 +538,7 @@ class _Emitter:
             node = self.G[n if n is not None else self.model.params.get(name, self.model.inputs.get(name))]
             # A scalar is returned as numpy's ufuncs return one, a numpy scalar: immutable, so it
             # needs no copy (CuPy has no scalars: there it is a 0-d array).
-            scalar = self.xp == "np" and node.shape == ()
+            scalar = self.backend.scalars and node.shape == ()
             if n is None:
                 expr = "DTYPE(0)" if scalar else f"{self.xp}.zeros({ctx.shape(node.shape)}, dtype=DTYPE)"
             elif node.op == "const":

@@ -47,6 +47,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .backends import BACKENDS, Backend
 from .errors import NNError
 
 __all__ = ["OPTIMIZERS", "Optimizer", "OptimizerDef", "emit_optimizer", "optimizer_source"]
@@ -230,7 +231,8 @@ def emit_optimizer(name: str, param_names: Iterable[str], *, clip_norm: float | 
     hyper_table = {**values, "clip_norm": clip_norm}
     uses_t = any(re.search(r"\bt\b", line) for line in d.prelude)   # the bias corrections of adam
 
-    xp = "np" if backend == "numpy" else "cp"
+    target = BACKENDS[backend]
+    xp = target.xp
     out = [
         f"# ---- optimiser: {name} (emitted by nncompile.optim) ".ljust(88, "-"),
         "",
@@ -238,7 +240,7 @@ def emit_optimizer(name: str, param_names: Iterable[str], *, clip_norm: float | 
         f"HYPERPARAMS = {hyper_table!r}",
         "TRAINABLE = (" + "".join(f"\n    {p!r}," for p in params) + ("\n)" if params else ")"),
         f"SLOTS = {d.slots!r}",
-        *(_SCRATCH if xp == "np" else []),
+        *(() if target.fuses else _SCRATCH),
         "",
         "",
         "def _opt_clip_scale(grads, clip_norm):",
@@ -259,7 +261,7 @@ def emit_optimizer(name: str, param_names: Iterable[str], *, clip_norm: float | 
         "    }",
         "",
         "",
-        *_update_function(d, xp),
+        *_update_function(d, target),
         f"def apply_update(params, grads, opt_state, lr, /, *, {kw}):",
         f'    """One {name} step (see _{name}_update), in place on params and opt_state.',
         "",
@@ -273,12 +275,12 @@ def emit_optimizer(name: str, param_names: Iterable[str], *, clip_norm: float | 
     ]
     args = ", ".join(d.kernel_args)
     for p in params:
-        if xp == "np":
-            slots = "".join(f"{slot}[{p!r}], " for slot in d.slots)
-            out.append(f"    _{name}_update(params[{p!r}], grads[{p!r}], {slots}_opt_scratch(params[{p!r}]), {args})")
-        else:
+        if target.fuses:
             slots = "".join(f", {slot}[{p!r}]" for slot in d.slots)
             out.append(f"    _{name}_kernel(grads[{p!r}], {args}, params[{p!r}]{slots})")
+        else:
+            slots = "".join(f"{slot}[{p!r}], " for slot in d.slots)
+            out.append(f"    _{name}_update(params[{p!r}], grads[{p!r}], {slots}_opt_scratch(params[{p!r}]), {args})")
     out += [
         "",
         "",
@@ -314,9 +316,9 @@ _SCRATCH = (
 )
 
 
-def _update_function(d: OptimizerDef, xp: str) -> list[str]:
-    """numpy: a function of in-place ufunc calls; CuPy: one fused kernel over p, g and the slots."""
-    if xp == "np":
+def _update_function(d: OptimizerDef, backend: Backend) -> list[str]:
+    """A function of in-place ufunc calls, or where the backend fuses, one kernel over p, g and the slots."""
+    if not backend.fuses:
         return [f"def _{d.name}_update(p, g, {''.join(s + ', ' for s in d.slots)}w, {', '.join(d.kernel_args)}):",
                 '    """In place on p and its state (w is scratch):',
                 f'    {d.formula}"""',
@@ -325,7 +327,7 @@ def _update_function(d: OptimizerDef, xp: str) -> list[str]:
     inputs = ", ".join(f"T {a}" for a in ("g", *d.kernel_args))
     outputs = ", ".join(f"T {a}" for a in ("p", *d.slots))
     return [f"# {d.formula}",
-            f"_{d.name}_kernel = cp.ElementwiseKernel({inputs!r}, {outputs!r}, {d.cuda!r}, 'nncompile_{d.name}')",
+            f"_{d.name}_kernel = {backend.elementwise_kernel(inputs, outputs, d.cuda, f'nncompile_{d.name}')}",
             "", ""]
 
 
