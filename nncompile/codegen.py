@@ -239,25 +239,16 @@ class _Emitter:
         names = Names()
         vars_ = {name: names.fresh(name) for name in self.model.inputs}
         dims: dict[str, str] = {}
-        checks: list[str] = []
-        binds: list[str] = []
+        checks: list[Check] = []
         for name, n in self.model.inputs.items():
-            node = self.G[n]
-            var = vars_[name]
+            node, var = self.G[n], vars_[name]
             dtype = "_FLOAT" if node.dtype == "float" else "_INT"
-            checks += [f"type({var}) is {self.xp}.ndarray", f"{var}.dtype is {dtype}", f"{var}.ndim == {len(node.shape)}"]
-            for axis, d in enumerate(node.shape):
-                if isinstance(d, int):
-                    checks.append(f"{var}.shape[{axis}] == {d}")
-                elif d in dims:
-                    checks.append(f"{var}.shape[{axis}] == {dims[d]}")
-                else:
-                    dims[d] = names.fresh(d)
-                    binds.append(f"{dims[d]} = {var}.shape[{axis}]")
-        checks += [f"{dims[d]} >= {least}" for d, least in self.model.min_dims.items()]
+            checks += [Check("type", var, self.xp), Check("dtype", var, dtype), Check("ndim", var, len(node.shape))]
+            checks += _dim_checks(var, node.shape, dims, names)
+        checks += [Check("least", dims[d], least) for d, least in self.model.min_dims.items()]
         get = ", ".join(f"inputs.get({name!r})" for name in self.model.inputs)
         lines.append(f"    {', '.join(vars_.values())} = {get}")
-        cond = " and\n            ".join(_bind_dims(checks, binds))
+        cond = " and\n            ".join(map(str, checks))
         lines += [f"    if len(inputs) != {len(vars_)} or not (", f"            {cond}):"]
         lines.append("        return _convert_inputs(inputs)")
         for name, n in self.model.inputs.items():
@@ -281,9 +272,9 @@ class _Emitter:
         vars_ = [names.fresh(name) for name in table]
         checks = []
         for var, n in zip(vars_, table.values()):
-            checks += [f"type({var}) is {self.xp}.ndarray", f"{var}.dtype is _FLOAT",
-                       f"{var}.shape == {tuple(self.G[n].shape)!r}"]
-        cond = " and\n            ".join(checks)
+            checks += [Check("type", var, self.xp), Check("dtype", var, "_FLOAT"),
+                       Check("shape", var, tuple(self.G[n].shape))]
+        cond = " and\n            ".join(map(str, checks))
         convert = f'_convert({arg}, {TABLE}, "{one}", "{arg}")'
         fallback, ok = ((convert, f"{', '.join(vars_)}{',' if len(vars_) == 1 else ''}") if arg == "params"
                         else (f"dict(zip(STATE, {convert}))", "state"))
@@ -571,21 +562,41 @@ def _basename(file: str) -> str:
     return Path(file).name
 
 
-def _bind_dims(checks: list[str], binds: list[str]) -> list[str]:
-    """Interleave ``N := X.shape[0]`` bindings into the checks right after the ndim test that
-    makes them safe, so one boolean expression both checks and binds."""
-    out = []
-    pending = {b.split(" = ")[1].split(".shape")[0]: [] for b in binds}
-    for b in binds:
-        pending[b.split(" = ")[1].split(".shape")[0]].append(b)
-    for check in checks:
-        out.append(check)
-        var = check.split(".ndim ==")[0] if ".ndim ==" in check else None
-        if var in pending:
-            for b in pending.pop(var):
-                name, expr = b.split(" = ")
-                out.append(f"({name} := {expr}) >= 0")
-    return out
+_CHECKS = {
+    "type": "type({var}) is {value}.ndarray",
+    "dtype": "{var}.dtype is {value}",
+    "ndim": "{var}.ndim == {value}",
+    "shape": "{var}.shape == {value!r}",
+    "axis": "{var}.shape[{axis}] == {value}",
+    "bind": "({value} := {var}.shape[{axis}]) >= 0",   # binds a dim while the condition runs
+    "least": "{var} >= {value}",
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One test of a reader's fast path (``kind`` one of _CHECKS), written out once, as Python."""
+
+    kind: str
+    var: str
+    value: Any
+    axis: int | None = None
+
+    def __str__(self) -> str:
+        return _CHECKS[self.kind].format(var=self.var, value=self.value, axis=self.axis)
+
+
+def _dim_checks(var: str, shape: Shape, dims: dict[str, str], names: Names) -> list[Check]:
+    """The tests of one input's axes, once its ndim is known: first bind each dim this input
+    is the first to have (``N := X.shape[0]``), then compare every other axis with its size."""
+    binds, sizes = [], []
+    for axis, d in enumerate(shape):
+        if isinstance(d, str) and d not in dims:
+            dims[d] = names.fresh(d)
+            binds.append(Check("bind", var, dims[d], axis))
+        else:
+            sizes.append(Check("axis", var, dims[d] if isinstance(d, str) else d, axis))
+    return binds + sizes
 
 
 class _Source(str):
