@@ -82,7 +82,6 @@ class _Context(EmitContext):
         return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
 
 
-
 class FunctionEmitter:
     """Writes the functions of one program (the train-mode one, or forward()'s eval-mode one)."""
 
