@@ -78,6 +78,7 @@ def _rename_module(text: str, old: str, new: str, keep: frozenset[str]) -> str:
     lines = [line.encode() for line in text.split("\n")]
     for lineno, col in spots:   # ast columns count UTF-8 bytes
         line = lines[lineno - 1]
+        assert line[col:col + len(old.encode())] == old.encode(), (text, lineno, col)
         lines[lineno - 1] = line[:col] + new.encode() + line[col + len(old.encode()):]
     return "\n".join(line.decode() for line in lines)
 

@@ -65,3 +65,23 @@ def test_an_input_named_like_an_array_module_does_not_hide_it(tmp_path: Path, mo
         outputs, grads = module.value_and_grad({}, cp=a, np=b)
         np.testing.assert_allclose(outputs["loss"], 12.0)
         np.testing.assert_allclose(grads["cp"], b)
+
+
+class _ToCupy(ast.NodeTransformer):
+    def visit_Attribute(self, node: ast.Attribute) -> ast.Attribute:
+        self.generic_visit(node)
+        if isinstance(node.value, ast.Name) and node.value.id == "np" and node.attr not in CUPY.host_names:
+            node.value = ast.Name("cp", node.value.ctx)
+        return node
+
+
+def test_every_helper_a_module_can_hold_is_retargeted_in_its_code_alone() -> None:
+    from nncompile.codegen import runtime
+    from nncompile.ops import REGISTRY
+
+    helpers = {h for op in REGISTRY.values() for h in op.helpers} | {runtime.CONVERT, runtime.CONVERT_INPUTS,
+                                                                    runtime.EMPTY}
+    for helper in helpers:
+        want = ast.dump(_ToCupy().visit(ast.parse(helper)))
+        assert ast.dump(ast.parse(CUPY.retarget(helper))) == want
+        assert NUMPY.retarget(helper) == helper
