@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import __version__
+from .backends import BACKENDS
 from .errors import NNError
 from .files import write_atomic
 
@@ -144,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="write the model as a standalone Python module")
     common(p, values=False)
     p.add_argument("-o", "--output", required=True, metavar="OUT.py")
-    p.add_argument("--backend", choices=("numpy", "cupy"), default="numpy",
+    p.add_argument("--backend", choices=tuple(BACKENDS), default="numpy",
                    help="numpy (CPU) or cupy (NVIDIA GPU; the module then needs CuPy to run)")
     p.set_defaults(run=cmd_compile)
 

@@ -5,7 +5,8 @@ import types
 from pathlib import Path
 
 from .autodiff import differentiate as reverse_mode
-from .codegen import BACKENDS, Program, emit_module
+from .backends import BACKENDS
+from .codegen import Program, emit_module
 from .elaborate import elaborate_file
 from .errors import NNError
 from .ir import Model
@@ -74,11 +75,11 @@ def compile_file(path: str | Path, *, dtype: str | None = None, optimized: bool 
     model = elaborate_file(path, dtype)
     if backend not in BACKENDS:
         raise NNError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    program = build(model, optimized=optimized, trace=trace, input_grads=input_grads, fuse=backend == "cupy")
+    program = build(model, optimized=optimized, trace=trace, input_grads=input_grads, fuse=BACKENDS[backend].fuses)
     if model.mode_dependent:  # forward() runs eval mode: dropout off, running statistics used
         evaluation = elaborate_file(path, dtype, mode="eval")
         _check_inputs_for_both(model, evaluation)
-        program.eval_program = build(evaluation, optimized=optimized, fuse=backend == "cupy", differentiate=False)
+        program.eval_program = build(evaluation, optimized=optimized, fuse=BACKENDS[backend].fuses, differentiate=False)
     source = emit_module(program, trace=trace, backend=backend)
     return source if optimizer is None else source + optimizer_source(model, optimizer, backend)
 

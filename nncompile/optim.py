@@ -47,6 +47,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .backends import BACKENDS, Backend
 from .errors import NNError
 
 __all__ = ["OPTIMIZERS", "Optimizer", "OptimizerDef", "emit_optimizer", "optimizer_source"]
@@ -225,12 +226,10 @@ def emit_optimizer(name: str, param_names: Iterable[str], *, clip_norm: float | 
     d = OPTIMIZERS[name]
     values = {k: float(hyper.get(k, v)) for k, v in d.hyper}
     params = list(param_names)
-    kw = ", ".join(f"{k}={v!r}" for k, v in values.items())
-    kw = f"{kw}, clip_norm={clip_norm!r}" if kw else f"clip_norm={clip_norm!r}"
     hyper_table = {**values, "clip_norm": clip_norm}
-    uses_t = any(re.search(r"\bt\b", line) for line in d.prelude)   # the bias corrections of adam
 
-    xp = "np" if backend == "numpy" else "cp"
+    target = BACKENDS[backend]
+    xp = target.xp
     out = [
         f"# ---- optimiser: {name} (emitted by nncompile.optim) ".ljust(88, "-"),
         "",
@@ -238,7 +237,7 @@ def emit_optimizer(name: str, param_names: Iterable[str], *, clip_norm: float | 
         f"HYPERPARAMS = {hyper_table!r}",
         "TRAINABLE = (" + "".join(f"\n    {p!r}," for p in params) + ("\n)" if params else ")"),
         f"SLOTS = {d.slots!r}",
-        *(_SCRATCH if xp == "np" else []),
+        *(() if target.fuses else _SCRATCH),
         "",
         "",
         "def _opt_clip_scale(grads, clip_norm):",
@@ -259,46 +258,57 @@ def emit_optimizer(name: str, param_names: Iterable[str], *, clip_norm: float | 
         "    }",
         "",
         "",
-        *_update_function(d, xp),
+        *_update_function(d, target),
+        *_apply_update(d, params, values, clip_norm, target),
+        "",
+        "",
+        *_step(name, model_state),
+    ]
+    return "\n".join(out) + "\n"
+
+
+def _apply_update(d: OptimizerDef, params: list[str], values: dict[str, float], clip_norm: float | None,
+                  backend: Backend) -> list[str]:
+    """``apply_update``: the step's constants, then one update call per param."""
+    kw = ", ".join(f"{k}={v!r}" for k, v in values.items())
+    kw = f"{kw}, clip_norm={clip_norm!r}" if kw else f"clip_norm={clip_norm!r}"
+    uses_t = any(re.search(r"\bt\b", line) for line in d.prelude)   # the bias corrections of adam
+    name = d.name
+    out = [
         f"def apply_update(params, grads, opt_state, lr, /, *, {kw}):",
         f'    """One {name} step (see _{name}_update), in place on params and opt_state.',
         "",
-        "    lr is this step's learning rate; grads are read, never written. With clip_norm set, the",
+        "    lr is this step\'s learning rate; grads are read, never written. With clip_norm set, the",
         '    gradients count as scaled to a global norm of at most clip_norm."""',
         "    lr = float(lr)",
-        "    t = opt_state['step'] = opt_state['step'] + 1" if uses_t else "    opt_state['step'] += 1",
+        "    t = opt_state[\'step\'] = opt_state[\'step\'] + 1" if uses_t else "    opt_state[\'step\'] += 1",
         "    scale = 1.0 if clip_norm is None else _opt_clip_scale(grads, clip_norm)",
         *(f"    {line}" for line in d.prelude),
         *(f"    {slot} = opt_state[{slot!r}]" for slot in d.slots),
     ]
     args = ", ".join(d.kernel_args)
     for p in params:
-        if xp == "np":
-            slots = "".join(f"{slot}[{p!r}], " for slot in d.slots)
-            out.append(f"    _{name}_update(params[{p!r}], grads[{p!r}], {slots}_opt_scratch(params[{p!r}]), {args})")
-        else:
+        if backend.fuses:
             slots = "".join(f", {slot}[{p!r}]" for slot in d.slots)
             out.append(f"    _{name}_kernel(grads[{p!r}], {args}, params[{p!r}]{slots})")
-    out += [
-        "",
-        "",
+        else:
+            slots = "".join(f"{slot}[{p!r}], " for slot in d.slots)
+            out.append(f"    _{name}_update(params[{p!r}], grads[{p!r}], {slots}_opt_scratch(params[{p!r}]), {args})")
+    return out
+
+
+def _step(name: str, model_state: bool) -> list[str]:
+    """``step``: value_and_grad and apply_update in one call, returning what value_and_grad does
+    but the gradients (with state, the new state too)."""
+    returns, results, kept = (("(outputs, new_state)", "outputs, grads, new_state", "outputs, new_state")
+                              if model_state else ("the outputs", "outputs, grads", "outputs"))
+    return [
         "def step(params, opt_state, lr, state=None, rng=None, /, **inputs):",
+        f'    """Forward, backward and one {name} update in a single call; returns {returns}."""',
+        f"    {results} = value_and_grad(params, state, rng, **inputs)",
+        "    apply_update(params, grads, opt_state, lr)",
+        f"    return {kept}",
     ]
-    if model_state:
-        out += [
-            f'    """Forward, backward and one {name} update in a single call; returns (outputs, new_state)."""',
-            "    outputs, grads, new_state = value_and_grad(params, state, rng, **inputs)",
-            "    apply_update(params, grads, opt_state, lr)",
-            "    return outputs, new_state",
-        ]
-    else:
-        out += [
-            f'    """Forward, backward and one {name} update in a single call; returns the outputs."""',
-            "    outputs, grads = value_and_grad(params, state, rng, **inputs)",
-            "    apply_update(params, grads, opt_state, lr)",
-            "    return outputs",
-        ]
-    return "\n".join(out) + "\n"
 
 
 _SCRATCH = (
@@ -314,9 +324,9 @@ _SCRATCH = (
 )
 
 
-def _update_function(d: OptimizerDef, xp: str) -> list[str]:
-    """numpy: a function of in-place ufunc calls; CuPy: one fused kernel over p, g and the slots."""
-    if xp == "np":
+def _update_function(d: OptimizerDef, backend: Backend) -> list[str]:
+    """A function of in-place ufunc calls, or where the backend fuses, one kernel over p, g and the slots."""
+    if not backend.fuses:
         return [f"def _{d.name}_update(p, g, {''.join(s + ', ' for s in d.slots)}w, {', '.join(d.kernel_args)}):",
                 '    """In place on p and its state (w is scratch):',
                 f'    {d.formula}"""',
@@ -325,7 +335,7 @@ def _update_function(d: OptimizerDef, xp: str) -> list[str]:
     inputs = ", ".join(f"T {a}" for a in ("g", *d.kernel_args))
     outputs = ", ".join(f"T {a}" for a in ("p", *d.slots))
     return [f"# {d.formula}",
-            f"_{d.name}_kernel = cp.ElementwiseKernel({inputs!r}, {outputs!r}, {d.cuda!r}, 'nncompile_{d.name}')",
+            f"_{d.name}_kernel = {backend.elementwise_kernel(inputs, outputs, d.cuda, f'nncompile_{d.name}')}",
             "", ""]
 
 

@@ -135,6 +135,20 @@ def test_symbolic_batch_size_varies_between_calls() -> None:
         assert out["scores"].shape == (n, 10) and grads["X"].shape == (n, 64)
 
 
+def test_one_condition_binds_each_dim_after_the_ndim_test_that_makes_it_safe(tmp_path: Path) -> None:
+    path = write_nn(tmp_path, "square.nn", "input x: float[N, N]\ninput y: float[N]\nloss = sum(x @ y)\nminimize loss\n")
+    source = compile_file(path, dtype="float64")
+    reader = next(f for f in ast.parse(source).body if isinstance(f, ast.FunctionDef) and f.name == "_read_inputs")
+    condition = next(node for node in ast.walk(reader) if isinstance(node, ast.BoolOp) and isinstance(node.op, ast.And))
+    tests = [ast.unparse(test) for test in condition.values]
+    assert tests[2:5] == ["x.ndim == 2", "(N := x.shape[0]) >= 0", "x.shape[1] == N"]
+    assert sum(":=" in test for test in tests) == 1 and tests.index("y.shape[0] == N") > tests.index("y.ndim == 1")
+    m = load_module(source)
+    assert m.value_and_grad({}, x=np.ones((3, 3)), y=np.ones(3))[1]["y"].shape == (3,)
+    with pytest.raises(ValueError, match="N = 2"):
+        m.value_and_grad({}, x=np.ones((3, 3)), y=np.ones(2))
+
+
 def test_results_are_not_overwritten_by_later_calls() -> None:
     """Outputs and gradients are fresh arrays: the next call (which may reuse workspace
     buffers) must not change what an earlier call returned, nor the caller's arrays."""

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..backends import BACKENDS
 from ..errors import NNError
 from ..optim import OPTIMIZERS
 from .data import NORMALIZE
@@ -66,7 +67,7 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--eps", type=float, help="adagrad, rmsprop, adam, adamw (default: 1e-8)")
     g.add_argument("--decay-rate", type=float, help="rmsprop (default: 0.99)")
     g.add_argument("--weight-decay", type=float, help="adamw, decoupled (default: 0.01)")
-    g.add_argument("--backend", choices=("numpy", "cupy"), default="numpy",
+    g.add_argument("--backend", choices=tuple(BACKENDS), default="numpy",
                    help="numpy (CPU) or cupy (NVIDIA GPU: the data goes to the device once per epoch)")
     g.add_argument("--dtype", choices=("float32", "float64"), default=None,
                    help="float precision (default: the file's, else float32)")

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backends import BACKENDS
 from ..compiler import compile_file, load_module
 from ..errors import NNError
 from ..gradcheck import TOLERANCE
@@ -102,8 +103,8 @@ class TrainConfig:
         if self.normalize is not None and self.normalize not in NORMALIZE:
             raise NNError(f"--normalize must be one of {', '.join(NORMALIZE)}, not {self.normalize!r}")
         make_schedule(self.schedule, self.lr, 1, self.epochs)   # a bad --schedule fails before any work
-        if self.backend not in ("numpy", "cupy"):
-            raise NNError(f"--backend must be numpy or cupy, not {self.backend!r}")
+        if self.backend not in BACKENDS:
+            raise NNError(f"--backend must be {' or '.join(BACKENDS)}, not {self.backend!r}")
 
 
 @dataclass(frozen=True)
@@ -497,13 +498,10 @@ class Trainer:
 
 def array_module(backend: str) -> ModuleType:
     """numpy, or CuPy for the GPU backend (with a clear error where it is not installed)."""
-    if backend == "numpy":
-        return np
     try:
-        import cupy
+        return BACKENDS[backend].array_module()
     except ImportError:
-        raise NNError("the cupy backend needs CuPy and an NVIDIA GPU: pip install cupy-cuda12x") from None
-    return cupy
+        raise NNError(f"the {backend} backend needs {BACKENDS[backend].needs}") from None
 
 
 def to_host(array: Any) -> np.ndarray:

@@ -1,0 +1,310 @@
+"""The generated functions: forward, value_and_grad and trace, each a straight line of
+statements in schedule order, with its arguments read, its workspace fetched and its
+results returned without aliasing anything the caller holds."""
+from __future__ import annotations
+
+from ..backends import Backend
+from ..errors import Sources
+from ..ir import Node
+from ..ops import REGISTRY, EmitContext, literal
+from ..schedule import Plan, plan_buffers, schedule
+from ..shapes import Shape, show
+from .names import Names, basename, c_source, plain, safe_comment, source
+from .program import Program
+
+
+class Definitions:
+    """What a module defines once, at its top, for all its functions and both modes: the
+    workspace caches, the fused kernels, and the comment naming each .nn line."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.caches: list[str] = []
+        self.kernels: dict[tuple[str, int], str] = {}
+        self.comments: dict[tuple[str, int, bool], str] = {}
+
+    def kernel(self, expr: str, arity: int, var: str) -> str:
+        """The module-level ElementwiseKernel computing a fused node (one per distinct expression)."""
+        key = (expr, arity)
+        if key not in self.kernels:
+            name, taken = f"_kernel_{var}", set(self.kernels.values())
+            while name in taken:  # the same variable name in another function or mode
+                name += "_"
+            self.kernels[key] = name
+        return self.kernels[key]
+
+    def kernel_definitions(self) -> list[str]:
+        lines = []
+        for (expr, arity), name in self.kernels.items():
+            params = ", ".join(f"T x{i}" for i in range(arity))
+            definition = self.backend.elementwise_kernel(params, "T y", "y = " + c_source(expr), "nncompile" + name)
+            lines.append(f"{name} = {definition}")
+        return lines
+
+    def where(self, node: Node) -> str | None:
+        """``file.nn:12: the source line``, the comment above the statements a line became."""
+        if node.loc is None:
+            return None
+        key = (node.loc.file, node.loc.line, node.grad_of is not None)
+        if key not in self.comments:   # once per line: a line can be long and make thousands of nodes
+            text = Sources.line(node.loc.file, node.loc.line)
+            label = f"{basename(node.loc.file)}:{node.loc.line}"
+            if text is not None:
+                label += f": {text.strip()}"
+            if node.grad_of is not None:
+                label += "  (backward)"
+            self.comments[key] = safe_comment(label)
+        return self.comments[key]
+
+
+class _Context(EmitContext):
+    """What the ops' emit rules ask while one function is written."""
+
+    def __init__(self, definitions: Definitions, dims: dict[str, str]):
+        self.definitions = definitions
+        self.dims = dims
+        self.backend = definitions.backend
+        self.xp = definitions.backend.xp
+        self.dtype = "DTYPE"
+        self.target = "v"   # the variable the statement being emitted defines
+
+    def reduction(self, ufunc: str) -> str:
+        return self.backend.reduction(ufunc)
+
+    def kernel(self, expr: str, arity: int) -> str:
+        return self.definitions.kernel(expr, arity, self.target)
+
+    def dim(self, symbol: str) -> str:
+        return self.dims[symbol]
+
+    def shape(self, shape: Shape) -> str:
+        parts = [self.dims[d] if isinstance(d, str) else str(d) for d in shape]
+        return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
+
+
+class FunctionEmitter:
+    """Writes the functions of one program (the train-mode one, or forward()'s eval-mode one)."""
+
+    def __init__(self, program: Program, definitions: Definitions):
+        self.p = program
+        self.G = program.graph
+        self.model = program.model
+        self.definitions = definitions
+        self.backend = definitions.backend
+        self.xp = definitions.backend.xp
+        self.dim_names = program.dim_names
+
+    def function(self, fname: str, outputs: dict[str, int], grads: dict[str, int | None] | None, doc: str) -> str:
+        # Gradients in reverse: the last layer's first, as backprop runs, so each activation
+        # dies (and its buffer is reused) as early as possible.
+        results = [*outputs.values(), *reversed([g for g in (grads or {}).values() if g is not None])]
+        updates = self.p.updates if grads is not None else {}
+        results += list(updates.values())
+        body, names, ctx = self.body(fname, results)
+        ret_out = self.returned(outputs, names, ctx, set())
+        if grads is None:
+            body.append(f"    return {ret_out}")
+        else:
+            seen = set(outputs.values())
+            ret_grads = self.returned({k: v for k, v in grads.items()}, names, ctx, seen)
+            if self.model.state:
+                new_state = self.returned(updates, names, ctx, seen, keep=list(self.model.state))
+                body.append(f"    return {ret_out}, {ret_grads}, {new_state}")
+            else:
+                body.append(f"    return {ret_out}, {ret_grads}")
+        return "\n".join([f"def {fname}({self.signature(fname)}):", f'    """{doc}"""', *body])
+
+    def signature(self, fname: str) -> str:
+        """Positional-only extras, so no input name can collide with them."""
+        return "params, state=None, /, **inputs" if fname == "forward" else "params, state=None, rng=None, /, **inputs"
+
+    def trace_function(self) -> str:
+        """For eval and render: every forward value and every adjoint, keyed by node id."""
+        roots = list(self.p.trace_values.values()) + list(self.p.trace_grads.values())
+        body, names, ctx = self.body("trace", roots)
+        values = ", ".join(f"{k}: {self.array_ref(v, names, ctx)}" for k, v in self.p.trace_values.items())
+        grads = ", ".join(f"{k}: {self.array_ref(v, names, ctx)}" for k, v in self.p.trace_grads.items())
+        body.append(f"    return {{{values}}}, {{{grads}}}")
+        return "\n".join([f"def trace({self.signature('trace')}):",
+                          '    """Every intermediate value and gradient, keyed by graph node (for nncompile)."""',
+                          *body])
+
+    def body(self, fname: str, results: list[int]) -> tuple[list[str], dict[int, str], _Context]:
+        """Statements computing ``results``: inputs read, workspace fetched, ops in schedule order."""
+        order = schedule(self.G, results)
+        plan = plan_buffers(self.G, order, set(results))
+        names = Names()
+        ctx = _Context(self.definitions, {})
+        lines = self.read_inputs(names, ctx)
+        buffers = self.workspace(fname, plan, names, ctx, lines)
+        lines += self.read_params_and_state(set(order), names)
+        lines += self.operations(plan, buffers, names, ctx)
+        return lines, names.of, ctx
+
+    def read_inputs(self, names: Names, ctx: _Context) -> list[str]:
+        input_vars = [names.fresh(name) for name in self.model.inputs]
+        for name, var in zip(self.model.inputs, input_vars):
+            names.of[self.model.inputs[name]] = var
+        dim_vars = [names.fresh(d) for d in self.dim_names]
+        ctx.dims.update(zip(self.dim_names, dim_vars))
+        targets = ", ".join(input_vars + dim_vars)
+        if targets:
+            return [f"    {targets}{',' if len(input_vars) + len(dim_vars) == 1 else ''} = _read_inputs(inputs)"]
+        return ["    _read_inputs(inputs)"]
+
+    def workspace(self, fname: str, plan: Plan, names: Names, ctx: _Context, lines: list[str]) -> list[str]:
+        """The buffers' names, after appending the lines that fetch them (allocated once per set of dims)."""
+        if len(plan.slots) <= 16:
+            buffers = [names.fresh(f"buf{k}") for k in range(len(plan.slots))]
+        else:  # a deep model: index the workspace rather than name a thousand buffers
+            buffers = [f"buffers[{k}]" for k in range(len(plan.slots))]
+        if plan.slots:
+            cache = f"_{fname.upper()}_BUFFERS"
+            key = "(" + "".join(f"{ctx.dims[d]}, " for d in self.dim_names) + ")"
+            self.definitions.caches.append(cache)
+            lines += [f"    buffers = {cache}.get({key})",
+                      "    if buffers is None:  # first call with these dims: allocate the workspace",
+                      f"        buffers = {cache}[{key}] = _empty({_shape_list(ctx, plan.slots)})"]
+            if len(plan.slots) <= 16:
+                lines.append(f"    {', '.join(buffers)}{',' if len(buffers) == 1 else ''} = buffers")
+        return buffers
+
+    def read_params_and_state(self, needed: set[int], names: Names) -> list[str]:
+        """The params and state the statements use, and the random generator if they draw."""
+        lines = []
+        if any(n in needed for n in self.model.params.values()):
+            for name, n in self.model.params.items():
+                if n in needed:
+                    names.of[n] = names.fresh(name)
+            targets = [names.of.get(n, "_") for n in self.model.params.values()]
+            lines.append(f"    {', '.join(targets)}{',' if len(targets) == 1 else ''} = _read_params(params)")
+        if self.model.state:   # value_and_grad passes on what it does not update, even unused
+            lines.append("    state = init_state() if state is None else _read_state(state)")
+            for name, n in self.model.state.items():
+                if n in needed:
+                    names.of[n] = names.fresh(name)
+                    lines.append(f"    {names.of[n]} = state[{name!r}]")
+        if any(REGISTRY[self.G[n].op].random for n in needed):
+            lines.append("    if rng is None:  # pass a seeded generator for reproducible dropout masks")
+            lines.append(f"        rng = {self.xp}.random.default_rng()")
+        return lines
+
+    def operations(self, plan: Plan, buffers: list[str], names: Names, ctx: _Context) -> list[str]:
+        """The ops in schedule order, each under the comment naming its .nn line."""
+        G, lines, last_where = self.G, [], None
+        for n in plan.order:
+            node = G[n]
+            if node.is_leaf:
+                continue
+            where = self.definitions.where(node)
+            if where != last_where and where:
+                lines.append(f"    # {where}")
+                last_where = where
+            args = [self.ref(a, names.of) for a in node.args]
+            ctx.literals = frozenset(i for i, a in enumerate(node.args)
+                                     if G[a].op == "const" and not isinstance(G[a].attr("value"), tuple))
+            if n in plan.inplace:
+                out = names.of[plan.inplace[n]]
+            elif n in plan.slot:
+                out = buffers[plan.slot[n]]
+            else:
+                out = None
+            var = self.var_name(n, node, names)
+            lines += self.statement(ctx, node, var, args, out)
+        return lines
+
+    def statement(self, ctx: _Context, node: Node, var: str, args: list[str], out: str | None) -> list[str]:
+        """One op: a single call, or for elementwise ops a chain of ufuncs run in place."""
+        opdef = REGISTRY[node.op]
+        attrs = dict(node.attrs)
+        note = f"  # {self.describe(node)}"
+        if opdef.chain is not None and node.shape != ():
+            steps = opdef.chain(attrs)
+            lines = []
+            for i, (fn, *operands) in enumerate(steps):
+                names = [var if o == "$" else args[int(o)] if o.isdigit() else o for o in operands]
+                if i == 0:
+                    dest = [f"out={out}"] if out else []
+                    lines.append(f"    {var} = {self.xp}.{fn}({', '.join(names + dest)}){note}")
+                else:
+                    lines.append(f"    {self.xp}.{fn}({', '.join(names)}, out={var})")
+            return lines
+        ctx.target = var
+        return [f"    {var} = {opdef.emit(ctx, args, attrs, out=out if opdef.takes_out else None)}{note}"]
+
+    def var_name(self, n: int, node: Node, names: Names) -> str:
+        if node.grad_of is not None and self.G.nx.has_node(node.grad_of) and self.G[node.grad_of].name:
+            var = names.fresh("d_" + self.G[node.grad_of].name)
+        elif node.grad_of is None and node.name:
+            var = names.fresh(node.name)
+        else:
+            var = names.temp()
+        names.of[n] = var
+        return var
+
+    def describe(self, node: Node) -> str:
+        shape = show(node.shape) if node.shape else "scalar"
+        return shape if node.dtype == "float" else f"{node.dtype} {shape}"
+
+    def ref(self, n: int, names: dict[int, str]) -> str:
+        node = self.G[n]
+        if node.op == "const":
+            value = node.attr("value")
+            if node.shape == () or not isinstance(value, tuple):
+                return literal(value)
+            return f"{self.xp}.array({source(plain(value))}, dtype=DTYPE)"
+        return names[n]
+
+    def array_ref(self, n: int, names: dict[int, str], ctx: _Context) -> str:
+        """``ref``, with a constant made a value of the module's dtype (a seed of 1.0 is a Python
+        float in the code, but never in what the module returns)."""
+        node, expr = self.G[n], self.ref(n, names)
+        if node.op != "const":
+            return expr
+        if node.shape == () and self.backend.scalars:
+            return f"DTYPE({expr})"   # a numpy scalar, as numpy's ufuncs return one (CuPy has none)
+        if isinstance(node.attr("value"), tuple):
+            return expr
+        return f"{self.xp}.full({ctx.shape(node.shape)}, {expr}, dtype=DTYPE)"
+
+    def returned(self, values: dict[str, int | None], names: dict[int, str], ctx: _Context, seen: set[int],
+                 keep: list[str] | None = None) -> str:
+        """A dict of results that never aliases params, inputs, or each other.
+
+        With ``keep`` (the state's names), names without a new value pass the old one on."""
+        items = []
+        if keep is not None:
+            values = {name: values.get(name) for name in keep}
+        for name, n in values.items():
+            if n is None and keep is not None:
+                items.append(f"{name!r}: state[{name!r}]")
+                continue
+            node = self.G[n if n is not None else self.model.params.get(name, self.model.inputs.get(name))]
+            # A scalar is returned as numpy's ufuncs return one, a numpy scalar: immutable, so it
+            # needs no copy (CuPy has no scalars: there it is a 0-d array).
+            scalar = self.backend.scalars and node.shape == ()
+            if n is None:
+                expr = "DTYPE(0)" if scalar else f"{self.xp}.zeros({ctx.shape(node.shape)}, dtype=DTYPE)"
+            elif node.op == "const":
+                expr = self.array_ref(n, names, ctx)
+            else:
+                expr = self.ref(n, names)
+                if REGISTRY[node.op].view or node.is_leaf or n in seen:
+                    expr = f"{expr}[()]" if scalar else f"{self.xp}.array({expr})"
+                seen.add(n)
+            items.append(f"{name!r}: {expr}")
+        if not items:
+            return "{}"
+        return "{\n" + "".join(f"        {item},\n" for item in items) + "    }"
+
+
+def _shape_list(ctx: _Context, slots: list[tuple[Shape, str]]) -> str:
+    """The workspace's shapes as a short list expression: runs of one shape are multiplied."""
+    runs: list[list] = []
+    for shape, _ in slots:
+        if runs and runs[-1][0] == shape:
+            runs[-1][1] += 1
+        else:
+            runs.append([shape, 1])
+    parts = [f"[{ctx.shape(shape)}]" + (f" * {count}" if count > 1 else "") for shape, count in runs]
+    return " + ".join(parts)

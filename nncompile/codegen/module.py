@@ -1,0 +1,149 @@
+"""The module: its docstring and imports, the tables, the readers and helpers, init_params,
+and the functions, put together in a fixed order."""
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+from ..backends import BACKENDS, Backend
+from ..initializers import INITIALIZERS
+from ..ir import Graph
+from ..ops import REGISTRY
+from ..version import __version__
+from . import runtime
+from .functions import Definitions, FunctionEmitter
+from .names import Verbatim, docstring_text, source
+from .program import Program
+from .readers import read_inputs, read_table
+
+NUMPY_DTYPES = {"float": None, "int": "int64", "bool": "bool"}
+
+
+def emit_module(program: Program, *, trace: bool = False, backend: str = "numpy") -> str:
+    """The module's source. ``backend="cupy"`` keeps arrays on an NVIDIA GPU: the same code
+    with ``cp`` for ``np``, and each fused elementwise group one ``cp.ElementwiseKernel``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}")
+    if trace and not BACKENDS[backend].traces:
+        raise ValueError(f"the {backend} backend has no trace functions (they are numpy-only)")
+    return _Module(program, BACKENDS[backend]).write(trace)
+
+
+class _Module:
+    def __init__(self, program: Program, backend: Backend):
+        self.p = program
+        self.backend = backend
+        self.G = program.graph
+        self.model = program.model
+        self.dtype = self.model.dtype
+        self.dim_names = program.dim_names
+        # Module-level definitions are shared by the functions of both modes' programs.
+        self.definitions = Definitions(backend)
+        self.functions = FunctionEmitter(program, self.definitions)
+        self.evaluation = (self.functions if program.eval_program is None
+                           else FunctionEmitter(program.eval_program, self.definitions))
+
+    def write(self, trace: bool) -> str:
+        model, retarget = self.model, self.backend.retarget
+        parts = [
+            self.header(),
+            self.tables(),
+            read_inputs(self.p, self.backend),
+            retarget(runtime.CONVERT_INPUTS),
+            *([read_table(self.p, self.backend, "params")] if model.params else []),
+            *([read_table(self.p, self.backend, "state")] if model.state else []),
+            *([retarget(runtime.CONVERT)] if model.params or model.state else []),
+            *self.helpers(self.evaluation.G),
+            self.init_params(),
+            *([self.init_params("state")] if model.state else []),
+            self.evaluation.function("forward", self.evaluation.p.outputs, None,
+                                     "Every declared output, for the given params and inputs"
+                                     + (", in eval mode." if model.mode_dependent else ".")),
+        ]
+        if model.target is not None:
+            doc = ("The outputs, and the gradient of the loss with respect to every param and float input"
+                   + (", in train mode." if model.mode_dependent else ".")
+                   + ("\n\n    With state, also the new state (running statistics after this step)."
+                      if model.state else ""))
+            parts.append(self.functions.function("value_and_grad", self.p.outputs, self.p.grads, doc))
+        if trace:
+            parts.append(self.functions.trace_function())
+        definitions = self.definitions
+        if definitions.kernels:  # defined once at import; CuPy compiles each on first use and caches it
+            parts.insert(3, "\n".join(definitions.kernel_definitions()))
+        if definitions.caches:  # workspaces, one per function and set of dims, made on first use
+            parts.insert(3, "\n".join(f"{cache} = {{}}" for cache in definitions.caches) + "\n\n\n"
+                         + retarget(runtime.EMPTY))
+        return "\n\n\n".join(parts).rstrip() + "\n"
+
+    def header(self) -> str:
+        """The module's docstring and imports."""
+        return (f'"""{docstring_text(Path(self.model.file).name)}, compiled by nncompile {__version__}: '
+                f'forward and backward passes in {self.backend.name}.\n\n'
+                "Generated code: edit the .nn file and compile again rather than editing this.\n"
+                'INPUTS, PARAMS and OUTPUTS map names to (shape, dtype); symbolic dims are strings.\n"""\n\n'
+                + "\n".join(self.backend.imports))
+
+    def tables(self) -> str:
+        """OUTPUTS describes what forward() returns (eval mode), TRAIN_OUTPUTS what
+        value_and_grad() returns (train mode: a train block's loss, say, exists only there)."""
+        m = self.model
+        evaluation = self.p.eval_program or self.p
+
+        def entry(G: Graph, n: int) -> str:
+            node = G[n]
+            dtype = NUMPY_DTYPES[node.dtype] or self.dtype
+            return f"({tuple(node.shape)!r}, {dtype!r})"
+
+        lines = [f"DTYPE = np.{self.dtype}"]
+        tables = [("INPUTS", m.inputs, self.G), ("PARAMS", m.params, self.G),
+                  ("OUTPUTS", evaluation.outputs, evaluation.graph)]
+        if m.target is not None:
+            tables.append(("TRAIN_OUTPUTS", self.p.outputs, self.G))
+        if m.state:
+            tables.append(("STATE", m.state, self.G))
+        for title, table, G in tables:
+            lines.append(f"{title} = {{")
+            lines += [f"    {name!r}: {entry(G, n)}," for name, n in table.items()]
+            lines.append("}")
+        loss = next((name for name, n in m.outputs.items() if n == m.target), None)
+        lines.append(f"LOSS = {loss!r}")
+        lines.append(f"DEFAULTS = {source(m.defaults)}")
+        lines.append(f"BOUNDS = {m.int_bounds!r}")
+        lines.append(f"DIM_BOUNDS = {m.dim_bounds!r}")
+        lines.append(f"MIN_DIMS = {m.min_dims!r}")
+        lines.append(f"DIMS = {tuple(self.dim_names)!r}")
+        return "\n".join(lines)
+
+    def helpers(self, other: Graph) -> list[str]:
+        texts: list[str] = []
+        for n, G in [*((n, self.G) for n in self.G.nodes()), *((n, other) for n in other.nodes())]:
+            for helper in REGISTRY[G[n].op].helpers:
+                if self.backend.retarget(helper) not in texts:
+                    texts.append(self.backend.retarget(helper))
+        return texts
+
+    def init_params(self, kind: str = "params") -> str:
+        if kind == "params":
+            lines = ["def init_params(seed=0):",
+                     '    """Fresh params drawn as the .nn file says: the same seed always gives the same params.',
+                     "",
+                     "    Each param has its own random stream, keyed by its name, so adding a param to the",
+                     '    model does not change the others."""']
+        else:
+            lines = ["def init_state(seed=0):",
+                     '    """The state a model starts from (running statistics before any training)."""']
+        lines.append("    return {")
+        for name, n in (self.model.params if kind == "params" else self.model.state).items():
+            spec = self.model.param_inits[name]
+            shape = repr(tuple(self.G[n].shape))
+            args = {k: Verbatim(source(v)) for k, v in spec.args}
+            if spec.init == "constant" and isinstance(dict(spec.args)["value"], list):
+                expr = f"np.array({args['value']})"
+            else:
+                rng = f"np.random.default_rng((seed, {zlib.crc32(name.encode())}))"
+                expr = INITIALIZERS[spec.init].draw(rng, shape, spec.fan_in, spec.fan_out, args)
+            value = f"np.asarray({expr}, dtype=DTYPE)"
+            lines.append(f"        {name!r}: {self.backend.to_device.format(value)},")
+        lines.append("    }")
+        return "\n".join(lines)

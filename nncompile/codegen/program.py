@@ -1,0 +1,31 @@
+"""What the emitter is given: an optimised graph and the values the module must return."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..ir import Graph, Model
+
+
+@dataclass
+class Program:
+    """What the emitter needs: an optimised graph and the values the module must return."""
+
+    model: Model
+    graph: Graph
+    outputs: dict[str, int]
+    grads: dict[str, int | None]           # wrt name -> its gradient node (None: no dependence)
+    updates: dict[str, int] = field(default_factory=dict)  # state name -> its new value (train mode)
+    trace_values: dict[int, int] = field(default_factory=dict)   # forward node -> node holding it
+    trace_grads: dict[int, int] = field(default_factory=dict)    # forward node -> its adjoint
+    eval_program: Program | None = None   # forward()'s program, when eval mode differs from train mode
+
+
+    @property
+    def dim_names(self) -> list[str]:
+        """The symbolic dims of the inputs, in the order they first appear (the module's DIMS)."""
+        names: list[str] = []
+        for n in self.model.inputs.values():
+            for d in self.graph[n].shape:
+                if isinstance(d, str) and d not in names:
+                    names.append(d)
+        return names

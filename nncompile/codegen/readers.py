@@ -1,0 +1,128 @@
+"""The per-call readers of a module's arguments: ``_read_inputs``, ``_read_params``, ``_read_state``.
+
+Each is specialised to its model: a condition of a few attribute tests lets arrays of the
+right type, dtype and shape straight through, and anything else goes to the general
+converter (codegen/runtime.py), which converts or says what is wrong. The condition is built
+as a list of :class:`Check` records and written out once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..backends import Backend
+from ..ir import Model
+from ..shapes import Shape
+from .names import Names
+from .program import Program
+
+_CHECKS = {
+    "type": "type({var}) is {value}.ndarray",
+    "dtype": "{var}.dtype is {value}",
+    "ndim": "{var}.ndim == {value}",
+    "shape": "{var}.shape == {value!r}",
+    "axis": "{var}.shape[{axis}] == {value}",
+    "bind": "({value} := {var}.shape[{axis}]) >= 0",   # binds a dim while the condition runs
+    "least": "{var} >= {value}",
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One test of a reader's fast path (``kind`` one of _CHECKS), written out once, as Python."""
+
+    kind: str
+    var: str
+    value: Any
+    axis: int | None = None
+
+    def __str__(self) -> str:
+        return _CHECKS[self.kind].format(var=self.var, value=self.value, axis=self.axis)
+
+
+def dim_checks(var: str, shape: Shape, dims: dict[str, str], names: Names) -> list[Check]:
+    """The tests of one input's axes, once its ndim is known: first bind each dim this input
+    is the first to have (``N := X.shape[0]``), then compare every other axis with its size."""
+    binds, sizes = [], []
+    for axis, d in enumerate(shape):
+        if isinstance(d, str) and d not in dims:
+            dims[d] = names.fresh(d)
+            binds.append(Check("bind", var, dims[d], axis))
+        else:
+            sizes.append(Check("axis", var, dims[d] if isinstance(d, str) else d, axis))
+    return binds + sizes
+
+
+def read_inputs(program: Program, backend: Backend) -> str:
+    """The per-call input check, specialised to this model: a few attribute tests when the
+    caller passes arrays of the right dtype and shape, the general converter otherwise."""
+    model = program.model
+    lines = ["_FLOAT, _INT = np.dtype(DTYPE), np.dtype(np.int64)  # the fast paths compare dtypes by identity",
+             "",
+             "",
+             "def _read_inputs(inputs):",
+             '    """The inputs in INPUTS order, then the DIMS; arrays already right pass straight through."""']
+    if not model.inputs:
+        lines += ["    if inputs:", "        _convert_inputs(inputs)", "    return ()"]
+        return "\n".join(lines)
+    names = Names()
+    vars_ = {name: names.fresh(name) for name in model.inputs}
+    dims: dict[str, str] = {}
+    checks: list[Check] = []
+    for name, n in model.inputs.items():
+        node, var = program.graph[n], vars_[name]
+        dtype = "_FLOAT" if node.dtype == "float" else "_INT"
+        checks += [Check("type", var, backend.xp), Check("dtype", var, dtype), Check("ndim", var, len(node.shape))]
+        checks += dim_checks(var, node.shape, dims, names)
+    checks += [Check("least", dims[d], least) for d, least in model.min_dims.items()]
+    get = ", ".join(f"inputs.get({name!r})" for name in model.inputs)
+    lines.append(f"    {', '.join(vars_.values())} = {get}")
+    cond = " and\n            ".join(map(str, checks))
+    lines += [f"    if len(inputs) != {len(vars_)} or not (", f"            {cond}):"]
+    lines.append("        return _convert_inputs(inputs)")
+    lines += bound_checks(model, vars_, dims)
+    result = [*vars_.values(), *(dims[d] for d in program.dim_names)]
+    lines.append(f"    return {', '.join(result)}{',' if len(result) == 1 else ''}")
+    return "\n".join(lines)
+
+
+def bound_checks(model: Model, vars_: dict[str, str], dims: dict[str, str]) -> list[str]:
+    """Labels and indices must lie below their bound (a number, or a dim of the call):
+    tested after the fast path's condition, which has bound the dims."""
+    lines = []
+    for name in model.inputs:
+        limits = [str(b) for b in [model.int_bounds.get(name)] if b is not None]
+        limits += [dims[d] for d in model.dim_bounds.get(name, ())]
+        if limits:
+            var, limit = vars_[name], limits[0] if len(limits) == 1 else f"min({', '.join(limits)})"
+            lines.append(f"    if {var}.size and ({var}.min() < 0 or {var}.max() >= {limit}):")
+            lines.append("        return _convert_inputs(inputs)  # raises the error")
+    return lines
+
+
+def read_table(program: Program, backend: Backend, arg: str) -> str:
+    """``_read_params`` or ``_read_state``: the per-call check, like the inputs'. Arrays of
+    the right type, dtype and shape pass straight through; anything else goes to the
+    converter, which says what is wrong (params come back as a tuple, state as a dict)."""
+    model = program.model
+    table, TABLE, one = ((model.params, "PARAMS", "param") if arg == "params"
+                         else (model.state, "STATE", "state"))
+    names = Names()
+    vars_ = [names.fresh(name) for name in table]
+    checks = []
+    for var, n in zip(vars_, table.values()):
+        checks += [Check("type", var, backend.xp), Check("dtype", var, "_FLOAT"),
+                   Check("shape", var, tuple(program.graph[n].shape))]
+    cond = " and\n            ".join(map(str, checks))
+    convert = f'_convert({arg}, {TABLE}, "{one}", "{arg}")'
+    fallback, ok = ((convert, f"{', '.join(vars_)}{',' if len(vars_) == 1 else ''}") if arg == "params"
+                    else (f"dict(zip(STATE, {convert}))", "state"))
+    return "\n".join([
+        f"def _read_{arg}({arg}):",
+        f'    """The {arg} in {TABLE} order; arrays already right pass straight through."""',
+        f"    if type({arg}) is not dict or len({arg}) != {len(vars_)}:",
+        f"        return {fallback}",
+        f"    {', '.join(vars_)} = {', '.join(f'{arg}.get({name!r})' for name in table)}",
+        f"    if not ({cond}):",
+        f"        return {fallback}",
+        f"    return {ok}"])

@@ -1,0 +1,72 @@
+"""The generated module's own helpers, written once, for numpy (``Backend.retarget`` moves
+them to another array module): the converters behind the readers' fast paths, and the
+workspace allocator."""
+
+CONVERT = '''def _convert(values, table, kind, kinds):
+    """Check and convert the caller's params or state (init_params() and init_state() make right
+    ones): returns them in the table's order."""
+    if not hasattr(values, "keys"):
+        raise TypeError(f"{kinds} must be a dict of arrays, as init_{kinds}() returns, not {type(values).__name__}")
+    missing = [name for name in table if name not in values]
+    unknown = sorted(values.keys() - table.keys())
+    if missing or unknown:
+        wrong = [f"{what} {kind}(s) {names}" for what, names in (("missing", missing), ("unknown", unknown)) if names]
+        raise TypeError(f"{'; '.join(wrong)}: this model's {kinds} are {list(table)}")
+    arrays = []
+    for name, (shape, dtype) in table.items():
+        array = np.asarray(values[name])
+        if array.dtype.kind not in "fiub":
+            raise TypeError(f"{kind} {name!r} must be numeric, not {array.dtype}")
+        if array.shape != shape:
+            raise ValueError(f"{kind} {name!r} must have shape {list(shape)}, not {list(array.shape)}")
+        arrays.append(array.astype(dtype, copy=False))
+    return tuple(arrays)'''
+
+
+EMPTY = '''def _empty(shapes):
+    """Workspace buffers: allocated once per set of dims, then reused by every call."""
+    return tuple(np.empty(shape, dtype=DTYPE) for shape in shapes)'''
+
+
+CONVERT_INPUTS = '''def _convert_inputs(inputs):
+    """Check and convert the caller's inputs: returns them in INPUTS order, then the DIMS."""
+    unknown = inputs.keys() - INPUTS.keys()
+    if unknown:
+        raise TypeError(f"unknown input(s) {sorted(unknown)}; this model takes {list(INPUTS)}")
+    values, dims = [], {}
+    for name, (shape, dtype) in INPUTS.items():
+        if name in inputs:
+            array = np.asarray(inputs[name])
+        elif name in DEFAULTS:
+            array = np.asarray(DEFAULTS[name])
+        else:
+            raise TypeError(f"missing input {name!r}: {dtype}{list(shape)}")
+        if dtype.startswith("int") and array.dtype.kind not in "iu":
+            raise TypeError(f"input {name!r} must hold integers, not {array.dtype}")
+        if array.dtype.kind not in "fiub":
+            raise TypeError(f"input {name!r} must be numeric, not {array.dtype}")
+        array = array.astype(dtype, copy=False)
+        if array.ndim != len(shape):
+            raise ValueError(f"input {name!r} must have {len(shape)} dims {list(shape)}, not shape {array.shape}")
+        for want, got in zip(shape, array.shape):
+            if isinstance(want, str):
+                if dims.setdefault(want, got) != got:
+                    raise ValueError(f"input {name!r} has {want} = {got}, but an earlier input has {want} = {dims[want]}")
+            elif want != got:
+                raise ValueError(f"input {name!r} must have shape {list(shape)}, not {array.shape}")
+        values.append(array)
+    for dim, least in MIN_DIMS.items():
+        if dims[dim] < least:
+            name = next(name for name, (shape, _) in INPUTS.items() if dim in shape)
+            raise ValueError(f"input {name!r} has {dim} = {dims[dim]}, but the model takes a fixed entry "
+                             f"of that axis that needs {dim} >= {least}")
+    for name, array in zip(INPUTS, values):
+        limits = [(BOUNDS[name], str(BOUNDS[name]))] if name in BOUNDS else []
+        limits += [(dims[dim], f"{dim}) = [0, {dims[dim]}") for dim in DIM_BOUNDS.get(name, ())]
+        if not limits or not array.size:
+            continue
+        (limit, shown), low, high = min(limits), array.min(), array.max()
+        if low < 0 or high >= limit:
+            raise ValueError(f"input {name!r} holds {low if low < 0 else high}: its entries are class labels or "
+                             f"indices, which must lie in [0, {shown})")
+    return (*values, *(dims[d] for d in DIMS))'''
