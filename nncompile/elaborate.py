@@ -677,8 +677,7 @@ class Elaborator:
         if "shape" in attrs and not isinstance(attrs["shape"], tuple):
             raise NNError(f"{opdef.name}() needs a shape, like {opdef.name}(x, [2, 3])"
                           + ("" if attrs["shape"] is None else f", not {attrs['shape']!r}"), call.loc)
-        if opdef.lower is not None:  # an op whose meaning depends on the mode, like dropout
-            self.model.mode_dependent = True
+        if opdef.lower is not None:  # a composite, or an op whose meaning depends on the mode, like dropout
             try:
                 return opdef.lower(self, args, attrs, call.loc, scope)
             except ShapeError as exc:

@@ -11,6 +11,7 @@ intermediate values, optimised and not, dtype checks in float32 and float64, and
 comparison of its C scalar form, compiled with gcc, with its numpy form.
 """
 from . import basic, toolkit  # noqa: F401 - declaring the ops fills REGISTRY
-from .registry import REGISTRY, EmitContext, OpDef, Sample, broadcast, constant, elementwise, literal, op, sum_to
+from .registry import REGISTRY, EmitContext, OpDef, Sample, composite, elementwise, literal, op
+from .value import Value, constant, sum_to
 
-__all__ = ["REGISTRY", "EmitContext", "OpDef", "Sample", "broadcast", "constant", "elementwise", "literal", "op", "sum_to"]
+__all__ = ["REGISTRY", "EmitContext", "OpDef", "Sample", "composite", "constant", "elementwise", "literal", "op", "sum_to", "Value"]

@@ -5,15 +5,14 @@ whole op: shape rule, emitter, C scalar form, gradient rule and gradient-check s
 """
 from __future__ import annotations
 
-from ..ir import Graph
 from ..shapes import ShapeError, unbroadcast_axes
+from .value import Value
 from .registry import (
     _COMPARE,
     EmitContext,
     Sample,
     _along_axis_rule,
     _ce_grad_rule,
-    _count,
     _dispatch_ce,
     _emit_broadcast,
     _emit_dim,
@@ -29,15 +28,11 @@ from .registry import (
     _same_as_first,
     _target_shape_rule,
     _transpose_rule,
-    broadcast,
     call,
-    constant,
     elementwise,
     elementwise_rule,
     op,
-    per_element,
     reduce_call,
-    sum_to,
     template,
 )
 
@@ -74,189 +69,84 @@ def _emit_sigmoid(ctx: EmitContext, args: list[str], attrs: dict, out: str | Non
 
 
 # ---- gradient rules -------------------------------------------------------------------
-# Each returns one gradient per operand, shaped like the op's output (or like the operand);
-# autodiff sums away broadcast axes, so rules never need to.
+# A rule takes the upstream gradient g, the op's output and its operands, as values
+# (:mod:`.value`), and returns one gradient per operand (None for one that carries none),
+# shaped like the op's output or like the operand: autodiff sums away broadcast axes, so
+# rules never need to. Rules of a line are written in their op's entry below.
 
-def _vjp_add(G: Graph, n: int, g: int):
-    return g, g
-
-
-def _vjp_sub(G: Graph, n: int, g: int):
-    return g, G.add("neg", [g])
-
-
-def _vjp_mul(G: Graph, n: int, g: int):
-    a, b = G[n].args
-    return G.add("mul", [g, b]), G.add("mul", [g, a])
-
-
-def _vjp_div(G: Graph, n: int, g: int):
-    a, b = G[n].args
-    ga = G.add("div", [g, b])
-    return ga, G.add("neg", [G.add("mul", [ga, n])])
-
-
-def _vjp_pow(G: Graph, n: int, g: int):
+def _vjp_pow(g: Value, out: Value, a: Value, b: Value):
     # PyTorch's limits where the formulas give 0 * inf: d/da = b a^(b-1) is 0 where b == 0
     # (x ** 0 at x = 0), and d/db = a^b log(a) is 0 where a == 0 and b >= 0. Each mask moves
     # the offending power or log to 1 exactly there, and is a constant for higher derivatives.
-    a, b = G[n].args
-    zero = constant(G, 0.0)
-    b_is_0 = G.add("step", [b, zero], {"cmp": "=="})
-    power = G.add("pow", [a, G.add("add", [G.add("sub", [b, constant(G, 1.0)]), b_is_0])])
-    ga = G.add("mul", [g, G.add("mul", [b, power])])
-    a_is_0 = G.add("mul", [G.add("step", [a, zero], {"cmp": "=="}), G.add("step", [b, zero], {"cmp": ">="})])
-    gb = G.add("mul", [g, G.add("mul", [n, G.add("log", [G.add("add", [a, a_is_0])])])])
-    return ga, gb
+    zero = out.const(0.0)
+    b_is_0 = b.eq(zero)
+    ga = g * (b * a ** (b - 1.0 + b_is_0))
+    a_is_0 = a.eq(zero) * (b >= zero)
+    return ga, g * (out * (a + a_is_0).log())
 
 
-def _vjp_neg(G: Graph, n: int, g: int):
-    return (G.add("neg", [g]),)
+def _vjp_div(g: Value, out: Value, a: Value, b: Value):
+    ga = g / b
+    return ga, -(ga * out)
 
 
-def _vjp_exp(G: Graph, n: int, g: int):
-    return (G.add("mul", [g, n]),)
-
-
-def _vjp_log(G: Graph, n: int, g: int):
-    return (G.add("div", [g, G[n].args[0]]),)
-
-
-def _vjp_sqrt(G: Graph, n: int, g: int):
-    return (G.add("div", [G.add("mul", [g, constant(G, 0.5)]), n]),)
-
-
-def _vjp_abs(G: Graph, n: int, g: int):
-    return (G.add("mul", [g, G.add("sign", [G[n].args[0]])]),)
-
-
-def _vjp_tanh(G: Graph, n: int, g: int):
-    return (G.add("mul", [g, G.add("sub", [constant(G, 1.0), G.add("mul", [n, n])])]),)
-
-
-def _vjp_sigmoid(G: Graph, n: int, g: int):
-    return (G.add("mul", [g, G.add("mul", [n, G.add("sub", [constant(G, 1.0), n])])]),)
-
-
-def _vjp_relu(G: Graph, n: int, g: int):
-    # The mask comes from the output, so the pre-activation need not be kept for backward.
-    return (G.add("mul", [g, G.add("step", [n, constant(G, 0.0)], {"cmp": ">"})]),)
-
-
-def _gate(G: Graph, g: int, winner: int, loser: int) -> tuple[int, int]:
+def _gate(g: Value, winner: Value, loser: Value) -> tuple[Value, Value]:
     """The max gate: the gradient goes to the winning operand, and half to each on a tie
     (PyTorch's rule), so the two shares always sum to g."""
-    share = G.add("mul", [g, G.add("split", [winner, loser])])
-    return share, G.add("sub", [g, share])
+    share = g * winner.node("split", loser)
+    return share, g - share
 
 
-def _vjp_maximum(G: Graph, n: int, g: int):
-    a, b = G[n].args
-    return _gate(G, g, a, b)
-
-
-def _vjp_minimum(G: Graph, n: int, g: int):
-    a, b = G[n].args
-    return _gate(G, g, b, a)
-
-
-def _vjp_matmul(G: Graph, n: int, g: int):
-    a, b = G[n].args
-    sa, sb = G[a].shape, G[b].shape
+def _vjp_matmul(g: Value, out: Value, a: Value, b: Value):
+    sa, sb = a.shape, b.shape
     if len(sa) == 1 and len(sb) == 1:           # a dot product
-        return G.add("mul", [g, b]), G.add("mul", [g, a])
+        return g * b, g * a
     if len(sa) == 1:                             # [K] @ [..., K, M]: treat a as [1, K]
-        a2 = G.add("reshape", [a], {"shape": (1, sa[0])})
-        g2 = G.add("reshape", [g], {"shape": (*G[g].shape[:-1], 1, G[g].shape[-1])})
-        ga = G.add("matmul", [g2, _swap(G, b)])
-        ga = G.add("reshape", [ga], {"shape": (*G[ga].shape[:-2], sa[0])})
-        return sum_to(G, ga, sa), G.add("matmul", [_swap(G, a2), g2])
+        a2 = a.reshape((1, sa[0]))
+        g2 = g.reshape((*g.shape[:-1], 1, g.shape[-1]))
+        ga = g2 @ b.mT
+        return ga.reshape((*ga.shape[:-2], sa[0])).sum_to(sa), a2.mT @ g2
     if len(sb) == 1:                             # [..., N, K] @ [K]: treat b as [K, 1]
-        b2 = G.add("reshape", [b], {"shape": (sb[0], 1)})
-        g2 = G.add("reshape", [g], {"shape": (*G[g].shape, 1)})
-        gb = G.add("matmul", [_swap(G, a), g2])
-        gb = G.add("reshape", [gb], {"shape": G[gb].shape[:-1]})
-        return G.add("matmul", [g2, _swap(G, b2)]), sum_to(G, gb, sb)
-    return G.add("matmul", [g, _swap(G, b)]), G.add("matmul", [_swap(G, a), g])
+        b2 = b.reshape((sb[0], 1))
+        g2 = g.reshape((*g.shape, 1))
+        gb = a.mT @ g2
+        return g2 @ b2.mT, gb.reshape(gb.shape[:-1]).sum_to(sb)
+    return g @ b.mT, a.mT @ g
 
 
-def _swap(G: Graph, x: int) -> int:
-    rank = len(G[x].shape)
-    return G.add("transpose", [x], {"axes": (*range(rank - 2), rank - 1, rank - 2)})
-
-
-def _vjp_sum(G: Graph, n: int, g: int):
-    x = G[n].args[0]
-    return (broadcast(G, g, G[x].shape, G[n].attr("axis"), G[n].attr("keepdims")),)
-
-
-def _vjp_mean(G: Graph, n: int, g: int):
-    x = G[n].args[0]
-    factor, symbols = _count(G[x].shape, G[n].attr("axis"))
-    if symbols:
-        scaled = G.add("div", [g, G.add("dim", (), {"symbols": symbols, "factor": factor})])
-    else:
-        scaled = G.add("mul", [g, constant(G, 1.0 / factor)])
-    return (broadcast(G, scaled, G[x].shape, G[n].attr("axis"), G[n].attr("keepdims")),)
-
-
-def _vjp_max(G: Graph, n: int, g: int):
-    x = G[n].args[0]
-    shape, axis, keep = G[x].shape, G[n].attr("axis"), G[n].attr("keepdims")
-    return (route_to_maxima(G, x, n, g, shape, axis, keep),)
-
-
-def route_to_maxima(G: Graph, x: int, top: int, g: int, shape, axis, keepdims: bool) -> int:
+def route_to_maxima(g: Value, top: Value, x: Value, axis, keepdims: bool) -> Value:
     """The gradient of ``top = max(x, axis)``: g split evenly among the entries tied for the
     max (PyTorch's amax rule), so each reduced slice's gradient sums to its g."""
-    mask = G.add("step", [x, broadcast(G, top, shape, axis, keepdims)], {"cmp": "=="})
-    ties = G.add("sum", [mask], {"axis": axis, "keepdims": keepdims})
-    return G.add("mul", [mask, broadcast(G, G.add("div", [g, ties]), shape, axis, keepdims)])
+    mask = x.eq(top.broadcast(x.shape, axis, keepdims))
+    ties = mask.sum(axis, keepdims)
+    return mask * (g / ties).broadcast(x.shape, axis, keepdims)
 
 
-def _vjp_reshape(G: Graph, n: int, g: int):
-    return (G.add("reshape", [g], {"shape": G[G[n].args[0]].shape}),)
-
-
-def _vjp_transpose(G: Graph, n: int, g: int):
-    axes = G[n].attr("axes")
-    rank = len(G[n].shape)
+def _vjp_transpose(g: Value, out: Value, x: Value):
+    axes, rank = out.attr("axes"), len(out.shape)
     axes = tuple(reversed(range(rank))) if axes is None else tuple(a % rank for a in axes)
-    inverse = tuple(sorted(range(rank), key=lambda i: axes[i]))
-    return (G.add("transpose", [g], {"axes": inverse}),)
+    return g.transpose(sorted(range(rank), key=lambda i: axes[i]))   # the inverse permutation
 
 
-def _vjp_log_softmax(G: Graph, n: int, g: int):
-    axis = G[n].attr("axis")
-    total = G.add("sum", [g], {"axis": axis, "keepdims": True})
-    return (G.add("sub", [g, G.add("mul", [G.add("exp", [n]), total])]),)
+def _vjp_log_softmax(g: Value, out: Value, x: Value):
+    total = g.sum(out.attr("axis"), keepdims=True)
+    return g - out.exp() * total
 
 
-def _vjp_ce(G: Graph, n: int, g: int):
-    scores, labels = G[n].args
-    return G.add("softmax_cross_entropy_grad", [scores, labels, g]), None
-
-
-def _vjp_ce_grad(G: Graph, n: int, u: int):
+def _vjp_ce_grad(u: Value, out: Value, scores: Value, labels: Value, g: Value):
     # out = (softmax(s) - onehot(y)) g / N: linear in g, and softmax's VJP for s.
-    scores, labels, g = G[n].args
-    unit = G.add("softmax_cross_entropy_grad", [scores, labels, constant(G, 1.0)])
-    dg = G.add("sum", [G.add("mul", [u, unit])], {"axis": None, "keepdims": False})
-    v = G.add("mul", [u, per_element(G, g, G[scores].shape, rows_only=True)])
-    p = G.add("exp", [G.add("log_softmax", [scores], {"axis": 1})])
-    total = G.add("sum", [G.add("mul", [v, p])], {"axis": 1, "keepdims": True})
-    return G.add("mul", [p, G.add("sub", [v, total])]), None, dg
+    unit = scores.node("softmax_cross_entropy_grad", labels, u.const(1.0))
+    dg = (u * unit).sum()
+    v = u * g.per_element(scores.shape, axis=0)
+    p = scores.node("log_softmax", axis=1).exp()
+    total = (v * p).sum(1, keepdims=True)
+    return p * (v - total), None, dg
 
 
-def _vjp_sum_to(G: Graph, n: int, g: int):
-    return (G.add("broadcast_to", [g], {"shape": G[G[n].args[0]].shape, "axes": ()}),)
-
-
-def _vjp_broadcast_to(G: Graph, n: int, g: int):
-    axes = G[n].attr("axes")
-    if axes:   # the axes expand_dims inserted: summed away, then numpy's own broadcasting undone
-        g = G.add("sum", [g], {"axis": tuple(axes), "keepdims": False})
-    return (sum_to(G, g, G[G[n].args[0]].shape),)
+def _vjp_broadcast_to(g: Value, out: Value, x: Value):
+    if out.attr("axes"):   # the axes expand_dims inserted: summed away, then numpy's own broadcasting undone
+        g = g.sum(tuple(out.attr("axes")))
+    return g.sum_to(x.shape)
 
 
 # ---- the registry ---------------------------------------------------------------------
@@ -271,11 +161,11 @@ op("state", 0, emit=template("<state>"), **_LEAF)
 op("const", 0, emit=template("<const>"), **_LEAF)
 op("dim", 0, lambda ins, a: ((), "float"), _emit_dim, public=False, doc="a symbolic size as a number")
 
-elementwise("add", 2, (("add", "0", "1"),), "{0} + {1}", symbol="'+'", vjp=_vjp_add, samples=_B,
+elementwise("add", 2, (("add", "0", "1"),), "{0} + {1}", symbol="'+'", vjp=lambda g, out, a, b: (g, g), samples=_B,
             doc="a + b, with numpy broadcasting (also written add(a, b))", example="z = x + t")
-elementwise("sub", 2, (("subtract", "0", "1"),), "{0} - {1}", symbol="'-'", vjp=_vjp_sub, samples=_B,
+elementwise("sub", 2, (("subtract", "0", "1"),), "{0} - {1}", symbol="'-'", vjp=lambda g, out, a, b: (g, -g), samples=_B,
             doc="a - b, with numpy broadcasting", example="z = x - t")
-elementwise("mul", 2, (("multiply", "0", "1"),), "{0} * {1}", symbol="'*'", vjp=_vjp_mul, samples=_B,
+elementwise("mul", 2, (("multiply", "0", "1"),), "{0} * {1}", symbol="'*'", vjp=lambda g, out, a, b: (g * b, g * a), samples=_B,
             doc="a * b, elementwise, with numpy broadcasting", example="z = x * t")
 elementwise("div", 2, (("divide", "0", "1"),), "{0} / {1}", symbol="'/'", vjp=_vjp_div, samples=_B,
             domain="positive",
@@ -283,32 +173,37 @@ elementwise("div", 2, (("divide", "0", "1"),), "{0} / {1}", symbol="'/'", vjp=_v
 elementwise("pow", 2, (("power", "0", "1"),), "pow({0}, {1})", symbol="'**'", vjp=_vjp_pow, samples=_B,
             domain="positive",
             doc="a ** b, elementwise; x ** 2 compiles to x * x", example="z = x ** 2")
-elementwise("maximum", 2, (("maximum", "0", "1"),), "max({0}, {1})", vjp=_vjp_maximum, samples=_B,
+elementwise("maximum", 2, (("maximum", "0", "1"),), "max({0}, {1})", vjp=lambda g, out, a, b: _gate(g, a, b), samples=_B,
             domain="separated", doc="elementwise max of two tensors; on a tie each gets half the gradient",
             example="z = maximum(x, 0)")
-elementwise("minimum", 2, (("minimum", "0", "1"),), "min({0}, {1})", vjp=_vjp_minimum, samples=_B,
+elementwise("minimum", 2, (("minimum", "0", "1"),), "min({0}, {1})", vjp=lambda g, out, a, b: _gate(g, b, a), samples=_B,
             domain="separated", doc="elementwise min of two tensors; on a tie each gets half the gradient",
             example="z = minimum(x, t)")
 
 _U = (Sample((_M,)), Sample(((),)))
-elementwise("neg", 1, (("negative", "0"),), "-{0}", symbol="'-'", vjp=_vjp_neg, samples=_U, public=False)
-elementwise("exp", 1, (("exp", "0"),), "exp({0})", vjp=_vjp_exp, samples=_U,
+elementwise("neg", 1, (("negative", "0"),), "-{0}", symbol="'-'", vjp=lambda g, out, x: -g, samples=_U, public=False)
+elementwise("exp", 1, (("exp", "0"),), "exp({0})", vjp=lambda g, out, x: g * out, samples=_U,
             doc="e ** x", example="z = exp(x)")
-elementwise("log", 1, (("log", "0"),), "log({0})", vjp=_vjp_log, samples=_U, domain="positive",
+elementwise("log", 1, (("log", "0"),), "log({0})", vjp=lambda g, out, x: g / x, samples=_U, domain="positive",
             doc="the natural logarithm", example="z = log(x)")
-elementwise("sqrt", 1, (("sqrt", "0"),), "sqrt({0})", vjp=_vjp_sqrt, samples=_U, domain="positive",
+elementwise("sqrt", 1, (("sqrt", "0"),), "sqrt({0})", vjp=lambda g, out, x: g * 0.5 / out, samples=_U, domain="positive",
             doc="the square root", example="z = sqrt(x)")
-elementwise("abs", 1, (("absolute", "0"),), "fabs({0})", vjp=_vjp_abs, samples=_U, domain="nonzero",
+elementwise("abs", 1, (("absolute", "0"),), "fabs({0})", vjp=lambda g, out, x: g * x.sign(), samples=_U, domain="nonzero",
             doc="|x|", example="z = abs(x)")
-elementwise("tanh", 1, (("tanh", "0"),), "tanh({0})", vjp=_vjp_tanh, samples=_U,
+# Primitive for speed and precision: one ufunc; as 2 sigmoid(2x) - 1 it would cancel near 0.
+elementwise("tanh", 1, (("tanh", "0"),), "tanh({0})", vjp=lambda g, out, x: g * (1.0 - out * out), samples=_U,
             doc="(exp(x) - exp(-x)) / (exp(x) + exp(-x)) = 2 sigmoid(2x) - 1", example="h = tanh(x)")
+# Primitive for stability: the two-sided form keeps its relative precision where
+# 1 / (1 + exp(-x)) would overflow or round to 0; its rule needs only the output.
 op("sigmoid", 1, elementwise_rule("sigmoid"), _emit_sigmoid,
    scalar="(exp(min({0}, (T)0)) / ((T)1 + exp(-fabs({0}))))", takes_out=True, in_place=True,
-   helpers=(_SIGMOID,), vjp=_vjp_sigmoid, samples=_U,
+   helpers=(_SIGMOID,), vjp=lambda g, out, x: g * (out * (1.0 - out)), samples=_U,
    doc="1 / (1 + exp(-x)), computed as exp(min(x, 0)) / (1 + exp(-|x|)), which cannot overflow and keeps "
        "its relative precision on both sides (sigmoid(-50) is exp(-50), not 0)",
    example="h = sigmoid(x)")
-elementwise("relu", 1, (("maximum", "0", "0.0"),), "max({0}, (T)0)", vjp=_vjp_relu, samples=_U, domain="nonzero",
+# Primitive for its rule and speed: one in-place ufunc, relu'(0) = 0 (PyTorch's; maximum(x, 0)
+# would give the tie's 1/2), and the mask comes from the output, so backward keeps no input.
+elementwise("relu", 1, (("maximum", "0", "0.0"),), "max({0}, (T)0)", vjp=lambda g, out, x: g * (out > 0.0), samples=_U, domain="nonzero",
             doc="max(0, x)", example="h = relu(x)")
 
 # Masks and signs carry no gradient: they exist to build other ops' gradients.
@@ -329,16 +224,20 @@ op("matmul", 2, _matmul_rule, call("matmul"), vjp=_vjp_matmul, takes_out=True,
 _R = (Sample((_M,)), Sample((_M,), {"axis": 1}), Sample(((2, 3, 4),), {"axis": 0, "keepdims": True}),
       Sample(((2, 3, 4),), {"axis": (0, 2)}))
 _RA = (("axis", None), ("keepdims", False))
-op("sum", 1, _reduce_rule("sum"), reduce_call("add"), vjp=_vjp_sum, attrs=_RA, samples=_R, takes_out=True,
+op("sum", 1, _reduce_rule("sum"), reduce_call("add"), attrs=_RA, samples=_R, takes_out=True,
+   vjp=lambda g, out, x: g.broadcast(x.shape, out.attr("axis"), out.attr("keepdims")),
    doc="the sum over axis (an int, a list, or every axis by default); keepdims=true keeps them as 1",
    example="total = sum(x, axis=1)")
-op("mean", 1, _reduce_rule("mean"), call("mean"), vjp=_vjp_mean, attrs=_RA, samples=_R, takes_out=True,
+op("mean", 1, _reduce_rule("mean"), call("mean"), attrs=_RA, samples=_R, takes_out=True,
+   vjp=lambda g, out, x: g.per_element(x.shape, out.attr("axis")).broadcast(x.shape, out.attr("axis"),
+                                                                       out.attr("keepdims")),
    doc="the mean over axis (every axis by default)", example="m = mean(x, axis=0)")
-op("max", 1, _reduce_rule("max"), reduce_call("maximum"), vjp=_vjp_max, attrs=_RA, samples=_R, takes_out=True,
+op("max", 1, _reduce_rule("max"), reduce_call("maximum"), attrs=_RA, samples=_R, takes_out=True,
+   vjp=lambda g, out, x: route_to_maxima(g, out, x, out.attr("axis"), out.attr("keepdims")),
    doc="the max over axis (every axis by default); the gradient goes to the maxima, split evenly among ties",
    example="top = max(x, axis=1)")
 
-op("reshape", 1, _reshape_rule, _emit_reshape, vjp=_vjp_reshape, view=True, attrs=(("shape", None),),
+op("reshape", 1, _reshape_rule, _emit_reshape, vjp=lambda g, out, x: g.reshape(x.shape), view=True, attrs=(("shape", None),),
    samples=(Sample((_M,), {"shape": (2, 6)}), Sample(((2, 3, 4),), {"shape": (-1, 4)})),
    doc="the same entries in a new shape; one dim may be -1, dims like N are allowed",
    example="r = reshape(x, [N, 2, 3])")
@@ -346,7 +245,8 @@ op("transpose", 1, _transpose_rule, _emit_transpose, vjp=_vjp_transpose, view=Tr
    samples=(Sample((_M,)), Sample(((2, 3, 4),), {"axes": (1, 2, 0)})),
    doc="permutes the axes (reverses them by default)", example="xt = transpose(x)")
 
-op("sum_to", 1, _target_shape_rule, _emit_sum_to, public=False, takes_out=True, vjp=_vjp_sum_to,
+op("sum_to", 1, _target_shape_rule, _emit_sum_to, public=False, takes_out=True,
+   vjp=lambda g, out, x: g.node("broadcast_to", shape=x.shape, axes=()),
    attrs=(("dropped", ()), ("kept", ()), ("shape", ())),
    samples=tuple(Sample((shape,), {"dropped": d, "kept": k, "shape": target}) for shape, target in
                  (((3, 4), (4,)), ((2, 3, 4), (3, 1)), ((3, 4), (1, 4)))
@@ -366,6 +266,7 @@ def _lower_dropout(el, args: list[int], attrs: dict, loc, scope) -> int:
     p = attrs["p"]
     if not isinstance(p, (int, float)) or not 0 <= p < 1:
         raise ShapeError(f"dropout rate p must be in [0, 1), not {p!r}")
+    el.model.mode_dependent = True   # the train and eval modules differ
     x = args[0]
     if el.mode == "eval" or p == 0:
         return x
@@ -394,7 +295,8 @@ op("broadcast_to", 1, _target_shape_rule, _emit_broadcast, public=False, vjp=_vj
    samples=(Sample(((4,),), {"shape": (3, 4)}), Sample(((3,),), {"shape": (3, 4), "axes": (1,)}),
             Sample(((),), {"shape": (2, 3)})))
 
-op("softmax_cross_entropy", 2, _labels_rule("softmax_cross_entropy"), template("_nll(_log_softmax({0}, 1), {1})"), vjp=_vjp_ce,
+op("softmax_cross_entropy", 2, _labels_rule("softmax_cross_entropy"), template("_nll(_log_softmax({0}, 1), {1})"),
+   vjp=lambda g, out, scores, labels: (scores.node("softmax_cross_entropy_grad", labels, g), None),
    helpers=(_LOG_SOFTMAX, _NLL),
    int_bounds=lambda ins: {1: ins[0].shape[-1]},
    samples=(Sample(((5, 4), (5,)), ints={1: 4}),), dispatch=_dispatch_ce,

@@ -10,10 +10,13 @@ from typing import Any, Callable, Sequence
 from .. import shapes as S
 from ..ir import Graph, Node
 from ..shapes import Shape, ShapeError
+from .value import Value
 
 Emit = Callable[..., str]            # (ctx, operand names, attrs, out=None) -> an expression
 Step = tuple[str, ...]               # (ufunc, operand, ...): operands "0", "1", "$" (the result so far) or a literal
-Vjp = Callable[[Graph, int, int], Sequence[int | None]]
+# (g, out, *operands) -> one gradient per operand (or None), as values (see .value); a
+# lone value for a one-operand op
+Vjp = Callable[..., Value | Sequence[Value | None]]
 
 
 class EmitContext:
@@ -73,7 +76,8 @@ class OpDef:
     int_bounds: Callable[[list[Node]], dict[int, S.Dim]] | None = None   # operand -> the dim its ints lie below
     targets: dict[int, str] = field(default_factory=dict)   # operand -> "probability" or "distribution" (rows sum to 1)
     helpers: tuple[str, ...] = ()             # functions the emitted code calls, each defined once per module
-    lower: Callable[..., int] | None = None   # mode-dependent ops: (elaborator, args, attrs, loc, scope) -> node
+    lower: Callable[..., int] | None = None   # expanded by the elaborator: (elaborator, args, attrs, loc, scope) -> node
+    composite: Callable[..., Value] | None = None   # built from other ops: (operands as values, **attrs) -> value
     dispatch: Callable[[list[Node]], str] | None = None  # one name in the language, the op chosen by operand dtype
     doc: str = ""                             # what it computes: the formula, for docs/language.md
     example: str = ""                         # one line of .nn using it (elaborated by tests/test_docs.py)
@@ -119,6 +123,30 @@ def elementwise(name: str, arity: int, steps: tuple[Step, ...] | Callable[[dict]
     if "in_place" in kw:
         raise TypeError(f"{name}: an elementwise op's in_place follows from its chain (OpDef.may_overwrite)")
     return op(name, arity, emit=emit, chain=chain, takes_out=True, scalar=scalar, **kw)
+
+
+def composite(name: str, arity: int, build: Callable[..., Value], **kw: Any) -> OpDef:
+    """An op that is a composition of others, written over values: ``silu`` is
+    ``lambda x: x * x.sigmoid()``. The elaborator expands each call into the nodes ``build``
+    adds (through the ``lower`` hook), so the op needs no emitter or gradient rule of its
+    own: autodiff, fusion and the gradient checks see only its parts."""
+    def lower(el, args: list[int], attrs: dict, loc, scope) -> int:
+        def add(opname: str, operands: Sequence[int], node_attrs: dict) -> int:
+            return el.op(opname, list(operands), dict(node_attrs), loc, scope)
+        return build(*(Value(el.G, a, add) for a in args), **attrs).n
+
+    def infer(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+        """The shape and dtype of the composition, built over stand-in inputs."""
+        G = Graph()
+        xs = [Value(G, G.add("input", (), {"name": f"x{i}", "shape": n.shape, "dtype": n.dtype}))
+              for i, n in enumerate(ins)]
+        out = G[build(*xs, **attrs).n]
+        return out.shape, out.dtype
+
+    def emit(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+        raise AssertionError(f"{name} is a composite: the elaborator expands it into its parts")
+
+    return op(name, arity, infer, emit, lower=lower, composite=build, **kw)
 
 
 # ---- shape and dtype rules ------------------------------------------------------------
@@ -316,46 +344,3 @@ def _labels_rule(opname: str):
                 _number_attr(opname, attrs, key)
         return (), "float"
     return infer
-
-
-# ---- graph-building helpers shared by autodiff and the rules above --------------------
-
-def constant(G: Graph, value: float, shape: Shape = ()) -> int:
-    return G.add("const", (), {"value": float(value), "shape": shape, "dtype": "float"})
-
-
-def _count(shape: Shape, axis) -> tuple[int, tuple[str, ...]]:
-    """How many elements a reduction over ``axis`` averages: an int factor times symbols."""
-    axes = S.normalize_axes(axis, len(shape))
-    factor, symbols = 1, []
-    for a in axes:
-        if isinstance(shape[a], int):
-            factor *= shape[a]
-        else:
-            symbols.append(shape[a])
-    return factor, tuple(symbols)
-
-
-def per_element(G: Graph, g: int, shape: Shape, factor: float = 1.0, rows_only: bool = False) -> int:
-    """``g * factor / count``: the gradient of a mean over ``shape`` (over its first dim when
-    ``rows_only``), where the count may be a symbolic batch size."""
-    count, symbols = _count(shape[:1] if rows_only else shape, None)
-    if symbols:
-        g = G.add("div", [g, G.add("dim", (), {"symbols": symbols, "factor": count})])
-        return g if factor == 1.0 else G.add("mul", [g, constant(G, factor)])
-    return G.add("mul", [g, constant(G, factor / count)])
-
-
-def sum_to(G: Graph, x: int, target: Shape) -> int:
-    """Undo broadcasting: sum a gradient back down to the shape of the operand it flowed from."""
-    shape = G[x].shape
-    if shape == tuple(target):
-        return x
-    dropped, kept = S.unbroadcast_axes(shape, target)
-    return G.add("sum_to", [x], {"dropped": dropped, "kept": kept, "shape": tuple(target)})
-
-
-def broadcast(G: Graph, g: int, shape: Shape, axis, keepdims: bool) -> int:
-    """Spread a reduced gradient back over the reduced axes."""
-    axes = () if keepdims or G[g].shape == () else S.normalize_axes(axis, len(shape))
-    return G.add("broadcast_to", [g], {"shape": tuple(shape), "axes": axes})
