@@ -26,7 +26,8 @@ from nncompile.compiler import build, load_module
 from nncompile import passes
 from nncompile.ir import Graph, Model
 from nncompile.ops import REGISTRY, OpDef, Sample, Value, composite, constant, elementwise
-from nncompile.ops.basic import _U
+from nncompile.ops.registry import c_form
+from nncompile.ops.basic import UNARY
 
 import fake_cupy
 from conftest import ROOT, numeric_grad
@@ -260,7 +261,7 @@ def _vjp_swish(g: Value, out: Value, x: Value) -> Value:
 @pytest.fixture
 def swish():
     """A swish op written as a chain, as a contributor would add it; removed afterwards."""
-    opdef = elementwise("swish_for_test", 1, SWISH, "{0} / ((T)1 + exp(-{0}))", vjp=_vjp_swish, samples=_U)
+    opdef = elementwise("swish_for_test", 1, SWISH, "{0} / ((T)1 + exp(-{0}))", vjp=_vjp_swish, samples=UNARY)
     yield opdef
     del REGISTRY[opdef.name]
 
@@ -294,6 +295,17 @@ def test_the_generated_check_catches_a_chain_wrongly_run_in_place(swish) -> None
         check_op(wrong, wrong.samples[0], "intermediates")
 
 
+def test_a_chains_c_form_is_derived_from_the_chain() -> None:
+    """Each elementwise op is stated once: its C form follows from its numpy chain, step by
+    step in the chain's order, through one ufunc -> C table."""
+    assert REGISTRY["add"].scalar == "{0} + {1}" and REGISTRY["relu"].scalar == "max({0}, (T)0)"
+    chain = (("multiply", "0", "0"), ("add", "$", "1.0"), ("tanh", "$"), ("multiply", "$", "0"), ("negative", "$"))
+    assert c_form(chain) == "-(tanh(({0} * {0}) + (T)1) * {0})"
+    with pytest.raises(TypeError, match="needs its C form written out"):
+        elementwise("never_registered", 1, lambda attrs: SWISH)
+    assert "never_registered" not in REGISTRY
+
+
 def test_an_elementwise_op_cannot_declare_its_own_in_place_flag() -> None:
     with pytest.raises(TypeError, match="follows from its chain"):
         elementwise("never_registered", 1, SWISH, "{0}", in_place=True)
@@ -312,7 +324,7 @@ def test_adding_an_op_is_one_entry(swish) -> None:
     (leaves and intermediates, second order), dtypes, the C form against numpy, the docs
     table and the PyTorch comparison (which then asks for its independent reference)."""
     from differential.opcases import VARIANTS, missing_references, op_cases
-    cube = composite("cube_for_test", 1, lambda x: x * x * x, samples=_U, doc="x^3", example="h = cube_for_test(x)")
+    cube = composite("cube_for_test", 1, lambda x: x * x * x, samples=UNARY, doc="x^3", example="h = cube_for_test(x)")
     try:
         for opdef in (swish, cube):
             assert [c.values[1] for c in _cases() if c.values[0] is opdef] == list(opdef.samples)

@@ -14,4 +14,5 @@ from . import basic, toolkit  # noqa: F401 - declaring the ops fills REGISTRY
 from .registry import REGISTRY, EmitContext, OpDef, Sample, composite, elementwise, literal, op
 from .value import Value, constant, sum_to
 
-__all__ = ["REGISTRY", "EmitContext", "OpDef", "Sample", "composite", "constant", "elementwise", "literal", "op", "sum_to", "Value"]
+__all__ = ["REGISTRY", "EmitContext", "OpDef", "Sample", "Value", "composite", "constant", "elementwise", "literal", "op",
+           "sum_to"]

@@ -5,38 +5,28 @@ whole op: shape rule, emitter, C scalar form, gradient rule and gradient-check s
 """
 from __future__ import annotations
 
-from ..shapes import ShapeError, unbroadcast_axes
+from .. import shapes
+from ..ir import Node
+from ..shapes import Shape, ShapeError, unbroadcast_axes
 from .value import Value
 from .registry import (
-    _COMPARE,
+    Emit,
     EmitContext,
     Sample,
-    _along_axis_rule,
-    _ce_grad_rule,
-    _dispatch_ce,
-    _emit_broadcast,
-    _emit_dim,
-    _emit_reshape,
-    _emit_step,
-    _emit_sum_to,
-    _emit_transpose,
-    _labels_rule,
-    _leaf,
-    _matmul_rule,
-    _reduce_rule,
-    _reshape_rule,
-    _same_as_first,
-    _target_shape_rule,
-    _transpose_rule,
+    along_axis_rule,
     call,
     elementwise,
     elementwise_rule,
+    float_like_first,
+    labels_rule,
+    literal,
+    need_float,
     op,
-    reduce_call,
+    reduce_expr,
     template,
 )
 
-_LOG_SOFTMAX = '''def _log_softmax(x, axis):
+LOG_SOFTMAX = '''def _log_softmax(x, axis):
     """x - log(sum(exp(x))): shifting by the max first keeps exp from overflowing."""
     shifted = x - np.maximum.reduce(x, axis=axis, keepdims=True)
     shifted -= np.log(np.add.reduce(np.exp(shifted), axis=axis, keepdims=True))
@@ -66,6 +56,102 @@ _SIGMOID = '''def _sigmoid(x, out=None):
 
 def _emit_sigmoid(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
     return f"_sigmoid({args[0]}" + (f", out={out})" if out else ")")
+
+
+# ---- shape rules and emitters of the ops below ---------------------------------------
+
+def _same_as_first(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+    return ins[0].shape, ins[0].dtype
+
+
+def _leaf(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+    return attrs["shape"], attrs["dtype"]
+
+
+def _matmul_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+    need_float(ins, "'@'")
+    return shapes.matmul(ins[0].shape, ins[1].shape), "float"
+
+
+def _reduce_rule(opname: str):
+    def infer(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+        need_float(ins, opname)
+        return shapes.reduce(ins[0].shape, attrs.get("axis"), attrs.get("keepdims", False)), "float"
+    return infer
+
+
+def _reshape_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+    return shapes.reshape(ins[0].shape, tuple(attrs["shape"])), ins[0].dtype
+
+
+def _transpose_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+    return shapes.transpose(ins[0].shape, attrs.get("axes")), ins[0].dtype
+
+
+def _target_shape_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+    return tuple(attrs["shape"]), "float"
+
+
+def _dispatch_ce(ins: list[Node]) -> str:
+    """Integer labels [N] or float probability targets [N, C]: one name, two ops. Anything
+    else (float [N] labels, say) goes to the label rule, whose error says to declare them int."""
+    probs = len(ins) > 1 and ins[1].dtype == "float" and len(ins[1].shape) == 2
+    return "softmax_cross_entropy_probs" if probs else "softmax_cross_entropy"
+
+
+_COMPARE = {">": "greater", ">=": "greater_equal", "<": "less", "<=": "less_equal", "==": "equal"}
+
+
+def _emit_step(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+    """1 where the comparison holds, else 0, in the module's float dtype: a numpy comparison
+    gives bools unless it writes into a float buffer."""
+    test = f"{ctx.xp}.{_COMPARE[attrs['cmp']]}({args[0]}, {args[1]}"
+    return f"{test}, out={out})" if out else f"{test}).astype({ctx.dtype})"
+
+
+def _emit_dim(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+    factors = [ctx.dim(d) for d in attrs["symbols"]] + ([str(attrs["factor"])] if attrs["factor"] != 1 else [])
+    return f"{ctx.dtype}({' * '.join(factors)})"
+
+
+def _emit_reshape(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+    return f"{args[0]}.reshape({ctx.shape(attrs['shape'])})"
+
+
+def _emit_transpose(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+    axes = attrs.get("axes")
+    if axes is None or tuple(axes) == tuple(reversed(range(len(axes)))):
+        return f"{args[0]}.T"   # a view: matmul hands it to BLAS as a transpose flag, never a copy
+    return f"{ctx.xp}.transpose({args[0]}, {tuple(axes)!r})"
+
+
+def reduce_call(ufunc: str) -> Emit:
+    def emit(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+        return reduce_expr(ctx, ufunc, args[0], attrs.get("axis"), attrs.get("keepdims", False), out)
+    return emit
+
+
+def _emit_sum_to(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+    dropped, kept = attrs["dropped"], attrs["kept"]
+    if dropped == (0,) and not kept and len(attrs["shape"]) == 1:
+        # A bias gradient, the column sums of [N, M]: as ones @ g it is one BLAS gemv,
+        # about twice as fast as a strided add.reduce.
+        into = f", out={out}" if out else ""
+        return f"{ctx.xp}.matmul({ctx.xp}.ones(len({args[0]}), dtype={ctx.dtype}), {args[0]}{into})"
+    if not kept:
+        return reduce_expr(ctx, "add", args[0], dropped, out=out)
+    if not dropped:
+        return reduce_expr(ctx, "add", args[0], kept, keepdims=True, out=out)
+    text = reduce_expr(ctx, "add", args[0], dropped + kept, keepdims=True)
+    return f"{text}.reshape({ctx.shape(attrs['shape'])})"  # a fresh array: ``out`` is not needed
+
+
+def _emit_broadcast(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+    # A Python float would broadcast as float64 (the seed 1.0 of a float32 module's gradient).
+    value = f"{ctx.dtype}({args[0]})" if 0 in ctx.literals else args[0]
+    if attrs.get("axes"):
+        value = f"{ctx.xp}.expand_dims({value}, {attrs['axes']!r})"
+    return f"{ctx.xp}.broadcast_to({value}, {ctx.shape(attrs['shape'])})"
 
 
 # ---- gradient rules -------------------------------------------------------------------
@@ -151,8 +237,8 @@ def _vjp_broadcast_to(g: Value, out: Value, x: Value):
 
 # ---- the registry ---------------------------------------------------------------------
 
-_M = (3, 4)
-_B = (Sample((_M, _M)), Sample((_M, (4,))), Sample(((2, 1, 4), (3, 1))), Sample(((), _M)))
+MATRIX = (3, 4)
+_B = (Sample((MATRIX, MATRIX)), Sample((MATRIX, (4,))), Sample(((2, 1, 4), (3, 1))), Sample(((), MATRIX)))
 
 _LEAF = dict(public=False, infer=_leaf)
 op("input", 0, emit=template("<input>"), **_LEAF)
@@ -161,67 +247,68 @@ op("state", 0, emit=template("<state>"), **_LEAF)
 op("const", 0, emit=template("<const>"), **_LEAF)
 op("dim", 0, lambda ins, a: ((), "float"), _emit_dim, public=False, doc="a symbolic size as a number")
 
-elementwise("add", 2, (("add", "0", "1"),), "{0} + {1}", symbol="'+'", vjp=lambda g, out, a, b: (g, g), samples=_B,
+elementwise("add", 2, (("add", "0", "1"),), symbol="'+'", vjp=lambda g, out, a, b: (g, g), samples=_B,
             doc="a + b, with numpy broadcasting (also written add(a, b))", example="z = x + t")
-elementwise("sub", 2, (("subtract", "0", "1"),), "{0} - {1}", symbol="'-'", vjp=lambda g, out, a, b: (g, -g), samples=_B,
+elementwise("sub", 2, (("subtract", "0", "1"),), symbol="'-'", vjp=lambda g, out, a, b: (g, -g), samples=_B,
             doc="a - b, with numpy broadcasting", example="z = x - t")
-elementwise("mul", 2, (("multiply", "0", "1"),), "{0} * {1}", symbol="'*'", vjp=lambda g, out, a, b: (g * b, g * a), samples=_B,
+elementwise("mul", 2, (("multiply", "0", "1"),), symbol="'*'", vjp=lambda g, out, a, b: (g * b, g * a), samples=_B,
             doc="a * b, elementwise, with numpy broadcasting", example="z = x * t")
-elementwise("div", 2, (("divide", "0", "1"),), "{0} / {1}", symbol="'/'", vjp=_vjp_div, samples=_B,
+elementwise("div", 2, (("divide", "0", "1"),), symbol="'/'", vjp=_vjp_div, samples=_B,
             domain="positive",
             doc="a / b, elementwise, with numpy broadcasting", example="z = x / t")
-elementwise("pow", 2, (("power", "0", "1"),), "pow({0}, {1})", symbol="'**'", vjp=_vjp_pow, samples=_B,
+elementwise("pow", 2, (("power", "0", "1"),), symbol="'**'", vjp=_vjp_pow, samples=_B,
             domain="positive",
             doc="a ** b, elementwise; x ** 2 compiles to x * x", example="z = x ** 2")
-elementwise("maximum", 2, (("maximum", "0", "1"),), "max({0}, {1})", vjp=lambda g, out, a, b: _gate(g, a, b), samples=_B,
+elementwise("maximum", 2, (("maximum", "0", "1"),), vjp=lambda g, out, a, b: _gate(g, a, b), samples=_B,
             domain="separated", doc="elementwise max of two tensors; on a tie each gets half the gradient",
             example="z = maximum(x, 0)")
-elementwise("minimum", 2, (("minimum", "0", "1"),), "min({0}, {1})", vjp=lambda g, out, a, b: _gate(g, b, a), samples=_B,
+elementwise("minimum", 2, (("minimum", "0", "1"),), vjp=lambda g, out, a, b: _gate(g, b, a), samples=_B,
             domain="separated", doc="elementwise min of two tensors; on a tie each gets half the gradient",
             example="z = minimum(x, t)")
 
-_U = (Sample((_M,)), Sample(((),)))
-elementwise("neg", 1, (("negative", "0"),), "-{0}", symbol="'-'", vjp=lambda g, out, x: -g, samples=_U, public=False)
-elementwise("exp", 1, (("exp", "0"),), "exp({0})", vjp=lambda g, out, x: g * out, samples=_U,
+UNARY = (Sample((MATRIX,)), Sample(((),)))
+elementwise("neg", 1, (("negative", "0"),), symbol="'-'", vjp=lambda g, out, x: -g, samples=UNARY, public=False)
+elementwise("exp", 1, (("exp", "0"),), vjp=lambda g, out, x: g * out, samples=UNARY,
             doc="e ** x", example="z = exp(x)")
-elementwise("log", 1, (("log", "0"),), "log({0})", vjp=lambda g, out, x: g / x, samples=_U, domain="positive",
+elementwise("log", 1, (("log", "0"),), vjp=lambda g, out, x: g / x, samples=UNARY, domain="positive",
             doc="the natural logarithm", example="z = log(x)")
-elementwise("sqrt", 1, (("sqrt", "0"),), "sqrt({0})", vjp=lambda g, out, x: g * 0.5 / out, samples=_U, domain="positive",
+elementwise("sqrt", 1, (("sqrt", "0"),), vjp=lambda g, out, x: g * 0.5 / out, samples=UNARY, domain="positive",
             doc="the square root", example="z = sqrt(x)")
-elementwise("abs", 1, (("absolute", "0"),), "fabs({0})", vjp=lambda g, out, x: g * x.sign(), samples=_U, domain="nonzero",
+elementwise("abs", 1, (("absolute", "0"),), vjp=lambda g, out, x: g * x.sign(), samples=UNARY, domain="nonzero",
             doc="|x|", example="z = abs(x)")
 # Primitive for speed and precision: one ufunc; as 2 sigmoid(2x) - 1 it would cancel near 0.
-elementwise("tanh", 1, (("tanh", "0"),), "tanh({0})", vjp=lambda g, out, x: g * (1.0 - out * out), samples=_U,
+elementwise("tanh", 1, (("tanh", "0"),), vjp=lambda g, out, x: g * (1.0 - out * out), samples=UNARY,
             doc="(exp(x) - exp(-x)) / (exp(x) + exp(-x)) = 2 sigmoid(2x) - 1", example="h = tanh(x)")
 # Primitive for stability: the two-sided form keeps its relative precision where
 # 1 / (1 + exp(-x)) would overflow or round to 0; its rule needs only the output.
 op("sigmoid", 1, elementwise_rule("sigmoid"), _emit_sigmoid,
    scalar="(exp(min({0}, (T)0)) / ((T)1 + exp(-fabs({0}))))", takes_out=True, in_place=True,
-   helpers=(_SIGMOID,), vjp=lambda g, out, x: g * (out * (1.0 - out)), samples=_U,
+   helpers=(_SIGMOID,), vjp=lambda g, out, x: g * (out * (1.0 - out)), samples=UNARY,
    doc="1 / (1 + exp(-x)), computed as exp(min(x, 0)) / (1 + exp(-|x|)), which cannot overflow and keeps "
        "its relative precision on both sides (sigmoid(-50) is exp(-50), not 0)",
    example="h = sigmoid(x)")
 # Primitive for its rule and speed: one in-place ufunc, relu'(0) = 0 (PyTorch's; maximum(x, 0)
 # would give the tie's 1/2), and the mask comes from the output, so backward keeps no input.
-elementwise("relu", 1, (("maximum", "0", "0.0"),), "max({0}, (T)0)", vjp=lambda g, out, x: g * (out > 0.0), samples=_U, domain="nonzero",
+elementwise("relu", 1, (("maximum", "0", "0.0"),), vjp=lambda g, out, x: g * (out > 0.0), samples=UNARY,
+            domain="nonzero",
             doc="max(0, x)", example="h = relu(x)")
 
 # Masks and signs carry no gradient: they exist to build other ops' gradients.
 _MASK = dict(public=False, differentiable=False, infer=elementwise_rule("a mask"))
 op("step", 2, emit=_emit_step, scalar="(T)({0} {cmp} {1})", attrs=(("cmp", ">"),), takes_out=True, in_place=True,
-   samples=(*(Sample((_M, _M), {"cmp": cmp}) for cmp in _COMPARE), Sample((_M, ()), {"cmp": ">="})),
+   samples=(*(Sample((MATRIX, MATRIX), {"cmp": cmp}) for cmp in _COMPARE), Sample((MATRIX, ()), {"cmp": ">="})),
    doc="1 where the comparison holds, else 0", **_MASK)
 op("split", 2, emit=template("{xp}.heaviside({xp}.subtract({0}, {1}), 0.5)"),
    scalar="((T)({0} > {1}) + (T)0.5 * (T)({0} == {1}))", samples=_B, **_MASK,
    doc="the max gate's share for a: 1 where a > b, 0.5 where a == b, 0 where a < b")
-elementwise("sign", 1, (("sign", "0"),), "((T)({0} > 0) - (T)({0} < 0))", samples=_U, **_MASK)  # 0 at 0
+elementwise("sign", 1, (("sign", "0"),), samples=UNARY, **_MASK)  # 0 at 0
 
 op("matmul", 2, _matmul_rule, call("matmul"), vjp=_vjp_matmul, takes_out=True,
    samples=(Sample(((3, 4), (4, 2))), Sample(((2, 3, 4), (4, 2))), Sample(((4,), (4, 2))),
             Sample(((3, 4), (4,))), Sample(((4,), (4,))), Sample(((2, 1, 3, 4), (2, 4, 2)))),
    doc="a @ b: matrix product, numpy's rules for 1-D and batched operands", example="s = x @ W")
 
-_R = (Sample((_M,)), Sample((_M,), {"axis": 1}), Sample(((2, 3, 4),), {"axis": 0, "keepdims": True}),
+_R = (Sample((MATRIX,)), Sample((MATRIX,), {"axis": 1}), Sample(((2, 3, 4),), {"axis": 0, "keepdims": True}),
       Sample(((2, 3, 4),), {"axis": (0, 2)}))
 _RA = (("axis", None), ("keepdims", False))
 op("sum", 1, _reduce_rule("sum"), reduce_call("add"), attrs=_RA, samples=_R, takes_out=True,
@@ -237,12 +324,13 @@ op("max", 1, _reduce_rule("max"), reduce_call("maximum"), attrs=_RA, samples=_R,
    doc="the max over axis (every axis by default); the gradient goes to the maxima, split evenly among ties",
    example="top = max(x, axis=1)")
 
-op("reshape", 1, _reshape_rule, _emit_reshape, vjp=lambda g, out, x: g.reshape(x.shape), view=True, attrs=(("shape", None),),
-   samples=(Sample((_M,), {"shape": (2, 6)}), Sample(((2, 3, 4),), {"shape": (-1, 4)})),
+op("reshape", 1, _reshape_rule, _emit_reshape, vjp=lambda g, out, x: g.reshape(x.shape), view=True,
+   attrs=(("shape", None),),
+   samples=(Sample((MATRIX,), {"shape": (2, 6)}), Sample(((2, 3, 4),), {"shape": (-1, 4)})),
    doc="the same entries in a new shape; one dim may be -1, dims like N are allowed",
    example="r = reshape(x, [N, 2, 3])")
 op("transpose", 1, _transpose_rule, _emit_transpose, vjp=_vjp_transpose, view=True, attrs=(("axes", None),),
-   samples=(Sample((_M,)), Sample(((2, 3, 4),), {"axes": (1, 2, 0)})),
+   samples=(Sample((MATRIX,)), Sample(((2, 3, 4),), {"axes": (1, 2, 0)})),
    doc="permutes the axes (reverses them by default)", example="xt = transpose(x)")
 
 op("sum_to", 1, _target_shape_rule, _emit_sum_to, public=False, takes_out=True,
@@ -295,25 +383,25 @@ op("broadcast_to", 1, _target_shape_rule, _emit_broadcast, public=False, vjp=_vj
    samples=(Sample(((4,),), {"shape": (3, 4)}), Sample(((3,),), {"shape": (3, 4), "axes": (1,)}),
             Sample(((),), {"shape": (2, 3)})))
 
-op("softmax_cross_entropy", 2, _labels_rule("softmax_cross_entropy"), template("_nll(_log_softmax({0}, 1), {1})"),
+op("softmax_cross_entropy", 2, labels_rule("softmax_cross_entropy"), template("_nll(_log_softmax({0}, 1), {1})"),
    vjp=lambda g, out, scores, labels: (scores.node("softmax_cross_entropy_grad", labels, g), None),
-   helpers=(_LOG_SOFTMAX, _NLL),
+   helpers=(LOG_SOFTMAX, _NLL),
    int_bounds=lambda ins: {1: ins[0].shape[-1]},
    samples=(Sample(((5, 4), (5,)), ints={1: 4}),), dispatch=_dispatch_ce,
    doc="mean over the batch of -log softmax(s_i)[y_i] for int [N] labels y, computed stably; with float "
        "[N, C] probability targets t instead: -1/N sum_i sum_c t_ic log softmax(s_i)_c",
    example="loss = softmax_cross_entropy(scores, y)")
-op("softmax_cross_entropy_grad", 3, _ce_grad_rule, template("_softmax_nll_grad(_log_softmax({0}, 1), {1}, {2})"),
-   public=False, helpers=(_LOG_SOFTMAX, _SOFTMAX_NLL_GRAD), vjp=_vjp_ce_grad,
+op("softmax_cross_entropy_grad", 3, float_like_first, template("_softmax_nll_grad(_log_softmax({0}, 1), {1}, {2})"),
+   public=False, helpers=(LOG_SOFTMAX, _SOFTMAX_NLL_GRAD), vjp=_vjp_ce_grad,
    samples=(Sample(((5, 4), (5,), ()), ints={1: 4}),))
 
 # What the passes turn softmax_cross_entropy and its gradient into, so the log-softmax is
 # computed once in the forward pass and reused by the backward pass.
-op("log_softmax", 1, _along_axis_rule("log_softmax"), template("_log_softmax({0}, {axis})"), vjp=_vjp_log_softmax,
-   attrs=(("axis", -1),), helpers=(_LOG_SOFTMAX,), samples=(Sample((_M,)), Sample(((2, 3, 4),), {"axis": 1})),
+op("log_softmax", 1, along_axis_rule("log_softmax"), template("_log_softmax({0}, {axis})"), vjp=_vjp_log_softmax,
+   attrs=(("axis", -1),), helpers=(LOG_SOFTMAX,), samples=(Sample((MATRIX,)), Sample(((2, 3, 4),), {"axis": 1})),
    doc="x - log(sum(exp(x), axis)), computed after subtracting the max so it cannot overflow",
    example="logp = log_softmax(x, axis=-1)")
-op("nll", 2, _labels_rule("nll"), template("_nll({0}, {1})"), public=False, helpers=(_NLL,),
+op("nll", 2, labels_rule("nll"), template("_nll({0}, {1})"), public=False, helpers=(_NLL,),
    doc="mean -logp[i, label_i]")
-op("softmax_nll_grad", 3, _ce_grad_rule, template("_softmax_nll_grad({0}, {1}, {2})"), public=False,
+op("softmax_nll_grad", 3, float_like_first, template("_softmax_nll_grad({0}, {1}, {2})"), public=False,
    helpers=(_SOFTMAX_NLL_GRAD,))

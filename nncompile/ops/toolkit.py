@@ -8,19 +8,19 @@ from typing import Callable
 from .. import shapes
 from ..ir import Node
 from ..shapes import Dim, Shape, ShapeError
-from .basic import _LOG_SOFTMAX, _M, _U, route_to_maxima
+from .basic import LOG_SOFTMAX, MATRIX, UNARY, route_to_maxima
 from .value import Value
 from .registry import (
     EmitContext,
     Sample,
     Step,
     composite,
-    _along_axis_rule,
-    _ce_grad_rule,
-    _labels_rule,
-    _need_float,
-    _number_attr,
-    _reduce,
+    along_axis_rule,
+    float_like_first,
+    labels_rule,
+    need_float,
+    number_attr,
+    reduce_expr,
     elementwise,
     elementwise_rule,
     literal,
@@ -87,7 +87,7 @@ def _vjp_gelu(g: Value, out: Value, x: Value):
 
 
 def _maxout_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
-    _need_float(ins, "maxout")
+    need_float(ins, "maxout")
     k, shape = attrs.get("k"), ins[0].shape
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ShapeError(f"maxout() needs k, the number of linear pieces, as a positive integer, not {k!r}")
@@ -103,7 +103,7 @@ def _pieces(shape: Shape, k: int) -> Shape:
 
 def _emit_maxout(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
     x = args[0]
-    return _reduce(ctx, "maximum", f"{x}.reshape({x}.shape[:-1] + ({attrs['k']}, -1))", -2, out=out)
+    return reduce_expr(ctx, "maximum", f"{x}.reshape({x}.shape[:-1] + ({attrs['k']}, -1))", -2, out=out)
 
 
 def _vjp_maxout(g: Value, out: Value, x: Value):
@@ -132,7 +132,7 @@ def _class_bounds(ins: list[Node]) -> dict[int, Dim]:
 
 def _ce_probs_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
     scores, targets = ins
-    _need_float(ins, "softmax_cross_entropy")
+    need_float(ins, "softmax_cross_entropy")
     if len(scores.shape) != 2:
         raise ShapeError(f"softmax_cross_entropy needs scores of shape [N, C], not {shapes.show(scores.shape)}", 0)
     if targets.shape != scores.shape:
@@ -189,7 +189,7 @@ def _vjp_svm_grad(u: Value, out: Value, scores: Value, labels: Value, g: Value):
 def _same_shape_loss_rule(opname: str, what: str):
     """Predictions and targets of one shape (targets may broadcast): a scalar mean loss."""
     def infer(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
-        _need_float(ins, opname)
+        need_float(ins, opname)
         pred, target = ins
         try:
             shape = shapes.broadcast(pred.shape, target.shape)
@@ -231,9 +231,9 @@ def _penalty_rule(opname: str):
     def infer(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
         if not ins:
             raise ShapeError(f"{opname}() needs at least one tensor, like {opname}(fc1.W, fc2.W)")
-        _need_float(ins, opname)
+        need_float(ins, opname)
         if "beta" in attrs:
-            _number_attr(opname, attrs, "beta")
+            number_attr(opname, attrs, "beta")
         return (), "float"
     return infer
 
@@ -441,25 +441,25 @@ def _vjp_concat(g: Value, out: Value, *xs: Value):
 
 # -- the entries
 
-_NZ = dict(samples=_U, domain="nonzero")
+_NZ = dict(samples=UNARY, domain="nonzero")
 # Primitive for its rule and speed: leaky_relu'(0) = alpha as PyTorch's (through maximum, a tie
 # would give (1 + alpha) / 2), three in-place passes, and the rule reads only the output's sign.
 elementwise("leaky_relu", 1, _leaky_chain, "({0} + ((T){alpha} - (T)1) * min({0}, (T)0))", attrs=(("alpha", 0.01),),
-            infer=_checked_elementwise_rule("leaky_relu", lambda a: _number_attr("leaky_relu", a, "alpha")),
+            infer=_checked_elementwise_rule("leaky_relu", lambda a: number_attr("leaky_relu", a, "alpha")),
             vjp=_vjp_leaky_relu,
-            samples=(*_U, Sample((_M,), {"alpha": 0.2})), domain="nonzero",
+            samples=(*UNARY, Sample((MATRIX,), {"alpha": 0.2})), domain="nonzero",
             doc="x where x > 0, else alpha * x (the lecture's fix for dying relus)",
             example="h = leaky_relu(x, alpha=0.1)")
 # Primitive for stability: expm1 of min(x, 0) never overflows and keeps precision near 0;
 # there is no expm1 op to compose it from.
-op("elu", 1, _checked_elementwise_rule("elu", lambda a: _number_attr("elu", a, "alpha")), _emit_elu,
+op("elu", 1, _checked_elementwise_rule("elu", lambda a: number_attr("elu", a, "alpha")), _emit_elu,
    scalar="(max({0}, (T)0) + (T){alpha} * expm1(min({0}, (T)0)))", attrs=(("alpha", 1.0),), takes_out=True,
    in_place=True,
-   helpers=(_ELU,), vjp=_vjp_elu, samples=(*_U, Sample((_M,), {"alpha": 1.7})), domain="nonzero",
+   helpers=(_ELU,), vjp=_vjp_elu, samples=(*UNARY, Sample((MATRIX,), {"alpha": 1.7})), domain="nonzero",
    doc="x where x > 0, else alpha * (exp(x) - 1)", example="h = elu(x, alpha=1.0)")
 # Primitive for stability: logaddexp(0, x), where log(1 + exp(x)) overflows past x = 709.
-elementwise("softplus", 1, (("logaddexp", "0", "0.0"),), "(max({0}, (T)0) + log1p(exp(-fabs({0}))))",
-            vjp=lambda g, out, x: g * x.sigmoid(), samples=_U,
+elementwise("softplus", 1, (("logaddexp", "0", "0.0"),), "(max({0}, (T)0) + log1p(exp(-fabs({0}))))",  # logaddexp(x, 0)
+            vjp=lambda g, out, x: g * x.sigmoid(), samples=UNARY,
             doc="log(1 + exp(x)), computed as max(x, 0) + log(1 + exp(-|x|)), which cannot overflow",
             example="h = softplus(x)")
 # Primitive for speed: its parts are smooth, but written as a composite (the same formula in
@@ -468,29 +468,28 @@ elementwise("softplus", 1, (("logaddexp", "0", "0.0"),), "(max({0}, (T)0) + log1
 elementwise("gelu", 1, (("multiply", "0", "0"), ("multiply", "$", repr(_GELU_K)), ("add", "$", "1.0"),
                         ("multiply", "$", "0"), ("multiply", "$", repr(_GELU_C)), ("tanh", "$"), ("add", "$", "1.0"),
                         ("multiply", "$", "0"), ("multiply", "$", "0.5")),
-            f"(T)0.5 * {{0}} * ((T)1 + tanh((T){_GELU_C!r} * ({{0}} + (T){_GELU_K!r} * {{0}} * {{0}} * {{0}})))",
-            vjp=_vjp_gelu, samples=_U,
+            vjp=_vjp_gelu, samples=UNARY,
             doc="the tanh approximation x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) of x * Phi(x)",
             example="h = gelu(x)")
 
 # Composites: built from the ops above by the elaborator, so autodiff differentiates their
 # parts (JAX's silu, tinygrad's hardtanh and swish are written the same way).
-composite("silu", 1, lambda x: x * x.sigmoid(), samples=_U,
+composite("silu", 1, lambda x: x * x.sigmoid(), samples=UNARY,
           doc="x * sigmoid(x) (the same op as swish)", example="h = silu(x)")
-composite("swish", 1, lambda x: x * x.sigmoid(), samples=_U,
+composite("swish", 1, lambda x: x * x.sigmoid(), samples=UNARY,
           doc="x * sigmoid(x) (the same op as silu)", example="h = swish(x)")
 
 
 def _hardtanh(x: Value, min_val: float, max_val: float) -> Value:
     # clip(x, lo, hi) as hi - relu(hi - lo - relu(x - lo)): relu'(0) = 0 makes the gradient
     # 0 at both kinks, PyTorch's rule (through maximum/minimum a tie would give 1/2).
-    lo = _number_attr("hardtanh", {"min_val": min_val}, "min_val")
-    hi = _number_attr("hardtanh", {"max_val": max_val}, "max_val", low=lo)
+    lo = number_attr("hardtanh", {"min_val": min_val}, "min_val")
+    hi = number_attr("hardtanh", {"max_val": max_val}, "max_val", low=lo)
     return hi - (hi - lo - (x - lo).relu()).relu()
 
 
 composite("hardtanh", 1, _hardtanh, attrs=(("min_val", -1.0), ("max_val", 1.0)),
-          samples=(*_U, Sample((_M,), {"min_val": -0.5, "max_val": 2.0})),
+          samples=(*UNARY, Sample((MATRIX,), {"min_val": -0.5, "max_val": 2.0})),
           doc="x clipped to [min_val, max_val]; the gradient is 1 strictly inside, 0 at and beyond the ends",
           example="h = hardtanh(x, min_val=-1.0, max_val=1.0)")
 def _hardswish(x: Value) -> Value:
@@ -499,7 +498,7 @@ def _hardswish(x: Value) -> Value:
     return x * _hardtanh(x + 3.0, 0.0, 6.0) / 6.0
 
 
-composite("hardswish", 1, _hardswish, samples=_U,
+composite("hardswish", 1, _hardswish, samples=UNARY,
           doc="x * relu6(x + 3) / 6: 0 below -3, x above 3, x (x + 3) / 6 between; the gradient is 0 at -3 "
               "and 1 at 3",
           example="h = hardswish(x)")
@@ -510,21 +509,22 @@ op("maxout", 1, _maxout_rule, _emit_maxout,
        "out[..., d] = max_j x[..., j*D + d]; maxout(x @ W + b, k=2) with W = [W1 | W2] is the "
        "lecture's max(W1 x + b1, W2 x + b2)",
    example="h = maxout(x, k=2)")
-op("softmax", 1, _along_axis_rule("softmax"), template("_softmax({0}, {axis})"), vjp=_vjp_softmax,
-   attrs=(("axis", -1),), helpers=(_SOFTMAX,), samples=(Sample((_M,)), Sample(((2, 3, 4),), {"axis": 1})),
+op("softmax", 1, along_axis_rule("softmax"), template("_softmax({0}, {axis})"), vjp=_vjp_softmax,
+   attrs=(("axis", -1),), helpers=(_SOFTMAX,), samples=(Sample((MATRIX,)), Sample(((2, 3, 4),), {"axis": 1})),
    doc="exp(x) / sum(exp(x), axis), computed after subtracting the max so it cannot overflow",
    example="p = softmax(x, axis=-1)")
 
 op("softmax_cross_entropy_probs", 2, _ce_probs_rule, template("_soft_nll(_log_softmax({0}, 1), {1})"),
-   targets={1: "distribution"}, vjp=_vjp_ce_probs, public=False, helpers=(_LOG_SOFTMAX, _SOFT_NLL), samples=(Sample(((5, 4), (5, 4))),),
+   targets={1: "distribution"}, vjp=_vjp_ce_probs, public=False, helpers=(LOG_SOFTMAX, _SOFT_NLL), samples=(Sample(((5, 4), (5, 4))),),
    doc="softmax_cross_entropy with float [N, C] probability targets t: -1/N sum_i sum_c t_ic log softmax(s_i)_c")
-op("svm_loss", 2, _labels_rule("svm_loss"), template("_svm_loss({0}, {1}, {delta})"), vjp=lambda g, out, scores, labels: (scores.node("svm_loss_grad", labels, g, delta=out.attr("delta")), None),
+op("svm_loss", 2, labels_rule("svm_loss"), template("_svm_loss({0}, {1}, {delta})"),
+   vjp=lambda g, out, scores, labels: (scores.node("svm_loss_grad", labels, g, delta=out.attr("delta")), None),
    attrs=(("delta", 1.0),), helpers=(_SVM,), int_bounds=_class_bounds, domain="separated",
    # delta = 1.05: the separated draw puts scores on a 0.1 grid, so no margin sits on its kink.
    samples=(Sample(((5, 4), (5,)), {"delta": 1.05}, ints={1: 4}),),
    doc="the multiclass SVM (hinge) loss: 1/N sum_i sum_{j != y_i} max(0, s_ij - s_iy_i + delta)",
    example="loss = svm_loss(scores, y, delta=1.0)")
-op("svm_loss_grad", 3, _ce_grad_rule, template("_svm_loss_grad({0}, {1}, {2}, {delta})"), public=False,
+op("svm_loss_grad", 3, float_like_first, template("_svm_loss_grad({0}, {1}, {2}, {delta})"), public=False,
    attrs=(("delta", 1.0),), helpers=(_SVM,), vjp=_vjp_svm_grad, domain="separated",
    samples=(Sample(((5, 4), (5,), ()), {"delta": 1.05}, ints={1: 4}),))
 op("sigmoid_cross_entropy", 2, _same_shape_loss_rule("sigmoid_cross_entropy", "targets"),
@@ -538,20 +538,20 @@ op("mse", 2, _same_shape_loss_rule("mse", "targets"), template("_mse({0}, {1})")
    doc="mean squared error: mean((pred - target)^2) over every entry", example="loss = mse(x, t)")
 
 op("l2", -1, _penalty_rule("l2"), _emit_l2, vjp=lambda g, out, *ws: tuple(w * (g * 2.0) for w in ws),
-   samples=(Sample((_M,)), Sample((_M, (4,)))),
+   samples=(Sample((MATRIX,)), Sample((MATRIX, (4,)))),
    doc="the L2 penalty R(W) = sum W^2, summed over every tensor given (its gradient is 2 W)",
    example="reg = l2(W, W2)")
 op("l1", -1, _penalty_rule("l1"), _emit_l1, vjp=lambda g, out, *ws: tuple(w.sign() * g for w in ws), domain="nonzero",
-   samples=(Sample((_M,)), Sample((_M, (4,)))),
+   samples=(Sample((MATRIX,)), Sample((MATRIX, (4,)))),
    doc="the L1 penalty R(W) = sum |W|, summed over every tensor given", example="reg = l1(W)")
 op("elastic_net", -1, _penalty_rule("elastic_net"), _emit_elastic, vjp=_vjp_elastic, attrs=(("beta", 1.0),),
-   domain="nonzero", samples=(Sample((_M,)), Sample((_M, (4,)), {"beta": 0.3})),
+   domain="nonzero", samples=(Sample((MATRIX,)), Sample((MATRIX, (4,)), {"beta": 0.3})),
    doc="the elastic net penalty R(W) = sum (beta W^2 + |W|), summed over every tensor given",
    example="reg = elastic_net(W, beta=0.5)")
 
 op("slice", 1, _slice_rule, _emit_index, vjp=_vjp_index, attrs=(("key", ()),), public=False, view=True,
-   samples=(Sample((_M,), {"key": (":", "1:3")}), Sample(((2, 3, 4),), {"key": ("1", "0:2")}),
-            Sample((_M,), {"key": ("-1",)})),
+   samples=(Sample((MATRIX,), {"key": (":", "1:3")}), Sample(((2, 3, 4),), {"key": ("1", "0:2")}),
+            Sample((MATRIX,), {"key": ("-1",)})),
    doc="x[...] with integers and fixed slices: a view", example="first = x[:, 0:3]")
 op("index", -1, _index_rule, _emit_index, vjp=_vjp_index, attrs=(("key", ()),), public=False,
    samples=(Sample(((5, 4), (5,), (5,)), {"key": ("{1}", "{2}")}, ints={1: 5, 2: 4}),
