@@ -1,6 +1,6 @@
 """The op registry's machinery: what an op is (:class:`OpDef`), how one is declared
-(:func:`op`, :func:`elementwise`), and the shape rules, emitters and graph-building helpers
-that the declarations in :mod:`.basic` and :mod:`.toolkit` share.
+(:func:`op`, :func:`elementwise`, :func:`composite`), the ufunc -> C table that gives a
+chain its fused form, and the shape rules and emitters that several ops share.
 """
 from __future__ import annotations
 

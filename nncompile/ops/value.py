@@ -69,76 +69,12 @@ class Value:
         other = self._lift(other)
         return other.node(op, self, **attrs) if reflected else self.node(op, other, **attrs)
 
-    def __add__(self, other: Value | float) -> Value:
-        return self._binary("add", other)
-
-    def __radd__(self, other: float) -> Value:
-        return self._binary("add", other, reflected=True)
-
-    def __sub__(self, other: Value | float) -> Value:
-        return self._binary("sub", other)
-
-    def __rsub__(self, other: float) -> Value:
-        return self._binary("sub", other, reflected=True)
-
-    def __mul__(self, other: Value | float) -> Value:
-        return self._binary("mul", other)
-
-    def __rmul__(self, other: float) -> Value:
-        return self._binary("mul", other, reflected=True)
-
-    def __truediv__(self, other: Value | float) -> Value:
-        return self._binary("div", other)
-
-    def __rtruediv__(self, other: float) -> Value:
-        return self._binary("div", other, reflected=True)
-
-    def __pow__(self, other: Value | float) -> Value:
-        return self._binary("pow", other)
-
-    def __rpow__(self, other: float) -> Value:
-        return self._binary("pow", other, reflected=True)
-
-    def __matmul__(self, other: Value) -> Value:
-        return self._binary("matmul", other)
-
     def __neg__(self) -> Value:
         return self.node("neg")
 
-    # -- masks: 1 where the comparison holds, else 0 (the step op, which carries no gradient)
-    def __gt__(self, other: Value | float) -> Value:
-        return self._binary("step", other, cmp=">")
-
-    def __ge__(self, other: Value | float) -> Value:
-        return self._binary("step", other, cmp=">=")
-
-    def __lt__(self, other: Value | float) -> Value:
-        return self._binary("step", other, cmp="<")
-
-    def __le__(self, other: Value | float) -> Value:
-        return self._binary("step", other, cmp="<=")
-
     def eq(self, other: Value | float) -> Value:
+        """The mask 1 where self == other, else 0 (``==`` itself compares the objects)."""
         return self._binary("step", other, cmp="==")
-
-    # -- elementwise math
-    def exp(self) -> Value:
-        return self.node("exp")
-
-    def log(self) -> Value:
-        return self.node("log")
-
-    def tanh(self) -> Value:
-        return self.node("tanh")
-
-    def relu(self) -> Value:
-        return self.node("relu")
-
-    def sigmoid(self) -> Value:
-        return self.node("sigmoid")
-
-    def sign(self) -> Value:
-        return self.node("sign")
 
     # -- shapes and reductions
     def sum(self, axis: Any = None, keepdims: bool = False) -> Value:
@@ -176,6 +112,25 @@ class Value:
             return self * (factor / total)
         scaled = self / Value(self.G, self.build("dim", (), {"symbols": symbols, "factor": total}), self.build)
         return scaled if factor == 1.0 else scaled * factor
+
+
+def _operator(op: str, reflected: bool = False, **attrs: Any) -> Callable[[Value, Value | float], Value]:
+    def method(self: Value, other: Value | float) -> Value:
+        return self._binary(op, other, reflected, **attrs)
+    method.__name__ = f"{'r' if reflected else ''}{op}"
+    return method
+
+
+# a + b, 2.0 * a, a @ b ...; the comparisons give the step mask: 1 where it holds, else 0
+# (it carries no gradient).
+for _name, _op in (("add", "add"), ("sub", "sub"), ("mul", "mul"), ("truediv", "div"), ("pow", "pow")):
+    setattr(Value, f"__{_name}__", _operator(_op))
+    setattr(Value, f"__r{_name}__", _operator(_op, reflected=True))
+Value.__matmul__ = _operator("matmul")
+for _name, _cmp in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+    setattr(Value, f"__{_name}__", _operator("step", cmp=_cmp))
+for _op in ("exp", "log", "tanh", "relu", "sigmoid", "sign"):   # x.exp() ...
+    setattr(Value, _op, lambda self, _op=_op: self.node(_op))
 
 
 def count(shape: Shape, axis: Any) -> tuple[int, tuple[str, ...]]:
