@@ -24,6 +24,8 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from .ops import REGISTRY
+
 TOLERANCE = 1e-6   # largest relative error that passes
 FLOOR = 1e-5       # slopes below FLOOR * max(1, |loss|) are compared absolutely: round-off, not signal
 MOVES = 3          # how often a point that sits on a kink is moved off it
@@ -60,47 +62,6 @@ def relative_error(a: float, b: float, floor: float = FLOOR) -> float:
 
 # ---- kinks -------------------------------------------------------------------------------
 
-def _tie_gap(x: np.ndarray, axes: tuple[int, ...] | None) -> np.ndarray:
-    """Each entry minus the largest other entry it is reduced with: 0 at a tie for the max."""
-    axes = tuple(range(x.ndim)) if axes is None else tuple(a % x.ndim for a in axes)
-    x = np.moveaxis(x, axes, tuple(range(x.ndim - len(axes), x.ndim)))
-    x = x.reshape(*x.shape[:x.ndim - len(axes)], -1)
-    if x.shape[-1] < 2:
-        return np.ones_like(x)
-    top = np.sort(x, axis=-1)[..., -2:]
-    return x - np.where(x == top[..., 1:], top[..., :1], top[..., 1:])
-
-
-def _axes(attrs: Mapping) -> tuple[int, ...] | None:
-    axis = attrs.get("axis")
-    return None if axis is None else tuple(np.atleast_1d(axis).tolist())
-
-
-def _svm_margins(scores: np.ndarray, labels: np.ndarray, delta: float) -> np.ndarray:
-    rows = np.arange(len(labels))
-    margins = scores - scores[rows, labels][:, None] + delta
-    margins[rows, labels] = 1.0   # the label's own column has no hinge
-    return margins
-
-
-# Each kinked op's switch: an array that crosses 0 exactly where the op changes branch.
-SWITCHES: dict[str, Callable[[list[np.ndarray], dict], np.ndarray]] = {
-    "relu": lambda a, attrs: a[0],
-    "leaky_relu": lambda a, attrs: a[0],
-    "abs": lambda a, attrs: a[0],
-    "elu": lambda a, attrs: a[0] if float(attrs.get("alpha", 1.0)) != 1.0 else np.ones_like(a[0]),
-    "maximum": lambda a, attrs: np.subtract(a[0], a[1]),
-    "minimum": lambda a, attrs: np.subtract(a[0], a[1]),
-    "max": lambda a, attrs: _tie_gap(a[0], _axes(attrs)),
-    "maxout": lambda a, attrs: _tie_gap(a[0].reshape(*a[0].shape[:-1], int(attrs["k"]), -1), (-2,)),
-    "svm_loss": lambda a, attrs: _svm_margins(a[0], a[1], float(attrs.get("delta", 1.0))),
-    "l1": lambda a, attrs: np.concatenate([np.ravel(x) for x in a]),
-    "elastic_net": lambda a, attrs: np.concatenate([np.ravel(x) for x in a]),
-}
-_WHAT = {"max": "has a tie for the maximum", "maxout": "has a tie for the maximum",
-         "svm_loss": "is at its margin", "maximum": "has tied operands", "minimum": "has tied operands"}
-
-
 @dataclass(frozen=True)
 class Kink:
     """A kinked op of the model: where it is, and which traced values its switch reads."""
@@ -112,10 +73,10 @@ class Kink:
 
     def switch(self, values: Mapping[int, np.ndarray]) -> np.ndarray:
         args = [a if isinstance(a, np.ndarray) else values[a] for a in self.args]
-        return np.ravel(np.asarray(SWITCHES[self.op](args, self.attrs), dtype=np.float64))
+        return np.ravel(np.asarray(REGISTRY[self.op].kink.switch(args, self.attrs), dtype=np.float64))
 
     def describe(self, entries: int) -> str:
-        return f"{self.label} {_WHAT.get(self.op, 'is at its kink')} for {entries} entr{'y' if entries == 1 else 'ies'}"
+        return f"{self.label} {REGISTRY[self.op].kink.what} for {entries} entr{'y' if entries == 1 else 'ies'}"
 
 
 class Kinks:
@@ -136,7 +97,7 @@ class Kinks:
         kinks = []
         for n in G.nodes():
             node = G[n]
-            if node.op not in SWITCHES or node.grad_of is not None:
+            if REGISTRY[node.op].kink is None or node.grad_of is not None:
                 continue
             if not all(a in traced or G[a].op == "const" for a in node.args):
                 continue

@@ -16,7 +16,8 @@ from .errors import Loc
 from .shapes import Shape
 
 Attrs = tuple[tuple[str, Any], ...]
-LEAVES = frozenset({"input", "param", "state", "const"})
+ARGUMENTS = frozenset({"input", "param", "state"})   # the leaves a caller passes in: never merged or removed
+LEAVES = ARGUMENTS | {"const"}
 
 
 @dataclass(frozen=True)

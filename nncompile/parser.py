@@ -12,7 +12,7 @@ from typing import Iterator
 from lark import Lark, Token, Transformer_NonRecursive, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
-from . import syntax as S
+from . import syntax
 from .errors import Loc, NNError, Sources
 from .limits import MAX_INT, MAX_NESTING
 
@@ -59,7 +59,7 @@ def _lark() -> Lark:
         return Lark(grammar_text(), **options)
 
 
-def parse(text: str, file: str = "<string>") -> S.Module:
+def parse(text: str, file: str = "<string>") -> syntax.Module:
     """Parse one file. Raises :class:`NNError` pointing at the first syntax error."""
     Sources.add(file, text)
     if not text.strip():
@@ -76,10 +76,10 @@ def parse(text: str, file: str = "<string>") -> S.Module:
     if deep is not None:
         raise NNError(f"this is nested more than {MAX_NESTING} levels deep (brackets, calls and operands "
                       "inside one another), the limit; name the inner parts with assignments", deep.loc)
-    return S.Module(file, tuple(body))
+    return syntax.Module(file, tuple(body))
 
 
-def parse_file(path: str | Path) -> S.Module:
+def parse_file(path: str | Path) -> syntax.Module:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")  # tolerate a BOM
@@ -276,67 +276,67 @@ class _ToAst(Transformer_NonRecursive):
         return items
 
     def const_item(self, meta, items):
-        return S.Const(self.L(meta), str(items[0]), items[1])
+        return syntax.Const(self.L(meta), str(items[0]), items[1])
 
     def input_stmt(self, meta, items):
-        return S.Input(self.L(meta), str(items[0]), items[1], items[2])
+        return syntax.Input(self.L(meta), str(items[0]), items[1], items[2])
 
     def param_stmt(self, meta, items):
-        return S.Param(self.L(meta), str(items[0]), items[1], items[2])
+        return syntax.Param(self.L(meta), str(items[0]), items[1], items[2])
 
     def state_stmt(self, meta, items):
-        return S.State(self.L(meta), str(items[0]), items[1], items[2])
+        return syntax.State(self.L(meta), str(items[0]), items[1], items[2])
 
     def update_stmt(self, meta, items):
-        return S.Update(self.L(meta), items[0], items[1])
+        return syntax.Update(self.L(meta), items[0], items[1])
 
     def assign(self, meta, items):
-        return S.Assign(self.L(meta), str(items[0]), items[1])
+        return syntax.Assign(self.L(meta), str(items[0]), items[1])
 
     def output_stmt(self, meta, items):
-        return S.Output(self.L(meta), tuple((ref.name, ref.loc) for ref in items))
+        return syntax.Output(self.L(meta), tuple((ref.name, ref.loc) for ref in items))
 
     def minimize_stmt(self, meta, items):
-        return S.Minimize(self.L(meta), str(items[0]))
+        return syntax.Minimize(self.L(meta), str(items[0]))
 
     def return_stmt(self, meta, items):
-        return S.Return(self.L(meta), items[0])
+        return syntax.Return(self.L(meta), items[0])
 
     def import_stmt(self, meta, items):
         token = items[0]
         if token.type == "STRING":
-            return S.Import(self.L(meta), str(token)[1:-1], True)
-        return S.Import(self.L(meta), str(token), False)
+            return syntax.Import(self.L(meta), str(token)[1:-1], True)
+        return syntax.Import(self.L(meta), str(token), False)
 
     def dtype_stmt(self, meta, items):
-        return S.DType(self.L(meta), str(items[0].children[0]))
+        return syntax.DType(self.L(meta), str(items[0].children[0]))
 
     def phase_block(self, meta, items):
-        return S.Phase(self.L(meta), str(items[0].children[0]), tuple(_flatten(items[1:])))
+        return syntax.Phase(self.L(meta), str(items[0].children[0]), tuple(_flatten(items[1:])))
 
     def layer_def(self, meta, items):
         name, args, returns, *body = items
-        return S.Layer(self.L(meta), str(name), tuple(args or ()), returns, tuple(_flatten(body)))
+        return syntax.Layer(self.L(meta), str(name), tuple(args or ()), returns, tuple(_flatten(body)))
 
     def layer_args(self, meta, items):
         return [a for a in items if a is not None]
 
     def layer_arg(self, meta, items):
-        return S.LayerArg(self.L(meta), str(items[0]), items[1], items[2])
+        return syntax.LayerArg(self.L(meta), str(items[0]), items[1], items[2])
 
     # types
     def typed(self, meta, items):
-        return S.Type(self.L(meta), str(items[0].children[0]), items[1])
+        return syntax.Type(self.L(meta), str(items[0].children[0]), items[1])
 
     def shaped(self, meta, items):
-        return S.Type(self.L(meta), None, items[0])
+        return syntax.Type(self.L(meta), None, items[0])
 
     def shape(self, meta, items):
         return tuple(i for i in items if i is not None)
 
     # expressions
-    def _binop(self, op: str, meta, items) -> S.BinOp:
-        return S.BinOp(self.L(meta), op, items[0], items[1])
+    def _binop(self, op: str, meta, items) -> syntax.BinOp:
+        return syntax.BinOp(self.L(meta), op, items[0], items[1])
 
     def add(self, meta, items):
         return self._binop("add", meta, items)
@@ -357,7 +357,7 @@ class _ToAst(Transformer_NonRecursive):
         return self._binop("pow", meta, items)
 
     def neg(self, meta, items):
-        return S.Neg(self.L(meta), items[0])
+        return syntax.Neg(self.L(meta), items[0])
 
     def unary(self, meta, items):  # unary plus
         return items[0]
@@ -369,23 +369,23 @@ class _ToAst(Transformer_NonRecursive):
             if len(text.lstrip("0")) > len(str(MAX_INT)) or int(text) > MAX_INT:
                 raise NNError(f"the whole number {shown} is too large: whole numbers must fit in int64 "
                               f"(at most {MAX_INT}); for a real number write one like 1e20", self.L(meta))
-            return S.Number(self.L(meta), int(text))
+            return syntax.Number(self.L(meta), int(text))
         value = float(text)
         if not math.isfinite(value):
             raise NNError(f"the number {shown} overflows float64 (the largest is about 1.8e308)", self.L(meta))
-        return S.Number(self.L(meta), value)
+        return syntax.Number(self.L(meta), value)
 
     def true(self, meta, items):
-        return S.Bool(self.L(meta), True)
+        return syntax.Bool(self.L(meta), True)
 
     def false(self, meta, items):
-        return S.Bool(self.L(meta), False)
+        return syntax.Bool(self.L(meta), False)
 
     def ref(self, meta, items):
-        return S.Ref(self.L(meta), tuple(str(t) for t in items))
+        return syntax.Ref(self.L(meta), tuple(str(t) for t in items))
 
     def list(self, meta, items):
-        return S.ListExpr(self.L(meta), tuple(i for i in items if i is not None))
+        return syntax.ListExpr(self.L(meta), tuple(i for i in items if i is not None))
 
     def call(self, meta, items):
         name, *args = items
@@ -397,29 +397,29 @@ class _ToAst(Transformer_NonRecursive):
                 keywords.append(arg)
             else:
                 positional.append(arg)
-        return S.Call(self.L(meta), str(name), tuple(positional), tuple(keywords))
+        return syntax.Call(self.L(meta), str(name), tuple(positional), tuple(keywords))
 
     def kwarg(self, meta, items):
         return (str(items[0]), items[1], _tok_loc(self.file, items[0]))
 
     def scoped(self, meta, items):
         call, name = items
-        return S.Call(self.L(meta), call.func, call.args, call.kwargs, str(name))
+        return syntax.Call(self.L(meta), call.func, call.args, call.kwargs, str(name))
 
     def repeat(self, meta, items):
         count, call, scope = items
         if scope is not None:   # repeat 3 block(x) as blocks
-            call = S.Call(call.loc, call.func, call.args, call.kwargs, str(scope))
-        return S.Repeat(self.L(meta), count, call)
+            call = syntax.Call(call.loc, call.func, call.args, call.kwargs, str(scope))
+        return syntax.Repeat(self.L(meta), count, call)
 
     def index(self, meta, items):
-        return S.Index(self.L(meta), items[0], tuple(i for i in items[1:] if i is not None))
+        return syntax.Index(self.L(meta), items[0], tuple(i for i in items[1:] if i is not None))
 
     def slice(self, meta, items):
-        return S.Slice(self.L(meta), items[0], items[1])
+        return syntax.Slice(self.L(meta), items[0], items[1])
 
 
-def _too_deep(body: list[S.Stmt]) -> S.Node | None:
+def _too_deep(body: list[syntax.Stmt]) -> syntax.Node | None:
     """The first node nested more than MAX_NESTING levels deep, if any. An operator chain read
     left to right (a + b - c, - - x) counts as one level: the elaborator walks it in a loop."""
     stack = [(stmt, 0) for stmt in body]
@@ -428,18 +428,18 @@ def _too_deep(body: list[S.Stmt]) -> S.Node | None:
         if depth > MAX_NESTING:
             return node
         for child in _children(node):
-            chained = (isinstance(node, S.BinOp) and child is node.left and isinstance(child, S.BinOp)) or \
-                (isinstance(node, S.Neg) and isinstance(child, S.Neg))
+            chained = (isinstance(node, syntax.BinOp) and child is node.left and isinstance(child, syntax.BinOp)) or \
+                (isinstance(node, syntax.Neg) and isinstance(child, syntax.Neg))
             stack.append((child, depth if chained else depth + 1))
     return None
 
 
-def _children(node: S.Node) -> list[S.Node]:
-    out: list[S.Node] = []
+def _children(node: syntax.Node) -> list[syntax.Node]:
+    out: list[syntax.Node] = []
     items = [getattr(node, f.name) for f in dataclasses.fields(node)]
     while items:
         item = items.pop()
-        if isinstance(item, S.Node):
+        if isinstance(item, syntax.Node):
             out.append(item)
         elif isinstance(item, tuple):
             items.extend(item)

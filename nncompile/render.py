@@ -35,6 +35,8 @@ import numpy as np
 
 from .errors import NNError, Sources
 from .ir import Graph, Node
+from .ops import REGISTRY
+from .ops.registry import attr_text
 
 FORMATS = (".svg", ".png", ".pdf", ".dot")
 MAX_NODES = 400          # above this many forward nodes, layer instances are collapsed
@@ -64,10 +66,6 @@ STYLE = {  # kind -> Graphviz node attributes
     "layer": {"shape": "box3d", "style": "filled", "fillcolor": "#fbefff", "color": "#8250df",
               "margin": "0.12,0.06"},
 }
-
-SYMBOLS = {"add": "+", "sub": "−", "mul": "×", "div": "÷", "pow": "**", "matmul": "@", "neg": "−",
-           "maximum": "max", "minimum": "min"}
-
 
 # ---- text ------------------------------------------------------------------------------
 
@@ -188,29 +186,14 @@ def stats_text(array: Any, what: str) -> str:
 
 
 def op_text(node: Node) -> str:
-    """What an op node says: a symbol for arithmetic, else the op's name and attributes."""
-    if node.op in SYMBOLS:
-        return SYMBOLS[node.op]
-    if node.op in ("sum", "mean", "max"):
-        axis, keep = node.attr("axis"), node.attr("keepdims")
-        args = ([] if axis is None else [f"axis={_attr(axis)}"]) + (["keepdims"] if keep else [])
-        return f"{node.op}({', '.join(args)})" if args else node.op
-    if node.op == "reshape":
-        return f"reshape({_attr(node.attr('shape'))})"
-    if node.op == "transpose":
-        axes = node.attr("axes")
-        return "transpose" if axes is None else f"transpose({_attr(axes)})"
-    if node.op == "dim":
-        return f"dim {node.attr('name', '')}".strip()
-    extra = ", ".join(f"{k}={_attr(v)}" for k, v in node.attrs)
+    """What an op node says: the op's own label (a symbol like ×, or text made from its
+    attributes), else its name and attributes."""
+    label = REGISTRY[node.op].label
+    if label is not None:
+        return label if isinstance(label, str) else label(dict(node.attrs))
+    extra = ", ".join(f"{k}={attr_text(v)}" for k, v in node.attrs)
     text = f"{node.op}({extra})" if extra else node.op
     return text if len(text) <= 40 else text[:39] + "…"
-
-
-def _attr(v: Any) -> str:
-    if isinstance(v, tuple):
-        return ", ".join(_attr(x) for x in v)
-    return str(v)
 
 
 # ---- what to draw -----------------------------------------------------------------------

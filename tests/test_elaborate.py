@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import networkx as nx
@@ -10,6 +11,7 @@ import pytest
 
 from nncompile.elaborate import elaborate, elaborate_file
 from nncompile.errors import NNError
+from nncompile.ops import REGISTRY
 from nncompile.parser import parse
 
 from conftest import EXAMPLES, write_nn
@@ -513,6 +515,33 @@ def test_an_imported_layer_sees_its_own_files_consts_not_the_importers(tmp_path:
     assert model.graph[model.params["h.W"]].shape == (5, 3)
 
 
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_an_op_that_lowers_itself_builds_through_the_graph_the_mode_the_model_and_op(mode: str,
+                                                                                    monkeypatch) -> None:
+    """The hook of mode-dependent and composite ops, ``OpDef.lower(el, args, attrs, loc, scope)``:
+    it reads ``el.G``, ``el.mode`` and ``el.model``, and adds its nodes with ``el.op()``."""
+    seen = []
+
+    def lower(el, args, attrs, loc, scope):
+        seen.append((el.mode, el.G[args[0]].shape, list(el.model.inputs), attrs, loc.line, scope.prefix))
+        return el.op("mul", [args[0], args[0]], {}, loc, scope)
+
+    monkeypatch.setitem(REGISTRY, "selfmul", replace(REGISTRY["dropout"], name="selfmul", lower=lower))
+    text = textwrap.dedent("""
+        layer sq(x: [B, K]) -> [B, K] {
+            return selfmul(x, p=0.25)
+        }
+        input X: float[N, 3]
+        h = sq(X)
+        output h
+    """).lstrip("\n")
+    m = elaborate(parse(text, "m.nn"), mode=mode)
+    assert seen == [(mode, ("N", 3), ["X"], {"p": 0.25}, 2, ("h",))]
+    h = m.graph[m.outputs["h"]]
+    assert h.op == "mul" and h.args == (m.inputs["X"],) * 2 and h.name == "h" and h.scope == ("h",)
+    assert m.mode_dependent
+
+
 # ---- bounds: no input crashes or hangs the elaborator ----------------------------------
 
 def located_error(text: str, points_at: str) -> str:
@@ -660,8 +689,8 @@ def test_repeat_counts_are_bounded(line: str, message: str, points_at: str) -> N
 
 
 def test_the_graph_size_is_bounded(monkeypatch) -> None:
-    import nncompile.elaborate as elaborate_module
-    monkeypatch.setattr(elaborate_module, "MAX_NODES", 50)
+    import nncompile.elaborate.layers as layers_module
+    monkeypatch.setattr(layers_module, "MAX_NODES", 50)
     got = located_error("""
         layer block(x: [B, K]) -> [B, K] {
             return x * 2

@@ -4,6 +4,7 @@ ill-conditioned net), still fails a gradient that is wrong by 1%, and says NaN, 
 or unused where that is the truth."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from types import ModuleType
 
@@ -16,6 +17,8 @@ from nncompile.compiler import build, load_module
 from nncompile.elaborate import elaborate_file
 from nncompile.evaluate import concrete_values
 from nncompile.gradcheck import GradResult, Kinks, check_gradients, relative_error, ridders, summarize
+from nncompile.ops import REGISTRY
+from nncompile.ops.registry import Kink
 
 # The first example is all zeros: with zeros() biases, relu's input for that row is exactly 0.
 DEAD_ROW = """
@@ -197,3 +200,20 @@ def test_ridders_extrapolates_past_truncation_error() -> None:
                                                (2.0, 1.0, 1e-5, 0.5)])
 def test_relative_error_has_a_floor_for_zero_gradients(a: float, b: float, floor: float, want: float) -> None:
     assert relative_error(a, b, floor) == pytest.approx(want, rel=1e-3)
+
+
+def test_a_kink_is_read_from_its_op(tmp_path: Path, monkeypatch) -> None:
+    """The check names no op: where an op's kink is, and how it is said, come from the op's
+    declaration (OpDef.kink), so an op declaring one is watched like relu."""
+    smooth = REGISTRY["tanh"]
+    monkeypatch.setitem(REGISTRY, "tanh", dataclasses.replace(smooth, kink=Kink(what="is at its pretend kink")))
+    path = write_nn(tmp_path, "m.nn", """
+        input x: float[3] = [-1, 0, 2]
+        loss = sum(tanh(x))
+        minimize loss
+    """)
+    module, params, inputs, kinks = prepared(path)
+    assert "tanh (line 2) is at its pretend kink for 1 entry" in by_name(
+        check_gradients(module, params, inputs, kinks=kinks))["x"].note
+    monkeypatch.setitem(REGISTRY, "tanh", smooth)
+    assert not Kinks.of_file(path).kinks

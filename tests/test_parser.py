@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nncompile import syntax as S
+from nncompile import syntax
 from nncompile.errors import Loc, NNError
 from nncompile.parser import parse
 
@@ -26,7 +26,7 @@ def only(text: str):
 def value_of(text: str):
     """The expression of ``y = TEXT``."""
     stmt = only(f"y = {text}")
-    assert isinstance(stmt, S.Assign)
+    assert isinstance(stmt, syntax.Assign)
     return stmt.value
 
 
@@ -66,18 +66,18 @@ def test_every_statement_form() -> None:
     assert (imp.target, imp.is_path) == ("layers.nn", True) and (std.target, std.is_path) == ("nn", False)
     assert dtype.dtype == "float64"
     assert (d.name, d.value.value, h.name, h.value.value) == ("D", 3072, "H", 100)
-    assert x.type is None and isinstance(x.default, S.Neg) and x.default.operand.value == 2
+    assert x.type is None and isinstance(x.default, syntax.Neg) and x.default.operand.value == 2
     assert X.type.dtype == "float" and [e.name for e in X.type.shape] == ["N", "D"] and X.default is None
     assert y.type.dtype == "int" and [e.name for e in y.type.shape] == ["N"]
-    assert isinstance(v.default, S.ListExpr) and [i.value for i in v.default.items] == [1, 2, 3]
+    assert isinstance(v.default, syntax.ListExpr) and [i.value for i in v.default.items] == [1, 2, 3]
     assert s.type is None and s.init.value == 0.5
-    assert W.type.dtype is None and isinstance(W.init, S.Call) and W.init.func == "he"
+    assert W.type.dtype is None and isinstance(W.init, syntax.Call) and W.init.func == "he"
     assert layer.name == "affine" and [a.name for a in layer.args] == ["x", "out", "scale"]
     assert [a.is_attribute for a in layer.args] == [False, True, True]
     assert layer.args[2].default.value == 1.0 and [e.name for e in layer.returns] == ["B", "out"]
     assert [type(st).__name__ for st in layer.body] == ["Param", "Return"]
     assert [n for n, _ in out.names] == ["q", "X"] and mini.name == "q"
-    assert phase.phase == "train" and isinstance(phase.body[0], S.Assign)
+    assert phase.phase == "train" and isinstance(phase.body[0], syntax.Assign)
 
 
 def test_statement_locations() -> None:
@@ -115,7 +115,7 @@ def test_every_node_has_a_location() -> None:
         if isinstance(node, (list, tuple)):
             for item in node:
                 yield from walk(item)
-        elif isinstance(node, S.Node):
+        elif isinstance(node, syntax.Node):
             yield node
             for value in vars(node).values():
                 yield from walk(value)
@@ -147,8 +147,8 @@ def test_newlines_inside_brackets_are_ignored() -> None:
     """)
     call, x, z = body
     assert call.value.func == "f" and len(call.value.args) == 1 and call.value.kwargs[0][0] == "b"
-    assert [e.name if isinstance(e, S.Ref) else e.value for e in x.type.shape] == ["N", 3]
-    assert isinstance(z.value, S.BinOp) and z.value.op == "mul" and at(z.value.right) == (10, 11)
+    assert [e.name if isinstance(e, syntax.Ref) else e.value for e in x.type.shape] == ["N", 3]
+    assert isinstance(z.value, syntax.BinOp) and z.value.op == "mul" and at(z.value.right) == (10, 11)
 
 
 def test_newlines_separate_statements_in_layer_bodies() -> None:
@@ -193,12 +193,12 @@ def test_windows_line_endings() -> None:
 ])
 def test_number_literals(text: str, value) -> None:
     number = value_of(text)
-    assert isinstance(number, S.Number) and number.value == value and type(number.value) is type(value)
+    assert isinstance(number, syntax.Number) and number.value == value and type(number.value) is type(value)
 
 
 def test_precedence_follows_python() -> None:
     e = value_of("a + b * c ** 2 @ d - -e")
-    assert e.op == "sub" and isinstance(e.right, S.Neg)
+    assert e.op == "sub" and isinstance(e.right, syntax.Neg)
     add = e.left
     assert add.op == "add" and add.left.name == "a"
     matmul = add.right
@@ -206,7 +206,7 @@ def test_precedence_follows_python() -> None:
     mul = matmul.left
     assert mul.op == "mul" and mul.right.op == "pow"
     neg = value_of("-x ** 2")
-    assert isinstance(neg, S.Neg) and neg.operand.op == "pow"       # -(x ** 2), as in Python
+    assert isinstance(neg, syntax.Neg) and neg.operand.op == "pow"       # -(x ** 2), as in Python
     power = value_of("2 ** 3 ** 2")
     assert power.op == "pow" and power.right.op == "pow"             # right-associative
     assert value_of("a - b - c").left.op == "sub"                    # left-associative
@@ -214,7 +214,7 @@ def test_precedence_follows_python() -> None:
 
 def test_calls_with_positional_and_keyword_arguments() -> None:
     call = value_of("sum(x * 2, axis=1, keepdims=true)")
-    assert isinstance(call, S.Call) and call.func == "sum" and call.scope is None
+    assert isinstance(call, syntax.Call) and call.func == "sum" and call.scope is None
     assert call.args[0].op == "mul"
     assert [(k, type(v).__name__) for k, v, _ in call.kwargs] == [("axis", "Number"), ("keepdims", "Bool")]
     assert call.kwargs[0][2] == Loc("t.nn", 1, 16, 20)                # the keyword's own location
@@ -237,16 +237,16 @@ def test_as_names_a_layer_instance() -> None:
 
 def test_repeat() -> None:
     rep = value_of("repeat 3 dense(x, out=4)")
-    assert isinstance(rep, S.Repeat) and rep.count.value == 3
+    assert isinstance(rep, syntax.Repeat) and rep.count.value == 3
     assert rep.call.func == "dense" and rep.call.scope is None and rep.call.kwargs[0][0] == "out"
     assert value_of("repeat L dense(x)").count.name == "L"
 
 
 def test_lists_indexing_and_booleans() -> None:
     lst = value_of("[1, [2, 3],]")
-    assert isinstance(lst, S.ListExpr) and len(lst.items) == 2
+    assert isinstance(lst, syntax.ListExpr) and len(lst.items) == 2
     idx = value_of("x[0, 1:3, :]")
-    assert isinstance(idx, S.Index) and len(idx.subscripts) == 3 and isinstance(idx.subscripts[1], S.Slice)
+    assert isinstance(idx, syntax.Index) and len(idx.subscripts) == 3 and isinstance(idx.subscripts[1], syntax.Slice)
     assert value_of("false").value is False
 
 
@@ -270,15 +270,15 @@ def _expressions():
 
 
 def _ours(e):
-    if isinstance(e, S.Number):
+    if isinstance(e, syntax.Number):
         return ("num", float(e.value))
-    if isinstance(e, S.Ref):
+    if isinstance(e, syntax.Ref):
         return ("name", e.name)
-    if isinstance(e, S.Neg):
+    if isinstance(e, syntax.Neg):
         return ("neg", _ours(e.operand))
-    if isinstance(e, S.BinOp):
+    if isinstance(e, syntax.BinOp):
         return (e.op, _ours(e.left), _ours(e.right))
-    if isinstance(e, S.Call):
+    if isinstance(e, syntax.Call):
         return ("call", e.func, *map(_ours, e.args))
     raise AssertionError(e)
 
@@ -413,7 +413,7 @@ def test_the_largest_literals_still_parse() -> None:
     "(" * 10000 + "x" + ")" * 10000,
 ])
 def test_long_chains_parse_without_recursion(text: str) -> None:
-    assert isinstance(value_of(text), (S.BinOp, S.Neg, S.Ref))
+    assert isinstance(value_of(text), (syntax.BinOp, syntax.Neg, syntax.Ref))
 
 
 @pytest.mark.parametrize("text", [
@@ -428,7 +428,7 @@ def test_nesting_past_the_limit_is_a_located_error(text: str) -> None:
 
 
 def test_nesting_up_to_the_limit_parses() -> None:
-    assert isinstance(value_of("f(" * 99 + "x" + ")" * 99), S.Call)
+    assert isinstance(value_of("f(" * 99 + "x" + ")" * 99), syntax.Call)
 
 
 @pytest.mark.parametrize(("text", "message", "where"), [

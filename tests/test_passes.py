@@ -17,9 +17,11 @@ import nncompile
 from nncompile.codegen import emit_module
 from nncompile.compiler import build, load_module
 from nncompile.elaborate import elaborate, elaborate_file
+from nncompile.ir import Graph, Node
 from nncompile.parser import parse
-from nncompile.ops import REGISTRY
-from nncompile.passes import Roots, eliminate_common_subexpressions, eliminate_dead_code, fold_constants
+from nncompile.ops import REGISTRY, constant
+from nncompile.ops.rewrites import drop_redundant_broadcasts
+from nncompile.passes import Roots, eliminate_common_subexpressions, eliminate_dead_code, fold_constants, simplify
 
 from conftest import EXAMPLE_FILES, EXAMPLES, example_inputs, value_and_grad
 
@@ -252,3 +254,117 @@ def test_the_fused_kernel_check_catches_what_only_c_gets_wrong(tmp_path: Path, m
     np.testing.assert_allclose(translated.forward({}, x=x)["loss"], np.sum(np.tanh(2 * x) * x))
     with pytest.raises(AssertionError):
         compare_fused_kernels(path, "float64", monkeypatch)
+
+
+# ---- the simplification rules, one by one (nncompile/ops/rewrites.py) -------------------
+# Each rule is declared with its op (OpDef.rewrites); ``simplified`` runs the simplify pass
+# on a tiny graph and says what now stands for its result.
+
+def tiny(*shapes: tuple) -> tuple[Graph, list[int]]:
+    """A graph of float inputs x0, x1, ... of the given shapes."""
+    G = Graph()
+    return G, [G.add("input", (), {"name": f"x{i}", "shape": s, "dtype": "float"}) for i, s in enumerate(shapes)]
+
+
+def simplified(G: Graph, n: int) -> Node:
+    roots = Roots({"out": n})
+    simplify(G, roots)
+    eliminate_common_subexpressions(G, roots)
+    return G[roots["out"]]
+
+
+def test_power_of_one() -> None:
+    G, (x,) = tiny((3,))
+    assert simplified(G, G.add("pow", [x, constant(G, 1.0)])) == G[x]
+
+
+def test_square_is_mul() -> None:
+    G, (x,) = tiny((3,))
+    node = simplified(G, G.add("pow", [x, constant(G, 2.0)]))
+    assert (node.op, node.args) == ("mul", (x, x))
+
+
+def test_half_power_is_sqrt() -> None:
+    G, (x,) = tiny((3,))
+    node = simplified(G, G.add("pow", [x, constant(G, 0.5)]))
+    assert (node.op, node.args) == ("sqrt", (x,))
+    G, (x,) = tiny((3,))
+    assert simplified(G, G.add("pow", [x, constant(G, 3.0)])).op == "pow"   # other powers stay
+
+
+def test_mul_by_one() -> None:
+    G, (x,) = tiny((3,))
+    assert simplified(G, G.add("mul", [x, constant(G, 1.0)])) == G[x]
+    assert simplified(G, G.add("mul", [constant(G, 1.0), x])) == G[x]
+    wider = simplified(G, G.add("mul", [x, constant(G, 1.0, (2, 3))]))
+    assert wider.op == "mul" and wider.shape == (2, 3)   # x alone would lose the broadcast
+
+
+def test_add_zero() -> None:
+    G, (x,) = tiny((3,))
+    assert simplified(G, G.add("add", [x, constant(G, 0.0)])) == G[x]
+    assert simplified(G, G.add("add", [constant(G, 0.0), x])) == G[x]
+    assert simplified(G, G.add("add", [x, constant(G, 1.0)])).op == "add"
+
+
+def test_subtract_zero() -> None:
+    G, (x,) = tiny((3,))
+    assert simplified(G, G.add("sub", [x, constant(G, 0.0)])) == G[x]
+    assert simplified(G, G.add("sub", [constant(G, 0.0), x])).op == "sub"   # 0 - x is -x, not x
+
+
+def test_divide_by_one() -> None:
+    G, (x,) = tiny((3,))
+    assert simplified(G, G.add("div", [x, constant(G, 1.0)])) == G[x]
+    assert simplified(G, G.add("div", [constant(G, 1.0), x])).op == "div"
+
+
+def test_double_negation() -> None:
+    G, (x,) = tiny((3,))
+    assert simplified(G, G.add("neg", [G.add("neg", [x])])) == G[x]
+    assert simplified(G, G.add("neg", [x])).op == "neg"
+
+
+def test_share_log_softmax() -> None:
+    """The loss becomes nll of a log_softmax node; its gradient reads that very node."""
+    G, (scores,) = tiny((5, 4))
+    labels = G.add("input", (), {"name": "y", "shape": (5,), "dtype": "int"})
+    loss = G.add("softmax_cross_entropy", [scores, labels])
+    grad = G.add("softmax_cross_entropy_grad", [scores, labels, constant(G, 1.0)])
+    roots = Roots({"loss": loss, "grad": grad})
+    simplify(G, roots)
+    eliminate_common_subexpressions(G, roots)
+    loss, grad = G[roots["loss"]], G[roots["grad"]]
+    assert (loss.op, grad.op) == ("nll", "softmax_nll_grad")
+    assert loss.args[0] == grad.args[0] and G[loss.args[0]].op == "log_softmax"
+    assert G[loss.args[0]].args == (scores,) and G[loss.args[0]].attr("axis") == 1
+
+
+def test_share_log_softmax_in_gradient() -> None:
+    G, (scores,) = tiny((5, 4))
+    labels = G.add("input", (), {"name": "y", "shape": (5,), "dtype": "int"})
+    node = simplified(G, G.add("softmax_cross_entropy_grad", [scores, labels, constant(G, 1.0)]))
+    assert node.op == "softmax_nll_grad" and G[node.args[0]].op == "log_softmax"
+    assert node.args[1] == labels and G[node.args[2]].op == "const"
+
+
+def test_drop_redundant_broadcasts() -> None:
+    """Every elementwise op: an operand broadcast_to a shape numpy's own broadcasting reaches
+    is used as it is, before the op's own rules run (here x * broadcast_to(1) -> x)."""
+    G, (x, c) = tiny((3, 4), (4,))
+    node = simplified(G, G.add("add", [x, G.add("broadcast_to", [c], {"shape": (3, 4)})]))
+    assert (node.op, node.args) == ("add", (x, c))
+    G, (x,) = tiny((3, 4))
+    one = G.add("broadcast_to", [constant(G, 1.0)], {"shape": (3, 4)})
+    assert simplified(G, G.add("mul", [x, one])) == G[x]
+    G, (x, c) = tiny((4,), (4,))
+    node = simplified(G, G.add("mul", [x, G.add("broadcast_to", [c], {"shape": (3, 4)})]))
+    assert G[node.args[1]].op == "broadcast_to"   # without it the product would be [4], not [3, 4]
+
+
+def test_every_rule_is_declared_with_its_op_and_specified_here() -> None:
+    """A rewrite is a named function in an op's ``rewrites``, and has its own test above."""
+    rules = {rule for opdef in REGISTRY.values() for rule in opdef.rewrites} | {drop_redundant_broadcasts}
+    tests = {name for name in globals() if name.startswith("test_")}
+    assert {f"test_{rule.__name__}" for rule in rules} <= tests
+    assert all(rule.__doc__ for rule in rules)

@@ -367,3 +367,17 @@ def test_number_and_summary_formatting():
     assert value_text(np.array([1.0, np.nan, np.inf])).endswith("⚠ 1 NaN, 1 inf")
     assert value_text(np.array([0, 3, 9])) == "int [3] min 0 max 9"
     assert value_text(np.float32(0.7310586)) == "0.7311"
+
+
+def test_an_op_node_says_what_its_op_declares() -> None:
+    """Labels come from the op's declaration (OpDef.label): a symbol, text made from the
+    attributes, or by default the name and attributes."""
+    from nncompile.ir import Node
+
+    def text(op: str, **attrs) -> str:
+        return render.op_text(Node(op, (), tuple(sorted(attrs.items())), (), "float"))
+
+    assert (text("mul"), text("sub"), text("matmul")) == ("×", "−", "@")
+    assert text("sum", axis=(0, 2), keepdims=True) == "sum(axis=0, 2, keepdims)" and text("max") == "max"
+    assert text("reshape", shape=(-1, 4)) == "reshape(-1, 4)" and text("transpose") == "transpose"
+    assert text("leaky_relu", alpha=0.1) == "leaky_relu(alpha=0.1)"

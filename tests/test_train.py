@@ -14,10 +14,12 @@ import pytest
 from conftest import EXAMPLES, cli, write_nn
 from test_gradcheck import DEEP
 
+from nncompile.compiler import compile_file, load_module
 from nncompile.errors import NNError
 from nncompile.train import TrainConfig, Trainer, make_schedule, run
 from nncompile.train.checkpoint import load_checkpoint
 from nncompile.train.data import bind, load_source
+from nncompile.train.trainer import Objective
 
 MLP = """
     const D = 4, H = 16, C = 3
@@ -513,3 +515,23 @@ def test_cli_bad_data_and_settings_fail_cleanly_before_training(files: dict[str,
     assert "error: " in result.stderr and message in result.stderr, result
     assert "Traceback" not in result.stderr and result.stdout == ""
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("inputs", "loss"), [
+    ("input s: float[N, 3]\ninput y: int[N]", "softmax_cross_entropy(s, y)"),
+    ("input s: float[N, 3]\ninput y: int[N]", "svm_loss(s, y, delta=2.5)"),
+    ("input s: float[N]\ninput t: float[N]", "sigmoid_cross_entropy(s, t)"),
+    ("input s: float[N]\ninput t: float[N]", "mse(s, t)"),
+], ids=["softmax_cross_entropy", "svm_loss", "sigmoid_cross_entropy", "mse"])
+def test_the_data_loss_is_what_the_loss_op_computes(tmp_path: Path, inputs: str, loss: str) -> None:
+    """The trainer names no loss: it finds the one the model minimises by the op's declared
+    ``loss``, and computes its value with the op's own code, attributes included."""
+    path = write_nn(tmp_path, "m.nn", f"{inputs}\nloss = {loss}\nminimize loss\n")
+    objective = Objective.of_file(path)
+    assert objective.op == loss.split("(")[0]
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=(6, 3) if "y" in inputs else 6)
+    targets = {"y": rng.integers(0, 3, 6)} if "y" in inputs else {"t": rng.uniform(size=6)}
+    module = load_module(compile_file(path, dtype="float64"), "m")
+    expected = module.value_and_grad({}, s=s, **targets)[0]["loss"]
+    assert objective.data_loss(s.astype(np.float32), *targets.values()) == pytest.approx(float(expected), rel=1e-6)

@@ -5,6 +5,10 @@ whole op: shape rule, emitter, C scalar form, gradient rule and gradient-check s
 """
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 from .. import shapes
 from ..ir import Node
 from ..shapes import Shape, ShapeError, unbroadcast_axes
@@ -12,8 +16,11 @@ from .value import Value
 from .registry import (
     Emit,
     EmitContext,
+    Kink,
+    Loss,
     Sample,
     along_axis_rule,
+    attr_text,
     call,
     elementwise,
     elementwise_rule,
@@ -24,6 +31,18 @@ from .registry import (
     op,
     reduce_expr,
     template,
+)
+from .rewrites import (
+    add_zero,
+    divide_by_one,
+    double_negation,
+    half_power_is_sqrt,
+    mul_by_one,
+    power_of_one,
+    share_log_softmax,
+    share_log_softmax_in_gradient,
+    square_is_mul,
+    subtract_zero,
 )
 
 LOG_SOFTMAX = '''def _log_softmax(x, axis):
@@ -235,6 +254,43 @@ def _vjp_broadcast_to(g: Value, out: Value, x: Value):
     return g.sum_to(x.shape)
 
 
+# ---- what diagrams, the gradient check and training read of an op ----------------------
+
+def _reduction_label(name: str):
+    """``sum(axis=1, keepdims)``; a bare ``sum`` over every axis."""
+    def label(attrs: dict) -> str:
+        axis, keep = attrs.get("axis"), attrs.get("keepdims")
+        args = ([] if axis is None else [f"axis={attr_text(axis)}"]) + (["keepdims"] if keep else [])
+        return f"{name}({', '.join(args)})" if args else name
+    return label
+
+
+def _difference(operands: list[np.ndarray], attrs: dict) -> np.ndarray:
+    """maximum and minimum switch operands where a - b crosses 0."""
+    return np.subtract(operands[0], operands[1])
+
+
+def tie_gap(x: np.ndarray, axes: tuple[int, ...] | None) -> np.ndarray:
+    """Each entry minus the largest other entry it is reduced with: 0 at a tie for the max."""
+    axes = tuple(range(x.ndim)) if axes is None else tuple(a % x.ndim for a in axes)
+    x = np.moveaxis(x, axes, tuple(range(x.ndim - len(axes), x.ndim)))
+    x = x.reshape(*x.shape[:x.ndim - len(axes)], -1)
+    if x.shape[-1] < 2:
+        return np.ones_like(x)
+    top = np.sort(x, axis=-1)[..., -2:]
+    return x - np.where(x == top[..., 1:], top[..., :1], top[..., 1:])
+
+
+def _tie_in_reduction(operands: list[np.ndarray], attrs: dict) -> np.ndarray:
+    axis = attrs.get("axis")
+    return tie_gap(operands[0], None if axis is None else tuple(np.atleast_1d(axis).tolist()))
+
+
+def _chance_of_softmax(classes: int | None, attrs: dict) -> tuple[float, str] | None:
+    """Equal scores give every class probability 1/C."""
+    return None if classes is None else (math.log(classes), f"-log(1/{classes})")
+
+
 # ---- the registry ---------------------------------------------------------------------
 
 MATRIX = (3, 4)
@@ -245,29 +301,38 @@ op("input", 0, emit=template("<input>"), **_LEAF)
 op("param", 0, emit=template("<param>"), **_LEAF)
 op("state", 0, emit=template("<state>"), **_LEAF)
 op("const", 0, emit=template("<const>"), **_LEAF)
-op("dim", 0, lambda ins, a: ((), "float"), _emit_dim, public=False, doc="a symbolic size as a number")
+op("dim", 0, lambda ins, a: ((), "float"), _emit_dim, public=False, doc="a symbolic size as a number",
+   label="dim")
 
 elementwise("add", 2, (("add", "0", "1"),), symbol="'+'", vjp=lambda g, out, a, b: (g, g), samples=_B,
-            doc="a + b, with numpy broadcasting (also written add(a, b))", example="z = x + t")
+            doc="a + b, with numpy broadcasting (also written add(a, b))", example="z = x + t",
+            rewrites=(add_zero,), label="+")
 elementwise("sub", 2, (("subtract", "0", "1"),), symbol="'-'", vjp=lambda g, out, a, b: (g, -g), samples=_B,
-            doc="a - b, with numpy broadcasting", example="z = x - t")
+            doc="a - b, with numpy broadcasting", example="z = x - t",
+            rewrites=(subtract_zero,), label="−")
 elementwise("mul", 2, (("multiply", "0", "1"),), symbol="'*'", vjp=lambda g, out, a, b: (g * b, g * a), samples=_B,
-            doc="a * b, elementwise, with numpy broadcasting", example="z = x * t")
+            doc="a * b, elementwise, with numpy broadcasting", example="z = x * t",
+            rewrites=(mul_by_one,), label="×")
 elementwise("div", 2, (("divide", "0", "1"),), symbol="'/'", vjp=_vjp_div, samples=_B,
             domain="positive",
-            doc="a / b, elementwise, with numpy broadcasting", example="z = x / t")
+            doc="a / b, elementwise, with numpy broadcasting", example="z = x / t",
+            rewrites=(divide_by_one,), label="÷")
 elementwise("pow", 2, (("power", "0", "1"),), symbol="'**'", vjp=_vjp_pow, samples=_B,
             domain="positive",
-            doc="a ** b, elementwise; x ** 2 compiles to x * x", example="z = x ** 2")
+            doc="a ** b, elementwise; x ** 2 compiles to x * x", example="z = x ** 2",
+            rewrites=(power_of_one, square_is_mul, half_power_is_sqrt), label="**")
 elementwise("maximum", 2, (("maximum", "0", "1"),), vjp=lambda g, out, a, b: _gate(g, a, b), samples=_B,
             domain="separated", doc="elementwise max of two tensors; on a tie each gets half the gradient",
-            example="z = maximum(x, 0)")
+            example="z = maximum(x, 0)",
+            label="max", kink=Kink(_difference, "has tied operands"))
 elementwise("minimum", 2, (("minimum", "0", "1"),), vjp=lambda g, out, a, b: _gate(g, b, a), samples=_B,
             domain="separated", doc="elementwise min of two tensors; on a tie each gets half the gradient",
-            example="z = minimum(x, t)")
+            example="z = minimum(x, t)",
+            label="min", kink=Kink(_difference, "has tied operands"))
 
 UNARY = (Sample((MATRIX,)), Sample(((),)))
-elementwise("neg", 1, (("negative", "0"),), symbol="'-'", vjp=lambda g, out, x: -g, samples=UNARY, public=False)
+elementwise("neg", 1, (("negative", "0"),), symbol="'-'", vjp=lambda g, out, x: -g, samples=UNARY, public=False,
+            rewrites=(double_negation,), label="−")
 elementwise("exp", 1, (("exp", "0"),), vjp=lambda g, out, x: g * out, samples=UNARY,
             doc="e ** x", example="z = exp(x)")
 elementwise("log", 1, (("log", "0"),), vjp=lambda g, out, x: g / x, samples=UNARY, domain="positive",
@@ -275,7 +340,8 @@ elementwise("log", 1, (("log", "0"),), vjp=lambda g, out, x: g / x, samples=UNAR
 elementwise("sqrt", 1, (("sqrt", "0"),), vjp=lambda g, out, x: g * 0.5 / out, samples=UNARY, domain="positive",
             doc="the square root", example="z = sqrt(x)")
 elementwise("abs", 1, (("absolute", "0"),), vjp=lambda g, out, x: g * x.sign(), samples=UNARY, domain="nonzero",
-            doc="|x|", example="z = abs(x)")
+            doc="|x|", example="z = abs(x)",
+            kink=Kink())
 # Primitive for speed and precision: one ufunc; as 2 sigmoid(2x) - 1 it would cancel near 0.
 elementwise("tanh", 1, (("tanh", "0"),), vjp=lambda g, out, x: g * (1.0 - out * out), samples=UNARY,
             doc="(exp(x) - exp(-x)) / (exp(x) + exp(-x)) = 2 sigmoid(2x) - 1", example="h = tanh(x)")
@@ -291,7 +357,8 @@ op("sigmoid", 1, elementwise_rule("sigmoid"), _emit_sigmoid,
 # would give the tie's 1/2), and the mask comes from the output, so backward keeps no input.
 elementwise("relu", 1, (("maximum", "0", "0.0"),), vjp=lambda g, out, x: g * (out > 0.0), samples=UNARY,
             domain="nonzero",
-            doc="max(0, x)", example="h = relu(x)")
+            doc="max(0, x)", example="h = relu(x)",
+            kink=Kink())
 
 # Masks and signs carry no gradient: they exist to build other ops' gradients.
 _MASK = dict(public=False, differentiable=False, infer=elementwise_rule("a mask"))
@@ -306,7 +373,8 @@ elementwise("sign", 1, (("sign", "0"),), samples=UNARY, **_MASK)  # 0 at 0
 op("matmul", 2, _matmul_rule, call("matmul"), vjp=_vjp_matmul, takes_out=True,
    samples=(Sample(((3, 4), (4, 2))), Sample(((2, 3, 4), (4, 2))), Sample(((4,), (4, 2))),
             Sample(((3, 4), (4,))), Sample(((4,), (4,))), Sample(((2, 1, 3, 4), (2, 4, 2)))),
-   doc="a @ b: matrix product, numpy's rules for 1-D and batched operands", example="s = x @ W")
+   doc="a @ b: matrix product, numpy's rules for 1-D and batched operands", example="s = x @ W",
+   label="@")
 
 _R = (Sample((MATRIX,)), Sample((MATRIX,), {"axis": 1}), Sample(((2, 3, 4),), {"axis": 0, "keepdims": True}),
       Sample(((2, 3, 4),), {"axis": (0, 2)}))
@@ -314,24 +382,29 @@ _RA = (("axis", None), ("keepdims", False))
 op("sum", 1, _reduce_rule("sum"), reduce_call("add"), attrs=_RA, samples=_R, takes_out=True,
    vjp=lambda g, out, x: g.broadcast(x.shape, out.attr("axis"), out.attr("keepdims")),
    doc="the sum over axis (an int, a list, or every axis by default); keepdims=true keeps them as 1",
-   example="total = sum(x, axis=1)")
+   example="total = sum(x, axis=1)",
+   label=_reduction_label("sum"))
 op("mean", 1, _reduce_rule("mean"), call("mean"), attrs=_RA, samples=_R, takes_out=True,
    vjp=lambda g, out, x: g.per_element(x.shape, out.attr("axis")).broadcast(x.shape, out.attr("axis"),
                                                                        out.attr("keepdims")),
-   doc="the mean over axis (every axis by default)", example="m = mean(x, axis=0)")
+   doc="the mean over axis (every axis by default)", example="m = mean(x, axis=0)",
+   label=_reduction_label("mean"))
 op("max", 1, _reduce_rule("max"), reduce_call("maximum"), attrs=_RA, samples=_R, takes_out=True,
    vjp=lambda g, out, x: route_to_maxima(g, out, x, out.attr("axis"), out.attr("keepdims")),
    doc="the max over axis (every axis by default); the gradient goes to the maxima, split evenly among ties",
-   example="top = max(x, axis=1)")
+   example="top = max(x, axis=1)",
+   label=_reduction_label("max"), kink=Kink(_tie_in_reduction, "has a tie for the maximum"))
 
 op("reshape", 1, _reshape_rule, _emit_reshape, vjp=lambda g, out, x: g.reshape(x.shape), view=True,
    attrs=(("shape", None),),
    samples=(Sample((MATRIX,), {"shape": (2, 6)}), Sample(((2, 3, 4),), {"shape": (-1, 4)})),
    doc="the same entries in a new shape; one dim may be -1, dims like N are allowed",
-   example="r = reshape(x, [N, 2, 3])")
+   example="r = reshape(x, [N, 2, 3])",
+   label=lambda attrs: f"reshape({attr_text(attrs.get('shape'))})")
 op("transpose", 1, _transpose_rule, _emit_transpose, vjp=_vjp_transpose, view=True, attrs=(("axes", None),),
    samples=(Sample((MATRIX,)), Sample(((2, 3, 4),), {"axes": (1, 2, 0)})),
-   doc="permutes the axes (reverses them by default)", example="xt = transpose(x)")
+   doc="permutes the axes (reverses them by default)", example="xt = transpose(x)",
+   label=lambda attrs: "transpose" if attrs.get("axes") is None else f"transpose({attr_text(attrs['axes'])})")
 
 op("sum_to", 1, _target_shape_rule, _emit_sum_to, public=False, takes_out=True,
    vjp=lambda g, out, x: g.node("broadcast_to", shape=x.shape, axes=()),
@@ -354,7 +427,6 @@ def _lower_dropout(el, args: list[int], attrs: dict, loc, scope) -> int:
     p = attrs["p"]
     if not isinstance(p, (int, float)) or not 0 <= p < 1:
         raise ShapeError(f"dropout rate p must be in [0, 1), not {p!r}")
-    el.model.mode_dependent = True   # the train and eval modules differ
     x = args[0]
     if el.mode == "eval" or p == 0:
         return x
@@ -390,10 +462,13 @@ op("softmax_cross_entropy", 2, labels_rule("softmax_cross_entropy"), template("_
    samples=(Sample(((5, 4), (5,)), ints={1: 4}),), dispatch=_dispatch_ce,
    doc="mean over the batch of -log softmax(s_i)[y_i] for int [N] labels y, computed stably; with float "
        "[N, C] probability targets t instead: -1/N sum_i sum_c t_ic log softmax(s_i)_c",
-   example="loss = softmax_cross_entropy(scores, y)")
+   example="loss = softmax_cross_entropy(scores, y)",
+   rewrites=(share_log_softmax,),
+   loss=Loss("classes", "softmax cross-entropy of the scores", _chance_of_softmax, assumed=True))
 op("softmax_cross_entropy_grad", 3, float_like_first, template("_softmax_nll_grad(_log_softmax({0}, 1), {1}, {2})"),
    public=False, helpers=(LOG_SOFTMAX, _SOFTMAX_NLL_GRAD), vjp=_vjp_ce_grad,
-   samples=(Sample(((5, 4), (5,), ()), ints={1: 4}),))
+   samples=(Sample(((5, 4), (5,), ()), ints={1: 4}),),
+   rewrites=(share_log_softmax_in_gradient,))
 
 # What the passes turn softmax_cross_entropy and its gradient into, so the log-softmax is
 # computed once in the forward pass and reused by the backward pass.

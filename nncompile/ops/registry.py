@@ -7,7 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from .. import shapes as S
+import numpy as np
+
+from .. import shapes
 from ..ir import Graph, Node
 from ..shapes import Shape, ShapeError
 from .value import Value
@@ -17,6 +19,10 @@ Step = tuple[str, ...]               # (ufunc, operand, ...): operands "0", "1",
 # (g, out, *operands) -> one gradient per operand (or None), as values (see .value); a
 # lone value for a one-operand op
 Vjp = Callable[..., Value | Sequence[Value | None]]
+Rewrite = Callable[[Graph, int], int | None]   # (graph, node) -> its cheaper equivalent (see ops/rewrites.py)
+Label = str | Callable[[dict[str, Any]], str]   # a diagram's op node: a symbol ("×"), or text made from the attrs
+Switch = Callable[[list[np.ndarray], dict[str, Any]], np.ndarray]   # (operand values, attrs) -> crosses 0 at a kink
+Chance = Callable[[int | None, dict[str, Any]], tuple[float, str] | None]   # (classes, attrs) -> loss, formula
 
 
 class EmitContext:
@@ -55,6 +61,32 @@ class Sample:
     ints: dict[int, int] = field(default_factory=dict)
 
 
+def _first_operand(operands: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    return operands[0]
+
+
+@dataclass(frozen=True)
+class Kink:
+    """Where an op is not differentiable, for the gradient check (:mod:`nncompile.gradcheck`):
+    ``switch(operands, attrs)`` is an array that crosses 0 exactly where the op changes
+    branch (by default the first operand: relu at 0), and ``what`` says what sits there."""
+
+    switch: Switch = _first_operand
+    what: str = "is at its kink"
+
+
+@dataclass(frozen=True)
+class Loss:
+    """A loss op as training reads it (:mod:`nncompile.train.trainer`): what kind of targets
+    it compares with, how a report names its value, and the loss of a model that knows nothing yet."""
+
+    kind: str         # what it compares: "classes" (scores [N, C], int labels), "binary" (logits, 0/1
+                      # targets), "regression" (predictions, targets), "distribution" (scores, rows of probabilities)
+    what: str = ""    # its value in a report: "softmax cross-entropy of the scores"
+    chance: Chance | None = None   # the loss of equal scores, and its formula ("-log(1/10)"); None: no such level
+    assumed: bool = False   # the loss training assumes of class scores where the graph has none it knows
+
+
 @dataclass(frozen=True)
 class OpDef:
     name: str
@@ -73,7 +105,7 @@ class OpDef:
     scalar: str | None = None                 # C expression over {0}, {1}: fusable elementwise op
     domain: str = "real"                      # gradient-check inputs: real, positive, separated
     samples: tuple[Sample, ...] = ()
-    int_bounds: Callable[[list[Node]], dict[int, S.Dim]] | None = None   # operand -> the dim its ints lie below
+    int_bounds: Callable[[list[Node]], dict[int, shapes.Dim]] | None = None   # operand -> the dim its ints lie below
     targets: dict[int, str] = field(default_factory=dict)   # operand -> "probability" or "distribution" (rows sum to 1)
     helpers: tuple[str, ...] = ()             # functions the emitted code calls, each defined once per module
     lower: Callable[..., int] | None = None   # expanded by the elaborator: (el, args, attrs, loc, scope) -> node
@@ -81,6 +113,10 @@ class OpDef:
     dispatch: Callable[[list[Node]], str] | None = None  # one name in the language, the op chosen by operand dtype
     doc: str = ""                             # what it computes: the formula, for docs/language.md
     example: str = ""                         # one line of .nn using it (elaborated by tests/test_docs.py)
+    rewrites: tuple[Rewrite, ...] = ()        # simplifications of a node of this op, tried in order
+    label: Label | None = None                # what diagrams show; None: the name and attributes
+    kink: Kink | None = None                  # where it is not differentiable, for the gradient check
+    loss: Loss | None = None                  # a loss: what training reads of it
 
     @property
     def elementwise(self) -> bool:
@@ -93,8 +129,26 @@ class OpDef:
             return self.in_place
         return not any(o.isdigit() for _, *operands in self.chain(attrs)[1:] for o in operands)
 
+    def compute(self, args: Sequence[Any], attrs: dict[str, Any]) -> np.ndarray:
+        """Run the op on concrete float64 numpy arrays with the very code the numpy backend
+        emits (constant folding, a trainer's data loss)."""
+        names = [f"a{i}" for i in range(len(args))]
+        scope: dict[str, Any] = {"np": np, **dict(zip(names, args))}
+        for helper in self.helpers:
+            exec(helper, scope)  # noqa: S102 - our own registry text, never user input
+        return np.asarray(eval(self.emit(_Float64Context(), names, attrs), scope))  # noqa: S307 - likewise
+
 
 REGISTRY: dict[str, OpDef] = {}
+
+
+class _Float64Context(EmitContext):
+    """Emission for running an op here, on float64 numpy arrays."""
+
+    dtype = "np.float64"
+
+    def shape(self, shape: Shape) -> str:
+        return repr(tuple(shape))
 
 
 def op(name: str, arity: int, infer, emit, **kw: Any) -> OpDef:
@@ -189,16 +243,16 @@ def need_float(ins: list[Node], opname: str) -> None:
     for i, node in enumerate(ins):
         if node.dtype != "float":
             what = f"'{node.name}'" if node.name else f"operand {i + 1}"
-            raise ShapeError(f"{opname} needs floats, but {what} is {node.dtype}{S.show(node.shape)}", i)
+            raise ShapeError(f"{opname} needs floats, but {what} is {node.dtype}{shapes.show(node.shape)}", i)
 
 
 def elementwise_rule(opname: str):
     def infer(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
         need_float(ins, opname)
         try:
-            return S.broadcast(*(n.shape for n in ins)), "float"
+            return shapes.broadcast(*(n.shape for n in ins)), "float"
         except ShapeError as exc:
-            raise ShapeError(f"cannot apply {opname} to {' and '.join(S.show(n.shape) for n in ins)}: "
+            raise ShapeError(f"cannot apply {opname} to {' and '.join(shapes.show(n.shape) for n in ins)}: "
                              + exc.message.split(": ", 1)[-1], len(ins) - 1) from None
     return infer
 
@@ -207,7 +261,7 @@ def along_axis_rule(opname: str):
     """Shape-preserving ops that work along one axis (softmax, log_softmax)."""
     def infer(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
         need_float(ins, opname)
-        S.normalize_axes(attrs.get("axis", -1), len(ins[0].shape))
+        shapes.normalize_axes(attrs.get("axis", -1), len(ins[0].shape))
         return ins[0].shape, "float"
     return infer
 
@@ -273,14 +327,23 @@ def labels_rule(opname: str):
         if labels.dtype != "int":
             what = f"'{labels.name}'" if labels.name else "the labels"
             raise ShapeError(f"{opname} needs integer class labels, but {what} is "
-                             f"{labels.dtype}{S.show(labels.shape)}; declare it as int[...]", 1)
+                             f"{labels.dtype}{shapes.show(labels.shape)}; declare it as int[...]", 1)
         if len(scores.shape) != 2:
-            raise ShapeError(f"{opname} needs scores of shape [N, C], not {S.show(scores.shape)}", 0)
+            raise ShapeError(f"{opname} needs scores of shape [N, C], not {shapes.show(scores.shape)}", 0)
         if labels.shape != scores.shape[:1]:
-            raise ShapeError(f"{opname}: labels {S.show(labels.shape)} do not match "
-                             f"scores {S.show(scores.shape)}; expected {S.show(scores.shape[:1])}", 1)
+            raise ShapeError(f"{opname}: labels {shapes.show(labels.shape)} do not match "
+                             f"scores {shapes.show(scores.shape)}; expected {shapes.show(scores.shape[:1])}", 1)
         for key in ("delta",):
             if key in attrs:
                 number_attr(opname, attrs, key)
         return (), "float"
     return infer
+
+
+# ---- diagram text ---------------------------------------------------------------------
+
+def attr_text(value: Any) -> str:
+    """An attribute value as a diagram shows it: a tuple as ``0, 2``, anything else as str."""
+    if isinstance(value, tuple):
+        return ", ".join(attr_text(x) for x in value)
+    return str(value)

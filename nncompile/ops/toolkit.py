@@ -3,28 +3,33 @@ concatenation. Declared like :mod:`.basic`, one call per op.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
+
+import numpy as np
 
 from .. import shapes
 from ..ir import Node
 from ..shapes import Dim, Shape, ShapeError
-from .basic import LOG_SOFTMAX, MATRIX, UNARY, route_to_maxima
+from .basic import LOG_SOFTMAX, MATRIX, UNARY, route_to_maxima, tie_gap
 from .value import Value
 from .registry import (
     EmitContext,
+    Kink,
+    Loss,
     Sample,
     Step,
-    composite,
     along_axis_rule,
-    float_like_first,
-    labels_rule,
-    need_float,
-    number_attr,
-    reduce_expr,
+    composite,
     elementwise,
     elementwise_rule,
+    float_like_first,
+    labels_rule,
     literal,
+    need_float,
+    number_attr,
     op,
+    reduce_expr,
     template,
 )
 
@@ -439,6 +444,44 @@ def _vjp_concat(g: Value, out: Value, *xs: Value):
     return tuple(grads)
 
 
+# -- what the gradient check and training read of these ops
+
+def _elu_switch(operands: list[np.ndarray], attrs: dict) -> np.ndarray:
+    """elu bends at 0, except with alpha = 1, where its slope is continuous."""
+    x = operands[0]
+    return x if float(attrs.get("alpha", 1.0)) != 1.0 else np.ones_like(x)
+
+
+def _tie_among_pieces(operands: list[np.ndarray], attrs: dict) -> np.ndarray:
+    x = operands[0]
+    return tie_gap(x.reshape(*x.shape[:-1], int(attrs["k"]), -1), (-2,))
+
+
+def _svm_switch(operands: list[np.ndarray], attrs: dict) -> np.ndarray:
+    """Each margin s_j - s_y + delta, which is 0 at its hinge (the label's own column has none)."""
+    scores, labels = operands
+    rows = np.arange(len(labels))
+    margins = scores - scores[rows, labels][:, None] + float(attrs.get("delta", 1.0))
+    margins[rows, labels] = 1.0
+    return margins
+
+
+def _every_entry(operands: list[np.ndarray], attrs: dict) -> np.ndarray:
+    """A penalty's |w| bends wherever an entry of any of its tensors crosses 0."""
+    return np.concatenate([np.ravel(x) for x in operands])
+
+
+def _chance_of_svm(classes: int | None, attrs: dict) -> tuple[float, str] | None:
+    """Equal scores miss the margin of each of the C - 1 wrong classes by delta."""
+    delta = float(attrs.get("delta", 1.0))
+    return None if classes is None else ((classes - 1) * delta, f"({classes} - 1) * {delta:g}")
+
+
+def _chance_of_logit(classes: int | None, attrs: dict) -> tuple[float, str]:
+    """A logit of 0 gives either outcome probability 1/2."""
+    return math.log(2), "log 2"
+
+
 # -- the entries
 
 _NZ = dict(samples=UNARY, domain="nonzero")
@@ -449,14 +492,16 @@ elementwise("leaky_relu", 1, _leaky_chain, "({0} + ((T){alpha} - (T)1) * min({0}
             vjp=_vjp_leaky_relu,
             samples=(*UNARY, Sample((MATRIX,), {"alpha": 0.2})), domain="nonzero",
             doc="x where x > 0, else alpha * x (the lecture's fix for dying relus)",
-            example="h = leaky_relu(x, alpha=0.1)")
+            example="h = leaky_relu(x, alpha=0.1)",
+            kink=Kink())
 # Primitive for stability: expm1 of min(x, 0) never overflows and keeps precision near 0;
 # there is no expm1 op to compose it from.
 op("elu", 1, _checked_elementwise_rule("elu", lambda a: number_attr("elu", a, "alpha")), _emit_elu,
    scalar="(max({0}, (T)0) + (T){alpha} * expm1(min({0}, (T)0)))", attrs=(("alpha", 1.0),), takes_out=True,
    in_place=True,
    helpers=(_ELU,), vjp=_vjp_elu, samples=(*UNARY, Sample((MATRIX,), {"alpha": 1.7})), domain="nonzero",
-   doc="x where x > 0, else alpha * (exp(x) - 1)", example="h = elu(x, alpha=1.0)")
+   doc="x where x > 0, else alpha * (exp(x) - 1)", example="h = elu(x, alpha=1.0)",
+   kink=Kink(_elu_switch))
 # Primitive for stability: logaddexp(0, x), where log(1 + exp(x)) overflows past x = 709.
 elementwise("softplus", 1, (("logaddexp", "0", "0.0"),), "(max({0}, (T)0) + log1p(exp(-fabs({0}))))",  # logaddexp(x, 0)
             vjp=lambda g, out, x: g * x.sigmoid(), samples=UNARY,
@@ -508,7 +553,8 @@ op("maxout", 1, _maxout_rule, _emit_maxout,
    doc="the max over k linear pieces: x [..., k*D] is split into k consecutive pieces of D and "
        "out[..., d] = max_j x[..., j*D + d]; maxout(x @ W + b, k=2) with W = [W1 | W2] is the "
        "lecture's max(W1 x + b1, W2 x + b2)",
-   example="h = maxout(x, k=2)")
+   example="h = maxout(x, k=2)",
+   kink=Kink(_tie_among_pieces, "has a tie for the maximum"))
 op("softmax", 1, along_axis_rule("softmax"), template("_softmax({0}, {axis})"), vjp=_vjp_softmax,
    attrs=(("axis", -1),), helpers=(_SOFTMAX,), samples=(Sample((MATRIX,)), Sample(((2, 3, 4),), {"axis": 1})),
    doc="exp(x) / sum(exp(x), axis), computed after subtracting the max so it cannot overflow",
@@ -516,14 +562,16 @@ op("softmax", 1, along_axis_rule("softmax"), template("_softmax({0}, {axis})"), 
 
 op("softmax_cross_entropy_probs", 2, _ce_probs_rule, template("_soft_nll(_log_softmax({0}, 1), {1})"),
    targets={1: "distribution"}, vjp=_vjp_ce_probs, public=False, helpers=(LOG_SOFTMAX, _SOFT_NLL), samples=(Sample(((5, 4), (5, 4))),),
-   doc="softmax_cross_entropy with float [N, C] probability targets t: -1/N sum_i sum_c t_ic log softmax(s_i)_c")
+   doc="softmax_cross_entropy with float [N, C] probability targets t: -1/N sum_i sum_c t_ic log softmax(s_i)_c",
+   loss=Loss("distribution", "softmax cross-entropy of the scores against the targets"))
 op("svm_loss", 2, labels_rule("svm_loss"), template("_svm_loss({0}, {1}, {delta})"),
    vjp=lambda g, out, scores, labels: (scores.node("svm_loss_grad", labels, g, delta=out.attr("delta")), None),
    attrs=(("delta", 1.0),), helpers=(_SVM,), int_bounds=_class_bounds, domain="separated",
    # delta = 1.05: the separated draw puts scores on a 0.1 grid, so no margin sits on its kink.
    samples=(Sample(((5, 4), (5,)), {"delta": 1.05}, ints={1: 4}),),
    doc="the multiclass SVM (hinge) loss: 1/N sum_i sum_{j != y_i} max(0, s_ij - s_iy_i + delta)",
-   example="loss = svm_loss(scores, y, delta=1.0)")
+   example="loss = svm_loss(scores, y, delta=1.0)",
+   kink=Kink(_svm_switch, "is at its margin"), loss=Loss("classes", "SVM loss of the scores", _chance_of_svm))
 op("svm_loss_grad", 3, float_like_first, template("_svm_loss_grad({0}, {1}, {2}, {delta})"), public=False,
    attrs=(("delta", 1.0),), helpers=(_SVM,), vjp=_vjp_svm_grad, domain="separated",
    samples=(Sample(((5, 4), (5,), ()), {"delta": 1.05}, ints={1: 4}),))
@@ -532,10 +580,12 @@ op("sigmoid_cross_entropy", 2, _same_shape_loss_rule("sigmoid_cross_entropy", "t
    samples=(Sample(((5,), (5,))), Sample(((3, 4), (3, 4))), Sample(((3, 4), (4,)))),
    doc="binary cross-entropy on logits x with targets t in [0, 1]: "
        "mean(max(x, 0) - x t + log(1 + exp(-|x|))), finite for any x",
-   example="loss = sigmoid_cross_entropy(x, t)")
+   example="loss = sigmoid_cross_entropy(x, t)",
+   loss=Loss("binary", "sigmoid cross-entropy of the logits", _chance_of_logit))
 op("mse", 2, _same_shape_loss_rule("mse", "targets"), template("_mse({0}, {1})"), vjp=_vjp_mse, helpers=(_MSE,),
    samples=(Sample(((5,), (5,))), Sample(((3, 4), (3, 4))), Sample(((3, 4), ()))),
-   doc="mean squared error: mean((pred - target)^2) over every entry", example="loss = mse(x, t)")
+   doc="mean squared error: mean((pred - target)^2) over every entry", example="loss = mse(x, t)",
+   loss=Loss("regression", "mean squared error of the predictions"))
 
 op("l2", -1, _penalty_rule("l2"), _emit_l2, vjp=lambda g, out, *ws: tuple(w * (g * 2.0) for w in ws),
    samples=(Sample((MATRIX,)), Sample((MATRIX, (4,)))),
@@ -543,11 +593,13 @@ op("l2", -1, _penalty_rule("l2"), _emit_l2, vjp=lambda g, out, *ws: tuple(w * (g
    example="reg = l2(W, W2)")
 op("l1", -1, _penalty_rule("l1"), _emit_l1, vjp=lambda g, out, *ws: tuple(w.sign() * g for w in ws), domain="nonzero",
    samples=(Sample((MATRIX,)), Sample((MATRIX, (4,)))),
-   doc="the L1 penalty R(W) = sum |W|, summed over every tensor given", example="reg = l1(W)")
+   doc="the L1 penalty R(W) = sum |W|, summed over every tensor given", example="reg = l1(W)",
+   kink=Kink(_every_entry))
 op("elastic_net", -1, _penalty_rule("elastic_net"), _emit_elastic, vjp=_vjp_elastic, attrs=(("beta", 1.0),),
    domain="nonzero", samples=(Sample((MATRIX,)), Sample((MATRIX, (4,)), {"beta": 0.3})),
    doc="the elastic net penalty R(W) = sum (beta W^2 + |W|), summed over every tensor given",
-   example="reg = elastic_net(W, beta=0.5)")
+   example="reg = elastic_net(W, beta=0.5)",
+   kink=Kink(_every_entry))
 
 op("slice", 1, _slice_rule, _emit_index, vjp=_vjp_index, attrs=(("key", ()),), public=False, view=True,
    samples=(Sample((MATRIX,), {"key": (":", "1:3")}), Sample(((2, 3, 4),), {"key": ("1", "0:2")}),

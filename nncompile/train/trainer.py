@@ -11,8 +11,9 @@ and writes the run directory. Two entry points:
   checkpoint, evaluate on the test split, and write metrics, curves and a summary.
 
 Conventions the trainer relies on (see docs/training.md): the loss is the module's LOSS
-output, and the loss op it is built on (softmax_cross_entropy, svm_loss,
-sigmoid_cross_entropy or mse: :class:`Objective`) sets what the sanity checks expect.
+output, and the loss op it is built on (:class:`Objective`: softmax_cross_entropy, svm_loss,
+sigmoid_cross_entropy, mse, each declaring its ``loss`` in nncompile/ops) sets what the
+sanity checks expect.
 Classification accuracy uses the first output of shape [N, C] as the class scores and the
 integer input with a class bound (BOUNDS) as the labels, or a binary model's logits and
 targets. Training steps run the model in train mode (dropout on, running statistics
@@ -37,6 +38,8 @@ import numpy as np
 from ..compiler import compile_file, load_module
 from ..errors import NNError
 from ..gradcheck import TOLERANCE
+from ..ir import Attrs
+from ..ops import REGISTRY, OpDef
 from ..optim import Optimizer
 from .checkpoint import (
     TrainState,
@@ -234,11 +237,11 @@ class Trainer:
             shape = module.OUTPUTS[objective.predictions][0] if objective.predictions in module.OUTPUTS else ()
             per_example = len(shape) > 0 and isinstance(shape[0], str) and tuple(shape[1:]) in ((), (1,))
             return (objective.predictions, objective.targets) if per_example and objective.targets else (None, None)
-        if objective.op in ("softmax_cross_entropy", "svm_loss") and objective.predictions and objective.targets:
+        if objective.kind == "classes" and objective.predictions and objective.targets:
             scores, labels = objective.predictions, objective.targets   # what the loss itself reads
         else:
             scores, labels = scores_output(module), label_input(module)
-        if objective.op == "mse" or scores not in module.OUTPUTS or labels not in module.BOUNDS \
+        if objective.kind == "regression" or scores not in module.OUTPUTS or labels not in module.BOUNDS \
                 or len(module.OUTPUTS[scores][0]) != 2 or module.OUTPUTS[scores][0][1] != module.BOUNDS[labels]:
             return None, None   # no classes, or scores and labels disagree on how many
         return scores, labels
@@ -410,8 +413,7 @@ class Trainer:
     def initial_loss_check(self, params: dict[str, np.ndarray], data: Dataset,
                            model_state: dict[str, np.ndarray] | None = None) -> LossCheck | None:
         """Compare the initial loss without regularisation with the chance-level loss that the
-        model's loss op implies: -log(1/C) for softmax_cross_entropy, (C - 1) * delta for
-        svm_loss, log 2 for sigmoid_cross_entropy.
+        model's loss op declares: -log(1/C) for softmax cross-entropy over C classes, say.
 
         The loss is the training loss before the first step (train mode, as training sees it;
         no state is updated and the dropout generator of the run is not touched).
@@ -440,7 +442,7 @@ class Trainer:
         (log C for softmax; for a regression model, the targets' variance: the loss of
         predicting their mean). No validation, no early stopping, no files.
         """
-        if self.scores is None and self.objective.op != "mse":
+        if self.scores is None and self.objective.kind != "regression":
             raise NNError("--overfit needs a classifier (class scores [N, C] and integer labels, or logits and "
                           "targets for sigmoid_cross_entropy) or a regression model (mse)", file=str(self.path))
         if not 1 <= examples <= len(data):
@@ -509,51 +511,19 @@ def to_host(array: Any) -> np.ndarray:
     return array.get() if hasattr(array, "__cuda_array_interface__") else np.asarray(array)
 
 
-def softmax_cross_entropy(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Mean of -log softmax(scores)[label], computed stably in float64."""
-    s = np.asarray(scores, dtype=np.float64)
-    s = s - s.max(axis=1, keepdims=True)
-    log_norm = np.log(np.exp(s).sum(axis=1))
-    return float(np.mean(log_norm - s[np.arange(len(labels)), labels]))
-
-
-def svm_loss(scores: np.ndarray, labels: np.ndarray, delta: float = 1.0) -> float:
-    """Mean over examples of sum_{j != y} max(0, s_j - s_y + delta), in float64."""
-    s = np.asarray(scores, dtype=np.float64)
-    rows = np.arange(len(labels))
-    margins = np.maximum(s - s[rows, labels][:, None] + delta, 0.0)
-    margins[rows, labels] = 0.0
-    return float(margins.sum() / len(labels))
-
-
-def sigmoid_cross_entropy(logits: np.ndarray, targets: np.ndarray) -> float:
-    """Mean binary cross-entropy of logits against targets in [0, 1], finite for any logit."""
-    x, t = np.asarray(logits, dtype=np.float64), np.asarray(targets, dtype=np.float64)
-    return float(np.mean(np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x)))))
-
-
-def mse(predictions: np.ndarray, targets: np.ndarray) -> float:
-    return float(np.mean((np.asarray(predictions, dtype=np.float64) - targets) ** 2))
-
-
-DATA_LOSSES: dict[str, tuple[Callable[..., float], str]] = {   # op -> (its loss in numpy, what it reads)
-    "softmax_cross_entropy": (softmax_cross_entropy, "softmax cross-entropy of the scores"),
-    "svm_loss": (svm_loss, "SVM loss of the scores"),
-    "sigmoid_cross_entropy": (sigmoid_cross_entropy, "sigmoid cross-entropy of the logits"),
-    "mse": (mse, "mean squared error of the predictions"),
-}
-PROBS_LOSSES = ("softmax_cross_entropy_probs",)   # losses whose targets are float, with no chance level here
+CHECKED = ("classes", "binary", "regression")   # the kinds of loss whose chance level and accuracy the checks know
 OVERFIT_FRACTION = 0.05   # --overfit passes once the data loss is below this fraction of chance level
 
 
 @dataclass(frozen=True)
 class Objective:
-    """The data loss a model minimises, read off its graph: the sanity checks expect what it implies."""
+    """The data loss a model minimises, read off its graph: the sanity checks expect what its
+    loss op declares (:class:`nncompile.ops.registry.Loss`)."""
 
-    op: str | None = None            # a key of DATA_LOSSES; None when the loss is none of them, or several
+    op: str | None = None            # the one loss op of the CHECKED kinds; None when there is none, or several
     predictions: str | None = None   # the output it scores (class scores, logits, predictions), if one is
     targets: str | None = None       # the input holding its labels or targets, if one does
-    delta: float = 1.0               # svm_loss's margin
+    attrs: Attrs = ()                # the loss op's attributes (svm_loss's margin delta)
     mixed: bool = False              # the loss adds up several of them: no one chance level
     target_inputs: tuple[str, ...] = ()   # every input a loss op reads as its targets: never normalised
 
@@ -567,38 +537,45 @@ class Objective:
         G, target = model.graph, model.target
         if target is None:
             return cls()
-        losses = [n for n in nx.ancestors(G.nx, target) | {target} if G[n].op in (*DATA_LOSSES, *PROBS_LOSSES)]
+        losses = [n for n in nx.ancestors(G.nx, target) | {target} if REGISTRY[G[n].op].loss is not None]
         inputs = {n: name for name, n in model.inputs.items()}
         read = tuple(sorted({inputs[a] for n in losses for a in G[n].args[1:] if a in inputs}))
-        found = [n for n in losses if G[n].op in DATA_LOSSES]
+        found = [n for n in losses if REGISTRY[G[n].op].loss.kind in CHECKED]
         if len(found) != 1:
             return cls(mixed=len(found) > 1, target_inputs=read)
         node = G[found[0]]
         outputs = {n: name for name, n in model.outputs.items()}
-        return cls(node.op, outputs.get(node.args[0]), inputs.get(node.args[1]), float(node.attr("delta", 1.0)),
-                   target_inputs=read)
+        return cls(node.op, outputs.get(node.args[0]), inputs.get(node.args[1]), node.attrs, target_inputs=read)
+
+    @property
+    def kind(self) -> str | None:
+        """The loss op's kind ("classes", "binary" or "regression"); None without one."""
+        return REGISTRY[self.op].loss.kind if self.op else None
 
     @property
     def binary(self) -> bool:
-        return self.op == "sigmoid_cross_entropy"
+        return self.kind == "binary"
+
+    @property
+    def _opdef(self) -> OpDef:
+        """The loss op, or where the graph has none the trainer knows, the one it assumes of class scores."""
+        if self.op:
+            return REGISTRY[self.op]
+        return next(opdef for opdef in REGISTRY.values() if opdef.loss is not None and opdef.loss.assumed)
 
     def data_loss(self, predictions: np.ndarray, targets: np.ndarray) -> float:
-        """The loss op's value, computed here from its output and its targets."""
-        compute = DATA_LOSSES[self.op or "softmax_cross_entropy"][0]
-        return compute(predictions, targets, self.delta) if self.op == "svm_loss" else compute(predictions, targets)
+        """The loss op's value, computed here in float64 from its output and its targets by
+        the code the op emits."""
+        args = [a.astype(np.float64) if a.dtype.kind == "f" else a for a in map(np.asarray, (predictions, targets))]
+        return float(self._opdef.compute(args, dict(self.attrs)))
 
     def describe(self) -> str:
-        return DATA_LOSSES[self.op or "softmax_cross_entropy"][1]
+        return self._opdef.loss.what
 
     def chance(self, classes: int | None) -> tuple[float, str] | None:
         """The loss of a classifier that knows nothing yet (all scores equal), and how it follows."""
-        if self.binary:
-            return math.log(2), "log 2"
-        if classes is None or self.op == "mse" or self.mixed:
-            return None
-        if self.op == "svm_loss":
-            return (classes - 1) * self.delta, f"({classes} - 1) * {self.delta:g}"
-        return math.log(classes), f"-log(1/{classes})"
+        chance = self._opdef.loss.chance
+        return None if self.mixed or chance is None else chance(classes, dict(self.attrs))
 
 
 def _copy(arrays: dict[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:

@@ -1,0 +1,112 @@
+"""What every job of the elaborator shares: the graph being built, the model it becomes, the
+mode, the scopes names live in, and ``op()``, the one way a node enters the graph."""
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import Loc, NNError
+from ..ir import Graph, Model
+from ..limits import MAX_ELEMENTS, MAX_RANK
+from ..ops import REGISTRY
+from ..shapes import Dim, Shape, ShapeError, show
+
+MODES = ("train", "eval")
+
+
+@dataclass
+class Scope:
+    """Names visible while elaborating one file's top level or one layer instance."""
+
+    prefix: tuple[str, ...]
+    consts: dict[str, Any]
+    dims: dict[str, Dim] = field(default_factory=dict)
+    values: dict[str, int] = field(default_factory=dict)
+    defined: dict[str, Loc] = field(default_factory=dict)
+    auto_names: dict[str, int] = field(default_factory=dict)
+    instances: dict[str, Loc] = field(default_factory=dict)
+    in_layer: str | None = None
+
+    def qualify(self, name: str) -> str:
+        return ".".join((*self.prefix, name))
+
+    def define(self, name: str, loc: Loc) -> None:
+        if name in self.defined:
+            raise NNError(f"'{name}' is already defined", loc,
+                          notes=((f"'{name}' was first defined here", self.defined[name]),))
+        self.defined[name] = loc
+
+
+class Context:
+    """The graph of one mode under construction. Ops that lower themselves (``OpDef.lower``)
+    get this object and use ``G``, ``mode``, ``model`` and ``op()``."""
+
+    def __init__(self, file: str, mode: str = "train"):
+        assert mode in MODES, mode
+        self.G = Graph()
+        self.model = Model(self.G, file, mode=mode)
+        self.mode = mode
+
+    def op(self, opname: str, args: list[int], attrs: dict[str, Any], loc: Loc, scope: Scope,
+           arg_locs: list[Loc] | None = None) -> int:
+        """Add one op node; a shape error points at the operand it is about, where known."""
+        opdef = REGISTRY[opname]
+        if opdef.dispatch is not None:   # one name in the language, the op chosen by the operands' dtypes
+            opdef = REGISTRY[opdef.dispatch([self.G[a] for a in args])]
+            opname = opdef.name
+        try:
+            node = self.G.add(opname, args, attrs, loc=loc, scope=scope.prefix)
+        except ShapeError as exc:
+            where = arg_locs[exc.arg] if arg_locs and exc.arg is not None and exc.arg < len(arg_locs) else loc
+            raise NNError(exc.message, where) from None
+        check_size(self.G[node].shape, loc)
+        if opdef.int_bounds:
+            for index, bound in opdef.int_bounds([self.G[a] for a in args]).items():
+                self.bound(args[index], bound)
+        return node
+
+    def bound(self, n: int, dim: Dim) -> None:
+        """Node ``n`` holds labels or indices below ``dim``: if it is an input, the module checks it."""
+        leaf = self.G[n]
+        if leaf.op != "input":
+            return
+        if isinstance(dim, int):
+            self.model.int_bounds[leaf.name] = min(self.model.int_bounds.get(leaf.name, dim), dim)
+        elif dim not in self.model.dim_bounds.get(leaf.name, ()):
+            self.model.dim_bounds[leaf.name] = (*self.model.dim_bounds.get(leaf.name, ()), dim)
+
+    def constant(self, value: float, loc: Loc | None, name: str | None = None) -> int:
+        return self.G.add("const", (), {"value": value, "shape": (), "dtype": "float"}, loc=loc, name=name)
+
+    def const_tensor(self, value: Any, loc: Loc, name: str | None = None) -> int:
+        array = np.asarray(value, dtype=float)
+        check_size(array.shape, loc)
+        return self.G.add("const", (), {"value": array.tolist(), "shape": array.shape, "dtype": "float"},
+                          loc=loc, name=name)
+
+    def symbolic_dims(self) -> set[str]:
+        """The dims set by the inputs at each call (N in ``input X: float[N, 3]``)."""
+        return {d for n in self.model.inputs.values() for d in self.G[n].shape if isinstance(d, str)}
+
+    def unknown(self, name: str, loc: Loc, scope: Scope, consts_only: bool = False) -> NNError:
+        """The error for a name not in scope, with the closest known one as a hint."""
+        pool = list(scope.consts) + list(scope.dims) + ([] if consts_only else list(scope.values))
+        close = difflib.get_close_matches(name, pool, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        if "." in name and name.split(".")[0] in scope.values:
+            hint = f"; '{name.split('.')[0]}' has no member '{name.split('.', 1)[1]}'" + hint
+        return NNError(f"unknown name '{name}'{hint}", loc)
+
+
+def check_size(shape: Shape, loc: Loc) -> None:
+    """Every tensor fits the limits: MAX_RANK axes, and MAX_ELEMENTS elements where its dims are known."""
+    if len(shape) > MAX_RANK:
+        raise NNError(f"a tensor can have at most {MAX_RANK} axes, but this one has {len(shape)}", loc)
+    known = math.prod(d for d in shape if isinstance(d, int))
+    if known > MAX_ELEMENTS:
+        raise NNError(f"this tensor would have {known} elements, more than the limit of {MAX_ELEMENTS} (2**40)"
+                      f": shape {show(shape)}", loc)

@@ -1,0 +1,197 @@
+"""Expressions: names looked up, arithmetic and calls turned into op nodes (or layer
+instances), subscripts into views and gathers."""
+from __future__ import annotations
+
+import difflib
+from typing import TYPE_CHECKING, Any
+
+from .. import syntax
+from ..errors import NNError
+from ..initializers import INITIALIZERS
+from ..ops import REGISTRY, OpDef
+from ..shapes import ShapeError, show
+from .constants import is_number, left_chain, neg_chain
+from .core import Scope
+
+if TYPE_CHECKING:
+    from . import Elaborator
+
+_PAIRWISE = {"max": "maximum"}   # a reduction, and the op a newcomer calling it with two tensors meant
+_BINOPS = {"add": "add", "sub": "sub", "mul": "mul", "div": "div", "matmul": "matmul", "pow": "pow"}
+
+
+class Expressions:
+    """Builds the graph nodes of an expression and returns the node of its value."""
+
+    def __init__(self, el: Elaborator):
+        self.el = el
+
+    def expr(self, expr: syntax.Expr, scope: Scope, scope_hint: str | None = None) -> int:
+        el = self.el
+        match expr:
+            case syntax.Number(value=value):
+                return el.constant(float(value), expr.loc)
+            case syntax.Ref():
+                return self.lookup(expr, scope)
+            case syntax.BinOp():
+                if el.consts.is_arithmetic(expr, scope):   # numbers only: the checks of a const (1 / 0, 10 ** 400)
+                    el.consts.eval(expr, scope)
+                chain = left_chain(expr)   # a + b + c + ... in a loop, however long
+                value = self.expr(chain[0].left, scope)
+                for binop in chain:
+                    value = el.op(_BINOPS[binop.op], [value, self.expr(binop.right, scope)], {}, binop.loc, scope)
+                return value
+            case syntax.Neg(operand=syntax.Number(value=value)):
+                return el.constant(-float(value), expr.loc)
+            case syntax.Neg():
+                negs, operand = neg_chain(expr)
+                value = self.expr(operand, scope)
+                for _ in range(negs):
+                    value = el.op("neg", [value], {}, expr.loc, scope)
+                return value
+            case syntax.Call():
+                return self.call(expr, scope, scope_hint)
+            case syntax.Repeat():
+                return el.layers.repeat(expr, scope, scope_hint)
+            case syntax.ListExpr():
+                return el.const_tensor(el.consts.tensor_value(expr, scope, "a list in an expression"), expr.loc)
+            case syntax.Bool():
+                raise NNError("true and false are only allowed as op attributes (like keepdims=true)", expr.loc)
+            case syntax.Index():
+                return self.index(expr, scope)
+        raise NNError("unsupported expression", expr.loc)  # pragma: no cover - the grammar has no others
+
+    def lookup(self, ref: syntax.Ref, scope: Scope) -> int:
+        el = self.el
+        name = ref.name
+        if name in scope.values:
+            return scope.values[name]
+        if len(ref.parts) == 1:
+            if name in scope.consts:
+                value = scope.consts[name]
+                if is_number(value):
+                    return el.constant(float(value), ref.loc, name=ref.name)  # named in diagrams
+                if isinstance(value, list):
+                    return el.const_tensor(el.consts.tensor_value(ref, scope, f"'{name}'"), ref.loc, name=ref.name)
+                raise NNError(f"'{name}' is {value!r}, not a number", ref.loc)
+            if name in scope.dims:
+                dim = scope.dims[name]
+                if isinstance(dim, int):
+                    return el.constant(float(dim), ref.loc)
+                return el.G.add("dim", (), {"symbols": (dim,), "factor": 1}, loc=ref.loc)
+            if name in el.symbolic_dims():   # the batch size N as a number: sum(x) / N
+                return el.G.add("dim", (), {"symbols": (name,), "factor": 1}, loc=ref.loc)
+        raise el.unknown(name, ref.loc, scope)
+
+    def index(self, expr: syntax.Index, scope: Scope) -> int:
+        """``x[2, 0:3, idx]`` as numpy reads it: integers and fixed slices make a view (the
+        ``slice`` op), integer tensors among the subscripts a gather (``index``). Bounds are
+        made non-negative where the dim is known, so x[:, -3:] and x[:, 2:5] are one value."""
+        el = self.el
+        target = self.expr(expr.target, scope)
+        shape = el.G[target].shape
+        if len(expr.subscripts) > len(shape):
+            raise NNError(f"too many subscripts: the value has shape {show(shape)} ({len(shape)} axes), "
+                          f"but {len(expr.subscripts)} are given", expr.subscripts[len(shape)].loc)
+        key: list[str] = []
+        tensors: list[int] = []
+        locs = [expr.target.loc]
+        for axis, sub in enumerate(expr.subscripts):
+            dim = shape[axis]
+            match sub:
+                case syntax.Slice(start=start, stop=stop):
+                    start, stop = (None if e is None else el.consts.index(e, scope) for e in (start, stop))
+                    if isinstance(dim, int) and (start, stop) != (None, None):
+                        start, stop, _ = slice(start, stop).indices(dim)
+                    key.append(":" if (start, stop) in ((None, None), (0, dim)) else
+                               f"{'' if start is None else start}:{'' if stop is None else stop}")
+                case _ if el.consts.is_static(sub, scope):
+                    value = el.consts.index(sub, scope)
+                    key.append(str(value + dim if isinstance(dim, int) and -dim <= value < 0 else value))
+                    if isinstance(dim, str):   # X[7] needs N >= 8, X[-2] N >= 2: checked when the module is called
+                        el.model.min_dims[dim] = max(el.model.min_dims.get(dim, 0),
+                                                     value + 1 if value >= 0 else -value)
+                case _:
+                    node = self.expr(sub, scope)
+                    tensors.append(node)
+                    key.append(f"{{{len(tensors)}}}")
+                    locs.append(sub.loc)
+                    if el.G[node].dtype == "int":
+                        el.bound(node, dim)
+        while key and key[-1] == ":":   # x[i, :] is x[i]
+            key.pop()
+        if not key:
+            return target                # x[:] is x
+        return el.op("index" if tensors else "slice", [target, *tensors], {"key": tuple(key)},
+                     expr.loc, scope, locs)
+
+    def call(self, call: syntax.Call, scope: Scope, scope_hint: str | None) -> int:
+        """A call of a layer (inlined) or of a public op."""
+        el = self.el
+        if call.func in el.layers.defined:
+            return el.layers.call(call, scope, scope_hint)
+        if call.scope is not None:
+            raise NNError(f"'as {call.scope}' names a layer instance, but {call.func} is not a layer", call.loc)
+        opdef = REGISTRY.get(call.func)
+        if opdef is None or not opdef.public:
+            if call.func in INITIALIZERS:
+                raise NNError(f"{call.func}() is an initialiser: use it in a param declaration, "
+                              f"like 'param W: [3, 4] = {call.func}()'", call.loc)
+            known = [n for n, d in REGISTRY.items() if d.public] + list(el.layers.defined)
+            close = difflib.get_close_matches(call.func, known, n=1)
+            raise NNError(f"unknown op or layer '{call.func}'" + (f"; did you mean '{close[0]}'?" if close else ""),
+                          call.loc)
+        return self.op_call(opdef, call, scope)
+
+    def op_call(self, opdef: OpDef, call: syntax.Call, scope: Scope) -> int:
+        """Bind a call's arguments to an op's tensors and attributes, then build the op (or let a
+        mode-dependent op lower itself)."""
+        el = self.el
+        attr_names = [a for a, _ in opdef.attrs]
+        # A variadic op (arity -1: concat, l2) takes every positional argument as a tensor,
+        # so its attributes are given by keyword: concat(a, b, axis=1).
+        arity = len(call.args) if opdef.arity < 0 else opdef.arity
+        positional = [] if opdef.arity < 0 else attr_names
+        if opdef.arity < 0 and not call.args:
+            raise NNError(f"{opdef.name}() needs at least one tensor argument", call.loc)
+        if opdef.arity < 0 and attr_names:
+            for arg in call.args:
+                match arg:
+                    case syntax.Number() | syntax.Bool():
+                        raise NNError(f"{opdef.name}() takes any number of tensors, so give "
+                                      f"{' and '.join(attr_names)} by keyword, like {attr_names[0]}=...", arg.loc)
+        if len(call.args) < arity:
+            raise NNError(f"{opdef.name}() takes {arity} tensor argument(s), got {len(call.args)}", call.loc)
+        if len(call.args) > arity + len(positional):
+            most = arity + len(positional)
+            raise NNError(f"{opdef.name}() takes at most {most} argument{'s' if most != 1 else ''}, "
+                          f"got {len(call.args)}", call.args[most].loc)
+        args = [self.expr(a, scope) for a in call.args[:arity]]
+        attrs: dict[str, Any] = dict(opdef.attrs)
+        given: set[str] = set()
+        for name, value in zip(positional, call.args[arity:]):
+            if el.consts.is_tensor(value, scope):
+                pairwise = _PAIRWISE.get(opdef.name)
+                raise NNError(f"{opdef.name}() takes {arity} tensor argument(s), then '{name}', which must be a "
+                              "constant, but this is a tensor" + (f"; for the elementwise {opdef.name} of two "
+                              f"tensors use {pairwise}(a, b)" if pairwise else ""), value.loc)
+            attrs[name] = el.consts.attribute(value, scope)
+            given.add(name)
+        for name, value, loc in call.kwargs:
+            if name not in attrs:
+                raise NNError(f"{opdef.name}() has no argument '{name}'"
+                              + (f"; it takes {', '.join(attr_names)}" if attr_names else ""), loc)
+            if name in given:
+                raise NNError(f"{opdef.name}() got '{name}' twice", loc)
+            attrs[name] = el.consts.attribute(value, scope)
+            given.add(name)
+        if "shape" in attrs and not isinstance(attrs["shape"], tuple):
+            raise NNError(f"{opdef.name}() needs a shape, like {opdef.name}(x, [2, 3])"
+                          + ("" if attrs["shape"] is None else f", not {attrs['shape']!r}"), call.loc)
+        if opdef.lower is not None:  # an op whose meaning depends on the mode, like dropout, or a composite
+            el.model.mode_dependent |= opdef.composite is None   # a composite is the same in both modes
+            try:
+                return opdef.lower(el, args, attrs, call.loc, scope)
+            except ShapeError as exc:
+                raise NNError(exc.message, call.loc) from None
+        return el.op(opdef.name, args, attrs, call.loc, scope, [a.loc for a in call.args])
