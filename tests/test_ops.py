@@ -295,6 +295,22 @@ def test_the_generated_check_catches_a_chain_wrongly_run_in_place(swish) -> None
         check_op(wrong, wrong.samples[0], "intermediates")
 
 
+def test_values_build_the_nodes_their_operators_name() -> None:
+    """A rule's formula is the graph it builds: operands in the order written, numbers as
+    constants, comparisons as the step mask, and ``==`` still Python's identity of objects."""
+    G = Graph()
+    x = Value(G, G.add("input", (), {"name": "x", "shape": (3, 4), "dtype": "float"}))
+    y = 1.0 - x * x
+    assert G[y.n].op == "sub" and G[G[y.n].args[0]].op == "const" and G[G[y.n].args[0]].attr("value") == 1.0
+    assert G[G[y.n].args[1]].op == "mul" and G[G[y.n].args[1]].args == (x.n, x.n)
+    mask = x >= 0.0
+    assert G[mask.n].op == "step" and G[mask.n].attr("cmp") == ">=" and G[x.eq(y).n].attr("cmp") == "=="
+    assert (x == x) is True and (x == y) is False
+    assert G[(2.0 / x).n].args[1] == x.n and G[(x @ x.mT).n].shape == (3, 3)
+    assert x.sum(1, keepdims=True).broadcast((3, 4), 1, True).shape == (3, 4)
+    assert x.sum_to((3, 4)) is x and x.sum_to((4,)).shape == (4,)
+
+
 def test_a_chains_c_form_is_derived_from_the_chain() -> None:
     """Each elementwise op is stated once: its C form follows from its numpy chain, step by
     step in the chain's order, through one ufunc -> C table."""

@@ -25,7 +25,6 @@ class Value:
     passes one that records the .nn call's line and scope on every node it adds."""
 
     __slots__ = ("G", "n", "build")
-    __hash__ = object.__hash__
 
     def __init__(self, G: Graph, n: int, build: Build | None = None) -> None:
         self.G, self.n, self.build = G, n, build or G.add
