@@ -179,44 +179,11 @@ def _emit_broadcast(ctx: EmitContext, args: list[str], attrs: dict, out: str | N
 # shaped like the op's output or like the operand: autodiff sums away broadcast axes, so
 # rules never need to. Rules of a line are written in their op's entry below.
 
-def _vjp_pow(g: Value, out: Value, a: Value, b: Value):
-    # PyTorch's limits where the formulas give 0 * inf: d/da = b a^(b-1) is 0 where b == 0
-    # (x ** 0 at x = 0), and d/db = a^b log(a) is 0 where a == 0 and b >= 0. Each mask moves
-    # the offending power or log to 1 exactly there, and is a constant for higher derivatives.
-    zero = out.const(0.0)
-    b_is_0 = b.eq(zero)
-    ga = g * (b * a ** (b - 1.0 + b_is_0))
-    a_is_0 = a.eq(zero) * (b >= zero)
-    return ga, g * (out * (a + a_is_0).log())
-
-
-def _vjp_div(g: Value, out: Value, a: Value, b: Value):
-    ga = g / b
-    return ga, -(ga * out)
-
-
 def _gate(g: Value, winner: Value, loser: Value) -> tuple[Value, Value]:
     """The max gate: the gradient goes to the winning operand, and half to each on a tie
     (PyTorch's rule), so the two shares always sum to g."""
     share = g * winner.node("split", loser)
     return share, g - share
-
-
-def _vjp_matmul(g: Value, out: Value, a: Value, b: Value):
-    sa, sb = a.shape, b.shape
-    if len(sa) == 1 and len(sb) == 1:           # a dot product
-        return g * b, g * a
-    if len(sa) == 1:                             # [K] @ [..., K, M]: treat a as [1, K]
-        a2 = a.reshape((1, sa[0]))
-        g2 = g.reshape((*g.shape[:-1], 1, g.shape[-1]))
-        ga = g2 @ b.mT
-        return ga.reshape((*ga.shape[:-2], sa[0])).sum_to(sa), a2.mT @ g2
-    if len(sb) == 1:                             # [..., N, K] @ [K]: treat b as [K, 1]
-        b2 = b.reshape((sb[0], 1))
-        g2 = g.reshape((*g.shape, 1))
-        gb = a.mT @ g2
-        return g2 @ b2.mT, gb.reshape(gb.shape[:-1]).sum_to(sb)
-    return g @ b.mT, a.mT @ g
 
 
 def route_to_maxima(g: Value, top: Value, x: Value, axis, keepdims: bool) -> Value:
@@ -225,33 +192,6 @@ def route_to_maxima(g: Value, top: Value, x: Value, axis, keepdims: bool) -> Val
     mask = x.eq(top.broadcast(x.shape, axis, keepdims))
     ties = mask.sum(axis, keepdims)
     return mask * (g / ties).broadcast(x.shape, axis, keepdims)
-
-
-def _vjp_transpose(g: Value, out: Value, x: Value):
-    axes, rank = out.attr("axes"), len(out.shape)
-    axes = tuple(reversed(range(rank))) if axes is None else tuple(a % rank for a in axes)
-    return g.transpose(sorted(range(rank), key=lambda i: axes[i]))   # the inverse permutation
-
-
-def _vjp_log_softmax(g: Value, out: Value, x: Value):
-    total = g.sum(out.attr("axis"), keepdims=True)
-    return g - out.exp() * total
-
-
-def _vjp_ce_grad(u: Value, out: Value, scores: Value, labels: Value, g: Value):
-    # out = (softmax(s) - onehot(y)) g / N: linear in g, and softmax's VJP for s.
-    unit = scores.node("softmax_cross_entropy_grad", labels, u.const(1.0))
-    dg = (u * unit).sum()
-    v = u * g.per_element(scores.shape, axis=0)
-    p = scores.node("log_softmax", axis=1).exp()
-    total = (v * p).sum(1, keepdims=True)
-    return p * (v - total), None, dg
-
-
-def _vjp_broadcast_to(g: Value, out: Value, x: Value):
-    if out.attr("axes"):   # the axes expand_dims inserted: summed away, then numpy's own broadcasting undone
-        g = g.sum(tuple(out.attr("axes")))
-    return g.sum_to(x.shape)
 
 
 # ---- what diagrams, the gradient check and training read of an op ----------------------
@@ -313,10 +253,30 @@ elementwise("sub", 2, (("subtract", "0", "1"),), symbol="'-'", vjp=lambda g, out
 elementwise("mul", 2, (("multiply", "0", "1"),), symbol="'*'", vjp=lambda g, out, a, b: (g * b, g * a), samples=_B,
             doc="a * b, elementwise, with numpy broadcasting", example="z = x * t",
             rewrites=(mul_by_one,), label="×")
+
+
+def _vjp_div(g: Value, out: Value, a: Value, b: Value):
+    ga = g / b
+    return ga, -(ga * out)
+
+
 elementwise("div", 2, (("divide", "0", "1"),), symbol="'/'", vjp=_vjp_div, samples=_B,
             domain="positive",
             doc="a / b, elementwise, with numpy broadcasting", example="z = x / t",
             rewrites=(divide_by_one,), label="÷")
+
+
+def _vjp_pow(g: Value, out: Value, a: Value, b: Value):
+    # PyTorch's limits where the formulas give 0 * inf: d/da = b a^(b-1) is 0 where b == 0
+    # (x ** 0 at x = 0), and d/db = a^b log(a) is 0 where a == 0 and b >= 0. Each mask moves
+    # the offending power or log to 1 exactly there, and is a constant for higher derivatives.
+    zero = out.const(0.0)
+    b_is_0 = b.eq(zero)
+    ga = g * (b * a ** (b - 1.0 + b_is_0))
+    a_is_0 = a.eq(zero) * (b >= zero)
+    return ga, g * (out * (a + a_is_0).log())
+
+
 elementwise("pow", 2, (("power", "0", "1"),), symbol="'**'", vjp=_vjp_pow, samples=_B,
             domain="positive",
             doc="a ** b, elementwise; x ** 2 compiles to x * x", example="z = x ** 2",
@@ -370,6 +330,24 @@ op("split", 2, emit=template("{xp}.heaviside({xp}.subtract({0}, {1}), 0.5)"),
    doc="the max gate's share for a: 1 where a > b, 0.5 where a == b, 0 where a < b")
 elementwise("sign", 1, (("sign", "0"),), samples=UNARY, **_MASK)  # 0 at 0
 
+
+def _vjp_matmul(g: Value, out: Value, a: Value, b: Value):
+    sa, sb = a.shape, b.shape
+    if len(sa) == 1 and len(sb) == 1:           # a dot product
+        return g * b, g * a
+    if len(sa) == 1:                             # [K] @ [..., K, M]: treat a as [1, K]
+        a2 = a.reshape((1, sa[0]))
+        g2 = g.reshape((*g.shape[:-1], 1, g.shape[-1]))
+        ga = g2 @ b.mT
+        return ga.reshape((*ga.shape[:-2], sa[0])).sum_to(sa), a2.mT @ g2
+    if len(sb) == 1:                             # [..., N, K] @ [K]: treat b as [K, 1]
+        b2 = b.reshape((sb[0], 1))
+        g2 = g.reshape((*g.shape, 1))
+        gb = a.mT @ g2
+        return g2 @ b2.mT, gb.reshape(gb.shape[:-1]).sum_to(sb)
+    return g @ b.mT, a.mT @ g
+
+
 op("matmul", 2, _matmul_rule, call("matmul"), vjp=_vjp_matmul, takes_out=True,
    samples=(Sample(((3, 4), (4, 2))), Sample(((2, 3, 4), (4, 2))), Sample(((4,), (4, 2))),
             Sample(((3, 4), (4,))), Sample(((4,), (4,))), Sample(((2, 1, 3, 4), (2, 4, 2)))),
@@ -401,6 +379,14 @@ op("reshape", 1, _reshape_rule, _emit_reshape, vjp=lambda g, out, x: g.reshape(x
    doc="the same entries in a new shape; one dim may be -1, dims like N are allowed",
    example="r = reshape(x, [N, 2, 3])",
    label=lambda attrs: f"reshape({attr_text(attrs.get('shape'))})")
+
+
+def _vjp_transpose(g: Value, out: Value, x: Value):
+    axes, rank = out.attr("axes"), len(out.shape)
+    axes = tuple(reversed(range(rank))) if axes is None else tuple(a % rank for a in axes)
+    return g.transpose(sorted(range(rank), key=lambda i: axes[i]))   # the inverse permutation
+
+
 op("transpose", 1, _transpose_rule, _emit_transpose, vjp=_vjp_transpose, view=True, attrs=(("axes", None),),
    samples=(Sample((MATRIX,)), Sample(((2, 3, 4),), {"axes": (1, 2, 0)})),
    doc="permutes the axes (reverses them by default)", example="xt = transpose(x)",
@@ -450,6 +436,14 @@ def _emit_fused(ctx: EmitContext, args: list[str], attrs: dict, out: str | None 
 op("fused", -1, lambda ins, attrs: (attrs["shape"], "float"), _emit_fused, public=False, takes_out=True,
    in_place=True,
    doc="several elementwise ops in one kernel: attrs hold the C expression over x0, x1, ...")
+
+
+def _vjp_broadcast_to(g: Value, out: Value, x: Value):
+    if out.attr("axes"):   # the axes expand_dims inserted: summed away, then numpy's own broadcasting undone
+        g = g.sum(tuple(out.attr("axes")))
+    return g.sum_to(x.shape)
+
+
 op("broadcast_to", 1, _target_shape_rule, _emit_broadcast, public=False, vjp=_vjp_broadcast_to, view=True,
    attrs=(("shape", ()), ("axes", ())),
    samples=(Sample(((4,),), {"shape": (3, 4)}), Sample(((3,),), {"shape": (3, 4), "axes": (1,)}),
@@ -465,10 +459,28 @@ op("softmax_cross_entropy", 2, labels_rule("softmax_cross_entropy"), template("_
    example="loss = softmax_cross_entropy(scores, y)",
    rewrites=(share_log_softmax,),
    loss=Loss("classes", "softmax cross-entropy of the scores", _chance_of_softmax, assumed=True))
+
+
+def _vjp_ce_grad(u: Value, out: Value, scores: Value, labels: Value, g: Value):
+    # out = (softmax(s) - onehot(y)) g / N: linear in g, and softmax's VJP for s.
+    unit = scores.node("softmax_cross_entropy_grad", labels, u.const(1.0))
+    dg = (u * unit).sum()
+    v = u * g.per_element(scores.shape, axis=0)
+    p = scores.node("log_softmax", axis=1).exp()
+    total = (v * p).sum(1, keepdims=True)
+    return p * (v - total), None, dg
+
+
 op("softmax_cross_entropy_grad", 3, float_like_first, template("_softmax_nll_grad(_log_softmax({0}, 1), {1}, {2})"),
    public=False, helpers=(LOG_SOFTMAX, _SOFTMAX_NLL_GRAD), vjp=_vjp_ce_grad,
    samples=(Sample(((5, 4), (5,), ()), ints={1: 4}),),
    rewrites=(share_log_softmax_in_gradient,))
+
+
+def _vjp_log_softmax(g: Value, out: Value, x: Value):
+    total = g.sum(out.attr("axis"), keepdims=True)
+    return g - out.exp() * total
+
 
 # What the passes turn softmax_cross_entropy and its gradient into, so the log-softmax is
 # computed once in the forward pass and reused by the backward pass.

@@ -35,7 +35,7 @@ from .registry import (
 
 # ---- the lecture's toolkit: activations, losses, penalties, indexing ---------------------
 # Each entry is the whole op: shape rule, numpy emitter, C scalar form where it is
-# elementwise (so the GPU backend fuses it), a VJP built from other registry ops, samples for
+# elementwise (so the GPU backend fuses it), a VJP over values written beside it, samples for
 # the generated gradient check, the formula, and a one-line example for docs/language.md.
 
 def _checked_elementwise_rule(opname: str, check: Callable[[dict], None]):
@@ -54,13 +54,6 @@ def _leaky_chain(attrs: dict) -> tuple[Step, ...]:
     return (("minimum", "0", "0.0"), ("multiply", "$", literal(float(attrs["alpha"]) - 1.0)), ("add", "0", "$"))
 
 
-def _vjp_leaky_relu(g: Value, out: Value, x: Value):
-    alpha = float(out.attr("alpha"))
-    # For alpha > 0 the output has the input's sign, so the input need not be kept for backward.
-    mask = (out if alpha > 0 else x) > 0.0
-    return g * (mask * (1.0 - alpha) + alpha)
-
-
 _ELU = '''def _elu(x, alpha, out=None):
     """x where x > 0, else alpha * (exp(x) - 1); exp only ever sees x <= 0, so it cannot overflow."""
     neg = np.expm1(np.minimum(x, 0.0))
@@ -72,23 +65,7 @@ def _emit_elu(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = 
     return f"_elu({args[0]}, {literal(float(attrs['alpha']))}" + (f", out={out})" if out else ")")
 
 
-def _vjp_elu(g: Value, out: Value, x: Value):
-    # d/dx = 1 where x > 0, else alpha * exp(x) = elu(x) + alpha.
-    return g * ((x > 0.0) + (x <= 0.0) * (out + float(out.attr("alpha"))))
-
-
-
-
 _GELU_C, _GELU_K = 0.7978845608028654, 0.044715   # sqrt(2 / pi), and the cubic term's weight
-
-
-def _vjp_gelu(g: Value, out: Value, x: Value):
-    # gelu = x/2 (1 + t), t = tanh(c (x + k x^3)): d/dx = (1 + t)/2 + x/2 (1 - t^2) c (1 + 3 k x^2)
-    x2 = x * x
-    t = (x * (x2 * _GELU_K + 1.0) * _GELU_C).tanh()
-    dinner = x2 * (3 * _GELU_K * _GELU_C) + _GELU_C
-    sech2 = 1.0 - t * t
-    return g * ((t + 1.0) * 0.5 + x * 0.5 * (sech2 * dinner))
 
 
 def _maxout_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
@@ -111,22 +88,11 @@ def _emit_maxout(ctx: EmitContext, args: list[str], attrs: dict, out: str | None
     return reduce_expr(ctx, "maximum", f"{x}.reshape({x}.shape[:-1] + ({attrs['k']}, -1))", -2, out=out)
 
 
-def _vjp_maxout(g: Value, out: Value, x: Value):
-    # the max gate: the winning piece gets the gradient, tied pieces share it
-    pieces = x.reshape(_pieces(x.shape, out.attr("k")))
-    return route_to_maxima(g, out, pieces, len(pieces.shape) - 2, False).reshape(x.shape)
-
-
 _SOFTMAX = '''def _softmax(x, axis):
     """exp(x - max) / sum(exp(x - max)): shifting by the max first keeps exp from overflowing."""
     e = np.exp(x - x.max(axis=axis, keepdims=True))
     e /= e.sum(axis=axis, keepdims=True)
     return e'''
-
-
-def _vjp_softmax(g: Value, out: Value, x: Value):
-    total = (g * out).sum(out.attr("axis"), keepdims=True)
-    return out * (g - total)
 
 
 # -- losses
@@ -149,14 +115,6 @@ def _ce_probs_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
 _SOFT_NLL = '''def _soft_nll(logp, targets):
     """Mean over the batch of -sum_c targets * logp: cross-entropy against probability targets."""
     return np.vdot(targets, logp) * (-1.0 / len(targets))'''
-
-
-def _vjp_ce_probs(g: Value, out: Value, scores: Value, targets: Value):
-    # L = -1/N sum_i sum_c t_ic logp_ic: dL/ds = (softmax(s) * rowsum(t) - t) / N, dL/dt = -logp / N.
-    logp = scores.node("log_softmax", axis=1)
-    gn = g.per_element(scores.shape, axis=0)
-    rowsum = targets.sum(1, keepdims=True)
-    return (logp.exp() * rowsum - targets) * gn, logp * -gn
 
 
 _SVM = '''def _svm_margins(scores, labels, delta):
@@ -183,14 +141,6 @@ def _svm_loss_grad(scores, labels, g, delta):
     return grad'''
 
 
-
-
-def _vjp_svm_grad(u: Value, out: Value, scores: Value, labels: Value, g: Value):
-    # Piecewise constant in the scores (their gradient is 0 off the kinks), linear in g.
-    unit = scores.node("svm_loss_grad", labels, u.const(1.0), **out.attrs)
-    return None, None, (u * unit).sum()
-
-
 def _same_shape_loss_rule(opname: str, what: str):
     """Predictions and targets of one shape (targets may broadcast): a scalar mean loss."""
     def infer(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
@@ -214,20 +164,10 @@ _SIGMOID_CE = '''def _sigmoid_ce(x, t):
     return loss.mean()'''
 
 
-def _vjp_sigmoid_ce(g: Value, out: Value, x: Value, t: Value):
-    gn = g.per_element(x.shape)
-    return (x.sigmoid() - t) * gn, x * -gn
-
-
 _MSE = '''def _mse(pred, target):
     """mean((pred - target) ** 2), one subtraction and a dot product."""
     d = pred - target
     return np.vdot(d, d) * (1.0 / d.size)'''
-
-
-def _vjp_mse(g: Value, out: Value, p: Value, t: Value):
-    dp = (p - t) * g.per_element(p.shape, factor=2.0)
-    return dp, -dp
 
 
 # -- penalties: variadic, so one call covers all the weights, as the lecture's R(W) does
@@ -258,15 +198,6 @@ def _emit_l1(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = N
 def _emit_elastic(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
     beta = float(attrs["beta"])
     return f"({literal(beta)} * {_emit_l2(ctx, args, attrs)} + {_emit_l1(ctx, args, attrs)})"
-
-
-
-
-
-
-def _vjp_elastic(g: Value, out: Value, *ws: Value):
-    beta = float(out.attr("beta"))
-    return tuple((w * (2.0 * beta) + w.sign()) * g for w in ws)
 
 
 # -- indexing, slicing, concatenation
@@ -386,12 +317,6 @@ def _vjp_index(g: Value, out: Value, x: Value, *tensors: Value):
     return (grad, *([None] * len(tensors)))
 
 
-def _vjp_scatter(u: Value, out: Value, g: Value, *tensors: Value):
-    # scatter is index's transpose, so its VJP is the gather again.
-    gather = u.node("index" if tensors else "slice", *tensors, key=out.attr("key"))
-    return (gather, *([None] * len(tensors)))
-
-
 def _arange_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
     n = attrs.get("n")
     if isinstance(n, str) or (isinstance(n, int) and not isinstance(n, bool) and n > 0):
@@ -432,16 +357,6 @@ def _concat_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
 def _emit_concat(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
     parts = f"({', '.join(args)}{',' if len(args) == 1 else ''})"
     return f"{ctx.xp}.concatenate({parts}, axis={attrs['axis']!r}" + (f", out={out})" if out else ")")
-
-
-def _vjp_concat(g: Value, out: Value, *xs: Value):
-    (axis,) = shapes.normalize_axes(out.attr("axis"), len(out.shape))
-    grads, start = [], 0
-    for x in xs:   # each operand's gradient is its slice of g (a view, no copy)
-        size = x.shape[axis]
-        grads.append(g.node("slice", key=(":",) * axis + (f"{start}:{start + size}",)))
-        start += size
-    return tuple(grads)
 
 
 # -- what the gradient check and training read of these ops
@@ -485,6 +400,15 @@ def _chance_of_logit(classes: int | None, attrs: dict) -> tuple[float, str]:
 # -- the entries
 
 _NZ = dict(samples=UNARY, domain="nonzero")
+
+
+def _vjp_leaky_relu(g: Value, out: Value, x: Value):
+    alpha = float(out.attr("alpha"))
+    # For alpha > 0 the output has the input's sign, so the input need not be kept for backward.
+    mask = (out if alpha > 0 else x) > 0.0
+    return g * (mask * (1.0 - alpha) + alpha)
+
+
 # Primitive for its rule and speed: leaky_relu'(0) = alpha as PyTorch's (through maximum, a tie
 # would give (1 + alpha) / 2), three in-place passes, and the rule reads only the output's sign.
 elementwise("leaky_relu", 1, _leaky_chain, "({0} + ((T){alpha} - (T)1) * min({0}, (T)0))", attrs=(("alpha", 0.01),),
@@ -494,6 +418,13 @@ elementwise("leaky_relu", 1, _leaky_chain, "({0} + ((T){alpha} - (T)1) * min({0}
             doc="x where x > 0, else alpha * x (the lecture's fix for dying relus)",
             example="h = leaky_relu(x, alpha=0.1)",
             kink=Kink())
+
+
+def _vjp_elu(g: Value, out: Value, x: Value):
+    # d/dx = 1 where x > 0, else alpha * exp(x) = elu(x) + alpha.
+    return g * ((x > 0.0) + (x <= 0.0) * (out + float(out.attr("alpha"))))
+
+
 # Primitive for stability: expm1 of min(x, 0) never overflows and keeps precision near 0;
 # there is no expm1 op to compose it from.
 op("elu", 1, _checked_elementwise_rule("elu", lambda a: number_attr("elu", a, "alpha")), _emit_elu,
@@ -507,6 +438,17 @@ elementwise("softplus", 1, (("logaddexp", "0", "0.0"),), "(max({0}, (T)0) + log1
             vjp=lambda g, out, x: g * x.sigmoid(), samples=UNARY,
             doc="log(1 + exp(x)), computed as max(x, 0) + log(1 + exp(-|x|)), which cannot overflow",
             example="h = softplus(x)")
+
+
+def _vjp_gelu(g: Value, out: Value, x: Value):
+    # gelu = x/2 (1 + t), t = tanh(c (x + k x^3)): d/dx = (1 + t)/2 + x/2 (1 - t^2) c (1 + 3 k x^2)
+    x2 = x * x
+    t = (x * (x2 * _GELU_K + 1.0) * _GELU_C).tanh()
+    dinner = x2 * (3 * _GELU_K * _GELU_C) + _GELU_C
+    sech2 = 1.0 - t * t
+    return g * ((t + 1.0) * 0.5 + x * 0.5 * (sech2 * dinner))
+
+
 # Primitive for speed: its parts are smooth, but written as a composite (the same formula in
 # .nn, float32 [256, 1024], forward and backward) it measured no faster (3.64 vs 3.73 ms best,
 # 4.27 vs 4.08 ms median of 7), while the chain runs in one buffer and fuses as one C expression.
@@ -547,6 +489,14 @@ composite("hardswish", 1, _hardswish, samples=UNARY,
           doc="x * relu6(x + 3) / 6: 0 below -3, x above 3, x (x + 3) / 6 between; the gradient is 0 at -3 "
               "and 1 at 3",
           example="h = hardswish(x)")
+
+
+def _vjp_maxout(g: Value, out: Value, x: Value):
+    # the max gate: the winning piece gets the gradient, tied pieces share it
+    pieces = x.reshape(_pieces(x.shape, out.attr("k")))
+    return route_to_maxima(g, out, pieces, len(pieces.shape) - 2, False).reshape(x.shape)
+
+
 op("maxout", 1, _maxout_rule, _emit_maxout,
    attrs=(("k", None),), takes_out=True, vjp=_vjp_maxout, domain="separated",
    samples=(Sample(((3, 6),), {"k": 2}), Sample(((2, 3, 6),), {"k": 3}), Sample(((4,),), {"k": 4})),
@@ -555,10 +505,26 @@ op("maxout", 1, _maxout_rule, _emit_maxout,
        "lecture's max(W1 x + b1, W2 x + b2)",
    example="h = maxout(x, k=2)",
    kink=Kink(_tie_among_pieces, "has a tie for the maximum"))
+
+
+def _vjp_softmax(g: Value, out: Value, x: Value):
+    total = (g * out).sum(out.attr("axis"), keepdims=True)
+    return out * (g - total)
+
+
 op("softmax", 1, along_axis_rule("softmax"), template("_softmax({0}, {axis})"), vjp=_vjp_softmax,
    attrs=(("axis", -1),), helpers=(_SOFTMAX,), samples=(Sample((MATRIX,)), Sample(((2, 3, 4),), {"axis": 1})),
    doc="exp(x) / sum(exp(x), axis), computed after subtracting the max so it cannot overflow",
    example="p = softmax(x, axis=-1)")
+
+
+def _vjp_ce_probs(g: Value, out: Value, scores: Value, targets: Value):
+    # L = -1/N sum_i sum_c t_ic logp_ic: dL/ds = (softmax(s) * rowsum(t) - t) / N, dL/dt = -logp / N.
+    logp = scores.node("log_softmax", axis=1)
+    gn = g.per_element(scores.shape, axis=0)
+    rowsum = targets.sum(1, keepdims=True)
+    return (logp.exp() * rowsum - targets) * gn, logp * -gn
+
 
 op("softmax_cross_entropy_probs", 2, _ce_probs_rule, template("_soft_nll(_log_softmax({0}, 1), {1})"),
    targets={1: "distribution"}, vjp=_vjp_ce_probs, public=False, helpers=(LOG_SOFTMAX, _SOFT_NLL), samples=(Sample(((5, 4), (5, 4))),),
@@ -572,9 +538,24 @@ op("svm_loss", 2, labels_rule("svm_loss"), template("_svm_loss({0}, {1}, {delta}
    doc="the multiclass SVM (hinge) loss: 1/N sum_i sum_{j != y_i} max(0, s_ij - s_iy_i + delta)",
    example="loss = svm_loss(scores, y, delta=1.0)",
    kink=Kink(_svm_switch, "is at its margin"), loss=Loss("classes", "SVM loss of the scores", _chance_of_svm))
+
+
+def _vjp_svm_grad(u: Value, out: Value, scores: Value, labels: Value, g: Value):
+    # Piecewise constant in the scores (their gradient is 0 off the kinks), linear in g.
+    unit = scores.node("svm_loss_grad", labels, u.const(1.0), **out.attrs)
+    return None, None, (u * unit).sum()
+
+
 op("svm_loss_grad", 3, float_like_first, template("_svm_loss_grad({0}, {1}, {2}, {delta})"), public=False,
    attrs=(("delta", 1.0),), helpers=(_SVM,), vjp=_vjp_svm_grad, domain="separated",
    samples=(Sample(((5, 4), (5,), ()), {"delta": 1.05}, ints={1: 4}),))
+
+
+def _vjp_sigmoid_ce(g: Value, out: Value, x: Value, t: Value):
+    gn = g.per_element(x.shape)
+    return (x.sigmoid() - t) * gn, x * -gn
+
+
 op("sigmoid_cross_entropy", 2, _same_shape_loss_rule("sigmoid_cross_entropy", "targets"),
    template("_sigmoid_ce({0}, {1})"), vjp=_vjp_sigmoid_ce, helpers=(_SIGMOID_CE,), targets={1: "probability"},
    samples=(Sample(((5,), (5,))), Sample(((3, 4), (3, 4))), Sample(((3, 4), (4,)))),
@@ -582,6 +563,13 @@ op("sigmoid_cross_entropy", 2, _same_shape_loss_rule("sigmoid_cross_entropy", "t
        "mean(max(x, 0) - x t + log(1 + exp(-|x|))), finite for any x",
    example="loss = sigmoid_cross_entropy(x, t)",
    loss=Loss("binary", "sigmoid cross-entropy of the logits", _chance_of_logit))
+
+
+def _vjp_mse(g: Value, out: Value, p: Value, t: Value):
+    dp = (p - t) * g.per_element(p.shape, factor=2.0)
+    return dp, -dp
+
+
 op("mse", 2, _same_shape_loss_rule("mse", "targets"), template("_mse({0}, {1})"), vjp=_vjp_mse, helpers=(_MSE,),
    samples=(Sample(((5,), (5,))), Sample(((3, 4), (3, 4))), Sample(((3, 4), ()))),
    doc="mean squared error: mean((pred - target)^2) over every entry", example="loss = mse(x, t)",
@@ -595,6 +583,13 @@ op("l1", -1, _penalty_rule("l1"), _emit_l1, vjp=lambda g, out, *ws: tuple(w.sign
    samples=(Sample((MATRIX,)), Sample((MATRIX, (4,)))),
    doc="the L1 penalty R(W) = sum |W|, summed over every tensor given", example="reg = l1(W)",
    kink=Kink(_every_entry))
+
+
+def _vjp_elastic(g: Value, out: Value, *ws: Value):
+    beta = float(out.attr("beta"))
+    return tuple((w * (2.0 * beta) + w.sign()) * g for w in ws)
+
+
 op("elastic_net", -1, _penalty_rule("elastic_net"), _emit_elastic, vjp=_vjp_elastic, attrs=(("beta", 1.0),),
    domain="nonzero", samples=(Sample((MATRIX,)), Sample((MATRIX, (4,)), {"beta": 0.3})),
    doc="the elastic net penalty R(W) = sum (beta W^2 + |W|), summed over every tensor given",
@@ -612,6 +607,14 @@ op("index", -1, _index_rule, _emit_index, vjp=_vjp_index, attrs=(("key", ()),), 
             Sample(((5, 4), (6,)), {"key": ("{1}",)}, ints={1: 5})),
    doc="x[...] with integer tensors among the subscripts (numpy's advanced indexing): a gather",
    example="correct = scores[arange(N), y]")
+
+
+def _vjp_scatter(u: Value, out: Value, g: Value, *tensors: Value):
+    # scatter is index's transpose, so its VJP is the gather again.
+    gather = u.node("index" if tensors else "slice", *tensors, key=out.attr("key"))
+    return (gather, *([None] * len(tensors)))
+
+
 op("scatter", -1, lambda ins, attrs: (attrs["shape"], "float"), _emit_scatter, public=False, helpers=(_SCATTER,),
    vjp=_vjp_scatter, attrs=(("key", ()), ("shape", ())),
    samples=(Sample(((3, 2),), {"key": (":", "1:3"), "shape": (3, 4)}),
@@ -620,6 +623,18 @@ op("scatter", -1, lambda ins, attrs: (attrs["shape"], "float"), _emit_scatter, p
    doc="the gradient of slice and index: g added into zeros shaped like x at the indexed entries")
 op("arange", 0, _arange_rule, _emit_arange, attrs=(("n", None),),
    doc="the integers 0, 1, ..., n - 1 (n may be a dim like N), to index with", example="rows = arange(N)")
+
+
+def _vjp_concat(g: Value, out: Value, *xs: Value):
+    (axis,) = shapes.normalize_axes(out.attr("axis"), len(out.shape))
+    grads, start = [], 0
+    for x in xs:   # each operand's gradient is its slice of g (a view, no copy)
+        size = x.shape[axis]
+        grads.append(g.node("slice", key=(":",) * axis + (f"{start}:{start + size}",)))
+        start += size
+    return tuple(grads)
+
+
 op("concat", -1, _concat_rule, _emit_concat, vjp=_vjp_concat, attrs=(("axis", 0),), takes_out=True,
    samples=(Sample(((2, 3), (4, 3))), Sample(((3, 2), (3, 1), (3, 4)), {"axis": 1}), Sample(((3,), (2,)))),
    doc="joins tensors along an existing axis (all other dims equal)", example="h = concat(x, t, axis=1)")
