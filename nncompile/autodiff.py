@@ -12,7 +12,7 @@ from typing import Iterable
 import networkx as nx
 
 from .ir import Graph
-from .ops import REGISTRY, constant, sum_to
+from .ops import REGISTRY, Value, constant, sum_to
 
 
 def differentiate(G: Graph, target: int, wrt: Iterable[int]) -> dict[int, int]:
@@ -47,10 +47,11 @@ def differentiate(G: Graph, target: int, wrt: Iterable[int]) -> dict[int, int]:
         vjp = REGISTRY[node.op].vjp
         if vjp is None:
             raise AssertionError(f"op {node.op} has no gradient rule")  # registry invariant
-        for arg, local in zip(node.args, vjp(G, n, grad)):
+        locals_ = vjp(Value(G, grad), Value(G, n), *(Value(G, a) for a in node.args))
+        for arg, local in zip(node.args, (locals_,) if isinstance(locals_, Value) else locals_):
             if local is None or arg not in relevant:
                 continue
-            contributions.setdefault(arg, []).append(sum_to(G, local, G[arg].shape))
+            contributions.setdefault(arg, []).append(sum_to(G, local.n, G[arg].shape))
     return adjoints
 
 

@@ -44,6 +44,8 @@ from typing import Callable, Protocol, Sequence, TypeVar
 
 import numpy as np
 
+from nncompile.ops import REGISTRY
+
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = {p.name: p.read_text(encoding="utf-8")
@@ -99,6 +101,11 @@ INITIALISERS = ("zeros()", "ones()", "constant(value=0.5)", "normal(0.01)", "nor
                 "randn()", "uniform(-0.1, 0.1)", "uniform(a=0, b=1)", "xavier()", "xavier_uniform()",
                 "glorot()", "he()", "he_uniform()", "kaiming()", "lecun()", "lecun_uniform()")
 UNARY = ("exp", "log", "sqrt", "abs", "tanh", "sigmoid", "relu", "softplus", "gelu")
+# Any other one-operand elementwise op (fusable, or a composite such as silu) comes from the
+# registry, so a new one is fuzzed without being named here, with its attributes' defaults.
+REGISTERED_UNARY = tuple(name for name, d in REGISTRY.items() if d.public and d.arity == 1
+                         and (d.scalar is not None or d.composite is not None)
+                         and name not in UNARY + ("leaky_relu", "elu"))
 STDLIB_LAYERS = ("linear", "affine", "dense", "mlp", "maxout_linear", "batchnorm", "dense_bn", "dense_dropout")
 
 
@@ -299,7 +306,7 @@ def _elementwise_unary(w: ProgramWriter):
     x = w.pick()
     if x is None:
         return None
-    op = w.c.choice(UNARY + ("leaky_relu", "elu", "neg"))
+    op = w.c.choice(UNARY + ("leaky_relu", "elu", "neg") + REGISTERED_UNARY)
     w.used.add(op)
     if op == "neg":
         return w.assign(f"-{x.name}" if w.c.chance(0.8) else f"+{x.name}", x.shape)

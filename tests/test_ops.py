@@ -13,6 +13,7 @@ added without samples (or without a gradient rule and without saying why) fails 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import shutil
 import zlib
 
@@ -24,11 +25,12 @@ from nncompile.codegen import emit_module
 from nncompile.compiler import build, load_module
 from nncompile import passes
 from nncompile.ir import Graph, Model
-from nncompile.ops import REGISTRY, OpDef, Sample, constant, elementwise
-from nncompile.ops.basic import _U
+from nncompile.ops import REGISTRY, OpDef, Sample, Value, composite, constant, elementwise
+from nncompile.ops.registry import c_form
+from nncompile.ops.basic import UNARY
 
 import fake_cupy
-from conftest import numeric_grad
+from conftest import ROOT, numeric_grad
 
 # Public ops (callable from a .nn file) allowed to have no gradient rule, and why: anything
 # else a user can write is differentiable. Internal ops that gradient rules emit have rules
@@ -43,7 +45,7 @@ DOMAINS = {"real", "positive", "nonzero", "separated"}
 def _cases() -> list:
     cases = []
     for name, opdef in REGISTRY.items():
-        if opdef.vjp is None:
+        if opdef.vjp is None and opdef.composite is None:
             continue
         for i, sample in enumerate(opdef.samples):
             cases.append(pytest.param(opdef, sample, id=f"{name}-{i}"))
@@ -92,10 +94,18 @@ def op_graph(opdef: OpDef, sample: Sample, weights_seed: int, feed: str = "leave
             operands.append(G.add("mul", [leaves[-1], constant(G, 2.0)]))
         else:
             operands.append(leaves[-1])
-    out = G.add(opdef.name, operands, {**dict(opdef.attrs), **sample.attrs}, name="out")
+    out = apply_op(G, opdef, operands, {**dict(opdef.attrs), **sample.attrs})
+    G.set(out, name="out")
     weights = np.random.default_rng(weights_seed).uniform(0.5, 1.5, G[out].shape)
     loss = G.add("sum", [G.add("mul", [out, _const(G, weights)])], {"axis": None, "keepdims": False}, name="loss")
     return G, leaves, out, loss, weights
+
+
+def apply_op(G: Graph, opdef: OpDef, operands: list[int], attrs: dict) -> int:
+    """The op applied to ``operands``: a composite expanded into its parts, as the elaborator does."""
+    if opdef.composite is not None:
+        return opdef.composite(*(Value(G, n) for n in operands), **attrs).n
+    return G.add(opdef.name, operands, attrs)
 
 
 def _const(G: Graph, value: np.ndarray) -> int:
@@ -187,8 +197,8 @@ def test_values_and_gradients_have_the_module_dtype(opdef: OpDef, sample: Sample
 def test_every_op_is_covered() -> None:
     """Each public op is gradient-checked (a VJP and samples) or explicitly non-differentiable."""
     for name, opdef in REGISTRY.items():
-        if opdef.vjp is not None:
-            assert opdef.samples, f"op {name} has a gradient rule but no samples to check it with"
+        if opdef.vjp is not None or opdef.composite is not None:
+            assert opdef.samples, f"op {name} has a gradient rule (or parts) but no samples to check it with"
             assert opdef.domain in DOMAINS, f"op {name} has unknown domain {opdef.domain!r}"
         elif opdef.public and opdef.lower is None:  # lowered ops are checked through what they lower to
             assert name in PUBLIC_NON_DIFFERENTIABLE, \
@@ -243,15 +253,15 @@ def test_softmax_cross_entropy_is_stable_for_huge_scores() -> None:
 SWISH = (("negative", "0"), ("exp", "$"), ("add", "$", "1.0"), ("divide", "0", "$"))   # x / (1 + exp(-x))
 
 
-def _vjp_swish(G: Graph, n: int, g: int):
-    s = G.add("sigmoid", [G[n].args[0]])    # swish' = s + swish * (1 - s)
-    return (G.add("mul", [g, G.add("add", [s, G.add("mul", [n, G.add("sub", [constant(G, 1.0), s])])])]),)
+def _vjp_swish(g: Value, out: Value, x: Value) -> Value:
+    s = x.sigmoid()    # swish' = s + swish * (1 - s)
+    return g * (s + out * (1.0 - s))
 
 
 @pytest.fixture
 def swish():
     """A swish op written as a chain, as a contributor would add it; removed afterwards."""
-    opdef = elementwise("swish_for_test", 1, SWISH, "{0} / ((T)1 + exp(-{0}))", vjp=_vjp_swish, samples=_U)
+    opdef = elementwise("swish_for_test", 1, SWISH, "{0} / ((T)1 + exp(-{0}))", vjp=_vjp_swish, samples=UNARY)
     yield opdef
     del REGISTRY[opdef.name]
 
@@ -285,10 +295,64 @@ def test_the_generated_check_catches_a_chain_wrongly_run_in_place(swish) -> None
         check_op(wrong, wrong.samples[0], "intermediates")
 
 
+def test_values_build_the_nodes_their_operators_name() -> None:
+    """A rule's formula is the graph it builds: operands in the order written, numbers as
+    constants, comparisons as the step mask, and ``==`` still Python's identity of objects."""
+    G = Graph()
+    x = Value(G, G.add("input", (), {"name": "x", "shape": (3, 4), "dtype": "float"}))
+    y = 1.0 - x * x
+    assert G[y.n].op == "sub" and G[G[y.n].args[0]].op == "const" and G[G[y.n].args[0]].attr("value") == 1.0
+    assert G[G[y.n].args[1]].op == "mul" and G[G[y.n].args[1]].args == (x.n, x.n)
+    mask = x >= 0.0
+    assert G[mask.n].op == "step" and G[mask.n].attr("cmp") == ">=" and G[x.eq(y).n].attr("cmp") == "=="
+    assert (x == x) is True and (x == y) is False
+    assert G[(2.0 / x).n].args[1] == x.n and G[(x @ x.mT).n].shape == (3, 3)
+    assert x.sum(1, keepdims=True).broadcast((3, 4), 1, True).shape == (3, 4)
+    assert x.sum_to((3, 4)) is x and x.sum_to((4,)).shape == (4,)
+
+
+def test_a_chains_c_form_is_derived_from_the_chain() -> None:
+    """Each elementwise op is stated once: its C form follows from its numpy chain, step by
+    step in the chain's order, through one ufunc -> C table."""
+    assert REGISTRY["add"].scalar == "{0} + {1}" and REGISTRY["relu"].scalar == "max({0}, (T)0)"
+    chain = (("multiply", "0", "0"), ("add", "$", "1.0"), ("tanh", "$"), ("multiply", "$", "0"), ("negative", "$"))
+    assert c_form(chain) == "-(tanh(({0} * {0}) + (T)1) * {0})"
+    with pytest.raises(TypeError, match="needs its C form written out"):
+        elementwise("never_registered", 1, lambda attrs: SWISH)
+    assert "never_registered" not in REGISTRY
+
+
 def test_an_elementwise_op_cannot_declare_its_own_in_place_flag() -> None:
     with pytest.raises(TypeError, match="follows from its chain"):
         elementwise("never_registered", 1, SWISH, "{0}", in_place=True)
     assert "never_registered" not in REGISTRY
+
+
+def _reference_generator():
+    spec = importlib.util.spec_from_file_location("gen_reference", ROOT / "scripts" / "gen_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_adding_an_op_is_one_entry(swish) -> None:
+    """One declaration, and nothing else, puts an op in every generated check: gradients
+    (leaves and intermediates, second order), dtypes, the C form against numpy, the docs
+    table and the PyTorch comparison (which then asks for its independent reference)."""
+    from differential.opcases import VARIANTS, missing_references, op_cases
+    cube = composite("cube_for_test", 1, lambda x: x * x * x, samples=UNARY, doc="x^3", example="h = cube_for_test(x)")
+    try:
+        for opdef in (swish, cube):
+            assert [c.values[1] for c in _cases() if c.values[0] is opdef] == list(opdef.samples)
+            assert [c.values[1] for c in _sampled_cases() if c.values[0] is opdef] == list(opdef.samples)
+            assert [c.sample for c in op_cases() if c.opdef is opdef] == [
+                sample for sample in opdef.samples for _ in VARIANTS]
+            assert f"`{opdef.name}(x)`" in "\n".join(_reference_generator().op_tables())
+        assert [c.values[0] for c in _scalar_cases()].count(swish) == len(swish.samples)
+        assert missing_references() == sorted([swish.name, cube.name])
+        check_op(cube, cube.samples[0], "intermediates")
+    finally:
+        del REGISTRY[cube.name]
 
 
 # ---- the C scalar forms (what the CuPy backend fuses), compiled and run on the CPU ---------

@@ -82,6 +82,11 @@ ACTIVATIONS = {
     "softmax(x)": np_softmax,
     "softmax(x, axis=0)": lambda x: np_softmax(x, axis=0),
     "log_softmax(x, axis=-1)": np_log_softmax,
+    "silu(x)": lambda x: x / (1 + np.exp(-x)),
+    "swish(x)": lambda x: x / (1 + np.exp(-x)),
+    "hardtanh(x)": lambda x: np.clip(x, -1.0, 1.0),
+    "hardswish(x)": lambda x: x * np.clip(x + 3, 0, 6) / 6,
+    "hardtanh(x, min_val=-0.5, max_val=1.5)": lambda x: np.clip(x, -0.5, 1.5),
     "maxout(x, k=2)": lambda x: np.maximum(x[:, :3], x[:, 3:]),
     "maxout(x, k=3)": lambda x: x.reshape(len(x), 3, 2).max(axis=1),
 }
@@ -452,6 +457,8 @@ def test_full_slices_are_the_value_itself(tmp_path: Path) -> None:
     ("v = svm_loss(x, t)", "svm_loss needs integer class labels, but 't' is float[N]"),
     ("v = sigmoid_cross_entropy(x, z)", "sigmoid_cross_entropy: targets [N, 3] do not match [N, 4]"),
     ("v = arange(2.5)", "arange() needs a positive whole number or a dim like N, not 2.5"),
+    ("v = hardtanh(x, min_val=1, max_val=0)", "hardtanh() needs max_val >= 1, not 0"),
+    ("v = hardtanh(x, max_val=t)", "'t' is a tensor, but a constant is needed here"),
 ])
 def test_errors_point_at_the_users_text(line: str, message: str, tmp_path: Path) -> None:
     path = write_nn(tmp_path, "m.nn", f"input x: float[N, 4]\ninput t: float[N]\ninput y: int[N]\n"
@@ -460,6 +467,36 @@ def test_errors_point_at_the_users_text(line: str, message: str, tmp_path: Path)
         elaborate_file(path)
     assert message in info.value.message
     assert info.value.loc is not None and info.value.loc.line == 5
+
+
+def test_composites_expand_into_their_parts_at_the_users_line(tmp_path: Path) -> None:
+    """silu is x * sigmoid(x) in the graph, every part on the line that called it; a composite
+    does not make the module's train and eval modes differ (as dropout does)."""
+    path = write_nn(tmp_path, "m.nn", "input x: float[N, 4]\nh = silu(x)\noutput h\n")
+    model = elaborate_file(path)
+    ops = {model.graph[n].op: model.graph[n].loc.line for n in model.graph.nodes() if model.graph[n].op != "input"}
+    assert ops == {"sigmoid": 2, "mul": 2}
+    assert not model.mode_dependent
+
+
+def test_hardtanh_follows_pytorchs_rule_at_its_kinks(build) -> None:
+    """The gradient is 1 strictly inside [min_val, max_val] and 0 at the ends, as
+    torch.nn.functional.hardtanh's is."""
+    m = build("input x: float[6]\nh = hardtanh(x, min_val=-1.0, max_val=2.0)\nloss = sum(h)\nminimize loss\n")
+    x = np.array([-3.0, -1.0, 0.0, 1.5, 2.0, 5.0])
+    outputs, grads = m.value_and_grad({}, x=x)
+    np.testing.assert_array_equal(outputs["loss"], np.sum(np.clip(x, -1.0, 2.0)))
+    np.testing.assert_array_equal(grads["x"], [0.0, 0.0, 1.0, 1.0, 0.0, 0.0])
+
+
+def test_hardswish_follows_pytorchs_rule_at_its_kinks(build) -> None:
+    """torch.nn.functional.hardswish's gradient is x/3 + 1/2 strictly between -3 and 3, and
+    the outer pieces' slopes at the kinks: 0 at -3 and 1 at 3."""
+    m = build("input x: float[6]\nh = hardswish(x)\nloss = sum(h)\nminimize loss\n")
+    x = np.array([-4.0, -3.0, 0.0, 1.5, 3.0, 4.0])
+    outputs, grads = m.value_and_grad({}, x=x)
+    np.testing.assert_allclose(outputs["loss"], np.sum(x * np.clip(x + 3, 0, 6) / 6), rtol=1e-15)
+    np.testing.assert_allclose(grads["x"], [0.0, 0.0, 0.5, 1.0, 1.0, 1.0], rtol=1e-15)
 
 
 def test_concat_joins_and_splits_the_gradient(build) -> None:

@@ -188,8 +188,8 @@ class Expressions:
         if "shape" in attrs and not isinstance(attrs["shape"], tuple):
             raise NNError(f"{opdef.name}() needs a shape, like {opdef.name}(x, [2, 3])"
                           + ("" if attrs["shape"] is None else f", not {attrs['shape']!r}"), call.loc)
-        if opdef.lower is not None:  # an op whose meaning depends on the mode, like dropout
-            el.model.mode_dependent = True
+        if opdef.lower is not None:  # an op whose meaning depends on the mode, like dropout, or a composite
+            el.model.mode_dependent |= opdef.composite is None   # a composite is the same in both modes
             try:
                 return opdef.lower(el, args, attrs, call.loc, scope)
             except ShapeError as exc:

@@ -9,42 +9,29 @@ import math
 
 import numpy as np
 
-from ..ir import Graph
-from ..shapes import ShapeError, unbroadcast_axes
+from .. import shapes
+from ..ir import Node
+from ..shapes import Shape, ShapeError, unbroadcast_axes
+from .value import Value
 from .registry import (
-    _COMPARE,
+    Emit,
     EmitContext,
+    Kink,
+    Loss,
     Sample,
-    _along_axis_rule,
-    _ce_grad_rule,
-    _count,
-    _dispatch_ce,
-    _emit_broadcast,
-    _emit_dim,
-    _emit_reshape,
-    _emit_step,
-    _emit_sum_to,
-    _emit_transpose,
-    _labels_rule,
-    _leaf,
-    _matmul_rule,
-    _reduce_rule,
-    _reshape_rule,
-    _same_as_first,
-    _target_shape_rule,
-    _transpose_rule,
-    broadcast,
+    along_axis_rule,
+    attr_text,
     call,
-    constant,
     elementwise,
     elementwise_rule,
+    float_like_first,
+    labels_rule,
+    literal,
+    need_float,
     op,
-    per_element,
-    reduce_call,
-    sum_to,
+    reduce_expr,
     template,
 )
-from .registry import Kink, Loss, attr_text
 from .rewrites import (
     add_zero,
     divide_by_one,
@@ -58,7 +45,7 @@ from .rewrites import (
     subtract_zero,
 )
 
-_LOG_SOFTMAX = '''def _log_softmax(x, axis):
+LOG_SOFTMAX = '''def _log_softmax(x, axis):
     """x - log(sum(exp(x))): shifting by the max first keeps exp from overflowing."""
     shifted = x - np.maximum.reduce(x, axis=axis, keepdims=True)
     shifted -= np.log(np.add.reduce(np.exp(shifted), axis=axis, keepdims=True))
@@ -90,190 +77,121 @@ def _emit_sigmoid(ctx: EmitContext, args: list[str], attrs: dict, out: str | Non
     return f"_sigmoid({args[0]}" + (f", out={out})" if out else ")")
 
 
+# ---- shape rules and emitters of the ops below ---------------------------------------
+
+def _same_as_first(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+    return ins[0].shape, ins[0].dtype
+
+
+def _leaf(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+    return attrs["shape"], attrs["dtype"]
+
+
+def _matmul_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+    need_float(ins, "'@'")
+    return shapes.matmul(ins[0].shape, ins[1].shape), "float"
+
+
+def _reduce_rule(opname: str):
+    def infer(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+        need_float(ins, opname)
+        return shapes.reduce(ins[0].shape, attrs.get("axis"), attrs.get("keepdims", False)), "float"
+    return infer
+
+
+def _reshape_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+    return shapes.reshape(ins[0].shape, tuple(attrs["shape"])), ins[0].dtype
+
+
+def _transpose_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+    return shapes.transpose(ins[0].shape, attrs.get("axes")), ins[0].dtype
+
+
+def _target_shape_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+    return tuple(attrs["shape"]), "float"
+
+
+def _dispatch_ce(ins: list[Node]) -> str:
+    """Integer labels [N] or float probability targets [N, C]: one name, two ops. Anything
+    else (float [N] labels, say) goes to the label rule, whose error says to declare them int."""
+    probs = len(ins) > 1 and ins[1].dtype == "float" and len(ins[1].shape) == 2
+    return "softmax_cross_entropy_probs" if probs else "softmax_cross_entropy"
+
+
+_COMPARE = {">": "greater", ">=": "greater_equal", "<": "less", "<=": "less_equal", "==": "equal"}
+
+
+def _emit_step(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+    """1 where the comparison holds, else 0, in the module's float dtype: a numpy comparison
+    gives bools unless it writes into a float buffer."""
+    test = f"{ctx.xp}.{_COMPARE[attrs['cmp']]}({args[0]}, {args[1]}"
+    return f"{test}, out={out})" if out else f"{test}).astype({ctx.dtype})"
+
+
+def _emit_dim(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+    factors = [ctx.dim(d) for d in attrs["symbols"]] + ([str(attrs["factor"])] if attrs["factor"] != 1 else [])
+    return f"{ctx.dtype}({' * '.join(factors)})"
+
+
+def _emit_reshape(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+    return f"{args[0]}.reshape({ctx.shape(attrs['shape'])})"
+
+
+def _emit_transpose(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+    axes = attrs.get("axes")
+    if axes is None or tuple(axes) == tuple(reversed(range(len(axes)))):
+        return f"{args[0]}.T"   # a view: matmul hands it to BLAS as a transpose flag, never a copy
+    return f"{ctx.xp}.transpose({args[0]}, {tuple(axes)!r})"
+
+
+def reduce_call(ufunc: str) -> Emit:
+    def emit(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+        return reduce_expr(ctx, ufunc, args[0], attrs.get("axis"), attrs.get("keepdims", False), out)
+    return emit
+
+
+def _emit_sum_to(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+    dropped, kept = attrs["dropped"], attrs["kept"]
+    if dropped == (0,) and not kept and len(attrs["shape"]) == 1:
+        # A bias gradient, the column sums of [N, M]: as ones @ g it is one BLAS gemv,
+        # about twice as fast as a strided add.reduce.
+        into = f", out={out}" if out else ""
+        return f"{ctx.xp}.matmul({ctx.xp}.ones(len({args[0]}), dtype={ctx.dtype}), {args[0]}{into})"
+    if not kept:
+        return reduce_expr(ctx, "add", args[0], dropped, out=out)
+    if not dropped:
+        return reduce_expr(ctx, "add", args[0], kept, keepdims=True, out=out)
+    text = reduce_expr(ctx, "add", args[0], dropped + kept, keepdims=True)
+    return f"{text}.reshape({ctx.shape(attrs['shape'])})"  # a fresh array: ``out`` is not needed
+
+
+def _emit_broadcast(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+    # A Python float would broadcast as float64 (the seed 1.0 of a float32 module's gradient).
+    value = f"{ctx.dtype}({args[0]})" if 0 in ctx.literals else args[0]
+    if attrs.get("axes"):
+        value = f"{ctx.xp}.expand_dims({value}, {attrs['axes']!r})"
+    return f"{ctx.xp}.broadcast_to({value}, {ctx.shape(attrs['shape'])})"
+
+
 # ---- gradient rules -------------------------------------------------------------------
-# Each returns one gradient per operand, shaped like the op's output (or like the operand);
-# autodiff sums away broadcast axes, so rules never need to.
+# A rule takes the upstream gradient g, the op's output and its operands, as values
+# (:mod:`.value`), and returns one gradient per operand (None for one that carries none),
+# shaped like the op's output or like the operand: autodiff sums away broadcast axes, so
+# rules never need to. Rules of a line are written in their op's entry below.
 
-def _vjp_add(G: Graph, n: int, g: int):
-    return g, g
-
-
-def _vjp_sub(G: Graph, n: int, g: int):
-    return g, G.add("neg", [g])
-
-
-def _vjp_mul(G: Graph, n: int, g: int):
-    a, b = G[n].args
-    return G.add("mul", [g, b]), G.add("mul", [g, a])
-
-
-def _vjp_div(G: Graph, n: int, g: int):
-    a, b = G[n].args
-    ga = G.add("div", [g, b])
-    return ga, G.add("neg", [G.add("mul", [ga, n])])
-
-
-def _vjp_pow(G: Graph, n: int, g: int):
-    # PyTorch's limits where the formulas give 0 * inf: d/da = b a^(b-1) is 0 where b == 0
-    # (x ** 0 at x = 0), and d/db = a^b log(a) is 0 where a == 0 and b >= 0. Each mask moves
-    # the offending power or log to 1 exactly there, and is a constant for higher derivatives.
-    a, b = G[n].args
-    zero = constant(G, 0.0)
-    b_is_0 = G.add("step", [b, zero], {"cmp": "=="})
-    power = G.add("pow", [a, G.add("add", [G.add("sub", [b, constant(G, 1.0)]), b_is_0])])
-    ga = G.add("mul", [g, G.add("mul", [b, power])])
-    a_is_0 = G.add("mul", [G.add("step", [a, zero], {"cmp": "=="}), G.add("step", [b, zero], {"cmp": ">="})])
-    gb = G.add("mul", [g, G.add("mul", [n, G.add("log", [G.add("add", [a, a_is_0])])])])
-    return ga, gb
-
-
-def _vjp_neg(G: Graph, n: int, g: int):
-    return (G.add("neg", [g]),)
-
-
-def _vjp_exp(G: Graph, n: int, g: int):
-    return (G.add("mul", [g, n]),)
-
-
-def _vjp_log(G: Graph, n: int, g: int):
-    return (G.add("div", [g, G[n].args[0]]),)
-
-
-def _vjp_sqrt(G: Graph, n: int, g: int):
-    return (G.add("div", [G.add("mul", [g, constant(G, 0.5)]), n]),)
-
-
-def _vjp_abs(G: Graph, n: int, g: int):
-    return (G.add("mul", [g, G.add("sign", [G[n].args[0]])]),)
-
-
-def _vjp_tanh(G: Graph, n: int, g: int):
-    return (G.add("mul", [g, G.add("sub", [constant(G, 1.0), G.add("mul", [n, n])])]),)
-
-
-def _vjp_sigmoid(G: Graph, n: int, g: int):
-    return (G.add("mul", [g, G.add("mul", [n, G.add("sub", [constant(G, 1.0), n])])]),)
-
-
-def _vjp_relu(G: Graph, n: int, g: int):
-    # The mask comes from the output, so the pre-activation need not be kept for backward.
-    return (G.add("mul", [g, G.add("step", [n, constant(G, 0.0)], {"cmp": ">"})]),)
-
-
-def _gate(G: Graph, g: int, winner: int, loser: int) -> tuple[int, int]:
+def _gate(g: Value, winner: Value, loser: Value) -> tuple[Value, Value]:
     """The max gate: the gradient goes to the winning operand, and half to each on a tie
     (PyTorch's rule), so the two shares always sum to g."""
-    share = G.add("mul", [g, G.add("split", [winner, loser])])
-    return share, G.add("sub", [g, share])
+    share = g * winner.node("split", loser)
+    return share, g - share
 
 
-def _vjp_maximum(G: Graph, n: int, g: int):
-    a, b = G[n].args
-    return _gate(G, g, a, b)
-
-
-def _vjp_minimum(G: Graph, n: int, g: int):
-    a, b = G[n].args
-    return _gate(G, g, b, a)
-
-
-def _vjp_matmul(G: Graph, n: int, g: int):
-    a, b = G[n].args
-    sa, sb = G[a].shape, G[b].shape
-    if len(sa) == 1 and len(sb) == 1:           # a dot product
-        return G.add("mul", [g, b]), G.add("mul", [g, a])
-    if len(sa) == 1:                             # [K] @ [..., K, M]: treat a as [1, K]
-        a2 = G.add("reshape", [a], {"shape": (1, sa[0])})
-        g2 = G.add("reshape", [g], {"shape": (*G[g].shape[:-1], 1, G[g].shape[-1])})
-        ga = G.add("matmul", [g2, _swap(G, b)])
-        ga = G.add("reshape", [ga], {"shape": (*G[ga].shape[:-2], sa[0])})
-        return sum_to(G, ga, sa), G.add("matmul", [_swap(G, a2), g2])
-    if len(sb) == 1:                             # [..., N, K] @ [K]: treat b as [K, 1]
-        b2 = G.add("reshape", [b], {"shape": (sb[0], 1)})
-        g2 = G.add("reshape", [g], {"shape": (*G[g].shape, 1)})
-        gb = G.add("matmul", [_swap(G, a), g2])
-        gb = G.add("reshape", [gb], {"shape": G[gb].shape[:-1]})
-        return G.add("matmul", [g2, _swap(G, b2)]), sum_to(G, gb, sb)
-    return G.add("matmul", [g, _swap(G, b)]), G.add("matmul", [_swap(G, a), g])
-
-
-def _swap(G: Graph, x: int) -> int:
-    rank = len(G[x].shape)
-    return G.add("transpose", [x], {"axes": (*range(rank - 2), rank - 1, rank - 2)})
-
-
-def _vjp_sum(G: Graph, n: int, g: int):
-    x = G[n].args[0]
-    return (broadcast(G, g, G[x].shape, G[n].attr("axis"), G[n].attr("keepdims")),)
-
-
-def _vjp_mean(G: Graph, n: int, g: int):
-    x = G[n].args[0]
-    factor, symbols = _count(G[x].shape, G[n].attr("axis"))
-    if symbols:
-        scaled = G.add("div", [g, G.add("dim", (), {"symbols": symbols, "factor": factor})])
-    else:
-        scaled = G.add("mul", [g, constant(G, 1.0 / factor)])
-    return (broadcast(G, scaled, G[x].shape, G[n].attr("axis"), G[n].attr("keepdims")),)
-
-
-def _vjp_max(G: Graph, n: int, g: int):
-    x = G[n].args[0]
-    shape, axis, keep = G[x].shape, G[n].attr("axis"), G[n].attr("keepdims")
-    return (route_to_maxima(G, x, n, g, shape, axis, keep),)
-
-
-def route_to_maxima(G: Graph, x: int, top: int, g: int, shape, axis, keepdims: bool) -> int:
+def route_to_maxima(g: Value, top: Value, x: Value, axis, keepdims: bool) -> Value:
     """The gradient of ``top = max(x, axis)``: g split evenly among the entries tied for the
     max (PyTorch's amax rule), so each reduced slice's gradient sums to its g."""
-    mask = G.add("step", [x, broadcast(G, top, shape, axis, keepdims)], {"cmp": "=="})
-    ties = G.add("sum", [mask], {"axis": axis, "keepdims": keepdims})
-    return G.add("mul", [mask, broadcast(G, G.add("div", [g, ties]), shape, axis, keepdims)])
-
-
-def _vjp_reshape(G: Graph, n: int, g: int):
-    return (G.add("reshape", [g], {"shape": G[G[n].args[0]].shape}),)
-
-
-def _vjp_transpose(G: Graph, n: int, g: int):
-    axes = G[n].attr("axes")
-    rank = len(G[n].shape)
-    axes = tuple(reversed(range(rank))) if axes is None else tuple(a % rank for a in axes)
-    inverse = tuple(sorted(range(rank), key=lambda i: axes[i]))
-    return (G.add("transpose", [g], {"axes": inverse}),)
-
-
-def _vjp_log_softmax(G: Graph, n: int, g: int):
-    axis = G[n].attr("axis")
-    total = G.add("sum", [g], {"axis": axis, "keepdims": True})
-    return (G.add("sub", [g, G.add("mul", [G.add("exp", [n]), total])]),)
-
-
-def _vjp_ce(G: Graph, n: int, g: int):
-    scores, labels = G[n].args
-    return G.add("softmax_cross_entropy_grad", [scores, labels, g]), None
-
-
-def _vjp_ce_grad(G: Graph, n: int, u: int):
-    # out = (softmax(s) - onehot(y)) g / N: linear in g, and softmax's VJP for s.
-    scores, labels, g = G[n].args
-    unit = G.add("softmax_cross_entropy_grad", [scores, labels, constant(G, 1.0)])
-    dg = G.add("sum", [G.add("mul", [u, unit])], {"axis": None, "keepdims": False})
-    v = G.add("mul", [u, per_element(G, g, G[scores].shape, rows_only=True)])
-    p = G.add("exp", [G.add("log_softmax", [scores], {"axis": 1})])
-    total = G.add("sum", [G.add("mul", [v, p])], {"axis": 1, "keepdims": True})
-    return G.add("mul", [p, G.add("sub", [v, total])]), None, dg
-
-
-def _vjp_sum_to(G: Graph, n: int, g: int):
-    return (G.add("broadcast_to", [g], {"shape": G[G[n].args[0]].shape, "axes": ()}),)
-
-
-def _vjp_broadcast_to(G: Graph, n: int, g: int):
-    axes = G[n].attr("axes")
-    if axes:   # the axes expand_dims inserted: summed away, then numpy's own broadcasting undone
-        g = G.add("sum", [g], {"axis": tuple(axes), "keepdims": False})
-    return (sum_to(G, g, G[G[n].args[0]].shape),)
+    mask = x.eq(top.broadcast(x.shape, axis, keepdims))
+    ties = mask.sum(axis, keepdims)
+    return mask * (g / ties).broadcast(x.shape, axis, keepdims)
 
 
 # ---- what diagrams, the gradient check and training read of an op ----------------------
@@ -315,8 +233,8 @@ def _chance_of_softmax(classes: int | None, attrs: dict) -> tuple[float, str] | 
 
 # ---- the registry ---------------------------------------------------------------------
 
-_M = (3, 4)
-_B = (Sample((_M, _M)), Sample((_M, (4,))), Sample(((2, 1, 4), (3, 1))), Sample(((), _M)))
+MATRIX = (3, 4)
+_B = (Sample((MATRIX, MATRIX)), Sample((MATRIX, (4,))), Sample(((2, 1, 4), (3, 1))), Sample(((), MATRIX)))
 
 _LEAF = dict(public=False, infer=_leaf)
 op("input", 0, emit=template("<input>"), **_LEAF)
@@ -326,65 +244,109 @@ op("const", 0, emit=template("<const>"), **_LEAF)
 op("dim", 0, lambda ins, a: ((), "float"), _emit_dim, public=False, doc="a symbolic size as a number",
    label="dim")
 
-elementwise("add", 2, (("add", "0", "1"),), "{0} + {1}", symbol="'+'", vjp=_vjp_add, samples=_B,
+elementwise("add", 2, (("add", "0", "1"),), symbol="'+'", vjp=lambda g, out, a, b: (g, g), samples=_B,
             doc="a + b, with numpy broadcasting (also written add(a, b))", example="z = x + t",
             rewrites=(add_zero,), label="+")
-elementwise("sub", 2, (("subtract", "0", "1"),), "{0} - {1}", symbol="'-'", vjp=_vjp_sub, samples=_B,
+elementwise("sub", 2, (("subtract", "0", "1"),), symbol="'-'", vjp=lambda g, out, a, b: (g, -g), samples=_B,
             doc="a - b, with numpy broadcasting", example="z = x - t",
             rewrites=(subtract_zero,), label="−")
-elementwise("mul", 2, (("multiply", "0", "1"),), "{0} * {1}", symbol="'*'", vjp=_vjp_mul, samples=_B,
+elementwise("mul", 2, (("multiply", "0", "1"),), symbol="'*'", vjp=lambda g, out, a, b: (g * b, g * a), samples=_B,
             doc="a * b, elementwise, with numpy broadcasting", example="z = x * t",
             rewrites=(mul_by_one,), label="×")
-elementwise("div", 2, (("divide", "0", "1"),), "{0} / {1}", symbol="'/'", vjp=_vjp_div, samples=_B,
+
+
+def _vjp_div(g: Value, out: Value, a: Value, b: Value):
+    ga = g / b
+    return ga, -(ga * out)
+
+
+elementwise("div", 2, (("divide", "0", "1"),), symbol="'/'", vjp=_vjp_div, samples=_B,
             domain="positive",
             doc="a / b, elementwise, with numpy broadcasting", example="z = x / t",
             rewrites=(divide_by_one,), label="÷")
-elementwise("pow", 2, (("power", "0", "1"),), "pow({0}, {1})", symbol="'**'", vjp=_vjp_pow, samples=_B,
+
+
+def _vjp_pow(g: Value, out: Value, a: Value, b: Value):
+    # PyTorch's limits where the formulas give 0 * inf: d/da = b a^(b-1) is 0 where b == 0
+    # (x ** 0 at x = 0), and d/db = a^b log(a) is 0 where a == 0 and b >= 0. Each mask moves
+    # the offending power or log to 1 exactly there, and is a constant for higher derivatives.
+    zero = out.const(0.0)
+    b_is_0 = b.eq(zero)
+    ga = g * (b * a ** (b - 1.0 + b_is_0))
+    a_is_0 = a.eq(zero) * (b >= zero)
+    return ga, g * (out * (a + a_is_0).log())
+
+
+elementwise("pow", 2, (("power", "0", "1"),), symbol="'**'", vjp=_vjp_pow, samples=_B,
             domain="positive",
             doc="a ** b, elementwise; x ** 2 compiles to x * x", example="z = x ** 2",
             rewrites=(power_of_one, square_is_mul, half_power_is_sqrt), label="**")
-elementwise("maximum", 2, (("maximum", "0", "1"),), "max({0}, {1})", vjp=_vjp_maximum, samples=_B,
+elementwise("maximum", 2, (("maximum", "0", "1"),), vjp=lambda g, out, a, b: _gate(g, a, b), samples=_B,
             domain="separated", doc="elementwise max of two tensors; on a tie each gets half the gradient",
             example="z = maximum(x, 0)",
             label="max", kink=Kink(_difference, "has tied operands"))
-elementwise("minimum", 2, (("minimum", "0", "1"),), "min({0}, {1})", vjp=_vjp_minimum, samples=_B,
+elementwise("minimum", 2, (("minimum", "0", "1"),), vjp=lambda g, out, a, b: _gate(g, b, a), samples=_B,
             domain="separated", doc="elementwise min of two tensors; on a tie each gets half the gradient",
             example="z = minimum(x, t)",
             label="min", kink=Kink(_difference, "has tied operands"))
 
-_U = (Sample((_M,)), Sample(((),)))
-elementwise("neg", 1, (("negative", "0"),), "-{0}", symbol="'-'", vjp=_vjp_neg, samples=_U, public=False,
+UNARY = (Sample((MATRIX,)), Sample(((),)))
+elementwise("neg", 1, (("negative", "0"),), symbol="'-'", vjp=lambda g, out, x: -g, samples=UNARY, public=False,
             rewrites=(double_negation,), label="−")
-elementwise("exp", 1, (("exp", "0"),), "exp({0})", vjp=_vjp_exp, samples=_U,
+elementwise("exp", 1, (("exp", "0"),), vjp=lambda g, out, x: g * out, samples=UNARY,
             doc="e ** x", example="z = exp(x)")
-elementwise("log", 1, (("log", "0"),), "log({0})", vjp=_vjp_log, samples=_U, domain="positive",
+elementwise("log", 1, (("log", "0"),), vjp=lambda g, out, x: g / x, samples=UNARY, domain="positive",
             doc="the natural logarithm", example="z = log(x)")
-elementwise("sqrt", 1, (("sqrt", "0"),), "sqrt({0})", vjp=_vjp_sqrt, samples=_U, domain="positive",
+elementwise("sqrt", 1, (("sqrt", "0"),), vjp=lambda g, out, x: g * 0.5 / out, samples=UNARY, domain="positive",
             doc="the square root", example="z = sqrt(x)")
-elementwise("abs", 1, (("absolute", "0"),), "fabs({0})", vjp=_vjp_abs, samples=_U, domain="nonzero",
+elementwise("abs", 1, (("absolute", "0"),), vjp=lambda g, out, x: g * x.sign(), samples=UNARY, domain="nonzero",
             doc="|x|", example="z = abs(x)",
             kink=Kink())
-elementwise("tanh", 1, (("tanh", "0"),), "tanh({0})", vjp=_vjp_tanh, samples=_U,
+# Primitive for speed and precision: one ufunc; as 2 sigmoid(2x) - 1 it would cancel near 0.
+elementwise("tanh", 1, (("tanh", "0"),), vjp=lambda g, out, x: g * (1.0 - out * out), samples=UNARY,
             doc="(exp(x) - exp(-x)) / (exp(x) + exp(-x)) = 2 sigmoid(2x) - 1", example="h = tanh(x)")
+# Primitive for stability: the two-sided form keeps its relative precision where
+# 1 / (1 + exp(-x)) would overflow or round to 0; its rule needs only the output.
 op("sigmoid", 1, elementwise_rule("sigmoid"), _emit_sigmoid,
    scalar="(exp(min({0}, (T)0)) / ((T)1 + exp(-fabs({0}))))", takes_out=True, in_place=True,
-   helpers=(_SIGMOID,), vjp=_vjp_sigmoid, samples=_U,
+   helpers=(_SIGMOID,), vjp=lambda g, out, x: g * (out * (1.0 - out)), samples=UNARY,
    doc="1 / (1 + exp(-x)), computed as exp(min(x, 0)) / (1 + exp(-|x|)), which cannot overflow and keeps "
        "its relative precision on both sides (sigmoid(-50) is exp(-50), not 0)",
    example="h = sigmoid(x)")
-elementwise("relu", 1, (("maximum", "0", "0.0"),), "max({0}, (T)0)", vjp=_vjp_relu, samples=_U, domain="nonzero",
+# Primitive for its rule and speed: one in-place ufunc, relu'(0) = 0 (PyTorch's; maximum(x, 0)
+# would give the tie's 1/2), and the mask comes from the output, so backward keeps no input.
+elementwise("relu", 1, (("maximum", "0", "0.0"),), vjp=lambda g, out, x: g * (out > 0.0), samples=UNARY,
+            domain="nonzero",
             doc="max(0, x)", example="h = relu(x)",
             kink=Kink())
 
 # Masks and signs carry no gradient: they exist to build other ops' gradients.
 _MASK = dict(public=False, differentiable=False, infer=elementwise_rule("a mask"))
 op("step", 2, emit=_emit_step, scalar="(T)({0} {cmp} {1})", attrs=(("cmp", ">"),), takes_out=True, in_place=True,
-   samples=(*(Sample((_M, _M), {"cmp": cmp}) for cmp in _COMPARE), Sample((_M, ()), {"cmp": ">="})),
+   samples=(*(Sample((MATRIX, MATRIX), {"cmp": cmp}) for cmp in _COMPARE), Sample((MATRIX, ()), {"cmp": ">="})),
    doc="1 where the comparison holds, else 0", **_MASK)
 op("split", 2, emit=template("{xp}.heaviside({xp}.subtract({0}, {1}), 0.5)"),
    scalar="((T)({0} > {1}) + (T)0.5 * (T)({0} == {1}))", samples=_B, **_MASK,
    doc="the max gate's share for a: 1 where a > b, 0.5 where a == b, 0 where a < b")
-elementwise("sign", 1, (("sign", "0"),), "((T)({0} > 0) - (T)({0} < 0))", samples=_U, **_MASK)  # 0 at 0
+elementwise("sign", 1, (("sign", "0"),), samples=UNARY, **_MASK)  # 0 at 0
+
+
+def _vjp_matmul(g: Value, out: Value, a: Value, b: Value):
+    sa, sb = a.shape, b.shape
+    if len(sa) == 1 and len(sb) == 1:           # a dot product
+        return g * b, g * a
+    if len(sa) == 1:                             # [K] @ [..., K, M]: treat a as [1, K]
+        a2 = a.reshape((1, sa[0]))
+        g2 = g.reshape((*g.shape[:-1], 1, g.shape[-1]))
+        ga = g2 @ b.mT
+        return ga.reshape((*ga.shape[:-2], sa[0])).sum_to(sa), a2.mT @ g2
+    if len(sb) == 1:                             # [..., N, K] @ [K]: treat b as [K, 1]
+        b2 = b.reshape((sb[0], 1))
+        g2 = g.reshape((*g.shape, 1))
+        gb = a.mT @ g2
+        return g2 @ b2.mT, gb.reshape(gb.shape[:-1]).sum_to(sb)
+    return g @ b.mT, a.mT @ g
+
 
 op("matmul", 2, _matmul_rule, call("matmul"), vjp=_vjp_matmul, takes_out=True,
    samples=(Sample(((3, 4), (4, 2))), Sample(((2, 3, 4), (4, 2))), Sample(((4,), (4, 2))),
@@ -392,32 +354,46 @@ op("matmul", 2, _matmul_rule, call("matmul"), vjp=_vjp_matmul, takes_out=True,
    doc="a @ b: matrix product, numpy's rules for 1-D and batched operands", example="s = x @ W",
    label="@")
 
-_R = (Sample((_M,)), Sample((_M,), {"axis": 1}), Sample(((2, 3, 4),), {"axis": 0, "keepdims": True}),
+_R = (Sample((MATRIX,)), Sample((MATRIX,), {"axis": 1}), Sample(((2, 3, 4),), {"axis": 0, "keepdims": True}),
       Sample(((2, 3, 4),), {"axis": (0, 2)}))
 _RA = (("axis", None), ("keepdims", False))
-op("sum", 1, _reduce_rule("sum"), reduce_call("add"), vjp=_vjp_sum, attrs=_RA, samples=_R, takes_out=True,
+op("sum", 1, _reduce_rule("sum"), reduce_call("add"), attrs=_RA, samples=_R, takes_out=True,
+   vjp=lambda g, out, x: g.broadcast(x.shape, out.attr("axis"), out.attr("keepdims")),
    doc="the sum over axis (an int, a list, or every axis by default); keepdims=true keeps them as 1",
    example="total = sum(x, axis=1)",
    label=_reduction_label("sum"))
-op("mean", 1, _reduce_rule("mean"), call("mean"), vjp=_vjp_mean, attrs=_RA, samples=_R, takes_out=True,
+op("mean", 1, _reduce_rule("mean"), call("mean"), attrs=_RA, samples=_R, takes_out=True,
+   vjp=lambda g, out, x: g.per_element(x.shape, out.attr("axis")).broadcast(x.shape, out.attr("axis"),
+                                                                       out.attr("keepdims")),
    doc="the mean over axis (every axis by default)", example="m = mean(x, axis=0)",
    label=_reduction_label("mean"))
-op("max", 1, _reduce_rule("max"), reduce_call("maximum"), vjp=_vjp_max, attrs=_RA, samples=_R, takes_out=True,
+op("max", 1, _reduce_rule("max"), reduce_call("maximum"), attrs=_RA, samples=_R, takes_out=True,
+   vjp=lambda g, out, x: route_to_maxima(g, out, x, out.attr("axis"), out.attr("keepdims")),
    doc="the max over axis (every axis by default); the gradient goes to the maxima, split evenly among ties",
    example="top = max(x, axis=1)",
    label=_reduction_label("max"), kink=Kink(_tie_in_reduction, "has a tie for the maximum"))
 
-op("reshape", 1, _reshape_rule, _emit_reshape, vjp=_vjp_reshape, view=True, attrs=(("shape", None),),
-   samples=(Sample((_M,), {"shape": (2, 6)}), Sample(((2, 3, 4),), {"shape": (-1, 4)})),
+op("reshape", 1, _reshape_rule, _emit_reshape, vjp=lambda g, out, x: g.reshape(x.shape), view=True,
+   attrs=(("shape", None),),
+   samples=(Sample((MATRIX,), {"shape": (2, 6)}), Sample(((2, 3, 4),), {"shape": (-1, 4)})),
    doc="the same entries in a new shape; one dim may be -1, dims like N are allowed",
    example="r = reshape(x, [N, 2, 3])",
    label=lambda attrs: f"reshape({attr_text(attrs.get('shape'))})")
+
+
+def _vjp_transpose(g: Value, out: Value, x: Value):
+    axes, rank = out.attr("axes"), len(out.shape)
+    axes = tuple(reversed(range(rank))) if axes is None else tuple(a % rank for a in axes)
+    return g.transpose(sorted(range(rank), key=lambda i: axes[i]))   # the inverse permutation
+
+
 op("transpose", 1, _transpose_rule, _emit_transpose, vjp=_vjp_transpose, view=True, attrs=(("axes", None),),
-   samples=(Sample((_M,)), Sample(((2, 3, 4),), {"axes": (1, 2, 0)})),
+   samples=(Sample((MATRIX,)), Sample(((2, 3, 4),), {"axes": (1, 2, 0)})),
    doc="permutes the axes (reverses them by default)", example="xt = transpose(x)",
    label=lambda attrs: "transpose" if attrs.get("axes") is None else f"transpose({attr_text(attrs['axes'])})")
 
-op("sum_to", 1, _target_shape_rule, _emit_sum_to, public=False, takes_out=True, vjp=_vjp_sum_to,
+op("sum_to", 1, _target_shape_rule, _emit_sum_to, public=False, takes_out=True,
+   vjp=lambda g, out, x: g.node("broadcast_to", shape=x.shape, axes=()),
    attrs=(("dropped", ()), ("kept", ()), ("shape", ())),
    samples=tuple(Sample((shape,), {"dropped": d, "kept": k, "shape": target}) for shape, target in
                  (((3, 4), (4,)), ((2, 3, 4), (3, 1)), ((3, 4), (1, 4)))
@@ -460,13 +436,22 @@ def _emit_fused(ctx: EmitContext, args: list[str], attrs: dict, out: str | None 
 op("fused", -1, lambda ins, attrs: (attrs["shape"], "float"), _emit_fused, public=False, takes_out=True,
    in_place=True,
    doc="several elementwise ops in one kernel: attrs hold the C expression over x0, x1, ...")
+
+
+def _vjp_broadcast_to(g: Value, out: Value, x: Value):
+    if out.attr("axes"):   # the axes expand_dims inserted: summed away, then numpy's own broadcasting undone
+        g = g.sum(tuple(out.attr("axes")))
+    return g.sum_to(x.shape)
+
+
 op("broadcast_to", 1, _target_shape_rule, _emit_broadcast, public=False, vjp=_vjp_broadcast_to, view=True,
    attrs=(("shape", ()), ("axes", ())),
    samples=(Sample(((4,),), {"shape": (3, 4)}), Sample(((3,),), {"shape": (3, 4), "axes": (1,)}),
             Sample(((),), {"shape": (2, 3)})))
 
-op("softmax_cross_entropy", 2, _labels_rule("softmax_cross_entropy"), template("_nll(_log_softmax({0}, 1), {1})"), vjp=_vjp_ce,
-   helpers=(_LOG_SOFTMAX, _NLL),
+op("softmax_cross_entropy", 2, labels_rule("softmax_cross_entropy"), template("_nll(_log_softmax({0}, 1), {1})"),
+   vjp=lambda g, out, scores, labels: (scores.node("softmax_cross_entropy_grad", labels, g), None),
+   helpers=(LOG_SOFTMAX, _NLL),
    int_bounds=lambda ins: {1: ins[0].shape[-1]},
    samples=(Sample(((5, 4), (5,)), ints={1: 4}),), dispatch=_dispatch_ce,
    doc="mean over the batch of -log softmax(s_i)[y_i] for int [N] labels y, computed stably; with float "
@@ -474,18 +459,36 @@ op("softmax_cross_entropy", 2, _labels_rule("softmax_cross_entropy"), template("
    example="loss = softmax_cross_entropy(scores, y)",
    rewrites=(share_log_softmax,),
    loss=Loss("classes", "softmax cross-entropy of the scores", _chance_of_softmax, assumed=True))
-op("softmax_cross_entropy_grad", 3, _ce_grad_rule, template("_softmax_nll_grad(_log_softmax({0}, 1), {1}, {2})"),
-   public=False, helpers=(_LOG_SOFTMAX, _SOFTMAX_NLL_GRAD), vjp=_vjp_ce_grad,
+
+
+def _vjp_ce_grad(u: Value, out: Value, scores: Value, labels: Value, g: Value):
+    # out = (softmax(s) - onehot(y)) g / N: linear in g, and softmax's VJP for s.
+    unit = scores.node("softmax_cross_entropy_grad", labels, u.const(1.0))
+    dg = (u * unit).sum()
+    v = u * g.per_element(scores.shape, axis=0)
+    p = scores.node("log_softmax", axis=1).exp()
+    total = (v * p).sum(1, keepdims=True)
+    return p * (v - total), None, dg
+
+
+op("softmax_cross_entropy_grad", 3, float_like_first, template("_softmax_nll_grad(_log_softmax({0}, 1), {1}, {2})"),
+   public=False, helpers=(LOG_SOFTMAX, _SOFTMAX_NLL_GRAD), vjp=_vjp_ce_grad,
    samples=(Sample(((5, 4), (5,), ()), ints={1: 4}),),
    rewrites=(share_log_softmax_in_gradient,))
 
+
+def _vjp_log_softmax(g: Value, out: Value, x: Value):
+    total = g.sum(out.attr("axis"), keepdims=True)
+    return g - out.exp() * total
+
+
 # What the passes turn softmax_cross_entropy and its gradient into, so the log-softmax is
 # computed once in the forward pass and reused by the backward pass.
-op("log_softmax", 1, _along_axis_rule("log_softmax"), template("_log_softmax({0}, {axis})"), vjp=_vjp_log_softmax,
-   attrs=(("axis", -1),), helpers=(_LOG_SOFTMAX,), samples=(Sample((_M,)), Sample(((2, 3, 4),), {"axis": 1})),
+op("log_softmax", 1, along_axis_rule("log_softmax"), template("_log_softmax({0}, {axis})"), vjp=_vjp_log_softmax,
+   attrs=(("axis", -1),), helpers=(LOG_SOFTMAX,), samples=(Sample((MATRIX,)), Sample(((2, 3, 4),), {"axis": 1})),
    doc="x - log(sum(exp(x), axis)), computed after subtracting the max so it cannot overflow",
    example="logp = log_softmax(x, axis=-1)")
-op("nll", 2, _labels_rule("nll"), template("_nll({0}, {1})"), public=False, helpers=(_NLL,),
+op("nll", 2, labels_rule("nll"), template("_nll({0}, {1})"), public=False, helpers=(_NLL,),
    doc="mean -logp[i, label_i]")
-op("softmax_nll_grad", 3, _ce_grad_rule, template("_softmax_nll_grad({0}, {1}, {2})"), public=False,
+op("softmax_nll_grad", 3, float_like_first, template("_softmax_nll_grad({0}, {1}, {2})"), public=False,
    helpers=(_SOFTMAX_NLL_GRAD,))

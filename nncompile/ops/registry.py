@@ -1,6 +1,6 @@
 """The op registry's machinery: what an op is (:class:`OpDef`), how one is declared
-(:func:`op`, :func:`elementwise`), and the shape rules, emitters and graph-building helpers
-that the declarations in :mod:`.basic` and :mod:`.toolkit` share.
+(:func:`op`, :func:`elementwise`, :func:`composite`), the ufunc -> C table that gives a
+chain its fused form, and the shape rules and emitters that several ops share.
 """
 from __future__ import annotations
 
@@ -9,13 +9,16 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .. import shapes as S
+from .. import shapes
 from ..ir import Graph, Node
 from ..shapes import Shape, ShapeError
+from .value import Value
 
 Emit = Callable[..., str]            # (ctx, operand names, attrs, out=None) -> an expression
 Step = tuple[str, ...]               # (ufunc, operand, ...): operands "0", "1", "$" (the result so far) or a literal
-Vjp = Callable[[Graph, int, int], Sequence[int | None]]
+# (g, out, *operands) -> one gradient per operand (or None), as values (see .value); a
+# lone value for a one-operand op
+Vjp = Callable[..., Value | Sequence[Value | None]]
 Rewrite = Callable[[Graph, int], int | None]   # (graph, node) -> its cheaper equivalent (see ops/rewrites.py)
 Label = str | Callable[[dict[str, Any]], str]   # a diagram's op node: a symbol ("×"), or text made from the attrs
 Switch = Callable[[list[np.ndarray], dict[str, Any]], np.ndarray]   # (operand values, attrs) -> crosses 0 at a kink
@@ -102,10 +105,11 @@ class OpDef:
     scalar: str | None = None                 # C expression over {0}, {1}: fusable elementwise op
     domain: str = "real"                      # gradient-check inputs: real, positive, separated
     samples: tuple[Sample, ...] = ()
-    int_bounds: Callable[[list[Node]], dict[int, S.Dim]] | None = None   # operand -> the dim its ints lie below
+    int_bounds: Callable[[list[Node]], dict[int, shapes.Dim]] | None = None   # operand -> the dim its ints lie below
     targets: dict[int, str] = field(default_factory=dict)   # operand -> "probability" or "distribution" (rows sum to 1)
     helpers: tuple[str, ...] = ()             # functions the emitted code calls, each defined once per module
-    lower: Callable[..., int] | None = None   # mode-dependent ops: (elaborator, args, attrs, loc, scope) -> node
+    lower: Callable[..., int] | None = None   # expanded by the elaborator: (el, args, attrs, loc, scope) -> node
+    composite: Callable[..., Value] | None = None   # built from other ops: (operands as values, **attrs) -> value
     dispatch: Callable[[list[Node]], str] | None = None  # one name in the language, the op chosen by operand dtype
     doc: str = ""                             # what it computes: the formula, for docs/language.md
     example: str = ""                         # one line of .nn using it (elaborated by tests/test_docs.py)
@@ -154,11 +158,45 @@ def op(name: str, arity: int, infer, emit, **kw: Any) -> OpDef:
     return REGISTRY[name]
 
 
+# Each numpy ufunc a chain may call, as C over its operands {0}, {1}: the fused GPU kernels'
+# form of a chain is derived from the chain through this table.
+C_FORMS = {
+    "add": "{0} + {1}", "subtract": "{0} - {1}", "multiply": "{0} * {1}", "divide": "{0} / {1}",
+    "power": "pow({0}, {1})", "maximum": "max({0}, {1})", "minimum": "min({0}, {1})", "negative": "-{0}",
+    "exp": "exp({0})", "log": "log({0})", "sqrt": "sqrt({0})", "absolute": "fabs({0})", "tanh": "tanh({0})",
+    "sign": "((T)({0} > 0) - (T)({0} < 0))",
+}
+
+
+def c_form(steps: tuple[Step, ...]) -> str:
+    """The C expression over {0}, {1} that a chain computes, step by step in its order of
+    evaluation (so the GPU rounds as numpy does); a literal 0.0 is written (T)0."""
+    expr, bracketed = "", True
+    for fn, *operands in steps:
+        infix = C_FORMS[fn].startswith(("{", "-"))
+        names = []
+        for o in operands:
+            if o == "$":   # the result so far, bracketed where an operator applies to it
+                names.append(f"({expr})" if infix and not bracketed else expr)
+            elif o.isdigit():
+                names.append(f"{{{o}}}")
+            else:
+                names.append(f"(T){o.removesuffix('.0')}")
+        expr, bracketed = C_FORMS[fn].format(*names), not infix
+    return expr
+
+
 def elementwise(name: str, arity: int, steps: tuple[Step, ...] | Callable[[dict], tuple[Step, ...]],
-                scalar: str, **kw: Any) -> OpDef:
+                scalar: str | None = None, **kw: Any) -> OpDef:
     """An elementwise op, emitted as a chain of numpy ufunc calls that run in place in its
     result; whether that result may overwrite an operand follows from the chain
-    (:meth:`OpDef.may_overwrite`), so it cannot be declared."""
+    (:meth:`OpDef.may_overwrite`), so it cannot be declared. Its C form is derived from the
+    chain (:func:`c_form`) unless given: a chain that depends on attributes needs one, and
+    so does a ufunc C has no counterpart for."""
+    if scalar is None:
+        if callable(steps):
+            raise TypeError(f"{name}: a chain that depends on attributes needs its C form written out")
+        scalar = c_form(steps)
     chain = steps if callable(steps) else (lambda attrs, steps=steps: steps)
     kw.setdefault("infer", elementwise_rule(kw.pop("symbol", name)))
 
@@ -175,76 +213,61 @@ def elementwise(name: str, arity: int, steps: tuple[Step, ...] | Callable[[dict]
     return op(name, arity, emit=emit, chain=chain, takes_out=True, scalar=scalar, **kw)
 
 
+def composite(name: str, arity: int, build: Callable[..., Value], **kw: Any) -> OpDef:
+    """An op that is a composition of others, written over values: ``silu`` is
+    ``lambda x: x * x.sigmoid()``. The elaborator expands each call into the nodes ``build``
+    adds (through the ``lower`` hook), so the op needs no emitter or gradient rule of its
+    own: autodiff, fusion and the gradient checks see only its parts."""
+    def lower(el, args: list[int], attrs: dict, loc, scope) -> int:
+        def add(opname: str, operands: Sequence[int], node_attrs: dict) -> int:
+            return el.op(opname, list(operands), dict(node_attrs), loc, scope)
+        return build(*(Value(el.G, a, add) for a in args), **attrs).n
+
+    def infer(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+        """The shape and dtype of the composition, built over stand-in inputs."""
+        G = Graph()
+        xs = [Value(G, G.add("input", (), {"name": f"x{i}", "shape": n.shape, "dtype": n.dtype}))
+              for i, n in enumerate(ins)]
+        out = G[build(*xs, **attrs).n]
+        return out.shape, out.dtype
+
+    def emit(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+        raise AssertionError(f"{name} is a composite: the elaborator expands it into its parts")
+
+    return op(name, arity, infer, emit, lower=lower, composite=build, **kw)
+
+
 # ---- shape and dtype rules ------------------------------------------------------------
 
-def _need_float(ins: list[Node], opname: str) -> None:
+def need_float(ins: list[Node], opname: str) -> None:
     for i, node in enumerate(ins):
         if node.dtype != "float":
             what = f"'{node.name}'" if node.name else f"operand {i + 1}"
-            raise ShapeError(f"{opname} needs floats, but {what} is {node.dtype}{S.show(node.shape)}", i)
+            raise ShapeError(f"{opname} needs floats, but {what} is {node.dtype}{shapes.show(node.shape)}", i)
 
 
 def elementwise_rule(opname: str):
     def infer(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
-        _need_float(ins, opname)
+        need_float(ins, opname)
         try:
-            return S.broadcast(*(n.shape for n in ins)), "float"
+            return shapes.broadcast(*(n.shape for n in ins)), "float"
         except ShapeError as exc:
-            raise ShapeError(f"cannot apply {opname} to {' and '.join(S.show(n.shape) for n in ins)}: "
+            raise ShapeError(f"cannot apply {opname} to {' and '.join(shapes.show(n.shape) for n in ins)}: "
                              + exc.message.split(": ", 1)[-1], len(ins) - 1) from None
     return infer
 
 
-def _same_as_first(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
-    return ins[0].shape, ins[0].dtype
-
-
-def _leaf(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
-    return attrs["shape"], attrs["dtype"]
-
-
-def _matmul_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
-    _need_float(ins, "'@'")
-    return S.matmul(ins[0].shape, ins[1].shape), "float"
-
-
-def _reduce_rule(opname: str):
-    def infer(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
-        _need_float(ins, opname)
-        return S.reduce(ins[0].shape, attrs.get("axis"), attrs.get("keepdims", False)), "float"
-    return infer
-
-
-def _along_axis_rule(opname: str):
+def along_axis_rule(opname: str):
     """Shape-preserving ops that work along one axis (softmax, log_softmax)."""
     def infer(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
-        _need_float(ins, opname)
-        S.normalize_axes(attrs.get("axis", -1), len(ins[0].shape))
+        need_float(ins, opname)
+        shapes.normalize_axes(attrs.get("axis", -1), len(ins[0].shape))
         return ins[0].shape, "float"
     return infer
 
 
-def _reshape_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
-    return S.reshape(ins[0].shape, tuple(attrs["shape"])), ins[0].dtype
-
-
-def _transpose_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
-    return S.transpose(ins[0].shape, attrs.get("axes")), ins[0].dtype
-
-
-def _target_shape_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
-    return tuple(attrs["shape"]), "float"
-
-
-def _ce_grad_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+def float_like_first(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
     return ins[0].shape, "float"
-
-
-def _dispatch_ce(ins: list[Node]) -> str:
-    """Integer labels [N] or float probability targets [N, C]: one name, two ops. Anything
-    else (float [N] labels, say) goes to the label rule, whose error says to declare them int."""
-    probs = len(ins) > 1 and ins[1].dtype == "float" and len(ins[1].shape) == 2
-    return "softmax_cross_entropy_probs" if probs else "softmax_cross_entropy"
 
 
 # ---- emitters -------------------------------------------------------------------------
@@ -277,33 +300,7 @@ def template(text: str) -> Emit:
     return emit
 
 
-_COMPARE = {">": "greater", ">=": "greater_equal", "<": "less", "<=": "less_equal", "==": "equal"}
-
-
-def _emit_step(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
-    """1 where the comparison holds, else 0, in the module's float dtype: a numpy comparison
-    gives bools unless it writes into a float buffer."""
-    test = f"{ctx.xp}.{_COMPARE[attrs['cmp']]}({args[0]}, {args[1]}"
-    return f"{test}, out={out})" if out else f"{test}).astype({ctx.dtype})"
-
-
-def _emit_dim(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
-    factors = [ctx.dim(d) for d in attrs["symbols"]] + ([str(attrs["factor"])] if attrs["factor"] != 1 else [])
-    return f"{ctx.dtype}({' * '.join(factors)})"
-
-
-def _emit_reshape(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
-    return f"{args[0]}.reshape({ctx.shape(attrs['shape'])})"
-
-
-def _emit_transpose(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
-    axes = attrs.get("axes")
-    if axes is None or tuple(axes) == tuple(reversed(range(len(axes)))):
-        return f"{args[0]}.T"   # a view: matmul hands it to BLAS as a transpose flag, never a copy
-    return f"{ctx.xp}.transpose({args[0]}, {tuple(axes)!r})"
-
-
-def _reduce(ctx: EmitContext, ufunc: str, x: str, axis, keepdims: bool = False, out: str | None = None) -> str:
+def reduce_expr(ctx: EmitContext, ufunc: str, x: str, axis, keepdims: bool = False, out: str | None = None) -> str:
     """``np.add.reduce(x, axis=1, out=buf)``, or the backend's own reduction."""
     extra = [f"axis={tuple(axis) if isinstance(axis, (list, tuple)) else axis!r}"]
     if keepdims:
@@ -313,36 +310,7 @@ def _reduce(ctx: EmitContext, ufunc: str, x: str, axis, keepdims: bool = False, 
     return f"{ctx.reduction(ufunc)}({', '.join([x, *extra])})"
 
 
-def reduce_call(ufunc: str) -> Emit:
-    def emit(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
-        return _reduce(ctx, ufunc, args[0], attrs.get("axis"), attrs.get("keepdims", False), out)
-    return emit
-
-
-def _emit_sum_to(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
-    dropped, kept = attrs["dropped"], attrs["kept"]
-    if dropped == (0,) and not kept and len(attrs["shape"]) == 1:
-        # A bias gradient, the column sums of [N, M]: as ones @ g it is one BLAS gemv,
-        # about twice as fast as a strided add.reduce.
-        into = f", out={out}" if out else ""
-        return f"{ctx.xp}.matmul({ctx.xp}.ones(len({args[0]}), dtype={ctx.dtype}), {args[0]}{into})"
-    if not kept:
-        return _reduce(ctx, "add", args[0], dropped, out=out)
-    if not dropped:
-        return _reduce(ctx, "add", args[0], kept, keepdims=True, out=out)
-    text = _reduce(ctx, "add", args[0], dropped + kept, keepdims=True)
-    return f"{text}.reshape({ctx.shape(attrs['shape'])})"  # a fresh array: ``out`` is not needed
-
-
-def _emit_broadcast(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
-    # A Python float would broadcast as float64 (the seed 1.0 of a float32 module's gradient).
-    value = f"{ctx.dtype}({args[0]})" if 0 in ctx.literals else args[0]
-    if attrs.get("axes"):
-        value = f"{ctx.xp}.expand_dims({value}, {attrs['axes']!r})"
-    return f"{ctx.xp}.broadcast_to({value}, {ctx.shape(attrs['shape'])})"
-
-
-def _number_attr(opname: str, attrs: dict, name: str, low: float | None = None) -> float:
+def number_attr(opname: str, attrs: dict, name: str, low: float | None = None) -> float:
     value = attrs.get(name)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ShapeError(f"{opname}() needs a number for {name}, not {value!r}")
@@ -351,68 +319,25 @@ def _number_attr(opname: str, attrs: dict, name: str, low: float | None = None) 
     return float(value)
 
 
-def _labels_rule(opname: str):
+def labels_rule(opname: str):
     """Scores [N, C] and integer class labels [N]: a scalar loss."""
     def infer(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
         scores, labels = ins[0], ins[1]
-        _need_float([scores], opname)
+        need_float([scores], opname)
         if labels.dtype != "int":
             what = f"'{labels.name}'" if labels.name else "the labels"
             raise ShapeError(f"{opname} needs integer class labels, but {what} is "
-                             f"{labels.dtype}{S.show(labels.shape)}; declare it as int[...]", 1)
+                             f"{labels.dtype}{shapes.show(labels.shape)}; declare it as int[...]", 1)
         if len(scores.shape) != 2:
-            raise ShapeError(f"{opname} needs scores of shape [N, C], not {S.show(scores.shape)}", 0)
+            raise ShapeError(f"{opname} needs scores of shape [N, C], not {shapes.show(scores.shape)}", 0)
         if labels.shape != scores.shape[:1]:
-            raise ShapeError(f"{opname}: labels {S.show(labels.shape)} do not match "
-                             f"scores {S.show(scores.shape)}; expected {S.show(scores.shape[:1])}", 1)
+            raise ShapeError(f"{opname}: labels {shapes.show(labels.shape)} do not match "
+                             f"scores {shapes.show(scores.shape)}; expected {shapes.show(scores.shape[:1])}", 1)
         for key in ("delta",):
             if key in attrs:
-                _number_attr(opname, attrs, key)
+                number_attr(opname, attrs, key)
         return (), "float"
     return infer
-
-
-# ---- graph-building helpers shared by autodiff and the rules above --------------------
-
-def constant(G: Graph, value: float, shape: Shape = ()) -> int:
-    return G.add("const", (), {"value": float(value), "shape": shape, "dtype": "float"})
-
-
-def _count(shape: Shape, axis) -> tuple[int, tuple[str, ...]]:
-    """How many elements a reduction over ``axis`` averages: an int factor times symbols."""
-    axes = S.normalize_axes(axis, len(shape))
-    factor, symbols = 1, []
-    for a in axes:
-        if isinstance(shape[a], int):
-            factor *= shape[a]
-        else:
-            symbols.append(shape[a])
-    return factor, tuple(symbols)
-
-
-def per_element(G: Graph, g: int, shape: Shape, factor: float = 1.0, rows_only: bool = False) -> int:
-    """``g * factor / count``: the gradient of a mean over ``shape`` (over its first dim when
-    ``rows_only``), where the count may be a symbolic batch size."""
-    count, symbols = _count(shape[:1] if rows_only else shape, None)
-    if symbols:
-        g = G.add("div", [g, G.add("dim", (), {"symbols": symbols, "factor": count})])
-        return g if factor == 1.0 else G.add("mul", [g, constant(G, factor)])
-    return G.add("mul", [g, constant(G, factor / count)])
-
-
-def sum_to(G: Graph, x: int, target: Shape) -> int:
-    """Undo broadcasting: sum a gradient back down to the shape of the operand it flowed from."""
-    shape = G[x].shape
-    if shape == tuple(target):
-        return x
-    dropped, kept = S.unbroadcast_axes(shape, target)
-    return G.add("sum_to", [x], {"dropped": dropped, "kept": kept, "shape": tuple(target)})
-
-
-def broadcast(G: Graph, g: int, shape: Shape, axis, keepdims: bool) -> int:
-    """Spread a reduced gradient back over the reduced axes."""
-    axes = () if keepdims or G[g].shape == () else S.normalize_axes(axis, len(shape))
-    return G.add("broadcast_to", [g], {"shape": tuple(shape), "axes": axes})
 
 
 # ---- diagram text ---------------------------------------------------------------------

@@ -135,7 +135,8 @@ VARIANTS = ("leaf", "intermediate", "unweighted")
 
 
 def op_cases() -> list[OpCase]:
-    return [OpCase(d, sample, variant) for d in reachable_ops().values() if d.vjp is not None
+    return [OpCase(d, sample, variant) for d in reachable_ops().values()
+            if d.vjp is not None or d.composite is not None
             for sample in d.samples for variant in VARIANTS]
 
 
