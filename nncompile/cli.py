@@ -17,6 +17,7 @@ import numpy as np
 
 from . import __version__
 from .backends import BACKENDS
+from .compiler import DTYPES
 from .errors import NNError
 from .files import write_atomic
 
@@ -135,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p: argparse.ArgumentParser, values: bool = True) -> None:
         p.add_argument("model", metavar="MODEL.nn")
-        p.add_argument("--dtype", choices=("float32", "float64"), default=None,
+        p.add_argument("--dtype", choices=DTYPES, default=None,
                        help="float precision (default: the file's 'dtype' statement, else float32)")
         if values:
             p.add_argument("--set", action="append", metavar="NAME=VALUE",

@@ -8,7 +8,7 @@ user's text the moment the offending expression is built.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import networkx as nx
 
@@ -16,6 +16,7 @@ from .errors import Loc
 from .shapes import Shape
 
 Attrs = tuple[tuple[str, Any], ...]
+Infer = Callable[[str, list["Node"], dict[str, Any]], tuple[Shape, str]]   # (op, operands, attrs) -> shape, dtype
 ARGUMENTS = frozenset({"input", "param", "state"})   # the leaves a caller passes in: never merged or removed
 LEAVES = ARGUMENTS | {"const"}
 
@@ -55,7 +56,8 @@ def freeze(attrs: dict[str, Any]) -> Attrs:
 class Graph:
     """A DAG of :class:`Node`, numbered in creation order (the tie-breaker for scheduling)."""
 
-    def __init__(self) -> None:
+    def __init__(self, infer: Infer) -> None:
+        self.infer = infer                  # the op registry's shape rules: the IR itself knows no op
         self.nx = nx.DiGraph()
         self._nodes: dict[int, Node] = {}   # the same nodes, for O(1) lookups on hot paths
         self._next = 0
@@ -73,13 +75,10 @@ class Graph:
         return self._nodes.keys()
 
     def add(self, op: str, args: Iterable[int] = (), attrs: dict[str, Any] | Attrs = (), **meta: Any) -> int:
-        """Add a node, inferring its shape and dtype with the op's registry rule."""
-        from .ops import REGISTRY  # the registry builds nodes through this class
-
+        """Add a node, inferring its shape and dtype with the op's rule."""
         args = tuple(args)
         attrs = attrs if isinstance(attrs, tuple) else freeze(attrs)
-        opdef = REGISTRY[op]
-        shape, dtype = opdef.infer([self[a] for a in args], dict(attrs))
+        shape, dtype = self.infer(op, [self[a] for a in args], dict(attrs))
         return self.insert(Node(op, args, attrs, tuple(shape), dtype, **meta))
 
     def insert(self, node: Node) -> int:

@@ -25,7 +25,7 @@ from nncompile.codegen import emit_module
 from nncompile.compiler import build, load_module
 from nncompile import passes
 from nncompile.ir import Graph, Model
-from nncompile.ops import REGISTRY, OpDef, Sample, Value, composite, constant, elementwise
+from nncompile.ops import REGISTRY, OpDef, Sample, Value, composite, constant, elementwise, new_graph
 from nncompile.ops.registry import c_form
 from nncompile.ops.basic import UNARY
 
@@ -85,7 +85,7 @@ def op_graph(opdef: OpDef, sample: Sample, weights_seed: int, feed: str = "leave
 
     With ``feed="intermediates"`` each float operand is ``xi * 2``, the output of another op
     in a workspace buffer that dies at this op (which it may then overwrite), not a leaf."""
-    G = Graph()
+    G = new_graph()
     leaves, operands = [], []
     for i, shape in enumerate(sample.shapes):
         dtype = "int" if i in sample.ints else "float"
@@ -298,7 +298,7 @@ def test_the_generated_check_catches_a_chain_wrongly_run_in_place(swish) -> None
 def test_values_build_the_nodes_their_operators_name() -> None:
     """A rule's formula is the graph it builds: operands in the order written, numbers as
     constants, comparisons as the step mask, and ``==`` still Python's identity of objects."""
-    G = Graph()
+    G = new_graph()
     x = Value(G, G.add("input", (), {"name": "x", "shape": (3, 4), "dtype": "float"}))
     y = 1.0 - x * x
     assert G[y.n].op == "sub" and G[G[y.n].args[0]].op == "const" and G[G[y.n].args[0]].attr("value") == 1.0

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import nncompile
-from nncompile.compiler import load_module
+from nncompile.compiler import compile_file, load_module
 from nncompile.elaborate import elaborate_file
 from nncompile.errors import NNError
 
@@ -487,6 +487,15 @@ def test_hardtanh_follows_pytorchs_rule_at_its_kinks(build) -> None:
     outputs, grads = m.value_and_grad({}, x=x)
     np.testing.assert_array_equal(outputs["loss"], np.sum(np.clip(x, -1.0, 2.0)))
     np.testing.assert_array_equal(grads["x"], [0.0, 0.0, 1.0, 1.0, 0.0, 0.0])
+
+
+def test_hardtanh_returns_x_itself_inside_its_range(tmp_path: Path) -> None:
+    """Clipping is exact: a value inside the range comes back bit for bit, in float32 too
+    (built from relus shifted to the ends, hardtanh(1e-7) would round to 1.19e-7)."""
+    path = write_nn(tmp_path, "m.nn", "input x: float[4]\nh = hardtanh(x)\noutput h\n")
+    m = load_module(compile_file(path, dtype="float32"))
+    x = np.array([1e-7, -3e-8, 0.999, -1e-30], dtype=np.float32)
+    np.testing.assert_array_equal(m.forward({}, x=x)["h"], x)
 
 
 def test_hardswish_follows_pytorchs_rule_at_its_kinks(build) -> None:

@@ -19,7 +19,7 @@ from nncompile.compiler import build, load_module
 from nncompile.elaborate import elaborate, elaborate_file
 from nncompile.ir import Graph, Node
 from nncompile.parser import parse
-from nncompile.ops import REGISTRY, constant
+from nncompile.ops import REGISTRY, constant, new_graph
 from nncompile.ops.rewrites import drop_redundant_broadcasts
 from nncompile.passes import Roots, eliminate_common_subexpressions, eliminate_dead_code, fold_constants, simplify
 
@@ -262,7 +262,7 @@ def test_the_fused_kernel_check_catches_what_only_c_gets_wrong(tmp_path: Path, m
 
 def tiny(*shapes: tuple) -> tuple[Graph, list[int]]:
     """A graph of float inputs x0, x1, ... of the given shapes."""
-    G = Graph()
+    G = new_graph()
     return G, [G.add("input", (), {"name": f"x{i}", "shape": s, "dtype": "float"}) for i, s in enumerate(shapes)]
 
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nncompile import shapes as S
+from nncompile import shapes
 from nncompile.shapes import ShapeError
 
 small_shapes = st.lists(st.integers(1, 4), min_size=0, max_size=4).map(tuple)
@@ -30,8 +30,8 @@ def ours_or_error(fn):
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(small_shapes, min_size=1, max_size=3))
-def test_broadcast_agrees_with_numpy(shapes: list[tuple[int, ...]]) -> None:
-    assert ours_or_error(lambda: S.broadcast(*shapes)) == numpy_or_error(lambda: np.broadcast_shapes(*shapes))
+def test_broadcast_agrees_with_numpy(operands: list[tuple[int, ...]]) -> None:
+    assert ours_or_error(lambda: shapes.broadcast(*operands)) == numpy_or_error(lambda: np.broadcast_shapes(*operands))
 
 
 @settings(max_examples=200, deadline=None)
@@ -45,7 +45,7 @@ def test_broadcastable_shapes_always_broadcast(data) -> None:
         tail = full[len(full) - keep:]
         parts.append(tuple(1 if data.draw(st.booleans()) else d for d in tail))
     parts.append(full)
-    assert S.broadcast(*parts) == full
+    assert shapes.broadcast(*parts) == full
 
 
 @pytest.mark.parametrize(("a", "b", "out"), [
@@ -57,19 +57,19 @@ def test_broadcastable_shapes_always_broadcast(data) -> None:
     ((2, 1, "N"), ("N",), (2, 1, "N")),
 ])
 def test_broadcast_with_symbolic_dims(a, b, out) -> None:
-    assert S.broadcast(a, b) == out
-    assert S.broadcast(b, a) == out
+    assert shapes.broadcast(a, b) == out
+    assert shapes.broadcast(b, a) == out
 
 
 @pytest.mark.parametrize(("a", "b"), [(("N",), ("M",)), (("N", 3), (4,)), (("N",), (3,)), (("N", 2), ("M", 2))])
 def test_symbolic_dims_broadcast_only_with_themselves_or_one(a, b) -> None:
     with pytest.raises(ShapeError, match="cannot broadcast"):
-        S.broadcast(a, b)
+        shapes.broadcast(a, b)
 
 
 def test_broadcast_error_names_the_shapes_and_dims() -> None:
     with pytest.raises(ShapeError) as info:
-        S.broadcast(("N", 3), ("N", 4))
+        shapes.broadcast(("N", 3), ("N", 4))
     assert info.value.message == "cannot broadcast [N, 3] with [N, 4]: dims 3 and 4 differ"
 
 
@@ -80,7 +80,7 @@ def test_broadcast_error_names_the_shapes_and_dims() -> None:
        st.lists(st.integers(1, 3), min_size=1, max_size=4).map(tuple))
 def test_matmul_agrees_with_numpy(a, b) -> None:
     expected = numpy_or_error(lambda: np.matmul(np.zeros(a), np.zeros(b)).shape)
-    assert ours_or_error(lambda: S.matmul(a, b)) == expected
+    assert ours_or_error(lambda: shapes.matmul(a, b)) == expected
 
 
 @pytest.mark.parametrize(("a", "b", "out"), [
@@ -93,7 +93,7 @@ def test_matmul_agrees_with_numpy(a, b) -> None:
     (("N", "K"), ("K", "N"), ("N", "N")),
 ])
 def test_matmul_with_symbolic_and_batched_dims(a, b, out) -> None:
-    assert S.matmul(a, b) == out
+    assert shapes.matmul(a, b) == out
 
 
 @pytest.mark.parametrize(("a", "b", "message"), [
@@ -104,7 +104,7 @@ def test_matmul_with_symbolic_and_batched_dims(a, b, out) -> None:
 ])
 def test_matmul_errors(a, b, message) -> None:
     with pytest.raises(ShapeError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        S.matmul(a, b)
+        shapes.matmul(a, b)
 
 
 # ---- reductions -----------------------------------------------------------------------
@@ -118,24 +118,24 @@ def test_reduce_agrees_with_numpy(shape, axis, keepdims) -> None:
     expected = numpy_or_error(lambda: np.sum(np.zeros(shape), axis=axis, keepdims=keepdims).shape)
     if shape == () and axis is not None:
         expected = "error"   # numpy lets a scalar be reduced over "axis 0"; a .nn model may not
-    assert ours_or_error(lambda: S.reduce(shape, axis, keepdims)) == expected
+    assert ours_or_error(lambda: shapes.reduce(shape, axis, keepdims)) == expected
 
 
 def test_reduce_keeps_symbolic_dims() -> None:
-    assert S.reduce(("N", 10), 1, False) == ("N",)
-    assert S.reduce(("N", 10), -1, True) == ("N", 1)
-    assert S.reduce(("N", 10), None, False) == ()
-    assert S.reduce(("N", 10), 0, False) == (10,)
+    assert shapes.reduce(("N", 10), 1, False) == ("N",)
+    assert shapes.reduce(("N", 10), -1, True) == ("N", 1)
+    assert shapes.reduce(("N", 10), None, False) == ()
+    assert shapes.reduce(("N", 10), 0, False) == (10,)
 
 
 def test_reduce_errors() -> None:
     with pytest.raises(ShapeError, match="axis 2 is out of range for a tensor of rank 2"):
-        S.reduce((3, 4), 2, False)
+        shapes.reduce((3, 4), 2, False)
     with pytest.raises(ShapeError, match="repeated axis"):
-        S.reduce((3, 4), (1, -1), False)
+        shapes.reduce((3, 4), (1, -1), False)
     for keepdims in (1.5, 2, "N", (2, -1)):
         with pytest.raises(ShapeError, match="keepdims must be true or false"):
-            S.reduce((3, 4), None, keepdims)
+            shapes.reduce((3, 4), None, keepdims)
 
 
 # ---- reshape and transpose ------------------------------------------------------------
@@ -152,7 +152,7 @@ def test_reduce_errors() -> None:
     ((1,), (), ()),
 ])
 def test_reshape(shape, target, out) -> None:
-    assert S.reshape(shape, target) == out
+    assert shapes.reshape(shape, target) == out
     if all(isinstance(d, int) for d in shape):
         assert np.zeros(shape).reshape(target).shape == out
 
@@ -162,7 +162,7 @@ def test_reshape(shape, target, out) -> None:
 def test_reshape_agrees_with_numpy(shape, target, hole) -> None:
     if hole:
         target = (*target, -1)
-    assert ours_or_error(lambda: S.reshape(shape, target)) == numpy_or_error(lambda: np.zeros(shape).reshape(target).shape)
+    assert ours_or_error(lambda: shapes.reshape(shape, target)) == numpy_or_error(lambda: np.zeros(shape).reshape(target).shape)
 
 
 @pytest.mark.parametrize(("shape", "target", "message"), [
@@ -179,7 +179,7 @@ def test_reshape_agrees_with_numpy(shape, target, hole) -> None:
 ])
 def test_reshape_errors(shape, target, message) -> None:
     with pytest.raises(ShapeError) as info:
-        S.reshape(shape, target)
+        shapes.reshape(shape, target)
     assert message in info.value.message
 
 
@@ -187,19 +187,19 @@ def test_reshape_errors(shape, target, message) -> None:
 @given(st.lists(st.integers(1, 4), min_size=1, max_size=4).map(tuple), st.data())
 def test_transpose_agrees_with_numpy(shape, data) -> None:
     axes = data.draw(st.one_of(st.none(), st.permutations(range(len(shape))).map(tuple)))
-    assert S.transpose(shape, axes) == np.transpose(np.zeros(shape), axes).shape
+    assert shapes.transpose(shape, axes) == np.transpose(np.zeros(shape), axes).shape
 
 
 def test_transpose_symbolic_and_errors() -> None:
-    assert S.transpose(("N", 3), None) == (3, "N")
-    assert S.transpose(("B", "T", 8), (0, 2, 1)) == ("B", 8, "T")
+    assert shapes.transpose(("N", 3), None) == (3, "N")
+    assert shapes.transpose(("B", "T", 8), (0, 2, 1)) == ("B", 8, "T")
     with pytest.raises(ShapeError, match="not a permutation"):
-        S.transpose((2, 3), (0, 0))
+        shapes.transpose((2, 3), (0, 0))
     with pytest.raises(ShapeError, match="not a permutation"):
-        S.transpose((2, 3), (0, 1, 2))
+        shapes.transpose((2, 3), (0, 1, 2))
     for axes in (1, 1.5, True, ([1], 0), ("N", 0), (True, False)):
         with pytest.raises(ShapeError, match=r"transpose axes must be a list of whole numbers, like \[1, 0\]"):
-            S.transpose((2, 3), axes)
+            shapes.transpose((2, 3), axes)
 
 
 # ---- undoing broadcasting -------------------------------------------------------------
@@ -210,7 +210,7 @@ def test_unbroadcast_axes_sum_back_to_the_operand(data) -> None:
     target = data.draw(small_shapes)
     lead = data.draw(st.lists(st.integers(1, 3), max_size=2).map(tuple))
     full = lead + tuple(data.draw(st.integers(1, 3)) if d == 1 else d for d in target)
-    dropped, kept = S.unbroadcast_axes(full, target)
+    dropped, kept = shapes.unbroadcast_axes(full, target)
     grad = np.ones(full)
     summed = grad.sum(axis=dropped + kept, keepdims=True).reshape(target) if dropped or kept else grad
     assert summed.shape == target
@@ -219,4 +219,4 @@ def test_unbroadcast_axes_sum_back_to_the_operand(data) -> None:
 
 
 def test_show() -> None:
-    assert S.show(("N", 3)) == "[N, 3]" and S.show(()) == "[]"
+    assert shapes.show(("N", 3)) == "[N, 3]" and shapes.show(()) == "[]"

@@ -64,12 +64,8 @@ class _Context(EmitContext):
         self.definitions = definitions
         self.dims = dims
         self.backend = definitions.backend
-        self.xp = definitions.backend.xp
         self.dtype = "DTYPE"
         self.target = "v"   # the variable the statement being emitted defines
-
-    def reduction(self, ufunc: str) -> str:
-        return self.backend.reduction(ufunc)
 
     def kernel(self, expr: str, arity: int) -> str:
         return self.definitions.kernel(expr, arity, self.target)

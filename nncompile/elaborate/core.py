@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import Loc, NNError
-from ..ir import Graph, Model
+from ..ir import Model
 from ..limits import MAX_ELEMENTS, MAX_RANK
-from ..ops import REGISTRY
+from ..ops import REGISTRY, new_graph
 from ..shapes import Dim, Shape, ShapeError, show
 
 MODES = ("train", "eval")
@@ -47,7 +47,7 @@ class Context:
 
     def __init__(self, file: str, mode: str = "train"):
         assert mode in MODES, mode
-        self.G = Graph()
+        self.G = new_graph()
         self.model = Model(self.G, file, mode=mode)
         self.mode = mode
 

@@ -12,8 +12,8 @@ derivatives, fed leaves and intermediate values, optimised and not, dtype checks
 and float64, and a comparison of its C scalar form, compiled with gcc, with its numpy form.
 """
 from . import basic, toolkit  # noqa: F401 - declaring the ops fills REGISTRY
-from .registry import REGISTRY, EmitContext, OpDef, Sample, composite, elementwise, literal, op
+from .registry import REGISTRY, EmitContext, OpDef, Sample, composite, elementwise, literal, new_graph, op
 from .value import Value, constant, sum_to
 
-__all__ = ["REGISTRY", "EmitContext", "OpDef", "Sample", "Value", "composite", "constant", "elementwise", "literal", "op",
-           "sum_to"]
+__all__ = ["REGISTRY", "EmitContext", "OpDef", "Sample", "Value", "composite", "constant", "elementwise", "literal",
+           "new_graph", "op", "sum_to"]

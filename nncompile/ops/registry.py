@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .. import shapes
+from ..backends import NUMPY, Backend
 from ..ir import Graph, Node
 from ..shapes import Shape, ShapeError
 from .value import Value
@@ -28,10 +29,15 @@ Chance = Callable[[int | None, dict[str, Any]], tuple[float, str] | None]   # (c
 class EmitContext:
     """What an emitter may ask of the backend: the array module, the dtype, concrete shapes."""
 
-    xp = "np"
+    backend: Backend = NUMPY
     dtype = "np.float32"
     rng = "rng"
     literals: frozenset[int] = frozenset()   # the operands emitted as Python numbers (folded constants)
+
+    @property
+    def xp(self) -> str:
+        """The array module's name in the generated code: ``np`` or ``cp``."""
+        return self.backend.xp
 
     def shape(self, shape: Shape) -> str:  # pragma: no cover - overridden by codegen
         raise NotImplementedError
@@ -40,9 +46,8 @@ class EmitContext:
         raise NotImplementedError
 
     def reduction(self, ufunc: str) -> str:
-        """The function reducing with ``ufunc`` ("add", "maximum"): numpy's ufunc method
-        ``np.add.reduce`` skips np.sum's Python wrapper; a backend may name its own."""
-        return f"{self.xp}.{ufunc}.reduce"
+        """The function reducing with ``ufunc`` ("add", "maximum")."""
+        return self.backend.reduction(ufunc)
 
     def kernel(self, expr: str, arity: int) -> str:  # pragma: no cover - overridden by codegen
         """The name of a module-level kernel computing the C expression ``expr`` over x0, x1, ..."""
@@ -142,6 +147,16 @@ class OpDef:
 REGISTRY: dict[str, OpDef] = {}
 
 
+def infer(op: str, ins: list[Node], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    """The shape and dtype of ``op`` applied to ``ins``: what a graph asks of each node it adds."""
+    return REGISTRY[op].infer(ins, attrs)
+
+
+def new_graph() -> Graph:
+    """An empty graph whose nodes are shaped by the registry's rules."""
+    return Graph(infer)
+
+
 class _Float64Context(EmitContext):
     """Emission for running an op here, on float64 numpy arrays."""
 
@@ -225,7 +240,7 @@ def composite(name: str, arity: int, build: Callable[..., Value], **kw: Any) -> 
 
     def infer(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
         """The shape and dtype of the composition, built over stand-in inputs."""
-        G = Graph()
+        G = new_graph()
         xs = [Value(G, G.add("input", (), {"name": f"x{i}", "shape": n.shape, "dtype": n.dtype}))
               for i, n in enumerate(ins)]
         out = G[build(*xs, **attrs).n]

@@ -467,22 +467,42 @@ composite("swish", 1, lambda x: x * x.sigmoid(), samples=UNARY,
           doc="x * sigmoid(x) (the same op as silu)", example="h = swish(x)")
 
 
-def _hardtanh(x: Value, min_val: float, max_val: float) -> Value:
-    # clip(x, lo, hi) as hi - relu(hi - lo - relu(x - lo)): relu'(0) = 0 makes the gradient
-    # 0 at both kinks, PyTorch's rule (through maximum/minimum a tie would give 1/2).
-    lo = number_attr("hardtanh", {"min_val": min_val}, "min_val")
-    hi = number_attr("hardtanh", {"max_val": max_val}, "max_val", low=lo)
-    return hi - (hi - lo - (x - lo).relu()).relu()
+def _check_range(attrs: dict) -> None:
+    low = number_attr("hardtanh", attrs, "min_val")
+    number_attr("hardtanh", attrs, "max_val", low=low)
 
 
-composite("hardtanh", 1, _hardtanh, attrs=(("min_val", -1.0), ("max_val", 1.0)),
-          samples=(*UNARY, Sample((MATRIX,), {"min_val": -0.5, "max_val": 2.0})),
-          doc="x clipped to [min_val, max_val]; the gradient is 1 strictly inside, 0 at and beyond the ends",
-          example="h = hardtanh(x, min_val=-1.0, max_val=1.0)")
+def _clip_chain(attrs: dict) -> tuple[Step, ...]:
+    return (("maximum", "0", literal(float(attrs["min_val"]))), ("minimum", "$", literal(float(attrs["max_val"]))))
+
+
+def _vjp_hardtanh(g: Value, out: Value, x: Value):
+    # 1 strictly inside the range, 0 at and beyond its ends (PyTorch's rule at the kinks).
+    return g * ((x > float(out.attr("min_val"))) * (x < float(out.attr("max_val"))))
+
+
+def _outside_range(operands: list[np.ndarray], attrs: dict) -> np.ndarray:
+    """Crosses 0 at both ends of the range."""
+    x = operands[0]
+    return (x - float(attrs["min_val"])) * (x - float(attrs["max_val"]))
+
+
+# Primitive for exactness: as a composition of relus (hi - relu(hi - lo - relu(x - lo))) it
+# would shift x by the ends and round it (float32 hardtanh(1e-7) would be 1.19e-7); clipping
+# is two in-place passes that return x itself inside the range.
+elementwise("hardtanh", 1, _clip_chain, "min(max({0}, (T){min_val}), (T){max_val})",
+            attrs=(("min_val", -1.0), ("max_val", 1.0)),
+            infer=_checked_elementwise_rule("hardtanh", _check_range), vjp=_vjp_hardtanh,
+            samples=(*UNARY, Sample((MATRIX,), {"min_val": -0.5, "max_val": 2.0})),
+            doc="x clipped to [min_val, max_val]; the gradient is 1 strictly inside, 0 at and beyond the ends",
+            example="h = hardtanh(x, min_val=-1.0, max_val=1.0)",
+            kink=Kink(_outside_range, "is at an end of its range"))
+
+
 def _hardswish(x: Value) -> Value:
     # x * relu6(x + 3) / 6, relu6 = hardtanh(0, 6): its gradient is 0 at 0 and at 6, so
     # hardswish' is 0 at x = -3 and 1 at x = 3 (the outer pieces' slopes), PyTorch's rule.
-    return x * _hardtanh(x + 3.0, 0.0, 6.0) / 6.0
+    return x * (x + 3.0).node("hardtanh", min_val=0.0, max_val=6.0) / 6.0
 
 
 composite("hardswish", 1, _hardswish, samples=UNARY,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backends import BACKENDS
+from ..compiler import DTYPES
 from ..errors import NNError
 from ..optim import OPTIMIZERS
 from .data import NORMALIZE
@@ -69,7 +70,7 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float, help="adamw, decoupled (default: 0.01)")
     g.add_argument("--backend", choices=tuple(BACKENDS), default="numpy",
                    help="numpy (CPU) or cupy (NVIDIA GPU: the data goes to the device once per epoch)")
-    g.add_argument("--dtype", choices=("float32", "float64"), default=None,
+    g.add_argument("--dtype", choices=DTYPES, default=None,
                    help="float precision (default: the file's, else float32)")
 
     g = p.add_argument_group("run directory")

@@ -216,13 +216,13 @@ class Trainer:
     def generator(self, noise: np.random.Generator) -> Any:
         """The generator the module draws dropout masks from. On the GPU it is a CuPy one,
         seeded from the run's numpy generator, so checkpoints (which save that) stay exact."""
-        if self.config.backend == "numpy":
+        if self.xp is np:   # arrays stay on the host
             return noise
         return self.xp.random.default_rng(int(noise.integers(2 ** 63)))
 
     def to_device(self, state: TrainState) -> TrainState:
         """Params, optimiser slots and model state where the module computes (no-op on the CPU)."""
-        if self.config.backend == "numpy":
+        if self.xp is np:   # arrays stay on the host
             return state
         place = lambda group: None if group is None else {k: self.xp.asarray(v) for k, v in group.items()}  # noqa: E731
         state.params = place(state.params)

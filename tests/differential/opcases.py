@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from nncompile.ir import Graph
-from nncompile.ops import REGISTRY, OpDef, Sample
+from nncompile.ops import REGISTRY, OpDef, Sample, new_graph
 
 from .reference import TORCH
 
@@ -84,7 +84,7 @@ class OpCase:
         return [i for i in range(len(self.sample.shapes)) if i not in self.sample.ints]
 
     def out_shape(self) -> tuple:
-        G = Graph()
+        G = new_graph()
         leaves = [G.add("input", (), {"name": f"x{i}", "shape": tuple(s),
                                       "dtype": "int" if i in self.sample.ints else "float"})
                   for i, s in enumerate(self.sample.shapes)]
