@@ -16,7 +16,6 @@ from .core import Scope
 if TYPE_CHECKING:
     from . import Elaborator
 
-_PAIRWISE = {"max": "maximum"}   # a reduction, and the op a newcomer calling it with two tensors meant
 _BINOPS = {"add": "add", "sub": "sub", "mul": "mul", "div": "div", "matmul": "matmul", "pow": "pow"}
 
 
@@ -171,7 +170,7 @@ class Expressions:
         given: set[str] = set()
         for name, value in zip(positional, call.args[arity:]):
             if el.consts.is_tensor(value, scope):
-                pairwise = _PAIRWISE.get(opdef.name)
+                pairwise = opdef.pairwise
                 raise NNError(f"{opdef.name}() takes {arity} tensor argument(s), then '{name}', which must be a "
                               "constant, but this is a tensor" + (f"; for the elementwise {opdef.name} of two "
                               f"tensors use {pairwise}(a, b)" if pairwise else ""), value.loc)

@@ -368,7 +368,7 @@ op("mean", 1, _reduce_rule("mean"), call("mean"), attrs=_RA, samples=_R, takes_o
    doc="the mean over axis (every axis by default)", example="m = mean(x, axis=0)",
    label=_reduction_label("mean"))
 op("max", 1, _reduce_rule("max"), reduce_call("maximum"), attrs=_RA, samples=_R, takes_out=True,
-   vjp=lambda g, out, x: route_to_maxima(g, out, x, out.attr("axis"), out.attr("keepdims")),
+   vjp=lambda g, out, x: route_to_maxima(g, out, x, out.attr("axis"), out.attr("keepdims")), pairwise="maximum",
    doc="the max over axis (every axis by default); the gradient goes to the maxima, split evenly among ties",
    example="top = max(x, axis=1)",
    label=_reduction_label("max"), kink=Kink(_tie_in_reduction, "has a tie for the maximum"))

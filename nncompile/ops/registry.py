@@ -107,6 +107,7 @@ class OpDef:
     differentiable: bool = True               # False: carries no gradient (a mask), autodiff treats it as constant
     view: bool = False                        # the result is a numpy view of operand 0: it owns no storage
     random: bool = False                      # draws from the caller's random generator (ctx.rng)
+    pairwise: str | None = None               # a reduction: the elementwise op meant when it is called with two tensors
     scalar: str | None = None                 # C expression over {0}, {1}: fusable elementwise op
     domain: str = "real"                      # gradient-check inputs: real, positive, separated
     samples: tuple[Sample, ...] = ()
