@@ -48,7 +48,11 @@ def differentiate(G: Graph, target: int, wrt: Iterable[int]) -> dict[int, int]:
         if vjp is None:
             raise AssertionError(f"op {node.op} has no gradient rule")  # registry invariant
         locals_ = vjp(Value(G, grad), Value(G, n), *(Value(G, a) for a in node.args))
-        for arg, local in zip(node.args, (locals_,) if isinstance(locals_, Value) else locals_):
+        locals_ = (locals_,) if isinstance(locals_, Value) else tuple(locals_)
+        if len(locals_) != len(node.args):   # registry invariant: one gradient (or None) per operand
+            raise AssertionError(f"the gradient rule of {node.op} gave {len(locals_)} gradients for "
+                                 f"{len(node.args)} operands")
+        for arg, local in zip(node.args, locals_):
             if local is None or arg not in relevant:
                 continue
             contributions.setdefault(arg, []).append(sum_to(G, local.n, G[arg].shape))

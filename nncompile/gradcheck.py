@@ -63,7 +63,7 @@ def relative_error(a: float, b: float, floor: float = FLOOR) -> float:
 # ---- kinks -------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Kink:
+class KinkSite:
     """A kinked op of the model: where it is, and which traced values its switch reads."""
 
     label: str                       # "relu in fc1 (line 12)"
@@ -82,7 +82,7 @@ class Kink:
 class Kinks:
     """The kinked ops of a model, read off an unoptimised float64 module with a trace function."""
 
-    def __init__(self, trace_module: ModuleType, kinks: list[Kink], seed: int = 0):
+    def __init__(self, trace_module: ModuleType, kinks: list[KinkSite], seed: int = 0):
         self.module, self.kinks, self.seed = trace_module, kinks, seed
 
     @classmethod
@@ -103,7 +103,7 @@ class Kinks:
                 continue
             args = tuple(traced[a] if a in traced else np.asarray(G[a].attr("value"), dtype=np.float64)
                          for a in node.args)
-            kinks.append(Kink(_label(node, model.file), node.op, dict(node.attrs), args))
+            kinks.append(KinkSite(_label(node, model.file), node.op, dict(node.attrs), args))
         module = load_module(emit_module(program, trace=True), Path(path).stem + "_trace")
         return cls(module, kinks, seed)
 

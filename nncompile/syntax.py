@@ -41,7 +41,7 @@ class ListExpr(Node):
 
 @dataclass(frozen=True)
 class BinOp(Node):
-    op: str  # add sub mul div matmul pow
+    op: str  # the op the operator is: add sub mul div matmul pow
     left: Expr
     right: Expr
 

@@ -109,6 +109,9 @@ FRONT_END = ("nncompile.parser", "nncompile.syntax", "nncompile.elaborate")
 
 
 def test_no_stage_outside_ops_singles_out_an_op_by_name():
+    """No stage branches on what a node's op is called: what it needs to know of an op is a
+    field of the op's entry. (Building a node by name, as autodiff adds ``add`` to sum fan-out
+    gradients and the fusion pass makes ``fused`` nodes, is using an op, not knowing one.)"""
     hits = [hit for module, path in _modules().items() if not module.startswith(("nncompile.ops", *FRONT_END))
             for hit in _op_names_compared(path)]
     assert hits == [], "op knowledge outside nncompile/ops/:\n" + "\n".join(hits)

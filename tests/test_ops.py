@@ -26,6 +26,7 @@ from nncompile.compiler import build, load_module
 from nncompile import passes
 from nncompile.ir import Graph, Model
 from nncompile.ops import REGISTRY, OpDef, Sample, Value, composite, constant, elementwise, new_graph
+from nncompile.shapes import ShapeError
 from nncompile.ops.registry import c_form
 from nncompile.ops.basic import UNARY
 
@@ -309,6 +310,21 @@ def test_values_build_the_nodes_their_operators_name() -> None:
     assert G[(2.0 / x).n].args[1] == x.n and G[(x @ x.mT).n].shape == (3, 3)
     assert x.sum(1, keepdims=True).broadcast((3, 4), 1, True).shape == (3, 4)
     assert x.sum_to((3, 4)) is x and x.sum_to((4,)).shape == (4,)
+
+
+def test_a_value_cannot_be_mistaken_for_a_number() -> None:
+    """What reads right in a formula but means something else is refused when the rule is
+    built: a truth value (`if x > 0`, max(x, 0)), and `x == 0`'s False used as a mask."""
+    G = new_graph()
+    x = Value(G, G.add("input", (), {"name": "x", "shape": (3,), "dtype": "float"}))
+    with pytest.raises(TypeError, match="graph node, not a number"):
+        bool(x > 0.0)
+    with pytest.raises(TypeError, match="graph node, not a number"):
+        max(x, 0.0)
+    with pytest.raises(ShapeError, match=r"write a\.eq\(b\)"):
+        x * (x == 0.0)
+    with pytest.raises(ShapeError, match="a number is needed here, not 'N'"):
+        x + "N"
 
 
 def test_a_chains_c_form_is_derived_from_the_chain() -> None:

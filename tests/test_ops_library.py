@@ -479,6 +479,24 @@ def test_composites_expand_into_their_parts_at_the_users_line(tmp_path: Path) ->
     assert not model.mode_dependent
 
 
+def test_a_composite_is_reported_by_its_own_name_at_the_operand(tmp_path: Path) -> None:
+    """silu(y) of an int tensor says silu needs floats, pointing at y, not at the sigmoid inside."""
+    path = write_nn(tmp_path, "m.nn", "input y: int[3]\nh = silu(y)\noutput h\n")
+    with pytest.raises(NNError) as err:
+        elaborate_file(path)
+    assert err.value.loc.line == 2 and err.value.loc.col == 10
+    assert "silu needs floats, but 'y' is int[3]" in err.value.message
+
+
+def test_a_composite_cannot_declare_what_only_its_own_nodes_would_read() -> None:
+    """Its parts carry their kinks, labels, rewrites and rules; one declared on the composite
+    would never be read, so declaring it is an error, not a silent no-op."""
+    from nncompile.ops import composite
+
+    with pytest.raises(TypeError, match="label, vjp would never be read"):
+        composite("twice", 1, lambda x: x + x, label="2x", vjp=lambda g, out, x: 2.0 * g)
+
+
 def test_hardtanh_follows_pytorchs_rule_at_its_kinks(build) -> None:
     """The gradient is 1 strictly inside [min_val, max_val] and 0 at the ends, as
     torch.nn.functional.hardtanh's is."""

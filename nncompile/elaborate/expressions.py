@@ -16,9 +16,6 @@ from .core import Scope
 if TYPE_CHECKING:
     from . import Elaborator
 
-_BINOPS = {"add": "add", "sub": "sub", "mul": "mul", "div": "div", "matmul": "matmul", "pow": "pow"}
-
-
 class Expressions:
     """Builds the graph nodes of an expression and returns the node of its value."""
 
@@ -38,7 +35,8 @@ class Expressions:
                 chain = left_chain(expr)   # a + b + c + ... in a loop, however long
                 value = self.expr(chain[0].left, scope)
                 for binop in chain:
-                    value = el.op(_BINOPS[binop.op], [value, self.expr(binop.right, scope)], {}, binop.loc, scope)
+                    # the parser names each operator by the op it is (syntax.BinOp.op): `@` is matmul
+                    value = el.op(binop.op, [value, self.expr(binop.right, scope)], {}, binop.loc, scope)
                 return value
             case syntax.Neg(operand=syntax.Number(value=value)):
                 return el.constant(-float(value), expr.loc)
@@ -187,10 +185,11 @@ class Expressions:
         if "shape" in attrs and not isinstance(attrs["shape"], tuple):
             raise NNError(f"{opdef.name}() needs a shape, like {opdef.name}(x, [2, 3])"
                           + ("" if attrs["shape"] is None else f", not {attrs['shape']!r}"), call.loc)
-        if opdef.lower is not None:  # an op whose meaning depends on the mode, like dropout, or a composite
-            el.model.mode_dependent |= opdef.composite is None   # a composite is the same in both modes
+        if opdef.lower is not None:  # an op that builds itself from others: a composite, or dropout by mode
+            el.model.mode_dependent |= opdef.mode_dependent
             try:
                 return opdef.lower(el, args, attrs, call.loc, scope)
             except ShapeError as exc:
-                raise NNError(exc.message, call.loc) from None
+                where = call.args[exc.arg].loc if exc.arg is not None and exc.arg < arity else call.loc
+                raise NNError(exc.message, where) from None
         return el.op(opdef.name, args, attrs, call.loc, scope, [a.loc for a in call.args])

@@ -4,7 +4,7 @@ An :class:`OpDef` carries everything the pipeline needs to know about an op: its
 the language, its operands and attributes, its shape/dtype rule, its numpy emitter, its
 scalar form for elementwise fusion (derived from its numpy chain), and its gradient rule,
 written over values (:mod:`.value`) as the formula it is: ``g * (1 - out * out)`` for tanh.
-A composite (``silu``, ``hardtanh``) is declared as a composition of other ops instead, and
+A composite (``silu``, ``hardswish``) is declared as a composition of other ops instead, and
 the elaborator expands it. Adding an op means adding one entry in :mod:`.basic` or
 :mod:`.toolkit` (docs/adding-an-op.md); from each op's ``samples`` the test suite
 (tests/test_ops.py) generates float64 finite-difference checks of its first and second

@@ -422,7 +422,7 @@ def _lower_dropout(el, args: list[int], attrs: dict, loc, scope) -> int:
     return el.op("mul", [x, mask], {}, loc, scope)
 
 
-op("dropout", 1, _same_as_first, template("<dropout>"), attrs=(("p", 0.5),), lower=_lower_dropout,
+op("dropout", 1, _same_as_first, template("<dropout>"), attrs=(("p", 0.5),), lower=_lower_dropout, mode_dependent=True,
    doc="inverted dropout: in train mode x * mask / (1 - p) with mask ~ Bernoulli(1 - p); in eval mode x",
    example="h = dropout(x, p=0.5)")
 op("dropout_mask", 0, _target_shape_rule, _emit_dropout_mask, public=False, helpers=(_DROPOUT_MASK,), random=True,

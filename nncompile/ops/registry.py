@@ -4,6 +4,7 @@ chain its fused form, and the shape rules and emitters that several ops share.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -108,6 +109,7 @@ class OpDef:
     view: bool = False                        # the result is a numpy view of operand 0: it owns no storage
     random: bool = False                      # draws from the caller's random generator (ctx.rng)
     pairwise: str | None = None               # a reduction: the elementwise op meant when it is called with two tensors
+    mode_dependent: bool = False              # lowers differently in train and eval mode (dropout)
     scalar: str | None = None                 # C expression over {0}, {1}: fusable elementwise op
     domain: str = "real"                      # gradient-check inputs: real, positive, separated
     samples: tuple[Sample, ...] = ()
@@ -139,10 +141,17 @@ class OpDef:
         """Run the op on concrete float64 numpy arrays with the very code the numpy backend
         emits (constant folding, a trainer's data loss)."""
         names = [f"a{i}" for i in range(len(args))]
-        scope: dict[str, Any] = {"np": np, **dict(zip(names, args))}
-        for helper in self.helpers:
-            exec(helper, scope)  # noqa: S102 - our own registry text, never user input
-        return np.asarray(eval(self.emit(_Float64Context(), names, attrs), scope))  # noqa: S307 - likewise
+        scope = {**_helper_scope(self.helpers), **dict(zip(names, args))}
+        return np.asarray(eval(self.emit(_Float64Context(), names, attrs), scope))  # noqa: S307 - our own text
+
+
+@functools.lru_cache(maxsize=None)
+def _helper_scope(helpers: tuple[str, ...]) -> dict[str, Any]:
+    """numpy and an op's helper functions, defined once (a trainer computes its data loss often)."""
+    scope: dict[str, Any] = {"np": np}
+    for helper in helpers:
+        exec(helper, scope)  # noqa: S102 - our own registry text, never user input
+    return scope
 
 
 REGISTRY: dict[str, OpDef] = {}
@@ -229,18 +238,30 @@ def elementwise(name: str, arity: int, steps: tuple[Step, ...] | Callable[[dict]
     return op(name, arity, emit=emit, chain=chain, takes_out=True, scalar=scalar, **kw)
 
 
+# What only a node of an op's own can use: a composite, which leaves none, must not declare it.
+_NODE_KNOWLEDGE = frozenset({"vjp", "emit", "chain", "scalar", "takes_out", "in_place", "differentiable", "view",
+                             "random", "helpers", "rewrites", "label", "kink", "loss", "lower", "mode_dependent"})
+
+
 def composite(name: str, arity: int, build: Callable[..., Value], **kw: Any) -> OpDef:
     """An op that is a composition of others, written over values: ``silu`` is
     ``lambda x: x * x.sigmoid()``. The elaborator expands each call into the nodes ``build``
     adds (through the ``lower`` hook), so the op needs no emitter or gradient rule of its
     own: autodiff, fusion and the gradient checks see only its parts."""
+    ignored = sorted(set(kw) & _NODE_KNOWLEDGE)
+    if ignored:   # no node of the composite's own op ever exists: its parts carry all of these
+        raise TypeError(f"{name} is a composite: {', '.join(ignored)} would never be read (its parts declare theirs)")
+
     def lower(el, args: list[int], attrs: dict, loc, scope) -> int:
+        need_float([el.G[a] for a in args], name)   # a composite computes on floats: say so in its own name
+
         def add(opname: str, operands: Sequence[int], node_attrs: dict) -> int:
             return el.op(opname, list(operands), dict(node_attrs), loc, scope)
         return build(*(Value(el.G, a, add) for a in args), **attrs).n
 
     def infer(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
         """The shape and dtype of the composition, built over stand-in inputs."""
+        need_float(ins, name)
         G = new_graph()
         xs = [Value(G, G.add("input", (), {"name": f"x{i}", "shape": n.shape, "dtype": n.dtype}))
               for i, n in enumerate(ins)]
@@ -335,8 +356,9 @@ def number_attr(opname: str, attrs: dict, name: str, low: float | None = None) -
     return float(value)
 
 
-def labels_rule(opname: str):
-    """Scores [N, C] and integer class labels [N]: a scalar loss."""
+def labels_rule(opname: str, numbers: tuple[str, ...] = ()):
+    """Scores [N, C] and integer class labels [N]: a scalar loss; ``numbers`` are the
+    attributes that must be numbers (svm_loss's delta)."""
     def infer(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
         scores, labels = ins[0], ins[1]
         need_float([scores], opname)
@@ -349,7 +371,7 @@ def labels_rule(opname: str):
         if labels.shape != scores.shape[:1]:
             raise ShapeError(f"{opname}: labels {shapes.show(labels.shape)} do not match "
                              f"scores {shapes.show(scores.shape)}; expected {shapes.show(scores.shape[:1])}", 1)
-        for key in ("delta",):
+        for key in numbers:
             if key in attrs:
                 number_attr(opname, attrs, key)
         return (), "float"

@@ -460,11 +460,13 @@ elementwise("gelu", 1, (("multiply", "0", "0"), ("multiply", "$", repr(_GELU_K))
             example="h = gelu(x)")
 
 # Composites: built from the ops above by the elaborator, so autodiff differentiates their
-# parts (JAX's silu, tinygrad's hardtanh and swish are written the same way).
-composite("silu", 1, lambda x: x * x.sigmoid(), samples=UNARY,
-          doc="x * sigmoid(x) (the same op as swish)", example="h = silu(x)")
-composite("swish", 1, lambda x: x * x.sigmoid(), samples=UNARY,
-          doc="x * sigmoid(x) (the same op as silu)", example="h = swish(x)")
+# parts (JAX's silu and tinygrad's swish are written the same way). swish is silu's other name.
+def _silu(x: Value) -> Value:
+    return x * x.sigmoid()
+
+
+composite("silu", 1, _silu, samples=UNARY, doc="x * sigmoid(x) (the same op as swish)", example="h = silu(x)")
+composite("swish", 1, _silu, samples=UNARY, doc="x * sigmoid(x) (the same op as silu)", example="h = swish(x)")
 
 
 def _check_range(attrs: dict) -> None:
@@ -550,7 +552,7 @@ op("softmax_cross_entropy_probs", 2, _ce_probs_rule, template("_soft_nll(_log_so
    targets={1: "distribution"}, vjp=_vjp_ce_probs, public=False, helpers=(LOG_SOFTMAX, _SOFT_NLL), samples=(Sample(((5, 4), (5, 4))),),
    doc="softmax_cross_entropy with float [N, C] probability targets t: -1/N sum_i sum_c t_ic log softmax(s_i)_c",
    loss=Loss("distribution", "softmax cross-entropy of the scores against the targets"))
-op("svm_loss", 2, labels_rule("svm_loss"), template("_svm_loss({0}, {1}, {delta})"),
+op("svm_loss", 2, labels_rule("svm_loss", numbers=("delta",)), template("_svm_loss({0}, {1}, {delta})"),
    vjp=lambda g, out, scores, labels: (scores.node("svm_loss_grad", labels, g, delta=out.attr("delta")), None),
    attrs=(("delta", 1.0),), helpers=(_SVM,), int_bounds=_class_bounds, domain="separated",
    # delta = 1.05: the separated draw puts scores on a 0.1 grid, so no margin sits on its kink.

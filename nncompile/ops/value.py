@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from .. import shapes
 from ..ir import Graph
-from ..shapes import Shape
+from ..shapes import Shape, ShapeError
 
 
 Build = Callable[[str, Sequence[int], dict], int]   # (op, operand ids, attrs) -> the new node's id
@@ -62,7 +62,18 @@ class Value:
         return Value(self.G, n, self.build)
 
     def _lift(self, other: Value | float) -> Value:
-        return other if isinstance(other, Value) else self.const(other)
+        if isinstance(other, Value):
+            return other
+        if isinstance(other, bool) or not isinstance(other, (int, float)):
+            # `x == 0` is Python's identity test, False, not a mask (that is x.eq(0)); a
+            # composite's attribute may be anything a user wrote, like a list or a dim.
+            raise ShapeError(f"a number is needed here, not {other!r}"
+                             + ("; for the mask 'a equals b' write a.eq(b)" if isinstance(other, bool) else ""))
+        return self.const(other)
+
+    def __bool__(self) -> bool:
+        raise TypeError("a value is a graph node, not a number: `if x > 0` or max(x, 0) cannot be decided when "
+                        "the graph is built; use the masks (x > 0) * ..., or maximum/relu")
 
     def _binary(self, op: str, other: Value | float, reflected: bool = False, **attrs: Any) -> Value:
         other = self._lift(other)
