@@ -65,8 +65,8 @@ def assert_matches(got: dict[str, np.ndarray], want: dict[str, np.ndarray], what
         reference = np.asarray(want[name])
         assert got[name].shape == reference.shape, f"{what}: {name}"
         assert got[name].dtype == reference.dtype, f"{what}: {name}"
-        np.testing.assert_allclose(got[name], reference, rtol=RTOL, atol=ATOL * max(1.0, np.abs(reference).max(initial=0)),
-                                   err_msg=f"{what}: {name}")
+        scale = max(1.0, float(np.abs(reference).max(initial=0)))
+        np.testing.assert_allclose(got[name], reference, rtol=RTOL, atol=ATOL * scale, err_msg=f"{what}: {name}")
 
 
 # ---- every example -----------------------------------------------------------------------
@@ -213,7 +213,8 @@ def test_every_exportable_op_matches_onnx_runtime(opdef: OpDef, sample: Sample, 
     seed = zlib.crc32(f"{opdef.name}{sample}{batch}".encode())
     rng = np.random.default_rng(seed)
     floats = [i for i in range(len(concrete)) if i not in sample.ints]
-    values = {f"x{i}": v.astype(dtype) for i, v in zip(floats, draw(rng, opdef.domain, [concrete[i] for i in floats]))}
+    drawn = draw(rng, opdef.domain, [concrete[i] for i in floats])
+    values = {f"x{i}": v.astype(dtype) for i, v in zip(floats, drawn)}
     for i, bound in sample.ints.items():   # indices into the batched axis lie below the batch
         values[f"x{i}"] = rng.integers(0, batch if batch is not None and bound == size else bound, concrete[i])
     module = load_module(emit_module(build(_op_model(opdef, sample, shapes, dtype), differentiate=False)),
@@ -447,7 +448,8 @@ def test_the_export_verb_takes_the_running_statistics_and_chosen_outputs(tmp_pat
     proto = onnx.load(out)
     assert [i.name for i in proto.graph.input] == ["X", "y"]
     want = module.forward(params, **inputs)
-    assert_matches(run_onnx(proto, {"X": inputs["X"], "y": inputs["y"]}), {k: want[k] for k in ("probs", "svm")}, "cli")
+    got = run_onnx(proto, {"X": inputs["X"], "y": inputs["y"]})
+    assert_matches(got, {k: want[k] for k in ("probs", "svm")}, "chosen outputs")
 
     path = ROOT / "examples" / "batchnorm_mlp.nn"
     module, model, params, state, inputs = example_case(path, 7)
@@ -455,8 +457,8 @@ def test_the_export_verb_takes_the_running_statistics_and_chosen_outputs(tmp_pat
     np.savez(tmp_path / "state.npz", **state)
     result = cli("export", path, "-o", out, "--params", tmp_path / "params.npz", "--state", tmp_path / "state.npz")
     assert result.returncode == 0, result
-    assert_matches(run_onnx(onnx.load(out), {"X": inputs["X"]}), {"scores": module.forward(params, state, **inputs)["scores"]},
-                   "running statistics")
+    want = module.forward(params, state, **inputs)
+    assert_matches(run_onnx(onnx.load(out), {"X": inputs["X"]}), {"scores": want["scores"]}, "running statistics")
 
 
 # ---- docs/export.md ------------------------------------------------------------------------------
@@ -479,7 +481,7 @@ def test_the_docs_python_snippets_run(tmp_path: Path, monkeypatch) -> None:
 @needs_onnx
 def test_a_trained_run_exports_with_its_normalization_folded_in(tmp_path: Path) -> None:
     """The worked example of docs/export.md: train on the digits, export with the run's
-    params and normalisation, and ONNX Runtime on raw pixels gives the trained module's
+    params and normalisation, and ONNX Runtime on unnormalised pixels gives the trained module's
     scores on normalised ones, and so its predictions."""
     pytest.importorskip("sklearn", reason="the digits data set comes with the train extra (scikit-learn)")
     path, run = ROOT / "examples" / "digits_mlp.nn", tmp_path / "run"
@@ -494,7 +496,7 @@ def test_a_trained_run_exports_with_its_normalization_folded_in(tmp_path: Path) 
     from nncompile.train.checkpoint import read_npz
 
     digits = load_digits()
-    X, y = digits.data.astype(np.float32), digits.target.astype(np.int64)
+    X, y = (digits.data / 16).astype(np.float32), digits.target.astype(np.int64)   # as the trainer reads them
     norm = read_npz(run / "normalization.npz")
     params = read_npz(run / "params.npz")
     module = _compiled(path)
@@ -504,4 +506,4 @@ def test_a_trained_run_exports_with_its_normalization_folded_in(tmp_path: Path) 
     (got,) = run_onnx(proto, {"X": X}).values()
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
     assert (got.argmax(1) == expected.argmax(1)).all()
-    assert (got.argmax(1) == y).mean() > 0.8   # it learned: chance is 0.1
+    assert (got.argmax(1) == y).mean() > 0.9   # it learned: chance is 0.1

@@ -8,4 +8,5 @@ onnx is optional: it is imported only when a model is exported.
 from .model import DEFAULT_OPSET, Export, export_model, export_onnx, require_onnx
 from .predictions import label_inputs, prediction_outputs
 
-__all__ = ["DEFAULT_OPSET", "Export", "export_model", "export_onnx", "label_inputs", "prediction_outputs", "require_onnx"]
+__all__ = ["DEFAULT_OPSET", "Export", "export_model", "export_onnx", "label_inputs", "prediction_outputs",
+           "require_onnx"]

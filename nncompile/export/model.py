@@ -70,7 +70,7 @@ def export_onnx(path: str | Path, output: str | Path | None = None, *, params: A
     exported = export_model(model, chosen, params=_read(params, "params"), state=_read(state, "state"), opset=opset,
                             normalization=_normalization(model, _read(normalization, "normalization")))
     if output is not None:
-        write_atomic(output, exported.model.SerializeToString())
+        write_atomic(output, exported.model.SerializeToString(), durable=True)   # a deliverable, like params
     return exported
 
 
@@ -196,5 +196,6 @@ def _model_proto(onnx: Any, builder: GraphBuilder, model: Model, path: Path, ops
         onnx.checker.check_model(proto, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise NNError(f"internal error: the exported model fails the ONNX checker ({exc}); "
-                      "this is a bug in nncompile's export, please report it with the .nn file", file=str(path)) from None
+                      "this is a bug in nncompile's export, please report it with the .nn file",
+                      file=str(path)) from None
     return proto
