@@ -343,6 +343,19 @@ def test_an_older_opset_writes_gelu_as_its_formula() -> None:
 
 
 @needs_onnx
+def test_the_activations_stay_finite_and_agree_far_from_zero() -> None:
+    """Where a naive formula overflows (softplus, sigmoid, softmax at |x| = 100), ONNX
+    Runtime's nodes agree with the module's stable forms."""
+    path = ROOT / "examples" / "activations.nn"
+    x = np.array([-100.0, -30.0, -1.0, 1.0, 30.0, 100.0], dtype=np.float32)
+    exported = export_onnx(path)
+    got = run_onnx(exported.model, {"x": x})
+    want = _compiled(path).forward(_compiled(path).init_params(0), x=x)
+    assert all(np.isfinite(v).all() for v in got.values())
+    assert_matches(got, {k: want[k] for k in exported.outputs}, "far from zero")
+
+
+@needs_onnx
 def test_the_export_is_deterministic() -> None:
     path = ROOT / "examples" / "indexing.nn"
     assert export_onnx(path).model.SerializeToString() == export_onnx(path).model.SerializeToString()
