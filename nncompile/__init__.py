@@ -6,6 +6,7 @@ each edge's value and gradient, as in the CS231n lectures.
 """
 from .compiler import compile_and_load, compile_file, load_module
 from .errors import NNError
+from .export import export_onnx
 from .version import __version__
 
-__all__ = ["NNError", "compile_and_load", "compile_file", "load_module", "__version__"]
+__all__ = ["NNError", "compile_and_load", "compile_file", "export_onnx", "load_module", "__version__"]

@@ -1,4 +1,4 @@
-"""The command line: ``nncompile compile | eval | render | check``.
+"""The command line: ``nncompile compile | eval | render | check | export``.
 
 Every mistake a user can make ends as ``FILE:LINE:COL: error: ...`` (or, with no place in
 a file, ``nncompile: error: ...``) on stderr and exit code 1; output files are written whole
@@ -118,6 +118,42 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write the eval-mode graph as an ONNX model, and say what it takes and gives."""
+    from .export import export_onnx
+
+    args.output = args.file
+    _check_output(args)
+    exported = export_onnx(args.model, args.file, params=args.params, state=args.state, outputs=args.outputs,
+                           opset=args.opset, seed=args.seed, dtype=args.dtype, normalization=args.normalization)
+    proto = exported.model
+    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    counts: dict[str, int] = {}
+    for node in proto.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    weights = sum(int(np.prod(t.dims)) for t in proto.graph.initializer)
+    print(f"wrote {args.file} (ONNX opset {opset}, IR version {proto.ir_version}): {len(proto.graph.node)} nodes "
+          f"({', '.join(f'{op} {k}' for op, k in sorted(counts.items()))}), {weights:,} weights", file=sys.stderr)
+    for kind, values in (("input ", proto.graph.input), ("output", proto.graph.output)):
+        for value in values:
+            print(f"  {kind} {value.name}: {_onnx_type(value)}", file=sys.stderr)
+    why = "not chosen" if args.outputs else "labels or loss"
+    left = [f"{', '.join(exported.dropped)} ({why})"] if exported.dropped else []
+    left += [f"input{'s' if len(exported.unused) > 1 else ''} {', '.join(exported.unused)}"] if exported.unused else []
+    if left:
+        print(f"  left out: {', '.join(left)}", file=sys.stderr)
+    return 0
+
+
+def _onnx_type(value) -> str:
+    """``float32[N, 64]``: a graph input's or output's element type and shape."""
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    tensor = value.type.tensor_type
+    dims = ", ".join(d.dim_param or str(d.dim_value) for d in tensor.shape.dim)
+    return f"{tensor_dtype_to_np_dtype(tensor.elem_type)}[{dims}]"
+
+
 class _Parser(argparse.ArgumentParser):
     """A usage mistake exits 1 with ``nncompile: error:``, like every other error a user can
     make (argparse's own convention is exit 2 and ``PROG: error:``)."""
@@ -164,6 +200,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="parse, shape-check and gradient-check the model")
     common(p)
     p.set_defaults(run=cmd_check)
+
+    p = sub.add_parser("export", help="write the eval-mode graph as an ONNX model (needs nncompile[export])")
+    common(p, values=False)
+    p.add_argument("-o", dest="file", required=True, metavar="OUT.onnx")
+    p.add_argument("--params", metavar="FILE.npz", help="the trained params (default: the initialisers with --seed)")
+    p.add_argument("--state", metavar="FILE.npz", help="the running statistics, a run's state.npz (default: initial)")
+    p.add_argument("--normalization", metavar="FILE.npz",
+                   help="a run's normalization.npz, folded in: the model then takes raw inputs")
+    p.add_argument("--output", dest="outputs", action="extend", nargs="+", metavar="NAME",
+                   help="the outputs to export (default: the predictions; labels and losses drop out)")
+    p.add_argument("--opset", type=int, default=20, help="the ONNX opset (default: 20)")
+    p.add_argument("--seed", type=seed, default=0, help="seed for the initial params when --params is not given")
+    p.set_defaults(run=cmd_export)
 
     add_train_parser(sub)
     return parser

@@ -44,6 +44,15 @@ from .rewrites import (
     square_is_mul,
     subtract_zero,
 )
+from .onnx_helpers import (
+    OnnxContext,
+    batch_normalization,
+    first_of,
+    gemm,
+    int_attr,
+    onnx_node,
+    onnx_reduce,
+)
 
 LOG_SOFTMAX = '''def _log_softmax(x, axis):
     """x - log(sum(exp(x))): shifting by the max first keeps exp from overflowing."""
@@ -231,6 +240,53 @@ def _chance_of_softmax(classes: int | None, attrs: dict) -> tuple[float, str] | 
     return None if classes is None else (math.log(classes), f"-log(1/{classes})")
 
 
+# ---- ONNX lowerings (nncompile.export; ops/onnx_helpers.py says what a lowering is) --------
+
+_ONNX_COMPARE = {">": "Greater", ">=": "GreaterOrEqual", "<": "Less", "<=": "LessOrEqual", "==": "Equal"}
+
+
+def _onnx_step(ctx: OnnxContext, args: list[str], attrs: dict) -> str:
+    return ctx.node("Cast", [ctx.node(_ONNX_COMPARE[attrs["cmp"]], list(args))], to=ctx.float_type)
+
+
+def _onnx_split(ctx: OnnxContext, args: list[str], attrs: dict) -> str:
+    """1 where a > b, 0.5 where a == b: heaviside(a - b, 0.5) spelled with comparisons."""
+    above = ctx.node("Cast", [ctx.node("Greater", list(args))], to=ctx.float_type)
+    tied = ctx.node("Cast", [ctx.node("Equal", list(args))], to=ctx.float_type)
+    return ctx.node("Add", [above, ctx.node("Mul", [tied, ctx.constant(0.5)])])
+
+
+def _onnx_reshape(ctx: OnnxContext, args: list[str], attrs: dict) -> str:
+    return ctx.node("Reshape", [args[0], ctx.shape(tuple(attrs["shape"]))])
+
+
+def _onnx_transpose(ctx: OnnxContext, args: list[str], attrs: dict) -> str:
+    axes, rank = attrs.get("axes"), len(ctx.operand(0).shape)
+    perm = list(reversed(range(rank))) if axes is None else [a % rank for a in axes]
+    return ctx.node("Transpose", [args[0]], perm=perm)
+
+
+def _onnx_sum_to(ctx: OnnxContext, args: list[str], attrs: dict) -> str:
+    """Sum the leading axes away and the kept ones to 1, then take the target's shape."""
+    axes = [*attrs["dropped"], *attrs["kept"]]
+    if not axes:
+        return args[0]
+    summed = ctx.node("ReduceSum", [args[0], ctx.ints(axes)], keepdims=1)
+    return ctx.node("Reshape", [summed, ctx.shape(tuple(attrs["shape"]))])
+
+
+def _onnx_broadcast_to(ctx: OnnxContext, args: list[str], attrs: dict) -> str:
+    x = args[0]
+    if attrs.get("axes"):
+        x = ctx.node("Unsqueeze", [x, ctx.ints(attrs["axes"])])
+    return ctx.node("Expand", [x, ctx.shape(tuple(attrs["shape"]))])
+
+
+def _mean_loss(op_type: str):
+    """ONNX's own loss node, averaged over the batch as nncompile's is."""
+    return onnx_node(op_type, reduction=lambda attrs: "mean")
+
+
 # ---- the registry ---------------------------------------------------------------------
 
 MATRIX = (3, 4)
@@ -242,17 +298,21 @@ op("param", 0, emit=template("<param>"), **_LEAF)
 op("state", 0, emit=template("<state>"), **_LEAF)
 op("const", 0, emit=template("<const>"), **_LEAF)
 op("dim", 0, lambda ins, a: ((), "float"), _emit_dim, public=False, doc="a symbolic size as a number",
-   label="dim")
+   label="dim",
+   onnx=lambda ctx, args, attrs: ctx.count(attrs["symbols"], attrs["factor"]))
 
 elementwise("add", 2, (("add", "0", "1"),), symbol="'+'", vjp=lambda g, out, a, b: (g, g), samples=_B,
             doc="a + b, with numpy broadcasting (also written add(a, b))", example="z = x + t",
-            rewrites=(add_zero,), label="+")
+            rewrites=(add_zero,), label="+",
+            onnx=first_of(batch_normalization, gemm, onnx_node("Add")))
 elementwise("sub", 2, (("subtract", "0", "1"),), symbol="'-'", vjp=lambda g, out, a, b: (g, -g), samples=_B,
             doc="a - b, with numpy broadcasting", example="z = x - t",
-            rewrites=(subtract_zero,), label="−")
+            rewrites=(subtract_zero,), label="−",
+            onnx=onnx_node("Sub"))
 elementwise("mul", 2, (("multiply", "0", "1"),), symbol="'*'", vjp=lambda g, out, a, b: (g * b, g * a), samples=_B,
             doc="a * b, elementwise, with numpy broadcasting", example="z = x * t",
-            rewrites=(mul_by_one,), label="×")
+            rewrites=(mul_by_one,), label="×",
+            onnx=onnx_node("Mul"))
 
 
 def _vjp_div(g: Value, out: Value, a: Value, b: Value):
@@ -263,7 +323,8 @@ def _vjp_div(g: Value, out: Value, a: Value, b: Value):
 elementwise("div", 2, (("divide", "0", "1"),), symbol="'/'", vjp=_vjp_div, samples=_B,
             domain="positive",
             doc="a / b, elementwise, with numpy broadcasting", example="z = x / t",
-            rewrites=(divide_by_one,), label="÷")
+            rewrites=(divide_by_one,), label="÷",
+            onnx=onnx_node("Div"))
 
 
 def _vjp_pow(g: Value, out: Value, a: Value, b: Value):
@@ -280,31 +341,40 @@ def _vjp_pow(g: Value, out: Value, a: Value, b: Value):
 elementwise("pow", 2, (("power", "0", "1"),), symbol="'**'", vjp=_vjp_pow, samples=_B,
             domain="positive",
             doc="a ** b, elementwise; x ** 2 compiles to x * x", example="z = x ** 2",
-            rewrites=(power_of_one, square_is_mul, half_power_is_sqrt), label="**")
+            rewrites=(power_of_one, square_is_mul, half_power_is_sqrt), label="**",
+            onnx=onnx_node("Pow"))
 elementwise("maximum", 2, (("maximum", "0", "1"),), vjp=lambda g, out, a, b: _gate(g, a, b), samples=_B,
             domain="separated", doc="elementwise max of two tensors; on a tie each gets half the gradient",
             example="z = maximum(x, 0)",
-            label="max", kink=Kink(_difference, "has tied operands"))
+            label="max", kink=Kink(_difference, "has tied operands"),
+            onnx=onnx_node("Max"))
 elementwise("minimum", 2, (("minimum", "0", "1"),), vjp=lambda g, out, a, b: _gate(g, b, a), samples=_B,
             domain="separated", doc="elementwise min of two tensors; on a tie each gets half the gradient",
             example="z = minimum(x, t)",
-            label="min", kink=Kink(_difference, "has tied operands"))
+            label="min", kink=Kink(_difference, "has tied operands"),
+            onnx=onnx_node("Min"))
 
 UNARY = (Sample((MATRIX,)), Sample(((),)))
 elementwise("neg", 1, (("negative", "0"),), symbol="'-'", vjp=lambda g, out, x: -g, samples=UNARY, public=False,
-            rewrites=(double_negation,), label="−")
+            rewrites=(double_negation,), label="−",
+            onnx=onnx_node("Neg"))
 elementwise("exp", 1, (("exp", "0"),), vjp=lambda g, out, x: g * out, samples=UNARY,
-            doc="e ** x", example="z = exp(x)")
+            doc="e ** x", example="z = exp(x)",
+            onnx=onnx_node("Exp"))
 elementwise("log", 1, (("log", "0"),), vjp=lambda g, out, x: g / x, samples=UNARY, domain="positive",
-            doc="the natural logarithm", example="z = log(x)")
+            doc="the natural logarithm", example="z = log(x)",
+            onnx=onnx_node("Log"))
 elementwise("sqrt", 1, (("sqrt", "0"),), vjp=lambda g, out, x: g * 0.5 / out, samples=UNARY, domain="positive",
-            doc="the square root", example="z = sqrt(x)")
+            doc="the square root", example="z = sqrt(x)",
+            onnx=onnx_node("Sqrt"))
 elementwise("abs", 1, (("absolute", "0"),), vjp=lambda g, out, x: g * x.sign(), samples=UNARY, domain="nonzero",
             doc="|x|", example="z = abs(x)",
-            kink=Kink())
+            kink=Kink(),
+            onnx=onnx_node("Abs"))
 # Primitive for speed and precision: one ufunc; as 2 sigmoid(2x) - 1 it would cancel near 0.
 elementwise("tanh", 1, (("tanh", "0"),), vjp=lambda g, out, x: g * (1.0 - out * out), samples=UNARY,
-            doc="(exp(x) - exp(-x)) / (exp(x) + exp(-x)) = 2 sigmoid(2x) - 1", example="h = tanh(x)")
+            doc="(exp(x) - exp(-x)) / (exp(x) + exp(-x)) = 2 sigmoid(2x) - 1", example="h = tanh(x)",
+            onnx=onnx_node("Tanh"))
 # Primitive for stability: the two-sided form keeps its relative precision where
 # 1 / (1 + exp(-x)) would overflow or round to 0; its rule needs only the output.
 op("sigmoid", 1, elementwise_rule("sigmoid"), _emit_sigmoid,
@@ -312,23 +382,28 @@ op("sigmoid", 1, elementwise_rule("sigmoid"), _emit_sigmoid,
    helpers=(_SIGMOID,), vjp=lambda g, out, x: g * (out * (1.0 - out)), samples=UNARY,
    doc="1 / (1 + exp(-x)), computed as exp(min(x, 0)) / (1 + exp(-|x|)), which cannot overflow and keeps "
        "its relative precision on both sides (sigmoid(-50) is exp(-50), not 0)",
-   example="h = sigmoid(x)")
+   example="h = sigmoid(x)",
+   onnx=onnx_node("Sigmoid"))
 # Primitive for its rule and speed: one in-place ufunc, relu'(0) = 0 (PyTorch's; maximum(x, 0)
 # would give the tie's 1/2), and the mask comes from the output, so backward keeps no input.
 elementwise("relu", 1, (("maximum", "0", "0.0"),), vjp=lambda g, out, x: g * (out > 0.0), samples=UNARY,
             domain="nonzero",
             doc="max(0, x)", example="h = relu(x)",
-            kink=Kink())
+            kink=Kink(),
+            onnx=onnx_node("Relu"))
 
 # Masks and signs carry no gradient: they exist to build other ops' gradients.
 _MASK = dict(public=False, differentiable=False, infer=elementwise_rule("a mask"))
 op("step", 2, emit=_emit_step, scalar="(T)({0} {cmp} {1})", attrs=(("cmp", ">"),), takes_out=True, in_place=True,
    samples=(*(Sample((MATRIX, MATRIX), {"cmp": cmp}) for cmp in _COMPARE), Sample((MATRIX, ()), {"cmp": ">="})),
-   doc="1 where the comparison holds, else 0", **_MASK)
+   doc="1 where the comparison holds, else 0", **_MASK,
+   onnx=_onnx_step)
 op("split", 2, emit=template("{xp}.heaviside({xp}.subtract({0}, {1}), 0.5)"),
    scalar="((T)({0} > {1}) + (T)0.5 * (T)({0} == {1}))", samples=_B, **_MASK,
-   doc="the max gate's share for a: 1 where a > b, 0.5 where a == b, 0 where a < b")
-elementwise("sign", 1, (("sign", "0"),), samples=UNARY, **_MASK)  # 0 at 0
+   doc="the max gate's share for a: 1 where a > b, 0.5 where a == b, 0 where a < b",
+   onnx=_onnx_split)
+elementwise("sign", 1, (("sign", "0"),), samples=UNARY, **_MASK,
+            onnx=onnx_node("Sign"))  # 0 at 0
 
 
 def _vjp_matmul(g: Value, out: Value, a: Value, b: Value):
@@ -352,7 +427,8 @@ op("matmul", 2, _matmul_rule, call("matmul"), vjp=_vjp_matmul, takes_out=True,
    samples=(Sample(((3, 4), (4, 2))), Sample(((2, 3, 4), (4, 2))), Sample(((4,), (4, 2))),
             Sample(((3, 4), (4,))), Sample(((4,), (4,))), Sample(((2, 1, 3, 4), (2, 4, 2)))),
    doc="a @ b: matrix product, numpy's rules for 1-D and batched operands", example="s = x @ W",
-   label="@")
+   label="@",
+   onnx=onnx_node("MatMul"))
 
 _R = (Sample((MATRIX,)), Sample((MATRIX,), {"axis": 1}), Sample(((2, 3, 4),), {"axis": 0, "keepdims": True}),
       Sample(((2, 3, 4),), {"axis": (0, 2)}))
@@ -361,24 +437,28 @@ op("sum", 1, _reduce_rule("sum"), reduce_call("add"), attrs=_RA, samples=_R, tak
    vjp=lambda g, out, x: g.broadcast(x.shape, out.attr("axis"), out.attr("keepdims")),
    doc="the sum over axis (an int, a list, or every axis by default); keepdims=true keeps them as 1",
    example="total = sum(x, axis=1)",
-   label=_reduction_label("sum"))
+   label=_reduction_label("sum"),
+   onnx=onnx_reduce("ReduceSum"))
 op("mean", 1, _reduce_rule("mean"), call("mean"), attrs=_RA, samples=_R, takes_out=True,
    vjp=lambda g, out, x: g.per_element(x.shape, out.attr("axis")).broadcast(x.shape, out.attr("axis"),
                                                                        out.attr("keepdims")),
    doc="the mean over axis (every axis by default)", example="m = mean(x, axis=0)",
-   label=_reduction_label("mean"))
+   label=_reduction_label("mean"),
+   onnx=onnx_reduce("ReduceMean"))
 op("max", 1, _reduce_rule("max"), reduce_call("maximum"), attrs=_RA, samples=_R, takes_out=True,
    vjp=lambda g, out, x: route_to_maxima(g, out, x, out.attr("axis"), out.attr("keepdims")), pairwise="maximum",
    doc="the max over axis (every axis by default); the gradient goes to the maxima, split evenly among ties",
    example="top = max(x, axis=1)",
-   label=_reduction_label("max"), kink=Kink(_tie_in_reduction, "has a tie for the maximum"))
+   label=_reduction_label("max"), kink=Kink(_tie_in_reduction, "has a tie for the maximum"),
+   onnx=onnx_reduce("ReduceMax"))
 
 op("reshape", 1, _reshape_rule, _emit_reshape, vjp=lambda g, out, x: g.reshape(x.shape), view=True,
    attrs=(("shape", None),),
    samples=(Sample((MATRIX,), {"shape": (2, 6)}), Sample(((2, 3, 4),), {"shape": (-1, 4)})),
    doc="the same entries in a new shape; one dim may be -1, dims like N are allowed",
    example="r = reshape(x, [N, 2, 3])",
-   label=lambda attrs: f"reshape({attr_text(attrs.get('shape'))})")
+   label=lambda attrs: f"reshape({attr_text(attrs.get('shape'))})",
+   onnx=_onnx_reshape)
 
 
 def _vjp_transpose(g: Value, out: Value, x: Value):
@@ -390,14 +470,16 @@ def _vjp_transpose(g: Value, out: Value, x: Value):
 op("transpose", 1, _transpose_rule, _emit_transpose, vjp=_vjp_transpose, view=True, attrs=(("axes", None),),
    samples=(Sample((MATRIX,)), Sample(((2, 3, 4),), {"axes": (1, 2, 0)})),
    doc="permutes the axes (reverses them by default)", example="xt = transpose(x)",
-   label=lambda attrs: "transpose" if attrs.get("axes") is None else f"transpose({attr_text(attrs['axes'])})")
+   label=lambda attrs: "transpose" if attrs.get("axes") is None else f"transpose({attr_text(attrs['axes'])})",
+   onnx=_onnx_transpose)
 
 op("sum_to", 1, _target_shape_rule, _emit_sum_to, public=False, takes_out=True,
    vjp=lambda g, out, x: g.node("broadcast_to", shape=x.shape, axes=()),
    attrs=(("dropped", ()), ("kept", ()), ("shape", ())),
    samples=tuple(Sample((shape,), {"dropped": d, "kept": k, "shape": target}) for shape, target in
                  (((3, 4), (4,)), ((2, 3, 4), (3, 1)), ((3, 4), (1, 4)))
-                 for d, k in [unbroadcast_axes(shape, target)]))
+                 for d, k in [unbroadcast_axes(shape, target)]),
+   onnx=_onnx_sum_to)
 
 # Dropout: inverted dropout in train mode, the identity in eval mode (lowered by the elaborator).
 _DROPOUT_MASK = '''def _dropout_mask(rng, shape, p):
@@ -447,7 +529,8 @@ def _vjp_broadcast_to(g: Value, out: Value, x: Value):
 op("broadcast_to", 1, _target_shape_rule, _emit_broadcast, public=False, vjp=_vjp_broadcast_to, view=True,
    attrs=(("shape", ()), ("axes", ())),
    samples=(Sample(((4,),), {"shape": (3, 4)}), Sample(((3,),), {"shape": (3, 4), "axes": (1,)}),
-            Sample(((),), {"shape": (2, 3)})))
+            Sample(((),), {"shape": (2, 3)})),
+   onnx=_onnx_broadcast_to)
 
 op("softmax_cross_entropy", 2, labels_rule("softmax_cross_entropy"), template("_nll(_log_softmax({0}, 1), {1})"),
    vjp=lambda g, out, scores, labels: (scores.node("softmax_cross_entropy_grad", labels, g), None),
@@ -458,7 +541,8 @@ op("softmax_cross_entropy", 2, labels_rule("softmax_cross_entropy"), template("_
        "[N, C] probability targets t instead: -1/N sum_i sum_c t_ic log softmax(s_i)_c",
    example="loss = softmax_cross_entropy(scores, y)",
    rewrites=(share_log_softmax,),
-   loss=Loss("classes", "softmax cross-entropy of the scores", _chance_of_softmax, assumed=True))
+   loss=Loss("classes", "softmax cross-entropy of the scores", _chance_of_softmax, assumed=True),
+   onnx=_mean_loss("SoftmaxCrossEntropyLoss"))
 
 
 def _vjp_ce_grad(u: Value, out: Value, scores: Value, labels: Value, g: Value):
@@ -487,8 +571,10 @@ def _vjp_log_softmax(g: Value, out: Value, x: Value):
 op("log_softmax", 1, along_axis_rule("log_softmax"), template("_log_softmax({0}, {axis})"), vjp=_vjp_log_softmax,
    attrs=(("axis", -1),), helpers=(LOG_SOFTMAX,), samples=(Sample((MATRIX,)), Sample(((2, 3, 4),), {"axis": 1})),
    doc="x - log(sum(exp(x), axis)), computed after subtracting the max so it cannot overflow",
-   example="logp = log_softmax(x, axis=-1)")
+   example="logp = log_softmax(x, axis=-1)",
+   onnx=onnx_node("LogSoftmax", axis=int_attr("axis")))
 op("nll", 2, labels_rule("nll"), template("_nll({0}, {1})"), public=False, helpers=(_NLL,),
-   doc="mean -logp[i, label_i]")
+   doc="mean -logp[i, label_i]",
+   onnx=_mean_loss("NegativeLogLikelihoodLoss"))
 op("softmax_nll_grad", 3, float_like_first, template("_softmax_nll_grad({0}, {1}, {2})"), public=False,
    helpers=(_SOFTMAX_NLL_GRAD,))

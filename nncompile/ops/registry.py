@@ -25,6 +25,8 @@ Rewrite = Callable[[Graph, int], int | None]   # (graph, node) -> its cheaper eq
 Label = str | Callable[[dict[str, Any]], str]   # a diagram's op node: a symbol ("×"), or text made from the attrs
 Switch = Callable[[list[np.ndarray], dict[str, Any]], np.ndarray]   # (operand values, attrs) -> crosses 0 at a kink
 Chance = Callable[[int | None, dict[str, Any]], tuple[float, str] | None]   # (classes, attrs) -> loss, formula
+# (ctx, operand tensor names, attrs) -> the ONNX tensor holding the result (see ops/onnx_helpers.py)
+Lowering = Callable[..., str | None]
 
 
 class EmitContext:
@@ -125,6 +127,7 @@ class OpDef:
     label: Label | None = None                # what diagrams show; None: the name and attributes
     kink: Kink | None = None                  # where it is not differentiable, for the gradient check
     loss: Loss | None = None                  # a loss: what training reads of it
+    onnx: Lowering | None = None              # its ONNX nodes (nncompile.export); None: it cannot be exported
 
     @property
     def elementwise(self) -> bool:

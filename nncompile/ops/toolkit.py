@@ -32,6 +32,7 @@ from .registry import (
     reduce_expr,
     template,
 )
+from .onnx_helpers import OnnxContext, float_attr, int_attr, onnx_node, reduce_over, rows
 
 # ---- the lecture's toolkit: activations, losses, penalties, indexing ---------------------
 # Each entry is the whole op: shape rule, numpy emitter, C scalar form where it is
@@ -397,6 +398,150 @@ def _chance_of_logit(classes: int | None, attrs: dict) -> tuple[float, str]:
     return math.log(2), "log 2"
 
 
+# -- ONNX lowerings (nncompile.export; ops/onnx_helpers.py says what a lowering is)
+
+_INT64_MAX = 2 ** 63 - 1   # a slice's open end
+
+
+def _onnx_gelu(ctx: OnnxContext, args: list[str], attrs: dict) -> str:
+    """Opset 20 has gelu's tanh approximation as one node; before it, the formula."""
+    x = args[0]
+    if ctx.opset >= 20:
+        return ctx.node("Gelu", [x], approximate="tanh")
+    cubic = ctx.node("Mul", [ctx.node("Mul", [ctx.node("Mul", [x, x]), ctx.constant(_GELU_K)]), x])
+    inner = ctx.node("Mul", [ctx.node("Add", [x, cubic]), ctx.constant(_GELU_C)])
+    half = ctx.node("Mul", [x, ctx.constant(0.5)])
+    return ctx.node("Mul", [half, ctx.node("Add", [ctx.node("Tanh", [inner]), ctx.constant(1.0)])])
+
+
+def _onnx_hardtanh(ctx: OnnxContext, args: list[str], attrs: dict) -> str:
+    low, high = (ctx.constant(float(attrs[k])) for k in ("min_val", "max_val"))
+    return ctx.node("Clip", [args[0], low, high])
+
+
+def _onnx_maxout(ctx: OnnxContext, args: list[str], attrs: dict) -> str:
+    """[..., k*D] as [..., k, D] (Reshape's 0 keeps a dim), then the max over the k pieces."""
+    rank = len(ctx.operand(0).shape)
+    pieces = ctx.node("Reshape", [args[0], ctx.ints([0] * (rank - 1) + [int(attrs["k"]), -1])])
+    return reduce_over(ctx, "ReduceMax", pieces, [-2])
+
+
+def _onnx_soft_nll(ctx: OnnxContext, args: list[str], attrs: dict) -> str:
+    """-1/N sum t * log_softmax(s)."""
+    scores, targets = args
+    logp = ctx.node("LogSoftmax", [scores], axis=1)
+    total = reduce_over(ctx, "ReduceSum", ctx.node("Mul", [targets, logp]), None)
+    return ctx.node("Div", [ctx.node("Neg", [total]), rows(ctx, ctx.operand(0).shape)])
+
+
+def _onnx_svm_loss(ctx: OnnxContext, args: list[str], attrs: dict) -> str:
+    """1/N sum over the wrong classes of max(0, s_j - s_y + delta): the label's own column is
+    masked out where the class number equals the label (OneHot would be one node, but ONNX
+    Runtime has it for float32 values only)."""
+    scores, labels = args
+    classes = ctx.operand(0).shape[1]
+    column = ctx.node("Unsqueeze", [labels, ctx.ints([1])])   # [N, 1]
+    correct = ctx.node("GatherElements", [scores, column], axis=1)
+    margins = ctx.node("Relu", [ctx.node("Add", [ctx.node("Sub", [scores, correct]),
+                                                ctx.constant(float(attrs["delta"]))])])
+    count = ctx.dim(classes) if isinstance(classes, str) else ctx.constant(classes, "int")
+    every = ctx.node("Range", [ctx.constant(0, "int"), count, ctx.constant(1, "int")])   # 0, 1, ..., C - 1
+    wrong = ctx.node("Cast", [ctx.node("Not", [ctx.node("Equal", [column, every])])], to=ctx.float_type)
+    total = reduce_over(ctx, "ReduceSum", ctx.node("Mul", [margins, wrong]), None)
+    return ctx.node("Div", [total, rows(ctx, ctx.operand(0).shape)])
+
+
+def _onnx_sigmoid_ce(ctx: OnnxContext, args: list[str], attrs: dict) -> str:
+    """mean(softplus(x) - x t)."""
+    x, t = args
+    loss = ctx.node("Sub", [ctx.node("Softplus", [x]), ctx.node("Mul", [x, t])])
+    return reduce_over(ctx, "ReduceMean", loss, None)
+
+
+def _onnx_mse(ctx: OnnxContext, args: list[str], attrs: dict) -> str:
+    d = ctx.node("Sub", list(args))
+    return reduce_over(ctx, "ReduceMean", ctx.node("Mul", [d, d]), None)
+
+
+def _onnx_penalty(op_type: str):
+    """One reduction per tensor (ReduceSumSquare for L2, ReduceL1 for L1), summed."""
+    def lower(ctx: OnnxContext, args: list[str], attrs: dict) -> str:
+        terms = [reduce_over(ctx, op_type, w, None) for w in args]
+        return terms[0] if len(terms) == 1 else ctx.node("Sum", terms)
+    return lower
+
+
+def _onnx_elastic(ctx: OnnxContext, args: list[str], attrs: dict) -> str:
+    l2 = _onnx_penalty("ReduceSumSquare")(ctx, args, attrs)
+    l1 = _onnx_penalty("ReduceL1")(ctx, args, attrs)
+    return ctx.node("Add", [ctx.node("Mul", [ctx.constant(float(attrs["beta"])), l2]), l1])
+
+
+def _onnx_slice(ctx: OnnxContext, args: list[str], attrs: dict) -> str:
+    """x[2, 0:3]: one Slice over the axes the key restricts, then a Squeeze of the integer ones."""
+    starts, ends, axes, dropped = [], [], [], []
+    for axis, part in enumerate(_key_parts(attrs["key"])):
+        if part[0] == "int":
+            starts.append(part[1])
+            ends.append(part[1] + 1 if part[1] != -1 else _INT64_MAX)
+            axes.append(axis)
+            dropped.append(axis)
+        elif part[0] == "slice" and part[1:] != (None, None):
+            starts.append(0 if part[1] is None else part[1])
+            ends.append(_INT64_MAX if part[2] is None else part[2])
+            axes.append(axis)
+    x = args[0]
+    if axes:
+        x = ctx.node("Slice", [x, ctx.ints(starts), ctx.ints(ends), ctx.ints(axes)])
+    if dropped:
+        x = ctx.node("Squeeze", [x, ctx.ints(dropped)])
+    return x
+
+
+def _onnx_index(ctx: OnnxContext, args: list[str], attrs: dict) -> str:
+    """numpy's advanced indexing: the fixed slices first; then one integer tensor alone on an
+    axis is a Gather there, and several (with any integers among them) broadcast together
+    and become a GatherND over those axes moved to the front, its result dims put back where
+    numpy puts them (in place if the indexed axes are adjacent, else first)."""
+    key, rank = attrs["key"], len(ctx.operand(0).shape)
+    parts = _key_parts(key) + [("slice", None, None)] * (rank - len(key))
+    advanced = [a for a, p in enumerate(parts) if p[0] in ("tensor", "int")]
+    kept = tuple(":" if p[0] != "slice" else entry for p, entry in zip(parts, (*key, *[":"] * rank)))
+    x = _onnx_slice(ctx, args[:1], {"key": kept})
+    if len(advanced) == 1:
+        return ctx.node("Gather", [x, args[parts[advanced[0]][1]]], axis=advanced[0])
+    indices = [args[parts[a][1]] if parts[a][0] == "tensor" else ctx.constant(parts[a][1], "int") for a in advanced]
+    tensors = {ctx.operand(parts[a][1]).shape if parts[a][0] == "tensor" else None for a in advanced}
+    if len(tensors) > 1:   # broadcast them together: add zeros of the joint shape (Sum takes no ints)
+        zero = ctx.constant(0, "int")
+        joint = ctx.node("Mul", [indices[0], zero])
+        for i in indices[1:]:
+            joint = ctx.node("Add", [joint, ctx.node("Mul", [i, zero])])
+        indices = [ctx.node("Add", [i, joint]) for i in indices]
+    columns = [ctx.node("Unsqueeze", [i, ctx.ints([-1])]) for i in indices]
+    rest = [a for a in range(rank) if a not in advanced]
+    if advanced + rest != list(range(rank)):
+        x = ctx.node("Transpose", [x], perm=advanced + rest)
+    out = ctx.node("GatherND", [x, ctx.node("Concat", columns, axis=-1)])
+    at = advanced[0]
+    if advanced != list(range(at, at + len(advanced))) or at == 0:
+        return out   # separated (numpy puts the index dims first), or already first
+    joint_rank = len(ctx.graph[ctx.current].shape) - len(rest)
+    perm = [joint_rank + j for j in range(at)] + list(range(joint_rank)) + \
+        [joint_rank + j for j in range(at, len(rest))]
+    return ctx.node("Transpose", [out], perm=perm)
+
+
+def _onnx_arange(ctx: OnnxContext, args: list[str], attrs: dict) -> str:
+    n = attrs["n"]
+    stop = ctx.dim(n) if isinstance(n, str) else ctx.constant(int(n), "int")
+    return ctx.node("Range", [ctx.constant(0, "int"), stop, ctx.constant(1, "int")])
+
+
+def _onnx_concat(ctx: OnnxContext, args: list[str], attrs: dict) -> str:
+    return ctx.node("Concat", list(args), axis=int(attrs["axis"]))
+
+
 # -- the entries
 
 _NZ = dict(samples=UNARY, domain="nonzero")
@@ -417,7 +562,8 @@ elementwise("leaky_relu", 1, _leaky_chain, "({0} + ((T){alpha} - (T)1) * min({0}
             samples=(*UNARY, Sample((MATRIX,), {"alpha": 0.2})), domain="nonzero",
             doc="x where x > 0, else alpha * x (the lecture's fix for dying relus)",
             example="h = leaky_relu(x, alpha=0.1)",
-            kink=Kink())
+            kink=Kink(),
+            onnx=onnx_node("LeakyRelu", alpha=float_attr("alpha")))
 
 
 def _vjp_elu(g: Value, out: Value, x: Value):
@@ -432,12 +578,14 @@ op("elu", 1, _checked_elementwise_rule("elu", lambda a: number_attr("elu", a, "a
    in_place=True,
    helpers=(_ELU,), vjp=_vjp_elu, samples=(*UNARY, Sample((MATRIX,), {"alpha": 1.7})), domain="nonzero",
    doc="x where x > 0, else alpha * (exp(x) - 1)", example="h = elu(x, alpha=1.0)",
-   kink=Kink(_elu_switch))
+   kink=Kink(_elu_switch),
+   onnx=onnx_node("Elu", alpha=float_attr("alpha")))
 # Primitive for stability: logaddexp(0, x), where log(1 + exp(x)) overflows past x = 709.
 elementwise("softplus", 1, (("logaddexp", "0", "0.0"),), "(max({0}, (T)0) + log1p(exp(-fabs({0}))))",  # logaddexp(x, 0)
             vjp=lambda g, out, x: g * x.sigmoid(), samples=UNARY,
             doc="log(1 + exp(x)), computed as max(x, 0) + log(1 + exp(-|x|)), which cannot overflow",
-            example="h = softplus(x)")
+            example="h = softplus(x)",
+            onnx=onnx_node("Softplus"))
 
 
 def _vjp_gelu(g: Value, out: Value, x: Value):
@@ -457,7 +605,8 @@ elementwise("gelu", 1, (("multiply", "0", "0"), ("multiply", "$", repr(_GELU_K))
                         ("multiply", "$", "0"), ("multiply", "$", "0.5")),
             vjp=_vjp_gelu, samples=UNARY,
             doc="the tanh approximation x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) of x * Phi(x)",
-            example="h = gelu(x)")
+            example="h = gelu(x)",
+            onnx=_onnx_gelu)
 
 # Composites: built from the ops above by the elaborator, so autodiff differentiates their
 # parts (JAX's silu and tinygrad's swish are written the same way). swish is silu's other name.
@@ -498,7 +647,8 @@ elementwise("hardtanh", 1, _clip_chain, "min(max({0}, (T){min_val}), (T){max_val
             samples=(*UNARY, Sample((MATRIX,), {"min_val": -0.5, "max_val": 2.0})),
             doc="x clipped to [min_val, max_val]; the gradient is 1 strictly inside, 0 at and beyond the ends",
             example="h = hardtanh(x, min_val=-1.0, max_val=1.0)",
-            kink=Kink(_outside_range, "is at an end of its range"))
+            kink=Kink(_outside_range, "is at an end of its range"),
+            onnx=_onnx_hardtanh)
 
 
 def _hardswish(x: Value) -> Value:
@@ -526,7 +676,8 @@ op("maxout", 1, _maxout_rule, _emit_maxout,
        "out[..., d] = max_j x[..., j*D + d]; maxout(x @ W + b, k=2) with W = [W1 | W2] is the "
        "lecture's max(W1 x + b1, W2 x + b2)",
    example="h = maxout(x, k=2)",
-   kink=Kink(_tie_among_pieces, "has a tie for the maximum"))
+   kink=Kink(_tie_among_pieces, "has a tie for the maximum"),
+   onnx=_onnx_maxout)
 
 
 def _vjp_softmax(g: Value, out: Value, x: Value):
@@ -537,7 +688,8 @@ def _vjp_softmax(g: Value, out: Value, x: Value):
 op("softmax", 1, along_axis_rule("softmax"), template("_softmax({0}, {axis})"), vjp=_vjp_softmax,
    attrs=(("axis", -1),), helpers=(_SOFTMAX,), samples=(Sample((MATRIX,)), Sample(((2, 3, 4),), {"axis": 1})),
    doc="exp(x) / sum(exp(x), axis), computed after subtracting the max so it cannot overflow",
-   example="p = softmax(x, axis=-1)")
+   example="p = softmax(x, axis=-1)",
+   onnx=onnx_node("Softmax", axis=int_attr("axis")))
 
 
 def _vjp_ce_probs(g: Value, out: Value, scores: Value, targets: Value):
@@ -551,7 +703,8 @@ def _vjp_ce_probs(g: Value, out: Value, scores: Value, targets: Value):
 op("softmax_cross_entropy_probs", 2, _ce_probs_rule, template("_soft_nll(_log_softmax({0}, 1), {1})"),
    targets={1: "distribution"}, vjp=_vjp_ce_probs, public=False, helpers=(LOG_SOFTMAX, _SOFT_NLL), samples=(Sample(((5, 4), (5, 4))),),
    doc="softmax_cross_entropy with float [N, C] probability targets t: -1/N sum_i sum_c t_ic log softmax(s_i)_c",
-   loss=Loss("distribution", "softmax cross-entropy of the scores against the targets"))
+   loss=Loss("distribution", "softmax cross-entropy of the scores against the targets"),
+   onnx=_onnx_soft_nll)
 op("svm_loss", 2, labels_rule("svm_loss", numbers=("delta",)), template("_svm_loss({0}, {1}, {delta})"),
    vjp=lambda g, out, scores, labels: (scores.node("svm_loss_grad", labels, g, delta=out.attr("delta")), None),
    attrs=(("delta", 1.0),), helpers=(_SVM,), int_bounds=_class_bounds, domain="separated",
@@ -559,7 +712,8 @@ op("svm_loss", 2, labels_rule("svm_loss", numbers=("delta",)), template("_svm_lo
    samples=(Sample(((5, 4), (5,)), {"delta": 1.05}, ints={1: 4}),),
    doc="the multiclass SVM (hinge) loss: 1/N sum_i sum_{j != y_i} max(0, s_ij - s_iy_i + delta)",
    example="loss = svm_loss(scores, y, delta=1.0)",
-   kink=Kink(_svm_switch, "is at its margin"), loss=Loss("classes", "SVM loss of the scores", _chance_of_svm))
+   kink=Kink(_svm_switch, "is at its margin"), loss=Loss("classes", "SVM loss of the scores", _chance_of_svm),
+   onnx=_onnx_svm_loss)
 
 
 def _vjp_svm_grad(u: Value, out: Value, scores: Value, labels: Value, g: Value):
@@ -584,7 +738,8 @@ op("sigmoid_cross_entropy", 2, _same_shape_loss_rule("sigmoid_cross_entropy", "t
    doc="binary cross-entropy on logits x with targets t in [0, 1]: "
        "mean(max(x, 0) - x t + log(1 + exp(-|x|))), finite for any x",
    example="loss = sigmoid_cross_entropy(x, t)",
-   loss=Loss("binary", "sigmoid cross-entropy of the logits", _chance_of_logit))
+   loss=Loss("binary", "sigmoid cross-entropy of the logits", _chance_of_logit),
+   onnx=_onnx_sigmoid_ce)
 
 
 def _vjp_mse(g: Value, out: Value, p: Value, t: Value):
@@ -595,16 +750,19 @@ def _vjp_mse(g: Value, out: Value, p: Value, t: Value):
 op("mse", 2, _same_shape_loss_rule("mse", "targets"), template("_mse({0}, {1})"), vjp=_vjp_mse, helpers=(_MSE,),
    samples=(Sample(((5,), (5,))), Sample(((3, 4), (3, 4))), Sample(((3, 4), ()))),
    doc="mean squared error: mean((pred - target)^2) over every entry", example="loss = mse(x, t)",
-   loss=Loss("regression", "mean squared error of the predictions"))
+   loss=Loss("regression", "mean squared error of the predictions"),
+   onnx=_onnx_mse)
 
 op("l2", -1, _penalty_rule("l2"), _emit_l2, vjp=lambda g, out, *ws: tuple(w * (g * 2.0) for w in ws),
    samples=(Sample((MATRIX,)), Sample((MATRIX, (4,)))),
    doc="the L2 penalty R(W) = sum W^2, summed over every tensor given (its gradient is 2 W)",
-   example="reg = l2(W, W2)")
+   example="reg = l2(W, W2)",
+   onnx=_onnx_penalty("ReduceSumSquare"))
 op("l1", -1, _penalty_rule("l1"), _emit_l1, vjp=lambda g, out, *ws: tuple(w.sign() * g for w in ws), domain="nonzero",
    samples=(Sample((MATRIX,)), Sample((MATRIX, (4,)))),
    doc="the L1 penalty R(W) = sum |W|, summed over every tensor given", example="reg = l1(W)",
-   kink=Kink(_every_entry))
+   kink=Kink(_every_entry),
+   onnx=_onnx_penalty("ReduceL1"))
 
 
 def _vjp_elastic(g: Value, out: Value, *ws: Value):
@@ -616,19 +774,22 @@ op("elastic_net", -1, _penalty_rule("elastic_net"), _emit_elastic, vjp=_vjp_elas
    domain="nonzero", samples=(Sample((MATRIX,)), Sample((MATRIX, (4,)), {"beta": 0.3})),
    doc="the elastic net penalty R(W) = sum (beta W^2 + |W|), summed over every tensor given",
    example="reg = elastic_net(W, beta=0.5)",
-   kink=Kink(_every_entry))
+   kink=Kink(_every_entry),
+   onnx=_onnx_elastic)
 
 op("slice", 1, _slice_rule, _emit_index, vjp=_vjp_index, attrs=(("key", ()),), public=False, view=True,
    samples=(Sample((MATRIX,), {"key": (":", "1:3")}), Sample(((2, 3, 4),), {"key": ("1", "0:2")}),
             Sample((MATRIX,), {"key": ("-1",)})),
-   doc="x[...] with integers and fixed slices: a view", example="first = x[:, 0:3]")
+   doc="x[...] with integers and fixed slices: a view", example="first = x[:, 0:3]",
+   onnx=_onnx_slice)
 op("index", -1, _index_rule, _emit_index, vjp=_vjp_index, attrs=(("key", ()),), public=False,
    samples=(Sample(((5, 4), (5,), (5,)), {"key": ("{1}", "{2}")}, ints={1: 5, 2: 4}),
             Sample(((5, 4), (3,)), {"key": (":", "{1}")}, ints={1: 4}),
             Sample(((2, 5, 4), (2, 3)), {"key": ("1", "{1}")}, ints={1: 5}),
             Sample(((5, 4), (6,)), {"key": ("{1}",)}, ints={1: 5})),
    doc="x[...] with integer tensors among the subscripts (numpy's advanced indexing): a gather",
-   example="correct = scores[arange(N), y]")
+   example="correct = scores[arange(N), y]",
+   onnx=_onnx_index)
 
 
 def _vjp_scatter(u: Value, out: Value, g: Value, *tensors: Value):
@@ -644,7 +805,8 @@ op("scatter", -1, lambda ins, attrs: (attrs["shape"], "float"), _emit_scatter, p
             Sample(((6,), (6,)), {"key": ("{1}",), "shape": (5,)}, ints={1: 5})),
    doc="the gradient of slice and index: g added into zeros shaped like x at the indexed entries")
 op("arange", 0, _arange_rule, _emit_arange, attrs=(("n", None),),
-   doc="the integers 0, 1, ..., n - 1 (n may be a dim like N), to index with", example="rows = arange(N)")
+   doc="the integers 0, 1, ..., n - 1 (n may be a dim like N), to index with", example="rows = arange(N)",
+   onnx=_onnx_arange)
 
 
 def _vjp_concat(g: Value, out: Value, *xs: Value):
@@ -659,4 +821,5 @@ def _vjp_concat(g: Value, out: Value, *xs: Value):
 
 op("concat", -1, _concat_rule, _emit_concat, vjp=_vjp_concat, attrs=(("axis", 0),), takes_out=True,
    samples=(Sample(((2, 3), (4, 3))), Sample(((3, 2), (3, 1), (3, 4)), {"axis": 1}), Sample(((3,), (2,)))),
-   doc="joins tensors along an existing axis (all other dims equal)", example="h = concat(x, t, axis=1)")
+   doc="joins tensors along an existing axis (all other dims equal)", example="h = concat(x, t, axis=1)",
+   onnx=_onnx_concat)
