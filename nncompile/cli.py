@@ -1,4 +1,4 @@
-"""The command line: ``nncompile compile | eval | render | check``.
+"""The command line: ``nncompile compile | eval | render | check | train | predict``.
 
 Every mistake a user can make ends as ``FILE:LINE:COL: error: ...`` (or, with no place in
 a file, ``nncompile: error: ...``) on stderr and exit code 1; output files are written whole
@@ -118,6 +118,84 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .runs import load_run, read_data
+    from .train.data import parse_mapping
+
+    suffix = Path(args.output).suffix.lower() if args.output is not None else None
+    if suffix not in (None, ".csv", ".npz"):
+        raise NNError(f"-o {args.output}: write predictions to a .csv or .npz file")
+    run = load_run(args.run_dir)
+    data = read_data(run, args.data, parse_mapping(args.map) if args.map else None, args.split)
+    inputs = {name: data.arrays[name] for name in run.inputs if name in data.arrays}
+    outputs = run.outputs(**inputs)
+    predicted = run.predict(**inputs)
+    columns = _prediction_columns(run, predicted, outputs, inputs)
+    accuracy = run.accuracy(predicted, data)
+    summary = f"{len(data)} examples from {data.source}" + (f" ({args.split} split)" if args.split != "all" else "")
+    if accuracy is not None:
+        summary += f": accuracy {100 * accuracy:.2f}%"
+    if args.output is None:
+        for row in zip(*columns.values()):
+            print(",".join(_cell(v) for v in row))
+        print(summary, file=sys.stderr)
+        return 0
+    if suffix == ".npz":
+        arrays = {**{k: np.asarray(v) for k, v in outputs.items()}, "prediction": np.asarray(predicted)}
+        if run.kind in ("classes", "binary") and run.scores in outputs:
+            arrays["probabilities"] = run.predict_proba(**inputs)
+        write_atomic(args.output, lambda handle: np.savez(handle, **arrays), durable=True)
+    else:
+        lines = [",".join(columns)] + [",".join(_cell(v) for v in row) for row in zip(*columns.values())]
+        write_atomic(args.output, "\n".join(lines) + "\n", durable=True)
+    print(f"wrote {args.output}: {summary}")
+    return 0
+
+
+def _prediction_columns(run, predicted, outputs, inputs) -> dict[str, np.ndarray]:
+    """The table of predictions: a classifier's labels and class probabilities, else each
+    output's values, flattened per example."""
+    if run.kind in ("classes", "binary") and run.scores in outputs:
+        columns = {"prediction": np.asarray(predicted)}
+        probabilities = run.predict_proba(**inputs)
+        if probabilities.ndim == 1:
+            columns["probability"] = probabilities
+        else:
+            columns.update({f"probability_{c}": probabilities[:, c] for c in range(probabilities.shape[1])})
+        return columns
+    columns = {}
+    for name, value in outputs.items():
+        value = np.asarray(value)
+        flat = value.reshape(len(value), -1) if value.ndim else value.reshape(1, 1)
+        if flat.shape[1] == 1:
+            columns[name] = flat[:, 0]
+        else:
+            columns.update({f"{name}_{k}": flat[:, k] for k in range(flat.shape[1])})
+    return columns
+
+
+def _cell(value) -> str:
+    return str(int(value)) if np.asarray(value).dtype.kind in "iub" else f"{float(value):.8g}"
+
+
+def add_predict_parser(sub) -> None:
+    """``nncompile predict RUN_DIR``: the trained run's predictions for a data file."""
+    p = sub.add_parser("predict", help="predict with a trained run (a directory nncompile train wrote)",
+                       description="Predict with the model trained in RUN_DIR, its inputs normalised as in "
+                                   "training; prints the accuracy where the data has labels.",
+                       epilog="example: nncompile predict runs/digits_mlp --data digits --split test -o preds.csv")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--data", default=None, metavar="digits|FILE",
+                   help="'digits', or a .npz or .csv file, read as nncompile train reads it (default: the run's data)")
+    p.add_argument("--map", action="append", metavar="INPUT=ARRAY[,...]",
+                   help="feed an input from a named array or column (default: the run's own --map)")
+    p.add_argument("--split", choices=("all", "train", "val", "test"), default="all",
+                   help="the run's own train, validation or test split of its data (default: all the examples)")
+    p.add_argument("-o", "--output", metavar="OUT.(csv|npz)",
+                   help="write the predictions there (default: print them as CSV rows)")
+    p.set_defaults(run=cmd_predict)
+
+
 class _Parser(argparse.ArgumentParser):
     """A usage mistake exits 1 with ``nncompile: error:``, like every other error a user can
     make (argparse's own convention is exit 2 and ``PROG: error:``)."""
@@ -166,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_check)
 
     add_train_parser(sub)
+    add_predict_parser(sub)
     return parser
 
 
