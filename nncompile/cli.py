@@ -46,14 +46,17 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_file, parse_sets, to_json
 
-    ev = evaluate_file(args.model, parse_sets(args.set), seed=args.seed, dtype=args.dtype)
+    trained, where = _trained_arguments(args)
+    ev = evaluate_file(args.model, parse_sets(args.set), seed=args.seed, dtype=args.dtype, **trained)
     dtype = ev.model.dtype
     values = ev.named_values()
     grads = ev.input_and_param_grads()
     if args.json:
         print(json.dumps({"values": {k: to_json(v, dtype) for k, v in values.items()},
                           "grads": {k: to_json(v, dtype) for k, v in grads.items()}}))
+        print(where, file=sys.stderr)   # stdout stays the one JSON object {values, grads} of the contract
         return 0
+    print(where)
     width = max((len(k) for k in [*values, *grads]), default=1)
     print("values:")
     for name, value in values.items():   # a matrix's later rows line up under its first
@@ -82,10 +85,52 @@ def cmd_render(args: argparse.Namespace) -> int:
     from .render import render_file
 
     _check_output(args)
-    ev = evaluate_file(args.model, parse_sets(args.set), seed=args.seed, dtype=args.dtype)
+    trained, where = _trained_arguments(args)
+    ev = evaluate_file(args.model, parse_sets(args.set), seed=args.seed, dtype=args.dtype, **trained)
     written = render_file(ev, args.output, rankdir=args.rankdir)
-    print(f"wrote {written}", file=sys.stderr)
+    print(f"wrote {written}; {where}", file=sys.stderr)
     return 0
+
+
+MODE_NOTES = {"train": "dropout on, batch statistics", "eval": "dropout off, running statistics"}
+
+
+def add_trained_options(p: argparse.ArgumentParser) -> None:
+    """eval's and render's view of a trained model: its params, examples of a data set, a mode."""
+    g = p.add_argument_group("a trained model")
+    g.add_argument("--params", metavar="FILE.npz|RUN_DIR",
+                   help="the params of a .npz file, or of a run directory (with its state and normalisation)")
+    g.add_argument("--data", metavar="digits|FILE", help="inputs from a data set, read as nncompile train reads it")
+    g.add_argument("--map", action="append", metavar="INPUT=ARRAY[,...]", help="feed an input from a named array")
+    pick = g.add_mutually_exclusive_group()
+    pick.add_argument("--batch", type=int, metavar="K", help="the first K examples of --data (default: 4)")
+    pick.add_argument("--index", type=int, metavar="I", help="example I of --data alone")
+    g.add_argument("--mode", choices=tuple(MODE_NOTES), default="train",
+                   help=f"train ({MODE_NOTES['train']}; the default) or eval ({MODE_NOTES['eval']})")
+
+
+def _trained_arguments(args: argparse.Namespace) -> tuple[dict, str]:
+    """What --params, --data, --batch/--index and --mode ask of evaluate_file, and a line saying
+    what was run: the mode (stated even when it is the default), the params, the inputs."""
+    from .runs import examples, trained_values
+
+    if (args.batch is not None or args.index is not None or args.map) and args.data is None:
+        raise NNError("--batch, --index and --map pick examples of --data: give --data FILE (or digits)")
+    options: dict = {"mode": args.mode}
+    normalization: dict = {}
+    params_from = "params from the initialisers (seed %d)" % args.seed
+    if args.params is not None:
+        options["params"], options["state"], normalization, params_from = trained_values(args.params)
+    inputs_from = "inputs from the file's defaults, --set values or seeded random numbers"
+    if args.data is not None:
+        from .compiler import compile_and_load
+        from .train.data import parse_mapping
+
+        module = compile_and_load(args.model, dtype=args.dtype)
+        options["inputs"], inputs_from = examples(args.data, module, batch=args.batch, index=args.index,
+                                                  normalization=normalization, mapping=parse_mapping(args.map))
+    default = " (the default)" if args.mode == "train" else ""
+    return options, f"{args.mode} mode{default}: {MODE_NOTES[args.mode]}; {params_from}; {inputs_from}"
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -230,13 +275,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="run forward and backward and print every value and gradient")
     common(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object {values, grads}")
+    p.add_argument("--json", action="store_true", help="print one JSON object {values, grads} (the mode line goes to stderr)")
+    add_trained_options(p)
     p.set_defaults(run=cmd_eval)
 
     p = sub.add_parser("render", help="draw the graph with values (green) and gradients (red)")
     common(p)
     p.add_argument("-o", "--output", required=True, metavar="OUT.(svg|png|pdf|dot)")
     p.add_argument("--rankdir", choices=("LR", "TB"), default="LR", help="layout direction")
+    add_trained_options(p)
     p.set_defaults(run=cmd_render)
 
     p = sub.add_parser("check", help="parse, shape-check and gradient-check the model")

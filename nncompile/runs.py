@@ -23,6 +23,7 @@ from .train.data import Dataset, bind, load_source, split
 from .train.runfiles import PREDICT_FILE
 
 PARTS = ("all", "train", "val", "test")
+DEFAULT_BATCH = 4   # examples --data gives eval and render without --batch or --index
 
 
 @dataclass
@@ -174,3 +175,40 @@ def _json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, OSError) as exc:
         raise NNError(f"cannot read this JSON file: {exc}", file=str(path)) from None
+
+
+def trained_values(spec: str | Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None,
+                                              dict[str, tuple[np.ndarray, np.ndarray]], str]:
+    """``--params``: a run directory's params, state and normalisation, or one .npz file of
+    params; and how to name where they came from."""
+    path = Path(spec)
+    if path.is_dir():
+        run = load_run(path)
+        return run.params, run.state, run.normalization, f"the trained params of {path}"
+    if not path.exists():
+        raise NNError("no such params file or run directory", file=str(path))
+    return read_npz(path), None, {}, f"the params in {path}"
+
+
+def examples(spec: str, module: ModuleType, *, batch: int | None = None, index: int | None = None,
+             normalization: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+             mapping: dict[str, str] | None = None) -> tuple[dict[str, np.ndarray], str]:
+    """``--data`` with ``--batch K`` (the first K examples) or ``--index I`` (that one), read as
+    training reads it and normalised as a run's training normalised it; and how to name them."""
+    data = bind(load_source(spec), module, mapping)
+    if index is not None:
+        if not 0 <= index < len(data):
+            raise NNError(f"--index {index}: {data.source} has examples 0 to {len(data) - 1}")
+        chosen, what = np.array([index]), f"example {index} of {data.source}"
+    else:
+        count = min(batch if batch is not None else DEFAULT_BATCH, len(data))
+        if count < 1:
+            raise NNError(f"--batch must be a positive whole number, not {batch}")
+        chosen, what = np.arange(count), f"the first {count} examples of {data.source}"
+    arrays = data.take(chosen).arrays
+    if normalization:
+        for name, (mean, scale) in normalization.items():
+            if name in arrays:
+                arrays[name] = ((arrays[name] - mean) / scale).astype(arrays[name].dtype)
+        what += ", normalised as in training"
+    return arrays, what

@@ -169,3 +169,57 @@ def test_a_regression_run_predicts_values_and_has_no_probabilities(tmp_path: Pat
     np.testing.assert_allclose(run.predict(np.array([[1.0, 0.0]])), [2.0], atol=0.1)
     with pytest.raises(NNError, match="no class scores"):
         run.predict_proba(np.array([[1.0, 0.0]]))
+
+
+# ---- eval and render of the trained model ------------------------------------------------------
+
+
+def test_cli_eval_of_a_run_shows_its_params_on_real_examples_in_the_mode_asked(digits_run: Path) -> None:
+    from nncompile.runs import read_data
+
+    run = nncompile.load_run(digits_run)
+    done = cli("eval", EXAMPLES / "digits_mlp.nn", "--params", digits_run, "--data", "digits", "--index", "3",
+               "--mode", "eval", "--json")
+    assert done.returncode == 0, done
+    assert done.stderr.startswith("eval mode: dropout off") and "example 3 of the digits dataset" in done.stderr
+    values = json.loads(done.stdout)["values"]
+    X = read_data(run).arrays["X"][3:4]
+    np.testing.assert_allclose(values["scores"], run.outputs(X)["scores"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(values["fc1.W"], run.params["fc1.W"], rtol=1e-6)
+    assert values["y"] == [3]
+    done = cli("eval", EXAMPLES / "digits_mlp.nn", "--params", digits_run / "params.npz", "--data", "digits",
+               "--batch", "5")
+    assert done.returncode == 0, done
+    first = done.stdout.splitlines()[0]
+    assert first.startswith("train mode (the default): dropout on") and "the first 5 examples" in first
+    assert f"the params in {digits_run / 'params.npz'}" in first and "  scores    = [5, 10]" in done.stdout
+
+
+def test_cli_eval_without_a_run_states_the_default_mode(tmp_path: Path) -> None:
+    done = cli("eval", EXAMPLES / "circuit.nn")
+    assert done.returncode == 0 and done.stdout.splitlines()[0].startswith("train mode (the default)"), done
+
+
+def test_cli_render_of_a_run_draws_its_values(digits_run: Path, tmp_path: Path) -> None:
+    done = cli("render", EXAMPLES / "digits_mlp.nn", "--params", digits_run, "--data", "digits", "--batch", "2",
+               "--mode", "eval", "-o", tmp_path / "run.dot")
+    assert done.returncode == 0, done
+    assert "eval mode" in done.stderr and "the first 2 examples" in done.stderr
+    assert "[2, 10]" in (tmp_path / "run.dot").read_text() or "2×10" in (tmp_path / "run.dot").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch", "3"], "--batch, --index and --map pick examples of --data"),
+    (["--data", "digits", "--index", "5000"], "--index 5000: the digits dataset has examples 0 to 1796"),
+    (["--data", "digits", "--batch", "0"], "--batch must be a positive whole number"),
+    (["--params", "missing.npz"], "missing.npz: no such params file or run directory"),
+    (["--mode", "test"], "invalid choice: 'test'"),
+])
+def test_cli_eval_trained_options_errors_are_for_people(tmp_path: Path, args: list[str], message: str) -> None:
+    done = cli("eval", EXAMPLES / "digits_mlp.nn", *args, cwd=tmp_path)
+    assert done.returncode == 1 and message in done.stderr and "Traceback" not in done.stderr, done
+
+
+def test_cli_eval_refuses_params_of_another_model(digits_run: Path) -> None:
+    done = cli("eval", EXAMPLES / "mlp.nn", "--params", digits_run)
+    assert done.returncode == 1 and "--params do not fit this model" in done.stderr, done
