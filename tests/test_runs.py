@@ -223,3 +223,40 @@ def test_cli_eval_trained_options_errors_are_for_people(tmp_path: Path, args: li
 def test_cli_eval_refuses_params_of_another_model(digits_run: Path) -> None:
     done = cli("eval", EXAMPLES / "mlp.nn", "--params", digits_run)
     assert done.returncode == 1 and "--params do not fit this model" in done.stderr, done
+
+
+# ---- docs/shipping.md ---------------------------------------------------------------------------
+
+SHIPPING = Path(__file__).resolve().parent.parent / "docs" / "shipping.md"
+
+
+def _blocks(kind: str) -> list[str]:
+    return re.findall(rf"```{kind}\n(.*?)```", SHIPPING.read_text(encoding="utf-8"), re.S)
+
+
+def test_the_shipping_pages_python_snippets_run(digits_run: Path, tmp_path: Path, monkeypatch) -> None:
+    root = Path(__file__).resolve().parent.parent
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "digits_mlp").symlink_to(digits_run)
+    (tmp_path / "examples").symlink_to(root / "examples")
+    monkeypatch.chdir(tmp_path)
+    snippets = _blocks("python")
+    assert len(snippets) >= 2
+    for snippet in snippets:
+        exec(compile(snippet, str(SHIPPING), "exec"), {"__name__": "shipping"})  # noqa: S102 - our own docs
+
+
+def test_the_shipping_pages_recipe_is_the_one_the_readme_writes(digits_run: Path) -> None:
+    readme = (digits_run / "README.txt").read_text()
+    recipe = re.search(r"# --- numpy recipe ---\n(.*?)# --- end of recipe ---", readme, re.S).group(1)
+    assert recipe in _blocks("text")
+
+
+def test_the_shipping_pages_commands_name_real_options() -> None:
+    from nncompile.cli import build_parser
+
+    for block in _blocks("sh"):
+        for line in block.splitlines():
+            if line.startswith("nncompile "):
+                args = build_parser().parse_args(line.split()[1:])
+                assert args.run is not None
