@@ -133,7 +133,8 @@ def predict_program(path: str | Path, dtype: str | None, roles: Roles, *, optimi
     for n in [evaluation.inputs[name] for name in roles.labels if name in evaluation.inputs] + \
              ([evaluation.target] if evaluation.target is not None else []):
         tainted |= {n} | nx.descendants(G.nx, n)
-    outputs = {name: n for name, n in evaluation.outputs.items() if n not in tainted and name not in roles.loss_side}
+    outputs = {name: n for name, n in evaluation.outputs.items() if n not in tainted and name not in roles.loss_side
+               and _dims_known(evaluation, n, roles.labels)}
     if not outputs:
         return None
     evaluation.outputs, evaluation.loss = outputs, None
@@ -148,6 +149,19 @@ def predict_program(path: str | Path, dtype: str | None, roles: Roles, *, optimi
                             dim_bounds={name: tuple(d for d in ds if d in dims)
                                         for name, ds in evaluation.dim_bounds.items()})
     return program
+
+
+def _dims_known(model: Model, output: int, labels: tuple[str, ...]) -> bool:
+    """Whether the data inputs an output reads fix every symbolic dim it needs (``arange(N)``
+    where only the labels have N: predict could not know N)."""
+    G = model.graph
+    symbols = {d for n in model.inputs.values() for d in G[n].shape if isinstance(d, str)}
+    needed = {output} | nx.ancestors(G.nx, output)
+    known = {d for name, n in model.inputs.items() if n in needed and name not in labels
+             for d in G[n].shape if isinstance(d, str)}
+    used = {d for n in needed for d in G[n].shape if isinstance(d, str)}
+    used |= {v for n in needed for _, v in G[n].attrs if isinstance(v, str) and v in symbols}
+    return used <= known
 
 
 def _check_inputs_for_both(model: Model, evaluation: Model) -> None:

@@ -592,3 +592,17 @@ def test_predict_is_byte_identical_between_compiles_and_imports_only_numpy() -> 
     first, second = (compile_file(EXAMPLES / "batchnorm_mlp.nn", optimizer="adam") for _ in range(2))
     assert first == second and "def predict(params, state=None, /, **inputs):" in first
     assert imported_modules(first) == {"numpy"}
+
+
+def test_an_output_that_needs_a_dim_only_the_labels_have_is_no_prediction(compile_nn) -> None:
+    module = compile_nn("""
+        input X: float[B, 3]
+        input t: float[N]
+        param W: [3, 2] = he()
+        scores = X @ W
+        steps = arange(N)
+        output scores, steps
+        loss = sum(scores) + mean(t)
+        minimize loss
+    """)
+    assert list(module.PREDICT_INPUTS) == ["X"] and list(module.PREDICT_OUTPUTS) == ["scores"]
