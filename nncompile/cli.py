@@ -1,4 +1,4 @@
-"""The command line: ``nncompile compile | eval | render | check | export``.
+"""The command line: ``nncompile compile | eval | render | check | train | predict | export``.
 
 Every mistake a user can make ends as ``FILE:LINE:COL: error: ...`` (or, with no place in
 a file, ``nncompile: error: ...``) on stderr and exit code 1; output files are written whole
@@ -46,14 +46,17 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_file, parse_sets, to_json
 
-    ev = evaluate_file(args.model, parse_sets(args.set), seed=args.seed, dtype=args.dtype)
+    trained, where = _trained_arguments(args)
+    ev = evaluate_file(args.model, parse_sets(args.set), seed=args.seed, dtype=args.dtype, **trained)
     dtype = ev.model.dtype
     values = ev.named_values()
     grads = ev.input_and_param_grads()
     if args.json:
         print(json.dumps({"values": {k: to_json(v, dtype) for k, v in values.items()},
                           "grads": {k: to_json(v, dtype) for k, v in grads.items()}}))
+        print(where, file=sys.stderr)   # stdout stays the one JSON object {values, grads} of the contract
         return 0
+    print(where)
     width = max((len(k) for k in [*values, *grads]), default=1)
     print("values:")
     for name, value in values.items():   # a matrix's later rows line up under its first
@@ -82,10 +85,52 @@ def cmd_render(args: argparse.Namespace) -> int:
     from .render import render_file
 
     _check_output(args)
-    ev = evaluate_file(args.model, parse_sets(args.set), seed=args.seed, dtype=args.dtype)
+    trained, where = _trained_arguments(args)
+    ev = evaluate_file(args.model, parse_sets(args.set), seed=args.seed, dtype=args.dtype, **trained)
     written = render_file(ev, args.output, rankdir=args.rankdir)
-    print(f"wrote {written}", file=sys.stderr)
+    print(f"wrote {written}; {where}", file=sys.stderr)
     return 0
+
+
+MODE_NOTES = {"train": "dropout on, batch statistics", "eval": "dropout off, running statistics"}
+
+
+def add_trained_options(p: argparse.ArgumentParser) -> None:
+    """eval's and render's view of a trained model: its params, examples of a data set, a mode."""
+    g = p.add_argument_group("a trained model")
+    g.add_argument("--params", metavar="FILE.npz|RUN_DIR",
+                   help="the params of a .npz file, or of a run directory (with its state and normalisation)")
+    g.add_argument("--data", metavar="digits|FILE", help="inputs from a data set, read as nncompile train reads it")
+    g.add_argument("--map", action="append", metavar="INPUT=ARRAY[,...]", help="feed an input from a named array")
+    pick = g.add_mutually_exclusive_group()
+    pick.add_argument("--batch", type=int, metavar="K", help="the first K examples of --data (default: 4)")
+    pick.add_argument("--index", type=int, metavar="I", help="example I of --data alone")
+    g.add_argument("--mode", choices=tuple(MODE_NOTES), default="train",
+                   help=f"train ({MODE_NOTES['train']}; the default) or eval ({MODE_NOTES['eval']})")
+
+
+def _trained_arguments(args: argparse.Namespace) -> tuple[dict, str]:
+    """What --params, --data, --batch/--index and --mode ask of evaluate_file, and a line saying
+    what was run: the mode (stated even when it is the default), the params, the inputs."""
+    from .runs import examples, trained_values
+
+    if (args.batch is not None or args.index is not None or args.map) and args.data is None:
+        raise NNError("--batch, --index and --map pick examples of --data: give --data FILE (or digits)")
+    options: dict = {"mode": args.mode}
+    normalization: dict = {}
+    params_from = "params from the initialisers (seed %d)" % args.seed
+    if args.params is not None:
+        options["params"], options["state"], normalization, params_from = trained_values(args.params)
+    inputs_from = "inputs from the file's defaults, --set values or seeded random numbers"
+    if args.data is not None:
+        from .compiler import compile_and_load
+        from .train.data import parse_mapping
+
+        module = compile_and_load(args.model, dtype=args.dtype)
+        options["inputs"], inputs_from = examples(args.data, module, batch=args.batch, index=args.index,
+                                                  normalization=normalization, mapping=parse_mapping(args.map))
+    default = " (the default)" if args.mode == "train" else ""
+    return options, f"{args.mode} mode{default}: {MODE_NOTES[args.mode]}; {params_from}; {inputs_from}"
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -154,6 +199,84 @@ def _onnx_type(value) -> str:
     return f"{tensor_dtype_to_np_dtype(tensor.elem_type)}[{dims}]"
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .runs import load_run, read_data
+    from .train.data import parse_mapping
+
+    suffix = Path(args.output).suffix.lower() if args.output is not None else None
+    if suffix not in (None, ".csv", ".npz"):
+        raise NNError(f"-o {args.output}: write predictions to a .csv or .npz file")
+    run = load_run(args.run_dir)
+    data = read_data(run, args.data, parse_mapping(args.map) if args.map else None, args.split)
+    inputs = {name: data.arrays[name] for name in run.inputs if name in data.arrays}
+    outputs = run.outputs(**inputs)
+    predicted = run.predict(**inputs)
+    columns = _prediction_columns(run, predicted, outputs, inputs)
+    accuracy = run.accuracy(predicted, data)
+    summary = f"{len(data)} examples from {data.source}" + (f" ({args.split} split)" if args.split != "all" else "")
+    if accuracy is not None:
+        summary += f": accuracy {100 * accuracy:.2f}%"
+    if args.output is None:
+        for row in zip(*columns.values()):
+            print(",".join(_cell(v) for v in row))
+        print(summary, file=sys.stderr)
+        return 0
+    if suffix == ".npz":
+        arrays = {**{k: np.asarray(v) for k, v in outputs.items()}, "prediction": np.asarray(predicted)}
+        if run.kind in ("classes", "binary") and run.scores in outputs:
+            arrays["probabilities"] = run.predict_proba(**inputs)
+        write_atomic(args.output, lambda handle: np.savez(handle, **arrays), durable=True)
+    else:
+        lines = [",".join(columns)] + [",".join(_cell(v) for v in row) for row in zip(*columns.values())]
+        write_atomic(args.output, "\n".join(lines) + "\n", durable=True)
+    print(f"wrote {args.output}: {summary}")
+    return 0
+
+
+def _prediction_columns(run, predicted, outputs, inputs) -> dict[str, np.ndarray]:
+    """The table of predictions: a classifier's labels and class probabilities, else each
+    output's values, flattened per example."""
+    if run.kind in ("classes", "binary") and run.scores in outputs:
+        columns = {"prediction": np.asarray(predicted)}
+        probabilities = run.predict_proba(**inputs)
+        if probabilities.ndim == 1:
+            columns["probability"] = probabilities
+        else:
+            columns.update({f"probability_{c}": probabilities[:, c] for c in range(probabilities.shape[1])})
+        return columns
+    columns = {}
+    for name, value in outputs.items():
+        value = np.asarray(value)
+        flat = value.reshape(len(value), -1) if value.ndim else value.reshape(1, 1)
+        if flat.shape[1] == 1:
+            columns[name] = flat[:, 0]
+        else:
+            columns.update({f"{name}_{k}": flat[:, k] for k in range(flat.shape[1])})
+    return columns
+
+
+def _cell(value) -> str:
+    return str(int(value)) if np.asarray(value).dtype.kind in "iub" else f"{float(value):.8g}"
+
+
+def add_predict_parser(sub) -> None:
+    """``nncompile predict RUN_DIR``: the trained run's predictions for a data file."""
+    p = sub.add_parser("predict", help="predict with a trained run (a directory nncompile train wrote)",
+                       description="Predict with the model trained in RUN_DIR, its inputs normalised as in "
+                                   "training; prints the accuracy where the data has labels.",
+                       epilog="example: nncompile predict runs/digits_mlp --data digits --split test -o preds.csv")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--data", default=None, metavar="digits|FILE",
+                   help="'digits', or a .npz or .csv file, read as nncompile train reads it (default: the run's data)")
+    p.add_argument("--map", action="append", metavar="INPUT=ARRAY[,...]",
+                   help="feed an input from a named array or column (default: the run's own --map)")
+    p.add_argument("--split", choices=("all", "train", "val", "test"), default="all",
+                   help="the run's own train, validation or test split of its data (default: all the examples)")
+    p.add_argument("-o", "--output", metavar="OUT.(csv|npz)",
+                   help="write the predictions there (default: print them as CSV rows)")
+    p.set_defaults(run=cmd_predict)
+
+
 class _Parser(argparse.ArgumentParser):
     """A usage mistake exits 1 with ``nncompile: error:``, like every other error a user can
     make (argparse's own convention is exit 2 and ``PROG: error:``)."""
@@ -188,13 +311,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="run forward and backward and print every value and gradient")
     common(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object {values, grads}")
+    p.add_argument("--json", action="store_true", help="print one JSON object {values, grads} (the mode line goes to stderr)")
+    add_trained_options(p)
     p.set_defaults(run=cmd_eval)
 
     p = sub.add_parser("render", help="draw the graph with values (green) and gradients (red)")
     common(p)
     p.add_argument("-o", "--output", required=True, metavar="OUT.(svg|png|pdf|dot)")
     p.add_argument("--rankdir", choices=("LR", "TB"), default="LR", help="layout direction")
+    add_trained_options(p)
     p.set_defaults(run=cmd_render)
 
     p = sub.add_parser("check", help="parse, shape-check and gradient-check the model")
@@ -215,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_export)
 
     add_train_parser(sub)
+    add_predict_parser(sub)
     return parser
 
 

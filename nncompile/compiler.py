@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import types
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+import networkx as nx
 
 from .autodiff import differentiate as reverse_mode
 from .backends import BACKENDS
@@ -10,6 +13,7 @@ from .codegen import Program, emit_module
 from .elaborate import elaborate_file
 from .errors import NNError
 from .ir import Model
+from .ops import REGISTRY
 from .optim import Optimizer, optimizer_source
 from .passes import Roots, eliminate_dead_code, fuse_elementwise, optimize
 
@@ -73,6 +77,7 @@ def compile_file(path: str | Path, *, dtype: str | None = None, optimized: bool 
     if dtype is not None and dtype not in DTYPES:
         raise NNError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     model = elaborate_file(path, dtype)
+    roles = prediction_roles(model)   # before build() optimises the graph the analysis reads
     if backend not in BACKENDS:
         raise NNError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     program = build(model, optimized=optimized, trace=trace, input_grads=input_grads, fuse=BACKENDS[backend].fuses)
@@ -80,8 +85,83 @@ def compile_file(path: str | Path, *, dtype: str | None = None, optimized: bool 
         evaluation = elaborate_file(path, dtype, mode="eval")
         _check_inputs_for_both(model, evaluation)
         program.eval_program = build(evaluation, optimized=optimized, fuse=BACKENDS[backend].fuses, differentiate=False)
+    program.predict_program = predict_program(path, dtype, roles, optimized=optimized, fuse=BACKENDS[backend].fuses)
     source = emit_module(program, trace=trace, backend=backend)
     return source if optimizer is None else source + optimizer_source(model, optimizer, backend)
+
+
+@dataclass(frozen=True)
+class Roles:
+    """What prediction leaves out of a model: its labels and the outputs on the loss's side."""
+
+    labels: tuple[str, ...] = ()         # inputs only the loss needs (labels, targets)
+    loss_side: tuple[str, ...] = ()      # outputs that are the loss or scalars before or after it
+
+
+def prediction_roles(model: Model) -> Roles:
+    """Which inputs are labels and which outputs belong to the loss, read off the graph.
+
+    An input is a label when a loss op (an op with a ``loss`` entry in nncompile/ops) anywhere
+    in the model reads it as its targets, or when every output it reaches is on the loss's side: the loss itself, or
+    a scalar it depends on or that depends on it (``data_loss``). A model with nothing to
+    minimise has no labels: all its outputs are predictions.
+    """
+    G, target = model.graph, model.target
+    if target is None:
+        return Roles()
+    before = nx.ancestors(G.nx, target)
+    loss_side = {name for name, n in model.outputs.items()
+                 if n == target or (G[n].shape == () and (n in before or target in nx.ancestors(G.nx, n)))}
+    side_nodes = {model.outputs[name] for name in loss_side}
+    read_as_targets = {a for n in G.nodes() if REGISTRY[G[n].op].loss is not None for a in G[n].args[1:]}
+    labels = []
+    for name, n in model.inputs.items():
+        after = nx.descendants(G.nx, n)
+        if n in read_as_targets or (target in after and after & set(model.outputs.values()) <= side_nodes):
+            labels.append(name)
+    return Roles(tuple(labels), tuple(sorted(loss_side)))
+
+
+def predict_program(path: str | Path, dtype: str | None, roles: Roles, *, optimized: bool = True,
+                    fuse: bool = False) -> Program | None:
+    """predict()'s program: the eval-mode outputs that reach neither a label nor the loss,
+    computed from the data inputs alone, so no label is asked for and no loss is worked out
+    (None when no output is left)."""
+    evaluation = elaborate_file(path, dtype, mode="eval")
+    G = evaluation.graph
+    tainted: set[int] = set()
+    for n in [evaluation.inputs[name] for name in roles.labels if name in evaluation.inputs] + \
+             ([evaluation.target] if evaluation.target is not None else []):
+        tainted |= {n} | nx.descendants(G.nx, n)
+    outputs = {name: n for name, n in evaluation.outputs.items() if n not in tainted and name not in roles.loss_side
+               and _dims_known(evaluation, n, roles.labels)}
+    if not outputs:
+        return None
+    evaluation.outputs, evaluation.loss = outputs, None
+    program = build(evaluation, optimized=optimized, fuse=fuse, differentiate=False)
+    used: set[int] = set()
+    for n in program.outputs.values():
+        used |= {n} | nx.ancestors(program.graph.nx, n)
+    inputs = {name: n for name, n in evaluation.inputs.items() if n in used and name not in roles.labels}
+    dims = {d for n in inputs.values() for d in G[n].shape if isinstance(d, str)}
+    program.model = replace(evaluation, inputs=inputs,
+                            min_dims={d: k for d, k in evaluation.min_dims.items() if d in dims},
+                            dim_bounds={name: tuple(d for d in ds if d in dims)
+                                        for name, ds in evaluation.dim_bounds.items()})
+    return program
+
+
+def _dims_known(model: Model, output: int, labels: tuple[str, ...]) -> bool:
+    """Whether the data inputs an output reads fix every symbolic dim it needs (``arange(N)``
+    where only the labels have N: predict could not know N)."""
+    G = model.graph
+    symbols = {d for n in model.inputs.values() for d in G[n].shape if isinstance(d, str)}
+    needed = {output} | nx.ancestors(G.nx, output)
+    known = {d for name, n in model.inputs.items() if n in needed and name not in labels
+             for d in G[n].shape if isinstance(d, str)}
+    used = {d for n in needed for d in G[n].shape if isinstance(d, str)}
+    used |= {v for n in needed for _, v in G[n].attrs if isinstance(v, str) and v in symbols}
+    return used <= known
 
 
 def _check_inputs_for_both(model: Model, evaluation: Model) -> None:

@@ -1,5 +1,6 @@
 """Running a model on concrete numbers: the file's defaults, ``--set`` values, or seeded
-random tensors. ``eval``, ``render`` and ``check`` all start here."""
+random tensors; or a trained model's params (and state) on examples of a data set, in train
+or eval mode. ``eval``, ``render`` and ``check`` all start here."""
 from __future__ import annotations
 
 import json
@@ -35,6 +36,7 @@ class Evaluation:
     inputs: dict[str, np.ndarray]
     values: dict[int, np.ndarray]
     grads: dict[int, np.ndarray]
+    mode: str = "train"
 
     def named_values(self) -> dict[str, np.ndarray]:
         """Every value the user named, in the order the file defines them."""
@@ -66,14 +68,54 @@ def parse_sets(items: list[str] | None) -> dict[str, str]:
     return sets
 
 
+MODES = ("train", "eval")
+
+
 def evaluate_file(path: str | Path, sets: Mapping[str, str] | None = None, *, seed: int = 0,
-                  dtype: str | None = None) -> Evaluation:
-    model = elaborate_file(path, dtype)
+                  dtype: str | None = None, mode: str = "train", params: Mapping[str, np.ndarray] | None = None,
+                  state: Mapping[str, np.ndarray] | None = None,
+                  inputs: Mapping[str, np.ndarray] | None = None) -> Evaluation:
+    """Every value and gradient of the model in ``mode`` (train: dropout on, batch statistics;
+    eval: dropout off, the running statistics of ``state``). ``params``, ``state`` and
+    ``inputs`` (a trained run's, examples of a data set) replace the initialisers' params and
+    the defaults or random tensors; ``--set`` values still win over them."""
+    if mode not in MODES:
+        raise NNError(f"--mode must be {' or '.join(MODES)}, not {mode!r}")
+    model = elaborate_file(path, dtype, mode=mode)
     program = build(model, optimized=False, trace=True)
     module = load_module(emit_module(program, trace=True), Path(path).stem)
-    params, inputs = concrete_values(model, module, sets or {}, seed)
-    values, grads = _run(model, module, params, inputs, seed)
-    return Evaluation(model, program, module, params, inputs, values, grads)
+    given = {name: value for name, value in (inputs or {}).items() if name not in (sets or {})}
+    dims = {d: str(len(value)) for name, value in given.items() if name in model.inputs
+            for d in model.graph[model.inputs[name]].shape[:1] if isinstance(d, str)}
+    chosen, drawn = concrete_values(model, module, {**dims, **(sets or {})}, seed)
+    if params is not None:
+        chosen = _trained(model, module, params, sets or {})
+    drawn.update({name: _as_input(model, module, name, value) for name, value in given.items()
+                  if name in model.inputs})
+    _check_with_module(model, module, chosen, drawn)
+    values, grads = _run(model, module, chosen, drawn, seed, state)
+    return Evaluation(model, program, module, chosen, drawn, values, grads, mode)
+
+
+def _trained(model: Model, module: ModuleType, params: Mapping[str, np.ndarray],
+             sets: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """A trained model's params for this model (``--set`` still overrides one)."""
+    missing = [name for name in model.params if name not in params and name not in sets]
+    unknown = sorted(set(params) - set(model.params))
+    if missing or unknown:
+        wrong = "; ".join(f"{what} {', '.join(names)}" for what, names in (("missing", missing), ("unknown", unknown))
+                          if names)
+        raise NNError(f"--params do not fit this model ({wrong}): it has params {', '.join(model.params)}")
+    chosen = {name: np.asarray(params[name], dtype=module.DTYPE) for name in model.params if name in params}
+    for name in sets:
+        if name in model.params:
+            chosen[name] = _parse_value(name, sets[name], model, model.params[name], module.DTYPE)
+    return chosen
+
+
+def _as_input(model: Model, module: ModuleType, name: str, value: np.ndarray) -> np.ndarray:
+    node = model.graph[model.inputs[name]]
+    return np.asarray(value, dtype=module.DTYPE if node.dtype == "float" else np.int64)
 
 
 def concrete_values(model: Model, module: ModuleType, sets: Mapping[str, str], seed: int
@@ -247,9 +289,10 @@ def _check_with_module(model: Model, module: ModuleType, params, inputs) -> None
         raise NNError(str(exc), file=model.file) from None
 
 
-def _run(model: Model, module: ModuleType, params, inputs, seed: int) -> tuple[dict, dict]:
+def _run(model: Model, module: ModuleType, params, inputs, seed: int, state=None) -> tuple[dict, dict]:
     with np.errstate(all="ignore"):
-        return module.trace(params, None, np.random.default_rng(seed), **inputs)
+        return module.trace(params, dict(state) if state is not None and model.state else None,
+                            np.random.default_rng(seed), **inputs)
 
 
 def to_json(value: Any, dtype: str) -> Any:

@@ -523,3 +523,86 @@ def test_non_finite_numbers_are_emitted_so_the_module_imports(backend: str, valu
     np.testing.assert_array_equal(params["b"], np.full(4, value))
     np.testing.assert_array_equal(params["c"], np.full(4, value))
     assert set(outputs) == {"scores", "loss"} and set(grads) == {"W", "b", "c", "x"}
+
+
+# ---- predict: the outputs computed from the data inputs alone ---------------------------------
+
+
+def _predict_inputs(module, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {name: rng.standard_normal(tuple(5 if isinstance(d, str) else d for d in shape)).astype(dtype)
+            for name, (shape, dtype) in module.PREDICT_INPUTS.items()}
+
+
+@pytest.mark.parametrize("example", ["digits_mlp", "batchnorm_mlp", "dropout_mlp", "indexing", "svm_vs_softmax"])
+def test_predict_needs_no_labels_and_equals_forward_in_eval_mode(example: str) -> None:
+    module = compile_and_load(EXAMPLES / f"{example}.nn")
+    assert "y" in module.INPUTS and "y" not in module.PREDICT_INPUTS
+    assert module.LOSS not in module.PREDICT_OUTPUTS
+    params = module.init_params(3)
+    state = module.init_state(3) if hasattr(module, "STATE") else None
+    inputs = _predict_inputs(module)
+    labels = {"y": np.arange(5) % module.BOUNDS["y"]}
+    predicted = module.predict(params, state, **inputs)
+    forward = module.forward(params, state, **inputs, **labels) if state is not None else \
+        module.forward(params, **inputs, **labels)
+    assert set(predicted) == set(module.PREDICT_OUTPUTS) and set(predicted) <= set(forward)
+    for name, value in predicted.items():
+        np.testing.assert_array_equal(value, forward[name])
+        declared = module.PREDICT_OUTPUTS[name][0]
+        assert value.dtype == np.float32 and value.shape == tuple(5 if isinstance(d, str) else d for d in declared)
+
+
+def test_predict_drops_outputs_that_read_the_labels_and_computes_no_loss() -> None:
+    source = compile_file(EXAMPLES / "indexing.nn")
+    module = load_module(source)
+    # correct = scores[arange(N), y] reads the labels; builtin is a loss: neither is a prediction
+    assert list(module.PREDICT_OUTPUTS) == ["scores", "first_row", "last_class"]
+    predict = source[source.index("def predict("):]
+    predict = predict[:predict.index("\n\n\n")] if "\n\n\n" in predict else predict
+    assert "log" not in predict and "exp" not in predict and "y" not in module.PREDICT_INPUTS
+    with pytest.raises(TypeError, match=r"unknown input\(s\) \['y'\]; predict takes \['X'\]"):
+        module.predict(module.init_params(), X=np.zeros((2, 6), np.float32), y=np.zeros(2, np.int64))
+    with pytest.raises(ValueError, match="must have shape"):
+        module.predict(module.init_params(), X=np.zeros((2, 5), np.float32))
+
+
+def test_an_input_that_only_a_hand_written_loss_reads_is_a_label(compile_nn) -> None:
+    module = compile_nn("""
+        input X: float[N, 3]
+        input t: float[N, 2]
+        param W: [3, 2] = he()
+        pred = X @ W
+        output pred
+        loss = mean((pred - t) ** 2)
+        minimize loss
+    """)
+    assert list(module.PREDICT_INPUTS) == ["X"] and list(module.PREDICT_OUTPUTS) == ["pred"]
+    X = np.ones((4, 3), np.float32)
+    np.testing.assert_array_equal(module.predict(module.init_params(), X=X)["pred"],
+                                  module.forward(module.init_params(), X=X, t=np.zeros((4, 2), np.float32))["pred"])
+
+
+def test_a_model_whose_every_output_is_a_loss_has_no_predict() -> None:
+    module = compile_and_load(EXAMPLES / "losses.nn")
+    assert not hasattr(module, "predict") and not hasattr(module, "PREDICT_INPUTS")
+
+
+def test_predict_is_byte_identical_between_compiles_and_imports_only_numpy() -> None:
+    first, second = (compile_file(EXAMPLES / "batchnorm_mlp.nn", optimizer="adam") for _ in range(2))
+    assert first == second and "def predict(params, state=None, /, **inputs):" in first
+    assert imported_modules(first) == {"numpy"}
+
+
+def test_an_output_that_needs_a_dim_only_the_labels_have_is_no_prediction(compile_nn) -> None:
+    module = compile_nn("""
+        input X: float[B, 3]
+        input t: float[N]
+        param W: [3, 2] = he()
+        scores = X @ W
+        steps = arange(N)
+        output scores, steps
+        loss = sum(scores) + mean(t)
+        minimize loss
+    """)
+    assert list(module.PREDICT_INPUTS) == ["X"] and list(module.PREDICT_OUTPUTS) == ["scores"]

@@ -164,3 +164,49 @@ def test_a_huge_param_is_refused_where_it_is_declared(tmp_path: Path) -> None:
         evaluate_file(path)
     assert type(info.value).__name__ == "NNError" and info.value.loc is not None
     assert "of memory this machine has" in info.value.message
+
+
+# ---- a trained model's values, in the mode asked for -------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_eval_mode_values_are_what_forward_computes_and_train_mode_draws_dropout() -> None:
+    from nncompile.compiler import compile_and_load
+
+    module = compile_and_load(EXAMPLES / "batchnorm_mlp.nn")
+    params, state = module.init_params(5), module.init_state(5)
+    state = {k: v + 0.25 for k, v in state.items()}   # running statistics unlike the batch's own
+    rng = np.random.default_rng(0)
+    inputs = {"X": rng.standard_normal((3, 32)).astype(np.float32), "y": np.array([0, 1, 2])}
+    evaluated = evaluate_file(EXAMPLES / "batchnorm_mlp.nn", mode="eval", params=params, state=state, inputs=inputs)
+    assert evaluated.mode == "eval"
+    named = evaluated.named_values()
+    np.testing.assert_allclose(named["scores"], module.forward(params, state, **inputs)["scores"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(named["X"], inputs["X"])
+    training = evaluate_file(EXAMPLES / "batchnorm_mlp.nn", params=params, state=state, inputs=inputs)
+    assert training.mode == "train" and not np.allclose(training.named_values()["scores"], named["scores"])
+
+
+def test_given_params_and_inputs_replace_the_initialisers_and_random_tensors() -> None:
+    from nncompile.compiler import compile_and_load
+
+    module = compile_and_load(EXAMPLES / "digits_mlp.nn")
+    params = {k: v + 1.0 for k, v in module.init_params(1).items()}
+    X = np.linspace(0, 1, 2 * 64, dtype=np.float32).reshape(2, 64)
+    evaluated = evaluate_file(EXAMPLES / "digits_mlp.nn", params=params, inputs={"X": X, "y": np.array([3, 4])},
+                              sets={"fc2.b": "[0, 0, 0, 0, 0, 0, 0, 0, 0, 1]"})
+    named = evaluated.named_values()
+    np.testing.assert_array_equal(named["fc1.W"], params["fc1.W"])
+    np.testing.assert_array_equal(named["fc2.b"], np.eye(10, dtype=np.float32)[9])   # --set still wins
+    assert named["X"].shape == (2, 64) and named["y"].tolist() == [3, 4]
+
+
+def test_params_that_do_not_fit_the_model_are_refused() -> None:
+    from nncompile.errors import NNError
+
+    with pytest.raises(NNError, match=r"--params do not fit this model \(missing .*fc2.b; unknown W\)"):
+        evaluate_file(EXAMPLES / "digits_mlp.nn", params={"W": np.zeros(3), "fc1.W": np.zeros((64, 256)),
+                                                         "fc1.b": np.zeros(256), "fc2.W": np.zeros((256, 10))})
+    with pytest.raises(NNError, match="--mode must be train or eval"):
+        evaluate_file(EXAMPLES / "digits_mlp.nn", mode="test")

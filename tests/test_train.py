@@ -446,7 +446,7 @@ def test_cli_trains_the_digits_example_end_to_end(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     assert sorted(p.name for p in run_dir.iterdir()) == sorted([
         "checkpoint.npz", "config.json", "curves.png", "metrics.jsonl", "model.py", "normalization.npz",
-        "params.npz", "summary.json"])
+        "params.npz", "summary.json", "model.nn", "predict.json", "README.txt"])
     out = result.stdout
     assert "data: the digits dataset: 1295 training, 143 validation, 359 test examples" in out
     assert "expected -log(1/10) = 2.3026" in out and ": ok;" in out

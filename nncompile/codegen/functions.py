@@ -81,7 +81,8 @@ class _Context(EmitContext):
 class FunctionEmitter:
     """Writes the functions of one program (the train-mode one, or forward()'s eval-mode one)."""
 
-    def __init__(self, program: Program, definitions: Definitions):
+    def __init__(self, program: Program, definitions: Definitions, reader: str = ""):
+        self.reader = f"_read_{reader}_inputs" if reader else "_read_inputs"   # predict() reads PREDICT_INPUTS
         self.p = program
         self.G = program.graph
         self.model = program.model
@@ -112,7 +113,7 @@ class FunctionEmitter:
 
     def signature(self, fname: str) -> str:
         """Positional-only extras, so no input name can collide with them."""
-        return "params, state=None, /, **inputs" if fname == "forward" else "params, state=None, rng=None, /, **inputs"
+        return "params, state=None, /, **inputs" if fname in ("forward", "predict") else "params, state=None, rng=None, /, **inputs"
 
     def trace_function(self) -> str:
         """For eval and render: every forward value and every adjoint, keyed by node id."""
@@ -145,8 +146,8 @@ class FunctionEmitter:
         ctx.dims.update(zip(self.dim_names, dim_vars))
         targets = ", ".join(input_vars + dim_vars)
         if targets:
-            return [f"    {targets}{',' if len(input_vars) + len(dim_vars) == 1 else ''} = _read_inputs(inputs)"]
-        return ["    _read_inputs(inputs)"]
+            return [f"    {targets}{',' if len(input_vars) + len(dim_vars) == 1 else ''} = {self.reader}(inputs)"]
+        return [f"    {self.reader}(inputs)"]
 
     def workspace(self, fname: str, plan: Plan, names: Names, ctx: _Context, lines: list[str]) -> list[str]:
         """The buffers' names, after appending the lines that fetch them (allocated once per set of dims)."""

@@ -42,6 +42,8 @@ class _Module:
         self.functions = FunctionEmitter(program, self.definitions)
         self.evaluation = (self.functions if program.eval_program is None
                            else FunctionEmitter(program.eval_program, self.definitions))
+        self.prediction = (None if program.predict_program is None
+                           else FunctionEmitter(program.predict_program, self.definitions, "predict"))
 
     def write(self, trace: bool) -> str:
         model, retarget = self.model, self.backend.retarget
@@ -50,10 +52,12 @@ class _Module:
             self.tables(),
             read_inputs(self.p, self.backend),
             retarget(runtime.CONVERT_INPUTS),
+            *([read_inputs(self.prediction.p, self.backend, "predict"), retarget(runtime.PREDICT_CONVERT_INPUTS)]
+              if self.prediction else []),
             *([read_table(self.p, self.backend, "params")] if model.params else []),
             *([read_table(self.p, self.backend, "state")] if model.state else []),
             *([retarget(runtime.CONVERT)] if model.params or model.state else []),
-            *self.helpers(self.evaluation.G),
+            *self.helpers(self.evaluation.G, *([self.prediction.G] if self.prediction else [])),
             self.init_params(),
             *([self.init_params("state")] if model.state else []),
             self.evaluation.function("forward", self.evaluation.p.outputs, None,
@@ -68,6 +72,11 @@ class _Module:
             parts.append(self.functions.function("value_and_grad", self.p.outputs, self.p.grads, doc))
         if trace:
             parts.append(self.functions.trace_function())
+        if self.prediction:
+            parts.append(self.prediction.function(
+                "predict", self.prediction.p.outputs, None,
+                "The predictions (PREDICT_OUTPUTS) from the data inputs alone (PREDICT_INPUTS), in eval mode:\n"
+                "    no labels are needed and no loss is computed."))
         definitions = self.definitions
         if definitions.kernels:  # defined once at import; CuPy compiles each on first use and caches it
             parts.insert(3, "\n".join(definitions.kernel_definitions()))
@@ -113,11 +122,18 @@ class _Module:
         lines.append(f"DIM_BOUNDS = {m.dim_bounds!r}")
         lines.append(f"MIN_DIMS = {m.min_dims!r}")
         lines.append(f"DIMS = {tuple(self.dim_names)!r}")
+        if self.prediction:
+            prediction = self.prediction.p
+            for title, table in (("PREDICT_INPUTS", prediction.model.inputs), ("PREDICT_OUTPUTS", prediction.outputs)):
+                lines.append(f"{title} = {{")
+                lines += [f"    {name!r}: {entry(prediction.graph, n)}," for name, n in table.items()]
+                lines.append("}")
+            lines.append(f"PREDICT_DIMS = {tuple(prediction.dim_names)!r}")
         return "\n".join(lines)
 
-    def helpers(self, other: Graph) -> list[str]:
+    def helpers(self, *others: Graph) -> list[str]:
         texts: list[str] = []
-        for n, G in [*((n, self.G) for n in self.G.nodes()), *((n, other) for n in other.nodes())]:
+        for n, G in [(n, G) for G in (self.G, *others) for n in G.nodes()]:
             for helper in REGISTRY[G[n].op].helpers:
                 if self.backend.retarget(helper) not in texts:
                     texts.append(self.backend.retarget(helper))

@@ -18,6 +18,7 @@ class Program:
     trace_values: dict[int, int] = field(default_factory=dict)   # forward node -> node holding it
     trace_grads: dict[int, int] = field(default_factory=dict)    # forward node -> its adjoint
     eval_program: Program | None = None   # forward()'s program, when eval mode differs from train mode
+    predict_program: Program | None = None   # predict()'s: eval mode, data inputs only, no loss
 
 
     @property

@@ -53,17 +53,22 @@ def dim_checks(var: str, shape: Shape, dims: dict[str, str], names: Names) -> li
     return binds + sizes
 
 
-def read_inputs(program: Program, backend: Backend) -> str:
+def read_inputs(program: Program, backend: Backend, function: str = "") -> str:
     """The per-call input check, specialised to this model: a few attribute tests when the
-    caller passes arrays of the right dtype and shape, the general converter otherwise."""
+    caller passes arrays of the right dtype and shape, the general converter otherwise.
+
+    ``function="predict"`` writes ``_read_predict_inputs``, which takes PREDICT_INPUTS (the
+    program's model holds only those) and converts with ``_convert_predict_inputs``."""
     model = program.model
-    lines = ["_FLOAT, _INT = np.dtype(DTYPE), np.dtype(np.int64)  # the fast paths compare dtypes by identity",
-             "",
-             "",
-             "def _read_inputs(inputs):",
-             '    """The inputs in INPUTS order, then the DIMS; arrays already right pass straight through."""']
+    infix, table = (f"{function}_", f"{function.upper()}_INPUTS") if function else ("", "INPUTS")
+    convert = f"_convert_{infix}inputs"
+    lines = [] if function else [
+        "_FLOAT, _INT = np.dtype(DTYPE), np.dtype(np.int64)  # the fast paths compare dtypes by identity", "", ""]
+    lines += [f"def _read_{infix}inputs(inputs):",
+              f'    """The inputs in {table} order, then the {"DIMS" if not function else table[:-6] + "DIMS"}; '
+              'arrays already right pass straight through."""']
     if not model.inputs:
-        lines += ["    if inputs:", "        _convert_inputs(inputs)", "    return ()"]
+        lines += ["    if inputs:", f"        {convert}(inputs)", "    return ()"]
         return "\n".join(lines)
     names = Names()
     vars_ = {name: names.fresh(name) for name in model.inputs}
@@ -79,14 +84,15 @@ def read_inputs(program: Program, backend: Backend) -> str:
     lines.append(f"    {', '.join(vars_.values())} = {get}")
     cond = " and\n            ".join(map(str, checks))
     lines += [f"    if len(inputs) != {len(vars_)} or not (", f"            {cond}):"]
-    lines.append("        return _convert_inputs(inputs)")
-    lines += bound_checks(model, vars_, dims)
+    lines.append(f"        return {convert}(inputs)")
+    lines += bound_checks(model, vars_, dims, convert)
     result = [*vars_.values(), *(dims[d] for d in program.dim_names)]
     lines.append(f"    return {', '.join(result)}{',' if len(result) == 1 else ''}")
     return "\n".join(lines)
 
 
-def bound_checks(model: Model, vars_: dict[str, str], dims: dict[str, str]) -> list[str]:
+def bound_checks(model: Model, vars_: dict[str, str], dims: dict[str, str],
+                 convert: str = "_convert_inputs") -> list[str]:
     """Labels and indices must lie below their bound (a number, or a dim of the call):
     tested after the fast path's condition, which has bound the dims."""
     lines = []
@@ -96,7 +102,7 @@ def bound_checks(model: Model, vars_: dict[str, str], dims: dict[str, str]) -> l
         if limits:
             var, limit = vars_[name], limits[0] if len(limits) == 1 else f"min({', '.join(limits)})"
             lines.append(f"    if {var}.size and ({var}.min() < 0 or {var}.max() >= {limit}):")
-            lines.append("        return _convert_inputs(inputs)  # raises the error")
+            lines.append(f"        return {convert}(inputs)  # raises the error")
     return lines
 
 

@@ -1,6 +1,7 @@
 """The generated module's own helpers, written once, for numpy (``Backend.retarget`` moves
 them to another array module): the converters behind the readers' fast paths, and the
 workspace allocator."""
+import re
 
 CONVERT = '''def _convert(values, table, kind, kinds):
     """Check and convert the caller's params or state (init_params() and init_state() make right
@@ -70,3 +71,22 @@ CONVERT_INPUTS = '''def _convert_inputs(inputs):
             raise ValueError(f"input {name!r} holds {low if low < 0 else high}: its entries are class labels or "
                              f"indices, which must lie in [0, {shown})")
     return (*values, *(dims[d] for d in DIMS))'''
+
+
+def _for_predict(text: str) -> str:
+    """predict()'s converter: the same checks over PREDICT_INPUTS (no labels), where a dim or a
+    bound a label alone has is not asked for."""
+    text = re.sub(r"\b(INPUTS|DIMS)\b", r"PREDICT_\1", text)
+    for old, new in [
+        ("def _convert_inputs(", "def _convert_predict_inputs("),
+        ("the caller's inputs", "predict()'s inputs (no labels)"),
+        ("this model takes", "predict takes"),
+        ("if dims[dim] < least:", "if dim in dims and dims[dim] < least:"),
+        ("for dim in DIM_BOUNDS.get(name, ())]", "for dim in DIM_BOUNDS.get(name, ()) if dim in dims]"),
+    ]:
+        assert old in text, old
+        text = text.replace(old, new)
+    return text
+
+
+PREDICT_CONVERT_INPUTS = _for_predict(CONVERT_INPUTS)

@@ -61,6 +61,7 @@ from .data import (
     split,
 )
 from .plots import plot_curves
+from .runfiles import PREDICT_FILE, README, write_run_files
 from .schedules import Schedule, make_schedule
 
 Log = Callable[[str], None]
@@ -633,7 +634,9 @@ def run(model: str | Path, *, data: str = "digits", mapping: dict[str, str] | st
     RUN_DIR (``out``, default runs/MODEL_STEM) receives config.json, model.py (the compiled
     module), checkpoint.npz (resumable state after the last epoch), metrics.jsonl,
     params.npz (the params evaluated on the test split: the best by validation loss),
-    curves.png and summary.json. ``overfit`` and ``grad_check`` run the sanity checks.
+    curves.png and summary.json, and what makes it self-describing: model.nn, predict.json and a
+    README.txt on predicting with numpy alone (nncompile/train/runfiles.py). ``overfit`` and
+    ``grad_check`` run the sanity checks.
     """
     started = perf_counter()
     say: Log = log or (lambda line: None)
@@ -693,7 +696,7 @@ def run(model: str | Path, *, data: str = "digits", mapping: dict[str, str] | st
                 return report
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in ("checkpoint.npz", "metrics.jsonl", "params.npz", "state.npz", "normalization.npz",
-                      "curves.png", "summary.json"):
+                      "curves.png", "summary.json", "model.nn", PREDICT_FILE, README):
             (run_dir / stale).unlink(missing_ok=True)
         (run_dir / "metrics.jsonl").touch()
         write_text(run_dir / "config.json", json.dumps({"model": str(model), **fingerprint}, indent=2) + "\n")
@@ -720,6 +723,9 @@ def run(model: str | Path, *, data: str = "digits", mapping: dict[str, str] | st
     else:
         say(f"no test split (use --test-split or --test-data); kept the params of {chosen}")
     files = ["config.json", "model.py", "checkpoint.npz", "metrics.jsonl", "params.npz"]
+    files += write_run_files(run_dir, module, Path(model), scores=trainer.scores, labels=trainer.labels,
+                             kind=trainer.objective.kind or ("classes" if trainer.scores else None),
+                             normalized=normalizer.mean, has_state=final_state is not None)
     if final_state is not None:
         files.append("state.npz")
     if normalizer.mean:

@@ -1,0 +1,214 @@
+"""A trained run, loaded: its params, state and input normalisation around the module's predict().
+
+``nncompile train`` leaves a run directory that describes itself (nncompile/train/runfiles.py):
+the compiled module (model.py), the .nn source (model.nn), the params, the state, the
+normalisation, predict.json (which output holds the class scores and of what kind) and a
+README.txt that shows how to predict with numpy alone. :func:`load_run` reads it back for
+Python users; ``nncompile predict`` is its command-line face.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from .compiler import load_module
+from .errors import NNError
+from .train.checkpoint import read_npz
+from .train.data import Dataset, bind, load_source, split
+from .train.runfiles import PREDICT_FILE
+
+PARTS = ("all", "train", "val", "test")
+DEFAULT_BATCH = 4   # examples --data gives eval and render without --batch or --index
+
+
+@dataclass
+class Run:
+    """A trained model ready to predict: ``predict(X)`` normalises X as training did."""
+
+    directory: Path
+    module: ModuleType
+    params: dict[str, np.ndarray]
+    state: dict[str, np.ndarray] | None
+    normalization: dict[str, tuple[np.ndarray, np.ndarray]]   # input -> (mean, scale)
+    config: dict[str, Any] = field(default_factory=dict)
+    scores: str | None = None    # the output holding class scores (or a binary model's logits)
+    kind: str | None = None      # the loss's kind of targets: "classes", "binary", "regression", ...
+    labels: str | None = None    # the input holding the labels accuracy compares with
+
+    @property
+    def inputs(self) -> dict[str, tuple]:
+        """What predict takes: PREDICT_INPUTS, name -> (shape, dtype)."""
+        return dict(self.module.PREDICT_INPUTS)
+
+    def normalize(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+        """The inputs in the module's dtype, normalised with the training split's statistics
+        (the same arithmetic as the trainer's: float64 statistics, the result in the module's dtype)."""
+        out = {}
+        for name, value in inputs.items():
+            array = np.asarray(value)
+            if name in self.normalization and array.dtype.kind in "fiu":
+                mean, scale = self.normalization[name]
+                array = array.astype(self.module.DTYPE)
+                array = ((array - mean) / scale).astype(self.module.DTYPE)
+            out[name] = array
+        return out
+
+    def outputs(self, X: Any = None, /, **inputs: Any) -> dict[str, np.ndarray]:
+        """Every prediction output (PREDICT_OUTPUTS) for raw, unnormalised inputs."""
+        if X is not None:
+            if len(self.inputs) != 1:
+                raise NNError(f"this model's predict takes {', '.join(self.inputs)}: pass them by name")
+            inputs = {next(iter(self.inputs)): X, **inputs}
+        try:
+            return self.module.predict(self.params, self.state, **self.normalize(inputs))
+        except (TypeError, ValueError) as exc:   # the module's own message: a missing input, a wrong shape
+            raise NNError(f"{exc}", file=str(self.directory / "model.py")) from None
+
+    def accuracy(self, predicted: np.ndarray, data: Dataset) -> float | None:
+        """The fraction of ``data``'s examples classified right; None without classes or labels."""
+        if self.kind not in ("classes", "binary") or self.labels not in data.arrays or not len(data):
+            return None
+        truth = data.arrays[self.labels]
+        if self.kind == "binary":
+            truth = (truth.reshape(len(truth), -1)[:, 0] > 0.5).astype(np.int64)
+        return float((np.asarray(predicted) == truth).mean())
+
+    def predict(self, X: Any = None, /, **inputs: Any) -> Any:
+        """Class labels for a classifier (the argmax of the scores, or a logit's sign), else
+        the single prediction output (or all of them, as a dict, where there are several)."""
+        outputs = self.outputs(X, **inputs)
+        if self.kind in ("classes", "binary") and self.scores in outputs:
+            scores = outputs[self.scores]
+            if self.kind == "binary":
+                return (scores.reshape(len(scores), -1)[:, 0] > 0).astype(np.int64)
+            return scores.argmax(axis=-1)
+        return next(iter(outputs.values())) if len(outputs) == 1 else outputs
+
+    def predict_proba(self, X: Any = None, /, **inputs: Any) -> np.ndarray:
+        """Class probabilities: the softmax of the class scores (for a binary model, the
+        sigmoid of its logit, as the probability of class 1)."""
+        if self.kind not in ("classes", "binary") or self.scores is None:
+            raise NNError(f"this model has no class scores (its loss compares {self.kind or 'no targets'}), "
+                          "so it has no probabilities: use predict()", file=str(self.directory))
+        scores = np.asarray(self.outputs(X, **inputs)[self.scores], dtype=np.float64)
+        if self.kind == "binary":
+            return (1.0 / (1.0 + np.exp(-scores.reshape(len(scores), -1)[:, 0]))).astype(self.module.DTYPE)
+        shifted = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        return (shifted / shifted.sum(axis=-1, keepdims=True)).astype(self.module.DTYPE)
+
+
+def load_run(directory: str | Path) -> Run:
+    """The run ``nncompile train`` wrote to ``directory``, ready to predict."""
+    folder = Path(directory)
+    if not folder.is_dir():
+        raise NNError("no such run directory (nncompile train writes one, by default runs/MODEL)", file=str(folder))
+    for needed in ("model.py", "params.npz"):
+        if not (folder / needed).exists():
+            raise NNError(f"not a finished run directory: {needed} is missing (a run writes it when it ends)",
+                          file=str(folder))
+    module = load_module((folder / "model.py").read_text(encoding="utf-8"), "model")
+    if not hasattr(module, "predict"):
+        raise NNError("this model has no outputs to predict from its data inputs alone (every output needs the "
+                      "labels or is a loss), or was compiled by an nncompile without predict(): train it again",
+                      file=str(folder / "model.py"))
+    params = read_npz(folder / "params.npz")
+    state = read_npz(folder / "state.npz") if (folder / "state.npz").exists() else None
+    normalization: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if (folder / "normalization.npz").exists():
+        saved = read_npz(folder / "normalization.npz")
+        normalization = {k[len("mean/"):]: (v, saved["scale/" + k[len("mean/"):]])
+                         for k, v in saved.items() if k.startswith("mean/")}
+    config = _json(folder / "config.json")
+    described = _json(folder / PREDICT_FILE)
+    return Run(folder, module, params, state, normalization, config, described.get("scores"), described.get("kind"),
+               described.get("labels"))
+
+
+def read_data(run: Run, spec: str | None = None, mapping: dict[str, str] | None = None, part: str = "all") -> Dataset:
+    """Examples to predict, read as ``nncompile train`` reads ``--data`` (raw, not yet
+    normalised), with their labels where the source has them. ``part`` (train, val or test)
+    picks the run's own split of its own data, drawn as the trainer drew it."""
+    config = run.config
+    spec = spec if spec is not None else config.get("data", "digits")
+    if part not in PARTS:
+        raise NNError(f"--split must be one of {', '.join(PARTS)}, not {part!r}")
+    if part != "all" and spec != config.get("data"):
+        raise NNError(f"--split {part} picks the run's own split of its data ({config.get('data')!r}), "
+                      f"but --data is {spec!r}: leave out --data, or use --split all")
+    mapping = dict(config.get("map") or {}) if mapping is None else mapping
+    raw = load_source(config["test_data"] if part == "test" and config.get("test_data") else spec)
+    try:
+        data = bind(raw, run.module, mapping)
+    except NNError:   # no labels in the source: the data inputs alone
+        data = bind(raw, _PredictInputs(run.module), {k: v for k, v in mapping.items() if k in run.inputs})
+    if part == "all" or (part == "test" and config.get("test_data")):
+        return data
+    if run.labels is not None and run.labels not in data.arrays:
+        raise NNError(f"--split {part} draws the split as training did, by class, so the data needs its labels "
+                      f"{run.labels!r}")
+    test_split = config.get("test_split")
+    pool, test = split(data, raw.default_test_split if test_split is None else test_split, salt=1)
+    if part == "test":
+        return test
+    train, val = split(pool, config.get("val_split", 0.1), salt=2)
+    return train if part == "train" else val
+
+
+class _PredictInputs:
+    """A module seen as predict() sees it, for :func:`bind`: PREDICT_INPUTS are its inputs."""
+
+    def __init__(self, module: ModuleType):
+        self.INPUTS = module.PREDICT_INPUTS
+        self.DEFAULTS = {k: v for k, v in module.DEFAULTS.items() if k in self.INPUTS}
+        self.BOUNDS = {k: v for k, v in module.BOUNDS.items() if k in self.INPUTS}
+
+
+def _json(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        raise NNError(f"cannot read this JSON file: {exc}", file=str(path)) from None
+
+
+def trained_values(spec: str | Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None,
+                                              dict[str, tuple[np.ndarray, np.ndarray]], str]:
+    """``--params``: a run directory's params, state and normalisation, or one .npz file of
+    params; and how to name where they came from."""
+    path = Path(spec)
+    if path.is_dir():
+        run = load_run(path)
+        return run.params, run.state, run.normalization, f"the trained params of {path}"
+    if not path.exists():
+        raise NNError("no such params file or run directory", file=str(path))
+    return read_npz(path), None, {}, f"the params in {path}"
+
+
+def examples(spec: str, module: ModuleType, *, batch: int | None = None, index: int | None = None,
+             normalization: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+             mapping: dict[str, str] | None = None) -> tuple[dict[str, np.ndarray], str]:
+    """``--data`` with ``--batch K`` (the first K examples) or ``--index I`` (that one), read as
+    training reads it and normalised as a run's training normalised it; and how to name them."""
+    data = bind(load_source(spec), module, mapping)
+    if index is not None:
+        if not 0 <= index < len(data):
+            raise NNError(f"--index {index}: {data.source} has examples 0 to {len(data) - 1}")
+        chosen, what = np.array([index]), f"example {index} of {data.source}"
+    else:
+        count = min(batch if batch is not None else DEFAULT_BATCH, len(data))
+        if count < 1:
+            raise NNError(f"--batch must be a positive whole number, not {batch}")
+        chosen, what = np.arange(count), f"the first {count} examples of {data.source}"
+    arrays = data.take(chosen).arrays
+    if normalization:
+        for name, (mean, scale) in normalization.items():
+            if name in arrays:
+                arrays[name] = ((arrays[name] - mean) / scale).astype(arrays[name].dtype)
+        what += ", normalised as in training"
+    return arrays, what
