@@ -1,7 +1,8 @@
-"""The lecture's toolkit of ops (issue 4): activations, losses, penalties, indexing and
-concatenation, each compared with hand-written numpy, pushed to logits of +-1000, and
-checked where the generated registry check (tests/test_ops.py) cannot reach: whole .nn
-programs, the language's subscripts, errors, and the GPU backend's scalar forms."""
+"""The lecture's toolkit of ops (issue 4; nncompile/ops/activations.py, losses.py and
+indexing.py): activations, losses, penalties, indexing and concatenation, each compared
+with hand-written numpy, pushed to logits of +-1000, and checked where the generated
+registry check (tests/test_ops.py) cannot reach: whole .nn programs, the language's
+subscripts, errors, and the GPU backend's scalar forms."""
 from __future__ import annotations
 
 import decimal
