@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import types
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import networkx as nx
@@ -13,9 +13,9 @@ from .codegen import Program, emit_module
 from .elaborate import elaborate_file
 from .errors import NNError
 from .ir import Model
-from .ops import REGISTRY
 from .optim import Optimizer, optimizer_source
 from .passes import Roots, eliminate_dead_code, fuse_elementwise, optimize
+from .predictions import Roles, prediction_outputs, prediction_roles
 
 DTYPES = ("float32", "float64")
 
@@ -90,38 +90,6 @@ def compile_file(path: str | Path, *, dtype: str | None = None, optimized: bool 
     return source if optimizer is None else source + optimizer_source(model, optimizer, backend)
 
 
-@dataclass(frozen=True)
-class Roles:
-    """What prediction leaves out of a model: its labels and the outputs on the loss's side."""
-
-    labels: tuple[str, ...] = ()         # inputs only the loss needs (labels, targets)
-    loss_side: tuple[str, ...] = ()      # outputs that are the loss or scalars before or after it
-
-
-def prediction_roles(model: Model) -> Roles:
-    """Which inputs are labels and which outputs belong to the loss, read off the graph.
-
-    An input is a label when a loss op (an op with a ``loss`` entry in nncompile/ops) anywhere
-    in the model reads it as its targets, or when every output it reaches is on the loss's side: the loss itself, or
-    a scalar it depends on or that depends on it (``data_loss``). A model with nothing to
-    minimise has no labels: all its outputs are predictions.
-    """
-    G, target = model.graph, model.target
-    if target is None:
-        return Roles()
-    before = nx.ancestors(G.nx, target)
-    loss_side = {name for name, n in model.outputs.items()
-                 if n == target or (G[n].shape == () and (n in before or target in nx.ancestors(G.nx, n)))}
-    side_nodes = {model.outputs[name] for name in loss_side}
-    read_as_targets = {a for n in G.nodes() if REGISTRY[G[n].op].loss is not None for a in G[n].args[1:]}
-    labels = []
-    for name, n in model.inputs.items():
-        after = nx.descendants(G.nx, n)
-        if n in read_as_targets or (target in after and after & set(model.outputs.values()) <= side_nodes):
-            labels.append(name)
-    return Roles(tuple(labels), tuple(sorted(loss_side)))
-
-
 def predict_program(path: str | Path, dtype: str | None, roles: Roles, *, optimized: bool = True,
                     fuse: bool = False) -> Program | None:
     """predict()'s program: the eval-mode outputs that reach neither a label nor the loss,
@@ -129,12 +97,7 @@ def predict_program(path: str | Path, dtype: str | None, roles: Roles, *, optimi
     (None when no output is left)."""
     evaluation = elaborate_file(path, dtype, mode="eval")
     G = evaluation.graph
-    tainted: set[int] = set()
-    for n in [evaluation.inputs[name] for name in roles.labels if name in evaluation.inputs] + \
-             ([evaluation.target] if evaluation.target is not None else []):
-        tainted |= {n} | nx.descendants(G.nx, n)
-    outputs = {name: n for name, n in evaluation.outputs.items() if n not in tainted and name not in roles.loss_side
-               and _dims_known(evaluation, n, roles.labels)}
+    outputs = prediction_outputs(evaluation, roles)
     if not outputs:
         return None
     evaluation.outputs, evaluation.loss = outputs, None
@@ -149,19 +112,6 @@ def predict_program(path: str | Path, dtype: str | None, roles: Roles, *, optimi
                             dim_bounds={name: tuple(d for d in ds if d in dims)
                                         for name, ds in evaluation.dim_bounds.items()})
     return program
-
-
-def _dims_known(model: Model, output: int, labels: tuple[str, ...]) -> bool:
-    """Whether the data inputs an output reads fix every symbolic dim it needs (``arange(N)``
-    where only the labels have N: predict could not know N)."""
-    G = model.graph
-    symbols = {d for n in model.inputs.values() for d in G[n].shape if isinstance(d, str)}
-    needed = {output} | nx.ancestors(G.nx, output)
-    known = {d for name, n in model.inputs.items() if n in needed and name not in labels
-             for d in G[n].shape if isinstance(d, str)}
-    used = {d for n in needed for d in G[n].shape if isinstance(d, str)}
-    used |= {v for n in needed for _, v in G[n].attrs if isinstance(v, str) and v in symbols}
-    return used <= known
 
 
 def _check_inputs_for_both(model: Model, evaluation: Model) -> None:

@@ -30,8 +30,9 @@ from nncompile.compiler import build, compile_and_load, load_module
 from nncompile.elaborate import elaborate_file
 from nncompile.errors import NNError
 from nncompile.evaluate import concrete_values
-from nncompile.export import export_model, export_onnx, label_inputs, prediction_outputs
+from nncompile.export import export_model, export_onnx
 from nncompile.ir import Model
+from nncompile.predictions import prediction_outputs, prediction_roles
 from nncompile.ops import REGISTRY, OpDef, Sample, new_graph
 from nncompile.shapes import ShapeError
 
@@ -140,7 +141,7 @@ def test_the_predictions_are_the_outputs_free_of_labels_and_loss() -> None:
 
 def test_labels_are_inputs_that_only_feed_a_loss_s_targets(tmp_path: Path) -> None:
     model = elaborate_file(ROOT / "examples" / "losses.nn", mode="eval")
-    assert {model.graph[n].name for n in label_inputs(model)} == {"is_cat", "price", "teacher"}
+    assert set(prediction_roles(model).labels) == {"is_cat", "price", "teacher"}
     # An autoencoder's X is its own target and its input: data, so the reconstruction is a prediction.
     path = write_nn(tmp_path, "autoencoder.nn", """
         input X: float[N, 4]
@@ -151,7 +152,7 @@ def test_labels_are_inputs_that_only_feed_a_loss_s_targets(tmp_path: Path) -> No
         minimize loss
     """)
     model = elaborate_file(path, mode="eval")
-    assert label_inputs(model) == set()
+    assert prediction_roles(model).labels == ()
     assert list(prediction_outputs(model)) == ["recon"]
 
 

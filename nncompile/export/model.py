@@ -15,9 +15,9 @@ from ..elaborate import elaborate_file
 from ..errors import NNError
 from ..files import write_atomic
 from ..ir import Model
+from ..predictions import prediction_outputs
 from ..version import __version__
 from .builder import GraphBuilder
-from .predictions import prediction_outputs
 
 DEFAULT_OPSET = 20
 OLDEST_OPSET = 18   # reductions take their axes as an input from opset 18 on
