@@ -253,7 +253,8 @@ def test_a_binary_model_expects_log_2_and_gets_an_accuracy(tmp_path: Path) -> No
     before = trainer.evaluate(state.params, data)
     logits = trainer.module.forward(state.params, X=X, t=t)["logits"]
     assert before.acc == pytest.approx(np.mean((logits > 0) == (t > 0.5)))
-    after = trainer.evaluate(trainer.fit(data).params, data)
+    trainer.fit(data)
+    after = trainer.evaluate(trainer.params, data)
     assert after.acc is not None and after.acc > 0.9 > before.acc
 
 
@@ -372,7 +373,7 @@ def test_early_stopping_keeps_the_best_params(files: dict[str, Path], tmp_path: 
     rng = np.random.default_rng(1)
     noise = tmp_path / "noise.npz"      # random labels: the validation loss can only get worse
     np.savez(noise, X=rng.standard_normal((120, 4)), y=rng.integers(0, 3, 120))
-    report = run(files["mlp"], data=str(noise), config=small(epochs=40, patience=3, lr=3e-2, val_split=0.3),
+    report = run(files["mlp"], data=str(noise), config=small(epochs=40, patience=3, lr=3e-2, val_split=0.3, val_every=1),
                  out=tmp_path / "run")
     assert report.stopped_early and report.epochs == report.best_epoch + 3 < 40
     history = without_times(tmp_path / "run" / "metrics.jsonl")

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from time import perf_counter
@@ -49,10 +49,12 @@ from .checkpoint import (
     write_npz,
     write_text,
 )
+from .cadence import CHECKPOINT_EVERY, LOG_EVERY, Cadence
 from .data import (
     NORMALIZE,
     Dataset,
     Normalizer,
+    RawData,
     bind,
     label_input,
     load_source,
@@ -60,6 +62,8 @@ from .data import (
     scores_output,
     split,
 )
+from .history import History
+from .loop import run_epoch, train_epochs
 from .plots import plot_curves
 from .schedules import Schedule, make_schedule
 
@@ -86,6 +90,9 @@ class TrainConfig:
     normalize: str | None = None       # none, center, standardize, image; None: the dataset's default
     dtype: str | None = None
     backend: str = "numpy"             # numpy (CPU) or cupy (NVIDIA GPU)
+    val_every: int | None = None       # validate every this many epochs; None: often enough for 10 steps between
+    checkpoint_every: str = CHECKPOINT_EVERY   # N epochs, or a time: "10s", "2m" (and always at the end)
+    log_every: str = LOG_EVERY         # the same for the printed epoch lines
 
     def check(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -105,6 +112,10 @@ class TrainConfig:
         make_schedule(self.schedule, self.lr, 1, self.epochs)   # a bad --schedule fails before any work
         if self.backend not in BACKENDS:
             raise NNError(f"--backend must be {' or '.join(BACKENDS)}, not {self.backend!r}")
+        if self.val_every is not None and (not isinstance(self.val_every, int) or self.val_every < 1):
+            raise NNError(f"--val-every must be a positive whole number of epochs, not {self.val_every!r}")
+        Cadence.parse(self.checkpoint_every, "--checkpoint-every")
+        Cadence.parse(self.log_every, "--log-every")
 
 
 @dataclass(frozen=True)
@@ -212,6 +223,8 @@ class Trainer:
         self.scores, self.labels = self._classified()
         self.log: Log = log or (lambda line: None)
         self.progress = progress
+        self.state: TrainState | None = None   # what ``fit`` has trained so far
+        self._on_device: tuple[Dataset, dict[str, Any]] | None = None
 
     def generator(self, noise: np.random.Generator) -> Any:
         """The generator the module draws dropout masks from. On the GPU it is a CuPy one,
@@ -285,102 +298,83 @@ class Trainer:
 
     # ---- training ----------------------------------------------------------------------
 
-    def fit(self, train: Dataset, val: Dataset | None = None, *, state: TrainState | None = None,
-            run_dir: Path | None = None, fingerprint: dict[str, Any] | None = None,
-            on_step: Callable[[TrainState], None] | None = None) -> TrainState:
-        """Train until ``config.epochs`` epochs are done or early stopping fires; returns the state.
+    def fit(self, train: Dataset | Mapping[str, Any], val: Dataset | Mapping[str, Any] | None = None, *,
+            epochs: int | None = None, on_step: Callable[[TrainState], None] | None = None) -> History:
+        """Train on ``train`` until ``epochs`` epochs are done in all (default: the config's);
+        returns the history so far. The trainer keeps the state (``trainer.state``,
+        ``trainer.params``), so calling ``fit`` again with more epochs continues the run.
 
-        With ``run_dir``, a checkpoint and a metrics line are written after every epoch.
-        ``on_step`` is called after each optimiser step (tests use it to interrupt a run).
+        ``train`` and ``val`` are Datasets (:meth:`Dataset.from_arrays`) or plain mappings of
+        input names to arrays; either is checked against the model's inputs first. Without a
+        run directory nothing is written; lines go to the trainer's ``log``.
         """
-        cfg = self.config
-        state = self.to_device(state if state is not None else self.init_state())
-        schedule = self.schedule(len(train))
-        val = val if val is not None and len(val) else None
-        patience = cfg.patience or None
-        while state.epoch < cfg.epochs and not state.stopped_early:
-            started = perf_counter()
-            epoch = state.epoch + 1
-            lr = schedule(state.step)
-            loss, acc = self._epoch(state, train, schedule, f"epoch {epoch}/{cfg.epochs}", on_step)
-            record: dict[str, Any] = {"epoch": epoch, "step": state.step, "lr": lr, "loss": loss, "acc": acc}
-            if val is not None:
-                measured = self.evaluate(state.params, val, state.model_state)
-                record.update(val_loss=measured.loss, val_acc=measured.acc)
-            if val is not None and measured.loss is not None:
-                if not math.isfinite(measured.loss):
-                    raise NNError(f"the validation loss is {measured.loss} after epoch {epoch}: training diverged; "
-                                  "try a smaller --lr or --clip-norm")
-                if measured.loss < state.best_loss:
-                    state.best_loss, state.best_epoch, state.bad_epochs = measured.loss, epoch, 0
-                    state.best_params = {k: v.copy() for k, v in state.params.items()}
-                    state.best_model_state = _copy(state.model_state)
-                else:
-                    state.bad_epochs += 1
-                    if patience is not None and state.bad_epochs >= patience:
-                        state.stopped_early = True
-            record["seconds"] = round(perf_counter() - started, 4)
-            state.history.append(record)
-            state.epoch = epoch
-            if run_dir is not None:
-                save_checkpoint(run_dir / "checkpoint.npz", state, fingerprint or {})
-                with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(record) + "\n")
-            self.log(_epoch_line(record, cfg.epochs))
-            if state.stopped_early:
-                self.log(f"early stopping: no better validation loss for {patience} epochs; the best was "
-                         f"{state.best_loss:.4f} at epoch {state.best_epoch}")
-        return state
+        epochs = self.config.epochs if epochs is None else epochs
+        if not isinstance(epochs, int) or epochs < 1:
+            raise NNError(f"epochs must be a positive whole number, not {epochs!r}")
+        state = self.state if self.state is not None else self.init_state()
+        if epochs < state.epoch:
+            raise NNError(f"this trainer has already trained {state.epoch} epochs; ask for more than that to "
+                          f"continue, not epochs={epochs}")
+        train, val = self.prepare(train), (self.prepare(val) if val is not None else None)
+        self.state = self.train(train, val, state=state, epochs=epochs, on_step=on_step)
+        return self.history()
 
-    def schedule(self, examples: int) -> Schedule:
-        return make_schedule(self.config.schedule, self.config.lr, self.steps_per_epoch(examples), self.config.epochs)
+    def history(self) -> History:
+        """The epochs and steps trained so far, as data."""
+        state = self.state
+        if state is None:
+            return History()
+        return History.of(state.history, state.step_losses, state.best_epoch, state.stopped_early)
+
+    @property
+    def params(self) -> dict[str, Any] | None:
+        """The params as of the last ``fit`` (the last epoch's, not the best)."""
+        return None if self.state is None else self.state.params
+
+    def prepare(self, data: Dataset | Mapping[str, Any]) -> Dataset:
+        """A Dataset checked against the model's inputs (dtype, shape, class labels)."""
+        if isinstance(data, Dataset) and data.bound:
+            return data
+        arrays = data.arrays if isinstance(data, Dataset) else dict(data)
+        return bind(RawData(dict(arrays), "the arrays given", flat=False), self.module)
+
+    def train(self, train: Dataset, val: Dataset | None = None, *, state: TrainState | None = None,
+              epochs: int | None = None, run_dir: Path | None = None, fingerprint: dict[str, Any] | None = None,
+              on_step: Callable[[TrainState], None] | None = None) -> TrainState:
+        """Train ``state`` (default: a fresh one) until ``epochs`` epochs are done (default: the
+        config's) or early stopping fires; returns the state. See nncompile/train/loop.py.
+
+        With ``run_dir``, checkpoints and metrics lines are written there on the config's
+        schedule, at the end and when interrupted. ``on_step`` is called after each optimiser
+        step (tests use it to interrupt a run).
+        """
+        state = self.to_device(state if state is not None else self.init_state())
+        return train_epochs(self, train, val, state, self.config.epochs if epochs is None else epochs,
+                            run_dir=run_dir, fingerprint=fingerprint, on_step=on_step)
+
+    def schedule(self, examples: int, epochs: int | None = None) -> Schedule:
+        return make_schedule(self.config.schedule, self.config.lr, self.steps_per_epoch(examples),
+                             self.config.epochs if epochs is None else epochs)
 
     def steps_per_epoch(self, examples: int) -> int:
         return math.ceil(examples / min(self.config.batch_size, max(1, examples)))
 
-    def _epoch(self, state: TrainState, data: Dataset, schedule: Schedule, label: str,
-               on_step: Callable[[TrainState], None] | None) -> tuple[float, float | None]:
-        """One pass over ``data`` in a fresh random order; the mean batch loss and accuracy."""
-        n = len(data)
-        size = min(self.config.batch_size, n)
-        steps = math.ceil(n / size)
-        order = state.rng.permutation(n)
-        # One shuffled copy of the data per epoch, moved to the device once; batches are slices.
-        arrays = {k: self.xp.asarray(v[order]) for k, v in data.arrays.items()}
-        step, loss_name = self.module.step, self.loss
-        classify = self.scores is not None and self.labels is not None
-        scores, labels = self.scores or "", self.labels or ""
-        total, correct = 0.0, 0
-        bar = _progress_bar(steps, label) if self.progress else None
-        # A diverging run overflows on its way to a non-finite loss, which is reported below as
-        # an error with advice; numpy's warnings about it would only be noise.
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            try:
-                for b in range(steps):
-                    rows = slice(b * size, (b + 1) * size)
-                    batch = {k: v[rows] for k, v in arrays.items()}
-                    outputs = step(state.params, state.opt, schedule(state.step), state.model_state,
-                                   self.generator(state.noise), **batch)
-                    if self.has_state:
-                        outputs, state.model_state = outputs
-                    loss = float(outputs[loss_name])
-                    if not math.isfinite(loss):
-                        raise NNError(f"the training loss became {loss} at step {state.step}: training diverged; "
-                                      "try a smaller --lr or --clip-norm")
-                    total += loss * (min(n, (b + 1) * size) - b * size)
-                    if classify:
-                        correct += self._hits(outputs[scores], batch[labels])
-                    if bar is not None and (b % 10 == 0 or b == steps - 1):
-                        seen = min(n, (b + 1) * size)
-                        acc = f" acc {100 * correct / seen:.1f}%" if classify else ""
-                        bar.set_postfix_str(f"loss {total / seen:.4f}{acc}", refresh=False)
-                        bar.update(b + 1 - bar.n)
-                    if on_step is not None:
-                        on_step(state)
-            finally:
-                if bar is not None:
-                    bar.close()
-        return total / n, (correct / n if classify else None)
+    def device_arrays(self, data: Dataset) -> dict[str, Any]:
+        """``data``'s arrays where the module computes; kept for the next call on the same data."""
+        if self.xp is np:
+            return data.arrays
+        if self._on_device is None or self._on_device[0] is not data:
+            self._on_device = (data, {k: self.xp.asarray(v) for k, v in data.arrays.items()})
+        return self._on_device[1]
+
+    def hit_counter(self) -> Callable[[Any, Any], int] | None:
+        """How many of a batch are classified right (see ``_hits``), or None for no classes."""
+        if self.scores is None or self.labels is None:
+            return None
+        if self.objective.binary:
+            return self._hits
+        count = self.xp.count_nonzero
+        return lambda predicted, truth: int(count(predicted.argmax(axis=1) == truth))
 
     # ---- measuring ---------------------------------------------------------------------
 
@@ -455,7 +449,8 @@ class Trainer:
         target = self._overfit_target(subset)
         result = self._memorised(state, subset, 0, target)
         while result.epochs < self.config.epochs and not result.reached:
-            self._epoch(state, subset, schedule, f"overfit {result.epochs + 1}/{self.config.epochs}", None)
+            run_epoch(self, state, subset, schedule)
+            state.position, state.order, state.partial = 0, None, (0.0, 0)
             result = self._memorised(state, subset, result.epochs + 1, target)
         return result
 
@@ -576,30 +571,6 @@ class Objective:
         return None if self.mixed or chance is None else chance(classes, dict(self.attrs))
 
 
-def _copy(arrays: dict[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:
-    return None if arrays is None else {k: np.array(v, copy=True) for k, v in arrays.items()}
-
-
-def _progress_bar(total: int, label: str) -> Any:
-    """A tqdm bar on stderr, or None when tqdm is not installed."""
-    try:
-        from tqdm.auto import tqdm  # type: ignore[import-untyped]
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=label, unit="batch", leave=False, dynamic_ncols=True)
-
-
-def _epoch_line(record: dict[str, Any], epochs: int) -> str:
-    def part(prefix: str) -> str:
-        loss, acc = record.get(prefix + "loss"), record.get(prefix + "acc")
-        return (f"loss {loss:.4f}" if loss is not None else "loss -") + (f" acc {100 * acc:5.1f}%" if acc is not None else "")
-
-    line = f"epoch {record['epoch']:>{len(str(epochs))}}/{epochs}  train {part('')}"
-    if "val_loss" in record:
-        line += f"  | val {part('val_')}"
-    return line + f"  | lr {record['lr']:.2e}  {record['seconds']:.2f}s"
-
-
 # ---- the whole run, as `nncompile train` does it ---------------------------------------------
 
 
@@ -701,7 +672,7 @@ def run(model: str | Path, *, data: str = "digits", mapping: dict[str, str] | st
         if normalizer.mean:
             write_npz(run_dir / "normalization.npz", normalizer.arrays())
 
-    state = trainer.fit(train, val, state=state, run_dir=run_dir, fingerprint=fingerprint, on_step=on_step)
+    state = trainer.train(train, val, state=state, run_dir=run_dir, fingerprint=fingerprint, on_step=on_step)
     if state.best_params is not None:
         final, final_state = state.best_params, state.best_model_state
         chosen = f"the best validation loss (epoch {state.best_epoch})"
