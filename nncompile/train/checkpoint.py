@@ -57,7 +57,9 @@ class TrainState:
         return int(self.opt["step"])
 
 
-def save_checkpoint(path: Path, state: TrainState, fingerprint: dict[str, Any]) -> None:
+def save_checkpoint(path: Path, state: TrainState, fingerprint: dict[str, Any], history: str | None = None) -> None:
+    """Write ``state`` to ``path``. ``history``, where given, is ``state.history`` already
+    written as JSON lines (metrics.jsonl's text): stored as it is, it is not encoded again."""
     arrays: dict[str, np.ndarray] = {f"param/{k}": v for k, v in state.params.items()}
     for slot, value in state.opt.items():
         if isinstance(value, dict):
@@ -78,11 +80,13 @@ def save_checkpoint(path: Path, state: TrainState, fingerprint: dict[str, Any]) 
         "best_epoch": state.best_epoch,
         "bad_epochs": state.bad_epochs,
         "stopped_early": state.stopped_early,
-        "history": state.history,
+        "history": state.history if history is None else None,
         "position": state.position,
         "partial": list(state.partial),
         "fingerprint": fingerprint,
     }
+    if history is not None:
+        arrays["history"] = np.frombuffer(history.encode("utf-8"), dtype=np.uint8)
     arrays["meta"] = np.array(json.dumps(meta))
     write_npz(path, arrays)
 
@@ -117,7 +121,9 @@ def _state(entries: dict[str, np.ndarray], meta: dict[str, Any], slots: tuple[st
         best_loss=math.inf if meta["best_loss"] is None else float(meta["best_loss"]),
         best_epoch=int(meta["best_epoch"]), best_params=group("best/") or None,
         best_model_state=group("best_state/") or None, bad_epochs=int(meta["bad_epochs"]),
-        stopped_early=bool(meta["stopped_early"]), history=list(meta["history"]),
+        stopped_early=bool(meta["stopped_early"]),
+        history=list(meta["history"]) if meta["history"] is not None else
+        [json.loads(line) for line in entries["history"].tobytes().decode("utf-8").splitlines()],
         step_losses=entries["steps/loss"].tolist() if "steps/loss" in entries else [], position=int(meta.get("position", 0)),
         order=entries.get("epoch/order"), partial=(float(meta.get("partial", (0.0, 0))[0]),
                                                    int(meta.get("partial", (0.0, 0))[1])))

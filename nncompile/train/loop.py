@@ -82,21 +82,32 @@ class RunBook:
 
     def __init__(self, run_dir: Path | None, fingerprint: dict[str, Any] | None, state: TrainState):
         self.run_dir, self.fingerprint = run_dir, fingerprint or {}
+        self.lines = [_json_lines(state.history)] if state.history else []   # metrics.jsonl's text, in parts
         self.written = len(state.history)   # records already in metrics.jsonl
         self.saved_at = (state.step, state.epoch) if run_dir is not None else None
 
     def save(self, state: TrainState) -> float:
-        """Write both, unless this very point is saved already; returns the seconds it took."""
+        """Write both, unless this very point is saved already; returns the seconds it took.
+        Each record is encoded once, for metrics.jsonl and every later checkpoint alike."""
         if self.run_dir is None or self.saved_at == (state.step, state.epoch):
             return 0.0
         started = perf_counter()
-        save_checkpoint(self.run_dir / "checkpoint.npz", state, self.fingerprint)
-        if len(state.history) > self.written:
+        new = _json_lines(state.history[self.written:]) if len(state.history) > self.written else ""
+        if new:
+            self.lines.append(new)
+        save_checkpoint(self.run_dir / "checkpoint.npz", state, self.fingerprint, "".join(self.lines))
+        if new:
             with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
-                handle.write("".join(json.dumps(r) + "\n" for r in state.history[self.written:]))
+                handle.write(new)
             self.written = len(state.history)
         self.saved_at = (state.step, state.epoch)
         return perf_counter() - started
+
+
+def _json_lines(records: list[dict[str, Any]]) -> str:
+    """One JSON object per line. A record holds numbers and None only, so the list is dumped
+    at once (twice as fast as a dump per record) and cut at the records' boundaries."""
+    return json.dumps(records)[1:-1].replace("}, {", "}\n{") + "\n" if records else ""
 
 
 def val_every(trainer: Trainer, examples: int) -> int:
@@ -122,13 +133,14 @@ def train_epochs(trainer: Trainer, train: Dataset, val: Dataset | None, state: T
     book = RunBook(run_dir, fingerprint, state)
     bar = _Bar(trainer, state, len(train), epochs) if trainer.progress else None
     try:
-        with deferred_interrupts() as stop:
+        with deferred_interrupts() as stop, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            runner = Epochs(trainer, train, schedule, on_step=on_step, stop=stop, checkpoints=checkpoints, book=book,
+                            bar=bar)
             try:
                 while state.epoch < epochs and not state.stopped_early:
                     started = perf_counter()
                     lr = schedule(state.step - state.position)   # the rate at the epoch's first step
-                    loss, acc = run_epoch(trainer, state, train, schedule, on_step=on_step, stop=stop,
-                                          checkpoints=checkpoints, book=book, bar=bar)
+                    loss, acc = runner.run(state)
                     epoch = state.epoch + 1
                     record: dict[str, Any] = {"epoch": epoch, "step": state.step, "lr": lr, "loss": loss, "acc": acc}
                     if val is not None and epoch % every == 0:
@@ -181,45 +193,57 @@ def _validate(trainer: Trainer, state: TrainState, val: Dataset, record: dict[st
             state.stopped_early = True
 
 
-def run_epoch(trainer: Trainer, state: TrainState, data: Dataset, schedule: Callable[[int], float], *,
-              on_step: OnStep | None = None, stop: Stop | None = None, checkpoints: Cadence | None = None,
-              book: RunBook | None = None, bar: _Bar | None = None) -> tuple[float, float | None]:
-    """One pass over ``data`` (the rest of it, for an epoch resumed in its middle); the mean
-    batch loss and accuracy over the whole epoch."""
-    stop = stop if stop is not None else Stop()
-    n = len(data)
-    size = min(trainer.config.batch_size, n)
-    steps = math.ceil(n / size)
-    xp = trainer.xp
-    if steps == 1:
-        arrays = trainer.device_arrays(data)   # one batch: the whole set, as it is
-    else:
-        if state.position == 0 or state.order is None:
-            state.order = state.rng.permutation(n)
-        # One shuffled copy of the data per epoch, moved to the device once; batches are slices.
-        arrays = {k: xp.asarray(v[state.order]) for k, v in data.arrays.items()}
-    step, loss_name, has_state, generator = trainer.module.step, trainer.loss, trainer.has_state, trainer.generator
-    hits = trainer.hit_counter()
-    scores, labels = trainer.scores or "", trainer.labels or ""
-    total, correct = state.partial
-    timed = checkpoints is not None and checkpoints.timed and book is not None
-    isfinite = math.isfinite
-    # A diverging run overflows on its way to a non-finite loss, which is reported below as
-    # an error with advice; numpy's warnings about it would only be noise.
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+class Epochs:
+    """Runs epochs over one dataset: everything that does not change from one epoch to the
+    next is looked up once, here, not in the loop."""
+
+    def __init__(self, trainer: Trainer, data: Dataset, schedule: Callable[[int], float], *,
+                 on_step: OnStep | None = None, stop: Stop | None = None, checkpoints: Cadence | None = None,
+                 book: RunBook | None = None, bar: _Bar | None = None):
+        self.trainer, self.data, self.schedule, self.on_step = trainer, data, schedule, on_step
+        self.stop = stop if stop is not None else Stop()
+        self.bar = bar
+        self.n = len(data)
+        self.size = min(trainer.config.batch_size, self.n)
+        self.steps = math.ceil(self.n / self.size)
+        # A timed checkpoint may fall due within an epoch; a one-step epoch asks at its end anyway.
+        self.book = book if checkpoints is not None and checkpoints.timed and self.steps > 1 else None
+        self.checkpoints = checkpoints
+        self.whole = trainer.device_arrays(data) if self.steps == 1 else None   # one batch: the set as it is
+        self.count = trainer.hit_counter()
+        self.every = val_every(trainer, self.n)
+
+    def run(self, state: TrainState) -> tuple[float, float | None]:
+        """One pass over the data (the rest of it, for an epoch resumed in its middle); the
+        mean batch loss and accuracy over the whole epoch. The caller silences numpy's
+        overflow warnings: a diverging run is reported as an error with advice."""
+        trainer, n, size, steps, stop = self.trainer, self.n, self.size, self.steps, self.stop
+        # Accuracy costs an argmax a step: it is counted in the epochs that are validated.
+        hits = self.count if (state.epoch + 1) % self.every == 0 else None
+        if self.whole is not None:
+            arrays = self.whole
+        else:
+            if state.position == 0 or state.order is None:
+                state.order = state.rng.permutation(n)
+            # One shuffled copy of the data per epoch, moved to the device once; batches are slices.
+            arrays = {k: trainer.xp.asarray(v[state.order]) for k, v in self.data.arrays.items()}
+        step, loss_name, has_state, generator = trainer.module.step, trainer.loss, trainer.has_state, trainer.generator
+        schedule, on_step, bar, book, losses = self.schedule, self.on_step, self.bar, self.book, state.step_losses
+        scores, labels = trainer.scores or "", trainer.labels or ""
+        total, correct = state.partial
         for b in range(state.position, steps):
             batch = arrays if steps == 1 else {k: v[b * size:(b + 1) * size] for k, v in arrays.items()}
-            stop.mid_step = True
+            stop.mid_step = True   # params are half updated until step returns
             outputs = step(state.params, state.opt, schedule(state.step), state.model_state,
                            generator(state.noise), **batch)
             if has_state:
                 outputs, state.model_state = outputs
             stop.mid_step = False
             loss = float(outputs[loss_name])
-            if not isfinite(loss):
+            if not math.isfinite(loss):
                 raise NNError(f"the training loss became {loss} at step {state.step}: training diverged; "
                               "try a smaller --lr or --clip-norm")
-            state.step_losses.append(loss)
+            losses.append(loss)
             total += loss * (min(n, (b + 1) * size) - b * size)
             if hits is not None:
                 correct += hits(outputs[scores], batch[labels])
@@ -230,9 +254,16 @@ def run_epoch(trainer: Trainer, state: TrainState, data: Dataset, schedule: Call
                 raise KeyboardInterrupt
             if on_step is not None:
                 on_step(state)
-            if timed and checkpoints.due_now():   # type: ignore[union-attr]
-                checkpoints.done(book.save(state))   # type: ignore[union-attr]
-    return total / n, (correct / n if hits is not None else None)
+            if book is not None and self.checkpoints.due_now():   # type: ignore[union-attr]
+                self.checkpoints.done(book.save(state))   # type: ignore[union-attr]
+        return total / n, (correct / n if hits is not None else None)
+
+
+def run_epoch(trainer: Trainer, state: TrainState, data: Dataset, schedule: Callable[[int], float]) -> None:
+    """One epoch, as the overfit check runs them: no checkpoints, no interrupts, no position kept."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        Epochs(trainer, data, schedule).run(state)
+    state.position, state.order, state.partial = 0, None, (0.0, 0)
 
 
 class _Bar:
@@ -244,6 +275,7 @@ class _Bar:
         self.per_epoch = trainer.steps_per_epoch(examples)
         self.size = min(trainer.config.batch_size, max(1, examples))
         self.classify = trainer.hit_counter() is not None
+        self.every = val_every(trainer, examples)
         try:
             from tqdm.auto import tqdm  # type: ignore[import-untyped]
         except ImportError:
@@ -259,7 +291,8 @@ class _Bar:
         self.next = perf_counter() + PROGRESS_SECONDS
         seen = min(self.examples, state.position * self.size) or 1
         total, correct = state.partial
-        acc = f" acc {100 * correct / seen:.1f}%" if self.classify else ""
+        counted = self.classify and (state.epoch + 1) % self.every == 0
+        acc = f" acc {100 * correct / seen:.1f}%" if counted else ""
         self.bar.set_description_str(f"epoch {state.epoch + 1}/{self.epochs}", refresh=False)
         self.bar.set_postfix_str(f"loss {total / seen:.4f}{acc}", refresh=False)
         self.bar.update(state.epoch * self.per_epoch + state.position - self.bar.n)

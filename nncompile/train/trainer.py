@@ -450,7 +450,6 @@ class Trainer:
         result = self._memorised(state, subset, 0, target)
         while result.epochs < self.config.epochs and not result.reached:
             run_epoch(self, state, subset, schedule)
-            state.position, state.order, state.partial = 0, None, (0.0, 0)
             result = self._memorised(state, subset, result.epochs + 1, target)
         return result
 
@@ -648,8 +647,11 @@ def run(model: str | Path, *, data: str = "digits", mapping: dict[str, str] | st
             details = "; ".join(f"{k}: was {saved.get(k)!r}, now {fingerprint.get(k)!r}" for k in changed)
             raise NNError(f"cannot resume: this run's settings differ from the checkpoint's ({details})",
                           file=str(run_dir / "checkpoint.npz"))
-        say(f"resuming {run_dir} after epoch {state.epoch} (step {state.step})")
+        _check_more_epochs(state, config.epochs, say)
+        within = f", {state.position} steps into epoch {state.epoch + 1}" if state.position else ""
+        say(f"resuming {run_dir} after epoch {state.epoch} (step {state.step}{within})")
         _rewrite_metrics(run_dir / "metrics.jsonl", state.history)
+        _record_settings(run_dir / "config.json", _settings(model, data, mapping, test_data, config))
     else:
         state = trainer.init_state()
         report.loss_check = trainer.initial_loss_check(state.params, train, state.model_state)
@@ -667,7 +669,8 @@ def run(model: str | Path, *, data: str = "digits", mapping: dict[str, str] | st
                       "curves.png", "summary.json"):
             (run_dir / stale).unlink(missing_ok=True)
         (run_dir / "metrics.jsonl").touch()
-        write_text(run_dir / "config.json", json.dumps({"model": str(model), **fingerprint}, indent=2) + "\n")
+        write_text(run_dir / "config.json", json.dumps({"model": str(model), **fingerprint, "settings": _settings(
+            model, data, mapping, test_data, config)}, indent=2) + "\n")
         write_text(run_dir / "model.py", trainer.source)
         if normalizer.mean:
             write_npz(run_dir / "normalization.npz", normalizer.arrays())
@@ -723,7 +726,7 @@ def _fingerprint(trainer: Trainer, data: str, mapping: dict[str, str] | None, te
     schedule = trainer.schedule(train_examples)
     fingerprint: dict[str, Any] = {
         "module_sha256": hashlib.sha256(trainer.source.encode("utf-8")).hexdigest(),
-        "data": data, "map": dict(mapping or {}), "test_data": test_data, "test_split": test_split,
+        "data": _where(data), "map": dict(mapping or {}), "test_data": _where(test_data), "test_split": test_split,
         "val_split": cfg.val_split, "train_examples": train_examples, "normalize": normalize, "batch_size": cfg.batch_size,
         "optimizer": cfg.optimizer, "hyper": dict(cfg.hyper), "clip_norm": cfg.clip_norm, "lr": cfg.lr,
         "schedule": schedule.describe(), "seed": cfg.seed, "patience": cfg.patience, "dtype": cfg.dtype,
@@ -731,6 +734,42 @@ def _fingerprint(trainer: Trainer, data: str, mapping: dict[str, str] | None, te
     if schedule.depends_on_length:
         fingerprint["epochs"] = cfg.epochs
     return fingerprint
+
+
+def _settings(model: str | Path, data: str, mapping: dict[str, str] | None, test_data: str | None,
+              config: TrainConfig) -> dict[str, Any]:
+    """What ``nncompile train --resume`` reads back: the model, the data and every setting,
+    with paths made absolute so that the run continues from any folder."""
+    return {"model": _where(str(model)), "data": _where(data), "map": dict(mapping or {}),
+            "test_data": _where(test_data), "config": asdict(config)}
+
+
+def _where(spec: str | None) -> str | None:
+    """A data or model file as an absolute path (so a run resumes from any folder); 'digits' as it is."""
+    return str(Path(spec).resolve()) if spec is not None and Path(spec).exists() else spec
+
+
+def _record_settings(path: Path, settings: dict[str, Any]) -> None:
+    """config.json with the settings of the run as resumed (more epochs, another cadence)."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return   # a run that predates config.json's settings keeps what it has
+    if isinstance(saved, dict):
+        write_text(path, json.dumps({**saved, "settings": settings}, indent=2) + "\n")
+
+
+def _check_more_epochs(state: TrainState, epochs: int, say: Log) -> None:
+    """Resuming with fewer epochs than are done would silently do nothing: refuse it; say
+    plainly when nothing is left to do."""
+    if epochs < state.epoch:
+        raise NNError(f"this run has already trained {state.epoch} epochs, more than --epochs {epochs}: give "
+                      f"--epochs above {state.epoch} to train on (the trained params are in params.npz)")
+    if state.stopped_early:
+        say(f"the run stopped early after epoch {state.epoch}: nothing more to train")
+    elif epochs == state.epoch and not state.position:
+        say(f"the run has already trained all {epochs} epochs: nothing more to train; give --epochs above "
+            f"{epochs} to go on")
 
 
 def _rewrite_metrics(path: Path, history: list[dict[str, Any]]) -> None:

@@ -1,0 +1,120 @@
+#!/usr/bin/env python
+"""What the trainer costs around the compiled ``step``: the epoch loop against a bare loop.
+
+The case of the complaint: a small net (4 -> 16 -> 3, relu, softmax cross-entropy, L2)
+trained full-batch on 240 examples of three Gaussian blobs for 10,000 epochs with Adam.
+It times
+
+* **bare**: ``for _ in range(steps): module.step(params, opt, lr, X=X, y=y)`` on the
+  training split, the floor;
+* **trainer loop**: ``Trainer.train`` with a run directory, as ``nncompile train`` runs it
+  (checkpoints and lines on their default cadence, validation on its default schedule,
+  early stopping off so that every epoch runs);
+* **nncompile train**: the whole command in a subprocess (compiling, the sanity check,
+  the curves), for scale.
+
+    python benchmarks/trainer_overhead.py [--epochs 10000] [--repeat 3] [--no-cli]
+
+Each figure is the best of ``--repeat`` runs (wall clock, GC on as in real use). The
+ratio trainer loop / bare is the figure that must stay under 1.2.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")   # one core: stable numbers, as bench.py
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from nncompile.train import TrainConfig, Trainer  # noqa: E402
+from nncompile.train.data import bind, load_source, split  # noqa: E402
+
+MODEL = """\
+const D = 4, H = 16, C = 3
+input X: float[N, D]
+input y: int[N]
+layer affine(x: [B, K], out: int) -> [B, out] {
+    param W: [K, out] = he()
+    param b: [out] = zeros()
+    return x @ W + b
+}
+h = relu(affine(X, out=H) as fc1)
+scores = affine(h, out=C) as fc2
+output scores
+data_loss = softmax_cross_entropy(scores, y)
+loss = data_loss + 1e-4 * sum(fc1.W ** 2)
+output data_loss
+minimize loss
+"""
+
+
+def blobs(path: Path) -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 2.0, (3, 4))
+    y = np.repeat(np.arange(3), 80)
+    np.savez(path, X=centres[y] + rng.standard_normal((240, 4)), y=y)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=10_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--no-cli", action="store_true", help="skip timing the nncompile train command")
+    args = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="trainer_overhead_"))
+    model, data = root / "mlp.nn", root / "blobs.npz"
+    model.write_text(MODEL)
+    blobs(data)
+    config = TrainConfig(epochs=args.epochs, batch_size=1000, patience=0, lr=1e-3)
+    trainer = Trainer(model, config)
+    train, val = split(bind(load_source(str(data)), trainer.module), config.val_split, salt=2)
+    module = trainer.module
+
+    def bare() -> float:
+        params = module.init_params(0)
+        opt = module.init_opt_state(params)
+        X, y = train.arrays["X"], train.arrays["y"]
+        started = time.perf_counter()
+        for _ in range(args.epochs):
+            module.step(params, opt, 1e-3, X=X, y=y)
+        return time.perf_counter() - started
+
+    def loop(i: int) -> float:
+        run_dir = root / f"run{i}"
+        run_dir.mkdir()
+        started = time.perf_counter()
+        trainer.train(train, val, run_dir=run_dir, fingerprint={})
+        return time.perf_counter() - started
+
+    bare_times, loop_times = [], []
+    for i in range(args.repeat):    # alternate, so drift in the machine's speed moves both alike
+        bare_times.append(bare())
+        loop_times.append(loop(i))
+    b, t = min(bare_times), min(loop_times)
+    print(f"case: 4-16-3 MLP, full batch of {len(train)} examples ({len(val)} validation), {args.epochs} epochs, adam")
+    print(f"bare step loop   {b:8.3f} s  ({1e6 * b / args.epochs:6.1f} us/step)")
+    print(f"trainer loop     {t:8.3f} s  ({1e6 * t / args.epochs:6.1f} us/epoch)   ratio {t / b:.3f}  (must be < 1.2)")
+    if not args.no_cli:
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "nncompile", "train", str(model), "--data", str(data),
+                               "--epochs", str(args.epochs), "--batch-size", "1000", "--patience", "0",
+                               "--out", str(root / "cli")], capture_output=True, text=True, cwd=REPO)
+        took = time.perf_counter() - started
+        if done.returncode != 0:
+            sys.exit(f"nncompile train failed:\n{done.stderr}")
+        print(f"nncompile train  {took:8.3f} s  (the whole command: start-up, compile, checks, curves)")
+
+
+if __name__ == "__main__":
+    main()
