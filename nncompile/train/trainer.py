@@ -699,7 +699,7 @@ def run(model: str | Path, *, data: str = "digits", mapping: dict[str, str] | st
     if normalizer.mean:
         files.append("normalization.npz")
     if plot_curves(state.history, run_dir / "curves.png", title=f"{Path(model).name} on {raw.source}",
-                   best_epoch=state.best_epoch or None):
+                   best_epoch=state.best_epoch or None, step_losses=state.step_losses):
         files.append("curves.png")
     else:
         say("matplotlib is not installed, so no curves.png (pip install 'nncompile[train]')")
