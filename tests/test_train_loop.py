@@ -5,6 +5,7 @@ returning the history as data). How fast the loop is lives in benchmarks/trainer
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -178,3 +179,18 @@ def test_fit_checks_the_arrays_against_the_model(files) -> None:
         trainer.fit({"X": data["X"], "y": np.full(240, 7)})
     with pytest.raises(NNError, match="no data for the model's input 'y'"):
         trainer.fit(Dataset.from_arrays(X=data["X"]))
+
+
+def test_the_python_snippets_of_docs_training_md_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every ```python block under *Python API*, in order, in one namespace, in a fresh folder."""
+    text = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
+    section = text[text.index("## Python API"):]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(blocks) >= 3
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {}
+    for block in blocks:
+        exec(compile(block, "docs/training.md", "exec"), namespace)
+    assert namespace["history"]["val_acc"][-1] > 0.9
+    assert (tmp_path / "runs" / "digits" / "params.npz").exists()

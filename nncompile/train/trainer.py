@@ -378,13 +378,14 @@ class Trainer:
 
     # ---- measuring ---------------------------------------------------------------------
 
-    def evaluate(self, params: dict[str, np.ndarray], data: Dataset,
+    def evaluate(self, params: dict[str, np.ndarray], data: Dataset | Mapping[str, Any],
                  model_state: dict[str, np.ndarray] | None = None) -> Metrics:
         """Mean loss and accuracy of ``params`` on ``data``: forward (eval mode) in chunks.
 
         The loss is the model's LOSS output, or where eval mode has none, its data loss
         (see ``_data_loss``); None if neither exists.
         """
+        data = self.prepare(data)
         n = len(data)
         classify = self.scores is not None and self.labels in data.arrays
         scores, labels = self.scores or "", self.labels or ""
