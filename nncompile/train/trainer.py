@@ -4,14 +4,15 @@ Everything numeric happens in the generated module: ``step`` runs forward, backw
 compiled optimiser update in one call. This file only feeds it mini-batches, keeps score,
 and writes the run directory. Two entry points:
 
-* :class:`Trainer` — the Python API: ``fit`` on a :class:`~nncompile.train.data.Dataset`,
+* :class:`Trainer` — the Python API: ``fit`` on a :class:`~nncompile.train.data.Dataset`
+  (or a mapping of arrays) returning the :class:`~nncompile.train.history.History`,
   ``evaluate``, and the sanity checks ``initial_loss_check``, ``overfit`` and
-  ``gradient_check``;
+  ``gradient_check``; the epoch loop itself is nncompile/train/loop.py;
 * :func:`run` — what ``nncompile train`` does: load and split the data, check, train,
   checkpoint, evaluate on the test split, and write metrics, curves and a summary.
 
 Conventions the trainer relies on (see docs/training.md): the loss is the module's LOSS
-output, and the loss op it is built on (:class:`Objective`: softmax_cross_entropy, svm_loss,
+output, and the loss op it is built on (:class:`~nncompile.train.objective.Objective`: softmax_cross_entropy, svm_loss,
 sigmoid_cross_entropy, mse, each declaring its ``loss`` in nncompile/ops) sets what the
 sanity checks expect.
 Classification accuracy uses the first output of shape [N, C] as the class scores and the
@@ -39,13 +40,10 @@ from ..backends import BACKENDS
 from ..compiler import compile_file, load_module
 from ..errors import NNError
 from ..gradcheck import TOLERANCE
-from ..ir import Attrs
-from ..ops import REGISTRY, OpDef
 from ..optim import Optimizer
 from .checkpoint import (
     TrainState,
     load_checkpoint,
-    save_checkpoint,
     write_npz,
     write_text,
 )
@@ -64,6 +62,7 @@ from .data import (
 )
 from .history import History
 from .loop import run_epoch, train_epochs
+from .objective import Objective
 from .plots import plot_curves
 from .schedules import Schedule, make_schedule
 
@@ -504,71 +503,7 @@ def to_host(array: Any) -> np.ndarray:
     return array.get() if hasattr(array, "__cuda_array_interface__") else np.asarray(array)
 
 
-CHECKED = ("classes", "binary", "regression")   # the kinds of loss whose chance level and accuracy the checks know
 OVERFIT_FRACTION = 0.05   # --overfit passes once the data loss is below this fraction of chance level
-
-
-@dataclass(frozen=True)
-class Objective:
-    """The data loss a model minimises, read off its graph: the sanity checks expect what its
-    loss op declares (:class:`nncompile.ops.registry.Loss`)."""
-
-    op: str | None = None            # the one loss op of the CHECKED kinds; None when there is none, or several
-    predictions: str | None = None   # the output it scores (class scores, logits, predictions), if one is
-    targets: str | None = None       # the input holding its labels or targets, if one does
-    attrs: Attrs = ()                # the loss op's attributes (svm_loss's margin delta)
-    mixed: bool = False              # the loss adds up several of them: no one chance level
-    target_inputs: tuple[str, ...] = ()   # every input a loss op reads as its targets: never normalised
-
-    @classmethod
-    def of_file(cls, path: str | Path) -> Objective:
-        import networkx as nx
-
-        from ..elaborate import elaborate_file
-
-        model = elaborate_file(path)
-        G, target = model.graph, model.target
-        if target is None:
-            return cls()
-        losses = [n for n in nx.ancestors(G.nx, target) | {target} if REGISTRY[G[n].op].loss is not None]
-        inputs = {n: name for name, n in model.inputs.items()}
-        read = tuple(sorted({inputs[a] for n in losses for a in G[n].args[1:] if a in inputs}))
-        found = [n for n in losses if REGISTRY[G[n].op].loss.kind in CHECKED]
-        if len(found) != 1:
-            return cls(mixed=len(found) > 1, target_inputs=read)
-        node = G[found[0]]
-        outputs = {n: name for name, n in model.outputs.items()}
-        return cls(node.op, outputs.get(node.args[0]), inputs.get(node.args[1]), node.attrs, target_inputs=read)
-
-    @property
-    def kind(self) -> str | None:
-        """The loss op's kind ("classes", "binary" or "regression"); None without one."""
-        return REGISTRY[self.op].loss.kind if self.op else None
-
-    @property
-    def binary(self) -> bool:
-        return self.kind == "binary"
-
-    @property
-    def _opdef(self) -> OpDef:
-        """The loss op, or where the graph has none the trainer knows, the one it assumes of class scores."""
-        if self.op:
-            return REGISTRY[self.op]
-        return next(opdef for opdef in REGISTRY.values() if opdef.loss is not None and opdef.loss.assumed)
-
-    def data_loss(self, predictions: np.ndarray, targets: np.ndarray) -> float:
-        """The loss op's value, computed here in float64 from its output and its targets by
-        the code the op emits."""
-        args = [a.astype(np.float64) if a.dtype.kind == "f" else a for a in map(np.asarray, (predictions, targets))]
-        return float(self._opdef.compute(args, dict(self.attrs)))
-
-    def describe(self) -> str:
-        return self._opdef.loss.what
-
-    def chance(self, classes: int | None) -> tuple[float, str] | None:
-        """The loss of a classifier that knows nothing yet (all scores equal), and how it follows."""
-        chance = self._opdef.loss.chance
-        return None if self.mixed or chance is None else chance(classes, dict(self.attrs))
 
 
 # ---- the whole run, as `nncompile train` does it ---------------------------------------------
