@@ -9,7 +9,9 @@ It times
   training split, the floor;
 * **trainer loop**: ``Trainer.train`` with a run directory, as ``nncompile train`` runs it
   (checkpoints and lines on their default cadence, validation on its default schedule,
-  early stopping off so that every epoch runs);
+  early stopping off so that every epoch runs), and the same without a run directory (what
+  ``Trainer.fit`` does: the difference is the checkpoint and metrics.jsonl written at the
+  end, fsync'ed, which a loaded disk can make slow);
 * **nncompile train**: the whole command in a subprocess (compiling, the sanity check,
   the curves), for scale.
 
@@ -90,21 +92,23 @@ def main() -> None:
             module.step(params, opt, 1e-3, X=X, y=y)
         return time.perf_counter() - started
 
-    def loop(i: int) -> float:
-        run_dir = root / f"run{i}"
-        run_dir.mkdir()
+    def loop(run_dir: Path | None) -> float:
+        if run_dir is not None:
+            run_dir.mkdir()
         started = time.perf_counter()
         trainer.train(train, val, run_dir=run_dir, fingerprint={})
         return time.perf_counter() - started
 
-    bare_times, loop_times = [], []
-    for i in range(args.repeat):    # alternate, so drift in the machine's speed moves both alike
+    bare_times, loop_times, bare_loop_times = [], [], []
+    for i in range(args.repeat):    # take turns, so drift in the machine's speed moves every row alike
         bare_times.append(bare())
-        loop_times.append(loop(i))
-    b, t = min(bare_times), min(loop_times)
+        loop_times.append(loop(root / f"run{i}"))
+        bare_loop_times.append(loop(None))
+    b, t, u = min(bare_times), min(loop_times), min(bare_loop_times)
     print(f"case: 4-16-3 MLP, full batch of {len(train)} examples ({len(val)} validation), {args.epochs} epochs, adam")
     print(f"bare step loop   {b:8.3f} s  ({1e6 * b / args.epochs:6.1f} us/step)")
     print(f"trainer loop     {t:8.3f} s  ({1e6 * t / args.epochs:6.1f} us/epoch)   ratio {t / b:.3f}  (must be < 1.2)")
+    print(f"  no run dir     {u:8.3f} s  ({1e6 * u / args.epochs:6.1f} us/epoch)   ratio {u / b:.3f}")
     if not args.no_cli:
         started = time.perf_counter()
         done = subprocess.run([sys.executable, "-m", "nncompile", "train", str(model), "--data", str(data),

@@ -194,3 +194,23 @@ def test_the_python_snippets_of_docs_training_md_run(tmp_path: Path, monkeypatch
         exec(compile(block, "docs/training.md", "exec"), namespace)
     assert namespace["history"]["val_acc"][-1] > 0.9
     assert (tmp_path / "runs" / "digits" / "params.npz").exists()
+
+
+def test_fit_interrupted_between_steps_continues_where_it_stopped(files) -> None:
+    data = blobs(files)
+    train = Dataset.from_arrays(X=data["X"], y=data["y"])
+    whole = Trainer(files["mlp"], TrainConfig(batch_size=50, lr=1e-2))
+    whole.fit(train, epochs=3)
+
+    def interrupt(state: Any) -> None:
+        if state.step == 7:       # in the middle of epoch 2 (5 steps an epoch)
+            raise Interrupt
+
+    cut = Trainer(files["mlp"], TrainConfig(batch_size=50, lr=1e-2))
+    with pytest.raises(Interrupt):
+        cut.fit(train, epochs=3, on_step=interrupt)
+    assert cut.state is not None and (cut.state.epoch, cut.state.position) == (1, 2)
+    history = cut.fit(train, epochs=3)
+    for name in whole.params:
+        np.testing.assert_array_equal(whole.params[name], cut.params[name])
+    np.testing.assert_array_equal(history.step_loss, whole.history().step_loss)

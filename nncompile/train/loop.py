@@ -143,11 +143,13 @@ def train_epochs(trainer: Trainer, train: Dataset, val: Dataset | None, state: T
                     loss, acc = runner.run(state)
                     epoch = state.epoch + 1
                     record: dict[str, Any] = {"epoch": epoch, "step": state.step, "lr": lr, "loss": loss, "acc": acc}
+                    stop.mid_step = True   # an epoch half closed is no point to resume from
                     if val is not None and epoch % every == 0:
                         _validate(trainer, state, val, record, epoch, patience)
                     record["seconds"] = round(perf_counter() - started, 4)
                     state.history.append(record)
                     state.epoch, state.position, state.order, state.partial = epoch, 0, None, (0.0, 0)
+                    stop.mid_step = False
                     if checkpoints.due_after(epoch):
                         checkpoints.done(book.save(state))
                     last = epoch >= epochs or state.stopped_early

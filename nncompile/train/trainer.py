@@ -315,7 +315,8 @@ class Trainer:
             raise NNError(f"this trainer has already trained {state.epoch} epochs; ask for more than that to "
                           f"continue, not epochs={epochs}")
         train, val = self.prepare(train), (self.prepare(val) if val is not None else None)
-        self.state = self.train(train, val, state=state, epochs=epochs, on_step=on_step)
+        self.state = self.to_device(state)   # kept as it goes: after a Ctrl-C, fit continues where it stopped
+        self.train(train, val, state=self.state, epochs=epochs, on_step=on_step)
         return self.history()
 
     def history(self) -> History:
