@@ -504,6 +504,9 @@ def test_cli_sanity_checks(files: dict[str, Path], tmp_path: Path) -> None:
     (lambda X, y: {"X": X, "y": y}, ["--optimizer", "sgd", "--beta1", "0.8"], "has no hyperparameter 'beta1'"),
     (lambda X, y: {"X": X, "y": y}, ["--schedule", "cosine:min_lr=1"], "min_lr must lie in [0, lr = 0.001]"),
     (lambda X, y: {"X": X, "y": y}, ["--batch-size", "0"], "--batch-size must be a positive whole number"),
+    (lambda X, y: {"X": X, "y": y}, ["--checkpoint-every", "0"], "--checkpoint-every takes a number of epochs"),
+    (lambda X, y: {"X": X, "y": y}, ["--log-every", "soon"], "--log-every takes a number of epochs"),
+    (lambda X, y: {"X": X, "y": y}, ["--val-every", "0"], "--val-every must be a positive whole number"),
 ])
 def test_cli_bad_data_and_settings_fail_cleanly_before_training(files: dict[str, Path], tmp_path: Path, make,
                                                                  args: list[str], message: str) -> None:
