@@ -150,7 +150,8 @@ def test_a_run_learns_and_writes_its_files(files: dict[str, Path], tmp_path: Pat
     assert "normalization.npz" not in report.files     # files are used as they are unless asked
     history = without_times(tmp_path / "run" / "metrics.jsonl")
     assert [r["epoch"] for r in history] == list(range(1, 7))
-    assert set(history[0]) == {"epoch", "step", "lr", "loss", "acc", "val_loss", "val_acc"}
+    assert set(history[0]) == {"epoch", "step", "lr", "loss", "acc"}    # 11 steps an epoch: validated every 2nd
+    assert set(history[1]) == {"epoch", "step", "lr", "loss", "acc", "val_loss", "val_acc"}
     assert history[-1]["loss"] < history[0]["loss"]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["test"]["acc"] == report.test.acc and summary["epochs"] == 6

@@ -86,18 +86,18 @@ def test_an_exception_between_steps_leaves_a_checkpoint_of_that_exact_step(files
     assert state.order is not None and sorted(state.order) == list(range(162))
 
 
-def test_a_full_batch_run_validates_every_tenth_epoch_and_patience_counts_validations(files, tmp_path) -> None:
-    config = small(epochs=40, batch_size=1000, lr=1e-3)
+def test_a_full_batch_run_validates_every_twentieth_epoch_and_patience_counts_validations(files, tmp_path) -> None:
+    config = small(epochs=60, batch_size=1000, lr=1e-3)
     run(files["mlp"], data=str(files["data"]), config=config, out=tmp_path / "run")
     history = without_times(tmp_path / "run" / "metrics.jsonl")
-    assert [r["epoch"] for r in history if "val_loss" in r] == [10, 20, 30, 40]
-    assert [r["epoch"] for r in history if r["acc"] is not None] == [10, 20, 30, 40]   # counted when validated
+    assert [r["epoch"] for r in history if "val_loss" in r] == [20, 40, 60]
+    assert [r["epoch"] for r in history if r["acc"] is not None] == [20, 40, 60]   # counted when validated
     rng = np.random.default_rng(1)
     noise = tmp_path / "noise.npz"     # random labels: the validation loss soon only gets worse
     np.savez(noise, X=rng.standard_normal((120, 4)), y=rng.integers(0, 3, 120))
-    report = run(files["mlp"], data=str(noise), config=small(epochs=400, batch_size=1000, lr=0.1, patience=2,
+    report = run(files["mlp"], data=str(noise), config=small(epochs=800, batch_size=1000, lr=0.1, patience=2,
                                                             val_split=0.3), out=tmp_path / "noise")
-    assert report.stopped_early and report.epochs == report.best_epoch + 20
+    assert report.stopped_early and report.epochs == report.best_epoch + 40
 
 
 def test_resuming_with_fewer_epochs_than_done_is_an_error_and_with_as_many_a_notice(files, tmp_path) -> None:

@@ -77,8 +77,8 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="stop after this many validations without a better validation loss; 0 never stops "
                         "(default: 10)")
     g.add_argument("--val-every", type=int, metavar="K",
-                   help="validate every K epochs (default: every epoch, or for epochs of fewer than 10 steps "
-                        "often enough that 10 steps pass in between)")
+                   help="validate every K epochs (default: every epoch, or for epochs of fewer than 20 steps "
+                        "often enough that 20 steps pass in between)")
     g.add_argument("--clip-norm", type=float, metavar="C",
                    help="clip the gradients to a global norm of at most C")
     g.add_argument("--momentum", type=float, help="momentum, nesterov (default: 0.9)")

@@ -39,7 +39,7 @@ from .data import Dataset
 if TYPE_CHECKING:
     from .trainer import Trainer
 
-VAL_STEPS = 10           # by default, validate once at least this many steps have passed
+VAL_STEPS = 20           # by default, validate once at least this many steps have passed
 PROGRESS_SECONDS = 0.2   # the progress bar's refresh interval
 
 OnStep = Callable[[TrainState], None]

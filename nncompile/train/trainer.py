@@ -89,7 +89,7 @@ class TrainConfig:
     normalize: str | None = None       # none, center, standardize, image; None: the dataset's default
     dtype: str | None = None
     backend: str = "numpy"             # numpy (CPU) or cupy (NVIDIA GPU)
-    val_every: int | None = None       # validate every this many epochs; None: often enough for 10 steps between
+    val_every: int | None = None       # validate every this many epochs; None: often enough for 20 steps between
     checkpoint_every: str = CHECKPOINT_EVERY   # N epochs, or a time: "10s", "2m" (and always at the end)
     log_every: str = LOG_EVERY         # the same for the printed epoch lines
 
