@@ -183,7 +183,8 @@ def test_the_trainer_runs_the_cupy_backend_and_learns_what_numpy_learns(model: s
         config = TrainConfig(epochs=2, batch_size=32, dtype="float64", backend=backend, patience=0, val_split=0.0)
         trainer = Trainer(ROOT / "examples" / f"{model}.nn", config)
         assert "cp.ElementwiseKernel" in trainer.source if backend == "cupy" else "import cupy" not in trainer.source
-        state = trainer.fit(data)
+        trainer.fit(data)
+        state = trainer.state
         results[backend] = (state.params, trainer.evaluate(state.params, data, state.model_state))
     for name, value in results["numpy"][0].items():
         np.testing.assert_allclose(results["cupy"][0][name], value, rtol=1e-9, atol=1e-12, err_msg=name)

@@ -7,6 +7,7 @@ and are imported only when used.
 """
 from .checkpoint import TrainState
 from .data import Dataset, bind, load_source
+from .history import History
 from .schedules import Schedule, make_schedule
 from .trainer import (
     GradCheck,
@@ -20,6 +21,6 @@ from .trainer import (
 )
 
 __all__ = [
-    "Dataset", "GradCheck", "LossCheck", "Metrics", "OverfitResult", "RunReport", "Schedule", "TrainConfig",
+    "Dataset", "GradCheck", "History", "LossCheck", "Metrics", "OverfitResult", "RunReport", "Schedule", "TrainConfig",
     "TrainState", "Trainer", "bind", "load_source", "make_schedule", "run",
 ]

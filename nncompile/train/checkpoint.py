@@ -3,9 +3,12 @@
 A checkpoint is one .npz file (no pickle): the params (``param/NAME``), the optimiser's
 state (``opt/SLOT/NAME``), the model's own state if it has any (running statistics,
 ``state/NAME``), the best params and model state so far (``best/NAME``,
-``best_state/NAME``), and a JSON ``meta`` entry with the epoch and step counters, the
-states of the shuffling and dropout generators, the early-stopping bookkeeping, the
-metrics history and the run's fingerprint. It is written to a temporary
+``best_state/NAME``), the loss of every step so far (``steps/loss``), the order of an
+epoch cut short (``epoch/order``), and a JSON ``meta`` entry with the epoch and step
+counters, how far into the current epoch the run is, the states of the shuffling and
+dropout generators, the early-stopping bookkeeping, the metrics history and the run's
+fingerprint. A checkpoint may be taken between any two steps, so a run resumed from it
+continues exactly where it stopped. It is written to a temporary
 file and renamed, so an interrupted write never leaves a half checkpoint behind.
 """
 from __future__ import annotations
@@ -43,6 +46,10 @@ class TrainState:
     bad_epochs: int = 0                      # epochs since the last improvement
     stopped_early: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
+    step_losses: list[float] = field(default_factory=list)   # the training loss of every step so far
+    position: int = 0                        # batches done of the epoch under way (0: at an epoch's start)
+    order: np.ndarray | None = None          # that epoch's order of the examples (None: not shuffled)
+    partial: tuple[float, int] = (0.0, 0)    # its loss summed over the examples so far, and their hits
 
     @property
     def step(self) -> int:
@@ -50,7 +57,9 @@ class TrainState:
         return int(self.opt["step"])
 
 
-def save_checkpoint(path: Path, state: TrainState, fingerprint: dict[str, Any]) -> None:
+def save_checkpoint(path: Path, state: TrainState, fingerprint: dict[str, Any], history: str | None = None) -> None:
+    """Write ``state`` to ``path``. ``history``, where given, is ``state.history`` already
+    written as JSON lines (metrics.jsonl's text): stored as it is, it is not encoded again."""
     arrays: dict[str, np.ndarray] = {f"param/{k}": v for k, v in state.params.items()}
     for slot, value in state.opt.items():
         if isinstance(value, dict):
@@ -58,6 +67,9 @@ def save_checkpoint(path: Path, state: TrainState, fingerprint: dict[str, Any]) 
     for prefix, group in (("state/", state.model_state), ("best/", state.best_params),
                           ("best_state/", state.best_model_state)):
         arrays.update({prefix + k: v for k, v in (group or {}).items()})
+    arrays["steps/loss"] = np.array(state.step_losses, dtype=np.float64)
+    if state.position and state.order is not None:
+        arrays["epoch/order"] = state.order
     meta = {
         "format": FORMAT,
         "epoch": state.epoch,
@@ -68,9 +80,13 @@ def save_checkpoint(path: Path, state: TrainState, fingerprint: dict[str, Any]) 
         "best_epoch": state.best_epoch,
         "bad_epochs": state.bad_epochs,
         "stopped_early": state.stopped_early,
-        "history": state.history,
+        "history": state.history if history is None else None,
+        "position": state.position,
+        "partial": list(state.partial),
         "fingerprint": fingerprint,
     }
+    if history is not None:
+        arrays["history"] = np.frombuffer(history.encode("utf-8"), dtype=np.uint8)
     arrays["meta"] = np.array(json.dumps(meta))
     write_npz(path, arrays)
 
@@ -105,7 +121,12 @@ def _state(entries: dict[str, np.ndarray], meta: dict[str, Any], slots: tuple[st
         best_loss=math.inf if meta["best_loss"] is None else float(meta["best_loss"]),
         best_epoch=int(meta["best_epoch"]), best_params=group("best/") or None,
         best_model_state=group("best_state/") or None, bad_epochs=int(meta["bad_epochs"]),
-        stopped_early=bool(meta["stopped_early"]), history=list(meta["history"]))
+        stopped_early=bool(meta["stopped_early"]),
+        history=list(meta["history"]) if meta["history"] is not None else
+        [json.loads(line) for line in entries["history"].tobytes().decode("utf-8").splitlines()],
+        step_losses=entries["steps/loss"].tolist() if "steps/loss" in entries else [], position=int(meta.get("position", 0)),
+        order=entries.get("epoch/order"), partial=(float(meta.get("partial", (0.0, 0))[0]),
+                                                   int(meta.get("partial", (0.0, 0))[1])))
     return state
 
 

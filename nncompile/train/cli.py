@@ -3,11 +3,16 @@
 nncompile/cli.py calls :func:`add_train_parser` to register the verb; the parser's ``run``
 default is :func:`run_train`, which returns the exit status: 0 on success, 1 for a user
 error (printed as ``nncompile: error: ...``, never a traceback) or a failed sanity check, 130
-when interrupted (the last finished epoch is checkpointed; ``--resume`` continues it).
+when interrupted (the point it stopped at is checkpointed; ``--resume`` continues it).
+
+Every setting defaults to None here, so that ``--resume`` can tell the flags given from the
+ones left out: those left out come from the run's own config.json, the others from
+:data:`DEFAULTS`.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,11 +21,19 @@ from ..backends import BACKENDS
 from ..compiler import DTYPES
 from ..errors import NNError
 from ..optim import OPTIMIZERS
+from .cadence import CHECKPOINT_EVERY, LOG_EVERY
 from .data import NORMALIZE
 from .schedules import NAMES as SCHEDULES
 
 OVERFIT_EPOCHS = 200     # --overfit without --epochs: long enough to memorise a handful of examples
 HYPER_FLAGS = ("momentum", "beta1", "beta2", "eps", "decay_rate", "weight_decay")
+# The settings a run takes from its flags: TrainConfig's fields and the data flags.
+DEFAULTS: dict[str, Any] = {
+    "data": "digits", "map": None, "test_data": None, "val_split": 0.1, "test_split": None, "normalize": None,
+    "epochs": 50, "batch_size": 64, "optimizer": "adam", "lr": 1e-3, "schedule": "constant", "seed": 0,
+    "patience": 10, "clip_norm": None, "backend": "numpy", "dtype": None, "val_every": None,
+    "checkpoint_every": CHECKPOINT_EVERY, "log_every": LOG_EVERY, **{name: None for name in HYPER_FLAGS},
+}
 
 
 def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -30,37 +43,43 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Train MODEL.nn with mini-batch gradient descent. The optimiser is compiled into the "
                     "model's module; checkpoints, metrics, curves and the trained params go to RUN_DIR.",
         epilog="example: nncompile train examples/digits_mlp.nn --data digits")
-    p.add_argument("model", metavar="MODEL.nn")
+    p.add_argument("model", metavar="MODEL.nn", nargs="?",
+                   help="the model (with --resume: by default the run's own, from its config.json)")
 
     g = p.add_argument_group("data")
-    g.add_argument("--data", default="digits", metavar="digits|FILE",
+    g.add_argument("--data", metavar="digits|FILE",
                    help="'digits' (scikit-learn's bundled 8x8 digits), or a .npz or .csv file (default: digits)")
     g.add_argument("--map", action="append", metavar="INPUT=ARRAY[,...]",
                    help="feed a model input from a named array (npz) or column (csv; INPUT=FIRST:LAST for a "
                         "range); by default inputs take the arrays of the same name")
     g.add_argument("--test-data", metavar="FILE", help="a separate test set, mapped like --data")
-    g.add_argument("--val-split", type=float, default=0.1, metavar="F",
+    g.add_argument("--val-split", type=float, metavar="F",
                    help="fraction of the training data held out for validation (default: 0.1)")
-    g.add_argument("--test-split", type=float, default=None, metavar="F",
+    g.add_argument("--test-split", type=float, metavar="F",
                    help="fraction held out for the final test (default: 0.2 for digits, 0 for files)")
-    g.add_argument("--normalize", choices=NORMALIZE, default=None,
+    g.add_argument("--normalize", choices=NORMALIZE,
                    help="normalise float inputs with training-split statistics (default: image for digits, "
                         "none for files)")
 
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=None,
-                   help=f"passes over the training data (default: 50; {OVERFIT_EPOCHS} with --overfit)")
-    g.add_argument("--batch-size", type=int, default=64, metavar="B", help="examples per step (default: 64)")
-    g.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="adam", help="(default: adam)")
-    g.add_argument("--lr", type=float, default=1e-3, help="base learning rate (default: 1e-3)")
-    g.add_argument("--schedule", default="constant", metavar="NAME[:K=V,...]",
+    g.add_argument("--epochs", type=int,
+                   help=f"passes over the training data, in all (default: 50; {OVERFIT_EPOCHS} with --overfit; "
+                        "with --resume: the run's, or more to train on)")
+    g.add_argument("--batch-size", type=int, metavar="B", help="examples per step (default: 64)")
+    g.add_argument("--optimizer", choices=tuple(OPTIMIZERS), help="(default: adam)")
+    g.add_argument("--lr", type=float, help="base learning rate (default: 1e-3)")
+    g.add_argument("--schedule", metavar="NAME[:K=V,...]",
                    help=f"learning-rate schedule: {', '.join(SCHEDULES)}, e.g. step:every=10,gamma=0.5 "
                         "(default: constant)")
-    g.add_argument("--seed", type=seed, default=0,
+    g.add_argument("--seed", type=seed,
                    help="seed for the initial params, the shuffling and dropout (default: 0)")
-    g.add_argument("--patience", type=int, default=10,
-                   help="stop after this many epochs without a better validation loss; 0 never stops (default: 10)")
-    g.add_argument("--clip-norm", type=float, default=None, metavar="C",
+    g.add_argument("--patience", type=int,
+                   help="stop after this many validations without a better validation loss; 0 never stops "
+                        "(default: 10)")
+    g.add_argument("--val-every", type=int, metavar="K",
+                   help="validate every K epochs (default: every epoch, or for epochs of fewer than 20 steps "
+                        "often enough that 20 steps pass in between)")
+    g.add_argument("--clip-norm", type=float, metavar="C",
                    help="clip the gradients to a global norm of at most C")
     g.add_argument("--momentum", type=float, help="momentum, nesterov (default: 0.9)")
     g.add_argument("--beta1", type=float, help="adam, adamw (default: 0.9)")
@@ -68,14 +87,21 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--eps", type=float, help="adagrad, rmsprop, adam, adamw (default: 1e-8)")
     g.add_argument("--decay-rate", type=float, help="rmsprop (default: 0.99)")
     g.add_argument("--weight-decay", type=float, help="adamw, decoupled (default: 0.01)")
-    g.add_argument("--backend", choices=tuple(BACKENDS), default="numpy",
+    g.add_argument("--backend", choices=tuple(BACKENDS),
                    help="numpy (CPU) or cupy (NVIDIA GPU: the data goes to the device once per epoch)")
-    g.add_argument("--dtype", choices=DTYPES, default=None,
+    g.add_argument("--dtype", choices=DTYPES,
                    help="float precision (default: the file's, else float32)")
 
     g = p.add_argument_group("run directory")
     g.add_argument("--out", metavar="RUN_DIR", default=None, help="where the run's files go (default: runs/MODEL)")
-    g.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its checkpoint")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in RUN_DIR from its checkpoint, with the settings in its config.json")
+    g.add_argument("--checkpoint-every", metavar="N|TIME",
+                   help=f"write checkpoint.npz and metrics.jsonl every N epochs or at most every TIME (e.g. 30s, "
+                        f"5m), and always at the end and on Ctrl-C (default: {CHECKPOINT_EVERY})")
+    g.add_argument("--log-every", metavar="N|TIME",
+                   help=f"print an epoch's line every N epochs or at most every TIME, and the first and last "
+                        f"(default: {LOG_EVERY})")
 
     g = p.add_argument_group("sanity checks (the initial-loss check always runs)")
     g.add_argument("--overfit", type=int, metavar="N",
@@ -92,27 +118,52 @@ def run_train(args: argparse.Namespace) -> int:
     """Run ``nncompile train`` for parsed ``args``; returns the exit status."""
     from .trainer import TrainConfig, run
 
-    run_dir = Path(args.out) if args.out is not None else Path("runs") / Path(args.model).stem
+    run_dir = Path(args.out) if args.out is not None else Path("runs") / Path(args.model or "").stem
     try:  # NNError goes up to nncompile.cli.main, which reports every command's errors alike
+        if args.model is None and not args.resume:
+            raise NNError("give the model to train (MODEL.nn), or --resume --out RUN_DIR to continue a run")
+        if args.model is None and args.out is None:
+            raise NNError("--resume without MODEL.nn needs --out RUN_DIR: the run to continue")
         _check_run_dir(run_dir)
-        hyper = {name: getattr(args, name) for name in HYPER_FLAGS if getattr(args, name) is not None}
-        epochs = args.epochs if args.epochs is not None else (OVERFIT_EPOCHS if args.overfit is not None else 50)
-        config = TrainConfig(
-            epochs=epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, hyper=hyper,
-            clip_norm=args.clip_norm, schedule=args.schedule, seed=args.seed, val_split=args.val_split,
-            test_split=args.test_split, patience=args.patience, normalize=args.normalize, dtype=args.dtype,
-            backend=args.backend)
-        progress = args.progress if args.progress is not None else sys.stderr.isatty()
-        from .data import parse_mapping
+        saved = read_settings(run_dir) if args.resume else {}
+        model = args.model if args.model is not None else saved.get("model")
+        if model is None:
+            raise NNError(f"{run_dir / 'config.json'} does not say which model the run trained: give MODEL.nn")
+        given = {k: getattr(args, k) for k in DEFAULTS if getattr(args, k) is not None}
+        if "map" in given:
+            from .data import parse_mapping
 
-        report = run(args.model, data=args.data, mapping=parse_mapping(args.map), test_data=args.test_data,
-                     config=config, out=args.out, resume=args.resume, overfit=args.overfit,
-                     grad_check=args.grad_check, log=lambda line: print(line, flush=True), progress=progress)
+            given["map"] = parse_mapping(given["map"])
+        settings = {**DEFAULTS, **saved.get("config", {}), **{k: saved[k] for k in ("data", "map", "test_data")
+                                                                if k in saved}, **given}
+        if args.overfit is not None and "epochs" not in given:
+            settings["epochs"] = OVERFIT_EPOCHS
+        hyper = {name: settings[name] for name in HYPER_FLAGS if settings.get(name) is not None}
+        hyper = {**saved.get("config", {}).get("hyper", {}), **hyper}
+        fields = {k: settings[k] for k in DEFAULTS if k not in ("data", "map", "test_data") and k not in HYPER_FLAGS}
+        config = TrainConfig(hyper=hyper, **fields)
+        progress = args.progress if args.progress is not None else sys.stderr.isatty()
+        report = run(model, data=settings["data"], mapping=settings["map"] or None,
+                     test_data=settings["test_data"], config=config, out=run_dir, resume=args.resume,
+                     overfit=args.overfit, grad_check=args.grad_check, log=lambda line: print(line, flush=True),
+                     progress=progress)
     except KeyboardInterrupt:
-        print(f"interrupted: the last finished epoch is checkpointed; continue with --resume --out {run_dir}",
-              file=sys.stderr)
+        print(f"interrupted: the run is checkpointed where it stopped; continue it with "
+              f"nncompile train --resume --out {run_dir}", file=sys.stderr)
         return 130
     return 0 if report.ok else 1
+
+
+def read_settings(run_dir: Path) -> dict[str, Any]:
+    """The settings a run was started with, from its config.json ({} for a run that predates them)."""
+    path = run_dir / "config.json"
+    if not path.exists():
+        return {}
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8")).get("settings", {})
+    except (OSError, ValueError, AttributeError) as exc:
+        raise NNError(f"cannot read the run's settings: {exc}", file=str(path)) from None
+    return settings if isinstance(settings, dict) else {}
 
 
 def seed(text: str) -> int:

@@ -63,15 +63,33 @@ class Dataset:
     """Arrays keyed by model input name, all with the same number of examples on axis 0."""
 
     arrays: dict[str, np.ndarray]
-    source: str
+    source: str = "arrays"
     labels: str | None = None     # the input holding class labels, if any
+    bound: bool = True            # checked against a model's inputs (by :func:`bind`)
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray] | None = None, /, **named: np.ndarray) -> Dataset:
+        """A dataset of arrays keyed by the model's input names, e.g. ``from_arrays(X=X, y=y)``.
+
+        Nothing is checked yet: the trainer checks it against its model (dtype, shape, the
+        batch dim shared by all, labels within the class bound) when it trains or evaluates.
+        """
+        given = {**(arrays or {}), **named}
+        if not given:
+            raise NNError("Dataset.from_arrays needs at least one array, e.g. from_arrays(X=X, y=y)")
+        return cls({k: np.asarray(v) for k, v in given.items()}, "the arrays given", bound=False)
+
+    def split(self, fraction: float, *, salt: int = 0) -> tuple[Dataset, Dataset]:
+        """(rest, held out): ``fraction`` of the examples, per class where there are labels;
+        the same data always gives the same split (see :func:`split`)."""
+        return split(self, fraction, salt)
 
     def __len__(self) -> int:
         return len(next(iter(self.arrays.values()))) if self.arrays else 0
 
     def take(self, index: np.ndarray) -> Dataset:
         """The examples at ``index`` (a copy), in that order."""
-        return Dataset({k: v[index] for k, v in self.arrays.items()}, self.source, self.labels)
+        return Dataset({k: v[index] for k, v in self.arrays.items()}, self.source, self.labels, self.bound)
 
     def label_array(self) -> np.ndarray | None:
         return self.arrays[self.labels] if self.labels else None
@@ -488,7 +506,7 @@ class Normalizer:
             if name in arrays:
                 x = arrays[name]
                 arrays[name] = ((x - mean) / self.scale[name]).astype(x.dtype)
-        return Dataset(arrays, data.source, data.labels)
+        return Dataset(arrays, data.source, data.labels, data.bound)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """For normalization.npz: ``mean/NAME`` and ``scale/NAME`` per normalised input."""

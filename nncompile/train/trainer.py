@@ -4,14 +4,15 @@ Everything numeric happens in the generated module: ``step`` runs forward, backw
 compiled optimiser update in one call. This file only feeds it mini-batches, keeps score,
 and writes the run directory. Two entry points:
 
-* :class:`Trainer` — the Python API: ``fit`` on a :class:`~nncompile.train.data.Dataset`,
+* :class:`Trainer` — the Python API: ``fit`` on a :class:`~nncompile.train.data.Dataset`
+  (or a mapping of arrays) returning the :class:`~nncompile.train.history.History`,
   ``evaluate``, and the sanity checks ``initial_loss_check``, ``overfit`` and
-  ``gradient_check``;
+  ``gradient_check``; the epoch loop itself is nncompile/train/loop.py;
 * :func:`run` — what ``nncompile train`` does: load and split the data, check, train,
   checkpoint, evaluate on the test split, and write metrics, curves and a summary.
 
 Conventions the trainer relies on (see docs/training.md): the loss is the module's LOSS
-output, and the loss op it is built on (:class:`Objective`: softmax_cross_entropy, svm_loss,
+output, and the loss op it is built on (:class:`~nncompile.train.objective.Objective`: softmax_cross_entropy, svm_loss,
 sigmoid_cross_entropy, mse, each declaring its ``loss`` in nncompile/ops) sets what the
 sanity checks expect.
 Classification accuracy uses the first output of shape [N, C] as the class scores and the
@@ -26,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from time import perf_counter
@@ -39,20 +40,19 @@ from ..backends import BACKENDS
 from ..compiler import compile_file, load_module
 from ..errors import NNError
 from ..gradcheck import TOLERANCE
-from ..ir import Attrs
-from ..ops import REGISTRY, OpDef
 from ..optim import Optimizer
 from .checkpoint import (
     TrainState,
     load_checkpoint,
-    save_checkpoint,
     write_npz,
     write_text,
 )
+from .cadence import CHECKPOINT_EVERY, LOG_EVERY, Cadence
 from .data import (
     NORMALIZE,
     Dataset,
     Normalizer,
+    RawData,
     bind,
     label_input,
     load_source,
@@ -60,6 +60,9 @@ from .data import (
     scores_output,
     split,
 )
+from .history import History
+from .loop import run_epoch, train_epochs
+from .objective import Objective
 from .plots import plot_curves
 from .runfiles import PREDICT_FILE, README, write_run_files
 from .schedules import Schedule, make_schedule
@@ -87,6 +90,9 @@ class TrainConfig:
     normalize: str | None = None       # none, center, standardize, image; None: the dataset's default
     dtype: str | None = None
     backend: str = "numpy"             # numpy (CPU) or cupy (NVIDIA GPU)
+    val_every: int | None = None       # validate every this many epochs; None: often enough for 20 steps between
+    checkpoint_every: str = CHECKPOINT_EVERY   # N epochs, or a time: "10s", "2m" (and always at the end)
+    log_every: str = LOG_EVERY         # the same for the printed epoch lines
 
     def check(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -106,6 +112,10 @@ class TrainConfig:
         make_schedule(self.schedule, self.lr, 1, self.epochs)   # a bad --schedule fails before any work
         if self.backend not in BACKENDS:
             raise NNError(f"--backend must be {' or '.join(BACKENDS)}, not {self.backend!r}")
+        if self.val_every is not None and (not isinstance(self.val_every, int) or self.val_every < 1):
+            raise NNError(f"--val-every must be a positive whole number of epochs, not {self.val_every!r}")
+        Cadence.parse(self.checkpoint_every, "--checkpoint-every")
+        Cadence.parse(self.log_every, "--log-every")
 
 
 @dataclass(frozen=True)
@@ -213,6 +223,8 @@ class Trainer:
         self.scores, self.labels = self._classified()
         self.log: Log = log or (lambda line: None)
         self.progress = progress
+        self.state: TrainState | None = None   # what ``fit`` has trained so far
+        self._on_device: tuple[Dataset, dict[str, Any]] | None = None
 
     def generator(self, noise: np.random.Generator) -> Any:
         """The generator the module draws dropout masks from. On the GPU it is a CuPy one,
@@ -286,112 +298,95 @@ class Trainer:
 
     # ---- training ----------------------------------------------------------------------
 
-    def fit(self, train: Dataset, val: Dataset | None = None, *, state: TrainState | None = None,
-            run_dir: Path | None = None, fingerprint: dict[str, Any] | None = None,
-            on_step: Callable[[TrainState], None] | None = None) -> TrainState:
-        """Train until ``config.epochs`` epochs are done or early stopping fires; returns the state.
+    def fit(self, train: Dataset | Mapping[str, Any], val: Dataset | Mapping[str, Any] | None = None, *,
+            epochs: int | None = None, on_step: Callable[[TrainState], None] | None = None) -> History:
+        """Train on ``train`` until ``epochs`` epochs are done in all (default: the config's);
+        returns the history so far. The trainer keeps the state (``trainer.state``,
+        ``trainer.params``), so calling ``fit`` again with more epochs continues the run.
 
-        With ``run_dir``, a checkpoint and a metrics line are written after every epoch.
-        ``on_step`` is called after each optimiser step (tests use it to interrupt a run).
+        ``train`` and ``val`` are Datasets (:meth:`Dataset.from_arrays`) or plain mappings of
+        input names to arrays; either is checked against the model's inputs first. Without a
+        run directory nothing is written; lines go to the trainer's ``log``.
         """
-        cfg = self.config
-        state = self.to_device(state if state is not None else self.init_state())
-        schedule = self.schedule(len(train))
-        val = val if val is not None and len(val) else None
-        patience = cfg.patience or None
-        while state.epoch < cfg.epochs and not state.stopped_early:
-            started = perf_counter()
-            epoch = state.epoch + 1
-            lr = schedule(state.step)
-            loss, acc = self._epoch(state, train, schedule, f"epoch {epoch}/{cfg.epochs}", on_step)
-            record: dict[str, Any] = {"epoch": epoch, "step": state.step, "lr": lr, "loss": loss, "acc": acc}
-            if val is not None:
-                measured = self.evaluate(state.params, val, state.model_state)
-                record.update(val_loss=measured.loss, val_acc=measured.acc)
-            if val is not None and measured.loss is not None:
-                if not math.isfinite(measured.loss):
-                    raise NNError(f"the validation loss is {measured.loss} after epoch {epoch}: training diverged; "
-                                  "try a smaller --lr or --clip-norm")
-                if measured.loss < state.best_loss:
-                    state.best_loss, state.best_epoch, state.bad_epochs = measured.loss, epoch, 0
-                    state.best_params = {k: v.copy() for k, v in state.params.items()}
-                    state.best_model_state = _copy(state.model_state)
-                else:
-                    state.bad_epochs += 1
-                    if patience is not None and state.bad_epochs >= patience:
-                        state.stopped_early = True
-            record["seconds"] = round(perf_counter() - started, 4)
-            state.history.append(record)
-            state.epoch = epoch
-            if run_dir is not None:
-                save_checkpoint(run_dir / "checkpoint.npz", state, fingerprint or {})
-                with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(record) + "\n")
-            self.log(_epoch_line(record, cfg.epochs))
-            if state.stopped_early:
-                self.log(f"early stopping: no better validation loss for {patience} epochs; the best was "
-                         f"{state.best_loss:.4f} at epoch {state.best_epoch}")
-        return state
+        epochs = self.config.epochs if epochs is None else epochs
+        if not isinstance(epochs, int) or epochs < 1:
+            raise NNError(f"epochs must be a positive whole number, not {epochs!r}")
+        state = self.state if self.state is not None else self.init_state()
+        if epochs < state.epoch:
+            raise NNError(f"this trainer has already trained {state.epoch} epochs; ask for more than that to "
+                          f"continue, not epochs={epochs}")
+        train, val = self.prepare(train), (self.prepare(val) if val is not None else None)
+        self.state = self.to_device(state)   # kept as it goes: after a Ctrl-C, fit continues where it stopped
+        self.train(train, val, state=self.state, epochs=epochs, on_step=on_step)
+        return self.history()
 
-    def schedule(self, examples: int) -> Schedule:
-        return make_schedule(self.config.schedule, self.config.lr, self.steps_per_epoch(examples), self.config.epochs)
+    def history(self) -> History:
+        """The epochs and steps trained so far, as data."""
+        state = self.state
+        if state is None:
+            return History()
+        return History.of(state.history, state.step_losses, state.best_epoch, state.stopped_early)
+
+    @property
+    def params(self) -> dict[str, Any] | None:
+        """The params as of the last ``fit`` (the last epoch's, not the best)."""
+        return None if self.state is None else self.state.params
+
+    def prepare(self, data: Dataset | Mapping[str, Any]) -> Dataset:
+        """A Dataset checked against the model's inputs (dtype, shape, class labels)."""
+        if isinstance(data, Dataset) and data.bound:
+            return data
+        arrays = data.arrays if isinstance(data, Dataset) else dict(data)
+        return bind(RawData(dict(arrays), "the arrays given", flat=False), self.module)
+
+    def train(self, train: Dataset, val: Dataset | None = None, *, state: TrainState | None = None,
+              epochs: int | None = None, run_dir: Path | None = None, fingerprint: dict[str, Any] | None = None,
+              on_step: Callable[[TrainState], None] | None = None) -> TrainState:
+        """Train ``state`` (default: a fresh one) until ``epochs`` epochs are done (default: the
+        config's) or early stopping fires; returns the state. See nncompile/train/loop.py.
+
+        With ``run_dir``, checkpoints and metrics lines are written there on the config's
+        schedule, at the end and when interrupted. ``on_step`` is called after each optimiser
+        step (tests use it to interrupt a run).
+        """
+        state = self.to_device(state if state is not None else self.init_state())
+        return train_epochs(self, train, val, state, self.config.epochs if epochs is None else epochs,
+                            run_dir=run_dir, fingerprint=fingerprint, on_step=on_step)
+
+    def schedule(self, examples: int, epochs: int | None = None) -> Schedule:
+        return make_schedule(self.config.schedule, self.config.lr, self.steps_per_epoch(examples),
+                             self.config.epochs if epochs is None else epochs)
 
     def steps_per_epoch(self, examples: int) -> int:
         return math.ceil(examples / min(self.config.batch_size, max(1, examples)))
 
-    def _epoch(self, state: TrainState, data: Dataset, schedule: Schedule, label: str,
-               on_step: Callable[[TrainState], None] | None) -> tuple[float, float | None]:
-        """One pass over ``data`` in a fresh random order; the mean batch loss and accuracy."""
-        n = len(data)
-        size = min(self.config.batch_size, n)
-        steps = math.ceil(n / size)
-        order = state.rng.permutation(n)
-        # One shuffled copy of the data per epoch, moved to the device once; batches are slices.
-        arrays = {k: self.xp.asarray(v[order]) for k, v in data.arrays.items()}
-        step, loss_name = self.module.step, self.loss
-        classify = self.scores is not None and self.labels is not None
-        scores, labels = self.scores or "", self.labels or ""
-        total, correct = 0.0, 0
-        bar = _progress_bar(steps, label) if self.progress else None
-        # A diverging run overflows on its way to a non-finite loss, which is reported below as
-        # an error with advice; numpy's warnings about it would only be noise.
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            try:
-                for b in range(steps):
-                    rows = slice(b * size, (b + 1) * size)
-                    batch = {k: v[rows] for k, v in arrays.items()}
-                    outputs = step(state.params, state.opt, schedule(state.step), state.model_state,
-                                   self.generator(state.noise), **batch)
-                    if self.has_state:
-                        outputs, state.model_state = outputs
-                    loss = float(outputs[loss_name])
-                    if not math.isfinite(loss):
-                        raise NNError(f"the training loss became {loss} at step {state.step}: training diverged; "
-                                      "try a smaller --lr or --clip-norm")
-                    total += loss * (min(n, (b + 1) * size) - b * size)
-                    if classify:
-                        correct += self._hits(outputs[scores], batch[labels])
-                    if bar is not None and (b % 10 == 0 or b == steps - 1):
-                        seen = min(n, (b + 1) * size)
-                        acc = f" acc {100 * correct / seen:.1f}%" if classify else ""
-                        bar.set_postfix_str(f"loss {total / seen:.4f}{acc}", refresh=False)
-                        bar.update(b + 1 - bar.n)
-                    if on_step is not None:
-                        on_step(state)
-            finally:
-                if bar is not None:
-                    bar.close()
-        return total / n, (correct / n if classify else None)
+    def device_arrays(self, data: Dataset) -> dict[str, Any]:
+        """``data``'s arrays where the module computes; kept for the next call on the same data."""
+        if self.xp is np:
+            return data.arrays
+        if self._on_device is None or self._on_device[0] is not data:
+            self._on_device = (data, {k: self.xp.asarray(v) for k, v in data.arrays.items()})
+        return self._on_device[1]
+
+    def hit_counter(self) -> Callable[[Any, Any], int] | None:
+        """How many of a batch are classified right (see ``_hits``), or None for no classes."""
+        if self.scores is None or self.labels is None:
+            return None
+        if self.objective.binary:
+            return self._hits
+        count = self.xp.count_nonzero
+        return lambda predicted, truth: int(count(predicted.argmax(axis=1) == truth))
 
     # ---- measuring ---------------------------------------------------------------------
 
-    def evaluate(self, params: dict[str, np.ndarray], data: Dataset,
+    def evaluate(self, params: dict[str, np.ndarray], data: Dataset | Mapping[str, Any],
                  model_state: dict[str, np.ndarray] | None = None) -> Metrics:
         """Mean loss and accuracy of ``params`` on ``data``: forward (eval mode) in chunks.
 
         The loss is the model's LOSS output, or where eval mode has none, its data loss
         (see ``_data_loss``); None if neither exists.
         """
+        data = self.prepare(data)
         n = len(data)
         classify = self.scores is not None and self.labels in data.arrays
         scores, labels = self.scores or "", self.labels or ""
@@ -456,7 +451,7 @@ class Trainer:
         target = self._overfit_target(subset)
         result = self._memorised(state, subset, 0, target)
         while result.epochs < self.config.epochs and not result.reached:
-            self._epoch(state, subset, schedule, f"overfit {result.epochs + 1}/{self.config.epochs}", None)
+            run_epoch(self, state, subset, schedule)
             result = self._memorised(state, subset, result.epochs + 1, target)
         return result
 
@@ -510,95 +505,7 @@ def to_host(array: Any) -> np.ndarray:
     return array.get() if hasattr(array, "__cuda_array_interface__") else np.asarray(array)
 
 
-CHECKED = ("classes", "binary", "regression")   # the kinds of loss whose chance level and accuracy the checks know
 OVERFIT_FRACTION = 0.05   # --overfit passes once the data loss is below this fraction of chance level
-
-
-@dataclass(frozen=True)
-class Objective:
-    """The data loss a model minimises, read off its graph: the sanity checks expect what its
-    loss op declares (:class:`nncompile.ops.registry.Loss`)."""
-
-    op: str | None = None            # the one loss op of the CHECKED kinds; None when there is none, or several
-    predictions: str | None = None   # the output it scores (class scores, logits, predictions), if one is
-    targets: str | None = None       # the input holding its labels or targets, if one does
-    attrs: Attrs = ()                # the loss op's attributes (svm_loss's margin delta)
-    mixed: bool = False              # the loss adds up several of them: no one chance level
-    target_inputs: tuple[str, ...] = ()   # every input a loss op reads as its targets: never normalised
-
-    @classmethod
-    def of_file(cls, path: str | Path) -> Objective:
-        import networkx as nx
-
-        from ..elaborate import elaborate_file
-
-        model = elaborate_file(path)
-        G, target = model.graph, model.target
-        if target is None:
-            return cls()
-        losses = [n for n in nx.ancestors(G.nx, target) | {target} if REGISTRY[G[n].op].loss is not None]
-        inputs = {n: name for name, n in model.inputs.items()}
-        read = tuple(sorted({inputs[a] for n in losses for a in G[n].args[1:] if a in inputs}))
-        found = [n for n in losses if REGISTRY[G[n].op].loss.kind in CHECKED]
-        if len(found) != 1:
-            return cls(mixed=len(found) > 1, target_inputs=read)
-        node = G[found[0]]
-        outputs = {n: name for name, n in model.outputs.items()}
-        return cls(node.op, outputs.get(node.args[0]), inputs.get(node.args[1]), node.attrs, target_inputs=read)
-
-    @property
-    def kind(self) -> str | None:
-        """The loss op's kind ("classes", "binary" or "regression"); None without one."""
-        return REGISTRY[self.op].loss.kind if self.op else None
-
-    @property
-    def binary(self) -> bool:
-        return self.kind == "binary"
-
-    @property
-    def _opdef(self) -> OpDef:
-        """The loss op, or where the graph has none the trainer knows, the one it assumes of class scores."""
-        if self.op:
-            return REGISTRY[self.op]
-        return next(opdef for opdef in REGISTRY.values() if opdef.loss is not None and opdef.loss.assumed)
-
-    def data_loss(self, predictions: np.ndarray, targets: np.ndarray) -> float:
-        """The loss op's value, computed here in float64 from its output and its targets by
-        the code the op emits."""
-        args = [a.astype(np.float64) if a.dtype.kind == "f" else a for a in map(np.asarray, (predictions, targets))]
-        return float(self._opdef.compute(args, dict(self.attrs)))
-
-    def describe(self) -> str:
-        return self._opdef.loss.what
-
-    def chance(self, classes: int | None) -> tuple[float, str] | None:
-        """The loss of a classifier that knows nothing yet (all scores equal), and how it follows."""
-        chance = self._opdef.loss.chance
-        return None if self.mixed or chance is None else chance(classes, dict(self.attrs))
-
-
-def _copy(arrays: dict[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:
-    return None if arrays is None else {k: np.array(v, copy=True) for k, v in arrays.items()}
-
-
-def _progress_bar(total: int, label: str) -> Any:
-    """A tqdm bar on stderr, or None when tqdm is not installed."""
-    try:
-        from tqdm.auto import tqdm  # type: ignore[import-untyped]
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=label, unit="batch", leave=False, dynamic_ncols=True)
-
-
-def _epoch_line(record: dict[str, Any], epochs: int) -> str:
-    def part(prefix: str) -> str:
-        loss, acc = record.get(prefix + "loss"), record.get(prefix + "acc")
-        return (f"loss {loss:.4f}" if loss is not None else "loss -") + (f" acc {100 * acc:5.1f}%" if acc is not None else "")
-
-    line = f"epoch {record['epoch']:>{len(str(epochs))}}/{epochs}  train {part('')}"
-    if "val_loss" in record:
-        line += f"  | val {part('val_')}"
-    return line + f"  | lr {record['lr']:.2e}  {record['seconds']:.2f}s"
 
 
 # ---- the whole run, as `nncompile train` does it ---------------------------------------------
@@ -680,8 +587,11 @@ def run(model: str | Path, *, data: str = "digits", mapping: dict[str, str] | st
             details = "; ".join(f"{k}: was {saved.get(k)!r}, now {fingerprint.get(k)!r}" for k in changed)
             raise NNError(f"cannot resume: this run's settings differ from the checkpoint's ({details})",
                           file=str(run_dir / "checkpoint.npz"))
-        say(f"resuming {run_dir} after epoch {state.epoch} (step {state.step})")
+        _check_more_epochs(state, config.epochs, say)
+        within = f", {state.position} steps into epoch {state.epoch + 1}" if state.position else ""
+        say(f"resuming {run_dir} after epoch {state.epoch} (step {state.step}{within})")
         _rewrite_metrics(run_dir / "metrics.jsonl", state.history)
+        _record_settings(run_dir / "config.json", _settings(model, data, mapping, test_data, config))
     else:
         state = trainer.init_state()
         report.loss_check = trainer.initial_loss_check(state.params, train, state.model_state)
@@ -699,12 +609,13 @@ def run(model: str | Path, *, data: str = "digits", mapping: dict[str, str] | st
                       "curves.png", "summary.json", "model.nn", PREDICT_FILE, README):
             (run_dir / stale).unlink(missing_ok=True)
         (run_dir / "metrics.jsonl").touch()
-        write_text(run_dir / "config.json", json.dumps({"model": str(model), **fingerprint}, indent=2) + "\n")
+        write_text(run_dir / "config.json", json.dumps({"model": str(model), **fingerprint, "settings": _settings(
+            model, data, mapping, test_data, config)}, indent=2) + "\n")
         write_text(run_dir / "model.py", trainer.source)
         if normalizer.mean:
             write_npz(run_dir / "normalization.npz", normalizer.arrays())
 
-    state = trainer.fit(train, val, state=state, run_dir=run_dir, fingerprint=fingerprint, on_step=on_step)
+    state = trainer.train(train, val, state=state, run_dir=run_dir, fingerprint=fingerprint, on_step=on_step)
     if state.best_params is not None:
         final, final_state = state.best_params, state.best_model_state
         chosen = f"the best validation loss (epoch {state.best_epoch})"
@@ -731,7 +642,7 @@ def run(model: str | Path, *, data: str = "digits", mapping: dict[str, str] | st
     if normalizer.mean:
         files.append("normalization.npz")
     if plot_curves(state.history, run_dir / "curves.png", title=f"{Path(model).name} on {raw.source}",
-                   best_epoch=state.best_epoch or None):
+                   best_epoch=state.best_epoch or None, step_losses=state.step_losses):
         files.append("curves.png")
     else:
         say("matplotlib is not installed, so no curves.png (pip install 'nncompile[train]')")
@@ -758,7 +669,7 @@ def _fingerprint(trainer: Trainer, data: str, mapping: dict[str, str] | None, te
     schedule = trainer.schedule(train_examples)
     fingerprint: dict[str, Any] = {
         "module_sha256": hashlib.sha256(trainer.source.encode("utf-8")).hexdigest(),
-        "data": data, "map": dict(mapping or {}), "test_data": test_data, "test_split": test_split,
+        "data": _where(data), "map": dict(mapping or {}), "test_data": _where(test_data), "test_split": test_split,
         "val_split": cfg.val_split, "train_examples": train_examples, "normalize": normalize, "batch_size": cfg.batch_size,
         "optimizer": cfg.optimizer, "hyper": dict(cfg.hyper), "clip_norm": cfg.clip_norm, "lr": cfg.lr,
         "schedule": schedule.describe(), "seed": cfg.seed, "patience": cfg.patience, "dtype": cfg.dtype,
@@ -766,6 +677,42 @@ def _fingerprint(trainer: Trainer, data: str, mapping: dict[str, str] | None, te
     if schedule.depends_on_length:
         fingerprint["epochs"] = cfg.epochs
     return fingerprint
+
+
+def _settings(model: str | Path, data: str, mapping: dict[str, str] | None, test_data: str | None,
+              config: TrainConfig) -> dict[str, Any]:
+    """What ``nncompile train --resume`` reads back: the model, the data and every setting,
+    with paths made absolute so that the run continues from any folder."""
+    return {"model": _where(str(model)), "data": _where(data), "map": dict(mapping or {}),
+            "test_data": _where(test_data), "config": asdict(config)}
+
+
+def _where(spec: str | None) -> str | None:
+    """A data or model file as an absolute path (so a run resumes from any folder); 'digits' as it is."""
+    return str(Path(spec).resolve()) if spec is not None and Path(spec).exists() else spec
+
+
+def _record_settings(path: Path, settings: dict[str, Any]) -> None:
+    """config.json with the settings of the run as resumed (more epochs, another cadence)."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return   # a run that predates config.json's settings keeps what it has
+    if isinstance(saved, dict):
+        write_text(path, json.dumps({**saved, "settings": settings}, indent=2) + "\n")
+
+
+def _check_more_epochs(state: TrainState, epochs: int, say: Log) -> None:
+    """Resuming with fewer epochs than are done would silently do nothing: refuse it; say
+    plainly when nothing is left to do."""
+    if epochs < state.epoch:
+        raise NNError(f"this run has already trained {state.epoch} epochs, more than --epochs {epochs}: give "
+                      f"--epochs above {state.epoch} to train on (the trained params are in params.npz)")
+    if state.stopped_early:
+        say(f"the run stopped early after epoch {state.epoch}: nothing more to train")
+    elif epochs == state.epoch and not state.position:
+        say(f"the run has already trained all {epochs} epochs: nothing more to train; give --epochs above "
+            f"{epochs} to go on")
 
 
 def _rewrite_metrics(path: Path, history: list[dict[str, Any]]) -> None:

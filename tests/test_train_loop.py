@@ -1,0 +1,216 @@
+"""The epoch loop (nncompile/train/loop.py, cadence.py, history.py): checkpoints, lines and
+validation on a schedule, Ctrl-C that saves the exact point it stopped at, resuming from
+the run's own config.json, and the Python API (``Dataset.from_arrays``, ``Trainer.fit``
+returning the history as data). How fast the loop is lives in benchmarks/trainer_overhead.py."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import ROOT, cli
+from test_train import Interrupt, files, npz_dict, small, without_times  # noqa: F401 (files: the fixture)
+
+import nncompile.train.loop as loop
+from nncompile.errors import NNError
+from nncompile.train import Dataset, History, TrainConfig, Trainer, run
+from nncompile.train.cadence import Cadence
+from nncompile.train.checkpoint import load_checkpoint
+
+
+def blobs(files: dict[str, Path]) -> dict[str, np.ndarray]:
+    return npz_dict(files["data"])
+
+
+@pytest.fixture
+def saves(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """(epoch, position) of every checkpoint the loop writes."""
+    seen: list[tuple[int, int]] = []
+    real = loop.save_checkpoint
+
+    def spy(path: Path, state: Any, *args: Any) -> None:
+        seen.append((state.epoch, state.position))
+        real(path, state, *args)
+
+    monkeypatch.setattr(loop, "save_checkpoint", spy)
+    return seen
+
+
+@pytest.mark.parametrize("spec, epochs, seconds", [("5", 5, None), ("10s", None, 10.0), ("1.5s", None, 1.5),
+                                                   ("2m", None, 120.0), (" 3 ", 3, None)])
+def test_a_cadence_is_a_number_of_epochs_or_a_time(spec: str, epochs: int | None, seconds: float | None) -> None:
+    cadence = Cadence.parse(spec, "--log-every")
+    assert (cadence.epochs, cadence.seconds) == (epochs, seconds)
+
+
+@pytest.mark.parametrize("spec", ["0", "-2", "fast", "5h", "s", ""])
+def test_a_bad_cadence_is_refused_with_the_flag_named(spec: str) -> None:
+    with pytest.raises(NNError, match=r"--checkpoint-every takes a number of epochs \(e.g. 5\) or a time"):
+        TrainConfig(checkpoint_every=spec).check()
+
+
+def test_checkpoints_and_lines_follow_their_schedule_and_come_at_the_end(files, tmp_path, saves) -> None:
+    lines: list[str] = []
+    run(files["mlp"], data=str(files["data"]), config=small(epochs=7, checkpoint_every="3", log_every="3"),
+        out=tmp_path / "run", log=lines.append)
+    assert saves == [(3, 0), (6, 0), (7, 0)]
+    printed = [int(line.split()[1].split("/")[0]) for line in lines if line.startswith("epoch ")]
+    assert printed == [1, 3, 6, 7]
+    assert len(without_times(tmp_path / "run" / "metrics.jsonl")) == 7
+
+
+def test_by_default_a_short_run_writes_one_checkpoint_and_few_lines(files, tmp_path, saves) -> None:
+    lines: list[str] = []
+    run(files["mlp"], data=str(files["data"]), config=small(epochs=30), out=tmp_path / "run", log=lines.append)
+    assert saves == [(30, 0)]                       # at most every 10 s, and at the end
+    assert 2 <= sum(line.startswith("epoch ") for line in lines) < 30
+    assert len(without_times(tmp_path / "run" / "metrics.jsonl")) == 30   # every epoch is still recorded
+
+
+def test_an_exception_between_steps_leaves_a_checkpoint_of_that_exact_step(files, tmp_path, saves) -> None:
+    def interrupt(state: Any) -> None:
+        if state.step == 27:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run(files["mlp"], data=str(files["data"]), config=small(epochs=5), out=tmp_path / "run", on_step=interrupt)
+    assert saves == [(2, 5)]    # 11 steps an epoch: 5 steps into epoch 3
+    state, _ = load_checkpoint(tmp_path / "run" / "checkpoint.npz", ("m", "v"))
+    assert (state.step, state.epoch, state.position, len(state.step_losses)) == (27, 2, 5, 27)
+    assert state.order is not None and sorted(state.order) == list(range(162))
+
+
+def test_a_full_batch_run_validates_every_twentieth_epoch_and_patience_counts_validations(files, tmp_path) -> None:
+    config = small(epochs=60, batch_size=1000, lr=1e-3)
+    run(files["mlp"], data=str(files["data"]), config=config, out=tmp_path / "run")
+    history = without_times(tmp_path / "run" / "metrics.jsonl")
+    assert [r["epoch"] for r in history if "val_loss" in r] == [20, 40, 60]
+    assert [r["epoch"] for r in history if r["acc"] is not None] == [20, 40, 60]   # counted when validated
+    rng = np.random.default_rng(1)
+    noise = tmp_path / "noise.npz"     # random labels: the validation loss soon only gets worse
+    np.savez(noise, X=rng.standard_normal((120, 4)), y=rng.integers(0, 3, 120))
+    report = run(files["mlp"], data=str(noise), config=small(epochs=800, batch_size=1000, lr=0.1, patience=2,
+                                                            val_split=0.3), out=tmp_path / "noise")
+    assert report.stopped_early and report.epochs == report.best_epoch + 40
+
+
+def test_resuming_with_fewer_epochs_than_done_is_an_error_and_with_as_many_a_notice(files, tmp_path) -> None:
+    common = ["train", files["mlp"], "--data", files["data"], "--batch-size", "16", "--test-split", "0.25",
+              "--out", "run"]
+    assert cli(*common, "--epochs", "3", cwd=tmp_path).returncode == 0
+    fewer = cli("train", "--resume", "--out", "run", "--epochs", "2", cwd=tmp_path)
+    assert fewer.returncode == 1 and "Traceback" not in fewer.stderr
+    assert "error: this run has already trained 3 epochs, more than --epochs 2: give --epochs above 3" in fewer.stderr
+    same = cli("train", "--resume", "--out", "run", cwd=tmp_path)
+    assert same.returncode == 0, same
+    assert "the run has already trained all 3 epochs: nothing more to train" in same.stdout
+    assert cli("train", cwd=tmp_path).returncode == 1
+
+
+def test_ctrl_c_then_the_printed_command_equals_the_run_never_interrupted(files, tmp_path) -> None:
+    """A real SIGINT to ``nncompile train``: it stops at a step boundary, checkpoints that
+    point and prints how to continue; that command (from the run's config.json) ends where
+    an uninterrupted run ends, bit for bit."""
+    settings = ["--data", files["data"], "--batch-size", "16", "--test-split", "0.25", "--lr", "0.01",
+                "--patience", "0", "--log-every", "1", "--checkpoint-every", "1000"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "nncompile", "train", str(files["mlp"]), *map(str, settings),
+                             "--epochs", "100000", "--out", "cut"], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.split()[:2] == ["epoch", "3/100000"]:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    hint = err.strip().splitlines()[-1]
+    assert hint.startswith("interrupted: the run is checkpointed where it stopped; continue it with nncompile train")
+    command = hint.split("continue it with ")[1].split()
+    assert command == ["nncompile", "train", "--resume", "--out", "cut"]
+    state, _ = load_checkpoint(tmp_path / "cut" / "checkpoint.npz", ("m", "v"))
+    epochs = str(state.epoch + 2)
+    resumed = cli(*command[1:], "--epochs", epochs, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed
+    assert cli("train", files["mlp"], *settings, "--epochs", epochs, "--out", "whole", cwd=tmp_path).returncode == 0
+    for name in ("params.npz", "checkpoint.npz"):
+        a, b = npz_dict(tmp_path / "whole" / name), npz_dict(tmp_path / "cut" / name)
+        for key in a.keys() - {"meta", "history"}:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}: {key}")
+    assert without_times(tmp_path / "whole" / "metrics.jsonl") == without_times(tmp_path / "cut" / "metrics.jsonl")
+
+
+# ---- the Python API -------------------------------------------------------------------------------------
+
+def test_fit_on_arrays_returns_the_history_as_data_and_continues(files) -> None:
+    data = blobs(files)
+    train, val = Dataset.from_arrays(X=data["X"][:200], y=data["y"][:200]), {"X": data["X"][200:], "y": data["y"][200:]}
+    trainer = Trainer(files["mlp"], TrainConfig(batch_size=50, lr=1e-2, val_every=1))
+    history = trainer.fit(train, val, epochs=3)
+    assert isinstance(history, History) and len(history) == 3
+    assert history["epoch"].tolist() == [1, 2, 3] and history["step"].tolist() == [4, 8, 12]
+    assert history.step_loss.shape == (12,) and history["val_loss"].shape == (3,)
+    sizes = np.array([50, 50, 50, 50])    # an epoch's loss is the mean of its steps' losses, by examples
+    np.testing.assert_allclose(history["loss"], history.step_loss.reshape(3, 4) @ sizes / 200, rtol=1e-12)
+    assert set(history.as_dict()) == {"epoch", "step", "lr", "loss", "acc", "val_loss", "val_acc", "seconds",
+                                      "step_loss"}
+    assert history.records[0].keys() == history.as_dict().keys() - {"step_loss"}
+    more = trainer.fit(train, val, epochs=5)       # epochs in all: two more
+    assert more["epoch"].tolist() == [1, 2, 3, 4, 5] and len(more.step_loss) == 20
+    np.testing.assert_array_equal(more.step_loss[:12], history.step_loss)
+    assert trainer.evaluate(trainer.params, trainer.prepare(val)).acc > 0.8
+    with pytest.raises(NNError, match="has already trained 5 epochs"):
+        trainer.fit(train, epochs=4)
+
+
+def test_fit_checks_the_arrays_against_the_model(files) -> None:
+    data = blobs(files)
+    trainer = Trainer(files["mlp"], TrainConfig(epochs=1))
+    with pytest.raises(NNError, match=r"has shape \[240, 2\], but X is float\[N, 4\]"):
+        trainer.fit(Dataset.from_arrays(X=data["X"][:, :2], y=data["y"]))
+    with pytest.raises(NNError, match="holds the label 7"):
+        trainer.fit({"X": data["X"], "y": np.full(240, 7)})
+    with pytest.raises(NNError, match="no data for the model's input 'y'"):
+        trainer.fit(Dataset.from_arrays(X=data["X"]))
+
+
+def test_the_python_snippets_of_docs_training_md_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every ```python block under *Python API*, in order, in one namespace, in a fresh folder."""
+    text = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
+    section = text[text.index("## Python API"):]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(blocks) >= 3
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {}
+    for block in blocks:
+        exec(compile(block, "docs/training.md", "exec"), namespace)
+    assert namespace["history"]["val_acc"][-1] > 0.9
+    assert (tmp_path / "runs" / "digits" / "params.npz").exists()
+
+
+def test_fit_interrupted_between_steps_continues_where_it_stopped(files) -> None:
+    data = blobs(files)
+    train = Dataset.from_arrays(X=data["X"], y=data["y"])
+    whole = Trainer(files["mlp"], TrainConfig(batch_size=50, lr=1e-2))
+    whole.fit(train, epochs=3)
+
+    def interrupt(state: Any) -> None:
+        if state.step == 7:       # in the middle of epoch 2 (5 steps an epoch)
+            raise Interrupt
+
+    cut = Trainer(files["mlp"], TrainConfig(batch_size=50, lr=1e-2))
+    with pytest.raises(Interrupt):
+        cut.fit(train, epochs=3, on_step=interrupt)
+    assert cut.state is not None and (cut.state.epoch, cut.state.position) == (1, 2)
+    history = cut.fit(train, epochs=3)
+    for name in whole.params:
+        np.testing.assert_array_equal(whole.params[name], cut.params[name])
+    np.testing.assert_array_equal(history.step_loss, whole.history().step_loss)
