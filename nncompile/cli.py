@@ -329,7 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write the eval-mode graph as an ONNX model (needs nncompile[export])")
     common(p, values=False)
     p.add_argument("-o", dest="file", required=True, metavar="OUT.onnx")
-    p.add_argument("--params", metavar="FILE.npz", help="the trained params (default: the initialisers with --seed)")
+    p.add_argument("--params", metavar="FILE.npz|RUN_DIR",
+                   help="the trained params, or a run directory, which also brings its running statistics and input "
+                        "normalisation (default: the initialisers with --seed)")
     p.add_argument("--state", metavar="FILE.npz", help="the running statistics, a run's state.npz (default: initial)")
     p.add_argument("--normalization", metavar="FILE.npz",
                    help="a run's normalization.npz, folded in: the model then takes raw inputs")

@@ -521,3 +521,9 @@ def test_a_trained_run_exports_with_its_normalization_folded_in(tmp_path: Path) 
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
     assert (got.argmax(1) == expected.argmax(1)).all()
     assert (got.argmax(1) == y).mean() > 0.9   # it learned: chance is 0.1
+    # The run directory itself brings the same params and normalisation: the same bytes.
+    whole = tmp_path / "whole.onnx"
+    done = cli("export", path, "-o", whole, "--params", run)
+    assert done.returncode == 0, done
+    assert whole.read_bytes() == out.read_bytes()
+    np.testing.assert_allclose(module.predict(params, X=((X - norm["mean/X"]) / norm["scale/X"]))["scores"], expected)

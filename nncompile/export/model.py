@@ -50,7 +50,8 @@ def export_onnx(path: str | Path, output: str | Path | None = None, *, params: A
                 seed: int = 0, dtype: str | None = None, normalization: Arrays | None = None) -> Export:
     """Export the eval-mode graph of the .nn file at ``path`` to ONNX (and write it to ``output``).
 
-    ``params`` (a dict of arrays or an .npz file) default to the file's initialisers with
+    ``params`` (a dict of arrays, an .npz file, or a run directory, which also brings its
+    running statistics and input normalisation) default to the file's initialisers with
     ``seed``; ``state`` (running statistics) to the module's initial state. ``outputs``
     defaults to the predictions (:func:`prediction_outputs`): labels and losses drop out.
     ``normalization`` (a run's normalization.npz: ``mean/X``, ``scale/X``) is folded in, so
@@ -58,6 +59,12 @@ def export_onnx(path: str | Path, output: str | Path | None = None, *, params: A
     before it is written."""
     onnx = require_onnx()
     check_opset(onnx, opset)
+    if isinstance(params, (str, Path)) and Path(params).is_dir():   # a run directory: what nncompile train wrote
+        run = Path(params)
+        params = run / "params.npz"
+        state = state if state is not None or not (run / "state.npz").is_file() else run / "state.npz"
+        normalization = normalization if normalization is not None or not (run / "normalization.npz").is_file() \
+            else run / "normalization.npz"
     if dtype is not None and dtype not in DTYPES:
         raise NNError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     model = elaborate_file(path, dtype, mode="eval")
@@ -82,6 +89,12 @@ def export_model(model: Model, outputs: Sequence[str], *, params: Mapping[str, A
     ``optimized=False`` skips the passes (a test of the lowerings of ops they rewrite)."""
     onnx = require_onnx()
     check_opset(onnx, opset)
+    if isinstance(params, (str, Path)) and Path(params).is_dir():   # a run directory: what nncompile train wrote
+        run = Path(params)
+        params = run / "params.npz"
+        state = state if state is not None or not (run / "state.npz").is_file() else run / "state.npz"
+        normalization = normalization if normalization is not None or not (run / "normalization.npz").is_file() \
+            else run / "normalization.npz"
     dropped = tuple(name for name in model.outputs if name not in outputs)
     model.outputs = {name: n for name, n in model.outputs.items() if name in outputs}
     program = build(model, optimized=optimized, differentiate=False)   # the numpy passes: nothing is fused
