@@ -137,7 +137,7 @@ def read_data(run: Run, spec: str | None = None, mapping: dict[str, str] | None 
     spec = spec if spec is not None else config.get("data", "digits")
     if part not in PARTS:
         raise NNError(f"--split must be one of {', '.join(PARTS)}, not {part!r}")
-    if part != "all" and spec != config.get("data"):
+    if part != "all" and not _same_data(spec, config.get("data")):
         raise NNError(f"--split {part} picks the run's own split of its data ({config.get('data')!r}), "
                       f"but --data is {spec!r}: leave out --data, or use --split all")
     mapping = dict(config.get("map") or {}) if mapping is None else mapping
@@ -212,3 +212,11 @@ def examples(spec: str, module: ModuleType, *, batch: int | None = None, index: 
                 arrays[name] = ((arrays[name] - mean) / scale).astype(arrays[name].dtype)
         what += ", normalised as in training"
     return arrays, what
+
+
+def _same_data(spec: str, trained: str | None) -> bool:
+    """Whether ``--data`` names the run's own data: ``digits``, or the same file however it is
+    written (the run records an absolute path; a user types a relative one)."""
+    if trained is None or spec == trained:
+        return spec == trained
+    return spec != "digits" and trained != "digits" and Path(spec).resolve() == Path(trained).resolve()

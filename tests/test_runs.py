@@ -171,6 +171,9 @@ def test_a_regression_run_predicts_values_and_has_no_probabilities(tmp_path: Pat
     np.testing.assert_allclose(run.predict(np.array([[1.0, 0.0]])), [2.0], atol=0.1)
     with pytest.raises(NNError, match="no class scores"):
         run.predict_proba(np.array([[1.0, 0.0]]))
+    # The run's own data named as a user types it, relative to where they stand: its own split.
+    done = cli("predict", tmp_path / "run", "--data", "line.npz", "--split", "val", "-o", "val.npz", cwd=tmp_path)
+    assert done.returncode == 0 and "(val split)" in done.stdout, done
 
 
 # ---- eval and render of the trained model ------------------------------------------------------
