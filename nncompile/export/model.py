@@ -89,12 +89,6 @@ def export_model(model: Model, outputs: Sequence[str], *, params: Mapping[str, A
     ``optimized=False`` skips the passes (a test of the lowerings of ops they rewrite)."""
     onnx = require_onnx()
     check_opset(onnx, opset)
-    if isinstance(params, (str, Path)) and Path(params).is_dir():   # a run directory: what nncompile train wrote
-        run = Path(params)
-        params = run / "params.npz"
-        state = state if state is not None or not (run / "state.npz").is_file() else run / "state.npz"
-        normalization = normalization if normalization is not None or not (run / "normalization.npz").is_file() \
-            else run / "normalization.npz"
     dropped = tuple(name for name in model.outputs if name not in outputs)
     model.outputs = {name: n for name, n in model.outputs.items() if name in outputs}
     program = build(model, optimized=optimized, differentiate=False)   # the numpy passes: nothing is fused
