@@ -6,6 +6,7 @@ package feeds that module mini-batches and keeps the run's books. Optional depen
 and are imported only when used.
 """
 from .checkpoint import TrainState
+from .command import RunReport, run
 from .data import Dataset, bind, load_source
 from .history import History
 from .schedules import Schedule, make_schedule
@@ -14,10 +15,8 @@ from .trainer import (
     LossCheck,
     Metrics,
     OverfitResult,
-    RunReport,
     TrainConfig,
     Trainer,
-    run,
 )
 
 __all__ = [

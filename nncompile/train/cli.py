@@ -1,4 +1,4 @@
-"""``nncompile train``: the command-line face of :func:`nncompile.train.trainer.run`.
+"""``nncompile train``: the command-line face of :func:`nncompile.train.command.run`.
 
 nncompile/cli.py calls :func:`add_train_parser` to register the verb; the parser's ``run``
 default is :func:`run_train`, which returns the exit status: 0 on success, 1 for a user
@@ -116,7 +116,8 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_train(args: argparse.Namespace) -> int:
     """Run ``nncompile train`` for parsed ``args``; returns the exit status."""
-    from .trainer import TrainConfig, run
+    from .command import run
+    from .trainer import TrainConfig
 
     run_dir = Path(args.out) if args.out is not None else Path("runs") / Path(args.model or "").stem
     try:  # NNError goes up to nncompile.cli.main, which reports every command's errors alike
