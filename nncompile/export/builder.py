@@ -191,24 +191,14 @@ class GraphBuilder(OnnxContext):
         return name
 
     def _fresh(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.taken:
-            k += 1
-            name = f"{base}_{k}"
-        self.taken.add(name)
-        return name
+        return _unique(base, self.taken)
 
     def _node_name(self, op_type: str) -> str:
         """``fc1/bn/BatchNormalization``: the layer path, so the graph reads by layer; outside
         any layer, the value's own name (``probs/Softmax``)."""
         scope = self.graph[self.current].scope if self.current >= 0 else ()
         base = "/".join((*scope, op_type)) if scope else f"{self._base}/{op_type}"
-        name, k = base, 1
-        while name in self.node_names:
-            k += 1
-            name = f"{base}_{k}"
-        self.node_names.add(name)
-        return name
+        return _unique(base, self.node_names)
 
     def _where(self, n: int) -> str | None:
         loc = self.graph[n].loc if n >= 0 else None
@@ -217,3 +207,13 @@ class GraphBuilder(OnnxContext):
         where = f"{Path(loc.file).name}:{loc.line}:{loc.col}"   # no folder: the same model from any checkout
         text = Sources.line(loc.file, loc.line)
         return f"{where}: {text.strip()}" if text else where
+
+
+def _unique(base: str, taken: set[str]) -> str:
+    """``base``, or ``base_2``, ``base_3``... the first not in ``taken``, which it joins."""
+    name, k = base, 1
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    taken.add(name)
+    return name
