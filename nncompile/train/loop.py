@@ -137,8 +137,8 @@ def train_epochs(trainer: Trainer, train: Dataset, val: Dataset | None, state: T
             runner = Epochs(trainer, train, schedule, on_step=on_step, stop=stop, checkpoints=checkpoints, book=book,
                             bar=bar)
             try:
+                history, started = state.history, perf_counter()
                 while state.epoch < epochs and not state.stopped_early:
-                    started = perf_counter()
                     lr = schedule(state.step - state.position)   # the rate at the epoch's first step
                     loss, acc = runner.run(state)
                     epoch = state.epoch + 1
@@ -146,8 +146,9 @@ def train_epochs(trainer: Trainer, train: Dataset, val: Dataset | None, state: T
                     stop.mid_step = True   # an epoch half closed is no point to resume from
                     if val is not None and epoch % every == 0:
                         _validate(trainer, state, val, record, epoch, patience)
-                    record["seconds"] = round(perf_counter() - started, 4)
-                    state.history.append(record)
+                    ended = perf_counter()
+                    record["seconds"], started = round(ended - started, 4), ended
+                    history.append(record)
                     state.epoch, state.position, state.order, state.partial = epoch, 0, None, (0.0, 0)
                     stop.mid_step = False
                     if checkpoints.due_after(epoch):
@@ -214,6 +215,10 @@ class Epochs:
         self.whole = trainer.device_arrays(data) if self.steps == 1 else None   # one batch: the set as it is
         self.count = trainer.hit_counter()
         self.every = val_every(trainer, self.n)
+        self.sizes = [min(self.n, (b + 1) * self.size) - b * self.size for b in range(self.steps)]
+        # What each step needs, looked up once; on the CPU the run's generator is passed as it is.
+        self.call = (trainer.module.step, trainer.loss, trainer.has_state,
+                     None if trainer.xp is np else trainer.generator, trainer.scores or "", trainer.labels or "")
 
     def run(self, state: TrainState) -> tuple[float, float | None]:
         """One pass over the data (the rest of it, for an epoch resumed in its middle); the
@@ -229,15 +234,15 @@ class Epochs:
                 state.order = state.rng.permutation(n)
             # One shuffled copy of the data per epoch, moved to the device once; batches are slices.
             arrays = {k: trainer.xp.asarray(v[state.order]) for k, v in self.data.arrays.items()}
-        step, loss_name, has_state, generator = trainer.module.step, trainer.loss, trainer.has_state, trainer.generator
-        schedule, on_step, bar, book, losses = self.schedule, self.on_step, self.bar, self.book, state.step_losses
-        scores, labels = trainer.scores or "", trainer.labels or ""
+        step, loss_name, has_state, generator, scores, labels = self.call
+        schedule, on_step, bar, book, losses, sizes = \
+            self.schedule, self.on_step, self.bar, self.book, state.step_losses, self.sizes
         total, correct = state.partial
         for b in range(state.position, steps):
             batch = arrays if steps == 1 else {k: v[b * size:(b + 1) * size] for k, v in arrays.items()}
             stop.mid_step = True   # params are half updated until step returns
             outputs = step(state.params, state.opt, schedule(state.step), state.model_state,
-                           generator(state.noise), **batch)
+                           state.noise if generator is None else generator(state.noise), **batch)
             if has_state:
                 outputs, state.model_state = outputs
             stop.mid_step = False
@@ -246,7 +251,7 @@ class Epochs:
                 raise NNError(f"the training loss became {loss} at step {state.step}: training diverged; "
                               "try a smaller --lr or --clip-norm")
             losses.append(loss)
-            total += loss * (min(n, (b + 1) * size) - b * size)
+            total += loss * sizes[b]
             if hits is not None:
                 correct += hits(outputs[scores], batch[labels])
             state.position, state.partial = b + 1, (total, correct)
