@@ -141,6 +141,9 @@ def _syntax_error(exc: UnexpectedInput, text: str, file: str) -> NNError:
     python = _python_statement(text, token, file)
     if python is not None:
         return python
+    member_call = _member_call(text, token, file)
+    if member_call is not None:
+        return member_call
     if token.type == "DOT" and re.match(r"[ \t\f]*import\b", text[text.rfind("\n", 0, token.start_pos) + 1:]):
         return NNError('to import a file, quote its path, like: import "layers.nn"', tok_loc)
     got = "end of line" if token.type == "_NL" else repr(str(token))
@@ -217,6 +220,24 @@ def _python_statement(text: str, token: Token, file: str) -> NNError | None:
     col = match.start(1) + 1
     return NNError(f"'{word}' is Python, not part of the .nn language: {_PYTHON[word]}",
                    Loc(file, token.line, col, col + len(word)))
+
+
+def _member_call(text: str, token: Token, file: str) -> NNError | None:
+    """``nn.dense(x)``: a call of a dotted name. Imported layers and ops are called by their
+    bare name; a dotted name only reads a layer instance's member (``fc1.W``)."""
+    if token.type != "LPAR":
+        return None
+    match = re.search(r"\b([A-Za-z_]\w*)\.([A-Za-z_]\w*)[ \t\f]*$", text[:token.start_pos])
+    if match is None:
+        return None
+    base, member = match.groups()
+    col = token.column - (token.start_pos - match.start())
+    where = Loc(file, token.line, col, col + len(match.group(0).rstrip()))
+    if re.search(rf"^[ \t\f]*import[ \t\f]+{re.escape(base)}[ \t\f]*(#.*)?$", text, re.MULTILINE):
+        return NNError(f"layers imported from '{base}' are called by their bare name: write '{member}(...)', "
+                       f"not '{base}.{member}(...)'", where)
+    return NNError(f"'{base}.{member}' cannot be called: layers and ops are called by their bare name; "
+                   "a dotted name reads a member of a layer instance, such as fc1.W", where)
 
 
 def _never_closed(bracket: tuple[str, int, int, int], file: str) -> NNError:

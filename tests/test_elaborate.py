@@ -61,7 +61,8 @@ def test_names_are_bound_in_order_and_reported_when_unknown() -> None:
         input x = 1
         output y
     """)
-    assert err.message == "unknown name 'x'" and (err.loc.line, err.loc.col) == (1, 5)
+    assert err.message == "'x' is used before it is defined (at line 2): move its definition above this line"
+    assert (err.loc.line, err.loc.col) == (1, 5) and err.notes[0][1].line == 2
     err = error_of("""
         input scores: float[3]
         l = sum(score)

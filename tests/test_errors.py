@@ -299,6 +299,23 @@ CASES: dict[str, Case] = {
         y = sum(f(x))
         output y
     """}, ["check", "m.nn"], points_at="f(a)"),
+    "imported_layer_called_by_dotted_name": Case({"m.nn": """
+        import nn
+        input X: float[N, 4]
+        h = nn.dense(X, out=3)
+        output h
+    """}, ["check", "m.nn"], points_at="nn.dense"),
+    "dotted_name_called": Case({"m.nn": """
+        input X: float[N, 4]
+        h = fc1.W(X)
+        output h
+    """}, ["check", "m.nn"], points_at="fc1.W"),
+    "used_before_defined": Case({"m.nn": """
+        input X: float[N, 4]
+        h = X @ W
+        param W: [4, 3] = he()
+        output h
+    """}, ["check", "m.nn"], points_at="W"),
     "python_def": Case({"m.nn": """
         def f(x):
             return x

@@ -30,6 +30,7 @@ class Scope:
     auto_names: dict[str, int] = field(default_factory=dict)
     instances: dict[str, Loc] = field(default_factory=dict)
     in_layer: str | None = None
+    later: dict[str, Loc] = field(default_factory=dict)   # names the statements still to run define
 
     def qualify(self, name: str) -> str:
         return ".".join((*self.prefix, name))
@@ -99,6 +100,10 @@ class Context:
         hint = f"; did you mean '{close[0]}'?" if close else ""
         if "." in name and name.split(".")[0] in scope.values:
             hint = f"; '{name.split('.')[0]}' has no member '{name.split('.', 1)[1]}'" + hint
+        if name in scope.later:
+            return NNError(f"'{name}' is used before it is defined (at line {scope.later[name].line}): "
+                           "move its definition above this line", loc,
+                           notes=((f"'{name}' is defined here", scope.later[name]),))
         return NNError(f"unknown name '{name}'{hint}", loc)
 
 

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from . import Elaborator
 
 
+_DEFINITIONS = (syntax.Const, syntax.Input, syntax.Param, syntax.State, syntax.Assign)   # statements that define a name
+
+
 @dataclass(frozen=True)
 class ParamInit:
     """How a param gets its first value: an initialiser and its arguments."""
@@ -40,9 +43,14 @@ class Statements:
     def body(self, body: tuple[syntax.Stmt, ...], scope: Scope) -> int | None:
         """Run a file's or a layer's statements; the node of the value it returns, if any."""
         returned = None
+        for stmt in reversed(body):   # the first definition of a name is the one a hint points to
+            if isinstance(stmt, _DEFINITIONS):
+                scope.later[stmt.name] = stmt.loc
         for stmt in body:
             if returned is not None:
                 raise NNError("statements after 'return' are never run", stmt.loc)
+            if isinstance(stmt, _DEFINITIONS):
+                scope.later.pop(stmt.name, None)
             returned = self.statement(stmt, scope)
         return returned
 
