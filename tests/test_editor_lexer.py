@@ -1,0 +1,169 @@
+"""The Pygments lexer (nncompile/editor/lexer.py) held to the grammar: its keywords are the
+grammar's, and on every example, the standard library, every ``nn`` block of the docs and
+generated programs it splits the text exactly where Lark's own lexer does, into tokens of
+the same kind, with no Error token. Reached the way Sphinx, MkDocs, nbconvert and
+``pygmentize`` reach it: through the ``pygments.lexers`` entry point."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pygments")
+
+from lark import Lark, Token  # noqa: E402
+from pygments import highlight  # noqa: E402
+from pygments.formatters import HtmlFormatter  # noqa: E402
+from pygments.lexers import find_lexer_class_for_filename, get_lexer_by_name, get_lexer_for_filename  # noqa: E402
+from pygments.token import Comment, Error, Keyword, Name, Number, Operator, Punctuation, String, Text  # noqa: E402
+
+from nncompile.editor.lexer import KEYWORDS, NNLexer  # noqa: E402
+from nncompile.initializers import INITIALIZERS  # noqa: E402
+from nncompile.ops import REGISTRY  # noqa: E402
+from nncompile.parser import BracketPostLex, grammar_text  # noqa: E402
+
+from conftest import EXAMPLE_FILES, ROOT  # noqa: E402
+from fuzzing import RandomChoices, write_program  # noqa: E402
+
+GRAMMAR = Lark(grammar_text(), parser="lalr", postlex=BracketPostLex(), keep_all_tokens=True)
+GRAMMAR_KEYWORDS = {t.pattern.value for t in GRAMMAR.terminals if t.pattern.type == "str" and t.pattern.value.isidentifier()}
+DOC_BLOCKS = [(path.name, i, block) for path in sorted((ROOT / "docs").glob("*.md"))
+              for i, block in enumerate(re.findall(r"```nn\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S))]
+SOURCES = {**{p.name: p.read_text(encoding="utf-8") for p in EXAMPLE_FILES},
+           "stdlib/nn.nn": (ROOT / "nncompile" / "stdlib" / "nn.nn").read_text(encoding="utf-8"),
+           **{f"{name} block {i}": block for name, i, block in DOC_BLOCKS},
+           # what the examples leave out: a quoted import, numbers without a leading digit, a member
+           # by number, `;`, a continued line, a newline inside brackets, float32, true and false
+           "edge cases": 'import "layers.nn"\nimport nn\ninput x = .5\ninput y = 1.5e-3 # comment\n'
+                         "a = x.1 + body.2.W; b = -x ** 2 \\\n  * 3\n"
+                         "c = reshape(x, [1,\n 1])\nlayer f(x: float[B], k: int = 2) -> [B] { return x }\n"
+                         "dtype float32\ntrain { d = sum(c, axis=0, keepdims=true) }\n"
+                         "eval { e = max(c, keepdims=false) }\noutput a\n"}
+
+
+def lark_tokens(text: str) -> list[Token]:
+    """The tokens the compiler's parser reads, comments included, in order."""
+    comments: list[Token] = []
+    parser = Lark(grammar_text(), parser="lalr", postlex=BracketPostLex(), keep_all_tokens=True,
+                  lexer_callbacks={"COMMENT": comments.append})
+    tree = parser.parse(text)
+    found = [t for t in tree.scan_values(lambda v: isinstance(v, Token)) if t.type != "_NL"]
+    return sorted(found + comments, key=lambda t: t.start_pos)
+
+
+def pygments_tokens(text: str) -> list[tuple[int, object, str]]:
+    """The lexer's tokens, less the whitespace the grammar ignores."""
+    return [(i, kind, value) for i, kind, value in NNLexer().get_tokens_unprocessed(text)
+            if kind not in Text]
+
+
+def kinds_of(token: Token) -> tuple:
+    """The Pygments kinds a grammar terminal may come out as."""
+    if token.type in ("COMMENT", "NAME", "NUMBER", "STRING"):
+        return ({"COMMENT": Comment, "NAME": Name, "NUMBER": Number, "STRING": String}[token.type],)
+    if str(token) in GRAMMAR_KEYWORDS:
+        return (Keyword,)
+    return (Operator, Punctuation)
+
+
+def assert_lexes_as_the_grammar_does(text: str) -> None:
+    ours = pygments_tokens(text)
+    errors = [(i, value) for i, kind, value in ours if kind is Error]
+    assert errors == [], f"Error tokens at {errors}"
+    theirs = lark_tokens(text)
+    assert [(i, value) for i, _, value in ours] == [(t.start_pos, str(t)) for t in theirs]
+    for (i, kind, value), token in zip(ours, theirs):
+        assert any(kind in want for want in kinds_of(token)), \
+            f"{value!r} at offset {i} is {kind}, but the grammar reads it as {token.type}"
+
+
+def test_the_lexers_keywords_are_the_grammars_keywords():
+    assert set(KEYWORDS) == GRAMMAR_KEYWORDS
+    assert len(KEYWORDS) == len(set(KEYWORDS))
+
+
+@pytest.mark.parametrize("word", sorted(GRAMMAR_KEYWORDS))
+def test_every_keyword_of_the_grammar_is_a_keyword_token(word: str):
+    kinds = [kind for _, kind, value in pygments_tokens(f"{word} ") if value == word]
+    assert len(kinds) == 1 and kinds[0] in Keyword
+
+
+def test_a_name_that_starts_like_a_keyword_is_a_name():
+    for word in sorted(GRAMMAR_KEYWORDS):
+        for name in (f"{word}_x", f"{word}2", f"x{word}"):
+            assert [(kind, value) for _, kind, value in pygments_tokens(name)] == [(Name, name)]
+
+
+@pytest.mark.parametrize("name", sorted({n for n, d in REGISTRY.items() if d.public} | set(INITIALIZERS)))
+def test_every_op_and_initialiser_is_a_builtin_where_it_is_called(name: str):
+    tokens = [(kind, value) for _, kind, value in pygments_tokens(f"h = {name}(x)")]
+    assert (Name.Builtin, name) in tokens
+
+
+def test_a_layer_or_an_internal_op_is_a_function_and_an_op_name_not_called_is_a_name():
+    hidden = next(n for n, d in REGISTRY.items() if not d.public and n not in GRAMMAR_KEYWORDS | set(INITIALIZERS))
+    for called in ("dense", "my_block", hidden):
+        assert (Name.Function, called) in [(k, v) for _, k, v in pygments_tokens(f"h = {called}(x)")]
+    assert [(k, v) for _, k, v in pygments_tokens("relu + sum")] == [(Name, "relu"), (Operator, "+"), (Name, "sum")]
+
+
+def test_the_sources_cover_the_language():
+    assert len(EXAMPLE_FILES) >= 10 and len(DOC_BLOCKS) >= 15
+    used = {str(t) for text in SOURCES.values() for t in lark_tokens(text)}
+    assert GRAMMAR_KEYWORDS <= used, f"never used: {GRAMMAR_KEYWORDS - used}"
+
+
+@pytest.mark.parametrize("source", sorted(SOURCES))
+def test_every_example_stdlib_file_and_docs_block_lexes_as_the_grammar_does(source: str):
+    assert_lexes_as_the_grammar_does(SOURCES[source])
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_generated_programs_lex_as_the_grammar_does(seed: int):
+    text, _ = write_program(RandomChoices(seed))
+    assert_lexes_as_the_grammar_does(text)
+
+
+def test_a_character_outside_the_language_is_an_error_token():
+    assert [value for _, kind, value in NNLexer().get_tokens_unprocessed("x = 3 $ 4 é") if kind is Error] == ["$", "é"]
+
+
+def test_the_entry_point_finds_the_lexer_by_name_alias_and_file_name():
+    assert isinstance(get_lexer_by_name("nn"), NNLexer)
+    assert isinstance(get_lexer_by_name("nncompile"), NNLexer)
+    assert find_lexer_class_for_filename("models/two_layer.nn") is NNLexer
+    assert isinstance(get_lexer_for_filename("two_layer.nn"), NNLexer)
+
+
+def test_html_output_escapes_what_a_file_holds():
+    hostile = 'import "</script><img src=x onerror=alert(1)>.nn"  # <b>bold</b> & co\n'
+    html = highlight(hostile, get_lexer_by_name("nn"), HtmlFormatter())
+    assert "<img" not in html and "<b>" not in html and "&lt;img src=x" in html and "&amp; co" in html
+
+
+def _pygmentize() -> list[str]:
+    found = shutil.which("pygmentize", path=str(Path(sys.executable).parent)) or shutil.which("pygmentize")
+    assert found, "pygmentize is installed with pygments"
+    return [found]
+
+
+def test_pygmentize_highlights_an_example_as_html():
+    done = subprocess.run([*_pygmentize(), "-l", "nn", "-f", "html", str(ROOT / "examples" / "two_layer.nn")],
+                          capture_output=True, text=True, timeout=60, check=True)
+    html = done.stdout
+    assert '<span class="kd">layer</span>' in html and '<span class="nf">affine</span>' in html
+    assert '<span class="nb">softmax_cross_entropy</span>' in html and '<span class="kt">float</span>' in html
+    assert '<span class="c1"># The CIFAR-10 sized 2-layer net' in html and 'class="err"' not in html
+
+
+def test_pygmentize_guesses_the_lexer_from_the_file_name():
+    path = str(ROOT / "examples" / "circuit.nn")
+    named = subprocess.run([*_pygmentize(), "-N", path], capture_output=True, text=True, timeout=60, check=True)
+    assert named.stdout.strip() == "nn"
+    coloured = subprocess.run([*_pygmentize(), "-f", "terminal", path], capture_output=True, text=True,
+                              timeout=60, check=True)
+    assert "\x1b[" in coloured.stdout and "input" in coloured.stdout
