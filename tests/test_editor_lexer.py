@@ -5,6 +5,8 @@ the same kind, with no Error token. Reached the way Sphinx, MkDocs, nbconvert an
 ``pygmentize`` reach it: through the ``pygments.lexers`` entry point."""
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -21,6 +23,8 @@ from pygments.formatters import HtmlFormatter  # noqa: E402
 from pygments.lexers import find_lexer_class_for_filename, get_lexer_by_name, get_lexer_for_filename  # noqa: E402
 from pygments.token import Comment, Error, Keyword, Name, Number, Operator, Punctuation, String, Text  # noqa: E402
 
+from nncompile import __version__  # noqa: E402
+from nncompile.cli import build_parser, cmd_lsp  # noqa: E402
 from nncompile.editor.lexer import KEYWORDS, NNLexer  # noqa: E402
 from nncompile.initializers import INITIALIZERS  # noqa: E402
 from nncompile.ops import REGISTRY  # noqa: E402
@@ -167,3 +171,69 @@ def test_pygmentize_guesses_the_lexer_from_the_file_name():
     coloured = subprocess.run([*_pygmentize(), "-f", "terminal", path], capture_output=True, text=True,
                               timeout=60, check=True)
     assert "\x1b[" in coloured.stdout and "input" in coloured.stdout
+
+
+# ---- the VS Code extension (editors/vscode): the same keywords, and VS Code's own engine ----
+
+VSCODE = ROOT / "editors" / "vscode"
+TEXTMATE = json.loads((VSCODE / "syntaxes" / "nn.tmLanguage.json").read_text(encoding="utf-8"))
+KEYWORD_SCOPES = ("storage.type", "keyword.control", "support.type", "constant.language")
+
+
+def test_the_textmate_grammars_keywords_are_the_grammars():
+    found = set()
+    for pattern in TEXTMATE["repository"]["keywords"]["patterns"]:
+        assert pattern["name"].startswith(KEYWORD_SCOPES), pattern
+        found |= set(re.fullmatch(r"\\b\(([a-z0-9|]+)\)\\b", pattern["match"])[1].split("|"))
+    assert found == GRAMMAR_KEYWORDS
+
+
+def test_the_extension_contributes_the_language_its_grammar_and_the_server_command():
+    manifest = json.loads((VSCODE / "package.json").read_text(encoding="utf-8"))
+    [language] = manifest["contributes"]["languages"]
+    [grammar] = manifest["contributes"]["grammars"]
+    assert language["id"] == grammar["language"] == "nn" and language["extensions"] == [".nn"]
+    assert grammar["scopeName"] == TEXTMATE["scopeName"] == "source.nn"
+    for relative in (grammar["path"], language["configuration"], manifest["main"]):
+        assert (VSCODE / relative).is_file(), relative
+    command = manifest["contributes"]["configuration"]["properties"]["nncompile.server.command"]["default"]
+    assert command == ["nncompile", "lsp"]
+    assert build_parser().parse_args(command[1:]).run is cmd_lsp
+    assert manifest["version"] == __version__
+
+
+def _char_scopes(text: str, tokens: list) -> dict[tuple[int, int], str]:
+    """(line, column) -> the innermost scope VS Code gives that character (0-based)."""
+    return {(line, col): scopes[-1] for line, start, end, scopes in tokens for col in range(start, end)}
+
+
+def _textmate_class(token: Token) -> tuple[str, ...]:
+    if token.type in ("COMMENT", "NAME", "NUMBER", "STRING"):
+        return {"COMMENT": ("comment.",), "NAME": ("variable.", "entity.name."), "NUMBER": ("constant.numeric",),
+                "STRING": ("string.",)}[token.type]
+    return KEYWORD_SCOPES if str(token) in GRAMMAR_KEYWORDS else ("keyword.operator", "punctuation")
+
+
+@pytest.mark.skipif(os.environ.get("NNCOMPILE_VSCODE_CHECK") != "1",
+                    reason="VS Code's TextMate engine comes from npm: bash scripts/vscode_check.sh")
+def test_vscode_textmate_engine_scopes_every_token_as_the_grammar_reads_it(tmp_path: Path):
+    files = {}
+    for i, (name, text) in enumerate(sorted(SOURCES.items())):
+        files[name] = tmp_path / f"source{i}.nn"
+        files[name].write_text(text, encoding="utf-8")
+    done = subprocess.run(["node", str(VSCODE / "test" / "tokenize.js"), *map(str, files.values())],
+                          capture_output=True, text=True, timeout=120, check=True)
+    tokenised = json.loads(done.stdout)
+    for name, path in files.items():
+        scopes = _char_scopes(SOURCES[name], tokenised[str(path)])
+        for token in lark_tokens(SOURCES[name]):
+            want = _textmate_class(token)
+            for col in range(token.column - 1, token.end_column - 1):
+                got = scopes.get((token.line - 1, col), "source.nn")
+                assert got.startswith(want), f"{name}:{token.line}:{col + 1}: {str(token)!r} is {got}, not {want}"
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js")
+def test_the_extension_and_the_tokeniser_are_valid_javascript():
+    for script in ("extension.js", "test/tokenize.js"):
+        subprocess.run(["node", "--check", str(VSCODE / script)], check=True, timeout=60)
