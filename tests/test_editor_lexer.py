@@ -25,6 +25,7 @@ from pygments.token import Comment, Error, Keyword, Name, Number, Operator, Punc
 
 from nncompile import __version__  # noqa: E402
 from nncompile.cli import build_parser, cmd_lsp  # noqa: E402
+from nncompile.compiler import compile_file  # noqa: E402
 from nncompile.editor.lexer import KEYWORDS, NNLexer  # noqa: E402
 from nncompile.initializers import INITIALIZERS  # noqa: E402
 from nncompile.ops import REGISTRY  # noqa: E402
@@ -33,7 +34,9 @@ from nncompile.parser import BracketPostLex, grammar_text  # noqa: E402
 from conftest import EXAMPLE_FILES, ROOT  # noqa: E402
 from fuzzing import RandomChoices, write_program  # noqa: E402
 
-GRAMMAR = Lark(grammar_text(), parser="lalr", postlex=BracketPostLex(), keep_all_tokens=True)
+_COMMENTS: list[Token] = []   # what the parser's lexer skips, collected as it goes
+GRAMMAR = Lark(grammar_text(), parser="lalr", postlex=BracketPostLex(), keep_all_tokens=True,
+               lexer_callbacks={"COMMENT": _COMMENTS.append})
 GRAMMAR_KEYWORDS = {t.pattern.value for t in GRAMMAR.terminals if t.pattern.type == "str" and t.pattern.value.isidentifier()}
 DOC_BLOCKS = [(path.name, i, block) for path in sorted((ROOT / "docs").glob("*.md"))
               for i, block in enumerate(re.findall(r"```nn\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S))]
@@ -51,12 +54,10 @@ SOURCES = {**{p.name: p.read_text(encoding="utf-8") for p in EXAMPLE_FILES},
 
 def lark_tokens(text: str) -> list[Token]:
     """The tokens the compiler's parser reads, comments included, in order."""
-    comments: list[Token] = []
-    parser = Lark(grammar_text(), parser="lalr", postlex=BracketPostLex(), keep_all_tokens=True,
-                  lexer_callbacks={"COMMENT": comments.append})
-    tree = parser.parse(text)
+    _COMMENTS.clear()
+    tree = GRAMMAR.parse(text)
     found = [t for t in tree.scan_values(lambda v: isinstance(v, Token)) if t.type != "_NL"]
-    return sorted(found + comments, key=lambda t: t.start_pos)
+    return sorted(found + _COMMENTS, key=lambda t: t.start_pos)
 
 
 def pygments_tokens(text: str) -> list[tuple[int, object, str]]:
@@ -237,3 +238,22 @@ def test_vscode_textmate_engine_scopes_every_token_as_the_grammar_reads_it(tmp_p
 def test_the_extension_and_the_tokeniser_are_valid_javascript():
     for script in ("extension.js", "test/tokenize.js"):
         subprocess.run(["node", "--check", str(VSCODE / script)], check=True, timeout=60)
+
+
+# ---- docs/editors.md: its Emacs mode's keywords are the grammar's, its model compiles ----
+
+EDITORS_DOC = (ROOT / "docs" / "editors.md").read_text(encoding="utf-8")
+
+
+def test_the_emacs_modes_keywords_are_the_grammars():
+    [words] = re.findall(r"\(regexp-opt '\(([^)]*)\)", EDITORS_DOC)
+    assert set(re.findall(r'"(\w+)"', words)) == GRAMMAR_KEYWORDS
+
+
+def test_the_models_on_the_editors_page_compile(tmp_path: Path):
+    blocks = re.findall(r"```nn\n(.*?)```", EDITORS_DOC, flags=re.S)
+    assert blocks
+    for i, block in enumerate(blocks):
+        path = tmp_path / f"block{i}.nn"
+        path.write_text(block, encoding="utf-8")
+        compile_file(path)
