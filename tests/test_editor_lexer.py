@@ -216,7 +216,7 @@ def _textmate_class(token: Token) -> tuple[str, ...]:
 
 
 @pytest.mark.skipif(os.environ.get("NNCOMPILE_VSCODE_CHECK") != "1",
-                    reason="VS Code's TextMate engine comes from npm: bash scripts/vscode_check.sh")
+                    reason="VS Code's TextMate engine comes from npm: bash scripts/editors_check.sh")
 def test_vscode_textmate_engine_scopes_every_token_as_the_grammar_reads_it(tmp_path: Path):
     files = {}
     for i, (name, text) in enumerate(sorted(SOURCES.items())):
@@ -257,3 +257,37 @@ def test_the_models_on_the_editors_page_compile(tmp_path: Path):
         path = tmp_path / f"block{i}.nn"
         path.write_text(block, encoding="utf-8")
         compile_file(path)
+
+
+# ---- the tools that find the lexer by its name (installed by scripts/editors_check.sh) ----
+
+MODEL_IN_A_PAGE = "layer affine(x: [B, K], out: int) -> [B, out] {\n    param W: [K, out] = he()\n    return x @ W\n}\n"
+HIGHLIGHTED = ('<span class="kd">layer</span>', '<span class="nf">affine</span>', '<span class="nb">he</span>')
+
+
+def test_nbconvert_highlights_an_nn_block_of_a_markdown_cell():
+    nbformat = pytest.importorskip("nbformat")
+    nbconvert = pytest.importorskip("nbconvert")
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"```nn\n{MODEL_IN_A_PAGE}```\n")])
+    html, _ = nbconvert.HTMLExporter().from_notebook_node(notebook)
+    assert all(span in html for span in HIGHLIGHTED), html[html.find("affine") - 300:][:600]
+
+
+def test_python_markdown_as_mkdocs_runs_it_highlights_an_nn_fence():
+    markdown = pytest.importorskip("markdown")
+    html = markdown.markdown(f"```nn\n{MODEL_IN_A_PAGE}```\n", extensions=["fenced_code", "codehilite"])
+    assert all(span in html for span in HIGHLIGHTED), html
+
+
+def test_sphinx_highlights_a_code_block_in_nn(tmp_path: Path):
+    pytest.importorskip("sphinx")
+    from sphinx.cmd.build import build_main
+
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "conf.py").write_text("project = 'models'\n")
+    body = "\n".join("   " + line for line in MODEL_IN_A_PAGE.splitlines())
+    (source / "index.rst").write_text(f"Models\n======\n\n.. code-block:: nn\n\n{body}\n")
+    assert build_main(["-q", "-W", "-b", "html", str(source), str(tmp_path / "html")]) == 0
+    html = (tmp_path / "html" / "index.html").read_text(encoding="utf-8")
+    assert all(span in html for span in HIGHLIGHTED), html[html.find("affine") - 300:][:600]

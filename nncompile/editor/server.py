@@ -114,6 +114,7 @@ def _file_of(document: TextDocument) -> str:
 
 
 def _range(document: TextDocument, loc: Loc) -> types.Range:
+    """A location (1-based characters; one character wide where its end is not known) in the client's units."""
     end = loc.end_col if loc.end_col is not None else loc.col + 1
     span = ServerTextRange(ServerTextPosition(loc.line - 1, loc.col - 1), ServerTextPosition(loc.line - 1, end - 1))
     return document.range_to_client_units(span)
@@ -134,7 +135,7 @@ def _diagnostic(ls: NNLanguageServer, document: TextDocument, problem: Problem) 
                             severity=SEVERITY[problem.severity], source="nncompile", related_information=related or None)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main() -> int:
     """Serve one client over stdin and stdout until it exits."""
     logging.basicConfig(level=logging.WARNING, format="nncompile lsp: %(levelname)s: %(message)s")
     server.start_io()

@@ -1,5 +1,5 @@
 // Tokenises .nn files with VS Code's own TextMate engine (vscode-textmate, vscode-oniguruma)
-// and prints, per file, every token as [line, start, end, scopes] (JSON). scripts/vscode_check.sh
+// and prints, per file, every token as [line, start, end, scopes] (JSON). scripts/editors_check.sh
 // installs the two packages and tests/test_editor_lexer.py compares the tokens with Lark's.
 // Usage: node tokenize.js FILE.nn...
 const fs = require("fs");
