@@ -13,15 +13,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import networkx as nx
-
 from .. import syntax
 from ..codegen.module import NUMPY_DTYPES
 from ..elaborate import MODES, Elaborator, Scope
 from ..elaborate.statements import Statements
 from ..errors import Loc, NNError, Sources
 from ..initializers import INITIALIZERS
-from ..ir import Model, Node
+from ..ir import Graph, Model, Node
 from ..ops import REGISTRY
 from ..parser import parse
 from ..shapes import show
@@ -200,26 +198,28 @@ class Analysis:
 
     def warnings(self) -> list[Problem]:
         """What compiles but is probably a mistake: a param that cannot change the loss, an
-        input that no output, loss or update reads."""
+        input that no output, loss or update reads. A param of a layer from another file is
+        reported at the call of its instance."""
         if not self.runs or any(p.severity == "error" for p in self.problems):
             return []
-        found: dict[Loc, list[str]] = {}
-        train = self.runs[0].model
-        if train.target is not None:
-            reach = nx.ancestors(train.graph.nx, train.target)
-            for name, n in train.params.items():
+        idle: dict[Loc, list[str]] = {}   # where -> the params there that never move
+        train = self.runs[0]
+        if train.model.target is not None:
+            reach = _reached(train.model.graph, [train.model.target])
+            for name, n in train.model.params.items():
                 if n not in reach:
-                    found.setdefault(train.graph[n].loc, []).append(f"param '{name}' does not affect the loss, "
-                                                                     "so training never changes it")
-        used = set()
-        for run in self.runs:
-            roots = [*run.model.outputs.values(), *run.model.updates.values()]
-            used |= {run.model.graph[n].name for r in roots for n in nx.ancestors(run.model.graph.nx, r) | {r}}
-        for name, n in train.inputs.items():
-            if name not in used:
-                found.setdefault(train.graph[n].loc, []).append(f"input '{name}' is not used by any output or the loss")
-        return [Problem("warning", "; ".join(messages), loc) for loc, messages in found.items()
-                if loc is not None and loc.file == self.file]
+                    loc = train.G[n].loc
+                    if loc is None or loc.file != self.file:
+                        loc = train.scopes[0].instances.get(name.split(".")[0])
+                    idle.setdefault(loc, []).append(f"'{name}'")
+        used = {run.G[n].name for run in self.runs
+                for n in _reached(run.model.graph, [*run.model.outputs.values(), *run.model.updates.values()])}
+        found = [(loc, f"param {names[0]} does not affect the loss, so training never changes it" if len(names) == 1
+                  else f"params {', '.join(names)} do not affect the loss, so training never changes them")
+                 for loc, names in idle.items()]
+        found += [(train.G[n].loc, f"input '{name}' is not used by any output or the loss")
+                  for name, n in train.model.inputs.items() if name not in used]
+        return [Problem("warning", message, loc) for loc, message in found if loc is not None and loc.file == self.file]
 
 
 def analyse(text: str, file: str) -> Analysis:
@@ -240,9 +240,6 @@ def analyse(text: str, file: str) -> Analysis:
             problem = _problem(exc, analysis, run)
             if problem not in analysis.problems:
                 analysis.problems.append(problem)
-        except RecursionError:
-            analysis.problems.append(Problem("error", "the model is nested too deeply to analyse",
-                                             Loc(file, 1, 1)))
         if not run.model.mode_dependent:
             break
     analysis.problems += analysis.warnings()
@@ -270,6 +267,18 @@ def _problem(exc: NNError, analysis: Analysis, run: _Recording | None) -> Proble
     if here.end_col is None:
         here = Loc(here.file, here.line, here.col, _token_end(analysis.text, here))
     return Problem("error", message, here, notes)
+
+
+def _reached(graph: Graph, roots: list[int]) -> set[int]:
+    """The nodes ``roots`` are computed from, themselves included."""
+    seen: set[int] = set()
+    stack = list(roots)
+    while stack:
+        n = stack.pop()
+        if n not in seen:
+            seen.add(n)
+            stack.extend(graph[n].args)
+    return seen
 
 
 def _call_being_built(run: _Recording | None) -> Loc | None:
