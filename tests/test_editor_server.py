@@ -83,6 +83,16 @@ class Session:
             [types.TextDocumentContentChangeWholeDocument(text)]))
         return self.diagnostics(uri, self.versions[uri])
 
+    def edit(self, path: Path, line: int, start: int, end: int, text: str) -> list:
+        """An incremental change, as VS Code sends them: ``text`` in place of line[start:end]."""
+        uri = path.as_uri()
+        self.versions[uri] += 1
+        where = types.Range(types.Position(line, start), types.Position(line, end))
+        self.notify(self.client.text_document_did_change, types.DidChangeTextDocumentParams(
+            types.VersionedTextDocumentIdentifier(self.versions[uri], uri),
+            [types.TextDocumentContentChangePartial(range=where, text=text)]))
+        return self.diagnostics(uri, self.versions[uri])
+
     def save(self, path: Path) -> list:
         uri = path.as_uri()
         before = len(self.published.get(uri, []))
@@ -176,6 +186,15 @@ def test_an_edit_that_breaks_the_file_brings_the_error_back(session, workdir):
 
 
 HEADER = re.compile(r"(?P<file>[^:\s]+):(?P<line>\d+):(?P<col>\d+): (?P<kind>error|note): (?P<message>.+)")
+
+
+def test_incremental_edits_are_applied_before_the_text_is_analysed(session, workdir):
+    path = write_nn(workdir, "incremental.nn", SHAPE_ERROR)
+    assert len(session.open(path)) == 1
+    assert session.edit(path, 0, 18, 19, "4") == []            # float[N, 3] -> float[N, 4]
+    assert "h: float32[N, 5]" in session.hover(path, 2, 0)
+    [error] = session.edit(path, 1, 15, 16, "7")               # float[4, 5] -> float[7, 5]
+    assert error.message == "cannot multiply [N, 4] @ [7, 5]: inner dims 4 and 7 differ"
 
 
 def _golden_cases():
