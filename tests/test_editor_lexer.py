@@ -273,9 +273,13 @@ def test_nbconvert_highlights_an_nn_block_of_a_markdown_cell():
     assert all(span in html for span in HIGHLIGHTED), html[html.find("affine") - 300:][:600]
 
 
-def test_python_markdown_as_mkdocs_runs_it_highlights_an_nn_fence():
+@pytest.mark.parametrize("extensions", [["fenced_code", "codehilite"], ["pymdownx.superfences", "pymdownx.highlight"]],
+                         ids=["codehilite", "pymdownx"])
+def test_python_markdown_as_mkdocs_runs_it_highlights_an_nn_fence(extensions: list[str]):
     markdown = pytest.importorskip("markdown")
-    html = markdown.markdown(f"```nn\n{MODEL_IN_A_PAGE}```\n", extensions=["fenced_code", "codehilite"])
+    if extensions[0].startswith("pymdownx"):
+        pytest.importorskip("pymdownx")
+    html = markdown.markdown(f"```nn\n{MODEL_IN_A_PAGE}```\n", extensions=extensions)
     assert all(span in html for span in HIGHLIGHTED), html
 
 
