@@ -179,7 +179,7 @@ class Analysis:
         elif copies:   # h = repeat 3 dense(x): h.1, h.2, h.3
             pieces.append(_code(f"{instance}: {len(copies)} instances of layer {copies[0]}") +
                           f"{_count(_params_of(run.model, instance))} params in all")
-        return "\n".join(pieces) or None
+        return "\n\n".join(pieces) or None
 
     def _layer(self, run: _Recording, name: str) -> str:
         layer = run.layers.defined[name]
