@@ -1,4 +1,4 @@
-"""The command line: ``nncompile compile | eval | render | check | train | predict | export``.
+"""The command line: ``nncompile compile | eval | render | check | train | predict | export | lsp``.
 
 Every mistake a user can make ends as ``FILE:LINE:COL: error: ...`` (or, with no place in
 a file, ``nncompile: error: ...``) on stderr and exit code 1; output files are written whole
@@ -161,6 +161,18 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 1
     print(f"gradient check passed (float64, extrapolated central differences): {tally}")
     return 0
+
+
+def cmd_lsp(args: argparse.Namespace) -> int:
+    """The language server (nncompile/editor/server.py), serving one editor over stdio."""
+    try:
+        from .editor.server import main as serve
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("pygls", "lsprotocol", "cattrs", "attrs"):
+            raise
+        raise NNError(f"the language server needs pygls, and {exc.name} is not installed: "
+                      "pip install 'nncompile[editor]'") from None
+    return serve()
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -340,6 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=20, help="the ONNX opset (default: 20)")
     p.add_argument("--seed", type=seed, default=0, help="seed for the initial params when --params is not given")
     p.set_defaults(run=cmd_export)
+
+    p = sub.add_parser("lsp", help="the language server for editors: diagnostics, hover, go to definition "
+                                   "(needs nncompile[editor])")
+    p.add_argument("--stdio", action="store_true",
+                   help="talk over stdin and stdout (the only way; accepted because editors pass it)")
+    p.set_defaults(run=cmd_lsp)
 
     add_train_parser(sub)
     add_predict_parser(sub)
