@@ -261,3 +261,23 @@ def test_names_from_the_file_reach_neither_the_svg_nor_the_table_as_markup(tmp_p
     assert table.tags <= {"table", "caption", "thead", "tbody", "tr", "th", "td", "code"}
     assert table.attributes <= {"rowspan", "style"}
     assert table.caption.startswith("<img src=x onerror=alert(1)>: compiled by nncompile")   # shown, as text
+
+
+def notebook_section() -> str:
+    """The *In a notebook* section of docs/rendering.md."""
+    text = (ROOT / "docs" / "rendering.md").read_text(encoding="utf-8")
+    return re.split(r"\n## ", text.split("\n## In a notebook\n", 1)[1])[0]
+
+
+def test_the_python_of_docs_rendering_md_in_a_notebook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "examples").symlink_to(EXAMPLES)
+    monkeypatch.chdir(tmp_path)
+    blocks = re.findall(r"```python\n(.*?)```", notebook_section(), flags=re.S)
+    assert blocks
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "docs/rendering.md", "exec"), namespace)   # noqa: S102 - the page's own example
+    assert capsys.readouterr().out.startswith("<Diagram of circuit.nn: 5 nodes, rankdir LR;")
+    assert "f = -32" in svg_texts(namespace["svg_text"]) and (tmp_path / "circuit.png").exists()
+    assert isinstance(namespace["neuron"], Diagram)

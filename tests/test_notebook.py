@@ -224,3 +224,13 @@ def test_the_tutorial_runs_in_a_kernel_and_shows_diagrams_tables_and_curves() ->
     history = [c for c in notebook.cells if "trainer.fit(" in c.source][0]
     last = eval(history.outputs[0].data["text/plain"])   # noqa: S307 - the record the notebook printed
     assert last["epoch"] == 20 and last["val_acc"] > 0.9 and np.isfinite(last["loss"])
+
+
+def test_the_magic_of_docs_rendering_md_runs_and_its_error_is_the_one_shown(shell) -> None:
+    text = (EXAMPLES.parent / "docs" / "rendering.md").read_text(encoding="utf-8")
+    section = re.split(r"\n## ", text.split("\n## In a notebook\n", 1)[1])[0]
+    magic, error = [body for lang, body in re.findall(r"```(\w*)\n(.*?)```", section, flags=re.S) if not lang][:2]
+    result, captured = run(shell, magic)
+    assert result.success and "gradient check passed" in captured.stdout
+    assert captured.outputs[0].data["image/svg+xml"]
+    assert error.strip() == BAD_MESSAGE
