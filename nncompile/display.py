@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import math
 import tempfile
+from functools import cached_property
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -34,8 +35,12 @@ class Diagram:
         self.rankdir = rankdir
         self.max_nodes = max_nodes
         self.where = where   # what was run: the mode, where the params and inputs came from
-        self.source = to_dot(evaluation, rankdir, max_nodes=max_nodes)
         self._svg: str | None = None
+
+    @cached_property
+    def source(self) -> str:
+        """The DOT text, as ``nncompile render -o model.dot`` writes it."""
+        return to_dot(self.evaluation, self.rankdir, max_nodes=self.max_nodes)
 
     @property
     def name(self) -> str:
