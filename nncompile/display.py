@@ -18,7 +18,7 @@ from types import ModuleType
 from typing import Any
 
 from .errors import NNError
-from .render import MAX_NODES, fmt, forward_nodes, render_file, shape_text, to_dot
+from .render import MAX_NODES, fmt, forward_nodes, render_file, to_dot
 
 
 class Diagram:
@@ -78,12 +78,10 @@ class Diagram:
 def describe(evaluation: Any) -> str:
     """An evaluation in one line: the model, the mode, the loss (or single scalar output)."""
     ev = evaluation
-    target = ev.model.target
+    target = ev.model.target   # a scalar: the loss, or the single scalar output
     shown = ""
     if target is not None and target in ev.values:
-        value = ev.values[target]
-        name = ev.program.graph[target].name or "the loss"
-        shown = f" {name} = {fmt(value) if getattr(value, 'size', 1) == 1 else shape_text(value.shape)};"
+        shown = f" {ev.program.graph[target].name or 'the loss'} = {fmt(ev.values[target])};"
     return (f"<Evaluation of {Path(ev.model.file).name} in {ev.mode} mode:{shown} "
             f"{len(ev.named_values())} named values, gradients of {len(ev.input_and_param_grads())} inputs and "
             "params; in a notebook it shows as its diagram>")

@@ -10,6 +10,7 @@ never that folder.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -84,8 +85,10 @@ def source_file(text: str, stem: str, shown: str) -> Iterator[Path]:
 
 
 def renamed(error: NNError, file: str, shown: str, text: str) -> NNError:
-    """``error`` with the file ``file`` called ``shown``, wherever it is named."""
+    """``error`` with the file ``file`` called ``shown``, wherever it is named. A file it
+    names beside ``file`` (an import the text cannot reach) is named as the text wrote it."""
     Sources.add(shown, text)
+    folder = str(Path(file).parent) + os.sep
 
     def move(loc):
         return replace(loc, file=shown) if loc is not None and loc.file == file else loc
@@ -93,6 +96,11 @@ def renamed(error: NNError, file: str, shown: str, text: str) -> NNError:
     error.loc = move(error.loc)
     error.notes = tuple((note, move(where)) for note, where in error.notes)
     error.file = shown if error.file == file else error.file
-    error.message = error.message.replace(file, shown)
+    message = error.message.replace(file, shown)
+    if folder in message:
+        message = message.replace(folder, "") + (f"; {shown} is compiled on its own, so it can import the standard "
+                                                 "library but no file: write the model to a file beside the ones "
+                                                 "it imports")
+    error.message = message
     error.args = (error.message,)
     return error

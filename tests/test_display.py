@@ -281,3 +281,16 @@ def test_the_python_of_docs_rendering_md_in_a_notebook_runs(tmp_path: Path, monk
     assert capsys.readouterr().out.startswith("<Diagram of circuit.nn: 5 nodes, rankdir LR;")
     assert "f = -32" in svg_texts(namespace["svg_text"]) and (tmp_path / "circuit.png").exists()
     assert isinstance(namespace["neuron"], Diagram)
+
+
+def test_source_text_imports_the_standard_library_but_no_file(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    drawn = nncompile.render("import nn\ninput x: float[N, 3]\ny = dense(x, out=2)\nloss = sum(y)\nminimize loss\n")
+    assert "dense" in drawn.source
+    write_nn(tmp_path, "lib.nn", "layer twice(x: [B, K]) -> [B, K] {\n    return 2 * x\n}\n")
+    monkeypatch.chdir(tmp_path)   # lib.nn is right here, but the text is no file beside it
+    with pytest.raises(NNError) as caught:
+        nncompile.render('import "lib.nn"\ninput x: float[N, 3]\ny = twice(x)\noutput y\n')
+    assert caught.value.format().splitlines()[0] == (
+        '<string>:1:1: error: cannot import "lib.nn": there is no file lib.nn; <string> is compiled on its own, '
+        "so it can import the standard library but no file: write the model to a file beside the ones it imports")
