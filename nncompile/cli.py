@@ -15,11 +15,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import __version__
+from .version import __version__
 from .backends import BACKENDS
 from .compiler import DTYPES
 from .errors import NNError
 from .files import write_atomic
+from .runs import MODE_NOTES, trained_options
 
 
 def _check_output(args: argparse.Namespace) -> None:
@@ -92,9 +93,6 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
-MODE_NOTES = {"train": "dropout on, batch statistics", "eval": "dropout off, running statistics"}
-
-
 def add_trained_options(p: argparse.ArgumentParser) -> None:
     """eval's and render's view of a trained model: its params, examples of a data set, a mode."""
     g = p.add_argument_group("a trained model")
@@ -110,27 +108,9 @@ def add_trained_options(p: argparse.ArgumentParser) -> None:
 
 
 def _trained_arguments(args: argparse.Namespace) -> tuple[dict, str]:
-    """What --params, --data, --batch/--index and --mode ask of evaluate_file, and a line saying
-    what was run: the mode (stated even when it is the default), the params, the inputs."""
-    from .runs import examples, trained_values
-
-    if (args.batch is not None or args.index is not None or args.map) and args.data is None:
-        raise NNError("--batch, --index and --map pick examples of --data: give --data FILE (or digits)")
-    options: dict = {"mode": args.mode}
-    normalization: dict = {}
-    params_from = "params from the initialisers (seed %d)" % args.seed
-    if args.params is not None:
-        options["params"], options["state"], normalization, params_from = trained_values(args.params)
-    inputs_from = "inputs from the file's defaults, --set values or seeded random numbers"
-    if args.data is not None:
-        from .compiler import compile_and_load
-        from .train.data import parse_mapping
-
-        module = compile_and_load(args.model, dtype=args.dtype)
-        options["inputs"], inputs_from = examples(args.data, module, batch=args.batch, index=args.index,
-                                                  normalization=normalization, mapping=parse_mapping(args.map))
-    default = " (the default)" if args.mode == "train" else ""
-    return options, f"{args.mode} mode{default}: {MODE_NOTES[args.mode]}; {params_from}; {inputs_from}"
+    """What --params, --data, --batch/--index, --map and --mode ask of evaluate_file (runs.trained_options)."""
+    return trained_options(args.model, params=args.params, data=args.data, mapping=args.map, batch=args.batch,
+                           index=args.index, mode=args.mode, seed=args.seed, dtype=args.dtype)
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ import networkx as nx
 from .autodiff import differentiate as reverse_mode
 from .backends import BACKENDS
 from .codegen import Program, emit_module
+from .display import show_as_table
 from .elaborate import elaborate_file
 from .errors import NNError
 from .ir import Model
@@ -125,12 +126,13 @@ def _check_inputs_for_both(model: Model, evaluation: Model) -> None:
 
 
 def load_module(source: str, name: str = "nncompiled") -> types.ModuleType:
-    """Import generated source as a module object, without writing it anywhere."""
+    """Import generated source as a module object, without writing it anywhere; in a notebook
+    it shows as a table of its inputs, params and outputs (the source itself is untouched)."""
     module = types.ModuleType(name)
     module.__file__ = f"<{name}>"
     code = compile(source, module.__file__, "exec")
     exec(code, module.__dict__)  # noqa: S102 - our own generated code
-    return module
+    return show_as_table(module)
 
 
 def compile_and_load(path: str | Path, **options) -> types.ModuleType:

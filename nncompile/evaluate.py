@@ -56,6 +56,17 @@ class Evaluation:
             out[name] = self.grads.get(n, np.zeros_like(self.values[n]))
         return out
 
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        """In a notebook an evaluation shows as its diagram (nncompile.display.Diagram)."""
+        from .display import Diagram
+
+        return Diagram(self)._repr_mimebundle_(include, exclude)
+
+    def __repr__(self) -> str:   # one line, not every array it holds
+        from .display import describe
+
+        return describe(self)
+
 
 def parse_sets(items: list[str] | None) -> dict[str, str]:
     """``["x=3", "W=[[1,2]]"]`` -> ``{"x": "3", "W": "[[1,2]]"}``."""

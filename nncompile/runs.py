@@ -12,14 +12,14 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from .compiler import load_module
 from .errors import NNError
 from .train.checkpoint import read_npz
-from .train.data import Dataset, bind, load_source, split
+from .train.data import Dataset, bind, load_source, parse_mapping, split
 from .train.runfiles import PREDICT_FILE
 
 PARTS = ("all", "train", "val", "test")
@@ -220,3 +220,33 @@ def _same_data(spec: str, trained: str | None) -> bool:
     if trained is None or spec == trained:
         return spec == trained
     return spec != "digits" and trained != "digits" and Path(spec).resolve() == Path(trained).resolve()
+
+
+MODE_NOTES = {"train": "dropout on, batch statistics", "eval": "dropout off, running statistics"}
+
+
+def trained_options(model: str | Path, *, params: str | Path | None = None, data: str | None = None,
+                    mapping: Sequence[str] | Mapping[str, str] | None = None, batch: int | None = None,
+                    index: int | None = None, mode: str = "train", seed: int = 0,
+                    dtype: str | None = None) -> tuple[dict, str]:
+    """What ``--params``, ``--data``, ``--batch``/``--index``, ``--map`` and ``--mode`` ask of
+    evaluate_file (``eval`` and ``render`` on the command line, ``nncompile.render`` in Python),
+    and a line saying what was run: the mode (stated even when it is the default), the params,
+    the inputs. ``mapping`` is ``--map``'s ``INPUT=ARRAY[,...]`` strings, or a dict."""
+    if (batch is not None or index is not None or mapping) and data is None:
+        raise NNError("--batch, --index and --map pick examples of --data: give --data FILE (or digits)")
+    options: dict = {"mode": mode}
+    normalization: dict = {}
+    params_from = "params from the initialisers (seed %d)" % seed
+    if params is not None:
+        options["params"], options["state"], normalization, params_from = trained_values(params)
+    inputs_from = "inputs from the file's defaults, --set values or seeded random numbers"
+    if data is not None:
+        from .compiler import compile_and_load
+
+        chosen = dict(mapping) if isinstance(mapping, Mapping) else parse_mapping(mapping)
+        module = compile_and_load(model, dtype=dtype)
+        options["inputs"], inputs_from = examples(data, module, batch=batch, index=index,
+                                                  normalization=normalization, mapping=chosen)
+    default = " (the default)" if mode == "train" else ""
+    return options, f"{mode} mode{default}: {MODE_NOTES.get(mode, mode)}; {params_from}; {inputs_from}"
