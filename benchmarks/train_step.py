@@ -21,7 +21,7 @@ the ratios are medians over the compiled step's. The whole-run table times 20 ep
 digits' training split: ``Trainer.fit`` against scikit-learn's ``MLPClassifier.fit`` with the
 same architecture, batch, optimiser and L2.
 
-    python benchmarks/train_step.py [--repeat 400] [--markdown]
+    python benchmarks/train_step.py [--repeat 400] [--markdown] [--case digits] [--optimizer adam]
 
 Torch, JAX and scikit-learn are optional (``pip install 'nncompile[bench]'``); their rows are
 left out when they are missing. On machines that set OPENBLAS_CORETYPE, run it as
@@ -274,11 +274,13 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=400, help="timed steps per row (default 400)")
     ap.add_argument("--epochs", type=int, default=20, help="epochs of the whole-run table (default 20)")
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--case", action="append", choices=[c.name for c in CASES], help="only these cases")
+    ap.add_argument("--optimizer", action="append", choices=list(HYPER), help="only these optimisers")
     args = ap.parse_args()
     print(ref.pin_threads(1))
     rows = []
-    for case in CASES:
-        for optimizer in HYPER:
+    for case in (c for c in CASES if not args.case or c.name in args.case):
+        for optimizer in args.optimizer or HYPER:
             steps, read = implementations(case, optimizer)
             label = f"{case.name} {optimizer}"
             agree(steps, read, optimizer, label)
@@ -288,7 +290,7 @@ def main() -> int:
                 med = statistics.median(ts)
                 rows.append([label, name, f"{med:.1f}", f"{min(ts):.1f}", f"{med / base:.2f}"])
     print(table(["case", "step", "median us", "min us", "/ compiled"], rows, args.markdown))
-    run_rows = whole_run(args.epochs)
+    run_rows = whole_run(args.epochs) if not args.case or "digits" in args.case else []
     if run_rows:
         print()
         print(f"whole run: {args.epochs} epochs of the digits MLP (1617 examples, batch 64, adam)")
