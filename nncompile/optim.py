@@ -13,7 +13,8 @@
         forward + backward + update in one call; returns the outputs, or (outputs, new_state)
         for a model with state (running statistics), exactly as value_and_grad does
 
-``opt_state`` is ``{"step": t, SLOT: {param name: array}}``. (The model's own ``state``,
+``opt_state`` is ``{"step": t, SLOT: {param name: array}}``, and after the first update on
+numpy also ``"_buffers"``, what the one-buffer path found (below). (The model's own ``state``,
 running statistics, is a different thing: ``init_state`` / ``STATE`` belong to the model.)
 
 The update rules are the CS231n ones (``p`` a param, ``g`` its gradient, ``lr`` the
@@ -36,7 +37,11 @@ caller's gradients are never written.
 
 Each optimiser is a short, straight-line sequence of ufunc calls with ``out=``: the params
 and the state are updated in place and the only temporary is one scratch buffer, shared
-by all params and allocated once. The update functions are therefore not thread-safe:
+by all params and allocated once. On numpy, init_params makes the params views of one
+buffer and init_opt_state lays each slot out alike, so the sequence runs once over those
+buffers for all params together, the gradients copied into one buffer first; params or
+slots that are arrays of their own (loaded from a file, say) are updated one by one, with
+the same result bit for bit (elementwise ufuncs round each element alike wherever it lies). The update functions are therefore not thread-safe:
 two threads must not step the same compiled module object at the same time.
 """
 from __future__ import annotations
@@ -250,14 +255,7 @@ def emit_optimizer(name: str, param_names: Iterable[str], *, clip_norm: float | 
         "    return clip_norm / norm if norm > clip_norm else 1.0",
         "",
         "",
-        "def init_opt_state(params):",
-        f'    """Fresh {name} state: the step count, and a zeroed array per param for each of SLOTS."""',
-        "    return {",
-        "        'step': 0,",
-        *(f"        {slot!r}: {{name: {xp}.zeros_like(params[name]) for name in TRAINABLE}}," for slot in d.slots),
-        "    }",
-        "",
-        "",
+        *_init_opt_state(d, target),
         *_update_function(d, target),
         *_apply_update(d, params, values, clip_norm, target),
         "",
@@ -265,6 +263,64 @@ def emit_optimizer(name: str, param_names: Iterable[str], *, clip_norm: float | 
         *_step(name, model_state),
     ]
     return "\n".join(out) + "\n"
+
+
+def _init_opt_state(d: OptimizerDef, backend: Backend) -> list[str]:
+    """``init_opt_state``. On numpy each slot is laid out like the params of init_params (one
+    buffer, see ``_flat``), and ``_flat_buffers`` finds the buffers behind params and slots."""
+    if backend.fuses:   # one kernel call per param (the one-buffer path has not run on a GPU yet)
+        zeros = (f"        {slot!r}: {{name: {backend.xp}.zeros_like(params[name]) for name in TRAINABLE}},"
+                 for slot in d.slots)
+        doc = f'    """Fresh {d.name} state: the step count, and a zeroed array per param for each of SLOTS."""'
+        return ["def init_opt_state(params):", doc, "    return {", "        'step': 0,", *zeros, "    }", "", ""]
+    ids = "".join(f",\n           *map(id, map(opt_state[{slot!r}].__getitem__, TRAINABLE))" for slot in d.slots)
+    return [
+        "def init_opt_state(params):",
+        f'    """Fresh {d.name} state: the step count, and for each of SLOTS a zeroed array per param,',
+        '    views into one buffer laid out like the params (see _flat)."""',
+        "    return {",
+        "        'step': 0,",
+        *(f"        {slot!r}: _flat({{name: np.zeros_like(params[name]) for name in TRAINABLE}})," for slot in d.slots),
+        "    }",
+        "",
+        "",
+        "def _flat_buffers(params, opt_state):",
+        '    """(P, G, W, slot buffers..., gradient views) when the params and the slots are views of',
+        "    buffers laid out by _flat (as init_params and init_opt_state make them), so that one chain",
+        "    of ufunc calls updates every param; else None, and each param is updated on its own, with",
+        "    the same result bit for bit. What was found is kept in opt_state['_buffers'], with the arrays",
+        '    it was found behind (kept alive, so that their ids stay theirs)."""',
+        f"    ids = [*map(id, map(params.__getitem__, TRAINABLE)){ids}]",
+        "    known = opt_state.get('_buffers')",
+        "    if known is None or known[0] != ids:",
+        "        arrays = [params] + [opt_state[slot] for slot in SLOTS]",
+        "        buffers = [_buffer_of(group) for group in arrays]",
+        "        found = None",
+        "        if all(b is not None for b in buffers):",
+        "            G = np.zeros_like(buffers[0])",
+        "            starts, _ = _starts([params[name] for name in TRAINABLE])",
+        "            views = tuple(G[s:s + params[name].size].reshape(params[name].shape)",
+        "                          for name, s in zip(TRAINABLE, starts))",
+        "            found = (buffers[0], G, np.empty_like(G), *buffers[1:], views)",
+        "        known = opt_state['_buffers'] = (ids, [group[name] for group in arrays for name in TRAINABLE], found)",
+        "    return known[2]",
+        "",
+        "",
+        "def _buffer_of(arrays):",
+        '    """The buffer the TRAINABLE arrays are views of, in the layout _flat gives them, or None."""',
+        "    views = [arrays[name] for name in TRAINABLE]",
+        "    base = views[0].base if views else None",
+        "    starts, size = _starts(views)",
+        "    if type(base) is not np.ndarray or base.shape != (size,) or base.dtype != DTYPE or \\",
+        "            not base.flags.c_contiguous:",
+        "        return None",
+        "    origin = base.__array_interface__['data'][0]",
+        "    for view, start in zip(views, starts):",
+        "        if view.base is not base or view.dtype != DTYPE or not view.flags.c_contiguous or \\",
+        "                view.__array_interface__['data'][0] != origin + start * base.itemsize:",
+        "            return None",
+        "    return base",
+        "", ""]
 
 
 def _apply_update(d: OptimizerDef, params: list[str], values: dict[str, float], clip_norm: float | None,
@@ -287,6 +343,16 @@ def _apply_update(d: OptimizerDef, params: list[str], values: dict[str, float], 
         *(f"    {slot} = opt_state[{slot!r}]" for slot in d.slots),
     ]
     args = ", ".join(d.kernel_args)
+    if not backend.fuses and params:
+        out += [
+            "    flat = _flat_buffers(params, opt_state)",
+            "    if flat is not None:   # every param at once",
+            f"        P, G, W, {''.join(s.upper() + ', ' for s in d.slots)}views = flat",
+            "        for view, name in zip(views, TRAINABLE):",
+            "            np.copyto(view, grads[name])",
+            f"        _{name}_update(P, G, {''.join(s.upper() + ', ' for s in d.slots)}W, {args})",
+            "        return",
+        ]
     for p in params:
         if backend.fuses:
             slots = "".join(f", {slot}[{p!r}]" for slot in d.slots)

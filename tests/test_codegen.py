@@ -606,3 +606,34 @@ def test_an_output_that_needs_a_dim_only_the_labels_have_is_no_prediction(compil
         minimize loss
     """)
     assert list(module.PREDICT_INPUTS) == ["X"] and list(module.PREDICT_OUTPUTS) == ["scores"]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ufunc", sorted(__import__("nncompile.ops.registry", fromlist=["PYTHON_FORMS"]).PYTHON_FORMS))
+def test_an_operator_on_numpy_scalars_rounds_as_its_ufunc(ufunc: str, dtype: type) -> None:
+    """Scalar arithmetic is emitted with Python's operators: on numpy scalars (and a Python
+    number beside one) they must give the ufunc's result, bit for bit and in its dtype."""
+    from nncompile.ops.registry import PYTHON_FORMS
+
+    fn = getattr(np, ufunc)
+    rng = np.random.default_rng(0)
+    arity = PYTHON_FORMS[ufunc].count("{")
+    for _ in range(200):
+        values = [dtype(v) for v in rng.uniform(0.1, 3.0, arity) * rng.choice([-1, 1], arity)]
+        if rng.random() < 0.3:   # and the values where rounding rules show: zeros, infinities, NaN, subnormals
+            values[rng.integers(arity)] = dtype(rng.choice([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-40, 3e38]))
+        literal = [[*values[:-1], float(values[-1])]] if arity > 1 else []   # a folded constant beside a value
+        for operands in [values, *literal]:
+            with np.errstate(all="ignore"):
+                want = fn(*operands)
+                got = eval(PYTHON_FORMS[ufunc].format(*(f"v{i}" for i in range(arity))),
+                           {f"v{i}": v for i, v in enumerate(operands)})
+            assert type(got) is type(want) and np.asarray(got).tobytes() == np.asarray(want).tobytes()
+
+
+def test_a_scalar_circuit_is_written_with_operators() -> None:
+    source = compile_file(EXAMPLES / "circuit.nn")
+    assert "    q = x + y  # scalar" in source and "    f = q * z  # scalar" in source
+    outputs, grads = load_module(source).value_and_grad({}, x=np.float32(-2), y=np.float32(5), z=np.float32(-4))
+    assert outputs["f"] == -12 and type(outputs["f"]) is np.float32
+    assert {k: float(v) for k, v in grads.items()} == {"x": -4.0, "y": -4.0, "z": 3.0}

@@ -245,6 +245,73 @@ def test_updates_params_and_state_in_place_and_keeps_float32(name: str, least_sq
             assert array is table[k] and array.dtype == np.float32
 
 
+# ---- one buffer for every param ---------------------------------------------------------------
+
+def unlaid(group: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The same values, each in an array of its own (as np.load or a user's code gives them)."""
+    return {k: v.copy() for k, v in group.items()}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("clip_norm", [None, 0.05])
+@pytest.mark.parametrize("name", NAMES)
+def test_the_one_buffer_update_equals_the_update_param_by_param_bit_for_bit(
+        name: str, clip_norm: float | None, dtype: str, least_squares_path: Path) -> None:
+    module = compiled(least_squares_path, Optimizer(name, clip_norm=clip_norm), dtype=dtype)
+    flat = module.init_params(0)
+    flat_opt = module.init_opt_state(flat)
+    apart = unlaid(flat)
+    apart_opt = {k: unlaid(v) if isinstance(v, dict) else v for k, v in module.init_opt_state(apart).items()}
+    for seed in range(6):
+        data = {k: v.astype(dtype) for k, v in problem(seed, n=16).items()}
+        module.step(flat, flat_opt, 0.05 / (seed + 1), **data)
+        module.step(apart, apart_opt, 0.05 / (seed + 1), **data)
+    assert flat_opt["_buffers"][2] is not None, "init_params and init_opt_state made one buffer each"
+    assert apart_opt["_buffers"][2] is None, "arrays of their own are updated one by one"
+    for k in flat:
+        assert flat[k].tobytes() == apart[k].tobytes()
+        for slot in module.SLOTS:
+            assert flat_opt[slot][k].tobytes() == apart_opt[slot][k].tobytes()
+
+
+def test_init_params_are_aligned_views_of_one_buffer(least_squares_path: Path) -> None:
+    params = compiled(least_squares_path, "adam").init_params(0)
+    buffer = params["W"].base
+    assert buffer is not None and all(v.base is buffer and v.flags.c_contiguous for v in params.values())
+    assert all(v.__array_interface__["data"][0] % 64 == buffer.__array_interface__["data"][0] % 64
+               for v in params.values()), "each param starts on a 64-byte boundary of the buffer"
+
+
+def test_a_param_replaced_by_another_array_is_the_one_updated(least_squares_path: Path) -> None:
+    """The one-buffer path must never update a buffer the caller no longer uses."""
+    module = compiled(least_squares_path, "sgd")
+    params = module.init_params(0)
+    opt_state = module.init_opt_state(params)
+    data = problem(0, n=8)
+    module.step(params, opt_state, 0.1, **data)
+    old_W = params["W"]
+    params["W"] = replacement = old_W.copy()
+    kept = old_W.copy()
+    grads = module.value_and_grad(params, **data)[1]
+    module.apply_update(params, grads, opt_state, 0.1)
+    assert params["W"] is replacement
+    np.testing.assert_array_equal(replacement, kept - 0.1 * grads["W"])
+    np.testing.assert_array_equal(old_W, kept)   # the buffer behind the old view is left alone
+
+
+def test_the_update_does_not_write_what_value_and_grad_returned(least_squares_path: Path) -> None:
+    module = compiled(least_squares_path, "adam")
+    params = module.init_params(0)
+    opt_state = module.init_opt_state(params)
+    outputs, grads = module.value_and_grad(params, **problem(0, n=8))
+    kept = {k: v.copy() for k, v in grads.items()}
+    for _ in range(2):
+        module.apply_update(params, grads, opt_state, 0.1)
+    for k, g in grads.items():
+        np.testing.assert_array_equal(g, kept[k])
+        assert not any(np.shares_memory(g, b) for b in opt_state["_buffers"][2][:-1])
+
+
 def test_init_opt_state_layout(least_squares_path: Path) -> None:
     module = compiled(least_squares_path, "adam")
     params = module.init_params(0)

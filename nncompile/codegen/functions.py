@@ -7,6 +7,7 @@ from ..backends import Backend
 from ..errors import Sources
 from ..ir import Node
 from ..ops import REGISTRY, EmitContext, literal
+from ..ops.registry import python_form
 from ..schedule import Plan, plan_buffers, schedule
 from ..shapes import Shape, show
 from .names import Names, basename, c_source, plain, safe_comment, source
@@ -215,6 +216,11 @@ class FunctionEmitter:
         opdef = REGISTRY[node.op]
         attrs = dict(node.attrs)
         note = f"  # {self.describe(node)}"
+        scalars = opdef.chain is not None and node.shape == () and len(ctx.literals) < len(args) and \
+            all(self.G[a].shape == () for a in node.args)
+        expr = python_form(opdef.chain(attrs)) if scalars else None
+        if expr is not None:   # numpy scalars: Python's operators run the same loops, faster
+            return [f"    {var} = {expr.format(*args)}{note}"]
         if opdef.chain is not None and node.shape != ():
             steps = opdef.chain(attrs)
             lines = []

@@ -57,6 +57,7 @@ class _Module:
             *([read_table(self.p, self.backend, "params")] if model.params else []),
             *([read_table(self.p, self.backend, "state")] if model.state else []),
             *([retarget(runtime.CONVERT)] if model.params or model.state else []),
+            *([retarget(runtime.FLAT)] if model.params else []),
             *self.helpers(self.evaluation.G, *([self.prediction.G] if self.prediction else [])),
             self.init_params(),
             *([self.init_params("state")] if model.state else []),
@@ -140,16 +141,19 @@ class _Module:
         return texts
 
     def init_params(self, kind: str = "params") -> str:
+        """``init_params``, its params as views into one buffer (``_flat``), or ``init_state``."""
+        flat = kind == "params" and bool(self.model.params)
         if kind == "params":
             lines = ["def init_params(seed=0):",
                      '    """Fresh params drawn as the .nn file says: the same seed always gives the same params.',
                      "",
                      "    Each param has its own random stream, keyed by its name, so adding a param to the",
-                     '    model does not change the others."""']
+                     "    model does not change the others." + (" They are views into one buffer (see _flat)." if flat
+                                                             else "") + '"""']
         else:
             lines = ["def init_state(seed=0):",
                      '    """The state a model starts from (running statistics before any training)."""']
-        lines.append("    return {")
+        lines.append("    return _flat({" if flat else "    return {")
         for name, n in (self.model.params if kind == "params" else self.model.state).items():
             spec = self.model.param_inits[name]
             shape = repr(tuple(self.G[n].shape))
@@ -161,5 +165,5 @@ class _Module:
                 expr = INITIALIZERS[spec.init].draw(rng, shape, spec.fan_in, spec.fan_out, args)
             value = f"np.asarray({expr}, dtype=DTYPE)"
             lines.append(f"        {name!r}: {self.backend.to_device.format(value)},")
-        lines.append("    }")
+        lines.append("    })" if flat else "    }")
         return "\n".join(lines)

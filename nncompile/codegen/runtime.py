@@ -24,6 +24,29 @@ CONVERT = '''def _convert(values, table, kind, kinds):
     return tuple(arrays)'''
 
 
+FLAT = '''def _starts(arrays):
+    """Where each array starts in a flat buffer holding them in order, each on a 64-byte
+    boundary, and the buffer's size."""
+    align = max(1, 64 // DTYPE(0).itemsize)
+    starts, size = [], 0
+    for array in arrays:
+        starts.append(size)
+        size += -(-array.size // align) * align
+    return starts, size
+
+
+def _flat(arrays):
+    """The arrays, copied into one contiguous buffer (zeros between them) as views of it, by
+    name: an optimiser can then update all of them with one chain of ufunc calls."""
+    starts, size = _starts(arrays.values())
+    buffer = np.zeros(size, dtype=DTYPE)
+    views = {}
+    for (name, array), start in zip(arrays.items(), starts):
+        view = views[name] = buffer[start:start + array.size].reshape(array.shape)
+        view[...] = array
+    return views'''
+
+
 EMPTY = '''def _empty(shapes):
     """Workspace buffers: allocated once per set of dims, then reused by every call."""
     return tuple(np.empty(shape, dtype=DTYPE) for shape in shapes)'''

@@ -220,8 +220,20 @@ class Trainer:
         return self.xp.random.default_rng(int(noise.integers(2 ** 63)))
 
     def to_device(self, state: TrainState) -> TrainState:
-        """Params, optimiser slots and model state where the module computes (no-op on the CPU)."""
+        """Params, optimiser slots and model state where the module computes. On the CPU the
+        params and slots are copied into the module's own layout (init_params makes the params
+        views of one buffer, init_opt_state each slot), so that a resumed run or params from
+        elsewhere take the optimiser's one-buffer path too; the values are the same bit for bit."""
         if self.xp is np:   # arrays stay on the host
+            params = self.module.init_params(0)
+            opt = self.module.init_opt_state(params)
+            for name, value in state.params.items():
+                params[name][...] = value
+            for slot in self.module.SLOTS:
+                for name, value in state.opt[slot].items():
+                    opt[slot][name][...] = value
+            opt["step"] = state.opt["step"]
+            state.params, state.opt = params, opt
             return state
         place = lambda group: None if group is None else {k: self.xp.asarray(v) for k, v in group.items()}  # noqa: E731
         state.params = place(state.params)
