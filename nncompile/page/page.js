@@ -55,9 +55,12 @@
   for (const g of items) {
     const title = titleOf(g);
     g.setAttribute("data-dot", title);
-    bbox.set(g, g.getBBox());
-    if (g.classList.contains("node")) byDot.set(title, g);
-    else {   // a fatter, invisible copy of the wire, so that a thin edge is easy to click
+    const b = g.getBBox();
+    bbox.set(g, b);
+    if (g.classList.contains("node")) {   // the whole of a node's box takes a click, not only its ink
+      byDot.set(title, g);
+      g.prepend(s("rect", { x: b.x, y: b.y, width: b.width, height: b.height, class: "nn-hit" }));
+    } else {   // a fatter, invisible copy of the wire, so that a thin edge is easy to click
       const path = g.querySelector("path");
       if (path) {
         const hit = path.cloneNode(false);
@@ -177,9 +180,10 @@
     c.inner = clusters.filter((d) => d !== c && inside(d.box, c.box));
     c.overlay = s("g", { class: "nn-collapsed nn-hidden", "data-cluster": c.title });
     c.overlay.append(s("rect", { x: c.box.x, y: c.box.y, width: c.box.width, height: c.box.height, rx: 6 }));
-    const name = s("text", { x: c.box.x + 10, y: c.box.y + 18, class: "nn-collapsed-name" });
+    const mid = { x: c.box.x + c.box.width / 2, y: c.box.y + c.box.height / 2, "text-anchor": "middle" };
+    const name = s("text", { ...mid, y: mid.y - 2, class: "nn-collapsed-name" });
     name.textContent = "▸ " + c.label;
-    const more = s("text", { x: c.box.x + 10, y: c.box.y + 34, class: "nn-collapsed-more" });
+    const more = s("text", { ...mid, y: mid.y + 14, class: "nn-collapsed-more" });
     more.textContent = `collapsed: ${c.members.filter((g) => g.classList.contains("node")).length} nodes; click to expand`;
     c.overlay.append(name, more);
     graph.append(c.overlay);
