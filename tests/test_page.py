@@ -249,3 +249,16 @@ def test_a_failed_page_leaves_no_file_and_the_old_one_intact(run_cli, tmp_path: 
 def test_write_page_returns_the_path(tmp_path: Path) -> None:
     out = write_page(evaluate_file(EXAMPLES / "circuit.nn"), tmp_path / "sub" / "c.html")
     assert out == tmp_path / "sub" / "c.html" and out.read_text(encoding="utf-8").endswith("</html>\n")
+
+
+def test_the_python_snippet_of_docs_rendering_md_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "rendering.md").read_text(encoding="utf-8")
+    section = text[text.index("## The interactive page"):]
+    (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    (tmp_path / "examples").symlink_to(EXAMPLES)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(block, "docs/rendering.md", "exec"), namespace)
+    data = data_of((tmp_path / "two_layer.html").read_text(encoding="utf-8"))
+    assert data["nodes"][str(namespace["W"])]["health"]["level"] == "warn" and data["note"] == "initial params"
+    assert namespace["text"].startswith("<!DOCTYPE html>")

@@ -226,22 +226,32 @@ def test_a_layer_collapses_into_one_box_and_expands_again(open_page, tmp_path) -
     assert all(p.node(n).is_visible() for n in members) and all(p.node(n).is_hidden() for n in others)
     p.page.click("#nn-expand-all")
     assert all(p.node(n).is_visible() for n in members | others)
+    p.page.locator(f'#nn-svg g.cluster[data-dot="{cluster}"] text').first.click()   # its label in the drawing
+    assert all(p.node(n).is_hidden() for n in members) and toggle.get_attribute("aria-expanded") == "false"
+
+
+def test_a_layer_node_of_a_big_graph_has_a_panel(open_page, tmp_path) -> None:
+    path, ev = page_of(tmp_path, EXAMPLES / "two_layer.nn", max_nodes=5)   # collapsed by to_dot itself
+    p = open_page(path)
+    p.page.locator('#nn-svg g.node[data-dot="L0"]').click()
+    assert p.field("name") == "fc1" and "affine" in p.page.inner_text("#nn-details")
+    assert "fc1.W [3072, 100]" in p.page.inner_text("#nn-details")
+    p.page.fill("#nn-search", "fc1.b")                                              # a member: its box is found
+    assert "nn-match" in p.page.get_attribute('#nn-svg g.node[data-dot="L0"]', "class")
 
 
 def test_a_trained_digits_run(open_page, tmp_path) -> None:
     """render --params RUN_DIR --data digits: the trained weights, on real examples."""
     model = EXAMPLES / "digits_mlp.nn"
-    run = subprocess.run([sys.executable, "-m", "nncompile", "train", str(model), "--data", "digits", "--epochs", "2",
-                          "--out", str(tmp_path / "run"), "--no-progress"], capture_output=True, text=True,
-                         timeout=300)
-    assert run.returncode == 0, run.stderr
-    out = tmp_path / "digits.html"
-    done = subprocess.run([sys.executable, "-m", "nncompile", "render", str(model), "--params", str(tmp_path / "run"),
-                           "--data", "digits", "--batch", "8", "--mode", "eval", "-o", str(out)],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    p = open_page(out)
-    assert "trained params" in p.page.inner_text("#nn-note")
+    def nncompile(*args: str) -> None:   # run where the files are, so that the page names them as a user would
+        done = subprocess.run([sys.executable, "-m", "nncompile", *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    nncompile("train", str(model), "--data", "digits", "--epochs", "2", "--out", "run", "--no-progress")
+    nncompile("render", str(model), "--params", "run", "--data", "digits", "--batch", "8", "--mode", "eval",
+              "-o", "digits.html")
+    p = open_page(tmp_path / "digits.html")
+    assert "eval mode" in p.page.inner_text("#nn-note") and "the trained params of run" in p.page.inner_text("#nn-note")
     p.page.fill("#nn-search", "fc1.W")
     assert p.field("shape") == "[64, 256]" and p.field("dtype") == "float32"
     assert p.page.locator('#nn-details [data-field="value"] svg.nn-histogram rect').count() == 24
