@@ -262,3 +262,18 @@ def test_the_python_snippet_of_docs_rendering_md_runs(tmp_path: Path, monkeypatc
     data = data_of((tmp_path / "two_layer.html").read_text(encoding="utf-8"))
     assert data["nodes"][str(namespace["W"])]["health"]["level"] == "warn" and data["note"] == "initial params"
     assert namespace["text"].startswith("<!DOCTYPE html>")
+
+
+def test_a_model_without_a_loss_says_why_there_are_no_gradients(tmp_path: Path) -> None:
+    path = write_nn(tmp_path, "noloss.nn", """
+        input x: float[2] = [1, 2]
+        input k: int[2] = [3, 4]
+        a = x * 2
+        b = x + 1
+        output a
+        output b
+    """)
+    data = data_of(page_of(path))
+    assert data["target"] is None
+    assert named(data, "a")["grad"].startswith("no gradient: the model has no loss")
+    assert named(data, "a")["value"]["numbers"] == [2.0, 4.0]

@@ -95,25 +95,20 @@ def _no_gradient(ev, n: int) -> str:
 
 def node_data(ev, n: int) -> dict[str, Any]:
     """Everything the panel says about graph node ``n`` and the wire leaving it."""
-    G = ev.program.graph
-    node = G[n]
+    node = ev.program.graph[n]
     value = _value(ev, n)
-    actual = tuple(value.shape) if value is not None else tuple(d if isinstance(d, int) else 0 for d in node.shape)
     loc = node.loc
-    source = None
-    if loc is not None:
-        source = {"file": Path(loc.file).name, "line": loc.line, "col": loc.col,
-                  "text": Sources.line(loc.file, loc.line)}
-    scope = node.scope
+    leaf = node.op in LEAVES
     return {
-        "id": n, "name": node.name, "op": node.op, "label": render.op_text(node) if node.op not in LEAVES else None,
-        "kind": node.op if node.op in LEAVES else "op",
-        "shape": render.shape_text(actual, node.shape) if value is not None else
-        "[" + ", ".join(map(str, node.shape)) + "]",
+        "id": n, "name": node.name, "op": node.op, "kind": node.op if leaf else "op",
+        "label": None if leaf else render.op_text(node),
+        "shape": render.shape_text(value.shape, node.shape) if value is not None
+        else "[" + ", ".join(map(str, node.shape)) + "]",
         "dtype": value.dtype.name if value is not None else node.dtype,
-        "source": source,
-        "layer": ".".join(scope) or None,
-        "layer_type": ev.model.layers.get(scope) if scope else None,
+        "source": None if loc is None else {"file": Path(loc.file).name, "line": loc.line, "col": loc.col,
+                                            "text": Sources.line(loc.file, loc.line)},
+        "layer": ".".join(node.scope) or None,
+        "layer_type": ev.model.layers.get(node.scope) if node.scope else None,
         "value": summary(value) if value is not None else None,
         "grad": summary(ev.grads[n]) if n in ev.grads else _no_gradient(ev, n),
     }

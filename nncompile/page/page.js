@@ -426,6 +426,5 @@
   document.getElementById("nn-note").textContent = data.note || `${data.mode} mode`;
   layerList();
   fit();
-  window.addEventListener("resize", fit);
   document.documentElement.setAttribute("data-ready", "true");
 })();
