@@ -277,3 +277,14 @@ def test_a_model_without_a_loss_says_why_there_are_no_gradients(tmp_path: Path) 
     assert data["target"] is None
     assert named(data, "a")["grad"].startswith("no gradient: the model has no loss")
     assert named(data, "a")["value"]["numbers"] == [2.0, 4.0]
+
+
+def test_a_diagram_graphviz_cannot_draw_is_an_error_not_a_broken_page(tmp_path, monkeypatch) -> None:
+    from nncompile.errors import NNError
+    from nncompile.page import builder
+
+    ev = evaluate_file(EXAMPLES / "circuit.nn")
+    monkeypatch.setattr(builder.graphviz, "pipe", lambda *a, **k: b'<svg xmlns="http://www.w3.org/2000/svg">&#1;</svg>')
+    with pytest.raises(NNError, match="cannot write .*c.html: Graphviz's dot could not draw the diagram"):
+        write_page(ev, tmp_path / "c.html")
+    assert list(tmp_path.iterdir()) == []

@@ -174,23 +174,28 @@ def script_json(data: Any) -> str:
     return text
 
 
-def diagram_svg(ev, output: Path, rankdir: str = "LR", max_nodes: int = render.MAX_NODES) -> str:
-    """Graphviz's SVG of the diagram, made ready to sit inside the page: no XML prolog or
-    comments, sized by the page, its drawing wrapped in the group that pan and zoom move."""
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def diagram_svg(ev, output: Path, rankdir: str = "LR", max_nodes: int = render.MAX_NODES) -> tuple[str, list[str]]:
+    """Graphviz's SVG of the diagram, made ready to sit inside the page (no XML prolog or
+    comments, sized by the page, its drawing wrapped in the group that pan and zoom move),
+    and the DOT id of each node it draws (its ``<title>``)."""
     if shutil.which("dot") is None:
         raise NNError(f"cannot write {output}: the page's diagram is drawn by Graphviz's 'dot' program, "
                       f"which is not on PATH; {render.INSTALL_HINT}")
     source = render.to_dot(ev, rankdir, max_nodes=max_nodes)
     try:
         svg = graphviz.pipe("dot", "svg", source.encode("utf-8"), quiet=True).decode("utf-8")
-        ElementTree.fromstring(svg)
+        tree = ElementTree.fromstring(svg)
     except (graphviz.CalledProcessError, graphviz.ExecutableNotFound, OSError, ElementTree.ParseError) as exc:
         raise NNError(f"cannot write {output}: Graphviz's dot could not draw the diagram ({exc})") from None
+    titles = [g.findtext(f"{SVG}title", "") for g in tree.iter(f"{SVG}g") if g.get("class") == "node"]
     svg = re.sub(r"<!--.*?-->", "", svg[svg.index("<svg"):], flags=re.S)
     # In HTML an <svg> needs no namespace declarations (the parser knows SVG and xlink:title),
     # so the page holds no URL at all, not even a namespace's.
     svg = re.sub(r"<svg\b[^>]*>", '<svg id="nn-svg" role="img"><g id="nn-viewport">', svg, count=1)
-    return svg.replace("</svg>", "</g></svg>")
+    return svg.replace("</svg>", "</g></svg>"), titles
 
 
 def page_html(ev, output: str | Path = "model.html", *, rankdir: str = "LR", max_nodes: int = render.MAX_NODES,
@@ -198,8 +203,7 @@ def page_html(ev, output: str | Path = "model.html", *, rankdir: str = "LR", max
     """The whole page as text (deterministic for a given evaluation). ``health`` (graph node id
     -> ``{"level": "ok"|"warn"|"bad", "metric", "value", "message"}``) colours those nodes and
     is shown in their panel; ``note`` says what was run (mode, params, inputs)."""
-    svg = diagram_svg(ev, Path(output), rankdir, max_nodes)
-    titles = re.findall(r'<g id="(?:node|a_node)\d+" class="node">\s*<title>([^<]*)</title>', svg)
+    svg, titles = diagram_svg(ev, Path(output), rankdir, max_nodes)
     data = page_data(ev, titles, health=health, note=note)
     css, js = _asset("page.css"), _asset("page.js")
     csp = (f"default-src 'none'; script-src {_sha256(js)}; style-src {_sha256(css)}; img-src data:; "
