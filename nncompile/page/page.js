@@ -17,14 +17,14 @@
 
   // ---- small helpers ----
 
-  function h(tag, attrs, ...children) {
+  function el(tag, attrs, ...children) {   // an HTML element; text children stay text
     const e = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
     for (const c of children) if (c !== null && c !== undefined) e.append(c);
     return e;
   }
 
-  function s(tag, attrs) {
+  function svgEl(tag, attrs) {
     const e = document.createElementNS(SVGNS, tag);
     for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
     return e;
@@ -59,7 +59,7 @@
     bbox.set(g, b);
     if (g.classList.contains("node")) {   // the whole of a node's box takes a click, not only its ink
       byDot.set(title, g);
-      g.prepend(s("rect", { x: b.x, y: b.y, width: b.width, height: b.height, class: "nn-hit" }));
+      g.prepend(svgEl("rect", { x: b.x, y: b.y, width: b.width, height: b.height, class: "nn-hit" }));
     } else {   // a fatter, invisible copy of the wire, so that a thin edge is easy to click
       const path = g.querySelector("path");
       if (path) {
@@ -178,12 +178,12 @@
   for (const c of clusters) {
     c.members = items.filter((g) => inside(bbox.get(g), c.box));
     c.inner = clusters.filter((d) => d !== c && inside(d.box, c.box));
-    c.overlay = s("g", { class: "nn-collapsed nn-hidden", "data-cluster": c.title });
-    c.overlay.append(s("rect", { x: c.box.x, y: c.box.y, width: c.box.width, height: c.box.height, rx: 6 }));
+    c.overlay = svgEl("g", { class: "nn-collapsed nn-hidden", "data-cluster": c.title });
+    c.overlay.append(svgEl("rect", { x: c.box.x, y: c.box.y, width: c.box.width, height: c.box.height, rx: 6 }));
     const mid = { x: c.box.x + c.box.width / 2, y: c.box.y + c.box.height / 2, "text-anchor": "middle" };
-    const name = s("text", { ...mid, y: mid.y - 2, class: "nn-collapsed-name" });
+    const name = svgEl("text", { ...mid, y: mid.y - 2, class: "nn-collapsed-name" });
     name.textContent = "▸ " + c.label;
-    const more = s("text", { ...mid, y: mid.y + 14, class: "nn-collapsed-more" });
+    const more = svgEl("text", { ...mid, y: mid.y + 14, class: "nn-collapsed-more" });
     more.textContent = `collapsed: ${c.members.filter((g) => g.classList.contains("node")).length} nodes; click to expand`;
     c.overlay.append(name, more);
     graph.append(c.overlay);
@@ -223,25 +223,25 @@
     const parts = [];
     if (clusters.length) {
       const all = (collapsed) => () => { clusters.forEach((c) => { c.collapsed = collapsed; }); relayout(); };
-      const collapse = h("button", { type: "button", id: "nn-collapse-all" }, "collapse all");
-      const expand = h("button", { type: "button", id: "nn-expand-all" }, "expand all");
+      const collapse = el("button", { type: "button", id: "nn-collapse-all" }, "collapse all");
+      const expand = el("button", { type: "button", id: "nn-expand-all" }, "expand all");
       collapse.addEventListener("click", all(true));
       expand.addEventListener("click", all(false));
-      const list = h("ul", { class: "nn-layer-list" });
+      const list = el("ul", { class: "nn-layer-list" });
       for (const c of clusters) {
         const depth = clusters.filter((d) => d.inner.includes(c)).length;
-        c.button = h("button", { type: "button", class: "nn-layer-toggle", "data-cluster": c.title,
+        c.button = el("button", { type: "button", class: "nn-layer-toggle", "data-cluster": c.title,
           "aria-expanded": "true" }, "▾ " + c.label);
         c.button.addEventListener("click", () => setCollapsed(c, !c.collapsed));
-        const li = h("li", {}, c.button);
+        const li = el("li", {}, c.button);
         li.classList.add("nn-depth-" + Math.min(depth, 4));
         list.append(li);
       }
-      parts.push(h("h3", {}, "Layers"), h("div", { class: "nn-row" }, collapse, expand), list);
+      parts.push(el("h3", {}, "Layers"), el("div", { class: "nn-row" }, collapse, expand), list);
     }
     if (data.health) {
-      parts.push(h("h3", {}, "Gradient health"), h("ul", { class: "nn-health-legend" },
-        ...["ok", "warn", "bad"].map((level) => h("li", { class: "nn-health-" + level }, level))));
+      parts.push(el("h3", {}, "Gradient health"), el("ul", { class: "nn-health-legend" },
+        ...["ok", "warn", "bad"].map((level) => el("li", { class: "nn-health-" + level }, level))));
     }
     layersPanel.replaceChildren(...parts);
   }
@@ -287,57 +287,57 @@
   function statsTable(st) {
     const rows = [["min", st.min], ["mean", st.mean], ["max", st.max], ["std", st.std], ["‖·‖₂", st.norm]]
       .filter(([, v]) => v !== undefined)
-      .map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, num(v))));
-    rows.push(h("tr", {}, h("th", {}, "zeros"), h("td", {}, `${st.zeros} of ${st.size}`)));
+      .map(([k, v]) => el("tr", {}, el("th", {}, k), el("td", {}, num(v))));
+    rows.push(el("tr", {}, el("th", {}, "zeros"), el("td", {}, `${st.zeros} of ${st.size}`)));
     const bad = st.nan + st.posinf + st.neginf;
-    rows.push(h("tr", { class: bad ? "nn-nonfinite" : "" }, h("th", {}, "non-finite"),
-      h("td", {}, `${st.nan} NaN, ${st.posinf} +inf, ${st.neginf} −inf`)));
-    return h("table", { class: "nn-stats" }, ...rows);
+    rows.push(el("tr", { class: bad ? "nn-nonfinite" : "" }, el("th", {}, "non-finite"),
+      el("td", {}, `${st.nan} NaN, ${st.posinf} +inf, ${st.neginf} −inf`)));
+    return el("table", { class: "nn-stats" }, ...rows);
   }
 
   function histogram(hist, colour) {
     const W = 260, H = 64, n = hist.counts.length, top = Math.max(...hist.counts, 1);
-    const chart = s("svg", { class: "nn-histogram " + colour, width: W, height: H + 16, viewBox: `0 0 ${W} ${H + 16}`,
+    const chart = svgEl("svg", { class: "nn-histogram " + colour, width: W, height: H + 16, viewBox: `0 0 ${W} ${H + 16}`,
       role: "img", "aria-label": "histogram" });
     const bw = W / n;
     hist.counts.forEach((count, i) => {
       const bh = count ? Math.max(1, (count / top) * H) : 0;
-      const bar = s("rect", { x: i * bw + 0.5, y: H - bh, width: Math.max(bw - 1, 1), height: bh });
-      const tip = s("title");
+      const bar = svgEl("rect", { x: i * bw + 0.5, y: H - bh, width: Math.max(bw - 1, 1), height: bh });
+      const tip = svgEl("title");
       const lo = hist.lo + (hist.hi - hist.lo) * i / n, hi = hist.lo + (hist.hi - hist.lo) * (i + 1) / n;
       tip.textContent = `${count} in [${num(lo)}, ${num(hi)})`;
       bar.append(tip);
       chart.append(bar);
     });
-    chart.append(s("line", { x1: 0, y1: H + 0.5, x2: W, y2: H + 0.5, class: "nn-axis" }));
-    const left = s("text", { x: 0, y: H + 13, class: "nn-tick" });
+    chart.append(svgEl("line", { x1: 0, y1: H + 0.5, x2: W, y2: H + 0.5, class: "nn-axis" }));
+    const left = svgEl("text", { x: 0, y: H + 13, class: "nn-tick" });
     left.textContent = num(hist.lo);
-    const right = s("text", { x: W, y: H + 13, class: "nn-tick", "text-anchor": "end" });
+    const right = svgEl("text", { x: W, y: H + 13, class: "nn-tick", "text-anchor": "end" });
     right.textContent = num(hist.hi);
     chart.append(left, right);
     return chart;
   }
 
   function arraySection(heading, colour, st, field) {
-    const sec = h("section", { class: "nn-array " + colour, "data-field": field }, h("h3", {}, heading));
+    const sec = el("section", { class: "nn-array " + colour, "data-field": field }, el("h3", {}, heading));
     if (typeof st === "string" || st === null) {
-      sec.append(h("p", { class: "nn-none" }, st === null ? "value not recorded" : st));
+      sec.append(el("p", { class: "nn-none" }, st === null ? "value not recorded" : st));
       return sec;
     }
     if (st.size === 1 && st.text !== undefined) {
-      sec.append(h("p", { class: "nn-scalar" }, st.text));
+      sec.append(el("p", { class: "nn-scalar" }, st.text));
       if (st.nan + st.posinf + st.neginf) sec.append(statsTable(st));
       return sec;
     }
-    sec.append(h("p", { class: "nn-meta" }, `${st.dtype} [${st.shape.join(", ")}], ${st.size} values`));
+    sec.append(el("p", { class: "nn-meta" }, `${st.dtype} [${st.shape.join(", ")}], ${st.size} values`));
     sec.append(statsTable(st));
     if (st.histogram) sec.append(histogram(st.histogram, colour));
-    if (st.text !== undefined) sec.append(h("pre", { class: "nn-numbers" }, st.text));
+    if (st.text !== undefined) sec.append(el("pre", { class: "nn-numbers" }, st.text));
     return sec;
   }
 
   function field(dl, key, name, ...value) {
-    dl.append(h("dt", {}, name), h("dd", { "data-field": key }, ...value));
+    dl.append(el("dt", {}, name), el("dd", { "data-field": key }, ...value));
   }
 
   function nodePanel(node, viaWire) {
@@ -345,25 +345,25 @@
     let kind = kinds[node.kind] || node.kind;
     if (Object.values(data.outputs).includes(node.id)) kind += ", output";
     const title = node.name || node.label || node.op;
-    const parts = [h("h2", {}, h("span", { class: "nn-kind" }, viaWire ? "wire of" : kind), " ",
-      h("span", { "data-field": "name" }, title))];
-    const dl = h("dl");
+    const parts = [el("h2", {}, el("span", { class: "nn-kind" }, viaWire ? "wire of" : kind), " ",
+      el("span", { "data-field": "name" }, title))];
+    const dl = el("dl");
     field(dl, "op", "op", node.kind === "op" ? `${node.op} (${node.label})` : kind);
     if (node.layer) field(dl, "layer", "layer", node.layer + (node.layer_type ? ": " + node.layer_type : ""));
     field(dl, "shape", "shape", node.shape);
     field(dl, "dtype", "dtype", node.dtype);
     if (node.source) {
       const where = `${node.source.file}:${node.source.line}:${node.source.col}`;
-      field(dl, "source", "source", h("span", { class: "nn-where" }, where),
-        node.source.text !== null ? h("code", {}, node.source.text.trim()) : null);
+      field(dl, "source", "source", el("span", { class: "nn-where" }, where),
+        node.source.text !== null ? el("code", {}, node.source.text.trim()) : null);
     }
     parts.push(dl);
     if (node.health) {
       const hl = node.health;
-      parts.push(h("section", { class: "nn-health nn-health-" + hl.level, "data-field": "health" },
-        h("h3", {}, "gradient health: " + hl.level),
-        h("p", {}, `${hl.metric}${hl.value !== null ? " = " + num(hl.value) : ""}`),
-        hl.message ? h("p", {}, hl.message) : null));
+      parts.push(el("section", { class: "nn-health nn-health-" + hl.level, "data-field": "health" },
+        el("h3", {}, "gradient health: " + hl.level),
+        el("p", {}, `${hl.metric}${hl.value !== null ? " = " + num(hl.value) : ""}`),
+        hl.message ? el("p", {}, hl.message) : null));
     }
     parts.push(arraySection("value", "nn-green", node.value, "value"));
     const gradHeading = data.target ? `gradient ∂${data.target}/∂value` : "gradient";
@@ -373,10 +373,10 @@
 
   function layerPanel(layer) {
     const params = layer.members.map((id) => data.nodes[String(id)]).filter((n) => n.kind === "param");
-    const list = h("ul");
-    for (const p of params) list.append(h("li", {}, `${p.name} ${p.shape}`));
-    return [h("h2", {}, h("span", { class: "nn-kind" }, "layer"), " ", h("span", { "data-field": "name" }, layer.name)),
-      h("p", {}, `${layer.type}: ${layer.members.length} nodes, ${params.length} params`), list];
+    const list = el("ul");
+    for (const p of params) list.append(el("li", {}, `${p.name} ${p.shape}`));
+    return [el("h2", {}, el("span", { class: "nn-kind" }, "layer"), " ", el("span", { "data-field": "name" }, layer.name)),
+      el("p", {}, `${layer.type}: ${layer.members.length} nodes, ${params.length} params`), list];
   }
 
   let selected = [];
@@ -384,7 +384,7 @@
     selected.forEach((e) => e.classList.remove("nn-selected"));
     selected = [];
     if (id === null || id === undefined) {
-      details.replaceChildren(h("p", { class: "nn-hint" }, "Click a node or a wire to see its value and gradient."));
+      details.replaceChildren(el("p", { class: "nn-hint" }, "Click a node or a wire to see its value and gradient."));
       return;
     }
     const node = data.nodes[String(id)];
