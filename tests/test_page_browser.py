@@ -174,6 +174,8 @@ def test_zoom_and_pan_move_the_drawing(open_page, tmp_path) -> None:
     moved = p.box(W)
     assert math.isclose(moved["x"] - start["x"], 50, abs_tol=1) and math.isclose(moved["y"] - start["y"], -60, abs_tol=1)
     assert p.page.locator("#nn-details .nn-hint").count() == 1                     # a drag selects nothing
+    p.page.keyboard.press("ArrowRight")                                             # the arrow keys pan too
+    assert math.isclose(p.box(W)["x"] - moved["x"], -60, abs_tol=1)
 
 
 def test_search_finds_highlights_and_centres_a_node(open_page, tmp_path) -> None:

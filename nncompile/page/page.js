@@ -156,11 +156,13 @@
   document.getElementById("nn-zoom-in").addEventListener("click", () => zoomCentre(1.25));
   document.getElementById("nn-zoom-out").addEventListener("click", () => zoomCentre(0.8));
   document.getElementById("nn-fit").addEventListener("click", fit);
+  const PAN = { ArrowLeft: [60, 0], ArrowRight: [-60, 0], ArrowUp: [0, 60], ArrowDown: [0, -60] };
   document.addEventListener("keydown", (e) => {
     if (e.target === search || e.ctrlKey || e.metaKey || e.altKey) return;
     if (e.key === "+" || e.key === "=") zoomCentre(1.25);
     else if (e.key === "-" || e.key === "_") zoomCentre(0.8);
     else if (e.key === "0") fit();
+    else if (e.key in PAN) { view.x += PAN[e.key][0]; view.y += PAN[e.key][1]; apply(); }
     else if (e.key === "/") search.focus();
     else if (e.key === "Escape") select(null);
     else return;
