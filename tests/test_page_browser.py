@@ -290,10 +290,14 @@ def test_the_health_overlay_colours_a_node_and_explains_it(open_page, tmp_path) 
     model = EXAMPLES / "two_layer.nn"
     ev = evaluate_file(model)
     W = ev.model.params["fc1.W"]
-    health = {W: {"level": "bad", "metric": "update/weight", "value": 0.05, "message": "above 1e-2: too fast"}}
+    health = {W: {"level": "bad", "metric": "update/weight", "value": 0.05, "message": "above 1e-2: too fast"},
+              ev.model.params["fc2.W"]: {"level": "warn", "metric": "update/weight", "value": 5e-5,
+                                         "message": "below 1e-4: too slow"},
+              ev.model.params["fc1.b"]: {"level": "ok", "metric": "update/weight", "value": 1e-3, "message": ""}}
     p = open_page(write_page(ev, tmp_path / "h.html", health=health))
     assert "nn-health-bad" in p.node(W).get_attribute("class")
     assert "nn-health-bad" in p.node(W, "v").get_attribute("class")
     p.node(W).click()
     assert "gradient health: bad" in p.field("health") and "too fast" in p.field("health")
     assert p.page.locator(".nn-health-legend li").all_inner_texts() == ["ok", "warn", "bad"]
+    p.shot("health")
