@@ -75,7 +75,7 @@ class Opened:
 
     def shot(self, name: str) -> None:
         IMAGES.mkdir(parents=True, exist_ok=True)
-        self.page.screenshot(path=str(IMAGES / f"page-{name}.png"))
+        self.page.screenshot(path=str(IMAGES / f"page-{name}.png"), animations="disabled", caret="hide")
 
     def close(self) -> None:
         """Checks that hold for every page: it asked for nothing but its own file, and no
