@@ -83,12 +83,16 @@ def _show(value: np.ndarray) -> str:
 
 def cmd_render(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_file, parse_sets
+    from .page import write_page
     from .render import render_file
 
     _check_output(args)
     trained, where = _trained_arguments(args)
     ev = evaluate_file(args.model, parse_sets(args.set), seed=args.seed, dtype=args.dtype, **trained)
-    written = render_file(ev, args.output, rankdir=args.rankdir)
+    if Path(args.output).suffix.lower() == ".html":   # the interactive page
+        written = write_page(ev, args.output, rankdir=args.rankdir, note=where)
+    else:
+        written = render_file(ev, args.output, rankdir=args.rankdir)
     print(f"wrote {written}; {where}", file=sys.stderr)
     return 0
 
@@ -309,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("render", help="draw the graph with values (green) and gradients (red)")
     common(p)
-    p.add_argument("-o", "--output", required=True, metavar="OUT.(svg|png|pdf|dot)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.(svg|png|pdf|dot|html)",
+                   help="the format is the extension; .html is the interactive page")
     p.add_argument("--rankdir", choices=("LR", "TB"), default="LR", help="layout direction")
     add_trained_options(p)
     p.set_defaults(run=cmd_render)

@@ -577,7 +577,7 @@ def render_file(ev, output: str | Path, rankdir: str = "LR", *, max_nodes: int =
     ext = output.suffix.lower()
     if ext not in FORMATS:
         raise NNError(f"cannot render to {output}: unknown format {ext or '(no extension)'!r}; "
-                      f"use one of {', '.join(FORMATS)}")
+                      f"use one of {', '.join(FORMATS)}, or .html for the interactive page (nncompile.page)")
     source = to_dot(ev, rankdir, max_nodes=max_nodes)
     if ext == ".dot":
         write_atomic(output, source)

@@ -42,7 +42,8 @@ def test_the_wheel_holds_every_module_of_the_source_tree(wheel: Path) -> None:
     sources = {p.relative_to(ROOT).as_posix() for p in (ROOT / "nncompile").rglob("*.py")
                if "__pycache__" not in p.parts}
     assert sources - shipped == set()
-    assert {"nncompile/grammar/nn.lark", "nncompile/stdlib/nn.nn"} <= shipped
+    assert {"nncompile/grammar/nn.lark", "nncompile/stdlib/nn.nn", "nncompile/page/page.js",
+            "nncompile/page/page.css"} <= shipped
 
 
 @pytest.mark.slow
@@ -80,6 +81,8 @@ def test_the_installed_wheel_runs_every_command_outside_the_checkout(wheel: Path
     if shutil.which("dot"):
         nncompile("render", "neuron.nn", "-o", "neuron.svg")
         assert "<svg" in (work / "neuron.svg").read_text()
+        nncompile("render", "neuron.nn", "-o", "neuron.html")   # the page's script and style are package data
+        assert "function num(" in (work / "neuron.html").read_text()
     assert "gradient check passed" in nncompile("check", "neuron.nn")
     out = nncompile("train", "digits_mlp.nn", "--data", "digits", "--epochs", "1", "--out", "run",
                     "--no-progress")
