@@ -41,7 +41,7 @@ from .ops.registry import attr_text
 
 FORMATS = (".svg", ".png", ".pdf", ".dot")
 MAX_NODES = 400          # above this many forward nodes, layer instances are collapsed
-TOOLTIP_NUMBERS = 16     # tensors up to this size list their numbers in the tooltip
+SHOWN_NUMBERS = 16       # tensors up to this size show their numbers, on the wire and in the tooltip
 
 FONT = "Helvetica,Arial,sans-serif"
 GREEN = "#1a7f37"        # forward values
@@ -156,6 +156,23 @@ def value_text(value: Any, declared: tuple | None = None) -> str:
     return f"{shape}{stats}{_nonfinite(array)}"
 
 
+def number_rows(value: Any) -> list[list[str]] | None:
+    """A small tensor's numbers, compactly, as rows: a vector is one row, a matrix (or more
+    dims) a row per entry of the last axis; None for a scalar, an empty or a big tensor."""
+    array = np.asarray(value)
+    if array.ndim == 0 or not 0 < array.size <= SHOWN_NUMBERS:
+        return None
+    text = (lambda v: str(int(v))) if array.dtype.kind in "iub" else (lambda v: fmt(v, 3))
+    return [[text(v) for v in row] for row in array.reshape(-1, array.shape[-1])]
+
+
+def small_text(value: Any, declared: tuple | None = None) -> str:
+    """The line a small tensor's numbers go with: its shape (and dtype, if not float)."""
+    array = np.asarray(value)
+    kind = {"b": "bool ", "i": "int ", "u": "int "}.get(array.dtype.kind, "")
+    return kind + shape_text(array.shape, declared)
+
+
 def grad_text(grad: Any) -> str:
     """One line for a gradient: the number, or the norm of a tensor's gradient."""
     array = np.asarray(grad)
@@ -180,7 +197,7 @@ def stats_text(array: Any, what: str) -> str:
         bad = _nonfinite(array)
         if bad:
             lines.append("  " + bad.strip())
-        if array.size <= TOOLTIP_NUMBERS:
+        if array.size <= SHOWN_NUMBERS:
             lines.append("  " + np.array2string(array.astype(np.float64) if array.dtype.kind == "f" else array,
                                                 precision=4, separator=", ", max_line_width=10_000))
     return "\n".join(lines)
@@ -287,6 +304,9 @@ class _Diagram:
         self.fwd = set(self.nodes)
         self.layers: dict = dict(ev.model.layers)
         self.repeats = _repeat_groups(self.layers)
+        self.folded = self.drawn_in_users()
+        self.fold_of = {user: n for n, user in self.folded.items()}
+        self.scopes = {n: self.drawn_scope(n) for n in self.nodes}
         self.box_of = self.collapse(max_nodes, warn)
         self.boxes: dict[tuple, list[int]] = {}   # each box's members; boxes in order of first appearance
         for n, scope in self.box_of.items():
@@ -297,13 +317,37 @@ class _Diagram:
 
     # ---- where things go ----
 
+    def drawn_in_users(self) -> dict[int, int]:
+        """Each op drawn inside the one op using it (dropout's mask, inside its ×) -> that op."""
+        folded = {}
+        for n in self.nodes:
+            users = [u for u in self.G.nx.successors(n) if u in self.fwd]
+            if REGISTRY[self.G[n].op].drawn_in_user is not None and len(users) == 1:
+                folded[n] = users[0]
+        return folded
+
+    def drawn_scope(self, n: int) -> tuple[str, ...]:
+        """The layer scope node ``n`` is drawn in: its own; but a constant is made with no scope,
+        so it sits with the users it was written beside (a layer keeps its own constants),
+        and one passed to a layer as an argument sits where the call is."""
+        node = self.G[n]
+        if node.op != "const" or node.scope:
+            return node.scope
+        users = [self.G[u] for u in self.G.nx.successors(n) if u in self.fwd]
+        line = _line(node.loc)
+        beside = [u.scope for u in users if line is not None and _line(u.loc) == line]
+        if beside:
+            return _common(beside)
+        common = _common([u.scope for u in users])
+        return common[:-1]
+
     def collapse(self, max_nodes: int, warn: Callable[[str], None]) -> dict[int, tuple]:
         """Whether to collapse, decided once: each graph node drawn inside a box -> the scope
         of its top-level layer instance. Empty when the graph is within ``max_nodes`` or has
         no layers to collapse (then drawn node by node, with a warning if it is big)."""
         if len(self.nodes) <= max_nodes:
             return {}
-        box_of = {n: self.G[n].scope[:1] for n in self.nodes if self.G[n].scope}
+        box_of = {n: self.scopes[n][:1] for n in self.nodes if self.scopes[n]}
         warn(f"{Path(self.model.file).name}: warning: the graph has {len(self.nodes)} nodes (more than {max_nodes})"
              + (", so each layer instance is drawn as one node" if box_of
                 else "; Graphviz may be slow and the diagram hard to read"))
@@ -329,7 +373,7 @@ class _Diagram:
         cluster would (in its repeat group, if any)."""
         if n in self.box_of:
             return self.cluster_path(self.box_of[n])[:-1]
-        return self.cluster_path(self.G[n].scope)
+        return self.cluster_path(self.scopes[n])
 
     # ---- values ----
 
@@ -352,7 +396,7 @@ class _Diagram:
         """(text, tooltip) for the value of node n, named unless n is a leaf (its node says the name)."""
         node = self.G[n]
         v = self.value(n)
-        text = "?" if v is None else value_text(v, node.shape)
+        text = "?" if v is None else small_text(v, node.shape) if number_rows(v) else value_text(v, node.shape)
         if node.name and not node.is_leaf:
             text = f"{node.name} = {text}" if np.ndim(v) == 0 else f"{node.name}: {text}"
         return text, "value not recorded" if v is None else stats_text(v, node.name or op_text(node))
@@ -376,9 +420,14 @@ class _Diagram:
         gradient on the other (red)."""
         vtext, vtip = self.value_line(n)
         gtext, gtip = self.grad_line(n)
-        gbody = escape(gtext) if n in self.ev.grads else f"<I>{escape(gtext)}</I>"
-        rows = self.direction.rows.format(value=f'<FONT COLOR="{GREEN}">{escape(vtext)}</FONT>',
-                                          grad=f'<FONT COLOR="{RED}">{gbody}</FONT>')
+        value = _with_numbers(escape(vtext), number_rows(self.value(n)), GREEN, " = ")
+        if n in self.ev.grads and number_rows(self.ev.grads[n]):
+            grad = _with_numbers("", number_rows(self.ev.grads[n]), RED, "")
+        elif n in self.ev.grads:
+            grad = f'<FONT COLOR="{RED}">{escape(gtext)}</FONT>'
+        else:
+            grad = f'<FONT COLOR="{RED}"><I>{escape(gtext)}</I></FONT>'
+        rows = self.direction.rows.format(value=value, grad=grad)
         label = f'<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1">{rows}</TABLE>>'
         return f"v{n} [shape=plain, label={label}, tooltip={quote(vtip + chr(10) + gtip)}];"
 
@@ -402,7 +451,9 @@ class _Diagram:
             attrs = STYLE["const"]
             tip = f"constant (no gradient)\n{stats_text(v, 'value') if v is not None else ''}\n{where}"
         else:
-            text = op_text(node)
+            folded = self.fold_of.get(n)
+            text = op_text(node) if folded is None else REGISTRY[self.G[folded].op].drawn_in_user(
+                dict(self.G[folded].attrs))
             label = f"<{escape(text)}>"
             if len(text) <= 2:      # + − × ÷ @ **
                 attrs = STYLE["op"]
@@ -412,6 +463,8 @@ class _Diagram:
                 attrs = STYLE["opname"]
             attrs = {**attrs, "ordering": "in"}   # operands top to bottom in argument order
             tip = f"{node.op}{(' -> ' + node.name) if node.name else ''}\n{where}"
+            if folded is not None and self.value(folded) is not None:   # what it drew: dropout's mask
+                tip = f"{text}: the value {op_text(node)} a mask\n{stats_text(self.value(folded), 'mask')}\n{where}"
         return f"n{n} [{_attrs(attrs)}, label={label}, tooltip={quote(tip.strip())}];"
 
     def layer_node(self, scope: tuple, members: list[int]) -> str:
@@ -465,7 +518,7 @@ class _Diagram:
         """The DOT text: the drawn nodes in their clusters, then the sinks, then the edges."""
         root = _Cluster()
         for n in self.nodes:
-            if n not in self.box_of:
+            if n not in self.box_of and n not in self.folded:
                 root.at(self.path_of(n)).lines.append(self.node_line(n))
         for scope, members in self.boxes.items():
             root.at(self.path_of(members[0])).lines.append(self.layer_node(scope, members))
@@ -517,7 +570,7 @@ class _Diagram:
         for c in self.nodes:
             for a in self.G[c].args:
                 src, dst = self.rep(a), self.rep(c)
-                if a not in self.fwd or src == dst:   # the backward graph, or within one box
+                if a not in self.fwd or src == dst or a in self.folded:   # backward, in one box, or drawn in c
                     continue
                 if self.G[a].op == "const":
                     edges.append(f'{src} -> {dst} [style=dashed, color="{MUTED}"];')
@@ -538,6 +591,32 @@ class _Diagram:
                    f'color="#8250df", fontcolor="#8250df", fontsize=11, labelloc=t, labeljust=l, margin=10];')
             yield from self.clusters(child, depth + 1, numbers)
             yield pad + "}"
+
+
+def _with_numbers(text: str, rows: list[list[str]] | None, colour: str, joint: str) -> str:
+    """One side of a wire in ``colour``: ``text`` (escaped markup), then a small tensor's
+    numbers: a vector's on the same line (``[0.1, -2, 3.5]``), a matrix's as a tiny grid."""
+    if rows is None:
+        return f'<FONT COLOR="{colour}">{text}</FONT>'
+    if len(rows) == 1:
+        return f'<FONT COLOR="{colour}">{text}{joint if text else ""}[{escape(", ".join(rows[0]))}]</FONT>'
+    cells = "".join("<TR>" + "".join(f'<TD ALIGN="RIGHT"><FONT COLOR="{colour}" POINT-SIZE="10">{escape(v)}</FONT></TD>'
+                                     for v in row) + "</TR>" for row in rows)
+    grid = f'<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1">{cells}</TABLE>'
+    head = f'<TR><TD><FONT COLOR="{colour}">{text}</FONT></TD></TR>' if text else ""
+    return f'<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="0">{head}<TR><TD>{grid}</TD></TR></TABLE>'
+
+
+def _line(loc) -> tuple[str, int] | None:
+    return None if loc is None else (loc.file, loc.line)
+
+
+def _common(scopes: list[tuple[str, ...]]) -> tuple[str, ...]:
+    """The longest scope that all of ``scopes`` start with."""
+    common = scopes[0] if scopes else ()
+    for scope in scopes[1:]:
+        common = common[:next((i for i, (a, b) in enumerate(zip(common, scope)) if a != b), min(len(common), len(scope)))]
+    return common
 
 
 def _slug(key: tuple) -> str:

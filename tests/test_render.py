@@ -424,3 +424,99 @@ def test_an_op_node_says_what_its_op_declares() -> None:
     assert text("sum", axis=(0, 2), keepdims=True) == "sum(axis=0, 2, keepdims)" and text("max") == "max"
     assert text("reshape", shape=(-1, 4)) == "reshape(-1, 4)" and text("transpose") == "transpose"
     assert text("leaky_relu", alpha=0.1) == "leaky_relu(alpha=0.1)"
+
+
+# ---- big graphs stay readable ------------------------------------------------------------------
+
+@needs_dot
+def test_dropout_is_drawn_as_dropout_with_its_rate_not_as_its_mask(tmp_path):
+    ev = evaluation("dropout_mlp.nn")
+    nodes = svg_nodes(render_file(ev, tmp_path / "d.svg"))
+    texts = [t for texts in nodes.values() for t, _, _ in texts]
+    assert texts.count("dropout(p=0.5)") == 1 and texts.count("dropout(p=0.25)") == 1
+    assert not [t for t in texts if "mask" in t], "the internal mask op is not drawn"
+    G = ev.program.graph
+    h1 = next(n for n in render.forward_nodes(ev) if G[n].name == "h1")
+    value, grad = wire(nodes, h1)                      # dropout's output is the wire h1, as written
+    assert value.startswith("h1: [N=4, 64]") and grad.startswith("‖g‖")
+    tips = [a.get("{http://www.w3.org/1999/xlink}title") or "" for a in ET.parse(tmp_path / "d.svg").iter(f"{SVG}a")]
+    tip = next(t for t in tips if t.startswith("dropout(p=0.5)"))
+    assert "the value × a mask" in tip and "zeros" in tip      # the hover says how many units it dropped
+    eval_texts = [t for texts in svg_nodes(render_file(evaluation("dropout_mlp.nn", mode="eval"),
+                                                       tmp_path / "e.svg")).values() for t, _, _ in texts]
+    assert not [t for t in eval_texts if t.startswith("dropout")], "in eval mode dropout is the identity"
+
+
+CONSTANTS_IN_A_LAYER = """\
+layer scaled(x: [B, K], out: int, s: []) -> [B, out] {
+    param W: [K, out] = he()
+    return relu(x @ W * 0.5 + s)
+}
+input X: float[4, 3]
+h1 = scaled(X, out=5, s=1.5) as a
+h2 = scaled(h1, out=5, s=2.5) as b
+loss = sum(h2 * h2)
+minimize loss
+"""
+
+
+def test_a_layer_keeps_its_own_constants_and_an_argument_stays_at_the_call(tmp_path):
+    model = tmp_path / "consts.nn"
+    model.write_text(CONSTANTS_IN_A_LAYER)
+    ev = evaluate_file(model)
+    G = ev.program.graph
+    consts = {G[n].attr("value"): n for n in render.forward_nodes(ev) if G[n].op == "const"}
+    halves = [n for n in render.forward_nodes(ev) if G[n].op == "const" and G[n].attr("value") == 0.5]
+    assert len(halves) == 2
+    dot = to_dot(ev)
+    for cluster, half in zip(("a", "b"), halves):      # written in the layer's body: inside its cluster
+        assert re.search(rf"subgraph cluster_\d+_{cluster} \{{[^}}]*\bn{half} \[", dot)
+    top = dot[dot.index("digraph"):dot.index("subgraph")]
+    assert f"n{consts[1.5]} [" in top and f"n{consts[2.5]} [" in top   # passed in: drawn where the call is
+    collapsed = to_dot(ev, max_nodes=3, warn=lambda _: None)
+    for half in halves:
+        assert f"n{half} " not in collapsed, "a collapsed layer hides its own constants"
+    assert f"n{consts[1.5]} -> L0 [style=dashed" in collapsed and f"n{consts[2.5]} -> L1 [style=dashed" in collapsed
+
+
+SMALL = """\
+input x: float[3] = [0.1, -2, 3.5]
+param W: [2, 3] = he()
+param b: [2] = zeros()
+h = W @ x + b
+loss = sum(h * h)
+minimize loss
+"""
+
+
+@needs_dot
+@pytest.mark.parametrize("rankdir", ["LR", "TB"])
+def test_small_tensors_show_their_numbers_on_the_wire(tmp_path, rankdir):
+    model = tmp_path / "small.nn"
+    model.write_text(SMALL)
+    ev = evaluate_file(model)
+    nodes = svg_nodes(render_file(ev, tmp_path / "s.svg", rankdir=rankdir))
+    m = ev.model
+    W, x = ev.params["W"].astype(np.float64), np.array([0.1, -2, 3.5])
+    h = W @ x
+
+    def sides(n: int) -> tuple[list[str], list[str]]:
+        texts = nodes[f"v{n}"]
+        return [t for t, fill, _ in texts if fill == GREEN], [t for t, fill, _ in texts if fill == RED]
+
+    if rankdir == "LR":
+        wire(nodes, m.inputs["x"])                    # value above the gradient
+    assert sides(m.inputs["x"]) == (["[3] = [0.1, -2, 3.5]"],
+                                    ["[" + ", ".join(fmt(v, 3) for v in 2 * W.T @ h) + "]"])   # d sum(h²)/dx
+    assert sides(m.params["b"]) == (["[2] = [0, 0]"], ["[" + ", ".join(fmt(v, 3) for v in 2 * h) + "]"])
+    texts = nodes[f"v{m.params['W']}"]                 # a matrix: its shape, then a grid of numbers, row by row
+    green, red = sides(m.params["W"])
+    assert green == ["[2, 3]", *(fmt(v, 3) for v in W.ravel())]
+    assert red == [fmt(v, 3) for v in (2 * np.outer(h, x)).ravel()]
+    ys = {t: y for t, _, y in texts}
+    if rankdir == "LR":     # value above the wire, gradient below it
+        assert max(ys[t] for t in green) < min(ys[t] for t in red)
+    first_row, second_row = green[1:4], green[4:]
+    assert len({ys[t] for t in first_row}) == 1 and ys[first_row[0]] < ys[second_row[0]]
+    big = evaluation("two_layer.nn")
+    assert "[N=4, 3072] μ" in to_dot(big), "a big tensor is still summarised"
