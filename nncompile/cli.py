@@ -87,7 +87,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     _check_output(args)
     trained, where = _trained_arguments(args)
     ev = evaluate_file(args.model, parse_sets(args.set), seed=args.seed, dtype=args.dtype, **trained)
-    written = render_file(ev, args.output, rankdir=args.rankdir)
+    written = render_file(ev, args.output, rankdir=args.rankdir, branch_grads=args.branch_grads)
     print(f"wrote {written}; {where}", file=sys.stderr)
     return 0
 
@@ -319,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("-o", "--output", required=True, metavar="OUT.(svg|png|pdf|dot)")
     p.add_argument("--rankdir", choices=("LR", "TB"), default="LR", help="layout direction")
+    p.add_argument("--branch-grads", action="store_true",
+                   help="where a value feeds several ops, label each branch with its own part of the gradient")
     add_trained_options(p)
     p.set_defaults(run=cmd_render)
 

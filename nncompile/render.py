@@ -292,7 +292,7 @@ class _Cluster:
 class _Diagram:
     """Builds the DOT text for one evaluation (see the module docstring)."""
 
-    def __init__(self, ev, rankdir: str, max_nodes: int, warn: Callable[[str], None]):
+    def __init__(self, ev, rankdir: str, max_nodes: int, warn: Callable[[str], None], branch_grads: bool = False):
         if rankdir not in DIRECTIONS:
             raise NNError(f"unknown rankdir {rankdir!r}; use {' or '.join(DIRECTIONS)}")
         self.ev = ev
@@ -300,6 +300,7 @@ class _Diagram:
         self.model = ev.model
         self.rankdir = rankdir
         self.direction = DIRECTIONS[rankdir]
+        self.branch_grads = branch_grads and bool(ev.branch_grads)
         self.nodes = forward_nodes(ev)
         self.fwd = set(self.nodes)
         self.layers: dict = dict(ev.model.layers)
@@ -507,6 +508,8 @@ class _Diagram:
                 f'<TD><FONT COLOR="{GREEN}" POINT-SIZE="10">'
                 f'{self.direction.value_side} each wire: forward value</FONT></TD>'
                 f'<TD><FONT COLOR="{RED}" POINT-SIZE="10">{grads}</FONT></TD>'
+                + (f'<TD><FONT COLOR="{RED}" POINT-SIZE="10">on each branch of a split: its own part; '
+                   'the parts add up to the gradient before the split</FONT></TD>' if self.branch_grads else "")
                 + cell("input", "input") + cell("param", "param") + cell("const", "constant")
                 + cell("op", "op") + cell("output", "output") + cell("loss", "loss")
                 + (cell("layer", "layer (collapsed)") if self.boxes else "")
@@ -529,7 +532,7 @@ class _Diagram:
             (f"  graph [rankdir={self.rankdir}, fontname={quote(FONT)}, fontsize=11, nodesep=0.25, ranksep=0.3, "
              f"newrank=true, labelloc=b, labeljust=l, label={self.legend()}];"),
             f"  node [fontname={quote(FONT)}, fontsize=12];",
-            f'  edge [color="{WIRE}", arrowsize=0.6, penwidth=1];',
+            f'  edge [color="{WIRE}", arrowsize=0.6, penwidth=1, fontname={quote(FONT)}];',
             *self.clusters(root, 1, itertools.count(1)),
             *("  " + line for _, _, line in sinks),
             *("  " + edge for edge in edges),
@@ -560,15 +563,18 @@ class _Diagram:
         edges: list[str] = []
         labelled: set[int] = set()
 
+        shares = self.shares() if self.branch_grads else {}
+
         def wire(a: int, dst: str) -> None:
             if a not in labelled:
                 labelled.add(a)
                 root.at(self.path_of(a)).lines.append(self.value_node(a))
                 edges.append(f"{self.rep(a)} -> v{a}:{port_in} [arrowhead=none];")
-            edges.append(f"v{a}:{port_out} -> {dst};")
+            share = shares.get((a, dst) if self.boxes else (c, position))
+            edges.append(f"v{a}:{port_out} -> {dst};" if share is None else f"v{a}:{port_out} -> {dst} [{share}];")
 
         for c in self.nodes:
-            for a in self.G[c].args:
+            for position, a in enumerate(self.G[c].args):
                 src, dst = self.rep(a), self.rep(c)
                 if a not in self.fwd or src == dst or a in self.folded:   # backward, in one box, or drawn in c
                     continue
@@ -576,9 +582,31 @@ class _Diagram:
                     edges.append(f'{src} -> {dst} [style=dashed, color="{MUTED}"];')
                 else:
                     wire(a, dst)
+        c = position = None   # a sink is no branch of the backward pass
         for sid, n, _ in sinks:
             wire(n, sid)
         return list(dict.fromkeys(edges)) if self.boxes else edges   # with boxes, one edge per pair, not per use
+
+    def shares(self) -> dict[tuple, str]:
+        """The edge attributes that label each branch of a fanned-out value with its own part
+        of the gradient (the backward pass sums these parts into the gradient on the wire
+        before the split), keyed by (user, operand position); into a collapsed layer, one
+        edge per (value, box) carries the sum of the parts its uses there receive."""
+        parts: dict[tuple, list[np.ndarray]] = {}
+        for (c, position), part in sorted(self.ev.branch_grads.items()):
+            a = self.G[c].args[position]
+            if a in self.fwd and c in self.fwd and not (self.boxes and self.rep(a) == self.rep(c)):
+                key = (a, self.rep(c)) if self.boxes else (c, position)
+                parts.setdefault(key, []).append(np.asarray(part, dtype=np.float64))
+        out = {}
+        for key, arrays in parts.items():
+            part = sum(arrays[1:], arrays[0])
+            rows = number_rows(part)
+            text = (_with_numbers("", rows, RED, "") if rows else
+                    f'<FONT COLOR="{RED}">{escape(fmt(part) if part.ndim == 0 else grad_text(part))}</FONT>')
+            out[key] = (f'label=<<FONT POINT-SIZE="10">{text}</FONT>>, '
+                        f"labeltooltip={quote(stats_text(part, 'this branch' + chr(39) + 's part of the gradient'))}")
+        return out
 
     def clusters(self, cluster: _Cluster, depth: int, numbers: Iterator[int]) -> Iterator[str]:
         """The DOT lines of a cluster's contents, nested clusters numbered in the order drawn."""
@@ -632,9 +660,11 @@ def _stderr(message: str) -> None:
 
 
 def to_dot(ev, rankdir: str = "LR", *, max_nodes: int = MAX_NODES,
-           warn: Callable[[str], None] = _stderr) -> str:
-    """The diagram of an evaluated model as DOT source (deterministic, no Graphviz needed)."""
-    return _Diagram(ev, rankdir, max_nodes, warn).dot()
+           warn: Callable[[str], None] = _stderr, branch_grads: bool = False) -> str:
+    """The diagram of an evaluated model as DOT source (deterministic, no Graphviz needed).
+    ``branch_grads`` labels each branch of a fanned-out value with its own part of the
+    gradient, the wire before the split keeping their sum."""
+    return _Diagram(ev, rankdir, max_nodes, warn, branch_grads).dot()
 
 
 # ---- files ------------------------------------------------------------------------------
@@ -643,7 +673,8 @@ INSTALL_HINT = ("install Graphviz (Debian/Ubuntu: sudo apt-get install graphviz;
                 "conda: conda install -c conda-forge graphviz)")
 
 
-def render_file(ev, output: str | Path, rankdir: str = "LR", *, max_nodes: int = MAX_NODES) -> Path:
+def render_file(ev, output: str | Path, rankdir: str = "LR", *, max_nodes: int = MAX_NODES,
+                branch_grads: bool = False) -> Path:
     """Write the diagram to ``output``; the format is its extension (.svg, .png, .pdf or .dot).
 
     .dot needs nothing else; the others run Graphviz's ``dot``. When ``dot`` is missing,
@@ -657,7 +688,7 @@ def render_file(ev, output: str | Path, rankdir: str = "LR", *, max_nodes: int =
     if ext not in FORMATS:
         raise NNError(f"cannot render to {output}: unknown format {ext or '(no extension)'!r}; "
                       f"use one of {', '.join(FORMATS)}")
-    source = to_dot(ev, rankdir, max_nodes=max_nodes)
+    source = to_dot(ev, rankdir, max_nodes=max_nodes, branch_grads=branch_grads)
     if ext == ".dot":
         write_atomic(output, source)
         return output

@@ -520,3 +520,137 @@ def test_small_tensors_show_their_numbers_on_the_wire(tmp_path, rankdir):
     assert len({ys[t] for t in first_row}) == 1 and ys[first_row[0]] < ys[second_row[0]]
     big = evaluation("two_layer.nn")
     assert "[N=4, 3072] μ" in to_dot(big), "a big tensor is still summarised"
+
+
+def svg_edges(path: Path) -> dict[str, list[str]]:
+    """Each drawn edge's title (``v3:e->n7``) -> the texts on it, from an SVG file."""
+    edges: dict[str, list[str]] = {}
+    for g in ET.parse(path).iter(f"{SVG}g"):
+        if g.get("class") == "edge":
+            edges.setdefault(g.find(f"{SVG}title").text, []).extend(t.text or "" for t in g.iter(f"{SVG}text"))
+    return edges
+
+
+BRANCHES = """\
+# gradients add at branches: x and q each feed two ops
+input x = 3
+input y = -4
+q = x * y
+s = q + x
+f = s * q
+output f
+"""
+
+
+def central_difference(f, x: np.ndarray, h: float = 1e-6) -> np.ndarray:
+    grad = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        step = np.zeros_like(x)
+        step[i] = h
+        grad[i] = (f(x + step) - f(x - step)) / (2 * h)
+    return grad
+
+
+@needs_dot
+def test_each_branch_shows_its_own_part_of_the_gradient_and_the_parts_add_up(tmp_path):
+    """The lecture's "gradients add at branches": f = (x*y + x) * (x*y). Each use of x and
+    of q gets its own copy in an independent numpy function; central differences of each copy
+    are what each branch must show, and the wire before the split shows their sum."""
+    model = tmp_path / "branches.nn"
+    model.write_text(BRANCHES)
+    ev = evaluate_file(model)
+    out = render_file(ev, tmp_path / "b.svg", branch_grads=True)
+    edges, nodes = svg_edges(out), svg_nodes(out)
+    G, m = ev.program.graph, ev.model
+    q, s, f = (next(n for n in render.forward_nodes(ev) if G[n].name == name) for name in "qsf")
+    x0, y0 = 3.0, -4.0
+
+    def f_of(x_in_q=x0, x_in_s=x0, q_in_s=None, q_in_f=None):
+        q_value = x_in_q * y0
+        return ((q_value if q_in_s is None else q_in_s) + x_in_s) * (q_value if q_in_f is None else q_in_f)
+
+    def d(**copy):
+        (name, at), = copy.items()
+        return float(central_difference(lambda v: np.array(f_of(**{name: float(v)})), np.array(at)))
+
+    x, expected = m.inputs["x"], {
+        (m.inputs["x"], q): d(x_in_q=x0), (m.inputs["x"], s): d(x_in_s=x0),
+        (q, s): d(q_in_s=x0 * y0), (q, f): d(q_in_f=x0 * y0)}
+    for (a, user), want in expected.items():
+        shown = edges[f"v{a}:e->n{user}"]
+        assert len(shown) == 1 and float(shown[0]) == pytest.approx(want, abs=1e-4), (a, user, shown)
+    assert (d(x_in_q=x0), d(x_in_s=x0)) == pytest.approx((84, -12), abs=1e-4)
+    for a in (x, q):   # the wire before the split keeps the sum
+        total = float(wire(nodes, a)[1])
+        assert total == pytest.approx(sum(w for (b, _), w in expected.items() if b == a), abs=1e-4)
+    assert float(wire(nodes, x)[1]) == 72        # df/dx = 2xy² + 2xy
+    plain = svg_edges(render_file(ev, tmp_path / "p.svg"))
+    assert not [t for texts in plain.values() for t in texts], "off by default"
+    assert plain.keys() == edges.keys()
+
+
+TENSOR_BRANCHES = """\
+input x: float[2, 3]
+param W: [3, 3] = he()
+h = x @ W
+a = relu(h)
+loss = sum(a * h) + sum(h)
+minimize loss
+"""
+
+
+def test_branch_parts_of_a_tensor_match_finite_differences_of_each_use(tmp_path):
+    model = tmp_path / "tensor.nn"
+    model.write_text(TENSOR_BRANCHES)
+    ev = evaluate_file(model, dtype="float64")
+    G = ev.program.graph
+    h = next(n for n in render.forward_nodes(ev) if G[n].name == "h")
+    value = ev.values[h].astype(np.float64)
+    parts = {G[user].op: part for (user, position), part in ev.branch_grads.items() if G[user].args[position] == h}
+    assert sorted(parts) == ["mul", "relu", "sum"]
+
+    def loss(h_relu=value, h_mul=value, h_sum=value):
+        return np.sum(np.maximum(h_relu, 0) * h_mul) + np.sum(h_sum)
+
+    np.testing.assert_allclose(parts["relu"], central_difference(lambda v: loss(h_relu=v), value), atol=1e-6)
+    np.testing.assert_allclose(parts["mul"], central_difference(lambda v: loss(h_mul=v), value), atol=1e-6)
+    np.testing.assert_allclose(parts["sum"], central_difference(lambda v: loss(h_sum=v), value), atol=1e-6)
+    np.testing.assert_allclose(sum(parts.values()), ev.grads[h], atol=1e-12)
+    dot = to_dot(ev, branch_grads=True)               # 6 numbers: each branch lists them
+    for user, part in ((n, p) for (n, pos), p in ev.branch_grads.items() if G[n].args[pos] == h):
+        assert re.search(rf"v{h}:c:e -> n{user} \[label=<.*{re.escape(fmt(part.ravel()[0], 3))}<", dot)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.nn")))
+def test_the_branch_parts_of_every_example_add_up_to_the_gradient(name):
+    ev = evaluation(name)
+    G = ev.program.graph
+    if name in ("two_layer.nn", "batchnorm_mlp.nn", "digits_mlp.nn"):   # a weight-decay term, batch statistics
+        assert ev.branch_grads
+    totals: dict[int, list] = {}
+    for (user, position), part in ev.branch_grads.items():
+        totals.setdefault(G[user].args[position], []).append(np.asarray(part, dtype=np.float64))
+    for a, parts in totals.items():
+        assert len(parts) > 1
+        np.testing.assert_allclose(sum(parts), ev.grads[a], rtol=1e-5, atol=1e-6)
+    to_dot(ev, branch_grads=True, warn=lambda _: None)
+
+
+def test_into_a_collapsed_layer_a_branch_carries_the_parts_of_all_its_uses_there(tmp_path):
+    model = tmp_path / "twice.nn"
+    model.write_text(USED_TWICE)
+    ev = evaluate_file(model)
+    c = ev.model.inputs["c"]                           # used twice inside sc, nowhere else
+    dot = to_dot(ev, max_nodes=1, warn=lambda _: None, branch_grads=True)
+    edge = next(line for line in dot.splitlines() if f"v{c}:c:e -> L0" in line)
+    assert f">{fmt(ev.grads[c])}<" in edge            # one wire in, so its part is the whole gradient
+
+
+def test_cli_render_branch_grads(tmp_path):
+    model = tmp_path / "branches.nn"
+    model.write_text(BRANCHES)
+    done = subprocess.run([sys.executable, "-m", "nncompile", "render", str(model), "-o", str(tmp_path / "b.dot"),
+                           "--branch-grads"], env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert '<FONT COLOR="#cf222e">84</FONT>' in (tmp_path / "b.dot").read_text(encoding="utf-8")
