@@ -318,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("render", help="draw the graph with values (green) and gradients (red)")
     common(p)
     p.add_argument("-o", "--output", required=True, metavar="OUT.(svg|png|pdf|dot)")
-    p.add_argument("--rankdir", choices=("LR", "TB"), default="LR", help="layout direction")
+    p.add_argument("--rankdir", choices=("auto", "LR", "TB"), default="auto",
+                   help="layout direction: left to right, top to bottom, or (the default) whichever fits a screen")
     p.add_argument("--branch-grads", action="store_true",
                    help="where a value feeds several ops, label each branch with its own part of the gradient")
     add_trained_options(p)

@@ -18,9 +18,7 @@ Above ``max_nodes`` forward nodes each top-level layer instance is collapsed int
 """
 from __future__ import annotations
 
-import html
 import itertools
-import math
 import re
 import shutil
 import sys
@@ -34,14 +32,28 @@ import graphviz
 import networkx as nx
 import numpy as np
 
+from . import layout
 from .errors import NNError, Sources
 from .ir import Graph, Node
+from .labels import (  # noqa: F401 (escape, quote, fmt, value_text, grad_text: this module's API too)
+    _printable,
+    escape,
+    fmt,
+    grad_text,
+    number_rows,
+    quote,
+    shape_text,
+    small_text,
+    stats_text,
+    value_text,
+    with_numbers,
+)
 from .ops import REGISTRY
 from .ops.registry import attr_text
 
 FORMATS = (".svg", ".png", ".pdf", ".dot")
+AUTO = "auto"            # the rankdir that fits the graph's shape to a screen
 MAX_NODES = 400          # above this many forward nodes, layer instances are collapsed
-SHOWN_NUMBERS = 16       # tensors up to this size show their numbers, on the wire and in the tooltip
 
 FONT = "Helvetica,Arial,sans-serif"
 GREEN = "#1a7f37"        # forward values
@@ -67,141 +79,6 @@ STYLE = {  # kind -> Graphviz node attributes
     "layer": {"shape": "box3d", "style": "filled", "fillcolor": "#fbefff", "color": "#8250df",
               "margin": "0.12,0.06"},
 }
-
-# ---- text ------------------------------------------------------------------------------
-
-def escape(text: Any) -> str:
-    """User text made safe inside an HTML-like Graphviz label (and hence in the SVG).
-
-    Graphviz expands escapes such as ``\\N`` (the node's name) even in HTML labels, after
-    decoding entities, so a backslash is doubled as well."""
-    return html.escape(_printable(text), quote=True).replace("\\", "\\\\")
-
-
-def _printable(text: Any) -> str:
-    """``text`` with every unprintable character as a space: controls (an ESC in a file name
-    makes Graphviz fail), bidi marks, surrogates from an undecodable file name and the
-    noncharacters U+FFFE/U+FFFF, none of which XML 1.0 or a reader wants in a diagram."""
-    return "".join(ch if ch.isprintable() else " " for ch in str(text))
-
-
-def quote(text: Any) -> str:
-    """A double-quoted DOT string that Graphviz shows as ``text``, literally.
-
-    For tooltips Graphviz undoes backslash escapes twice (once for the DOT string, once
-    for its ``\\N``-style escapes), so a backslash is written as four. It also decodes
-    character references (a comment's ``&#1;`` would become a character that XML forbids),
-    so ``&`` is written as ``&amp;``."""
-    out = []
-    for ch in str(text):
-        if ch == "\\":
-            out.append("\\" * 4)
-        elif ch == '"':
-            out.append('\\"')
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "&":
-            out.append("&amp;")
-        else:
-            out.append(_printable(ch))
-    return '"' + "".join(out) + '"'
-
-
-def fmt(value: Any, digits: int = 4) -> str:
-    """A number in ``%.{digits}g``, with integers shown plainly (-12, not -12.0)."""
-    v = float(value)
-    if math.isnan(v):
-        return "nan"
-    if v in (float("inf"), float("-inf")):
-        return "inf" if v > 0 else "-inf"
-    text = f"{v:.{digits}g}"
-    return "0" if text == "-0" else text
-
-
-def shape_text(actual: tuple[int, ...], declared: tuple | None = None) -> str:
-    """``[N=4, 100]``: the concrete shape, naming the symbolic dims it came from."""
-    dims = []
-    for i, d in enumerate(actual):
-        sym = declared[i] if declared is not None and i < len(declared) else None
-        dims.append(f"{sym}={d}" if isinstance(sym, str) else str(d))
-    return "[" + ", ".join(dims) + "]"
-
-
-def _nonfinite(array: np.ndarray) -> str:
-    if array.dtype.kind != "f":
-        return ""
-    nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
-    parts = ([f"{nan} NaN"] if nan else []) + ([f"{inf} inf"] if inf else [])
-    return (" ⚠ " + ", ".join(parts)) if parts else ""
-
-
-def _finite(array: np.ndarray) -> np.ndarray:
-    return array[np.isfinite(array)] if array.dtype.kind == "f" else array
-
-
-def value_text(value: Any, declared: tuple | None = None) -> str:
-    """One line for a forward value: the number, or shape and statistics of a tensor."""
-    array = np.asarray(value)
-    if array.ndim == 0:
-        return str(int(array)) if array.dtype.kind in "iub" else fmt(array)
-    shape = shape_text(array.shape, declared)
-    if array.size == 0:
-        return f"{shape} empty"
-    if array.dtype.kind == "b":
-        return f"bool {shape} {fmt(100 * array.mean(), 3)}% true"
-    if array.dtype.kind in "iu":
-        return f"int {shape} min {array.min()} max {array.max()}"
-    finite = _finite(array)
-    stats = f" μ {fmt(finite.mean(), 3)} σ {fmt(finite.std(), 3)}" if finite.size else ""
-    return f"{shape}{stats}{_nonfinite(array)}"
-
-
-def number_rows(value: Any) -> list[list[str]] | None:
-    """A small tensor's numbers, compactly, as rows: a vector is one row, a matrix (or more
-    dims) a row per entry of the last axis; None for a scalar, an empty or a big tensor."""
-    array = np.asarray(value)
-    if array.ndim == 0 or not 0 < array.size <= SHOWN_NUMBERS:
-        return None
-    text = (lambda v: str(int(v))) if array.dtype.kind in "iub" else (lambda v: fmt(v, 3))
-    return [[text(v) for v in row] for row in array.reshape(-1, array.shape[-1])]
-
-
-def small_text(value: Any, declared: tuple | None = None) -> str:
-    """The line a small tensor's numbers go with: its shape (and dtype, if not float)."""
-    array = np.asarray(value)
-    kind = {"b": "bool ", "i": "int ", "u": "int "}.get(array.dtype.kind, "")
-    return kind + shape_text(array.shape, declared)
-
-
-def grad_text(grad: Any) -> str:
-    """One line for a gradient: the number, or the norm of a tensor's gradient."""
-    array = np.asarray(grad)
-    if array.ndim == 0:
-        return fmt(array)
-    finite = _finite(array).astype(np.float64)
-    return f"‖g‖ {fmt(np.sqrt(np.sum(finite * finite)), 3)}{_nonfinite(array)}"
-
-
-def stats_text(array: Any, what: str) -> str:
-    """Everything about one array, for a tooltip."""
-    array = np.asarray(array)
-    if array.ndim == 0:
-        return f"{what}: {fmt(array, 8) if array.dtype.kind == 'f' else array.item()}"
-    lines = [f"{what}: {array.dtype} {list(array.shape)}"]
-    if array.size and array.dtype.kind in "iuf":
-        finite = _finite(array).astype(np.float64)
-        if finite.size:
-            lines.append(f"  mean {fmt(finite.mean())}  std {fmt(finite.std())}  min {fmt(finite.min())}  "
-                         f"max {fmt(finite.max())}  ‖·‖₂ {fmt(np.sqrt(np.sum(finite * finite)))}  "
-                         f"zeros {fmt(100 * np.mean(array == 0), 3)}%")
-        bad = _nonfinite(array)
-        if bad:
-            lines.append("  " + bad.strip())
-        if array.size <= SHOWN_NUMBERS:
-            lines.append("  " + np.array2string(array.astype(np.float64) if array.dtype.kind == "f" else array,
-                                                precision=4, separator=", ", max_line_width=10_000))
-    return "\n".join(lines)
-
 
 def op_text(node: Node) -> str:
     """What an op node says: the op's own label (a symbol like ×, or text made from its
@@ -281,6 +158,12 @@ class _Cluster:
     lines: list[str] = field(default_factory=list)
     children: dict[tuple, _Cluster] = field(default_factory=dict)
 
+    def all_lines(self) -> Iterator[str]:
+        """Its lines and those of the clusters inside it."""
+        yield from self.lines
+        for child in self.children.values():
+            yield from child.all_lines()
+
     def at(self, path: tuple) -> _Cluster:
         """The cluster at the end of ``path`` (keys from :meth:`_Diagram.cluster_path`), made if new."""
         cluster = self
@@ -294,7 +177,7 @@ class _Diagram:
 
     def __init__(self, ev, rankdir: str, max_nodes: int, warn: Callable[[str], None], branch_grads: bool = False):
         if rankdir not in DIRECTIONS:
-            raise NNError(f"unknown rankdir {rankdir!r}; use {' or '.join(DIRECTIONS)}")
+            raise NNError(f"unknown rankdir {rankdir!r}; use {', '.join(DIRECTIONS)} or auto")
         self.ev = ev
         self.G: Graph = ev.program.graph
         self.model = ev.model
@@ -421,9 +304,9 @@ class _Diagram:
         gradient on the other (red)."""
         vtext, vtip = self.value_line(n)
         gtext, gtip = self.grad_line(n)
-        value = _with_numbers(escape(vtext), number_rows(self.value(n)), GREEN, " = ")
+        value = with_numbers(escape(vtext), number_rows(self.value(n)), GREEN, " = ")
         if n in self.ev.grads and number_rows(self.ev.grads[n]):
-            grad = _with_numbers("", number_rows(self.ev.grads[n]), RED, "")
+            grad = with_numbers("", number_rows(self.ev.grads[n]), RED, "")
         elif n in self.ev.grads:
             grad = f'<FONT COLOR="{RED}">{escape(gtext)}</FONT>'
         else:
@@ -526,7 +409,12 @@ class _Diagram:
         for scope, members in self.boxes.items():
             root.at(self.path_of(members[0])).lines.append(self.layer_node(scope, members))
         sinks = self.sinks()
-        edges = self.wires(root, sinks)
+        wires = self.wires(root, sinks)
+        sizes = {i: layout.label_size(line) for line in [*root.all_lines(), *(line for _, _, line in sinks)]
+                 for i in _declared(line)}
+        rows, aligned = self.grid(wires, sizes)
+        edges = [f"{tail} -> {head}" + (f" [{', '.join(attrs)}]" if attrs else "") + ";"
+                 for tail, head, attrs in self.ranked(wires, rows)]
         out = [
             "digraph nncompile {",
             (f"  graph [rankdir={self.rankdir}, fontname={quote(FONT)}, fontsize=11, nodesep=0.25, ranksep=0.3, "
@@ -535,9 +423,13 @@ class _Diagram:
             f'  edge [color="{WIRE}", arrowsize=0.6, penwidth=1, fontname={quote(FONT)}];',
             *self.clusters(root, 1, itertools.count(1)),
             *("  " + line for _, _, line in sinks),
-            *("  " + edge for edge in edges),
+            *("  " + edge for edge in (dict.fromkeys(edges) if self.boxes else edges)),  # with boxes, one per pair
+            *(f"  {{rank=same; {'; '.join(ids)};}}" for ids in aligned),
             "}",
         ]
+        self.size = layout.extent(sizes, [
+            (_id(tail), _id(head)) for tail, head, attrs in self.ranked(wires, rows) if "constraint=false" not in attrs],
+            self.rankdir, {i: ids[0] for ids in aligned for i in ids[1:]})
         return "\n".join(out) + "\n"
 
     def sinks(self) -> list[tuple[str, int, str]]:
@@ -556,11 +448,11 @@ class _Diagram:
                                   f"tooltip={quote(word + ' ' + name + seed)}];"))
         return lines
 
-    def wires(self, root: _Cluster, sinks: list[tuple[str, int, str]]) -> list[str]:
+    def wires(self, root: _Cluster, sinks: list[tuple[str, int, str]]) -> list[_Wire]:
         """The edges: producer -> its value label -> each consumer (and each sink), in argument
         order, and a dashed edge from each constant. Each label is placed where first used."""
         port_in, port_out = self.direction.port_in, self.direction.port_out
-        edges: list[str] = []
+        edges: list[_Wire] = []
         labelled: set[int] = set()
 
         shares = self.shares() if self.branch_grads else {}
@@ -569,9 +461,9 @@ class _Diagram:
             if a not in labelled:
                 labelled.add(a)
                 root.at(self.path_of(a)).lines.append(self.value_node(a))
-                edges.append(f"{self.rep(a)} -> v{a}:{port_in} [arrowhead=none];")
+                edges.append(_Wire(self.rep(a), f"v{a}:{port_in}", ("arrowhead=none",), a, a))
             share = shares.get((a, dst) if self.boxes else (c, position))
-            edges.append(f"v{a}:{port_out} -> {dst};" if share is None else f"v{a}:{port_out} -> {dst} [{share}];")
+            edges.append(_Wire(f"v{a}:{port_out}", dst, () if share is None else (share,), a, c))
 
         for c in self.nodes:
             for position, a in enumerate(self.G[c].args):
@@ -579,13 +471,61 @@ class _Diagram:
                 if a not in self.fwd or src == dst or a in self.folded:   # backward, in one box, or drawn in c
                     continue
                 if self.G[a].op == "const":
-                    edges.append(f'{src} -> {dst} [style=dashed, color="{MUTED}"];')
+                    edges.append(_Wire(src, dst, ("style=dashed", f'color="{MUTED}"'), a, c))
                 else:
                     wire(a, dst)
         c = position = None   # a sink is no branch of the backward pass
         for sid, n, _ in sinks:
             wire(n, sid)
-        return list(dict.fromkeys(edges)) if self.boxes else edges   # with boxes, one edge per pair, not per use
+        return edges
+
+    # ---- layout (see nncompile.layout) ----
+
+    def instances(self, wires: list[_Wire]) -> dict[tuple, list[list[str]]]:
+        """Each outermost repeat group -> the drawn ids of each of its instances (nodes and
+        wire labels), in order, where every instance draws as many (the same block, repeated)."""
+        labels = {_id(w.head) for w in wires if _id(w.head) == f"v{w.src}"}
+        out = {}
+        for group, scopes in self.repeats.items():
+            if any(g in self.repeats for g in (_group_scope(group[:i]) for i in range(1, len(group) + 1))):
+                continue   # inside another repeat: aligned with it
+            scopes = sorted(scopes, key=lambda scope: int(_REPEATED.match(scope[-1]).group(2)))
+            members = [[n for n in self.nodes if n not in self.folded and self.scopes[n][:len(scope)] == scope]
+                       for scope in scopes]
+            ids = [list(dict.fromkeys([*map(self.rep, ns), *(f"v{n}" for n in ns if f"v{n}" in labels)]))
+                   for ns in members]
+            if len({len(i) for i in ids}) == 1 and len(ids) > 1:
+                out[group] = ids
+        return out
+
+    def grid(self, wires: list[_Wire], sizes: dict[str, tuple[float, float]]
+             ) -> tuple[dict[int, tuple[tuple, int]], list[list[str]]]:
+        """The repeated blocks laid out in a grid instead of one long line (a staircase, as
+        Graphviz draws it): graph node -> (its group, its row); and the drawn ids that share
+        a rank, one block's with those of the blocks below it. (Graphviz orders the rows; an
+        invisible edge to keep them in order tangles the edges from one row to the next.)"""
+        rows: dict[int, tuple[tuple, int]] = {}
+        aligned: list[list[str]] = []
+        for group, blocks in self.instances(wires).items():
+            mine = {i: sizes.get(i, layout.SMALLEST) for i in blocks[0]}
+            inside = [(_id(w.tail), _id(w.head)) for w in wires if _id(w.tail) in mine and _id(w.head) in mine]
+            along = layout.per_row(len(blocks), layout.extent(mine, inside, self.rankdir), self.rankdir)
+            index = {i: k for k, ids in enumerate(blocks) for i in ids}
+            for n in self.nodes:
+                if self.rep(n) in index:
+                    rows[n] = (group, index[self.rep(n)] // along)
+            for first in range(min(along, len(blocks))):
+                column = blocks[first::along]
+                if len(column) > 1:
+                    aligned.extend(list(ids) for ids in zip(*column))
+        return rows, aligned
+
+    def ranked(self, wires: list[_Wire], rows: dict[int, tuple[tuple, int]]) -> Iterator[tuple[str, str, tuple]]:
+        """(tail, head, attributes) of each wire; one from a block's row into the next row
+        does not rank its head after its tail (the next row starts again at the left)."""
+        for w in wires:
+            wraps = w.src in rows and w.dst in rows and rows[w.src][0] == rows[w.dst][0] and rows[w.src] != rows[w.dst]
+            yield w.tail, w.head, w.attrs + (("constraint=false",) if wraps else ())
 
     def shares(self) -> dict[tuple, str]:
         """The edge attributes that label each branch of a fanned-out value with its own part
@@ -602,7 +542,7 @@ class _Diagram:
         for key, arrays in parts.items():
             part = sum(arrays[1:], arrays[0])
             rows = number_rows(part)
-            text = (_with_numbers("", rows, RED, "") if rows else
+            text = (with_numbers("", rows, RED, "") if rows else
                     f'<FONT COLOR="{RED}">{escape(fmt(part) if part.ndim == 0 else grad_text(part))}</FONT>')
             out[key] = (f'label=<<FONT POINT-SIZE="10">{text}</FONT>>, '
                         f"labeltooltip={quote(stats_text(part, 'this branch' + chr(39) + 's part of the gradient'))}")
@@ -621,18 +561,27 @@ class _Diagram:
             yield pad + "}"
 
 
-def _with_numbers(text: str, rows: list[list[str]] | None, colour: str, joint: str) -> str:
-    """One side of a wire in ``colour``: ``text`` (escaped markup), then a small tensor's
-    numbers: a vector's on the same line (``[0.1, -2, 3.5]``), a matrix's as a tiny grid."""
-    if rows is None:
-        return f'<FONT COLOR="{colour}">{text}</FONT>'
-    if len(rows) == 1:
-        return f'<FONT COLOR="{colour}">{text}{joint if text else ""}[{escape(", ".join(rows[0]))}]</FONT>'
-    cells = "".join("<TR>" + "".join(f'<TD ALIGN="RIGHT"><FONT COLOR="{colour}" POINT-SIZE="10">{escape(v)}</FONT></TD>'
-                                     for v in row) + "</TR>" for row in rows)
-    grid = f'<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1">{cells}</TABLE>'
-    head = f'<TR><TD><FONT COLOR="{colour}">{text}</FONT></TD></TR>' if text else ""
-    return f'<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="0">{head}<TR><TD>{grid}</TD></TR></TABLE>'
+@dataclass(frozen=True)
+class _Wire:
+    """One edge: its ends (ids, with ports), its attributes, and the graph nodes it joins."""
+    tail: str
+    head: str
+    attrs: tuple[str, ...]
+    src: int
+    dst: int | None
+
+
+def _id(end: str) -> str:
+    return end.split(":")[0]
+
+
+_DECLARED = re.compile(r"^\s*(\w+) \[")
+
+
+def _declared(line: str) -> list[str]:
+    """The node a line of DOT declares, if any."""
+    m = _DECLARED.match(line)
+    return [m.group(1)] if m and m.group(1) not in ("graph", "node", "edge") else []
 
 
 def _line(loc) -> tuple[str, int] | None:
@@ -663,8 +612,17 @@ def to_dot(ev, rankdir: str = "LR", *, max_nodes: int = MAX_NODES,
            warn: Callable[[str], None] = _stderr, branch_grads: bool = False) -> str:
     """The diagram of an evaluated model as DOT source (deterministic, no Graphviz needed).
     ``branch_grads`` labels each branch of a fanned-out value with its own part of the
-    gradient, the wire before the split keeping their sum."""
-    return _Diagram(ev, rankdir, max_nodes, warn, branch_grads).dot()
+    gradient, the wire before the split keeping their sum. ``rankdir="auto"`` draws left to
+    right or top to bottom, whichever is estimated to fit a screen better (nncompile.layout)."""
+    if rankdir != AUTO:
+        return _Diagram(ev, rankdir, max_nodes, warn, branch_grads).dot()
+    drawn = {d: _Diagram(ev, d, max_nodes, warn if d == "LR" else _quiet, branch_grads) for d in DIRECTIONS}
+    dots = {d: diagram.dot() for d, diagram in drawn.items()}
+    return dots[layout.direction({d: diagram.size for d, diagram in drawn.items()})]
+
+
+def _quiet(message: str) -> None:
+    """A warning said once already (auto draws the graph both ways)."""
 
 
 # ---- files ------------------------------------------------------------------------------
