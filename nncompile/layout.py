@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import math
 import re
+from collections import Counter
 from collections.abc import Iterable
 
 import networkx as nx
@@ -21,6 +22,11 @@ SCREEN = (16.0, 9.0)                     # the shape to fit, in inches (a laptop
 CHAR, LINE = 0.085, 0.21                 # inches a character of a 12-point label takes across, a line down
 SMALLEST = (0.5, 0.4)                    # a node's least size: an op's circle
 RANKSEP, NODESEP = 0.3, 0.25             # the diagram's own spacing (render.py's graph attributes)
+# What Graphviz makes of the estimate (along, across), measured on examples/: it packs ranks
+# a little tighter than the widest label of each, and needs room across for clusters' labels.
+CALIBRATION = {"LR": (0.92, 1.22), "TB": (1.13, 0.88)}
+CUT_WIRES = 2                            # a wrapped graph is cut only where at most this many wires cross
+ROOMY = 1.25                             # a drawing up to this many screens is not wrapped (the estimate is rough)
 
 Edge = tuple[str, str]
 
@@ -69,8 +75,9 @@ def extent(sizes: dict[str, tuple[float, float]], edges: Iterable[Edge], rankdir
     for n, r in rank.items():
         widest[r] = max(widest.get(r, 0.0), sizes[n][along_axis])
         total[r] = total.get(r, 0.0) + sizes[n][1 - along_axis] + NODESEP
-    along = sum(widest.values()) + RANKSEP * len(widest)
-    across = max(total.values())
+    along_factor, across_factor = CALIBRATION[rankdir]
+    along = (sum(widest.values()) + RANKSEP * len(widest)) * along_factor
+    across = max(total.values()) * across_factor
     return (along, across) if rankdir == "LR" else (across, along)
 
 
@@ -99,7 +106,10 @@ def elongation(size: tuple[float, float]) -> float:
 
 
 def direction(sizes: dict[str, tuple[float, float]]) -> str:
-    """The direction whose estimated drawing fits the screen best; LR on a tie, as the lecture draws."""
+    """LR, as the lecture draws, where that takes about a screen; else the direction whose
+    estimated drawing fits the screen best."""
+    if scale(sizes["LR"]) <= ROOMY:
+        return "LR"
     return min(DIRECTIONS, key=lambda d: (fit(sizes[d]), DIRECTIONS.index(d)))
 
 
@@ -107,3 +117,36 @@ def fit(size: tuple[float, float]) -> float:
     """How badly a drawing of ``size`` fits the screen: the screens it takes along its tighter
     side, a strip (more than twice the screen's proportions) counting as that much bigger."""
     return scale(size) * max(1.0, elongation(size) / 2)
+
+
+def bands(sizes: dict[str, tuple[float, float]], edges: list[Edge], rankdir: str, clusters: dict[str, object],
+          same: dict[str, str] | None = None, most: int = 8) -> tuple[dict[str, int], tuple[float, float]]:
+    """A long graph wrapped into bands of consecutive ranks (rows, in LR; columns, in TB), as
+    many as fit the screen best, cut only where no top-level cluster (``clusters``: node ->
+    its top-level cluster) would be split and few wires cross: each node's band (none where one screen holds the
+    graph unwrapped), and the estimated size."""
+    rank = ranks(list(sizes), edges, same)
+    whole = extent(sizes, edges, rankdir, same)
+    if not rank or scale(whole) <= ROOMY:   # about a screen as it is: the lecture's circuits stay one line
+        return {}, whole
+    spans: dict[object, list[int]] = {}
+    for n, key in clusters.items():
+        if n in rank:
+            spans.setdefault(key, []).append(rank[n])
+    inside = {r for rs in spans.values() for r in range(min(rs), max(rs))}   # a cut after r would split a cluster
+    last = max(rank.values())
+    crossing = Counter(r for a, b in edges for r in range(rank[a], rank[b]))   # wires a cut after r would cut
+    cuts = [r for r in range(last) if r not in inside and crossing[r] <= CUT_WIRES]
+    best = ({n: 0 for n in sizes}, whole)
+    for count in range(2, min(most, len(cuts) + 1) + 1):
+        chosen = sorted({min(cuts, key=lambda r: (abs(r + 1 - last * k / count), r)) for k in range(1, count)})
+        band = {n: sum(r > c for c in chosen) for n, r in rank.items()}
+        parts = [extent({n: s for n, s in sizes.items() if band[n] == b},
+                        [(a, z) for a, z in edges if band[a] == band[z] == b], rankdir, same) for b in range(len(chosen) + 1)]
+        along = 0 if rankdir == "LR" else 1
+        size = [0.0, 0.0]
+        size[along] = max(p[along] for p in parts)
+        size[1 - along] = sum(p[1 - along] for p in parts)
+        if fit(tuple(size)) < fit(best[1]):
+            best = (band, (size[0], size[1]))
+    return best

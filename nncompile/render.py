@@ -413,8 +413,12 @@ class _Diagram:
         sizes = {i: layout.label_size(line) for line in [*root.all_lines(), *(line for _, _, line in sinks)]
                  for i in _declared(line)}
         rows, aligned = self.grid(wires, sizes)
+        same = {i: ids[0] for ids in aligned for i in ids[1:]}
+        ranking = [(_id(tail), _id(head)) for tail, head, attrs in self.ranked(wires, rows) if _RANKED not in attrs]
+        tops = {i: key for key, child in root.children.items() for line in child.all_lines() for i in _declared(line)}
+        band, self.size = layout.bands(sizes, ranking, self.rankdir, tops, same)
         edges = [f"{tail} -> {head}" + (f" [{', '.join(attrs)}]" if attrs else "") + ";"
-                 for tail, head, attrs in self.ranked(wires, rows)]
+                 for tail, head, attrs in self.ranked(wires, rows, band)]
         out = [
             "digraph nncompile {",
             (f"  graph [rankdir={self.rankdir}, fontname={quote(FONT)}, fontsize=11, nodesep=0.25, ranksep=0.3, "
@@ -427,9 +431,6 @@ class _Diagram:
             *(f"  {{rank=same; {'; '.join(ids)};}}" for ids in aligned),
             "}",
         ]
-        self.size = layout.extent(sizes, [
-            (_id(tail), _id(head)) for tail, head, attrs in self.ranked(wires, rows) if "constraint=false" not in attrs],
-            self.rankdir, {i: ids[0] for ids in aligned for i in ids[1:]})
         return "\n".join(out) + "\n"
 
     def sinks(self) -> list[tuple[str, int, str]]:
@@ -520,12 +521,16 @@ class _Diagram:
                     aligned.extend(list(ids) for ids in zip(*column))
         return rows, aligned
 
-    def ranked(self, wires: list[_Wire], rows: dict[int, tuple[tuple, int]]) -> Iterator[tuple[str, str, tuple]]:
-        """(tail, head, attributes) of each wire; one from a block's row into the next row
-        does not rank its head after its tail (the next row starts again at the left)."""
+    def ranked(self, wires: list[_Wire], rows: dict[int, tuple[tuple, int]],
+               band: dict[str, int] | None = None) -> Iterator[tuple[str, str, tuple]]:
+        """(tail, head, attributes) of each wire; one from a block's row into the next row, or
+        from one band of a wrapped graph into the next, does not rank its head after its
+        tail (the next row starts again at the left)."""
+        band = band or {}
         for w in wires:
             wraps = w.src in rows and w.dst in rows and rows[w.src][0] == rows[w.dst][0] and rows[w.src] != rows[w.dst]
-            yield w.tail, w.head, w.attrs + (("constraint=false",) if wraps else ())
+            wraps = wraps or band.get(_id(w.tail), 0) != band.get(_id(w.head), 0)
+            yield w.tail, w.head, w.attrs + ((_RANKED,) if wraps else ())
 
     def shares(self) -> dict[tuple, str]:
         """The edge attributes that label each branch of a fanned-out value with its own part
@@ -569,6 +574,9 @@ class _Wire:
     attrs: tuple[str, ...]
     src: int
     dst: int | None
+
+
+_RANKED = "constraint=false"   # a wire that leaves its head's rank alone
 
 
 def _id(end: str) -> str:
