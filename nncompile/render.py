@@ -6,10 +6,14 @@ the wire in green and the gradient of the loss below it in red (left and right o
 with the edge, so the numbers sit on either side of the line as on the lecture slides; when
 a value fans out, the wire splits after its label, so the gradient shown is the sum over
 the branches. Op nodes show the operation; inputs, params, constants, outputs and the loss
-each have their own shape and colour (see the legend under the graph). Tensors are shown
-as shape and summary statistics, never element by element (small ones list their numbers in
-the SVG tooltip). Layer instances are clusters labelled ``name: layer``; repeated
-instances (``h3.1``, ``h3.2``) are grouped in a ``repeat`` cluster.
+each have their own shape and colour (see the legend under the graph); an op that its
+registry entry says is drawn inside its user (dropout's mask) is not drawn on its own.
+Tensors are shown as shape and summary statistics, and tensors of up to 16 numbers as the
+numbers themselves. Layer instances are clusters labelled ``name: layer`` (holding the
+constants written in them); repeated instances (``h3.1``, ``h3.2``) are grouped in a
+``repeat`` cluster and laid out as a grid. With ``branch_grads`` each branch of a split
+wire shows its own part of the gradient. Where things go (the direction that fits a
+screen, wrapping, the grid) is decided by :mod:`nncompile.layout` from estimated sizes.
 
 :func:`to_dot` is a pure function of the evaluation, so the DOT text is byte-stable: node
 ids come from graph node ids and everything is emitted in a fixed order. Every piece of
