@@ -10,6 +10,7 @@ and a rank and a node across it take the room measured on typical diagrams below
 from __future__ import annotations
 
 import html
+import itertools
 import math
 import re
 from collections import Counter
@@ -140,6 +141,8 @@ def bands(sizes: dict[str, tuple[float, float]], edges: list[Edge], rankdir: str
     best = ({n: 0 for n in sizes}, whole)
     for count in range(2, min(most, len(cuts) + 1) + 1):
         chosen = sorted({min(cuts, key=lambda r: (abs(r + 1 - last * k / count), r)) for k in range(1, count)})
+        if min(b - a for a, b in itertools.pairwise([-1, *chosen, last])) < last / (2 * count):
+            continue   # a band much shorter than the others: a stub on a row of its own saves nothing
         band = {n: sum(r > c for c in chosen) for n, r in rank.items()}
         parts = [extent({n: s for n, s in sizes.items() if band[n] == b},
                         [(a, z) for a, z in edges if band[a] == band[z] == b], rankdir, same) for b in range(len(chosen) + 1)]
