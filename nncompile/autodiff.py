@@ -15,10 +15,13 @@ from .ir import Graph
 from .ops import REGISTRY, Value, constant, sum_to
 
 
-def differentiate(G: Graph, target: int, wrt: Iterable[int]) -> dict[int, int]:
+def differentiate(G: Graph, target: int, wrt: Iterable[int],
+                  branches: dict[tuple[int, int], int] | None = None) -> dict[int, int]:
     """Add d(target)/d(node) to the graph for every node between ``wrt`` and ``target``.
 
     Returns the adjoint of each such node (the ``wrt`` leaves included, where reachable).
+    ``branches``, when given, receives the parts that are summed where a value fans out
+    (for diagrams): (user, operand position) -> the node of that branch's own part.
     """
     wrt = list(wrt)
     needed = nx.ancestors(G.nx, target) | {target}
@@ -30,11 +33,14 @@ def differentiate(G: Graph, target: int, wrt: Iterable[int]) -> dict[int, int]:
             relevant.add(n)
             frontier.extend(u for u in G.nx.successors(n) if u in needed)
     contributions: dict[int, list[int]] = {target: [_seed(G, target)]}
+    uses: dict[int, list[tuple[int, int]]] = {}   # where each contribution came from
     adjoints: dict[int, int] = {}
     for n in reversed(G.topological(relevant)):
         parts = contributions.pop(n, None)
         if not parts:
             continue
+        if branches is not None and len(parts) > 1:
+            branches.update(zip(uses[n], parts))
         grad = parts[0]
         for part in parts[1:]:
             grad = G.add("add", [grad, part])
@@ -52,10 +58,11 @@ def differentiate(G: Graph, target: int, wrt: Iterable[int]) -> dict[int, int]:
         if len(locals_) != len(node.args):   # registry invariant: one gradient (or None) per operand
             raise AssertionError(f"the gradient rule of {node.op} gave {len(locals_)} gradients for "
                                  f"{len(node.args)} operands")
-        for arg, local in zip(node.args, locals_):
+        for position, (arg, local) in enumerate(zip(node.args, locals_)):
             if local is None or arg not in relevant:
                 continue
             contributions.setdefault(arg, []).append(sum_to(G, local.n, G[arg].shape))
+            uses.setdefault(arg, []).append((n, position))
     return adjoints
 
 

@@ -90,9 +90,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     trained, where = _trained_arguments(args)
     ev = evaluate_file(args.model, parse_sets(args.set), seed=args.seed, dtype=args.dtype, **trained)
     if Path(args.output).suffix.lower() == ".html":   # the interactive page
-        written = write_page(ev, args.output, rankdir=args.rankdir, note=where)
+        written = write_page(ev, args.output, rankdir=args.rankdir, branch_grads=args.branch_grads, note=where)
     else:
-        written = render_file(ev, args.output, rankdir=args.rankdir)
+        written = render_file(ev, args.output, rankdir=args.rankdir, branch_grads=args.branch_grads)
     print(f"wrote {written}; {where}", file=sys.stderr)
     return 0
 
@@ -315,7 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("-o", "--output", required=True, metavar="OUT.(svg|png|pdf|dot|html)",
                    help="the format is the extension; .html is the interactive page")
-    p.add_argument("--rankdir", choices=("LR", "TB"), default="LR", help="layout direction")
+    p.add_argument("--rankdir", choices=("auto", "LR", "TB"), default="auto",
+                   help="layout direction: left to right, top to bottom, or (the default) whichever fits a screen")
+    p.add_argument("--branch-grads", action="store_true",
+                   help="where a value feeds several ops, label each branch with its own part of the gradient")
     add_trained_options(p)
     p.set_defaults(run=cmd_render)
 

@@ -39,7 +39,9 @@ def build(model: Model, *, optimized: bool = True, trace: bool = False, input_gr
     if target is not None:
         candidates = {**model.params, **(model.inputs if input_grads else {})}
         wrt = {name: n for name, n in candidates.items() if G[n].dtype == "float"}
-        adjoints = reverse_mode(G, target, wrt.values())
+        branches: dict[tuple[int, int], int] = {}
+        adjoints = reverse_mode(G, target, wrt.values(), branches if trace else None)
+        roots.update({("branch", use): part for use, part in branches.items()})
         for name, n in wrt.items():
             grads[name] = adjoints.get(n)
             if n in adjoints:
@@ -63,7 +65,7 @@ def build(model: Model, *, optimized: bool = True, trace: bool = False, input_gr
     model.loss = model.outputs[loss_name] if loss_name is not None else None
     if trace:
         program.trace_values = {k[1]: v for k, v in roots.items() if k[0] == "value" and G[v].op != "const"}
-        program.trace_grads = {k[1]: v for k, v in roots.items() if k[0] == "adjoint"}
+        program.trace_grads = {k[1]: v for k, v in roots.items() if k[0] in ("adjoint", "branch")}
     return program
 
 

@@ -7,7 +7,7 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Mapping
@@ -37,6 +37,9 @@ class Evaluation:
     values: dict[int, np.ndarray]
     grads: dict[int, np.ndarray]
     mode: str = "train"
+    # where a value fans out, each branch's own part of its gradient (the parts sum to it):
+    # (user node, operand position) -> d(loss)/d(the value, as that operand)
+    branch_grads: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
 
     def named_values(self) -> dict[str, np.ndarray]:
         """Every value the user named, in the order the file defines them."""
@@ -105,7 +108,8 @@ def evaluate_file(path: str | Path, sets: Mapping[str, str] | None = None, *, se
                   if name in model.inputs})
     _check_with_module(model, module, chosen, drawn)
     values, grads = _run(model, module, chosen, drawn, seed, state)
-    return Evaluation(model, program, module, chosen, drawn, values, grads, mode)
+    branches = {use: grads.pop(use) for use in [k for k in grads if isinstance(k, tuple)]}
+    return Evaluation(model, program, module, chosen, drawn, values, grads, mode, branches)
 
 
 def _trained(model: Model, module: ModuleType, params: Mapping[str, np.ndarray],

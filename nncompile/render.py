@@ -6,10 +6,14 @@ the wire in green and the gradient of the loss below it in red (left and right o
 with the edge, so the numbers sit on either side of the line as on the lecture slides; when
 a value fans out, the wire splits after its label, so the gradient shown is the sum over
 the branches. Op nodes show the operation; inputs, params, constants, outputs and the loss
-each have their own shape and colour (see the legend under the graph). Tensors are shown
-as shape and summary statistics, never element by element (small ones list their numbers in
-the SVG tooltip). Layer instances are clusters labelled ``name: layer``; repeated
-instances (``h3.1``, ``h3.2``) are grouped in a ``repeat`` cluster.
+each have their own shape and colour (see the legend under the graph); an op that its
+registry entry says is drawn inside its user (dropout's mask) is not drawn on its own.
+Tensors are shown as shape and summary statistics, and tensors of up to 16 numbers as the
+numbers themselves. Layer instances are clusters labelled ``name: layer`` (holding the
+constants written in them); repeated instances (``h3.1``, ``h3.2``) are grouped in a
+``repeat`` cluster and laid out as a grid. With ``branch_grads`` each branch of a split
+wire shows its own part of the gradient. Where things go (the direction that fits a
+screen, wrapping, the grid) is decided by :mod:`nncompile.layout` from estimated sizes.
 
 :func:`to_dot` is a pure function of the evaluation, so the DOT text is byte-stable: node
 ids come from graph node ids and everything is emitted in a fixed order. Every piece of
@@ -18,9 +22,7 @@ Above ``max_nodes`` forward nodes each top-level layer instance is collapsed int
 """
 from __future__ import annotations
 
-import html
 import itertools
-import math
 import re
 import shutil
 import sys
@@ -34,14 +36,28 @@ import graphviz
 import networkx as nx
 import numpy as np
 
+from . import layout
 from .errors import NNError, Sources
 from .ir import Graph, Node
+from .labels import (  # noqa: F401 (escape, quote, fmt, value_text, grad_text: this module's API too)
+    _printable,
+    escape,
+    fmt,
+    grad_text,
+    number_rows,
+    quote,
+    shape_text,
+    small_text,
+    stats_text,
+    value_text,
+    with_numbers,
+)
 from .ops import REGISTRY
 from .ops.registry import attr_text
 
 FORMATS = (".svg", ".png", ".pdf", ".dot")
+AUTO = "auto"            # the rankdir that fits the graph's shape to a screen
 MAX_NODES = 400          # above this many forward nodes, layer instances are collapsed
-TOOLTIP_NUMBERS = 16     # tensors up to this size list their numbers in the tooltip
 
 FONT = "Helvetica,Arial,sans-serif"
 GREEN = "#1a7f37"        # forward values
@@ -67,124 +83,6 @@ STYLE = {  # kind -> Graphviz node attributes
     "layer": {"shape": "box3d", "style": "filled", "fillcolor": "#fbefff", "color": "#8250df",
               "margin": "0.12,0.06"},
 }
-
-# ---- text ------------------------------------------------------------------------------
-
-def escape(text: Any) -> str:
-    """User text made safe inside an HTML-like Graphviz label (and hence in the SVG).
-
-    Graphviz expands escapes such as ``\\N`` (the node's name) even in HTML labels, after
-    decoding entities, so a backslash is doubled as well."""
-    return html.escape(_printable(text), quote=True).replace("\\", "\\\\")
-
-
-def _printable(text: Any) -> str:
-    """``text`` with every unprintable character as a space: controls (an ESC in a file name
-    makes Graphviz fail), bidi marks, surrogates from an undecodable file name and the
-    noncharacters U+FFFE/U+FFFF, none of which XML 1.0 or a reader wants in a diagram."""
-    return "".join(ch if ch.isprintable() else " " for ch in str(text))
-
-
-def quote(text: Any) -> str:
-    """A double-quoted DOT string that Graphviz shows as ``text``, literally.
-
-    For tooltips Graphviz undoes backslash escapes twice (once for the DOT string, once
-    for its ``\\N``-style escapes), so a backslash is written as four. It also decodes
-    character references (a comment's ``&#1;`` would become a character that XML forbids),
-    so ``&`` is written as ``&amp;``."""
-    out = []
-    for ch in str(text):
-        if ch == "\\":
-            out.append("\\" * 4)
-        elif ch == '"':
-            out.append('\\"')
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "&":
-            out.append("&amp;")
-        else:
-            out.append(_printable(ch))
-    return '"' + "".join(out) + '"'
-
-
-def fmt(value: Any, digits: int = 4) -> str:
-    """A number in ``%.{digits}g``, with integers shown plainly (-12, not -12.0)."""
-    v = float(value)
-    if math.isnan(v):
-        return "nan"
-    if v in (float("inf"), float("-inf")):
-        return "inf" if v > 0 else "-inf"
-    text = f"{v:.{digits}g}"
-    return "0" if text == "-0" else text
-
-
-def shape_text(actual: tuple[int, ...], declared: tuple | None = None) -> str:
-    """``[N=4, 100]``: the concrete shape, naming the symbolic dims it came from."""
-    dims = []
-    for i, d in enumerate(actual):
-        sym = declared[i] if declared is not None and i < len(declared) else None
-        dims.append(f"{sym}={d}" if isinstance(sym, str) else str(d))
-    return "[" + ", ".join(dims) + "]"
-
-
-def _nonfinite(array: np.ndarray) -> str:
-    if array.dtype.kind != "f":
-        return ""
-    nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
-    parts = ([f"{nan} NaN"] if nan else []) + ([f"{inf} inf"] if inf else [])
-    return (" ⚠ " + ", ".join(parts)) if parts else ""
-
-
-def _finite(array: np.ndarray) -> np.ndarray:
-    return array[np.isfinite(array)] if array.dtype.kind == "f" else array
-
-
-def value_text(value: Any, declared: tuple | None = None) -> str:
-    """One line for a forward value: the number, or shape and statistics of a tensor."""
-    array = np.asarray(value)
-    if array.ndim == 0:
-        return str(int(array)) if array.dtype.kind in "iub" else fmt(array)
-    shape = shape_text(array.shape, declared)
-    if array.size == 0:
-        return f"{shape} empty"
-    if array.dtype.kind == "b":
-        return f"bool {shape} {fmt(100 * array.mean(), 3)}% true"
-    if array.dtype.kind in "iu":
-        return f"int {shape} min {array.min()} max {array.max()}"
-    finite = _finite(array)
-    stats = f" μ {fmt(finite.mean(), 3)} σ {fmt(finite.std(), 3)}" if finite.size else ""
-    return f"{shape}{stats}{_nonfinite(array)}"
-
-
-def grad_text(grad: Any) -> str:
-    """One line for a gradient: the number, or the norm of a tensor's gradient."""
-    array = np.asarray(grad)
-    if array.ndim == 0:
-        return fmt(array)
-    finite = _finite(array).astype(np.float64)
-    return f"‖g‖ {fmt(np.sqrt(np.sum(finite * finite)), 3)}{_nonfinite(array)}"
-
-
-def stats_text(array: Any, what: str) -> str:
-    """Everything about one array, for a tooltip."""
-    array = np.asarray(array)
-    if array.ndim == 0:
-        return f"{what}: {fmt(array, 8) if array.dtype.kind == 'f' else array.item()}"
-    lines = [f"{what}: {array.dtype} {list(array.shape)}"]
-    if array.size and array.dtype.kind in "iuf":
-        finite = _finite(array).astype(np.float64)
-        if finite.size:
-            lines.append(f"  mean {fmt(finite.mean())}  std {fmt(finite.std())}  min {fmt(finite.min())}  "
-                         f"max {fmt(finite.max())}  ‖·‖₂ {fmt(np.sqrt(np.sum(finite * finite)))}  "
-                         f"zeros {fmt(100 * np.mean(array == 0), 3)}%")
-        bad = _nonfinite(array)
-        if bad:
-            lines.append("  " + bad.strip())
-        if array.size <= TOOLTIP_NUMBERS:
-            lines.append("  " + np.array2string(array.astype(np.float64) if array.dtype.kind == "f" else array,
-                                                precision=4, separator=", ", max_line_width=10_000))
-    return "\n".join(lines)
-
 
 def op_text(node: Node) -> str:
     """What an op node says: the op's own label (a symbol like ×, or text made from its
@@ -264,6 +162,12 @@ class _Cluster:
     lines: list[str] = field(default_factory=list)
     children: dict[tuple, _Cluster] = field(default_factory=dict)
 
+    def all_lines(self) -> Iterator[str]:
+        """Its lines and those of the clusters inside it."""
+        yield from self.lines
+        for child in self.children.values():
+            yield from child.all_lines()
+
     def at(self, path: tuple) -> _Cluster:
         """The cluster at the end of ``path`` (keys from :meth:`_Diagram.cluster_path`), made if new."""
         cluster = self
@@ -275,18 +179,22 @@ class _Cluster:
 class _Diagram:
     """Builds the DOT text for one evaluation (see the module docstring)."""
 
-    def __init__(self, ev, rankdir: str, max_nodes: int, warn: Callable[[str], None]):
+    def __init__(self, ev, rankdir: str, max_nodes: int, warn: Callable[[str], None], branch_grads: bool = False):
         if rankdir not in DIRECTIONS:
-            raise NNError(f"unknown rankdir {rankdir!r}; use {' or '.join(DIRECTIONS)}")
+            raise NNError(f"unknown rankdir {rankdir!r}; use {', '.join(DIRECTIONS)} or auto")
         self.ev = ev
         self.G: Graph = ev.program.graph
         self.model = ev.model
         self.rankdir = rankdir
         self.direction = DIRECTIONS[rankdir]
+        self.branch_grads = branch_grads and bool(ev.branch_grads)
         self.nodes = forward_nodes(ev)
         self.fwd = set(self.nodes)
         self.layers: dict = dict(ev.model.layers)
         self.repeats = _repeat_groups(self.layers)
+        self.folded = self.drawn_in_users()
+        self.fold_of = {user: n for n, user in self.folded.items()}
+        self.scopes = {n: self.drawn_scope(n) for n in self.nodes}
         self.box_of = self.collapse(max_nodes, warn)
         self.boxes: dict[tuple, list[int]] = {}   # each box's members; boxes in order of first appearance
         for n, scope in self.box_of.items():
@@ -297,13 +205,37 @@ class _Diagram:
 
     # ---- where things go ----
 
+    def drawn_in_users(self) -> dict[int, int]:
+        """Each op drawn inside the one op using it (dropout's mask, inside its ×) -> that op."""
+        folded = {}
+        for n in self.nodes:
+            users = [u for u in self.G.nx.successors(n) if u in self.fwd]
+            if REGISTRY[self.G[n].op].drawn_in_user is not None and len(users) == 1:
+                folded[n] = users[0]
+        return folded
+
+    def drawn_scope(self, n: int) -> tuple[str, ...]:
+        """The layer scope node ``n`` is drawn in: its own; but a constant is made with no scope,
+        so it sits with the users it was written beside (a layer keeps its own constants),
+        and one passed to a layer as an argument sits where the call is."""
+        node = self.G[n]
+        if node.op != "const" or node.scope:
+            return node.scope
+        users = [self.G[u] for u in self.G.nx.successors(n) if u in self.fwd]
+        line = _line(node.loc)
+        beside = [u.scope for u in users if line is not None and _line(u.loc) == line]
+        if beside:
+            return _common(beside)
+        common = _common([u.scope for u in users])
+        return common[:-1]
+
     def collapse(self, max_nodes: int, warn: Callable[[str], None]) -> dict[int, tuple]:
         """Whether to collapse, decided once: each graph node drawn inside a box -> the scope
         of its top-level layer instance. Empty when the graph is within ``max_nodes`` or has
         no layers to collapse (then drawn node by node, with a warning if it is big)."""
         if len(self.nodes) <= max_nodes:
             return {}
-        box_of = {n: self.G[n].scope[:1] for n in self.nodes if self.G[n].scope}
+        box_of = {n: self.scopes[n][:1] for n in self.nodes if self.scopes[n]}
         warn(f"{Path(self.model.file).name}: warning: the graph has {len(self.nodes)} nodes (more than {max_nodes})"
              + (", so each layer instance is drawn as one node" if box_of
                 else "; Graphviz may be slow and the diagram hard to read"))
@@ -329,7 +261,7 @@ class _Diagram:
         cluster would (in its repeat group, if any)."""
         if n in self.box_of:
             return self.cluster_path(self.box_of[n])[:-1]
-        return self.cluster_path(self.G[n].scope)
+        return self.cluster_path(self.scopes[n])
 
     # ---- values ----
 
@@ -352,7 +284,7 @@ class _Diagram:
         """(text, tooltip) for the value of node n, named unless n is a leaf (its node says the name)."""
         node = self.G[n]
         v = self.value(n)
-        text = "?" if v is None else value_text(v, node.shape)
+        text = "?" if v is None else small_text(v, node.shape) if number_rows(v) else value_text(v, node.shape)
         if node.name and not node.is_leaf:
             text = f"{node.name} = {text}" if np.ndim(v) == 0 else f"{node.name}: {text}"
         return text, "value not recorded" if v is None else stats_text(v, node.name or op_text(node))
@@ -376,9 +308,14 @@ class _Diagram:
         gradient on the other (red)."""
         vtext, vtip = self.value_line(n)
         gtext, gtip = self.grad_line(n)
-        gbody = escape(gtext) if n in self.ev.grads else f"<I>{escape(gtext)}</I>"
-        rows = self.direction.rows.format(value=f'<FONT COLOR="{GREEN}">{escape(vtext)}</FONT>',
-                                          grad=f'<FONT COLOR="{RED}">{gbody}</FONT>')
+        value = with_numbers(escape(vtext), number_rows(self.value(n)), GREEN, " = ")
+        if n in self.ev.grads and number_rows(self.ev.grads[n]):
+            grad = with_numbers("", number_rows(self.ev.grads[n]), RED, "")
+        elif n in self.ev.grads:
+            grad = f'<FONT COLOR="{RED}">{escape(gtext)}</FONT>'
+        else:
+            grad = f'<FONT COLOR="{RED}"><I>{escape(gtext)}</I></FONT>'
+        rows = self.direction.rows.format(value=value, grad=grad)
         label = f'<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1">{rows}</TABLE>>'
         return f"v{n} [shape=plain, label={label}, tooltip={quote(vtip + chr(10) + gtip)}];"
 
@@ -402,7 +339,9 @@ class _Diagram:
             attrs = STYLE["const"]
             tip = f"constant (no gradient)\n{stats_text(v, 'value') if v is not None else ''}\n{where}"
         else:
-            text = op_text(node)
+            folded = self.fold_of.get(n)
+            text = op_text(node) if folded is None else REGISTRY[self.G[folded].op].drawn_in_user(
+                dict(self.G[folded].attrs))
             label = f"<{escape(text)}>"
             if len(text) <= 2:      # + − × ÷ @ **
                 attrs = STYLE["op"]
@@ -412,6 +351,8 @@ class _Diagram:
                 attrs = STYLE["opname"]
             attrs = {**attrs, "ordering": "in"}   # operands top to bottom in argument order
             tip = f"{node.op}{(' -> ' + node.name) if node.name else ''}\n{where}"
+            if folded is not None and self.value(folded) is not None:   # what it drew: dropout's mask
+                tip = f"{text}: the value {op_text(node)} a mask\n{stats_text(self.value(folded), 'mask')}\n{where}"
         return f"n{n} [{_attrs(attrs)}, label={label}, tooltip={quote(tip.strip())}];"
 
     def layer_node(self, scope: tuple, members: list[int]) -> str:
@@ -454,6 +395,8 @@ class _Diagram:
                 f'<TD><FONT COLOR="{GREEN}" POINT-SIZE="10">'
                 f'{self.direction.value_side} each wire: forward value</FONT></TD>'
                 f'<TD><FONT COLOR="{RED}" POINT-SIZE="10">{grads}</FONT></TD>'
+                + (f'<TD><FONT COLOR="{RED}" POINT-SIZE="10">on each branch of a split: its own part; '
+                   'the parts add up to the gradient before the split</FONT></TD>' if self.branch_grads else "")
                 + cell("input", "input") + cell("param", "param") + cell("const", "constant")
                 + cell("op", "op") + cell("output", "output") + cell("loss", "loss")
                 + (cell("layer", "layer (collapsed)") if self.boxes else "")
@@ -465,21 +408,31 @@ class _Diagram:
         """The DOT text: the drawn nodes in their clusters, then the sinks, then the edges."""
         root = _Cluster()
         for n in self.nodes:
-            if n not in self.box_of:
+            if n not in self.box_of and n not in self.folded:
                 root.at(self.path_of(n)).lines.append(self.node_line(n))
         for scope, members in self.boxes.items():
             root.at(self.path_of(members[0])).lines.append(self.layer_node(scope, members))
         sinks = self.sinks()
-        edges = self.wires(root, sinks)
+        wires = self.wires(root, sinks)
+        sizes = {i: layout.label_size(line) for line in [*root.all_lines(), *(line for _, _, line in sinks)]
+                 for i in _declared(line)}
+        rows, aligned = self.grid(wires, sizes)
+        same = {i: ids[0] for ids in aligned for i in ids[1:]}
+        ranking = [(_id(tail), _id(head)) for tail, head, attrs in self.ranked(wires, rows) if _RANKED not in attrs]
+        tops = {i: key for key, child in root.children.items() for line in child.all_lines() for i in _declared(line)}
+        band, self.size = layout.bands(sizes, ranking, self.rankdir, tops, same)
+        edges = [f"{tail} -> {head}" + (f" [{', '.join(attrs)}]" if attrs else "") + ";"
+                 for tail, head, attrs in self.ranked(wires, rows, band)]
         out = [
             "digraph nncompile {",
             (f"  graph [rankdir={self.rankdir}, fontname={quote(FONT)}, fontsize=11, nodesep=0.25, ranksep=0.3, "
              f"newrank=true, labelloc=b, labeljust=l, label={self.legend()}];"),
             f"  node [fontname={quote(FONT)}, fontsize=12];",
-            f'  edge [color="{WIRE}", arrowsize=0.6, penwidth=1];',
+            f'  edge [color="{WIRE}", arrowsize=0.6, penwidth=1, fontname={quote(FONT)}];',
             *self.clusters(root, 1, itertools.count(1)),
             *("  " + line for _, _, line in sinks),
-            *("  " + edge for edge in edges),
+            *("  " + edge for edge in (dict.fromkeys(edges) if self.boxes else edges)),  # with boxes, one per pair
+            *(f"  {{rank=same; {'; '.join(ids)};}}" for ids in aligned),
             "}",
         ]
         return "\n".join(out) + "\n"
@@ -500,32 +453,109 @@ class _Diagram:
                                   f"tooltip={quote(word + ' ' + name + seed)}];"))
         return lines
 
-    def wires(self, root: _Cluster, sinks: list[tuple[str, int, str]]) -> list[str]:
+    def wires(self, root: _Cluster, sinks: list[tuple[str, int, str]]) -> list[_Wire]:
         """The edges: producer -> its value label -> each consumer (and each sink), in argument
         order, and a dashed edge from each constant. Each label is placed where first used."""
         port_in, port_out = self.direction.port_in, self.direction.port_out
-        edges: list[str] = []
+        edges: list[_Wire] = []
         labelled: set[int] = set()
+
+        shares = self.shares() if self.branch_grads else {}
 
         def wire(a: int, dst: str) -> None:
             if a not in labelled:
                 labelled.add(a)
                 root.at(self.path_of(a)).lines.append(self.value_node(a))
-                edges.append(f"{self.rep(a)} -> v{a}:{port_in} [arrowhead=none];")
-            edges.append(f"v{a}:{port_out} -> {dst};")
+                edges.append(_Wire(self.rep(a), f"v{a}:{port_in}", ("arrowhead=none",), a, a))
+            share = shares.get((a, dst) if self.boxes else (c, position))
+            edges.append(_Wire(f"v{a}:{port_out}", dst, () if share is None else (share,), a, c))
 
         for c in self.nodes:
-            for a in self.G[c].args:
+            for position, a in enumerate(self.G[c].args):
                 src, dst = self.rep(a), self.rep(c)
-                if a not in self.fwd or src == dst:   # the backward graph, or within one box
+                if a not in self.fwd or src == dst or a in self.folded:   # backward, in one box, or drawn in c
                     continue
                 if self.G[a].op == "const":
-                    edges.append(f'{src} -> {dst} [style=dashed, color="{MUTED}"];')
+                    edges.append(_Wire(src, dst, ("style=dashed", f'color="{MUTED}"'), a, c))
                 else:
                     wire(a, dst)
+        c = position = None   # a sink is no branch of the backward pass
         for sid, n, _ in sinks:
             wire(n, sid)
-        return list(dict.fromkeys(edges)) if self.boxes else edges   # with boxes, one edge per pair, not per use
+        return edges
+
+    # ---- layout (see nncompile.layout) ----
+
+    def instances(self, wires: list[_Wire]) -> dict[tuple, list[list[str]]]:
+        """Each outermost repeat group -> the drawn ids of each of its instances (nodes and
+        wire labels), in order, where every instance draws as many (the same block, repeated)."""
+        labels = {_id(w.head) for w in wires if _id(w.head) == f"v{w.src}"}
+        out = {}
+        for group, scopes in self.repeats.items():
+            if any(g in self.repeats for g in (_group_scope(group[:i]) for i in range(1, len(group) + 1))):
+                continue   # inside another repeat: aligned with it
+            scopes = sorted(scopes, key=lambda scope: int(_REPEATED.match(scope[-1]).group(2)))
+            members = [[n for n in self.nodes if n not in self.folded and self.scopes[n][:len(scope)] == scope]
+                       for scope in scopes]
+            ids = [list(dict.fromkeys([*map(self.rep, ns), *(f"v{n}" for n in ns if f"v{n}" in labels)]))
+                   for ns in members]
+            if len({len(i) for i in ids}) == 1 and len(ids) > 1:
+                out[group] = ids
+        return out
+
+    def grid(self, wires: list[_Wire], sizes: dict[str, tuple[float, float]]
+             ) -> tuple[dict[int, tuple[tuple, int]], list[list[str]]]:
+        """The repeated blocks laid out in a grid instead of one long line (a staircase, as
+        Graphviz draws it): graph node -> (its group, its row); and the drawn ids that share
+        a rank, one block's with those of the blocks below it. (Graphviz orders the rows; an
+        invisible edge to keep them in order tangles the edges from one row to the next.)"""
+        rows: dict[int, tuple[tuple, int]] = {}
+        aligned: list[list[str]] = []
+        for group, blocks in self.instances(wires).items():
+            mine = {i: sizes.get(i, layout.SMALLEST) for i in blocks[0]}
+            inside = [(_id(w.tail), _id(w.head)) for w in wires if _id(w.tail) in mine and _id(w.head) in mine]
+            along = layout.per_row(len(blocks), layout.extent(mine, inside, self.rankdir), self.rankdir)
+            index = {i: k for k, ids in enumerate(blocks) for i in ids}
+            for n in self.nodes:
+                if self.rep(n) in index:
+                    rows[n] = (group, index[self.rep(n)] // along)
+            for first in range(min(along, len(blocks))):
+                column = blocks[first::along]
+                if len(column) > 1:
+                    aligned.extend(list(ids) for ids in zip(*column))
+        return rows, aligned
+
+    def ranked(self, wires: list[_Wire], rows: dict[int, tuple[tuple, int]],
+               band: dict[str, int] | None = None) -> Iterator[tuple[str, str, tuple]]:
+        """(tail, head, attributes) of each wire; one from a block's row into the next row, or
+        from one band of a wrapped graph into the next, does not rank its head after its
+        tail (the next row starts again at the left)."""
+        band = band or {}
+        for w in wires:
+            wraps = w.src in rows and w.dst in rows and rows[w.src][0] == rows[w.dst][0] and rows[w.src] != rows[w.dst]
+            wraps = wraps or band.get(_id(w.tail), 0) != band.get(_id(w.head), 0)
+            yield w.tail, w.head, w.attrs + ((_RANKED,) if wraps else ())
+
+    def shares(self) -> dict[tuple, str]:
+        """The edge attributes that label each branch of a fanned-out value with its own part
+        of the gradient (the backward pass sums these parts into the gradient on the wire
+        before the split), keyed by (user, operand position); into a collapsed layer, one
+        edge per (value, box) carries the sum of the parts its uses there receive."""
+        parts: dict[tuple, list[np.ndarray]] = {}
+        for (c, position), part in sorted(self.ev.branch_grads.items()):
+            a = self.G[c].args[position]
+            if a in self.fwd and c in self.fwd and not (self.boxes and self.rep(a) == self.rep(c)):
+                key = (a, self.rep(c)) if self.boxes else (c, position)
+                parts.setdefault(key, []).append(np.asarray(part, dtype=np.float64))
+        out = {}
+        for key, arrays in parts.items():
+            part = sum(arrays[1:], arrays[0])
+            rows = number_rows(part)
+            text = (with_numbers("", rows, RED, "") if rows else
+                    f'<FONT COLOR="{RED}">{escape(fmt(part) if part.ndim == 0 else grad_text(part))}</FONT>')
+            out[key] = (f'label=<<FONT POINT-SIZE="10">{text}</FONT>>, '
+                        f"labeltooltip={quote(stats_text(part, 'this branch' + chr(39) + 's part of the gradient'))}")
+        return out
 
     def clusters(self, cluster: _Cluster, depth: int, numbers: Iterator[int]) -> Iterator[str]:
         """The DOT lines of a cluster's contents, nested clusters numbered in the order drawn."""
@@ -538,6 +568,44 @@ class _Diagram:
                    f'color="#8250df", fontcolor="#8250df", fontsize=11, labelloc=t, labeljust=l, margin=10];')
             yield from self.clusters(child, depth + 1, numbers)
             yield pad + "}"
+
+
+@dataclass(frozen=True)
+class _Wire:
+    """One edge: its ends (ids, with ports), its attributes, and the graph nodes it joins."""
+    tail: str
+    head: str
+    attrs: tuple[str, ...]
+    src: int
+    dst: int | None
+
+
+_RANKED = "constraint=false"   # a wire that leaves its head's rank alone
+
+
+def _id(end: str) -> str:
+    return end.split(":")[0]
+
+
+_DECLARED = re.compile(r"^\s*(\w+) \[")
+
+
+def _declared(line: str) -> list[str]:
+    """The node a line of DOT declares, if any."""
+    m = _DECLARED.match(line)
+    return [m.group(1)] if m and m.group(1) not in ("graph", "node", "edge") else []
+
+
+def _line(loc) -> tuple[str, int] | None:
+    return None if loc is None else (loc.file, loc.line)
+
+
+def _common(scopes: list[tuple[str, ...]]) -> tuple[str, ...]:
+    """The longest scope that all of ``scopes`` start with."""
+    common = scopes[0] if scopes else ()
+    for scope in scopes[1:]:
+        common = common[:next((i for i, (a, b) in enumerate(zip(common, scope)) if a != b), min(len(common), len(scope)))]
+    return common
 
 
 def _slug(key: tuple) -> str:
@@ -553,9 +621,20 @@ def _stderr(message: str) -> None:
 
 
 def to_dot(ev, rankdir: str = "LR", *, max_nodes: int = MAX_NODES,
-           warn: Callable[[str], None] = _stderr) -> str:
-    """The diagram of an evaluated model as DOT source (deterministic, no Graphviz needed)."""
-    return _Diagram(ev, rankdir, max_nodes, warn).dot()
+           warn: Callable[[str], None] = _stderr, branch_grads: bool = False) -> str:
+    """The diagram of an evaluated model as DOT source (deterministic, no Graphviz needed).
+    ``branch_grads`` labels each branch of a fanned-out value with its own part of the
+    gradient, the wire before the split keeping their sum. ``rankdir="auto"`` draws left to
+    right or top to bottom, whichever is estimated to fit a screen better (nncompile.layout)."""
+    if rankdir != AUTO:
+        return _Diagram(ev, rankdir, max_nodes, warn, branch_grads).dot()
+    drawn = {d: _Diagram(ev, d, max_nodes, warn if d == "LR" else _quiet, branch_grads) for d in DIRECTIONS}
+    dots = {d: diagram.dot() for d, diagram in drawn.items()}
+    return dots[layout.direction({d: diagram.size for d, diagram in drawn.items()})]
+
+
+def _quiet(message: str) -> None:
+    """A warning said once already (auto draws the graph both ways)."""
 
 
 # ---- files ------------------------------------------------------------------------------
@@ -564,7 +643,8 @@ INSTALL_HINT = ("install Graphviz (Debian/Ubuntu: sudo apt-get install graphviz;
                 "conda: conda install -c conda-forge graphviz)")
 
 
-def render_file(ev, output: str | Path, rankdir: str = "LR", *, max_nodes: int = MAX_NODES) -> Path:
+def render_file(ev, output: str | Path, rankdir: str = "LR", *, max_nodes: int = MAX_NODES,
+                branch_grads: bool = False) -> Path:
     """Write the diagram to ``output``; the format is its extension (.svg, .png, .pdf or .dot).
 
     .dot needs nothing else; the others run Graphviz's ``dot``. When ``dot`` is missing,
@@ -578,7 +658,7 @@ def render_file(ev, output: str | Path, rankdir: str = "LR", *, max_nodes: int =
     if ext not in FORMATS:
         raise NNError(f"cannot render to {output}: unknown format {ext or '(no extension)'!r}; "
                       f"use one of {', '.join(FORMATS)}, or .html for the interactive page (nncompile.page)")
-    source = to_dot(ev, rankdir, max_nodes=max_nodes)
+    source = to_dot(ev, rankdir, max_nodes=max_nodes, branch_grads=branch_grads)
     if ext == ".dot":
         write_atomic(output, source)
         return output

@@ -16,7 +16,8 @@ class Program:
     grads: dict[str, int | None]           # wrt name -> its gradient node (None: no dependence)
     updates: dict[str, int] = field(default_factory=dict)  # state name -> its new value (train mode)
     trace_values: dict[int, int] = field(default_factory=dict)   # forward node -> node holding it
-    trace_grads: dict[int, int] = field(default_factory=dict)    # forward node -> its adjoint
+    trace_grads: dict[int | tuple[int, int], int] = field(default_factory=dict)   # forward node -> its adjoint;
+    # (user, operand position) -> that branch's part of the adjoint, where a value fans out
     eval_program: Program | None = None   # forward()'s program, when eval mode differs from train mode
     predict_program: Program | None = None   # predict()'s: eval mode, data inputs only, no loss
 

@@ -508,6 +508,7 @@ op("dropout", 1, _same_as_first, template("<dropout>"), attrs=(("p", 0.5),), low
    doc="inverted dropout: in train mode x * mask / (1 - p) with mask ~ Bernoulli(1 - p); in eval mode x",
    example="h = dropout(x, p=0.5)")
 op("dropout_mask", 0, _target_shape_rule, _emit_dropout_mask, public=False, helpers=(_DROPOUT_MASK,), random=True,
+   drawn_in_user=lambda attrs: f"dropout(p={attrs['p']:g})",   # the mask and its ×, as the file wrote them
    doc="0 or 1 / (1 - p), drawn from the caller's random generator")
 
 # A group of elementwise ops made one GPU kernel by passes.fuse_elementwise (CuPy backend).

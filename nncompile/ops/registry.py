@@ -125,6 +125,7 @@ class OpDef:
     example: str = ""                         # one line of .nn using it (elaborated by tests/test_docs.py)
     rewrites: tuple[Rewrite, ...] = ()        # simplifications of a node of this op, tried in order
     label: Label | None = None                # what diagrams show; None: the name and attributes
+    drawn_in_user: Label | None = None        # diagrams draw it inside the one op using it, which shows this label
     kink: Kink | None = None                  # where it is not differentiable, for the gradient check
     loss: Loss | None = None                  # a loss: what training reads of it
     onnx: Lowering | None = None              # its ONNX nodes (nncompile.export); None: it cannot be exported

@@ -177,14 +177,15 @@ def script_json(data: Any) -> str:
 SVG = "{http://www.w3.org/2000/svg}"
 
 
-def diagram_svg(ev, output: Path, rankdir: str = "LR", max_nodes: int = render.MAX_NODES) -> tuple[str, list[str]]:
+def diagram_svg(ev, output: Path, rankdir: str = "LR", max_nodes: int = render.MAX_NODES,
+                branch_grads: bool = False) -> tuple[str, list[str]]:
     """Graphviz's SVG of the diagram, made ready to sit inside the page (no XML prolog or
     comments, sized by the page, its drawing wrapped in the group that pan and zoom move),
     and the DOT id of each node it draws (its ``<title>``)."""
     if shutil.which("dot") is None:
         raise NNError(f"cannot write {output}: the page's diagram is drawn by Graphviz's 'dot' program, "
                       f"which is not on PATH; {render.INSTALL_HINT}")
-    source = render.to_dot(ev, rankdir, max_nodes=max_nodes)
+    source = render.to_dot(ev, rankdir, max_nodes=max_nodes, branch_grads=branch_grads)
     try:
         svg = graphviz.pipe("dot", "svg", source.encode("utf-8"), quiet=True).decode("utf-8")
         tree = ElementTree.fromstring(svg)
@@ -199,11 +200,12 @@ def diagram_svg(ev, output: Path, rankdir: str = "LR", max_nodes: int = render.M
 
 
 def page_html(ev, output: str | Path = "model.html", *, rankdir: str = "LR", max_nodes: int = render.MAX_NODES,
-              health: Mapping[int, Mapping[str, Any]] | None = None, note: str | None = None) -> str:
+              branch_grads: bool = False, health: Mapping[int, Mapping[str, Any]] | None = None,
+              note: str | None = None) -> str:
     """The whole page as text (deterministic for a given evaluation). ``health`` (graph node id
     -> ``{"level": "ok"|"warn"|"bad", "metric", "value", "message"}``) colours those nodes and
     is shown in their panel; ``note`` says what was run (mode, params, inputs)."""
-    svg, titles = diagram_svg(ev, Path(output), rankdir, max_nodes)
+    svg, titles = diagram_svg(ev, Path(output), rankdir, max_nodes, branch_grads)
     data = page_data(ev, titles, health=health, note=note)
     css, js = _asset("page.css"), _asset("page.js")
     csp = (f"default-src 'none'; script-src {_sha256(js)}; style-src {_sha256(css)}; img-src data:; "
@@ -245,8 +247,10 @@ def page_html(ev, output: str | Path = "model.html", *, rankdir: str = "LR", max
 
 
 def write_page(ev, output: str | Path, *, rankdir: str = "LR", max_nodes: int = render.MAX_NODES,
-               health: Mapping[int, Mapping[str, Any]] | None = None, note: str | None = None) -> Path:
+               branch_grads: bool = False, health: Mapping[int, Mapping[str, Any]] | None = None,
+               note: str | None = None) -> Path:
     """Write the page to ``output`` (whole or not at all); see :func:`page_html`."""
     output = Path(output)
-    write_atomic(output, page_html(ev, output, rankdir=rankdir, max_nodes=max_nodes, health=health, note=note))
+    write_atomic(output, page_html(ev, output, rankdir=rankdir, max_nodes=max_nodes, branch_grads=branch_grads,
+                                   health=health, note=note))
     return output
