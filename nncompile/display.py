@@ -28,9 +28,9 @@ class Diagram:
     ``nncompile render`` does. In Jupyter the diagram shows as SVG; as text it is one line.
     """
 
-    def __init__(self, evaluation: Any, rankdir: str = "LR", *, max_nodes: int = MAX_NODES, where: str = ""):
-        if rankdir not in ("LR", "TB"):
-            raise NNError(f"rankdir must be 'LR' or 'TB', not {rankdir!r}")
+    def __init__(self, evaluation: Any, rankdir: str = "auto", *, max_nodes: int = MAX_NODES, where: str = ""):
+        if rankdir not in ("auto", "LR", "TB"):
+            raise NNError(f"rankdir must be 'auto', 'LR' or 'TB', not {rankdir!r}")
         self.evaluation = evaluation
         self.rankdir = rankdir
         self.max_nodes = max_nodes

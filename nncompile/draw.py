@@ -28,7 +28,7 @@ from .runs import trained_options
 
 
 def render(model: str | Path | Evaluation, *, sets: Mapping[str, Any] | None = None, seed: int = 0,
-           dtype: str | None = None, rankdir: str = "LR", params: str | Path | None = None, data: str | None = None,
+           dtype: str | None = None, rankdir: str = "auto", params: str | Path | None = None, data: str | None = None,
            mapping: Sequence[str] | Mapping[str, str] | None = None, batch: int | None = None,
            index: int | None = None, mode: str = "train", max_nodes: int = MAX_NODES) -> Diagram:
     """The diagram of ``model`` with every value and gradient; in a notebook it shows as SVG.

@@ -26,7 +26,7 @@ from .draw import render, source_file
 from .errors import NNError
 from .evaluate import parse_sets
 
-USAGE = "%%nn NAME [--render] [--check] [--dtype float32|float64] [--set NAME=VALUE ...] [--seed S] [--rankdir LR|TB]"
+USAGE = "%%nn NAME [--render] [--check] [--dtype float32|float64] [--set NAME=VALUE ...] [--seed S] [--rankdir auto|LR|TB]"
 
 
 class CellError(NNError):
@@ -53,7 +53,7 @@ def _options() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=DTYPES, default=None)
     p.add_argument("--set", action="append", metavar="NAME=VALUE")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rankdir", choices=("LR", "TB"), default="LR")
+    p.add_argument("--rankdir", choices=("auto", "LR", "TB"), default="auto")
     return p
 
 

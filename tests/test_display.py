@@ -140,7 +140,7 @@ def test_in_a_notebook_a_diagram_is_svg_and_as_text_one_short_line() -> None:
     assert ElementTree.fromstring(bundle["image/svg+xml"]).tag == f"{SVG}svg"
     assert diagram._repr_svg_() == bundle["image/svg+xml"]
     assert bundle["text/plain"] == repr(diagram) == (
-        "<Diagram of circuit.nn: 5 nodes, rankdir LR; .source is the DOT text, .svg() and .save(path) draw it>")
+        "<Diagram of circuit.nn: 5 nodes, rankdir auto; .source is the DOT text, .svg() and .save(path) draw it>")
 
 
 def test_without_graphviz_a_notebook_shows_why_instead_of_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -278,7 +278,7 @@ def test_the_python_of_docs_rendering_md_in_a_notebook_runs(tmp_path: Path, monk
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, "docs/rendering.md", "exec"), namespace)   # noqa: S102 - the page's own example
-    assert capsys.readouterr().out.startswith("<Diagram of circuit.nn: 5 nodes, rankdir LR;")
+    assert capsys.readouterr().out.startswith("<Diagram of circuit.nn: 5 nodes, rankdir auto;")
     assert "f = -32" in svg_texts(namespace["svg_text"]) and (tmp_path / "circuit.png").exists()
     assert isinstance(namespace["neuron"], Diagram)
 

@@ -27,11 +27,12 @@ from .. import render
 from ..errors import NNError, Sources
 from ..files import write_atomic
 from ..ir import LEAVES
+from ..labels import SHOWN_NUMBERS
 from ..version import __version__
 
 HEALTH_LEVELS = ("ok", "warn", "bad")
 HISTOGRAM_BINS = 24
-SMALL_TENSOR = render.TOOLTIP_NUMBERS   # tensors up to this many values list their numbers
+SMALL_TENSOR = SHOWN_NUMBERS   # tensors up to this many values list their numbers, as on the wires
 
 
 # ---- the numbers -------------------------------------------------------------------------
