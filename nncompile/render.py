@@ -24,7 +24,7 @@ import math
 import re
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ import networkx as nx
 import numpy as np
 
 from .errors import NNError, Sources
+from .health import legend_rows, node_style, wire_badge, wire_style
 from .ir import Graph, Node
 from .ops import REGISTRY
 from .ops.registry import attr_text
@@ -275,10 +276,12 @@ class _Cluster:
 class _Diagram:
     """Builds the DOT text for one evaluation (see the module docstring)."""
 
-    def __init__(self, ev, rankdir: str, max_nodes: int, warn: Callable[[str], None]):
+    def __init__(self, ev, rankdir: str, max_nodes: int, warn: Callable[[str], None],
+                 health: Mapping[int, dict] | None = None):
         if rankdir not in DIRECTIONS:
             raise NNError(f"unknown rankdir {rankdir!r}; use {' or '.join(DIRECTIONS)}")
         self.ev = ev
+        self.health = health if health is not None else {}   # node -> finding (nncompile.health): the overlay
         self.G: Graph = ev.program.graph
         self.model = ev.model
         self.rankdir = rankdir
@@ -379,6 +382,11 @@ class _Diagram:
         gbody = escape(gtext) if n in self.ev.grads else f"<I>{escape(gtext)}</I>"
         rows = self.direction.rows.format(value=f'<FONT COLOR="{GREEN}">{escape(vtext)}</FONT>',
                                           grad=f'<FONT COLOR="{RED}">{gbody}</FONT>')
+        finding = self.health.get(n)
+        if (marked := wire_badge(finding)) is not None:
+            rows += (f'<TR><TD COLSPAN="{rows.count("<TD")}"><FONT COLOR="{marked[1]}" POINT-SIZE="10">'
+                     f'<B>{escape(marked[0])}</B></FONT></TD></TR>')
+        gtip += "" if finding is None else f"\nhealth {finding['level']}: {finding['message']}"
         label = f'<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1">{rows}</TABLE>>'
         return f"v{n} [shape=plain, label={label}, tooltip={quote(vtip + chr(10) + gtip)}];"
 
@@ -412,6 +420,8 @@ class _Diagram:
                 attrs = STYLE["opname"]
             attrs = {**attrs, "ordering": "in"}   # operands top to bottom in argument order
             tip = f"{node.op}{(' -> ' + node.name) if node.name else ''}\n{where}"
+        if (finding := self.health.get(n)) is not None:
+            attrs, tip = node_style(attrs, finding), f"{tip}\nhealth {finding['level']}: {finding['message']}"
         return f"n{n} [{_attrs(attrs)}, label={label}, tooltip={quote(tip.strip())}];"
 
     def layer_node(self, scope: tuple, members: list[int]) -> str:
@@ -457,7 +467,7 @@ class _Diagram:
                 + cell("input", "input") + cell("param", "param") + cell("const", "constant")
                 + cell("op", "op") + cell("output", "output") + cell("loss", "loss")
                 + (cell("layer", "layer (collapsed)") if self.boxes else "")
-                + '</TR></TABLE>>')
+                + '</TR>' + (legend_rows(self.health, escape) if self.health else "") + '</TABLE>>')
 
     # ---- the whole graph ----
 
@@ -508,11 +518,12 @@ class _Diagram:
         labelled: set[int] = set()
 
         def wire(a: int, dst: str) -> None:
+            style = wire_style(self.health.get(a))   # '' without a health overlay
             if a not in labelled:
                 labelled.add(a)
                 root.at(self.path_of(a)).lines.append(self.value_node(a))
-                edges.append(f"{self.rep(a)} -> v{a}:{port_in} [arrowhead=none];")
-            edges.append(f"v{a}:{port_out} -> {dst};")
+                edges.append(f"{self.rep(a)} -> v{a}:{port_in} [arrowhead=none{', ' + style if style else ''}];")
+            edges.append(f"v{a}:{port_out} -> {dst}{f' [{style}]' if style else ''};")
 
         for c in self.nodes:
             for a in self.G[c].args:
@@ -553,9 +564,10 @@ def _stderr(message: str) -> None:
 
 
 def to_dot(ev, rankdir: str = "LR", *, max_nodes: int = MAX_NODES,
-           warn: Callable[[str], None] = _stderr) -> str:
-    """The diagram of an evaluated model as DOT source (deterministic, no Graphviz needed)."""
-    return _Diagram(ev, rankdir, max_nodes, warn).dot()
+           warn: Callable[[str], None] = _stderr, health: Mapping[int, dict] | None = None) -> str:
+    """The diagram of an evaluated model as DOT source (deterministic, no Graphviz needed);
+    ``health`` (:func:`nncompile.health.check`) colours nodes and wires by their findings."""
+    return _Diagram(ev, rankdir, max_nodes, warn, health).dot()
 
 
 # ---- files ------------------------------------------------------------------------------
@@ -564,7 +576,8 @@ INSTALL_HINT = ("install Graphviz (Debian/Ubuntu: sudo apt-get install graphviz;
                 "conda: conda install -c conda-forge graphviz)")
 
 
-def render_file(ev, output: str | Path, rankdir: str = "LR", *, max_nodes: int = MAX_NODES) -> Path:
+def render_file(ev, output: str | Path, rankdir: str = "LR", *, max_nodes: int = MAX_NODES,
+                health: Mapping[int, dict] | None = None) -> Path:
     """Write the diagram to ``output``; the format is its extension (.svg, .png, .pdf or .dot).
 
     .dot needs nothing else; the others run Graphviz's ``dot``. When ``dot`` is missing,
@@ -578,7 +591,7 @@ def render_file(ev, output: str | Path, rankdir: str = "LR", *, max_nodes: int =
     if ext not in FORMATS:
         raise NNError(f"cannot render to {output}: unknown format {ext or '(no extension)'!r}; "
                       f"use one of {', '.join(FORMATS)}")
-    source = to_dot(ev, rankdir, max_nodes=max_nodes)
+    source = to_dot(ev, rankdir, max_nodes=max_nodes, health=health)
     if ext == ".dot":
         write_atomic(output, source)
         return output
