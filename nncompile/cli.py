@@ -1,4 +1,4 @@
-"""The command line: ``nncompile compile | eval | render | check | train | predict | export``.
+"""The command line: ``nncompile compile | eval | render | check | train | predict | export | diagnose``.
 
 Every mistake a user can make ends as ``FILE:LINE:COL: error: ...`` (or, with no place in
 a file, ``nncompile: error: ...``) on stderr and exit code 1; output files are written whole
@@ -20,6 +20,7 @@ from .backends import BACKENDS
 from .compiler import DTYPES
 from .errors import NNError
 from .files import write_atomic
+from .optim import OPTIMIZERS
 
 
 def _check_output(args: argparse.Namespace) -> None:
@@ -87,9 +88,78 @@ def cmd_render(args: argparse.Namespace) -> int:
     _check_output(args)
     trained, where = _trained_arguments(args)
     ev = evaluate_file(args.model, parse_sets(args.set), seed=args.seed, dtype=args.dtype, **trained)
-    written = render_file(ev, args.output, rankdir=args.rankdir)
+    health = _render_health(args, ev)
+    written = render_file(ev, args.output, rankdir=args.rankdir, health=health)
     print(f"wrote {written}; {where}", file=sys.stderr)
+    if health is not None:
+        print(f"health: {health.summary()}", file=sys.stderr)
     return 0
+
+
+def _render_health(args: argparse.Namespace, ev):
+    """render --health: the findings, with an optimiser step from --params RUN_DIR or --lr."""
+    from .health import Thresholds, check, plain_step, run_step
+    from .runs import load_run
+
+    if not args.health:
+        if args.lr is not None or args.health_thresholds is not None:
+            raise NNError("--lr and --health-thresholds belong to --health: add --health")
+        return None
+    thresholds = Thresholds.parse(args.health_thresholds)
+    if args.params is not None and Path(args.params).is_dir():
+        step = run_step(load_run(args.params), args.lr)
+    else:
+        step = plain_step(args.model, args.lr, args.optimizer, args.dtype) if args.lr is not None else None
+    return check(ev, step, thresholds)
+
+
+def add_health_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--health-thresholds", metavar="KEY=VALUE[,...]",
+                   help="override health thresholds, e.g. dead_warn=0.2,update_warn_above=0.05 (docs/rendering.md)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="the learning rate of the optimiser step whose update/weight ratios are shown "
+                        "(default: a run directory's own)")
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    """The health figures of a trained run on a batch of its data, as a table."""
+    from .evaluate import evaluate_file
+    from .health import Thresholds, check, run_step
+    from .runs import examples, load_run
+    from .train.data import parse_mapping
+
+    thresholds = Thresholds.parse(args.health_thresholds)
+    run = load_run(args.run_dir)
+    step = run_step(run, args.lr)
+    settings = run.config.get("settings", {})
+    data = args.data or settings.get("data") or run.config.get("data") or "digits"
+    mapping = parse_mapping(args.map) if args.map else dict(run.config.get("map") or {})
+    inputs, what = examples(data, run.module, batch=args.batch, normalization=run.normalization, mapping=mapping)
+    ev = evaluate_file(Path(args.run_dir) / "model.nn", dtype=settings.get("config", {}).get("dtype"),
+                       params=run.params, state=run.state, inputs=inputs, mode="train")
+    health = check(ev, step, thresholds)
+    print(f"{args.run_dir}: train mode on {what}; the params of params.npz; update/weight from {step.describe()}")
+    print(health.table())
+    off = health.off()
+    counts = ", ".join(f"{sum(f.level == level for f in off)} {level}" for level in ("bad", "warn")
+                       if any(f.level == level for f in off))
+    print(f"health: {health.level}" + (f" ({counts})" if counts else ": every figure within its ok band"))
+    return 1 if args.strict and health.level == "bad" else 0
+
+
+def add_diagnose_parser(sub) -> None:
+    """``nncompile diagnose RUN_DIR``: the gradient-health table of a trained run."""
+    p = sub.add_parser("diagnose", help="print the gradient health of a trained run (a directory nncompile train wrote)",
+                       description="Update/weight ratios, gradient ratios per layer, dead ReLU units and tanh/sigmoid "
+                                   "saturation of the run's params on a batch of its data (docs/rendering.md).",
+                       epilog="example: nncompile diagnose runs/digits_mlp --batch 512 --strict")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--data", default=None, metavar="digits|FILE", help="the examples (default: the run's data)")
+    p.add_argument("--map", action="append", metavar="INPUT=ARRAY[,...]", help="feed an input from a named array")
+    p.add_argument("--batch", type=int, default=256, metavar="K", help="the first K examples of the data (default: 256)")
+    p.add_argument("--strict", action="store_true", help="exit 1 when any figure is bad")
+    add_health_options(p)
+    p.set_defaults(run=cmd_diagnose)
 
 
 MODE_NOTES = {"train": "dropout on, batch statistics", "eval": "dropout off, running statistics"}
@@ -320,6 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="OUT.(svg|png|pdf|dot)")
     p.add_argument("--rankdir", choices=("LR", "TB"), default="LR", help="layout direction")
     add_trained_options(p)
+    g = p.add_argument_group("gradient health")
+    g.add_argument("--health", action="store_true",
+                   help="colour params, activations and wires by gradient health (ok, warn, bad), with a legend")
+    add_health_options(g)
+    g.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="sgd",
+                   help="the optimiser of the --lr step for a model without a run directory (default: sgd)")
     p.set_defaults(run=cmd_render)
 
     p = sub.add_parser("check", help="parse, shape-check and gradient-check the model")
@@ -343,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_parser(sub)
     add_predict_parser(sub)
+    add_diagnose_parser(sub)
     return parser
 
 

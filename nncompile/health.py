@@ -169,14 +169,17 @@ class Health(Mapping):
         out["health_bad"] = sum(f.level == "bad" for f in self.distinct())
         return out
 
-    def note(self, limit: int = 2) -> str:
-        """A few words for a log line when something is off; empty when all is well."""
+    def summary(self, limit: int = 3) -> str:
+        """``ok``, or the level and the worst few figures: ``bad: fc1.W Δ/w 6.8e-01 (+1 more)``."""
         off = self.off()
         if not off:
-            return ""
-        parts = [f"{f.name} {badge(f.metric, f.value)}" for f in off[:limit]]
+            return "ok"
         more = f" (+{len(off) - limit} more)" if len(off) > limit else ""
-        return f"  | health {off[0].level.upper()}: {', '.join(parts)}{more}"
+        return f"{self.level}: {', '.join(f'{f.name} {badge(f.metric, f.value)}' for f in off[:limit])}{more}"
+
+    def note(self) -> str:
+        """A few words for a log line when something is off; empty when all is well."""
+        return "" if self.level == "ok" else f"  | health {self.summary(2)}"
 
     def table(self) -> str:
         """One line per finding: what, level, value, the ok band, the message."""
@@ -276,7 +279,7 @@ def check(ev: Any, step: OptimiserStep | None = None, thresholds: Thresholds | N
                 why = ("too slow: the learning rate {} too low" if ratio < t.update_warn_below
                        else "too fast: the learning rate {} too high").format("is" if level == "bad" else "may be")
             findings.append(Finding(params[name], name, "update_ratio", ratio, level, band,
-                                    f"{step.describe()} moves {name} by {ratio:.2e} of its norm: {why}"))
+                                    f"one step moves {name} by {ratio:.2e} of its norm: {why}"))
     findings += _gradient_ratios(ev, params, t)
     findings += _nonfinite(ev)
     findings += _activations(ev, t, examples)
@@ -448,28 +451,29 @@ def legend_rows(health: Mapping[int, Any], escape: Any) -> str:
 
 # ---- where the figures come from: a run directory, a plain model, a training run ---------
 
-def run_step(run_dir: str | Path, lr: float | None = None) -> OptimiserStep:
-    """The optimiser step a trained run would take next: its module, its optimiser state (the
-    checkpoint's) and its learning rate (the schedule's at that step, or ``lr``)."""
-    from .runs import load_run
+def run_step(run: Any, lr: float | None = None) -> OptimiserStep:
+    """The optimiser step a trained run (:func:`nncompile.runs.load_run`) would take next: its
+    module, its optimiser state (the checkpoint's: the last epoch's, while params.npz may hold
+    the best epoch's) and its learning rate (the schedule's at that step, or ``lr``)."""
     from .train.checkpoint import load_checkpoint
     from .train.schedules import make_schedule
 
-    folder = Path(run_dir)
-    run = load_run(folder)
+    folder = Path(run.directory)
     if not hasattr(run.module, "apply_update"):
         raise NNError("this run's model.py has no optimiser (apply_update): train it again", file=str(folder))
     opt = None
-    settings = run.config.get("settings", {}).get("config", {})
     if (folder / "checkpoint.npz").exists():
-        state, _ = load_checkpoint(folder / "checkpoint.npz", run.module.SLOTS)
-        opt = state.opt
-    if lr is None:
-        lr = float(settings.get("lr", run.config.get("lr", 1e-3)))
-        if opt is not None and settings.get("schedule") and run.config.get("train_examples"):
-            per_epoch = math.ceil(run.config["train_examples"] / min(settings.get("batch_size", 64),
-                                                                     run.config["train_examples"]))
-            lr = float(make_schedule(settings["schedule"], lr, per_epoch, settings.get("epochs", 1))(int(opt["step"])))
+        opt = load_checkpoint(folder / "checkpoint.npz", run.module.SLOTS)[0].opt
+    if lr is not None:
+        if not (math.isfinite(lr) and lr > 0):
+            raise NNError(f"--lr must be a positive number, not {lr!r}")
+        return OptimiserStep(run.module, lr, opt)
+    settings = run.config.get("settings", {}).get("config", {})
+    lr = float(settings.get("lr", run.config.get("lr", 1e-3)))
+    examples = run.config.get("train_examples")
+    if opt is not None and settings.get("schedule") and examples:
+        per_epoch = math.ceil(examples / min(settings.get("batch_size", 64), examples))
+        lr = float(make_schedule(settings["schedule"], lr, per_epoch, settings.get("epochs", 1))(int(opt["step"])))
     return OptimiserStep(run.module, lr, opt)
 
 
@@ -498,7 +502,7 @@ class Monitor:
                  thresholds: Thresholds | None = None):
         self.path, self.dtype, self.module = Path(path), dtype, module
         count = min(MONITOR_EXAMPLES, len(next(iter(arrays.values())))) if arrays else 0
-        self.inputs = {k: np.asarray(v[:count]) for k, v in arrays.items()}
+        self.inputs, self.examples = {k: np.asarray(v[:count]) for k, v in arrays.items()}, count
         self.thresholds = thresholds or Thresholds()
         self.started = perf_counter()
         self.spent, self.cost = 0.0, MONITOR_GUESS

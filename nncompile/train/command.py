@@ -159,6 +159,12 @@ def run(model: str | Path, *, data: str = "digits", mapping: dict[str, str] | st
         say(f"test: {report.test.show()}, with the params of {chosen}")
     else:
         say(f"no test split (use --test-split or --test-data); kept the params of {chosen}")
+    monitor = trainer.health_monitor(train)
+    health = None if monitor is None else monitor.measure(final, final_state, state.opt,
+                                                          trainer.schedule(len(train))(state.step))
+    if health is not None:
+        say(f"health of the kept params on {monitor.examples} training examples: {health.summary()} "
+            f"(the table: nncompile diagnose {run_dir})")
     files = ["config.json", "model.py", "checkpoint.npz", "metrics.jsonl", "params.npz"]
     files += write_run_files(run_dir, module, Path(model), scores=trainer.scores, labels=trainer.labels,
                              kind=trainer.objective.kind or ("classes" if trainer.scores else None),
@@ -180,6 +186,7 @@ def run(model: str | Path, *, data: str = "digits", mapping: dict[str, str] | st
         "val": asdict(report.val) if report.val else None, "test": asdict(report.test) if report.test else None,
         "initial_loss_check": asdict(report.loss_check) if report.loss_check else None,
         "grad_check": asdict(report.grad_check) if report.grad_check else None,
+        "health": health.record() if health is not None else None,
         "seconds": round(report.seconds, 3),
     }
     write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
