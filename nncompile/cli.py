@@ -125,16 +125,24 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     """The health figures of a trained run on a batch of its data, as a table."""
     from .evaluate import evaluate_file
     from .health import Thresholds, check, run_step
-    from .runs import examples, load_run
+    from .runs import examples, load_run, read_data
     from .train.data import parse_mapping
 
     thresholds = Thresholds.parse(args.health_thresholds)
     run = load_run(args.run_dir)
     step = run_step(run, args.lr)
     settings = run.config.get("settings", {})
-    data = args.data or settings.get("data") or run.config.get("data") or "digits"
-    mapping = parse_mapping(args.map) if args.map else dict(run.config.get("map") or {})
-    inputs, what = examples(data, run.module, batch=args.batch, normalization=run.normalization, mapping=mapping)
+    mapping = parse_mapping(args.map) if args.map else None
+    if args.batch < 1:
+        raise NNError(f"--batch must be a positive whole number, not {args.batch}")
+    if args.data is None:   # the run's own training split, drawn and normalised as training did
+        train = read_data(run, None, mapping, "train")
+        count = min(args.batch, len(train))
+        inputs = run.normalize(train.take(np.arange(count)).arrays)
+        what = f"the first {count} examples of the run's training split"
+    else:
+        inputs, what = examples(args.data, run.module, batch=args.batch, normalization=run.normalization,
+                                mapping=mapping if mapping is not None else dict(run.config.get("map") or {}))
     ev = evaluate_file(Path(args.run_dir) / "model.nn", dtype=settings.get("config", {}).get("dtype"),
                        params=run.params, state=run.state, inputs=inputs, mode="train")
     health = check(ev, step, thresholds)
@@ -154,7 +162,8 @@ def add_diagnose_parser(sub) -> None:
                                    "saturation of the run's params on a batch of its data (docs/rendering.md).",
                        epilog="example: nncompile diagnose runs/digits_mlp --batch 512 --strict")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--data", default=None, metavar="digits|FILE", help="the examples (default: the run's data)")
+    p.add_argument("--data", default=None, metavar="digits|FILE",
+                   help="the examples, read as nncompile train reads them (default: the run's own training split)")
     p.add_argument("--map", action="append", metavar="INPUT=ARRAY[,...]", help="feed an input from a named array")
     p.add_argument("--batch", type=int, default=256, metavar="K", help="the first K examples of the data (default: 256)")
     p.add_argument("--strict", action="store_true", help="exit 1 when any figure is bad")
