@@ -93,6 +93,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     print(f"wrote {written}; {where}", file=sys.stderr)
     if health is not None:
         print(f"health: {health.summary()}", file=sys.stderr)
+        if health.small_batch():
+            print(f"health: note: dead units were counted on only {health.examples} examples; use 64 or more "
+                  "(--set N=64, or --data with --batch 256)", file=sys.stderr)
     return 0
 
 

@@ -34,6 +34,7 @@ from .errors import NNError
 from .ops import REGISTRY
 
 LEVELS = ("ok", "warn", "bad")
+SMALL_BATCH = 32   # below this many examples, dead-unit shares are mostly chance
 COLOURS = {"ok": ("#1a7f37", "#d2f5d8"), "warn": ("#bc4c00", "#ffe2c2"), "bad": ("#cf222e", "#ffcecb")}  # line, fill
 
 
@@ -172,6 +173,8 @@ class Health(Mapping):
     def summary(self, limit: int = 3) -> str:
         """``ok``, or the level and the worst few figures: ``bad: fc1.W Δ/w 6.8e-01 (+1 more)``."""
         off = self.off()
+        if not self.findings:
+            return "nothing to judge: no weight with a gradient, no op whose units can die or saturate"
         if not off:
             return "ok"
         more = f" (+{len(off) - limit} more)" if len(off) > limit else ""
@@ -180,6 +183,11 @@ class Health(Mapping):
     def note(self) -> str:
         """A few words for a log line when something is off; empty when all is well."""
         return "" if self.level == "ok" else f"  | health {self.summary(2)}"
+
+    def small_batch(self) -> bool:
+        """Whether the batch is too small for dead-unit shares to mean much (a healthy relu unit is
+        0 for all of 4 examples with probability 1/16)."""
+        return 0 < self.examples < SMALL_BATCH and any(f.metric == "dead" for f in self.findings)
 
     def table(self) -> str:
         """One line per finding: what, level, value, the ok band, the message."""

@@ -322,3 +322,26 @@ def test_a_short_run_spends_nothing_on_health(tmp_path: Path, blobs: Path) -> No
     path = write_nn(tmp_path, "net.nn", RELU_NET)
     history = Trainer(path, TrainConfig(epochs=2, batch_size=64, log_every="1")).fit(dict(np.load(blobs)))
     assert not any(c.startswith("health") for c in history.columns())   # under MONITOR_GUESS / MONITOR_SHARE s
+
+
+def test_a_hostile_file_name_cannot_inject_markup_into_the_overlay(run_cli, tmp_path: Path) -> None:
+    name = "<img src=x onerror=alert(1)>&#1;.nn"
+    path = write_nn(tmp_path, name, RELU_NET)
+    done = run_cli("render", path, "--health", "--set", "N=64", "-o", tmp_path / "h.svg")
+    assert done.returncode == 0, done
+    svg = ElementTree.fromstring((tmp_path / "h.svg").read_bytes())
+    assert not any(element.tag.rsplit("}", 1)[-1] == "img" for element in svg.iter())
+    assert name in "".join(svg.itertext())
+
+
+def test_the_render_says_when_there_is_nothing_to_judge_or_the_batch_is_too_small(run_cli, tmp_path: Path) -> None:
+    circuit = write_nn(tmp_path, "circuit.nn", """
+        input x: float = -2
+        input y: float = 5
+        f = (x + y) * x
+        output f
+    """)
+    done = run_cli("render", circuit, "--health", "-o", tmp_path / "c.svg")
+    assert done.returncode == 0 and "health: nothing to judge" in done.stderr, done
+    small = run_cli("render", write_nn(tmp_path, "net.nn", RELU_NET), "--health", "-o", tmp_path / "n.svg")
+    assert small.returncode == 0 and "dead units were counted on only 4 examples" in small.stderr, small
