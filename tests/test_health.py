@@ -345,3 +345,24 @@ def test_the_render_says_when_there_is_nothing_to_judge_or_the_batch_is_too_smal
     assert done.returncode == 0 and "health: nothing to judge" in done.stderr, done
     small = run_cli("render", write_nn(tmp_path, "net.nn", RELU_NET), "--health", "-o", tmp_path / "n.svg")
     assert small.returncode == 0 and "dead units were counted on only 4 examples" in small.stderr, small
+
+
+def test_the_gpu_backend_logs_the_figures_the_numpy_backend_logs(tmp_path: Path, blobs: Path, monkeypatch) -> None:
+    """The CuPy module's optimiser steps device arrays; here the CPU stand-in for CuPy."""
+    import sys
+
+    import fake_cupy
+
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
+    monkeypatch.setattr(health, "MONITOR_SHARE", 1e9)
+    monkeypatch.setattr(health, "MONITOR_GUESS", 0.0)
+    path = write_nn(tmp_path, "net.nn", RELU_NET)
+    arrays = dict(np.load(blobs))
+    histories = {}
+    for backend in ("numpy", "cupy"):
+        config = TrainConfig(epochs=2, batch_size=32, dtype="float64", backend=backend, log_every="1", patience=0)
+        histories[backend] = Trainer(path, config).fit(arrays)
+    columns = [c for c in histories["numpy"].columns() if c.startswith("health/")]
+    assert "health/update_ratio/fc1.W" in columns
+    for column in columns:
+        np.testing.assert_allclose(histories["cupy"][column], histories["numpy"][column], rtol=1e-9, err_msg=column)
