@@ -3,7 +3,7 @@
 Four figures, from an :class:`~nncompile.evaluate.Evaluation` (every value and gradient of a
 batch) and, for the first, one step of the model's own optimiser on copies of its params:
 
-* **update ratio** per param, ``‖Δw‖ / ‖w‖`` of that step (CS231n: about 1e-3 is healthy);
+* **update ratio** per weight, ``‖Δw‖ / ‖w‖`` of that step (CS231n: about 1e-3 is healthy);
 * **gradient ratio** per layer, the RMS of its params' gradients over that of the layer
   nearest the loss (Glorot & Bengio 2010: vanishing and exploding gradients), and any
   non-finite gradient anywhere;
@@ -20,6 +20,7 @@ Which ops are ReLU-like or saturating is op knowledge, read from the registry.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
@@ -36,6 +37,7 @@ from .ops import REGISTRY
 LEVELS = ("ok", "warn", "bad")
 SMALL_BATCH = 32   # below this many examples, dead-unit shares are mostly chance
 COLOURS = {"ok": ("#1a7f37", "#d2f5d8"), "warn": ("#bc4c00", "#ffe2c2"), "bad": ("#cf222e", "#ffcecb")}  # line, fill
+PEN = {"ok": "1.5", "warn": "2.5", "bad": "3"}   # the width of a coloured outline or wire
 
 
 def _threshold(default: float, source: str) -> Any:
@@ -130,6 +132,7 @@ class Health(Mapping):
     examples: int = 0
     update: str | None = None   # how the update ratios were measured: "one adam step, lr 1e-3"
 
+    @functools.cached_property
     def _worst(self) -> dict[int, Finding]:
         worst: dict[int, Finding] = {}
         for f in self.findings:
@@ -138,17 +141,17 @@ class Health(Mapping):
         return worst
 
     def __getitem__(self, node: int) -> dict[str, Any]:
-        return self._worst()[node].entry()
+        return self._worst[node].entry()
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self._worst())
+        return iter(self._worst)
 
     def __len__(self) -> int:
-        return len(self._worst())
+        return len(self._worst)
 
     def by_node(self) -> dict[int, dict[str, Any]]:
         """Graph node id -> {"level", "metric", "value", "message"}: the HTML page's input."""
-        return {n: f.entry() for n, f in self._worst().items()}
+        return {n: f.entry() for n, f in self._worst.items()}
 
     @property
     def level(self) -> str:
@@ -416,8 +419,7 @@ def node_style(attrs: Mapping[str, str], entry: Mapping[str, Any] | None) -> dic
     if entry is None:
         return dict(attrs)
     line, fill = COLOURS[entry["level"]]
-    width = {"ok": "1.5", "warn": "2.5", "bad": "3"}[entry["level"]]
-    return {**attrs, "color": line, "fillcolor": fill, "penwidth": width,
+    return {**attrs, "color": line, "fillcolor": fill, "penwidth": PEN[entry["level"]],
             "style": ",".join(dict.fromkeys([*attrs.get("style", "filled").split(","), "filled"]))}
 
 
@@ -425,8 +427,7 @@ def wire_style(entry: Mapping[str, Any] | None) -> str:
     """Graphviz edge attributes for a wire carrying a value with a finding ('' for none)."""
     if entry is None:
         return ""
-    width = {"ok": "1.5", "warn": "2.5", "bad": "3"}[entry["level"]]
-    return f'color="{COLOURS[entry["level"]][0]}", penwidth={width}'
+    return f'color="{COLOURS[entry["level"]][0]}", penwidth={PEN[entry["level"]]}'
 
 
 def wire_badge(entry: Mapping[str, Any] | None) -> tuple[str, str] | None:
@@ -436,9 +437,9 @@ def wire_badge(entry: Mapping[str, Any] | None) -> tuple[str, str] | None:
     return badge(entry["metric"], entry["value"]), COLOURS[entry["level"]][0]
 
 
-def legend_rows(health: Mapping[int, Any], escape: Any) -> str:
-    """Table rows for the diagram's legend: the three colours and the thresholds, with ``escape``
-    the renderer's own escaping."""
+def legend_rows(health: Mapping[int, Any]) -> str:
+    """A row for the diagram's legend table: the three colours and the thresholds (our own text,
+    already written as Graphviz HTML)."""
     t = getattr(health, "thresholds", None) or Thresholds()
     examples = getattr(health, "examples", 0)
     update = getattr(health, "update", None)

@@ -467,7 +467,7 @@ class _Diagram:
                 + cell("input", "input") + cell("param", "param") + cell("const", "constant")
                 + cell("op", "op") + cell("output", "output") + cell("loss", "loss")
                 + (cell("layer", "layer (collapsed)") if self.boxes else "")
-                + '</TR>' + (legend_rows(self.health, escape) if self.health else "") + '</TABLE>>')
+                + '</TR>' + (legend_rows(self.health) if self.health else "") + '</TABLE>>')
 
     # ---- the whole graph ----
 
