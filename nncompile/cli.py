@@ -20,7 +20,6 @@ from .backends import BACKENDS
 from .compiler import DTYPES
 from .errors import NNError
 from .files import write_atomic
-from .optim import OPTIMIZERS
 
 
 def _check_output(args: argparse.Namespace) -> None:
@@ -82,96 +81,19 @@ def _show(value: np.ndarray) -> str:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from .diagnose import health_lines, render_health
     from .evaluate import evaluate_file, parse_sets
     from .render import render_file
 
     _check_output(args)
     trained, where = _trained_arguments(args)
     ev = evaluate_file(args.model, parse_sets(args.set), seed=args.seed, dtype=args.dtype, **trained)
-    health = _render_health(args, ev)
+    health = render_health(args, ev)
     written = render_file(ev, args.output, rankdir=args.rankdir, health=health)
     print(f"wrote {written}; {where}", file=sys.stderr)
     if health is not None:
-        print(f"health: {health.summary()}", file=sys.stderr)
-        if health.small_batch():
-            print(f"health: note: dead units were counted on only {health.examples} examples; use 64 or more "
-                  "(--set N=64, or --data with --batch 256)", file=sys.stderr)
+        print(health_lines(health), file=sys.stderr)
     return 0
-
-
-def _render_health(args: argparse.Namespace, ev):
-    """render --health: the findings, with an optimiser step from --params RUN_DIR or --lr."""
-    from .health import Thresholds, check, plain_step, run_step
-    from .runs import load_run
-
-    if not args.health:
-        if args.lr is not None or args.health_thresholds is not None:
-            raise NNError("--lr and --health-thresholds belong to --health: add --health")
-        return None
-    thresholds = Thresholds.parse(args.health_thresholds)
-    if args.params is not None and Path(args.params).is_dir():
-        step = run_step(load_run(args.params), args.lr)
-    else:
-        step = plain_step(args.model, args.lr, args.optimizer, args.dtype) if args.lr is not None else None
-    return check(ev, step, thresholds)
-
-
-def add_health_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--health-thresholds", metavar="KEY=VALUE[,...]",
-                   help="override health thresholds, e.g. dead_warn=0.2,update_warn_above=0.05 (docs/rendering.md)")
-    p.add_argument("--lr", type=float, default=None,
-                   help="the learning rate of the optimiser step whose update/weight ratios are shown "
-                        "(default: a run directory's own)")
-
-
-def cmd_diagnose(args: argparse.Namespace) -> int:
-    """The health figures of a trained run on a batch of its data, as a table."""
-    from .evaluate import evaluate_file
-    from .health import Thresholds, check, run_step
-    from .runs import examples, load_run, read_data
-    from .train.data import parse_mapping
-
-    thresholds = Thresholds.parse(args.health_thresholds)
-    run = load_run(args.run_dir)
-    step = run_step(run, args.lr)
-    settings = run.config.get("settings", {})
-    mapping = parse_mapping(args.map) if args.map else None
-    if args.batch < 1:
-        raise NNError(f"--batch must be a positive whole number, not {args.batch}")
-    if args.data is None:   # the run's own training split, drawn and normalised as training did
-        train = read_data(run, None, mapping, "train")
-        count = min(args.batch, len(train))
-        inputs = run.normalize(train.take(np.arange(count)).arrays)
-        what = f"the first {count} examples of the run's training split"
-    else:
-        inputs, what = examples(args.data, run.module, batch=args.batch, normalization=run.normalization,
-                                mapping=mapping if mapping is not None else dict(run.config.get("map") or {}))
-    ev = evaluate_file(Path(args.run_dir) / "model.nn", dtype=settings.get("config", {}).get("dtype"),
-                       params=run.params, state=run.state, inputs=inputs, mode="train")
-    health = check(ev, step, thresholds)
-    print(f"{args.run_dir}: train mode on {what}; the params of params.npz; update/weight from {step.describe()}")
-    print(health.table())
-    off = health.off()
-    counts = ", ".join(f"{sum(f.level == level for f in off)} {level}" for level in ("bad", "warn")
-                       if any(f.level == level for f in off))
-    print(f"health: {health.level}" + (f" ({counts})" if counts else ": every figure within its ok band"))
-    return 1 if args.strict and health.level == "bad" else 0
-
-
-def add_diagnose_parser(sub) -> None:
-    """``nncompile diagnose RUN_DIR``: the gradient-health table of a trained run."""
-    p = sub.add_parser("diagnose", help="print the gradient health of a trained run (a directory nncompile train wrote)",
-                       description="Update/weight ratios, gradient ratios per layer, dead ReLU units and tanh/sigmoid "
-                                   "saturation of the run's params on a batch of its data (docs/rendering.md).",
-                       epilog="example: nncompile diagnose runs/digits_mlp --batch 512 --strict")
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--data", default=None, metavar="digits|FILE",
-                   help="the examples, read as nncompile train reads them (default: the run's own training split)")
-    p.add_argument("--map", action="append", metavar="INPUT=ARRAY[,...]", help="feed an input from a named array")
-    p.add_argument("--batch", type=int, default=256, metavar="K", help="the first K examples of the data (default: 256)")
-    p.add_argument("--strict", action="store_true", help="exit 1 when any figure is bad")
-    add_health_options(p)
-    p.set_defaults(run=cmd_diagnose)
 
 
 MODE_NOTES = {"train": "dropout on, batch statistics", "eval": "dropout off, running statistics"}
@@ -369,6 +291,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .diagnose import add_diagnose_parser, add_render_health_options
     from .train.cli import add_train_parser, seed
 
     parser = _Parser(prog="nncompile", description="Compile .nn neural-network models to numpy.")
@@ -402,12 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="OUT.(svg|png|pdf|dot)")
     p.add_argument("--rankdir", choices=("LR", "TB"), default="LR", help="layout direction")
     add_trained_options(p)
-    g = p.add_argument_group("gradient health")
-    g.add_argument("--health", action="store_true",
-                   help="colour params, activations and wires by gradient health (ok, warn, bad), with a legend")
-    add_health_options(g)
-    g.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="sgd",
-                   help="the optimiser of the --lr step for a model without a run directory (default: sgd)")
+    add_render_health_options(p)
     p.set_defaults(run=cmd_render)
 
     p = sub.add_parser("check", help="parse, shape-check and gradient-check the model")
