@@ -111,7 +111,7 @@ class Finding:
     """One figure about one graph node: its level, value and what it means."""
 
     node: int
-    name: str          # the param, layer or value it is about: "fc1.W", "h", "h3.1/relu@9"
+    name: str          # the param, layer or value it is about: "fc1.W", "h", "fc2/relu"
     metric: str        # update_ratio, grad_ratio, nonfinite, dead, saturated
     value: float
     level: str         # ok, warn or bad
@@ -292,8 +292,9 @@ def check(ev: Any, step: OptimiserStep | None = None, thresholds: Thresholds | N
             findings.append(Finding(params[name], name, "update_ratio", ratio, level, band,
                                     f"one step moves {name} by {ratio:.2e} of its norm: {why}"))
     findings += _gradient_ratios(ev, params, t)
-    findings += _nonfinite(ev)
-    findings += _activations(ev, t, examples)
+    names = _names(G)
+    findings += _nonfinite(ev, names)
+    findings += _activations(ev, t, names)
     return Health(findings, t, examples, step.describe() if step is not None else None)
 
 
@@ -362,7 +363,7 @@ def _gradient_ratios(ev: Any, params: dict[str, int], t: Thresholds) -> list[Fin
     return out
 
 
-def _nonfinite(ev: Any) -> list[Finding]:
+def _nonfinite(ev: Any, names: dict[int, str]) -> list[Finding]:
     """Any forward value's gradient holding NaN or inf: always bad."""
     G = ev.program.graph
     out = []
@@ -372,12 +373,12 @@ def _nonfinite(ev: Any) -> list[Finding]:
         array = np.asarray(g)
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             count = int(array.size - np.isfinite(array).sum())
-            out.append(Finding(n, _name(G, n), "nonfinite", float(count), "bad", "0",
-                               f"the gradient of {_name(G, n)} has {count} NaN or infinite entries: exploding"))
+            out.append(Finding(n, names[n], "nonfinite", float(count), "bad", "0",
+                               f"the gradient of {names[n]} has {count} NaN or infinite entries: exploding"))
     return out
 
 
-def _activations(ev: Any, t: Thresholds, examples: int) -> list[Finding]:
+def _activations(ev: Any, t: Thresholds, names: dict[int, str]) -> list[Finding]:
     """Dead units of the ops that declare ``dead_at``, saturation of those declaring ``saturates``."""
     G = ev.program.graph
     out = []
@@ -390,26 +391,38 @@ def _activations(ev: Any, t: Thresholds, examples: int) -> list[Finding]:
             units = v.reshape(len(v), -1)
             share = float(np.mean(np.all(units <= op.dead_at, axis=0)))
             level = "bad" if share >= t.dead_bad else "warn" if share > t.dead_warn else "ok"
-            out.append(Finding(n, _name(G, n), "dead", share, level, f"<= {100 * t.dead_warn:.0f}%",
-                               f"{100 * share:.1f}% of the {units.shape[1]} units of {_name(G, n)} are "
+            out.append(Finding(n, names[n], "dead", share, level, f"<= {100 * t.dead_warn:.0f}%",
+                               f"{100 * share:.1f}% of the {units.shape[1]} units of {names[n]} are "
                                f"{op.dead_at:g} for all {len(v)} examples" + (": dead" if level != "ok" else "")))
         if op.saturates is not None and v.size:
             lo, hi = op.saturates
             share = float(np.mean((v <= lo) | (v >= hi)))
             level = "bad" if share > t.saturated_bad else "warn" if share > t.saturated_warn else "ok"
-            out.append(Finding(n, _name(G, n), "saturated", share, level, f"<= {100 * t.saturated_warn:.0f}%",
-                               f"{100 * share:.1f}% of the outputs of {_name(G, n)} lie outside ({lo:g}, {hi:g}), "
+            out.append(Finding(n, names[n], "saturated", share, level, f"<= {100 * t.saturated_warn:.0f}%",
+                               f"{100 * share:.1f}% of the outputs of {names[n]} lie outside ({lo:g}, {hi:g}), "
                                "where its gradient is nearly 0" + (": saturated" if level != "ok" else "")))
     return out
 
 
-def _name(G: Any, n: int) -> str:
-    """The user's name of a node, else where it is: ``h3.1/relu@9``."""
-    node = G[n]
-    if node.name:
-        return node.name
-    where = f"{node.op}@{node.loc.line}" if node.loc is not None else f"{node.op}#{n}"
-    return "/".join((".".join(node.scope), where)) if node.scope else where
+def _names(G: Any) -> dict[int, str]:
+    """What a finding calls each forward node: the user's name, else its layer and op
+    (``fc2/relu``), with its line where that is not unique (``fc2/relu@9``), and its node id
+    where even that is not."""
+    unnamed: dict[str, list[int]] = {}
+    names: dict[int, str] = {}
+    for n in G.nx.nodes:
+        node = G[n]
+        if node.grad_of is not None:
+            continue
+        if node.name:
+            names[n] = node.name
+        else:
+            unnamed.setdefault("/".join((*(".".join(node.scope),) * bool(node.scope), node.op)), []).append(n)
+    for base, nodes in unnamed.items():
+        lines = [f"{base}@{G[n].loc.line}" if G[n].loc is not None else f"{base}#{n}" for n in nodes]
+        for n, line in zip(nodes, lines):
+            names[n] = base if len(nodes) == 1 else line if lines.count(line) == 1 else f"{base}#{n}"
+    return names
 
 
 # ---- drawing: what render.py asks ------------------------------------------------------
