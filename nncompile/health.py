@@ -512,7 +512,7 @@ def plain_step(model: str | Path, lr: float, optimizer: str = "sgd", dtype: str 
 
 MONITOR_EXAMPLES = 256   # the batch a training run's health is measured on
 MONITOR_SHARE = 0.05     # measuring takes at most this share of a run's time
-MONITOR_GUESS = 0.1      # seconds the first measurement is assumed to take (compiling its trace included)
+MONITOR_GUESS = 0.25     # seconds the first measurement is assumed to take (compiling its trace included): none before 5 s
 
 
 class Monitor:
