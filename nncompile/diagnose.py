@@ -82,8 +82,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         inputs, what = examples(args.data, run.module, batch=args.batch, normalization=run.normalization,
                                 mapping=mapping if mapping is not None else dict(run.config.get("map") or {}))
     dtype = run.config.get("settings", {}).get("config", {}).get("dtype")
-    ev = evaluate_file(Path(args.run_dir) / "model.nn", dtype=dtype, params=run.params, state=run.state,
-                       inputs=inputs, mode="train")
+    ev = evaluate_file(_model_file(run), dtype=dtype, params=run.params, state=run.state, inputs=inputs, mode="train")
     health = check(ev, step, thresholds)
     print(f"{args.run_dir}: train mode on {what}; the params of params.npz; update/weight from {step.describe()}")
     print(health.table())
@@ -92,6 +91,19 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
                        if any(f.level == level for f in off))
     print(f"health: {health.level}" + (f" ({counts})" if counts else ": every figure within its ok band"))
     return 1 if args.strict and health.level == "bad" else 0
+
+
+def _model_file(run) -> Path:
+    """The run's .nn source: the file it was trained from where that is unchanged (its imports
+    resolve beside it), else the copy in the run directory."""
+    copy = Path(run.directory) / "model.nn"
+    trained = run.config.get("settings", {}).get("model")
+    if trained and Path(trained).is_file() and copy.is_file() and Path(trained).read_bytes() == copy.read_bytes():
+        return Path(trained)
+    if not copy.is_file():
+        raise NNError("not a finished run directory: model.nn is missing (a run writes it when it ends)",
+                      file=str(run.directory))
+    return copy
 
 
 def add_diagnose_parser(sub) -> None:

@@ -366,3 +366,12 @@ def test_the_gpu_backend_logs_the_figures_the_numpy_backend_logs(tmp_path: Path,
     assert "health/update_ratio/fc1.W" in columns
     for column in columns:
         np.testing.assert_allclose(histories["cupy"][column], histories["numpy"][column], rtol=1e-9, err_msg=column)
+
+
+def test_diagnose_reads_a_model_that_imports_layers_from_beside_it(run_cli, tmp_path: Path, blobs: Path) -> None:
+    write_nn(tmp_path, "lib/layers.nn", RELU_NET[RELU_NET.index("layer affine"):RELU_NET.index("h = relu")])
+    path = write_nn(tmp_path, "net.nn", 'import "lib/layers.nn"\n' + RELU_NET.replace(
+        RELU_NET[RELU_NET.index("layer affine"):RELU_NET.index("h = relu")], ""))
+    assert run_cli("train", path, "--data", blobs, "--epochs", "1", "--out", tmp_path / "run").returncode == 0
+    done = run_cli("diagnose", tmp_path / "run", cwd=tmp_path / "lib")   # from anywhere
+    assert done.returncode == 0 and "dead units" in done.stdout, done
