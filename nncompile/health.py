@@ -379,12 +379,13 @@ def _nonfinite(ev: Any, names: dict[int, str]) -> list[Finding]:
 
 
 def _activations(ev: Any, t: Thresholds, names: dict[int, str]) -> list[Finding]:
-    """Dead units of the ops that declare ``dead_at``, saturation of those declaring ``saturates``."""
+    """Dead units of the ops that declare ``dead_at``, saturation of those declaring ``saturates``,
+    on the path to the loss (or anywhere, in a model with no loss)."""
     G = ev.program.graph
     out = []
     for n, value in sorted(ev.values.items()):
-        if n not in G or G[n].grad_of is not None:
-            continue
+        if n not in G or G[n].grad_of is not None or (ev.model.target is not None and n not in ev.grads):
+            continue   # off the loss's path (a sigmoid of the scores for predict): no gradient to lose there
         op = REGISTRY[G[n].op]
         v = np.asarray(value)
         if op.dead_at is not None and v.ndim >= 2 and len(v) >= 2:

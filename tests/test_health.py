@@ -375,3 +375,24 @@ def test_diagnose_reads_a_model_that_imports_layers_from_beside_it(run_cli, tmp_
     assert run_cli("train", path, "--data", blobs, "--epochs", "1", "--out", tmp_path / "run").returncode == 0
     done = run_cli("diagnose", tmp_path / "run", cwd=tmp_path / "lib")   # from anywhere
     assert done.returncode == 0 and "dead units" in done.stdout, done
+
+
+def test_an_activation_off_the_path_to_the_loss_is_not_judged(tmp_path: Path) -> None:
+    """A confident classifier's probabilities saturate, as they should: nothing flows back there."""
+    path = write_nn(tmp_path, "probs.nn", """
+        input x: float[N, 2]
+        input t: float[N]
+        param w: [2] = ones()
+        z = x @ w
+        p = sigmoid(z * 100.0)
+        output p
+        loss = sigmoid_cross_entropy(z, t)
+        minimize loss
+    """)
+    ev = evaluate_file(path, {"N": "64"})
+    assert _figures(check(ev), "saturated") == {}
+    assert _figures(check(evaluate_file(write_nn(tmp_path, "fwd.nn", """
+        input x: float[N, 2]
+        p = sigmoid(x * 100.0)
+        output p
+    """), {"N": "64"})), "saturated")["p"][1] == "bad"   # no loss: judged where it is
