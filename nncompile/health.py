@@ -277,25 +277,32 @@ def check(ev: Any, step: OptimiserStep | None = None, thresholds: Thresholds | N
     params = {name: n for name, n in model.params.items() if n in ev.grads and G[n].dtype == "float"}
     examples = _examples(ev)
     if step is not None and params:
-        band = f"{t.update_warn_below:.0e} .. {t.update_warn_above:.0e}"
-        for name, ratio in step.ratios(ev.params, {k: ev.grads[n] for k, n in params.items()}).items():
-            if name not in params or np.ndim(ev.params[name]) < 2 or not _norm(ev.params[name]):
-                continue   # weights only, as makemore plots them: a bias starts at 0, where a ratio means nothing
-            level = _band(ratio, t.update_bad_below, t.update_warn_below, t.update_warn_above, t.update_bad_above)
-            if level == "ok":
-                why = "healthy (about 1e-3 is ideal)"
-            elif not math.isfinite(ratio):
-                why = "the weights are zero, or the step is not finite"
-            else:
-                why = ("too slow: the learning rate {} too low" if ratio < t.update_warn_below
-                       else "too fast: the learning rate {} too high").format("is" if level == "bad" else "may be")
-            findings.append(Finding(params[name], name, "update_ratio", ratio, level, band,
-                                    f"one step moves {name} by {ratio:.2e} of its norm: {why}"))
+        findings += _update_ratios(ev, step, params, t)
     findings += _gradient_ratios(ev, params, t)
     names = _names(G)
     findings += _nonfinite(ev, names)
     findings += _activations(ev, t, names)
     return Health(findings, t, examples, step.describe() if step is not None else None)
+
+
+def _update_ratios(ev: Any, step: OptimiserStep, params: dict[str, int], t: Thresholds) -> list[Finding]:
+    """``‖Δw‖ / ‖w‖`` of each weight for one optimiser step."""
+    findings: list[Finding] = []
+    band = f"{t.update_warn_below:.0e} .. {t.update_warn_above:.0e}"
+    for name, ratio in step.ratios(ev.params, {k: ev.grads[n] for k, n in params.items()}).items():
+        if name not in params or np.ndim(ev.params[name]) < 2 or not _norm(ev.params[name]):
+            continue   # weights only, as makemore plots them: a bias starts at 0, where a ratio means nothing
+        level = _band(ratio, t.update_bad_below, t.update_warn_below, t.update_warn_above, t.update_bad_above)
+        if level == "ok":
+            why = "healthy (about 1e-3 is ideal)"
+        elif not math.isfinite(ratio):
+            why = "the weights are zero, or the step is not finite"
+        else:
+            why = ("too slow: the learning rate {} too low" if ratio < t.update_warn_below
+                   else "too fast: the learning rate {} too high").format("is" if level == "bad" else "may be")
+        findings.append(Finding(params[name], name, "update_ratio", ratio, level, band,
+                                f"one step moves {name} by {ratio:.2e} of its norm: {why}"))
+    return findings
 
 
 def _examples(ev: Any) -> int:
@@ -373,7 +380,7 @@ def _nonfinite(ev: Any, names: dict[int, str]) -> list[Finding]:
         array = np.asarray(g)
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             count = int(array.size - np.isfinite(array).sum())
-            out.append(Finding(n, names[n], "nonfinite", float(count), "bad", "0",
+            out.append(Finding(n, names[n], "nonfinite", float(count), "bad", "none",
                                f"the gradient of {names[n]} has {count} NaN or infinite entries: exploding"))
     return out
 
