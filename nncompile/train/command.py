@@ -12,6 +12,7 @@ from time import perf_counter
 from typing import Any
 
 from ..errors import NNError
+from ..health import Health
 from .checkpoint import (
     TrainState,
     load_checkpoint,
@@ -54,6 +55,7 @@ class RunReport:
     loss_check: LossCheck | None = None
     grad_check: GradCheck | None = None
     overfit: OverfitResult | None = None
+    health: Health | None = None   # the kept params' gradient health (nncompile/health.py)
     seconds: float = 0.0
     files: list[str] = field(default_factory=list)
 
@@ -159,12 +161,6 @@ def run(model: str | Path, *, data: str = "digits", mapping: dict[str, str] | st
         say(f"test: {report.test.show()}, with the params of {chosen}")
     else:
         say(f"no test split (use --test-split or --test-data); kept the params of {chosen}")
-    monitor = trainer.health_monitor(train)
-    health = None if monitor is None else monitor.measure(final, final_state, state.opt,
-                                                          trainer.schedule(len(train))(state.step))
-    if health is not None:
-        say(f"health of the kept params on {monitor.examples} training examples: {health.summary()} "
-            f"(the table: nncompile diagnose {run_dir})")
     files = ["config.json", "model.py", "checkpoint.npz", "metrics.jsonl", "params.npz"]
     files += write_run_files(run_dir, module, Path(model), scores=trainer.scores, labels=trainer.labels,
                              kind=trainer.objective.kind or ("classes" if trainer.scores else None),
@@ -178,6 +174,13 @@ def run(model: str | Path, *, data: str = "digits", mapping: dict[str, str] | st
         files.append("curves.png")
     else:
         say("matplotlib is not installed, so no curves.png (pip install 'nncompile[train]')")
+    monitor = trainer.health_monitor(train)   # once the run's files are written: a last look at its params
+    health = None if monitor is None else monitor.measure(final, final_state, state.opt,
+                                                          trainer.schedule(len(train))(state.step))
+    report.health = health
+    if health is not None:
+        say(f"health of the kept params on {monitor.examples} training examples: {health.summary()} "
+            f"(the table: nncompile diagnose {run_dir})")
     report.seconds = perf_counter() - started
     summary = {
         "model": str(model), "data": data, "normalize": normalizer.method, "epochs": state.epoch, "steps": state.step,
