@@ -1,4 +1,4 @@
-"""The command line: ``nncompile compile | eval | render | check | train | predict | export | lsp``.
+"""The command line: ``nncompile compile | eval | render | check | train | predict | export | diagnose | lsp``.
 
 Every mistake a user can make ends as ``FILE:LINE:COL: error: ...`` (or, with no place in
 a file, ``nncompile: error: ...``) on stderr and exit code 1; output files are written whole
@@ -82,6 +82,7 @@ def _show(value: np.ndarray) -> str:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from .diagnose import health_lines, render_health
     from .evaluate import evaluate_file, parse_sets
     from .page import write_page
     from .render import render_file
@@ -89,11 +90,15 @@ def cmd_render(args: argparse.Namespace) -> int:
     _check_output(args)
     trained, where = _trained_arguments(args)
     ev = evaluate_file(args.model, parse_sets(args.set), seed=args.seed, dtype=args.dtype, **trained)
+    health = render_health(args, ev)
     if Path(args.output).suffix.lower() == ".html":   # the interactive page
-        written = write_page(ev, args.output, rankdir=args.rankdir, branch_grads=args.branch_grads, note=where)
+        written = write_page(ev, args.output, rankdir=args.rankdir, branch_grads=args.branch_grads, health=health,
+                             note=where)
     else:
-        written = render_file(ev, args.output, rankdir=args.rankdir, branch_grads=args.branch_grads)
+        written = render_file(ev, args.output, rankdir=args.rankdir, branch_grads=args.branch_grads, health=health)
     print(f"wrote {written}; {where}", file=sys.stderr)
+    if health is not None:
+        print(health_lines(health), file=sys.stderr)
     return 0
 
 
@@ -283,6 +288,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .diagnose import add_diagnose_parser, add_render_health_options
     from .train.cli import add_train_parser, seed
 
     parser = _Parser(prog="nncompile", description="Compile .nn neural-network models to numpy.")
@@ -320,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--branch-grads", action="store_true",
                    help="where a value feeds several ops, label each branch with its own part of the gradient")
     add_trained_options(p)
+    add_render_health_options(p)
     p.set_defaults(run=cmd_render)
 
     p = sub.add_parser("check", help="parse, shape-check and gradient-check the model")
@@ -349,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_parser(sub)
     add_predict_parser(sub)
+    add_diagnose_parser(sub)
     return parser
 
 

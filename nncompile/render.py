@@ -26,7 +26,7 @@ import itertools
 import re
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ import numpy as np
 
 from . import layout
 from .errors import NNError, Sources
+from .health import legend_rows, node_style, wire_badge, wire_style
 from .ir import Graph, Node
 from .labels import (  # noqa: F401 (escape, quote, fmt, value_text, grad_text: this module's API too)
     _printable,
@@ -179,10 +180,12 @@ class _Cluster:
 class _Diagram:
     """Builds the DOT text for one evaluation (see the module docstring)."""
 
-    def __init__(self, ev, rankdir: str, max_nodes: int, warn: Callable[[str], None], branch_grads: bool = False):
+    def __init__(self, ev, rankdir: str, max_nodes: int, warn: Callable[[str], None], branch_grads: bool = False,
+                 health: Mapping[int, dict] | None = None):
         if rankdir not in DIRECTIONS:
             raise NNError(f"unknown rankdir {rankdir!r}; use {', '.join(DIRECTIONS)} or auto")
         self.ev = ev
+        self.health = health if health is not None else {}   # node -> finding (nncompile.health): the overlay
         self.G: Graph = ev.program.graph
         self.model = ev.model
         self.rankdir = rankdir
@@ -316,6 +319,11 @@ class _Diagram:
         else:
             grad = f'<FONT COLOR="{RED}"><I>{escape(gtext)}</I></FONT>'
         rows = self.direction.rows.format(value=value, grad=grad)
+        finding = self.health.get(n)
+        if (marked := wire_badge(finding)) is not None:
+            rows += (f'<TR><TD COLSPAN="{rows.count("<TD")}"><FONT COLOR="{marked[1]}" POINT-SIZE="10">'
+                     f'<B>{escape(marked[0])}</B></FONT></TD></TR>')
+        gtip += "" if finding is None else f"\nhealth {finding['level']}: {finding['message']}"
         label = f'<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1">{rows}</TABLE>>'
         return f"v{n} [shape=plain, label={label}, tooltip={quote(vtip + chr(10) + gtip)}];"
 
@@ -353,6 +361,8 @@ class _Diagram:
             tip = f"{node.op}{(' -> ' + node.name) if node.name else ''}\n{where}"
             if folded is not None and self.value(folded) is not None:   # what it drew: dropout's mask
                 tip = f"{text}: the value {op_text(node)} a mask\n{stats_text(self.value(folded), 'mask')}\n{where}"
+        if (finding := self.health.get(n)) is not None:
+            attrs, tip = node_style(attrs, finding), f"{tip}\nhealth {finding['level']}: {finding['message']}"
         return f"n{n} [{_attrs(attrs)}, label={label}, tooltip={quote(tip.strip())}];"
 
     def layer_node(self, scope: tuple, members: list[int]) -> str:
@@ -400,7 +410,7 @@ class _Diagram:
                 + cell("input", "input") + cell("param", "param") + cell("const", "constant")
                 + cell("op", "op") + cell("output", "output") + cell("loss", "loss")
                 + (cell("layer", "layer (collapsed)") if self.boxes else "")
-                + '</TR></TABLE>>')
+                + '</TR>' + (legend_rows(self.health) if self.health else "") + '</TABLE>>')
 
     # ---- the whole graph ----
 
@@ -463,12 +473,14 @@ class _Diagram:
         shares = self.shares() if self.branch_grads else {}
 
         def wire(a: int, dst: str) -> None:
+            style = wire_style(self.health.get(a))   # '' without a health overlay
+            styled = (style,) if style else ()
             if a not in labelled:
                 labelled.add(a)
                 root.at(self.path_of(a)).lines.append(self.value_node(a))
-                edges.append(_Wire(self.rep(a), f"v{a}:{port_in}", ("arrowhead=none",), a, a))
+                edges.append(_Wire(self.rep(a), f"v{a}:{port_in}", ("arrowhead=none", *styled), a, a))
             share = shares.get((a, dst) if self.boxes else (c, position))
-            edges.append(_Wire(f"v{a}:{port_out}", dst, () if share is None else (share,), a, c))
+            edges.append(_Wire(f"v{a}:{port_out}", dst, (*(() if share is None else (share,)), *styled), a, c))
 
         for c in self.nodes:
             for position, a in enumerate(self.G[c].args):
@@ -621,14 +633,16 @@ def _stderr(message: str) -> None:
 
 
 def to_dot(ev, rankdir: str = "LR", *, max_nodes: int = MAX_NODES,
-           warn: Callable[[str], None] = _stderr, branch_grads: bool = False) -> str:
+           warn: Callable[[str], None] = _stderr, branch_grads: bool = False,
+           health: Mapping[int, dict] | None = None) -> str:
     """The diagram of an evaluated model as DOT source (deterministic, no Graphviz needed).
     ``branch_grads`` labels each branch of a fanned-out value with its own part of the
     gradient, the wire before the split keeping their sum. ``rankdir="auto"`` draws left to
-    right or top to bottom, whichever is estimated to fit a screen better (nncompile.layout)."""
+    right or top to bottom, whichever is estimated to fit a screen better (nncompile.layout).
+    ``health`` (:func:`nncompile.health.check`) colours nodes and wires by their findings."""
     if rankdir != AUTO:
-        return _Diagram(ev, rankdir, max_nodes, warn, branch_grads).dot()
-    drawn = {d: _Diagram(ev, d, max_nodes, warn if d == "LR" else _quiet, branch_grads) for d in DIRECTIONS}
+        return _Diagram(ev, rankdir, max_nodes, warn, branch_grads, health).dot()
+    drawn = {d: _Diagram(ev, d, max_nodes, warn if d == "LR" else _quiet, branch_grads, health) for d in DIRECTIONS}
     dots = {d: diagram.dot() for d, diagram in drawn.items()}
     return dots[layout.direction({d: diagram.size for d, diagram in drawn.items()})]
 
@@ -644,7 +658,7 @@ INSTALL_HINT = ("install Graphviz (Debian/Ubuntu: sudo apt-get install graphviz;
 
 
 def render_file(ev, output: str | Path, rankdir: str = "LR", *, max_nodes: int = MAX_NODES,
-                branch_grads: bool = False) -> Path:
+                branch_grads: bool = False, health: Mapping[int, dict] | None = None) -> Path:
     """Write the diagram to ``output``; the format is its extension (.svg, .png, .pdf or .dot).
 
     .dot needs nothing else; the others run Graphviz's ``dot``. When ``dot`` is missing,
@@ -658,7 +672,7 @@ def render_file(ev, output: str | Path, rankdir: str = "LR", *, max_nodes: int =
     if ext not in FORMATS:
         raise NNError(f"cannot render to {output}: unknown format {ext or '(no extension)'!r}; "
                       f"use one of {', '.join(FORMATS)}, or .html for the interactive page (nncompile.page)")
-    source = to_dot(ev, rankdir, max_nodes=max_nodes, branch_grads=branch_grads)
+    source = to_dot(ev, rankdir, max_nodes=max_nodes, branch_grads=branch_grads, health=health)
     if ext == ".dot":
         write_atomic(output, source)
         return output

@@ -374,6 +374,7 @@ elementwise("abs", 1, (("absolute", "0"),), vjp=lambda g, out, x: g * x.sign(), 
 # Primitive for speed and precision: one ufunc; as 2 sigmoid(2x) - 1 it would cancel near 0.
 elementwise("tanh", 1, (("tanh", "0"),), vjp=lambda g, out, x: g * (1.0 - out * out), samples=UNARY,
             doc="(exp(x) - exp(-x)) / (exp(x) + exp(-x)) = 2 sigmoid(2x) - 1", example="h = tanh(x)",
+            saturates=(-0.97, 0.97),   # 1 - t^2 < 0.06 beyond: Karpathy's makemore part 3 measure
             onnx=onnx_node("Tanh"))
 # Primitive for stability: the two-sided form keeps its relative precision where
 # 1 / (1 + exp(-x)) would overflow or round to 0; its rule needs only the output.
@@ -383,13 +384,14 @@ op("sigmoid", 1, elementwise_rule("sigmoid"), _emit_sigmoid,
    doc="1 / (1 + exp(-x)), computed as exp(min(x, 0)) / (1 + exp(-|x|)), which cannot overflow and keeps "
        "its relative precision on both sides (sigmoid(-50) is exp(-50), not 0)",
    example="h = sigmoid(x)",
+   saturates=(0.03, 0.97),   # s (1 - s) < 0.03 beyond, under 12% of its peak 0.25
    onnx=onnx_node("Sigmoid"))
 # Primitive for its rule and speed: one in-place ufunc, relu'(0) = 0 (PyTorch's; maximum(x, 0)
 # would give the tie's 1/2), and the mask comes from the output, so backward keeps no input.
 elementwise("relu", 1, (("maximum", "0", "0.0"),), vjp=lambda g, out, x: g * (out > 0.0), samples=UNARY,
             domain="nonzero",
             doc="max(0, x)", example="h = relu(x)",
-            kink=Kink(),
+            kink=Kink(), dead_at=0.0,
             onnx=onnx_node("Relu"))
 
 # Masks and signs carry no gradient: they exist to build other ops' gradients.

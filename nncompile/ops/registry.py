@@ -129,6 +129,8 @@ class OpDef:
     kink: Kink | None = None                  # where it is not differentiable, for the gradient check
     loss: Loss | None = None                  # a loss: what training reads of it
     onnx: Lowering | None = None              # its ONNX nodes (nncompile.export); None: it cannot be exported
+    dead_at: float | None = None              # an output at or below this is a unit that passes no gradient (relu: 0)
+    saturates: tuple[float, float] | None = None   # outputs outside (lo, hi) sit on a flat tail (gradient health)
 
     @property
     def elementwise(self) -> bool:

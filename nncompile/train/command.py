@@ -12,6 +12,7 @@ from time import perf_counter
 from typing import Any
 
 from ..errors import NNError
+from ..health import Health
 from .checkpoint import (
     TrainState,
     load_checkpoint,
@@ -54,6 +55,7 @@ class RunReport:
     loss_check: LossCheck | None = None
     grad_check: GradCheck | None = None
     overfit: OverfitResult | None = None
+    health: Health | None = None   # the kept params' gradient health (nncompile/health.py)
     seconds: float = 0.0
     files: list[str] = field(default_factory=list)
 
@@ -172,6 +174,13 @@ def run(model: str | Path, *, data: str = "digits", mapping: dict[str, str] | st
         files.append("curves.png")
     else:
         say("matplotlib is not installed, so no curves.png (pip install 'nncompile[train]')")
+    monitor = trainer.health_monitor(train)   # once the run's files are written: a last look at its params
+    health = None if monitor is None else monitor.measure(final, final_state, state.opt,
+                                                          trainer.schedule(len(train))(state.step))
+    report.health = health
+    if health is not None:
+        say(f"health of the kept params on {monitor.examples} training examples: {health.summary()} "
+            f"(the table: nncompile diagnose {run_dir})")
     report.seconds = perf_counter() - started
     summary = {
         "model": str(model), "data": data, "normalize": normalizer.method, "epochs": state.epoch, "steps": state.step,
@@ -180,6 +189,7 @@ def run(model: str | Path, *, data: str = "digits", mapping: dict[str, str] | st
         "val": asdict(report.val) if report.val else None, "test": asdict(report.test) if report.test else None,
         "initial_loss_check": asdict(report.loss_check) if report.loss_check else None,
         "grad_check": asdict(report.grad_check) if report.grad_check else None,
+        "health": health.record() if health is not None else None,
         "seconds": round(report.seconds, 3),
     }
     write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")

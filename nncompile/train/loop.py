@@ -132,6 +132,7 @@ def train_epochs(trainer: Trainer, train: Dataset, val: Dataset | None, state: T
     lines.start()
     book = RunBook(run_dir, fingerprint, state)
     bar = _Bar(trainer, state, len(train), epochs) if trainer.progress else None
+    monitor = trainer.health_monitor(train)   # gradient health, on a small share of the run's time
     try:
         with deferred_interrupts() as stop, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             runner = Epochs(trainer, train, schedule, on_step=on_step, stop=stop, checkpoints=checkpoints, book=book,
@@ -148,14 +149,20 @@ def train_epochs(trainer: Trainer, train: Dataset, val: Dataset | None, state: T
                         _validate(trainer, state, val, record, epoch, patience)
                     ended = perf_counter()
                     record["seconds"], started = round(ended - started, 4), ended
+                    last = epoch >= epochs or state.stopped_early
+                    logged = epoch == 1 or last or lines.due_after(epoch)
+                    note = ""
+                    if logged and monitor is not None and monitor.due():   # into the record, and a word if off
+                        health = monitor.measure(state.params, state.model_state, state.opt, schedule(state.step))
+                        record.update(health.record())
+                        note = health.note()
                     history.append(record)
                     state.epoch, state.position, state.order, state.partial = epoch, 0, None, (0.0, 0)
                     stop.mid_step = False
                     if checkpoints.due_after(epoch):
                         checkpoints.done(book.save(state))
-                    last = epoch >= epochs or state.stopped_early
-                    if epoch == 1 or last or lines.due_after(epoch):
-                        trainer.log(_epoch_line(record, epochs))
+                    if logged:
+                        trainer.log(_epoch_line(record, epochs) + note)
                         lines.done()
                     if stop.requested:
                         raise KeyboardInterrupt

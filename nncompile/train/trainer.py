@@ -37,6 +37,7 @@ from ..backends import BACKENDS
 from ..compiler import compile_file, load_module
 from ..errors import NNError
 from ..gradcheck import TOLERANCE
+from ..health import Monitor
 from ..optim import Optimizer
 from .checkpoint import TrainState
 from .cadence import CHECKPOINT_EVERY, LOG_EVERY, Cadence
@@ -376,6 +377,12 @@ class Trainer:
         return lambda predicted, truth: int(count(predicted.argmax(axis=1) == truth))
 
     # ---- measuring ---------------------------------------------------------------------
+
+    def health_monitor(self, data: Dataset) -> Monitor | None:
+        """Gradient health on a fixed batch of ``data`` (nncompile/health.py); None without a loss."""
+        if self.loss is None or not len(data):
+            return None
+        return Monitor(self.path, self.config.dtype, self.module, data.arrays)
 
     def evaluate(self, params: dict[str, np.ndarray], data: Dataset | Mapping[str, Any],
                  model_state: dict[str, np.ndarray] | None = None) -> Metrics:
