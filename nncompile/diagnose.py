@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import NNError
-from .health import Health, Thresholds, check, plain_step, run_step
+from .health import Health, Thresholds, check
+from .monitor import plain_step, run_step
 from .optim import OPTIMIZERS
 
 DIAGNOSE_BATCH = 256   # examples diagnose measures on by default

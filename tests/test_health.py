@@ -11,10 +11,11 @@ from xml.etree import ElementTree
 import numpy as np
 import pytest
 
-from nncompile import health
+from nncompile import monitor
 from nncompile.errors import NNError
 from nncompile.evaluate import evaluate_file
-from nncompile.health import COLOURS, Thresholds, check, plain_step
+from nncompile.health import COLOURS, Thresholds, check
+from nncompile.monitor import plain_step
 from nncompile.render import to_dot
 from nncompile.train import TrainConfig, Trainer
 
@@ -258,6 +259,9 @@ def test_render_health_on_the_command_line(run_cli, tmp_path: Path) -> None:
     assert "health: bad: h dead 50%" in done.stderr
     svg = ElementTree.fromstring((tmp_path / "net.svg").read_bytes())
     assert "dead 50%" in "".join(svg.itertext())
+    page = run_cli("render", path, "--health", "--set", "N=64", "--set", f"fc1.b={bias}", "-o", tmp_path / "net.html")
+    assert page.returncode == 0, page
+    assert "nn-health-bad" in (tmp_path / "net.html").read_text()   # the interactive page shows the overlay too
     wrong = run_cli("render", path, "--lr", "0.1", "-o", tmp_path / "x.svg")
     assert wrong.returncode == 1 and "add --health" in wrong.stderr and "Traceback" not in wrong.stderr
     wrong = run_cli("render", path, "--health", "--health-thresholds", "dead_warn", "-o", tmp_path / "x.svg")
@@ -302,8 +306,8 @@ def test_training_logs_the_figures_and_leaves_the_run_bit_for_bit_as_it_was(tmp_
     arrays = dict(np.load(blobs))
     lines: list[str] = []
     config = dict(epochs=4, batch_size=32, lr=0.5, optimizer="sgd", log_every="1", patience=0)
-    monkeypatch.setattr(health, "MONITOR_SHARE", 1e9)   # no budget: measure at every logged epoch
-    monkeypatch.setattr(health, "MONITOR_GUESS", 0.0)
+    monkeypatch.setattr(monitor, "MONITOR_SHARE", 1e9)   # no budget: measure at every logged epoch
+    monkeypatch.setattr(monitor, "MONITOR_GUESS", 0.0)
     watched = Trainer(path, TrainConfig(**config), log=lines.append)
     history = watched.fit(arrays)
     assert {"health/update_ratio/fc1.W", "health/grad_ratio/fc1", "health/dead/h"} <= set(history.columns())
@@ -354,8 +358,8 @@ def test_the_gpu_backend_logs_the_figures_the_numpy_backend_logs(tmp_path: Path,
     import fake_cupy
 
     monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
-    monkeypatch.setattr(health, "MONITOR_SHARE", 1e9)
-    monkeypatch.setattr(health, "MONITOR_GUESS", 0.0)
+    monkeypatch.setattr(monitor, "MONITOR_SHARE", 1e9)
+    monkeypatch.setattr(monitor, "MONITOR_GUESS", 0.0)
     path = write_nn(tmp_path, "net.nn", RELU_NET)
     arrays = dict(np.load(blobs))
     histories = {}
@@ -400,7 +404,7 @@ def test_an_activation_off_the_path_to_the_loss_is_not_judged(tmp_path: Path) ->
 
 def test_a_runs_step_takes_its_optimiser_state_and_its_scheduled_learning_rate(run_cli, tmp_path: Path,
                                                                                blobs: Path) -> None:
-    from nncompile.health import run_step
+    from nncompile.monitor import run_step
     from nncompile.runs import load_run
     from nncompile.train.checkpoint import load_checkpoint
 

@@ -37,7 +37,7 @@ from ..backends import BACKENDS
 from ..compiler import compile_file, load_module
 from ..errors import NNError
 from ..gradcheck import TOLERANCE
-from ..health import Monitor
+from ..monitor import Monitor
 from ..optim import Optimizer
 from .checkpoint import TrainState
 from .cadence import CHECKPOINT_EVERY, LOG_EVERY, Cadence
