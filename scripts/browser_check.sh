@@ -11,6 +11,6 @@ if [ ! -x /usr/bin/chromium ]; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
 fi
-python -c 'from importlib.metadata import version; print("playwright", version("playwright"))'
-/usr/bin/chromium --version 2>/dev/null || true
+python -c 'import playwright.sync_api; from importlib.metadata import version; print("playwright", version("playwright"))'
+/usr/bin/chromium --version   # here both must be present: the browser tests may not skip
 python -m pytest -q -p no:cacheprovider tests/test_page_browser.py tests/test_page.py "$@"
