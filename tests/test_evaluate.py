@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write_nn
+from conftest import EXAMPLE_FILES, write_nn
 from nncompile.evaluate import evaluate_file
 
 # Each model indexes or labels in a way the old draws (N = 4, ints below 10) broke.
@@ -210,3 +210,13 @@ def test_params_that_do_not_fit_the_model_are_refused() -> None:
                                                          "fc1.b": np.zeros(256), "fc2.W": np.zeros((256, 10))})
     with pytest.raises(NNError, match="--mode must be train or eval"):
         evaluate_file(EXAMPLES / "digits_mlp.nn", mode="test")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("example", EXAMPLE_FILES, ids=lambda p: p.stem)
+def test_every_traced_value_and_gradient_has_the_module_dtype(example: Path, dtype: str) -> None:
+    """The trace is unoptimised, so constants are not folded: an op on two numbers must
+    still give a value of the module's dtype (0.5 * reg was float64 in a float32 model)."""
+    ev = evaluate_file(example, dtype=dtype)
+    floats = {str(v.dtype) for v in [*ev.values.values(), *ev.grads.values()] if np.asarray(v).dtype.kind == "f"}
+    assert floats == {dtype}

@@ -216,9 +216,13 @@ class FunctionEmitter:
         opdef = REGISTRY[node.op]
         attrs = dict(node.attrs)
         note = f"  # {self.describe(node)}"
-        scalars = opdef.chain is not None and node.shape == () and len(ctx.literals) < len(args) and \
-            all(self.G[a].shape == () for a in node.args)
+        scalars = opdef.chain is not None and node.shape == () and all(self.G[a].shape == () for a in node.args)
         expr = python_form(opdef.chain(attrs)) if scalars else None
+        if scalars and len(ctx.literals) == len(args) and node.dtype == "float":
+            # Numbers only (an unoptimised module folds nothing): Python computes in float64,
+            # and the value, like every other, is of the module's dtype.
+            value = expr.format(*args) if expr is not None else opdef.emit(ctx, args, attrs)
+            return [f"    {var} = {ctx.dtype}({value}){note}"]
         if expr is not None:   # numpy scalars: Python's operators run the same loops, faster
             return [f"    {var} = {expr.format(*args)}{note}"]
         if opdef.chain is not None and node.shape != ():
