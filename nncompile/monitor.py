@@ -25,7 +25,7 @@ def run_step(run: Any, lr: float | None = None) -> OptimiserStep:
     module, its optimiser state (the checkpoint's: the last epoch's, while params.npz may hold
     the best epoch's) and its learning rate (the schedule's at that step, or ``lr``)."""
     from .train.checkpoint import load_checkpoint
-    from .train.schedules import make_schedule
+    from .train.schedules import make_schedule, steps_per_epoch
 
     folder = Path(run.directory)
     if not hasattr(run.module, "apply_update"):
@@ -41,7 +41,7 @@ def run_step(run: Any, lr: float | None = None) -> OptimiserStep:
     lr = float(settings.get("lr", run.config.get("lr", 1e-3)))
     examples = run.config.get("train_examples")
     if opt is not None and settings.get("schedule") and examples:
-        per_epoch = math.ceil(examples / min(settings.get("batch_size", 64), examples))
+        per_epoch = steps_per_epoch(examples, settings["batch_size"])   # the run's config.json records the whole config
         lr = float(make_schedule(settings["schedule"], lr, per_epoch, settings.get("epochs", 1))(int(opt["step"])))
     return OptimiserStep(run.module, lr, opt)
 

@@ -255,7 +255,7 @@ def emit_optimizer(name: str, param_names: Iterable[str], *, clip_norm: float | 
         "    return clip_norm / norm if norm > clip_norm else 1.0",
         "",
         "",
-        *_init_opt_state(d, target),
+        *_init_opt_state(d, target, params),
         *_update_function(d, target),
         *_apply_update(d, params, values, clip_norm, target),
         "",
@@ -265,10 +265,10 @@ def emit_optimizer(name: str, param_names: Iterable[str], *, clip_norm: float | 
     return "\n".join(out) + "\n"
 
 
-def _init_opt_state(d: OptimizerDef, backend: Backend) -> list[str]:
+def _init_opt_state(d: OptimizerDef, backend: Backend, params: list[str]) -> list[str]:
     """``init_opt_state``. On numpy each slot is laid out like the params of init_params (one
     buffer, see ``_flat``), and ``_flat_buffers`` finds the buffers behind params and slots."""
-    if backend.fuses:   # one kernel call per param (the one-buffer path has not run on a GPU yet)
+    if backend.fuses or not params:   # CuPy: one kernel call per param (the one-buffer path has not run on a GPU)
         zeros = (f"        {slot!r}: {{name: {backend.xp}.zeros_like(params[name]) for name in TRAINABLE}},"
                  for slot in d.slots)
         doc = f'    """Fresh {d.name} state: the step count, and a zeroed array per param for each of SLOTS."""'
@@ -284,17 +284,28 @@ def _init_opt_state(d: OptimizerDef, backend: Backend) -> list[str]:
         "    }",
         "",
         "",
+        "class _Buffers(tuple):",
+        '    """What _flat_buffers found, kept in opt_state: (the arrays it was found behind, kept alive',
+        "    so that their ids stay theirs; those ids; the buffers). A copy of opt_state (deepcopy,",
+        "    pickle) drops it: its copies of the arrays would no longer be views of its buffers.\"\"\"",
+        "",
+        "    def __deepcopy__(self, memo):",
+        "        return None",
+        "",
+        "    def __reduce__(self):",
+        "        return type(None), ()",
+        "",
+        "",
         "def _flat_buffers(params, opt_state):",
         '    """(P, G, W, slot buffers..., gradient views) when the params and the slots are views of',
         "    buffers laid out by _flat (as init_params and init_opt_state make them), so that one chain",
         "    of ufunc calls updates every param; else None, and each param is updated on its own, with",
-        "    the same result bit for bit. What was found is kept in opt_state['_buffers'], with the arrays",
-        '    it was found behind (kept alive, so that their ids stay theirs)."""',
+        '    the same result bit for bit."""',
         f"    ids = [*map(id, map(params.__getitem__, TRAINABLE)){ids}]",
         "    known = opt_state.get('_buffers')",
-        "    if known is None or known[0] != ids:",
-        "        arrays = [params] + [opt_state[slot] for slot in SLOTS]",
-        "        buffers = [_buffer_of(group) for group in arrays]",
+        "    if known is None or known[1] != ids:",
+        "        groups = [params] + [opt_state[slot] for slot in SLOTS]",
+        "        buffers = [_buffer_of(group) for group in groups]",
         "        found = None",
         "        if all(b is not None for b in buffers):",
         "            G = np.zeros_like(buffers[0])",
@@ -302,7 +313,8 @@ def _init_opt_state(d: OptimizerDef, backend: Backend) -> list[str]:
         "            views = tuple(G[s:s + params[name].size].reshape(params[name].shape)",
         "                          for name, s in zip(TRAINABLE, starts))",
         "            found = (buffers[0], G, np.empty_like(G), *buffers[1:], views)",
-        "        known = opt_state['_buffers'] = (ids, [group[name] for group in arrays for name in TRAINABLE], found)",
+        "        arrays = [group[name] for group in groups for name in TRAINABLE]",
+        "        known = opt_state['_buffers'] = _Buffers((arrays, ids, found))",
         "    return known[2]",
         "",
         "",

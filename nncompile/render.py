@@ -41,18 +41,7 @@ from .errors import NNError, Sources
 from .health import legend_rows, node_style, wire_badge, wire_style
 from .ir import Graph, Node
 from .labels import (  # noqa: F401 (escape, quote, fmt, value_text, grad_text: this module's API too)
-    _printable,
-    escape,
-    fmt,
-    grad_text,
-    number_rows,
-    quote,
-    shape_text,
-    small_text,
-    stats_text,
-    value_text,
-    with_numbers,
-)
+    _printable, escape, fmt, grad_text, number_rows, quote, shape_text, small_text, stats_text, value_text, with_numbers)
 from .ops import REGISTRY
 from .ops.registry import attr_text
 

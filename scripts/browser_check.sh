@@ -3,7 +3,7 @@
 # chromium, headless, driven by Python Playwright pointed at /usr/bin/chromium (never
 # 'playwright install', which downloads a browser build of its own). Installs chromium with
 # apt-get when /usr/bin/chromium is missing, and the optional extra "page" (playwright) from
-# PyPI into .venv; without them those tests only skip. Writes docs/images/page-*.png.
+# PyPI into .venv. With NNCOMPILE_SCREENSHOTS=1 it remakes docs/images/page-*.png.
 # Usage: bash scripts/browser_check.sh [PYTEST ARGS...]
 source "$(dirname "$0")/_setup.sh" "test,train,page"
 if [ ! -x /usr/bin/chromium ]; then

@@ -622,7 +622,8 @@ def test_an_operator_on_numpy_scalars_rounds_as_its_ufunc(ufunc: str, dtype: typ
         values = [dtype(v) for v in rng.uniform(0.1, 3.0, arity) * rng.choice([-1, 1], arity)]
         if rng.random() < 0.3:   # and the values where rounding rules show: zeros, infinities, NaN, subnormals
             values[rng.integers(arity)] = dtype(rng.choice([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-40, 3e38]))
-        literal = [[*values[:-1], float(values[-1])]] if arity > 1 else []   # a folded constant beside a value
+        # and a folded constant (a Python number) on either side of a value
+        literal = [[*values[:-1], float(values[-1])], [float(values[0]), *values[1:]]] if arity > 1 else []
         for operands in [values, *literal]:
             with np.errstate(all="ignore"):
                 want = fn(*operands)

@@ -299,6 +299,39 @@ def test_a_param_replaced_by_another_array_is_the_one_updated(least_squares_path
     np.testing.assert_array_equal(old_W, kept)   # the buffer behind the old view is left alone
 
 
+@pytest.mark.parametrize("copy_of", ["deepcopy", "pickle"])
+def test_a_copy_of_params_and_state_is_stepped_as_itself(copy_of: str, least_squares_path: Path) -> None:
+    """A deep copy or a pickle keeps which arrays are the same object but not which are views
+    of which: the copy must not update the buffers the originals were found behind."""
+    import copy
+    import pickle
+
+    module = compiled(least_squares_path, "adam")
+    params = module.init_params(0)
+    opt_state = module.init_opt_state(params)
+    data = problem(0, n=8)
+    module.step(params, opt_state, 0.1, **data)
+    twin = copy.deepcopy((params, opt_state)) if copy_of == "deepcopy" else pickle.loads(pickle.dumps((params, opt_state)))
+    module.step(params, opt_state, 0.1, **data)
+    module.step(*twin, 0.1, **data)
+    for k in params:
+        assert twin[0][k].tobytes() == params[k].tobytes()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_model_without_params_gets_an_empty_optimiser_state(name: str, tmp_path: Path) -> None:
+    path = write_nn(tmp_path, "no_params.nn", """
+        input x = 2
+        loss = x * x
+        minimize loss
+    """)
+    module = compiled(path, name)
+    opt_state = module.init_opt_state(module.init_params(0))
+    assert all(opt_state[slot] == {} for slot in module.SLOTS)
+    module.step({}, opt_state, 0.1, x=np.float64(2.0))
+    assert opt_state["step"] == 1
+
+
 def test_the_update_does_not_write_what_value_and_grad_returned(least_squares_path: Path) -> None:
     module = compiled(least_squares_path, "adam")
     params = module.init_params(0)

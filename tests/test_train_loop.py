@@ -214,3 +214,22 @@ def test_fit_interrupted_between_steps_continues_where_it_stopped(files) -> None
     for name in whole.params:
         np.testing.assert_array_equal(whole.params[name], cut.params[name])
     np.testing.assert_array_equal(history.step_loss, whole.history().step_loss)
+
+
+def test_a_resumed_state_is_laid_out_as_the_module_lays_it_out_and_a_foreign_one_refused(files, tmp_path) -> None:
+    """A checkpoint holds an array per param and slot; resuming copies them into the module's
+    one-buffer layout (the optimiser's fast path) without changing a bit, and refuses arrays
+    that do not fit the model."""
+    run(files["mlp"], data=str(files["data"]), config=small(epochs=2), out=tmp_path / "run")
+    where = tmp_path / "run" / "checkpoint.npz"
+    trainer = Trainer(files["mlp"], small(epochs=2))
+    state, _ = load_checkpoint(where, trainer.module.SLOTS)
+    saved = {k: v.copy() for k, v in state.params.items()}
+    laid = trainer.laid_out(state, where)
+    assert all(laid.params[k].tobytes() == saved[k].tobytes() for k in saved)
+    assert len({id(v.base) for v in laid.params.values()}) == 1 and next(iter(laid.params.values())).base is not None
+    state, _ = load_checkpoint(where, trainer.module.SLOTS)
+    first = next(iter(state.params))
+    state.params[first] = state.params[first][:1]
+    with pytest.raises(NNError, match=f"the checkpoint's params do not fit this model \\({first}\\)"):
+        trainer.laid_out(state, where)

@@ -216,7 +216,8 @@ class FunctionEmitter:
         opdef = REGISTRY[node.op]
         attrs = dict(node.attrs)
         note = f"  # {self.describe(node)}"
-        scalars = opdef.chain is not None and node.shape == () and all(self.G[a].shape == () for a in node.args)
+        scalars = opdef.chain is not None and node.shape == () and self.backend.scalars and \
+            all(self.G[a].shape == () for a in node.args)
         expr = python_form(opdef.chain(attrs)) if scalars else None
         if scalars and len(ctx.literals) == len(args) and node.dtype == "float":
             # Numbers only (an unoptimised module folds nothing): Python computes in float64,

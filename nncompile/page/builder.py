@@ -32,7 +32,7 @@ from ..version import __version__
 
 HEALTH_LEVELS = ("ok", "warn", "bad")
 HISTOGRAM_BINS = 24
-SMALL_TENSOR = SHOWN_NUMBERS   # tensors up to this many values list their numbers, as on the wires
+
 
 
 # ---- the numbers -------------------------------------------------------------------------
@@ -64,7 +64,7 @@ def summary(value: Any) -> dict[str, Any]:
         if array.size > 1:
             counts, edges = np.histogram(finite, bins=HISTOGRAM_BINS)
             out["histogram"] = {"counts": counts.tolist(), "lo": _number(edges[0]), "hi": _number(edges[-1])}
-    if array.size <= SMALL_TENSOR:
+    if array.size <= SHOWN_NUMBERS:
         out["numbers"] = [_number(v) for v in array.ravel()]
         out["text"] = np.array2string(array, precision=6, separator=", ", max_line_width=60) if array.ndim \
             else render.fmt(array, 8) if array.dtype.kind == "f" else str(array.item())

@@ -11,6 +11,8 @@ from pathlib import Path
 from time import perf_counter
 from typing import Any
 
+import numpy as np
+
 from ..errors import NNError
 from ..health import Health
 from .checkpoint import (
@@ -110,6 +112,7 @@ def run(model: str | Path, *, data: str = "digits", mapping: dict[str, str] | st
     fingerprint = _fingerprint(trainer, data, mapping, test_data, test_split, len(train), normalizer.method)
     if resume:
         state, saved = load_checkpoint(run_dir / "checkpoint.npz", module.SLOTS)
+        state = trainer.laid_out(state, run_dir / "checkpoint.npz") if trainer.xp is np else state
         changed = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
         if changed:
             details = "; ".join(f"{k}: was {saved.get(k)!r}, now {fingerprint.get(k)!r}" for k in changed)

@@ -76,6 +76,11 @@ class Schedule:
         return self.name + (":" + ",".join(f"{k}={v:g}" for k, v in shown.items()) if shown else "")
 
 
+def steps_per_epoch(examples: int, batch_size: int) -> int:
+    """Optimiser steps in one pass over ``examples`` (the last batch may be short)."""
+    return math.ceil(examples / min(batch_size, max(1, examples)))
+
+
 def make_schedule(spec: str, lr: float, steps_per_epoch: int, epochs: int) -> Schedule:
     """Parse ``NAME[:KEY=VALUE,...]`` into a Schedule for a run of ``epochs`` epochs."""
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):

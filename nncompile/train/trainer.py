@@ -52,7 +52,7 @@ from .data import (
 from .history import History
 from .loop import run_epoch, train_epochs
 from .objective import Objective
-from .schedules import Schedule, make_schedule
+from .schedules import Schedule, make_schedule, steps_per_epoch
 
 Log = Callable[[str], None]
 EVAL_CHUNK = 2048          # examples per forward call when evaluating
@@ -220,21 +220,28 @@ class Trainer:
             return noise
         return self.xp.random.default_rng(int(noise.integers(2 ** 63)))
 
+    def laid_out(self, state: TrainState, where: Path) -> TrainState:
+        """A state read from a checkpoint (an array per param and slot), copied into the
+        module's own layout: init_params makes the params views of one buffer and init_opt_state
+        each slot alike, so the resumed run takes the optimiser's one-buffer path too. The values
+        are the same bit for bit; a checkpoint whose arrays do not fit the model is refused."""
+        params = self.module.init_params(0)
+        opt = self.module.init_opt_state(params)
+        for group, fresh, what in [(state.params, params, "params"),
+                                   *((state.opt.get(slot, {}), opt[slot], f"{slot} slots") for slot in self.module.SLOTS)]:
+            wrong = sorted(set(group) ^ set(fresh)) or [k for k in fresh if np.shape(group[k]) != fresh[k].shape]
+            if wrong:
+                raise NNError(f"the checkpoint's {what} do not fit this model ({', '.join(wrong)}): it is damaged, "
+                              "or was written for another model", file=str(where))
+            for name, value in group.items():
+                fresh[name][...] = value
+        opt["step"] = state.opt["step"]
+        state.params, state.opt = params, opt
+        return state
+
     def to_device(self, state: TrainState) -> TrainState:
-        """Params, optimiser slots and model state where the module computes. On the CPU the
-        params and slots are copied into the module's own layout (init_params makes the params
-        views of one buffer, init_opt_state each slot), so that a resumed run or params from
-        elsewhere take the optimiser's one-buffer path too; the values are the same bit for bit."""
+        """Params, optimiser slots and model state where the module computes (no-op on the CPU)."""
         if self.xp is np:   # arrays stay on the host
-            params = self.module.init_params(0)
-            opt = self.module.init_opt_state(params)
-            for name, value in state.params.items():
-                params[name][...] = value
-            for slot in self.module.SLOTS:
-                for name, value in state.opt[slot].items():
-                    opt[slot][name][...] = value
-            opt["step"] = state.opt["step"]
-            state.params, state.opt = params, opt
             return state
         place = lambda group: None if group is None else {k: self.xp.asarray(v) for k, v in group.items()}  # noqa: E731
         state.params = place(state.params)
@@ -357,7 +364,7 @@ class Trainer:
                              self.config.epochs if epochs is None else epochs)
 
     def steps_per_epoch(self, examples: int) -> int:
-        return math.ceil(examples / min(self.config.batch_size, max(1, examples)))
+        return steps_per_epoch(examples, self.config.batch_size)
 
     def device_arrays(self, data: Dataset) -> dict[str, Any]:
         """``data``'s arrays where the module computes; kept for the next call on the same data."""
