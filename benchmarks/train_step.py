@@ -84,8 +84,12 @@ def numpy_step(case: Case, optimizer: str, params: dict[str, np.ndarray], X: np.
     slots = {k: [np.zeros_like(v) for _ in range(2)] for k, v in params.items()}
     h, lr, t = HYPER[optimizer], LR[optimizer], [0]
 
+    weights = [v for k, v in params.items() if k.endswith(".W")]
+
     def step() -> dict[str, np.ndarray]:
-        _, grads = ref.mlp_numpy(params, X, y)
+        outputs, grads = ref.mlp_numpy(params, X, y)
+        if case.reg:   # the loss the step reports includes the L2 term, as the compiled step's does
+            outputs["loss"] = outputs["loss"] + 0.5 * case.reg * sum(float(np.vdot(w, w)) for w in weights)
         t[0] += 1
         for k, p in params.items():
             g = grads[k]

@@ -300,6 +300,18 @@ def test_mul_by_one() -> None:
     assert wider.op == "mul" and wider.shape == (2, 3)   # x alone would lose the broadcast
 
 
+def test_scale_of_scale() -> None:
+    G, (x,) = tiny((3,))
+    node = simplified(G, G.add("mul", [constant(G, 0.5), G.add("mul", [x, constant(G, 4.0)])]))
+    assert node.op == "mul" and node.args[1] == x and G[node.args[0]].attr("value") == 2.0
+    G, (x,) = tiny((3,))
+    node = simplified(G, G.add("mul", [G.add("mul", [constant(G, 3.0), x]), constant(G, 2.0)]))
+    assert node.args[1] == x and G[node.args[0]].attr("value") == 6.0
+    G, (x,) = tiny((3,))   # a scale that broadcasts x stays apart: the product is wider than x
+    node = simplified(G, G.add("mul", [constant(G, 2.0), G.add("mul", [x, constant(G, 3.0, (2, 3))])]))
+    assert node.shape == (2, 3) and G[node.args[1]].op == "mul"
+
+
 def test_add_zero() -> None:
     G, (x,) = tiny((3,))
     assert simplified(G, G.add("add", [x, constant(G, 0.0)])) == G[x]

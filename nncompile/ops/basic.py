@@ -39,6 +39,7 @@ from .rewrites import (
     half_power_is_sqrt,
     mul_by_one,
     power_of_one,
+    scale_of_scale,
     share_log_softmax,
     share_log_softmax_in_gradient,
     square_is_mul,
@@ -311,7 +312,7 @@ elementwise("sub", 2, (("subtract", "0", "1"),), symbol="'-'", vjp=lambda g, out
             onnx=onnx_node("Sub"))
 elementwise("mul", 2, (("multiply", "0", "1"),), symbol="'*'", vjp=lambda g, out, a, b: (g * b, g * a), samples=_B,
             doc="a * b, elementwise, with numpy broadcasting", example="z = x * t",
-            rewrites=(mul_by_one,), label="×",
+            rewrites=(mul_by_one, scale_of_scale), label="×",
             onnx=onnx_node("Mul"))
 
 

@@ -91,6 +91,29 @@ def mul_by_one(G: Graph, n: int) -> int | None:
     return _unit_operand(G, n, 1.0, 1, 0)
 
 
+def _scalar_const(G: Graph, n: int) -> float | None:
+    node = G[n]
+    return float(node.attr("value")) if node.op == "const" and node.shape == () else None
+
+
+def scale_of_scale(G: Graph, n: int) -> int | None:
+    """c1 * (c2 * x) -> (c1 * c2) * x for scalar constants: one pass over x, not two (the
+    gradient of ``0.5 * reg * sum(W ** 2)`` is ``reg * (2 * W)`` as autodiff writes it)."""
+    node = G[n]
+    for k in (0, 1):
+        outer, inner = _scalar_const(G, node.args[k]), G[node.args[1 - k]]
+        if outer is None or inner.op != "mul":
+            continue
+        for j in (0, 1):
+            scale, x = _scalar_const(G, inner.args[j]), inner.args[1 - j]
+            if scale is not None and G[x].shape == node.shape and G[x].dtype == node.dtype:
+                both = G.add("const", (), {"value": outer * scale, "shape": (), "dtype": "float"},
+                             loc=node.loc, scope=node.scope)
+                G.set(n, args=(both, x))
+                return n
+    return None
+
+
 def add_zero(G: Graph, n: int) -> int | None:
     """x + 0 -> x, 0 + x -> x."""
     return _unit_operand(G, n, 0.0, 1, 0)
