@@ -638,3 +638,15 @@ def test_a_scalar_circuit_is_written_with_operators() -> None:
     outputs, grads = load_module(source).value_and_grad({}, x=np.float32(-2), y=np.float32(5), z=np.float32(-4))
     assert outputs["f"] == -12 and type(outputs["f"]) is np.float32
     assert {k: float(v) for k, v in grads.items()} == {"x": -4.0, "y": -4.0, "z": 3.0}
+
+
+def test_scalar_inputs_go_on_as_numpy_scalars_and_come_back_unaliased() -> None:
+    """On the fast path a 0-d input is read as a numpy scalar (cheap operators); what is
+    returned for it is never the caller's own array."""
+    module = load_module(compile_file(EXAMPLES / "circuit.nn"))
+    x, y, z = (np.asarray(v, np.float32) for v in (-2.0, 5.0, -4.0))
+    assert module._read_inputs({"x": x, "y": y, "z": z}) == (np.float32(-2), np.float32(5), np.float32(-4))
+    assert all(type(v) is np.float32 for v in module._read_inputs({"x": x, "y": y, "z": z}))
+    outputs, grads = module.value_and_grad({}, x=x, y=y, z=z)
+    assert all(g is not a for g in grads.values() for a in (x, y, z))
+    assert (float(outputs["f"]), float(grads["x"]), float(grads["z"])) == (-12.0, -4.0, 3.0)

@@ -86,7 +86,10 @@ def read_inputs(program: Program, backend: Backend, function: str = "") -> str:
     lines += [f"    if len(inputs) != {len(vars_)} or not (", f"            {cond}):"]
     lines.append(f"        return {convert}(inputs)")
     lines += bound_checks(model, vars_, dims, convert)
-    result = [*vars_.values(), *(dims[d] for d in program.dim_names)]
+    # A scalar goes on as a numpy scalar, on which Python's operators are cheap (see python_form).
+    scalar = [var + "[()]" if backend.scalars and program.graph[n].shape == () else var
+              for var, n in zip(vars_.values(), model.inputs.values())]
+    result = [*scalar, *(dims[d] for d in program.dim_names)]
     lines.append(f"    return {', '.join(result)}{',' if len(result) == 1 else ''}")
     return "\n".join(lines)
 
