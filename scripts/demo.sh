@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Compile, evaluate and render every bundled example into out/.
+# Compile, evaluate and render every bundled example into out/ (diagrams as SVG and as interactive pages).
 source "$(dirname "$0")/_setup.sh" ""
 mkdir -p out
 for model in examples/*.nn; do
@@ -14,5 +14,7 @@ for model in examples/*.nn; do
         echo "  ... ($(wc -l < "out/$name.eval.txt") lines in out/$name.eval.txt)"
     fi
     nncompile render "$model" -o "out/$name.svg"
+    nncompile render "$model" -o "out/$name.html"   # the same diagram as an interactive page
 done
-echo "modules, evaluations and diagrams are in out/ (open out/circuit.svg and out/neuron.svg)"
+echo "modules, evaluations and diagrams are in out/ (open out/circuit.svg and out/neuron.svg, or"
+echo "out/two_layer.html in a browser: click a node or wire, search, zoom, collapse a layer)"
