@@ -554,7 +554,7 @@ class _Diagram:
             rows = number_rows(part)
             text = (with_numbers("", rows, RED, "") if rows else
                     f'<FONT COLOR="{RED}">{escape(fmt(part) if part.ndim == 0 else grad_text(part))}</FONT>')
-            out[key] = (f'label=<<FONT POINT-SIZE="10">{text}</FONT>>, '
+            out[key] = (f'label=<<FONT POINT-SIZE="10" FACE="{FONT}">{text}</FONT>>, '
                         f"labeltooltip={quote(stats_text(part, 'this branch' + chr(39) + 's part of the gradient'))}")
         return out
 
