@@ -1,4 +1,4 @@
 """The interactive page (``nncompile render MODEL.nn -o model.html``): see :mod:`.builder`."""
-from .builder import HEALTH_LEVELS, page_data, page_html, write_page
+from .builder import page_data, page_html, write_page
 
-__all__ = ["HEALTH_LEVELS", "page_data", "page_html", "write_page"]
+__all__ = ["page_data", "page_html", "write_page"]

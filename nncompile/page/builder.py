@@ -26,11 +26,11 @@ import numpy as np
 from .. import render
 from ..errors import NNError, Sources
 from ..files import write_atomic
+from ..health import LEVELS
 from ..ir import LEAVES
 from ..labels import SHOWN_NUMBERS
 from ..version import __version__
 
-HEALTH_LEVELS = ("ok", "warn", "bad")
 HISTOGRAM_BINS = 24
 
 
@@ -117,8 +117,8 @@ def node_data(ev, n: int) -> dict[str, Any]:
 
 def _health_entry(n: int, entry: Mapping[str, Any]) -> dict[str, Any]:
     level = entry.get("level")
-    if level not in HEALTH_LEVELS:
-        raise ValueError(f"health of node {n}: level must be one of {', '.join(HEALTH_LEVELS)}, not {level!r}")
+    if level not in LEVELS:
+        raise ValueError(f"health of node {n}: level must be one of {', '.join(LEVELS)}, not {level!r}")
     return {"level": level, "metric": str(entry.get("metric", "")), "message": str(entry.get("message", "")),
             "value": _number(entry["value"]) if entry.get("value") is not None else None}
 
