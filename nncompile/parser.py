@@ -132,6 +132,10 @@ def _syntax_error(exc: UnexpectedInput, text: str, file: str) -> NNError:
         # Newlines are dropped inside ( and [, so a bracket left open swallows the next
         # statements and the parser only notices later; the bracket is the real mistake.
         return _never_closed(opened[-1], file)
+    accepts = set(getattr(exc, "accepts", None) or exc.expected)
+    if token.type == "COMPARE" and "PLUS" in accepts and "NAME" not in accepts:   # after a whole operand
+        return NNError(f"comparisons do not chain: '{token}' follows another comparison; for 'a < b and b < c' "
+                       "multiply the masks, (a < b) * (b < c)", tok_loc)
     keyword = _misused_keyword(text, token)
     if keyword is not None:
         word, start = keyword
@@ -157,7 +161,7 @@ def _syntax_error(exc: UnexpectedInput, text: str, file: str) -> NNError:
 _PAIRS = {"(": ")", "[": "]", "{": "}"}
 _CLOSERS = {"RPAR": "(", "RSQB": "[", "RBRACE": "{"}
 _EXPRESSION_START = {"NAME", "NUMBER", "LPAR", "LSQB", "MINUS", "PLUS", "TRUE", "FALSE", "REPEAT"}
-_OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "AT", "LSQB", "AS"}
+_OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "AT", "LSQB", "AS", "COMPARE", "DOT_T"}
 _END = {"_NL", "SEMICOLON", "$END"}
 # Tokens that may follow a name but never a keyword: a keyword right before one was meant as a name.
 _AFTER_NAME = {"EQUAL", "STAR", "SLASH", "AT", "RPAR", "RSQB", "COMMA", "DOT", "COLON"}
@@ -377,8 +381,14 @@ class _ToAst(Transformer_NonRecursive):
     def pow(self, meta, items):
         return self._binop("pow", meta, items)
 
+    def comparison(self, meta, items):
+        return syntax.Compare(self.L(meta), str(items[1]), items[0], items[2])
+
     def neg(self, meta, items):
         return syntax.Neg(self.L(meta), items[0])
+
+    def transposed(self, meta, items):
+        return syntax.Transposed(self.L(meta), items[0])
 
     def unary(self, meta, items):  # unary plus
         return items[0]
@@ -438,6 +448,12 @@ class _ToAst(Transformer_NonRecursive):
 
     def slice(self, meta, items):
         return syntax.Slice(self.L(meta), items[0], items[1])
+
+    def newaxis(self, meta, items):
+        return syntax.NewAxis(self.L(meta))
+
+    def ellipsis(self, meta, items):
+        return syntax.EllipsisIndex(self.L(meta))
 
 
 def _too_deep(body: list[syntax.Stmt]) -> syntax.Node | None:

@@ -47,7 +47,23 @@ class BinOp(Node):
 
 
 @dataclass(frozen=True)
+class Compare(Node):
+    """``a < b``: the mask 1 where it holds, else 0 (no gradient flows through it)."""
+
+    cmp: str  # < > <= >= == !=
+    left: Expr
+    right: Expr
+
+
+@dataclass(frozen=True)
 class Neg(Node):
+    operand: Expr
+
+
+@dataclass(frozen=True)
+class Transposed(Node):
+    """``x.T``: the axes reversed, as numpy's ``.T``."""
+
     operand: Expr
 
 
@@ -72,12 +88,22 @@ class Slice(Node):
 
 
 @dataclass(frozen=True)
+class NewAxis(Node):
+    """``None`` among subscripts: a new axis of size 1 there."""
+
+
+@dataclass(frozen=True)
+class EllipsisIndex(Node):
+    """``...`` among subscripts: as many ``:`` as the axes not written."""
+
+
+@dataclass(frozen=True)
 class Index(Node):
     target: Expr
-    subscripts: tuple[Expr | Slice, ...]
+    subscripts: tuple[Expr | Slice | NewAxis | EllipsisIndex, ...]
 
 
-Expr = Number | Bool | Ref | ListExpr | BinOp | Neg | Call | Repeat | Index
+Expr = Number | Bool | Ref | ListExpr | BinOp | Compare | Neg | Transposed | Call | Repeat | Index
 
 
 # ---- types ----------------------------------------------------------------------------

@@ -39,6 +39,8 @@ from conftest import ROOT, numeric_grad
 # the passes fuse things into is built after autodiff, so it needs none.
 PUBLIC_NON_DIFFERENTIABLE: dict[str, str] = {
     "arange": "integer-valued: it makes indices, which carry no gradient",
+    "argmax": "integer-valued: an index, piecewise constant in its operand",
+    "one_hot": "a function of integer labels, which carry no gradient",
 }
 DOMAINS = {"real", "positive", "nonzero", "separated"}
 

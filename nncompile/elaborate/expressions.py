@@ -6,7 +6,7 @@ import difflib
 from typing import TYPE_CHECKING, Any
 
 from .. import syntax
-from ..errors import NNError
+from ..errors import Loc, NNError
 from ..initializers import INITIALIZERS
 from ..ops import REGISTRY, OpDef
 from ..shapes import ShapeError, show
@@ -38,6 +38,11 @@ class Expressions:
                     # the parser names each operator by the op it is (syntax.BinOp.op): `@` is matmul
                     value = el.op(binop.op, [value, self.expr(binop.right, scope)], {}, binop.loc, scope)
                 return value
+            case syntax.Compare(cmp=cmp, left=left, right=right):   # a mask of 0s and 1s, no gradient
+                operands = [self.expr(left, scope), self.expr(right, scope)]
+                return el.op("step", operands, {"cmp": cmp}, expr.loc, scope, [left.loc, right.loc])
+            case syntax.Transposed(operand=operand):
+                return el.op("transpose", [self.expr(operand, scope)], {"axes": None}, expr.loc, scope)
             case syntax.Neg(operand=syntax.Number(value=value)):
                 return el.constant(-float(value), expr.loc)
             case syntax.Neg():
@@ -87,13 +92,11 @@ class Expressions:
         el = self.el
         target = self.expr(expr.target, scope)
         shape = el.G[target].shape
-        if len(expr.subscripts) > len(shape):
-            raise NNError(f"too many subscripts: the value has shape {show(shape)} ({len(shape)} axes), "
-                          f"but {len(expr.subscripts)} are given", expr.subscripts[len(shape)].loc)
+        subscripts, new_axes = _expand_subscripts(expr.subscripts, shape)
         key: list[str] = []
         tensors: list[int] = []
         locs = [expr.target.loc]
-        for axis, sub in enumerate(expr.subscripts):
+        for axis, sub in enumerate(subscripts):
             dim = shape[axis]
             match sub:
                 case syntax.Slice(start=start, stop=stop):
@@ -117,10 +120,23 @@ class Expressions:
                         el.bound(node, dim)
         while key and key[-1] == ":":   # x[i, :] is x[i]
             key.pop()
-        if not key:
-            return target                # x[:] is x
-        return el.op("index" if tensors else "slice", [target, *tensors], {"key": tuple(key)},
-                     expr.loc, scope, locs)
+        value = target                   # x[:] is x
+        if key:
+            value = el.op("index" if tensors else "slice", [target, *tensors], {"key": tuple(key)},
+                          expr.loc, scope, locs)
+        if new_axes:
+            if tensors:
+                raise NNError("None (a new axis) cannot be mixed with index tensors in one subscript; index "
+                              "first, then add the axis: t = x[i] and then t[:, None]", new_axes[0][1])
+            value = self._with_new_axes(value, [at for at, _ in new_axes], expr, scope)
+        return value
+
+    def _with_new_axes(self, value: int, at: list[int], expr: syntax.Index, scope: Scope) -> int:
+        """``x[:, None]``: a view with axes of size 1 inserted at the positions ``at`` of the result."""
+        dims = list(self.el.G[value].shape)
+        for position in at:
+            dims.insert(position, 1)
+        return self.el.op("reshape", [value], {"shape": tuple(dims)}, expr.loc, scope)
 
     def call(self, call: syntax.Call, scope: Scope, scope_hint: str | None) -> int:
         """A call of a layer (inlined) or of a public op."""
@@ -193,3 +209,34 @@ class Expressions:
                 where = call.args[exc.arg].loc if exc.arg is not None and exc.arg < arity else call.loc
                 raise NNError(exc.message, where) from None
         return el.op(opdef.name, args, attrs, call.loc, scope, [a.loc for a in call.args])
+
+
+Subscript = syntax.Expr | syntax.Slice
+
+
+def _expand_subscripts(subscripts: tuple, shape: tuple) -> tuple[list[Subscript], list[tuple[int, Loc]]]:
+    """numpy's ``...`` and ``None`` taken out of a subscript: ``...`` becomes as many ``:`` as the
+    axes not written, and each ``None`` a new axis, returned as its position in the result
+    (with its location, for errors)."""
+    ellipses = [s for s in subscripts if isinstance(s, syntax.EllipsisIndex)]
+    if len(ellipses) > 1:
+        raise NNError("a subscript may have only one '...'", ellipses[1].loc)
+    written = [s for s in subscripts if not isinstance(s, (syntax.NewAxis, syntax.EllipsisIndex))]
+    if len(written) > len(shape):
+        raise NNError(f"too many subscripts: the value has shape {show(shape)} ({len(shape)} axes), "
+                      f"but {len(written)} are given", written[len(shape)].loc)
+    out: list[Subscript] = []
+    new_axes: list[tuple[int, Loc]] = []
+    position = 0   # the result's axis the next subscript makes
+    for sub in subscripts:
+        if isinstance(sub, syntax.NewAxis):
+            new_axes.append((position, sub.loc))
+            position += 1
+        elif isinstance(sub, syntax.EllipsisIndex):
+            fill = len(shape) - len(written)
+            out += [syntax.Slice(sub.loc, None, None)] * fill
+            position += fill
+        else:
+            out.append(sub)
+            position += isinstance(sub, syntax.Slice)   # an integer drops its axis
+    return out, new_axes

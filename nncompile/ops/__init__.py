@@ -6,13 +6,13 @@ scalar form for elementwise fusion (derived from its numpy chain), and its gradi
 written over values (:mod:`.value`) as the formula it is: ``g * (1 - out * out)`` for tanh.
 A composite (``silu``, ``hardswish``) is declared as a composition of other ops instead, and
 the elaborator expands it. Adding an op means adding one entry in :mod:`.basic` (the core
-ops) or in the family it belongs to, :mod:`.activations`, :mod:`.losses` or :mod:`.indexing`
+ops) or in the family it belongs to, :mod:`.activations`, :mod:`.losses`, :mod:`.indexing` or :mod:`.compare`
 (docs/adding-an-op.md); from each op's ``samples`` the test suite
 (tests/test_ops.py) generates float64 finite-difference checks of its first and second
 derivatives, fed leaves and intermediate values, optimised and not, dtype checks in float32
 and float64, and a comparison of its C scalar form, compiled with gcc, with its numpy form.
 """
-from . import basic, activations, losses, indexing  # noqa: F401 - declaring the ops fills REGISTRY
+from . import basic, activations, losses, indexing, compare  # noqa: F401 - declaring the ops fills REGISTRY
 from .registry import REGISTRY, EmitContext, OpDef, Sample, composite, elementwise, literal, new_graph, op
 from .value import Value, constant, sum_to
 

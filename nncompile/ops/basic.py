@@ -12,7 +12,7 @@ import numpy as np
 from .. import shapes
 from ..ir import Node
 from ..shapes import Shape, ShapeError, unbroadcast_axes
-from .value import Value
+from .value import Value, count
 from .registry import (
     Emit,
     EmitContext,
@@ -22,12 +22,14 @@ from .registry import (
     along_axis_rule,
     attr_text,
     call,
+    composite,
     elementwise,
     elementwise_rule,
     float_like_first,
     labels_rule,
     literal,
     need_float,
+    number_attr,
     op,
     reduce_expr,
     template,
@@ -128,7 +130,16 @@ def _dispatch_ce(ins: list[Node]) -> str:
     return "softmax_cross_entropy_probs" if probs else "softmax_cross_entropy"
 
 
-_COMPARE = {">": "greater", ">=": "greater_equal", "<": "less", "<=": "less_equal", "==": "equal"}
+_COMPARE = {">": "greater", ">=": "greater_equal", "<": "less", "<=": "less_equal", "==": "equal", "!=": "not_equal"}
+
+
+def _compare_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+    """Floats or ints (argmax(s, axis=1) == y), broadcast like numpy: a float mask."""
+    try:
+        return shapes.broadcast(*(n.shape for n in ins)), "float"
+    except ShapeError as exc:
+        raise ShapeError(f"cannot compare {' and '.join(shapes.show(n.shape) for n in ins)} with "
+                         f"'{attrs.get('cmp')}': " + exc.message.split(": ", 1)[-1], 1) from None
 
 
 def _emit_step(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
@@ -247,7 +258,11 @@ _ONNX_COMPARE = {">": "Greater", ">=": "GreaterOrEqual", "<": "Less", "<=": "Les
 
 
 def _onnx_step(ctx: OnnxContext, args: list[str], attrs: dict) -> str:
-    return ctx.node("Cast", [ctx.node(_ONNX_COMPARE[attrs["cmp"]], list(args))], to=ctx.float_type)
+    if attrs["cmp"] == "!=":
+        test = ctx.node("Not", [ctx.node("Equal", list(args))])
+    else:
+        test = ctx.node(_ONNX_COMPARE[attrs["cmp"]], list(args))
+    return ctx.node("Cast", [test], to=ctx.float_type)
 
 
 def _onnx_split(ctx: OnnxContext, args: list[str], attrs: dict) -> str:
@@ -399,7 +414,7 @@ elementwise("relu", 1, (("maximum", "0", "0.0"),), vjp=lambda g, out, x: g * (ou
 _MASK = dict(public=False, differentiable=False, infer=elementwise_rule("a mask"))
 op("step", 2, emit=_emit_step, scalar="(T)({0} {cmp} {1})", attrs=(("cmp", ">"),), takes_out=True, in_place=True,
    samples=(*(Sample((MATRIX, MATRIX), {"cmp": cmp}) for cmp in _COMPARE), Sample((MATRIX, ()), {"cmp": ">="})),
-   doc="1 where the comparison holds, else 0", **_MASK,
+   doc="1 where the comparison holds, else 0", **{**_MASK, "infer": _compare_rule},
    onnx=_onnx_step)
 op("split", 2, emit=template("{xp}.heaviside({xp}.subtract({0}, {1}), 0.5)"),
    scalar="((T)({0} > {1}) + (T)0.5 * (T)({0} == {1}))", samples=_B, **_MASK,
@@ -454,6 +469,41 @@ op("max", 1, _reduce_rule("max"), reduce_call("maximum"), attrs=_RA, samples=_R,
    example="top = max(x, axis=1)",
    label=_reduction_label("max"), kink=Kink(_tie_in_reduction, "has a tie for the maximum"),
    onnx=onnx_reduce("ReduceMax"))
+op("min", 1, _reduce_rule("min"), reduce_call("minimum"), attrs=_RA, samples=_R, takes_out=True,
+   vjp=lambda g, out, x: route_to_maxima(g, out, x, out.attr("axis"), out.attr("keepdims")), pairwise="minimum",
+   doc="the min over axis (every axis by default); the gradient goes to the minima, split evenly among ties",
+   example="low = min(x, axis=1)",
+   label=_reduction_label("min"),
+   kink=Kink(lambda operands, attrs: _tie_in_reduction([-operands[0]], attrs), "has a tie for the minimum"),
+   onnx=onnx_reduce("ReduceMin"))
+
+
+def _variance(x: Value, axis=None, keepdims: bool = False, ddof: float = 0) -> Value:
+    """mean(|x - mean(x)|^2) over axis, numpy's two passes; ddof > 0 divides by n - ddof instead of n."""
+    ddof = number_attr("var", {"ddof": ddof}, "ddof", low=0)
+    centred = x - x.node("mean", axis=axis, keepdims=True)
+    var = (centred * centred).node("mean", axis=axis, keepdims=keepdims)
+    if not ddof:
+        return var
+    total, symbols = count(x.shape, axis)
+    if not symbols:
+        if ddof >= total:
+            raise ShapeError(f"var() over {total} entries needs ddof < {total}, not {ddof:g}")
+        return var * (total / (total - ddof))
+    n = Value(var.G, var.build("dim", (), {"symbols": symbols, "factor": total}), var.build)
+    return var * (n / (n - ddof))   # n may be the batch N: nan where N <= ddof, as numpy
+
+
+_VA = (*_RA, ("ddof", 0))
+_V = (*_R, Sample((MATRIX,), {"axis": 0, "ddof": 1}))
+composite("var", 1, _variance, attrs=_VA, samples=_V,
+          doc="the variance over axis (every axis by default): mean((x - mean(x))^2), the population variance as "
+              "numpy's default; ddof=1 divides by n - 1 instead (the sample variance, torch.var's default)",
+          example="v = var(x, axis=0)")
+composite("std", 1, lambda x, **attrs: _variance(x, **attrs).node("sqrt"), attrs=_VA, samples=_V,
+          doc="sqrt(var(x)) over axis, population by default (ddof=0, as numpy); its gradient is infinite where "
+              "every entry is equal",
+          example="s = std(x, axis=1, keepdims=true)")
 
 op("reshape", 1, _reshape_rule, _emit_reshape, vjp=lambda g, out, x: g.reshape(x.shape), view=True,
    attrs=(("shape", None),),
