@@ -37,7 +37,8 @@ from test_ops import draw
 DTYPES = ("float64", "float32")
 
 # Ops a .nn file reaches that have no gradient samples, compared by the hand-written cases below.
-WITHOUT_SAMPLES = {"arange": "test_arange_gathers_rows", "dropout": "test_dropout_matches_torch_on_its_own_mask"}
+WITHOUT_SAMPLES = {"arange": "test_arange_gathers_rows", "dropout": "test_dropout_matches_torch_on_its_own_mask",
+                   **dict.fromkeys(("step", "argmax", "one_hot"), "test_masks_accuracy_and_one_hot_match_torch")}
 
 # CI's profile is derandomized (the same 60 models every run, so a red CI is reproducible) and
 # does not shrink a failure, which can take minutes; the long profile shrinks to a minimal model.
@@ -139,6 +140,15 @@ TIES = {
                               lambda e: T["hardtanh"](e["x"], min_val=-1.0, max_val=2.0)),
     "hardswish at both kinks": ("out = hardswish(x)", {"x": [-4.0, -3.0, 0.0, 3.0, 4.0]},
                                 lambda e: T["hardswish"](e["x"])),
+    # clip is hardtanh: 0 at both ends (torch.clamp would give 1 there), as docs/language.md says
+    "clip at both ends": ("out = clip(x, -1, 2)", {"x": [-3.0, -1.0, 0.0, 2.0, 5.0]},
+                          lambda e: T["hardtanh"](e["x"], min_val=-1.0, max_val=2.0)),
+    "where with a zero condition": ("out = where(t, x, 2 * x)", {"t": [0.0, 1.0, -2.0], "x": [1.0, 2.0, 3.0]},
+                                    lambda e: T["where"](e["t"], e["x"], 2 * e["x"])),
+    "min along an axis with ties": ("out = min(x, axis=1)", {"x": [[1.0, -3.0, -3.0], [0.0, 0.0, 0.0]]},
+                                    lambda e: T["min"](e["x"], axis=1)),
+    "std of equal entries beside others": ("out = std(x, axis=1)", {"x": [[1.0, 2.0, 4.0], [0.5, -1.0, 3.0]]},
+                                           lambda e: T["std"](e["x"], axis=1)),
     "maxout with a tie": ("out = maxout(x, k=2)", {"x": [1.0, 2.0, 1.0, 0.0]}, lambda e: T["maxout"](e["x"], k=2)),
     "svm margin at its kink": ("out = svm_loss(x, y)", {"x": [[0.0, 1.0], [2.0, 0.5]], "y": [1, 0]},
                                lambda e: T["svm_loss"](e["x"], e["y"])),
@@ -246,6 +256,46 @@ def test_arange_gathers_rows(torch, tmp_path: Path) -> None:
     def reference(env: dict) -> dict:
         picked = env["X"][T["arange"](len(env["y"])), env["y"]]
         return {"picked": picked, "loss": (picked * env["w"]).sum()}
+    for dtype in DTYPES:
+        compare_with_torch(path, reference, {}, [inputs(), inputs()], dtype=dtype)
+
+
+@differential
+def test_masks_accuracy_and_one_hot_match_torch(torch, tmp_path: Path) -> None:
+    """The six comparisons as 0/1 masks (of floats, and of argmax's ints against labels), an
+    accuracy, one-hot targets and a where routed by a mask, with the gradient through where
+    and one_hot's product only: no gradient flows through a mask."""
+    path = write_nn(tmp_path, "masks.nn", """
+        input s: float[N, 4]
+        input y: int[N]
+        input w: float[N, 4]
+        predicted = argmax(s, axis=1)
+        accuracy = mean(predicted == y)
+        wrong = sum(predicted != y)
+        targets = one_hot(y, 4)
+        masks = (s > 0) + 2 * (s >= 0.5) + 4 * (s < -0.5) + 8 * (s <= 0) + 16 * (s == s) + 32 * (s != 0)
+        leaky = where(s > 0, s, 0.1 * s)
+        loss = sum(leaky * w) + sum(targets * s) + sum(masks * s)
+        output predicted, accuracy, wrong, targets, masks, leaky
+        minimize loss
+    """)
+    rng = np.random.default_rng(0)
+
+    def inputs() -> dict:
+        return {"s": rng.standard_normal((6, 4)), "y": rng.integers(0, 4, 6), "w": rng.uniform(0.5, 1.5, (6, 4))}
+
+    def reference(env: dict) -> dict:
+        s, y = env["s"], env["y"]
+        predicted = T["argmax"](s, axis=1)
+        targets = T["one_hot"](y, 4).to(s.dtype)
+        masks = sum(2 ** i * T["step"](s, b, cmp=cmp) for i, (cmp, b) in
+                    enumerate([(">", 0.0), (">=", 0.5), ("<", -0.5), ("<=", 0.0), ("==", s), ("!=", 0.0)]))
+        masks.requires_grad_()   # a leaf to PyTorch: no gradient reaches s through it, but d loss / d masks is s
+        leaky = T["where"](T["step"](s, 0.0, cmp=">"), s, 0.1 * s)
+        named = {"predicted": predicted, "accuracy": T["step"](predicted, y, cmp="==").mean(),
+                 "wrong": T["step"](predicted, y, cmp="!=").sum(), "targets": targets, "masks": masks,
+                 "leaky": leaky}
+        return {**named, "loss": (leaky * env["w"]).sum() + (targets * s).sum() + (masks * s).sum()}
     for dtype in DTYPES:
         compare_with_torch(path, reference, {}, [inputs(), inputs()], dtype=dtype)
 

@@ -44,13 +44,15 @@ def spell(opdef: OpDef, operands: list[str], attrs: dict) -> str:
         return f"{operands[0]} {OPERATORS[opdef.name]} {operands[1]}"
     if opdef.name == "neg":
         return f"-{operands[0]}"
+    if opdef.name == "step":
+        return f"{operands[0]} {attrs['cmp']} {operands[1]}"
     if opdef.name in ("slice", "index"):
         return f"{operands[0]}[{', '.join(entry.format(*operands) for entry in attrs['key'])}]"
     args = operands + [f"{k}={nn_literal(v)}" for k, v in attrs.items()]
     return f"{SPELLED_AS.get(opdef.name, opdef.name)}({', '.join(args)})"
 
 
-SYNTAX = {"neg", "slice", "index"}  # internal ops written as -x and subscripts
+SYNTAX = {"neg", "slice", "index", "step"}  # internal ops written as -x, subscripts and comparisons
 
 
 def reachable_ops() -> dict[str, OpDef]:

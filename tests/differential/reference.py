@@ -76,6 +76,29 @@ def _index(x: Tensor, *tensors: Tensor, key: tuple[str, ...] = ()) -> Tensor:
     return x[key_of(key, [x, *tensors])]
 
 
+def _variance(name: str) -> Callable:
+    """torch.var or torch.std over ``axis``, dividing by n - ddof (torch's ``correction``)."""
+    def reduce(x: Tensor, axis=None, keepdims: bool = False, ddof=0) -> Tensor:
+        return getattr(torch, name)(x, dim=_dims(x, axis), correction=ddof, keepdim=keepdims)
+    return reduce
+
+
+_COMPARISONS = {">": "gt", ">=": "ge", "<": "lt", "<=": "le", "==": "eq", "!=": "ne"}
+
+
+def _compare(a: Tensor, b: Tensor, cmp: str = ">") -> Tensor:
+    """A mask of 0s and 1s in the floats' dtype (int operands compared as they are)."""
+    floats = [t for t in (a, b) if torch.is_tensor(t) and t.is_floating_point()]
+    return getattr(torch, _COMPARISONS[cmp])(a, b).to(floats[0].dtype if floats else torch.float64)
+
+
+def _argmax(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
+    if axis is None:
+        flat = torch.argmax(x.reshape(-1))
+        return flat.reshape((1,) * x.dim()) if keepdims else flat
+    return torch.argmax(x, dim=axis, keepdim=keepdims)
+
+
 TORCH: dict[str, Callable[..., Tensor]] = {
     "add": lambda a, b: a + b,
     "sub": lambda a, b: a - b,
@@ -107,6 +130,14 @@ TORCH: dict[str, Callable[..., Tensor]] = {
     "sum": _reduction("sum"),
     "mean": _reduction("mean"),
     "max": _reduction("amax"),
+    "min": _reduction("amin"),
+    "var": _variance("var"),
+    "std": _variance("std"),
+    "step": _compare,
+    "where": lambda cond, a, b: torch.where(cond != 0, a, b),
+    "clip": lambda x, lo, hi: torch.clamp(x, lo, hi),
+    "argmax": _argmax,
+    "one_hot": lambda labels, n: F.one_hot(labels.long(), n).to(torch.float64),
     "reshape": lambda x, shape: x.reshape(*shape),
     "transpose": _transpose,
     "concat": lambda *xs, axis=0: torch.cat(xs, dim=axis),
