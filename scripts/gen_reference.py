@@ -31,6 +31,7 @@ SECTIONS = {
     "Reductions, shapes and indices": ["sum", "mean", "max", "reshape", "transpose", "concat", "arange"],
     "Losses": ["softmax_cross_entropy", "svm_loss", "sigmoid_cross_entropy", "mse"],
     "Regularisation": ["l1", "l2", "elastic_net", "dropout"],
+    "Statistics, comparisons and selection": ["min", "var", "std", "where", "clip", "argmax", "one_hot"],
 }
 OPERATORS = {"add": "x + t", "sub": "x - t", "mul": "x * t", "div": "x / t", "pow": "x ** t", "matmul": "x @ W"}
 

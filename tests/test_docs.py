@@ -51,7 +51,7 @@ def test_every_statement_of_the_grammar_is_documented() -> None:
         assert f"`{word}" in TEXT, f"the '{word}' statement is not documented"
 
 
-# Inputs every op example may use: x and t alike, W a weight, y labels, scores [N, C].
+# Inputs every op example may use: x and t alike, W a weight, y labels, scores [N, C], cond a mask.
 PRELUDE = """
 input x: float[N, 6]
 input t: float[N, 6]
@@ -59,6 +59,7 @@ input W: float[6, 6]
 input W2: float[6]
 input y: int[N]
 input scores: float[N, 6]
+input cond: float[N, 6]
 """
 
 

@@ -52,9 +52,9 @@ def _onnx_where(ctx: OnnxContext, args: list[str], attrs: dict) -> str:
 op("where", 3, _where_rule, _emit_where, vjp=_vjp_where,
    samples=(Sample((MATRIX, MATRIX, MATRIX), ints={0: 2}), Sample(((3, 1), (4,), ()), ints={0: 2}),
             Sample(((4,), MATRIX, (3, 1))), Sample(((), MATRIX, MATRIX), ints={0: 2})),
-   doc="a where cond is nonzero, else b, with numpy broadcasting; the gradient goes to a where cond holds and "
-       "to b elsewhere, none to cond",
-   example="h = where(x > 0, x, 0.1 * x)",
+   doc="the entries of the second operand where cond is nonzero (a comparison's mask), else of the third, "
+       "broadcast like numpy's where; the gradient goes to the operand each entry came from, none to cond",
+   example="h = where(cond, x, t)",
    label="where",
    onnx=_onnx_where)
 
