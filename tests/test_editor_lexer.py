@@ -49,7 +49,10 @@ SOURCES = {**{p.name: p.read_text(encoding="utf-8") for p in EXAMPLE_FILES},
                          "a = x.1 + body.2.W; b = -x ** 2 \\\n  * 3\n"
                          "c = reshape(x, [1,\n 1])\nlayer f(x: float[B], k: int = 2) -> [B] { return x }\n"
                          "dtype float32\ntrain { d = sum(c, axis=0, keepdims=true) }\n"
-                         "eval { e = max(c, keepdims=false) }\noutput a\n"}
+                         "eval { e = max(c, keepdims=false) }\noutput a\n",
+           # the comparisons, x.T (and a member that only starts with T), None and ... in subscripts
+           "numpy syntax": "input x: [N, 3]\na = (x < 1) + (x > 0) + (x <= 2) * (x >= -1) + (x == 0) - (x != 1)\n"
+                           "b = x.T + body.Tx; c = (x @ x.T).T[0]; d = x[None, ..., 0]\noutput a\n"}
 
 
 def lark_tokens(text: str) -> list[Token]:
@@ -185,7 +188,7 @@ def test_the_textmate_grammars_keywords_are_the_grammars():
     found = set()
     for pattern in TEXTMATE["repository"]["keywords"]["patterns"]:
         assert pattern["name"].startswith(KEYWORD_SCOPES), pattern
-        found |= set(re.fullmatch(r"\\b\(([a-z0-9|]+)\)\\b", pattern["match"])[1].split("|"))
+        found |= set(re.fullmatch(r"\\b\(([A-Za-z0-9|]+)\)\\b", pattern["match"])[1].split("|"))
     assert found == GRAMMAR_KEYWORDS
 
 

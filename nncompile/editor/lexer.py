@@ -17,7 +17,7 @@ from ..ops import REGISTRY
 DECLARATIONS = ("const", "input", "param", "state", "layer")
 STATEMENTS = ("update", "output", "minimize", "return", "dtype", "train", "eval", "repeat", "as")
 TYPES = ("float", "int", "float32", "float64")
-CONSTANTS = ("true", "false")
+CONSTANTS = ("true", "false", "None")
 KEYWORDS = DECLARATIONS + STATEMENTS + TYPES + CONSTANTS + ("import",)
 
 # What a .nn file can call without defining it: the public ops and the param initialisers.
@@ -57,8 +57,9 @@ class NNLexer(RegexLexer):
             (_NAME, Name),
             # After a name, ".1" is a member (body.1.W), not a number: the lookbehind keeps it apart.
             (r"(?<![A-Za-z0-9_)\]])" + _NUMBER.replace("(", "(?:"), Number.Float),
-            (r"->|\*\*|[-+*/@=]", Operator),
-            (r"[()\[\]{},;:.]", Punctuation),
+            (r"->|\*\*|[<>=!]=|[-+*/@=<>]", Operator),
+            (r"\.T(?![A-Za-z0-9_])", Operator),   # x.T, the transpose (x.Tail is a member)
+            (r"\.\.\.|[()\[\]{},;:.]", Punctuation),
         ],
     }
 
