@@ -105,7 +105,9 @@ UNARY = ("exp", "log", "sqrt", "abs", "tanh", "sigmoid", "relu", "softplus", "ge
 # registry, so a new one is fuzzed without being named here, with its attributes' defaults.
 REGISTERED_UNARY = tuple(name for name, d in REGISTRY.items() if d.public and d.arity == 1
                          and (d.scalar is not None or d.composite is not None)
-                         and name not in UNARY + ("leaky_relu", "elu"))
+                         and name not in UNARY + ("leaky_relu", "elu", "var", "std", "clip"))
+REDUCTIONS = ("sum", "mean", "max", "min", "var", "std")   # var and std: composites, but reductions
+COMPARISONS = ("<", ">", "<=", ">=", "==", "!=")
 STDLIB_LAYERS = ("linear", "affine", "dense", "mlp", "maxout_linear", "batchnorm", "dense_bn", "dense_dropout")
 
 
@@ -363,7 +365,7 @@ def _reduce(w: ProgramWriter):
     x = w.pick(lambda v: len(v.shape) >= 1)
     if x is None:
         return None
-    op = w.c.choice(("sum", "mean", "max"))
+    op = w.c.choice(REDUCTIONS)
     w.used.add(op)
     rank = len(x.shape)
     keep = w.c.chance(0.3)
@@ -402,7 +404,9 @@ def _transpose(w: ProgramWriter):
     if x is None:
         return None
     w.used.add("transpose")
-    if w.c.chance(0.5):
+    if w.c.chance(0.25):   # numpy's .T, on a name or on a bracketed expression
+        return w.assign(f"{x.name}.T" if w.c.chance(0.6) else f"({x.name} * 2).T", tuple(reversed(x.shape)))
+    if w.c.chance(0.35):
         return w.assign(f"transpose({x.name})", tuple(reversed(x.shape)))
     left, axes = list(range(len(x.shape))), []
     while left:
@@ -534,6 +538,67 @@ def _index(w: ProgramWriter):
     return None
 
 
+def _new_axes(w: ProgramWriter):
+    """``None`` and ``...`` in a subscript: x[:, None], x[None], x[..., None], x[..., 0]."""
+    x = w.pick(lambda v: len(v.shape) >= 1)
+    if x is None:
+        return None
+    kind = w.c.integer(0, 3)
+    if kind == 0:
+        return w.assign(f"{x.name}[:, None]", x.shape[:1] + (1,) + x.shape[1:])
+    if kind == 1:
+        return w.assign(f"{x.name}[None]", (1,) + x.shape)
+    if kind == 2:
+        return w.assign(f"{x.name}[..., None]", x.shape + (1,))
+    last = w.size(x.shape[-1])
+    if last is None:
+        return w.assign(f"{x.name}[None, ...]", (1,) + x.shape)
+    return w.assign(f"{x.name}[..., {w.c.integer(-last, last - 1)}]", x.shape[:-1])
+
+
+def _compare(w: ProgramWriter):
+    """A mask (a comparison, 0 or 1 in the module's dtype), used as a value or by where."""
+    x = w.pick()
+    if x is None:
+        return None
+    other, shape = _broadcast_partner(w, x)
+    cmp = w.c.choice(COMPARISONS)
+    a, b = (x.name, other) if w.c.chance(0.7) else (other, x.name)
+    kind = w.c.integer(0, 3)
+    if kind == 0:
+        return w.assign(f"{a} {cmp} {b}", shape)
+    if kind == 1:   # a comparison binds looser than arithmetic
+        return w.assign(f"({a} + 1 {cmp} 2 * {b}) * {x.name}", shape)
+    w.used.add("where")
+    fallback = w.c.choice((other, "0", f"0.1 * {x.name}"))
+    return w.assign(f"where({a} {cmp} {b}, {x.name}, {fallback})", shape)
+
+
+def _clip(w: ProgramWriter):
+    x = w.pick()
+    if x is None:
+        return None
+    w.used.add("clip")
+    lo, hi = w.c.choice((("-1", "1"), ("0", "6"), ("-0.5", "0.5"), ("0", "0")))
+    text = f"clip({x.name}, {lo}, {hi})" if w.c.chance(0.6) else f"clip({x.name}, lo={lo}, hi={hi})"
+    return w.assign(text, x.shape)
+
+
+def _accuracy(w: ProgramWriter):
+    """argmax against labels (an int mask), and the labels as one-hot targets."""
+    s = w.pick(lambda v: len(v.shape) == 2 and w.size(v.shape[1]) is not None)
+    if s is None:
+        return None
+    classes = w.size(s.shape[1])
+    y = w.labels(s.shape[0], classes)
+    w.used |= {"argmax", "one_hot"}
+    keep = w.c.chance(0.2)
+    predicted = w.assign(f"argmax({s.name}, axis=1{', keepdims=true' if keep else ''})",
+                         (s.shape[0], 1) if keep else (s.shape[0],), "int", stem="p", bound=classes)
+    w.assign(f"mean({predicted.name} {w.c.choice(('==', '!='))} {y.name}{'[:, None]' if keep else ''})", ())
+    return w.assign(f"one_hot({y.name}, {classes}) * {s.name}", s.shape)
+
+
 def _layer(w: ProgramWriter):
     x = w.matrix_like()
     name = w.fresh("blk")
@@ -598,16 +663,18 @@ def _state(w: ProgramWriter):
 BUILDERS: tuple[Callable[[ProgramWriter], Value | None], ...] = (
     _elementwise_unary, _elementwise_unary, _binary, _binary, _matmul, _reduce, _reshape, _transpose,
     _concat, _along_axis, _maxout, _dropout, _classification_loss, _pairwise_loss, _penalty, _index,
-    _layer, _stdlib, _stdlib, _state)
+    _layer, _stdlib, _stdlib, _state, _new_axes, _compare, _compare, _clip, _accuracy)
 
 
 # ---- mutations of existing files ----------------------------------------------------------
 
-TOKEN = re.compile(r'\s+|#[^\n]*|"[^"\n]*"|[A-Za-z_]\w*|(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|\*\*|->|.', re.S)
+TOKEN = re.compile(r'\s+|#[^\n]*|"[^"\n]*"|[A-Za-z_]\w*|(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|\*\*|->|[<>=!]=|\.\.\.|.',
+                   re.S)
 VOCABULARY = ("const", "input", "param", "state", "update", "output", "minimize", "layer", "return",
               "import", "dtype", "train", "eval", "repeat", "as", "float", "int", "float32", "float64",
               "true", "false", "(", ")", "[", "]", "{", "}", ",", ":", "=", "+", "-", "*", "/", "@",
-              "**", "->", ".", ";", "\n", "N", "x", "relu", "sum", "nn", '"nn.nn"', "0", "1", "-1")
+              "**", "->", ".", ";", "\n", "N", "x", "relu", "sum", "nn", '"nn.nn"', "0", "1", "-1",
+              "<", ">=", "==", "!=", ".T", "None", "...", "where")
 HUGE = ("1e400", "1e999", "1e999 - 1e999", "10 ** 10 ** 9", "2 ** 1000", "2 ** 63", "9" * 400, "9" * 5000,
         "9223372036854775807", "9223372036854775808", "1e-400", "0", "0.0", "-0", "(-8) ** 0.5",
         "1e308 * 10", "4294967296", "65536")
