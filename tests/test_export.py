@@ -233,9 +233,42 @@ def test_every_exportable_op_matches_onnx_runtime(opdef: OpDef, sample: Sample, 
     assert_matches(got, want, f"{opdef.name} {sample}")
 
 
-def test_every_op_with_a_lowering_is_exported_by_some_test() -> None:
+# Ops with no gradient samples (an int result cannot be weighted into a loss): exported in a model.
+WITHOUT_SAMPLES = """
+input s: float[N, 4]
+input y: int[N]
+predicted = argmax(s, axis=1)
+kept = argmax(s, axis=0, keepdims=true)
+flat = argmax(s)
+flat_kept = argmax(s, keepdims=true)
+accuracy = mean(predicted == y)
+wrong = sum(predicted != y)
+targets = one_hot(y, 4)
+picked = where(s != 0, s, targets)
+output predicted, kept, flat, flat_kept, accuracy, wrong, targets, picked
+"""
+
+
+@needs_onnx
+@pytest.mark.parametrize("batch", BATCHES)
+def test_argmax_one_hot_and_masks_match_onnx_runtime(batch: int, tmp_path: Path) -> None:
+    import onnx
+
+    path = write_nn(tmp_path, "accuracy.nn", WITHOUT_SAMPLES)
+    module = compile_and_load(path)
+    rng = np.random.default_rng(batch)
+    scores = rng.standard_normal((batch, 4)).astype(np.float32)
+    scores[0, 1] = 0.0   # where's mask is 0 there
+    inputs = {"s": scores, "y": rng.integers(0, 4, batch)}
+    exported = export_onnx(path, params={}, state=None, outputs=list(module.OUTPUTS))
+    onnx.checker.check_model(exported.model, full_check=True)
+    got = run_onnx(exported.model, {name: inputs[name] for name in exported.inputs})
+    assert_matches(got, module.forward({}, **inputs), f"argmax, one_hot and masks at N={batch}")
+
+
+def test_every_op_with_a_lowering_is_exported_by_some_test(tmp_path: Path) -> None:
     seen: set[str] = set()
-    for path in EXAMPLE_FILES:
+    for path in [*EXAMPLE_FILES, write_nn(tmp_path, "accuracy.nn", WITHOUT_SAMPLES)]:
         model = elaborate_file(path, mode="eval")
         graph = build(model, differentiate=False).graph
         seen |= {graph[n].op for n in graph.nodes()}

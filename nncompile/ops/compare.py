@@ -120,7 +120,9 @@ def _one_hot_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
 
 
 def _onnx_one_hot(ctx: OnnxContext, args: list[str], attrs: dict) -> str:
-    return ctx.node("OneHot", [args[0], ctx.constant(int(attrs["n"]), "int"), ctx.constant([0.0, 1.0])], axis=-1)
+    """labels[..., None] == [0, 1, ..., n - 1], as floats: ONNX Runtime's OneHot has no float64 kernel."""
+    column = ctx.node("Unsqueeze", [args[0], ctx.ints([-1])])
+    return ctx.node("Cast", [ctx.node("Equal", [column, ctx.ints(range(int(attrs["n"])))])], to=ctx.float_type)
 
 
 def _emit_one_hot(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
