@@ -88,8 +88,9 @@ class Slice(Node):
 
 
 @dataclass(frozen=True)
-class NewAxis(Node):
-    """``None`` among subscripts: a new axis of size 1 there."""
+class NoneConst(Node):
+    """``None``: a new axis of size 1 among subscripts (numpy's newaxis), "not given" as an
+    attribute (``axis=None``)."""
 
 
 @dataclass(frozen=True)
@@ -100,10 +101,10 @@ class EllipsisIndex(Node):
 @dataclass(frozen=True)
 class Index(Node):
     target: Expr
-    subscripts: tuple[Expr | Slice | NewAxis | EllipsisIndex, ...]
+    subscripts: tuple[Expr | Slice | EllipsisIndex, ...]
 
 
-Expr = Number | Bool | Ref | ListExpr | BinOp | Compare | Neg | Transposed | Call | Repeat | Index
+Expr = Number | Bool | NoneConst | Ref | ListExpr | BinOp | Compare | Neg | Transposed | Call | Repeat | Index
 
 
 # ---- types ----------------------------------------------------------------------------

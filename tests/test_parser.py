@@ -212,6 +212,33 @@ def test_precedence_follows_python() -> None:
     assert value_of("a - b - c").left.op == "sub"                    # left-associative
 
 
+def test_comparisons_bind_looser_than_arithmetic_and_do_not_chain() -> None:
+    for cmp in ("<", ">", "<=", ">=", "==", "!="):
+        e = value_of(f"a + 1 {cmp} 2 * b")
+        assert isinstance(e, syntax.Compare) and e.cmp == cmp and e.left.op == "add" and e.right.op == "mul"
+    assert isinstance(value_of("(a < b) * (b < c)"), syntax.BinOp)
+    assert isinstance(value_of("f(x == y, k=a != b)").args[0], syntax.Compare)
+    err = error_of("y = a < b <= c\n")
+    assert "comparisons do not chain: '<=' follows another comparison" in err.message
+    assert (err.loc.line, err.loc.col, err.loc.end_col) == (1, 11, 13)
+
+
+def test_dot_t_is_a_postfix_transpose_and_a_longer_member_is_a_member() -> None:
+    t = value_of("x.T")
+    assert isinstance(t, syntax.Transposed) and t.operand.name == "x"
+    assert isinstance(value_of("(a @ b).T").operand, syntax.BinOp)
+    assert isinstance(value_of("x.T.T").operand, syntax.Transposed)
+    assert value_of("x[0].T").operand.subscripts[0].value == 0
+    assert value_of("fc.Tx").parts == ("fc", "Tx") and value_of("h.3.T").operand.parts == ("h", "3")
+    assert value_of("x.T ** 2").op == "pow"          # binds tighter than any operator
+
+
+def test_none_and_ellipsis_in_subscripts() -> None:
+    subs = value_of("x[None, ..., 0:2, None]").subscripts
+    assert [type(s).__name__ for s in subs] == ["NoneConst", "EllipsisIndex", "Slice", "NoneConst"]
+    assert isinstance(only("y = sum(x, axis=None)").value.kwargs[0][1], syntax.NoneConst)
+
+
 def test_calls_with_positional_and_keyword_arguments() -> None:
     call = value_of("sum(x * 2, axis=1, keepdims=true)")
     assert isinstance(call, syntax.Call) and call.func == "sum" and call.scope is None

@@ -36,6 +36,8 @@ class Constants:
                     return -value if negs % 2 else value
             case syntax.Number(value=value) | syntax.Bool(value=value):
                 return value
+            case syntax.NoneConst():   # an attribute not given: axis=None
+                return None
             case syntax.Ref(parts=[name]):
                 if name in scope.consts:
                     return scope.consts[name]

@@ -59,6 +59,9 @@ class Expressions:
                 return el.const_tensor(el.consts.tensor_value(expr, scope, "a list in an expression"), expr.loc)
             case syntax.Bool():
                 raise NNError("true and false are only allowed as op attributes (like keepdims=true)", expr.loc)
+            case syntax.NoneConst():
+                raise NNError("None is a new axis in a subscript (x[:, None]) or an attribute not given "
+                              "(axis=None), not a value", expr.loc)
             case syntax.Index():
                 return self.index(expr, scope)
         raise NNError("unsupported expression", expr.loc)  # pragma: no cover - the grammar has no others
@@ -221,7 +224,7 @@ def _expand_subscripts(subscripts: tuple, shape: tuple) -> tuple[list[Subscript]
     ellipses = [s for s in subscripts if isinstance(s, syntax.EllipsisIndex)]
     if len(ellipses) > 1:
         raise NNError("a subscript may have only one '...'", ellipses[1].loc)
-    written = [s for s in subscripts if not isinstance(s, (syntax.NewAxis, syntax.EllipsisIndex))]
+    written = [s for s in subscripts if not isinstance(s, (syntax.NoneConst, syntax.EllipsisIndex))]
     if len(written) > len(shape):
         raise NNError(f"too many subscripts: the value has shape {show(shape)} ({len(shape)} axes), "
                       f"but {len(written)} are given", written[len(shape)].loc)
@@ -229,7 +232,7 @@ def _expand_subscripts(subscripts: tuple, shape: tuple) -> tuple[list[Subscript]
     new_axes: list[tuple[int, Loc]] = []
     position = 0   # the result's axis the next subscript makes
     for sub in subscripts:
-        if isinstance(sub, syntax.NewAxis):
+        if isinstance(sub, syntax.NoneConst):
             new_axes.append((position, sub.loc))
             position += 1
         elif isinstance(sub, syntax.EllipsisIndex):

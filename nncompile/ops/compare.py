@@ -132,6 +132,7 @@ def _emit_one_hot(ctx: EmitContext, args: list[str], attrs: dict, out: str | Non
 def _lower_one_hot(el, args: list[int], attrs: dict, loc, scope) -> int:
     """The node itself, once the labels are known to lie below n: an input's labels are then
     checked when the module is called (a label of -1 would silently pick the last class)."""
+    _one_hot_rule([el.G[a] for a in args], attrs)   # a ShapeError here points at the operand it is about
     n = el.op("one_hot", args, attrs, loc, scope)
     el.bound(args[0], attrs["n"])
     return n
