@@ -88,7 +88,7 @@ NUMPY = Backend(name="numpy", xp="np", module="numpy", needs="numpy", imports=("
 
 CUPY = Backend(name="cupy", xp="cp", module="cupy", needs="CuPy and an NVIDIA GPU: pip install cupy-cuda12x",
                imports=("import numpy as np", "import cupy as cp"), fuses=True, scalars=False, traces=False,
-               to_device="cp.asarray({})", reductions=(("add", "sum"), ("maximum", "max")),
+               to_device="cp.asarray({})", reductions=(("add", "sum"), ("maximum", "max"), ("minimum", "min")),
                # np.ndarray asks about a host array; np.int64 is a dtype, the same object in both
                host_names=frozenset({"ndarray", "int64"}))
 
