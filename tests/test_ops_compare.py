@@ -249,3 +249,41 @@ def test_none_is_no_value_outside_subscripts_and_attributes(compile_nn) -> None:
     err = _error(compile_nn, HEADER + "v = x + None\noutput v\n")
     assert "None is a new axis in a subscript (x[:, None]) or an attribute not given (axis=None)" in err.message
     assert (err.loc.line, err.loc.col) == (3, 9)
+
+
+# ---- the CuPy form ----------------------------------------------------------------------------
+
+EVERY_OP = HEADER + """
+input t: float[4]
+param W: [4, 4] = xavier()
+s = x @ W
+predicted = argmax(s, axis=1, keepdims=true)
+accuracy = mean(argmax(s, axis=1) == y)
+masks = (s > t) + (s != 0) * 2 + (s <= -0.5) * 4
+picked = where(s >= 0, s, 0.1 * s) + clip(s, -0.5, 0.5) * one_hot(y, 4)
+spread = var(s, axis=0, keepdims=true) + std(s, axis=1)[:, None] + min(s, axis=0) + s.T.T
+wide = sum(x[:, None] * x[None, ...], axis=0)
+loss = mean(picked * masks) + sum(spread) + mean(wide)
+output predicted, accuracy, masks, picked, spread
+minimize loss
+"""
+
+
+def test_the_cupy_form_computes_what_numpy_computes(tmp_path, monkeypatch) -> None:
+    """On the CPU stand-in for CuPy (tests/fake_cupy.py: fused kernels compiled with gcc)."""
+    import nncompile
+    from test_cupy_backend import _load_on_fake_cupy
+
+    path = write_nn(tmp_path, "every.nn", EVERY_OP)
+    reference = nncompile.compile_and_load(path, dtype="float64")
+    source = nncompile.compile_file(path, dtype="float64", backend="cupy")
+    assert "cp.argmax(" in source and "cp.where(" in source and "cp.eye(" in source and "cp.min(" in source
+    gpu = _load_on_fake_cupy(source, "every_cupy", monkeypatch)
+    params, inputs = reference.init_params(0), {"x": X, "y": Y, "t": X[2].copy()}
+    want_out, want_grads = reference.value_and_grad(params, **inputs)
+    got_out, got_grads = gpu.value_and_grad(params, **inputs)
+    for name in want_out:
+        assert np.asarray(got_out[name]).dtype == np.asarray(want_out[name]).dtype, name
+        np.testing.assert_allclose(got_out[name], want_out[name], rtol=1e-12, err_msg=name)
+    for name in want_grads:
+        np.testing.assert_allclose(got_grads[name], want_grads[name], rtol=1e-10, atol=1e-12, err_msg=name)
