@@ -160,7 +160,7 @@ def _syntax_error(exc: UnexpectedInput, text: str, file: str) -> NNError:
 
 _PAIRS = {"(": ")", "[": "]", "{": "}"}
 _CLOSERS = {"RPAR": "(", "RSQB": "[", "RBRACE": "{"}
-_EXPRESSION_START = {"NAME", "NUMBER", "LPAR", "LSQB", "MINUS", "PLUS", "TRUE", "FALSE", "NONE", "REPEAT"}
+_EXPRESSION_START = {"NAME", "NUMBER", "LPAR", "LSQB", "MINUS", "PLUS", "TRUE", "FALSE", "REPEAT"}
 _OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "AT", "LSQB", "AS", "COMPARE", "DOT_T"}
 _END = {"_NL", "SEMICOLON", "$END"}
 # Tokens that may follow a name but never a keyword: a keyword right before one was meant as a name.
@@ -448,9 +448,6 @@ class _ToAst(Transformer_NonRecursive):
 
     def slice(self, meta, items):
         return syntax.Slice(self.L(meta), items[0], items[1])
-
-    def none(self, meta, items):
-        return syntax.NoneConst(self.L(meta))
 
     def ellipsis(self, meta, items):
         return syntax.EllipsisIndex(self.L(meta))

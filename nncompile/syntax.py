@@ -88,12 +88,6 @@ class Slice(Node):
 
 
 @dataclass(frozen=True)
-class NoneConst(Node):
-    """``None``: a new axis of size 1 among subscripts (numpy's newaxis), "not given" as an
-    attribute (``axis=None``)."""
-
-
-@dataclass(frozen=True)
 class EllipsisIndex(Node):
     """``...`` among subscripts: as many ``:`` as the axes not written."""
 
@@ -104,7 +98,7 @@ class Index(Node):
     subscripts: tuple[Expr | Slice | EllipsisIndex, ...]
 
 
-Expr = Number | Bool | NoneConst | Ref | ListExpr | BinOp | Compare | Neg | Transposed | Call | Repeat | Index
+Expr = Number | Bool | Ref | ListExpr | BinOp | Compare | Neg | Transposed | Call | Repeat | Index
 
 
 # ---- types ----------------------------------------------------------------------------

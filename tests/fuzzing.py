@@ -668,8 +668,8 @@ BUILDERS: tuple[Callable[[ProgramWriter], Value | None], ...] = (
 
 # ---- mutations of existing files ----------------------------------------------------------
 
-TOKEN = re.compile(r'\s+|#[^\n]*|"[^"\n]*"|[A-Za-z_]\w*|(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|\*\*|->|[<>=!]=|\.\.\.|.',
-                   re.S)
+TOKEN = re.compile(r'\s+|#[^\n]*|"[^"\n]*"|[A-Za-z_]\w*|(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?'
+                   r'|\*\*|->|[<>=!]=|\.\.\.|.', re.S)
 VOCABULARY = ("const", "input", "param", "state", "update", "output", "minimize", "layer", "return",
               "import", "dtype", "train", "eval", "repeat", "as", "float", "int", "float32", "float64",
               "true", "false", "(", ")", "[", "]", "{", "}", ",", ":", "=", "+", "-", "*", "/", "@",

@@ -188,7 +188,7 @@ def test_the_textmate_grammars_keywords_are_the_grammars():
     found = set()
     for pattern in TEXTMATE["repository"]["keywords"]["patterns"]:
         assert pattern["name"].startswith(KEYWORD_SCOPES), pattern
-        found |= set(re.fullmatch(r"\\b\(([A-Za-z0-9|]+)\)\\b", pattern["match"])[1].split("|"))
+        found |= set(re.fullmatch(r"\\b\(([a-z0-9|]+)\)\\b", pattern["match"])[1].split("|"))
     assert found == GRAMMAR_KEYWORDS
 
 

@@ -287,3 +287,9 @@ def test_the_cupy_form_computes_what_numpy_computes(tmp_path, monkeypatch) -> No
         np.testing.assert_allclose(got_out[name], want_out[name], rtol=1e-12, err_msg=name)
     for name in want_grads:
         np.testing.assert_allclose(got_grads[name], want_grads[name], rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+def test_a_file_may_define_its_own_none(compile_nn) -> None:
+    """None is a predefined name, not a keyword: a file that names a value None keeps it."""
+    _, out = _run(compile_nn, "input x: float[N, 4]\nconst None = 2\nv = x[None, 1] * None\noutput v\n")
+    np.testing.assert_array_equal(out["v"], X[2, 1] * 2)

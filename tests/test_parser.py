@@ -233,10 +233,11 @@ def test_dot_t_is_a_postfix_transpose_and_a_longer_member_is_a_member() -> None:
     assert value_of("x.T ** 2").op == "pow"          # binds tighter than any operator
 
 
-def test_none_and_ellipsis_in_subscripts() -> None:
+def test_ellipsis_in_subscripts_and_none_is_a_name() -> None:
+    """None is numpy's, resolved by the elaborator (a new axis, an attribute not given), not a keyword."""
     subs = value_of("x[None, ..., 0:2, None]").subscripts
-    assert [type(s).__name__ for s in subs] == ["NoneConst", "EllipsisIndex", "Slice", "NoneConst"]
-    assert isinstance(only("y = sum(x, axis=None)").value.kwargs[0][1], syntax.NoneConst)
+    assert [type(s).__name__ for s in subs] == ["Ref", "EllipsisIndex", "Slice", "Ref"] and subs[0].name == "None"
+    assert only("y = sum(x, axis=None)").value.kwargs[0][1].name == "None"
 
 
 def test_calls_with_positional_and_keyword_arguments() -> None:

@@ -17,7 +17,7 @@ from ..ops import REGISTRY
 DECLARATIONS = ("const", "input", "param", "state", "layer")
 STATEMENTS = ("update", "output", "minimize", "return", "dtype", "train", "eval", "repeat", "as")
 TYPES = ("float", "int", "float32", "float64")
-CONSTANTS = ("true", "false", "None")
+CONSTANTS = ("true", "false")
 KEYWORDS = DECLARATIONS + STATEMENTS + TYPES + CONSTANTS + ("import",)
 
 # What a .nn file can call without defining it: the public ops and the param initialisers.

@@ -36,7 +36,7 @@ class Constants:
                     return -value if negs % 2 else value
             case syntax.Number(value=value) | syntax.Bool(value=value):
                 return value
-            case syntax.NoneConst():   # an attribute not given: axis=None
+            case syntax.Ref() if is_none(expr, scope):   # an attribute not given: axis=None
                 return None
             case syntax.Ref(parts=[name]):
                 if name in scope.consts:
@@ -221,3 +221,9 @@ def _check_rectangular(items: list[Any], expr: syntax.ListExpr) -> None:
     if shapes and len(shapes[0]) + 1 > MAX_RANK:
         raise NNError(f"a tensor can have at most {MAX_RANK} axes, but this list is nested "
                       f"{len(shapes[0]) + 1} deep", expr.loc)
+
+
+def is_none(expr: syntax.Expr, scope: Scope) -> bool:
+    """Whether ``expr`` is numpy's ``None``: the predefined name, unless the file defines its own."""
+    return isinstance(expr, syntax.Ref) and expr.parts == ("None",) and \
+        not any("None" in names for names in (scope.values, scope.consts, scope.dims))

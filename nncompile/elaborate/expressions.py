@@ -3,14 +3,14 @@ instances), subscripts into views and gathers."""
 from __future__ import annotations
 
 import difflib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from .. import syntax
 from ..errors import Loc, NNError
 from ..initializers import INITIALIZERS
 from ..ops import REGISTRY, OpDef
 from ..shapes import ShapeError, show
-from .constants import is_number, left_chain, neg_chain
+from .constants import is_none, is_number, left_chain, neg_chain
 from .core import Scope
 
 if TYPE_CHECKING:
@@ -59,9 +59,6 @@ class Expressions:
                 return el.const_tensor(el.consts.tensor_value(expr, scope, "a list in an expression"), expr.loc)
             case syntax.Bool():
                 raise NNError("true and false are only allowed as op attributes (like keepdims=true)", expr.loc)
-            case syntax.NoneConst():
-                raise NNError("None is a new axis in a subscript (x[:, None]) or an attribute not given "
-                              "(axis=None), not a value", expr.loc)
             case syntax.Index():
                 return self.index(expr, scope)
         raise NNError("unsupported expression", expr.loc)  # pragma: no cover - the grammar has no others
@@ -86,6 +83,9 @@ class Expressions:
                 return el.G.add("dim", (), {"symbols": (dim,), "factor": 1}, loc=ref.loc)
             if name in el.symbolic_dims():   # the batch size N as a number: sum(x) / N
                 return el.G.add("dim", (), {"symbols": (name,), "factor": 1}, loc=ref.loc)
+        if name == "None":
+            raise NNError("None is a new axis in a subscript (x[:, None]) or an attribute not given "
+                          "(axis=None), not a value", ref.loc)
         raise el.unknown(name, ref.loc, scope)
 
     def index(self, expr: syntax.Index, scope: Scope) -> int:
@@ -95,7 +95,7 @@ class Expressions:
         el = self.el
         target = self.expr(expr.target, scope)
         shape = el.G[target].shape
-        subscripts, new_axes = _expand_subscripts(expr.subscripts, shape)
+        subscripts, new_axes = _expand_subscripts(expr.subscripts, shape, lambda sub: is_none(sub, scope))
         key: list[str] = []
         tensors: list[int] = []
         locs = [expr.target.loc]
@@ -217,14 +217,15 @@ class Expressions:
 Subscript = syntax.Expr | syntax.Slice
 
 
-def _expand_subscripts(subscripts: tuple, shape: tuple) -> tuple[list[Subscript], list[tuple[int, Loc]]]:
+def _expand_subscripts(subscripts: tuple, shape: tuple, new_axis: Callable[[Subscript], bool]
+                       ) -> tuple[list[Subscript], list[tuple[int, Loc]]]:
     """numpy's ``...`` and ``None`` taken out of a subscript: ``...`` becomes as many ``:`` as the
-    axes not written, and each ``None`` a new axis, returned as its position in the result
-    (with its location, for errors)."""
+    axes not written, and each ``None`` (where ``new_axis`` says it is one) a new axis, returned
+    as its position in the result (with its location, for errors)."""
     ellipses = [s for s in subscripts if isinstance(s, syntax.EllipsisIndex)]
     if len(ellipses) > 1:
         raise NNError("a subscript may have only one '...'", ellipses[1].loc)
-    written = [s for s in subscripts if not isinstance(s, (syntax.NoneConst, syntax.EllipsisIndex))]
+    written = [s for s in subscripts if not (new_axis(s) or isinstance(s, syntax.EllipsisIndex))]
     if len(written) > len(shape):
         raise NNError(f"too many subscripts: the value has shape {show(shape)} ({len(shape)} axes), "
                       f"but {len(written)} are given", written[len(shape)].loc)
@@ -232,7 +233,7 @@ def _expand_subscripts(subscripts: tuple, shape: tuple) -> tuple[list[Subscript]
     new_axes: list[tuple[int, Loc]] = []
     position = 0   # the result's axis the next subscript makes
     for sub in subscripts:
-        if isinstance(sub, syntax.NoneConst):
+        if new_axis(sub):
             new_axes.append((position, sub.loc))
             position += 1
         elif isinstance(sub, syntax.EllipsisIndex):

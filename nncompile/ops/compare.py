@@ -103,6 +103,7 @@ op("argmax", 1, _argmax_rule, _emit_argmax, attrs=(("axis", None), ("keepdims", 
    doc="the index of the max along axis (of the flattened array by default), an int tensor, the first on a tie; "
        "it carries no gradient",
    example="predicted = argmax(x, axis=1)",
+   label=lambda attrs: "argmax" + ("" if attrs.get("axis") is None else f"(axis={attrs['axis']})"),
    onnx=_onnx_argmax)
 
 
