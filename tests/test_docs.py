@@ -59,6 +59,8 @@ input W: float[6, 6]
 input W2: float[6]
 input y: int[N]
 input scores: float[N, 6]
+input images: float[N, 3, 8, 8]
+input filters: float[4, 3, 3, 3]
 """
 
 
