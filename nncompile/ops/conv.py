@@ -156,8 +156,13 @@ def pair(opname: str, attrs: dict, name: str, low: int) -> tuple[int, int]:
     values = value if isinstance(value, tuple) else (value, value)
     if len(values) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < low for v in values):
         raise ShapeError(f"{opname}() needs {name} to be a whole number >= {low} or a pair of them "
-                         f"[height, width], not {attr_text(value) if isinstance(value, tuple) else value!r}")
+                         f"[height, width], not {f'[{attr_text(value)}]' if isinstance(value, tuple) else repr(value)}")
     return values[0], values[1]
+
+
+def _shown(values: tuple[int, int]) -> str:
+    """A (height, width) pair as a user would write it: 2, or [2, 3]."""
+    return str(values[0]) if values[0] == values[1] else f"[{values[0]}, {values[1]}]"
 
 
 def _window_attrs(opname: str, attrs: dict, kernel: tuple[int, int]) -> dict:
@@ -256,8 +261,8 @@ def _pool_geometry(opname: str, x: Node, attrs: dict, size: tuple[int, int] | No
     kernel = pair(opname, attrs, "kernel", 1)
     geometry = _window_attrs(opname, attrs, kernel)
     if any(p > k // 2 for p, k in zip(geometry["padding"], kernel)):
-        raise ShapeError(f"{opname}: padding {attr_text(geometry['padding'])} is more than half the kernel "
-                         f"{attr_text(kernel)}, so a window could hold padding only")
+        raise ShapeError(f"{opname}: padding {_shown(geometry['padding'])} is more than half the kernel "
+                         f"{_shown(kernel)}, so a window could hold padding only")
     out = tuple(out_size(opname, (h, w)[a], kernel[a], geometry["stride"][a], geometry["padding"][a], 1, a)
                 for a in range(2))
     return (n, c, *out), {"kernel": kernel, "stride": geometry["stride"], "padding": geometry["padding"]}
