@@ -30,7 +30,9 @@ _WINDOWS = '''def _windows(x, kernel, stride, padding, dilation, fill=0.0):
     of every output pixel. No copy is made until the view is reshaped."""
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
     if ph or pw:
-        x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
+        padded = np.full((x.shape[0], x.shape[1], x.shape[2] + 2 * ph, x.shape[3] + 2 * pw), fill, dtype=x.dtype)
+        padded[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]] = x
+        x = padded
     n, c, h, w = x.shape
     oh, ow = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
     s0, s1, s2, s3 = x.strides
@@ -72,10 +74,16 @@ _CONV2D = '''def _conv2d(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(
     return out'''
 
 _CONV2D_INPUT_GRAD = '''def _conv2d_input_grad(g, w, size, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, out=None):
-    """d loss / d x of a conv2d: each group's filters, transposed, times g [N, F, OH, OW] (one
-    batched GEMM) are the columns' gradient, which col2im adds back onto the image."""
+    """d loss / d x of a conv2d. At stride 1 it is the full correlation of g [N, F, OH, OW] with
+    the filters flipped and transposed (im2col and one batched GEMM again); otherwise each
+    group's filters, transposed, times g (one batched GEMM) are the columns' gradient, which
+    col2im adds back onto the image."""
     n, f, oh, ow = g.shape
     _, cg, kh, kw = w.shape
+    full = (dilation[0] * (kh - 1) - padding[0], dilation[1] * (kw - 1) - padding[1])
+    if stride == (1, 1) and min(full) >= 0:
+        flipped = w.reshape(groups, f // groups, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+        return _conv2d(g, flipped.reshape(groups * cg, f // groups, kh, kw), None, (1, 1), full, dilation, groups, out)
     filters = w.reshape(groups, f // groups, cg * kh * kw).transpose(0, 2, 1)
     cols = np.matmul(filters, g.reshape(n, groups, f // groups, oh * ow))
     return _col2im(cols.reshape(n, groups * cg, kh, kw, oh, ow), size, stride, padding, dilation, out)'''
@@ -108,28 +116,48 @@ _MAX_POOL2D = '''def _max_pool2d(x, kernel, stride, padding=(0, 0), out=None):
         np.maximum(out, windows[:, :, k // kernel[1], k % kernel[1]], out=out)
     return out'''
 
-_POOL_ARGMAX = '''def _pool_argmax(x, kernel, stride, padding):
-    """Where each window's max is, as a flat kernel offset i*KW + j (the first of a tie, as
-    PyTorch picks)."""
+_MAX_MASKS = '''def _max_masks(x, kernel, stride, padding):
+    """For each kernel offset, where it holds its window's max: the first of a tie only, as
+    PyTorch routes it. Comparisons of whole offsets, no argmax over a tiny axis."""
     windows = _windows(x, kernel, stride, padding, (1, 1), fill=-np.inf)
-    n, c, kh, kw, oh, ow = windows.shape
-    return windows.reshape(n, c, kh * kw, oh, ow).argmax(axis=2)'''
+    offsets = [windows[:, :, k // kernel[1], k % kernel[1]] for k in range(kernel[0] * kernel[1])]
+    top = offsets[0].copy()
+    for offset in offsets[1:]:
+        np.maximum(top, offset, out=top)
+    taken = np.zeros(top.shape, dtype=bool)
+    masks = []
+    for offset in offsets:
+        mask = np.equal(offset, top)
+        np.greater(mask, taken, out=mask)   # and not taken before
+        taken |= mask
+        masks.append(mask)
+    return masks'''
 
 _MAX_POOL2D_GRAD = '''def _max_pool2d_grad(g, x, kernel, stride, padding=(0, 0), out=None):
-    """d loss / d x of a max pool: each window's g goes to its max, added per kernel offset."""
-    at = _pool_argmax(x, kernel, stride, padding)
+    """d loss / d x of a max pool: each window's g goes to its max. Windows that tile the
+    image exactly write their share straight into it, one strided write per kernel offset;
+    otherwise the shares are added back by col2im."""
+    masks = _max_masks(x, kernel, stride, padding)
     n, c, oh, ow = g.shape
-    cols = np.empty((n, c, kernel[0], kernel[1], oh, ow), dtype=g.dtype)
-    for k in range(kernel[0] * kernel[1]):
-        np.multiply(g, at == k, out=cols[:, :, k // kernel[1], k % kernel[1]])
+    kh, kw = kernel
+    if stride == kernel and padding == (0, 0) and x.shape[2:] == (oh * kh, ow * kw):
+        image = np.empty(x.shape, dtype=g.dtype) if out is None else out
+        for k, mask in enumerate(masks):
+            np.multiply(g, mask, out=image[:, :, k // kw::kh, k % kw::kw])
+        return image
+    cols = np.empty((n, c, kh, kw, oh, ow), dtype=g.dtype)
+    for k, mask in enumerate(masks):
+        np.multiply(g, mask, out=cols[:, :, k // kw, k % kw])
     return _col2im(cols, x.shape[2:], stride, padding, (1, 1), out)'''
 
 _MAX_POOL2D_SELECT = '''def _max_pool2d_select(u, x, kernel, stride, padding=(0, 0)):
     """u's entry at each window's max of x: the transpose of _max_pool2d_grad."""
-    at = _pool_argmax(x, kernel, stride, padding)
     windows = _windows(u, kernel, stride, padding, (1, 1))
-    n, c, kh, kw, oh, ow = windows.shape
-    return np.take_along_axis(windows.reshape(n, c, kh * kw, oh, ow), at[:, :, None], axis=2)[:, :, 0]'''
+    masks = _max_masks(x, kernel, stride, padding)
+    out = windows[:, :, 0, 0] * masks[0]
+    for k, mask in enumerate(masks[1:], 1):
+        out += windows[:, :, k // kernel[1], k % kernel[1]] * mask
+    return out'''
 
 _AVG_POOL2D = '''def _avg_pool2d(x, kernel, stride, padding=(0, 0), out=None):
     """The mean of each window, padding counted as zeros (PyTorch's count_include_pad)."""
@@ -418,7 +446,7 @@ op("conv2d", -1, _conv2d_rule, _call("_conv2d", _conv_attrs), vjp=_vjp_conv2d, a
    onnx=_onnx_conv2d)
 op("conv2d_input_grad", 2, _conv2d_input_grad_rule, _call("_conv2d_input_grad", _conv_attrs, "{size!r}"),
    vjp=_vjp_conv2d_input_grad, attrs=(("size", ()), *_GEOMETRY), public=False, takes_out=True,
-   helpers=(*_CONV_HELPERS, _COL2IM, _CONV2D_INPUT_GRAD),
+   helpers=(*_CONV_HELPERS, _CONV2D, _COL2IM, _CONV2D_INPUT_GRAD),
    samples=(Sample(((2, 4, 3, 3), (4, 3, 3, 3)), {"size": (5, 5), "stride": 2, "padding": 1}),
             Sample(((1, 6, 6, 3), (6, 2, 2, 2)), {"size": (6, 7), **_GROUPED})),
    doc="d loss / d x of conv2d: the transposed convolution of g with W, back onto an image of the given size")
@@ -453,13 +481,13 @@ op("max_pool2d", 1, _pool_rule("max_pool2d"), _pool_call("_max_pool2d"), attrs=_
    label=_pool_label("max_pool2d"), kink=Kink(_window_gap, "has a tie for a window's maximum"),
    onnx=_onnx_pool("MaxPool"))
 op("max_pool2d_grad", 2, _pool_grad_rule("max_pool2d_grad"), _pool_call("_max_pool2d_grad"), attrs=_POOL,
-   public=False, takes_out=True, domain="separated", helpers=(_WINDOWS, _COL2IM, _POOL_ARGMAX, _MAX_POOL2D_GRAD),
+   public=False, takes_out=True, domain="separated", helpers=(_WINDOWS, _COL2IM, _MAX_MASKS, _MAX_POOL2D_GRAD),
    vjp=lambda u, out, g, x: (u.node("max_pool2d_select", x, **_pool_geometry_of(out)), None),
    samples=(Sample(((2, 3, 2, 2), (2, 3, 4, 4))), Sample(((2, 2, 3, 3), (2, 2, 5, 5)),
                                                        {"kernel": 3, "stride": 2, "padding": 1})),
    doc="d loss / d x of max_pool2d: g routed to each window's max of x")
 op("max_pool2d_select", 2, _pool_rule("max_pool2d_select"), _pool_call("_max_pool2d_select"), attrs=_POOL,
-   public=False, domain="separated", helpers=(_WINDOWS, _POOL_ARGMAX, _MAX_POOL2D_SELECT),
+   public=False, domain="separated", helpers=(_WINDOWS, _MAX_MASKS, _MAX_POOL2D_SELECT),
    vjp=lambda g, out, u, x: (g.node("max_pool2d_grad", x, **_pool_geometry_of(out)), None),
    samples=(Sample(((2, 3, 4, 4), (2, 3, 4, 4))), Sample(((2, 2, 5, 5), (2, 2, 5, 5)),
                                                        {"kernel": 3, "stride": 2, "padding": 1})),
