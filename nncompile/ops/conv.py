@@ -427,8 +427,19 @@ _GROUPED = {"stride": (1, 2), "padding": (1, 0), "dilation": 2, "groups": 2}
 _CONV_HELPERS = (_WINDOWS,)
 
 
+def _kernel_note(shapes_: list[Shape], attrs: dict) -> str:
+    """``3×3 conv 1→16``, with the stride, dilation and groups where they are not 1."""
+    f, cg, kh, kw = shapes_[1]
+    g = _conv_attrs(attrs)
+    words = [f"{k} {_shown(g[k])}" for k in ("stride", "dilation") if g[k] != (1, 1)]
+    words += [f"groups {g['groups']}"] if g["groups"] != 1 else []
+    return f"{kh}×{kw} conv {cg * g['groups']}→{f}" + (f" ({', '.join(words)})" if words else "")
+
+
 def _conv_label(attrs: dict) -> str:
-    words = [w.replace("(", "").replace(")", "").replace(", ", "×") for w in _keywords(_conv_attrs(attrs))]
+    """``conv2d(stride=2, padding=1)``: the geometry that is not the default."""
+    g = _conv_attrs(attrs)
+    words = [f"{k}={_shown(v) if isinstance(v, tuple) else v}" for k, v in g.items() if _DEFAULTS[k] != v]
     return f"conv2d({', '.join(words)})" if words else "conv2d"
 
 
@@ -442,7 +453,7 @@ op("conv2d", -1, _conv2d_rule, _call("_conv2d", _conv_attrs), vjp=_vjp_conv2d, a
        "of shape [N, F, (H + 2 pad - d (KH - 1) - 1) / s + 1, ...]; stride, padding and dilation are a number or "
        "[height, width], by keyword",
    example="maps = conv2d(images, filters, stride=1, padding=1)",
-   label=_conv_label,
+   label=_conv_label, cluster_note=_kernel_note,
    onnx=_onnx_conv2d)
 op("conv2d_input_grad", 2, _conv2d_input_grad_rule, _call("_conv2d_input_grad", _conv_attrs, "{size!r}"),
    vjp=_vjp_conv2d_input_grad, attrs=(("size", ()), *_GEOMETRY), public=False, takes_out=True,
