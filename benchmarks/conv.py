@@ -117,7 +117,7 @@ def torch_step(case: Case, params: dict, X: np.ndarray, y: np.ndarray) -> tuple[
 
     def read() -> tuple[float, Grads]:
         loss = run()
-        return float(loss), {k: v.grad.numpy() for k, v in leaves.items()}
+        return float(loss.detach()), {k: v.grad.numpy() for k, v in leaves.items()}
     return run, read
 
 
