@@ -2,7 +2,8 @@
 
 Fan-in is the product of all dims but the last, fan-out the last dim (a [K, out] weight has
 fan-in K), so the schemes of Glorot & Bengio and He et al. read as in their papers. A 1-D
-param (a bias [out]) has fan-in 1, a scalar fan-in and fan-out 1.
+param (a bias [out]) has fan-in 1, a scalar fan-in and fan-out 1, and a conv2d filter bank
+[F, C, KH, KW] fan-in C*KH*KW and fan-out F*KH*KW, as in PyTorch.
 
 The CS231n notes' "Xavier" (W = randn(fan_in, fan_out) / sqrt(fan_in), variance 1/fan_in) is
 ``lecun`` here; ``xavier``/``glorot`` is Glorot & Bengio's 2 / (fan_in + fan_out).
@@ -45,6 +46,8 @@ def _range_ok(a: dict[str, float]) -> str | None:
 def fans(shape: tuple[int, ...]) -> tuple[int, int]:
     if not shape:
         return 1, 1
+    if len(shape) == 4:   # conv2d's filters [F, C, KH, KW]: each output reads C KH KW inputs (PyTorch's fans)
+        return shape[1] * shape[2] * shape[3], shape[0] * shape[2] * shape[3]
     return max(1, prod(shape[:-1])), shape[-1]
 
 

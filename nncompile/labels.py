@@ -156,3 +156,16 @@ def with_numbers(text: str, rows: list[list[str]] | None, colour: str, joint: st
     grid = f'<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1">{cells}</TABLE>'
     head = f'<TR><TD><FONT COLOR="{colour}">{text}</FONT></TD></TR>' if text else ""
     return f'<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="0">{head}<TR><TD>{grid}</TD></TR></TABLE>'
+
+
+def cluster_notes(G: Any, nodes: Any) -> str:
+    """What a layer's cluster label says of the ops directly in it that ask to be named there
+    (``OpDef.cluster_note``: a conv's kernel, ``3×3 conv 1→16``), joined: "" when none do."""
+    from .ops import REGISTRY   # labels are text utilities; only this asks the registry
+
+    notes = []
+    for n in nodes:
+        note = REGISTRY[G[n].op].cluster_note
+        if note is not None:
+            notes.append(note([G[a].shape for a in G[n].args], dict(G[n].attrs)))
+    return "".join(f" · {note}" for note in notes)

@@ -41,7 +41,8 @@ from .errors import NNError, Sources
 from .health import legend_rows, node_style, wire_badge, wire_style
 from .ir import Graph, Node
 from .labels import (  # noqa: F401 (escape, quote, fmt, value_text, grad_text: this module's API too)
-    _printable, escape, fmt, grad_text, number_rows, quote, shape_text, small_text, stats_text, value_text, with_numbers)
+    _printable, cluster_notes, escape, fmt, grad_text, number_rows, quote, shape_text, small_text, stats_text, value_text,
+    with_numbers)
 from .ops import REGISTRY
 from .ops.registry import attr_text
 
@@ -377,7 +378,8 @@ class _Diagram:
         params = [n for n in self.nodes if self.G[n].op == "param" and self.G[n].scope[: len(scope)] == scope]
         count = self.numbers(params)
         extra = f"  ({count:,} params)" if count else ""
-        return f"{scope[-1]}: {self.layers.get(scope, 'layer')}{extra}", "rounded"
+        notes = cluster_notes(self.G, [n for n in self.nodes if self.G[n].scope == scope])
+        return f"{scope[-1]}: {self.layers.get(scope, 'layer')}{notes}{extra}", "rounded"
 
     def legend(self) -> str:
         """The graph's label: the file, what the colours and shapes mean."""

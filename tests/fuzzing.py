@@ -103,9 +103,10 @@ INITIALISERS = ("zeros()", "ones()", "constant(value=0.5)", "normal(0.01)", "nor
 UNARY = ("exp", "log", "sqrt", "abs", "tanh", "sigmoid", "relu", "softplus", "gelu")
 # Any other one-operand elementwise op (fusable, or a composite such as silu) comes from the
 # registry, so a new one is fuzzed without being named here, with its attributes' defaults.
+CONV_NET = ("conv2d", "max_pool2d", "avg_pool2d", "global_avg_pool2d", "flatten")   # written by _conv
 REGISTERED_UNARY = tuple(name for name, d in REGISTRY.items() if d.public and d.arity == 1
                          and (d.scalar is not None or d.composite is not None)
-                         and name not in UNARY + ("leaky_relu", "elu", "var", "std", "clip"))
+                         and name not in UNARY + ("leaky_relu", "elu", "var", "std", "clip") + CONV_NET)
 REDUCTIONS = ("sum", "mean", "max", "min", "var", "std")   # var and std: composites, but reductions
 COMPARISONS = ("<", ">", "<=", ">=", "==", "!=")
 STDLIB_LAYERS = ("linear", "affine", "dense", "mlp", "maxout_linear", "batchnorm", "dense_bn", "dense_dropout")
@@ -649,6 +650,36 @@ def _stdlib(w: ProgramWriter):
     return w.assign(f"{layer}({x.name}, {args}){as_name}", shape)
 
 
+def _conv(w: ProgramWriter):
+    """A conv net's op on an image [N, C, H, W] (a new input, or an image computed before),
+    with a geometry whose output sizes are whole."""
+    x = w.pick(lambda v: len(v.shape) == 4 and v.shape[0] == "N" and all(w.size(d) for d in v.shape[1:]))
+    if x is None:
+        x = w.input(("N", w.c.integer(1, 3), w.c.integer(3, 6), w.c.integer(3, 6)))
+    c, h, width = (w.size(d) for d in x.shape[1:])
+    op = w.c.choice(CONV_NET)
+    w.used.add(op)
+    if op in ("global_avg_pool2d", "flatten"):
+        return w.assign(f"{op}({x.name})", ("N", c) if op == "global_avg_pool2d" else ("N", c * h * width))
+    k = w.c.integer(1, min(3 if op == "conv2d" else 2, h, width))
+    padding = w.c.choice((0, k // 2))
+    default = 1 if op == "conv2d" else k   # a pool's stride is its kernel unless given
+    stride = w.c.choice([s for s in (default, 1, 2) if (h + 2 * padding - k) % s == 0
+                         and (width + 2 * padding - k) % s == 0])
+    shape = ("N", c, (h + 2 * padding - k) // stride + 1, (width + 2 * padding - k) // stride + 1)
+    words = ([f"stride={stride}"] if stride != default or w.c.chance(0.3) else []) + \
+        ([f"padding={padding}"] if padding or w.c.chance(0.3) else [])
+    if op != "conv2d":
+        return w.assign(f"{op}({', '.join([x.name, str(k), *words])})", shape)
+    groups = w.c.choice([g for g in (1, 2, 3) if c % g == 0])
+    filters = groups * w.c.integer(1, 2)
+    operands = [x.name, w.param((filters, c // groups, k, k)).name]
+    if w.c.chance(0.5):
+        operands.append(w.param((filters,)).name)
+    words += [f"groups={groups}"] if groups > 1 else []
+    return w.assign(f"conv2d({', '.join(operands + words)})", ("N", filters, *shape[2:]))
+
+
 def _state(w: ProgramWriter):
     x = w.pick(lambda v: len(v.shape) == 2 and w.size(v.shape[1]) is not None)
     if x is None:
@@ -663,7 +694,7 @@ def _state(w: ProgramWriter):
 BUILDERS: tuple[Callable[[ProgramWriter], Value | None], ...] = (
     _elementwise_unary, _elementwise_unary, _binary, _binary, _matmul, _reduce, _reshape, _transpose,
     _concat, _along_axis, _maxout, _dropout, _classification_loss, _pairwise_loss, _penalty, _index,
-    _layer, _stdlib, _stdlib, _state, _new_axes, _compare, _compare, _clip, _accuracy)
+    _layer, _stdlib, _stdlib, _state, _new_axes, _compare, _compare, _clip, _accuracy, _conv)
 
 
 # ---- mutations of existing files ----------------------------------------------------------

@@ -9,7 +9,7 @@ from types import ModuleType
 
 import numpy as np
 import pytest
-from conftest import write_nn
+from conftest import EXAMPLES, write_nn
 
 import nncompile
 from nncompile.errors import NNError
@@ -96,6 +96,14 @@ def test_digits_feed_a_model_whatever_its_input_names(tmp_path: Path) -> None:
         minimize loss
     """))
     assert bind(load_digits(), images).arrays["img"].shape == (1797, 8, 8)
+
+
+def test_digits_feed_a_conv_net_as_one_channel_images() -> None:
+    """examples/digits_cnn.nn's X: float[N, 1, 8, 8] takes the flat pixels reshaped, row by row."""
+    raw = load_digits()
+    X = bind(raw, nncompile.compile_and_load(EXAMPLES / "digits_cnn.nn")).arrays["X"]
+    assert X.shape == (1797, 1, 8, 8) and X.dtype == np.float32
+    np.testing.assert_array_equal(X[:, 0], raw.arrays["images"].astype(np.float32))
 
 
 # ---- npz files ---------------------------------------------------------------------------------

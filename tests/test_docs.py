@@ -60,6 +60,8 @@ input W2: float[6]
 input y: int[N]
 input scores: float[N, 6]
 input cond: float[N, 6]
+input images: float[N, 3, 8, 8]
+input filters: float[4, 3, 3, 3]
 """
 
 

@@ -146,6 +146,24 @@ def test_statistics_histograms_and_small_tensors() -> None:
     json.loads(script_json(small), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
 
 
+def test_a_4d_value_carries_its_first_examples_feature_maps() -> None:
+    rng = np.random.default_rng(4)
+    images = rng.standard_normal((3, 20, 5, 6)).astype(np.float32)
+    images[0, 1] = 2.0                                              # a constant channel
+    maps = summary(images)["maps"]
+    assert (maps["of"], maps["height"], maps["width"], len(maps["pixels"])) == (20, 5, 6, 16)   # 16 shown
+    first = images[0, 0].astype(np.float64)
+    want = np.round((first - first.min()) / (first.max() - first.min()) * 255).astype(int)
+    assert maps["pixels"][0] == want.ravel().tolist() and min(maps["pixels"][0]) == 0 and max(maps["pixels"][0]) == 255
+    assert maps["lo"][0] == float(images[0, 0].min()) and maps["hi"][0] == float(images[0, 0].max())
+    assert set(maps["pixels"][1]) == {128} and maps["lo"][1] == maps["hi"][1] == 2.0
+    assert "maps" not in summary(images[0]) and "maps" not in summary(np.zeros((2, 3, 1, 1)))
+    assert "maps" not in summary(np.zeros((1, 1, 65, 64)))          # too big to draw: statistics only
+    data = data_of(page_of(EXAMPLES / "digits_cnn.nn"))
+    drawn = [n for n in data["nodes"].values() if n["value"] and "maps" in n["value"]]
+    assert {tuple(n["value"]["shape"][1:]) for n in drawn} >= {(1, 8, 8), (16, 8, 8), (16, 4, 4), (32, 2, 2)}
+
+
 def test_non_finite_values_reach_the_panel_as_counts(tmp_path: Path) -> None:
     path = write_nn(tmp_path, "bad.nn", """
         input x: float[4] = [1, 0, -1, 2]

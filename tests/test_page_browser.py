@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from nncompile.evaluate import evaluate_file
@@ -308,3 +309,20 @@ def test_the_health_overlay_colours_a_node_and_explains_it(open_page, tmp_path) 
     assert "gradient health: bad" in p.field("health") and "too fast" in p.field("health")
     assert p.page.locator(".nn-health-legend li").all_inner_texts() == ["ok", "warn", "bad"]
     p.shot("health")
+
+
+def test_a_conv_nets_feature_maps_are_drawn_as_small_images(open_page, tmp_path) -> None:
+    path, ev = page_of(tmp_path, EXAMPLES / "digits_cnn.nn")
+    p = open_page(path)
+    maps = node_named(ev, "h1")                                    # [N, 16, 4, 4] after the first pool
+    p.node(maps).click()
+    canvases = p.page.locator('#nn-details [data-field="value"] [data-field="maps"] canvas.nn-map')
+    assert canvases.count() == 16
+    assert "16 of 16 channels, 4×4" in p.page.inner_text('#nn-details [data-field="value"] [data-field="maps"]')
+    # the canvas holds the panel's pixels: channel 0's greyscale, row by row
+    drawn = canvases.first.evaluate("c => Array.from(c.getContext('2d').getImageData(0, 0, 4, 4).data)"
+                                    ".filter((_, i) => i % 4 === 0)")
+    value = np.asarray(ev.values[maps], dtype=np.float64)[0, 0]
+    want = np.round((value - value.min()) / (value.max() - value.min()) * 255)
+    assert drawn == want.ravel().astype(int).tolist()
+    assert canvases.first.bounding_box()["width"] > 40            # drawn large, pixelated, not 4 px wide

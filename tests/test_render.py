@@ -163,6 +163,20 @@ def test_two_layer_clusters_and_summaries(two_layer, tmp_path):
     assert "minimize " in texts and "softmax_cross_entropy" in texts and "relu" in texts
 
 
+def test_a_conv_layer_is_one_cluster_with_its_kernel_shape_in_the_label(tmp_path):
+    path = tmp_path / "cnn.nn"
+    path.write_text("import nn\ninput X: float[N, 3, 8, 8]\nh = conv(X, out=4) as c1\n"
+                    "g = max_pool2d(conv(h, out=6, k=2, stride=2, padding=0) as c2, 2)\n"
+                    "loss = sum(g)\nminimize loss\n")
+    dot = to_dot(evaluate_file(path))
+    labels = re.findall(r"subgraph (cluster_\d+_\w+) \{\n\s*graph \[label=<<B>([^<]*)</B>", dot)
+    assert ("cluster_1_c1", "c1: conv · 3×3 conv 3→4  (112 params)") in labels, labels
+    assert ("cluster_2_c2", "c2: conv · 2×2 conv 4→6 (stride 2)  (102 params)") in labels, labels
+    # the conv's own nodes sit inside its cluster, the op labelled with its geometry
+    assert re.search(r"subgraph cluster_1_c1 \{[^}]*label=<conv2d\(padding=1\)>", dot)
+    assert "label=<max_pool2d(2×2)>" in dot
+
+
 def test_collapse_above_the_node_budget(two_layer):
     warnings: list[str] = []
     dot = to_dot(two_layer, max_nodes=5, warn=warnings.append)

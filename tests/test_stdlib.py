@@ -32,7 +32,8 @@ def _close(a, b, **kw) -> None:
 
 
 def test_the_library_ships_the_layers_the_issue_asks_for() -> None:
-    assert {"linear", "affine", "dense", "mlp", "batchnorm", "dense_bn", "dense_dropout", "maxout_linear"} <= \
+    assert {"linear", "affine", "dense", "mlp", "batchnorm", "dense_bn", "dense_dropout", "maxout_linear",
+            "conv", "conv_bn_relu", "batchnorm2d", "residual"} <= \
         set(LAYERS)
     assert (STDLIB / "nn.nn").is_file()
 
@@ -236,4 +237,82 @@ def test_dropout_gradients_with_a_fixed_mask(build) -> None:
     def loss() -> float:   # the same seed every time: the same mask
         return float(m.value_and_grad(params, None, np.random.default_rng(12), x=x, w=w)[0]["loss"])
     for name, value in (("x", x), ("fc.W", params["fc.W"]), ("fc.b", params["fc.b"])):
+        np.testing.assert_allclose(grads[name], numeric_grad(loss, value), rtol=1e-6, atol=1e-8, err_msg=name)
+
+
+# ---- the conv net layers ----------------------------------------------------------------
+
+CONV_NET = """
+    import nn
+    input x: float[N, 2, 6, 6]
+    input w: float[N, 2, 6, 6]
+    a = conv(x, out=3) as c1
+    b = conv(x, out=4, k=2, stride=2, padding=0) as c2
+    h = batchnorm2d(x, momentum=0.8) as bn
+    r = residual(x) as res
+    s = conv_bn_relu(x, out=3, k=2, stride=2, padding=0) as cbr
+    output a, b, h, r, s
+    loss = sum(h * w) + sum(r * w)
+    minimize loss
+"""
+
+
+def _conv2d(x: np.ndarray, W: np.ndarray, stride: int = 1, padding: int = 0) -> np.ndarray:
+    """The definition, one output pixel at a time: sum over c, p, q of x[c, i*s + p, j*s + q] W[f, c, p, q]."""
+    x = np.pad(x, ((0, 0), (0, 0), (padding,) * 2, (padding,) * 2))
+    f, _, kh, kw = W.shape
+    oh, ow = (x.shape[2] - kh) // stride + 1, (x.shape[3] - kw) // stride + 1
+    out = np.zeros((len(x), f, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            out[:, :, i, j] = np.einsum("ncpq,fcpq->nf", x[:, :, i * stride:i * stride + kh, j * stride:j * stride + kw], W)
+    return out
+
+
+def _bn2d(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    mu, var = x.mean(axis=(0, 2, 3), keepdims=True), x.var(axis=(0, 2, 3), keepdims=True)
+    return gamma[:, None, None] * (x - mu) / np.sqrt(var + 1e-5) + beta[:, None, None]
+
+
+def test_the_conv_layers_compute_what_their_comments_say(build) -> None:
+    m = build(CONV_NET)
+    rng = np.random.default_rng(5)
+    p, state = m.init_params(0), m.init_state()
+    p = {k: v + rng.uniform(0.1, 0.5, v.shape) if k.endswith((".b", "beta")) else v for k, v in p.items()}
+    x = rng.standard_normal((3, 2, 6, 6))
+    out, _, new_state = m.value_and_grad(p, state, None, x=x, w=np.ones_like(x))
+    _close(out["a"], _conv2d(x, p["c1.W"], padding=1) + p["c1.b"][:, None, None])
+    _close(out["b"], _conv2d(x, p["c2.W"], stride=2) + p["c2.b"][:, None, None])
+    assert out["a"].shape == (3, 3, 6, 6) and out["b"].shape == (3, 4, 3, 3)
+    _close(out["h"], _bn2d(x, p["bn.gamma"], p["bn.beta"]))
+    _close(new_state["bn.running_mean"], 0.2 * x.mean(axis=(0, 2, 3)))
+    _close(new_state["bn.running_var"], 0.8 + 0.2 * x.var(axis=(0, 2, 3)))
+    _close(out["s"], np.maximum(_bn2d(_conv2d(x, p["cbr.W"], 2, 0), p["cbr.bn.gamma"], p["cbr.bn.beta"]), 0))
+    h = np.maximum(_bn2d(_conv2d(x, p["res.conv1.W"], padding=1), p["res.conv1.bn.gamma"], p["res.conv1.bn.beta"]), 0)
+    _close(out["r"], np.maximum(x + _bn2d(_conv2d(h, p["res.W"], padding=1), p["res.bn2.gamma"], p["res.bn2.beta"]), 0))
+    assert abs(p["c1.W"].std() / np.sqrt(2 / (2 * 9)) - 1) < 0.3   # He, fan-in channels * k * k
+
+
+def test_batchnorm2d_evaluates_with_the_running_statistics_per_channel(build) -> None:
+    m = build(CONV_NET)
+    p, state = m.init_params(0), m.init_state()
+    state["bn.running_mean"], state["bn.running_var"] = np.array([1.0, -2.0]), np.array([4.0, 0.25])
+    x = np.random.default_rng(6).standard_normal((2, 2, 6, 6))
+    out = m.forward(p, state, x=x, w=x)
+    _close(out["h"], p["bn.gamma"][:, None, None] * (x - state["bn.running_mean"][:, None, None])
+           / np.sqrt(state["bn.running_var"][:, None, None] + 1e-5) + p["bn.beta"][:, None, None])
+    _close(m.forward(p, state, x=x[:1], w=x[:1])["h"], out["h"][:1])
+
+
+def test_the_conv_layers_gradients_in_training_mode(build) -> None:
+    m = build(CONV_NET.replace("[N, 2, 6, 6]", "[N, 2, 4, 4]"))
+    rng = np.random.default_rng(7)
+    params = {k: v + rng.uniform(0.1, 0.3, v.shape) for k, v in m.init_params(1).items()}
+    state = m.init_state()
+    x, w = rng.standard_normal((2, 2, 4, 4)), rng.standard_normal((2, 2, 4, 4))
+    _, grads, _ = m.value_and_grad(params, state, None, x=x, w=w)
+
+    def loss() -> float:
+        return float(m.value_and_grad(params, state, None, x=x, w=w)[0]["loss"])
+    for name, value in (("x", x), *((k, params[k]) for k in ("bn.gamma", "res.W", "res.conv1.W", "res.bn2.beta"))):
         np.testing.assert_allclose(grads[name], numeric_grad(loss, value), rtol=1e-6, atol=1e-8, err_msg=name)

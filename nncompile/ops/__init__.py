@@ -12,7 +12,7 @@ ops) or in the family it belongs to, :mod:`.activations`, :mod:`.losses`, :mod:`
 derivatives, fed leaves and intermediate values, optimised and not, dtype checks in float32
 and float64, and a comparison of its C scalar form, compiled with gcc, with its numpy form.
 """
-from . import basic, activations, losses, indexing, compare  # noqa: F401 - declaring the ops fills REGISTRY
+from . import basic, activations, losses, indexing, compare, conv  # noqa: F401 - declaring the ops fills REGISTRY
 from .registry import REGISTRY, EmitContext, OpDef, Sample, composite, elementwise, literal, new_graph, op
 from .value import Value, constant, sum_to
 

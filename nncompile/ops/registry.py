@@ -131,6 +131,8 @@ class OpDef:
     onnx: Lowering | None = None              # its ONNX nodes (nncompile.export); None: it cannot be exported
     dead_at: float | None = None              # an output at or below this is a unit that passes no gradient (relu: 0)
     saturates: tuple[float, float] | None = None   # outputs outside (lo, hi) sit on a flat tail (gradient health)
+    cluster_note: Callable[[list[Shape], dict[str, Any]], str] | None = None   # (operand shapes, attrs) -> what the
+                                              # diagram's cluster of a layer using it says of it: a conv's kernel
 
     @property
     def elementwise(self) -> bool:

@@ -32,6 +32,8 @@ from ..labels import SHOWN_NUMBERS
 from ..version import __version__
 
 HISTOGRAM_BINS = 24
+MAPS_SHOWN = 16          # a 4-D value's feature maps: this many channels of its first example
+MAP_PIXELS = 64 * 64     # and only maps up to this size (a larger image is statistics only)
 
 
 
@@ -64,11 +66,31 @@ def summary(value: Any) -> dict[str, Any]:
         if array.size > 1:
             counts, edges = np.histogram(finite, bins=HISTOGRAM_BINS)
             out["histogram"] = {"counts": counts.tolist(), "lo": _number(edges[0]), "hi": _number(edges[-1])}
+    if array.ndim == 4 and array.shape[0] and 1 < array.shape[2] * array.shape[3] <= MAP_PIXELS:
+        out["maps"] = feature_maps(numeric)
     if array.size <= SHOWN_NUMBERS:
         out["numbers"] = [_number(v) for v in array.ravel()]
         out["text"] = np.array2string(array, precision=6, separator=", ", max_line_width=60) if array.ndim \
             else render.fmt(array, 8) if array.dtype.kind == "f" else str(array.item())
     return out
+
+
+def feature_maps(array: np.ndarray) -> dict[str, Any]:
+    """A conv net's value [N, C, H, W] as the panel draws it: the first example's first
+    channels as greyscale images, each scaled from its own min (0) to its max (255), row by
+    row; a constant or non-finite map is mid-grey."""
+    maps = array[0, :MAPS_SHOWN]
+    lo, hi, pixels = [], [], []
+    for channel in maps:
+        finite = channel[np.isfinite(channel)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        scaled = (np.nan_to_num(channel, nan=low, posinf=high, neginf=low) - low) / (high - low) \
+            if high > low else np.full(channel.shape, 0.5)
+        pixels.append(np.round(scaled * 255).astype(int).ravel().tolist())
+        lo.append(_number(low))
+        hi.append(_number(high))
+    return {"of": int(array.shape[1]), "height": int(array.shape[2]), "width": int(array.shape[3]),
+            "lo": lo, "hi": hi, "pixels": pixels}
 
 
 def _value(ev, n: int) -> np.ndarray | None:

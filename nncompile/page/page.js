@@ -320,6 +320,21 @@
     return chart;
   }
 
+  function featureMaps(maps) {   // a 4-D value's first example, a small greyscale canvas per channel
+    const box = el("div", { class: "nn-maps", "data-field": "maps" }, el("p", { class: "nn-meta" },
+      `example 0: ${maps.pixels.length} of ${maps.of} channels, ${maps.height}×${maps.width}, each from its min (black) to its max (white)`));
+    maps.pixels.forEach((pixels, c) => {
+      const canvas = el("canvas", { class: "nn-map", width: maps.width, height: maps.height,
+        title: `channel ${c}: ${num(maps.lo[c])} … ${num(maps.hi[c])}` });
+      const ctx = canvas.getContext("2d");
+      const image = ctx.createImageData(maps.width, maps.height);
+      pixels.forEach((v, i) => { image.data.set([v, v, v, 255], 4 * i); });
+      ctx.putImageData(image, 0, 0);
+      box.append(canvas);
+    });
+    return box;
+  }
+
   function arraySection(heading, colour, st, field) {
     const sec = el("section", { class: "nn-array " + colour, "data-field": field }, el("h3", {}, heading));
     if (typeof st === "string" || st === null) {
@@ -334,6 +349,7 @@
     sec.append(el("p", { class: "nn-meta" }, `${st.dtype} [${st.shape.join(", ")}], ${st.size} values`));
     sec.append(statsTable(st));
     if (st.histogram) sec.append(histogram(st.histogram, colour));
+    if (st.maps) sec.append(featureMaps(st.maps));
     if (st.text !== undefined) sec.append(el("pre", { class: "nn-numbers" }, st.text));
     return sec;
   }

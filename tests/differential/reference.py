@@ -153,4 +153,11 @@ TORCH: dict[str, Callable[..., Tensor]] = {
     "l2": lambda *ws: sum(torch.sum(w * w) for w in ws),
     "l1": lambda *ws: sum(torch.sum(torch.abs(w)) for w in ws),
     "elastic_net": lambda *ws, beta=1.0: sum(torch.sum(beta * w * w + torch.abs(w)) for w in ws),
+    "conv2d": lambda x, w, *b, stride=1, padding=0, dilation=1, groups=1: F.conv2d(
+        x, w, b[0] if b else None, stride=stride, padding=padding, dilation=dilation, groups=groups),
+    "max_pool2d": lambda x, kernel=2, stride=None, padding=0: F.max_pool2d(x, kernel, stride, padding),
+    "avg_pool2d": lambda x, kernel=2, stride=None, padding=0: F.avg_pool2d(x, kernel, stride, padding,
+                                                                           count_include_pad=True),
+    "global_avg_pool2d": lambda x: F.adaptive_avg_pool2d(x, 1).flatten(1),
+    "flatten": lambda x: torch.flatten(x, 1),
 }

@@ -1,0 +1,541 @@
+"""Convolutional nets on NCHW images: conv2d, max and average pooling, the global average
+pool and flatten, and the ops their gradient rules emit. Declared like :mod:`.basic`, one
+call per op; each op's shape rule, emitter, gradient rule and ONNX lowering sit above it.
+
+The numpy forms are a careful numpy programmer's: im2col is a strided view of the (padded)
+image (:data:`_WINDOWS`), copied once into the columns a conv multiplies with its filters in
+one batched GEMM; both backward products are GEMMs too, and col2im and the pools loop over
+the kernel's offsets (9 for a 3x3 kernel), never over pixels. The ops are closed under
+differentiation: conv2d's input and weight gradients are bilinear, and each one's gradient
+rule is written with the other two, so second-order gradients need nothing else.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import shapes
+from ..ir import Node
+from ..shapes import Shape, ShapeError
+from .registry import EmitContext, Kink, Sample, attr_text, composite, need_float, op
+from .onnx_helpers import OnnxContext
+from .value import Value
+
+# ---- the helpers the emitted code calls (written for numpy; retargeted for CuPy) ----------
+
+_WINDOWS = '''def _windows(x, kernel, stride, padding, dilation, fill=0.0):
+    """im2col's windows of x [N, C, H, W] as a strided view [N, C, KH, KW, OH, OW] of x
+    (padded with fill first where there is padding): [:, :, i, j] is kernel offset (i, j)
+    of every output pixel. No copy is made until the view is reshaped."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    if ph or pw:
+        padded = np.full((x.shape[0], x.shape[1], x.shape[2] + 2 * ph, x.shape[3] + 2 * pw), fill, dtype=x.dtype)
+        padded[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]] = x
+        x = padded
+    n, c, h, w = x.shape
+    oh, ow = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
+    s0, s1, s2, s3 = x.strides
+    return np.lib.stride_tricks.as_strided(x, (n, c, kh, kw, oh, ow), (s0, s1, s2 * dh, s3 * dw, s2 * sh, s3 * sw))'''
+
+_COL2IM = '''def _col2im(cols, size, stride, padding, dilation, out=None):
+    """The transpose of _windows: each window's entries cols [N, C, KH, KW, OH, OW] added back
+    onto the pixels it read, one strided add per kernel offset; the padding is cut off."""
+    n, c, kh, kw, oh, ow = cols.shape
+    (h, w), (sh, sw), (ph, pw), (dh, dw) = size, stride, padding, dilation
+    direct = out is not None and not (ph or pw)
+    image = out if direct else np.empty((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
+    image[...] = 0
+    for i in range(kh):
+        for j in range(kw):
+            rows, columns = slice(i * dh, i * dh + sh * (oh - 1) + 1, sh), slice(j * dw, j * dw + sw * (ow - 1) + 1, sw)
+            image[:, :, rows, columns] += cols[:, :, i, j]
+    if direct:
+        return out
+    image = image[:, :, ph:ph + h, pw:pw + w]
+    if out is None:
+        return image
+    out[...] = image
+    return out'''
+
+_CONV2D = '''def _conv2d(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, out=None):
+    """The cross-correlation of x [N, C, H, W] with filters w [F, C/groups, KH, KW] (plus the
+    bias b [F]): im2col's columns [N, groups, C/groups*KH*KW, OH*OW] times each group's
+    filters as a matrix, one batched GEMM, written straight into the NCHW result."""
+    f, cg, kh, kw = w.shape
+    windows = _windows(x, (kh, kw), stride, padding, dilation)
+    n, _, _, _, oh, ow = windows.shape
+    cols = windows.reshape(n, groups, cg * kh * kw, oh * ow)
+    if out is None:
+        out = np.empty((n, f, oh, ow), dtype=x.dtype)
+    np.matmul(w.reshape(groups, f // groups, cg * kh * kw), cols, out=out.reshape(n, groups, f // groups, oh * ow))
+    if b is not None:
+        out += b.reshape(f, 1, 1)
+    return out'''
+
+_CONV2D_INPUT_GRAD = '''def _conv2d_input_grad(g, w, size, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, out=None):
+    """d loss / d x of a conv2d. At stride 1 it is the full correlation of g [N, F, OH, OW] with
+    the filters flipped and transposed (im2col and one batched GEMM again); otherwise each
+    group's filters, transposed, times g (one batched GEMM) are the columns' gradient, which
+    col2im adds back onto the image."""
+    n, f, oh, ow = g.shape
+    _, cg, kh, kw = w.shape
+    full = (dilation[0] * (kh - 1) - padding[0], dilation[1] * (kw - 1) - padding[1])
+    if stride == (1, 1) and min(full) >= 0:
+        flipped = w.reshape(groups, f // groups, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+        return _conv2d(g, flipped.reshape(groups * cg, f // groups, kh, kw), None, (1, 1), full, dilation, groups, out)
+    filters = w.reshape(groups, f // groups, cg * kh * kw).transpose(0, 2, 1)
+    cols = np.matmul(filters, g.reshape(n, groups, f // groups, oh * ow))
+    return _col2im(cols.reshape(n, groups * cg, kh, kw, oh, ow), size, stride, padding, dilation, out)'''
+
+_CONV2D_WEIGHT_GRAD = '''def _conv2d_weight_grad(x, g, kernel, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, out=None):
+    """d loss / d w of a conv2d: g [N, F, OH, OW] times im2col's columns of x, summed over the
+    batch and the output pixels: one GEMM per group over N*OH*OW (the columns laid out so)."""
+    n, f, oh, ow = g.shape
+    windows = _windows(x, kernel, stride, padding, dilation)
+    c, (kh, kw) = windows.shape[1], kernel
+    cols = windows.transpose(1, 2, 3, 0, 4, 5).reshape(groups, c // groups * kh * kw, n * oh * ow)
+    grads = g.transpose(1, 0, 2, 3).reshape(groups, f // groups, n * oh * ow)
+    if out is None:
+        out = np.empty((f, c // groups, kh, kw), dtype=x.dtype)
+    np.matmul(grads, cols.transpose(0, 2, 1), out=out.reshape(groups, f // groups, c // groups * kh * kw))
+    return out'''
+
+_FIRST_OFFSET = '''def _first_offset(windows, out=None):
+    """Kernel offset (0, 0) of every window, copied (into out, where given): a pool's start."""
+    if out is None:
+        return windows[:, :, 0, 0].copy()
+    out[...] = windows[:, :, 0, 0]
+    return out'''
+
+_MAX_POOL2D = '''def _max_pool2d(x, kernel, stride, padding=(0, 0), out=None):
+    """The max of each window: a running maximum over the kernel's offsets (padding is -inf)."""
+    windows = _windows(x, kernel, stride, padding, (1, 1), fill=-np.inf)
+    out = _first_offset(windows, out)
+    for k in range(1, kernel[0] * kernel[1]):
+        np.maximum(out, windows[:, :, k // kernel[1], k % kernel[1]], out=out)
+    return out'''
+
+_MAX_MASKS = '''def _max_masks(x, kernel, stride, padding):
+    """For each kernel offset, where it holds its window's max: the first of a tie only, as
+    PyTorch routes it. Comparisons of whole offsets, no argmax over a tiny axis."""
+    windows = _windows(x, kernel, stride, padding, (1, 1), fill=-np.inf)
+    offsets = [windows[:, :, k // kernel[1], k % kernel[1]] for k in range(kernel[0] * kernel[1])]
+    top = offsets[0].copy()
+    for offset in offsets[1:]:
+        np.maximum(top, offset, out=top)
+    taken = np.zeros(top.shape, dtype=bool)
+    masks = []
+    for offset in offsets:
+        mask = np.equal(offset, top)
+        np.greater(mask, taken, out=mask)   # and not taken before
+        taken |= mask
+        masks.append(mask)
+    return masks'''
+
+_MAX_POOL2D_GRAD = '''def _max_pool2d_grad(g, x, kernel, stride, padding=(0, 0), out=None):
+    """d loss / d x of a max pool: each window's g goes to its max. Windows that tile the
+    image exactly write their share straight into it, one strided write per kernel offset;
+    otherwise the shares are added back by col2im."""
+    masks = _max_masks(x, kernel, stride, padding)
+    n, c, oh, ow = g.shape
+    kh, kw = kernel
+    if stride == kernel and padding == (0, 0) and x.shape[2:] == (oh * kh, ow * kw):
+        image = np.empty(x.shape, dtype=g.dtype) if out is None else out
+        for k, mask in enumerate(masks):
+            np.multiply(g, mask, out=image[:, :, k // kw::kh, k % kw::kw])
+        return image
+    cols = np.empty((n, c, kh, kw, oh, ow), dtype=g.dtype)
+    for k, mask in enumerate(masks):
+        np.multiply(g, mask, out=cols[:, :, k // kw, k % kw])
+    return _col2im(cols, x.shape[2:], stride, padding, (1, 1), out)'''
+
+_MAX_POOL2D_SELECT = '''def _max_pool2d_select(u, x, kernel, stride, padding=(0, 0)):
+    """u's entry at each window's max of x: the transpose of _max_pool2d_grad."""
+    windows = _windows(u, kernel, stride, padding, (1, 1))
+    masks = _max_masks(x, kernel, stride, padding)
+    out = windows[:, :, 0, 0] * masks[0]
+    for k, mask in enumerate(masks[1:], 1):
+        out += windows[:, :, k // kernel[1], k % kernel[1]] * mask
+    return out'''
+
+_AVG_POOL2D = '''def _avg_pool2d(x, kernel, stride, padding=(0, 0), out=None):
+    """The mean of each window, padding counted as zeros (PyTorch's count_include_pad)."""
+    windows = _windows(x, kernel, stride, padding, (1, 1))
+    out = _first_offset(windows, out)
+    for k in range(1, kernel[0] * kernel[1]):
+        out += windows[:, :, k // kernel[1], k % kernel[1]]
+    out *= 1.0 / (kernel[0] * kernel[1])
+    return out'''
+
+_AVG_POOL2D_GRAD = '''def _avg_pool2d_grad(g, size, kernel, stride, padding=(0, 0), out=None):
+    """d loss / d x of an average pool: g / (KH*KW) spread over each window."""
+    n, c, oh, ow = g.shape
+    share = g * (1.0 / (kernel[0] * kernel[1]))
+    cols = np.broadcast_to(share[:, :, None, None], (n, c, kernel[0], kernel[1], oh, ow))
+    return _col2im(cols, size, stride, padding, (1, 1), out)'''
+
+
+# ---- attributes: an int or a pair per spatial axis ------------------------------------
+
+def pair(opname: str, attrs: dict, name: str, low: int) -> tuple[int, int]:
+    """``stride=2`` or ``stride=[2, 1]`` as (height, width); a ShapeError names a bad value."""
+    value = attrs.get(name)
+    values = value if isinstance(value, tuple) else (value, value)
+    if len(values) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < low for v in values):
+        raise ShapeError(f"{opname}() needs {name} to be a whole number >= {low} or a pair of them "
+                         f"[height, width], not {f'[{attr_text(value)}]' if isinstance(value, tuple) else repr(value)}")
+    return values[0], values[1]
+
+
+def _shown(values: tuple[int, int]) -> str:
+    """A (height, width) pair as a user would write it: 2, or [2, 3]."""
+    return str(values[0]) if values[0] == values[1] else f"[{values[0]}, {values[1]}]"
+
+
+def _window_attrs(opname: str, attrs: dict, kernel: tuple[int, int]) -> dict:
+    """The normalised stride, padding and dilation (a pool's stride defaults to its kernel)."""
+    stride = kernel if attrs.get("stride") is None else pair(opname, attrs, "stride", 1)
+    return {"stride": stride, "padding": pair(opname, attrs, "padding", 0),
+            "dilation": pair(opname, attrs, "dilation", 1) if "dilation" in attrs else (1, 1)}
+
+
+_AXES = ("height", "width")
+
+
+def out_size(opname: str, size: int, kernel: int, stride: int, padding: int, dilation: int, axis: int) -> int:
+    """(size + 2 padding - dilation (kernel - 1) - 1) / stride + 1, which must be whole and >= 1;
+    the error spells out the arithmetic."""
+    reach = kernel if dilation == 1 else f"{dilation}*({kernel} - 1) - 1"
+    extent = dilation * (kernel - 1) + 1
+    formula = f"({size} + 2*{padding} - {reach}) / {stride} + 1"
+    if size + 2 * padding < extent:
+        raise ShapeError(f"{opname}: the {_AXES[axis]} {size} (padded by {padding} on each side) is smaller than the "
+                         f"kernel, which spans {extent}", 0)
+    if (size + 2 * padding - extent) % stride:
+        raise ShapeError(f"{opname}: the output {_AXES[axis]} {formula} is not a whole number; change the padding or "
+                         "the stride, or crop the input", 0)
+    return (size + 2 * padding - extent) // stride + 1
+
+
+def _image(opname: str, node: Node, what: str, arg: int) -> tuple:
+    """An operand that must be [N, C, H, W] with fixed C, H and W."""
+    if len(node.shape) != 4:
+        raise ShapeError(f"{opname} needs {what} of shape [N, C, H, W], not {shapes.show(node.shape)}", arg)
+    if not all(isinstance(d, int) for d in node.shape[1:]):
+        raise ShapeError(f"{opname} needs fixed channels and image size, but {what} is {shapes.show(node.shape)}; "
+                         "only the batch N may be symbolic", arg)
+    return node.shape
+
+
+def _conv_geometry(opname: str, image: Shape, weights: Shape, attrs: dict) -> tuple[Shape, dict]:
+    """The output shape of a conv2d of an image [N, C, H, W] with weights [F, C/groups, KH, KW]."""
+    n, c, h, w = image
+    if len(weights) != 4 or not all(isinstance(d, int) for d in weights):
+        raise ShapeError(f"{opname} needs weights of shape [F, C/groups, KH, KW], not {shapes.show(weights)}", 1)
+    f, cg, kh, kw = weights
+    groups = attrs.get("groups", 1)
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ShapeError(f"{opname}() needs groups to be a whole number >= 1, not {groups!r}")
+    if c % groups or f % groups:
+        raise ShapeError(f"{opname}: groups={groups} must divide the {c} input channels and the {f} filters", 1)
+    if cg * groups != c:
+        raise ShapeError(f"{opname}: the weights {shapes.show(weights)} take {cg} channel(s) per group, but the "
+                         f"input has {c} channels in {groups} group(s), {c // groups} each; expected "
+                         f"{shapes.show((f, c // groups, kh, kw))}", 1)
+    geometry = _window_attrs(opname, {"dilation": 1, **attrs}, (1, 1))
+    size = tuple(out_size(opname, (h, w)[a], (kh, kw)[a], geometry["stride"][a], geometry["padding"][a],
+                          geometry["dilation"][a], a) for a in range(2))
+    return (n, f, *size), {**geometry, "groups": groups}
+
+
+def _conv2d_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+    if len(ins) not in (2, 3):
+        raise ShapeError(f"conv2d() takes an image, weights and optionally a bias, not {len(ins)} tensor(s)")
+    need_float(ins, "conv2d")
+    out, _ = _conv_geometry("conv2d", _image("conv2d", ins[0], "an image", 0), ins[1].shape, attrs)
+    if len(ins) == 3 and ins[2].shape != (out[1],):
+        raise ShapeError(f"conv2d: the bias {shapes.show(ins[2].shape)} must have one entry per filter, "
+                         f"{shapes.show((out[1],))}", 2)
+    return out, "float"
+
+
+def _conv2d_input_grad_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+    g, weights = ins
+    f, cg, kh, kw = weights.shape
+    groups = attrs.get("groups", 1)
+    image = (g.shape[0], cg * groups, *attrs["size"])
+    out, _ = _conv_geometry("conv2d_input_grad", image, weights.shape, attrs)
+    if tuple(g.shape) != out:
+        raise ShapeError(f"conv2d_input_grad: the gradient {shapes.show(g.shape)} is not the conv's output "
+                         f"{shapes.show(out)}", 0)
+    return image, "float"
+
+
+def _conv2d_weight_grad_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+    x, g = ins
+    groups = attrs.get("groups", 1)
+    weights = (g.shape[1], x.shape[1] // groups, *attrs["kernel"])
+    out, _ = _conv_geometry("conv2d_weight_grad", x.shape, weights, attrs)
+    if tuple(g.shape) != out:
+        raise ShapeError(f"conv2d_weight_grad: the gradient {shapes.show(g.shape)} is not the conv's output "
+                         f"{shapes.show(out)}", 1)
+    return weights, "float"
+
+
+def _pool_geometry(opname: str, x: Node, attrs: dict, size: tuple[int, int] | None = None) -> tuple[Shape, dict]:
+    """A pool's output shape and its normalised kernel, stride and padding."""
+    n, c, h, w = (x.shape[0], x.shape[1], *size) if size else _image(opname, x, "an image", 0)
+    kernel = pair(opname, attrs, "kernel", 1)
+    geometry = _window_attrs(opname, attrs, kernel)
+    if any(p > k // 2 for p, k in zip(geometry["padding"], kernel)):
+        raise ShapeError(f"{opname}: padding {_shown(geometry['padding'])} is more than half the kernel "
+                         f"{_shown(kernel)}, so a window could hold padding only")
+    out = tuple(out_size(opname, (h, w)[a], kernel[a], geometry["stride"][a], geometry["padding"][a], 1, a)
+                for a in range(2))
+    return (n, c, *out), {"kernel": kernel, "stride": geometry["stride"], "padding": geometry["padding"]}
+
+
+def _pool_rule(opname: str):
+    def infer(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+        need_float(ins, opname)
+        return _pool_geometry(opname, ins[-1], attrs)[0], "float"
+    return infer
+
+
+def _pool_grad_rule(opname: str):
+    """A pool's gradient: shaped like the pooled image (the last operand, or ``size``)."""
+    def infer(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+        g = ins[0]
+        image = ins[-1].shape if len(ins) > 1 else (g.shape[0], g.shape[1], *attrs["size"])
+        out, _ = _pool_geometry(opname, ins[-1], attrs, None if len(ins) > 1 else attrs["size"])
+        if tuple(g.shape) != out:
+            raise ShapeError(f"{opname}: the gradient {shapes.show(g.shape)} is not the pool's output "
+                             f"{shapes.show(out)}", 0)
+        return tuple(image), "float"
+    return infer
+
+
+# ---- emitters -------------------------------------------------------------------------
+
+_DEFAULTS = {"stride": (1, 1), "padding": (0, 0), "dilation": (1, 1), "groups": 1}
+
+
+def _keywords(geometry: dict) -> list[str]:
+    """The geometry as keyword arguments, the defaults left out: stride=(2, 2), padding=(1, 1)."""
+    return [f"{k}={v!r}" for k, v in geometry.items() if _DEFAULTS.get(k) != v]
+
+
+def _call(helper: str, geometry, *fixed: str):
+    """Emit ``helper(operands, fixed..., geometry keywords, out=buffer)``."""
+    def emit(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+        words = _keywords(geometry(attrs, ctx))
+        return f"{helper}({', '.join([*args, *(f.format(**attrs) for f in fixed), *words, *([f'out={out}'] if out else [])])})"
+    return emit
+
+
+def _conv_attrs(attrs: dict, ctx=None) -> dict:
+    geometry = _window_attrs("conv2d", {"dilation": 1, **attrs}, (1, 1))
+    return {**geometry, "groups": attrs.get("groups", 1)}
+
+
+def _pool_attrs(attrs: dict, ctx=None) -> dict:
+    kernel = pair("pool", attrs, "kernel", 1)
+    geometry = _window_attrs("pool", attrs, kernel)
+    return {"kernel": kernel, "stride": geometry["stride"], "padding": geometry["padding"]}
+
+
+def _pool_call(helper: str):
+    """A pool's helper takes its kernel and stride positionally: they are always needed."""
+    def emit(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+        g = _pool_attrs(attrs)
+        size = [repr(tuple(attrs["size"]))] if "size" in attrs else []
+        extra = [*size, repr(g["kernel"]), repr(g["stride"]), *([f"padding={g['padding']!r}"] if any(g["padding"]) else [])]
+        return f"{helper}({', '.join([*args, *extra, *([f'out={out}'] if out else [])])})"
+    return emit
+
+
+# ---- gradient rules -------------------------------------------------------------------
+
+def _geometry_of(out: Value) -> dict:
+    return {k: out.attr(k) for k in ("stride", "padding", "dilation", "groups")}
+
+
+def _vjp_conv2d(g: Value, out: Value, x: Value, w: Value, *bias: Value):
+    # out = x * w (+ b): d/dx is the transposed conv of g, d/dw the correlation of x with g,
+    # d/db the sum of g over the batch and the pixels.
+    geometry = _geometry_of(out)
+    gx = g.node("conv2d_input_grad", w, size=tuple(x.shape[2:]), **geometry)
+    gw = x.node("conv2d_weight_grad", g, kernel=tuple(w.shape[2:]), **geometry)
+    return (gx, gw, *(g.sum((0, 2, 3)) for _ in bias))
+
+
+def _vjp_conv2d_input_grad(u: Value, out: Value, g: Value, w: Value):
+    # <u, T(g, w)> = <g, conv2d(u, w)>: bilinear, so each operand's gradient is the other op.
+    geometry = _geometry_of(out)
+    return u.node("conv2d", w, **geometry), u.node("conv2d_weight_grad", g, kernel=tuple(w.shape[2:]), **geometry)
+
+
+def _vjp_conv2d_weight_grad(u: Value, out: Value, x: Value, g: Value):
+    # <u, G(x, g)> = <g, conv2d(x, u)>
+    geometry = _geometry_of(out)
+    return g.node("conv2d_input_grad", u, size=tuple(x.shape[2:]), **geometry), x.node("conv2d", u, **geometry)
+
+
+def _pool_geometry_of(out: Value) -> dict:
+    return {k: out.attr(k) for k in ("kernel", "stride", "padding")}
+
+
+# ---- what the gradient check reads --------------------------------------------------------
+
+def _window_gap(operands: list[np.ndarray], attrs: dict) -> np.ndarray:
+    """Each window's largest entry minus its second largest: 0 at a tie for the max."""
+    g = _pool_attrs(attrs)
+    x = operands[-1]
+    (kh, kw), (sh, sw), (ph, pw) = g["kernel"], g["stride"], g["padding"]
+    x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
+    windows = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
+    top = np.sort(windows.reshape(*windows.shape[:4], -1), axis=-1)[..., -2:]
+    return top[..., 1] - top[..., 0] if kh * kw > 1 else np.ones(top.shape[:-1])
+
+
+# ---- ONNX lowerings ------------------------------------------------------------------------
+
+def _pads(padding: tuple[int, int]) -> list[int]:
+    return [padding[0], padding[1], padding[0], padding[1]]
+
+
+def _onnx_conv2d(ctx: OnnxContext, args: list[str], attrs: dict) -> str:
+    g = _conv_attrs(attrs)
+    kernel = list(ctx.operand(1).shape[2:])
+    return ctx.node("Conv", list(args), kernel_shape=kernel, strides=list(g["stride"]), pads=_pads(g["padding"]),
+                    dilations=list(g["dilation"]), group=g["groups"])
+
+
+def _onnx_pool(op_type: str, **extra):
+    def lower(ctx: OnnxContext, args: list[str], attrs: dict) -> str:
+        g = _pool_attrs(attrs)
+        return ctx.node(op_type, list(args), kernel_shape=list(g["kernel"]), strides=list(g["stride"]),
+                        pads=_pads(g["padding"]), **extra)
+    return lower
+
+
+# ---- the registry ---------------------------------------------------------------------
+
+_GEOMETRY = (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1))
+_GROUPED = {"stride": (1, 2), "padding": (1, 0), "dilation": 2, "groups": 2}
+_CONV_HELPERS = (_WINDOWS,)
+
+
+def _kernel_note(shapes_: list[Shape], attrs: dict) -> str:
+    """``3×3 conv 1→16``, with the stride, dilation and groups where they are not 1."""
+    f, cg, kh, kw = shapes_[1]
+    g = _conv_attrs(attrs)
+    words = [f"{k} {_shown(g[k])}" for k in ("stride", "dilation") if g[k] != (1, 1)]
+    words += [f"groups {g['groups']}"] if g["groups"] != 1 else []
+    return f"{kh}×{kw} conv {cg * g['groups']}→{f}" + (f" ({', '.join(words)})" if words else "")
+
+
+def _conv_label(attrs: dict) -> str:
+    """``conv2d(stride=2, padding=1)``: the geometry that is not the default."""
+    g = _conv_attrs(attrs)
+    words = [f"{k}={_shown(v) if isinstance(v, tuple) else v}" for k, v in g.items() if _DEFAULTS[k] != v]
+    return f"conv2d({', '.join(words)})" if words else "conv2d"
+
+
+op("conv2d", -1, _conv2d_rule, _call("_conv2d", _conv_attrs), vjp=_vjp_conv2d, attrs=_GEOMETRY, takes_out=True,
+   helpers=(*_CONV_HELPERS, _CONV2D),
+   samples=(Sample(((2, 3, 5, 5), (4, 3, 3, 3))),
+            Sample(((2, 3, 5, 5), (4, 3, 3, 3), (4,)), {"stride": 2, "padding": 1}),
+            Sample(((1, 4, 6, 7), (6, 2, 2, 2), (6,)), _GROUPED)),
+   doc="the 2-D cross-correlation of x [N, C, H, W] with filters W [F, C/groups, KH, KW], plus an optional bias "
+       "b [F]: out[n, f, i, j] = b[f] + sum_{c, p, q} x[n, c, i*s + p*d - pad, j*s + q*d - pad] W[f, c, p, q], "
+       "of shape [N, F, (H + 2 pad - d (KH - 1) - 1) / s + 1, ...]; stride, padding and dilation are a number or "
+       "[height, width], by keyword",
+   example="maps = conv2d(images, filters, stride=1, padding=1)",
+   label=_conv_label, cluster_note=_kernel_note,
+   onnx=_onnx_conv2d)
+op("conv2d_input_grad", 2, _conv2d_input_grad_rule, _call("_conv2d_input_grad", _conv_attrs, "{size!r}"),
+   vjp=_vjp_conv2d_input_grad, attrs=(("size", ()), *_GEOMETRY), public=False, takes_out=True,
+   helpers=(*_CONV_HELPERS, _CONV2D, _COL2IM, _CONV2D_INPUT_GRAD),
+   samples=(Sample(((2, 4, 3, 3), (4, 3, 3, 3)), {"size": (5, 5), "stride": 2, "padding": 1}),
+            Sample(((1, 6, 6, 3), (6, 2, 2, 2)), {"size": (6, 7), **_GROUPED})),
+   doc="d loss / d x of conv2d: the transposed convolution of g with W, back onto an image of the given size")
+op("conv2d_weight_grad", 2, _conv2d_weight_grad_rule, _call("_conv2d_weight_grad", _conv_attrs, "{kernel!r}"),
+   vjp=_vjp_conv2d_weight_grad, attrs=(("kernel", ()), *_GEOMETRY), public=False, takes_out=True,
+   helpers=(*_CONV_HELPERS, _CONV2D_WEIGHT_GRAD),
+   samples=(Sample(((2, 3, 5, 5), (2, 4, 3, 3)), {"kernel": (3, 3), "stride": 2, "padding": 1}),
+            Sample(((1, 4, 6, 7), (1, 6, 6, 3)), {"kernel": (2, 2), **_GROUPED})),
+   doc="d loss / d W of conv2d: the correlation of x with g, summed over the batch")
+
+_POOL = (("kernel", 2), ("stride", None), ("padding", 0))
+_POOL_SAMPLES = (Sample(((2, 3, 4, 4),)), Sample(((2, 2, 5, 5),), {"kernel": 3, "stride": 2, "padding": 1}),
+                 Sample(((1, 2, 4, 6),), {"kernel": (2, 3), "stride": (2, 3)}))
+
+
+def _pool_label(name: str):
+    def label(attrs: dict) -> str:
+        g = _pool_attrs(attrs)
+        words = [f"{'×'.join(map(str, g['kernel']))}"]
+        words += [f"stride={attr_text(g['stride'])}"] if g["stride"] != g["kernel"] else []
+        words += [f"padding={attr_text(g['padding'])}"] if any(g["padding"]) else []
+        return f"{name}({', '.join(words)})"
+    return label
+
+
+op("max_pool2d", 1, _pool_rule("max_pool2d"), _pool_call("_max_pool2d"), attrs=_POOL, takes_out=True,
+   vjp=lambda g, out, x: g.node("max_pool2d_grad", x, **_pool_geometry_of(out)),
+   helpers=(_WINDOWS, _FIRST_OFFSET, _MAX_POOL2D), samples=_POOL_SAMPLES, domain="separated",
+   doc="the max of each KH x KW window of x [N, C, H, W] (kernel is a number or [KH, KW]; stride defaults to the "
+       "kernel; padding counts as -inf); the gradient goes to each window's max (the first of a tie)",
+   example="p = max_pool2d(images, 2)",
+   label=_pool_label("max_pool2d"), kink=Kink(_window_gap, "has a tie for a window's maximum"),
+   onnx=_onnx_pool("MaxPool"))
+op("max_pool2d_grad", 2, _pool_grad_rule("max_pool2d_grad"), _pool_call("_max_pool2d_grad"), attrs=_POOL,
+   public=False, takes_out=True, domain="separated", helpers=(_WINDOWS, _COL2IM, _MAX_MASKS, _MAX_POOL2D_GRAD),
+   vjp=lambda u, out, g, x: (u.node("max_pool2d_select", x, **_pool_geometry_of(out)), None),
+   samples=(Sample(((2, 3, 2, 2), (2, 3, 4, 4))), Sample(((2, 2, 3, 3), (2, 2, 5, 5)),
+                                                       {"kernel": 3, "stride": 2, "padding": 1})),
+   doc="d loss / d x of max_pool2d: g routed to each window's max of x")
+op("max_pool2d_select", 2, _pool_rule("max_pool2d_select"), _pool_call("_max_pool2d_select"), attrs=_POOL,
+   public=False, domain="separated", helpers=(_WINDOWS, _MAX_MASKS, _MAX_POOL2D_SELECT),
+   vjp=lambda g, out, u, x: (g.node("max_pool2d_grad", x, **_pool_geometry_of(out)), None),
+   samples=(Sample(((2, 3, 4, 4), (2, 3, 4, 4))), Sample(((2, 2, 5, 5), (2, 2, 5, 5)),
+                                                       {"kernel": 3, "stride": 2, "padding": 1})),
+   doc="u at each window's max of x: the transpose of max_pool2d_grad (its gradient rule)")
+op("avg_pool2d", 1, _pool_rule("avg_pool2d"), _pool_call("_avg_pool2d"), attrs=_POOL, takes_out=True,
+   vjp=lambda g, out, x: g.node("avg_pool2d_grad", size=tuple(x.shape[2:]), **_pool_geometry_of(out)),
+   helpers=(_WINDOWS, _FIRST_OFFSET, _AVG_POOL2D), samples=_POOL_SAMPLES,
+   doc="the mean of each KH x KW window of x [N, C, H, W], padding counted as zeros (PyTorch's default)",
+   example="p = avg_pool2d(images, 2)",
+   label=_pool_label("avg_pool2d"),
+   onnx=_onnx_pool("AveragePool", count_include_pad=1))
+op("avg_pool2d_grad", 1, _pool_grad_rule("avg_pool2d_grad"), _pool_call("_avg_pool2d_grad"),
+   attrs=(("size", ()), *_POOL), public=False, takes_out=True, helpers=(_WINDOWS, _COL2IM, _AVG_POOL2D_GRAD),
+   vjp=lambda u, out, g: u.node("avg_pool2d", **_pool_geometry_of(out)),
+   samples=(Sample(((2, 3, 2, 2),), {"size": (4, 4)}),
+            Sample(((2, 2, 3, 3),), {"size": (5, 5), "kernel": 3, "stride": 2, "padding": 1})),
+   doc="d loss / d x of avg_pool2d: g / (KH KW) spread over each window")
+
+
+def _global_avg_pool2d(x: Value) -> Value:
+    if len(x.shape) != 4:
+        raise ShapeError(f"global_avg_pool2d needs x of shape [N, C, H, W], not {shapes.show(x.shape)}", 0)
+    return x.node("mean", axis=(2, 3), keepdims=False)
+
+
+def _flatten(x: Value) -> Value:
+    if len(x.shape) < 2:
+        raise ShapeError(f"flatten needs a batch and at least one more axis, not {shapes.show(x.shape)}", 0)
+    rest = x.shape[1:]
+    if not all(isinstance(d, int) for d in rest):
+        raise ShapeError(f"flatten needs fixed sizes after the batch axis, not {shapes.show(x.shape)}", 0)
+    return x.reshape((x.shape[0], math.prod(rest)))
+
+
+composite("global_avg_pool2d", 1, _global_avg_pool2d, samples=(Sample(((2, 3, 4, 5),)),),
+          doc="the mean of each channel of x [N, C, H, W] over its pixels: [N, C]",
+          example="features = global_avg_pool2d(images)")
+composite("flatten", 1, _flatten, samples=(Sample(((2, 3, 4, 5),)), Sample(((3, 4),))),
+          doc="x [N, ...] as [N, the product of the rest]: a conv net's feature maps as rows for a linear layer",
+          example="rows = flatten(images)")
