@@ -149,6 +149,28 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"gradient check FAILED for {', '.join(failed)}" + (f" ({tally})" if tally else ""), file=sys.stderr)
         return 1
     print(f"gradient check passed (float64, extrapolated central differences): {tally}")
+    return _check_hessian(args, module, params, inputs) if args.hessian else 0
+
+
+def _check_hessian(args: argparse.Namespace, module, params: dict, inputs: dict) -> int:
+    """``check --hessian``: hvp() against central differences of the compiled gradient (both
+    from the module a user compiles, in float64)."""
+    from .compiler import compile_and_load
+    from .gradcheck import Kinks, check_hessian, summarize
+
+    module = compile_and_load(args.model, dtype="float64")
+    results = summarize(check_hessian(module, params, inputs, seed=args.seed,
+                                      kinks=Kinks.of_file(args.model, args.seed)))
+    width = max(len(name) for name in results) if results else 1
+    for name, r in results.items():
+        print(f"  Hessian-vector product of {name:<{width}}  {r.show()}")
+    failed = [name for name, r in results.items() if not r.ok]
+    counts = {s: sum(r.status == s for r in results.values()) for s in ("ok", "inconclusive")}
+    tally = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    if failed:
+        print(f"Hessian check FAILED for {', '.join(failed)}" + (f" ({tally})" if tally else ""), file=sys.stderr)
+        return 1
+    print(f"Hessian check passed (float64, hvp against extrapolated central differences of the gradient): {tally}")
     return 0
 
 
@@ -331,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="parse, shape-check and gradient-check the model")
     common(p)
+    p.add_argument("--hessian", action="store_true",
+                   help="also check hvp(), the Hessian-vector product, against differences of the gradient")
     p.set_defaults(run=cmd_check)
 
     p = sub.add_parser("export", help="write the eval-mode graph as an ONNX model (needs nncompile[export])")
