@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -18,7 +19,7 @@ import numpy as np
 from .version import __version__
 from .backends import BACKENDS
 from .compiler import DTYPES
-from .errors import NNError
+from .errors import NNError, NNWarning
 from .files import write_atomic
 from .runs import MODE_NOTES, trained_options
 
@@ -159,6 +160,9 @@ def _check_hessian(args: argparse.Namespace, module, params: dict, inputs: dict)
     from .gradcheck import Kinks, check_hessian, summarize
 
     module = compile_and_load(args.model, dtype="float64")
+    if not module.PARAMS:
+        print("no params: Hessian check skipped (hvp() is over the params)")
+        return 0
     results = summarize(check_hessian(module, params, inputs, seed=args.seed,
                                       kinks=Kinks.of_file(args.model, args.seed)))
     width = max(len(name) for name in results) if results else 1
@@ -384,11 +388,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning about the user's model is printed like an error: place, source line, caret."""
+    if isinstance(message, NNWarning):
+        print(message, file=sys.stderr)
+    else:
+        print(warnings.formatwarning(message, category, filename, lineno, line), file=sys.stderr, end="")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     run: Callable[[argparse.Namespace], int] = args.run
     try:
-        return run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return run(args)
     except NNError as exc:
         print(exc.format(), file=sys.stderr)
         return 1
