@@ -18,6 +18,8 @@ from .core import Scope
 if TYPE_CHECKING:
     from . import Elaborator
 
+LANGUAGE_CALLS = ("grad",)   # calls the elaborator builds itself: no registry op has these names
+
 class Expressions:
     """Builds the graph nodes of an expression and returns the node of its value."""
 
@@ -131,7 +133,7 @@ class Expressions:
             return el.layers.call(call, scope, scope_hint)
         if call.scope is not None:
             raise NNError(f"'as {call.scope}' names a layer instance, but {call.func} is not a layer", call.loc)
-        if call.func == "grad":
+        if call.func == "grad":   # LANGUAGE_CALLS
             return self.grad(call, scope)
         opdef = REGISTRY.get(call.func)
         if opdef is None or not opdef.public:
