@@ -182,7 +182,7 @@ class _Diagram:
         self.folded = self.drawn_in_users()
         self.fold_of = {user: n for n, user in self.folded.items()}
         self.scopes = {n: self.drawn_scope(n) for n in self.nodes}
-        self.in_grad = gradient_clusters(self.G, self.nodes, [*ev.model.outputs.values(), ev.model.target])
+        self.in_grad = gradient_clusters(self.G, self.nodes)
         self.box_of = self.collapse(max_nodes, warn)
         self.boxes: dict[tuple, list[int]] = {}   # each box's members; boxes in order of first appearance
         for n, scope in self.box_of.items():
