@@ -6,6 +6,7 @@ backward. The check itself must fail on a wrong product.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -153,3 +154,17 @@ def test_check_hessian_from_the_command_line(run_cli) -> None:
     assert [line.split()[3] for line in lines if line.startswith("  Hessian-vector product of")] == \
         ["W1", "b1", "W2", "b2"]
     assert lines[-1].startswith("Hessian check passed (float64, hvp against extrapolated central differences")
+
+
+def test_the_curvature_example_finds_the_largest_eigenvalue_with_hvp() -> None:
+    """examples/curvature.py as a user runs it: power iteration on hvp() agrees with the
+    eigenvalues of hessian() to the digits it prints."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "curvature.py")], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    found = re.search(r"power iteration on hvp\(\): (\S+) \(largest eigenvalue of hessian\(\): (\S+)\)", done.stdout)
+    assert found and found[1] == found[2], done.stdout
+    assert float(found[1]) > 0
