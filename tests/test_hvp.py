@@ -168,3 +168,23 @@ def test_the_curvature_example_finds_the_largest_eigenvalue_with_hvp() -> None:
     found = re.search(r"power iteration on hvp\(\): (\S+) \(largest eigenvalue of hessian\(\): (\S+)\)", done.stdout)
     assert found and found[1] == found[2], done.stdout
     assert float(found[1]) > 0
+
+
+@pytest.mark.parametrize("name", ["curvature", "batchnorm_mlp"])
+def test_the_cupy_module_computes_the_hvp_and_hessian_numpy_computes(name: str, monkeypatch) -> None:
+    """The CuPy backend (on the CPU stand-in): the same hvp() and hessian() as numpy's."""
+    from conftest import example_inputs
+    from test_cupy_backend import _load_on_fake_cupy
+
+    path = ROOT / "examples" / f"{name}.nn"
+    reference = compile_and_load(path, dtype="float64")
+    gpu = _load_on_fake_cupy(compile_file(path, dtype="float64", backend="cupy"), name, monkeypatch)
+    params, inputs = reference.init_params(1), example_inputs(reference)
+    v = {k: np.random.default_rng(3).standard_normal(p.shape) for k, p in params.items()}
+    want = reference.hvp(params, v, None, np.random.default_rng(0), **inputs)
+    got = gpu.hvp(params, v, None, np.random.default_rng(0), **inputs)
+    for key in want:
+        np.testing.assert_allclose(np.asarray(got[key]), want[key], rtol=1e-10, atol=1e-12, err_msg=key)
+    if sum(p.size for p in params.values()) <= 64:
+        np.testing.assert_allclose(np.asarray(gpu.hessian(params, **inputs)), reference.hessian(params, **inputs),
+                                   rtol=1e-10, atol=1e-12)

@@ -8,8 +8,8 @@ from .names import Names
 
 HESSIAN_LIMIT = 2048   # param elements: a float64 Hessian of 32 MiB, built from 2048 hvp calls
 
-HVP_DOC = ("The Hessian of the loss (with respect to the params) times v, a dict shaped like the params:\n"
-           "    a dict shaped like the params. Reverse over reverse, in train mode.")
+HVP_DOC = ("The Hessian of the loss (with respect to the params) times v, a dict shaped like the params;\n"
+           "    returns the same shapes. Reverse over reverse, in train mode.")
 
 HESSIAN = f'''HESSIAN_LIMIT = {HESSIAN_LIMIT}
 
@@ -17,13 +17,18 @@ HESSIAN = f'''HESSIAN_LIMIT = {HESSIAN_LIMIT}
 def hessian(params, state=None, rng=None, /, **inputs):
     """The dense Hessian of the loss over the params flattened in PARAMS order (entry i, j:
     d2 loss / d p_i d p_j), one hvp() per column: for tiny models (HESSIAN_LIMIT elements)."""
-    sizes = [int(np.prod(shape)) for shape, _ in PARAMS.values()]
+    sizes = []
+    for shape, _ in PARAMS.values():   # sizes from shapes in Python: the array module has no say
+        size = 1
+        for d in shape:
+            size *= d
+        sizes.append(size)
     total = sum(sizes)
     if total > HESSIAN_LIMIT:
         raise ValueError(f"hessian() is for tiny models: this one has {{total}} param elements, more than "
                          f"HESSIAN_LIMIT = {{HESSIAN_LIMIT}}; use hvp(params, v, ...) for products with the Hessian")
     basis = np.zeros(total, dtype=DTYPE)
-    starts = np.cumsum([0] + sizes)
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
     columns = []
     for j in range(total):
         basis[:] = 0
