@@ -140,20 +140,25 @@ def cmd_check(args: argparse.Namespace) -> int:
     params, inputs = concrete_values(model, module, parse_sets(args.set), args.seed)
     results = summarize(check_gradients(module, params, inputs, seed=args.seed,
                                         kinks=Kinks.of_file(args.model, args.seed)))
-    width = max(len(name) for name in results) if results else 1
-    for name, r in results.items():
-        print(f"  gradient of {name:<{width}}  {r.show()}")
-    failed = [name for name, r in results.items() if not r.ok]
-    counts = {s: sum(r.status == s for r in results.values()) for s in ("ok", "inconclusive", "unused")}
-    tally = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    status = _verdict(results, "gradient of", "gradient check", "float64, extrapolated central differences")
+    return _check_hessian(args, params, inputs) if args.hessian and not status else status
+
+
+def _verdict(results: dict, what: str, check: str, method: str) -> int:
+    """Print a check's line per name and its verdict; 1 when it failed."""
+    from .gradcheck import report
+
+    lines, failed, tally = report(results, what)
+    for line in lines:
+        print(line)
     if failed:
-        print(f"gradient check FAILED for {', '.join(failed)}" + (f" ({tally})" if tally else ""), file=sys.stderr)
+        print(f"{check} FAILED for {', '.join(failed)}" + (f" ({tally})" if tally else ""), file=sys.stderr)
         return 1
-    print(f"gradient check passed (float64, extrapolated central differences): {tally}")
-    return _check_hessian(args, module, params, inputs) if args.hessian else 0
+    print(f"{check} passed ({method}): {tally}")
+    return 0
 
 
-def _check_hessian(args: argparse.Namespace, module, params: dict, inputs: dict) -> int:
+def _check_hessian(args: argparse.Namespace, params: dict, inputs: dict) -> int:
     """``check --hessian``: hvp() against central differences of the compiled gradient (both
     from the module a user compiles, in float64)."""
     from .compiler import compile_and_load
@@ -165,17 +170,8 @@ def _check_hessian(args: argparse.Namespace, module, params: dict, inputs: dict)
         return 0
     results = summarize(check_hessian(module, params, inputs, seed=args.seed,
                                       kinks=Kinks.of_file(args.model, args.seed)))
-    width = max(len(name) for name in results) if results else 1
-    for name, r in results.items():
-        print(f"  Hessian-vector product of {name:<{width}}  {r.show()}")
-    failed = [name for name, r in results.items() if not r.ok]
-    counts = {s: sum(r.status == s for r in results.values()) for s in ("ok", "inconclusive")}
-    tally = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-    if failed:
-        print(f"Hessian check FAILED for {', '.join(failed)}" + (f" ({tally})" if tally else ""), file=sys.stderr)
-        return 1
-    print(f"Hessian check passed (float64, hvp against extrapolated central differences of the gradient): {tally}")
-    return 0
+    return _verdict(results, "Hessian-vector product of", "Hessian check",
+                    "float64, hvp against extrapolated central differences of the gradient")
 
 
 def cmd_lsp(args: argparse.Namespace) -> int:

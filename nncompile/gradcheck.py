@@ -389,3 +389,13 @@ def summarize(results: list[GradResult]) -> dict[str, GradResult]:
         if w is None or key > (rank[w.status], -1.0 if np.isnan(w.error) else w.error):
             worst[r.name] = r
     return worst
+
+
+def report(results: dict[str, GradResult], what: str) -> tuple[list[str], list[str], str]:
+    """What ``nncompile check`` prints of a check: a line per name (``  gradient of W1
+    relative error 3.1e-11  ok``, ``what`` naming the kind), the names that failed, and the tally."""
+    width = max((len(name) for name in results), default=1)
+    lines = [f"  {what} {name:<{width}}  {r.show()}" for name, r in results.items()]
+    failed = [name for name, r in results.items() if not r.ok]
+    counts = {s: sum(r.status == s for r in results.values()) for s in ("ok", "inconclusive", "unused")}
+    return lines, failed, ", ".join(f"{n} {s}" for s, n in counts.items() if n)
