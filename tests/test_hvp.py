@@ -188,3 +188,9 @@ def test_the_cupy_module_computes_the_hvp_and_hessian_numpy_computes(name: str, 
     if sum(p.size for p in params.values()) <= 64:
         np.testing.assert_allclose(np.asarray(gpu.hessian(params, **inputs)), reference.hessian(params, **inputs),
                                    rtol=1e-10, atol=1e-12)
+
+
+def test_a_model_without_params_has_an_empty_hvp_and_hessian(tmp_path: Path) -> None:
+    module = compile_and_load(write_nn(tmp_path, "m.nn", "input x: float[3]\nloss = sum(x * x)\nminimize loss\n"))
+    assert module.hvp({}, {}, x=np.ones(3, np.float32)) == {}
+    assert module.hessian({}, x=np.ones(3, np.float32)).shape == (0, 0)

@@ -37,7 +37,7 @@ def hessian(params, state=None, rng=None, /, **inputs):
              for name, (shape, _), start, size in zip(PARAMS, PARAMS.values(), starts, sizes)}}
         hv = hvp(params, v, state, rng, **inputs)
         columns.append(np.concatenate([hv[name].reshape(-1) for name in PARAMS]))
-    return np.stack(columns, axis=1)'''
+    return np.stack(columns, axis=1) if columns else np.zeros((0, 0), dtype=DTYPE)'''
 
 
 class HvpEmitter(FunctionEmitter):
