@@ -250,7 +250,7 @@ class _Diagram:
         if n in self.box_of:
             return self.cluster_path(self.box_of[n])[:-1]
         if n in self.in_grad:
-            return (("grad", self.in_grad[n]),)
+            return (("grad", (self.in_grad[n],)),)
         return self.cluster_path(self.scopes[n])
 
     # ---- values ----
@@ -369,7 +369,7 @@ class _Diagram:
         """(label, style) of a cluster: ``fc1: affine (307,300 params)`` or a repeat group."""
         kind, scope = key
         if kind == "grad":
-            return f"{scope}: gradient sub-graph", "dashed,rounded"
+            return f"{scope[0]}: gradient sub-graph", "dashed,rounded"
         if kind == "repeat":
             instances = self.repeats[scope]
             kinds = sorted({self.layers[s] for s in instances})
