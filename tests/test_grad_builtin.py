@@ -215,3 +215,12 @@ def test_the_gradient_penalty_example_is_checked() -> None:
         results = summarize(check_gradients(module, module.init_params(0), inputs, kinks=Kinks.of_file(path)))
     assert set(results) == {"W1", "b1", "W2", "b2", "X"}
     assert all(r.status == "ok" for r in results.values()), results
+
+
+def test_eval_lists_a_named_grad_among_the_values() -> None:
+    from nncompile.evaluate import evaluate_file
+
+    ev = evaluate_file(ROOT / "examples" / "gradient_penalty.nn")
+    values = ev.named_values()
+    assert list(values)[-4:] == ["data_loss", "saliency", "penalty", "loss"]
+    np.testing.assert_allclose(values["penalty"], np.sum(values["saliency"] ** 2) / values["X"].shape[0], rtol=1e-6)
