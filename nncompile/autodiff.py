@@ -11,6 +11,7 @@ from typing import Iterable
 
 import networkx as nx
 
+from .errors import NNError
 from .ir import Graph
 from .ops import REGISTRY, Value, constant, sum_to
 
@@ -52,7 +53,7 @@ def differentiate(G: Graph, target: int, wrt: Iterable[int],
             continue
         vjp = REGISTRY[node.op].vjp
         if vjp is None:
-            raise AssertionError(f"op {node.op} has no gradient rule")  # registry invariant
+            _no_rule(G, n)
         locals_ = vjp(Value(G, grad), Value(G, n), *(Value(G, a) for a in node.args))
         locals_ = (locals_,) if isinstance(locals_, Value) else tuple(locals_)
         if len(locals_) != len(node.args):   # registry invariant: one gradient (or None) per operand
@@ -68,3 +69,33 @@ def differentiate(G: Graph, target: int, wrt: Iterable[int],
 
 def _seed(G: Graph, target: int) -> int:
     return constant(G, 1.0, G[target].shape)
+
+
+def hessian_vector(G: Graph, target: int, wrt: dict[str, int], tangents: dict[str, int]) -> dict[str, int | None]:
+    """Reverse over reverse: H v = d/d(wrt) of sum_p <d(target)/d(p), v_p>, built in the graph
+    (Theano's ``grad(sum(g * v), x)``), so the passes optimise it like any backward pass.
+
+    ``tangents`` maps each name of ``wrt`` to the node holding its v; returns each name's
+    part of H v (None where the target does not depend on it twice: a zero).
+    """
+    adjoints = differentiate(G, target, wrt.values())
+    inner = None
+    for name, n in wrt.items():
+        if n not in adjoints:
+            continue
+        term = G.add("sum", [G.add("mul", [adjoints[n], tangents[name]])], {"axis": None, "keepdims": False})
+        inner = term if inner is None else G.add("add", [inner, term])
+    if inner is None:
+        return {name: None for name in wrt}
+    second = differentiate(G, inner, wrt.values())
+    return {name: second.get(n) for name, n in wrt.items()}
+
+
+def _no_rule(G: Graph, n: int) -> None:
+    """An op without a gradient rule met while differentiating: the ops that declare why
+    (``OpDef.no_second_order``) are the second derivatives a model cannot ask for."""
+    node = G[n]
+    reason = REGISTRY[node.op].no_second_order
+    if not reason:
+        raise AssertionError(f"op {node.op} has no gradient rule")  # registry invariant
+    raise NNError(f"this needs the second derivative of {node.op}, which has none: {reason}", node.loc)

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -18,7 +19,7 @@ import numpy as np
 from .version import __version__
 from .backends import BACKENDS
 from .compiler import DTYPES
-from .errors import NNError
+from .errors import NNError, NNWarning
 from .files import write_atomic
 from .runs import MODE_NOTES, trained_options
 
@@ -139,17 +140,38 @@ def cmd_check(args: argparse.Namespace) -> int:
     params, inputs = concrete_values(model, module, parse_sets(args.set), args.seed)
     results = summarize(check_gradients(module, params, inputs, seed=args.seed,
                                         kinks=Kinks.of_file(args.model, args.seed)))
-    width = max(len(name) for name in results) if results else 1
-    for name, r in results.items():
-        print(f"  gradient of {name:<{width}}  {r.show()}")
-    failed = [name for name, r in results.items() if not r.ok]
-    counts = {s: sum(r.status == s for r in results.values()) for s in ("ok", "inconclusive", "unused")}
-    tally = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    status = _verdict(results, "gradient of", "gradient check", "float64, extrapolated central differences")
+    return _check_hessian(args, params, inputs) if args.hessian and not status else status
+
+
+def _verdict(results: dict, what: str, check: str, method: str) -> int:
+    """Print a check's line per name and its verdict; 1 when it failed."""
+    from .gradcheck import report
+
+    lines, failed, tally = report(results, what)
+    for line in lines:
+        print(line)
     if failed:
-        print(f"gradient check FAILED for {', '.join(failed)}" + (f" ({tally})" if tally else ""), file=sys.stderr)
+        print(f"{check} FAILED for {', '.join(failed)}" + (f" ({tally})" if tally else ""), file=sys.stderr)
         return 1
-    print(f"gradient check passed (float64, extrapolated central differences): {tally}")
+    print(f"{check} passed ({method}): {tally}")
     return 0
+
+
+def _check_hessian(args: argparse.Namespace, params: dict, inputs: dict) -> int:
+    """``check --hessian``: hvp() against central differences of the compiled gradient (both
+    from the module a user compiles, in float64)."""
+    from .compiler import compile_and_load
+    from .gradcheck import Kinks, check_hessian, summarize
+
+    module = compile_and_load(args.model, dtype="float64")
+    if not module.PARAMS:
+        print("no params: Hessian check skipped (hvp() is over the params)")
+        return 0
+    results = summarize(check_hessian(module, params, inputs, seed=args.seed,
+                                      kinks=Kinks.of_file(args.model, args.seed)))
+    return _verdict(results, "Hessian-vector product of", "Hessian check",
+                    "float64, hvp against extrapolated central differences of the gradient")
 
 
 def cmd_lsp(args: argparse.Namespace) -> int:
@@ -331,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="parse, shape-check and gradient-check the model")
     common(p)
+    p.add_argument("--hessian", action="store_true",
+                   help="also check hvp(), the Hessian-vector product, against differences of the gradient")
     p.set_defaults(run=cmd_check)
 
     p = sub.add_parser("export", help="write the eval-mode graph as an ONNX model (needs nncompile[export])")
@@ -360,11 +384,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning about the user's model is printed like an error: place, source line, caret."""
+    if isinstance(message, NNWarning):
+        print(message, file=sys.stderr)
+    else:
+        print(warnings.formatwarning(message, category, filename, lineno, line), file=sys.stderr, end="")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     run: Callable[[argparse.Namespace], int] = args.run
     try:
-        return run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return run(args)
     except NNError as exc:
         print(exc.format(), file=sys.stderr)
         return 1

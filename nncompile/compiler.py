@@ -8,6 +8,7 @@ from pathlib import Path
 import networkx as nx
 
 from .autodiff import differentiate as reverse_mode
+from .autodiff import hessian_vector
 from .backends import BACKENDS
 from .codegen import Program, emit_module
 from .display import show_as_table
@@ -71,8 +72,10 @@ def build(model: Model, *, optimized: bool = True, trace: bool = False, input_gr
 
 def compile_file(path: str | Path, *, dtype: str | None = None, optimized: bool = True,
                  trace: bool = False, input_grads: bool = True, backend: str = "numpy",
-                 optimizer: str | Optimizer | None = None) -> str:
+                 optimizer: str | Optimizer | None = None, hvp: bool = True) -> str:
     """Compile a .nn file to the source text of a standalone numpy module.
+
+    ``hvp`` gives the module ``hvp`` and ``hessian`` (second derivatives of the loss).
 
     With ``optimizer`` (a name such as "adam", or an :class:`nncompile.optim.Optimizer`), the
     module also gets ``init_opt_state``, ``apply_update`` and ``step`` (see nncompile/optim.py).
@@ -89,6 +92,8 @@ def compile_file(path: str | Path, *, dtype: str | None = None, optimized: bool 
         _check_inputs_for_both(model, evaluation)
         program.eval_program = build(evaluation, optimized=optimized, fuse=BACKENDS[backend].fuses, differentiate=False)
     program.predict_program = predict_program(path, dtype, roles, optimized=optimized, fuse=BACKENDS[backend].fuses)
+    if hvp and model.target is not None:
+        program.hvp_program = hvp_program(path, dtype, optimized=optimized, fuse=BACKENDS[backend].fuses)
     source = emit_module(program, trace=trace, backend=backend)
     return source if optimizer is None else source + optimizer_source(model, optimizer, backend)
 
@@ -115,6 +120,26 @@ def predict_program(path: str | Path, dtype: str | None, roles: Roles, *, optimi
                             dim_bounds={name: tuple(d for d in ds if d in dims)
                                         for name, ds in evaluation.dim_bounds.items()})
     return program
+
+
+def hvp_program(path: str | Path, dtype: str | None, *, optimized: bool = True, fuse: bool = False) -> Program:
+    """hvp()'s program: the loss's Hessian (over the params) times a direction v shaped like
+    the params, reverse over reverse in the graph, so the passes optimise it like the rest."""
+    model = elaborate_file(path, dtype)
+    G = model.graph
+    wrt = {name: n for name, n in model.params.items() if G[n].dtype == "float"}
+    tangents = {name: G.add("input", (), {"name": f"v.{name}", "shape": G[n].shape, "dtype": "float"},
+                            name=f"v.{name}") for name, n in wrt.items()}
+    products = hessian_vector(G, model.target, wrt, tangents)
+    roots = Roots({("hv", name): n for name, n in products.items() if n is not None})
+    if optimized:
+        optimize(G, roots)
+        if fuse:
+            fuse_elementwise(G, roots)
+    else:
+        eliminate_dead_code(G, roots)
+    hv = {name: roots.get(("hv", name)) for name in products}
+    return Program(model, G, {}, hv, tangents=tangents)
 
 
 def _check_inputs_for_both(model: Model, evaluation: Model) -> None:

@@ -70,6 +70,19 @@ class NNError(Exception):
         return self.format()
 
 
+class NNWarning(UserWarning):
+    """Something legal in the user's model that is probably not meant, at its place (issued
+    with ``warnings.warn``; the CLI prints it like an error, as ``FILE:LINE:COL: warning: ...``)."""
+
+    def __init__(self, message: str, loc: Loc):
+        super().__init__(message)
+        self.message = message
+        self.loc = loc
+
+    def __str__(self) -> str:
+        return "\n".join([f"{self.loc}: warning: {self.message}", *_quote(self.loc)])
+
+
 def _quote(loc: Loc) -> list[str]:
     """The source line of ``loc`` and a caret (with ~ under the rest of the span) below it."""
     source = Sources.line(loc.file, loc.line)

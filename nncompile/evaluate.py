@@ -47,7 +47,7 @@ class Evaluation:
         G = self.program.graph
         for n in sorted(self.values):
             node = G[n]
-            if node.name and node.name not in out and node.grad_of is None:
+            if node.name and node.name not in out:   # a grad() the user named too (grad_of set)
                 out[node.name] = self.values[n]
         return out
 

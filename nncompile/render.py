@@ -33,11 +33,11 @@ from typing import Any
 from xml.etree import ElementTree
 
 import graphviz
-import networkx as nx
 import numpy as np
 
 from . import layout
 from .errors import NNError, Sources
+from .gradient_clusters import drawn_nodes, gradient_clusters
 from .health import legend_rows, node_style, wire_badge, wire_style
 from .ir import Graph, Node
 from .labels import (  # noqa: F401 (escape, quote, fmt, value_text, grad_text: this module's API too)
@@ -95,12 +95,7 @@ def forward_nodes(ev) -> list[int]:
     roots = [n for n in ev.model.outputs.values() if n in G]
     if ev.model.target is not None and ev.model.target in G:
         roots.append(ev.model.target)
-    keep: set[int] = set()
-    for r in roots:
-        if G[r].grad_of is None:
-            keep.add(r)
-            keep.update(a for a in nx.ancestors(G.nx, r) if G[a].grad_of is None)
-    return G.topological(keep)
+    return drawn_nodes(G, roots)   # with the sub-graphs of grad() calls (gradient_clusters.py)
 
 
 _REPEATED = re.compile(r"^(.+)\.(\d+)$")
@@ -188,6 +183,7 @@ class _Diagram:
         self.folded = self.drawn_in_users()
         self.fold_of = {user: n for n, user in self.folded.items()}
         self.scopes = {n: self.drawn_scope(n) for n in self.nodes}
+        self.in_grad = gradient_clusters(self.G, self.nodes)
         self.box_of = self.collapse(max_nodes, warn)
         self.boxes: dict[tuple, list[int]] = {}   # each box's members; boxes in order of first appearance
         for n, scope in self.box_of.items():
@@ -254,6 +250,8 @@ class _Diagram:
         cluster would (in its repeat group, if any)."""
         if n in self.box_of:
             return self.cluster_path(self.box_of[n])[:-1]
+        if n in self.in_grad:
+            return (("grad", (self.in_grad[n],)),)
         return self.cluster_path(self.scopes[n])
 
     # ---- values ----
@@ -371,6 +369,8 @@ class _Diagram:
     def cluster_label(self, key: tuple) -> tuple[str, str]:
         """(label, style) of a cluster: ``fc1: affine (307,300 params)`` or a repeat group."""
         kind, scope = key
+        if kind == "grad":
+            return f"{scope[0]}: gradient sub-graph", "dashed,rounded"
         if kind == "repeat":
             instances = self.repeats[scope]
             kinds = sorted({self.layers[s] for s in instances})

@@ -27,7 +27,7 @@ from nncompile.compiler import compile_and_load
 from nncompile.ops import REGISTRY, OpDef
 
 from conftest import write_nn
-from differential import models
+from differential import models, second_order
 from differential.harness import (TOLERANCES, Tolerance, assert_close, call, compare_trace, compare_with_torch,
                                   run_torch)
 from differential.opcases import OpCase, missing_references, op_cases, reachable_ops
@@ -366,3 +366,37 @@ def test_an_op_that_overwrites_an_operand_it_still_needs_is_caught(torch, tmp_pa
                 compare_with_torch(path, case.reference, case.params(), inputs, dtype="float64")
         else:
             compare_with_torch(path, case.reference, case.params(), inputs, dtype="float64")
+
+
+# ---- second derivatives: hvp() and grad() against PyTorch's double backward ------------------
+
+@differential
+@pytest.mark.parametrize("case", [c for c in op_cases() if c.variant == "leaf" and c.floats], ids=lambda c: c.id)
+def test_grad_in_the_language_matches_torch_double_backward(case: OpCase, torch, tmp_path: Path) -> None:
+    """grad(sum(op(x) * w), x) as an output, and the loss sum(grad(...) * u) differentiated
+    again (H u), for every op and sample, against autograd.grad(create_graph=True)."""
+    rng = np.random.default_rng(zlib.crc32(case.id.encode()))
+    path = write_nn(tmp_path, "grad.nn", second_order.grad_case_text(case))
+    inputs = [second_order.grad_case_inputs(case, rng, draw) for _ in range(2)]
+    compare_with_torch(path, second_order.grad_case_reference(case), {}, inputs, dtype="float64")
+
+
+@differential
+@pytest.mark.parametrize("case", [c for c in op_cases() if c.variant == "intermediate"], ids=lambda c: c.id)
+def test_hvp_matches_torch_double_backward_on_every_op(case: OpCase, torch, tmp_path: Path) -> None:
+    """hvp() and hessian() over the op's model with its operands made from a param."""
+    rng = np.random.default_rng(zlib.crc32(case.id.encode()))
+    path = write_nn(tmp_path, "op.nn", case.text())
+    second_order.compare_hvp_with_torch(path, case.reference, case.params(), case.inputs(rng, draw), rng)
+
+
+@differential
+@PROFILE
+@given(model=models.random_models(), seed=st.integers(0, 2 ** 32 - 1), n=st.integers(2, 5))
+def test_hvp_matches_torch_double_backward_on_random_models(model: models.RandomModel, seed: int, n: int,
+                                                            tmp_path_factory) -> None:
+    pytest.importorskip("torch")
+    note(repr(model))
+    path = write_nn(tmp_path_factory.mktemp("random"), "random.nn", model.text)
+    rng = np.random.default_rng(seed)
+    second_order.compare_hvp_with_torch(path, model.reference, model.draw_params(rng), model.draw_inputs(rng, n), rng)

@@ -106,7 +106,7 @@ def test_a_name_that_starts_like_a_keyword_is_a_name():
             assert [(kind, value) for _, kind, value in pygments_tokens(name)] == [(Name, name)]
 
 
-@pytest.mark.parametrize("name", sorted({n for n, d in REGISTRY.items() if d.public} | set(INITIALIZERS)))
+@pytest.mark.parametrize("name", sorted({n for n, d in REGISTRY.items() if d.public} | set(INITIALIZERS) | {"grad"}))
 def test_every_op_and_initialiser_is_a_builtin_where_it_is_called(name: str):
     tokens = [(kind, value) for _, kind, value in pygments_tokens(f"h = {name}(x)")]
     assert (Name.Builtin, name) in tokens

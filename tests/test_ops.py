@@ -438,8 +438,16 @@ def test_every_op_a_gradient_rule_emits_has_a_gradient_rule_itself(opdef: OpDef,
     adjoints = differentiate(G, loss, wrt)
     for n in set(G.nodes()) - before:
         emitted = REGISTRY[G[n].op]
-        assert emitted.vjp is not None or not emitted.differentiable or not G[n].args, \
+        assert emitted.vjp is not None or not emitted.differentiable or not G[n].args or emitted.no_second_order, \
             f"{opdef.name}'s gradient rule emits {emitted.name}, which has no gradient rule and is not a mask"
+
+
+def test_an_op_without_a_second_derivative_says_why_and_has_no_rule() -> None:
+    """``no_second_order`` is the reason an op a gradient rule emits cannot be differentiated
+    again (a model that needs it gets a located error: tests/test_grad_builtin.py)."""
+    for name, opdef in REGISTRY.items():
+        if opdef.no_second_order:
+            assert opdef.vjp is None and opdef.differentiable, f"{name} declares no second derivative, yet has one"
 
 
 @pytest.mark.parametrize(("opdef", "sample"), _cases())

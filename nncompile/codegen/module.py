@@ -12,6 +12,7 @@ from ..ops import REGISTRY
 from ..version import __version__
 from . import runtime
 from .functions import Definitions, FunctionEmitter
+from .hvp import HvpEmitter, second_derivatives
 from .names import Verbatim, docstring_text, source
 from .program import Program
 from .readers import read_inputs, read_table
@@ -44,6 +45,7 @@ class _Module:
                            else FunctionEmitter(program.eval_program, self.definitions))
         self.prediction = (None if program.predict_program is None
                            else FunctionEmitter(program.predict_program, self.definitions, "predict"))
+        self.hvp = None if program.hvp_program is None else HvpEmitter(program.hvp_program, self.definitions)
 
     def write(self, trace: bool) -> str:
         model, retarget = self.model, self.backend.retarget
@@ -58,7 +60,8 @@ class _Module:
             *([read_table(self.p, self.backend, "state")] if model.state else []),
             *([retarget(runtime.CONVERT)] if model.params or model.state else []),
             *([retarget(runtime.FLAT)] if model.params else []),
-            *self.helpers(self.evaluation.G, *([self.prediction.G] if self.prediction else [])),
+            *self.helpers(self.evaluation.G, *([self.prediction.G] if self.prediction else []),
+                          *([self.hvp.G] if self.hvp else [])),
             self.init_params(),
             *([self.init_params("state")] if model.state else []),
             self.evaluation.function("forward", self.evaluation.p.outputs, None,
@@ -71,6 +74,8 @@ class _Module:
                    + ("\n\n    With state, also the new state (running statistics after this step)."
                       if model.state else ""))
             parts.append(self.functions.function("value_and_grad", self.p.outputs, self.p.grads, doc))
+        if self.hvp:
+            parts += second_derivatives(self.hvp, retarget)
         if trace:
             parts.append(self.functions.trace_function())
         if self.prediction:

@@ -20,6 +20,8 @@ class Program:
     # (user, operand position) -> that branch's part of the adjoint, where a value fans out
     eval_program: Program | None = None   # forward()'s program, when eval mode differs from train mode
     predict_program: Program | None = None   # predict()'s: eval mode, data inputs only, no loss
+    hvp_program: Program | None = None   # hvp()'s: train mode, grads are the parts of H v
+    tangents: dict[str, int] = field(default_factory=dict)   # hvp(): param name -> the leaf holding its v
 
 
     @property

@@ -12,6 +12,7 @@ from pygments.lexer import RegexLexer, bygroups, words
 from pygments.token import Comment, Keyword, Name, Number, Operator, Punctuation, String, Text, Whitespace
 
 from ..initializers import INITIALIZERS
+from ..elaborate.expressions import LANGUAGE_CALLS
 from ..ops import REGISTRY
 
 DECLARATIONS = ("const", "input", "param", "state", "layer")
@@ -20,8 +21,9 @@ TYPES = ("float", "int", "float32", "float64")
 CONSTANTS = ("true", "false")
 KEYWORDS = DECLARATIONS + STATEMENTS + TYPES + CONSTANTS + ("import",)
 
-# What a .nn file can call without defining it: the public ops and the param initialisers.
-BUILTINS = tuple(sorted({name for name, opdef in REGISTRY.items() if opdef.public} | set(INITIALIZERS)))
+# What a .nn file can call without defining it: the public ops, the param initialisers, grad().
+BUILTINS = tuple(sorted({name for name, opdef in REGISTRY.items() if opdef.public} | set(INITIALIZERS)
+                        | set(LANGUAGE_CALLS)))
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"   # the grammar's NAME: ASCII only
 _CALL = r"(?=[ \t\f]*\()"

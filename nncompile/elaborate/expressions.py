@@ -3,18 +3,22 @@ instances), subscripts into views and gathers."""
 from __future__ import annotations
 
 import difflib
+import warnings
 from typing import TYPE_CHECKING, Any, Callable
 
 from .. import syntax
-from ..errors import Loc, NNError
+from ..autodiff import differentiate
+from ..errors import Loc, NNError, NNWarning
 from ..initializers import INITIALIZERS
-from ..ops import REGISTRY, OpDef
+from ..ops import REGISTRY, OpDef, constant
 from ..shapes import ShapeError, show
 from .constants import is_none, is_number, left_chain, neg_chain
 from .core import Scope
 
 if TYPE_CHECKING:
     from . import Elaborator
+
+LANGUAGE_CALLS = ("grad",)   # calls the elaborator builds itself: no registry op has these names
 
 class Expressions:
     """Builds the graph nodes of an expression and returns the node of its value."""
@@ -148,6 +152,8 @@ class Expressions:
             return el.layers.call(call, scope, scope_hint)
         if call.scope is not None:
             raise NNError(f"'as {call.scope}' names a layer instance, but {call.func} is not a layer", call.loc)
+        if call.func == "grad":   # LANGUAGE_CALLS
+            return self.grad(call, scope)
         opdef = REGISTRY.get(call.func)
         if opdef is None or not opdef.public:
             if call.func in INITIALIZERS:
@@ -212,6 +218,60 @@ class Expressions:
                 where = call.args[exc.arg].loc if exc.arg is not None and exc.arg < arity else call.loc
                 raise NNError(exc.message, where) from None
         return el.op(opdef.name, args, attrs, call.loc, scope, [a.loc for a in call.args])
+
+    def grad(self, call: syntax.Call, scope: Scope) -> int:
+        """``grad(f, x)``: d f / d x built into the graph here, by the same reverse mode as the
+        model's backward pass (which later differentiates it again: double backprop). With a
+        list ``[W, b]``, the gradients flattened and concatenated into one vector."""
+        el = self.el
+        usage = "like grad(loss, X) or grad(loss, [W, b])"
+        if call.kwargs:
+            raise NNError(f"grad() takes no keyword arguments; {usage}", call.kwargs[0][2])
+        if len(call.args) != 2:
+            raise NNError(f"grad() takes 2 arguments, the scalar to differentiate and what to differentiate it "
+                          f"with respect to, got {len(call.args)}; {usage}", call.loc)
+        what, wrt = call.args
+        target = self.expr(what, scope)
+        node = el.G[target]
+        if node.shape != () or node.dtype != "float":
+            raise NNError(f"grad() differentiates a float scalar, but this is {node.dtype}{show(node.shape)}; "
+                          "take sum() or mean() of it first", what.loc)
+        refs = wrt.items if isinstance(wrt, syntax.ListExpr) else (wrt,)
+        if not refs:
+            raise NNError(f"grad() needs something to differentiate with respect to; {usage}", wrt.loc)
+        leaves = [self.grad_leaf(ref, scope) for ref in refs]
+        adjoints = differentiate(el.G, target, leaves)
+        grads = []
+        for ref, leaf in zip(refs, leaves):
+            if leaf not in adjoints:
+                warnings.warn(NNWarning(f"this does not depend on '{ref.name}': its gradient is zero", ref.loc),
+                              stacklevel=2)
+            grads.append(adjoints[leaf] if leaf in adjoints else constant(el.G, 0.0, el.G[leaf].shape))
+        if not isinstance(wrt, syntax.ListExpr):
+            return grads[0]
+        flat = [self.flattened(g, ref) for g, ref in zip(grads, refs)]
+        return flat[0] if len(flat) == 1 else el.op("concat", flat, {"axis": 0}, call.loc, scope)
+
+    def grad_leaf(self, ref: syntax.Expr, scope: Scope) -> int:
+        """What grad() differentiates with respect to: a named float value."""
+        if not isinstance(ref, syntax.Ref):
+            raise NNError("grad() differentiates with respect to a name (a param, an input or a value), "
+                          "like grad(loss, X)", ref.loc)
+        n = self.lookup(ref, scope)
+        node = self.el.G[n]
+        if node.dtype != "float":
+            raise NNError(f"'{ref.name}' is {node.dtype}{show(node.shape)}: only floats have gradients", ref.loc)
+        return n
+
+    def flattened(self, n: int, ref: syntax.Ref) -> int:
+        shape = self.el.G[n].shape
+        if any(isinstance(d, str) for d in shape):
+            raise NNError(f"grad() of a list concatenates the gradients, so each needs a fixed shape, but "
+                          f"'{ref.name}' is {show(shape)}; take grad() with respect to it alone", ref.loc)
+        size = 1
+        for d in shape:
+            size *= d
+        return self.el.G.add("reshape", [n], {"shape": (size,)}, loc=ref.loc) if shape != (size,) else n
 
 
 Subscript = syntax.Expr | syntax.Slice

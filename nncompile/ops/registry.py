@@ -108,6 +108,7 @@ class OpDef:
     takes_out: bool = False                   # emit(..., out=buffer) writes the result into a buffer
     in_place: bool = False                    # not a chain: may write over an operand of its own shape
     differentiable: bool = True               # False: carries no gradient (a mask), autodiff treats it as constant
+    no_second_order: str = ""                 # no gradient rule yet no mask: why (autodiff errs at the model's line)
     view: bool = False                        # the result is a numpy view of operand 0: it owns no storage
     random: bool = False                      # draws from the caller's random generator (ctx.rng)
     pairwise: str | None = None               # a reduction: the elementwise op meant when it is called with two tensors

@@ -108,7 +108,7 @@ def run_torch(reference: Reference, loss: str, params: Arrays, inputs: Arrays, s
         named[loss].backward()
     everything = {**leaves, **named}
     values = {k: v.detach().numpy() for k, v in everything.items()}
-    grads = {k: (np.zeros(v.shape) if v.grad is None else v.grad.numpy())
+    grads = {k: (np.zeros(v.shape) if v.grad is None else v.grad.numpy(force=True))   # force: a ZeroTensor
              for k, v in everything.items() if v.is_floating_point()}
     return TorchRun(values, grads)
 

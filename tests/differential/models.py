@@ -434,6 +434,19 @@ class Builder:
         v = self.pick([v for v in self.values if v.shape and v.shape[0] == "N"])
         return self.emit(f"sum({v.name}, axis=0) / N", f"op['sum']({v.name}, axis=0) / N", v.shape[1:], v.magnitude)
 
+    def input_grad(self) -> Value | None:
+        """grad() in the model: d sum(v) / d leaf, for a float input or param v depends on, used by
+        later steps and the loss like any value (so the loss's gradient is a double backprop)."""
+        leaves = {**self.inputs, **self.params}
+        v = self.pick([v for v in self.values if any(leaves.get(s, Leaf((), "labels")).kind != "labels"
+                                                     for s in v.sources if s in leaves)])
+        wrt = self.draw(st.sampled_from(sorted(s for s in v.sources if s in leaves and leaves[s].kind != "labels")))
+        if "def _grad" not in "\n".join(self.py):   # a gradient of a constant (the gradient of a sum) is zero
+            self.py.insert(1, "def _grad(f, x):\n    g = torch.autograd.grad(f, x, create_graph=True, allow_unused=True)"
+                              "[0] if f.requires_grad else None\n    return torch.zeros_like(x) if g is None else g")
+        return self.emit(f"grad(sum({v.name}), {wrt})", f"_grad(op['sum']({v.name}), {wrt})",
+                         leaves[wrt].shape, v.magnitude * 4, distinct=False)
+
     def import_nn(self) -> None:
         if "import nn" not in self.nn:
             self.nn.insert(0, "import nn")
@@ -514,7 +527,7 @@ class Builder:
 
     STEPS = ("unary", "unary", "binary", "binary", "binary", "reduce", "matmul", "matmul", "softmax", "reshape",
              "transpose", "subscript", "concat", "gather", "block", "repeat", "shared", "constant", "per_example",
-             "mlp", "maxout_linear", "batchnorm", "dense_bn")
+             "mlp", "maxout_linear", "batchnorm", "dense_bn", "input_grad")
 
     def step(self) -> None:
         name = self.draw(st.sampled_from(self.STEPS))

@@ -1,0 +1,70 @@
+"""The module's second derivatives: ``hvp`` (the loss's Hessian times a direction, written
+from its own optimised program like every other function) and ``hessian`` (the dense matrix
+of a tiny model, one hvp per column)."""
+from __future__ import annotations
+
+from .functions import FunctionEmitter
+from .names import Names
+
+HESSIAN_LIMIT = 2048   # param elements: a float64 Hessian of 32 MiB, built from 2048 hvp calls
+
+HVP_DOC = ("The Hessian of the loss (with respect to the params) times v, a dict shaped like the params;\n"
+           "    returns the same shapes. Reverse over reverse, in train mode.")
+
+HESSIAN = f'''HESSIAN_LIMIT = {HESSIAN_LIMIT}
+
+
+def hessian(params, state=None, rng=None, /, **inputs):
+    """The dense Hessian of the loss over the params flattened in PARAMS order (entry i, j:
+    d2 loss / d p_i d p_j), one hvp() per column: for tiny models (HESSIAN_LIMIT elements)."""
+    sizes = []
+    for shape, _ in PARAMS.values():   # sizes from shapes in Python: the array module has no say
+        size = 1
+        for d in shape:
+            size *= d
+        sizes.append(size)
+    total = sum(sizes)
+    if total > HESSIAN_LIMIT:
+        raise ValueError(f"hessian() is for tiny models: this one has {{total}} param elements, more than "
+                         f"HESSIAN_LIMIT = {{HESSIAN_LIMIT}}; use hvp(params, v, ...) for products with the Hessian")
+    basis = np.zeros(total, dtype=DTYPE)
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    columns = []
+    for j in range(total):
+        basis[:] = 0
+        basis[j] = 1
+        v = {{name: basis[start:start + size].reshape(shape)
+             for name, (shape, _), start, size in zip(PARAMS, PARAMS.values(), starts, sizes)}}
+        hv = hvp(params, v, state, rng, **inputs)
+        columns.append(np.concatenate([hv[name].reshape(-1) for name in PARAMS]))
+    return np.stack(columns, axis=1) if columns else np.zeros((0, 0), dtype=DTYPE)'''
+
+
+class HvpEmitter(FunctionEmitter):
+    """``hvp(params, v, state=None, rng=None, /, **inputs)``: v is read as the params are."""
+
+    def signature(self, fname: str) -> str:
+        return "params, v, state=None, rng=None, /, **inputs"
+
+    def read_params_and_state(self, needed: set[int], names: Names) -> list[str]:
+        lines = super().read_params_and_state(needed, names)
+        tangents = self.p.tangents
+        if any(n in needed for n in tangents.values()):
+            for name, n in tangents.items():
+                if n in needed:
+                    names.of[n] = names.fresh(f"v_{name}")
+            targets = [names.of.get(n, "_") for n in tangents.values()]
+            lines.append(f"    {', '.join(targets)}{',' if len(targets) == 1 else ''} = _read_params(v)"
+                         "  # checked as the params are")
+        return lines
+
+    def hvp_function(self) -> str:
+        products = self.p.grads
+        body, names, ctx = self.body("hvp", list(reversed([n for n in products.values() if n is not None])))
+        body.append(f"    return {self.returned(products, names, ctx, set())}")
+        return "\n".join([f"def hvp({self.signature('hvp')}):", f'    """{HVP_DOC}"""', *body])
+
+
+def second_derivatives(emitter: HvpEmitter, retarget) -> list[str]:
+    """The module's hvp and hessian functions."""
+    return [emitter.hvp_function(), retarget(HESSIAN)]

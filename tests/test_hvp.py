@@ -1,0 +1,196 @@
+"""The module's hvp() and hessian(), and ``nncompile check --hessian``.
+
+Oracles: central differences of the module's own compiled gradient (float64), the dense
+Hessian built entry by entry from them, and (tests/test_differential.py) PyTorch's double
+backward. The check itself must fail on a wrong product.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nncompile.codegen.hvp import HESSIAN_LIMIT
+from nncompile.compiler import compile_and_load, compile_file
+from nncompile.evaluate import concrete_values
+from nncompile.elaborate import elaborate_file
+from nncompile.gradcheck import Kinks, check_hessian, summarize
+
+from conftest import EXAMPLE_FILES, ROOT, write_nn
+
+TINY = """
+    input X: float[N, 2]
+    input y: int[N]
+    param W: [2, 3] = normal(0.7)
+    param b: [3] = normal(0.3)
+    scores = tanh(X @ W) + b
+    loss = softmax_cross_entropy(scores, y) + 0.1 * l2(W)
+    minimize loss
+"""
+
+
+def _tiny(tmp_path: Path, dtype: str = "float64"):
+    module = compile_and_load(write_nn(tmp_path, "tiny.nn", TINY), dtype=dtype)
+    rng = np.random.default_rng(0)
+    return module, module.init_params(1), {"X": rng.standard_normal((5, 2)), "y": rng.integers(0, 3, 5)}
+
+
+def _fd_hessian(module, params: dict, inputs: dict, eps: float = 1e-5) -> np.ndarray:
+    """Central differences of the compiled gradient, one flat param entry at a time."""
+    names = list(module.PARAMS)
+    flat = np.concatenate([params[k].reshape(-1) for k in names])
+    sizes = [params[k].size for k in names]
+
+    def grad(x: np.ndarray) -> np.ndarray:
+        parts = np.split(x, np.cumsum(sizes)[:-1])
+        p = {k: part.reshape(params[k].shape) for k, part in zip(names, parts)}
+        g = module.value_and_grad(p, **inputs)[1]
+        return np.concatenate([g[k].reshape(-1) for k in names])
+    columns = []
+    for j in range(flat.size):
+        step = np.zeros_like(flat)
+        step[j] = eps
+        columns.append((grad(flat + step) - grad(flat - step)) / (2 * eps))
+    return np.stack(columns, axis=1)
+
+
+def test_hessian_matches_central_differences_of_the_gradient_entry_by_entry(tmp_path: Path) -> None:
+    module, params, inputs = _tiny(tmp_path)
+    H = module.hessian(params, **inputs)
+    assert H.shape == (9, 9) and H.dtype == np.float64
+    np.testing.assert_allclose(H, _fd_hessian(module, params, inputs), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(H, H.T, rtol=1e-12, atol=1e-14)
+
+
+def test_hvp_is_the_hessian_times_v_and_leaves_its_arguments_alone(tmp_path: Path) -> None:
+    module, params, inputs = _tiny(tmp_path)
+    rng = np.random.default_rng(2)
+    v = {k: rng.standard_normal(p.shape) for k, p in params.items()}
+    kept = {k: a.copy() for k, a in {**params, **v}.items()}
+    hv = module.hvp(params, v, **inputs)
+    assert all(np.array_equal(a, kept[k]) for k, a in {**params, **v}.items())
+    assert {k: a.shape for k, a in hv.items()} == {k: p.shape for k, p in params.items()}
+    flat_v = np.concatenate([v[k].reshape(-1) for k in module.PARAMS])
+    expected = module.hessian(params, **inputs) @ flat_v
+    np.testing.assert_allclose(np.concatenate([hv[k].reshape(-1) for k in module.PARAMS]), expected,
+                               rtol=1e-12, atol=1e-14)
+    again = module.hvp(params, {k: 2 * a for k, a in v.items()}, **inputs)   # linear in v
+    for k in hv:
+        np.testing.assert_allclose(again[k], 2 * hv[k], rtol=1e-12, atol=1e-14)
+
+
+def test_hvp_returns_the_module_dtype(tmp_path: Path) -> None:
+    module, params, inputs = _tiny(tmp_path, "float32")
+    v = {k: np.ones(p.shape, np.float32) for k, p in params.items()}
+    inputs["X"] = inputs["X"].astype(np.float32)
+    assert {a.dtype for a in module.hvp(params, v, **inputs).values()} == {np.dtype(np.float32)}
+    assert module.hessian(params, **inputs).dtype == np.float32
+
+
+def test_a_v_of_the_wrong_shape_is_refused(tmp_path: Path) -> None:
+    module, params, inputs = _tiny(tmp_path)
+    with pytest.raises(ValueError, match=r"'W' must have shape \[2, 3\]"):
+        module.hvp(params, {"W": np.ones((3, 2)), "b": np.ones(3)}, **inputs)
+    with pytest.raises(TypeError, match=r"missing param\(s\) \['b'\]"):
+        module.hvp(params, {"W": np.ones((2, 3))}, **inputs)
+
+
+def test_hessian_of_a_model_past_the_limit_says_to_use_hvp(tmp_path: Path) -> None:
+    side = int(np.sqrt(HESSIAN_LIMIT)) + 1
+    module = compile_and_load(write_nn(tmp_path, "big.nn", f"""
+        input x: float[{side}]
+        param W: [{side}, {side}] = normal(0.1)
+        loss = sum(tanh(x @ W))
+        minimize loss
+    """))
+    with pytest.raises(ValueError, match=rf"{side * side} param elements, more than HESSIAN_LIMIT = "
+                                         rf"{HESSIAN_LIMIT}; use hvp\(params, v, ...\)"):
+        module.hessian(module.init_params(), x=np.ones(side, np.float32))
+
+
+def test_a_model_without_a_loss_has_no_hvp(tmp_path: Path) -> None:
+    module = compile_and_load(write_nn(tmp_path, "m.nn", "input x: float[3]\ny = x * 2\noutput y\n"))
+    assert not hasattr(module, "hvp") and not hasattr(module, "hessian")
+    assert "def hvp" not in compile_file(ROOT / "examples" / "mlp.nn", hvp=False)
+
+
+def test_the_hvp_function_is_written_like_the_others() -> None:
+    """Named after the user's params (v_W), its .nn lines in comments, numpy only, and the
+    same text every time."""
+    path = ROOT / "examples" / "two_layer.nn"
+    source = compile_file(path)
+    assert source == compile_file(path)
+    hvp = source[source.index("def hvp("):source.index("HESSIAN_LIMIT =")]
+    assert "_read_params(v)" in hvp and "# two_layer.nn:" in hvp
+    assert "import torch" not in source and "import jax" not in source
+
+
+@pytest.mark.parametrize("path", [p for p in EXAMPLE_FILES if elaborate_file(p).params and
+                                  elaborate_file(p).target is not None], ids=lambda p: p.stem)
+def test_every_example_passes_the_hessian_check(path: Path) -> None:
+    module = compile_and_load(path, dtype="float64")
+    model = elaborate_file(path, "float64")
+    params, inputs = concrete_values(model, module, {}, 0)
+    results = summarize(check_hessian(module, params, inputs, kinks=Kinks.of_file(path)))
+    assert set(results) == set(module.PARAMS)
+    assert all(r.ok for r in results.values()), {k: r.show() for k, r in results.items()}
+    assert any(r.status == "ok" for r in results.values())
+
+
+def test_the_hessian_check_fails_on_a_wrong_product(tmp_path: Path) -> None:
+    module, params, inputs = _tiny(tmp_path)
+    right = module.hvp
+    module.hvp = lambda p, v, *rest, **kw: {k: a * (1 + 1e-4) for k, a in right(p, v, *rest, **kw).items()}
+    results = summarize(check_hessian(module, params, inputs))
+    assert all(r.status == "FAIL" for r in results.values()), {k: r.show() for k, r in results.items()}
+
+
+def test_check_hessian_from_the_command_line(run_cli) -> None:
+    result = run_cli("check", "--hessian", ROOT / "examples" / "gradient_penalty.nn")
+    assert result.returncode == 0, result
+    lines = result.stdout.splitlines()
+    assert [line.split()[3] for line in lines if line.startswith("  Hessian-vector product of")] == \
+        ["W1", "b1", "W2", "b2"]
+    assert lines[-1].startswith("Hessian check passed (float64, hvp against extrapolated central differences")
+
+
+def test_the_curvature_example_finds_the_largest_eigenvalue_with_hvp() -> None:
+    """examples/curvature.py as a user runs it: power iteration on hvp() agrees with the
+    eigenvalues of hessian() to the digits it prints."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "curvature.py")], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    found = re.search(r"power iteration on hvp\(\): (\S+) \(largest eigenvalue of hessian\(\): (\S+)\)", done.stdout)
+    assert found and found[1] == found[2], done.stdout
+    assert float(found[1]) > 0
+
+
+@pytest.mark.parametrize("name", ["curvature", "batchnorm_mlp"])
+def test_the_cupy_module_computes_the_hvp_and_hessian_numpy_computes(name: str, monkeypatch) -> None:
+    """The CuPy backend (on the CPU stand-in): the same hvp() and hessian() as numpy's."""
+    from conftest import example_inputs
+    from test_cupy_backend import _load_on_fake_cupy
+
+    path = ROOT / "examples" / f"{name}.nn"
+    reference = compile_and_load(path, dtype="float64")
+    gpu = _load_on_fake_cupy(compile_file(path, dtype="float64", backend="cupy"), name, monkeypatch)
+    params, inputs = reference.init_params(1), example_inputs(reference)
+    v = {k: np.random.default_rng(3).standard_normal(p.shape) for k, p in params.items()}
+    want = reference.hvp(params, v, None, np.random.default_rng(0), **inputs)
+    got = gpu.hvp(params, v, None, np.random.default_rng(0), **inputs)
+    for key in want:
+        np.testing.assert_allclose(np.asarray(got[key]), want[key], rtol=1e-10, atol=1e-12, err_msg=key)
+    if sum(p.size for p in params.values()) <= 64:
+        np.testing.assert_allclose(np.asarray(gpu.hessian(params, **inputs)), reference.hessian(params, **inputs),
+                                   rtol=1e-10, atol=1e-12)
+
+
+def test_a_model_without_params_has_an_empty_hvp_and_hessian(tmp_path: Path) -> None:
+    module = compile_and_load(write_nn(tmp_path, "m.nn", "input x: float[3]\nloss = sum(x * x)\nminimize loss\n"))
+    assert module.hvp({}, {}, x=np.ones(3, np.float32)) == {}
+    assert module.hessian({}, x=np.ones(3, np.float32)).shape == (0, 0)
