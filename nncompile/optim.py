@@ -245,11 +245,12 @@ def emit_optimizer(name: str, param_names: Iterable[str], *, clip_norm: float | 
         *(() if target.fuses else _SCRATCH),
         "",
         "",
-        "def _opt_clip_scale(grads, clip_norm):",
-        '    """clip_norm / ||g|| if the global gradient norm exceeds clip_norm, else 1."""',
+        "def _opt_clip_scale(grads, flat, clip_norm):",
+        '    """clip_norm / ||g|| if the global gradient norm exceeds clip_norm, else 1: from the one',
+        "    buffer holding every gradient where value_and_grad made one (flat, see flat_grads), so the",
+        '    norm does not depend on how the params are laid out."""',
         "    total = 0.0",
-        "    for name in TRAINABLE:",
-        "        g = grads[name]",
+        "    for g in map(grads.__getitem__, TRAINABLE) if flat is None else (flat,):",
         f"        total += float({xp}.vdot(g, g))",
         "    norm = total ** 0.5",
         "    return clip_norm / norm if norm > clip_norm else 1.0",
@@ -309,7 +310,7 @@ def _init_opt_state(d: OptimizerDef, backend: Backend, params: list[str]) -> lis
         "        found = None",
         "        if all(b is not None for b in buffers):",
         "            G = np.zeros_like(buffers[0])",
-        "            starts, _ = _starts([params[name] for name in TRAINABLE])",
+        "            starts, _ = _starts(params[name].size for name in TRAINABLE)",
         "            views = tuple(G[s:s + params[name].size].reshape(params[name].shape)",
         "                          for name, s in zip(TRAINABLE, starts))",
         "            found = (buffers[0], G, np.empty_like(G), *buffers[1:], views)",
@@ -322,7 +323,7 @@ def _init_opt_state(d: OptimizerDef, backend: Backend, params: list[str]) -> lis
         '    """The buffer the TRAINABLE arrays are views of, in the layout _flat gives them, or None."""',
         "    views = [arrays[name] for name in TRAINABLE]",
         "    base = views[0].base if views else None",
-        "    starts, size = _starts(views)",
+        "    starts, size = _starts(view.size for view in views)",
         "    if type(base) is not np.ndarray or base.shape != (size,) or base.dtype != DTYPE or \\",
         "            not base.flags.c_contiguous:",
         "        return None",
@@ -350,19 +351,26 @@ def _apply_update(d: OptimizerDef, params: list[str], values: dict[str, float], 
         '    gradients count as scaled to a global norm of at most clip_norm."""',
         "    lr = float(lr)",
         "    t = opt_state[\'step\'] = opt_state[\'step\'] + 1" if uses_t else "    opt_state[\'step\'] += 1",
-        "    scale = 1.0 if clip_norm is None else _opt_clip_scale(grads, clip_norm)",
+    ]
+    flat = not backend.fuses and bool(params)
+    if flat:
+        out.append("    gradients = flat_grads(grads)   # value_and_grad's one buffer, or None")
+    out += [
+        f"    scale = 1.0 if clip_norm is None else _opt_clip_scale(grads, {'gradients' if flat else 'None'}, clip_norm)",
         *(f"    {line}" for line in d.prelude),
         *(f"    {slot} = opt_state[{slot!r}]" for slot in d.slots),
     ]
     args = ", ".join(d.kernel_args)
-    if not backend.fuses and params:
+    if flat:
         out += [
             "    flat = _flat_buffers(params, opt_state)",
             "    if flat is not None:   # every param at once",
             f"        P, G, W, {''.join(s.upper() + ', ' for s in d.slots)}views = flat",
-            "        for view, name in zip(views, TRAINABLE):",
-            "            np.copyto(view, grads[name])",
-            f"        _{name}_update(P, G, {''.join(s.upper() + ', ' for s in d.slots)}W, {args})",
+            "        if gradients is None:   # arrays of their own: gathered into one buffer first",
+            "            for view, name in zip(views, TRAINABLE):",
+            "                np.copyto(view, grads[name])",
+            "            gradients = G",
+            f"        _{name}_update(P, gradients, {''.join(s.upper() + ', ' for s in d.slots)}W, {args})",
             "        return",
         ]
     for p in params:
