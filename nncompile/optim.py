@@ -128,11 +128,14 @@ OPTIMIZERS: dict[str, OptimizerDef] = {
     )
 }
 
+# lr m_hat / (sqrt(v_hat) + eps) = c1 m / (sqrt(v) + e) with c1 = lr sqrt(1 - beta2**t) / (1 - beta1**t)
+# and e = eps sqrt(1 - beta2**t): one pass over the params fewer than dividing v by its correction.
 _ADAM_PRELUDE = (
     "a1 = (1.0 - beta1) * scale",
     "a2 = (1.0 - beta2) * scale * scale",
-    "c1 = lr / (1.0 - beta1 ** t)",
-    "c2 = 1.0 / (1.0 - beta2 ** t) ** 0.5",
+    "root = (1.0 - beta2 ** t) ** 0.5",
+    "c1 = lr * root / (1.0 - beta1 ** t)",
+    "e = eps * root",
 )
 _ADAM_KERNEL = (
     "np.multiply(m, beta1, out=m)",
@@ -143,8 +146,7 @@ _ADAM_KERNEL = (
     "np.multiply(w, a2, out=w)",
     "np.add(v, w, out=v)",
     "np.sqrt(v, out=w)",
-    "np.multiply(w, c2, out=w)",
-    "np.add(w, eps, out=w)",
+    "np.add(w, e, out=w)",
     "np.divide(m, w, out=w)",
     "np.multiply(w, c1, out=w)",
     "np.subtract(p, w, out=p)",
@@ -153,11 +155,11 @@ _ADAM_FORMULA = ("m = beta1 * m + (1 - beta1) * g; v = beta2 * v + (1 - beta2) *
                  "p -= lr * (m / (1 - beta1**t)) / (sqrt(v / (1 - beta2**t)) + eps)")
 OPTIMIZERS["adam"] = OptimizerDef(
     "adam", _ADAM_FORMULA, ("m", "v"), (("beta1", 0.9), ("beta2", 0.999), ("eps", 1e-8)),
-    _ADAM_PRELUDE, ("beta1", "a1", "beta2", "a2", "c1", "c2", "eps"), _ADAM_KERNEL)
+    _ADAM_PRELUDE, ("beta1", "a1", "beta2", "a2", "c1", "e"), _ADAM_KERNEL)
 OPTIMIZERS["adamw"] = OptimizerDef(
     "adamw", "p *= 1 - lr * weight_decay; then " + _ADAM_FORMULA, ("m", "v"),
     (("beta1", 0.9), ("beta2", 0.999), ("eps", 1e-8), ("weight_decay", 0.01)),
-    (*_ADAM_PRELUDE, "d = 1.0 - lr * weight_decay"), ("beta1", "a1", "beta2", "a2", "c1", "c2", "eps", "d"),
+    (*_ADAM_PRELUDE, "d = 1.0 - lr * weight_decay"), ("beta1", "a1", "beta2", "a2", "c1", "e", "d"),
     ("np.multiply(p, d, out=p)", *_ADAM_KERNEL))
 
 
@@ -168,8 +170,8 @@ _CUDA = {
     "nesterov": "v = momentum * v - c * g; p += momentum * v - c * g;",
     "adagrad": "cache += s2 * g * g; p -= c * g / (sqrt(cache) + eps);",
     "rmsprop": "cache = decay_rate * cache + a * g * g; p -= c * g / (sqrt(cache) + eps);",
-    "adam": "m = beta1 * m + a1 * g; v = beta2 * v + a2 * g * g; p -= c1 * m / (sqrt(v) * c2 + eps);",
-    "adamw": "p *= d; m = beta1 * m + a1 * g; v = beta2 * v + a2 * g * g; p -= c1 * m / (sqrt(v) * c2 + eps);",
+    "adam": "m = beta1 * m + a1 * g; v = beta2 * v + a2 * g * g; p -= c1 * m / (sqrt(v) + e);",
+    "adamw": "p *= d; m = beta1 * m + a1 * g; v = beta2 * v + a2 * g * g; p -= c1 * m / (sqrt(v) + e);",
 }
 OPTIMIZERS = {name: replace(d, cuda=_CUDA[name]) for name, d in OPTIMIZERS.items()}
 
