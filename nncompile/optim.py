@@ -38,10 +38,13 @@ caller's gradients are never written.
 Each optimiser is a short, straight-line sequence of ufunc calls with ``out=``: the params
 and the state are updated in place and the only temporary is one scratch buffer, shared
 by all params and allocated once. On numpy, init_params makes the params views of one
-buffer and init_opt_state lays each slot out alike, so the sequence runs once over those
-buffers for all params together, the gradients copied into one buffer first; params or
+buffer, init_opt_state lays each slot out alike and value_and_grad writes the gradients into
+one buffer laid out alike (``flat_grads``), so the sequence runs once over those buffers for
+all params together; gradients of their own are copied into one buffer first, and params or
 slots that are arrays of their own (loaded from a file, say) are updated one by one, with
-the same result bit for bit (elementwise ufuncs round each element alike wherever it lies). The update functions are therefore not thread-safe:
+the same result bit for bit (elementwise ufuncs round each element alike wherever it lies).
+The clipping norm is taken from value_and_grad's buffer where there is one, else param by
+param, whatever the layout of the params, so that it too is the same either way. The update functions are therefore not thread-safe:
 two threads must not step the same compiled module object at the same time.
 """
 from __future__ import annotations
@@ -360,7 +363,6 @@ def _apply_update(d: OptimizerDef, params: list[str], values: dict[str, float], 
     out += [
         f"    scale = 1.0 if clip_norm is None else _opt_clip_scale(grads, {'gradients' if flat else 'None'}, clip_norm)",
         *(f"    {line}" for line in d.prelude),
-        *(f"    {slot} = opt_state[{slot!r}]" for slot in d.slots),
     ]
     args = ", ".join(d.kernel_args)
     if flat:
@@ -375,6 +377,7 @@ def _apply_update(d: OptimizerDef, params: list[str], values: dict[str, float], 
             f"        _{name}_update(P, gradients, {''.join(s.upper() + ', ' for s in d.slots)}W, {args})",
             "        return",
         ]
+    out += [f"    {slot} = opt_state[{slot!r}]" for slot in d.slots]
     for p in params:
         if backend.fuses:
             slots = "".join(f", {slot}[{p!r}]" for slot in d.slots)

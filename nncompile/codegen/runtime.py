@@ -79,8 +79,11 @@ def flat_grads(grads):
     calls apply_update with the same grads, which reads this array as it is. A later call of
     value_and_grad allocates a new one: this one stays the caller's."""
     views = _LATEST_GRADS[0]
-    if not views or any(grads.get(name) is not view for name, view in zip(PARAMS, views)):
+    if not views:
         return None
+    for name, view in zip(PARAMS, views):
+        if grads.get(name) is not view:
+            return None
     return views[0].base'''
 
 
