@@ -110,6 +110,20 @@ def test_gradients_of_their_own_are_not_taken_for_the_buffer(model_path: Path) -
     assert module.flat_grads(swapped) is None
 
 
+def laid_out(module: Any) -> tuple[dict, dict]:
+    """Params and optimiser state as init_params and init_opt_state make them: one buffer each."""
+    params = module.init_params(0)
+    return params, module.init_opt_state(params)
+
+
+def arrays_of_their_own(module: Any) -> tuple[dict, dict]:
+    """The same values, each param and slot an array of its own (as loaded from a file)."""
+    params = {k: v.copy() for k, v in module.init_params(0).items()}
+    opt_state = {k: {n: a.copy() for n, a in v.items()} if isinstance(v, dict) else v
+                 for k, v in module.init_opt_state(params).items()}
+    return params, opt_state
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("clip_norm", [None, 0.05])
 @pytest.mark.parametrize("name", NAMES)
@@ -120,13 +134,9 @@ def test_the_update_reads_the_buffer_as_an_all_reduce_left_it(model_path: Path, 
     buffer or not. With clipping the norm comes from the one buffer where there is one, else
     param by param: equal up to rounding."""
     module = load(model_path, dtype, Optimizer(name, clip_norm=clip_norm))
-    reduced = module.init_params(0)
-    reduced_opt = module.init_opt_state(reduced)
-    own = module.init_params(0)
-    own_opt = module.init_opt_state(own)
-    apart = {k: v.copy() for k, v in own.items()}
-    apart_opt = {k: {n: a.copy() for n, a in v.items()} if isinstance(v, dict) else v
-                 for k, v in module.init_opt_state(apart).items()}
+    reduced, reduced_opt = laid_out(module)
+    own, own_opt = laid_out(module)
+    apart, apart_opt = arrays_of_their_own(module)
     for seed in range(4):
         _, other = module.value_and_grad(reduced, **data(100 + seed, dtype))
         other_buffer = module.flat_grads(other).copy()
@@ -154,11 +164,8 @@ def test_a_step_with_the_buffer_equals_a_step_param_by_param_with_clipping(model
     """step (value_and_grad's buffer) with params and slots in one buffer each, against params
     and slots that are arrays of their own: bit for bit, the clipping norm included."""
     module = load(model_path, dtype, Optimizer(name, clip_norm=0.05))
-    flat = module.init_params(0)
-    flat_opt = module.init_opt_state(flat)
-    apart = {k: v.copy() for k, v in flat.items()}
-    apart_opt = {k: {n: a.copy() for n, a in v.items()} if isinstance(v, dict) else v
-                 for k, v in module.init_opt_state(apart).items()}
+    flat, flat_opt = laid_out(module)
+    apart, apart_opt = arrays_of_their_own(module)
     for seed in range(5):
         module.step(flat, flat_opt, 0.05, **data(seed, dtype))
         module.step(apart, apart_opt, 0.05, **data(seed, dtype))
