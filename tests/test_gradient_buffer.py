@@ -97,9 +97,11 @@ def test_a_later_call_makes_a_new_buffer_and_leaves_the_earlier_gradients_alone(
     _, second = module.value_and_grad(params, **data(1))
     assert module.flat_grads(second) is not buffer
     assert module.flat_grads(first) is None, "only the latest call's gradients are the module's buffer"
+    workspace = [b for buffers in module._VALUE_AND_GRAD_BUFFERS.values() for b in buffers]
     for k, g in first.items():
         np.testing.assert_array_equal(g, kept[k])
         assert not np.shares_memory(g, second[k])
+        assert not any(np.shares_memory(g, b) for b in [*workspace, *params.values()]), k
 
 
 def test_gradients_of_their_own_are_not_taken_for_the_buffer(model_path: Path) -> None:
