@@ -48,14 +48,16 @@ def _flat(arrays):
 
 
 GRADS = '''def _layout(table):
-    """(slice, shape) of each entry of table in the flat buffer _flat would make, the slices
-    between them, and the buffer's size."""
+    """(slice, shape) of each entry of table in the flat buffer _flat would make (shape None
+    where the slice has it already), the slices between them, and the buffer's size."""
     shapes = [shape for shape, _ in table.values()]
     sizes = [int(np.prod(shape)) for shape in shapes]
     starts, size = _starts(sizes)
     ends = [start + count for start, count in zip(starts, sizes)]
     gaps = [slice(end, start) for end, start in zip(ends, [*starts[1:], size]) if end < start]
-    return [(slice(start, end), shape) for start, end, shape in zip(starts, ends, shapes)], gaps, size
+    entries = [(slice(start, end), None if len(shape) == 1 else shape)
+               for start, end, shape in zip(starts, ends, shapes)]
+    return entries, gaps, size
 
 
 _GRAD_LAYOUT, _GRAD_GAPS, _GRAD_SIZE = _layout(PARAMS)
@@ -68,7 +70,8 @@ def _new_grads():
     buffer = np.empty(_GRAD_SIZE, dtype=DTYPE)
     for gap in _GRAD_GAPS:
         buffer[gap] = 0
-    views = _LATEST_GRADS[0] = [buffer[where].reshape(shape) for where, shape in _GRAD_LAYOUT]
+    views = _LATEST_GRADS[0] = [buffer[where] if shape is None else buffer[where].reshape(shape)
+                                for where, shape in _GRAD_LAYOUT]
     return views
 
 
