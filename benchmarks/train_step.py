@@ -265,6 +265,16 @@ def whole_run(epochs: int) -> list[list[str]]:
     return rows
 
 
+def blas_kernel() -> str:
+    """Which BLAS kernel runs the GEMMs (OpenBLAS picks one per CPU, or OPENBLAS_CORETYPE's)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "BLAS kernel: unknown (threadpoolctl is not installed)"
+    kernels = [f"{i['internal_api']} {i['architecture']}" for i in threadpool_info() if i.get("architecture")]
+    return "BLAS kernel: " + (", ".join(kernels) or "unknown")
+
+
 def table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
     if markdown:
         return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
@@ -282,6 +292,7 @@ def main() -> int:
     ap.add_argument("--optimizer", action="append", choices=list(HYPER), help="only these optimisers")
     args = ap.parse_args()
     print(ref.pin_threads(1))
+    print(blas_kernel())
     rows = []
     for case in (c for c in CASES if not args.case or c.name in args.case):
         for optimizer in args.optimizer or HYPER:

@@ -38,10 +38,13 @@ caller's gradients are never written.
 Each optimiser is a short, straight-line sequence of ufunc calls with ``out=``: the params
 and the state are updated in place and the only temporary is one scratch buffer, shared
 by all params and allocated once. On numpy, init_params makes the params views of one
-buffer and init_opt_state lays each slot out alike, so the sequence runs once over those
-buffers for all params together, the gradients copied into one buffer first; params or
+buffer, init_opt_state lays each slot out alike and value_and_grad writes the gradients into
+one buffer laid out alike (``flat_grads``), so the sequence runs once over those buffers for
+all params together; gradients of their own are copied into one buffer first, and params or
 slots that are arrays of their own (loaded from a file, say) are updated one by one, with
-the same result bit for bit (elementwise ufuncs round each element alike wherever it lies). The update functions are therefore not thread-safe:
+the same result bit for bit (elementwise ufuncs round each element alike wherever it lies).
+The clipping norm is taken from value_and_grad's buffer where there is one, else param by
+param, whatever the layout of the params, so that it too is the same either way. The update functions are therefore not thread-safe:
 two threads must not step the same compiled module object at the same time.
 """
 from __future__ import annotations
@@ -128,11 +131,14 @@ OPTIMIZERS: dict[str, OptimizerDef] = {
     )
 }
 
+# lr m_hat / (sqrt(v_hat) + eps) = c1 m / (sqrt(v) + e) with c1 = lr sqrt(1 - beta2**t) / (1 - beta1**t)
+# and e = eps sqrt(1 - beta2**t): one pass over the params fewer than dividing v by its correction.
 _ADAM_PRELUDE = (
     "a1 = (1.0 - beta1) * scale",
     "a2 = (1.0 - beta2) * scale * scale",
-    "c1 = lr / (1.0 - beta1 ** t)",
-    "c2 = 1.0 / (1.0 - beta2 ** t) ** 0.5",
+    "root = (1.0 - beta2 ** t) ** 0.5",
+    "c1 = lr * root / (1.0 - beta1 ** t)",
+    "e = eps * root",
 )
 _ADAM_KERNEL = (
     "np.multiply(m, beta1, out=m)",
@@ -143,8 +149,7 @@ _ADAM_KERNEL = (
     "np.multiply(w, a2, out=w)",
     "np.add(v, w, out=v)",
     "np.sqrt(v, out=w)",
-    "np.multiply(w, c2, out=w)",
-    "np.add(w, eps, out=w)",
+    "np.add(w, e, out=w)",
     "np.divide(m, w, out=w)",
     "np.multiply(w, c1, out=w)",
     "np.subtract(p, w, out=p)",
@@ -153,11 +158,11 @@ _ADAM_FORMULA = ("m = beta1 * m + (1 - beta1) * g; v = beta2 * v + (1 - beta2) *
                  "p -= lr * (m / (1 - beta1**t)) / (sqrt(v / (1 - beta2**t)) + eps)")
 OPTIMIZERS["adam"] = OptimizerDef(
     "adam", _ADAM_FORMULA, ("m", "v"), (("beta1", 0.9), ("beta2", 0.999), ("eps", 1e-8)),
-    _ADAM_PRELUDE, ("beta1", "a1", "beta2", "a2", "c1", "c2", "eps"), _ADAM_KERNEL)
+    _ADAM_PRELUDE, ("beta1", "a1", "beta2", "a2", "c1", "e"), _ADAM_KERNEL)
 OPTIMIZERS["adamw"] = OptimizerDef(
     "adamw", "p *= 1 - lr * weight_decay; then " + _ADAM_FORMULA, ("m", "v"),
     (("beta1", 0.9), ("beta2", 0.999), ("eps", 1e-8), ("weight_decay", 0.01)),
-    (*_ADAM_PRELUDE, "d = 1.0 - lr * weight_decay"), ("beta1", "a1", "beta2", "a2", "c1", "c2", "eps", "d"),
+    (*_ADAM_PRELUDE, "d = 1.0 - lr * weight_decay"), ("beta1", "a1", "beta2", "a2", "c1", "e", "d"),
     ("np.multiply(p, d, out=p)", *_ADAM_KERNEL))
 
 
@@ -168,8 +173,8 @@ _CUDA = {
     "nesterov": "v = momentum * v - c * g; p += momentum * v - c * g;",
     "adagrad": "cache += s2 * g * g; p -= c * g / (sqrt(cache) + eps);",
     "rmsprop": "cache = decay_rate * cache + a * g * g; p -= c * g / (sqrt(cache) + eps);",
-    "adam": "m = beta1 * m + a1 * g; v = beta2 * v + a2 * g * g; p -= c1 * m / (sqrt(v) * c2 + eps);",
-    "adamw": "p *= d; m = beta1 * m + a1 * g; v = beta2 * v + a2 * g * g; p -= c1 * m / (sqrt(v) * c2 + eps);",
+    "adam": "m = beta1 * m + a1 * g; v = beta2 * v + a2 * g * g; p -= c1 * m / (sqrt(v) + e);",
+    "adamw": "p *= d; m = beta1 * m + a1 * g; v = beta2 * v + a2 * g * g; p -= c1 * m / (sqrt(v) + e);",
 }
 OPTIMIZERS = {name: replace(d, cuda=_CUDA[name]) for name, d in OPTIMIZERS.items()}
 
@@ -245,11 +250,12 @@ def emit_optimizer(name: str, param_names: Iterable[str], *, clip_norm: float | 
         *(() if target.fuses else _SCRATCH),
         "",
         "",
-        "def _opt_clip_scale(grads, clip_norm):",
-        '    """clip_norm / ||g|| if the global gradient norm exceeds clip_norm, else 1."""',
+        "def _opt_clip_scale(grads, flat, clip_norm):",
+        '    """clip_norm / ||g|| if the global gradient norm exceeds clip_norm, else 1: from the one',
+        "    buffer holding every gradient where value_and_grad made one (flat, see flat_grads), so the",
+        '    norm does not depend on how the params are laid out."""',
         "    total = 0.0",
-        "    for name in TRAINABLE:",
-        "        g = grads[name]",
+        "    for g in map(grads.__getitem__, TRAINABLE) if flat is None else (flat,):",
         f"        total += float({xp}.vdot(g, g))",
         "    norm = total ** 0.5",
         "    return clip_norm / norm if norm > clip_norm else 1.0",
@@ -309,7 +315,7 @@ def _init_opt_state(d: OptimizerDef, backend: Backend, params: list[str]) -> lis
         "        found = None",
         "        if all(b is not None for b in buffers):",
         "            G = np.zeros_like(buffers[0])",
-        "            starts, _ = _starts([params[name] for name in TRAINABLE])",
+        "            starts, _ = _starts(params[name].size for name in TRAINABLE)",
         "            views = tuple(G[s:s + params[name].size].reshape(params[name].shape)",
         "                          for name, s in zip(TRAINABLE, starts))",
         "            found = (buffers[0], G, np.empty_like(G), *buffers[1:], views)",
@@ -322,7 +328,7 @@ def _init_opt_state(d: OptimizerDef, backend: Backend, params: list[str]) -> lis
         '    """The buffer the TRAINABLE arrays are views of, in the layout _flat gives them, or None."""',
         "    views = [arrays[name] for name in TRAINABLE]",
         "    base = views[0].base if views else None",
-        "    starts, size = _starts(views)",
+        "    starts, size = _starts(view.size for view in views)",
         "    if type(base) is not np.ndarray or base.shape != (size,) or base.dtype != DTYPE or \\",
         "            not base.flags.c_contiguous:",
         "        return None",
@@ -350,21 +356,28 @@ def _apply_update(d: OptimizerDef, params: list[str], values: dict[str, float], 
         '    gradients count as scaled to a global norm of at most clip_norm."""',
         "    lr = float(lr)",
         "    t = opt_state[\'step\'] = opt_state[\'step\'] + 1" if uses_t else "    opt_state[\'step\'] += 1",
-        "    scale = 1.0 if clip_norm is None else _opt_clip_scale(grads, clip_norm)",
+    ]
+    flat = not backend.fuses and bool(params)
+    if flat:
+        out.append("    gradients = flat_grads(grads)   # value_and_grad's one buffer, or None")
+    out += [
+        f"    scale = 1.0 if clip_norm is None else _opt_clip_scale(grads, {'gradients' if flat else 'None'}, clip_norm)",
         *(f"    {line}" for line in d.prelude),
-        *(f"    {slot} = opt_state[{slot!r}]" for slot in d.slots),
     ]
     args = ", ".join(d.kernel_args)
-    if not backend.fuses and params:
+    if flat:
         out += [
             "    flat = _flat_buffers(params, opt_state)",
             "    if flat is not None:   # every param at once",
             f"        P, G, W, {''.join(s.upper() + ', ' for s in d.slots)}views = flat",
-            "        for view, name in zip(views, TRAINABLE):",
-            "            np.copyto(view, grads[name])",
-            f"        _{name}_update(P, G, {''.join(s.upper() + ', ' for s in d.slots)}W, {args})",
+            "        if gradients is None:   # arrays of their own: gathered into one buffer first",
+            "            for view, name in zip(views, TRAINABLE):",
+            "                np.copyto(view, grads[name])",
+            "            gradients = G",
+            f"        _{name}_update(P, gradients, {''.join(s.upper() + ', ' for s in d.slots)}W, {args})",
             "        return",
         ]
+    out += [f"    {slot} = opt_state[{slot!r}]" for slot in d.slots]
     for p in params:
         if backend.fuses:
             slots = "".join(f", {slot}[{p!r}]" for slot in d.slots)

@@ -360,6 +360,43 @@ def test_share_log_softmax_in_gradient() -> None:
     assert node.args[1] == labels and G[node.args[2]].op == "const"
 
 
+def test_sum_of_squares_is_l2() -> None:
+    """sum(x * x) over every axis is one dot (the L2 term); a partial sum, a sum that keeps its
+    dims, or a product of two different tensors stays as it is."""
+    G, (x,) = tiny((3, 4))
+    node = simplified(G, G.add("sum", [G.add("mul", [x, x])]))
+    assert (node.op, node.args, node.attrs) == ("l2", (x,), ())
+    G, (x,) = tiny((3, 4))
+    assert simplified(G, G.add("sum", [G.add("mul", [x, x])], {"axis": (1, 0)})).op == "l2"
+    G, (x,) = tiny((3, 4))
+    assert simplified(G, G.add("sum", [G.add("pow", [x, constant(G, 2.0)])])).op == "l2"   # x ** 2 is x * x first
+    for attrs in ({"axis": 0}, {"keepdims": True}):
+        G, (x,) = tiny((3, 4))
+        assert simplified(G, G.add("sum", [G.add("mul", [x, x])], attrs)).op == "sum"
+    G, (x, y) = tiny((3, 4), (3, 4))
+    assert simplified(G, G.add("sum", [G.add("mul", [x, y])])).op == "sum"
+    G, (x,) = tiny((4,))   # x times x broadcast to [3, 4] sums 3 copies: not l2(x)
+    wide = G.add("mul", [x, G.add("broadcast_to", [x], {"shape": (3, 4)})])
+    assert simplified(G, G.add("sum", [wide])).op == "sum"
+
+
+def test_the_l2_term_is_one_dot_with_the_same_value_and_gradient() -> None:
+    text = """
+        param W: [3, 4] = normal(std=1.0)
+        loss = 0.5 * sum(W ** 2)
+        minimize loss
+    """
+    program = program_of(text)
+    G = program.graph
+    assert ops(program)["l2"] == 1 and ops(program)["sum"] == 0
+    assert not any(G[n].op == "mul" and G[n].args[0] == G[n].args[1] for n in G.nodes()), "W * W is not formed"
+    params = module_of(program).init_params(0)
+    outputs, grads = module_of(program).value_and_grad(params)
+    plain = module_of(program_of(text, optimized=False)).value_and_grad(params)
+    np.testing.assert_allclose(outputs["loss"], plain[0]["loss"], rtol=1e-14)
+    np.testing.assert_allclose(grads["W"], params["W"], rtol=1e-14)
+
+
 def test_drop_redundant_broadcasts() -> None:
     """Every elementwise op: an operand broadcast_to a shape numpy's own broadcasting reaches
     is used as it is, before the op's own rules run (here x * broadcast_to(1) -> x)."""

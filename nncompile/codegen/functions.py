@@ -67,6 +67,8 @@ class _Context(EmitContext):
         self.backend = definitions.backend
         self.dtype = "DTYPE"
         self.target = "v"   # the variable the statement being emitted defines
+        self.grad_views: dict[str, str] = {}   # param -> its view into value_and_grad's gradient buffer
+        self.written: dict[int, str] = {}      # gradient node -> the view it is computed straight into
 
     def kernel(self, expr: str, arity: int) -> str:
         return self.definitions.kernel(expr, arity, self.target)
@@ -98,13 +100,14 @@ class FunctionEmitter:
         results = [*outputs.values(), *reversed([g for g in (grads or {}).values() if g is not None])]
         updates = self.p.updates if grads is not None else {}
         results += list(updates.values())
-        body, names, ctx = self.body(fname, results)
+        body, names, ctx = self.body(fname, results, self.flat_grads(grads))
         ret_out = self.returned(outputs, names, ctx, set())
         if grads is None:
             body.append(f"    return {ret_out}")
         else:
+            body += self.fill_grad_views(grads, names, ctx)
             seen = set(outputs.values())
-            ret_grads = self.returned({k: v for k, v in grads.items()}, names, ctx, seen)
+            ret_grads = self.returned({k: v for k, v in grads.items()}, names, ctx, seen, views=ctx.grad_views)
             if self.model.state:
                 new_state = self.returned(updates, names, ctx, seen, keep=list(self.model.state))
                 body.append(f"    return {ret_out}, {ret_grads}, {new_state}")
@@ -127,8 +130,10 @@ class FunctionEmitter:
                           '    """Every intermediate value and gradient, keyed by graph node (for nncompile)."""',
                           *body])
 
-    def body(self, fname: str, results: list[int]) -> tuple[list[str], dict[int, str], _Context]:
-        """Statements computing ``results``: inputs read, workspace fetched, ops in schedule order."""
+    def body(self, fname: str, results: list[int], flat: dict[str, int | None] | None = None
+             ) -> tuple[list[str], dict[int, str], _Context]:
+        """Statements computing ``results``: inputs read, workspace fetched, ops in schedule order
+        (``flat``: the param gradients, written into one fresh buffer)."""
         order = schedule(self.G, results)
         plan = plan_buffers(self.G, order, set(results))
         names = Names()
@@ -136,8 +141,52 @@ class FunctionEmitter:
         lines = self.read_inputs(names, ctx)
         buffers = self.workspace(fname, plan, names, ctx, lines)
         lines += self.read_params_and_state(set(order), names)
+        lines += self.grad_buffer(flat or {}, results, names, ctx)
         lines += self.operations(plan, buffers, names, ctx)
         return lines, names.of, ctx
+
+    def flat_grads(self, grads: dict[str, int | None] | None) -> dict[str, int | None]:
+        """value_and_grad's param gradients (param -> node), where they go into one buffer laid
+        out like the params (numpy, no scalar params): the optimiser and an all-reduce then see
+        one array (runtime.GRADS)."""
+        params = self.model.params
+        if grads is None or self.backend.fuses or not params or any(self.G[n].shape == () for n in params.values()):
+            return {}
+        return {name: grads.get(name) for name in params}
+
+    def grad_buffer(self, flat: dict[str, int | None], results: list[int], names: Names, ctx: _Context) -> list[str]:
+        """The line fetching the gradient views; the gradients an op can write into its view are
+        computed there (``ctx.written``), the others copied there at the end (fill_grad_views)."""
+        if not flat:
+            return []
+        if len(flat) <= 16:
+            views = [names.fresh("d_" + name) for name in flat]
+            line = f"    {', '.join(views)}{',' if len(views) == 1 else ''} = _new_grads()"
+        else:   # a deep model: index the views rather than name a thousand of them
+            whole = names.fresh("grads")
+            views = [f"{whole}[{k}]" for k in range(len(flat))]
+            line = f"    {whole} = _new_grads()"
+        ctx.grad_views = dict(zip(flat, views))
+        for (name, n), view in zip(flat.items(), views):
+            if n is not None and results.count(n) == 1 and self.writes_into_buffer(self.G[n]):
+                ctx.written[n] = view
+        return [line + "  # views into one buffer (see flat_grads)"]
+
+    def writes_into_buffer(self, node: Node) -> bool:
+        opdef = REGISTRY[node.op]
+        return (not node.is_leaf and not opdef.view and (opdef.chain is not None or opdef.takes_out)
+                and node.shape != () and node.dtype == "float")
+
+    def fill_grad_views(self, grads: dict[str, int | None], names: Names, ctx: _Context) -> list[str]:
+        """The param gradients not computed in their views, copied there (zeros where there is none)."""
+        lines = []
+        for name, view in ctx.grad_views.items():
+            n = grads.get(name)
+            if n is None:
+                lines.append(f"    {view}[...] = 0")
+            elif n not in ctx.written:
+                lines.append(f"    {self.xp}.copyto({view}, {self.array_ref(n, names, ctx)})")
+        return lines
 
     def read_inputs(self, names: Names, ctx: _Context) -> list[str]:
         input_vars = [names.fresh(name) for name in self.model.inputs]
@@ -201,13 +250,18 @@ class FunctionEmitter:
             args = [self.ref(a, names.of) for a in node.args]
             ctx.literals = frozenset(i for i, a in enumerate(node.args)
                                      if G[a].op == "const" and not isinstance(G[a].attr("value"), tuple))
-            if n in plan.inplace:
+            if n in ctx.written:
+                out = ctx.written[n]
+            elif n in plan.inplace:
                 out = names.of[plan.inplace[n]]
             elif n in plan.slot:
                 out = buffers[plan.slot[n]]
             else:
                 out = None
-            var = self.var_name(n, node, names)
+            if out is not None and out.isidentifier() and ctx.written.get(n) == out:
+                var = names.of[n] = out   # the gradient's view, by name
+            else:
+                var = self.var_name(n, node, names)
             lines += self.statement(ctx, node, var, args, out)
         return lines
 
@@ -276,14 +330,18 @@ class FunctionEmitter:
         return f"{self.xp}.full({ctx.shape(node.shape)}, {expr}, dtype=DTYPE)"
 
     def returned(self, values: dict[str, int | None], names: dict[int, str], ctx: _Context, seen: set[int],
-                 keep: list[str] | None = None) -> str:
-        """A dict of results that never aliases params, inputs, or each other.
+                 keep: list[str] | None = None, views: dict[str, str] | None = None) -> str:
+        """A dict of results that never aliases params, inputs, or each other (``views``: the
+        gradients that are views of this call's one gradient buffer, disjoint and fresh).
 
         With ``keep`` (the state's names), names without a new value pass the old one on."""
         items = []
         if keep is not None:
             values = {name: values.get(name) for name in keep}
         for name, n in values.items():
+            if views and name in views:
+                items.append(f"{name!r}: {views[name]}")
+                continue
             if n is None and keep is not None:
                 items.append(f"{name!r}: state[{name!r}]")
                 continue

@@ -60,6 +60,7 @@ class _Module:
             *([read_table(self.p, self.backend, "state")] if model.state else []),
             *([retarget(runtime.CONVERT)] if model.params or model.state else []),
             *([retarget(runtime.FLAT)] if model.params else []),
+            *([runtime.GRADS] if model.params and not self.backend.fuses else []),
             *self.helpers(self.evaluation.G, *([self.prediction.G] if self.prediction else []),
                           *([self.hvp.G] if self.hvp else [])),
             self.init_params(),

@@ -24,27 +24,70 @@ CONVERT = '''def _convert(values, table, kind, kinds):
     return tuple(arrays)'''
 
 
-FLAT = '''def _starts(arrays):
-    """Where each array starts in a flat buffer holding them in order, each on a 64-byte
-    boundary, and the buffer's size."""
+FLAT = '''def _starts(sizes):
+    """Where each array of these sizes starts in a flat buffer holding them in order, each on
+    a 64-byte boundary, and the buffer's size."""
     align = max(1, 64 // DTYPE(0).itemsize)
     starts, size = [], 0
-    for array in arrays:
+    for count in sizes:
         starts.append(size)
-        size += -(-array.size // align) * align
+        size += -(-count // align) * align
     return starts, size
 
 
 def _flat(arrays):
     """The arrays, copied into one contiguous buffer (zeros between them) as views of it, by
     name: an optimiser can then update all of them with one chain of ufunc calls."""
-    starts, size = _starts(arrays.values())
+    starts, size = _starts(array.size for array in arrays.values())
     buffer = np.zeros(size, dtype=DTYPE)
     views = {}
     for (name, array), start in zip(arrays.items(), starts):
         view = views[name] = buffer[start:start + array.size].reshape(array.shape)
         view[...] = array
     return views'''
+
+
+GRADS = '''def _layout(table):
+    """(slice, shape) of each entry of table in the flat buffer _flat would make (shape None
+    where the slice has it already), the slices between them, and the buffer's size."""
+    shapes = [shape for shape, _ in table.values()]
+    sizes = [int(np.prod(shape)) for shape in shapes]
+    starts, size = _starts(sizes)
+    ends = [start + count for start, count in zip(starts, sizes)]
+    gaps = [slice(end, start) for end, start in zip(ends, [*starts[1:], size]) if end < start]
+    entries = [(slice(start, end), None if len(shape) == 1 else shape)
+               for start, end, shape in zip(starts, ends, shapes)]
+    return entries, gaps, size
+
+
+_GRAD_LAYOUT, _GRAD_GAPS, _GRAD_SIZE = _layout(PARAMS)
+_LATEST_GRADS = [()]   # the gradient views the latest value_and_grad call returned
+
+
+def _new_grads():
+    """value_and_grad's param gradients, in PARAMS order: views into one fresh buffer laid out
+    as init_params lays out the params, zeros between them (see flat_grads)."""
+    buffer = np.empty(_GRAD_SIZE, dtype=DTYPE)
+    for gap in _GRAD_GAPS:
+        buffer[gap] = 0
+    views = _LATEST_GRADS[0] = [buffer[where] if shape is None else buffer[where].reshape(shape)
+                                for where, shape in _GRAD_LAYOUT]
+    return views
+
+
+def flat_grads(grads):
+    """The one 1-d array holding the param gradients of the latest value_and_grad call, given
+    the grads it returned (None for any other dict): the gradients laid out as init_params lays
+    out the params, zeros between them. Data-parallel training all-reduces it in place and then
+    calls apply_update with the same grads, which reads this array as it is. A later call of
+    value_and_grad allocates a new one: this one stays the caller's."""
+    views = _LATEST_GRADS[0]
+    if not views:
+        return None
+    for name, view in zip(PARAMS, views):
+        if grads.get(name) is not view:
+            return None
+    return views[0].base'''
 
 
 EMPTY = '''def _empty(shapes):

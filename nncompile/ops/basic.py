@@ -46,6 +46,7 @@ from .rewrites import (
     share_log_softmax_in_gradient,
     square_is_mul,
     subtract_zero,
+    sum_of_squares_is_l2,
 )
 from .onnx_helpers import (
     OnnxContext,
@@ -182,8 +183,9 @@ def _emit_sum_to(ctx: EmitContext, args: list[str], attrs: dict, out: str | None
         return reduce_expr(ctx, "add", args[0], dropped, out=out)
     if not dropped:
         return reduce_expr(ctx, "add", args[0], kept, keepdims=True, out=out)
-    text = reduce_expr(ctx, "add", args[0], dropped + kept, keepdims=True)
-    return f"{text}.reshape({ctx.shape(attrs['shape'])})"  # a fresh array: ``out`` is not needed
+    into = f"{out}.reshape({ctx.shape((1,) * len(dropped) + tuple(attrs['shape']))})" if out else None
+    text = reduce_expr(ctx, "add", args[0], dropped + kept, keepdims=True, out=into)
+    return f"{text}.reshape({ctx.shape(attrs['shape'])})"
 
 
 def _emit_broadcast(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
@@ -456,7 +458,7 @@ op("sum", 1, _reduce_rule("sum"), reduce_call("add"), attrs=_RA, samples=_R, tak
    vjp=lambda g, out, x: g.broadcast(x.shape, out.attr("axis"), out.attr("keepdims")),
    doc="the sum over axis (an int, a list, or every axis by default); keepdims=true keeps them as 1",
    example="total = sum(x, axis=1)",
-   label=_reduction_label("sum"),
+   label=_reduction_label("sum"), rewrites=(sum_of_squares_is_l2,),
    onnx=onnx_reduce("ReduceSum"))
 op("mean", 1, _reduce_rule("mean"), call("mean"), attrs=_RA, samples=_R, takes_out=True,
    vjp=lambda g, out, x: g.per_element(x.shape, out.attr("axis")).broadcast(x.shape, out.attr("axis"),

@@ -135,6 +135,24 @@ def double_negation(G: Graph, n: int) -> int | None:
     return same_shape(G, n, inner.args[0]) if inner.op == "neg" else None
 
 
+def sum_of_squares_is_l2(G: Graph, n: int) -> int | None:
+    """sum(x * x) over every axis -> l2(x), one BLAS dot of the flattened x instead of a
+    multiply, a buffer and a reduction (the L2 term ``sum(W ** 2)``, its square already x * x)."""
+    node = G[n]
+    square = G[node.args[0]]
+    if dict(node.attrs).get("keepdims") or square.op != "mul" or square.args[0] != square.args[1]:
+        return None
+    axis = dict(node.attrs).get("axis")
+    rank = len(square.shape)
+    if axis is not None and sorted(shapes.normalize_axes(axis, rank)) != list(range(rank)):
+        return None
+    x = square.args[0]
+    if G[x].shape != square.shape or G[x].dtype != "float":
+        return None
+    G.set(n, op="l2", args=(x,), attrs=())
+    return n
+
+
 # ---- losses -------------------------------------------------------------------------------
 
 def _from_log_softmax(G: Graph, n: int, then: str) -> int:
