@@ -19,6 +19,7 @@ from .space import DISTRIBUTIONS, EXAMPLE, Space
 from .study import STALE_AFTER
 
 SAMPLERS = ("tpe", "random")
+OBJECTIVES = ("loss", "error")
 BORROWED = ("data", "training")   # the train parser's argument groups a sweep takes too
 
 
@@ -46,6 +47,10 @@ def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--study", metavar="NAME", help="the study's name in the storage (default: the model's name)")
     g.add_argument("--out", metavar="SWEEP_DIR", help="the trials' run directories, trials.csv and trials.png "
                                                       "(default: sweeps/MODEL)")
+    g.add_argument("--objective", choices=OBJECTIVES, default="loss",
+                   help="rank trials by the validation loss (the model's loss, as nncompile train reports it: "
+                        "with any regularisation the eval mode's loss holds) or a classifier's validation error, "
+                        "1 - accuracy (default: loss)")
     g.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="(default: tpe)")
     g.add_argument("--startup-trials", type=int, default=5, metavar="K",
                    help="trials drawn at random before TPE models the space and before pruning starts (default: 5)")
@@ -112,7 +117,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     pruner = optuna.pruners.NopPruner() if args.no_prune else \
         optuna.pruners.MedianPruner(n_startup_trials=args.startup_trials)
     storage = open_storage(args.storage, out)
-    marks = {"nncompile:space": str(space),
+    marks = {"nncompile:space": str(space), "nncompile:objective": args.objective,
              "nncompile:model": hashlib.sha256(model.path.read_bytes()).hexdigest(),
              "nncompile:settings": json.dumps(fixed, sort_keys=True)}
     study = join_study(storage, args.study or stem, sampler(0), pruner, marks)
@@ -120,10 +125,10 @@ def run_sweep(args: argparse.Namespace) -> int:
     print(f"sweep {study.study_name}: {trials} trials of {args.model}, {args.sampler} sampler, study in {where}; "
           f"run directories in {out}", flush=True)
     try:
-        status = work(Sweep(model, space, fixed, trials, out, sampler, args.stale_after,
+        status = work(Sweep(model, space, fixed, trials, out, sampler, args.stale_after, args.objective,
                             say=lambda line: print(line, flush=True)), study)
-    except KeyboardInterrupt:
-        write_outputs(study, space, out)
+    except KeyboardInterrupt:   # the table only: the plot takes a while, and a user who pressed Ctrl-C is waiting
+        write_outputs(study, space, out, draw=False)
         print(f"interrupted: the study is kept; run the same command to continue it ({where})", file=sys.stderr)
         return 130
     print(summary(study, where))

@@ -19,21 +19,28 @@ TABLE, PLOT = "trials.csv", "trials.png"
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
 
-def write_outputs(study: Any, space: Space, out: Path) -> list[str]:
-    """trials.csv, and trials.png where matplotlib is installed; returns the names written."""
+def write_outputs(study: Any, space: Space, out: Path, *, draw: bool = True) -> list[str]:
+    """trials.csv, and (with ``draw``) trials.png where matplotlib is installed; returns the
+    names written. Drawing takes a good part of a second, the table a millisecond."""
     trials = study.get_trials(deepcopy=False)
     write_atomic(out / TABLE, table(trials, space.names), durable=True)
-    return [TABLE, PLOT] if plot(trials, space, out / PLOT, title=study.study_name) else [TABLE]
+    drawn = draw and plot(trials, space, out / PLOT, title=study.study_name, label=f"validation {objective_of(study)}")
+    return [TABLE, PLOT] if drawn else [TABLE]
+
+
+def objective_of(study: Any) -> str:
+    return str(study.user_attrs.get("nncompile:objective", "loss"))
 
 
 def table(trials: list[Any], names: list[str]) -> str:
-    """One row per trial: its number, state, validation loss and accuracy, values, run directory."""
+    """One row per trial: its number, state, objective (the last one reported, for a pruned
+    trial) and validation accuracy, its values, run directory and worker."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["number", "state", "val_loss", "val_acc", *names, "epochs", "seconds", "run_dir", "worker",
+    writer.writerow(["number", "state", "value", "val_acc", *names, "epochs", "seconds", "run_dir", "worker",
                      "retry_of", "note"])
     for t in sorted(trials, key=lambda t: t.number):
-        last = _last_loss(t)
+        last = _last_value(t)
         writer.writerow([t.number, t.state.name, _cell(last), _cell(t.user_attrs.get("val_acc")),
                          *(_cell(t.params.get(name)) for name in names), _cell(t.user_attrs.get("epochs")),
                          _cell(t.user_attrs.get("seconds")), t.user_attrs.get("run_dir", ""),
@@ -53,7 +60,7 @@ def note(trial: Any) -> str:
     return str(trial.user_attrs.get("error", "interrupted or killed"))
 
 
-def _last_loss(trial: Any) -> float | None:
+def _last_value(trial: Any) -> float | None:
     """The trial's validation loss: its value, or the last one reported before it stopped."""
     if trial.value is not None:
         return trial.value
@@ -68,15 +75,15 @@ def _cell(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def plot(trials: list[Any], space: Space, path: Path, *, title: str = "") -> bool:
-    """The validation loss of each finished trial against each hyperparameter (pruned trials
+def plot(trials: list[Any], space: Space, path: Path, *, title: str = "", label: str = "validation loss") -> bool:
+    """The objective of each finished trial against each hyperparameter (pruned trials
     hollow, at their last reported loss; the best one marked); False without matplotlib."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         return False
-    shown = [(t, _last_loss(t)) for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    shown = [(t, _last_value(t)) for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
     shown = [(t, loss) for t, loss in shown if loss is not None and math.isfinite(loss)]
     fig = Figure(figsize=(4.2 * len(space.dimensions), 3.6), dpi=100)
     FigureCanvasAgg(fig)
@@ -104,7 +111,7 @@ def plot(trials: list[Any], space: Space, path: Path, *, title: str = "") -> boo
         if losses and min(losses) > 0 and max(losses) / min(losses) > 10:
             ax.set_yscale("log")
         ax.set_xlabel(d.name + (" (log scale)" if d.log else ""))
-        ax.set_ylabel("validation loss")
+        ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
     if shown:
         axes[0].legend(loc="best", fontsize="small")
@@ -129,7 +136,7 @@ def summary(study: Any, where: str) -> str:
         return "\n".join(lines)
     best = min(complete, key=lambda t: t.value)
     acc = best.user_attrs.get("val_acc")
-    lines.append(f"best: trial {best.number}, validation loss {best.value:.4f}"
+    lines.append(f"best: trial {best.number}, validation {objective_of(study)} {best.value:.4f}"
                  + (f", accuracy {100 * acc:.2f}%" if acc is not None else "")
                  + (f", {best.user_attrs['epochs']} epochs" if "epochs" in best.user_attrs else ""))
     width = max(len(k) for k in best.params) if best.params else 0

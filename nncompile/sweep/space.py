@@ -7,8 +7,10 @@ and turned into Optuna's ``suggest_*`` calls for each trial. Its text form round
 """
 from __future__ import annotations
 
+import difflib
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,19 +132,19 @@ def _dimension(item: str, known: dict[str, Kind]) -> Dimension:
     name, kind, inside = match.groups()
     if name not in known:
         raise NNError(f"--space: there is no hyperparameter '{name}' (in \"{item}\")"
-                      f"{_did_you_mean(name, known)}; the ones that exist: {', '.join(sorted(known))}")
+                      f"{_did_you_mean(name.replace('_', '-'), known)}; the ones that exist: {', '.join(sorted(known))}")
     if kind not in DISTRIBUTIONS:
-        raise NNError(f"--space: no distribution '{kind}' (in \"{item}\"); there is "
-                      + "; ".join(DISTRIBUTIONS.values()))
+        raise NNError(f"--space: no distribution '{kind}' (in \"{item}\"){_did_you_mean(kind, DISTRIBUTIONS)}; "
+                      "there is " + "; ".join(DISTRIBUTIONS.values()))
     args = tuple(_value(arg.strip(), item) for arg in inside.split(","))
     dimension = Dimension(name, kind, args)
     _check(dimension, known[name], item)
     return dimension
 
 
-def _did_you_mean(name: str, known: dict[str, Kind]) -> str:
-    spelled = name.replace("_", "-")
-    return f" (did you mean {spelled}?)" if spelled != name and spelled in known else ""
+def _did_you_mean(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def _value(text: str, item: str) -> Value:

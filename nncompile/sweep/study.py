@@ -62,13 +62,7 @@ def open_storage(spec: str | None, out: Path) -> Any:
     otherwise (``journal:PATH``, a path, or None for OUT/journal.log) a journal file."""
     optuna = optuna_module()
     if spec is not None and "://" in spec:
-        try:
-            return optuna.storages.RDBStorage(spec)
-        except ModuleNotFoundError as exc:
-            raise NNError(f"--storage {spec}: the database driver {exc.name} is not installed (pip install it)") \
-                from None
-        except Exception as exc:   # SQLAlchemy's errors: a bad URL, a server that does not answer
-            raise NNError(f"--storage {spec}: cannot open the database: {str(exc).splitlines()[0]}") from None
+        return _database(optuna, spec)
     path = journal_path(spec, out)
     if path.is_dir():
         raise NNError(f"--storage {path} is a folder: give a journal file (journal.log) or a database URL")
@@ -80,6 +74,24 @@ def open_storage(spec: str | None, out: Path) -> Any:
         raise NNError(f"cannot open the journal: {exc.strerror}", file=str(path)) from None
     except ValueError as exc:   # a line that is not Optuna's
         raise NNError(f"this file is not an Optuna journal ({exc})", file=str(path)) from None
+
+
+def _database(optuna: Any, url: str, attempts: int = 5) -> Any:
+    """RDBStorage on ``url``. Workers starting together on a new database race to create its
+    tables (the loser sees "table ... already exists" or a UNIQUE constraint fail): it tries again."""
+    from sqlalchemy.exc import DBAPIError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except ModuleNotFoundError as exc:
+            raise NNError(f"--storage {url}: the database driver {exc.name} is not installed (pip install it)") \
+                from None
+        except Exception as exc:   # SQLAlchemy's errors: a bad URL, a server that does not answer, the race
+            if attempt + 1 == attempts or not isinstance(exc, DBAPIError):
+                raise NNError(f"--storage {url}: cannot open the database: {str(exc).splitlines()[0]}") from None
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def join_study(storage: Any, name: str, sampler: Any, pruner: Any, marks: dict[str, str]) -> Any:

@@ -15,6 +15,7 @@ its trial (failed by the heartbeat watch, nncompile/sweep/study.py) must be run 
 """
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -32,6 +33,7 @@ from .space import Space, Value
 from .study import Watch, optuna_module, retry
 
 POLL_SECONDS = 0.5     # how often a worker waiting for other workers' last trials looks again
+PLOT_SECONDS = 30.0    # trials.png is drawn again after a trial at most this often (trials.csv after each)
 SURPLUS = "nncompile:surplus"
 
 
@@ -46,6 +48,7 @@ class Sweep:
     out: Path
     sampler: Callable[[int], Any]  # the sampler for a trial number (seeded by it)
     stale_after: float
+    objective: str = "loss"        # what trials are ranked by: the validation loss, or the error (1 - accuracy)
     say: Callable[[str], None] = print
     worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
@@ -54,7 +57,7 @@ def work(sweep: Sweep, study: Any) -> int:
     """Run trials until the study has N finished ones; returns the exit status."""
     optuna = optuna_module()
     state = optuna.trial.TrialState
-    waited = False
+    waited, drawn = False, -math.inf
     previous = signal.signal(signal.SIGTERM, _interrupt) if _main_thread() else None
     try:
         with Watch(study, sweep.stale_after) as watch:
@@ -80,7 +83,9 @@ def work(sweep: Sweep, study: Any) -> int:
                     run_trial(sweep, study, trial)
                 finally:
                     watch.own(None)
-                write_outputs(study, sweep.space, sweep.out)
+                draw = time.monotonic() >= drawn + PLOT_SECONDS
+                write_outputs(study, sweep.space, sweep.out, draw=draw)
+                drawn = time.monotonic() if draw else drawn
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -116,11 +121,12 @@ def run_trial(sweep: Sweep, study: Any, trial: Any) -> None:
     started = time.perf_counter()
 
     def on_epoch(_: Any, record: dict[str, Any]) -> None:
-        if record.get("val_loss") is not None:
-            trial.report(record["val_loss"], record["epoch"])
+        value = objective(sweep.objective, record.get("val_loss"), record.get("val_acc"))
+        if value is not None:
+            trial.report(value, record["epoch"])
             if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after epoch {record['epoch']}: validation loss "
-                                         f"{record['val_loss']:.4f}, worse than the median of the trials so far")
+                raise optuna.TrialPruned(f"pruned after epoch {record['epoch']}: validation {sweep.objective} "
+                                         f"{value:.4f}, worse than the median of the trials so far")
 
     try:
         model = sweep.model.with_values(values, sweep.out / "models" / f"{name}.nn")
@@ -146,15 +152,25 @@ def run_trial(sweep: Sweep, study: Any, trial: Any) -> None:
         if run_dir.is_dir():
             write_text(run_dir / "train.log", "".join(line + "\n" for line in lines))
     seconds = time.perf_counter() - started
-    if report.val is None or report.val.loss is None:
-        _failed(study, trial, "no validation loss to rank the trial by (is --val-split 0?)", sweep.say, shown)
+    value = objective(sweep.objective, *((report.val.loss, report.val.acc) if report.val else (None, None)))
+    if value is None:
+        _failed(study, trial, f"no validation {sweep.objective} to rank the trial by"
+                + (" (--objective error needs a classifier)" if sweep.objective == "error" else ""), sweep.say, shown)
         return
     trial.set_user_attr("val_acc", report.val.acc)
     trial.set_user_attr("epochs", report.epochs)
     trial.set_user_attr("seconds", round(seconds, 3))
-    _tell(study, trial, values=report.val.loss)
+    _tell(study, trial, values=value)
     acc = f", accuracy {100 * report.val.acc:.2f}%" if report.val.acc is not None else ""
-    sweep.say(f"{shown}: validation loss {report.val.loss:.4f}{acc} after {report.epochs} epochs ({seconds:.1f}s)")
+    loss = f"validation loss {report.val.loss:.4f}" if report.val.loss is not None else "no validation loss"
+    sweep.say(f"{shown}: {loss}{acc} after {report.epochs} epochs ({seconds:.1f}s)")
+
+
+def objective(kind: str, loss: float | None, acc: float | None) -> float | None:
+    """The number a trial is ranked by (lower is better): the validation loss, or the error."""
+    if kind == "loss":
+        return loss
+    return None if acc is None else 1.0 - acc
 
 
 def _failed(study: Any, trial: Any, why: str, say: Callable[[str], None], shown: str) -> None:
