@@ -207,3 +207,13 @@ def test_without_optuna_the_sweep_says_how_to_install_it(folder: Path, monkeypat
     assert main(["sweep", str(folder / "tiny.nn"), "--space", "lr=uniform(0.1,1)"]) == 1
     assert "nncompile: error: nncompile sweep needs Optuna, which is not installed: pip install 'nncompile[sweep]'" \
         in capsys.readouterr().err
+
+
+def test_the_error_objective_ranks_trials_by_one_minus_their_validation_accuracy(folder: Path) -> None:
+    result = cli(*sweep_args("--trials", "2", "--no-prune", "--objective", "error"), cwd=folder)
+    assert result.returncode == 0, result
+    trials = study(folder / "s").get_trials()
+    assert [t.state for t in trials] == [State.COMPLETE] * 2
+    assert all(t.value == 1 - t.user_attrs["val_acc"] for t in trials)
+    best = min(trials, key=lambda t: t.value)
+    assert f"best: trial {best.number}, validation error {best.value:.4f}" in result.stdout
