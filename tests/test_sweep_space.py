@@ -64,7 +64,8 @@ def test_a_space_written_out_parses_back_to_itself(space: Space) -> None:
 
 
 @pytest.mark.parametrize("text, quoted, says", [
-    ("lr=logunifrm(1e-4,1e-1)", '"lr=logunifrm(1e-4,1e-1)"', "no distribution 'logunifrm' (in \"lr=logunifrm(1e-4,1e-1)\") (did you mean loguniform?); there is uniform("),
+    ("lr=logunifrm(1e-4,1e-1)", '"lr=logunifrm(1e-4,1e-1)"',
+     "no distribution 'logunifrm' (in \"lr=logunifrm(1e-4,1e-1)\") (did you mean loguniform?); there is uniform("),
     ("learning_rate=uniform(0,1)", "'learning_rate'", "the ones that exist: batch-size, lr, optimizer, reg"),
     ("lr=loguniform(1e-4,1e-1", '"lr=loguniform(1e-4,1e-1"', "a '(' is never closed"),
     ("lr=loguniform(0,1e-1)", '"lr=loguniform(0,1e-1)"', "a log scale needs LOW above 0"),

@@ -88,8 +88,10 @@ def run_sweep(args: argparse.Namespace) -> int:
     if args.show:
         if out is None and args.storage is None:
             raise NNError("--show needs the study's --storage, --out SWEEP_DIR or MODEL.nn")
-        storage = open_storage(args.storage, out or Path("."))
-        print(summary(load_study(storage, args.study), describe_storage(args.storage, out or Path("."))))
+        where = describe_storage(args.storage, out or Path("."))
+        if "://" not in where and not Path(where).is_file():   # --show only reads: it creates no journal
+            raise NNError(f"no study here: {where} does not exist (a sweep writes it; --out or --storage says where)")
+        print(summary(load_study(open_storage(args.storage, out or Path(".")), args.study), where))
         return 0
     if args.model is None:
         raise NNError("give the model to sweep (MODEL.nn), or --show to summarise a study")

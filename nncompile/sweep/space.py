@@ -102,7 +102,8 @@ class Space:
         for item in items:
             dimension = _dimension(item, known)
             if dimension.name in [d.name for d in dimensions]:
-                raise NNError(f"--space: {dimension.name} is given twice (in \"{item}\"); give each hyperparameter once")
+                raise NNError(f"--space: {dimension.name} is given twice (in \"{item}\"); "
+                              "give each hyperparameter once")
             dimensions.append(dimension)
         return cls(tuple(dimensions))
 
@@ -131,8 +132,9 @@ def _dimension(item: str, known: dict[str, Kind]) -> Dimension:
         raise NNError(f"--space: cannot read \"{item}\"; {HINT}")
     name, kind, inside = match.groups()
     if name not in known:
-        raise NNError(f"--space: there is no hyperparameter '{name}' (in \"{item}\")"
-                      f"{_did_you_mean(name.replace('_', '-'), known)}; the ones that exist: {', '.join(sorted(known))}")
+        hint = _did_you_mean(name.replace("_", "-"), known)
+        raise NNError(f"--space: there is no hyperparameter '{name}' (in \"{item}\"){hint}; "
+                      f"the ones that exist: {', '.join(sorted(known))}")
     if kind not in DISTRIBUTIONS:
         raise NNError(f"--space: no distribution '{kind}' (in \"{item}\"){_did_you_mean(kind, DISTRIBUTIONS)}; "
                       "there is " + "; ".join(DISTRIBUTIONS.values()))
