@@ -1,4 +1,4 @@
-"""The command line: ``nncompile compile | eval | render | check | train | predict | export | diagnose | lsp``.
+"""The command line: ``nncompile compile | eval | render | check | train | predict | export | diagnose | lsp | sweep``.
 
 Every mistake a user can make ends as ``FILE:LINE:COL: error: ...`` (or, with no place in
 a file, ``nncompile: error: ...``) on stderr and exit code 1; output files are written whole
@@ -311,6 +311,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from .diagnose import add_diagnose_parser, add_render_health_options
+    from .sweep.cli import add_sweep_parser
     from .train.cli import add_train_parser, seed
 
     parser = _Parser(prog="nncompile", description="Compile .nn neural-network models to numpy.")
@@ -381,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     add_predict_parser(sub)
     add_diagnose_parser(sub)
+    add_sweep_parser(sub)
     return parser
 
 

@@ -48,7 +48,7 @@ def test_every_command_with_a_backend_offers_exactly_the_backends() -> None:
     commands = build_parser()._subparsers._group_actions[0].choices
     offered = {name: action.choices for name, command in commands.items() for action in command._actions
                if "--backend" in action.option_strings}
-    assert set(offered) == {"compile", "train"}
+    assert set(offered) == {"compile", "train", "sweep"}   # sweep takes train's flags
     assert all(tuple(choices) == ("numpy", "cupy") == tuple(BACKENDS) for choices in offered.values())
 
 

@@ -65,7 +65,8 @@ class RunReport:
 def run(model: str | Path, *, data: str = "digits", mapping: dict[str, str] | str | None = None,
         test_data: str | None = None, config: TrainConfig | None = None, out: str | Path | None = None,
         resume: bool = False, overfit: int | None = None, grad_check: bool = False, log: Log | None = None,
-        progress: bool = False, on_step: Callable[[TrainState], None] | None = None) -> RunReport:
+        progress: bool = False, on_step: Callable[[TrainState], None] | None = None,
+        on_epoch: Callable[[TrainState, dict[str, Any]], None] | None = None) -> RunReport:
     """Load, split, check, train, evaluate and write RUN_DIR: the whole of ``nncompile train``.
 
     RUN_DIR (``out``, default runs/MODEL_STEM) receives config.json, model.py (the compiled
@@ -146,7 +147,8 @@ def run(model: str | Path, *, data: str = "digits", mapping: dict[str, str] | st
         if normalizer.mean:
             write_npz(run_dir / "normalization.npz", normalizer.arrays())
 
-    state = trainer.train(train, val, state=state, run_dir=run_dir, fingerprint=fingerprint, on_step=on_step)
+    state = trainer.train(train, val, state=state, run_dir=run_dir, fingerprint=fingerprint, on_step=on_step,
+                          on_epoch=on_epoch)
     if state.best_params is not None:
         final, final_state = state.best_params, state.best_model_state
         chosen = f"the best validation loss (epoch {state.best_epoch})"

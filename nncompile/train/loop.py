@@ -43,6 +43,7 @@ VAL_STEPS = 20           # by default, validate once at least this many steps ha
 PROGRESS_SECONDS = 0.2   # the progress bar's refresh interval
 
 OnStep = Callable[[TrainState], None]
+OnEpoch = Callable[[TrainState, dict[str, Any]], None]   # after each epoch, with its record (val_loss where validated)
 
 
 @dataclass
@@ -119,8 +120,10 @@ def val_every(trainer: Trainer, examples: int) -> int:
 
 def train_epochs(trainer: Trainer, train: Dataset, val: Dataset | None, state: TrainState, epochs: int, *,
                  run_dir: Path | None = None, fingerprint: dict[str, Any] | None = None,
-                 on_step: OnStep | None = None) -> TrainState:
-    """Train ``state`` until ``epochs`` epochs are done or early stopping fires."""
+                 on_step: OnStep | None = None, on_epoch: OnEpoch | None = None) -> TrainState:
+    """Train ``state`` until ``epochs`` epochs are done or early stopping fires. ``on_epoch``
+    runs at each epoch's end, once its checkpoint is due or written: an exception it raises
+    (a sweep pruning the trial) stops the run like an interrupt, resumable from that epoch."""
     cfg = trainer.config
     schedule = trainer.schedule(len(train), epochs)
     val = val if val is not None and len(val) else None
@@ -164,6 +167,8 @@ def train_epochs(trainer: Trainer, train: Dataset, val: Dataset | None, state: T
                     if logged:
                         trainer.log(_epoch_line(record, epochs) + note)
                         lines.done()
+                    if on_epoch is not None:
+                        on_epoch(state, record)
                     if stop.requested:
                         raise KeyboardInterrupt
             except NNError:

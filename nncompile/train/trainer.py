@@ -347,17 +347,18 @@ class Trainer:
 
     def train(self, train: Dataset, val: Dataset | None = None, *, state: TrainState | None = None,
               epochs: int | None = None, run_dir: Path | None = None, fingerprint: dict[str, Any] | None = None,
-              on_step: Callable[[TrainState], None] | None = None) -> TrainState:
+              on_step: Callable[[TrainState], None] | None = None,
+              on_epoch: Callable[[TrainState, dict[str, Any]], None] | None = None) -> TrainState:
         """Train ``state`` (default: a fresh one) until ``epochs`` epochs are done (default: the
         config's) or early stopping fires; returns the state. See nncompile/train/loop.py.
 
         With ``run_dir``, checkpoints and metrics lines are written there on the config's
         schedule, at the end and when interrupted. ``on_step`` is called after each optimiser
-        step (tests use it to interrupt a run).
+        step (tests use it to interrupt a run); ``on_epoch`` after each epoch, with its record.
         """
         state = self.to_device(state if state is not None else self.init_state())
         return train_epochs(self, train, val, state, self.config.epochs if epochs is None else epochs,
-                            run_dir=run_dir, fingerprint=fingerprint, on_step=on_step)
+                            run_dir=run_dir, fingerprint=fingerprint, on_step=on_step, on_epoch=on_epoch)
 
     def schedule(self, examples: int, epochs: int | None = None) -> Schedule:
         return make_schedule(self.config.schedule, self.config.lr, self.steps_per_epoch(examples),

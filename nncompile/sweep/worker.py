@@ -1,0 +1,204 @@
+"""One sweep worker: takes trials from the shared study until it holds N finished ones.
+
+Each trial is a run of the trainer (:func:`nncompile.train.command.run`) with the trial's
+values, written to its own run directory SWEEP_DIR/trial-NNNN. The validation loss after
+each validated epoch is reported to Optuna, whose pruner may stop the trial there (PRUNED).
+A trial that raises is FAIL with its error recorded, and the worker goes on; a Ctrl-C or
+SIGTERM marks the trial FAIL, enqueues its params again and stops the worker (exit 130);
+restarting the same command continues the study.
+
+N counts COMPLETE and PRUNED trials across all workers. A worker asks for a trial only while
+fewer than N are finished or under way; should two ask at once for the last one, the trial
+with the higher number is the surplus and is failed unrun (recorded as such). When the last
+trials are under way elsewhere, a worker waits for them rather than leave: one may die, and
+its trial (failed by the heartbeat watch, nncompile/sweep/study.py) must be run again.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import NNError
+from ..train.checkpoint import write_text
+from .report import write_outputs
+from .settings import Model, trial_settings
+from .space import Space, Value
+from .study import Watch, optuna_module, retry
+
+POLL_SECONDS = 0.5     # how often a worker waiting for other workers' last trials looks again
+PLOT_SECONDS = 30.0    # trials.png is drawn again after a trial at most this often (trials.csv after each)
+SURPLUS = "nncompile:surplus"
+
+
+@dataclass
+class Sweep:
+    """What every trial of this worker shares."""
+
+    model: Model
+    space: Space
+    fixed: dict[str, Any]          # the training settings given as flags, the same for every trial
+    trials: int                    # N: the study's COMPLETE and PRUNED trials, counted across workers
+    out: Path
+    sampler: Callable[[int], Any]  # the sampler for a trial number (seeded by it)
+    stale_after: float
+    objective: str = "loss"        # what trials are ranked by: the validation loss, or the error (1 - accuracy)
+    say: Callable[[str], None] = print
+    worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+
+
+def work(sweep: Sweep, study: Any) -> int:
+    """Run trials until the study has N finished ones; returns the exit status."""
+    optuna = optuna_module()
+    state = optuna.trial.TrialState
+    waited, drawn = False, -math.inf
+    previous = signal.signal(signal.SIGTERM, _interrupt) if _main_thread() else None
+    try:
+        with Watch(study, sweep.stale_after) as watch:
+            while True:
+                trials = study.get_trials(deepcopy=False)
+                done = sum(t.state in (state.COMPLETE, state.PRUNED) for t in trials)
+                waiting = sum(t.state == state.WAITING for t in trials)
+                running = sum(t.state == state.RUNNING for t in trials)
+                if done >= sweep.trials:
+                    break
+                if done + running >= sweep.trials and not waiting:
+                    if not waited:
+                        sweep.say(f"waiting for the last {running} trial(s) of other workers")
+                        waited = True
+                    time.sleep(POLL_SECONDS)
+                    continue
+                trial = study.ask()
+                watch.own(trial._trial_id)
+                try:
+                    if _surplus(study, trial, sweep.trials):
+                        study.tell(trial, state=state.FAIL)
+                        continue
+                    run_trial(sweep, study, trial)
+                finally:
+                    watch.own(None)
+                draw = time.monotonic() >= drawn + PLOT_SECONDS
+                write_outputs(study, sweep.space, sweep.out, draw=draw)
+                drawn = time.monotonic() if draw else drawn
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    write_outputs(study, sweep.space, sweep.out)
+    return 0
+
+
+def _surplus(study: Any, trial: Any, n: int) -> bool:
+    """Whether ``trial`` would be one more than N: trials numbered before it already make N."""
+    state = optuna_module().trial.TrialState
+    live = (state.COMPLETE, state.PRUNED, state.RUNNING, state.WAITING)
+    before = sum(t.state in live and t.number < trial.number for t in study.get_trials(deepcopy=False))
+    if before < n:
+        return False
+    study._storage.set_trial_system_attr(trial._trial_id, SURPLUS, "another worker took the last trial")
+    return True
+
+
+def run_trial(sweep: Sweep, study: Any, trial: Any) -> None:
+    """Train one trial and tell the study how it went."""
+    from ..train.command import run
+
+    optuna = optuna_module()
+    state = optuna.trial.TrialState
+    study.sampler = sweep.sampler(trial.number)   # seeded by the trial's number: the same trial draws the same values
+    values = sweep.space.suggest(trial)
+    name = f"trial-{trial.number:04d}"
+    run_dir = sweep.out / name
+    trial.set_user_attr("run_dir", str(run_dir.resolve()))
+    trial.set_user_attr("worker", sweep.worker)
+    shown = f"trial {trial.number}: " + ", ".join(f"{k}={_show(v)}" for k, v in values.items())
+    lines: list[str] = []
+    started = time.perf_counter()
+
+    def on_epoch(_: Any, record: dict[str, Any]) -> None:
+        value = objective(sweep.objective, record.get("val_loss"), record.get("val_acc"))
+        if value is not None:
+            trial.report(value, record["epoch"])
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {record['epoch']}: validation {sweep.objective} "
+                                         f"{value:.4f}, worse than the median of the trials so far")
+
+    try:
+        model = sweep.model.with_values(values, sweep.out / "models" / f"{name}.nn")
+        settings, config = trial_settings(sweep.fixed, values)
+        report = run(model, data=settings["data"], mapping=settings["map"], test_data=settings["test_data"],
+                     config=config, out=run_dir, log=lines.append, on_epoch=on_epoch)
+    except optuna.TrialPruned as pruned:
+        _tell(study, trial, state=state.PRUNED)
+        sweep.say(f"{shown}: {pruned}")
+        return
+    except NNError as exc:
+        _failed(study, trial, exc.message, sweep.say, shown)
+        return
+    except KeyboardInterrupt:
+        _tell(study, trial, state=state.FAIL)
+        retry(study, study._storage.get_trial(trial._trial_id))
+        sweep.say(f"{shown}: interrupted; its values are queued again: run the same command to continue the sweep")
+        raise
+    except Exception as exc:   # a bug, not the user's: the trial fails, the sweep goes on
+        _failed(study, trial, f"{type(exc).__name__}: {exc}", sweep.say, shown)
+        return
+    finally:
+        if run_dir.is_dir():
+            write_text(run_dir / "train.log", "".join(line + "\n" for line in lines))
+    seconds = time.perf_counter() - started
+    value = objective(sweep.objective, *((report.val.loss, report.val.acc) if report.val else (None, None)))
+    if value is None:
+        _failed(study, trial, f"no validation {sweep.objective} to rank the trial by"
+                + (" (--objective error needs a classifier)" if sweep.objective == "error" else ""), sweep.say, shown)
+        return
+    trial.set_user_attr("val_acc", report.val.acc)
+    trial.set_user_attr("epochs", report.epochs)
+    trial.set_user_attr("seconds", round(seconds, 3))
+    _tell(study, trial, values=value)
+    acc = f", accuracy {100 * report.val.acc:.2f}%" if report.val.acc is not None else ""
+    loss = f"validation loss {report.val.loss:.4f}" if report.val.loss is not None else "no validation loss"
+    sweep.say(f"{shown}: {loss}{acc} after {report.epochs} epochs ({seconds:.1f}s)")
+
+
+def objective(kind: str, loss: float | None, acc: float | None) -> float | None:
+    """The number a trial is ranked by (lower is better): the validation loss, or the error."""
+    if kind == "loss":
+        return loss
+    return None if acc is None else 1.0 - acc
+
+
+def _failed(study: Any, trial: Any, why: str, say: Callable[[str], None], shown: str) -> None:
+    trial.set_user_attr("error", why)
+    _tell(study, trial, state=optuna_module().trial.TrialState.FAIL)
+    say(f"{shown}: failed: {why}")
+
+
+def _tell(study: Any, trial: Any, **outcome: Any) -> None:
+    """Tell the study; a trial that a watcher already failed (this worker was silent too long,
+    say suspended) keeps that verdict."""
+    optuna = optuna_module()
+    try:
+        study.tell(trial, **outcome)
+    except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError, ValueError):
+        if study._storage.get_trial(trial._trial_id).state != optuna.trial.TrialState.FAIL:
+            raise
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM (a scheduler ending the job) stops the worker as Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _show(value: Value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
