@@ -7,6 +7,7 @@ The tests that start workers need mpi4py and mpiexec (bash scripts/mpi_check.sh 
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -290,3 +291,20 @@ def test_an_error_every_worker_meets_is_reported_once_by_rank_0(mpi, tmp_path: P
     assert done.returncode == 1
     assert done.stderr.count("nncompile: error:") == 1 and "missing.npz" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and "Abort" not in done.stderr
+
+
+def test_every_train_command_of_docs_distributed_md_parses() -> None:
+    """The commands of *Data-parallel training*, with mpiexec's own options cut off."""
+    import shlex
+
+    from nncompile.cli import build_parser
+
+    text = (ROOT / "docs" / "distributed.md").read_text(encoding="utf-8")
+    section = text[text.index("## Data-parallel training"):]
+    commands = [line.strip() for block in re.findall(r"```sh\n(.*?)```", section, flags=re.S)
+                for line in block.splitlines() if "nncompile train" in line]
+    assert len(commands) >= 5 and any("--workers" in c for c in commands) and any("mpiexec -f" in c for c in commands)
+    for command in commands:
+        words = shlex.split(command, comments=True)
+        args = build_parser().parse_args(words[words.index("nncompile") + 1:])
+        assert args.run.__name__ == "run_train", command
