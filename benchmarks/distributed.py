@@ -138,7 +138,8 @@ def main() -> None:
     if not MPIEXEC.exists():
         sys.exit(f"no mpiexec beside {sys.executable}: pip install 'nncompile[mpi]'")
     cases = args.case or list(CASES)
-    print(f"{os.cpu_count()} cores; {args.rounds} interleaved rounds; figures are provisional on a shared machine")
+    load = ", load average {:.1f}".format(os.getloadavg()[0]) if hasattr(os, "getloadavg") else ""
+    print(f"{os.cpu_count()} cores{load}; {args.rounds} interleaved rounds; provisional figures on a shared machine")
     for case in cases:
         runs: dict[int, list[dict]] = {0: [], 1: [], 2: []}   # 0: one process on one BLAS thread
         for _ in range(args.rounds):

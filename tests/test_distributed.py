@@ -268,6 +268,26 @@ def test_a_killed_worker_ends_the_run_with_an_error_leaving_a_checkpoint_that_re
     assert f"epoch {state.epoch + 2}/{state.epoch + 2}" in resumed.stdout
     after, _ = load_checkpoint(run_dir / "checkpoint.npz", slots)
     assert after.epoch == state.epoch + 2 and after.step > state.step
+    straight = cli("train", EXAMPLES / "digits_mlp.nn", "--workers", "2", "--epochs", str(state.epoch + 2),
+                   "--patience", "0", "--out", tmp_path / "straight", timeout=120)
+    assert straight.returncode == 0, straight.stderr
+    assert all(np.array_equal(v, params_of(tmp_path / "straight")[k]) for k, v in params_of(run_dir).items()), \
+        "the resumed run is not the run never interrupted"
+
+
+def test_ctrl_c_stops_every_worker_after_the_same_step_and_rank_0_checkpoints_it(mpi, tmp_path: Path) -> None:
+    process = start_workers(tmp_path)
+    try:
+        wait_for_epochs(process, tmp_path / "run", 2)
+        process.send_signal(signal.SIGINT)   # as a terminal's Ctrl-C: the launcher passes it on to mpiexec
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert err.count(f"continue it with nncompile train --resume --out {tmp_path / 'run'}") == 1, err
+    assert "Traceback" not in err and "BAD TERMINATION" not in out + err
+    state, _ = load_checkpoint(tmp_path / "run" / "checkpoint.npz", ("m", "v"))
+    assert state.epoch >= 2 and len(state.step_losses) == state.step
 
 
 def test_a_hung_worker_ends_the_run_after_the_worker_timeout(mpi, tmp_path: Path) -> None:

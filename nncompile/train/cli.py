@@ -127,17 +127,18 @@ def run_train(args: argparse.Namespace) -> int:
     from .distributed import World, launch
 
     world = World.detect()
-    if world is None and args.workers is not None and args.workers != 1:
-        return launch(args.workers, _argv(args), Path(args.out) if args.out is not None else None)
+    workers, timeout = getattr(args, "workers", None), getattr(args, "worker_timeout", None)
+    if world is None and workers is not None and workers != 1:
+        return launch(workers, _argv(args), Path(args.out) if args.out is not None else None)
     if world is None:
         return _train(args, None)
     try:
-        if args.workers is not None and args.workers != world.size:
-            raise NNError(f"--workers {args.workers}, but mpiexec started {world.size} workers: give one or the other")
-        if args.worker_timeout is not None:
-            if not args.worker_timeout > 0:
-                raise NNError(f"--worker-timeout must be a positive number of seconds, not {args.worker_timeout!r}")
-            world.timeout = args.worker_timeout
+        if workers is not None and workers != world.size:
+            raise NNError(f"--workers {workers}, but mpiexec started {world.size} workers: give one or the other")
+        if timeout is not None:
+            if not timeout > 0:
+                raise NNError(f"--worker-timeout must be a positive number of seconds, not {timeout!r}")
+            world.timeout = timeout
         return _train(args, world)
     except BaseException as exc:   # one worker's failure must not leave the others waiting for it
         return world.fail(exc)

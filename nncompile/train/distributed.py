@@ -180,9 +180,8 @@ def launch(workers: int, argv: list[str], run_dir: Path | None) -> int:
     found = str(mpiexec) if mpiexec.exists() else shutil.which("mpiexec")
     if found is None or find_spec("mpi4py") is None:
         raise NNError(f"--workers needs {'mpi4py' if found else 'mpiexec'}, which is not installed: {INSTALL}")
-    # Its own process group, so that a Ctrl-C reaches mpiexec once, from here (it passes it on to the workers).
     process = subprocess.Popen([found, "-n", str(workers), sys.executable, "-m", "nncompile", "train", *argv],
-                               stdin=subprocess.DEVNULL, preexec_fn=os.setpgrp)
+                               stdin=subprocess.DEVNULL, preexec_fn=_detach)
     forward = lambda signum, frame: process.send_signal(signum)   # noqa: E731
     previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -197,6 +196,17 @@ def launch(workers: int, argv: list[str], run_dir: Path | None) -> int:
     raise NNError(f"a worker ended abnormally (mpiexec's status {status}{how}) and mpiexec stopped the others; the "
                   f"last checkpoint in {where} stands: continue with nncompile train --resume --out {where} "
                   f"--workers {workers}")
+
+
+def _detach() -> None:
+    """In mpiexec's process before it starts: its own process group, so that a Ctrl-C reaches it
+    once, from ``launch`` (mpiexec passes it on to the workers); and on Linux a SIGTERM when
+    ``launch``'s process dies, so that mpiexec stops the workers rather than outlive it."""
+    os.setpgrp()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
 
 
 def mpi() -> Any:
@@ -308,7 +318,7 @@ class DataParallel:
         self.noise = rank_noise(trainer.config.seed, world.rank)
         self.sum = HostSum(world.comm) if xp is np else DeviceSum(world.comm, module.DTYPE)
         self.watchdog = Watchdog(world, timeout)
-        self.hits, self.pending = 0, False
+        self.hits, self.asked = 0, False   # asked: a Ctrl-C has come to this worker
         # The flat buffer: the gradients in the module's own flat layout, the model's state, then 3 numbers.
         names = module.TRAINABLE
         shapes = [module.PARAMS[name][0] for name in names]
@@ -330,7 +340,16 @@ class DataParallel:
         return None if self.counter is None else (lambda predicted, truth: self.hits)
 
     def step_function(self, stop: Stop) -> Callable[..., Any]:
-        """The step the loop calls, agreeing with the other workers on ``stop`` (Ctrl-C)."""
+        """The step the loop calls, agreeing with the other workers on ``stop`` (Ctrl-C).
+
+        The loop's deferred Ctrl-C sets ``stop.requested`` the moment it comes, which would
+        stop this worker a step before or after the others. So a Ctrl-C only marks this worker
+        as asked; the flag travels with the step's all-reduce, and ``stop.requested`` becomes
+        whether any worker was asked: the same on every worker, after the same step."""
+        handler = signal.getsignal(signal.SIGINT)
+        if getattr(handler, "__module__", None) == "nncompile.train.loop":   # the loop defers Ctrl-C: take it over
+            signal.signal(signal.SIGINT, self._asked)
+
         def step(params: dict[str, Any], opt: dict[str, Any], lr: float, model_state: dict[str, Any] | None = None,
                  rng: Any = None, /, **batch: Any) -> Any:
             return self.step(stop, params, opt, lr, model_state, **batch)
@@ -343,7 +362,7 @@ class DataParallel:
         outputs = self._local_gradients(params, model_state, opt["step"], (hi - lo) / n,
                                         {k: v[lo:hi] for k, v in batch.items()}) if hi > lo else self._nothing()
         flat = self.flat
-        flat[self.at_stop] = 1.0 if stop.requested or self.pending else 0.0
+        flat[self.at_stop] = 1.0 if self.asked else 0.0
         watchdog = self.watchdog
         watchdog.step, watchdog.since = opt["step"], time.monotonic()
         try:
@@ -353,14 +372,18 @@ class DataParallel:
             raise NNError(f"the all-reduce of step {opt['step']} failed: {exc}") from None
         finally:
             watchdog.since = None
-        # Every worker stops at the same step: a Ctrl-C seen here only after the sum waits for the next one.
-        self.pending, stop.requested = stop.requested and not stopping, stopping > 0
+        stop.requested = stopping > 0   # every worker stops after the same step
         self.hits = int(round(hits))
         self.apply_update(params, self.grads, opt, lr)
         outputs[self.loss] = loss
         if self.state:
             return outputs, {name: view.copy() for name, view in self.state.items()}
         return outputs
+
+    def _asked(self, signum: int, frame: Any) -> None:
+        if self.asked:   # the second Ctrl-C: now (mpiexec, asked twice, also stops the workers at once)
+            raise KeyboardInterrupt
+        self.asked = True
 
     def _local_gradients(self, params: dict[str, Any], model_state: dict[str, Any] | None, step: int,
                          weight: float, shard: dict[str, Any]) -> dict[str, Any]:
