@@ -40,6 +40,7 @@ import numpy as np
 
 from ..errors import NNError
 from .checkpoint import TrainState
+from .trainer import to_host
 
 if TYPE_CHECKING:
     from .loop import Stop
@@ -229,10 +230,6 @@ def limit_threads(workers: int) -> Any:
         return None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return threadpool_limits(max(1, cores // workers))
-
-
-def to_host(array: Any) -> np.ndarray:
-    return array.get() if hasattr(array, "__cuda_array_interface__") else np.asarray(array)
 
 
 class HostSum:
