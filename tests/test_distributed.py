@@ -254,7 +254,7 @@ def test_a_killed_worker_ends_the_run_with_an_error_leaving_a_checkpoint_that_re
     finally:
         process.kill()
     assert process.returncode == 1, err
-    assert "nncompile: error: a worker ended abnormally" in err and "SIGKILL" in err and \
+    assert "nncompile: error: a worker ended abnormally" in err and \
         f"nncompile train --resume --out {run_dir} --workers 2" in err and "Traceback" not in err
     from nncompile.compiler import load_module
 

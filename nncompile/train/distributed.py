@@ -192,7 +192,8 @@ def launch(workers: int, argv: list[str], run_dir: Path | None) -> int:
             signal.signal(signum, handler)
     if status in (0, 1, 130):   # done, or rank 0 has said what went wrong
         return status
-    how = f", {signal.Signals(status).name}" if 0 < status < signal.NSIG and status in signal.valid_signals() else ""
+    number = status - 128 if status > 128 else -status if status < 0 else status   # a shell's 128 + N, or -N
+    how = f", {signal.Signals(number).name}" if number in signal.valid_signals() else ""
     where = run_dir if run_dir is not None else "RUN_DIR"
     raise NNError(f"a worker ended abnormally (mpiexec's status {status}{how}) and mpiexec stopped the others; the "
                   f"last checkpoint in {where} stands: continue with nncompile train --resume --out {where} "
