@@ -106,9 +106,12 @@ def test_workers_without_mpi4py_is_an_error_with_the_pip_command(tmp_path: Path)
 
 def test_a_process_started_by_mpiexec_without_mpi4py_says_how_to_install_it(monkeypatch) -> None:
     monkeypatch.setenv("PMI_RANK", "0")
+    monkeypatch.setenv("PMI_SIZE", "2")
     monkeypatch.setitem(sys.modules, "mpi4py", None)
     with pytest.raises(NNError, match=r"needs mpi4py .*pip install 'nncompile\[mpi\]'"):
         World.detect()
+    monkeypatch.setenv("PMI_SIZE", "1")   # a launcher's single process trains alone, with or without mpi4py
+    assert World.detect() is None
 
 
 def test_outside_mpiexec_there_is_no_world(monkeypatch) -> None:

@@ -101,11 +101,13 @@ class World:
     @classmethod
     def detect(cls) -> World | None:
         """The world this process was started in by mpiexec (None outside MPI, or alone)."""
-        if not any(name in os.environ for name in LAUNCHED):
+        expected = max([int(os.environ[name]) for name in SIZES if os.environ.get(name, "").isdigit()], default=0)
+        if not any(name in os.environ for name in LAUNCHED) or expected == 1:
             return None
+        if expected == 0 and find_spec("mpi4py") is None:
+            return None   # a launcher that does not say how many (srun --mpi=pmix, say), and no MPI to ask: alone
         MPI = mpi()
         comm = MPI.COMM_WORLD
-        expected = max([int(os.environ[name]) for name in SIZES if os.environ.get(name, "").isdigit()], default=0)
         if comm.Get_size() == 1:
             if expected > 1:
                 raise NNError(f"mpiexec started {expected} processes, but MPI sees only this one: the mpiexec "
