@@ -110,12 +110,41 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="check the gradients on one mini-batch with finite differences before training")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar (default: when stderr is a terminal)")
-    p.set_defaults(run=run_train)
+
+    g = p.add_argument_group("data-parallel training (docs/distributed.md; pip install 'nncompile[mpi]')")
+    g.add_argument("--workers", type=int, metavar="K",
+                   help="train over K processes on this machine: starts mpiexec -n K nncompile train ... (for "
+                        "several hosts, run mpiexec yourself); the global batch is --batch-size")
+    g.add_argument("--worker-timeout", type=float, metavar="SECONDS",
+                   help="stop the run when a worker waits this long for the others in one step (default: 300)")
+    p.set_defaults(run=run_train, train_parser=p)
     return p
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Run ``nncompile train`` for parsed ``args``; returns the exit status."""
+    """Run ``nncompile train`` for parsed ``args``; returns the exit status. Under mpiexec this
+    process is one worker of several (nncompile/train/distributed.py); ``--workers K`` starts them."""
+    from .distributed import World, launch
+
+    world = World.detect()
+    workers, timeout = getattr(args, "workers", None), getattr(args, "worker_timeout", None)
+    if world is None and workers is not None and workers != 1:
+        return launch(workers, _argv(args), Path(args.out) if args.out is not None else None)
+    if world is None:
+        return _train(args, None)
+    try:
+        if workers is not None and workers != world.size:
+            raise NNError(f"--workers {workers}, but mpiexec started {world.size} workers: give one or the other")
+        if timeout is not None:
+            if not timeout > 0:
+                raise NNError(f"--worker-timeout must be a positive number of seconds, not {timeout!r}")
+            world.timeout = timeout
+        return _train(args, world)
+    except BaseException as exc:   # one worker's failure must not leave the others waiting for it
+        return world.fail(exc)
+
+
+def _train(args: argparse.Namespace, world: Any) -> int:
     from .command import run
     from .trainer import TrainConfig
 
@@ -147,12 +176,34 @@ def run_train(args: argparse.Namespace) -> int:
         report = run(model, data=settings["data"], mapping=settings["map"] or None,
                      test_data=settings["test_data"], config=config, out=run_dir, resume=args.resume,
                      overfit=args.overfit, grad_check=args.grad_check, log=lambda line: print(line, flush=True),
-                     progress=progress)
+                     progress=progress, world=world)
     except KeyboardInterrupt:
+        if world is not None and not world.root:
+            return 130
         print(f"interrupted: the run is checkpointed where it stopped; continue it with "
               f"nncompile train --resume --out {run_dir}", file=sys.stderr)
         return 130
     return 0 if report.ok else 1
+
+
+def _argv(args: argparse.Namespace) -> list[str]:
+    """The arguments of ``nncompile train`` that give ``args`` again, less ``--workers``: what
+    each worker that ``--workers`` starts is given."""
+    positional: list[str] = []
+    flags: list[str] = []
+    for action in args.train_parser._actions:
+        value = getattr(args, action.dest, None)
+        if action.dest in ("help", "workers") or value is None:
+            continue
+        if not action.option_strings:
+            positional.append(str(value))
+        elif isinstance(action, argparse.BooleanOptionalAction):
+            flags.append(action.option_strings[0] if value else "--no-" + action.option_strings[0][2:])
+        elif action.nargs == 0:   # store_true
+            flags += [action.option_strings[0]] if value else []
+        else:
+            flags += [f"{action.option_strings[0]}={item}" for item in (value if isinstance(value, list) else [value])]
+    return [*flags, *positional]
 
 
 def read_settings(run_dir: Path) -> dict[str, Any]:

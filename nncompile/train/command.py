@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -40,6 +40,9 @@ from .trainer import (
     Trainer,
 )
 
+if TYPE_CHECKING:
+    from .distributed import World
+
 @dataclass
 class RunReport:
     """What a run did: the numbers a user (or a test) wants at the end."""
@@ -66,7 +69,8 @@ def run(model: str | Path, *, data: str = "digits", mapping: dict[str, str] | st
         test_data: str | None = None, config: TrainConfig | None = None, out: str | Path | None = None,
         resume: bool = False, overfit: int | None = None, grad_check: bool = False, log: Log | None = None,
         progress: bool = False, on_step: Callable[[TrainState], None] | None = None,
-        on_epoch: Callable[[TrainState, dict[str, Any]], None] | None = None) -> RunReport:
+        on_epoch: Callable[[TrainState, dict[str, Any]], None] | None = None,
+        world: World | None = None) -> RunReport:
     """Load, split, check, train, evaluate and write RUN_DIR: the whole of ``nncompile train``.
 
     RUN_DIR (``out``, default runs/MODEL_STEM) receives config.json, model.py (the compiled
@@ -75,11 +79,28 @@ def run(model: str | Path, *, data: str = "digits", mapping: dict[str, str] | st
     curves.png and summary.json, and what makes it self-describing: model.nn, predict.json and a
     README.txt on predicting with numpy alone (nncompile/train/runfiles.py). ``overfit`` and
     ``grad_check`` run the sanity checks.
+
+    With ``world`` (nncompile/train/distributed.py) this process is one of several workers
+    training the model together: rank 0 alone reads the checkpoint, writes the run directory
+    and says what happens; the others return once the training is done.
     """
     started = perf_counter()
     say: Log = log or (lambda line: None)
     config = config if config is not None else TrainConfig()
+    writes = world is None or world.root
+    if world is not None:
+        say, progress = world.say(say), progress and writes
+        if overfit is not None:
+            raise NNError("--overfit is a check on one process: run it without mpiexec or --workers")
+        if config.backend == "cupy":
+            from .distributed import use_device
+
+            use_device(world)
     trainer = Trainer(model, config, log=say, progress=progress)
+    if world is not None:
+        from .distributed import DataParallel
+
+        trainer.parallel = DataParallel(trainer, world, timeout=world.timeout)
     module = trainer.module
     if isinstance(mapping, str):
         mapping = parse_mapping([mapping])
@@ -111,19 +132,20 @@ def run(model: str | Path, *, data: str = "digits", mapping: dict[str, str] | st
     run_dir = Path(out) if out is not None else Path("runs") / Path(model).stem
     report.run_dir = run_dir
     fingerprint = _fingerprint(trainer, data, mapping, test_data, test_split, len(train), normalizer.method)
-    if resume:
-        state, saved = load_checkpoint(run_dir / "checkpoint.npz", module.SLOTS)
-        state = trainer.laid_out(state, run_dir / "checkpoint.npz") if trainer.xp is np else state
-        changed = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
-        if changed:
-            details = "; ".join(f"{k}: was {saved.get(k)!r}, now {fingerprint.get(k)!r}" for k in changed)
-            raise NNError(f"cannot resume: this run's settings differ from the checkpoint's ({details})",
-                          file=str(run_dir / "checkpoint.npz"))
-        _check_more_epochs(state, config.epochs, say)
-        within = f", {state.position} steps into epoch {state.epoch + 1}" if state.position else ""
-        say(f"resuming {run_dir} after epoch {state.epoch} (step {state.step}{within})")
-        _rewrite_metrics(run_dir / "metrics.jsonl", state.history)
-        _record_settings(run_dir / "config.json", _settings(model, data, mapping, test_data, config))
+    state: TrainState | None = None
+    error: NNError | None = None
+    if resume and not writes:
+        pass   # rank 0 reads the checkpoint and sends the state
+    elif resume:
+        try:
+            state = _resumed(trainer, run_dir, fingerprint, config, say)
+        except NNError as exc:
+            if world is None:
+                raise
+            error = exc   # raised on every worker alike
+        else:
+            _rewrite_metrics(run_dir / "metrics.jsonl", state.history)
+            _record_settings(run_dir / "config.json", _settings(model, data, mapping, test_data, config))
     else:
         state = trainer.init_state()
         report.loss_check = trainer.initial_loss_check(state.params, train, state.model_state)
@@ -136,19 +158,23 @@ def run(model: str | Path, *, data: str = "digits", mapping: dict[str, str] | st
                 report.ok = False
                 report.seconds = perf_counter() - started
                 return report
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in ("checkpoint.npz", "metrics.jsonl", "params.npz", "state.npz", "normalization.npz",
-                      "curves.png", "summary.json", "model.nn", PREDICT_FILE, README):
-            (run_dir / stale).unlink(missing_ok=True)
-        (run_dir / "metrics.jsonl").touch()
-        write_text(run_dir / "config.json", json.dumps({"model": str(model), **fingerprint, "settings": _settings(
-            model, data, mapping, test_data, config)}, indent=2) + "\n")
-        write_text(run_dir / "model.py", trainer.source)
-        if normalizer.mean:
-            write_npz(run_dir / "normalization.npz", normalizer.arrays())
+        if writes:
+            _start_run_dir(trainer, run_dir, {"model": str(model), **fingerprint, "settings": _settings(
+                model, data, mapping, test_data, config)}, normalizer)
+    if world is not None:
+        state = world.share(state, error, trainer)
+    assert state is not None
 
-    state = trainer.train(train, val, state=state, run_dir=run_dir, fingerprint=fingerprint, on_step=on_step,
-                          on_epoch=on_epoch)
+    state = trainer.train(train, val, state=state, run_dir=run_dir if writes else None, fingerprint=fingerprint,
+                          on_step=on_step, on_epoch=on_epoch)
+    if world is not None:
+        if not world.same(state.params):
+            say("warning: the workers' params differ after training: their all-reduce did not give every "
+                "worker the same sum; the run directory holds rank 0's")
+        world.finished = True
+        if not writes:
+            report.epochs, report.best_epoch, report.stopped_early = state.epoch, state.best_epoch, state.stopped_early
+            return report
     if state.best_params is not None:
         final, final_state = state.best_params, state.best_model_state
         chosen = f"the best validation loss (epoch {state.best_epoch})"
@@ -201,6 +227,35 @@ def run(model: str | Path, *, data: str = "digits", mapping: dict[str, str] | st
     report.files = [*files, "summary.json"]
     say(f"wrote {run_dir}/{{{','.join(report.files)}}} in {report.seconds:.1f}s")
     return report
+
+
+def _resumed(trainer: Trainer, run_dir: Path, fingerprint: dict[str, Any], config: TrainConfig,
+             say: Log) -> TrainState:
+    """The state of RUN_DIR's checkpoint, once it is known to belong to this run."""
+    state, saved = load_checkpoint(run_dir / "checkpoint.npz", trainer.module.SLOTS)
+    state = trainer.laid_out(state, run_dir / "checkpoint.npz") if trainer.xp is np else state
+    changed = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
+    if changed:
+        details = "; ".join(f"{k}: was {saved.get(k)!r}, now {fingerprint.get(k)!r}" for k in changed)
+        raise NNError(f"cannot resume: this run's settings differ from the checkpoint's ({details})",
+                      file=str(run_dir / "checkpoint.npz"))
+    _check_more_epochs(state, config.epochs, say)
+    within = f", {state.position} steps into epoch {state.epoch + 1}" if state.position else ""
+    say(f"resuming {run_dir} after epoch {state.epoch} (step {state.step}{within})")
+    return state
+
+
+def _start_run_dir(trainer: Trainer, run_dir: Path, config: dict[str, Any], normalizer: Normalizer) -> None:
+    """A fresh RUN_DIR: the files of an earlier run there removed, config.json and model.py written."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("checkpoint.npz", "metrics.jsonl", "params.npz", "state.npz", "normalization.npz",
+                  "curves.png", "summary.json", "model.nn", PREDICT_FILE, README):
+        (run_dir / stale).unlink(missing_ok=True)
+    (run_dir / "metrics.jsonl").touch()
+    write_text(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
+    write_text(run_dir / "model.py", trainer.source)
+    if normalizer.mean:
+        write_npz(run_dir / "normalization.npz", normalizer.arrays())
 
 
 def _fingerprint(trainer: Trainer, data: str, mapping: dict[str, str] | None, test_data: str | None,

@@ -225,11 +225,13 @@ class Epochs:
         self.book = book if checkpoints is not None and checkpoints.timed and self.steps > 1 else None
         self.checkpoints = checkpoints
         self.whole = trainer.device_arrays(data) if self.steps == 1 else None   # one batch: the set as it is
-        self.count = trainer.hit_counter()
+        parallel = trainer.parallel   # several workers: each step is theirs (nncompile/train/distributed.py)
+        self.count = trainer.hit_counter() if parallel is None else parallel.hit_counter()
         self.every = val_every(trainer, self.n)
         self.sizes = [min(self.n, (b + 1) * self.size) - b * self.size for b in range(self.steps)]
         # What each step needs, looked up once; on the CPU the run's generator is passed as it is.
-        self.call = (trainer.module.step, trainer.loss, trainer.has_state,
+        self.call = (trainer.module.step if parallel is None else parallel.step_function(self.stop),
+                     trainer.loss, trainer.has_state,
                      None if trainer.xp is np else trainer.generator, trainer.scores or "", trainer.labels or "")
 
     def run(self, state: TrainState) -> tuple[float, float | None]:

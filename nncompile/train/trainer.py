@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -53,6 +53,9 @@ from .history import History
 from .loop import run_epoch, train_epochs
 from .objective import Objective
 from .schedules import Schedule, make_schedule, steps_per_epoch
+
+if TYPE_CHECKING:
+    from .distributed import DataParallel
 
 Log = Callable[[str], None]
 EVAL_CHUNK = 2048          # examples per forward call when evaluating
@@ -212,6 +215,7 @@ class Trainer:
         self.progress = progress
         self.state: TrainState | None = None   # what ``fit`` has trained so far
         self._on_device: tuple[Dataset, dict[str, Any]] | None = None
+        self.parallel: DataParallel | None = None   # data-parallel over MPI workers (distributed.py) when set
 
     def generator(self, noise: np.random.Generator) -> Any:
         """The generator the module draws dropout masks from. On the GPU it is a CuPy one,
@@ -388,7 +392,7 @@ class Trainer:
 
     def health_monitor(self, data: Dataset) -> Monitor | None:
         """Gradient health on a fixed batch of ``data`` (nncompile/health.py); None without a loss."""
-        if self.loss is None or not len(data):
+        if self.loss is None or not len(data) or (self.parallel is not None and not self.parallel.world.root):
             return None
         return Monitor(self.path, self.config.dtype, self.module, data.arrays)
 
