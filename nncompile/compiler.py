@@ -71,8 +71,10 @@ def build(model: Model, *, optimized: bool = True, trace: bool = False, input_gr
 
 def compile_file(path: str | Path, *, dtype: str | None = None, optimized: bool = True,
                  trace: bool = False, input_grads: bool = True, backend: str = "numpy",
-                 optimizer: str | Optimizer | None = None) -> str:
+                 optimizer: str | Optimizer | None = None, loops: bool = True) -> str:
     """Compile a .nn file to the source text of a standalone numpy module.
+
+    ``loops=False`` writes each instance of a ``repeat`` out instead of one loop over them.
 
     With ``optimizer`` (a name such as "adam", or an :class:`nncompile.optim.Optimizer`), the
     module also gets ``init_opt_state``, ``apply_update`` and ``step`` (see nncompile/optim.py).
@@ -89,7 +91,7 @@ def compile_file(path: str | Path, *, dtype: str | None = None, optimized: bool 
         _check_inputs_for_both(model, evaluation)
         program.eval_program = build(evaluation, optimized=optimized, fuse=BACKENDS[backend].fuses, differentiate=False)
     program.predict_program = predict_program(path, dtype, roles, optimized=optimized, fuse=BACKENDS[backend].fuses)
-    source = emit_module(program, trace=trace, backend=backend)
+    source = emit_module(program, trace=trace, backend=backend, loops=loops)
     return source if optimizer is None else source + optimizer_source(model, optimizer, backend)
 
 

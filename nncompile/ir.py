@@ -162,6 +162,7 @@ class Model:
     mode: str = "train"
     mode_dependent: bool = False   # has train/eval blocks or mode-dependent ops: the modes differ
     dropout_count: int = 0
+    repeats: dict[tuple[str, ...], Loc] = field(default_factory=dict)   # each `repeat`'s scope and base name -> where
 
     @property
     def target(self) -> int | None:

@@ -8,7 +8,9 @@ from ..errors import Sources
 from ..ir import Node
 from ..ops import REGISTRY, EmitContext, literal
 from ..ops.registry import python_form
+from ..loops import find_loops, loop_schedule
 from ..schedule import Plan, plan_buffers, schedule
+from . import loops as loop_code
 from ..shapes import Shape, show
 from .names import Names, basename, c_source, plain, safe_comment, source
 from .program import Program
@@ -82,7 +84,8 @@ class _Context(EmitContext):
 class FunctionEmitter:
     """Writes the functions of one program (the train-mode one, or forward()'s eval-mode one)."""
 
-    def __init__(self, program: Program, definitions: Definitions, reader: str = ""):
+    def __init__(self, program: Program, definitions: Definitions, reader: str = "", loops: bool = True):
+        self.loops = loops   # write the isomorphic instances of a repeat as one loop (nncompile/loops.py)
         self.reader = f"_read_{reader}_inputs" if reader else "_read_inputs"   # predict() reads PREDICT_INPUTS
         self.p = program
         self.G = program.graph
@@ -104,7 +107,13 @@ class FunctionEmitter:
             body.append(f"    return {ret_out}")
         else:
             seen = set(outputs.values())
-            ret_grads = self.returned({k: v for k, v in grads.items()}, names, ctx, seen)
+            filled = self.current_loops and loop_code.returned_grads(
+                self, self.current_loops, grads, self.current_names, ctx, seen, "grads")
+            if filled:   # the gradients a loop kept go in by a loop
+                body += filled
+                ret_grads = "grads"
+            else:
+                ret_grads = self.returned({k: v for k, v in grads.items()}, names, ctx, seen)
             if self.model.state:
                 new_state = self.returned(updates, names, ctx, seen, keep=list(self.model.state))
                 body.append(f"    return {ret_out}, {ret_grads}, {new_state}")
@@ -119,7 +128,7 @@ class FunctionEmitter:
     def trace_function(self) -> str:
         """For eval and render: every forward value and every adjoint, keyed by node id."""
         roots = list(self.p.trace_values.values()) + list(self.p.trace_grads.values())
-        body, names, ctx = self.body("trace", roots)
+        body, names, ctx = self.body("trace", roots, loops=False)   # every value by its node: unrolled
         values = ", ".join(f"{k}: {self.array_ref(v, names, ctx)}" for k, v in self.p.trace_values.items())
         grads = ", ".join(f"{k}: {self.array_ref(v, names, ctx)}" for k, v in self.p.trace_grads.items())
         body.append(f"    return {{{values}}}, {{{grads}}}")
@@ -127,16 +136,29 @@ class FunctionEmitter:
                           '    """Every intermediate value and gradient, keyed by graph node (for nncompile)."""',
                           *body])
 
-    def body(self, fname: str, results: list[int]) -> tuple[list[str], dict[int, str], _Context]:
-        """Statements computing ``results``: inputs read, workspace fetched, ops in schedule order."""
+    def body(self, fname: str, results: list[int], loops: bool = True) -> tuple[list[str], dict[int, str], _Context]:
+        """Statements computing ``results``: inputs read, workspace fetched, ops in schedule order
+        (a loop's statements once, in a ``for`` over its instances)."""
         order = schedule(self.G, results)
-        plan = plan_buffers(self.G, order, set(results))
+        found = find_loops(self.G, self.model, order, results) if loops and self.loops else []
+        units = loop_schedule(self.G, results, found) if found else None
+        if units is None:
+            units, found = order, []
+        outer = [u for u in units if isinstance(u, int)]
+        plan = plan_buffers(self.G, outer, set(results), loop_code.loop_reads(self.G, found))
+        body_plans = loop_code.plan_loops(self.G, found, plan)
         names = Names()
+        self.current_loops, self.current_names = found, names
         ctx = _Context(self.definitions, {})
         lines = self.read_inputs(names, ctx)
         buffers = self.workspace(fname, plan, names, ctx, lines)
-        lines += self.read_params_and_state(set(order), names)
-        lines += self.operations(plan, buffers, names, ctx)
+        if found:
+            outer_reads = {a for n in outer for a in self.G[n].args} | set(results) | loop_code.named_reads(found)
+            lines += loop_code.read_params(self, found, set(order), outer_reads, names)
+            lines += self.read_params_and_state(set(order), names, params=False)
+        else:
+            lines += self.read_params_and_state(set(order), names)
+        lines += self.operations(plan, buffers, names, ctx, units, dict(zip(map(id, found), body_plans)))
         return lines, names.of, ctx
 
     def read_inputs(self, names: Names, ctx: _Context) -> list[str]:
@@ -167,10 +189,10 @@ class FunctionEmitter:
                 lines.append(f"    {', '.join(buffers)}{',' if len(buffers) == 1 else ''} = buffers")
         return buffers
 
-    def read_params_and_state(self, needed: set[int], names: Names) -> list[str]:
+    def read_params_and_state(self, needed: set[int], names: Names, params: bool = True) -> list[str]:
         """The params and state the statements use, and the random generator if they draw."""
         lines = []
-        if any(n in needed for n in self.model.params.values()):
+        if params and any(n in needed for n in self.model.params.values()):
             for name, n in self.model.params.items():
                 if n in needed:
                     names.of[n] = names.fresh(name)
@@ -187,10 +209,16 @@ class FunctionEmitter:
             lines.append(f"        rng = {self.xp}.random.default_rng()")
         return lines
 
-    def operations(self, plan: Plan, buffers: list[str], names: Names, ctx: _Context) -> list[str]:
+    def operations(self, plan: Plan, buffers: list[str], names: Names, ctx: _Context, units: list,
+                   body_plans: dict) -> list[str]:
         """The ops in schedule order, each under the comment naming its .nn line."""
         G, lines, last_where = self.G, [], None
-        for n in plan.order:
+        for n in units:
+            if not isinstance(n, int):   # a loop over instances of a repeat
+                body_plan, base = body_plans[id(n)]
+                lines += loop_code.emit_loop(self, n, self.current_loops, body_plan, base, buffers, names, ctx)
+                last_where = None
+                continue
             node = G[n]
             if node.is_leaf:
                 continue
