@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import types
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import networkx as nx
@@ -85,22 +85,30 @@ def compile_file(path: str | Path, *, dtype: str | None = None, optimized: bool 
     roles = prediction_roles(model)   # before build() optimises the graph the analysis reads
     if backend not in BACKENDS:
         raise NNError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    # predict() runs eval mode; where the modes do not differ, their graphs are the same one.
+    unbuilt = None if model.mode_dependent else _unbuilt_copy(model)
     program = build(model, optimized=optimized, trace=trace, input_grads=input_grads, fuse=BACKENDS[backend].fuses)
     if model.mode_dependent:  # forward() runs eval mode: dropout off, running statistics used
         evaluation = elaborate_file(path, dtype, mode="eval")
         _check_inputs_for_both(model, evaluation)
+        unbuilt = _unbuilt_copy(evaluation)
         program.eval_program = build(evaluation, optimized=optimized, fuse=BACKENDS[backend].fuses, differentiate=False)
-    program.predict_program = predict_program(path, dtype, roles, optimized=optimized, fuse=BACKENDS[backend].fuses)
+    program.predict_program = predict_program(unbuilt, roles, optimized=optimized, fuse=BACKENDS[backend].fuses)
     source = emit_module(program, trace=trace, backend=backend, loops=loops)
     return source if optimizer is None else source + optimizer_source(model, optimizer, backend)
 
 
-def predict_program(path: str | Path, dtype: str | None, roles: Roles, *, optimized: bool = True,
+def _unbuilt_copy(model: Model) -> Model:
+    """The elaborated model as it is now, for another build (predict's), which mutates it."""
+    tables = {f.name: dict(getattr(model, f.name)) for f in fields(model) if isinstance(getattr(model, f.name), dict)}
+    return replace(model, graph=model.graph.copy(), mode="eval", **tables)
+
+
+def predict_program(evaluation: Model, roles: Roles, *, optimized: bool = True,
                     fuse: bool = False) -> Program | None:
-    """predict()'s program: the eval-mode outputs that reach neither a label nor the loss,
-    computed from the data inputs alone, so no label is asked for and no loss is worked out
-    (None when no output is left)."""
-    evaluation = elaborate_file(path, dtype, mode="eval")
+    """predict()'s program, built from the eval-mode model (as elaborated, not yet built): the
+    eval-mode outputs that reach neither a label nor the loss, computed from the data inputs
+    alone, so no label is asked for and no loss is worked out (None when no output is left)."""
     G = evaluation.graph
     outputs = prediction_outputs(evaluation, roles)
     if not outputs:

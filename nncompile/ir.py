@@ -102,6 +102,14 @@ class Graph:
         self.nx.nodes[n]["node"] = new
         self._nodes[n] = new
 
+    def copy(self) -> Graph:
+        """An independent copy (the nodes themselves are immutable, so they are shared)."""
+        other = Graph(self.infer)
+        other.nx = self.nx.copy()
+        other._nodes = dict(self._nodes)
+        other._next = self._next
+        return other
+
     def users(self, n: int) -> list[int]:
         return sorted(self.nx.successors(n))
 

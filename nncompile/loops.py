@@ -159,7 +159,7 @@ def _members(G: Graph, model: Model, order: list[int]) -> dict[int, Member]:
     return member
 
 
-def _signature(G: Graph, model: Model, group: tuple, k: int, body: list[int], member: dict[int, Member],
+def _signature(G: Graph, roles: dict, group: tuple, k: int, body: list[int], member: dict[int, Member],
                position: dict[int, int], run_of: dict[Member, tuple[int, int]]) -> tuple:
     """What a loop body must have in common with the other iterations': per statement its op,
     attributes, shape and dtype, and how each operand is reached (``near`` marks a value of
@@ -174,15 +174,16 @@ def _signature(G: Graph, model: Model, group: tuple, k: int, body: list[int], me
                 operands.append(("local", position[a]))
             elif home is not None and home[0] == group and abs(home[1] - k) == 1:
                 operands.append(("near", home[1] - k, position[a]))
-            elif arg.op == "param" and instance_of(model, arg.scope) == (group[0], k):
-                operands.append(("param", arg.name[len(_prefix(group[0], k)):]))
+            elif a in roles and roles[a][0] == (group[0], k):
+                operands.append(("param", roles[a][1]))
             elif arg.op == "const":
                 operands.append(("const", arg.attr("value"), arg.shape, arg.dtype))
             elif home is not None and home in run_of and home[0][0] == group[0]:
                 operands.append(("kept", run_of[home][0], position[a], home[1] - k))
             else:
                 operands.append(("outer", a))
-        sig.append((node.op, node.attrs, node.shape, node.dtype, tuple(operands)))
+        kinds = tuple((G[a].shape, G[a].dtype) for a in node.args)   # emit rules may look at them
+        sig.append((node.op, node.attrs, node.shape, node.dtype, kinds, tuple(operands)))
     return tuple(sig)
 
 
@@ -193,8 +194,13 @@ def _prefix(key: tuple[str, ...], k: int) -> str:
 def _runs(G: Graph, model: Model, group: tuple, bodies: dict[int, list[int]], member: dict[int, Member],
           position: dict[int, int], run_of: dict[Member, tuple[int, int]]) -> list[Loop]:
     """The maximal runs of at least MIN_RUN consecutive instances with one signature."""
-    sigs = {k: _signature(G, model, group, k, body, member, position, run_of) for k, body in bodies.items()}
-    shifts = {op[1] for sig in sigs.values() for st in sig for op in st[4] if op[0] == "near"}
+    roles = {}   # param -> (its instance, its name inside the instance)
+    for name, n in model.params.items():
+        inst = instance_of(model, G[n].scope)
+        if inst is not None:
+            roles[n] = (inst, name[len(_prefix(*inst)):])
+    sigs = {k: _signature(G, roles, group, k, body, member, position, run_of) for k, body in bodies.items()}
+    shifts = {op[1] for sig in sigs.values() for st in sig for op in st[5] if op[0] == "near"}
     if len(shifts) > 1:
         return []
     step = -shifts.pop() if shifts else 1   # +1: each instance reads the one before; -1: the one after
@@ -221,9 +227,9 @@ def _carries_into(first: tuple, second: tuple) -> bool:
     if len(first) != len(second):
         return False
     for a, b in zip(first, second):
-        if a[:4] != b[:4] or len(a[4]) != len(b[4]):
+        if a[:5] != b[:5]:
             return False
-        for x, y in zip(a[4], b[4]):
+        for x, y in zip(a[5], b[5]):
             if x != y and not (y[0] == "near" and x[0] != "local"):
                 return False
     return True
@@ -236,7 +242,7 @@ def _loop(G: Graph, model: Model, group: tuple, instances: list[int], bodies: di
     refs, carried = [], {}
     params: dict[str, list[int]] = {}
     first = body_nodes[0]
-    for q, (_, _, _, _, operands) in enumerate(sig):
+    for q, (*_, operands) in enumerate(sig):
         row = []
         for j, op in enumerate(operands):
             if op[0] == "near":

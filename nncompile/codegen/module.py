@@ -56,7 +56,7 @@ class _Module:
             retarget(runtime.CONVERT_INPUTS),
             *([read_inputs(self.prediction.p, self.backend, "predict"), retarget(runtime.PREDICT_CONVERT_INPUTS)]
               if self.prediction else []),
-            *([read_table(self.p, self.backend, "params", self.runs(self.shape_of) is not None)]
+            *([read_table(self.p, self.backend, "params", len(model.params) > 64 and self.runs(self.shape_of) is not None)]
               if model.params else []),
             *([read_table(self.p, self.backend, "state")] if model.state else []),
             *([retarget(runtime.CONVERT)] if model.params or model.state else []),
@@ -167,8 +167,9 @@ class _Module:
 
     def helpers(self, *others: Graph) -> list[str]:
         texts: list[str] = []
-        for n, G in [(n, G) for G in (self.G, *others) for n in G.nodes()]:
-            for helper in REGISTRY[G[n].op].helpers:
+        ops = dict.fromkeys(G[n].op for G in (self.G, *others) for n in G.nodes())   # in order of first use
+        for op in ops:
+            for helper in REGISTRY[op].helpers:
                 if self.backend.retarget(helper) not in texts:
                     texts.append(self.backend.retarget(helper))
         return texts

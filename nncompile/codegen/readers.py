@@ -119,7 +119,7 @@ def read_table(program: Program, backend: Backend, arg: str, looped: bool = Fals
     names = Names()
     vars_ = [names.fresh(name) for name in table]
     checks = []
-    for var, n in zip(vars_, table.values()):
+    for var, n in zip(vars_, [] if looped else table.values()):
         checks += [Check("type", var, backend.xp), Check("dtype", var, "_FLOAT"),
                    Check("shape", var, tuple(program.graph[n].shape))]
     cond = " and\n            ".join(map(str, checks))
