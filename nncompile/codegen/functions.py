@@ -7,11 +7,11 @@ from ..backends import Backend
 from ..errors import Sources
 from ..ir import Node
 from ..ops import REGISTRY, EmitContext, literal
-from ..ops.registry import python_form
 from ..loops import find_loops, loop_schedule
+from ..ops.registry import python_form
 from ..schedule import Plan, plan_buffers, schedule
-from . import loops as loop_code
 from ..shapes import Shape, show
+from .loops import LoopWriter, loop_reads, named_reads
 from .names import Names, basename, c_source, plain, safe_comment, source
 from .program import Program
 
@@ -107,8 +107,7 @@ class FunctionEmitter:
             body.append(f"    return {ret_out}")
         else:
             seen = set(outputs.values())
-            filled = self.current_loops and loop_code.returned_grads(
-                self, self.current_loops, grads, self.current_names, ctx, seen, "grads")
+            filled = self.loop_writer and self.loop_writer.grads(grads, ctx, seen, "grads")
             if filled:   # the gradients a loop kept go in by a loop
                 body += filled
                 ret_grads = "grads"
@@ -145,20 +144,19 @@ class FunctionEmitter:
         if units is None:
             units, found = order, []
         outer = [u for u in units if isinstance(u, int)]
-        plan = plan_buffers(self.G, outer, set(results), loop_code.loop_reads(self.G, found))
-        body_plans = loop_code.plan_loops(self.G, found, plan)
+        plan = plan_buffers(self.G, outer, set(results), loop_reads(self.G, found))
         names = Names()
-        self.current_loops, self.current_names = found, names
+        self.loop_writer = LoopWriter(self, found, plan, names) if found else None
         ctx = _Context(self.definitions, {})
         lines = self.read_inputs(names, ctx)
         buffers = self.workspace(fname, plan, names, ctx, lines)
         if found:
-            outer_reads = {a for n in outer for a in self.G[n].args} | set(results) | loop_code.named_reads(found)
-            lines += loop_code.read_params(self, found, set(order), outer_reads, names)
+            read = {a for n in outer for a in self.G[n].args} | set(results) | named_reads(found)
+            lines += self.loop_writer.read_params(set(order), read)
             lines += self.read_params_and_state(set(order), names, params=False)
         else:
             lines += self.read_params_and_state(set(order), names)
-        lines += self.operations(plan, buffers, names, ctx, units, dict(zip(map(id, found), body_plans)))
+        lines += self.operations(plan, buffers, names, ctx, units)
         return lines, names.of, ctx
 
     def read_inputs(self, names: Names, ctx: _Context) -> list[str]:
@@ -209,14 +207,12 @@ class FunctionEmitter:
             lines.append(f"        rng = {self.xp}.random.default_rng()")
         return lines
 
-    def operations(self, plan: Plan, buffers: list[str], names: Names, ctx: _Context, units: list,
-                   body_plans: dict) -> list[str]:
+    def operations(self, plan: Plan, buffers: list[str], names: Names, ctx: _Context, units: list) -> list[str]:
         """The ops in schedule order, each under the comment naming its .nn line."""
         G, lines, last_where = self.G, [], None
         for n in units:
             if not isinstance(n, int):   # a loop over instances of a repeat
-                body_plan, base = body_plans[id(n)]
-                lines += loop_code.emit_loop(self, n, self.current_loops, body_plan, base, buffers, names, ctx)
+                lines += self.loop_writer.loop(n, buffers, ctx)
                 last_where = None
                 continue
             node = G[n]

@@ -12,7 +12,7 @@ import re
 from typing import TYPE_CHECKING
 
 from ..errors import Sources
-from ..loops import Loop, kept_view_bases, reads_of
+from ..loops import Loop, Ref, kept_view_bases, reads_of
 from ..ops import REGISTRY
 from ..schedule import Plan, plan_buffers
 from .names import Names, basename, safe_comment
@@ -21,16 +21,161 @@ if TYPE_CHECKING:
     from .functions import FunctionEmitter, _Context
 
 
-def plan_loops(G, loops: list[Loop], plan: Plan) -> list[tuple[Plan, int]]:
-    """Each loop body's buffer plan, and where its buffers start in the function's workspace
-    (appended to ``plan.slots``, so no other value ever shares them)."""
-    plans = []
-    for loop in loops:
-        escaping = kept_view_bases(G, loop, set(loop.carried) | loop.kept | loop.read_after)
-        body = plan_buffers(G, loop.template, {loop.template[p] for p in escaping})
-        plans.append((body, len(plan.slots)))
-        plan.slots.extend(body.slots)
-    return plans
+class LoopWriter:
+    """The loops of one function as they are written: their buffers, the names of the param
+    tuples, index and lists they use, shared by the statements before, in and after them."""
+
+    def __init__(self, em: FunctionEmitter, loops: list[Loop], plan: Plan, names: Names):
+        self.em, self.loops, self.names = em, loops, names
+        self.plans: dict[int, tuple[Plan, int]] = {}   # id(loop) -> its body's plan, where its buffers start
+        for loop in loops:   # each body's buffers go after the function's: no other value shares them
+            escaping = kept_view_bases(em.G, loop, set(loop.carried) | loop.kept | loop.read_after)
+            body = plan_buffers(em.G, loop.template, {loop.template[p] for p in escaping})
+            self.plans[id(loop)] = (body, len(plan.slots))
+            plan.slots.extend(body.slots)
+        self.lists: dict[tuple[int, int], str] = {}    # (id(loop), position) -> the list keeping its values
+        self.tuples: dict[tuple, tuple[str, int]] = {}   # (repeat, param) -> its tuple, its first instance
+        self.role_vars: dict[str, str] = {}   # param name inside an instance -> the body's variable
+        self.index = ""
+
+    def read_params(self, needed: set[int], outer: set[int]) -> list[str]:
+        """The params, as the tuple ``_read_params`` returns (PARAMS order): by name those
+        ``outer`` code reads, and one tuple per param of a repeat's instances (``h_W[i]``)."""
+        params, names = self.em.model.params, self.names
+        index = {n: i for i, n in enumerate(params.values())}
+        arrays = names.fresh("param_arrays")
+        lines = [f"    {arrays} = _read_params(params)  # in PARAMS order"]
+        for name, n in params.items():
+            if n in needed and n in outer:
+                names.of[n] = names.fresh(name)
+                lines.append(f"    {names.of[n]} = {arrays}[{index[n]}]")
+        spans: dict[tuple, list[int]] = {}   # (repeat, param) -> the instances its loops go over
+        for loop in self.loops:
+            for role in loop.params:
+                spans.setdefault((loop.key, role), []).extend(loop.instances)
+        for (key, role), instances in spans.items():
+            low, high = min(instances), max(instances)
+            loop = next(loop for loop in self.loops if loop.key == key)
+            where = [index[params[f"{loop.instance_name(k)}.{role}"]] for k in range(low, high + 1)]
+            var = names.fresh(f"{key[-1]}_{role}".replace(".", "_"))
+            self.tuples[key, role] = (var, low)
+            step = where[1] - where[0]
+            if step > 0 and where == list(range(where[0], where[-1] + 1, step)):
+                lines.append(f"    {var} = {arrays}[{where[0]}:{where[-1] + 1}{f':{step}' if step != 1 else ''}]"
+                             f"  # {loop.instance_name(low)}.{role} ... {loop.instance_name(high)}.{role}")
+            else:
+                lines.append(f"    {var} = ({', '.join(f'{arrays}[{i}]' for i in where)},)")
+        self.index = names.fresh("i")
+        return lines
+
+    def loop(self, loop: Loop, buffers: list[str], ctx: _Context) -> list[str]:
+        """The loop's lines: its carried values set, its lists made, the body once, in a ``for``."""
+        em, names, i = self.em, self.names, self.index
+        G, t = em.G, loop.template
+        body_plan, base = self.plans[id(loop)]
+        count = len(loop.instances)
+        lines = [f"    # {_repeat_comment(loop)}",
+                 f"    # {loop.instance_name(loop.instances[0])} ... {loop.instance_name(loop.instances[-1])}, "
+                 f"{loop.kind}: one iteration per instance, each with its own params"]
+        var = {p: _var(G, loop, t[p], names) for p in sorted(loop.carried)}
+        for p, init in sorted(loop.carried.items()):
+            lines.append(f"    {var[p]} = {em.ref(init, names.of)}")
+        for p in sorted(loop.kept):
+            self.lists[id(loop), p] = names.fresh(_var_stem(G, loop, t[p]) + "s")
+            lines.append(f"    {self.lists[id(loop), p]} = [None] * {count}")
+        span = f"range({count})"
+        lines.append(f"    for {i} in {span if loop.instances[0] == loop.low else f'reversed({span})'}:")
+        roles = list(dict.fromkeys(r.role for row in loop.refs for r in row if r.kind == "param"))
+        for role in roles:   # one variable per param name, shared by the loops of a function
+            if role not in self.role_vars:
+                self.role_vars[role] = names.fresh(role.replace(".", "_"))
+        if roles:
+            targets = ", ".join(self.role_vars[r] for r in roles)
+            sources = ", ".join(_indexed(*self.tuples[loop.key, r], loop, i) for r in roles)
+            lines.append(f"        {targets} = {sources}")
+        last_where = None
+        for q, n in enumerate(t):
+            node = G[n]
+            where = em.definitions.where(node)
+            if where != last_where and where:
+                lines.append(f"        # {where}")
+                last_where = where
+            args = [self.operand(loop, ref, var) for ref in loop.refs[q]]
+            ctx.literals = frozenset(j for j, a in enumerate(node.args)
+                                     if G[a].op == "const" and not isinstance(G[a].attr("value"), tuple))
+            if n in body_plan.inplace:
+                out = var[t.index(body_plan.inplace[n])]
+            elif n in body_plan.slot:
+                out = buffers[base + body_plan.slot[n]]
+            else:
+                out = None
+            if q not in var:
+                var[q] = _var(G, loop, n, names)
+            names.of[n] = var[q]
+            lines += ["    " + line for line in em.statement(ctx, node, var[q], args, out)]
+        lines += [f"        {self.lists[id(loop), p]}[{i}] = {var[p]}" for p in sorted(loop.kept)]
+        # After the loop: the last iteration's values are in the body's variables, the others in lists.
+        for it, body in enumerate(loop.bodies):
+            k = loop.instances[it]
+            for p, n in enumerate(body):
+                if it == count - 1:
+                    names.of[n] = var[p]
+                elif p in loop.kept:
+                    names.of[n] = f"{self.lists[id(loop), p]}[{k - loop.low}]"
+        return lines
+
+    def operand(self, loop: Loop, ref: Ref, var: dict[int, str]) -> str:
+        if ref.kind in ("local", "carry"):
+            return var[ref.pos]
+        if ref.kind == "param":
+            return self.role_vars[ref.role]
+        if ref.kind == "kept":
+            other = self.loops[ref.loop]
+            return _indexed(self.lists[id(other), ref.pos], other.low - ref.shift, loop, self.index)
+        return self.em.ref(ref.node, self.names.of)
+
+    def grads(self, values: dict[str, int | None], ctx: _Context, seen: set[int], var: str) -> list[str] | None:
+        """The statements filling the dict ``var`` with the gradients, in its order, those a
+        loop kept by one loop per run of instances (``grads[f"h.{i + 2}.W"] = d_Ws[i]``): the
+        entries before a run go in as a dict, those after it by ``update``. None where no
+        gradient is in a loop's list."""
+        em = self.em
+        where = {n: (loop, it, p) for loop in self.loops for it, body in enumerate(loop.bodies)
+                 for p, n in enumerate(body) if p in loop.kept}
+        items = list(values.items())
+        segments: list = []   # dicts of plain entries, and runs: (loop, first instance, count, [(role, position)])
+        j = 0
+        while j < len(items):
+            run = _grad_run(items, j, where, seen)
+            if run is None:
+                if not segments or not isinstance(segments[-1], dict):
+                    segments.append({})
+                segments[-1][items[j][0]] = items[j][1]
+                j += 1
+            else:
+                segments.append(run[0])
+                j = run[1]
+        if not any(isinstance(s, tuple) for s in segments):
+            return None
+        lines: list[str] = []
+        for s in segments:
+            if isinstance(s, dict):
+                text = em.returned(s, self.names.of, ctx, seen)
+                lines.append(f"    {var} = {text}" if not lines else f"    {var}.update({text})")
+                continue
+            if not lines:
+                lines.append(f"    {var} = {{}}")
+            loop, first, count, roles = s
+            i = self.index
+            lines.append(f"    for {i} in range({count}):")
+            offset = first - loop.low
+            for role, p in roles:
+                value = f"{self.lists[id(loop), p]}[{i}{f' + {offset}' if offset else ''}]"
+                if REGISTRY[em.G[loop.template[p]].op].view:
+                    value = f"{em.xp}.array({value})"
+                key = loop.instance_name(f"{{{i} + {first}}}") + "." + role
+                lines.append(f"        {var}[f{key!r}] = {value}")
+        return lines
 
 
 def loop_reads(G, loops: list[Loop]) -> set[int]:
@@ -44,40 +189,6 @@ def named_reads(loops: list[Loop]) -> set[int]:
         {n for loop in loops for n in loop.carried.values()}
 
 
-def read_params(em: FunctionEmitter, loops: list[Loop], needed: set[int], outer_reads: set[int],
-                names: Names) -> list[str]:
-    """The params, as one tuple in PARAMS order: by name those the code outside the loops
-    reads, and for each repeat one tuple per param of its instances (``h_W[i]``: ``h.{i+1}.W``)."""
-    params = em.model.params
-    index = {n: i for i, n in enumerate(params.values())}
-    arrays = names.fresh("param_arrays")
-    lines = [f"    {arrays} = _read_params(params)  # in PARAMS order"]
-    for name, n in params.items():
-        if n in needed and n in outer_reads:
-            names.of[n] = names.fresh(name)
-            lines.append(f"    {names.of[n]} = {arrays}[{index[n]}]")
-    spans: dict[tuple, list[int]] = {}   # (repeat, role) -> the instances its loops iterate over
-    for loop in loops:
-        for role in loop.params:
-            spans.setdefault((loop.key, role), []).extend(loop.instances)
-    em.param_tuples = {}
-    for (key, role), instances in spans.items():
-        low, high = min(instances), max(instances)
-        loop = next(loop for loop in loops if loop.key == key)
-        where = [index[params[f"{loop.instance_name(k)}.{role}"]] for k in range(low, high + 1)]
-        var = names.fresh(f"{key[-1]}_{role}".replace(".", "_"))
-        em.param_tuples[key, role] = (var, low)
-        step = where[1] - where[0]
-        if step > 0 and where == list(range(where[0], where[-1] + 1, step)):
-            lines.append(f"    {var} = {arrays}[{where[0]}:{where[-1] + 1}{f':{step}' if step != 1 else ''}]"
-                         f"  # {loop.instance_name(low)}.{role} ... {loop.instance_name(high)}.{role}")
-        else:
-            lines.append(f"    {var} = ({', '.join(f'{arrays}[{i}]' for i in where)},)")
-    em.loop_index = names.fresh("i")
-    em.role_vars = {}
-    return lines
-
-
 def local_name(loop: Loop, name: str) -> str:
     """A name inside the loop body: the instance's part of it (``h.7.W`` is ``W``, ``h.7`` is ``h``)."""
     stem = re.escape(".".join(loop.key))
@@ -87,81 +198,10 @@ def local_name(loop: Loop, name: str) -> str:
     return m[1] if m[1] else loop.key[-1]
 
 
-def emit_loop(em: FunctionEmitter, loop: Loop, loops: list[Loop], body_plan: Plan, base: int,
-              buffers: list[str], names: Names, ctx: _Context) -> list[str]:
-    """The loop's lines: its carried values set, its lists made, the body once, in a ``for``."""
-    G, t = em.G, loop.template
-    count = len(loop.instances)
-    lines = [f"    # {_repeat_comment(loop)}",
-             f"    # {loop.instance_name(loop.instances[0])} ... {loop.instance_name(loop.instances[-1])}, "
-             f"{loop.kind}: one iteration per instance, each with its own params"]
-    var = {p: _var(G, loop, t[p], names) for p in sorted(loop.carried)}
-    for p, init in sorted(loop.carried.items()):
-        lines.append(f"    {var[p]} = {em.ref(init, names.of)}")
-    i = em.loop_index
-    loop.lists = {}
-    for p in sorted(loop.kept):
-        loop.lists[p] = names.fresh(_var_stem(G, loop, t[p]) + "s")
-        lines.append(f"    {loop.lists[p]} = [None] * {count}")
-    span = f"range({count})"
-    lines.append(f"    for {i} in {span if loop.instances[0] == loop.low else f'reversed({span})'}:")
-    roles = list(dict.fromkeys(r.role for row in loop.refs for r in row if r.kind == "param"))
-    for role in roles:   # one variable per param name, shared by the loops of a function
-        if role not in em.role_vars:
-            em.role_vars[role] = names.fresh(role.replace(".", "_"))
-    role_vars = {role: em.role_vars[role] for role in roles}
-    if roles:
-        targets = ", ".join(role_vars[r] for r in roles)
-        sources = ", ".join(_indexed(*em.param_tuples[loop.key, r], loop, i) for r in roles)
-        lines.append(f"        {targets} = {sources}")
-    last_where = None
-    for q, n in enumerate(t):
-        node = G[n]
-        where = em.definitions.where(node)
-        if where != last_where and where:
-            lines.append(f"        # {where}")
-            last_where = where
-        args = [_operand(em, loop, loops, ref, t, var, role_vars, names, i) for ref in loop.refs[q]]
-        ctx.literals = frozenset(j for j, a in enumerate(node.args)
-                                 if G[a].op == "const" and not isinstance(G[a].attr("value"), tuple))
-        if n in body_plan.inplace:
-            out = var[t.index(body_plan.inplace[n])]
-        elif n in body_plan.slot:
-            out = buffers[base + body_plan.slot[n]]
-        else:
-            out = None
-        if q not in var:
-            var[q] = _var(G, loop, n, names)
-        names.of[n] = var[q]
-        lines += ["    " + line for line in em.statement(ctx, node, var[q], args, out)]
-    lines += [f"        {loop.lists[p]}[{i}] = {var[p]}" for p in sorted(loop.kept)]
-    # After the loop: the last iteration's values are in the body's variables, the others in lists.
-    for it, body in enumerate(loop.bodies):
-        k = loop.instances[it]
-        for p, n in enumerate(body):
-            if it == count - 1:
-                names.of[n] = var[p]
-            elif p in loop.kept:
-                names.of[n] = f"{loop.lists[p]}[{k - loop.low}]"
-    return lines
-
-
 def _indexed(var: str, low: int, loop: Loop, i: str) -> str:
     """``var[i + shift]``: the entry of a per-instance list for this iteration's instance."""
     shift = loop.low - low
     return f"{var}[{i}{f' + {shift}' if shift > 0 else f' - {-shift}' if shift else ''}]"
-
-
-def _operand(em: FunctionEmitter, loop: Loop, loops: list[Loop], ref, t: list[int], var: dict[int, str],
-             role_vars: dict[str, str], names: Names, i: str) -> str:
-    if ref.kind in ("local", "carry"):
-        return var[ref.pos]
-    if ref.kind == "param":
-        return role_vars[ref.role]
-    if ref.kind == "kept":
-        other = loops[ref.loop]
-        return _indexed(other.lists[ref.pos], other.low - ref.shift, loop, i)
-    return em.ref(ref.node, names.of)
 
 
 def _var_stem(G, loop: Loop, n: int) -> str:
@@ -186,50 +226,7 @@ def _repeat_comment(loop: Loop) -> str:
     return safe_comment(f"{basename(loc.file)}:{loc.line}" + (f": {text.strip()}" if text else ""))
 
 
-def returned_grads(em: FunctionEmitter, loops: list[Loop], values: dict[str, int | None], names: Names,
-                   ctx: _Context, seen: set[int], var: str) -> list[str] | None:
-    """The statements filling the dict ``var`` with the gradients a loop kept, in the dict's
-    order: one loop per run of instances (``grads[f"h.{i + 2}.W"] = d_Ws[i]``). The entries
-    before a run go in as a dict, those after it by ``update``. None where no run is kept."""
-    where = {n: (loop, it, p) for loop in loops for it, body in enumerate(loop.bodies)
-             for p, n in enumerate(body) if p in loop.kept}
-    items = list(values.items())
-    segments: list = []   # dicts of plain entries, and runs: (loop, first instance, count, [(role, position)])
-    j = 0
-    while j < len(items):
-        run = _grad_run(em, items, j, where, seen)
-        if run is None:
-            if not segments or not isinstance(segments[-1], dict):
-                segments.append({})
-            segments[-1][items[j][0]] = items[j][1]
-            j += 1
-        else:
-            segments.append(run[0])
-            j = run[1]
-    if not any(isinstance(s, tuple) for s in segments):
-        return None
-    lines = []
-    for s in segments:
-        if isinstance(s, dict):
-            text = em.returned(s, names.of, ctx, seen)
-            lines.append(f"    {var} = {text}" if not lines else f"    {var}.update({text})")
-            continue
-        if not lines:
-            lines.append(f"    {var} = {{}}")
-        loop, first, count, roles = s
-        i = em.loop_index
-        lines.append(f"    for {i} in range({count}):")
-        offset = first - loop.low
-        for role, p in roles:
-            value = f"{loop.lists[p]}[{i}{f' + {offset}' if offset else ''}]"
-            if REGISTRY[em.G[loop.template[p]].op].view:
-                value = f"{em.xp}.array({value})"
-            key = loop.instance_name(f"{{{i} + {first}}}") + "." + role
-            lines.append(f"        {var}[f{key!r}] = {value}")
-    return lines
-
-
-def _grad_run(em: FunctionEmitter, items: list, j: int, where: dict, seen: set[int]):
+def _grad_run(items: list, j: int, where: dict, seen: set[int]):
     """A run of gradients from ``items[j]`` on: each instance's params in one order, each kept
     by one loop at one position; ((loop, first instance, count, roles), next j) or None."""
     name, n = items[j]
