@@ -146,7 +146,8 @@ class FunctionEmitter:
         outer = [u for u in units if isinstance(u, int)]
         plan = plan_buffers(self.G, outer, set(results), loop_reads(self.G, found))
         names = Names()
-        self.loop_writer = LoopWriter(self, found, plan, names) if found else None
+        self.loop_writer = LoopWriter(self, found, plan, names, set(results)) if found else None
+        self.in_workspace = self.loop_writer.copied if found else set()   # returned as copies
         ctx = _Context(self.definitions, {})
         lines = self.read_inputs(names, ctx)
         buffers = self.workspace(fname, plan, names, ctx, lines)
@@ -321,7 +322,7 @@ class FunctionEmitter:
                 expr = self.array_ref(n, names, ctx)
             else:
                 expr = self.ref(n, names)
-                if REGISTRY[node.op].view or node.is_leaf or n in seen:
+                if REGISTRY[node.op].view or node.is_leaf or n in seen or n in self.in_workspace:
                     expr = f"{expr}[()]" if scalar else f"{self.xp}.array({expr})"
                 seen.add(n)
             items.append(f"{name!r}: {expr}")

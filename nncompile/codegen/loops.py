@@ -25,18 +25,37 @@ class LoopWriter:
     """The loops of one function as they are written: their buffers, the names of the param
     tuples, index and lists they use, shared by the statements before, in and after them."""
 
-    def __init__(self, em: FunctionEmitter, loops: list[Loop], plan: Plan, names: Names):
+    def __init__(self, em: FunctionEmitter, loops: list[Loop], plan: Plan, names: Names, results: set[int]):
         self.em, self.loops, self.names = em, loops, names
         self.plans: dict[int, tuple[Plan, int]] = {}   # id(loop) -> its body's plan, where its buffers start
+        self.own: dict[tuple[int, int], tuple[int, int]] = {}   # (id(loop), position) -> its buffers: first, how many
+        self.copied: set[int] = set()   # results the last iteration leaves in the workspace
         for loop in loops:   # each body's buffers go after the function's: no other value shares them
             escaping = kept_view_bases(em.G, loop, set(loop.carried) | loop.kept | loop.read_after)
             body = plan_buffers(em.G, loop.template, {loop.template[p] for p in escaping})
             self.plans[id(loop)] = (body, len(plan.slots))
             plan.slots.extend(body.slots)
+            for p in sorted(escaping):
+                self.own_buffers(loop, p, body, plan, results)
         self.lists: dict[tuple[int, int], str] = {}    # (id(loop), position) -> the list keeping its values
         self.tuples: dict[tuple, tuple[str, int]] = {}   # (repeat, param) -> its tuple, its first instance
         self.role_vars: dict[str, str] = {}   # param name inside an instance -> the body's variable
         self.index = ""
+
+    def own_buffers(self, loop: Loop, p: int, body: Plan, plan: Plan, results: set[int]) -> None:
+        """A value that outlives its iteration, but is not returned, gets buffers of its own in
+        the workspace: one per iteration when it is kept, two taken in turn when it is only
+        carried to the next iteration, one when only the last iteration's is read after."""
+        G, n = self.em.G, loop.template[p]
+        node = G[n]
+        if (not REGISTRY[node.op].takes_out or node.shape == () or node.dtype != "float" or n in body.inplace
+                or any(body_[p] in results for body_ in loop.bodies[:-1])):
+            return   # a fresh array in every iteration
+        if loop.bodies[-1][p] in results:
+            self.copied.add(loop.bodies[-1][p])   # returned: as a copy of its buffer
+        count = len(loop.instances) if p in loop.kept else 2 if p in loop.carried else 1
+        self.own[id(loop), p] = (len(plan.slots), count)
+        plan.slots.extend([(node.shape, node.dtype)] * count)
 
     def read_params(self, needed: set[int], outer: set[int]) -> list[str]:
         """The params, as the tuple ``_read_params`` returns (PARAMS order): by name those
@@ -107,6 +126,9 @@ class LoopWriter:
                 out = var[t.index(body_plan.inplace[n])]
             elif n in body_plan.slot:
                 out = buffers[base + body_plan.slot[n]]
+            elif (id(loop), q) in self.own:
+                first, size = self.own[id(loop), q]
+                out = f"buffers[{first}{f' + {i}' if size > 2 else f' + {i} % 2' if size == 2 else ''}]"
             else:
                 out = None
             if q not in var:
