@@ -118,9 +118,10 @@ def find_loops(G: Graph, model: Model, order: list[int], results: list[int]) -> 
     position = {n: p for group in bodies.values() for body in group.values() for p, n in enumerate(body)}
     loops: list[Loop] = []
     run_of: dict[Member, tuple[int, int]] = {}   # member -> (loop index, iteration)
+    roles = _roles(G, model)
     for kind in ("forward", "backward"):
         for group in sorted((g for g in bodies if g[1] == kind), key=lambda g: bodies[g][min(bodies[g])][0]):
-            for loop in _runs(G, model, group, bodies[group], member, position, run_of):
+            for loop in _runs(G, model, group, bodies[group], member, position, run_of, roles):
                 for i, k in enumerate(loop.instances):
                     run_of[(group, k)] = (len(loops), i)
                 loops.append(loop)
@@ -165,25 +166,29 @@ def _signature(G: Graph, roles: dict, group: tuple, k: int, body: list[int], mem
     attributes, shape and dtype, and how each operand is reached (``near`` marks a value of
     the neighbouring instance: carried, when the two are in one run)."""
     sig = []
+    me, instance = (group, k), (group[0], k)
     for n in body:
         node = G[n]
-        operands = []
+        operands, kinds = [], []
         for a in node.args:
             home, arg = member.get(a), G[a]
-            if home == (group, k):
+            kinds.append((arg.shape, arg.dtype))   # emit rules may look at their operands' shapes
+            if home is None:
+                if a in roles and roles[a][0] == instance:
+                    operands.append(("param", roles[a][1]))
+                elif arg.op == "const":
+                    operands.append(("const", arg.attr("value"), arg.shape, arg.dtype))
+                else:
+                    operands.append(("outer", a))
+            elif home == me:
                 operands.append(("local", position[a]))
-            elif home is not None and home[0] == group and abs(home[1] - k) == 1:
+            elif home[0] == group and abs(home[1] - k) == 1:
                 operands.append(("near", home[1] - k, position[a]))
-            elif a in roles and roles[a][0] == (group[0], k):
-                operands.append(("param", roles[a][1]))
-            elif arg.op == "const":
-                operands.append(("const", arg.attr("value"), arg.shape, arg.dtype))
-            elif home is not None and home in run_of and home[0][0] == group[0]:
+            elif home in run_of and home[0][0] == group[0]:
                 operands.append(("kept", run_of[home][0], position[a], home[1] - k))
             else:
                 operands.append(("outer", a))
-        kinds = tuple((G[a].shape, G[a].dtype) for a in node.args)   # emit rules may look at them
-        sig.append((node.op, node.attrs, node.shape, node.dtype, kinds, tuple(operands)))
+        sig.append((node.op, node.attrs, node.shape, node.dtype, tuple(kinds), tuple(operands)))
     return tuple(sig)
 
 
@@ -191,14 +196,19 @@ def _prefix(key: tuple[str, ...], k: int) -> str:
     return ".".join((*key[:-1], f"{key[-1]}.{k}")) + "."
 
 
-def _runs(G: Graph, model: Model, group: tuple, bodies: dict[int, list[int]], member: dict[int, Member],
-          position: dict[int, int], run_of: dict[Member, tuple[int, int]]) -> list[Loop]:
-    """The maximal runs of at least MIN_RUN consecutive instances with one signature."""
-    roles = {}   # param -> (its instance, its name inside the instance)
+def _roles(G: Graph, model: Model) -> dict[int, tuple[tuple[tuple[str, ...], int], str]]:
+    """Each param of a repeat instance: (its instance, its name inside the instance)."""
+    roles = {}
     for name, n in model.params.items():
         inst = instance_of(model, G[n].scope)
         if inst is not None:
             roles[n] = (inst, name[len(_prefix(*inst)):])
+    return roles
+
+
+def _runs(G: Graph, model: Model, group: tuple, bodies: dict[int, list[int]], member: dict[int, Member],
+          position: dict[int, int], run_of: dict[Member, tuple[int, int]], roles: dict) -> list[Loop]:
+    """The maximal runs of at least MIN_RUN consecutive instances with one signature."""
     sigs = {k: _signature(G, roles, group, k, body, member, position, run_of) for k, body in bodies.items()}
     shifts = {op[1] for sig in sigs.values() for st in sig for op in st[5] if op[0] == "near"}
     if len(shifts) > 1:
