@@ -188,8 +188,16 @@ def _signature(G: Graph, roles: dict, group: tuple, k: int, body: list[int], mem
                 operands.append(("kept", run_of[home][0], position[a], home[1] - k))
             else:
                 operands.append(("outer", a))
-        sig.append((node.op, node.attrs, node.shape, node.dtype, tuple(kinds), tuple(operands)))
+        sig.append((node.op, _attrs(node), node.shape, node.dtype, tuple(kinds), tuple(operands)))
     return tuple(sig)
+
+
+def _attrs(node) -> tuple:
+    """The attributes a statement is written from: a random op's ``id`` only keeps two draws
+    from being merged into one (dropout's masks), and each iteration draws anew."""
+    if REGISTRY[node.op].random:
+        return tuple(kv for kv in node.attrs if kv[0] != "id")
+    return node.attrs
 
 
 def _prefix(key: tuple[str, ...], k: int) -> str:

@@ -255,3 +255,29 @@ def test_predict_reuses_the_elaborated_graph(tmp_path: Path, monkeypatch) -> Non
     elaborated.clear()
     compile_file(EXAMPLES / "dropout_mlp.nn")   # eval mode differs: one more elaboration, shared by forward and predict
     assert elaborated == [None, "eval"]
+
+
+def test_a_residual_block_with_dropout_and_a_shared_input_loops_and_draws_the_same_masks(tmp_path: Path) -> None:
+    """Each iteration draws its own mask, in the order the written-out module draws them; the
+    gradient of ``ctx``, which every instance reads, is summed across the iterations."""
+    path = write_nn(tmp_path, "res", """
+import nn
+input X: float[N, 6]
+input ctx: float[N, 6]
+input y: int[N]
+layer res(x: [B, K], c: [B, K]) -> [B, K] {
+    param W: [K, K] = xavier()
+    param g: [K] = ones()
+    h = relu(x @ W) * g + c
+    return x + dropout(h, p=0.25)
+}
+h = repeat 5 res(X, ctx)
+logits = dense(h, out=3)
+output logits
+loss = softmax_cross_entropy(logits, y)
+minimize loss
+""")
+    source = compile_file(path, dtype="float64")
+    vag = source[source.index("def value_and_grad("):source.index("def predict(")]
+    assert "forward: one iteration per instance" in vag and "backward: one iteration per instance" in vag
+    assert assert_same_module_behaviour(path, dtype="float64")
