@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from .errors import Loc
 from .ir import Graph, Model
 from .ops import REGISTRY
+from .schedule import post_order
 
 MIN_RUN = 3   # fewer instances read better unrolled
 _INSTANCE = re.compile(r"(.*)\.(\d+)$")
@@ -345,20 +346,7 @@ def loop_schedule(G: Graph, results: list[int], loops: list[Loop]) -> list[int |
     def operands(u) -> list[int]:
         return reads[u[0]] if isinstance(u, tuple) else list(G[u].args)
 
-    order: list = []
-    done: set = set()
-    for root in results:
-        stack = [(unit(root), False)]
-        while stack:
-            u, expanded = stack.pop()
-            if u in done:
-                continue
-            if expanded:
-                done.add(u)
-                order.append(u)
-                continue
-            stack.append((u, True))
-            stack.extend((unit(a), False) for a in reversed(operands(u)) if unit(a) not in done)
+    order = post_order([unit(n) for n in results], lambda u: [unit(a) for a in operands(u)])
     seen: set = set()
     for u in order:   # with a loop, the graph of units may have a cycle: then no order is right
         if any(unit(a) not in seen for a in operands(u)):

@@ -14,12 +14,14 @@ results are never overwritten by the next call.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable, Iterable, TypeVar
 
 from .ir import Graph
 from .ops import REGISTRY
 from .shapes import Shape
 
 _NEVER = float("inf")
+T = TypeVar("T")
 
 
 @dataclass
@@ -32,9 +34,15 @@ class Plan:
 
 def schedule(G: Graph, results: list[int]) -> list[int]:
     """A deterministic topological order of everything ``results`` need (iterative DFS)."""
-    order: list[int] = []
-    done: set[int] = set()
-    for root in results:
+    return post_order(results, lambda n: G[n].args)
+
+
+def post_order(roots: Iterable[T], operands: Callable[[T], Iterable[T]]) -> list[T]:
+    """Everything ``roots`` need, each after its operands: a depth-first post-order, iterative
+    (a 1000-layer graph is deeper than Python's recursion limit)."""
+    order: list[T] = []
+    done: set[T] = set()
+    for root in roots:
         stack = [(root, False)]
         while stack:
             n, expanded = stack.pop()
@@ -45,7 +53,7 @@ def schedule(G: Graph, results: list[int]) -> list[int]:
                 order.append(n)
                 continue
             stack.append((n, True))
-            stack.extend((a, False) for a in reversed(G[n].args) if a not in done)
+            stack.extend((a, False) for a in reversed(tuple(operands(n))) if a not in done)
     return order
 
 
