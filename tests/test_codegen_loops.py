@@ -228,8 +228,10 @@ def test_examples_with_repeat_compute_the_same() -> None:
 
 
 def test_wrong_params_are_reported_as_in_the_unrolled_module(tmp_path: Path) -> None:
-    path = write_nn(tmp_path, "deep", DEEP_TEXT.replace("COUNT", "5"))
-    _, looped, _, unrolled = both(path)
+    """80 params: _read_params tests them in a loop over PARAMS, with the same outcome."""
+    path = write_nn(tmp_path, "deep", DEEP_TEXT.replace("COUNT", "40"))
+    looped_src, looped, _, unrolled = both(path)
+    assert "for array, (shape, _) in zip(arrays, PARAMS.values()):" in looped_src
     X = np.ones((2, 7), dtype=np.float32)
     for change in ({"h.3.W": np.ones((3, 3))}, {"h.3.W": None}):
         errors = []
