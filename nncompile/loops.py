@@ -7,9 +7,10 @@ The graph stays unrolled: every instance keeps its own nodes and names (``h.3.W`
 renderer, the evaluator and the trace. What this module adds is a reading of that graph:
 
 - each node of a function belongs to at most one *body*: the forward statements of one
-  instance (its scope says which), or its backward statements (those downstream of the
-  instance's adjoints, up to the adjoint of its input; helpers such as ``W.T`` join the
-  body of their users);
+  instance (its scope says which), or its backward statements (a node computed from the
+  adjoints belongs to the instance of the latest adjoint of an instance's value upstream of
+  it, so the backward body of ``h.3`` turns the gradient of ``h.3`` into those of ``h.2``
+  and of ``h.3.W``); helpers such as ``W.T`` join the body all their users are in;
 - a *run* is a sequence of consecutive instances whose bodies are isomorphic: the same ops,
   attributes, shapes and constants, each operand reached the same way (a value of the same
   iteration, the value carried from the previous one, the instance's own param, a value an
@@ -62,7 +63,6 @@ class Loop:
     kept: set[int] = field(default_factory=set)    # positions kept in a list (read after their iteration)
     read_after: set[int] = field(default_factory=set)   # positions read outside the loop, in any iteration
 
-
     @property
     def template(self) -> list[int]:
         """The nodes written as the loop's body: those of its second iteration (the first may
@@ -84,25 +84,23 @@ class Loop:
 
 def instance_of(model: Model, scope: tuple[str, ...]) -> tuple[tuple[str, ...], int] | None:
     """The outermost repeat instance a scope lies in: (repeat key, instance number)."""
-    if not scope or not model.repeats:
-        return None
-    if _MEMO[0] is not model.repeats:   # one model at a time: scopes recur for every node
-        _MEMO[:] = [model.repeats, {}]
-    memo = _MEMO[1]
-    if scope not in memo:
-        memo[scope] = _instance(model.repeats, scope)
-    return memo[scope]
-
-
-_MEMO: list = [None, {}]   # the repeats table of the model last asked about, and scope -> instance
-
-
-def _instance(repeats: dict, scope: tuple[str, ...]) -> tuple[tuple[str, ...], int] | None:
     for depth, part in enumerate(scope):
         m = _INSTANCE.match(part)
-        if m and (*scope[:depth], m[1]) in repeats:
+        if m and (*scope[:depth], m[1]) in model.repeats:
             return (*scope[:depth], m[1]), int(m[2])
     return None
+
+
+class _Instances(dict):
+    """instance_of for one model, remembered per scope: the scopes recur for every node."""
+
+    def __init__(self, model: Model):
+        super().__init__()
+        self.model = model
+
+    def __missing__(self, scope: tuple[str, ...]) -> tuple[tuple[str, ...], int] | None:
+        found = self[scope] = instance_of(self.model, scope) if scope else None
+        return found
 
 
 def find_loops(G: Graph, model: Model, order: list[int], results: list[int]) -> list[Loop]:
@@ -110,7 +108,8 @@ def find_loops(G: Graph, model: Model, order: list[int], results: list[int]) -> 
     runs first, then the backward runs, which may read what the forward ones kept."""
     if not model.repeats:
         return []
-    member = _members(G, model, order)
+    instances = _Instances(model)
+    member = _members(G, instances, order)
     bodies: dict[tuple, dict[int, list[int]]] = {}
     for n in order:
         if n in member:
@@ -119,7 +118,7 @@ def find_loops(G: Graph, model: Model, order: list[int], results: list[int]) -> 
     position = {n: p for group in bodies.values() for body in group.values() for p, n in enumerate(body)}
     loops: list[Loop] = []
     run_of: dict[Member, tuple[int, int]] = {}   # member -> (loop index, iteration)
-    roles = _roles(G, model)
+    roles = _roles(G, model, instances)
     for kind in ("forward", "backward"):
         for group in sorted((g for g in bodies if g[1] == kind), key=lambda g: bodies[g][min(bodies[g])][0]):
             for loop in _runs(G, model, group, bodies[group], member, position, run_of, roles):
@@ -130,7 +129,7 @@ def find_loops(G: Graph, model: Model, order: list[int], results: list[int]) -> 
     return loops
 
 
-def _members(G: Graph, model: Model, order: list[int]) -> dict[int, Member]:
+def _members(G: Graph, instances: _Instances, order: list[int]) -> dict[int, Member]:
     """Which body each node of ``order`` belongs to (nodes outside any body are absent)."""
     member: dict[int, Member] = {}
     index = {n: i for i, n in enumerate(order)}
@@ -139,18 +138,18 @@ def _members(G: Graph, model: Model, order: list[int]) -> dict[int, Member]:
         node = G[n]
         if node.is_leaf:
             continue
-        if node.grad_of is None and (inst := instance_of(model, node.scope)):
+        if node.grad_of is None and (inst := instances[node.scope]):
             member[n] = ((inst[0], "forward"), inst[1])
             continue
         best = None
         for a in node.args:
-            for c in (a if a in index and G[a].grad_of is not None and instance_of(model, G[a].scope) else None,
+            for c in (a if a in index and G[a].grad_of is not None and instances[G[a].scope] else None,
                       anchor.get(a)):
                 if c is not None and (best is None or index[c] > index[best]):
                     best = c
         if best is not None:
             anchor[n] = best
-            key, k = instance_of(model, G[best].scope)
+            key, k = instances[G[best].scope]
             member[n] = ((key, "backward"), k)
     for n in reversed(order):   # a helper (W.T, 1 - h*h) joins the body all its users are in
         if n in member or G[n].is_leaf:
@@ -205,11 +204,11 @@ def _prefix(key: tuple[str, ...], k: int) -> str:
     return ".".join((*key[:-1], f"{key[-1]}.{k}")) + "."
 
 
-def _roles(G: Graph, model: Model) -> dict[int, tuple[tuple[tuple[str, ...], int], str]]:
+def _roles(G: Graph, model: Model, instances: _Instances) -> dict[int, tuple[tuple[tuple[str, ...], int], str]]:
     """Each param of a repeat instance: (its instance, its name inside the instance)."""
     roles = {}
     for name, n in model.params.items():
-        inst = instance_of(model, G[n].scope)
+        inst = instances[G[n].scope]
         if inst is not None:
             roles[n] = (inst, name[len(_prefix(*inst)):])
     return roles
