@@ -59,7 +59,8 @@ import reference as ref  # noqa: E402
 MODELS = HERE / "models"
 CIRCUIT = REPO / "examples" / "circuit.nn"
 DEEP = MODELS / "deep_tanh.nn"
-DEEP_DEPTHS = (10, 100, 1000)
+DEEP_DEPTHS = (10, 100, 1000, 3000)
+JAX_MAX_DEPTH = 1000   # JAX takes minutes to compile 3000 layers
 RTOL = 1e-4
 Table = tuple[str, list[str], list[list[str]], str]  # title, headers, rows, "l"/"r" per column
 
@@ -84,10 +85,11 @@ def _nncompile() -> ModuleType:
     return nncompile
 
 
-def compile_source(path: Path) -> str:
+def compile_source(path: Path, loops: bool = True) -> str:
     """Training-style modules: gradients of the params only (the circuit has no params, so
-    there the inputs x, y, z are what is differentiated)."""
-    return _nncompile().compile_file(str(path), dtype="float32", input_grads=path == CIRCUIT)
+    there the inputs x, y, z are what is differentiated). ``loops=False``: every instance of
+    a ``repeat`` written out, as before repeats became loops."""
+    return _nncompile().compile_file(str(path), dtype="float32", input_grads=path == CIRCUIT, loops=loops)
 
 
 def load(source: str, stem: str) -> ModuleType:
@@ -97,9 +99,9 @@ def load(source: str, stem: str) -> ModuleType:
     return _nncompile().load_module(source, f"bench_{stem}_{_module_count}")
 
 
-def compile_and_load(path: Path) -> tuple[str, ModuleType]:
+def compile_and_load(path: Path, loops: bool = True) -> tuple[str, ModuleType]:
     try:
-        src = compile_source(path)
+        src = compile_source(path, loops)
         return src, load(src, path.stem)
     except BenchError:
         raise
@@ -244,36 +246,58 @@ def deep_source(layers: int) -> str:
     return text.replace("repeat 1000 ", f"repeat {layers} ")
 
 
-def bench_compile(quick: bool) -> list[list[str]]:
-    """nncompile (compile_file + load_module) and JAX jit compile time per depth, seconds."""
+def bench_compile(quick: bool) -> tuple[list[list[str]], list[list[str]]]:
+    """nncompile (compile_file + load_module) with repeat as a loop and written out, and JAX
+    jit compile time per depth, seconds; then one value_and_grad step of both modules."""
     reps = 1 if quick else 3
-    out = []
+    out, steps = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for layers in DEEP_DEPTHS:
             path = DEEP if layers == 1000 else Path(tmp) / f"deep_tanh_{layers}.nn"
             if layers != 1000:
                 path.write_text(deep_source(layers), encoding="utf-8")
-            times = []
-            for _ in range(reps):
-                gc.collect()
-                t0 = time.perf_counter()
-                _, mod = compile_and_load(path)
-                times.append(time.perf_counter() - t0)
-            params = compiled_params(mod)
+            times: dict[bool, list[float]] = {True: [], False: []}
+            lines, mods = {}, {}
+            for _ in range(reps):   # interleaved: both forms see the same machine
+                for loops in (True, False):
+                    gc.collect()
+                    t0 = time.perf_counter()
+                    src, mods[loops] = compile_and_load(path, loops)
+                    times[loops].append(time.perf_counter() - t0)
+                    lines[loops] = src.count("\n")
+            params = compiled_params(mods[True])
             X = np.random.default_rng(2).standard_normal((32, 32)).astype(np.float32)
             if layers == 10:  # also a correctness check of tanh, repeat, sum and **
-                check("deep_tanh (10 layers)", mod.value_and_grad(params, X=X),
-                      ref.deep_tanh_numpy(params, X, input_grad=False))
+                for loops in (True, False):
+                    check(f"deep_tanh (10 layers, loops={loops})", mods[loops].value_and_grad(params, X=X),
+                          ref.deep_tanh_numpy(params, X, input_grad=False))
             if ref.jax is None:
                 jax_s = "n/a (no jax)"
-            elif quick and layers == 1000:
-                jax_s = "skipped (--quick)"
+            elif (quick and layers == 1000) or layers > JAX_MAX_DEPTH:
+                jax_s = "skipped"
             else:
                 jax_s = f"{ref.jax_deep_tanh_compile_s(params, X):.3f}"
-            best = f"{min(times):.3f}" + (f" (max {max(times):.3f})" if reps > 1 else "")
-            out.append([str(layers), str(len(params)), best, jax_s])
+            best = {k: f"{min(v):.3f}" + (f" (max {max(v):.3f})" if reps > 1 else "") for k, v in times.items()}
+            out.append([str(layers), str(len(params)), best[True], str(lines[True]), best[False], str(lines[False]),
+                        f"{min(times[False]) / min(times[True]):.2f}", jax_s])
+            if layers in (100, 1000):
+                steps.append(step_row(layers, mods, params, X, 5 if quick else 30))
             print(f"  compiled {layers} layers")
-    return out
+    return out, steps
+
+
+def step_row(layers: int, mods: dict[bool, ModuleType], params: dict, X: np.ndarray, repeat: int) -> list[str]:
+    """Median value_and_grad time of the looped and the written-out module, interleaved."""
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for loops in (True, False):
+        mods[loops].value_and_grad(params, X=X)   # the workspace is made on the first call
+    for _ in range(repeat):
+        for loops in (True, False):
+            t0 = time.perf_counter()
+            mods[loops].value_and_grad(params, X=X)
+            times[loops].append(time.perf_counter() - t0)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    return [str(layers), f"{med[True] * 1e3:.2f}", f"{med[False] * 1e3:.2f}", f"{med[True] / med[False]:.3f}"]
 
 
 # --------------------------------------------------------------------------- memory
@@ -437,9 +461,14 @@ def main() -> int:
         bench_circuit(ARGS.repeat, ARGS.warmup, rows)
         tables += time_tables(rows)
         print("\ncompile time of deep tanh MLPs")
-        tables.append(("Compile time, seconds (nncompile: compile_file + load_module, best of runs; "
-                       "JAX: trace + lower + XLA compile of jit(value_and_grad))",
-                       ["layers", "params", "nncompile", "jax jit"], bench_compile(ARGS.quick), "rrrr"))
+        compile_rows, step_rows = bench_compile(ARGS.quick)
+        tables.append(("Compile time, seconds (nncompile: compile_file + load_module, best of runs, with "
+                       "repeat as a loop and written out (loops=False); JAX: trace + lower + XLA compile of "
+                       "jit(value_and_grad))",
+                       ["layers", "params", "nncompile", "lines", "written out", "lines", "ratio", "jax jit"],
+                       compile_rows, "rrrrrrrr"))
+        tables.append(("deep_tanh value_and_grad (N=32), median ms: repeat as a loop against written out",
+                       ["layers", "loop", "written out", "ratio"], step_rows, "rrrr"))
         print("\npeak memory of one step")
         tables.append(("Peak memory of one mlp_medium step (N=128), KiB above the memory held before the call",
                        ["impl", "first call", "later call", "retained between calls", "method"],

@@ -1,8 +1,10 @@
 """The pipeline, end to end: .nn file -> elaborated graph -> gradients -> passes -> module text."""
 from __future__ import annotations
 
+import gc
 import types
-from dataclasses import replace
+from contextlib import contextmanager
+from dataclasses import fields, replace
 from pathlib import Path
 
 import networkx as nx
@@ -72,38 +74,68 @@ def build(model: Model, *, optimized: bool = True, trace: bool = False, input_gr
 
 def compile_file(path: str | Path, *, dtype: str | None = None, optimized: bool = True,
                  trace: bool = False, input_grads: bool = True, backend: str = "numpy",
-                 optimizer: str | Optimizer | None = None, hvp: bool = True) -> str:
+                 optimizer: str | Optimizer | None = None, hvp: bool = True, loops: bool = True) -> str:
     """Compile a .nn file to the source text of a standalone numpy module.
 
     ``hvp`` gives the module ``hvp`` and ``hessian`` (second derivatives of the loss).
+    ``loops=False`` writes each instance of a ``repeat`` out instead of one loop over them.
 
     With ``optimizer`` (a name such as "adam", or an :class:`nncompile.optim.Optimizer`), the
     module also gets ``init_opt_state``, ``apply_update`` and ``step`` (see nncompile/optim.py).
     """
     if dtype is not None and dtype not in DTYPES:
         raise NNError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    with _collector_paused():
+        return _compile(path, dtype, optimized, trace, input_grads, backend, optimizer, hvp, loops)
+
+
+@contextmanager
+def _collector_paused():
+    """Python's cycle collector off while a compile builds its graphs: a deep model makes
+    hundreds of thousands of objects, which every full collection would walk again (a fifth
+    of a 1000-layer compile). What the compile leaves behind is collected as usual after."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _compile(path: str | Path, dtype: str | None, optimized: bool, trace: bool, input_grads: bool, backend: str,
+             optimizer: str | Optimizer | None, hvp: bool, loops: bool) -> str:
     model = elaborate_file(path, dtype)
     roles = prediction_roles(model)   # before build() optimises the graph the analysis reads
     if backend not in BACKENDS:
         raise NNError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    # predict() runs eval mode; where the modes do not differ, their graphs are the same one.
+    unbuilt = None if model.mode_dependent else _unbuilt_copy(model, "eval")
+    second = _unbuilt_copy(model, model.mode) if hvp and model.target is not None else None
     program = build(model, optimized=optimized, trace=trace, input_grads=input_grads, fuse=BACKENDS[backend].fuses)
     if model.mode_dependent:  # forward() runs eval mode: dropout off, running statistics used
         evaluation = elaborate_file(path, dtype, mode="eval")
         _check_inputs_for_both(model, evaluation)
+        unbuilt = _unbuilt_copy(evaluation, "eval")
         program.eval_program = build(evaluation, optimized=optimized, fuse=BACKENDS[backend].fuses, differentiate=False)
-    program.predict_program = predict_program(path, dtype, roles, optimized=optimized, fuse=BACKENDS[backend].fuses)
+    program.predict_program = predict_program(unbuilt, roles, optimized=optimized, fuse=BACKENDS[backend].fuses)
     if hvp and model.target is not None:
-        program.hvp_program = hvp_program(path, dtype, optimized=optimized, fuse=BACKENDS[backend].fuses)
-    source = emit_module(program, trace=trace, backend=backend)
+        program.hvp_program = hvp_program(second, optimized=optimized, fuse=BACKENDS[backend].fuses)
+    source = emit_module(program, trace=trace, backend=backend, loops=loops)
     return source if optimizer is None else source + optimizer_source(model, optimizer, backend)
 
 
-def predict_program(path: str | Path, dtype: str | None, roles: Roles, *, optimized: bool = True,
+def _unbuilt_copy(model: Model, mode: str) -> Model:
+    """The elaborated model as it is now, for another build (predict's or hvp's), which mutates it."""
+    tables = {f.name: dict(getattr(model, f.name)) for f in fields(model) if isinstance(getattr(model, f.name), dict)}
+    return replace(model, graph=model.graph.copy(), mode=mode, **tables)
+
+
+def predict_program(evaluation: Model, roles: Roles, *, optimized: bool = True,
                     fuse: bool = False) -> Program | None:
-    """predict()'s program: the eval-mode outputs that reach neither a label nor the loss,
-    computed from the data inputs alone, so no label is asked for and no loss is worked out
-    (None when no output is left)."""
-    evaluation = elaborate_file(path, dtype, mode="eval")
+    """predict()'s program, built from the eval-mode model (as elaborated, not yet built): the
+    eval-mode outputs that reach neither a label nor the loss, computed from the data inputs
+    alone, so no label is asked for and no loss is worked out (None when no output is left)."""
     G = evaluation.graph
     outputs = prediction_outputs(evaluation, roles)
     if not outputs:
@@ -122,10 +154,10 @@ def predict_program(path: str | Path, dtype: str | None, roles: Roles, *, optimi
     return program
 
 
-def hvp_program(path: str | Path, dtype: str | None, *, optimized: bool = True, fuse: bool = False) -> Program:
-    """hvp()'s program: the loss's Hessian (over the params) times a direction v shaped like
-    the params, reverse over reverse in the graph, so the passes optimise it like the rest."""
-    model = elaborate_file(path, dtype)
+def hvp_program(model: Model, *, optimized: bool = True, fuse: bool = False) -> Program:
+    """hvp()'s program, built from the model as elaborated (not yet built): the loss's Hessian
+    (over the params) times a direction v shaped like the params, reverse over reverse in the
+    graph, so the passes optimise it like the rest."""
     G = model.graph
     wrt = {name: n for name, n in model.params.items() if G[n].dtype == "float"}
     tangents = {name: G.add("input", (), {"name": f"v.{name}", "shape": G[n].shape, "dtype": "float"},

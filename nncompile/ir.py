@@ -102,6 +102,14 @@ class Graph:
         self.nx.nodes[n]["node"] = new
         self._nodes[n] = new
 
+    def copy(self) -> Graph:
+        """An independent copy (the nodes themselves are immutable, so they are shared)."""
+        other = Graph(self.infer)
+        other.nx = self.nx.copy()
+        other._nodes = dict(self._nodes)
+        other._next = self._next
+        return other
+
     def users(self, n: int) -> list[int]:
         return sorted(self.nx.successors(n))
 
@@ -162,6 +170,7 @@ class Model:
     mode: str = "train"
     mode_dependent: bool = False   # has train/eval blocks or mode-dependent ops: the modes differ
     dropout_count: int = 0
+    repeats: dict[tuple[str, ...], Loc] = field(default_factory=dict)   # each `repeat`'s scope and base name -> where
 
     @property
     def target(self) -> int | None:

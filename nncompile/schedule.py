@@ -14,12 +14,14 @@ results are never overwritten by the next call.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable, Iterable, TypeVar
 
 from .ir import Graph
 from .ops import REGISTRY
 from .shapes import Shape
 
 _NEVER = float("inf")
+T = TypeVar("T")
 
 
 @dataclass
@@ -32,9 +34,15 @@ class Plan:
 
 def schedule(G: Graph, results: list[int]) -> list[int]:
     """A deterministic topological order of everything ``results`` need (iterative DFS)."""
-    order: list[int] = []
-    done: set[int] = set()
-    for root in results:
+    return post_order(results, lambda n: G[n].args)
+
+
+def post_order(roots: Iterable[T], operands: Callable[[T], Iterable[T]]) -> list[T]:
+    """Everything ``roots`` need, each after its operands: a depth-first post-order, iterative
+    (a 1000-layer graph is deeper than Python's recursion limit)."""
+    order: list[T] = []
+    done: set[T] = set()
+    for root in roots:
         stack = [(root, False)]
         while stack:
             n, expanded = stack.pop()
@@ -45,7 +53,7 @@ def schedule(G: Graph, results: list[int]) -> list[int]:
                 order.append(n)
                 continue
             stack.append((n, True))
-            stack.extend((a, False) for a in reversed(G[n].args) if a not in done)
+            stack.extend((a, False) for a in reversed(tuple(operands(n))) if a not in done)
     return order
 
 
@@ -54,14 +62,18 @@ def _owns_storage(G: Graph, n: int) -> bool:
     return not node.is_leaf and not REGISTRY[node.op].view and node.shape != ()
 
 
-def plan_buffers(G: Graph, order: list[int], returned: set[int]) -> Plan:
-    """Assign buffers to the nodes of ``order`` (a topological schedule)."""
-    last_use: dict[int, float] = {n: (_NEVER if n in returned else -1) for n in order}
+def plan_buffers(G: Graph, order: list[int], returned: set[int], kept: set[int] = frozenset()) -> Plan:
+    """Assign buffers to the nodes of ``order`` (a topological schedule).
+
+    Operands from outside ``order`` (a loop's values, read by the code after it, or the
+    values a loop body reads) are never overwritten; ``kept`` values live to the end."""
+    last_use: dict[int, float] = {n: (_NEVER if n in returned or n in kept else -1) for n in order}
     for i, n in enumerate(order):
         for a in G[n].args:
-            last_use[a] = max(last_use[a], i)
+            if a in last_use:
+                last_use[a] = max(last_use[a], i)
     for n in reversed(order):  # a view keeps its base alive
-        if REGISTRY[G[n].op].view:
+        if REGISTRY[G[n].op].view and G[n].args[0] in last_use:
             base = G[n].args[0]
             last_use[base] = max(last_use[base], last_use[n])
 
@@ -78,7 +90,7 @@ def plan_buffers(G: Graph, order: list[int], returned: set[int]) -> Plan:
         target = None
         if opdef.may_overwrite(dict(node.attrs)) and node.shape != ():
             for a in dict.fromkeys(node.args):
-                if (_owns_storage(G, a) and last_use[a] == i and G[a].shape == node.shape
+                if (_owns_storage(G, a) and last_use.get(a) == i and G[a].shape == node.shape
                         and G[a].dtype == node.dtype and (a in fresh or not is_returned)
                         and (a in plan.slot or a in fresh)):
                     target = a
@@ -103,7 +115,7 @@ def plan_buffers(G: Graph, order: list[int], returned: set[int]) -> Plan:
             fresh.add(n)
         for a in dict.fromkeys([*node.args, *_view_bases(G, node.args)]):
             k = plan.slot.get(a)
-            if last_use[a] == i and k is not None and owner.get(k) == a:   # its value dies here
+            if k is not None and last_use[a] == i and owner.get(k) == a:   # its value dies here
                 owner[k] = -1
                 free.setdefault(plan.slots[k], []).append(k)
     return plan

@@ -7,9 +7,11 @@ from ..backends import Backend
 from ..errors import Sources
 from ..ir import Node
 from ..ops import REGISTRY, EmitContext, literal
+from ..loops import find_loops, loop_schedule
 from ..ops.registry import python_form
 from ..schedule import Plan, plan_buffers, schedule
 from ..shapes import Shape, show
+from .loops import LoopWriter, loop_reads, named_reads
 from .names import Names, basename, c_source, plain, safe_comment, source
 from .program import Program
 
@@ -84,7 +86,8 @@ class _Context(EmitContext):
 class FunctionEmitter:
     """Writes the functions of one program (the train-mode one, or forward()'s eval-mode one)."""
 
-    def __init__(self, program: Program, definitions: Definitions, reader: str = ""):
+    def __init__(self, program: Program, definitions: Definitions, reader: str = "", loops: bool = True):
+        self.loops = loops   # write the isomorphic instances of a repeat as one loop (nncompile/loops.py)
         self.reader = f"_read_{reader}_inputs" if reader else "_read_inputs"   # predict() reads PREDICT_INPUTS
         self.p = program
         self.G = program.graph
@@ -107,7 +110,12 @@ class FunctionEmitter:
         else:
             body += self.fill_grad_views(grads, names, ctx)
             seen = set(outputs.values())
-            ret_grads = self.returned({k: v for k, v in grads.items()}, names, ctx, seen, views=ctx.grad_views)
+            filled = self.loop_writer and self.loop_writer.grads(grads, ctx, seen, "grads")
+            if filled:   # the gradients a loop kept go in by a loop
+                body += filled
+                ret_grads = "grads"
+            else:
+                ret_grads = self.returned({k: v for k, v in grads.items()}, names, ctx, seen, views=ctx.grad_views)
             if self.model.state:
                 new_state = self.returned(updates, names, ctx, seen, keep=list(self.model.state))
                 body.append(f"    return {ret_out}, {ret_grads}, {new_state}")
@@ -122,7 +130,7 @@ class FunctionEmitter:
     def trace_function(self) -> str:
         """For eval and render: every forward value and every adjoint, keyed by node id."""
         roots = list(self.p.trace_values.values()) + list(self.p.trace_grads.values())
-        body, names, ctx = self.body("trace", roots)
+        body, names, ctx = self.body("trace", roots, loops=False)   # every value by its node: unrolled
         values = ", ".join(f"{k}: {self.array_ref(v, names, ctx)}" for k, v in self.p.trace_values.items())
         grads = ", ".join(f"{k}: {self.array_ref(v, names, ctx)}" for k, v in self.p.trace_grads.items())
         body.append(f"    return {{{values}}}, {{{grads}}}")
@@ -130,19 +138,32 @@ class FunctionEmitter:
                           '    """Every intermediate value and gradient, keyed by graph node (for nncompile)."""',
                           *body])
 
-    def body(self, fname: str, results: list[int], flat: dict[str, int | None] | None = None
+    def body(self, fname: str, results: list[int], flat: dict[str, int | None] | None = None, loops: bool = True
              ) -> tuple[list[str], dict[int, str], _Context]:
         """Statements computing ``results``: inputs read, workspace fetched, ops in schedule order
-        (``flat``: the param gradients, written into one fresh buffer)."""
+        (a loop's statements once, in a ``for`` over its instances; ``flat``: the param gradients,
+        written into one fresh buffer, where no loop keeps them)."""
         order = schedule(self.G, results)
-        plan = plan_buffers(self.G, order, set(results))
+        found = find_loops(self.G, self.model, order, results) if loops and self.loops else []
+        units = loop_schedule(self.G, results, found) if found else None
+        if units is None:
+            units, found = order, []
+        outer = [u for u in units if isinstance(u, int)]
+        plan = plan_buffers(self.G, outer, set(results), loop_reads(self.G, found))
         names = Names()
+        self.loop_writer = LoopWriter(self, found, plan, names, set(results)) if found else None
+        self.in_workspace = self.loop_writer.copied if found else set()   # returned as copies
         ctx = _Context(self.definitions, {})
         lines = self.read_inputs(names, ctx)
         buffers = self.workspace(fname, plan, names, ctx, lines)
-        lines += self.read_params_and_state(set(order), names)
-        lines += self.grad_buffer(flat or {}, results, names, ctx)
-        lines += self.operations(plan, buffers, names, ctx)
+        if found:
+            read = {a for n in outer for a in self.G[n].args} | set(results) | named_reads(found)
+            lines += self.loop_writer.read_params(set(order), read)
+            lines += self.read_params_and_state(set(order), names, params=False)
+        else:
+            lines += self.read_params_and_state(set(order), names)
+            lines += self.grad_buffer(flat or {}, results, names, ctx)
+        lines += self.operations(plan, buffers, names, ctx, units)
         return lines, names.of, ctx
 
     def flat_grads(self, grads: dict[str, int | None] | None) -> dict[str, int | None]:
@@ -216,10 +237,10 @@ class FunctionEmitter:
                 lines.append(f"    {', '.join(buffers)}{',' if len(buffers) == 1 else ''} = buffers")
         return buffers
 
-    def read_params_and_state(self, needed: set[int], names: Names) -> list[str]:
+    def read_params_and_state(self, needed: set[int], names: Names, params: bool = True) -> list[str]:
         """The params and state the statements use, and the random generator if they draw."""
         lines = []
-        if any(n in needed for n in self.model.params.values()):
+        if params and any(n in needed for n in self.model.params.values()):
             for name, n in self.model.params.items():
                 if n in needed:
                     names.of[n] = names.fresh(name)
@@ -236,10 +257,14 @@ class FunctionEmitter:
             lines.append(f"        rng = {self.xp}.random.default_rng()")
         return lines
 
-    def operations(self, plan: Plan, buffers: list[str], names: Names, ctx: _Context) -> list[str]:
+    def operations(self, plan: Plan, buffers: list[str], names: Names, ctx: _Context, units: list) -> list[str]:
         """The ops in schedule order, each under the comment naming its .nn line."""
         G, lines, last_where = self.G, [], None
-        for n in plan.order:
+        for n in units:
+            if not isinstance(n, int):   # a loop over instances of a repeat
+                lines += self.loop_writer.loop(n, buffers, ctx)
+                last_where = None
+                continue
             node = G[n]
             if node.is_leaf:
                 continue
@@ -355,7 +380,7 @@ class FunctionEmitter:
                 expr = self.array_ref(n, names, ctx)
             else:
                 expr = self.ref(n, names)
-                if REGISTRY[node.op].view or node.is_leaf or n in seen:
+                if REGISTRY[node.op].view or node.is_leaf or n in seen or n in self.in_workspace:
                     expr = f"{expr}[()]" if scalar else f"{self.xp}.array({expr})"
                 seen.add(n)
             items.append(f"{name!r}: {expr}")

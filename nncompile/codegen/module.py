@@ -2,7 +2,6 @@
 and the functions, put together in a fixed order."""
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 
 from ..backends import BACKENDS, Backend
@@ -14,24 +13,26 @@ from . import runtime
 from .functions import Definitions, FunctionEmitter
 from .hvp import HvpEmitter, second_derivatives
 from .names import Verbatim, docstring_text, source
+from .param_runs import Run, param_runs, seed_of, seeds_table
 from .program import Program
 from .readers import read_inputs, read_table
 
 NUMPY_DTYPES = {"float": None, "int": "int64", "bool": "bool"}
 
 
-def emit_module(program: Program, *, trace: bool = False, backend: str = "numpy") -> str:
+def emit_module(program: Program, *, trace: bool = False, backend: str = "numpy", loops: bool = True) -> str:
     """The module's source. ``backend="cupy"`` keeps arrays on an NVIDIA GPU: the same code
-    with ``cp`` for ``np``, and each fused elementwise group one ``cp.ElementwiseKernel``."""
+    with ``cp`` for ``np``, and each fused elementwise group one ``cp.ElementwiseKernel``.
+    ``loops=False`` writes every instance of a ``repeat`` out, rather than one loop over them."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}")
     if trace and not BACKENDS[backend].traces:
         raise ValueError(f"the {backend} backend has no trace functions (they are numpy-only)")
-    return _Module(program, BACKENDS[backend]).write(trace)
+    return _Module(program, BACKENDS[backend], loops).write(trace)
 
 
 class _Module:
-    def __init__(self, program: Program, backend: Backend):
+    def __init__(self, program: Program, backend: Backend, loops: bool = True):
         self.p = program
         self.backend = backend
         self.G = program.graph
@@ -40,11 +41,12 @@ class _Module:
         self.dim_names = program.dim_names
         # Module-level definitions are shared by the functions of both modes' programs.
         self.definitions = Definitions(backend)
-        self.functions = FunctionEmitter(program, self.definitions)
+        self.loops = loops
+        self.functions = FunctionEmitter(program, self.definitions, loops=loops)
         self.evaluation = (self.functions if program.eval_program is None
-                           else FunctionEmitter(program.eval_program, self.definitions))
+                           else FunctionEmitter(program.eval_program, self.definitions, loops=loops))
         self.prediction = (None if program.predict_program is None
-                           else FunctionEmitter(program.predict_program, self.definitions, "predict"))
+                           else FunctionEmitter(program.predict_program, self.definitions, "predict", loops=loops))
         self.hvp = None if program.hvp_program is None else HvpEmitter(program.hvp_program, self.definitions)
 
     def write(self, trace: bool) -> str:
@@ -56,7 +58,8 @@ class _Module:
             retarget(runtime.CONVERT_INPUTS),
             *([read_inputs(self.prediction.p, self.backend, "predict"), retarget(runtime.PREDICT_CONVERT_INPUTS)]
               if self.prediction else []),
-            *([read_table(self.p, self.backend, "params")] if model.params else []),
+            *([read_table(self.p, self.backend, "params", len(model.params) > 64 and self.runs(self.shape_of) is not None)]
+              if model.params else []),
             *([read_table(self.p, self.backend, "state")] if model.state else []),
             *([retarget(runtime.CONVERT)] if model.params or model.state else []),
             *([retarget(runtime.FLAT)] if model.params else []),
@@ -120,7 +123,14 @@ class _Module:
             tables.append(("STATE", m.state, self.G))
         for title, table, G in tables:
             lines.append(f"{title} = {{")
-            lines += [f"    {name!r}: {entry(G, n)}," for name, n in table.items()]
+            runs = self.runs(self.shape_of) if title == "PARAMS" else None
+            for item in runs or table:
+                if isinstance(item, Run):   # a repeat's instances: one entry per param of the layer
+                    spec = {role: entry(G, table[item.name(item.first, role)]) for role in item.roles}
+                    lines += [f"    {item.comprehension('spec')} for role, spec in (",
+                              *(f"        ({role!r}, {value})," for role, value in spec.items()), "    )},"]
+                else:
+                    lines.append(f"    {item!r}: {entry(G, table[item])},")
             lines.append("}")
         loss = next((name for name, n in m.outputs.items() if n == m.target), None)
         lines.append(f"LOSS = {loss!r}")
@@ -138,10 +148,34 @@ class _Module:
             lines.append(f"PREDICT_DIMS = {tuple(prediction.dim_names)!r}")
         return "\n".join(lines)
 
+    def runs(self, same) -> list | None:
+        """PARAMS in runs of alike repeat instances (param_runs.py), or None where it has none
+        (or loops are off): then every table lists each param."""
+        if not self.loops or not self.model.repeats:
+            return None
+        items = param_runs(self.model, same)
+        return items if any(isinstance(item, Run) for item in items) else None
+
+    def shape_of(self, a: str, b: str) -> bool:
+        return self.G[self.model.params[a]].shape == self.G[self.model.params[b]].shape
+
+    def draw(self, name: str, rng: str) -> str:
+        """The expression init_params draws a param (or state) with."""
+        spec = self.model.param_inits[name]
+        n = self.model.params.get(name, self.model.state.get(name))
+        shape = repr(tuple(self.G[n].shape))
+        args = {k: Verbatim(source(v)) for k, v in spec.args}
+        if spec.init == "constant" and isinstance(dict(spec.args)["value"], list):
+            expr = f"np.array({args['value']})"
+        else:
+            expr = INITIALIZERS[spec.init].draw(rng, shape, spec.fan_in, spec.fan_out, args)
+        return self.backend.to_device.format(f"np.asarray({expr}, dtype=DTYPE)")
+
     def helpers(self, *others: Graph) -> list[str]:
         texts: list[str] = []
-        for n, G in [(n, G) for G in (self.G, *others) for n in G.nodes()]:
-            for helper in REGISTRY[G[n].op].helpers:
+        ops = dict.fromkeys(G[n].op for G in (self.G, *others) for n in G.nodes())   # in order of first use
+        for op in ops:
+            for helper in REGISTRY[op].helpers:
                 if self.backend.retarget(helper) not in texts:
                     texts.append(self.backend.retarget(helper))
         return texts
@@ -160,16 +194,28 @@ class _Module:
             lines = ["def init_state(seed=0):",
                      '    """The state a model starts from (running statistics before any training)."""']
         lines.append("    return _flat({" if flat else "    return {")
-        for name, n in (self.model.params if kind == "params" else self.model.state).items():
-            spec = self.model.param_inits[name]
-            shape = repr(tuple(self.G[n].shape))
-            args = {k: Verbatim(source(v)) for k, v in spec.args}
-            if spec.init == "constant" and isinstance(dict(spec.args)["value"], list):
-                expr = f"np.array({args['value']})"
+        runs = self.runs(self.drawn_alike) if kind == "params" else None
+        tables = []
+        for item in runs or (self.model.params if kind == "params" else self.model.state):
+            if isinstance(item, Run):   # each instance draws from its own stream, keyed as data
+                seeds = {}
+                for role in [r for r in item.roles if "RNG" in self.draw(item.name(item.first, r), "RNG")]:
+                    var = f"_SEEDS_{'_'.join(item.key)}_{role}".replace(".", "_")
+                    while var in (t[0] for t in tables):
+                        var += "_"
+                    seeds[role] = var
+                    tables.append((var, [seed_of(item.name(k, role)) for k in range(item.first, item.first + item.count)]))
+                lines.append(f"        {item.comprehension('value')} for role, value in (")
+                for role in item.roles:
+                    rng = f"np.random.default_rng((seed, {seeds.get(role)}[k - {item.first}]))"
+                    lines.append(f"            ({role!r}, {self.draw(item.name(item.first, role), rng)}),")
+                lines.append("        )},")
             else:
-                rng = f"np.random.default_rng((seed, {zlib.crc32(name.encode())}))"
-                expr = INITIALIZERS[spec.init].draw(rng, shape, spec.fan_in, spec.fan_out, args)
-            value = f"np.asarray({expr}, dtype=DTYPE)"
-            lines.append(f"        {name!r}: {self.backend.to_device.format(value)},")
+                rng = f"np.random.default_rng((seed, {seed_of(item)}))"
+                lines.append(f"        {item!r}: {self.draw(item, rng)},")
         lines.append("    })" if flat else "    }")
-        return "\n".join(lines)
+        return "".join(seeds_table(var, values) + "\n\n\n" for var, values in tables) + "\n".join(lines)
+
+    def drawn_alike(self, a: str, b: str) -> bool:
+        """Whether two params are drawn by one expression, but for their random stream."""
+        return self.shape_of(a, b) and self.draw(a, "RNG") == self.draw(b, "RNG")

@@ -109,7 +109,7 @@ def bound_checks(model: Model, vars_: dict[str, str], dims: dict[str, str],
     return lines
 
 
-def read_table(program: Program, backend: Backend, arg: str) -> str:
+def read_table(program: Program, backend: Backend, arg: str, looped: bool = False) -> str:
     """``_read_params`` or ``_read_state``: the per-call check, like the inputs'. Arrays of
     the right type, dtype and shape pass straight through; anything else goes to the
     converter, which says what is wrong (params come back as a tuple, state as a dict)."""
@@ -119,11 +119,22 @@ def read_table(program: Program, backend: Backend, arg: str) -> str:
     names = Names()
     vars_ = [names.fresh(name) for name in table]
     checks = []
-    for var, n in zip(vars_, table.values()):
+    for var, n in zip(vars_, [] if looped else table.values()):
         checks += [Check("type", var, backend.xp), Check("dtype", var, "_FLOAT"),
                    Check("shape", var, tuple(program.graph[n].shape))]
     cond = " and\n            ".join(map(str, checks))
     convert = f'_convert({arg}, {TABLE}, "{one}", "{arg}")'
+    if looped:   # a long table (a repeat's params): the same tests, in a loop over it
+        return "\n".join([
+            f"def _read_{arg}({arg}):",
+            f'    """The {arg} in {TABLE} order; arrays already right pass straight through."""',
+            f"    if type({arg}) is not dict or len({arg}) != {len(vars_)}:",
+            f"        return {convert}",
+            f"    arrays = tuple(map({arg}.get, {TABLE}))",
+            f"    for array, (shape, _) in zip(arrays, {TABLE}.values()):",
+            f"        if not (type(array) is {backend.xp}.ndarray and array.dtype is _FLOAT and array.shape == shape):",
+            f"            return {convert}",
+            "    return arrays"])
     fallback, ok = ((convert, f"{', '.join(vars_)}{',' if len(vars_) == 1 else ''}") if arg == "params"
                     else (f"dict(zip(STATE, {convert}))", "state"))
     return "\n".join([

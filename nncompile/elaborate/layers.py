@@ -72,6 +72,7 @@ class Layers:
         tensors = {a.name for a in layer.args if not a.is_attribute}
         named = [(a.name, e) for a, e in zip(layer.args[1:], call.args[1:])] + [(k, e) for k, e, _ in call.kwargs]
         shared = {name: el.exprs.expr(e, scope) for name, e in named if name in tensors}
+        el.model.repeats[(*scope.prefix, base)] = rep.loc   # instance i is scope (*prefix, f"{base}.{i}")
         for i in range(1, count + 1):
             if layer.args:   # else binding reports the extra argument
                 shared[layer.args[0].name] = value

@@ -1,0 +1,290 @@
+"""Emission of the loops nncompile/loops.py finds: one ``for`` over the instances of a
+``repeat`` (forward up through them, backward down), its params gathered per instance from
+the tuple ``_read_params`` returns, the values later code reads kept in lists.
+
+Inside a loop body a value lives in a fresh array when it outlives its iteration (carried
+to the next one, kept, or read after the loop), and in a workspace buffer of the loop's own
+otherwise: those buffers are reused by every iteration and by nothing else.
+"""
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from ..errors import Sources
+from ..loops import Loop, Ref, kept_view_bases, reads_of
+from ..ops import REGISTRY
+from ..schedule import Plan, plan_buffers
+from .names import Names, basename, safe_comment
+
+if TYPE_CHECKING:
+    from .functions import FunctionEmitter, _Context
+
+
+class LoopWriter:
+    """The loops of one function as they are written: their buffers, the names of the param
+    tuples, index and lists they use, shared by the statements before, in and after them."""
+
+    def __init__(self, em: FunctionEmitter, loops: list[Loop], plan: Plan, names: Names, results: set[int]):
+        self.em, self.loops, self.names = em, loops, names
+        self.plans: dict[int, tuple[Plan, int]] = {}   # id(loop) -> its body's plan, where its buffers start
+        self.own: dict[tuple[int, int], tuple[int, int]] = {}   # (id(loop), position) -> its buffers: first, how many
+        self.copied: set[int] = set()   # results the last iteration leaves in the workspace
+        for loop in loops:   # each body's buffers go after the function's: no other value shares them
+            escaping = kept_view_bases(em.G, loop, set(loop.carried) | loop.kept | loop.read_after)
+            body = plan_buffers(em.G, loop.template, {loop.template[p] for p in escaping})
+            self.plans[id(loop)] = (body, len(plan.slots))
+            plan.slots.extend(body.slots)
+            for p in sorted(escaping):
+                self.own_buffers(loop, p, body, plan, results)
+        self.lists: dict[tuple[int, int], str] = {}    # (id(loop), position) -> the list keeping its values
+        self.tuples: dict[tuple, tuple[str, int]] = {}   # (repeat, param) -> its tuple, its first instance
+        self.role_vars: dict[str, str] = {}   # param name inside an instance -> the body's variable
+        self.index = ""
+
+    def own_buffers(self, loop: Loop, p: int, body: Plan, plan: Plan, results: set[int]) -> None:
+        """A value that outlives its iteration, but is not returned, gets buffers of its own in
+        the workspace: one per iteration when it is kept, two taken in turn when it is only
+        carried to the next iteration, one when only the last iteration's is read after."""
+        G, n = self.em.G, loop.template[p]
+        node = G[n]
+        if (not REGISTRY[node.op].takes_out or node.shape == () or node.dtype != "float" or n in body.inplace
+                or any(body_[p] in results for body_ in loop.bodies[:-1])):
+            return   # a fresh array in every iteration
+        if loop.bodies[-1][p] in results:
+            self.copied.add(loop.bodies[-1][p])   # returned: as a copy of its buffer
+        count = len(loop.instances) if p in loop.kept else 2 if p in loop.carried else 1
+        self.own[id(loop), p] = (len(plan.slots), count)
+        plan.slots.extend([(node.shape, node.dtype)] * count)
+
+    def read_params(self, needed: set[int], outer: set[int]) -> list[str]:
+        """The params, as the tuple ``_read_params`` returns (PARAMS order): by name those
+        ``outer`` code reads, and one tuple per param of a repeat's instances (``h_W[i]``)."""
+        params, names = self.em.model.params, self.names
+        index = {n: i for i, n in enumerate(params.values())}
+        arrays = names.fresh("param_arrays")
+        lines = [f"    {arrays} = _read_params(params)  # in PARAMS order"]
+        for name, n in params.items():
+            if n in needed and n in outer:
+                names.of[n] = names.fresh(name)
+                lines.append(f"    {names.of[n]} = {arrays}[{index[n]}]")
+        spans: dict[tuple, list[int]] = {}   # (repeat, param) -> the instances its loops go over
+        for loop in self.loops:
+            for role in loop.params:
+                spans.setdefault((loop.key, role), []).extend(loop.instances)
+        for (key, role), instances in spans.items():
+            low, high = min(instances), max(instances)
+            loop = next(loop for loop in self.loops if loop.key == key)
+            where = [index[params[f"{loop.instance_name(k)}.{role}"]] for k in range(low, high + 1)]
+            var = names.fresh(f"{key[-1]}_{role}".replace(".", "_"))
+            self.tuples[key, role] = (var, low)
+            step = where[1] - where[0]
+            if step > 0 and where == list(range(where[0], where[-1] + 1, step)):
+                lines.append(f"    {var} = {arrays}[{where[0]}:{where[-1] + 1}{f':{step}' if step != 1 else ''}]"
+                             f"  # {loop.instance_name(low)}.{role} ... {loop.instance_name(high)}.{role}")
+            else:
+                lines.append(f"    {var} = ({', '.join(f'{arrays}[{i}]' for i in where)},)")
+        self.index = names.fresh("i")
+        return lines
+
+    def loop(self, loop: Loop, buffers: list[str], ctx: _Context) -> list[str]:
+        """The loop's lines: its carried values set, its lists made, the body once, in a ``for``."""
+        em, names, i = self.em, self.names, self.index
+        G, t = em.G, loop.template
+        body_plan, base = self.plans[id(loop)]
+        count = len(loop.instances)
+        lines = [f"    # {_repeat_comment(loop)}",
+                 f"    # {loop.instance_name(loop.instances[0])} ... {loop.instance_name(loop.instances[-1])}, "
+                 f"{loop.kind}: one iteration per instance, each with its own params"]
+        var = {p: _var(G, loop, t[p], names) for p in sorted(loop.carried)}
+        for p, init in sorted(loop.carried.items()):
+            lines.append(f"    {var[p]} = {em.ref(init, names.of)}")
+        for p in sorted(loop.kept):
+            self.lists[id(loop), p] = names.fresh(_var_stem(G, loop, t[p]) + "s")
+            lines.append(f"    {self.lists[id(loop), p]} = [None] * {count}")
+        span = f"range({count})"
+        lines.append(f"    for {i} in {span if loop.instances[0] == loop.low else f'reversed({span})'}:")
+        roles = list(dict.fromkeys(r.role for row in loop.refs for r in row if r.kind == "param"))
+        for role in roles:   # one variable per param name, shared by the loops of a function
+            if role not in self.role_vars:
+                self.role_vars[role] = names.fresh(role.replace(".", "_"))
+        if roles:
+            targets = ", ".join(self.role_vars[r] for r in roles)
+            sources = ", ".join(_indexed(*self.tuples[loop.key, r], loop, i) for r in roles)
+            lines.append(f"        {targets} = {sources}")
+        last_where = None
+        for q, n in enumerate(t):
+            node = G[n]
+            where = em.definitions.where(node)
+            if where != last_where and where:
+                lines.append(f"        # {where}")
+                last_where = where
+            args = [self.operand(loop, ref, var) for ref in loop.refs[q]]
+            ctx.literals = frozenset(j for j, a in enumerate(node.args)
+                                     if G[a].op == "const" and not isinstance(G[a].attr("value"), tuple))
+            if n in body_plan.inplace:
+                out = var[t.index(body_plan.inplace[n])]
+            elif n in body_plan.slot:
+                out = buffers[base + body_plan.slot[n]]
+            elif (id(loop), q) in self.own:
+                first, size = self.own[id(loop), q]
+                out = f"buffers[{first}{f' + {i}' if size > 2 else f' + {i} % 2' if size == 2 else ''}]"
+            else:
+                out = None
+            if q not in var:
+                var[q] = _var(G, loop, n, names)
+            names.of[n] = var[q]
+            lines += ["    " + line for line in em.statement(ctx, node, var[q], args, out)]
+        lines += [f"        {self.lists[id(loop), p]}[{i}] = {var[p]}" for p in sorted(loop.kept)]
+        # After the loop: the last iteration's values are in the body's variables, the others in lists.
+        for it, body in enumerate(loop.bodies):
+            k = loop.instances[it]
+            for p, n in enumerate(body):
+                if it == count - 1:
+                    names.of[n] = var[p]
+                elif p in loop.kept:
+                    names.of[n] = f"{self.lists[id(loop), p]}[{k - loop.low}]"
+        return lines
+
+    def operand(self, loop: Loop, ref: Ref, var: dict[int, str]) -> str:
+        if ref.kind in ("local", "carry"):
+            return var[ref.pos]
+        if ref.kind == "param":
+            return self.role_vars[ref.role]
+        if ref.kind == "kept":
+            other = self.loops[ref.loop]
+            return _indexed(self.lists[id(other), ref.pos], other.low - ref.shift, loop, self.index)
+        return self.em.ref(ref.node, self.names.of)
+
+    def grads(self, values: dict[str, int | None], ctx: _Context, seen: set[int], var: str) -> list[str] | None:
+        """The statements filling the dict ``var`` with the gradients, in its order, those a
+        loop kept by one loop per run of instances (``grads[f"h.{i + 2}.W"] = d_Ws[i]``): the
+        entries before a run go in as a dict, those after it by ``update``. None where no
+        gradient is in a loop's list."""
+        em = self.em
+        where = {n: (loop, it, p) for loop in self.loops for it, body in enumerate(loop.bodies)
+                 for p, n in enumerate(body) if p in loop.kept}
+        items = list(values.items())
+        segments: list = []   # dicts of plain entries, and runs: (loop, first instance, count, [(role, position)])
+        j = 0
+        while j < len(items):
+            run = _grad_run(items, j, where, seen)
+            if run is None:
+                if not segments or not isinstance(segments[-1], dict):
+                    segments.append({})
+                segments[-1][items[j][0]] = items[j][1]
+                j += 1
+            else:
+                segments.append(run[0])
+                j = run[1]
+        if not any(isinstance(s, tuple) for s in segments):
+            return None
+        lines: list[str] = []
+        for s in segments:
+            if isinstance(s, dict):
+                text = em.returned(s, self.names.of, ctx, seen)
+                lines.append(f"    {var} = {text}" if not lines else f"    {var}.update({text})")
+                continue
+            if not lines:
+                lines.append(f"    {var} = {{}}")
+            loop, first, count, roles = s
+            i = self.index
+            lines.append(f"    for {i} in range({count}):")
+            offset = first - loop.low
+            for role, p in roles:
+                value = f"{self.lists[id(loop), p]}[{i}{f' + {offset}' if offset else ''}]"
+                if REGISTRY[em.G[loop.template[p]].op].view:
+                    value = f"{em.xp}.array({value})"
+                key = loop.instance_name(f"{{{i} + {first}}}") + "." + role
+                lines.append(f"        {var}[f{key!r}] = {value}")
+        return lines
+
+
+def loop_reads(G, loops: list[Loop]) -> set[int]:
+    """Every value from outside the loops that one of them reads: live until the function ends."""
+    return set().union(*(reads_of(G, loop) for loop in loops)) if loops else set()
+
+
+def named_reads(loops: list[Loop]) -> set[int]:
+    """The values from outside the loops that they read by name (not as an instance's param)."""
+    return {r.node for loop in loops for row in loop.refs for r in row if r.kind == "outer"} | \
+        {n for loop in loops for n in loop.carried.values()}
+
+
+def local_name(loop: Loop, name: str) -> str:
+    """A name inside the loop body: the instance's part of it (``h.7.W`` is ``W``, ``h.7`` is ``h``)."""
+    stem = re.escape(".".join(loop.key))
+    m = re.match(stem + r"\.\d+(?:\.(.*))?$", name)
+    if m is None:
+        return name
+    return m[1] if m[1] else loop.key[-1]
+
+
+def _indexed(var: str, low: int, loop: Loop, i: str) -> str:
+    """``var[i + shift]``: the entry of a per-instance list for this iteration's instance."""
+    shift = loop.low - low
+    return f"{var}[{i}{f' + {shift}' if shift > 0 else f' - {-shift}' if shift else ''}]"
+
+
+def _var_stem(G, loop: Loop, n: int) -> str:
+    node = G[n]
+    if node.grad_of is not None and G.nx.has_node(node.grad_of) and G[node.grad_of].name:
+        return "d_" + local_name(loop, G[node.grad_of].name)
+    if node.grad_of is None and node.name:
+        return local_name(loop, node.name)
+    return "t"
+
+
+def _var(G, loop: Loop, n: int, names: Names) -> str:
+    stem = _var_stem(G, loop, n)
+    return names.temp() if stem == "t" else names.fresh(stem)
+
+
+def _repeat_comment(loop: Loop) -> str:
+    loc = loop.loc
+    if loc is None:
+        return f"repeat {'.'.join(loop.key)}"
+    text = Sources.line(loc.file, loc.line)
+    return safe_comment(f"{basename(loc.file)}:{loc.line}" + (f": {text.strip()}" if text else ""))
+
+
+def _grad_run(items: list, j: int, where: dict, seen: set[int]):
+    """A run of gradients from ``items[j]`` on: each instance's params in one order, each kept
+    by one loop at one position; ((loop, first instance, count, roles), next j) or None."""
+    name, n = items[j]
+    if n is None or n not in where or n in seen:
+        return None
+    loop, it, _ = where[n]
+    k = loop.instances[it]
+    prefix = loop.instance_name(k) + "."
+    roles = []
+    while j + len(roles) < len(items) and items[j + len(roles)][0].startswith(prefix):
+        rname, rn = items[j + len(roles)]
+        if rn is None or rn not in where or where[rn][0] is not loop or where[rn][1] != it:
+            return None
+        roles.append((rname[len(prefix):], where[rn][2]))
+    if not roles or not all(re.match(r"[\w.]+$", role) for role, _ in roles):
+        return None
+    count, pos = 0, j
+    while True:
+        kk = k + count
+        names_ = [loop.instance_name(kk) + "." + role for role, _ in roles]
+        chunk = items[pos:pos + len(roles)]
+        if len(chunk) != len(roles) or [c[0] for c in chunk] != names_:
+            break
+        ok = True
+        for (role, p), (_, cn) in zip(roles, chunk):
+            w = where.get(cn)
+            if cn is None or cn in seen or w is None or w[0] is not loop or w[2] != p \
+                    or loop.instances[w[1]] != kk:
+                ok = False
+                break
+        if not ok:
+            break
+        count += 1
+        pos += len(roles)
+    if count < 2:
+        return None
+    for _, cn in items[j:pos]:
+        seen.add(cn)
+    return (loop, k, count, roles), pos

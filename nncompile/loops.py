@@ -1,0 +1,360 @@
+"""Loops: runs of ``repeat`` instances whose statements are the same up to their params,
+found in a function's scheduled graph, so that codegen writes one ``for`` loop over the
+instances instead of N copies (JAX's ``scan``, PyTensor's ``Scan``, but found after
+optimisation rather than built by the user).
+
+The graph stays unrolled: every instance keeps its own nodes and names (``h.3.W``), for the
+renderer, the evaluator and the trace. What this module adds is a reading of that graph:
+
+- each node of a function belongs to at most one *body*: the forward statements of one
+  instance (its scope says which), or its backward statements (a node computed from the
+  adjoints belongs to the instance of the latest adjoint of an instance's value upstream of
+  it, so the backward body of ``h.3`` turns the gradient of ``h.3`` into those of ``h.2``
+  and of ``h.3.W``); helpers such as ``W.T`` join the body all their users are in;
+- a *run* is a sequence of consecutive instances whose bodies are isomorphic: the same ops,
+  attributes, shapes and constants, each operand reached the same way (a value of the same
+  iteration, the value carried from the previous one, the instance's own param, a value an
+  earlier loop kept, or one value from outside shared by all iterations);
+- the forward run goes up through the instances, the backward run down. An instance that
+  differs (the first one, which sees the model's input; the last one, whose adjoint comes
+  from the loss) stays outside the loop, as ordinary statements.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .errors import Loc
+from .ir import Graph, Model
+from .ops import REGISTRY
+from .schedule import post_order
+
+MIN_RUN = 3   # fewer instances read better unrolled
+_INSTANCE = re.compile(r"(.*)\.(\d+)$")
+_SAFE_NAME = re.compile(r"[\w.]+$")   # names that can go into an f-string as they are
+
+Member = tuple[tuple, int]   # ((repeat key, "forward" | "backward"), instance number)
+
+
+@dataclass(frozen=True)
+class Ref:
+    """How one operand of a loop statement is reached, the same in every iteration."""
+
+    kind: str                 # "local", "carry", "param", "kept" or "outer"
+    pos: int = -1             # local, carry, kept: the position in the (other) loop's body
+    loop: int = -1            # kept: the index of the loop whose list holds the value
+    shift: int = 0            # kept: that value's instance, minus this iteration's
+    role: str = ""            # param: its name inside the instance (``W`` of ``h.3.W``)
+    node: int = -1            # outer: the value itself
+
+
+@dataclass
+class Loop:
+    """One run of isomorphic instances of a ``repeat``, written as a ``for`` loop."""
+
+    key: tuple[str, ...]              # the repeat: its enclosing scope and base name, ("h",)
+    kind: str                         # "forward" or "backward"
+    loc: Loc | None
+    instances: list[int]              # instance numbers, in iteration order
+    bodies: list[list[int]]           # per iteration, its nodes in schedule order
+    refs: list[tuple[Ref, ...]]       # per body position, per operand
+    carried: dict[int, int] = field(default_factory=dict)    # position -> its value before the loop
+    params: dict[str, list[int]] = field(default_factory=dict)   # role -> per iteration, its param
+    kept: set[int] = field(default_factory=set)    # positions kept in a list (read after their iteration)
+    read_after: set[int] = field(default_factory=set)   # positions read outside the loop, in any iteration
+
+    @property
+    def template(self) -> list[int]:
+        """The nodes written as the loop's body: those of its second iteration (the first may
+        read its carried values from anywhere)."""
+        return self.bodies[1]
+
+    def instance_name(self, k: int | str) -> str:
+        """``h.3``: the scope name of instance ``k`` (a number, or the text of an expression)."""
+        return ".".join((*self.key[:-1], f"{self.key[-1]}.{k}"))
+
+    def where(self, n: int) -> tuple[int, int] | None:
+        """(iteration, position) of a node of this loop."""
+        return self._where.get(n)
+
+    def __post_init__(self) -> None:
+        self.low = min(self.instances)   # the first instance: lists and param tuples start there
+        self._where = {n: (i, p) for i, body in enumerate(self.bodies) for p, n in enumerate(body)}
+
+
+def instance_of(model: Model, scope: tuple[str, ...]) -> tuple[tuple[str, ...], int] | None:
+    """The outermost repeat instance a scope lies in: (repeat key, instance number)."""
+    for depth, part in enumerate(scope):
+        m = _INSTANCE.match(part)
+        if m and (*scope[:depth], m[1]) in model.repeats:
+            return (*scope[:depth], m[1]), int(m[2])
+    return None
+
+
+class _Instances(dict):
+    """instance_of for one model, remembered per scope: the scopes recur for every node."""
+
+    def __init__(self, model: Model):
+        super().__init__()
+        self.model = model
+
+    def __missing__(self, scope: tuple[str, ...]) -> tuple[tuple[str, ...], int] | None:
+        found = self[scope] = instance_of(self.model, scope) if scope else None
+        return found
+
+
+def find_loops(G: Graph, model: Model, order: list[int], results: list[int]) -> list[Loop]:
+    """The loops of the function that computes ``order`` (a topological schedule): forward
+    runs first, then the backward runs, which may read what the forward ones kept."""
+    if not model.repeats:
+        return []
+    instances = _Instances(model)
+    member = _members(G, instances, order)
+    bodies: dict[tuple, dict[int, list[int]]] = {}
+    for n in order:
+        if n in member:
+            group, k = member[n]
+            bodies.setdefault(group, {}).setdefault(k, []).append(n)
+    position = {n: p for group in bodies.values() for body in group.values() for p, n in enumerate(body)}
+    loops: list[Loop] = []
+    run_of: dict[Member, tuple[int, int]] = {}   # member -> (loop index, iteration)
+    roles = _roles(G, model, instances)
+    for kind in ("forward", "backward"):
+        for group in sorted((g for g in bodies if g[1] == kind), key=lambda g: bodies[g][min(bodies[g])][0]):
+            for loop in _runs(G, model, group, bodies[group], member, position, run_of, roles):
+                for i, k in enumerate(loop.instances):
+                    run_of[(group, k)] = (len(loops), i)
+                loops.append(loop)
+    _mark_kept(G, loops, order, results)
+    return loops
+
+
+def _members(G: Graph, instances: _Instances, order: list[int]) -> dict[int, Member]:
+    """Which body each node of ``order`` belongs to (nodes outside any body are absent)."""
+    member: dict[int, Member] = {}
+    index = {n: i for i, n in enumerate(order)}
+    anchor: dict[int, int] = {}   # node -> the latest adjoint of an instance value upstream of it
+    for n in order:
+        node = G[n]
+        if node.is_leaf:
+            continue
+        if node.grad_of is None and (inst := instances[node.scope]):
+            member[n] = ((inst[0], "forward"), inst[1])
+            continue
+        best = None
+        for a in node.args:
+            for c in (a if a in index and G[a].grad_of is not None and instances[G[a].scope] else None,
+                      anchor.get(a)):
+                if c is not None and (best is None or index[c] > index[best]):
+                    best = c
+        if best is not None:
+            anchor[n] = best
+            key, k = instances[G[best].scope]
+            member[n] = ((key, "backward"), k)
+    for n in reversed(order):   # a helper (W.T, 1 - h*h) joins the body all its users are in
+        if n in member or G[n].is_leaf:
+            continue
+        homes = {member.get(u) for u in G.nx.successors(n) if u in index}
+        if len(homes) == 1 and None not in homes:
+            member[n] = homes.pop()
+    return member
+
+
+def _signature(G: Graph, roles: dict, group: tuple, k: int, body: list[int], member: dict[int, Member],
+               position: dict[int, int], run_of: dict[Member, tuple[int, int]]) -> tuple:
+    """What a loop body must have in common with the other iterations': per statement its op,
+    attributes, shape and dtype, and how each operand is reached (``near`` marks a value of
+    the neighbouring instance: carried, when the two are in one run)."""
+    sig = []
+    me, instance = (group, k), (group[0], k)
+    for n in body:
+        node = G[n]
+        operands, kinds = [], []
+        for a in node.args:
+            home, arg = member.get(a), G[a]
+            kinds.append((arg.shape, arg.dtype))   # emit rules may look at their operands' shapes
+            if home is None:
+                if a in roles and roles[a][0] == instance:
+                    operands.append(("param", roles[a][1]))
+                elif arg.op == "const":
+                    operands.append(("const", arg.attr("value"), arg.shape, arg.dtype))
+                else:
+                    operands.append(("outer", a))
+            elif home == me:
+                operands.append(("local", position[a]))
+            elif home[0] == group and abs(home[1] - k) == 1:
+                operands.append(("near", home[1] - k, position[a]))
+            elif home in run_of and home[0][0] == group[0]:
+                operands.append(("kept", run_of[home][0], position[a], home[1] - k))
+            else:
+                operands.append(("outer", a))
+        sig.append((node.op, _attrs(node), node.shape, node.dtype, tuple(kinds), tuple(operands)))
+    return tuple(sig)
+
+
+def _attrs(node) -> tuple:
+    """The attributes a statement is written from: a random op's ``id`` only keeps two draws
+    from being merged into one (dropout's masks), and each iteration draws anew."""
+    if REGISTRY[node.op].random:
+        return tuple(kv for kv in node.attrs if kv[0] != "id")
+    return node.attrs
+
+
+def _prefix(key: tuple[str, ...], k: int) -> str:
+    return ".".join((*key[:-1], f"{key[-1]}.{k}")) + "."
+
+
+def _roles(G: Graph, model: Model, instances: _Instances) -> dict[int, tuple[tuple[tuple[str, ...], int], str]]:
+    """Each param of a repeat instance: (its instance, its name inside the instance)."""
+    roles = {}
+    for name, n in model.params.items():
+        inst = instances[G[n].scope]
+        if inst is not None:
+            roles[n] = (inst, name[len(_prefix(*inst)):])
+    return roles
+
+
+def _runs(G: Graph, model: Model, group: tuple, bodies: dict[int, list[int]], member: dict[int, Member],
+          position: dict[int, int], run_of: dict[Member, tuple[int, int]], roles: dict) -> list[Loop]:
+    """The maximal runs of at least MIN_RUN consecutive instances with one signature."""
+    sigs = {k: _signature(G, roles, group, k, body, member, position, run_of) for k, body in bodies.items()}
+    shifts = {op[1] for sig in sigs.values() for st in sig for op in st[5] if op[0] == "near"}
+    if len(shifts) > 1:
+        return []
+    step = -shifts.pop() if shifts else 1   # +1: each instance reads the one before; -1: the one after
+    seq = sorted(bodies, reverse=step < 0)
+    loops, i = [], 0
+    while i < len(seq):
+        j = i + 1
+        if j < len(seq) and seq[j] == seq[i] + step and _carries_into(sigs[seq[i]], sigs[seq[j]]):
+            while j + 1 < len(seq) and seq[j + 1] == seq[j] + step and sigs[seq[j + 1]] == sigs[seq[i + 1]]:
+                j += 1
+            if j - i + 1 >= MIN_RUN:
+                loop = _loop(G, model, group, seq[i:j + 1], bodies, sigs[seq[i + 1]])
+                if loop is not None:
+                    loops.append(loop)
+                    i = j + 1
+                    continue
+        i += 1
+    return loops
+
+
+def _carries_into(first: tuple, second: tuple) -> bool:
+    """Whether a run can start at ``first`` and go on with ``second``: the same statements, where
+    ``second`` reads a carried value ``first`` may read anything from outside its own body."""
+    if len(first) != len(second):
+        return False
+    for a, b in zip(first, second):
+        if a[:5] != b[:5]:
+            return False
+        for x, y in zip(a[5], b[5]):
+            if x != y and not (y[0] == "near" and x[0] != "local"):
+                return False
+    return True
+
+
+def _loop(G: Graph, model: Model, group: tuple, instances: list[int], bodies: dict[int, list[int]],
+          sig: tuple) -> Loop | None:
+    """The loop of one run (None where a carried value would be read after its update)."""
+    body_nodes = [bodies[k] for k in instances]
+    refs, carried = [], {}
+    params: dict[str, list[int]] = {}
+    first = body_nodes[0]
+    for q, (*_, operands) in enumerate(sig):
+        row = []
+        for j, op in enumerate(operands):
+            if op[0] == "near":
+                p = op[2]
+                if q > p:        # the iteration has already overwritten it
+                    return None
+                init = G[first[q]].args[j]
+                if carried.setdefault(p, init) != init:
+                    return None
+                row.append(Ref("carry", pos=p))
+            elif op[0] == "param":
+                role = op[1]
+                if not _SAFE_NAME.match(role):
+                    return None
+                params.setdefault(role, [])
+                row.append(Ref("param", role=role))
+            elif op[0] == "kept":
+                row.append(Ref("kept", loop=op[1], pos=op[2], shift=op[3]))
+            elif op[0] == "local":
+                row.append(Ref("local", pos=op[1]))
+            else:
+                row.append(Ref("outer", node=G[body_nodes[1][q]].args[j]))
+        refs.append(tuple(row))
+    if not all(_SAFE_NAME.match(part) for part in group[0]):
+        return None
+    for role in params:
+        params[role] = [model.params[_prefix(group[0], k) + role] for k in instances]
+    order = sorted(range(len(instances)), key=lambda i: instances[i])
+    return Loop(group[0], group[1], model.repeats[group[0]], instances, body_nodes, refs, carried,
+                {role: [nodes[i] for i in order] for role, nodes in params.items()})
+
+
+def _mark_kept(G: Graph, loops: list[Loop], order: list[int], results: list[int]) -> None:
+    """The positions whose values are read outside their own iteration (by later code, by
+    another loop, or as results): kept in a list, one entry per instance. After the loop, the
+    last iteration's values are still in the body's variables."""
+    inside = {n: (li, *loop.where(n)) for li, loop in enumerate(loops) for body in loop.bodies for n in body}
+    read = [a for n in order if n not in inside for a in G[n].args] + list(results)
+    for loop in loops:
+        read += [ref.node for row in loop.refs for ref in row if ref.kind == "outer"] + list(loop.carried.values())
+        for row in loop.refs:
+            for ref in row:
+                if ref.kind == "kept":
+                    loops[ref.loop].kept.add(ref.pos)
+                    loops[ref.loop].read_after.add(ref.pos)
+    for a in read:
+        if a in inside:
+            li, i, p = inside[a]
+            loops[li].read_after.add(p)
+            if i != len(loops[li].instances) - 1:
+                loops[li].kept.add(p)
+
+
+def kept_view_bases(G: Graph, loop: Loop, positions: set[int]) -> set[int]:
+    """The body positions whose storage the given positions' values live in (themselves, and
+    the bases of views among them): all must be fresh arrays in every iteration."""
+    where = {n: p for p, n in enumerate(loop.template)}
+    out, todo = set(), list(positions)
+    while todo:
+        p = todo.pop()
+        if p in out:
+            continue
+        out.add(p)
+        n = loop.template[p]
+        if REGISTRY[G[n].op].view and G[n].args[0] in where:
+            todo.append(where[G[n].args[0]])
+    return out
+
+
+def loop_schedule(G: Graph, results: list[int], loops: list[Loop]) -> list[int | Loop] | None:
+    """The function's statements in order, each loop one unit placed after everything it
+    reads (a depth-first post-order, as schedule() makes); None where no order exists."""
+    unit_of: dict[int, int] = {n: li for li, loop in enumerate(loops) for body in loop.bodies for n in body}
+    reads: list[list[int]] = [[] for _ in loops]
+    for li, loop in enumerate(loops):
+        reads[li] = list(dict.fromkeys(a for body in loop.bodies for n in body for a in G[n].args
+                                       if unit_of.get(a) != li))
+
+    def unit(n: int) -> int | tuple[int]:
+        return (unit_of[n],) if n in unit_of else n
+
+    def operands(u) -> list[int]:
+        return reads[u[0]] if isinstance(u, tuple) else list(G[u].args)
+
+    order = post_order([unit(n) for n in results], lambda u: [unit(a) for a in operands(u)])
+    seen: set = set()
+    for u in order:   # with a loop, the graph of units may have a cycle: then no order is right
+        if any(unit(a) not in seen for a in operands(u)):
+            return None
+        seen.add(u)
+    return [loops[u[0]] if isinstance(u, tuple) else u for u in order]
+
+
+def reads_of(G: Graph, loop: Loop) -> set[int]:
+    """The values from outside a loop that its iterations read."""
+    mine = {n for body in loop.bodies for n in body}
+    return {a for body in loop.bodies for n in body for a in G[n].args if a not in mine}

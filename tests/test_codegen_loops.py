@@ -1,0 +1,285 @@
+"""``repeat`` written as a loop: the instances of a repeat that are the same up to their params
+are one ``for`` loop in the module (forward up through them, backward down), and the module
+computes exactly what the unrolled one does (``loops=False``), call after call."""
+from __future__ import annotations
+
+import inspect
+import itertools
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nncompile import compiler
+from nncompile.compiler import compile_file, load_module
+
+from conftest import EXAMPLES, example_inputs, write_nn
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fuzzing import RandomChoices, write_program  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+DEEP = ROOT / "benchmarks" / "models" / "deep_tanh.nn"
+
+DEEP_TEXT = """
+const D = 4
+input X: float[N, 7]
+layer block(x: [B, K], width: int) -> [B, width] {
+    param W: [K, width] = xavier()
+    param b: [width] = zeros()
+    return tanh(x @ W + b)
+}
+h = repeat COUNT block(X, width=D)
+output h
+loss = sum(h ** 2)
+minimize loss
+"""
+
+
+def both(path: Path, **options):
+    """The module with loops and the unrolled one, compiled from one file with one set of options."""
+    looped = compile_file(path, loops=True, **options)
+    unrolled = compile_file(path, loops=False, **options)
+    return (looped, load_module(looped, f"{path.stem}_looped"), unrolled,
+            load_module(unrolled, f"{path.stem}_unrolled"))
+
+
+def assert_identical(a, b, where: str = "") -> None:
+    """Bit for bit: the same keys in the same order, the same dtypes and the same values."""
+    if isinstance(a, dict):
+        assert list(a) == list(b), where
+        for key in a:
+            assert_identical(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, tuple):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_identical(x, y, f"{where}[{i}]")
+    else:
+        x, y = np.asarray(a), np.asarray(b)
+        assert x.dtype == y.dtype and x.shape == y.shape, where
+        assert np.array_equal(x, y, equal_nan=True), where
+
+
+def calls(module, params, inputs, seed=5) -> dict:
+    """Everything the module computes, dropout masks drawn from one seed."""
+    results = {"forward": module.forward(params, **inputs)}
+    if hasattr(module, "value_and_grad"):
+        extra = (None, np.random.default_rng(seed)) if "rng" in inspect.signature(module.value_and_grad).parameters \
+            else ()
+        results["value_and_grad"] = module.value_and_grad(params, *extra, **inputs)
+    if hasattr(module, "predict"):
+        results["predict"] = module.predict(params, **{k: v for k, v in inputs.items() if k in module.PREDICT_INPUTS})
+    return results
+
+
+def arrays_in(value):
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from arrays_in(v)
+    elif isinstance(value, tuple):
+        for v in value:
+            yield from arrays_in(v)
+    elif isinstance(value, np.ndarray):
+        yield value
+
+
+def assert_same_module_behaviour(path: Path, **options) -> bool:
+    """The looped and unrolled modules agree on everything, twice; says whether a loop was written."""
+    looped_src, looped, _, unrolled = both(path, **options)
+    assert looped.PARAMS == unrolled.PARAMS and list(looped.PARAMS) == list(unrolled.PARAMS)
+    params = looped.init_params(1)
+    assert_identical(params, unrolled.init_params(1), "init_params")
+    inputs = example_inputs(looped, seed=2)
+    first = calls(looped, params, inputs)
+    assert_identical(first, calls(unrolled, params, inputs))
+    kept = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in enumerate(arrays_in(first))}
+    calls(looped, params, example_inputs(looped, seed=3))   # a later call must not overwrite results
+    for k, array in enumerate(arrays_in(first)):
+        assert np.array_equal(array, kept[k], equal_nan=True)
+    return "for i in " in looped_src
+
+
+def repeated_program(seed: int) -> str | None:
+    """A random well-typed program (the fuzz suite's generator) whose repeats run 3 to 6 times."""
+    text = write_program(RandomChoices(seed), ill_typed=0.0)[0]
+    if "repeat" not in text:
+        return None
+    return re.sub(r"repeat \d+ ", f"repeat {3 + seed % 4} ", text)
+
+
+def test_random_repeated_models_compute_the_same_with_and_without_loops(tmp_path: Path) -> None:
+    seeds = [s for s in range(400) if repeated_program(s) is not None][:40]
+    looped = 0
+    for seed in seeds:
+        path = write_nn(tmp_path, f"random{seed}", repeated_program(seed))
+        looped += assert_same_module_behaviour(path, dtype="float64")
+    assert looped >= 10, f"only {looped} of {len(seeds)} programs were written with a loop"
+
+
+@pytest.mark.parametrize("options", [{}, {"dtype": "float64"}, {"input_grads": False}, {"optimized": False}],
+                         ids=["f32", "f64", "params_only", "unopt"])
+def test_a_deep_repeat_is_one_loop_and_computes_the_same(tmp_path: Path, options: dict) -> None:
+    path = write_nn(tmp_path, "deep", DEEP_TEXT.replace("COUNT", "12"))
+    assert assert_same_module_behaviour(path, **options)
+
+
+def test_the_first_instance_that_sees_another_shape_is_peeled(tmp_path: Path) -> None:
+    """X is [N, 7], each block's output [N, 4]: instance 1 differs, 2 .. 12 are one loop
+    (and backward, 11 .. 3: the gradient of instance 2 reads instance 1's result, written out)."""
+    path = write_nn(tmp_path, "deep", DEEP_TEXT.replace("COUNT", "12"))
+    source = compile_file(path, dtype="float64")
+    assert "# h.2 ... h.12, forward" in source and "# h.11 ... h.3, backward" in source
+    assert "h_1_W = param_arrays[0]" in source   # the peeled instance's own statements
+
+
+def test_every_gradient_of_the_loop_matches_the_unrolled_module_and_none_alias(tmp_path: Path) -> None:
+    path = write_nn(tmp_path, "deep", DEEP_TEXT.replace("COUNT", "9"))
+    _, looped, _, unrolled = both(path, dtype="float64")
+    params = looped.init_params(4)
+    X = np.random.default_rng(0).standard_normal((5, 7))
+    outputs, grads = looped.value_and_grad(params, X=X)
+    assert_identical((outputs, grads), unrolled.value_and_grad(params, X=X))
+    assert list(grads) == [*looped.PARAMS, "X"]
+    returned = [*outputs.values(), *grads.values()]
+    for a, b in itertools.combinations([r for r in returned if isinstance(r, np.ndarray)], 2):
+        assert not np.shares_memory(a, b)
+    for array in returned:
+        if isinstance(array, np.ndarray):
+            assert not any(np.shares_memory(array, p) for p in params.values())
+            assert not any(np.shares_memory(array, buf) for cache in (looped._VALUE_AND_GRAD_BUFFERS,)
+                           for buffers in cache.values() for buf in buffers)
+
+
+def test_a_1000_layer_repeat_is_a_short_module() -> None:
+    source = compile_file(DEEP)
+    assert source.count("\n") < 2000
+    assert max(map(len, source.splitlines())) < 200
+    module = load_module(source, "deep_tanh")
+    assert len(module.PARAMS) == 2000 and list(module.PARAMS)[:3] == ["h.1.W", "h.1.b", "h.2.W"]
+    params = module.init_params()
+    _, grads = module.value_and_grad(params, X=np.ones((2, 32), dtype=np.float32))
+    assert list(grads) == [*module.PARAMS, "X"]
+
+
+def test_the_optimiser_forms_step_the_same(tmp_path: Path) -> None:
+    path = write_nn(tmp_path, "deep", DEEP_TEXT.replace("COUNT", "6"))
+    for optimizer in ("adam", "sgd"):
+        _, looped, _, unrolled = both(path, dtype="float64", optimizer=optimizer, input_grads=False)
+        X = np.random.default_rng(1).standard_normal((3, 7))
+        results = []
+        for module in (looped, unrolled):
+            params = module.init_params(2)
+            opt_state = module.init_opt_state(params)
+            for _ in range(3):
+                module.step(params, opt_state, 0.01, X=X)
+            results.append(params)
+        assert_identical(*results)
+
+
+def test_trace_reports_every_instance_by_its_node(tmp_path: Path) -> None:
+    """trace() keys every value by its graph node: it is written out in full, not as a loop."""
+    path = write_nn(tmp_path, "deep", DEEP_TEXT.replace("COUNT", "5"))
+    looped_src, looped, _, unrolled = both(path, dtype="float64", trace=True)
+    start = looped_src.index("def trace(")
+    trace_src = looped_src[start:looped_src.find("\ndef ", start)]
+    assert "for i in" not in trace_src and "for i in" in looped_src
+    params = looped.init_params()
+    X = np.random.default_rng(1).standard_normal((3, 7))
+    assert_identical(looped.trace(params, X=X), unrolled.trace(params, X=X))
+
+
+def test_the_gpu_module_writes_the_same_loop(tmp_path: Path) -> None:
+    path = write_nn(tmp_path, "deep", DEEP_TEXT.replace("COUNT", "5"))
+    numpy_src = compile_file(path)
+    cupy_src = compile_file(path, backend="cupy")
+    compile(cupy_src, "cupy_module", "exec")
+    assert "for i in range(4):" in cupy_src
+    assert numpy_src.count("for i in") == cupy_src.count("for i in")
+    deep = compile_file(DEEP, backend="cupy")   # 2000 params: _read_params tests them in a loop
+    compile(deep, "deep_cupy", "exec")
+    assert "type(array) is cp.ndarray" in deep and deep.count("\n") < 2000
+
+
+def test_a_repeat_inside_a_repeated_layer_computes_the_same(tmp_path: Path) -> None:
+    path = write_nn(tmp_path, "nested", """
+input X: float[N, 3]
+layer inner(x: [B, K]) -> [B, K] {
+    param W: [K, K] = randn()
+    return relu(x @ W)
+}
+layer outer(x: [B, K]) -> [B, K] {
+    param s: [K] = ones()
+    h = repeat 3 inner(x)
+    return h * s + x
+}
+y = repeat 4 outer(X)
+output y
+loss = mean(y ** 2)
+minimize loss
+""")
+    assert assert_same_module_behaviour(path, dtype="float64")
+
+
+def test_examples_with_repeat_compute_the_same() -> None:
+    assert assert_same_module_behaviour(EXAMPLES / "stdlib_mlp.nn", dtype="float64")
+    assert not assert_same_module_behaviour(EXAMPLES / "mlp.nn")   # repeat 2: too short to loop
+
+
+def test_wrong_params_are_reported_as_in_the_unrolled_module(tmp_path: Path) -> None:
+    """80 params: _read_params tests them in a loop over PARAMS, with the same outcome."""
+    path = write_nn(tmp_path, "deep", DEEP_TEXT.replace("COUNT", "40"))
+    looped_src, looped, _, unrolled = both(path)
+    assert "for array, (shape, _) in zip(arrays, PARAMS.values()):" in looped_src
+    X = np.ones((2, 7), dtype=np.float32)
+    for change in ({"h.3.W": np.ones((3, 3))}, {"h.3.W": None}):
+        errors = []
+        for module in (looped, unrolled):
+            params = {**module.init_params(), **change}
+            params = {k: v for k, v in params.items() if v is not None}
+            with pytest.raises((TypeError, ValueError)) as info:
+                module.value_and_grad(params, X=X)
+            errors.append((type(info.value), str(info.value)))
+        assert errors[0] == errors[1]
+    params = looped.init_params()
+    params["h.2.b"] = params["h.2.b"].astype(np.float64)   # converted, as the unrolled module does
+    assert_identical(looped.value_and_grad(params, X=X), unrolled.value_and_grad(params, X=X))
+
+
+def test_predict_reuses_the_elaborated_graph(tmp_path: Path, monkeypatch) -> None:
+    """Where train and eval mode are the same, a compile elaborates the file once."""
+    elaborated = []
+    real = compiler.elaborate_file
+    monkeypatch.setattr(compiler, "elaborate_file", lambda *a, **k: elaborated.append(k.get("mode")) or real(*a, **k))
+    compile_file(write_nn(tmp_path, "deep", DEEP_TEXT.replace("COUNT", "4")))
+    assert elaborated == [None]
+    elaborated.clear()
+    compile_file(EXAMPLES / "dropout_mlp.nn")   # eval mode differs: one more elaboration, shared by forward and predict
+    assert elaborated == [None, "eval"]
+
+
+def test_a_residual_block_with_dropout_and_a_shared_input_loops_and_draws_the_same_masks(tmp_path: Path) -> None:
+    """Each iteration draws its own mask, in the order the written-out module draws them; the
+    gradient of ``ctx``, which every instance reads, is summed across the iterations."""
+    path = write_nn(tmp_path, "res", """
+import nn
+input X: float[N, 6]
+input ctx: float[N, 6]
+input y: int[N]
+layer res(x: [B, K], c: [B, K]) -> [B, K] {
+    param W: [K, K] = xavier()
+    param g: [K] = ones()
+    h = relu(x @ W) * g + c
+    return x + dropout(h, p=0.25)
+}
+h = repeat 5 res(X, ctx)
+logits = dense(h, out=3)
+output logits
+loss = softmax_cross_entropy(logits, y)
+minimize loss
+""")
+    source = compile_file(path, dtype="float64")
+    vag = source[source.index("def value_and_grad("):source.index("def predict(")]
+    assert "forward: one iteration per instance" in vag and "backward: one iteration per instance" in vag
+    assert assert_same_module_behaviour(path, dtype="float64")
