@@ -47,6 +47,7 @@ sys.path.insert(0, str(REPO))
 
 import reference as ref  # noqa: E402
 from reference import jax, jnp, torch  # noqa: E402
+from train_step import table  # noqa: E402
 
 import nncompile  # noqa: E402
 
@@ -186,14 +187,6 @@ def agree(case: Case, reads: dict[str, Callable]) -> None:
             off = float(np.max(np.abs(theirs[k] - want)))
             if off > 1e-3 * max(1e-3, float(np.max(np.abs(want)))):
                 sys.exit(f"{case.name}: {name}'s gradient of {k} differs from the compiled module's by {off:.2e}")
-
-
-def table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
-    if markdown:
-        return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-                          *("| " + " | ".join(r) + " |" for r in rows)])
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in [header, *rows])
 
 
 def main() -> int:
