@@ -4,7 +4,7 @@
 Two cases, each timed as one forward and backward pass (the loss and the gradient of every
 param; no input gradients, no optimiser update), in float32 on one thread:
 
-* **digits_cnn**: examples/digits_cnn.nn without its dropout (benchmarks/models/digits_cnn.nn)
+* **digits_cnn**: examples/digits_cnn.nn without its dropout (benchmarks/models/digits_cnn_plain.nn)
   at batch 64: 1 x 8 x 8 images, two conv_bn_relu blocks of 16 and 32 channels (batch norm
   in training mode) with 2 x 2 max pooling, linear scores; small tensors, so per-op overhead
   dominates;
@@ -64,7 +64,7 @@ class Case:
     batchnorm: bool      # conv_bn_relu blocks (digits) or conv with bias and relu (cifar)
 
 
-CASES = (Case("digits_cnn", HERE / "models" / "digits_cnn.nn", 64, (1, 8, 8), True),
+CASES = (Case("digits_cnn", HERE / "models" / "digits_cnn_plain.nn", 64, (1, 8, 8), True),
          Case("cifar_block", HERE / "models" / "cifar_block.nn", 64, (3, 32, 32), False))
 EPS = 1e-5
 
