@@ -233,3 +233,22 @@ def test_a_resumed_state_is_laid_out_as_the_module_lays_it_out_and_a_foreign_one
     state.params[first] = state.params[first][:1]
     with pytest.raises(NNError, match=f"the checkpoint's params do not fit this model \\({first}\\)"):
         trainer.laid_out(state, where)
+
+
+def test_on_epoch_sees_each_epochs_record_and_an_exception_it_raises_leaves_that_epochs_checkpoint(files,
+                                                                                                   tmp_path) -> None:
+    seen: list[dict[str, Any]] = []
+
+    def prune(state: Any, record: dict[str, Any]) -> None:   # what nncompile sweep's pruner does
+        seen.append(dict(record))
+        assert state.epoch == record["epoch"] and state.position == 0
+        if record["epoch"] == 2:
+            raise RuntimeError("pruned")
+
+    with pytest.raises(RuntimeError, match="pruned"):
+        run(files["mlp"], data=str(files["data"]), config=small(epochs=5, val_every=1), out=tmp_path / "run",
+            on_epoch=prune)
+    assert [r["epoch"] for r in seen] == [1, 2] and all(r["val_loss"] is not None for r in seen)
+    state, _ = load_checkpoint(tmp_path / "run" / "checkpoint.npz", ("m", "v"))
+    assert (state.epoch, state.position) == (2, 0) and [r["val_loss"] for r in state.history] == \
+        [r["val_loss"] for r in seen]
