@@ -41,13 +41,17 @@ def hessian(params, state=None, rng=None, /, **inputs):
 
 
 class HvpEmitter(FunctionEmitter):
-    """``hvp(params, v, state=None, rng=None, /, **inputs)``: v is read as the params are."""
+    """``hvp(params, v, state=None, rng=None, /, **inputs)``: v is read as the params are.
+    Written out, not in loops: a loop gathers its instances' params, not their directions."""
+
+    def __init__(self, program, definitions) -> None:
+        super().__init__(program, definitions, loops=False)
 
     def signature(self, fname: str) -> str:
         return "params, v, state=None, rng=None, /, **inputs"
 
-    def read_params_and_state(self, needed: set[int], names: Names) -> list[str]:
-        lines = super().read_params_and_state(needed, names)
+    def read_params_and_state(self, needed: set[int], names: Names, params: bool = True) -> list[str]:
+        lines = super().read_params_and_state(needed, names, params=params)
         tangents = self.p.tangents
         if any(n in needed for n in tangents.values()):
             for name, n in tangents.items():
