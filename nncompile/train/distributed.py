@@ -181,8 +181,10 @@ def launch(workers: int, argv: list[str], run_dir: Path | None) -> int:
         raise NNError(f"--workers must be a positive whole number, not {workers}")
     mpiexec = Path(sys.executable).parent / "mpiexec"   # the MPICH wheel's, beside this Python
     found = str(mpiexec) if mpiexec.exists() else shutil.which("mpiexec")
-    if found is None or find_spec("mpi4py") is None:
-        raise NNError(f"--workers needs {'mpi4py' if found else 'mpiexec'}, which is not installed: {INSTALL}")
+    missing = [name for name, there in (("mpi4py", find_spec("mpi4py")), ("mpiexec", found)) if there is None]
+    if missing:
+        raise NNError(f"--workers needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+                      f"not installed: {INSTALL}")
     process = subprocess.Popen([found, "-n", str(workers), sys.executable, "-m", "nncompile", "train", *argv],
                                stdin=subprocess.DEVNULL, preexec_fn=_detach)
     forward = lambda signum, frame: process.send_signal(signum)   # noqa: E731
