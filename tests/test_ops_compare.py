@@ -100,6 +100,15 @@ def test_clip_needs_both_bounds_in_order(compile_nn, call: str, message: str) ->
     assert message in err.message and err.loc.line == 3
 
 
+def test_maximum_and_minimum_take_a_number_on_either_side(compile_nn) -> None:
+    _, out = _run(compile_nn, HEADER + "a = maximum(x, 0)\nb = maximum(0.5, x)\nc = minimum(x, -1)\n"
+                  "d = minimum(6, relu(x))\noutput a, b, c, d\n", "float32")
+    for name, want in {"a": np.maximum(X, 0), "b": np.maximum(0.5, X), "c": np.minimum(X, -1),
+                       "d": np.minimum(6, np.maximum(X, 0))}.items():
+        assert out[name].dtype == np.float32
+        np.testing.assert_array_equal(out[name], want.astype(np.float32), err_msg=name)
+
+
 # ---- reductions: keepdims on every one, min, var, std, argmax -------------------------------
 
 REDUCTIONS = {"sum": np.sum, "mean": np.mean, "max": np.max, "min": np.min, "var": np.var, "std": np.std,
