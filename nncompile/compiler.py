@@ -164,12 +164,11 @@ def hvp_program(model: Model, *, optimized: bool = True, fuse: bool = False) -> 
                             name=f"v.{name}") for name, n in wrt.items()}
     products = hessian_vector(G, model.target, wrt, tangents)
     roots = Roots({("hv", name): n for name, n in products.items() if n is not None})
+    eliminate_dead_code(G, roots)   # first: the outputs' own nodes would only slow the passes down
     if optimized:
         optimize(G, roots)
         if fuse:
             fuse_elementwise(G, roots)
-    else:
-        eliminate_dead_code(G, roots)
     hv = {name: roots.get(("hv", name)) for name in products}
     return Program(model, G, {}, hv, tangents=tangents)
 
