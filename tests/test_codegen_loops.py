@@ -98,7 +98,7 @@ def assert_same_module_behaviour(path: Path, **options) -> bool:
     calls(looped, params, example_inputs(looped, seed=3))   # a later call must not overwrite results
     for k, array in enumerate(arrays_in(first)):
         assert np.array_equal(array, kept[k], equal_nan=True)
-    return "for i in " in looped_src
+    return re.search(r"^    for i in range\(\d+\):$", looped_src, re.M) is not None
 
 
 def repeated_program(seed: int) -> str | None:

@@ -103,7 +103,8 @@ class FunctionEmitter:
         results = [*outputs.values(), *reversed([g for g in (grads or {}).values() if g is not None])]
         updates = self.p.updates if grads is not None else {}
         results += list(updates.values())
-        body, names, ctx = self.body(fname, results, self.flat_grads(grads))
+        flat = self.flat_grads(grads)
+        body, names, ctx = self.body(fname, results, flat)
         ret_out = self.returned(outputs, names, ctx, set())
         if grads is None:
             body.append(f"    return {ret_out}")
@@ -113,6 +114,8 @@ class FunctionEmitter:
             filled = self.loop_writer and self.loop_writer.grads(grads, ctx, seen, "grads")
             if filled:   # the gradients a loop kept go in by a loop
                 body += filled
+                if flat:
+                    body.append("    grads = _into_one_buffer(grads)  # copied into one buffer's views (see flat_grads)")
                 ret_grads = "grads"
             else:
                 ret_grads = self.returned({k: v for k, v in grads.items()}, names, ctx, seen, views=ctx.grad_views)

@@ -75,6 +75,15 @@ def _new_grads():
     return views
 
 
+def _into_one_buffer(grads):
+    """grads with the param gradients copied into one fresh buffer's views, as _new_grads
+    lays them out: for the gradients a loop over a repeat's instances kept in lists."""
+    views = dict(zip(PARAMS, _new_grads()))
+    for name, view in views.items():
+        np.copyto(view, grads[name])
+    return {name: views.get(name, g) for name, g in grads.items()}
+
+
 def flat_grads(grads):
     """The one 1-d array holding the param gradients of the latest value_and_grad call, given
     the grads it returned (None for any other dict): the gradients laid out as init_params lays
