@@ -130,12 +130,17 @@ def test_the_hvp_function_is_written_like_the_others() -> None:
 @pytest.mark.parametrize("path", [p for p in EXAMPLE_FILES if elaborate_file(p).params and
                                   elaborate_file(p).target is not None], ids=lambda p: p.stem)
 def test_every_example_passes_the_hessian_check(path: Path) -> None:
+    """A kink anywhere reaches every H v (digits_cnn's relus and max pools meet one at some
+    points): the first of a few random points where the check can conclude is checked."""
     module = compile_and_load(path, dtype="float64")
     model = elaborate_file(path, "float64")
-    params, inputs = concrete_values(model, module, {}, 0)
-    results = summarize(check_hessian(module, params, inputs, kinks=Kinks.of_file(path)))
-    assert set(results) == set(module.PARAMS)
-    assert all(r.ok for r in results.values()), {k: r.show() for k, r in results.items()}
+    for seed in range(4):
+        params, inputs = concrete_values(model, module, {}, seed)
+        results = summarize(check_hessian(module, params, inputs, kinks=Kinks.of_file(path)))
+        assert set(results) == set(module.PARAMS)
+        assert all(r.ok for r in results.values()), {k: r.show() for k, r in results.items()}
+        if any(r.status == "ok" for r in results.values()):
+            break
     assert any(r.status == "ok" for r in results.values())
 
 
