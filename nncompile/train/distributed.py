@@ -324,7 +324,7 @@ class DataParallel:
         # The flat buffer: the gradients in the module's own flat layout, the model's state, then 3 numbers.
         names = module.TRAINABLE
         shapes = [module.PARAMS[name][0] for name in names]
-        starts, size = module._starts([np.empty(shape, dtype=np.dtype(module.DTYPE)) for shape in shapes])
+        starts, size = module._starts([int(np.prod(shape)) for shape in shapes])
         states = list(getattr(module, "STATE", {}).items()) if trainer.has_state else []
         total = size + sum(int(np.prod(shape)) for _, (shape, _) in states)
         self.flat = xp.zeros(total + 3, dtype=module.DTYPE)
