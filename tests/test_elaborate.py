@@ -836,3 +836,21 @@ def test_nesting_at_every_limit_at_once_elaborates() -> None:
     m = model_of("layer g(a: [K]) -> [K] {\n return a * 2\n}\n" + chain +
                  f"layer f30(a: [K]) -> [K] {{\n return {deep}\n}}\ninput x: float[3]\ny = sum(f0(x))\noutput y\n")
     assert sum(m.graph[n].op == "mul" for n in m.graph.nodes()) == 97
+
+
+def test_dot_t_reads_a_layer_member_named_t_and_transposes_anything_else() -> None:
+    model = model_of("""
+        layer temp(x) {
+            param T: [3, 2] = ones()
+            return x @ T
+        }
+        input X: float[N, 3]
+        h = temp(X) as fc
+        member = fc.T
+        flipped = h.T
+        output member
+        output flipped
+    """)
+    G = model.graph
+    assert model.outputs["member"] == model.params["fc.T"]
+    assert G[model.outputs["flipped"]].op == "transpose" and shape_of(model, "flipped") == (2, "N")

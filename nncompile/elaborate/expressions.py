@@ -45,6 +45,8 @@ class Expressions:
             case syntax.Compare(cmp=cmp, left=left, right=right):   # a mask of 0s and 1s, no gradient
                 operands = [self.expr(left, scope), self.expr(right, scope)]
                 return el.op("step", operands, {"cmp": cmp}, expr.loc, scope, [left.loc, right.loc])
+            case syntax.Transposed(operand=syntax.Ref(parts=parts)) if ".".join((*parts, "T")) in scope.values:
+                return scope.values[".".join((*parts, "T"))]   # a layer's member named T: fc.T
             case syntax.Transposed(operand=operand):
                 return el.op("transpose", [self.expr(operand, scope)], {"axes": None}, expr.loc, scope)
             case syntax.Neg(operand=syntax.Number(value=value)):
