@@ -396,7 +396,10 @@ def _window_gap(operands: list[np.ndarray], attrs: dict) -> np.ndarray:
     x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
     windows = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
     top = np.sort(windows.reshape(*windows.shape[:4], -1), axis=-1)[..., -2:]
-    return top[..., 1] - top[..., 0] if kh * kw > 1 else np.ones(top.shape[:-1])
+    if kh * kw == 1:
+        return np.ones(top.shape[:-1])
+    gap = top[..., 1] - top[..., 0]   # inf where the runner-up is padding: that max cannot tie
+    return np.where(np.isfinite(gap), gap, np.finfo(gap.dtype).max)
 
 
 # ---- ONNX lowerings ------------------------------------------------------------------------
