@@ -136,10 +136,10 @@ def test_a_killed_workers_trial_is_failed_and_retried_and_the_study_goes_on(fold
 
 
 def test_an_interrupted_worker_requeues_its_trial_and_a_restart_continues_the_study(folder: Path) -> None:
-    args = sweep_args("--trials", "2", "--no-prune", "--patience", "0", epochs=60)
+    args = sweep_args("--trials", "2", "--no-prune", "--patience", "0", epochs=600)
     worker = start(folder, args)
-    wait_for(lambda: (folder / "s" / "trial-0000" / "metrics.jsonl").exists())
-    time.sleep(0.3)   # into the epochs
+    metrics = folder / "s" / "trial-0000" / "metrics.jsonl"
+    wait_for(lambda: metrics.exists() and metrics.read_text().strip())   # into the epochs
     worker.send_signal(signal.SIGINT)
     code, out, err = finish(worker)
     assert code == 130 and "run the same command to continue" in err, (out, err)
