@@ -56,6 +56,8 @@ from .onnx_helpers import (
     int_attr,
     onnx_node,
     onnx_reduce,
+    one_hot_of,
+    rows,
 )
 
 LOG_SOFTMAX = '''def _log_softmax(x, axis):
@@ -602,6 +604,17 @@ op("softmax_cross_entropy", 2, labels_rule("softmax_cross_entropy"), template("_
    onnx=_mean_loss("SoftmaxCrossEntropyLoss"))
 
 
+def _onnx_softmax_grad(from_scores: bool):
+    """(exp(logp) - onehot(y)) g / N, the log-probabilities taken of the scores or given."""
+    def lower(ctx: OnnxContext, args: list[str], attrs: dict) -> str:
+        x, labels, g = args
+        logp = ctx.node("LogSoftmax", [x], axis=1) if from_scores else x
+        shape = ctx.operand(0).shape
+        diff = ctx.node("Sub", [ctx.node("Exp", [logp]), one_hot_of(ctx, labels, int(shape[-1]))])
+        return ctx.node("Div", [ctx.node("Mul", [diff, g]), rows(ctx, shape)])
+    return lower
+
+
 def _vjp_ce_grad(u: Value, out: Value, scores: Value, labels: Value, g: Value):
     # out = (softmax(s) - onehot(y)) g / N: linear in g, and softmax's VJP for s.
     unit = scores.node("softmax_cross_entropy_grad", labels, u.const(1.0))
@@ -615,7 +628,7 @@ def _vjp_ce_grad(u: Value, out: Value, scores: Value, labels: Value, g: Value):
 op("softmax_cross_entropy_grad", 3, float_like_first, template("_softmax_nll_grad(_log_softmax({0}, 1), {1}, {2})"),
    public=False, helpers=(LOG_SOFTMAX, _SOFTMAX_NLL_GRAD), vjp=_vjp_ce_grad,
    samples=(Sample(((5, 4), (5,), ()), ints={1: 4}),),
-   rewrites=(share_log_softmax_in_gradient,))
+   rewrites=(share_log_softmax_in_gradient,), onnx=_onnx_softmax_grad(from_scores=True))
 
 
 def _vjp_log_softmax(g: Value, out: Value, x: Value):
@@ -634,4 +647,4 @@ op("nll", 2, labels_rule("nll"), template("_nll({0}, {1})"), public=False, helpe
    doc="mean -logp[i, label_i]",
    onnx=_mean_loss("NegativeLogLikelihoodLoss"))
 op("softmax_nll_grad", 3, float_like_first, template("_softmax_nll_grad({0}, {1}, {2})"), public=False,
-   helpers=(_SOFTMAX_NLL_GRAD,))
+   helpers=(_SOFTMAX_NLL_GRAD,), onnx=_onnx_softmax_grad(from_scores=False))

@@ -12,7 +12,7 @@ from ..shapes import Shape, ShapeError
 from .basic import MATRIX
 from .value import Value
 from .registry import EmitContext, Sample, composite, need_float, number_attr, op
-from .onnx_helpers import OnnxContext
+from .onnx_helpers import OnnxContext, one_hot_of
 
 _BOOL = 9   # TensorProto.BOOL: what ONNX's Where takes as its condition
 
@@ -121,9 +121,7 @@ def _one_hot_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
 
 
 def _onnx_one_hot(ctx: OnnxContext, args: list[str], attrs: dict) -> str:
-    """labels[..., None] == [0, 1, ..., n - 1], as floats: ONNX Runtime's OneHot has no float64 kernel."""
-    column = ctx.node("Unsqueeze", [args[0], ctx.ints([-1])])
-    return ctx.node("Cast", [ctx.node("Equal", [column, ctx.ints(range(int(attrs["n"])))])], to=ctx.float_type)
+    return one_hot_of(ctx, args[0], int(attrs["n"]))
 
 
 def _emit_one_hot(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:

@@ -141,6 +141,12 @@ def rows(ctx: OnnxContext, shape: Shape) -> str:
     return ctx.count(shape[:1])
 
 
+def one_hot_of(ctx: OnnxContext, labels: str, n: int) -> str:
+    """labels[..., None] == [0, 1, ..., n - 1], as floats: ONNX Runtime's OneHot has no float64 kernel."""
+    column = ctx.node("Unsqueeze", [labels, ctx.ints([-1])])
+    return ctx.node("Cast", [ctx.node("Equal", [column, ctx.ints(range(n))])], to=ctx.float_type)
+
+
 # ---- named rewrites: a pattern of graph nodes as one ONNX node --------------------------
 # Each looks at the node being lowered and the nodes feeding it, and answers None where the
 # pattern does not hold; a folded node must feed nothing else (ctx.sole_use), so nothing is
