@@ -16,7 +16,9 @@ renderer, the evaluator and the trace. What this module adds is a reading of tha
   iteration, the value carried from the previous one, the instance's own param (or, in
   hvp(), the direction ``v`` given for that param), a value an
   earlier loop kept, or one value from outside shared by all iterations);
-- the forward run goes up through the instances, the backward run down. An instance that
+- the forward run goes up through the instances, the backward run down (hvp's reverse over
+  reverse adds two passes: the reverse of the backward, up, and a second backward, down;
+  each pass is its own body, so each loop goes one way). An instance that
   differs (the first one, which sees the model's input; the last one, whose adjoint comes
   from the loss) stays outside the loop, as ordinary statements.
 """
@@ -34,7 +36,7 @@ MIN_RUN = 3   # fewer instances read better unrolled
 _INSTANCE = re.compile(r"(.*)\.(\d+)$")
 _SAFE_NAME = re.compile(r"[\w.]+$")   # names that can go into an f-string as they are
 
-Member = tuple[tuple, int]   # ((repeat key, "forward" | "backward"), instance number)
+Member = tuple[tuple, int]   # ((repeat key, its pass: one of _PHASES), instance number)
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,7 @@ def find_loops(G: Graph, model: Model, order: list[int], results: list[int],
     run_of: dict[Member, tuple[int, int]] = {}   # member -> (loop index, iteration)
     tables = {"param": model.params, "tangent": tangents or {}}
     roles = _roles(G, model, instances, tables)
-    for kind in dict.fromkeys(g[1] for g in sorted(bodies, key=lambda g: _PHASES.index(g[1]))):
+    for kind in _PHASES:
         for group in sorted((g for g in bodies if g[1] == kind), key=lambda g: bodies[g][min(bodies[g])][0]):
             for loop in _runs(G, model, group, bodies[group], member, position, run_of, roles, tables):
                 for i, k in enumerate(loop.instances):
@@ -323,7 +325,7 @@ def _loop(G: Graph, model: Model, group: tuple, instances: list[int], bodies: di
     """The loop of one run (None where a carried value would be read after its update)."""
     body_nodes = [bodies[k] for k in instances]
     refs, carried = [], {}
-    used: dict[str, dict[str, list[int]]] = {kind: {} for kind in tables}   # kind -> role -> per iteration
+    used: dict[str, dict[str, int]] = {kind: {} for kind in tables}   # kind -> role -> its instance's shift
     first = body_nodes[0]
     for q, (*_, operands) in enumerate(sig):
         row = []

@@ -73,7 +73,8 @@ def calls(module, params, inputs, seed=5) -> dict:
         results["predict"] = module.predict(params, **{k: v for k, v in inputs.items() if k in module.PREDICT_INPUTS})
     if hasattr(module, "hvp"):   # a direction drawn from the seed, the same for both modules
         draw = np.random.default_rng(seed)
-        v = {name: np.asarray(draw.standard_normal(np.shape(a)), dtype=np.asarray(a).dtype) for name, a in params.items()}
+        v = {name: np.asarray(draw.standard_normal(np.shape(a)), dtype=np.asarray(a).dtype)
+             for name, a in params.items()}
         results["hvp"] = module.hvp(params, v, None, np.random.default_rng(seed), **inputs)
     return results
 

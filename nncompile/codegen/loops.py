@@ -44,7 +44,7 @@ class LoopWriter:
                 self.own_buffers(loop, p, body, plan, results, count)
         self.lists: dict[tuple[int, int], str] = {}    # (id(loop), position) -> the list keeping its values
         self.tuples: dict[tuple, tuple[str, int]] = {}   # (repeat, kind, param) -> its tuple, its first instance
-        self.role_vars: dict[tuple[str, str, int], str] = {}   # (kind, param name in an instance, shift) -> its variable
+        self.role_vars: dict[tuple[str, str, int], str] = {}   # (kind, role, shift) -> the body's variable
         self.index = ""
 
     def own_buffers(self, loop: Loop, p: int, body: Plan, plan: Plan, results: set[int], count: int) -> None:
@@ -87,7 +87,7 @@ class LoopWriter:
                 lines.append(f"    {names.of[n]} = {arrays}[{index[name]}]")
         spans: dict[tuple, list[int]] = {}   # (repeat, param) -> the instances its loops go over
         for loop in self.loops:
-            for ref in {r for row in loop.refs for r in row if r.kind == kind}:
+            for ref in dict.fromkeys(r for row in loop.refs for r in row if r.kind == kind):
                 spans.setdefault((loop.key, ref.role), []).extend(k + ref.shift for k in loop.instances)
         for (key, role), instances in spans.items():
             low, high = min(instances), max(instances)
@@ -120,14 +120,14 @@ class LoopWriter:
             lines.append(f"    {self.lists[id(loop), p]} = [None] * {count}")
         span = f"range({count})"
         lines.append(f"    for {i} in {span if loop.instances[0] == loop.low else f'reversed({span})'}:")
-        roles = list(dict.fromkeys((r.kind, r.role, r.shift) for row in loop.refs for r in row if r.kind in _ROLE_KINDS))
+        roles = list(dict.fromkeys((r.kind, r.role, r.shift) for row in loop.refs for r in row
+                                   if r.kind in _ROLE_KINDS))
         for role in roles:   # one variable per param name (and per v), shared by the loops of a function
             if role not in self.role_vars:
                 self.role_vars[role] = names.fresh(_ROLE_KINDS[role[0]] + role[1].replace(".", "_"))
         if roles:
             targets = ", ".join(self.role_vars[r] for r in roles)
-            sources = ", ".join(_indexed(self.tuples[loop.key, *r[:2]][0], self.tuples[loop.key, *r[:2]][1] - r[2], loop, i)
-                                for r in roles)
+            sources = ", ".join(self.own_param(loop, *r) for r in roles)
             lines.append(f"        {targets} = {sources}")
         last_where = None
         for q, n in enumerate(t):
@@ -162,6 +162,11 @@ class LoopWriter:
                 elif p in loop.kept:
                     names.of[n] = f"{self.lists[id(loop), p]}[{k - loop.low}]"
         return lines
+
+    def own_param(self, loop: Loop, kind: str, role: str, shift: int) -> str:
+        """``h_W[i + 1]``: this iteration's param ``role`` (or its v) from its tuple."""
+        var, low = self.tuples[loop.key, kind, role]
+        return _indexed(var, low - shift, loop, self.index)
 
     def operand(self, loop: Loop, ref: Ref, var: dict[int, str]) -> str:
         if ref.kind in ("local", "carry"):
