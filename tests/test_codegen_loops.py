@@ -238,6 +238,24 @@ def test_the_gpu_module_writes_the_same_loop(tmp_path: Path) -> None:
     assert "type(array) is cp.ndarray" in deep and deep.count("\n") < 2000
 
 
+def test_the_gpu_modules_hvp_loops_compute_what_numpy_computes(tmp_path: Path, monkeypatch) -> None:
+    """On the CPU stand-in for CuPy, whose fused kernels run inside hvp's four loops."""
+    from test_cupy_backend import _load_on_fake_cupy
+
+    path = write_nn(tmp_path, "deep", DEEP_TEXT.replace("COUNT", "12"))
+    cupy_src = compile_file(path, dtype="float64", backend="cupy")
+    assert hvp_source(cupy_src).count("one iteration per instance") == 4
+    gpu = _load_on_fake_cupy(cupy_src, "deep_cupy", monkeypatch)
+    reference = load_module(compile_file(path, dtype="float64", loops=False), "deep_unrolled")
+    params, inputs = reference.init_params(1), example_inputs(reference, seed=2)
+    v = {k: np.random.default_rng(3).standard_normal(p.shape) for k, p in params.items()}
+    want = reference.hvp(params, v, **inputs)
+    got = gpu.hvp(params, v, **inputs)
+    assert list(got) == list(want)
+    for key in want:
+        np.testing.assert_allclose(np.asarray(got[key]), want[key], rtol=1e-12, atol=1e-14, err_msg=key)
+
+
 def test_a_repeat_inside_a_repeated_layer_computes_the_same(tmp_path: Path) -> None:
     path = write_nn(tmp_path, "nested", """
 input X: float[N, 3]
