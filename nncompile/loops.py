@@ -13,9 +13,12 @@ renderer, the evaluator and the trace. What this module adds is a reading of tha
   and of ``h.3.W``); helpers such as ``W.T`` join the body all their users are in;
 - a *run* is a sequence of consecutive instances whose bodies are isomorphic: the same ops,
   attributes, shapes and constants, each operand reached the same way (a value of the same
-  iteration, the value carried from the previous one, the instance's own param, a value an
+  iteration, the value carried from the previous one, the instance's own param (or, in
+  hvp(), the direction ``v`` given for that param), a value an
   earlier loop kept, or one value from outside shared by all iterations);
-- the forward run goes up through the instances, the backward run down. An instance that
+- the forward run goes up through the instances, the backward run down (hvp's reverse over
+  reverse adds two passes: the reverse of the backward, up, and a second backward, down;
+  each pass is its own body, so each loop goes one way). An instance that
   differs (the first one, which sees the model's input; the last one, whose adjoint comes
   from the loss) stays outside the loop, as ordinary statements.
 """
@@ -33,18 +36,18 @@ MIN_RUN = 3   # fewer instances read better unrolled
 _INSTANCE = re.compile(r"(.*)\.(\d+)$")
 _SAFE_NAME = re.compile(r"[\w.]+$")   # names that can go into an f-string as they are
 
-Member = tuple[tuple, int]   # ((repeat key, "forward" | "backward"), instance number)
+Member = tuple[tuple, int]   # ((repeat key, its pass: one of _PHASES), instance number)
 
 
 @dataclass(frozen=True)
 class Ref:
     """How one operand of a loop statement is reached, the same in every iteration."""
 
-    kind: str                 # "local", "carry", "param", "kept" or "outer"
+    kind: str                 # "local", "carry", "param", "tangent", "kept" or "outer"
     pos: int = -1             # local, carry, kept: the position in the (other) loop's body
     loop: int = -1            # kept: the index of the loop whose list holds the value
-    shift: int = 0            # kept: that value's instance, minus this iteration's
-    role: str = ""            # param: its name inside the instance (``W`` of ``h.3.W``)
+    shift: int = 0            # kept, param, tangent: that value's instance, minus this iteration's
+    role: str = ""            # param, tangent: the param's name inside the instance (``W`` of ``h.3.W``)
     node: int = -1            # outer: the value itself
 
 
@@ -59,7 +62,8 @@ class Loop:
     bodies: list[list[int]]           # per iteration, its nodes in schedule order
     refs: list[tuple[Ref, ...]]       # per body position, per operand
     carried: dict[int, int] = field(default_factory=dict)    # position -> its value before the loop
-    params: dict[str, list[int]] = field(default_factory=dict)   # role -> per iteration, its param
+    params: dict[str, list[int]] = field(default_factory=dict)   # role -> per iteration, the param it reads
+    tangents: dict[str, list[int]] = field(default_factory=dict)   # role -> per iteration, its param's v
     kept: set[int] = field(default_factory=set)    # positions kept in a list (read after their iteration)
     read_after: set[int] = field(default_factory=set)   # positions read outside the loop, in any iteration
 
@@ -103,9 +107,12 @@ class _Instances(dict):
         return found
 
 
-def find_loops(G: Graph, model: Model, order: list[int], results: list[int]) -> list[Loop]:
+def find_loops(G: Graph, model: Model, order: list[int], results: list[int],
+               tangents: dict[str, int] | None = None) -> list[Loop]:
     """The loops of the function that computes ``order`` (a topological schedule): forward
-    runs first, then the backward runs, which may read what the forward ones kept."""
+    runs first, then the backward runs, which may read what the forward ones kept.
+
+    ``tangents`` (hvp's): param name -> the input holding its v, a role of the param's instance."""
     if not model.repeats:
         return []
     instances = _Instances(model)
@@ -115,13 +122,18 @@ def find_loops(G: Graph, model: Model, order: list[int], results: list[int]) -> 
         if n in member:
             group, k = member[n]
             bodies.setdefault(group, {}).setdefault(k, []).append(n)
+    for group, by_instance in bodies.items():
+        if _PHASES.index(group[1]) >= 2:
+            for k, body in by_instance.items():
+                by_instance[k] = _as_soon_as_possible(G, body)
     position = {n: p for group in bodies.values() for body in group.values() for p, n in enumerate(body)}
     loops: list[Loop] = []
     run_of: dict[Member, tuple[int, int]] = {}   # member -> (loop index, iteration)
-    roles = _roles(G, model, instances)
-    for kind in ("forward", "backward"):
+    tables = {"param": model.params, "tangent": tangents or {}}
+    roles = _roles(G, model, instances, tables)
+    for kind in _PHASES:
         for group in sorted((g for g in bodies if g[1] == kind), key=lambda g: bodies[g][min(bodies[g])][0]):
-            for loop in _runs(G, model, group, bodies[group], member, position, run_of, roles):
+            for loop in _runs(G, model, group, bodies[group], member, position, run_of, roles, tables):
                 for i, k in enumerate(loop.instances):
                     run_of[(group, k)] = (len(loops), i)
                 loops.append(loop)
@@ -134,6 +146,7 @@ def _members(G: Graph, instances: _Instances, order: list[int]) -> dict[int, Mem
     member: dict[int, Member] = {}
     index = {n: i for i, n in enumerate(order)}
     anchor: dict[int, int] = {}   # node -> the latest adjoint of an instance value upstream of it
+    phase = _phases(G, order)
     for n in order:
         node = G[n]
         if node.is_leaf:
@@ -150,14 +163,57 @@ def _members(G: Graph, instances: _Instances, order: list[int]) -> dict[int, Mem
         if best is not None:
             anchor[n] = best
             key, k = instances[G[best].scope]
-            member[n] = ((key, "backward"), k)
+            member[n] = ((key, _PHASES[phase[n]]), k)
     for n in reversed(order):   # a helper (W.T, 1 - h*h) joins the body all its users are in
         if n in member or G[n].is_leaf:
             continue
-        homes = {member.get(u) for u in G.nx.successors(n) if u in index}
+        users = sorted((u for u in G.nx.successors(n) if u in index), key=index.__getitem__)
+        homes = {member.get(u) for u in users}
         if len(homes) == 1 and None not in homes:
             member[n] = homes.pop()
+        elif None not in homes and _across_passes(homes):
+            # hvp's: read by several backward passes, in the first pass to run that reads it
+            member[n] = min((member[u] for u in users), key=lambda home: _PHASES.index(home[0][1]))
     return member
+
+
+_PHASES = ("forward", "backward", "backward of the backward", "second backward")
+
+
+def _phases(G: Graph, order: list[int]) -> dict[int, int]:
+    """Which pass each node is computed in, an index into _PHASES: hvp's program runs the
+    forward pass up through the instances, the backward down, then (reverse over reverse) the
+    reverse of the backward up and a second backward down; one loop goes one way only. An
+    adjoint's pass is the first one after its operands' that runs against its target's."""
+    phase: dict[int, int] = {}
+    for n in order:
+        node = G[n]
+        p = max((phase.get(a, 0) for a in node.args), default=0)
+        if node.grad_of is not None:
+            t = node.grad_of
+            against = phase[t] % 2 if t in phase else int(G.nx.has_node(t) and G[t].grad_of is not None)
+            p = max(p, 1)
+            if p % 2 == against:
+                p += 1
+        phase[n] = min(p, len(_PHASES) - 1)
+    return phase
+
+
+def _as_soon_as_possible(G: Graph, body: list[int]) -> list[int]:
+    """A body of hvp's reverse over reverse passes, each statement as early as its operands in
+    the body allow: one that reads what the neighbouring iteration left then does so before
+    this iteration overwrites it (a topological order still: operands come earlier)."""
+    depth: dict[int, int] = {}
+    for n in body:
+        depth[n] = 1 + max((depth[a] for a in G[n].args if a in depth), default=-1)
+    return sorted(body, key=depth.__getitem__)
+
+
+def _across_passes(homes: set[Member]) -> bool:
+    """Whether the bodies are of one repeat and of several backward passes (hvp's; a helper
+    of value_and_grad read by several bodies of its one backward pass stays outside them)."""
+    passes = {_PHASES.index(kind) for (_, kind), _ in homes}
+    return len(passes) > 1 and min(passes) >= 1 and len({key for (key, _), _ in homes}) == 1
 
 
 def _signature(G: Graph, roles: dict, group: tuple, k: int, body: list[int], member: dict[int, Member],
@@ -166,7 +222,7 @@ def _signature(G: Graph, roles: dict, group: tuple, k: int, body: list[int], mem
     attributes, shape and dtype, and how each operand is reached (``near`` marks a value of
     the neighbouring instance: carried, when the two are in one run)."""
     sig = []
-    me, instance = (group, k), (group[0], k)
+    me = (group, k)
     for n in body:
         node = G[n]
         operands, kinds = [], []
@@ -174,8 +230,8 @@ def _signature(G: Graph, roles: dict, group: tuple, k: int, body: list[int], mem
             home, arg = member.get(a), G[a]
             kinds.append((arg.shape, arg.dtype))   # emit rules may look at their operands' shapes
             if home is None:
-                if a in roles and roles[a][0] == instance:
-                    operands.append(("param", roles[a][1]))
+                if a in roles and roles[a][0][0] == group[0] and roles[a][0][1] - k in _role_shifts(group):
+                    operands.append((*roles[a][1:], roles[a][0][1] - k))   # ("param" or "tangent", role, shift)
                 elif arg.op == "const":
                     operands.append(("const", arg.attr("value"), arg.shape, arg.dtype))
                 else:
@@ -192,6 +248,13 @@ def _signature(G: Graph, roles: dict, group: tuple, k: int, body: list[int], mem
     return tuple(sig)
 
 
+def _role_shifts(group: tuple) -> tuple[int, ...]:
+    """Whose params an instance's body may read as its own: the reverse over reverse passes
+    of hvp() meet those of a neighbour's (the v of ``h.5.W`` where the backward computed the
+    gradient of ``h.4``)."""
+    return (0,) if _PHASES.index(group[1]) < 2 else (-1, 0, 1)
+
+
 def _attrs(node) -> tuple:
     """The attributes a statement is written from: a random op's ``id`` only keeps two draws
     from being merged into one (dropout's masks), and each iteration draws anew."""
@@ -204,18 +267,22 @@ def _prefix(key: tuple[str, ...], k: int) -> str:
     return ".".join((*key[:-1], f"{key[-1]}.{k}")) + "."
 
 
-def _roles(G: Graph, model: Model, instances: _Instances) -> dict[int, tuple[tuple[tuple[str, ...], int], str]]:
-    """Each param of a repeat instance: (its instance, its name inside the instance)."""
+def _roles(G: Graph, model: Model, instances: _Instances,
+           tables: dict[str, dict[str, int]]) -> dict[int, tuple[tuple[tuple[str, ...], int], str, str]]:
+    """Each param of a repeat instance, and each v given for one: (the param's instance,
+    "param" or "tangent", the param's name inside the instance)."""
     roles = {}
-    for name, n in model.params.items():
-        inst = instances[G[n].scope]
-        if inst is not None:
-            roles[n] = (inst, name[len(_prefix(*inst)):])
+    for kind, table in tables.items():
+        for name, n in table.items():
+            inst = instances[G[model.params[name]].scope]
+            if inst is not None:
+                roles[n] = (inst, kind, name[len(_prefix(*inst)):])
     return roles
 
 
 def _runs(G: Graph, model: Model, group: tuple, bodies: dict[int, list[int]], member: dict[int, Member],
-          position: dict[int, int], run_of: dict[Member, tuple[int, int]], roles: dict) -> list[Loop]:
+          position: dict[int, int], run_of: dict[Member, tuple[int, int]], roles: dict,
+          tables: dict[str, dict[str, int]]) -> list[Loop]:
     """The maximal runs of at least MIN_RUN consecutive instances with one signature."""
     sigs = {k: _signature(G, roles, group, k, body, member, position, run_of) for k, body in bodies.items()}
     shifts = {op[1] for sig in sigs.values() for st in sig for op in st[5] if op[0] == "near"}
@@ -230,7 +297,7 @@ def _runs(G: Graph, model: Model, group: tuple, bodies: dict[int, list[int]], me
             while j + 1 < len(seq) and seq[j + 1] == seq[j] + step and sigs[seq[j + 1]] == sigs[seq[i + 1]]:
                 j += 1
             if j - i + 1 >= MIN_RUN:
-                loop = _loop(G, model, group, seq[i:j + 1], bodies, sigs[seq[i + 1]])
+                loop = _loop(G, model, group, seq[i:j + 1], bodies, sigs[seq[i + 1]], tables)
                 if loop is not None:
                     loops.append(loop)
                     i = j + 1
@@ -254,11 +321,11 @@ def _carries_into(first: tuple, second: tuple) -> bool:
 
 
 def _loop(G: Graph, model: Model, group: tuple, instances: list[int], bodies: dict[int, list[int]],
-          sig: tuple) -> Loop | None:
+          sig: tuple, tables: dict[str, dict[str, int]]) -> Loop | None:
     """The loop of one run (None where a carried value would be read after its update)."""
     body_nodes = [bodies[k] for k in instances]
     refs, carried = [], {}
-    params: dict[str, list[int]] = {}
+    used: dict[str, dict[str, int]] = {kind: {} for kind in tables}   # kind -> role -> its instance's shift
     first = body_nodes[0]
     for q, (*_, operands) in enumerate(sig):
         row = []
@@ -271,12 +338,13 @@ def _loop(G: Graph, model: Model, group: tuple, instances: list[int], bodies: di
                 if carried.setdefault(p, init) != init:
                     return None
                 row.append(Ref("carry", pos=p))
-            elif op[0] == "param":
+            elif op[0] in tables:
                 role = op[1]
                 if not _SAFE_NAME.match(role):
                     return None
-                params.setdefault(role, [])
-                row.append(Ref("param", role=role))
+                if used[op[0]].setdefault(role, op[2]) != op[2]:
+                    return None   # one role, one instance per iteration
+                row.append(Ref(op[0], role=role, shift=op[2]))
             elif op[0] == "kept":
                 row.append(Ref("kept", loop=op[1], pos=op[2], shift=op[3]))
             elif op[0] == "local":
@@ -286,11 +354,11 @@ def _loop(G: Graph, model: Model, group: tuple, instances: list[int], bodies: di
         refs.append(tuple(row))
     if not all(_SAFE_NAME.match(part) for part in group[0]):
         return None
-    for role in params:
-        params[role] = [model.params[_prefix(group[0], k) + role] for k in instances]
-    order = sorted(range(len(instances)), key=lambda i: instances[i])
+    order = sorted(range(len(instances)), key=lambda i: instances[i])   # per instance, upwards
+    per_role = {kind: {role: [tables[kind][_prefix(group[0], instances[i] + shift) + role] for i in order]
+                       for role, shift in roles.items()} for kind, roles in used.items()}
     return Loop(group[0], group[1], model.repeats[group[0]], instances, body_nodes, refs, carried,
-                {role: [nodes[i] for i in order] for role, nodes in params.items()})
+                per_role["param"], tangents=per_role["tangent"])
 
 
 def _mark_kept(G: Graph, loops: list[Loop], order: list[int], results: list[int]) -> None:
@@ -316,17 +384,17 @@ def _mark_kept(G: Graph, loops: list[Loop], order: list[int], results: list[int]
 
 def kept_view_bases(G: Graph, loop: Loop, positions: set[int]) -> set[int]:
     """The body positions whose storage the given positions' values live in (themselves, and
-    the bases of views among them): all must be fresh arrays in every iteration."""
-    where = {n: p for p, n in enumerate(loop.template)}
+    the bases of views among them, of this iteration or carried from the last): all must be
+    fresh arrays in every iteration."""
     out, todo = set(), list(positions)
     while todo:
         p = todo.pop()
         if p in out:
             continue
         out.add(p)
-        n = loop.template[p]
-        if REGISTRY[G[n].op].view and G[n].args[0] in where:
-            todo.append(where[G[n].args[0]])
+        base = loop.refs[p][0] if REGISTRY[G[loop.template[p]].op].view else None
+        if base is not None and base.kind in ("local", "carry"):
+            todo.append(base.pos)
     return out
 
 

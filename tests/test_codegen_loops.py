@@ -71,6 +71,11 @@ def calls(module, params, inputs, seed=5) -> dict:
         results["value_and_grad"] = module.value_and_grad(params, *extra, **inputs)
     if hasattr(module, "predict"):
         results["predict"] = module.predict(params, **{k: v for k, v in inputs.items() if k in module.PREDICT_INPUTS})
+    if hasattr(module, "hvp"):   # a direction drawn from the seed, the same for both modules
+        draw = np.random.default_rng(seed)
+        v = {name: np.asarray(draw.standard_normal(np.shape(a)), dtype=np.asarray(a).dtype)
+             for name, a in params.items()}
+        results["hvp"] = module.hvp(params, v, None, np.random.default_rng(seed), **inputs)
     return results
 
 
@@ -98,7 +103,11 @@ def assert_same_module_behaviour(path: Path, **options) -> bool:
     calls(looped, params, example_inputs(looped, seed=3))   # a later call must not overwrite results
     for k, array in enumerate(arrays_in(first)):
         assert np.array_equal(array, kept[k], equal_nan=True)
-    return re.search(r"^    for i in range\(\d+\):$", looped_src, re.M) is not None
+    return "one iteration per instance" in looped_src   # a loop's comment (hessian() has a for of its own)
+
+
+def hvp_source(source: str) -> str:
+    return source[source.index("def hvp("):source.index("HESSIAN_LIMIT =")]
 
 
 def repeated_program(seed: int) -> str | None:
@@ -111,11 +120,26 @@ def repeated_program(seed: int) -> str | None:
 
 def test_random_repeated_models_compute_the_same_with_and_without_loops(tmp_path: Path) -> None:
     seeds = [s for s in range(400) if repeated_program(s) is not None][:40]
-    looped = 0
+    looped = hvp_looped = 0
     for seed in seeds:
         path = write_nn(tmp_path, f"random{seed}", repeated_program(seed))
         looped += assert_same_module_behaviour(path, dtype="float64")
+        hvp_looped += "one iteration per instance" in hvp_source(compile_file(path, dtype="float64"))
     assert looped >= 10, f"only {looped} of {len(seeds)} programs were written with a loop"
+    assert hvp_looped >= 5, f"only {hvp_looped} of {len(seeds)} programs had hvp() written with a loop"
+
+
+def test_hvp_goes_through_the_instances_in_four_loops_and_computes_the_same(tmp_path: Path) -> None:
+    """Reverse over reverse: forward up, backward down, the backward's reverse up, a second
+    backward down; each a loop reading the instance's params and directions v from tuples."""
+    path = write_nn(tmp_path, "deep", DEEP_TEXT.replace("COUNT", "12"))
+    hvp = hvp_source(compile_file(path, dtype="float64"))
+    for kind in ("forward", "backward", "backward of the backward", "second backward"):
+        assert re.search(rf"# h\.\d+ \.\.\. h\.\d+, {kind}: one iteration per instance", hvp), kind
+    assert re.search(r"h_vW = v_arrays\[\d+:\d+:2\]  # h\.\d+\.W \.\.\. h\.\d+\.W", hvp)
+    assert "v_h_6_W" not in hvp   # a middle instance's v is read in its loop, not by name
+    assert assert_same_module_behaviour(path, dtype="float64")
+    assert assert_same_module_behaviour(path, optimized=False)
 
 
 @pytest.mark.parametrize("options", [{}, {"dtype": "float64"}, {"input_grads": False}, {"optimized": False}],
@@ -154,13 +178,25 @@ def test_every_gradient_of_the_loop_matches_the_unrolled_module_and_none_alias(t
 
 def test_a_1000_layer_repeat_is_a_short_module() -> None:
     source = compile_file(DEEP)
-    assert source.count("\n") < 2000
+    assert source.count("\n") < 2000 and hvp_source(source).count("\n") < 400
     assert max(map(len, source.splitlines())) < 200
     module = load_module(source, "deep_tanh")
     assert len(module.PARAMS) == 2000 and list(module.PARAMS)[:3] == ["h.1.W", "h.1.b", "h.2.W"]
     params = module.init_params()
     _, grads = module.value_and_grad(params, X=np.ones((2, 32), dtype=np.float32))
     assert list(grads) == [*module.PARAMS, "X"]
+
+
+def test_the_hvp_of_a_1000_layer_repeat_is_the_unrolled_modules_bit_for_bit() -> None:
+    looped = load_module(compile_file(DEEP, dtype="float64"), "deep_tanh_looped")
+    unrolled = load_module(compile_file(DEEP, dtype="float64", loops=False), "deep_tanh_unrolled")
+    params = looped.init_params(3)
+    draw = np.random.default_rng(4)
+    v = {name: draw.standard_normal(a.shape) for name, a in params.items()}
+    X = draw.standard_normal((3, 32))
+    hv = looped.hvp(params, v, X=X)
+    assert_identical(hv, unrolled.hvp(params, v, X=X))
+    assert np.abs(hv["h.500.W"]).max() > 0
 
 
 def test_the_optimiser_forms_step_the_same(tmp_path: Path) -> None:
@@ -200,6 +236,24 @@ def test_the_gpu_module_writes_the_same_loop(tmp_path: Path) -> None:
     deep = compile_file(DEEP, backend="cupy")   # 2000 params: _read_params tests them in a loop
     compile(deep, "deep_cupy", "exec")
     assert "type(array) is cp.ndarray" in deep and deep.count("\n") < 2000
+
+
+def test_the_gpu_modules_hvp_loops_compute_what_numpy_computes(tmp_path: Path, monkeypatch) -> None:
+    """On the CPU stand-in for CuPy, whose fused kernels run inside hvp's four loops."""
+    from test_cupy_backend import _load_on_fake_cupy
+
+    path = write_nn(tmp_path, "deep", DEEP_TEXT.replace("COUNT", "12"))
+    cupy_src = compile_file(path, dtype="float64", backend="cupy")
+    assert hvp_source(cupy_src).count("one iteration per instance") == 4
+    gpu = _load_on_fake_cupy(cupy_src, "deep_cupy", monkeypatch)
+    reference = load_module(compile_file(path, dtype="float64", loops=False), "deep_unrolled")
+    params, inputs = reference.init_params(1), example_inputs(reference, seed=2)
+    v = {k: np.random.default_rng(3).standard_normal(p.shape) for k, p in params.items()}
+    want = reference.hvp(params, v, **inputs)
+    got = gpu.hvp(params, v, **inputs)
+    assert list(got) == list(want)
+    for key in want:
+        np.testing.assert_allclose(np.asarray(got[key]), want[key], rtol=1e-12, atol=1e-14, err_msg=key)
 
 
 def test_a_repeat_inside_a_repeated_layer_computes_the_same(tmp_path: Path) -> None:

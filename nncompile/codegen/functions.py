@@ -147,7 +147,7 @@ class FunctionEmitter:
         (a loop's statements once, in a ``for`` over its instances; ``flat``: the param gradients,
         written into one fresh buffer, where no loop keeps them)."""
         order = schedule(self.G, results)
-        found = find_loops(self.G, self.model, order, results) if loops and self.loops else []
+        found = find_loops(self.G, self.model, order, results, self.p.tangents) if loops and self.loops else []
         units = loop_schedule(self.G, results, found) if found else None
         if units is None:
             units, found = order, []

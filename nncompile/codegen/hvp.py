@@ -41,11 +41,11 @@ def hessian(params, state=None, rng=None, /, **inputs):
 
 
 class HvpEmitter(FunctionEmitter):
-    """``hvp(params, v, state=None, rng=None, /, **inputs)``: v is read as the params are.
-    Written out, not in loops: a loop gathers its instances' params, not their directions."""
+    """``hvp(params, v, state=None, rng=None, /, **inputs)``: v is read as the params are
+    (in loops, gathered per run of instances as their params are: nncompile/codegen/loops.py)."""
 
-    def __init__(self, program, definitions) -> None:
-        super().__init__(program, definitions, loops=False)
+    def __init__(self, program, definitions, loops: bool = True) -> None:
+        super().__init__(program, definitions, loops=loops)
 
     def signature(self, fname: str) -> str:
         return "params, v, state=None, rng=None, /, **inputs"
@@ -53,7 +53,7 @@ class HvpEmitter(FunctionEmitter):
     def read_params_and_state(self, needed: set[int], names: Names, params: bool = True) -> list[str]:
         lines = super().read_params_and_state(needed, names, params=params)
         tangents = self.p.tangents
-        if any(n in needed for n in tangents.values()):
+        if params and any(n in needed for n in tangents.values()):   # else the loops read them
             for name, n in tangents.items():
                 if n in needed:
                     names.of[n] = names.fresh(f"v_{name}")
@@ -65,7 +65,12 @@ class HvpEmitter(FunctionEmitter):
     def hvp_function(self) -> str:
         products = self.p.grads
         body, names, ctx = self.body("hvp", list(reversed([n for n in products.values() if n is not None])))
-        body.append(f"    return {self.returned(products, names, ctx, set())}")
+        var = self.loop_writer.names.fresh("hv") if self.loop_writer else ""
+        filled = self.loop_writer and self.loop_writer.grads(products, ctx, set(), var)
+        if filled:   # the products a loop kept go in by a loop, as value_and_grad's gradients do
+            body += [*filled, f"    return {var}"]
+        else:
+            body.append(f"    return {self.returned(products, names, ctx, set())}")
         return "\n".join([f"def hvp({self.signature('hvp')}):", f'    """{HVP_DOC}"""', *body])
 
 

@@ -20,6 +20,8 @@ from .names import Names, basename, safe_comment
 if TYPE_CHECKING:
     from .functions import FunctionEmitter, _Context
 
+_ROLE_KINDS = {"param": "", "tangent": "v"}   # operands an instance has of its own -> their variables' prefix
+
 
 class LoopWriter:
     """The loops of one function as they are written: their buffers, the names of the param
@@ -35,17 +37,21 @@ class LoopWriter:
             body = plan_buffers(em.G, loop.template, {loop.template[p] for p in escaping})
             self.plans[id(loop)] = (body, len(plan.slots))
             plan.slots.extend(body.slots)
+            kept = kept_view_bases(em.G, loop, loop.kept)   # a kept view's base: kept as long
+            carried = kept_view_bases(em.G, loop, set(loop.carried))
             for p in sorted(escaping):
-                self.own_buffers(loop, p, body, plan, results)
+                count = len(loop.instances) if p in kept else 2 if p in carried else 1
+                self.own_buffers(loop, p, body, plan, results, count)
         self.lists: dict[tuple[int, int], str] = {}    # (id(loop), position) -> the list keeping its values
-        self.tuples: dict[tuple, tuple[str, int]] = {}   # (repeat, param) -> its tuple, its first instance
-        self.role_vars: dict[str, str] = {}   # param name inside an instance -> the body's variable
+        self.tuples: dict[tuple, tuple[str, int]] = {}   # (repeat, kind, param) -> its tuple, its first instance
+        self.role_vars: dict[tuple[str, str, int], str] = {}   # (kind, role, shift) -> the body's variable
         self.index = ""
 
-    def own_buffers(self, loop: Loop, p: int, body: Plan, plan: Plan, results: set[int]) -> None:
+    def own_buffers(self, loop: Loop, p: int, body: Plan, plan: Plan, results: set[int], count: int) -> None:
         """A value that outlives its iteration, but is not returned, gets buffers of its own in
-        the workspace: one per iteration when it is kept, two taken in turn when it is only
-        carried to the next iteration, one when only the last iteration's is read after."""
+        the workspace (``count``): one per iteration when it (or a view of it) is kept, two taken
+        in turn when it is only carried to the next iteration, one when only the last
+        iteration's is read after."""
         G, n = self.em.G, loop.template[p]
         node = G[n]
         if (not REGISTRY[node.op].takes_out or node.shape == () or node.dtype != "float" or n in body.inplace
@@ -53,38 +59,48 @@ class LoopWriter:
             return   # a fresh array in every iteration
         if loop.bodies[-1][p] in results:
             self.copied.add(loop.bodies[-1][p])   # returned: as a copy of its buffer
-        count = len(loop.instances) if p in loop.kept else 2 if p in loop.carried else 1
         self.own[id(loop), p] = (len(plan.slots), count)
         plan.slots.extend([(node.shape, node.dtype)] * count)
 
     def read_params(self, needed: set[int], outer: set[int]) -> list[str]:
         """The params, as the tuple ``_read_params`` returns (PARAMS order): by name those
-        ``outer`` code reads, and one tuple per param of a repeat's instances (``h_W[i]``)."""
-        params, names = self.em.model.params, self.names
-        index = {n: i for i, n in enumerate(params.values())}
-        arrays = names.fresh("param_arrays")
-        lines = [f"    {arrays} = _read_params(params)  # in PARAMS order"]
-        for name, n in params.items():
+        ``outer`` code reads, and one tuple per param of a repeat's instances (``h_W[i]``);
+        in hvp() the directions ``v`` the same way (``v_h_0_W``, ``h_vW[i]``)."""
+        lines = self.gather("param", "params", self.em.model.params, "", needed, outer)
+        tangents = self.em.p.tangents
+        if any(n in needed for n in tangents.values()):
+            lines += self.gather("tangent", "v", tangents, "v", needed, outer)
+        self.index = self.names.fresh("i")
+        return lines
+
+    def gather(self, kind: str, arg: str, table: dict[str, int], stem: str, needed: set[int],
+               outer: set[int]) -> list[str]:
+        """The lines reading one argument laid out like the params (``params`` or hvp's ``v``,
+        ``table``: param name -> its node) for the loops' roles of ``kind``."""
+        names = self.names
+        index = {name: i for i, name in enumerate(self.em.model.params)}
+        arrays = names.fresh(f"{stem or 'param'}_arrays")
+        lines = [f"    {arrays} = _read_params({arg})  # in PARAMS order"]
+        for name, n in table.items():
             if n in needed and n in outer:
-                names.of[n] = names.fresh(name)
-                lines.append(f"    {names.of[n]} = {arrays}[{index[n]}]")
+                names.of[n] = names.fresh(f"{stem}_{name}" if stem else name)
+                lines.append(f"    {names.of[n]} = {arrays}[{index[name]}]")
         spans: dict[tuple, list[int]] = {}   # (repeat, param) -> the instances its loops go over
         for loop in self.loops:
-            for role in loop.params:
-                spans.setdefault((loop.key, role), []).extend(loop.instances)
+            for ref in dict.fromkeys(r for row in loop.refs for r in row if r.kind == kind):
+                spans.setdefault((loop.key, ref.role), []).extend(k + ref.shift for k in loop.instances)
         for (key, role), instances in spans.items():
             low, high = min(instances), max(instances)
             loop = next(loop for loop in self.loops if loop.key == key)
-            where = [index[params[f"{loop.instance_name(k)}.{role}"]] for k in range(low, high + 1)]
-            var = names.fresh(f"{key[-1]}_{role}".replace(".", "_"))
-            self.tuples[key, role] = (var, low)
+            where = [index[f"{loop.instance_name(k)}.{role}"] for k in range(low, high + 1)]
+            var = names.fresh(f"{key[-1]}_{stem}{role}".replace(".", "_"))
+            self.tuples[key, kind, role] = (var, low)
             step = where[1] - where[0]
             if step > 0 and where == list(range(where[0], where[-1] + 1, step)):
                 lines.append(f"    {var} = {arrays}[{where[0]}:{where[-1] + 1}{f':{step}' if step != 1 else ''}]"
                              f"  # {loop.instance_name(low)}.{role} ... {loop.instance_name(high)}.{role}")
             else:
                 lines.append(f"    {var} = ({', '.join(f'{arrays}[{i}]' for i in where)},)")
-        self.index = names.fresh("i")
         return lines
 
     def loop(self, loop: Loop, buffers: list[str], ctx: _Context) -> list[str]:
@@ -104,13 +120,14 @@ class LoopWriter:
             lines.append(f"    {self.lists[id(loop), p]} = [None] * {count}")
         span = f"range({count})"
         lines.append(f"    for {i} in {span if loop.instances[0] == loop.low else f'reversed({span})'}:")
-        roles = list(dict.fromkeys(r.role for row in loop.refs for r in row if r.kind == "param"))
-        for role in roles:   # one variable per param name, shared by the loops of a function
+        roles = list(dict.fromkeys((r.kind, r.role, r.shift) for row in loop.refs for r in row
+                                   if r.kind in _ROLE_KINDS))
+        for role in roles:   # one variable per param name (and per v), shared by the loops of a function
             if role not in self.role_vars:
-                self.role_vars[role] = names.fresh(role.replace(".", "_"))
+                self.role_vars[role] = names.fresh(_ROLE_KINDS[role[0]] + role[1].replace(".", "_"))
         if roles:
             targets = ", ".join(self.role_vars[r] for r in roles)
-            sources = ", ".join(_indexed(*self.tuples[loop.key, r], loop, i) for r in roles)
+            sources = ", ".join(self.own_param(loop, *r) for r in roles)
             lines.append(f"        {targets} = {sources}")
         last_where = None
         for q, n in enumerate(t):
@@ -146,11 +163,16 @@ class LoopWriter:
                     names.of[n] = f"{self.lists[id(loop), p]}[{k - loop.low}]"
         return lines
 
+    def own_param(self, loop: Loop, kind: str, role: str, shift: int) -> str:
+        """``h_W[i + 1]``: this iteration's param ``role`` (or its v) from its tuple."""
+        var, low = self.tuples[loop.key, kind, role]
+        return _indexed(var, low - shift, loop, self.index)
+
     def operand(self, loop: Loop, ref: Ref, var: dict[int, str]) -> str:
         if ref.kind in ("local", "carry"):
             return var[ref.pos]
-        if ref.kind == "param":
-            return self.role_vars[ref.role]
+        if ref.kind in _ROLE_KINDS:
+            return self.role_vars[ref.kind, ref.role, ref.shift]
         if ref.kind == "kept":
             other = self.loops[ref.loop]
             return _indexed(self.lists[id(other), ref.pos], other.low - ref.shift, loop, self.index)

@@ -47,7 +47,7 @@ class _Module:
                            else FunctionEmitter(program.eval_program, self.definitions, loops=loops))
         self.prediction = (None if program.predict_program is None
                            else FunctionEmitter(program.predict_program, self.definitions, "predict", loops=loops))
-        self.hvp = None if program.hvp_program is None else HvpEmitter(program.hvp_program, self.definitions)
+        self.hvp = None if program.hvp_program is None else HvpEmitter(program.hvp_program, self.definitions, loops)
 
     def write(self, trace: bool) -> str:
         model, retarget = self.model, self.backend.retarget
