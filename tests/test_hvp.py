@@ -64,6 +64,30 @@ def test_hessian_matches_central_differences_of_the_gradient_entry_by_entry(tmp_
     np.testing.assert_allclose(H, H.T, rtol=1e-12, atol=1e-14)
 
 
+def test_the_hessian_of_a_model_with_dropout_is_of_one_set_of_masks(tmp_path: Path) -> None:
+    """Every column draws the same masks: the matrix is symmetric, each column is the hvp of
+    those masks, and a seeded rng gives the same matrix each time."""
+    path = write_nn(tmp_path, "drop.nn", """
+        input X: float[N, 4]
+        input y: int[N]
+        layer blk(x) {
+            param W: [4, 3] = xavier()
+            return dropout(tanh(x @ W), 0.5)
+        }
+        h = blk(X) as fc
+        param W0: [3, 3] = xavier()
+        loss = softmax_cross_entropy(h @ W0, y)
+        minimize loss
+    """)
+    module = compile_and_load(path, dtype="float64")
+    params = module.init_params(0)
+    inputs = {"X": np.random.default_rng(1).standard_normal((6, 4)), "y": np.array([0, 1, 2, 0, 1, 2])}
+    H = module.hessian(params, None, np.random.default_rng(7), **inputs)
+    np.testing.assert_allclose(H, H.T, rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(H, module.hessian(params, None, np.random.default_rng(7), **inputs))
+    assert np.abs(H).max() > 0
+
+
 def test_hvp_is_the_hessian_times_v_and_leaves_its_arguments_alone(tmp_path: Path) -> None:
     module, params, inputs = _tiny(tmp_path)
     rng = np.random.default_rng(2)

@@ -27,6 +27,9 @@ def hessian(params, state=None, rng=None, /, **inputs):
     if total > HESSIAN_LIMIT:
         raise ValueError(f"hessian() is for tiny models: this one has {{total}} param elements, more than "
                          f"HESSIAN_LIMIT = {{HESSIAN_LIMIT}}; use hvp(params, v, ...) for products with the Hessian")
+    # One seed for every column: each hvp() call then draws the same dropout masks, so the
+    # columns are of one Hessian (a seeded rng gives the same matrix every time).
+    seed = int((np.random.default_rng() if rng is None else rng).integers(2**62))
     basis = np.zeros(total, dtype=DTYPE)
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
     columns = []
@@ -35,7 +38,7 @@ def hessian(params, state=None, rng=None, /, **inputs):
         basis[j] = 1
         v = {{name: basis[start:start + size].reshape(shape)
              for name, (shape, _), start, size in zip(PARAMS, PARAMS.values(), starts, sizes)}}
-        hv = hvp(params, v, state, rng, **inputs)
+        hv = hvp(params, v, state, np.random.default_rng(seed), **inputs)
         columns.append(np.concatenate([hv[name].reshape(-1) for name in PARAMS]))
     return np.stack(columns, axis=1) if columns else np.zeros((0, 0), dtype=DTYPE)'''
 
