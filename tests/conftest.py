@@ -9,7 +9,8 @@ import os
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-import subprocess  # noqa: E402 - after the environment is set
+import signal  # noqa: E402 - after the environment is set
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import textwrap  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
@@ -48,6 +49,14 @@ class CliResult:
 
     def __str__(self) -> str:  # shown when an assertion about a run fails
         return f"exit {self.returncode}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
+
+
+def as_a_shell_starts_it() -> None:
+    """A child's ``preexec_fn``: SIGINT default and unblocked, as a terminal's shell starts a
+    command, whatever the tests' process inherited (a suite started in the background has
+    SIGINT ignored, which children inherit, and then Python raises no KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def cli(*args: str | Path, cwd: str | Path | None = None, env: dict[str, str] | None = None,

@@ -22,7 +22,7 @@ from nncompile.runs import load_run, read_data
 from nncompile.sweep.study import BEAT, STALE
 from nncompile.sweep.worker import SURPLUS
 
-from conftest import ROOT, cli, write_nn
+from conftest import ROOT, as_a_shell_starts_it, cli, write_nn
 
 TINY = """
     # softmax regression on the 8x8 digits, with an L2 penalty to sweep
@@ -48,7 +48,7 @@ def start(cwd: Path, args: list[str]) -> subprocess.Popen:
     """A worker, as a user starts one: python -m nncompile sweep ..., in its own process."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     return subprocess.Popen([sys.executable, "-m", "nncompile", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=as_a_shell_starts_it)
 
 
 def finish(worker: subprocess.Popen, timeout: float = 120) -> tuple[int, str, str]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import ROOT, cli
+from conftest import ROOT, as_a_shell_starts_it, cli
 from test_train import Interrupt, files, npz_dict, small, without_times  # noqa: F401 (files: the fixture)
 
 import nncompile.train.loop as loop
@@ -113,14 +113,6 @@ def test_resuming_with_fewer_epochs_than_done_is_an_error_and_with_as_many_a_not
     assert cli("train", cwd=tmp_path).returncode == 1
 
 
-def _as_a_shell_starts_it() -> None:
-    """In the child before exec: SIGINT delivered and default, as a terminal's shell starts a
-    command, whatever this test process inherited or set (a child inherits ignored and blocked
-    signals, and then Python raises no KeyboardInterrupt)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-
-
 def test_ctrl_c_then_the_printed_command_equals_the_run_never_interrupted(files, tmp_path) -> None:
     """A real SIGINT to ``nncompile train``: it stops at a step boundary, checkpoints that
     point and prints how to continue; that command (from the run's config.json) ends where
@@ -130,7 +122,7 @@ def test_ctrl_c_then_the_printed_command_equals_the_run_never_interrupted(files,
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "nncompile", "train", str(files["mlp"]), *map(str, settings),
                              "--epochs", "100000", "--out", "cut"], cwd=tmp_path, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_as_a_shell_starts_it)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=as_a_shell_starts_it)
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.split()[:2] == ["epoch", "3/100000"]:
