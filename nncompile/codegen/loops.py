@@ -12,7 +12,7 @@ import re
 from typing import TYPE_CHECKING
 
 from ..errors import Sources
-from ..loops import Loop, Ref, kept_view_bases, reads_of
+from ..loops import Loop, Ref, Unstretchable, kept_view_bases, reads_of
 from ..ops import REGISTRY
 from ..schedule import Plan, plan_buffers
 from .names import Names, basename, safe_comment
@@ -154,7 +154,7 @@ class LoopWriter:
             lines += ["    " + line for line in em.statement(ctx, node, var[q], args, out)]
         lines += [f"        {self.lists[id(loop), p]}[{i}] = {var[p]}" for p in sorted(loop.kept)]
         # After the loop: the last iteration's values are in the body's variables, the others in lists.
-        for it, body in enumerate(loop.bodies):
+        for it, body in loop.numbered():
             k = loop.instances[it]
             for p, n in enumerate(body):
                 if it == count - 1:
@@ -184,9 +184,8 @@ class LoopWriter:
         entries before a run go in as a dict, those after it by ``update``. None where no
         gradient is in a loop's list."""
         em = self.em
-        where = {n: (loop, it, p) for loop in self.loops for it, body in enumerate(loop.bodies)
-                 for p, n in enumerate(body) if p in loop.kept}
-        items = list(values.items())
+        where = {body[p]: (loop, it, p) for loop in self.loops for it, body in loop.numbered() for p in loop.kept}
+        items = through_gaps(em.model, list(values.items()), where)
         segments: list = []   # dicts of plain entries, and runs: (loop, first instance, count, [(role, position)])
         j = 0
         while j < len(items):
@@ -220,6 +219,31 @@ class LoopWriter:
                 key = loop.instance_name(f"{{{i} + {first}}}") + "." + role
                 lines.append(f"        {var}[f{key!r}] = {value}")
         return lines
+
+
+def through_gaps(model, items: list[tuple[str, int | None]], where: dict) -> list[tuple[str, object]]:
+    """A short compile's gradients (or hvp's products), with those of the instances left out
+    at each gap (stretch.py) put in after the instance before it: each where that one's is,
+    but in its own iteration of the loop (a key of ``where`` of its own)."""
+    for key, (head, left_out) in model.gaps.items():
+        prefix = ".".join((*key[:-1], f"{key[-1]}.{head}")) + "."
+        mine = [j for j, (name, _) in enumerate(items) if name.startswith(prefix)]
+        if not mine:
+            continue
+        added = []
+        for k in range(head + 1, head + left_out + 1):
+            for name, n in (items[j] for j in mine):
+                if n is None:
+                    added.append((f"{prefix[:-len(str(head)) - 1]}{k}.{name[len(prefix):]}", None))
+                    continue
+                if n not in where or where[n][0].instances[where[n][1]] != head:
+                    raise Unstretchable("a gradient next to a gap is not kept by a loop that spans it")
+                loop, it, p = where[n]
+                it += k - head if loop.instances[-1] > loop.instances[0] else head - k
+                where[("left out", k, n)] = (loop, it, p)
+                added.append((f"{prefix[:-len(str(head)) - 1]}{k}.{name[len(prefix):]}", ("left out", k, n)))
+        items = items[:mine[-1] + 1] + added + items[mine[-1] + 1:]
+    return items
 
 
 def loop_reads(G, loops: list[Loop]) -> set[int]:
