@@ -113,7 +113,8 @@ def _collector_paused():
 
 
 def _compile(path: str | Path, dtype: str | None, optimized: bool, trace: bool, input_grads: bool, backend: str,
-             optimizer: str | Optimizer | None, hvp: bool, loops: bool, shorten: int | None = None) -> tuple[str, Model]:
+             optimizer: str | Optimizer | None, hvp: bool, loops: bool,
+             shorten: tuple[int, int] | None = None) -> tuple[str, Model]:
     """The module's source, and the model it was built from (``shorten``: see stretch.py)."""
     model = elaborate_file(path, dtype, shorten=shorten)
     roles = prediction_roles(model)   # before build() optimises the graph the analysis reads

@@ -23,13 +23,14 @@ from typing import Callable
 
 from .errors import NNError
 from .ir import Model
-from .limits import MAX_NODES
+from .elaborate import layers
 from .loops import Unstretchable
 from .codegen import Program
 
 SHORT = 8   # instances of a long repeat a short compile elaborates: enough for hvp's inner loops
+LONG = 24   # a repeat of fewer instances compiles about as fast whole as in two short compiles
 
-Compile = Callable[[int], tuple[str, Model]]   # instances per long repeat -> (module text, train model)
+Compile = Callable[[tuple[int, int]], tuple[str, Model]]   # elaborate_file's shorten -> (module text, train model)
 
 
 def stretched(compile_short: Compile) -> str | None:
@@ -39,11 +40,11 @@ def stretched(compile_short: Compile) -> str | None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            source, model = compile_short(SHORT)
+            source, model = compile_short((SHORT, LONG))
             if not model.gaps:   # no repeat is long: that was the full compile
                 again = None
             else:
-                again, longer = compile_short(SHORT + 1)
+                again, longer = compile_short((SHORT + 1, LONG))
         except (NNError, Unstretchable):
             return None
     if again is not None and (again != source or _too_big(model, longer)):
@@ -63,17 +64,19 @@ def _too_big(short: Model, longer: Model) -> bool:
     """Whether the full model might pass MAX_NODES (then its compile says so): each instance
     more adds at most what one more in every repeat does."""
     left_out = max(gap[1] for gap in short.gaps.values())
-    return len(short.graph) + left_out * (len(longer.graph) - len(short.graph)) > MAX_NODES
+    return len(short.graph) + left_out * (len(longer.graph) - len(short.graph)) > layers.MAX_NODES
 
 
 def fill_gaps(program: Program) -> None:
     """The tables of a short compile's programs as the full model's: the params left out at
-    each gap named after the instance before it (their shapes and initialisers are its own)."""
+    each gap named after the instance before it (their shapes and initialisers are its own),
+    and their gradients too (that instance's: codegen/loops.py puts each in its iteration)."""
     filled: dict[int, dict] = {}
     for p in (program, program.eval_program, program.predict_program, program.hvp_program):
         if p is None:
             continue
         model = p.model
+        p.grads = _filled(model, p.grads)   # a node of the instance before the gap: see codegen/loops.py
         for name in (*model.state, *model.inputs):
             if any(name.startswith(_instance(key, "")) for key in model.gaps):
                 raise Unstretchable(f"{name} is of a repeat's instance, but not a param")

@@ -222,28 +222,33 @@ class LoopWriter:
 
 
 def through_gaps(model, items: list[tuple[str, int | None]], where: dict) -> list[tuple[str, object]]:
-    """A short compile's gradients (or hvp's products), with those of the instances left out
-    at each gap (stretch.py) put in after the instance before it: each where that one's is,
-    but in its own iteration of the loop (a key of ``where`` of its own)."""
+    """A short compile's gradients (or hvp's products), where each of an instance left out at a
+    gap is, as stretch.py fills the tables, the node of the instance before the gap: here put
+    in its own iteration of the loop that keeps that one (under a key of ``where`` of its own)."""
+    if not model.gaps:
+        return items
+    out = []
+    for name, n in items:
+        left_out = n is not None and _left_out(model, name)
+        if left_out:
+            head, k = left_out
+            if n not in where or where[n][0].instances[where[n][1]] != head:
+                raise Unstretchable("a gradient next to a gap is not kept by a loop that spans it")
+            loop, it, p = where[n]
+            n = ("left out", k, n)
+            where[n] = (loop, it + (k - head if loop.instances[-1] > loop.instances[0] else head - k), p)
+        out.append((name, n))
+    return out
+
+
+def _left_out(model, name: str) -> tuple[int, int] | None:
+    """(the instance before the gap, the instance) where ``name`` is of one left out at a gap."""
     for key, (head, left_out) in model.gaps.items():
-        prefix = ".".join((*key[:-1], f"{key[-1]}.{head}")) + "."
-        mine = [j for j, (name, _) in enumerate(items) if name.startswith(prefix)]
-        if not mine:
-            continue
-        added = []
-        for k in range(head + 1, head + left_out + 1):
-            for name, n in (items[j] for j in mine):
-                if n is None:
-                    added.append((f"{prefix[:-len(str(head)) - 1]}{k}.{name[len(prefix):]}", None))
-                    continue
-                if n not in where or where[n][0].instances[where[n][1]] != head:
-                    raise Unstretchable("a gradient next to a gap is not kept by a loop that spans it")
-                loop, it, p = where[n]
-                it += k - head if loop.instances[-1] > loop.instances[0] else head - k
-                where[("left out", k, n)] = (loop, it, p)
-                added.append((f"{prefix[:-len(str(head)) - 1]}{k}.{name[len(prefix):]}", ("left out", k, n)))
-        items = items[:mine[-1] + 1] + added + items[mine[-1] + 1:]
-    return items
+        stem = ".".join((*key[:-1], key[-1])) + "."
+        number = name[len(stem):].split(".", 1)[0] if name.startswith(stem) else ""
+        if number.isdigit() and head < int(number) <= head + left_out:
+            return head, int(number)
+    return None
 
 
 def loop_reads(G, loops: list[Loop]) -> set[int]:

@@ -27,11 +27,12 @@ __all__ = ["MODES", "STDLIB", "Elaborator", "ParamInit", "Scope", "elaborate", "
 
 
 def elaborate_file(path: str | Path, dtype: str | None = None, mode: str = "train",
-                   shorten: int | None = None) -> Model:
+                   shorten: tuple[int, int] | None = None) -> Model:
     """Parse and elaborate a .nn file (and what it imports) for train or eval mode.
 
-    ``shorten`` elaborates each ``repeat`` of more instances with only that many, the first
-    and the last ones, for a compile that stretches the module to the full count (stretch.py)."""
+    ``shorten=(k, long)`` elaborates each ``repeat`` of more than ``long`` instances with only
+    k of them, the first and the last ones, for a compile that stretches the module to the
+    full count (stretch.py)."""
     module = parse_file(path)
     return Elaborator(module.file, dtype, mode, shorten).run(module)
 
@@ -45,7 +46,8 @@ class Elaborator(Context):
     """Builds the graph of one mode: ``train { }`` blocks count in train mode, ``eval { }``
     blocks in eval mode, and mode-dependent ops (dropout) lower accordingly."""
 
-    def __init__(self, file: str, dtype: str | None, mode: str = "train", shorten: int | None = None):
+    def __init__(self, file: str, dtype: str | None, mode: str = "train",
+                 shorten: tuple[int, int] | None = None):
         super().__init__(file, mode)
         self.dtype_override = dtype
         self.shorten = shorten

@@ -84,8 +84,8 @@ class Layers:
         """The instances a repeat elaborates: all of them, or for a short compile (``shorten``)
         the first and the last few, around a gap recorded in ``model.gaps``. A repeat inside
         another's instance is written out in that instance's loop body: it stays whole."""
-        short = self.el.shorten
-        if short is None or count <= short or instance_of(self.el.model, scope.prefix) is not None:
+        short, long = self.el.shorten or (count, count)
+        if count <= max(short, long) or instance_of(self.el.model, scope.prefix) is not None:
             return range(1, count + 1)
         head = short // 2
         self.el.model.gaps[key] = (head, count - short)
