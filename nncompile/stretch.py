@@ -72,25 +72,26 @@ def fill_gaps(program: Program) -> None:
     each gap named after the instance before it (their shapes and initialisers are its own),
     and their gradients too (that instance's: codegen/loops.py puts each in its iteration)."""
     filled: dict[int, dict] = {}
+    names: dict[tuple, list[str]] = {}
     for p in (program, program.eval_program, program.predict_program, program.hvp_program):
         if p is None:
             continue
         model = p.model
-        p.grads = _filled(model, p.grads)   # a node of the instance before the gap: see codegen/loops.py
         for name in (*model.state, *model.inputs):
             if any(name.startswith(_instance(key, "")) for key in model.gaps):
                 raise Unstretchable(f"{name} is of a repeat's instance, but not a param")
-        if id(model.params) not in filled:
-            filled[id(model.params)] = _filled(model, model.params)
-        model.params = filled[id(model.params)]
-        if id(model.param_inits) not in filled:
-            filled[id(model.param_inits)] = _filled(model, model.param_inits)
-        model.param_inits = filled[id(model.param_inits)]
+        p.grads = _filled(model, p.grads, names)
+        for table in ("params", "param_inits"):
+            mine = getattr(model, table)
+            if id(mine) not in filled:
+                filled[id(mine)] = _filled(model, mine, names)
+            setattr(model, table, filled[id(mine)])
 
 
-def _filled(model: Model, table: dict) -> dict:
+def _filled(model: Model, table: dict, names: dict[tuple, list[str]]) -> dict:
     """``table`` (param name -> anything) with the names left out at the gaps, each with the
-    entry of its role in the instance before the gap, after that instance's names."""
+    entry of its role in the instance before the gap, after that instance's names (``names``:
+    those names, per gap and roles, made once for all the tables)."""
     items = list(table.items())
     for key, (head, left_out) in model.gaps.items():
         before = _instance(key, head) + "."
@@ -99,10 +100,12 @@ def _filled(model: Model, table: dict) -> dict:
             continue
         if mine != list(range(mine[0], mine[-1] + 1)):
             raise Unstretchable(f"the params of {before[:-1]} are not together")
-        roles = [(name[len(before):], value) for name, value in items[mine[0]:mine[-1] + 1]]
-        added = [(f"{_instance(key, k)}.{role}", value) for k in range(head + 1, head + left_out + 1)
-                 for role, value in roles]
-        items[mine[-1] + 1:mine[-1] + 1] = added
+        roles = tuple(name[len(before):] for name, _ in items[mine[0]:mine[-1] + 1])
+        if (key, roles) not in names:
+            names[key, roles] = [f"{_instance(key, k)}.{role}" for k in range(head + 1, head + left_out + 1)
+                                 for role in roles]
+        values = [value for _, value in items[mine[0]:mine[-1] + 1]] * left_out
+        items[mine[-1] + 1:mine[-1] + 1] = zip(names[key, roles], values)
     return dict(items)
 
 

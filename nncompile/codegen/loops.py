@@ -92,7 +92,8 @@ class LoopWriter:
         for (key, role), instances in spans.items():
             low, high = min(instances), max(instances)
             loop = next(loop for loop in self.loops if loop.key == key)
-            where = [index[f"{loop.instance_name(k)}.{role}"] for k in range(low, high + 1)]
+            scope = loop.instance_name("")
+            where = [index[f"{scope}{k}.{role}"] for k in range(low, high + 1)]
             var = names.fresh(f"{key[-1]}_{stem}{role}".replace(".", "_"))
             self.tuples[key, kind, role] = (var, low)
             step = where[1] - where[0]
@@ -222,33 +223,28 @@ class LoopWriter:
 
 
 def through_gaps(model, items: list[tuple[str, int | None]], where: dict) -> list[tuple[str, object]]:
-    """A short compile's gradients (or hvp's products), where each of an instance left out at a
-    gap is, as stretch.py fills the tables, the node of the instance before the gap: here put
-    in its own iteration of the loop that keeps that one (under a key of ``where`` of its own)."""
-    if not model.gaps:
-        return items
-    out = []
-    for name, n in items:
-        left_out = n is not None and _left_out(model, name)
-        if left_out:
-            head, k = left_out
+    """A short compile's gradients (or hvp's products) as stretch.py fills the table: after the
+    entries of the instance before a gap, those of each instance left out there, in order, of
+    the same nodes. Each of those is put in its own iteration of the loop that keeps the node
+    (under a key of ``where`` of its own)."""
+    items = list(items)
+    for key, (head, left_out) in model.gaps.items():
+        prefix = ".".join((*key[:-1], f"{key[-1]}.{head}."))
+        mine = [j for j, (name, _) in enumerate(items) if name.startswith(prefix)]
+        if not mine:
+            continue
+        first, roles = mine[-1] + 1, len(mine)
+        for j in range(first, first + roles * left_out):
+            n = items[j][1]
+            if n is None:
+                continue
+            k = head + 1 + (j - first) // roles
             if n not in where or where[n][0].instances[where[n][1]] != head:
                 raise Unstretchable("a gradient next to a gap is not kept by a loop that spans it")
             loop, it, p = where[n]
-            n = ("left out", k, n)
-            where[n] = (loop, it + (k - head if loop.instances[-1] > loop.instances[0] else head - k), p)
-        out.append((name, n))
-    return out
-
-
-def _left_out(model, name: str) -> tuple[int, int] | None:
-    """(the instance before the gap, the instance) where ``name`` is of one left out at a gap."""
-    for key, (head, left_out) in model.gaps.items():
-        stem = ".".join((*key[:-1], key[-1])) + "."
-        number = name[len(stem):].split(".", 1)[0] if name.startswith(stem) else ""
-        if number.isdigit() and head < int(number) <= head + left_out:
-            return head, int(number)
-    return None
+            items[j] = (items[j][0], ("left out", k, n))
+            where[items[j][1]] = (loop, it + (k - head if loop.instances[-1] > loop.instances[0] else head - k), p)
+    return items
 
 
 def loop_reads(G, loops: list[Loop]) -> set[int]:
@@ -317,9 +313,10 @@ def _grad_run(items: list, j: int, where: dict, seen: set[int]):
     if not roles or not all(re.match(r"[\w.]+$", role) for role, _ in roles):
         return None
     count, pos = 0, j
+    stem = loop.instance_name("")
     while True:
         kk = k + count
-        names_ = [loop.instance_name(kk) + "." + role for role, _ in roles]
+        names_ = [f"{stem}{kk}.{role}" for role, _ in roles]
         chunk = items[pos:pos + len(roles)]
         if len(chunk) != len(roles) or [c[0] for c in chunk] != names_:
             break
