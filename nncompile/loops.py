@@ -306,12 +306,11 @@ def _roles(G: Graph, model: Model, instances: _Instances,
     roles = {}
     for kind, table in tables.items():
         for name, n in table.items():
-            if n in roles:   # the names a stretch added (stretch.py) are of their instance's nodes
+            if n in roles:   # a name a stretch added (stretch.py), after its instance's own: the same node
                 continue
             inst = instances[G[model.params[name]].scope]
-            prefix = inst and _prefix(inst[0], actual(model, *inst))
-            if inst is not None and name.startswith(prefix):   # not a name a stretch added (stretch.py)
-                roles[n] = (inst, kind, name[len(prefix):])
+            if inst is not None:
+                roles[n] = (inst, kind, name[len(_prefix(inst[0], actual(model, *inst))):])
     return roles
 
 

@@ -8,6 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from nncompile import compiler, stretch
@@ -300,3 +301,21 @@ def test_the_command_line_writes_the_full_compiles_module(tmp_path: Path, run_cl
     result = run_cli("compile", path, "-o", tmp_path / "deep.py")
     assert result.returncode == 0, result
     assert (tmp_path / "deep.py").read_text() == compile_file(path, stretch=False)
+
+
+def test_the_graph_tools_see_every_instance_of_a_long_repeat(tmp_path: Path, taken) -> None:
+    """eval, render, check and trace() elaborate the model whole: nothing of theirs is stretched."""
+    from nncompile.evaluate import evaluate_file
+    from nncompile.render import to_dot
+
+    path = deep_file(tmp_path, 30)
+    evaluation = evaluate_file(path, dtype="float64")
+    assert list(evaluation.model.params) == [f"h.{k}.{role}" for k in range(1, 31) for role in ("W", "b")]
+    assert not evaluation.model.gaps and "h.17" in to_dot(evaluation, max_nodes=10_000)
+    module = compiler.load_module(compile_file(path, dtype="float64"))
+    outputs, grads = module.value_and_grad(evaluation.params, X=evaluation.inputs["X"])
+    assert float(outputs["loss"]) == pytest.approx(float(evaluation.named_values()["loss"]), rel=1e-12)
+    for name, grad in evaluation.input_and_param_grads().items():
+        if name in grads:
+            np.testing.assert_allclose(grads[name], grad, rtol=1e-10, atol=1e-12, err_msg=name)
+    assert taken == [True]
