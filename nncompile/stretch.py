@@ -21,7 +21,6 @@ from __future__ import annotations
 import warnings
 from typing import Callable
 
-from .errors import NNError
 from .ir import Model
 from .elaborate import layers
 from .loops import Unstretchable
@@ -45,8 +44,8 @@ def stretched(compile_short: Compile) -> str | None:
                 again = None
             else:
                 again, longer = compile_short((SHORT + 1, LONG))
-        except (NNError, Unstretchable):
-            return None
+        except Exception:   # noqa: BLE001 - the full compile is the answer: it reports the model's
+            return None       # errors where they are, and compiles what the stretch does not fit
     if again is not None and (again != source or _too_big(model, longer)):
         return None
     seen = set()
