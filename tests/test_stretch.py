@@ -4,7 +4,6 @@ the stretch is taken, and where it is not valid the full compile runs and says t
 from __future__ import annotations
 
 import re
-import sys
 import warnings
 from pathlib import Path
 
@@ -17,26 +16,7 @@ from nncompile.elaborate import elaborate_file
 from nncompile.errors import NNError
 
 from conftest import EXAMPLES, write_nn
-
-sys.path.insert(0, str(Path(__file__).parent))
-from fuzzing import RandomChoices, write_program  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-DEEP = ROOT / "benchmarks" / "models" / "deep_tanh.nn"
-
-DEEP_TEXT = """
-const D = 4
-input X: float[N, 7]
-layer block(x: [B, K], width: int) -> [B, width] {
-    param W: [K, width] = xavier()
-    param b: [width] = zeros()
-    return tanh(x @ W + b)
-}
-h = repeat COUNT block(X, width=D)
-output h
-loss = sum(h ** 2)
-minimize loss
-"""
+from test_codegen_loops import DEEP, DEEP_TEXT, NESTED, RESIDUAL, RandomChoices, write_program
 
 
 @pytest.fixture
@@ -114,7 +94,7 @@ def test_the_examples_with_a_repeat_made_long_are_the_full_compiles(tmp_path: Pa
     assert taken == [True, True]
 
 
-NESTED = {
+SCOPED = {
     "a repeat in a layer called twice": """
 input X: float[N, 3]
 layer block(x: [B, K]) -> [B, K] {
@@ -130,22 +110,7 @@ b = tower(a)
 loss = mean(b ** 2)
 minimize loss
 """,
-    "a repeat of a layer with a repeat inside": """
-input X: float[N, 3]
-layer inner(x: [B, K]) -> [B, K] {
-    param W: [K, K] = randn()
-    return relu(x @ W)
-}
-layer outer(x: [B, K]) -> [B, K] {
-    param s: [K] = ones()
-    h = repeat 3 inner(x)
-    return h * s + x
-}
-y = repeat 30 outer(X)
-output y
-loss = mean(y ** 2)
-minimize loss
-""",
+    "a repeat of a layer with a repeat inside": NESTED.replace("repeat 4 outer", "repeat 30 outer"),
     "two repeats of different lengths, one named": """
 import nn
 input X: float[N, 6]
@@ -162,29 +127,13 @@ output logits
 loss = softmax_cross_entropy(logits, y)
 minimize loss
 """,
-    "a residual block with dropout and a shared input": """
-import nn
-input X: float[N, 6]
-input ctx: float[N, 6]
-input y: int[N]
-layer res(x: [B, K], c: [B, K]) -> [B, K] {
-    param W: [K, K] = xavier()
-    param g: [K] = ones()
-    h = relu(x @ W) * g + c
-    return x + dropout(h, p=0.25)
-}
-h = repeat 33 res(X, ctx)
-logits = dense(h, out=3)
-output logits
-loss = softmax_cross_entropy(logits, y)
-minimize loss
-""",
+    "a residual block with dropout and a shared input": RESIDUAL.replace("repeat 5 res", "repeat 33 res"),
 }
 
 
-@pytest.mark.parametrize("name", list(NESTED))
+@pytest.mark.parametrize("name", list(SCOPED))
 def test_repeats_in_layers_and_nested_scopes_are_the_full_compiles(tmp_path: Path, taken, name: str) -> None:
-    path = write_nn(tmp_path, "nested", NESTED[name])
+    path = write_nn(tmp_path, "nested", SCOPED[name])
     same_as_full(path, dtype="float64", hvp=False)
     same_as_full(path, dtype="float64")
     assert taken == STRETCHED[name]
@@ -200,7 +149,7 @@ STRETCHED = {   # without hvp, with it
 
 def test_only_the_outermost_repeat_is_compiled_short(tmp_path: Path) -> None:
     """An inner repeat is written out in its outer instance's loop body, all of it."""
-    text = NESTED["a repeat of a layer with a repeat inside"].replace("repeat 3 ", "repeat 30 ")
+    text = SCOPED["a repeat of a layer with a repeat inside"].replace("repeat 3 ", "repeat 30 ")
     model = elaborate_file(write_nn(tmp_path, "nested", text), shorten=(stretch.SHORT, stretch.LONG))
     assert model.gaps == {("y",): (4, 22)}
     assert "y.2.h.30.W" in model.params and "y.30.h.17.W" in model.params and "y.5.s" not in model.params
