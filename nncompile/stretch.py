@@ -29,7 +29,8 @@ from .codegen import Program
 SHORT = 8   # instances of a long repeat a short compile elaborates: enough for hvp's inner loops
 LONG = 24   # a repeat of fewer instances compiles about as fast whole as in two short compiles
 
-Compile = Callable[[tuple[int, int]], tuple[str, Model]]   # elaborate_file's shorten -> (module text, train model)
+Compile = Callable[[tuple[int, int]], tuple[str, Model, int]]   # elaborate_file's shorten ->
+# (module text, train model, its graph's nodes as elaborated)
 
 
 def stretched(compile_short: Compile) -> str | None:
@@ -39,14 +40,14 @@ def stretched(compile_short: Compile) -> str | None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            source, model = compile_short((SHORT, LONG))
+            source, model, size = compile_short((SHORT, LONG))
             if not model.gaps:   # no repeat is long: that was the full compile
                 again = None
             else:
-                again, longer = compile_short((SHORT + 1, LONG))
+                again, _, longer = compile_short((SHORT + 1, LONG))
         except Exception:   # noqa: BLE001 - the full compile is the answer: it reports the model's
             return None       # errors where they are, and compiles what the stretch does not fit
-    if again is not None and (again != source or _too_big(model, longer)):
+    if again is not None and (again != source or _too_big(model, size, longer)):
         return None
     seen = set()
     for w in caught:
@@ -59,11 +60,12 @@ def stretched(compile_short: Compile) -> str | None:
 _SHOWN: dict = {}   # the warnings the stretched compiles passed on ("default" shows each once)
 
 
-def _too_big(short: Model, longer: Model) -> bool:
+def _too_big(short: Model, size: int, longer: int) -> bool:
     """Whether the full model might pass MAX_NODES (then its compile says so): each instance
-    more adds at most what one more in every repeat does."""
+    left out adds at most what one more in every repeat does (``size`` and ``longer``: the
+    short compiles' graphs as elaborated)."""
     left_out = max(gap[1] for gap in short.gaps.values())
-    return len(short.graph) + left_out * (len(longer.graph) - len(short.graph)) > layers.MAX_NODES
+    return size + left_out * (longer - size) > layers.MAX_NODES
 
 
 def fill_gaps(program: Program) -> None:

@@ -220,9 +220,11 @@ def test_an_error_at_an_instance_the_short_compile_leaves_out_is_reported_there(
     assert taken == [False]
 
 
-def test_a_model_past_the_node_limit_is_refused_as_by_the_full_compile(tmp_path: Path, monkeypatch) -> None:
+def test_a_model_past_the_node_limit_is_refused_as_by_the_full_compile(tmp_path: Path, monkeypatch, taken) -> None:
     import nncompile.elaborate.layers as layers_module
     monkeypatch.setattr(layers_module, "MAX_NODES", 400)
+    same_as_full(deep_file(tmp_path, 60))   # 304 nodes: within the limit, and stretched
+    assert taken == [True]
     path = deep_file(tmp_path, 100)
     errors = []
     for full in (False, True):
