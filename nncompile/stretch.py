@@ -19,12 +19,12 @@ differs, a compile error) the caller compiles every instance, as before.
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
-from .ir import Model
-from .elaborate import layers
-from .loops import Unstretchable
 from .codegen import Program
+from .elaborate import layers
+from .ir import Model
+from .loops import Unstretchable
 
 SHORT = 8   # instances of a long repeat a short compile elaborates: enough for hvp's inner loops
 LONG = 24   # a repeat of fewer instances compiles about as fast whole as in two short compiles

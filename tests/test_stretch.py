@@ -9,14 +9,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import EXAMPLES, write_nn
+from test_codegen_loops import (
+    DEEP,
+    DEEP_TEXT,
+    NESTED,
+    RESIDUAL,
+    RandomChoices,
+    write_program,
+)
 
 from nncompile import compiler, stretch
 from nncompile.compiler import compile_file
 from nncompile.elaborate import elaborate_file
 from nncompile.errors import NNError
-
-from conftest import EXAMPLES, write_nn
-from test_codegen_loops import DEEP, DEEP_TEXT, NESTED, RESIDUAL, RandomChoices, write_program
 
 
 @pytest.fixture

@@ -85,10 +85,11 @@ class LoopWriter:
             if n in needed and n in outer:
                 names.of[n] = names.fresh(f"{stem}_{name}" if stem else name)
                 lines.append(f"    {names.of[n]} = {arrays}[{index[name]}]")
-        spans: dict[tuple, list[int]] = {}   # (repeat, param) -> the instances its loops go over
+        spans: dict[tuple, list[int]] = {}   # (repeat, param) -> the first and last instances its loops go over
         for loop in self.loops:
             for ref in dict.fromkeys(r for row in loop.refs for r in row if r.kind == kind):
-                spans.setdefault((loop.key, ref.role), []).extend(k + ref.shift for k in loop.instances)
+                ends = (loop.instances[0] + ref.shift, loop.instances[-1] + ref.shift)   # the instances are consecutive
+                spans.setdefault((loop.key, ref.role), []).extend(ends)
         for (key, role), instances in spans.items():
             low, high = min(instances), max(instances)
             loop = next(loop for loop in self.loops if loop.key == key)
