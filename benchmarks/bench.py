@@ -85,11 +85,12 @@ def _nncompile() -> ModuleType:
     return nncompile
 
 
-def compile_source(path: Path, loops: bool = True) -> str:
+def compile_source(path: Path, **options: Any) -> str:
     """Training-style modules: gradients of the params only (the circuit has no params, so
     there the inputs x, y, z are what is differentiated). ``loops=False``: every instance of
-    a ``repeat`` written out, as before repeats became loops."""
-    return _nncompile().compile_file(str(path), dtype="float32", input_grads=path == CIRCUIT, loops=loops)
+    a ``repeat`` written out, as before repeats became loops; ``stretch=False``: a long
+    ``repeat`` compiled with all its instances rather than short and stretched."""
+    return _nncompile().compile_file(str(path), dtype="float32", input_grads=path == CIRCUIT, **options)
 
 
 def load(source: str, stem: str) -> ModuleType:
@@ -99,9 +100,9 @@ def load(source: str, stem: str) -> ModuleType:
     return _nncompile().load_module(source, f"bench_{stem}_{_module_count}")
 
 
-def compile_and_load(path: Path, loops: bool = True) -> tuple[str, ModuleType]:
+def compile_and_load(path: Path, **options: Any) -> tuple[str, ModuleType]:
     try:
-        src = compile_source(path, loops)
+        src = compile_source(path, **options)
         return src, load(src, path.stem)
     except BenchError:
         raise
@@ -246,25 +247,39 @@ def deep_source(layers: int) -> str:
     return text.replace("repeat 1000 ", f"repeat {layers} ")
 
 
+COMPILES = {   # column -> compile_file options: the default (hvp, stretched), without hvp, each whole, written out
+    "nncompile": {}, "hvp=False": {"hvp": False}, "whole": {"stretch": False},
+    "whole, hvp=False": {"stretch": False, "hvp": False}, "written out": {"loops": False},
+}
+
+
 def bench_compile(quick: bool) -> tuple[list[list[str]], list[list[str]]]:
-    """nncompile (compile_file + load_module) with repeat as a loop and written out, and JAX
-    jit compile time per depth, seconds; then one value_and_grad step of both modules."""
+    """nncompile (compile_file + load_module) per depth, seconds: with the default options (a
+    long repeat compiled short and stretched, flat in depth), without hvp(), each with the
+    repeat compiled whole (stretch=False), and written out (loops=False); JAX jit's compile
+    time; then one value_and_grad step of the looped and the written-out module."""
     reps = 1 if quick else 3
     out, steps = [], []
     with tempfile.TemporaryDirectory() as tmp:
+        warm = Path(tmp) / "deep_tanh_warm.nn"
+        warm.write_text(deep_source(3), encoding="utf-8")
+        compile_and_load(warm)   # the first compile of a process also imports and builds the parser
         for layers in DEEP_DEPTHS:
             path = DEEP if layers == 1000 else Path(tmp) / f"deep_tanh_{layers}.nn"
             if layers != 1000:
                 path.write_text(deep_source(layers), encoding="utf-8")
-            times: dict[bool, list[float]] = {True: [], False: []}
-            lines, mods = {}, {}
-            for _ in range(reps):   # interleaved: both forms see the same machine
-                for loops in (True, False):
+            times: dict[str, list[float]] = {column: [] for column in COMPILES}
+            lines, mods, sources = {}, {}, {}
+            for _ in range(reps):   # interleaved: every form sees the same machine
+                for column, options in COMPILES.items():
                     gc.collect()
                     t0 = time.perf_counter()
-                    src, mods[loops] = compile_and_load(path, loops)
-                    times[loops].append(time.perf_counter() - t0)
-                    lines[loops] = src.count("\n")
+                    src, mods[column] = compile_and_load(path, **options)
+                    times[column].append(time.perf_counter() - t0)
+                    lines[column], sources[column] = src.count("\n"), src
+            if sources["nncompile"] != sources["whole"] or sources["hvp=False"] != sources["whole, hvp=False"]:
+                raise BenchError(f"deep_tanh ({layers} layers): the stretched module differs from the whole compile's")
+            mods = {True: mods["nncompile"], False: mods["written out"]}
             params = compiled_params(mods[True])
             X = np.random.default_rng(2).standard_normal((32, 32)).astype(np.float32)
             if layers == 10:  # also a correctness check of tanh, repeat, sum and **
@@ -278,8 +293,8 @@ def bench_compile(quick: bool) -> tuple[list[list[str]], list[list[str]]]:
             else:
                 jax_s = f"{ref.jax_deep_tanh_compile_s(params, X):.3f}"
             best = {k: f"{min(v):.3f}" + (f" (max {max(v):.3f})" if reps > 1 else "") for k, v in times.items()}
-            out.append([str(layers), str(len(params)), best[True], str(lines[True]), best[False], str(lines[False]),
-                        f"{min(times[False]) / min(times[True]):.2f}", jax_s])
+            out.append([str(layers), str(len(params)), *best.values(), str(lines["nncompile"]),
+                        str(lines["written out"]), f"{min(times['whole']) / min(times['nncompile']):.1f}", jax_s])
             if layers in (100, 1000):
                 steps.append(step_row(layers, mods, params, X, 5 if quick else 30))
             print(f"  compiled {layers} layers")
@@ -462,11 +477,12 @@ def main() -> int:
         tables += time_tables(rows)
         print("\ncompile time of deep tanh MLPs")
         compile_rows, step_rows = bench_compile(ARGS.quick)
-        tables.append(("Compile time, seconds (nncompile: compile_file + load_module, best of runs, with "
-                       "repeat as a loop and written out (loops=False); JAX: trace + lower + XLA compile of "
-                       "jit(value_and_grad))",
-                       ["layers", "params", "nncompile", "lines", "written out", "lines", "ratio", "jax jit"],
-                       compile_rows, "rrrrrrrr"))
+        tables.append(("Compile time, seconds (nncompile: compile_file + load_module, best of runs: the "
+                       "default options (hvp on, the repeat compiled short and stretched), hvp=False, each "
+                       "compiled whole (stretch=False), written out (loops=False); whole/stretched: the ratio "
+                       "with hvp; JAX: trace + lower + XLA compile of jit(value_and_grad))",
+                       ["layers", "params", *COMPILES, "lines", "lines written out", "whole/stretched",
+                        "jax jit"], compile_rows, "rrrrrrrrrrr"))
         tables.append(("deep_tanh value_and_grad (N=32), median ms: repeat as a loop against written out",
                        ["layers", "loop", "written out", "ratio"], step_rows, "rrrr"))
         print("\npeak memory of one step")

@@ -20,6 +20,7 @@ from .ir import Model
 from .optim import Optimizer, optimizer_source
 from .passes import Roots, eliminate_dead_code, fuse_elementwise, optimize
 from .predictions import Roles, prediction_outputs, prediction_roles
+from .stretch import fill_gaps, stretched
 
 DTYPES = ("float32", "float64")
 
@@ -74,11 +75,14 @@ def build(model: Model, *, optimized: bool = True, trace: bool = False, input_gr
 
 def compile_file(path: str | Path, *, dtype: str | None = None, optimized: bool = True,
                  trace: bool = False, input_grads: bool = True, backend: str = "numpy",
-                 optimizer: str | Optimizer | None = None, hvp: bool = True, loops: bool = True) -> str:
+                 optimizer: str | Optimizer | None = None, hvp: bool = True, loops: bool = True,
+                 stretch: bool = True) -> str:
     """Compile a .nn file to the source text of a standalone numpy module.
 
     ``hvp`` gives the module ``hvp`` and ``hessian`` (second derivatives of the loss).
     ``loops=False`` writes each instance of a ``repeat`` out instead of one loop over them.
+    ``stretch=False`` has a long ``repeat`` compiled with all its instances, rather than a few
+    and the module stretched to all (nncompile/stretch.py): the same module, only slower.
 
     With ``optimizer`` (a name such as "adam", or an :class:`nncompile.optim.Optimizer`), the
     module also gets ``init_opt_state``, ``apply_update`` and ``step`` (see nncompile/optim.py).
@@ -86,7 +90,12 @@ def compile_file(path: str | Path, *, dtype: str | None = None, optimized: bool 
     if dtype is not None and dtype not in DTYPES:
         raise NNError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     with _collector_paused():
-        return _compile(path, dtype, optimized, trace, input_grads, backend, optimizer, hvp, loops)
+        options = (dtype, optimized, trace, input_grads, backend, optimizer, hvp, loops)
+        if stretch and loops and not trace:
+            source = stretched(lambda short: _compile(path, *options, short))
+            if source is not None:
+                return source
+        return _compile(path, *options)[0]
 
 
 @contextmanager
@@ -104,8 +113,12 @@ def _collector_paused():
 
 
 def _compile(path: str | Path, dtype: str | None, optimized: bool, trace: bool, input_grads: bool, backend: str,
-             optimizer: str | Optimizer | None, hvp: bool, loops: bool) -> str:
-    model = elaborate_file(path, dtype)
+             optimizer: str | Optimizer | None, hvp: bool, loops: bool,
+             shorten: tuple[int, int] | None = None) -> tuple[str, Model, int]:
+    """The module's source, the model it was built from and its size as elaborated, in graph
+    nodes (``shorten``: see stretch.py)."""
+    model = elaborate_file(path, dtype, shorten=shorten)
+    elaborated = len(model.graph)
     roles = prediction_roles(model)   # before build() optimises the graph the analysis reads
     if backend not in BACKENDS:
         raise NNError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -114,15 +127,17 @@ def _compile(path: str | Path, dtype: str | None, optimized: bool, trace: bool, 
     second = _unbuilt_copy(model, model.mode) if hvp and model.target is not None else None
     program = build(model, optimized=optimized, trace=trace, input_grads=input_grads, fuse=BACKENDS[backend].fuses)
     if model.mode_dependent:  # forward() runs eval mode: dropout off, running statistics used
-        evaluation = elaborate_file(path, dtype, mode="eval")
+        evaluation = elaborate_file(path, dtype, mode="eval", shorten=shorten)
         _check_inputs_for_both(model, evaluation)
         unbuilt = _unbuilt_copy(evaluation, "eval")
         program.eval_program = build(evaluation, optimized=optimized, fuse=BACKENDS[backend].fuses, differentiate=False)
     program.predict_program = predict_program(unbuilt, roles, optimized=optimized, fuse=BACKENDS[backend].fuses)
     if hvp and model.target is not None:
         program.hvp_program = hvp_program(second, optimized=optimized, fuse=BACKENDS[backend].fuses)
+    if model.gaps:
+        fill_gaps(program)
     source = emit_module(program, trace=trace, backend=backend, loops=loops)
-    return source if optimizer is None else source + optimizer_source(model, optimizer, backend)
+    return (source if optimizer is None else source + optimizer_source(model, optimizer, backend)), model, elaborated
 
 
 def _unbuilt_copy(model: Model, mode: str) -> Model:

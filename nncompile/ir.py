@@ -171,6 +171,8 @@ class Model:
     mode_dependent: bool = False   # has train/eval blocks or mode-dependent ops: the modes differ
     dropout_count: int = 0
     repeats: dict[tuple[str, ...], Loc] = field(default_factory=dict)   # each `repeat`'s scope and base name -> where
+    gaps: dict[tuple[str, ...], tuple[int, int]] = field(default_factory=dict)   # a short compile's (stretch.py):
+    # repeat -> (instances elaborated before its gap, instances left out there)
 
     @property
     def target(self) -> int | None:

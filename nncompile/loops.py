@@ -66,6 +66,8 @@ class Loop:
     tangents: dict[str, list[int]] = field(default_factory=dict)   # role -> per iteration, its param's v
     kept: set[int] = field(default_factory=set)    # positions kept in a list (read after their iteration)
     read_after: set[int] = field(default_factory=set)   # positions read outside the loop, in any iteration
+    iterations: list[int] = field(default_factory=list)   # per body, its iteration (all of them but in a
+    # short compile, whose loop also goes over the instances left out at a gap: they have no body)
 
     @property
     def template(self) -> list[int]:
@@ -81,9 +83,24 @@ class Loop:
         """(iteration, position) of a node of this loop."""
         return self._where.get(n)
 
+    def numbered(self) -> zip:
+        """(iteration, body) for each body."""
+        return zip(self.iterations, self.bodies)
+
+    @property
+    def stretched(self) -> bool:
+        """Whether the loop goes over instances a short compile left out (stretch.py)."""
+        return len(self.bodies) < len(self.instances)
+
     def __post_init__(self) -> None:
         self.low = min(self.instances)   # the first instance: lists and param tuples start there
-        self._where = {n: (i, p) for i, body in enumerate(self.bodies) for p, n in enumerate(body)}
+        self.iterations = self.iterations or list(range(len(self.bodies)))
+        self._where = {n: (i, p) for i, body in self.numbered() for p, n in enumerate(body)}
+
+
+class Unstretchable(Exception):
+    """A short compile's module cannot be stretched to the full count of a repeat's instances
+    (stretch.py): the caller compiles every instance instead."""
 
 
 def instance_of(model: Model, scope: tuple[str, ...]) -> tuple[tuple[str, ...], int] | None:
@@ -103,8 +120,21 @@ class _Instances(dict):
         self.model = model
 
     def __missing__(self, scope: tuple[str, ...]) -> tuple[tuple[str, ...], int] | None:
-        found = self[scope] = instance_of(self.model, scope) if scope else None
+        """In a short compile an instance is numbered by its place among those elaborated (the
+        first after a gap follows the last before it): runs go through the gap."""
+        found = instance_of(self.model, scope) if scope else None
+        if found is not None and found[0] in self.model.gaps:
+            head, left_out = self.model.gaps[found[0]]
+            if found[1] > head:
+                found = (found[0], found[1] - left_out)
+        self[scope] = found
         return found
+
+
+def actual(model: Model, key: tuple[str, ...], k: int) -> int:
+    """The instance number of the ``k``-th instance elaborated (they differ after a gap)."""
+    head, left_out = model.gaps.get(key, (k, 0))
+    return k if k <= head else k + left_out
 
 
 def find_loops(G: Graph, model: Model, order: list[int], results: list[int],
@@ -134,10 +164,12 @@ def find_loops(G: Graph, model: Model, order: list[int], results: list[int],
     for kind in _PHASES:
         for group in sorted((g for g in bodies if g[1] == kind), key=lambda g: bodies[g][min(bodies[g])][0]):
             for loop in _runs(G, model, group, bodies[group], member, position, run_of, roles, tables):
-                for i, k in enumerate(loop.instances):
-                    run_of[(group, k)] = (len(loops), i)
+                for i, body in loop.numbered():   # by instance as numbered in the graph (see _Instances)
+                    run_of[member[body[0]]] = (len(loops), i)
                 loops.append(loop)
     _mark_kept(G, loops, order, results)
+    if model.gaps:
+        _check_gaps(model, loops, member)
     return loops
 
 
@@ -274,9 +306,11 @@ def _roles(G: Graph, model: Model, instances: _Instances,
     roles = {}
     for kind, table in tables.items():
         for name, n in table.items():
+            if n in roles:   # a name a stretch added (stretch.py), after its instance's own: the same node
+                continue
             inst = instances[G[model.params[name]].scope]
             if inst is not None:
-                roles[n] = (inst, kind, name[len(_prefix(*inst)):])
+                roles[n] = (inst, kind, name[len(_prefix(inst[0], actual(model, *inst))):])
     return roles
 
 
@@ -355,10 +389,25 @@ def _loop(G: Graph, model: Model, group: tuple, instances: list[int], bodies: di
     if not all(_SAFE_NAME.match(part) for part in group[0]):
         return None
     order = sorted(range(len(instances)), key=lambda i: instances[i])   # per instance, upwards
-    per_role = {kind: {role: [tables[kind][_prefix(group[0], instances[i] + shift) + role] for i in order]
+    per_role = {kind: {role: [tables[kind][_prefix(group[0], actual(model, group[0], instances[i] + shift)) + role]
+                              for i in order]
                        for role, shift in roles.items()} for kind, roles in used.items()}
-    return Loop(group[0], group[1], model.repeats[group[0]], instances, body_nodes, refs, carried,
-                per_role["param"], tangents=per_role["tangent"])
+    numbers, iterations = _through_gap(model, group[0], instances)
+    return Loop(group[0], group[1], model.repeats[group[0]], numbers, body_nodes, refs, carried,
+                per_role["param"], tangents=per_role["tangent"], iterations=iterations)
+
+
+def _through_gap(model: Model, key: tuple[str, ...], instances: list[int]) -> tuple[list[int], list[int]]:
+    """A run's instance numbers in iteration order, and each body's iteration: where the run
+    spans a short compile's gap, it goes over the instances left out there too (no bodies)."""
+    head, left_out = model.gaps.get(key, (0, 0))
+    if head not in instances or head + 1 not in instances:
+        return [actual(model, key, k) for k in instances], list(range(len(instances)))
+    up = instances[-1] > instances[0]
+    numbers = list(range(instances[0], actual(model, key, instances[-1]) + 1) if up else
+                   range(actual(model, key, instances[0]), instances[-1] - 1, -1))
+    after = instances.index(head + 1 if up else head)   # the first body past the gap
+    return numbers, [i + (left_out if i >= after else 0) for i in range(len(instances))]
 
 
 def _mark_kept(G: Graph, loops: list[Loop], order: list[int], results: list[int]) -> None:
@@ -380,6 +429,23 @@ def _mark_kept(G: Graph, loops: list[Loop], order: list[int], results: list[int]
             loops[li].read_after.add(p)
             if i != len(loops[li].instances) - 1:
                 loops[li].kept.add(p)
+
+
+def _check_gaps(model: Model, loops: list[Loop], member: dict[int, Member]) -> None:
+    """A short compile's function stretches to the full count only where the statements of the
+    two instances either side of each gap are all inside loops that span it (then the instances
+    left out are iterations like those), and those loops read only loops that span it too.
+    What else could depend on the count (code outside the loops that reads an instance past
+    the first few or before the last few), two short compiles of different counts write
+    differently: stretch.py compares them."""
+    spanning = [loop for loop in loops if loop.stretched]
+    inside = {n for loop in spanning for body in loop.bodies for n in body}
+    for n, ((key, _), k) in member.items():
+        if key in model.gaps and k - model.gaps[key][0] in (0, 1) and n not in inside:
+            raise Unstretchable("an instance next to a gap is not in a loop that spans it")
+    for loop in spanning:
+        if any(r.kind == "kept" and not loops[r.loop].stretched for row in loop.refs for r in row):
+            raise Unstretchable("a loop that spans a gap reads one that does not")
 
 
 def kept_view_bases(G: Graph, loop: Loop, positions: set[int]) -> set[int]:
@@ -417,6 +483,8 @@ def loop_schedule(G: Graph, results: list[int], loops: list[Loop]) -> list[int |
     seen: set = set()
     for u in order:   # with a loop, the graph of units may have a cycle: then no order is right
         if any(unit(a) not in seen for a in operands(u)):
+            if any(loop.stretched for loop in loops):
+                raise Unstretchable("a loop that spans a gap cannot be scheduled")
             return None
         seen.add(u)
     return [loops[u[0]] if isinstance(u, tuple) else u for u in order]

@@ -38,6 +38,42 @@ minimize loss
 """
 
 
+NESTED = """
+input X: float[N, 3]
+layer inner(x: [B, K]) -> [B, K] {
+    param W: [K, K] = randn()
+    return relu(x @ W)
+}
+layer outer(x: [B, K]) -> [B, K] {
+    param s: [K] = ones()
+    h = repeat 3 inner(x)
+    return h * s + x
+}
+y = repeat 4 outer(X)
+output y
+loss = mean(y ** 2)
+minimize loss
+"""
+
+RESIDUAL = """
+import nn
+input X: float[N, 6]
+input ctx: float[N, 6]
+input y: int[N]
+layer res(x: [B, K], c: [B, K]) -> [B, K] {
+    param W: [K, K] = xavier()
+    param g: [K] = ones()
+    h = relu(x @ W) * g + c
+    return x + dropout(h, p=0.25)
+}
+h = repeat 5 res(X, ctx)
+logits = dense(h, out=3)
+output logits
+loss = softmax_cross_entropy(logits, y)
+minimize loss
+"""
+
+
 def both(path: Path, **options):
     """The module with loops and the unrolled one, compiled from one file with one set of options."""
     looped = compile_file(path, loops=True, **options)
@@ -257,22 +293,7 @@ def test_the_gpu_modules_hvp_loops_compute_what_numpy_computes(tmp_path: Path, m
 
 
 def test_a_repeat_inside_a_repeated_layer_computes_the_same(tmp_path: Path) -> None:
-    path = write_nn(tmp_path, "nested", """
-input X: float[N, 3]
-layer inner(x: [B, K]) -> [B, K] {
-    param W: [K, K] = randn()
-    return relu(x @ W)
-}
-layer outer(x: [B, K]) -> [B, K] {
-    param s: [K] = ones()
-    h = repeat 3 inner(x)
-    return h * s + x
-}
-y = repeat 4 outer(X)
-output y
-loss = mean(y ** 2)
-minimize loss
-""")
+    path = write_nn(tmp_path, "nested", NESTED)
     assert assert_same_module_behaviour(path, dtype="float64")
 
 
@@ -316,23 +337,7 @@ def test_predict_reuses_the_elaborated_graph(tmp_path: Path, monkeypatch) -> Non
 def test_a_residual_block_with_dropout_and_a_shared_input_loops_and_draws_the_same_masks(tmp_path: Path) -> None:
     """Each iteration draws its own mask, in the order the written-out module draws them; the
     gradient of ``ctx``, which every instance reads, is summed across the iterations."""
-    path = write_nn(tmp_path, "res", """
-import nn
-input X: float[N, 6]
-input ctx: float[N, 6]
-input y: int[N]
-layer res(x: [B, K], c: [B, K]) -> [B, K] {
-    param W: [K, K] = xavier()
-    param g: [K] = ones()
-    h = relu(x @ W) * g + c
-    return x + dropout(h, p=0.25)
-}
-h = repeat 5 res(X, ctx)
-logits = dense(h, out=3)
-output logits
-loss = softmax_cross_entropy(logits, y)
-minimize loss
-""")
+    path = write_nn(tmp_path, "res", RESIDUAL)
     source = compile_file(path, dtype="float64")
     vag = source[source.index("def value_and_grad("):source.index("def predict(")]
     assert "forward: one iteration per instance" in vag and "backward: one iteration per instance" in vag

@@ -12,7 +12,7 @@ import re
 from typing import TYPE_CHECKING
 
 from ..errors import Sources
-from ..loops import Loop, Ref, kept_view_bases, reads_of
+from ..loops import Loop, Ref, Unstretchable, kept_view_bases, reads_of
 from ..ops import REGISTRY
 from ..schedule import Plan, plan_buffers
 from .names import Names, basename, safe_comment
@@ -85,14 +85,16 @@ class LoopWriter:
             if n in needed and n in outer:
                 names.of[n] = names.fresh(f"{stem}_{name}" if stem else name)
                 lines.append(f"    {names.of[n]} = {arrays}[{index[name]}]")
-        spans: dict[tuple, list[int]] = {}   # (repeat, param) -> the instances its loops go over
+        spans: dict[tuple, list[int]] = {}   # (repeat, param) -> the first and last instances its loops go over
         for loop in self.loops:
             for ref in dict.fromkeys(r for row in loop.refs for r in row if r.kind == kind):
-                spans.setdefault((loop.key, ref.role), []).extend(k + ref.shift for k in loop.instances)
+                ends = (loop.instances[0] + ref.shift, loop.instances[-1] + ref.shift)   # the instances are consecutive
+                spans.setdefault((loop.key, ref.role), []).extend(ends)
         for (key, role), instances in spans.items():
             low, high = min(instances), max(instances)
             loop = next(loop for loop in self.loops if loop.key == key)
-            where = [index[f"{loop.instance_name(k)}.{role}"] for k in range(low, high + 1)]
+            scope = loop.instance_name("")
+            where = [index[f"{scope}{k}.{role}"] for k in range(low, high + 1)]
             var = names.fresh(f"{key[-1]}_{stem}{role}".replace(".", "_"))
             self.tuples[key, kind, role] = (var, low)
             step = where[1] - where[0]
@@ -154,7 +156,7 @@ class LoopWriter:
             lines += ["    " + line for line in em.statement(ctx, node, var[q], args, out)]
         lines += [f"        {self.lists[id(loop), p]}[{i}] = {var[p]}" for p in sorted(loop.kept)]
         # After the loop: the last iteration's values are in the body's variables, the others in lists.
-        for it, body in enumerate(loop.bodies):
+        for it, body in loop.numbered():
             k = loop.instances[it]
             for p, n in enumerate(body):
                 if it == count - 1:
@@ -184,9 +186,8 @@ class LoopWriter:
         entries before a run go in as a dict, those after it by ``update``. None where no
         gradient is in a loop's list."""
         em = self.em
-        where = {n: (loop, it, p) for loop in self.loops for it, body in enumerate(loop.bodies)
-                 for p, n in enumerate(body) if p in loop.kept}
-        items = list(values.items())
+        where = {body[p]: (loop, it, p) for loop in self.loops for it, body in loop.numbered() for p in loop.kept}
+        items = through_gaps(em.model, list(values.items()), where)
         segments: list = []   # dicts of plain entries, and runs: (loop, first instance, count, [(role, position)])
         j = 0
         while j < len(items):
@@ -220,6 +221,31 @@ class LoopWriter:
                 key = loop.instance_name(f"{{{i} + {first}}}") + "." + role
                 lines.append(f"        {var}[f{key!r}] = {value}")
         return lines
+
+
+def through_gaps(model, items: list[tuple[str, int | None]], where: dict) -> list[tuple[str, object]]:
+    """A short compile's gradients (or hvp's products) as stretch.py fills the table: after the
+    entries of the instance before a gap, those of each instance left out there, in order, of
+    the same nodes. Each of those is put in its own iteration of the loop that keeps the node
+    (under a key of ``where`` of its own)."""
+    items = list(items)
+    for key, (head, left_out) in model.gaps.items():
+        prefix = ".".join((*key[:-1], f"{key[-1]}.{head}."))
+        mine = [j for j, (name, _) in enumerate(items) if name.startswith(prefix)]
+        if not mine:
+            continue
+        first, roles = mine[-1] + 1, len(mine)
+        for j in range(first, first + roles * left_out):
+            n = items[j][1]
+            if n is None:
+                continue
+            k = head + 1 + (j - first) // roles
+            if n not in where or where[n][0].instances[where[n][1]] != head:
+                raise Unstretchable("a gradient next to a gap is not kept by a loop that spans it")
+            loop, it, p = where[n]
+            items[j] = (items[j][0], ("left out", k, n))
+            where[items[j][1]] = (loop, it + (k - head if loop.instances[-1] > loop.instances[0] else head - k), p)
+    return items
 
 
 def loop_reads(G, loops: list[Loop]) -> set[int]:
@@ -288,9 +314,10 @@ def _grad_run(items: list, j: int, where: dict, seen: set[int]):
     if not roles or not all(re.match(r"[\w.]+$", role) for role, _ in roles):
         return None
     count, pos = 0, j
+    stem = loop.instance_name("")
     while True:
         kk = k + count
-        names_ = [loop.instance_name(kk) + "." + role for role, _ in roles]
+        names_ = [f"{stem}{kk}.{role}" for role, _ in roles]
         chunk = items[pos:pos + len(roles)]
         if len(chunk) != len(roles) or [c[0] for c in chunk] != names_:
             break

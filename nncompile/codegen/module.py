@@ -48,6 +48,7 @@ class _Module:
         self.prediction = (None if program.predict_program is None
                            else FunctionEmitter(program.predict_program, self.definitions, "predict", loops=loops))
         self.hvp = None if program.hvp_program is None else HvpEmitter(program.hvp_program, self.definitions, loops)
+        self.found_runs: dict = {}   # same -> runs(same)
 
     def write(self, trace: bool) -> str:
         model, retarget = self.model, self.backend.retarget
@@ -153,8 +154,10 @@ class _Module:
         (or loops are off): then every table lists each param."""
         if not self.loops or not self.model.repeats:
             return None
-        items = param_runs(self.model, same)
-        return items if any(isinstance(item, Run) for item in items) else None
+        if same not in self.found_runs:   # each table asks: a deep model's params are many
+            items = param_runs(self.model, same)
+            self.found_runs[same] = items if any(isinstance(item, Run) for item in items) else None
+        return self.found_runs[same]
 
     def shape_of(self, a: str, b: str) -> bool:
         return self.G[self.model.params[a]].shape == self.G[self.model.params[b]].shape
@@ -217,5 +220,9 @@ class _Module:
         return "".join(seeds_table(var, values) + "\n\n\n" for var, values in tables) + "\n".join(lines)
 
     def drawn_alike(self, a: str, b: str) -> bool:
-        """Whether two params are drawn by one expression, but for their random stream."""
-        return self.shape_of(a, b) and self.draw(a, "RNG") == self.draw(b, "RNG")
+        """Whether two params are drawn by one expression, but for their random stream (as
+        they are where their initialisers are the same: the expression is written from it)."""
+        if not self.shape_of(a, b):
+            return False
+        inits = self.model.param_inits
+        return inits[a] == inits[b] or self.draw(a, "RNG") == self.draw(b, "RNG")

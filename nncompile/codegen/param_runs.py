@@ -75,8 +75,10 @@ def _run_at(model: Model, G, names: list[str], j: int, same) -> Run | None:
     if not roles or not all(_SAFE.match(role) for role in roles):
         return None
     count, at = 1, j + len(roles)
-    while names[at:at + len(roles)] == [run.name(first + count, r) for r in roles] and \
-            all(same(run.name(first, r), run.name(first + count, r)) for r in roles):
+    stem = run.name("", "")[:-2]   # "h": the instances' names are stem.k.role
+    firsts = names[j:at]
+    while names[at:at + len(roles)] == [f"{stem}.{first + count}.{r}" for r in roles] and \
+            all(same(a, b) for a, b in zip(firsts, names[at:at + len(roles)])):
         count += 1
         at += len(roles)
     return Run(key, first, count, tuple(roles)) if count >= MIN_RUN else None

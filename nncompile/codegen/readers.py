@@ -117,7 +117,7 @@ def read_table(program: Program, backend: Backend, arg: str, looped: bool = Fals
     table, TABLE, one = ((model.params, "PARAMS", "param") if arg == "params"
                          else (model.state, "STATE", "state"))
     names = Names()
-    vars_ = [names.fresh(name) for name in table]
+    vars_ = [] if looped else [names.fresh(name) for name in table]
     checks = []
     for var, n in zip(vars_, [] if looped else table.values()):
         checks += [Check("type", var, backend.xp), Check("dtype", var, "_FLOAT"),
@@ -128,7 +128,7 @@ def read_table(program: Program, backend: Backend, arg: str, looped: bool = Fals
         return "\n".join([
             f"def _read_{arg}({arg}):",
             f'    """The {arg} in {TABLE} order; arrays already right pass straight through."""',
-            f"    if type({arg}) is not dict or len({arg}) != {len(vars_)}:",
+            f"    if type({arg}) is not dict or len({arg}) != {len(table)}:",
             f"        return {convert}",
             f"    arrays = tuple(map({arg}.get, {TABLE}))",
             f"    for array, (shape, _) in zip(arrays, {TABLE}.values()):",

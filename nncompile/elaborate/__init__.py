@@ -26,10 +26,15 @@ from .statements import ParamInit, Statements
 __all__ = ["MODES", "STDLIB", "Elaborator", "ParamInit", "Scope", "elaborate", "elaborate_file"]
 
 
-def elaborate_file(path: str | Path, dtype: str | None = None, mode: str = "train") -> Model:
-    """Parse and elaborate a .nn file (and what it imports) for train or eval mode."""
+def elaborate_file(path: str | Path, dtype: str | None = None, mode: str = "train",
+                   shorten: tuple[int, int] | None = None) -> Model:
+    """Parse and elaborate a .nn file (and what it imports) for train or eval mode.
+
+    ``shorten=(k, long)`` elaborates each ``repeat`` of more than ``long`` instances with only
+    k of them, the first and the last ones, for a compile that stretches the module to the
+    full count (stretch.py)."""
     module = parse_file(path)
-    return Elaborator(module.file, dtype, mode).run(module)
+    return Elaborator(module.file, dtype, mode, shorten).run(module)
 
 
 def elaborate(module: syntax.Module, dtype: str | None = None, mode: str = "train") -> Model:
@@ -41,9 +46,11 @@ class Elaborator(Context):
     """Builds the graph of one mode: ``train { }`` blocks count in train mode, ``eval { }``
     blocks in eval mode, and mode-dependent ops (dropout) lower accordingly."""
 
-    def __init__(self, file: str, dtype: str | None, mode: str = "train"):
+    def __init__(self, file: str, dtype: str | None, mode: str = "train",
+                 shorten: tuple[int, int] | None = None):
         super().__init__(file, mode)
         self.dtype_override = dtype
+        self.shorten = shorten
         self.instance_results: set[int] = set()   # layer results named after their instance, until assigned
         self.consts = Constants(self)
         self.imports = Imports(self)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from .. import syntax
 from ..errors import Loc, NNError
 from ..limits import MAX_LAYER_DEPTH, MAX_NODES, MAX_REPEAT
+from ..loops import instance_of
 from ..ops import REGISTRY
 from ..shapes import Shape, show
 from .constants import show_expr
@@ -73,11 +74,22 @@ class Layers:
         named = [(a.name, e) for a, e in zip(layer.args[1:], call.args[1:])] + [(k, e) for k, e, _ in call.kwargs]
         shared = {name: el.exprs.expr(e, scope) for name, e in named if name in tensors}
         el.model.repeats[(*scope.prefix, base)] = rep.loc   # instance i is scope (*prefix, f"{base}.{i}")
-        for i in range(1, count + 1):
+        for i in self.numbers((*scope.prefix, base), count, scope):
             if layer.args:   # else binding reports the extra argument
                 shared[layer.args[0].name] = value
             value = self.instantiate(layer, call, f"{base}.{i}", scope, given=shared)
         return value
+
+    def numbers(self, key: tuple[str, ...], count: int, scope: Scope) -> range | list[int]:
+        """The instances a repeat elaborates: all of them, or for a short compile (``shorten``)
+        the first and the last few, around a gap recorded in ``model.gaps``. A repeat inside
+        another's instance is written out in that instance's loop body: it stays whole."""
+        short, long = self.el.shorten or (count, count)
+        if count <= max(short, long) or instance_of(self.el.model, scope.prefix) is not None:
+            return range(1, count + 1)
+        head = short // 2
+        self.el.model.gaps[key] = (head, count - short)
+        return [*range(1, head + 1), *range(count - short + head + 1, count + 1)]
 
     def instantiate(self, layer: syntax.Layer, call: syntax.Call, name: str, scope: Scope,
                     given: dict[str, int] | None = None) -> int:
