@@ -11,4 +11,4 @@ if [ "${1:-}" = "--long" ]; then
     profile=differential-long
     shift
 fi
-NNCOMPILE_DIFFERENTIAL_PROFILE="$profile" python -m pytest -q -p no:cacheprovider tests/test_differential.py tests/test_differential_conv.py "$@"
+NNCOMPILE_DIFFERENTIAL_PROFILE="$profile" python -m pytest -q -p no:cacheprovider tests/test_differential.py tests/test_differential_conv.py tests/test_optim.py "$@"

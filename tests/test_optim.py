@@ -139,6 +139,47 @@ def test_several_steps_with_a_changing_rate_match_the_textbook(name: str, least_
         np.testing.assert_allclose(params[k], expected[k], rtol=1e-12, atol=1e-15, err_msg=f"{name}: {k}")
 
 
+TORCH = {   # each optimiser as torch.optim makes it, with the hyperparameters of HYPER
+    "sgd": lambda torch, ps, lr: torch.optim.SGD(ps, lr=lr),
+    "momentum": lambda torch, ps, lr: torch.optim.SGD(ps, lr=lr, momentum=0.9),
+    "nesterov": lambda torch, ps, lr: torch.optim.SGD(ps, lr=lr, momentum=0.9, nesterov=True),
+    "adagrad": lambda torch, ps, lr: torch.optim.Adagrad(ps, lr=lr, eps=1e-8),
+    "rmsprop": lambda torch, ps, lr: torch.optim.RMSprop(ps, lr=lr, alpha=0.99, eps=1e-8),
+    "adam": lambda torch, ps, lr: torch.optim.Adam(ps, lr=lr, betas=(0.9, 0.999), eps=1e-8),
+    "adamw": lambda torch, ps, lr: torch.optim.AdamW(ps, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01),
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_several_steps_match_torch_optim_in_float64(name: str, least_squares_path: Path) -> None:
+    """An oracle that is not ours: torch.optim fed the same gradients (a constant rate, as
+    torch's momentum keeps v without lr, so only a constant rate makes the two the same).
+    Both the read-only apply_update and step's own-gradients update are held to it."""
+    torch = pytest.importorskip("torch")
+    module = compiled(least_squares_path, name)
+    params = module.init_params(0)
+    leaves = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in params.items()}
+    reference = TORCH[name](torch, list(leaves.values()), 0.05)
+    opt_state = module.init_opt_state(params)
+    for grads in random_grads(8, steps=5):
+        module.apply_update(params, grads, opt_state, 0.05)
+        for k, leaf in leaves.items():
+            leaf.grad = torch.from_numpy(grads[k].copy())
+        reference.step()
+    for k, leaf in leaves.items():
+        np.testing.assert_allclose(params[k], leaf.detach().numpy(), rtol=1e-12, atol=1e-15, err_msg=f"{name}: {k}")
+    data = problem(3, n=16)   # step: the gradients of value_and_grad, the update's own scratch
+    for _ in range(3):
+        module.step(params, opt_state, 0.05, **data)
+        grads = {k: torch.from_numpy(v.copy()) for k, v in module.value_and_grad(
+            {k: leaf.detach().numpy() for k, leaf in leaves.items()}, **data)[1].items() if k in leaves}
+        for k, leaf in leaves.items():
+            leaf.grad = grads[k]
+        reference.step()
+    for k, leaf in leaves.items():
+        np.testing.assert_allclose(params[k], leaf.detach().numpy(), rtol=1e-12, atol=1e-15, err_msg=f"{name}: {k}")
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_clipping_by_global_norm(name: str, least_squares_path: Path) -> None:
     module = compiled(least_squares_path, Optimizer(name, clip_norm=0.5))
@@ -209,19 +250,79 @@ def test_converges_on_least_squares(name: str, least_squares_path: Path) -> None
     assert final - best < 1e-6 * (start - best), f"{name}: loss {final} vs optimum {best} (started at {start})"
 
 
-def test_step_is_value_and_grad_then_apply_update(least_squares_path: Path) -> None:
-    module = compiled(least_squares_path, "momentum")
-    data = problem(1, n=16)
+@pytest.mark.parametrize("clip_norm", [None, 0.05])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", NAMES)
+def test_step_is_value_and_grad_then_apply_update(name: str, dtype: str, clip_norm: float | None,
+                                                  least_squares_path: Path) -> None:
+    """Bit for bit, though step's update takes its own gradient buffer as its scratch and
+    apply_update a buffer of its own."""
+    module = compiled(least_squares_path, Optimizer(name, clip_norm=clip_norm), dtype=dtype)
     a, b = module.init_params(0), module.init_params(0)
     sa, sb = module.init_opt_state(a), module.init_opt_state(b)
-    for _ in range(3):
+    for seed in range(3):
+        data = {k: v.astype(dtype) for k, v in problem(seed, n=16).items()}
         outputs = module.step(a, sa, 0.1, **data)
         expected_outputs, grads = module.value_and_grad(b, **data)
         module.apply_update(b, grads, sb, 0.1)
         assert float(outputs["loss"]) == float(expected_outputs["loss"])
     for k in a:
-        np.testing.assert_array_equal(a[k], b[k])
-        np.testing.assert_array_equal(sa["v"][k], sb["v"][k])
+        assert a[k].tobytes() == b[k].tobytes()
+        for slot in module.SLOTS:
+            assert sa[slot][k].tobytes() == sb[slot][k].tobytes()
+
+
+def test_step_writes_over_no_gradients_but_its_own(least_squares_path: Path) -> None:
+    """Gradients a caller got from value_and_grad stay as they were through later steps."""
+    module = compiled(least_squares_path, "adam", dtype="float32")
+    params = module.init_params(0)
+    opt_state = module.init_opt_state(params)
+    data = {k: v.astype(np.float32) for k, v in problem(0, n=8).items()}
+    _, grads = module.value_and_grad(params, **data)
+    kept = {k: v.copy() for k, v in grads.items()}
+    for _ in range(3):
+        module.step(params, opt_state, 0.1, **data)
+    for k, g in grads.items():
+        np.testing.assert_array_equal(g, kept[k])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_kernel_that_may_take_its_gradient_as_scratch_computes_the_same_with_it(
+        name: str, least_squares_path: Path) -> None:
+    """_w_may_be_g holds where it says: the kernel run with w = g gives the same bits as with
+    a scratch of its own (and it says so for every optimiser but adagrad and rmsprop)."""
+    from nncompile.optim import _w_may_be_g
+
+    d = OPTIMIZERS[name]
+    assert _w_may_be_g(d.kernel) == (name not in ("adagrad", "rmsprop"))
+    if not _w_may_be_g(d.kernel):
+        return
+    kernel = getattr(compiled(least_squares_path, name, dtype="float32"), f"_{name}_update")
+    rng = np.random.default_rng(7)
+    start = [rng.standard_normal(100).astype(np.float32) for _ in range(2)]   # p, g
+    start += [rng.random(100).astype(np.float32) for _ in d.slots]            # slots: squares are >= 0
+    constants = [float(c) for c in rng.uniform(0.01, 0.9, len(d.kernel_args))]
+    apart, shared = [a.copy() for a in start], [a.copy() for a in start]
+    kernel(*apart[:1], apart[1], *apart[2:], np.empty_like(apart[1]), *constants)
+    kernel(*shared[:1], shared[1], *shared[2:], shared[1], *constants)
+    for x, y in zip(apart[:1] + apart[2:], shared[:1] + shared[2:]):   # p and the slots
+        assert x.tobytes() == y.tobytes()
+
+
+def test_float32_adam_steps_where_the_square_of_the_gradient_overflows(least_squares_path: Path) -> None:
+    """g = 3e19 in float32: g * g overflows, (1 - beta1) * g squared does not, and the first
+    Adam step moves each param by lr against the sign of its gradient, as in float64."""
+    module = compiled(least_squares_path, "adam", dtype="float32")
+    params = module.init_params(0)
+    before = {k: v.copy() for k, v in params.items()}
+    grads = {k: np.full(v.shape, 3e19, dtype=np.float32) * np.where(np.arange(v.size) % 2, 1, -1).reshape(v.shape)
+             for k, v in params.items()}
+    module.apply_update(params, grads, module.init_opt_state(params), 0.01)
+    expected = textbook_run("adam", {k: v.astype(np.float64) for k, v in before.items()},
+                            [{k: g.astype(np.float64) for k, g in grads.items()}], [0.01], HYPER["adam"])
+    for k in params:
+        np.testing.assert_allclose(params[k], expected[k], rtol=1e-6, atol=1e-6, err_msg=k)
+        assert np.all(np.isfinite(params[k]))
 
 
 # ---- in place, dtype, state --------------------------------------------------------------------
