@@ -85,7 +85,7 @@ def read_inputs(program: Program, backend: Backend, function: str = "") -> str:
     cond = " and\n            ".join(map(str, checks))
     lines += [f"    if len(inputs) != {len(vars_)} or not (", f"            {cond}):"]
     lines.append(f"        return {convert}(inputs)")
-    lines += bound_checks(model, vars_, dims, convert)
+    lines += bound_checks(model, vars_, dims, convert, backend.xp)
     # A scalar goes on as a numpy scalar, on which Python's operators are cheap (see python_form).
     scalar = [var + "[()]" if backend.scalars and program.graph[n].shape == () else var
               for var, n in zip(vars_.values(), model.inputs.values())]
@@ -95,7 +95,7 @@ def read_inputs(program: Program, backend: Backend, function: str = "") -> str:
 
 
 def bound_checks(model: Model, vars_: dict[str, str], dims: dict[str, str],
-                 convert: str = "_convert_inputs") -> list[str]:
+                 convert: str = "_convert_inputs", xp: str = "np") -> list[str]:
     """Labels and indices must lie below their bound (a number, or a dim of the call):
     tested after the fast path's condition, which has bound the dims."""
     lines = []
@@ -104,7 +104,8 @@ def bound_checks(model: Model, vars_: dict[str, str], dims: dict[str, str],
         limits += [dims[d] for d in model.dim_bounds.get(name, ())]
         if limits:
             var, limit = vars_[name], limits[0] if len(limits) == 1 else f"min({', '.join(limits)})"
-            lines.append(f"    if {var}.size and ({var}.min() < 0 or {var}.max() >= {limit}):")
+            lines.append(f"    if {var}.size and {var}.view({xp}.uint64).max() >= {limit}:"
+                         "  # one pass: read unsigned, a negative entry is huge")
             lines.append(f"        return {convert}(inputs)  # raises the error")
     return lines
 
