@@ -17,7 +17,7 @@ from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from nncompile.compiler import compile_file, load_module
-from nncompile.ops.basic import LOG_SOFTMAX, _SOFTMAX_NLL_GRAD
+from nncompile.ops.basic import LOG_SOFTMAX, _NLL, _SOFTMAX_NLL_GRAD
 
 from conftest import write_nn
 
@@ -27,7 +27,7 @@ SPECIAL = np.array([-0.0, 0.0, np.nan, -np.nan, np.inf, -np.inf, 1e-45, -1e-45, 
 
 def helpers() -> dict:
     scope: dict = {"np": np}
-    exec(LOG_SOFTMAX + "\n\n" + _SOFTMAX_NLL_GRAD, scope)  # noqa: S102 - the registry's own text
+    exec("\n\n".join([LOG_SOFTMAX, _NLL, _SOFTMAX_NLL_GRAD]), scope)  # noqa: S102 - the registry's own text
     return scope
 
 
@@ -139,6 +139,15 @@ def test_log_softmax_takes_its_short_row_path_only_where_it_computes_the_same(sh
     for layout in (x, np.asfortranarray(x), x[..., ::-1]):
         np.testing.assert_allclose(helpers()["_log_softmax"](layout, axis), plain_log_softmax(layout, axis),
                                    rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "strided"])
+def test_the_loss_picks_each_label_whatever_the_layout_of_logp(layout: str) -> None:
+    rng = np.random.default_rng(3)
+    logp = plain_log_softmax(rng.standard_normal((9, 8)), 1)[:, :4]
+    logp = {"C": np.ascontiguousarray(logp), "F": np.asfortranarray(logp), "strided": logp}[layout]
+    labels = rng.integers(0, 4, 9)
+    assert helpers()["_nll"](logp, labels) == logp[np.arange(9), labels].sum() * (-1.0 / 9)
 
 
 @pytest.mark.parametrize("layout", ["C", "F", "strided"])

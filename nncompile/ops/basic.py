@@ -67,15 +67,17 @@ LOG_SOFTMAX = '''def _log_softmax(x, axis):
         # columns of the transpose, a few loops over the whole batch, is about twice as fast.
         shifted = x.T.copy()
         shifted -= np.maximum.reduce(shifted, axis=0)
-        shifted -= np.log(np.add.reduce(np.exp(shifted), axis=0))
-        return np.ascontiguousarray(shifted.T)
+        lse = np.log(np.add.reduce(np.exp(shifted), axis=0))
+        return np.subtract(shifted.T, lse[:, None], out=np.empty(x.shape, dtype=x.dtype))   # in C order
     shifted = x - np.maximum.reduce(x, axis=axis, keepdims=True)
     shifted -= np.log(np.add.reduce(np.exp(shifted), axis=axis, keepdims=True))
     return shifted'''
 
 _NLL = '''def _nll(logp, labels):
     """Mean negative log-likelihood of the labels under log-probabilities ``logp``."""
-    return logp[np.arange(len(labels)), labels].sum() * (-1.0 / len(labels))'''
+    classes = logp.shape[1]   # each label's entry by its flat index: a third of 2-d indexing's cost
+    picked = logp.reshape(-1)[np.arange(0, len(labels) * classes, classes) + labels]
+    return np.add.reduce(picked) * (-1.0 / len(labels))'''
 
 _SOFTMAX_NLL_GRAD = '''def _softmax_nll_grad(logp, labels, g):
     """(softmax - onehot(labels)) * g / N from saved log-probabilities: one exp, no max or sum."""
