@@ -77,7 +77,7 @@ _NLL = '''def _nll(logp, labels):
     """Mean negative log-likelihood of the labels under log-probabilities ``logp``."""
     classes = logp.shape[1]   # each label's entry by its flat index: a third of 2-d indexing's cost
     picked = logp.reshape(-1)[np.arange(0, len(labels) * classes, classes) + labels]
-    return np.add.reduce(picked) * (-1.0 / len(labels))'''
+    return picked.sum() * (-1.0 / len(labels))'''
 
 _SOFTMAX_NLL_GRAD = '''def _softmax_nll_grad(logp, labels, g):
     """(softmax - onehot(labels)) * g / N from saved log-probabilities: one exp, no max or sum."""
