@@ -196,3 +196,15 @@ def test_constants_asked_for_in_any_order_hold_their_values(compiled) -> None:
     twice = m.hvp(params, {k: 2 * a for k, a in v.items()}, Z=Z, y=y)
     for k in params:   # linear in v
         np.testing.assert_allclose(twice[k], 2 * got[k], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [-1, 5])
+def test_the_one_pass_covers_every_axis_of_an_index_matrix(bad: int, compiled) -> None:
+    m, source = compiled("input x: float[5]\ninput i: int[N, 3]\nz = x[i]\nloss = sum(z)\nminimize loss\n")
+    assert "uint64), axis=None)" in source
+    good = np.array([[0, 1, 2], [4, 3, 0]])
+    assert m.value_and_grad({}, x=np.ones(5, np.float32), i=good)[0]["loss"] == 6
+    bad_i = good.copy()
+    bad_i[1, 2] = bad
+    with pytest.raises(ValueError, match=f"holds {bad}: "):
+        m.value_and_grad({}, x=np.ones(5, np.float32), i=bad_i)
