@@ -3,6 +3,8 @@ statements in schedule order, with its arguments read, its workspace fetched and
 results returned without aliasing anything the caller holds."""
 from __future__ import annotations
 
+from typing import Callable
+
 from ..backends import Backend
 from ..errors import Sources
 from ..ir import Node
@@ -14,6 +16,11 @@ from ..shapes import Shape, show
 from .loops import LoopWriter, loop_reads, named_reads
 from .names import Names, basename, c_source, plain, safe_comment, source
 from .program import Program
+
+# numpy runs these ufuncs several times slower against a number than against an array of it
+# (maximum(x, 0.0) on [64, 256] float32: 7.6 us, against zeros: 1.9 us), so a chain's literal
+# operand of theirs is read from a constant array of the workspace (bit for bit the same).
+_SLOW_WITH_A_NUMBER = frozenset({"maximum", "minimum"})
 
 
 class Definitions:
@@ -71,6 +78,18 @@ class _Context(EmitContext):
         self.target = "v"   # the variable the statement being emitted defines
         self.grad_views: dict[str, str] = {}   # param -> its view into value_and_grad's gradient buffer
         self.written: dict[int, str] = {}      # gradient node -> the view it is computed straight into
+        self.constants: dict[tuple[float, Shape], str] = {}   # (value, shape) -> workspace array holding it
+        self.fresh: Callable[[str], str] | None = None   # names a constant (the function's Names.fresh)
+
+    def filled(self, value: float, shape: Shape) -> str:
+        """A read-only array of the workspace holding ``value`` (made once per set of dims);
+        inline where the backend fuses (its kernels take numbers as fast)."""
+        if self.backend.fuses or self.fresh is None:
+            return super().filled(value, shape)
+        key = (float(value), tuple(shape))
+        if key not in self.constants:
+            self.constants[key] = self.fresh({0.0: "zeros", 1.0: "ones"}.get(key[0], "filled"))
+        return self.constants[key]
 
     def kernel(self, expr: str, arity: int) -> str:
         return self.definitions.kernel(expr, arity, self.target)
@@ -157,17 +176,19 @@ class FunctionEmitter:
         self.loop_writer = LoopWriter(self, found, plan, names, set(results)) if found else None
         self.in_workspace = self.loop_writer.copied if found else set()   # returned as copies
         ctx = _Context(self.definitions, {})
+        ctx.fresh = names.fresh
         lines = self.read_inputs(names, ctx)
-        buffers = self.workspace(fname, plan, names, ctx, lines)
+        buffers = self.buffer_names(plan, names)
         if found:
             read = {a for n in outer for a in self.G[n].args} | set(results) | named_reads(found)
-            lines += self.loop_writer.read_params(set(order), read)
-            lines += self.read_params_and_state(set(order), names, params=False)
+            rest = self.loop_writer.read_params(set(order), read)
+            rest += self.read_params_and_state(set(order), names, params=False)
         else:
-            lines += self.read_params_and_state(set(order), names)
-            lines += self.grad_buffer(flat or {}, results, names, ctx)
-        lines += self.operations(plan, buffers, names, ctx, units)
-        return lines, names.of, ctx
+            rest = self.read_params_and_state(set(order), names)
+            rest += self.grad_buffer(flat or {}, results, names, ctx)
+        rest += self.operations(plan, buffers, names, ctx, units)
+        self.workspace(fname, plan, buffers, ctx, lines)   # after the ops: it holds the constants they read
+        return lines + rest, names.of, ctx
 
     def flat_grads(self, grads: dict[str, int | None] | None) -> dict[str, int | None]:
         """value_and_grad's param gradients (param -> node), where they go into one buffer laid
@@ -223,22 +244,37 @@ class FunctionEmitter:
             return [f"    {targets}{',' if len(input_vars) + len(dim_vars) == 1 else ''} = {self.reader}(inputs)"]
         return [f"    {self.reader}(inputs)"]
 
-    def workspace(self, fname: str, plan: Plan, names: Names, ctx: _Context, lines: list[str]) -> list[str]:
-        """The buffers' names, after appending the lines that fetch them (allocated once per set of dims)."""
+    def buffer_names(self, plan: Plan, names: Names) -> list[str]:
+        """The workspace buffers' names in the code."""
         if len(plan.slots) <= 16:
-            buffers = [names.fresh(f"buf{k}") for k in range(len(plan.slots))]
-        else:  # a deep model: index the workspace rather than name a thousand buffers
-            buffers = [f"buffers[{k}]" for k in range(len(plan.slots))]
-        if plan.slots:
-            cache = f"_{fname.upper()}_BUFFERS"
-            key = "(" + "".join(f"{ctx.dims[d]}, " for d in self.dim_names) + ")"
-            self.definitions.caches.append(cache)
-            lines += [f"    buffers = {cache}.get({key})",
-                      "    if buffers is None:  # first call with these dims: allocate the workspace",
-                      f"        buffers = {cache}[{key}] = _empty({_shape_list(ctx, plan.slots)})"]
-            if len(plan.slots) <= 16:
-                lines.append(f"    {', '.join(buffers)}{',' if len(buffers) == 1 else ''} = buffers")
-        return buffers
+            return [names.fresh(f"buf{k}") for k in range(len(plan.slots))]
+        return [f"buffers[{k}]" for k in range(len(plan.slots))]   # a deep model: indexed, not named
+
+    def workspace(self, fname: str, plan: Plan, buffers: list[str], ctx: _Context, lines: list[str]) -> None:
+        """Append the lines fetching the workspace (allocated once per set of dims): the buffers,
+        then the constants the statements read (``ctx.filled``), by value."""
+        values = dict.fromkeys(value for value, _ in ctx.constants)   # in the order the statements asked
+        constants = [(key, name) for value in values for key, name in ctx.constants.items() if key[0] == value]
+        if not plan.slots and not constants:
+            return
+        cache = f"_{fname.upper()}_BUFFERS"
+        key = "(" + "".join(f"{ctx.dims[d]}, " for d in self.dim_names) + ")"
+        self.definitions.caches.append(cache)
+        filled = []
+        for value in values:   # one buffer per value, a view of it per shape
+            shapes = ", ".join(ctx.shape(shape) for (v, shape), _ in constants if v == value)
+            filled.append(f"_filled({literal(value)}, [{shapes}])")
+        lines += [f"    buffers = {cache}.get({key})",
+                  "    if buffers is None:  # first call with these dims: allocate the workspace"]
+        parts = [f"_empty({_shape_list(ctx, plan.slots)})"] if plan.slots else []
+        if filled:   # on a line of their own: the buffers' line of a deep model is long already
+            parts.append(ctx.fresh("constants"))
+            lines.append(f"        {parts[-1]} = {' + '.join(filled)}  # read only")
+        lines.append(f"        buffers = {cache}[{key}] = {' + '.join(parts)}")
+        named = [b for b in buffers if b.isidentifier()] + [name for _, name in constants]
+        if named:
+            start = "" if len(named) == len(buffers) + len(constants) else f"[{len(buffers)}:]"
+            lines.append(f"    {', '.join(named)}{',' if len(named) == 1 else ''} = buffers{start}")
 
     def read_params_and_state(self, needed: set[int], names: Names, params: bool = True) -> list[str]:
         """The params and state the statements use, and the random generator if they draw."""
@@ -298,6 +334,7 @@ class FunctionEmitter:
         opdef = REGISTRY[node.op]
         attrs = dict(node.attrs)
         note = f"  # {self.describe(node)}"
+        ctx.operand_shapes = tuple(self.G[a].shape for a in node.args)
         scalars = opdef.chain is not None and node.shape == () and self.backend.scalars and \
             all(self.G[a].shape == () for a in node.args)
         expr = python_form(opdef.chain(attrs)) if scalars else None
@@ -312,7 +349,8 @@ class FunctionEmitter:
             steps = opdef.chain(attrs)
             lines = []
             for i, (fn, *operands) in enumerate(steps):
-                names = [var if o == "$" else args[int(o)] if o.isdigit() else o for o in operands]
+                names = [var if o == "$" else args[int(o)] if o.isdigit() else self.number(ctx, fn, o, node.shape)
+                         for o in operands]
                 if i == 0:
                     dest = [f"out={out}"] if out else []
                     lines.append(f"    {var} = {self.xp}.{fn}({', '.join(names + dest)}){note}")
@@ -321,6 +359,15 @@ class FunctionEmitter:
             return lines
         ctx.target = var
         return [f"    {var} = {opdef.emit(ctx, args, attrs, out=out if opdef.takes_out else None)}{note}"]
+
+    def number(self, ctx: _Context, fn: str, text: str, shape: Shape) -> str:
+        """A chain's literal operand: as written, or a constant array where numpy's ufunc is slow
+        against a number (_SLOW_WITH_A_NUMBER)."""
+        try:
+            value = float(text.strip("()"))
+        except ValueError:   # np.inf, np.nan: as written
+            return text
+        return ctx.filled(value, shape) if fn in _SLOW_WITH_A_NUMBER else text
 
     def var_name(self, n: int, node: Node, names: Names) -> str:
         if node.grad_of is not None and self.G.nx.has_node(node.grad_of) and self.G[node.grad_of].name:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..backends import Backend
+from ..backends import NUMPY, Backend
 from ..ir import Model
 from ..shapes import Shape
 from .names import Names
@@ -85,7 +85,7 @@ def read_inputs(program: Program, backend: Backend, function: str = "") -> str:
     cond = " and\n            ".join(map(str, checks))
     lines += [f"    if len(inputs) != {len(vars_)} or not (", f"            {cond}):"]
     lines.append(f"        return {convert}(inputs)")
-    lines += bound_checks(model, vars_, dims, convert)
+    lines += bound_checks(model, vars_, dims, convert, backend)
     # A scalar goes on as a numpy scalar, on which Python's operators are cheap (see python_form).
     scalar = [var + "[()]" if backend.scalars and program.graph[n].shape == () else var
               for var, n in zip(vars_.values(), model.inputs.values())]
@@ -95,16 +95,17 @@ def read_inputs(program: Program, backend: Backend, function: str = "") -> str:
 
 
 def bound_checks(model: Model, vars_: dict[str, str], dims: dict[str, str],
-                 convert: str = "_convert_inputs") -> list[str]:
+                 convert: str = "_convert_inputs", backend: Backend = NUMPY) -> list[str]:
     """Labels and indices must lie below their bound (a number, or a dim of the call):
     tested after the fast path's condition, which has bound the dims."""
-    lines = []
+    lines, xp, top = [], backend.xp, backend.reduction("maximum")   # np.maximum.reduce: no .max() wrapper
     for name in model.inputs:
         limits = [str(b) for b in [model.int_bounds.get(name)] if b is not None]
         limits += [dims[d] for d in model.dim_bounds.get(name, ())]
         if limits:
             var, limit = vars_[name], limits[0] if len(limits) == 1 else f"min({', '.join(limits)})"
-            lines.append(f"    if {var}.size and ({var}.min() < 0 or {var}.max() >= {limit}):")
+            lines.append(f"    if {var}.size and {top}({var}.view({xp}.uint64), axis=None) >= {limit}:"
+                         "  # one pass: read unsigned, a negative entry is huge")
             lines.append(f"        return {convert}(inputs)  # raises the error")
     return lines
 

@@ -101,7 +101,15 @@ def flat_grads(grads):
 
 EMPTY = '''def _empty(shapes):
     """Workspace buffers: allocated once per set of dims, then reused by every call."""
-    return tuple(np.empty(shape, dtype=DTYPE) for shape in shapes)'''
+    return tuple(np.empty(shape, dtype=DTYPE) for shape in shapes)
+
+
+def _filled(value, shapes):
+    """Constant operands, one of each shape: read-only views of one buffer holding value."""
+    sizes = [int(np.prod(shape)) for shape in shapes]
+    whole = np.full(max(sizes), value, dtype=DTYPE)
+    whole.flags.writeable = False   # a constant: a statement writing into it would be a bug
+    return tuple(whole[:size].reshape(shape) for size, shape in zip(sizes, shapes))'''
 
 
 CONVERT_INPUTS = '''def _convert_inputs(inputs):

@@ -36,6 +36,12 @@ class EmitContext:
     dtype = "np.float32"
     rng = "rng"
     literals: frozenset[int] = frozenset()   # the operands emitted as Python numbers (folded constants)
+    operand_shapes: tuple[Shape, ...] = ()   # the shapes of the operands of the op being emitted
+
+    def filled(self, value: float, shape: Shape) -> str:
+        """An array of ``value`` shaped ``shape`` that the code only reads (codegen keeps one in
+        the workspace)."""
+        return f"{self.xp}.full({self.shape(shape)}, {literal(value)}, dtype={self.dtype})"
 
     @property
     def xp(self) -> str:
@@ -151,7 +157,9 @@ class OpDef:
         emits (constant folding, a trainer's data loss)."""
         names = [f"a{i}" for i in range(len(args))]
         scope = {**_helper_scope(self.helpers), **dict(zip(names, args))}
-        return np.asarray(eval(self.emit(_Float64Context(), names, attrs), scope))  # noqa: S307 - our own text
+        ctx = _Float64Context()
+        ctx.operand_shapes = tuple(np.shape(a) for a in args)
+        return np.asarray(eval(self.emit(ctx, names, attrs), scope))  # noqa: S307 - our own text
 
 
 @functools.lru_cache(maxsize=None)
