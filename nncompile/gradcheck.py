@@ -25,6 +25,7 @@ from typing import Callable, Mapping
 import networkx as nx
 import numpy as np
 
+from .errors import NNError
 from .ops import REGISTRY
 
 TOLERANCE = 1e-6   # largest relative error that passes
@@ -185,13 +186,14 @@ def ridders(f: Callable[[float], float], h: float, *, shrink: float = 2.0, level
 
 
 def _slope(f: Callable[[float], float], h: float | None, scale: float, enough: float) -> tuple[float, float]:
-    """Ridders from step ``h``; with no step known to be clear of kinks, from several
-    steps, keeping the estimate with the smallest error estimate (a kink inflates it)."""
-    if h is not None:
-        return ridders(f, h, enough=enough)
+    """Ridders from the longest step clear of kinks (``h``; 1e-3 scale where none is known),
+    then from steps 100 and 10^4 times shorter while the error estimate is not yet down to
+    ``enough``, keeping the estimate with the smallest error estimate: a kink inflates it,
+    and so does a loss that bends within the step (a deep net's, at 1e-6, with no kink)."""
+    longest = 1e-3 * scale if h is None else h
     best = (np.nan, np.inf)
-    for start in (1e-3, 1e-5, 1e-7):
-        slope, err = ridders(f, start * scale, enough=enough)
+    for start in (longest, 1e-2 * longest, 1e-4 * longest):
+        slope, err = ridders(f, start, enough=enough)
         if err < best[1] or not np.isfinite(best[0]):
             best = (slope, err)
         if err <= enough:
@@ -359,6 +361,19 @@ def check_hessian(module: ModuleType, params: Mapping[str, np.ndarray], inputs: 
                 continue
             results.append(_verdict(name, analytic, numeric, uncertainty, floor, tolerance, ""))
     return results
+
+
+def missing_hvp(path: str | Path) -> NNError:
+    """Why the model's hvp() raises (its HVP_MISSING), as the compile found it: located in
+    the model's text, for ``check --hessian`` to report like any compile error."""
+    from .compiler import hvp_program
+    from .elaborate import elaborate_file
+
+    try:
+        hvp_program(elaborate_file(path, "float64"))
+    except NNError as missing:
+        return missing
+    return NNError("hvp() cannot be computed for this model, and yet its program builds")  # pragma: no cover
 
 
 class _Ray:
