@@ -167,7 +167,7 @@ def ridders(f: Callable[[float], float], h: float, *, shrink: float = 2.0, level
 
     first, noise = centred(h)
     table = [[first]]
-    best, err, floor = first, np.inf, noise
+    best, err, rounding = first, np.inf, noise
     for i in range(1, levels):
         h /= shrink
         slope, noise = centred(h)
@@ -178,11 +178,11 @@ def ridders(f: Callable[[float], float], h: float, *, shrink: float = 2.0, level
             factor *= shrink ** 2
             e = max(abs(row[j] - row[j - 1]), abs(row[j] - table[i - 1][j - 1]))
             if e <= err:
-                best, err, floor = row[j], e, noise
+                best, err, rounding = row[j], e, noise
         table.append(row)
         if err <= enough or abs(row[i] - table[i - 1][i - 1]) >= 2 * err:
             break
-    return float(best), float(max(err, floor))
+    return float(best), float(max(err, rounding))
 
 
 def _slope(f: Callable[[float], float], h: float | None, scale: float, enough: float) -> tuple[float, float]:
@@ -303,7 +303,8 @@ def _resolving_step(value: float, slope: float, floor: float, tolerance: float, 
     slope of this size be judged to ``tolerance`` (sharp, as :func:`_verdict` says): a kink
     nearer than that is as good as at the point, which is then moved off it."""
     roundoff = 2 * np.finfo(np.float64).eps * max(1.0, abs(value))
-    # Sharp is within 10 tolerances; Ridders halves the step a few times: 10 times further out.
+    # Sharp is within 10 tolerances of the slope; Ridders halves the step a few times from
+    # where it starts, so it starts 10 times further out than one step at 10 tolerances needs.
     return max(shortest, roundoff / (tolerance * max(abs(slope), floor)))
 
 
