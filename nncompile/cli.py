@@ -162,9 +162,11 @@ def _check_hessian(args: argparse.Namespace, params: dict, inputs: dict) -> int:
     """``check --hessian``: hvp() against central differences of the compiled gradient (both
     from the module a user compiles, in float64)."""
     from .compiler import compile_and_load
-    from .gradcheck import Kinks, check_hessian, summarize
+    from .gradcheck import Kinks, check_hessian, missing_hvp, summarize
 
     module = compile_and_load(args.model, dtype="float64")
+    if hasattr(module, "HVP_MISSING"):   # an op without a second derivative
+        raise missing_hvp(args.model)
     if not module.PARAMS:
         print("no params: Hessian check skipped (hvp() is over the params)")
         return 0

@@ -133,7 +133,10 @@ def _compile(path: str | Path, dtype: str | None, optimized: bool, trace: bool, 
         program.eval_program = build(evaluation, optimized=optimized, fuse=BACKENDS[backend].fuses, differentiate=False)
     program.predict_program = predict_program(unbuilt, roles, optimized=optimized, fuse=BACKENDS[backend].fuses)
     if hvp and model.target is not None:
-        program.hvp_program = hvp_program(second, optimized=optimized, fuse=BACKENDS[backend].fuses)
+        try:
+            program.hvp_program = hvp_program(second, optimized=optimized, fuse=BACKENDS[backend].fuses)
+        except NNError as missing:   # an op without a second derivative: hvp() and hessian() raise this
+            program.hvp_missing = missing
     if model.gaps:
         fill_gaps(program)
     source = emit_module(program, trace=trace, backend=backend, loops=loops)

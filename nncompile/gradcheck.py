@@ -22,8 +22,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable, Mapping
 
+import networkx as nx
 import numpy as np
 
+from .errors import NNError
 from .ops import REGISTRY
 
 TOLERANCE = 1e-6   # largest relative error that passes
@@ -94,10 +96,12 @@ class Kinks:
         model = elaborate_file(path, "float64")
         program = build(model, optimized=False, trace=True, differentiate=False)   # forward values only
         G, traced = program.graph, program.trace_values
+        # Only what the loss reads: an accuracy output's argmax may switch where the loss does not bend.
+        reach = nx.ancestors(G.nx, model.target) | {model.target} if model.target is not None else set()
         kinks = []
         for n in G.nodes():
             node = G[n]
-            if REGISTRY[node.op].kink is None or node.grad_of is not None:
+            if REGISTRY[node.op].kink is None or node.grad_of is not None or n not in reach:
                 continue
             if not all(a in traced or G[a].op == "const" for a in node.args):
                 continue
@@ -126,12 +130,14 @@ class Kinks:
 
 
 def _label(node, model_file: str | None) -> str:
+    named = REGISTRY[node.op].kink.named
+    name = named(dict(node.attrs)) if named else node.op
     where = " in " + ".".join(node.scope) if node.scope else ""
     loc = node.loc
     if loc is None:
-        return f"{node.op}{where}"
+        return f"{name}{where}"
     same = model_file is not None and Path(loc.file).resolve() == Path(model_file).resolve()
-    return f"{node.op}{where} ({'' if same else Path(loc.file).name + ' '}line {loc.line})"
+    return f"{name}{where} ({'' if same else Path(loc.file).name + ' '}line {loc.line})"
 
 
 def kink_radius(s0: list[np.ndarray], s1: list[np.ndarray], s2: list[np.ndarray], h: float) -> float:
@@ -152,33 +158,42 @@ def ridders(f: Callable[[float], float], h: float, *, shrink: float = 2.0, level
             enough: float = 0.0) -> tuple[float, float]:
     """f'(0) and an estimate of its error: Ridders' extrapolation of centred differences
     (Numerical Recipes' dfridr), stopping once round-off makes the estimates grow worse, or
-    once the error estimate is down to ``enough``."""
-    table = [[(f(h) - f(-h)) / (2 * h)]]
-    best, err = table[0][0], np.inf
+    once the error estimate is down to ``enough``. The estimate is never below the round-off
+    of the smallest step used (f's rounding over 2 h): at a step of 1e-9 a few ulps of f can
+    agree exactly, which says nothing of the slope."""
+    def centred(h: float) -> tuple[float, float]:
+        hi, lo = f(h), f(-h)
+        return (hi - lo) / (2 * h), 2 * np.finfo(np.float64).eps * max(abs(hi), abs(lo)) / h
+
+    first, noise = centred(h)
+    table = [[first]]
+    best, err, rounding = first, np.inf, noise
     for i in range(1, levels):
         h /= shrink
-        row = [(f(h) - f(-h)) / (2 * h)]
+        slope, noise = centred(h)
+        row = [slope]
         factor = shrink ** 2
         for j in range(1, i + 1):
             row.append((row[j - 1] * factor - table[i - 1][j - 1]) / (factor - 1))
             factor *= shrink ** 2
             e = max(abs(row[j] - row[j - 1]), abs(row[j] - table[i - 1][j - 1]))
             if e <= err:
-                best, err = row[j], e
+                best, err, rounding = row[j], e, noise
         table.append(row)
         if err <= enough or abs(row[i] - table[i - 1][i - 1]) >= 2 * err:
             break
-    return float(best), float(err)
+    return float(best), float(max(err, rounding))
 
 
 def _slope(f: Callable[[float], float], h: float | None, scale: float, enough: float) -> tuple[float, float]:
-    """Ridders from step ``h``; with no step known to be clear of kinks, from several
-    steps, keeping the estimate with the smallest error estimate (a kink inflates it)."""
-    if h is not None:
-        return ridders(f, h, enough=enough)
+    """Ridders from the longest step clear of kinks (``h``; 1e-3 scale where none is known),
+    then from steps 100 and 10^4 times shorter while the error estimate is not yet down to
+    ``enough``, keeping the estimate with the smallest error estimate: a kink inflates it,
+    and so does a loss that bends within the step (a deep net's, at 1e-6, with no kink)."""
+    longest = 1e-3 * scale if h is None else h
     best = (np.nan, np.inf)
-    for start in (1e-3, 1e-5, 1e-7):
-        slope, err = ridders(f, start * scale, enough=enough)
+    for start in (longest, 1e-2 * longest, 1e-4 * longest):
+        slope, err = ridders(f, start, enough=enough)
         if err < best[1] or not np.isfinite(best[0]):
             best = (slope, err)
         if err <= enough:
@@ -254,23 +269,25 @@ def _probe(line: _Line, direction: np.ndarray, grad: np.ndarray, loss: float, sw
         return GradResult(name, float("nan"), float("nan"), float("nan"), "FAIL", what)
     scale = max(1.0, float(np.sqrt(np.mean(line.start ** 2)))) if line.start.size else 1.0
     point, h, note = line.start, None, ""
+    floor = FLOOR * max(1.0, abs(loss))
     if switches is not None:
+        shortest = _resolving_step(loss, float(np.sum(grad * direction)), floor, tolerance, 1e-9 * scale)
         for moved in range(MOVES + 1):
             s0 = switches if moved == 0 else line.switches(point)
-            h, on = _clear_step(line, s0, point, direction, 1e-3 * scale, 1e-9 * scale)
+            h, on = _clear_step(line, s0, point, direction, 1e-3 * scale, shortest)
             if h:
                 break
             note = note or f"{on} at the given point"
             if moved == MOVES:
                 return GradResult(name, float("nan"), float("nan"), float("nan"), "inconclusive",
                                   f"{note}, and so was every point nearby tried")
-            # The point sits on a kink (a relu of zeros()-initialised biases, say): check a point nearby.
-            point = line.start + 1e-4 * scale * rng.standard_normal(point.shape)
+            # The point sits on a kink (a relu of zeros()-initialised biases, say): check a point
+            # nearby, far enough off for a step of the shortest length to miss the kink.
+            point = line.start + max(1e-4 * scale, 100 * shortest) * rng.standard_normal(point.shape)
             grad = line.grad(point)
         if note:
             note += ": checked at a point nearby"
     analytic = float(np.sum(grad * direction))
-    floor = FLOOR * max(1.0, abs(loss))
     numeric, uncertainty = _slope(lambda t: line.loss(point + t * direction), h, scale,
                                   1e-2 * tolerance * max(abs(analytic), floor))
     if not np.isfinite(numeric):
@@ -279,6 +296,16 @@ def _probe(line: _Line, direction: np.ndarray, grad: np.ndarray, loss: float, sw
         return GradResult(name, analytic, numeric, 0.0, "unused",
                           f"{name} does not affect the loss (its gradient is 0, and so is the loss's change)")
     return _verdict(name, analytic, numeric, uncertainty, floor, tolerance, note)
+
+
+def _resolving_step(value: float, slope: float, floor: float, tolerance: float, shortest: float) -> float:
+    """The shortest step whose round-off (float64's of ``value``, over 2 h) still lets a
+    slope of this size be judged to ``tolerance`` (sharp, as :func:`_verdict` says): a kink
+    nearer than that is as good as at the point, which is then moved off it."""
+    roundoff = 2 * np.finfo(np.float64).eps * max(1.0, abs(value))
+    # Sharp is within 10 tolerances of the slope; Ridders halves the step a few times from
+    # where it starts, so it starts 10 times further out than one step at 10 tolerances needs.
+    return max(shortest, roundoff / (tolerance * max(abs(slope), floor)))
 
 
 def _verdict(name: str, analytic: float, numeric: float, uncertainty: float, floor: float, tolerance: float,
@@ -337,6 +364,19 @@ def check_hessian(module: ModuleType, params: Mapping[str, np.ndarray], inputs: 
     return results
 
 
+def missing_hvp(path: str | Path) -> NNError:
+    """Why the model's hvp() raises (its HVP_MISSING), as the compile found it: located in
+    the model's text, for ``check --hessian`` to report like any compile error."""
+    from .compiler import hvp_program
+    from .elaborate import elaborate_file
+
+    try:
+        hvp_program(elaborate_file(path, "float64"))
+    except NNError as missing:
+        return missing
+    return NNError("hvp() cannot be computed for this model, and yet its program builds")  # pragma: no cover
+
+
 class _Ray:
     """The compiled gradient along params + t v (each t evaluated once, for every param)."""
 
@@ -369,6 +409,11 @@ def _clear_step(line: _Line | _Ray, s0: list[np.ndarray], point: np.ndarray | fl
     while True:
         lo, hi = line.switches(point - h * direction), line.switches(point + h * direction)
         step = min(h, kink_radius(s0, lo, hi, h) / 2)
+        if step <= smallest and h > 10 * smallest:
+            # A tie sitting at 0 may move only because another kink within h was crossed (a
+            # max pool over relus that all output 0, one of which wakes up): look closer.
+            h /= 10
+            continue
         if step <= smallest:
             return 0.0, "; ".join(kinks.crossed(s0, lo, hi)) or f"a kink lies within {smallest:.0e} of the point"
         # Linear switches cannot cross within the radius; curved ones may: look.

@@ -5,12 +5,15 @@ or unused where that is the truth."""
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
 from conftest import write_nn
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from nncompile.codegen import emit_module
 from nncompile.compiler import build, load_module
@@ -217,3 +220,195 @@ def test_a_kink_is_read_from_its_op(tmp_path: Path, monkeypatch) -> None:
         check_gradients(module, params, inputs, kinks=kinks))["x"].note
     monkeypatch.setitem(REGISTRY, "tanh", smooth)
     assert not Kinks.of_file(path).kinks
+
+
+# ---- kinks the check once missed: max-pool switches, comparisons, argmax -----------------
+
+def test_a_tie_in_a_max_pool_window_is_stepped_around(tmp_path: Path) -> None:
+    """Two entries of a window 1e-5 apart: a step of 1e-3 moves the max from one to the
+    other. Its switch must change sign there (the max minus the runner-up never does)."""
+    module, params, inputs, kinks = prepared(write_nn(tmp_path, "m.nn", """
+        input X: float[1, 1, 2, 4] = [[[[0.5, 0.50001, -1, 2], [0.1, 0.2, 1.99999, 0.3]]]]
+        param w: [4] = ones()
+        q = max_pool2d(X * w, 2)
+        loss = sum(tanh(q + 0.3) * q)
+        minimize loss
+    """))
+    results = by_name(check_gradients(module, params, inputs, kinks=kinks))
+    assert all(r.status == "ok" and r.error < 1e-8 for r in results.values()), results
+
+
+def test_a_pool_window_of_dead_relus_is_no_kink_of_its_own(tmp_path: Path) -> None:
+    """All four relus of a window output 0 (a tie at 0); one wakes up 2e-4 away along X. The
+    tie moves only because that relu's kink was crossed: the check looks closer and passes."""
+    module, params, inputs, kinks = prepared(write_nn(tmp_path, "m.nn", """
+        input X: float[1, 1, 2, 4] = [[[[-1, -0.0002, 0.5, 2], [-1, -1, 0.3, 1]]]]
+        param b: [1] = zeros()
+        param w: [1, 1, 1, 1] = ones()
+        q = max_pool2d(relu(X * w + b), 2)
+        loss = sum(tanh(q + 0.3) * q)
+        minimize loss
+    """))
+    results = by_name(check_gradients(module, params, inputs, kinks=kinks))
+    assert all(r.status == "ok" for r in results.values()), results
+
+
+@pytest.mark.parametrize("x, expression, named", [
+    ("[0.2, -1, 0.5, 0.19999, 1.3, -0.3]", "where(h > 0.2, h, -h)", "comparison > (line 4) is at its threshold"),
+    ("[0.2, -1, 0.5, 0.19999, 1.3, -0.3]", "h * (h >= 0.2)", "comparison >= (line 4) is at its threshold"),
+    ("[0.5, -1, 0.5, 0.49999, 0.2, -0.3]", "one_hot(argmax(h), 6) * h", "argmax (line 4) has a tie for the maximum"),
+])
+def test_a_comparison_or_argmax_the_loss_reads_is_a_kink(tmp_path: Path, x: str, expression: str, named: str) -> None:
+    """The loss jumps where a mask flips: the check steps around it, and names it when the
+    point sits on it (x[0] is at the threshold, or tied for the max; x[3] is 1e-5 off)."""
+    module, params, inputs, kinks = prepared(write_nn(tmp_path, "m.nn", f"""
+        input x: float[6] = {x}
+        param w: [6] = ones()
+        h = x * w * [1, 1, 1, 1, 1, 2]
+        loss = sum(tanh({expression} + 0.1) * h)
+        minimize loss
+    """))
+    results = by_name(check_gradients(module, params, inputs, kinks=kinks))
+    assert all(r.status == "ok" for r in results.values()), results
+    assert named in results["w"].note and "checked at a point nearby" in results["w"].note
+
+
+def test_a_kink_only_an_output_reads_does_not_disturb_the_check(tmp_path: Path) -> None:
+    """An accuracy's argmax and comparison reach no loss: they are not the loss's kinks."""
+    path = write_nn(tmp_path, "m.nn", """
+        input X: float[2, 3] = [[0.5, 0.5, -1], [2, 0.1, 1.9]]
+        input y: int[2] = [0, 2]
+        param W: [3, 3] = normal(0.5)
+        scores = X @ W
+        accuracy = mean(argmax(scores, axis=1) == y)
+        loss = softmax_cross_entropy(scores, y)
+        output accuracy
+        minimize loss
+    """)
+    assert Kinks.of_file(path).kinks == []
+
+
+def test_a_kink_nearer_than_round_off_allows_is_as_good_as_at_the_point(tmp_path: Path) -> None:
+    """A relu 1e-8 from its kink: a step short enough to miss it measures round-off (it was
+    passed at a relative error of 1.3e-6, as within the estimate's error; a like case with
+    an error estimate of 0 FAILed), so the point is moved off it and checked sharply."""
+    module, params, inputs, kinks = prepared(write_nn(tmp_path, "m.nn", """
+        input x: float[4] = [1e-8, -0.5, 0.7, 2]
+        param w: [4] = ones()
+        loss = sum(tanh(relu(x * w) - 0.3) * x)
+        minimize loss
+    """))
+    results = [r for r in check_gradients(module, params, inputs, kinks=kinks) if r.name == "x"]
+    assert all(r.status == "ok" and r.error < 1e-7 for r in results), results
+    assert "relu (line 3) is at its kink for 1 entry at the given point: checked at a point nearby" in \
+        [r.note for r in results]
+
+
+def test_ridders_error_estimate_is_never_below_round_off() -> None:
+    """At a step of 1e-13 the differences of f = 1 + t / 1000 are a few ulps: the estimate
+    may be off by far more than the tolerance, and its error estimate must say so."""
+    slope, err = ridders(lambda t: 1.0 + 1e-3 * t, 1e-13)
+    assert err >= abs(slope - 1e-3) and err > 1e-5
+
+
+def mutated_rule(monkeypatch, op: str, factor: float) -> None:
+    """The registry's gradient rule of ``op``, every part times ``factor``: a wrong rule."""
+    right = REGISTRY[op]
+
+    def wrong(g, out, *operands):
+        parts = right.vjp(g, out, *operands)
+        if not isinstance(parts, tuple):
+            return parts * factor
+        return tuple(None if part is None else part * factor for part in parts)
+    monkeypatch.setitem(REGISTRY, op, dataclasses.replace(right, vjp=wrong))
+
+
+@pytest.mark.parametrize("op, expression", [("max_pool2d", "max_pool2d(X * w, 2)"),
+                                            ("where", "where(X * w > 0.2, X * w, -X * w)")])
+def test_a_wrong_rule_behind_a_kink_still_fails(tmp_path: Path, monkeypatch, op: str, expression: str) -> None:
+    """Stepping around kinks must not step around a wrong rule: 0.1% off fails."""
+    mutated_rule(monkeypatch, op, 1.001)
+    module, params, inputs, kinks = prepared(write_nn(tmp_path, "m.nn", f"""
+        input X: float[1, 1, 2, 4] = [[[[0.5, 0.50001, -1, 2], [0.1, 0.2, 1.99999, 0.3]]]]
+        param w: [4] = ones()
+        q = {expression}
+        loss = sum(tanh(q + 0.3) * q)
+        minimize loss
+    """))
+    results = by_name(check_gradients(module, params, inputs, kinks=kinks))
+    assert results["w"].status == "FAIL" and results["w"].error > 1e-4, results
+
+
+# ---- generated models: no correct gradient FAILs, no wrong one passes ---------------------
+
+def _checked(source: str, seed: int) -> tuple[dict[str, GradResult], dict[str, GradResult]]:
+    """The check of a generated model, and of the same model with d/dw 0.1% off."""
+    from nncompile.errors import NNError
+
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            module, params, inputs, kinks = prepared(write_nn(Path(folder), "m.nn", source))
+        except NNError:   # a geometry with no output pixel left
+            assume(False)
+        right = by_name(check_gradients(module, params, inputs, seed=seed, kinks=kinks))
+        wrong = by_name(check_gradients(scaling_gradient(module, "w", 1.001), params, inputs, seed=seed, kinks=kinks))
+    return right, wrong
+
+
+def _never_false(right: dict[str, GradResult], wrong: dict[str, GradResult]) -> None:
+    assert not [r for r in right.values() if r.status == "FAIL"], right
+    assert wrong["w"].status != "ok" or wrong["w"].analytic == 0.0, wrong["w"]
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(channels=st.sampled_from([2, 4]), groups=st.sampled_from([1, 2]), filters=st.sampled_from([2, 4]),
+       kernel=st.sampled_from([2, 3]), stride=st.sampled_from([1, 2]), dilation=st.sampled_from([1, 2]),
+       padding=st.sampled_from([0, 1]), size=st.integers(6, 9), pool=st.sampled_from([2, 3]),
+       pool_stride=st.sampled_from([1, 2]), pool_padding=st.sampled_from([0, 1]),
+       activation=st.sampled_from(["", "relu", "tanh"]), jitter=st.sampled_from([0.0, 1e-6, 1e-4]),
+       seed=st.integers(0, 2**16))
+def test_generated_conv_and_max_pool_nets_are_judged_truly(channels: int, groups: int, filters: int, kernel: int,
+                                                          stride: int, dilation: int, padding: int, size: int,
+                                                          pool: int, pool_stride: int, pool_padding: int,
+                                                          activation: str, jitter: float, seed: int) -> None:
+    """conv2d (stride, dilation, groups, padding) -> max_pool2d, its filters all ones at
+    first and its images on a grid of tenths, shifted by at most 1e-4: window sums tie, or
+    nearly. Correct gradients never FAIL (a max-pool switch within the step is a kink) and
+    a 0.1% error never passes."""
+    rng = np.random.default_rng(seed)
+    images = np.round(rng.standard_normal((2, channels, size, size)), 1)
+    images += jitter * rng.standard_normal(images.shape)
+    source = f"""
+        input X: float[2, {channels}, {size}, {size}] = {images.tolist()!r}
+        param w: [{filters}, {channels // groups}, {kernel}, {kernel}] = ones()
+        param b: [{filters}] = zeros()
+        h = {activation}(conv2d(X, w, b, stride={stride}, dilation={dilation}, groups={groups}, padding={padding}))
+        q = max_pool2d(h, {pool}, stride={pool_stride}, padding={pool_padding})
+        loss = sum(tanh(q + 0.3) * q)
+        minimize loss
+    """
+    _never_false(*_checked(source, seed))
+
+
+_SAME = ("clip(H, -0.5, 0.5)", "where(H > 0, H, 0.3 * H)", "where(H > 0.2, H, -H)", "abs(H - 0.3)", "H * (H > 0.1)",
+         "one_hot(argmax(H, axis=1), 6) * H", "maximum(H, 0.2)", "minimum(H, H * 0.5 + 0.1)", "relu(H - 0.1)",
+         "leaky_relu(H, 0.1)", "elu(H, 0.5)", "hardtanh(H, -0.3, 0.3)", "H - max(H, axis=1, keepdims=true)",
+         "H * min(H, axis=0, keepdims=true)", "where(H < 0.4, H * H, H)")
+_LAST = ("max(H, axis=1)", "min(H, axis=0)", "max(H)", "sum(H, axis=1)", "maxout(H, 2)", "maxout(H, 3)")
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(chain=st.lists(st.sampled_from(_SAME), min_size=1, max_size=2), last=st.sampled_from(_LAST),
+       jitter=st.sampled_from([0.0, 1e-6, 1e-4]), seed=st.integers(0, 2**16))
+def test_generated_chains_of_kinks_on_near_ties_are_judged_truly(chain: list[str], last: str, jitter: float,
+                                                                seed: int) -> None:
+    """Kinked and masked ops (clip, where of a comparison, abs, argmax, max and min, maxout...)
+    on data a tenth apart, shifted by at most 1e-4: ties, thresholds and clip ends at or near
+    the point. Correct gradients never FAIL and a 0.1% error never passes."""
+    rng = np.random.default_rng(seed)
+    x = np.round(rng.standard_normal((6, 6)), 1) + jitter * rng.standard_normal((6, 6))
+    lines = ["h0 = x * w + b"] + [f"h{i + 1} = {op.replace('H', f'h{i}')}" for i, op in enumerate(chain)]
+    source = "\n".join([f"input x: float[6, 6] = {x.tolist()!r}", "param w: [6] = ones()", "param b: [6] = zeros()",
+                        *lines, f"z = {last.replace('H', f'h{len(chain)}')}", "loss = sum(tanh(z + 0.37) * (z + 0.21))",
+                        "minimize loss"])
+    _never_false(*_checked(source, seed))

@@ -3,6 +3,9 @@ from its own optimised program like every other function) and ``hessian`` (the d
 of a tiny model, one hvp per column)."""
 from __future__ import annotations
 
+from pathlib import Path
+
+from ..errors import NNError
 from .functions import FunctionEmitter
 from .names import Names
 
@@ -80,3 +83,21 @@ class HvpEmitter(FunctionEmitter):
 def second_derivatives(emitter: HvpEmitter, retarget) -> list[str]:
     """The module's hvp and hessian functions."""
     return [emitter.hvp_function(), retarget(HESSIAN)]
+
+
+def missing_second_derivatives(error: NNError) -> str:
+    """hvp() and hessian() of a model with an op that has no second derivative: the module
+    still compiles (its gradient needs none), and these raise, naming the op and its line."""
+    where = f"{Path(error.loc.file).name}:{error.loc.line}:{error.loc.col}: " if error.loc else ""
+    why = where + error.message
+    return f'''HVP_MISSING = {why!r}
+
+
+def hvp(params, v, state=None, rng=None, /, **inputs):
+    """Not for this model: an op in it has no second derivative (HVP_MISSING says which, and where)."""
+    raise NotImplementedError("hvp() cannot be computed for this model: " + HVP_MISSING)
+
+
+def hessian(params, state=None, rng=None, /, **inputs):
+    """Not for this model: an op in it has no second derivative (HVP_MISSING says which, and where)."""
+    raise NotImplementedError("hessian() cannot be computed for this model: " + HVP_MISSING)'''

@@ -11,7 +11,7 @@ from ..ops import REGISTRY
 from ..version import __version__
 from . import runtime
 from .functions import Definitions, FunctionEmitter
-from .hvp import HvpEmitter, second_derivatives
+from .hvp import HvpEmitter, missing_second_derivatives, second_derivatives
 from .names import Verbatim, docstring_text, source
 from .param_runs import Run, param_runs, seed_of, seeds_table
 from .program import Program
@@ -81,6 +81,8 @@ class _Module:
             parts.append(self.functions.function("value_and_grad", self.p.outputs, self.p.grads, doc))
         if self.hvp:
             parts += second_derivatives(self.hvp, retarget)
+        elif self.p.hvp_missing is not None:
+            parts.append(missing_second_derivatives(self.p.hvp_missing))
         if trace:
             parts.append(self.functions.trace_function())
         if self.prediction:

@@ -429,6 +429,7 @@ _MASK = dict(public=False, differentiable=False, infer=elementwise_rule("a mask"
 op("step", 2, emit=_emit_step, scalar="(T)({0} {cmp} {1})", attrs=(("cmp", ">"),), takes_out=True, in_place=True,
    samples=(*(Sample((MATRIX, MATRIX), {"cmp": cmp}) for cmp in _COMPARE), Sample((MATRIX, ()), {"cmp": ">="})),
    doc="1 where the comparison holds, else 0", label=lambda attrs: attrs["cmp"],
+   kink=Kink(_difference, "is at its threshold", named=lambda attrs: f"comparison {attrs['cmp']}"),
    **{**_MASK, "infer": _compare_rule},
    onnx=_onnx_step)
 op("split", 2, emit=template("{xp}.heaviside({xp}.subtract({0}, {1}), 0.5)"),

@@ -9,9 +9,9 @@ from __future__ import annotations
 from .. import shapes
 from ..ir import Node
 from ..shapes import Shape, ShapeError
-from .basic import MATRIX
+from .basic import MATRIX, tie_gap
 from .value import Value
-from .registry import EmitContext, Sample, composite, need_float, number_attr, op
+from .registry import EmitContext, Kink, Sample, composite, need_float, number_attr, op
 from .onnx_helpers import OnnxContext, one_hot_of
 
 _BOOL = 9   # TensorProto.BOOL: what ONNX's Where takes as its condition
@@ -99,11 +99,18 @@ def _onnx_argmax(ctx: OnnxContext, args: list[str], attrs: dict) -> str:
     return ctx.node("Reshape", [flat, ctx.ints([1] * rank)]) if keep else flat
 
 
+def _tie_for_the_max(operands: list, attrs: dict):
+    """Where the index changes (for the gradient check: a loss that reads it jumps there)."""
+    axis = attrs.get("axis")
+    return tie_gap(operands[0], None if axis is None else (axis,))
+
+
 op("argmax", 1, _argmax_rule, _emit_argmax, attrs=(("axis", None), ("keepdims", False)), differentiable=False,
    doc="the index of the max along axis (of the flattened array by default), an int tensor, the first on a tie; "
        "it carries no gradient",
    example="predicted = argmax(x, axis=1)",
    label=lambda attrs: "argmax" + ("" if attrs.get("axis") is None else f"(axis={attrs['axis']})"),
+   kink=Kink(_tie_for_the_max, "has a tie for the maximum"),
    onnx=_onnx_argmax)
 
 

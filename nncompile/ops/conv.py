@@ -18,6 +18,7 @@ import numpy as np
 from .. import shapes
 from ..ir import Node
 from ..shapes import Shape, ShapeError
+from .basic import tie_gap
 from .registry import EmitContext, Kink, Sample, attr_text, composite, need_float, op
 from .onnx_helpers import OnnxContext
 from .value import Value
@@ -389,17 +390,17 @@ def _pool_geometry_of(out: Value) -> dict:
 # ---- what the gradient check reads --------------------------------------------------------
 
 def _window_gap(operands: list[np.ndarray], attrs: dict) -> np.ndarray:
-    """Each window's largest entry minus its second largest: 0 at a tie for the max."""
+    """Each window's entries minus the largest other entry of the window (tie_gap): positive
+    only at its max, so the sign flips where the max moves to another entry (a gap that is
+    never negative, the max minus the runner-up, dips to 0 and back without a sign change)."""
     g = _pool_attrs(attrs)
     x = operands[-1]
     (kh, kw), (sh, sw), (ph, pw) = g["kernel"], g["stride"], g["padding"]
     x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
     windows = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
-    top = np.sort(windows.reshape(*windows.shape[:4], -1), axis=-1)[..., -2:]
-    if kh * kw == 1:
-        return np.ones(top.shape[:-1])
-    gap = top[..., 1] - top[..., 0]   # inf where the runner-up is padding: that max cannot tie
-    return np.where(np.isfinite(gap), gap, np.finfo(gap.dtype).max)
+    gap = tie_gap(windows, (-2, -1))   # -inf at padding, +inf at a max beside only padding: neither ties
+    big = np.finfo(gap.dtype).max
+    return np.nan_to_num(gap, nan=big, posinf=big, neginf=-big)
 
 
 # ---- ONNX lowerings ------------------------------------------------------------------------

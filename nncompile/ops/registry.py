@@ -87,6 +87,8 @@ class Kink:
 
     switch: Switch = _first_operand
     what: str = "is at its kink"
+    named: Callable[[dict[str, Any]], str] | None = None   # (attrs) -> what the check calls the op, where a
+                                                            # model writes no name for it (a comparison)
 
 
 @dataclass(frozen=True)
