@@ -58,17 +58,54 @@ _COL2IM = '''def _col2im(cols, size, stride, padding, dilation, out=None):
     out[...] = image
     return out'''
 
+_WIDE_COLUMNS = '''def _wide_columns(x, kernel, padding, dilation, channels_first=False):
+    """im2col at stride 1 as long contiguous runs: x padded into one flat buffer (with a tail
+    of dilation*(KW-1) zeros), where a kernel offset's windows over an image are one run of
+    OH*W' entries, W' the padded width. The columns [N, C*KH*KW, OH*W'] (or channels first,
+    [C*KH*KW, N*OH*W']) hold every output row at the padded width: its last W' - OW entries
+    are junk, which the caller drops (forward) or multiplies by zeros (weight gradient).
+    Copying runs of OH*W' is several times faster than a strided view's rows of OW."""
+    (kh, kw), (ph, pw), (dh, dw) = kernel, padding, dilation
+    n, c, h, w = x.shape
+    hp, wp = h + 2 * ph, w + 2 * pw
+    oh, plane = hp - dh * (kh - 1), hp * wp
+    flat = np.zeros(n * c * plane + dw * (kw - 1), dtype=x.dtype)
+    flat[:n * c * plane].reshape(n, c, hp, wp)[:, :, ph:ph + h, pw:pw + w] = x
+    s = flat.itemsize
+    if channels_first:
+        runs = np.lib.stride_tricks.as_strided(flat, (c, kh, kw, n, oh * wp), (plane * s, dh * wp * s, dw * s, c * plane * s, s))
+        return runs.reshape(c * kh * kw, n * oh * wp)
+    runs = np.lib.stride_tricks.as_strided(flat, (n, c, kh, kw, oh * wp), (c * plane * s, plane * s, dh * wp * s, dw * s, s))
+    return runs.reshape(n, c * kh * kw, oh * wp)'''
+
 _CONV2D = '''def _conv2d(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, out=None):
     """The cross-correlation of x [N, C, H, W] with filters w [F, C/groups, KH, KW] (plus the
     bias b [F]): im2col's columns [N, groups, C/groups*KH*KW, OH*OW] times each group's
-    filters as a matrix, one batched GEMM, written straight into the NCHW result."""
+    filters as a matrix, one batched GEMM. At stride 1 the columns are _wide_columns' and
+    the junk at the end of each row is dropped in the copy into the NCHW result (the bias
+    added in the same pass); otherwise they are a strided view's and the GEMM writes the
+    result directly."""
     f, cg, kh, kw = w.shape
+    filters = w.reshape(groups, f // groups, cg * kh * kw)
+    if stride == (1, 1):
+        cols = _wide_columns(x, (kh, kw), padding, dilation)
+        n, _, m = cols.shape
+        wp = x.shape[3] + 2 * padding[1]
+        wide = np.matmul(filters, cols.reshape(n, groups, cg * kh * kw, m)).reshape(n, f, m // wp, wp)
+        rows = wide[:, :, :, :wp - dilation[1] * (kw - 1)]
+        if out is None:
+            out = np.empty(rows.shape, dtype=x.dtype)
+        if b is None:
+            out[...] = rows
+        else:
+            np.add(rows, b.reshape(f, 1, 1), out=out)
+        return out
     windows = _windows(x, (kh, kw), stride, padding, dilation)
     n, _, _, _, oh, ow = windows.shape
     cols = windows.reshape(n, groups, cg * kh * kw, oh * ow)
     if out is None:
         out = np.empty((n, f, oh, ow), dtype=x.dtype)
-    np.matmul(w.reshape(groups, f // groups, cg * kh * kw), cols, out=out.reshape(n, groups, f // groups, oh * ow))
+    np.matmul(filters, cols, out=out.reshape(n, groups, f // groups, oh * ow))
     if b is not None:
         out += b.reshape(f, 1, 1)
     return out'''
@@ -90,12 +127,22 @@ _CONV2D_INPUT_GRAD = '''def _conv2d_input_grad(g, w, size, stride=(1, 1), paddin
 
 _CONV2D_WEIGHT_GRAD = '''def _conv2d_weight_grad(x, g, kernel, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, out=None):
     """d loss / d w of a conv2d: g [N, F, OH, OW] times im2col's columns of x, summed over the
-    batch and the output pixels: one GEMM per group over N*OH*OW (the columns laid out so)."""
+    batch and the output pixels: one GEMM per group over N*OH*OW (the columns laid out so).
+    At stride 1 the columns are _wide_columns' (channels first) and g is widened to match,
+    zeros against their junk."""
     n, f, oh, ow = g.shape
-    windows = _windows(x, kernel, stride, padding, dilation)
-    c, (kh, kw) = windows.shape[1], kernel
-    cols = windows.transpose(1, 2, 3, 0, 4, 5).reshape(groups, c // groups * kh * kw, n * oh * ow)
-    grads = g.transpose(1, 0, 2, 3).reshape(groups, f // groups, n * oh * ow)
+    c, (kh, kw) = x.shape[1], kernel
+    if stride == (1, 1):
+        cols = _wide_columns(x, kernel, padding, dilation, channels_first=True)
+        wp = x.shape[3] + 2 * padding[1]
+        grads = np.zeros((f, n, oh, wp), dtype=g.dtype)
+        grads[:, :, :, :ow] = g.transpose(1, 0, 2, 3)
+        cols = cols.reshape(groups, c // groups * kh * kw, n * oh * wp)
+        grads = grads.reshape(groups, f // groups, n * oh * wp)
+    else:
+        windows = _windows(x, kernel, stride, padding, dilation)
+        cols = windows.transpose(1, 2, 3, 0, 4, 5).reshape(groups, c // groups * kh * kw, n * oh * ow)
+        grads = g.transpose(1, 0, 2, 3).reshape(groups, f // groups, n * oh * ow)
     if out is None:
         out = np.empty((f, c // groups, kh, kw), dtype=x.dtype)
     np.matmul(grads, cols.transpose(0, 2, 1), out=out.reshape(groups, f // groups, c // groups * kh * kw))
@@ -427,7 +474,7 @@ def _onnx_pool(op_type: str, **extra):
 
 _GEOMETRY = (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1))
 _GROUPED = {"stride": (1, 2), "padding": (1, 0), "dilation": 2, "groups": 2}
-_CONV_HELPERS = (_WINDOWS,)
+_CONV_HELPERS = (_WINDOWS, _WIDE_COLUMNS)
 
 
 def _kernel_note(shapes_: list[Shape], attrs: dict) -> str:
