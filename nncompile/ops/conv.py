@@ -223,6 +223,18 @@ _AVG_POOL2D_GRAD = '''def _avg_pool2d_grad(g, size, kernel, stride, padding=(0, 
     return _col2im(cols, size, stride, padding, (1, 1), out)'''
 
 
+_CHANNEL_SUMS = '''def _channel_sums(x, mean=False, out=None):
+    """Each channel's sum (or mean) of x [N, C, H, W] over the batch and the pixels, as two
+    matrix-vector products: several times faster than add.reduce over three of the four
+    axes. out may be any array of C entries (a [C, 1, 1] buffer, say)."""
+    n, c, h, w = x.shape
+    per_image = np.matmul(x.reshape(n * c, h * w), np.ones(h * w, dtype=x.dtype)).reshape(n, c)
+    weights = np.full(n, 1.0 / (n * h * w) if mean else 1.0, dtype=x.dtype)
+    if out is None:
+        return np.matmul(weights, per_image)
+    np.matmul(weights, per_image, out=out.reshape(c))
+    return out'''
+
 # ---- attributes: an int or a pair per spatial axis ------------------------------------
 
 def pair(opname: str, attrs: dict, name: str, low: int) -> tuple[int, int]:
@@ -567,6 +579,44 @@ op("avg_pool2d_grad", 1, _pool_grad_rule("avg_pool2d_grad"), _pool_call("_avg_po
             Sample(((2, 2, 3, 3),), {"size": (5, 5), "kernel": 3, "stride": 2, "padding": 1})),
    doc="d loss / d x of avg_pool2d: g / (KH KW) spread over each window")
 
+
+# ---- per-channel sums: batch norm's statistics and their gradients (ops/rewrites.py) ----------
+
+def _channel_sum_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+    need_float(ins, "channel_sum")
+    x, shape = ins[0], tuple(attrs["shape"])
+    if len(x.shape) != 4 or math.prod(shape) != x.shape[1] or not isinstance(x.shape[1], int):
+        raise ShapeError(f"channel_sum needs an image batch [N, C, H, W] and a shape of C entries, not "
+                         f"{shapes.show(x.shape)} and {shapes.show(shape)}", 0)
+    return shape, "float"
+
+
+def _emit_channel_sum(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+    words = [args[0], *(["mean=True"] if attrs.get("mean") else []), *([f"out={out}"] if out else [])]
+    text = f"_channel_sums({', '.join(words)})"
+    return text if out or len(attrs["shape"]) == 1 else f"{text}.reshape({ctx.shape(tuple(attrs['shape']))})"
+
+
+def _vjp_channel_sum(g: Value, out: Value, x: Value):
+    per_channel = g if len(g.shape) == 1 else g.reshape((x.shape[1],))
+    if out.attr("mean"):
+        per_channel = per_channel.per_element(x.shape, (0, 2, 3))
+    return (per_channel.broadcast(x.shape, (0, 2, 3)),)
+
+
+def _onnx_channel_sum(ctx: OnnxContext, args: list[str], attrs: dict) -> str:
+    reduced = ctx.node("ReduceMean" if attrs.get("mean") else "ReduceSum", [args[0], ctx.ints([0, 2, 3])],
+                       keepdims=1)
+    return ctx.node("Reshape", [reduced, ctx.shape(tuple(attrs["shape"]))])
+
+
+op("channel_sum", 1, _channel_sum_rule, _emit_channel_sum, vjp=_vjp_channel_sum, public=False, takes_out=True,
+   attrs=(("mean", False), ("shape", ())), helpers=(_CHANNEL_SUMS,),
+   samples=(Sample(((2, 3, 4, 5),), {"shape": (3,)}), Sample(((2, 3, 4, 5),), {"shape": (3, 1, 1), "mean": True}),
+            Sample(((3, 2, 1, 4),), {"shape": (1, 2, 1, 1)})),
+   doc="the sum (mean=true: the mean) of each channel of x [N, C, H, W] over the batch and the pixels, shaped "
+       "shape: what a sum, mean or sum_to over the axes 0, 2 and 3 becomes (ops/rewrites.py)",
+   onnx=_onnx_channel_sum)
 
 def _global_avg_pool2d(x: Value) -> Value:
     if len(x.shape) != 4:
