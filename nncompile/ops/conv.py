@@ -145,7 +145,9 @@ _CONV2D_WEIGHT_GRAD = '''def _conv2d_weight_grad(x, g, kernel, stride=(1, 1), pa
         grads = g.transpose(1, 0, 2, 3).reshape(groups, f // groups, n * oh * ow)
     if out is None:
         out = np.empty((f, c // groups, kh, kw), dtype=x.dtype)
-    np.matmul(grads, cols.transpose(0, 2, 1), out=out.reshape(groups, f // groups, c // groups * kh * kw))
+    # columns times g's rows, then transposed: OpenBLAS is 10-30% faster this way round
+    transposed = np.matmul(cols, grads.transpose(0, 2, 1))
+    out.reshape(groups, f // groups, c // groups * kh * kw)[...] = transposed.transpose(0, 2, 1)
     return out'''
 
 _FIRST_OFFSET = '''def _first_offset(windows, out=None):
@@ -223,13 +225,13 @@ _AVG_POOL2D_GRAD = '''def _avg_pool2d_grad(g, size, kernel, stride, padding=(0, 
     return _col2im(cols, size, stride, padding, (1, 1), out)'''
 
 
-_CHANNEL_SUMS = '''def _channel_sums(x, mean=False, out=None):
-    """Each channel's sum (or mean) of x [N, C, H, W] over the batch and the pixels, as two
-    matrix-vector products: several times faster than add.reduce over three of the four
-    axes. out may be any array of C entries (a [C, 1, 1] buffer, say)."""
+_CHANNEL_SUMS = '''def _channel_sums(x, mean=False, negate=False, out=None):
+    """Each channel's sum (or mean; negated, where asked) of x [N, C, H, W] over the batch and
+    the pixels, as two matrix-vector products: several times faster than add.reduce over
+    three of the four axes. out may be any array of C entries (a [C, 1, 1] buffer, say)."""
     n, c, h, w = x.shape
     per_image = np.matmul(x.reshape(n * c, h * w), np.ones(h * w, dtype=x.dtype)).reshape(n, c)
-    weights = np.full(n, 1.0 / (n * h * w) if mean else 1.0, dtype=x.dtype)
+    weights = np.full(n, (-1.0 if negate else 1.0) / (n * h * w if mean else 1), dtype=x.dtype)
     if out is None:
         return np.matmul(weights, per_image)
     np.matmul(weights, per_image, out=out.reshape(c))
@@ -592,7 +594,8 @@ def _channel_sum_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
 
 
 def _emit_channel_sum(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
-    words = [args[0], *(["mean=True"] if attrs.get("mean") else []), *([f"out={out}"] if out else [])]
+    flags = [f"{k}=True" for k in ("mean", "negate") if attrs.get(k)]
+    words = [args[0], *flags, *([f"out={out}"] if out else [])]
     text = f"_channel_sums({', '.join(words)})"
     return text if out or len(attrs["shape"]) == 1 else f"{text}.reshape({ctx.shape(tuple(attrs['shape']))})"
 
@@ -601,21 +604,26 @@ def _vjp_channel_sum(g: Value, out: Value, x: Value):
     per_channel = g if len(g.shape) == 1 else g.reshape((x.shape[1],))
     if out.attr("mean"):
         per_channel = per_channel.per_element(x.shape, (0, 2, 3))
+    if out.attr("negate"):
+        per_channel = -per_channel
     return (per_channel.broadcast(x.shape, (0, 2, 3)),)
 
 
 def _onnx_channel_sum(ctx: OnnxContext, args: list[str], attrs: dict) -> str:
     reduced = ctx.node("ReduceMean" if attrs.get("mean") else "ReduceSum", [args[0], ctx.ints([0, 2, 3])],
                        keepdims=1)
-    return ctx.node("Reshape", [reduced, ctx.shape(tuple(attrs["shape"]))])
+    shaped = ctx.node("Reshape", [reduced, ctx.shape(tuple(attrs["shape"]))])
+    return ctx.node("Neg", [shaped]) if attrs.get("negate") else shaped
 
 
 op("channel_sum", 1, _channel_sum_rule, _emit_channel_sum, vjp=_vjp_channel_sum, public=False, takes_out=True,
-   attrs=(("mean", False), ("shape", ())), helpers=(_CHANNEL_SUMS,),
+   attrs=(("mean", False), ("negate", False), ("shape", ())), helpers=(_CHANNEL_SUMS,),
    samples=(Sample(((2, 3, 4, 5),), {"shape": (3,)}), Sample(((2, 3, 4, 5),), {"shape": (3, 1, 1), "mean": True}),
+            Sample(((2, 3, 4, 5),), {"shape": (3,), "negate": True}),
             Sample(((3, 2, 1, 4),), {"shape": (1, 2, 1, 1)})),
-   doc="the sum (mean=true: the mean) of each channel of x [N, C, H, W] over the batch and the pixels, shaped "
-       "shape: what a sum, mean or sum_to over the axes 0, 2 and 3 becomes (ops/rewrites.py)",
+   doc="the sum (mean=true: the mean; negate=true: negated) of each channel of x [N, C, H, W] over the batch and "
+       "the pixels, shaped shape: what a sum, mean or sum_to (of a negation) over the axes 0, 2 and 3 becomes "
+       "(ops/rewrites.py)",
    onnx=_onnx_channel_sum)
 
 def _global_avg_pool2d(x: Value) -> Value:

@@ -189,9 +189,12 @@ def _reduced_axes(G: Graph, n: int) -> set[int]:
 def per_channel_sum(G: Graph, n: int) -> int | None:
     """A sum or mean of an image batch [N, C, H, W] over all but its channels (batch norm's
     statistics and their gradients) -> channel_sum: two BLAS matrix-vector products instead
-    of a strided reduction over three of four axes."""
+    of a strided reduction over three of four axes. The sum of a negation (a subtraction's
+    gradient) is the negated sum of its operand, one pass over the image fewer."""
     x = G[G[n].args[0]]
     if len(x.shape) != 4 or x.dtype != "float" or not isinstance(x.shape[1], int) or _reduced_axes(G, n) != {0, 2, 3}:
         return None
-    G.set(n, op="channel_sum", attrs=(("mean", G[n].op == "mean"), ("shape", G[n].shape)))
+    negate = x.op == "neg"
+    attrs = (("mean", G[n].op == "mean"), ("negate", negate), ("shape", G[n].shape))
+    G.set(n, op="channel_sum", args=(x.args[0],) if negate else G[n].args, attrs=attrs)
     return n
