@@ -167,19 +167,17 @@ _MAX_POOL2D = '''def _max_pool2d(x, kernel, stride, padding=(0, 0), out=None):
 
 _MAX_MASKS = '''def _max_masks(x, kernel, stride, padding):
     """For each kernel offset, where it holds its window's max: the first of a tie only, as
-    PyTorch routes it. Comparisons of whole offsets, no argmax over a tiny axis."""
+    PyTorch routes it. The offsets are copied once, contiguous [KH*KW, N, C, OH, OW], so the
+    comparisons run over whole arrays rather than strided rows of OW; no argmax over a tiny
+    axis."""
     windows = _windows(x, kernel, stride, padding, (1, 1), fill=-np.inf)
-    offsets = [windows[:, :, k // kernel[1], k % kernel[1]] for k in range(kernel[0] * kernel[1])]
-    top = offsets[0].copy()
-    for offset in offsets[1:]:
-        np.maximum(top, offset, out=top)
-    taken = np.zeros(top.shape, dtype=bool)
-    masks = []
-    for offset in offsets:
-        mask = np.equal(offset, top)
+    n, c, kh, kw, oh, ow = windows.shape
+    offsets = np.ascontiguousarray(windows.transpose(2, 3, 0, 1, 4, 5)).reshape(kh * kw, n, c, oh, ow)
+    masks = offsets == offsets.max(axis=0)
+    taken = masks[0].copy()
+    for mask in masks[1:]:
         np.greater(mask, taken, out=mask)   # and not taken before
         taken |= mask
-        masks.append(mask)
     return masks'''
 
 _MAX_POOL2D_GRAD = '''def _max_pool2d_grad(g, x, kernel, stride, padding=(0, 0), out=None):
