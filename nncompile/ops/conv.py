@@ -110,13 +110,43 @@ _CONV2D = '''def _conv2d(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(
         out += b.reshape(f, 1, 1)
     return out'''
 
+_TAPS = '''_TAP_INDEX = {}
+
+
+def _taps(size, kernel, stride, padding, dilation):
+    """Where a conv2d's filter taps meet an image of size (H, W): for each (output pixel,
+    tap) whose input pixel is inside the image, not padding, the output pixel's index in
+    OH*OW, the input pixel's in H*W and the tap's in KH*KW. Worked out once per geometry."""
+    key = (size, kernel, stride, padding, dilation)
+    if key not in _TAP_INDEX:
+        (h, w), (kh, kw), (sh, sw), (ph, pw), (dh, dw) = key
+        oh, ow = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        r, s, i, j = np.meshgrid(np.arange(oh), np.arange(ow), np.arange(kh), np.arange(kw), indexing="ij")
+        rows, cols = r * sh + i * dh - ph, s * sw + j * dw - pw
+        inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+        _TAP_INDEX[key] = (r * ow + s)[inside], (rows * w + cols)[inside], (i * kw + j)[inside]
+    return _TAP_INDEX[key]'''
+
 _CONV2D_INPUT_GRAD = '''def _conv2d_input_grad(g, w, size, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, out=None):
-    """d loss / d x of a conv2d. At stride 1 it is the full correlation of g [N, F, OH, OW] with
-    the filters flipped and transposed (im2col and one batched GEMM again); otherwise each
+    """d loss / d x of a conv2d. For an image of at most 2*KH*KW pixels (and one group) it is
+    g [N, F*OH*OW] times the conv as one matrix [F*OH*OW, H*W*C], each filter tap placed
+    where it meets its input pixel: at most twice the flops of the columns, and no columns,
+    padding or junk. At stride 1 it is the full correlation of g [N, F, OH, OW] with the
+    filters flipped and transposed (im2col and one batched GEMM again); otherwise each
     group's filters, transposed, times g (one batched GEMM) are the columns' gradient, which
     col2im adds back onto the image."""
     n, f, oh, ow = g.shape
     _, cg, kh, kw = w.shape
+    if groups == 1 and size[0] * size[1] <= 2 * kh * kw:
+        outputs, inputs, taps = _taps(tuple(size), (kh, kw), stride, padding, dilation)
+        unrolled = np.zeros((f, oh * ow, size[0] * size[1], cg), dtype=w.dtype)
+        unrolled[:, outputs, inputs] = w.reshape(f, cg, kh * kw).transpose(0, 2, 1)[:, taps]
+        pixels = np.matmul(g.reshape(n, f * oh * ow), unrolled.reshape(f * oh * ow, -1))
+        image = pixels.reshape(n, size[0], size[1], cg).transpose(0, 3, 1, 2)
+        if out is None:
+            return np.ascontiguousarray(image)
+        out[...] = image
+        return out
     full = (dilation[0] * (kh - 1) - padding[0], dilation[1] * (kw - 1) - padding[1])
     if stride == (1, 1) and min(full) >= 0:
         flipped = w.reshape(groups, f // groups, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
@@ -128,10 +158,21 @@ _CONV2D_INPUT_GRAD = '''def _conv2d_input_grad(g, w, size, stride=(1, 1), paddin
 _CONV2D_WEIGHT_GRAD = '''def _conv2d_weight_grad(x, g, kernel, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, out=None):
     """d loss / d w of a conv2d: g [N, F, OH, OW] times im2col's columns of x, summed over the
     batch and the output pixels: one GEMM per group over N*OH*OW (the columns laid out so).
-    At stride 1 the columns are _wide_columns' (channels first) and g is widened to match,
-    zeros against their junk."""
+    For an image of at most 2*KH*KW pixels (and one group) it is the gradient of the conv as
+    one matrix (g's rows times x's pixels, channels last), each tap's entries then summed
+    by a 0/1 matrix; at stride 1 the columns are _wide_columns' (channels first) and g is
+    widened to match, zeros against their junk."""
     n, f, oh, ow = g.shape
     c, (kh, kw) = x.shape[1], kernel
+    if groups == 1 and x.shape[2] * x.shape[3] <= 2 * kh * kw:
+        outputs, inputs, taps = _taps(tuple(x.shape[2:]), kernel, stride, padding, dilation)
+        pixels = x.transpose(0, 2, 3, 1).reshape(n, -1)
+        unrolled = np.matmul(g.reshape(n, f * oh * ow).T, pixels).reshape(f, oh * ow, -1, c)
+        per_tap = np.matmul((taps == np.arange(kh * kw)[:, None]).astype(x.dtype), unrolled[:, outputs, inputs])
+        if out is None:
+            out = np.empty((f, c, kh, kw), dtype=x.dtype)
+        out.reshape(f, c, kh * kw)[...] = per_tap.transpose(0, 2, 1)
+        return out
     if stride == (1, 1):
         cols = _wide_columns(x, kernel, padding, dilation, channels_first=True)
         wp = x.shape[3] + 2 * padding[1]
@@ -519,15 +560,21 @@ op("conv2d", -1, _conv2d_rule, _call("_conv2d", _conv_attrs), vjp=_vjp_conv2d, a
    onnx=_onnx_conv2d)
 op("conv2d_input_grad", 2, _conv2d_input_grad_rule, _call("_conv2d_input_grad", _conv_attrs, "{size!r}"),
    vjp=_vjp_conv2d_input_grad, attrs=(("size", ()), *_GEOMETRY), public=False, takes_out=True,
-   helpers=(*_CONV_HELPERS, _CONV2D, _COL2IM, _CONV2D_INPUT_GRAD),
+   helpers=(*_CONV_HELPERS, _CONV2D, _COL2IM, _TAPS, _CONV2D_INPUT_GRAD),
    samples=(Sample(((2, 4, 3, 3), (4, 3, 3, 3)), {"size": (5, 5), "stride": 2, "padding": 1}),
-            Sample(((1, 6, 6, 3), (6, 2, 2, 2)), {"size": (6, 7), **_GROUPED})),
+            Sample(((1, 6, 6, 3), (6, 2, 2, 2)), {"size": (6, 7), **_GROUPED}),
+            Sample(((2, 4, 3, 4), (4, 3, 3, 3)), {"size": (3, 4), "padding": 1}),      # small: the unrolled matrix
+            Sample(((2, 3, 3, 1), (3, 2, 2, 3)), {"size": (3, 3), "stride": (1, 2), "padding": (1, 0),
+                                                  "dilation": (2, 1)})),
    doc="d loss / d x of conv2d: the transposed convolution of g with W, back onto an image of the given size")
 op("conv2d_weight_grad", 2, _conv2d_weight_grad_rule, _call("_conv2d_weight_grad", _conv_attrs, "{kernel!r}"),
    vjp=_vjp_conv2d_weight_grad, attrs=(("kernel", ()), *_GEOMETRY), public=False, takes_out=True,
-   helpers=(*_CONV_HELPERS, _CONV2D_WEIGHT_GRAD),
+   helpers=(*_CONV_HELPERS, _TAPS, _CONV2D_WEIGHT_GRAD),
    samples=(Sample(((2, 3, 5, 5), (2, 4, 3, 3)), {"kernel": (3, 3), "stride": 2, "padding": 1}),
-            Sample(((1, 4, 6, 7), (1, 6, 6, 3)), {"kernel": (2, 2), **_GROUPED})),
+            Sample(((1, 4, 6, 7), (1, 6, 6, 3)), {"kernel": (2, 2), **_GROUPED}),
+            Sample(((2, 3, 3, 4), (2, 4, 3, 4)), {"kernel": (3, 3), "padding": 1}),   # small: the unrolled matrix
+            Sample(((2, 2, 3, 3), (2, 3, 3, 1)), {"kernel": (2, 3), "stride": (1, 2), "padding": (1, 0),
+                                                  "dilation": (2, 1)})),
    doc="d loss / d W of conv2d: the correlation of x with g, summed over the batch")
 
 _POOL = (("kernel", 2), ("stride", None), ("padding", 0))
