@@ -78,6 +78,26 @@ _WIDE_COLUMNS = '''def _wide_columns(x, kernel, padding, dilation, channels_firs
     runs = np.lib.stride_tricks.as_strided(flat, (n, c, kh, kw, oh * wp), (c * plane * s, plane * s, dh * wp * s, dw * s, s))
     return runs.reshape(n, c * kh * kw, oh * wp)'''
 
+_WIDE_COL2IM = '''def _wide_col2im(cols, size, padding, dilation, out=None):
+    """The transpose of _wide_columns: cols [N, C, KH, KW, OH*W'] (zeros in their junk) added
+    back onto the padded image as long runs, one add per kernel offset, the padding cut off.
+    Each plane is followed by a gap that takes the runs' overhang, so no two runs overlap."""
+    n, c, kh, kw, m = cols.shape
+    (h, w), (ph, pw), (dh, dw) = size, padding, dilation
+    hp, wp = h + 2 * ph, w + 2 * pw
+    plane = hp * wp + dw * (kw - 1)
+    flat = np.zeros(n * c * plane, dtype=cols.dtype)
+    s = flat.itemsize
+    for i in range(kh):
+        for j in range(kw):
+            runs = np.lib.stride_tricks.as_strided(flat[i * dh * wp + j * dw:], (n, c, m), (c * plane * s, plane * s, s))
+            runs += cols[:, :, i, j]
+    image = flat.reshape(n, c, plane)[:, :, :hp * wp].reshape(n, c, hp, wp)[:, :, ph:ph + h, pw:pw + w]
+    if out is None:
+        return image.copy()
+    out[...] = image
+    return out'''
+
 _CONV2D = '''def _conv2d(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, out=None):
     """The cross-correlation of x [N, C, H, W] with filters w [F, C/groups, KH, KW] (plus the
     bias b [F]): im2col's columns [N, groups, C/groups*KH*KW, OH*OW] times each group's
@@ -131,10 +151,12 @@ _CONV2D_INPUT_GRAD = '''def _conv2d_input_grad(g, w, size, stride=(1, 1), paddin
     """d loss / d x of a conv2d. For an image of at most 2*KH*KW pixels (and one group) it is
     g [N, F*OH*OW] times the conv as one matrix [F*OH*OW, H*W*C], each filter tap placed
     where it meets its input pixel: at most twice the flops of the columns, and no columns,
-    padding or junk. At stride 1 it is the full correlation of g [N, F, OH, OW] with the
-    filters flipped and transposed (im2col and one batched GEMM again); otherwise each
-    group's filters, transposed, times g (one batched GEMM) are the columns' gradient, which
-    col2im adds back onto the image."""
+    padding or junk. At stride 1 with fewer channels than filters, each group's filters,
+    transposed, times g widened to W' (zeros in its junk) are _wide_columns' gradient, which
+    _wide_col2im adds back as long runs; with as many or more, it is the full correlation of
+    g [N, F, OH, OW] with the filters flipped and transposed (im2col and one batched GEMM
+    again): whichever columns are the smaller. Otherwise the columns' gradient, exact, is
+    added back by col2im."""
     n, f, oh, ow = g.shape
     _, cg, kh, kw = w.shape
     if groups == 1 and size[0] * size[1] <= 2 * kh * kw:
@@ -147,6 +169,13 @@ _CONV2D_INPUT_GRAD = '''def _conv2d_input_grad(g, w, size, stride=(1, 1), paddin
             return np.ascontiguousarray(image)
         out[...] = image
         return out
+    if stride == (1, 1) and cg * groups < f:
+        wp = size[1] + 2 * padding[1]
+        grads = np.zeros((n, f, oh, wp), dtype=g.dtype)
+        grads[:, :, :, :ow] = g
+        filters = w.reshape(groups, f // groups, cg * kh * kw).transpose(0, 2, 1)
+        cols = np.matmul(filters, grads.reshape(n, groups, f // groups, oh * wp))
+        return _wide_col2im(cols.reshape(n, groups * cg, kh, kw, oh * wp), size, padding, dilation, out)
     full = (dilation[0] * (kh - 1) - padding[0], dilation[1] * (kw - 1) - padding[1])
     if stride == (1, 1) and min(full) >= 0:
         flipped = w.reshape(groups, f // groups, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
@@ -560,12 +589,14 @@ op("conv2d", -1, _conv2d_rule, _call("_conv2d", _conv_attrs), vjp=_vjp_conv2d, a
    onnx=_onnx_conv2d)
 op("conv2d_input_grad", 2, _conv2d_input_grad_rule, _call("_conv2d_input_grad", _conv_attrs, "{size!r}"),
    vjp=_vjp_conv2d_input_grad, attrs=(("size", ()), *_GEOMETRY), public=False, takes_out=True,
-   helpers=(*_CONV_HELPERS, _CONV2D, _COL2IM, _TAPS, _CONV2D_INPUT_GRAD),
+   helpers=(*_CONV_HELPERS, _CONV2D, _COL2IM, _WIDE_COL2IM, _TAPS, _CONV2D_INPUT_GRAD),
    samples=(Sample(((2, 4, 3, 3), (4, 3, 3, 3)), {"size": (5, 5), "stride": 2, "padding": 1}),
             Sample(((1, 6, 6, 3), (6, 2, 2, 2)), {"size": (6, 7), **_GROUPED}),
             Sample(((2, 4, 3, 4), (4, 3, 3, 3)), {"size": (3, 4), "padding": 1}),      # small: the unrolled matrix
             Sample(((2, 3, 3, 1), (3, 2, 2, 3)), {"size": (3, 3), "stride": (1, 2), "padding": (1, 0),
-                                                  "dilation": (2, 1)})),
+                                                  "dilation": (2, 1)}),
+            Sample(((2, 4, 5, 5), (4, 3, 3, 3)), {"size": (5, 5), "padding": 1}),      # fewer channels: wide col2im
+            Sample(((1, 4, 6, 4), (4, 1, 2, 2)), {"size": (6, 5), "padding": (1, 0), "dilation": (2, 1), "groups": 2})),
    doc="d loss / d x of conv2d: the transposed convolution of g with W, back onto an image of the given size")
 op("conv2d_weight_grad", 2, _conv2d_weight_grad_rule, _call("_conv2d_weight_grad", _conv_attrs, "{kernel!r}"),
    vjp=_vjp_conv2d_weight_grad, attrs=(("kernel", ()), *_GEOMETRY), public=False, takes_out=True,
