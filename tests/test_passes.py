@@ -380,6 +380,24 @@ def test_sum_of_squares_is_l2() -> None:
     assert simplified(G, G.add("sum", [wide])).op == "sum"
 
 
+
+def test_per_channel_sum() -> None:
+    """A sum, mean or sum_to of an image batch over all but its channels is a channel_sum (of
+    x itself where it sums a negation); over other axes, or of a 3-D array, it stays."""
+    G, (x,) = tiny((2, 3, 4, 5))
+    node = simplified(G, G.add("mean", [x], {"axis": (0, 2, 3)}))
+    assert (node.op, node.args, dict(node.attrs)) == ("channel_sum", (x,), {"mean": True, "negate": False, "shape": (3,)})
+    G, (x,) = tiny((2, 3, 4, 5))
+    node = simplified(G, G.add("sum_to", [G.add("neg", [x])], {"dropped": (0,), "kept": (2, 3), "shape": (3, 1, 1)}))
+    assert (node.op, node.args, dict(node.attrs)) == ("channel_sum", (x,), {"mean": False, "negate": True,
+                                                                             "shape": (3, 1, 1)})
+    G, (x,) = tiny((2, 3, 4, 5))
+    node = simplified(G, G.add("sum", [x], {"axis": (-4, 2, -1), "keepdims": True}))
+    assert (node.op, node.shape) == ("channel_sum", (1, 3, 1, 1))
+    for shape, axis in (((2, 3, 4, 5), (0, 2)), ((2, 3, 4, 5), (1, 2, 3)), ((2, 3, 4), (0, 2))):
+        G, (x,) = tiny(shape)
+        assert simplified(G, G.add("sum", [x], {"axis": axis})).op == "sum"
+
 def test_the_l2_term_is_one_dot_with_the_same_value_and_gradient() -> None:
     text = """
         param W: [3, 4] = normal(std=1.0)

@@ -40,6 +40,7 @@ from .rewrites import (
     double_negation,
     half_power_is_sqrt,
     mul_by_one,
+    per_channel_sum,
     power_of_one,
     scale_of_scale,
     share_log_softmax,
@@ -471,13 +472,13 @@ op("sum", 1, _reduce_rule("sum"), reduce_call("add"), attrs=_RA, samples=_R, tak
    vjp=lambda g, out, x: g.broadcast(x.shape, out.attr("axis"), out.attr("keepdims")),
    doc="the sum over axis (an int, a list, or every axis by default); keepdims=true keeps them as 1",
    example="total = sum(x, axis=1)",
-   label=_reduction_label("sum"), rewrites=(sum_of_squares_is_l2,),
+   label=_reduction_label("sum"), rewrites=(sum_of_squares_is_l2, per_channel_sum),
    onnx=onnx_reduce("ReduceSum"))
 op("mean", 1, _reduce_rule("mean"), call("mean"), attrs=_RA, samples=_R, takes_out=True,
    vjp=lambda g, out, x: g.per_element(x.shape, out.attr("axis")).broadcast(x.shape, out.attr("axis"),
                                                                        out.attr("keepdims")),
    doc="the mean over axis (every axis by default)", example="m = mean(x, axis=0)",
-   label=_reduction_label("mean"),
+   label=_reduction_label("mean"), rewrites=(per_channel_sum,),
    onnx=onnx_reduce("ReduceMean"))
 op("max", 1, _reduce_rule("max"), reduce_call("maximum"), attrs=_RA, samples=_R, takes_out=True,
    vjp=lambda g, out, x: route_to_maxima(g, out, x, out.attr("axis"), out.attr("keepdims")), pairwise="maximum",
@@ -548,7 +549,7 @@ op("sum_to", 1, _target_shape_rule, _emit_sum_to, public=False, takes_out=True,
    samples=tuple(Sample((shape,), {"dropped": d, "kept": k, "shape": target}) for shape, target in
                  (((3, 4), (4,)), ((2, 3, 4), (3, 1)), ((3, 4), (1, 4)))
                  for d, k in [unbroadcast_axes(shape, target)]),
-   onnx=_onnx_sum_to)
+   rewrites=(per_channel_sum,), onnx=_onnx_sum_to)
 
 # Dropout: inverted dropout in train mode, the identity in eval mode (lowered by the elaborator).
 _DROPOUT_MASK = '''def _dropout_mask(rng, shape, p):

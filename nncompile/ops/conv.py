@@ -2,12 +2,10 @@
 pool and flatten, and the ops their gradient rules emit. Declared like :mod:`.basic`, one
 call per op; each op's shape rule, emitter, gradient rule and ONNX lowering sit above it.
 
-The numpy forms are a careful numpy programmer's: im2col is a strided view of the (padded)
-image (:data:`_WINDOWS`), copied once into the columns a conv multiplies with its filters in
-one batched GEMM; both backward products are GEMMs too, and col2im and the pools loop over
-the kernel's offsets (9 for a 3x3 kernel), never over pixels. The ops are closed under
-differentiation: conv2d's input and weight gradients are bilinear, and each one's gradient
-rule is written with the other two, so second-order gradients need nothing else.
+The numpy forms, the helpers the emitted code calls, are in :mod:`.conv_helpers`. The ops
+are closed under differentiation: conv2d's input and weight gradients are bilinear, and each
+one's gradient rule is written with the other two, so second-order gradients need nothing
+else.
 """
 from __future__ import annotations
 
@@ -21,161 +19,25 @@ from ..shapes import Shape, ShapeError
 from .basic import tie_gap
 from .registry import EmitContext, Kink, Sample, attr_text, composite, need_float, op
 from .onnx_helpers import OnnxContext
+from .conv_helpers import (
+    WINDOWS,
+    COL2IM,
+    WIDE_COLUMNS,
+    WIDE_COL2IM,
+    CONV2D,
+    TAPS,
+    CONV2D_INPUT_GRAD,
+    CONV2D_WEIGHT_GRAD,
+    FIRST_OFFSET,
+    MAX_POOL2D,
+    MAX_MASKS,
+    MAX_POOL2D_GRAD,
+    MAX_POOL2D_SELECT,
+    AVG_POOL2D,
+    AVG_POOL2D_GRAD,
+    CHANNEL_SUMS,
+)
 from .value import Value
-
-# ---- the helpers the emitted code calls (written for numpy; retargeted for CuPy) ----------
-
-_WINDOWS = '''def _windows(x, kernel, stride, padding, dilation, fill=0.0):
-    """im2col's windows of x [N, C, H, W] as a strided view [N, C, KH, KW, OH, OW] of x
-    (padded with fill first where there is padding): [:, :, i, j] is kernel offset (i, j)
-    of every output pixel. No copy is made until the view is reshaped."""
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
-    if ph or pw:
-        padded = np.full((x.shape[0], x.shape[1], x.shape[2] + 2 * ph, x.shape[3] + 2 * pw), fill, dtype=x.dtype)
-        padded[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]] = x
-        x = padded
-    n, c, h, w = x.shape
-    oh, ow = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
-    s0, s1, s2, s3 = x.strides
-    return np.lib.stride_tricks.as_strided(x, (n, c, kh, kw, oh, ow), (s0, s1, s2 * dh, s3 * dw, s2 * sh, s3 * sw))'''
-
-_COL2IM = '''def _col2im(cols, size, stride, padding, dilation, out=None):
-    """The transpose of _windows: each window's entries cols [N, C, KH, KW, OH, OW] added back
-    onto the pixels it read, one strided add per kernel offset; the padding is cut off."""
-    n, c, kh, kw, oh, ow = cols.shape
-    (h, w), (sh, sw), (ph, pw), (dh, dw) = size, stride, padding, dilation
-    direct = out is not None and not (ph or pw)
-    image = out if direct else np.empty((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
-    image[...] = 0
-    for i in range(kh):
-        for j in range(kw):
-            rows, columns = slice(i * dh, i * dh + sh * (oh - 1) + 1, sh), slice(j * dw, j * dw + sw * (ow - 1) + 1, sw)
-            image[:, :, rows, columns] += cols[:, :, i, j]
-    if direct:
-        return out
-    image = image[:, :, ph:ph + h, pw:pw + w]
-    if out is None:
-        return image
-    out[...] = image
-    return out'''
-
-_CONV2D = '''def _conv2d(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, out=None):
-    """The cross-correlation of x [N, C, H, W] with filters w [F, C/groups, KH, KW] (plus the
-    bias b [F]): im2col's columns [N, groups, C/groups*KH*KW, OH*OW] times each group's
-    filters as a matrix, one batched GEMM, written straight into the NCHW result."""
-    f, cg, kh, kw = w.shape
-    windows = _windows(x, (kh, kw), stride, padding, dilation)
-    n, _, _, _, oh, ow = windows.shape
-    cols = windows.reshape(n, groups, cg * kh * kw, oh * ow)
-    if out is None:
-        out = np.empty((n, f, oh, ow), dtype=x.dtype)
-    np.matmul(w.reshape(groups, f // groups, cg * kh * kw), cols, out=out.reshape(n, groups, f // groups, oh * ow))
-    if b is not None:
-        out += b.reshape(f, 1, 1)
-    return out'''
-
-_CONV2D_INPUT_GRAD = '''def _conv2d_input_grad(g, w, size, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, out=None):
-    """d loss / d x of a conv2d. At stride 1 it is the full correlation of g [N, F, OH, OW] with
-    the filters flipped and transposed (im2col and one batched GEMM again); otherwise each
-    group's filters, transposed, times g (one batched GEMM) are the columns' gradient, which
-    col2im adds back onto the image."""
-    n, f, oh, ow = g.shape
-    _, cg, kh, kw = w.shape
-    full = (dilation[0] * (kh - 1) - padding[0], dilation[1] * (kw - 1) - padding[1])
-    if stride == (1, 1) and min(full) >= 0:
-        flipped = w.reshape(groups, f // groups, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
-        return _conv2d(g, flipped.reshape(groups * cg, f // groups, kh, kw), None, (1, 1), full, dilation, groups, out)
-    filters = w.reshape(groups, f // groups, cg * kh * kw).transpose(0, 2, 1)
-    cols = np.matmul(filters, g.reshape(n, groups, f // groups, oh * ow))
-    return _col2im(cols.reshape(n, groups * cg, kh, kw, oh, ow), size, stride, padding, dilation, out)'''
-
-_CONV2D_WEIGHT_GRAD = '''def _conv2d_weight_grad(x, g, kernel, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, out=None):
-    """d loss / d w of a conv2d: g [N, F, OH, OW] times im2col's columns of x, summed over the
-    batch and the output pixels: one GEMM per group over N*OH*OW (the columns laid out so)."""
-    n, f, oh, ow = g.shape
-    windows = _windows(x, kernel, stride, padding, dilation)
-    c, (kh, kw) = windows.shape[1], kernel
-    cols = windows.transpose(1, 2, 3, 0, 4, 5).reshape(groups, c // groups * kh * kw, n * oh * ow)
-    grads = g.transpose(1, 0, 2, 3).reshape(groups, f // groups, n * oh * ow)
-    if out is None:
-        out = np.empty((f, c // groups, kh, kw), dtype=x.dtype)
-    np.matmul(grads, cols.transpose(0, 2, 1), out=out.reshape(groups, f // groups, c // groups * kh * kw))
-    return out'''
-
-_FIRST_OFFSET = '''def _first_offset(windows, out=None):
-    """Kernel offset (0, 0) of every window, copied (into out, where given): a pool's start."""
-    if out is None:
-        return windows[:, :, 0, 0].copy()
-    out[...] = windows[:, :, 0, 0]
-    return out'''
-
-_MAX_POOL2D = '''def _max_pool2d(x, kernel, stride, padding=(0, 0), out=None):
-    """The max of each window: a running maximum over the kernel's offsets (padding is -inf)."""
-    windows = _windows(x, kernel, stride, padding, (1, 1), fill=-np.inf)
-    out = _first_offset(windows, out)
-    for k in range(1, kernel[0] * kernel[1]):
-        np.maximum(out, windows[:, :, k // kernel[1], k % kernel[1]], out=out)
-    return out'''
-
-_MAX_MASKS = '''def _max_masks(x, kernel, stride, padding):
-    """For each kernel offset, where it holds its window's max: the first of a tie only, as
-    PyTorch routes it. Comparisons of whole offsets, no argmax over a tiny axis."""
-    windows = _windows(x, kernel, stride, padding, (1, 1), fill=-np.inf)
-    offsets = [windows[:, :, k // kernel[1], k % kernel[1]] for k in range(kernel[0] * kernel[1])]
-    top = offsets[0].copy()
-    for offset in offsets[1:]:
-        np.maximum(top, offset, out=top)
-    taken = np.zeros(top.shape, dtype=bool)
-    masks = []
-    for offset in offsets:
-        mask = np.equal(offset, top)
-        np.greater(mask, taken, out=mask)   # and not taken before
-        taken |= mask
-        masks.append(mask)
-    return masks'''
-
-_MAX_POOL2D_GRAD = '''def _max_pool2d_grad(g, x, kernel, stride, padding=(0, 0), out=None):
-    """d loss / d x of a max pool: each window's g goes to its max. Windows that tile the
-    image exactly write their share straight into it, one strided write per kernel offset;
-    otherwise the shares are added back by col2im."""
-    masks = _max_masks(x, kernel, stride, padding)
-    n, c, oh, ow = g.shape
-    kh, kw = kernel
-    if stride == kernel and padding == (0, 0) and x.shape[2:] == (oh * kh, ow * kw):
-        image = np.empty(x.shape, dtype=g.dtype) if out is None else out
-        for k, mask in enumerate(masks):
-            np.multiply(g, mask, out=image[:, :, k // kw::kh, k % kw::kw])
-        return image
-    cols = np.empty((n, c, kh, kw, oh, ow), dtype=g.dtype)
-    for k, mask in enumerate(masks):
-        np.multiply(g, mask, out=cols[:, :, k // kw, k % kw])
-    return _col2im(cols, x.shape[2:], stride, padding, (1, 1), out)'''
-
-_MAX_POOL2D_SELECT = '''def _max_pool2d_select(u, x, kernel, stride, padding=(0, 0)):
-    """u's entry at each window's max of x: the transpose of _max_pool2d_grad."""
-    windows = _windows(u, kernel, stride, padding, (1, 1))
-    masks = _max_masks(x, kernel, stride, padding)
-    out = windows[:, :, 0, 0] * masks[0]
-    for k, mask in enumerate(masks[1:], 1):
-        out += windows[:, :, k // kernel[1], k % kernel[1]] * mask
-    return out'''
-
-_AVG_POOL2D = '''def _avg_pool2d(x, kernel, stride, padding=(0, 0), out=None):
-    """The mean of each window, padding counted as zeros (PyTorch's count_include_pad)."""
-    windows = _windows(x, kernel, stride, padding, (1, 1))
-    out = _first_offset(windows, out)
-    for k in range(1, kernel[0] * kernel[1]):
-        out += windows[:, :, k // kernel[1], k % kernel[1]]
-    out *= 1.0 / (kernel[0] * kernel[1])
-    return out'''
-
-_AVG_POOL2D_GRAD = '''def _avg_pool2d_grad(g, size, kernel, stride, padding=(0, 0), out=None):
-    """d loss / d x of an average pool: g / (KH*KW) spread over each window."""
-    n, c, oh, ow = g.shape
-    share = g * (1.0 / (kernel[0] * kernel[1]))
-    cols = np.broadcast_to(share[:, :, None, None], (n, c, kernel[0], kernel[1], oh, ow))
-    return _col2im(cols, size, stride, padding, (1, 1), out)'''
-
 
 # ---- attributes: an int or a pair per spatial axis ------------------------------------
 
@@ -428,7 +290,7 @@ def _onnx_pool(op_type: str, **extra):
 
 _GEOMETRY = (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1))
 _GROUPED = {"stride": (1, 2), "padding": (1, 0), "dilation": 2, "groups": 2}
-_CONV_HELPERS = (_WINDOWS,)
+_CONV_HELPERS = (WINDOWS, WIDE_COLUMNS)
 
 
 def _kernel_note(shapes_: list[Shape], attrs: dict) -> str:
@@ -448,7 +310,7 @@ def _conv_label(attrs: dict) -> str:
 
 
 op("conv2d", -1, _conv2d_rule, _call("_conv2d", _conv_attrs), vjp=_vjp_conv2d, attrs=_GEOMETRY, takes_out=True,
-   helpers=(*_CONV_HELPERS, _CONV2D),
+   helpers=(*_CONV_HELPERS, CONV2D),
    samples=(Sample(((2, 3, 5, 5), (4, 3, 3, 3))),
             Sample(((2, 3, 5, 5), (4, 3, 3, 3), (4,)), {"stride": 2, "padding": 1}),
             Sample(((1, 4, 6, 7), (6, 2, 2, 2), (6,)), _GROUPED)),
@@ -461,15 +323,23 @@ op("conv2d", -1, _conv2d_rule, _call("_conv2d", _conv_attrs), vjp=_vjp_conv2d, a
    onnx=_onnx_conv2d)
 op("conv2d_input_grad", 2, _conv2d_input_grad_rule, _call("_conv2d_input_grad", _conv_attrs, "{size!r}"),
    vjp=_vjp_conv2d_input_grad, attrs=(("size", ()), *_GEOMETRY), public=False, takes_out=True,
-   helpers=(*_CONV_HELPERS, _CONV2D, _COL2IM, _CONV2D_INPUT_GRAD),
+   helpers=(*_CONV_HELPERS, CONV2D, COL2IM, WIDE_COL2IM, TAPS, CONV2D_INPUT_GRAD),
    samples=(Sample(((2, 4, 3, 3), (4, 3, 3, 3)), {"size": (5, 5), "stride": 2, "padding": 1}),
-            Sample(((1, 6, 6, 3), (6, 2, 2, 2)), {"size": (6, 7), **_GROUPED})),
+            Sample(((1, 6, 6, 3), (6, 2, 2, 2)), {"size": (6, 7), **_GROUPED}),
+            Sample(((2, 4, 3, 4), (4, 3, 3, 3)), {"size": (3, 4), "padding": 1}),      # small: the unrolled matrix
+            Sample(((2, 3, 3, 1), (3, 2, 2, 3)), {"size": (3, 3), "stride": (1, 2), "padding": (1, 0),
+                                                  "dilation": (2, 1)}),
+            Sample(((2, 4, 5, 5), (4, 3, 3, 3)), {"size": (5, 5), "padding": 1}),      # fewer channels: wide col2im
+            Sample(((1, 4, 6, 4), (4, 1, 2, 2)), {"size": (6, 5), "padding": (1, 0), "dilation": (2, 1), "groups": 2})),
    doc="d loss / d x of conv2d: the transposed convolution of g with W, back onto an image of the given size")
 op("conv2d_weight_grad", 2, _conv2d_weight_grad_rule, _call("_conv2d_weight_grad", _conv_attrs, "{kernel!r}"),
    vjp=_vjp_conv2d_weight_grad, attrs=(("kernel", ()), *_GEOMETRY), public=False, takes_out=True,
-   helpers=(*_CONV_HELPERS, _CONV2D_WEIGHT_GRAD),
+   helpers=(*_CONV_HELPERS, TAPS, CONV2D_WEIGHT_GRAD),
    samples=(Sample(((2, 3, 5, 5), (2, 4, 3, 3)), {"kernel": (3, 3), "stride": 2, "padding": 1}),
-            Sample(((1, 4, 6, 7), (1, 6, 6, 3)), {"kernel": (2, 2), **_GROUPED})),
+            Sample(((1, 4, 6, 7), (1, 6, 6, 3)), {"kernel": (2, 2), **_GROUPED}),
+            Sample(((2, 3, 3, 4), (2, 4, 3, 4)), {"kernel": (3, 3), "padding": 1}),   # small: the unrolled matrix
+            Sample(((2, 2, 3, 3), (2, 3, 3, 1)), {"kernel": (2, 3), "stride": (1, 2), "padding": (1, 0),
+                                                  "dilation": (2, 1)})),
    doc="d loss / d W of conv2d: the correlation of x with g, summed over the batch")
 
 _POOL = (("kernel", 2), ("stride", None), ("padding", 0))
@@ -489,38 +359,82 @@ def _pool_label(name: str):
 
 op("max_pool2d", 1, _pool_rule("max_pool2d"), _pool_call("_max_pool2d"), attrs=_POOL, takes_out=True,
    vjp=lambda g, out, x: g.node("max_pool2d_grad", x, **_pool_geometry_of(out)),
-   helpers=(_WINDOWS, _FIRST_OFFSET, _MAX_POOL2D), samples=_POOL_SAMPLES, domain="separated",
+   helpers=(WINDOWS, FIRST_OFFSET, MAX_POOL2D), samples=_POOL_SAMPLES, domain="separated",
    doc="the max of each KH x KW window of x [N, C, H, W] (kernel is a number or [KH, KW]; stride defaults to the "
        "kernel; padding counts as -inf); the gradient goes to each window's max (the first of a tie)",
    example="p = max_pool2d(images, 2)",
    label=_pool_label("max_pool2d"), kink=Kink(_window_gap, "has a tie for a window's maximum"),
    onnx=_onnx_pool("MaxPool"))
 op("max_pool2d_grad", 2, _pool_grad_rule("max_pool2d_grad"), _pool_call("_max_pool2d_grad"), attrs=_POOL,
-   public=False, takes_out=True, domain="separated", helpers=(_WINDOWS, _COL2IM, _MAX_MASKS, _MAX_POOL2D_GRAD),
+   public=False, takes_out=True, domain="separated", helpers=(WINDOWS, COL2IM, MAX_MASKS, MAX_POOL2D_GRAD),
    vjp=lambda u, out, g, x: (u.node("max_pool2d_select", x, **_pool_geometry_of(out)), None),
    samples=(Sample(((2, 3, 2, 2), (2, 3, 4, 4))), Sample(((2, 2, 3, 3), (2, 2, 5, 5)),
                                                        {"kernel": 3, "stride": 2, "padding": 1})),
    doc="d loss / d x of max_pool2d: g routed to each window's max of x")
 op("max_pool2d_select", 2, _pool_rule("max_pool2d_select"), _pool_call("_max_pool2d_select"), attrs=_POOL,
-   public=False, domain="separated", helpers=(_WINDOWS, _MAX_MASKS, _MAX_POOL2D_SELECT),
+   public=False, domain="separated", helpers=(WINDOWS, MAX_MASKS, MAX_POOL2D_SELECT),
    vjp=lambda g, out, u, x: (g.node("max_pool2d_grad", x, **_pool_geometry_of(out)), None),
    samples=(Sample(((2, 3, 4, 4), (2, 3, 4, 4))), Sample(((2, 2, 5, 5), (2, 2, 5, 5)),
                                                        {"kernel": 3, "stride": 2, "padding": 1})),
    doc="u at each window's max of x: the transpose of max_pool2d_grad (its gradient rule)")
 op("avg_pool2d", 1, _pool_rule("avg_pool2d"), _pool_call("_avg_pool2d"), attrs=_POOL, takes_out=True,
    vjp=lambda g, out, x: g.node("avg_pool2d_grad", size=tuple(x.shape[2:]), **_pool_geometry_of(out)),
-   helpers=(_WINDOWS, _FIRST_OFFSET, _AVG_POOL2D), samples=_POOL_SAMPLES,
+   helpers=(WINDOWS, FIRST_OFFSET, AVG_POOL2D), samples=_POOL_SAMPLES,
    doc="the mean of each KH x KW window of x [N, C, H, W], padding counted as zeros (PyTorch's default)",
    example="p = avg_pool2d(images, 2)",
    label=_pool_label("avg_pool2d"),
    onnx=_onnx_pool("AveragePool", count_include_pad=1))
 op("avg_pool2d_grad", 1, _pool_grad_rule("avg_pool2d_grad"), _pool_call("_avg_pool2d_grad"),
-   attrs=(("size", ()), *_POOL), public=False, takes_out=True, helpers=(_WINDOWS, _COL2IM, _AVG_POOL2D_GRAD),
+   attrs=(("size", ()), *_POOL), public=False, takes_out=True, helpers=(WINDOWS, COL2IM, AVG_POOL2D_GRAD),
    vjp=lambda u, out, g: u.node("avg_pool2d", **_pool_geometry_of(out)),
    samples=(Sample(((2, 3, 2, 2),), {"size": (4, 4)}),
             Sample(((2, 2, 3, 3),), {"size": (5, 5), "kernel": 3, "stride": 2, "padding": 1})),
    doc="d loss / d x of avg_pool2d: g / (KH KW) spread over each window")
 
+
+# ---- per-channel sums: batch norm's statistics and their gradients (ops/rewrites.py) ----------
+
+def _channel_sum_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
+    need_float(ins, "channel_sum")
+    x, shape = ins[0], tuple(attrs["shape"])
+    if len(x.shape) != 4 or math.prod(shape) != x.shape[1] or not isinstance(x.shape[1], int):
+        raise ShapeError(f"channel_sum needs an image batch [N, C, H, W] and a shape of C entries, not "
+                         f"{shapes.show(x.shape)} and {shapes.show(shape)}", 0)
+    return shape, "float"
+
+
+def _emit_channel_sum(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+    flags = [f"{k}=True" for k in ("mean", "negate") if attrs.get(k)]
+    words = [args[0], *flags, *([f"out={out}"] if out else [])]
+    text = f"_channel_sums({', '.join(words)})"
+    return text if out or len(attrs["shape"]) == 1 else f"{text}.reshape({ctx.shape(tuple(attrs['shape']))})"
+
+
+def _vjp_channel_sum(g: Value, out: Value, x: Value):
+    per_channel = g if len(g.shape) == 1 else g.reshape((x.shape[1],))
+    if out.attr("mean"):
+        per_channel = per_channel.per_element(x.shape, (0, 2, 3))
+    if out.attr("negate"):
+        per_channel = -per_channel
+    return (per_channel.broadcast(x.shape, (0, 2, 3)),)
+
+
+def _onnx_channel_sum(ctx: OnnxContext, args: list[str], attrs: dict) -> str:
+    reduced = ctx.node("ReduceMean" if attrs.get("mean") else "ReduceSum", [args[0], ctx.ints([0, 2, 3])],
+                       keepdims=1)
+    shaped = ctx.node("Reshape", [reduced, ctx.shape(tuple(attrs["shape"]))])
+    return ctx.node("Neg", [shaped]) if attrs.get("negate") else shaped
+
+
+op("channel_sum", 1, _channel_sum_rule, _emit_channel_sum, vjp=_vjp_channel_sum, public=False, takes_out=True,
+   attrs=(("mean", False), ("negate", False), ("shape", ())), helpers=(CHANNEL_SUMS,),
+   samples=(Sample(((2, 3, 4, 5),), {"shape": (3,)}), Sample(((2, 3, 4, 5),), {"shape": (3, 1, 1), "mean": True}),
+            Sample(((2, 3, 4, 5),), {"shape": (3,), "negate": True}),
+            Sample(((3, 2, 1, 4),), {"shape": (1, 2, 1, 1)})),
+   doc="the sum (mean=true: the mean; negate=true: negated) of each channel of x [N, C, H, W] over the batch and "
+       "the pixels, shaped shape: what a sum, mean or sum_to (of a negation) over the axes 0, 2 and 3 becomes "
+       "(ops/rewrites.py)",
+   onnx=_onnx_channel_sum)
 
 def _global_avg_pool2d(x: Value) -> Value:
     if len(x.shape) != 4:

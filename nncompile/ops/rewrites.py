@@ -173,3 +173,28 @@ def share_log_softmax(G: Graph, n: int) -> int:
 def share_log_softmax_in_gradient(G: Graph, n: int) -> int:
     """softmax_cross_entropy_grad(s, y, g) -> softmax_nll_grad(log_softmax(s), y, g)."""
     return _from_log_softmax(G, n, "softmax_nll_grad")
+
+
+# ---- images ------------------------------------------------------------------------------
+
+def _reduced_axes(G: Graph, n: int) -> set[int]:
+    """The axes of its operand that a sum, mean or sum_to node adds up."""
+    node, rank = G[n], len(G[G[n].args[0]].shape)
+    attrs = dict(node.attrs)
+    if "dropped" in attrs:
+        return {*attrs["dropped"], *attrs["kept"]}
+    return set(shapes.normalize_axes(attrs.get("axis"), rank)) if attrs.get("axis") is not None else set(range(rank))
+
+
+def per_channel_sum(G: Graph, n: int) -> int | None:
+    """A sum or mean of an image batch [N, C, H, W] over all but its channels (batch norm's
+    statistics and their gradients) -> channel_sum: two BLAS matrix-vector products instead
+    of a strided reduction over three of four axes. The sum of a negation (a subtraction's
+    gradient) is the negated sum of its operand, one pass over the image fewer."""
+    x = G[G[n].args[0]]
+    if len(x.shape) != 4 or x.dtype != "float" or not isinstance(x.shape[1], int) or _reduced_axes(G, n) != {0, 2, 3}:
+        return None
+    negate = x.op == "neg"
+    attrs = (("mean", G[n].op == "mean"), ("negate", negate), ("shape", G[n].shape))
+    G.set(n, op="channel_sum", args=(x.args[0],) if negate else G[n].args, attrs=attrs)
+    return n
