@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NNError
-from ..train.cli import DEFAULTS, add_train_parser
+from ..train.cli import DEFAULTS, add_train_parser, given_settings
 from .space import DISTRIBUTIONS, EXAMPLE, Space
 from .study import STALE_AFTER
 
@@ -141,10 +141,6 @@ def run_sweep(args: argparse.Namespace) -> int:
 def _fixed_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The training settings given as flags (as nncompile train reads them); validation every
     epoch unless --val-every says otherwise, so that every trial reports at the same epochs."""
-    fixed = {k: getattr(args, k) for k in DEFAULTS if getattr(args, k, None) is not None}
-    if "map" in fixed:
-        from ..train.data import parse_mapping
-
-        fixed["map"] = parse_mapping(fixed["map"])
+    fixed = given_settings(args)
     fixed.setdefault("val_every", 1)
     return fixed
