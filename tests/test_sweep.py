@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,14 @@ def study(folder: Path, storage: str | None = None):
         journal = optuna.storages.journal.JournalFileBackend(str(folder / "journal.log"))
         storage = optuna.storages.JournalStorage(journal)
     return optuna.load_study(study_name="tiny", storage=storage)
+
+
+def reported(folder: Path) -> bool:
+    """Whether a trial of the study in ``folder`` has reported a validated epoch."""
+    try:
+        return (folder / "journal.log").exists() and any(t.intermediate_values for t in study(folder).get_trials())
+    except KeyError:   # the journal holds no study yet
+        return False
 
 
 def finished(trials) -> list:
@@ -135,16 +144,12 @@ def test_a_killed_workers_trial_is_failed_and_retried_and_the_study_goes_on(fold
     assert main(["sweep", "--show", "--out", str(folder / "s")]) == 0
 
 
-def test_an_interrupted_worker_requeues_its_trial_and_a_restart_continues_the_study(folder: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_worker_requeues_its_trial_and_a_restart_continues_the_study(folder: Path, signum) -> None:
     args = sweep_args("--trials", "2", "--no-prune", "--patience", "0", epochs=600)
     worker = start(folder, args)
-    metrics = folder / "s" / "trial-0000" / "metrics.jsonl"
-    wait_for(lambda: metrics.exists() and metrics.read_text().strip())   # into the epochs
-    worker.send_signal(signal.SIGINT)
-    try:
-        worker.wait(timeout=3)
-    except subprocess.TimeoutExpired:   # Python loses a Ctrl-C that lands in an import's lock callback
-        worker.send_signal(signal.SIGINT)
+    wait_for(lambda: reported(folder / "s"))   # into the epochs
+    worker.send_signal(signum)   # once: the worker takes it as a request, which no import can lose
     code, out, err = finish(worker)
     assert code == 130 and "run the same command to continue" in err, (out, err)
     assert "nncompile: error" not in err and "Traceback" not in err
@@ -155,6 +160,45 @@ def test_an_interrupted_worker_requeues_its_trial_and_a_restart_continues_the_st
     trials = study(folder / "s").get_trials()
     assert [t.state for t in trials] == [State.FAIL, State.COMPLETE, State.COMPLETE]
     assert trials[1].params == trials[0].params
+
+
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT in this process as in a terminal's Python: KeyboardInterrupt, and not blocked (a
+    suite started in the background has it ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    yield
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    signal.signal(signal.SIGINT, previous)
+
+
+def ctrl_c_in_a_weakref_callback() -> None:
+    """A Ctrl-C that comes while a weakref callback runs (an import lock's, say): a
+    KeyboardInterrupt raised there is printed as "Exception ignored" and lost."""
+    class Dying:
+        pass
+
+    dying = Dying()
+    ref = weakref.ref(dying, lambda _: signal.raise_signal(signal.SIGINT))
+    del dying
+    assert ref() is None
+
+
+def test_a_ctrl_c_that_python_would_lose_still_stops_the_worker_before_its_next_trial(
+        folder: Path, monkeypatch, ctrl_c_raises) -> None:
+    import nncompile.sweep.worker as worker
+
+    written = worker.write_outputs
+
+    def after_each_trial(*args, **kwargs):
+        ctrl_c_in_a_weakref_callback()
+        return written(*args, **kwargs)
+
+    monkeypatch.setattr(worker, "write_outputs", after_each_trial)
+    monkeypatch.chdir(folder)
+    assert main(sweep_args("--trials", "3", "--no-prune")) == 130
+    assert [t.state for t in study(folder / "s").get_trials()] == [State.COMPLETE]
 
 
 def test_median_pruning_stops_the_trials_of_a_hopeless_learning_rate(folder: Path) -> None:
