@@ -126,16 +126,39 @@ def test_the_best_trials_run_directory_loads_and_predicts_with_the_trials_own_co
     assert f"best: trial {best.number}, validation loss {best.value:.4f}" in result.stdout
 
 
+def kill_holding_the_journal_lock(worker: subprocess.Popen, folder: Path) -> None:
+    """SIGKILL ``worker`` at a moment it holds the journal's lock: stopped and looked at, again
+    and again, until it is caught appending (its heartbeat appends every few tenths of a second)."""
+    lock = folder / "journal.log.lock"
+    deadline = time.monotonic() + 60
+    while True:
+        os.kill(worker.pid, signal.SIGSTOP)
+        try:
+            holder = os.readlink(lock)
+        except OSError:
+            holder = ""
+        if f" {worker.pid} " in holder:
+            worker.kill()
+            worker.wait()
+            return
+        os.kill(worker.pid, signal.SIGCONT)
+        assert time.monotonic() < deadline, "never caught the worker holding the lock"
+        time.sleep(0.002)
+
+
 def test_a_killed_workers_trial_is_failed_and_retried_and_the_study_goes_on(folder: Path) -> None:
+    """Killed while it appends to the journal, the worker leaves its lock behind: the next worker
+    takes it over at once (Optuna's lock stayed held for good, the journal's path being relative)."""
     args = sweep_args("--trials", "2", "--stale-after", "2", "--no-prune", "--patience", "0", epochs=20)
     victim = start(folder, args)
-    wait_for(lambda: (folder / "s" / "trial-0000" / "metrics.jsonl").exists())
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    wait_for(lambda: reported(folder / "s"))
+    kill_holding_the_journal_lock(victim, folder / "s")
     (killed,) = study(folder / "s").get_trials()
     assert killed.state == State.RUNNING and killed.system_attrs.get(BEAT)   # as the dead worker left it
     code, out, err = finish(start(folder, args))
     assert code == 0, (out, err)
+    assert f"note: s/journal.log.lock was held by process {victim.pid} of {os.uname().nodename}, which has ended: " \
+        "taken over" in err, err
     trials = {t.number: t for t in study(folder / "s").get_trials()}
     assert trials[0].state == State.FAIL and trials[0].system_attrs[STALE] == "no heartbeat for 2s"
     (retried,) = [t for t in trials.values() if t.system_attrs.get("failed_trial") == 0]

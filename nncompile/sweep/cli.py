@@ -118,7 +118,7 @@ def run_sweep(args: argparse.Namespace) -> int:
 
     pruner = optuna.pruners.NopPruner() if args.no_prune else \
         optuna.pruners.MedianPruner(n_startup_trials=args.startup_trials)
-    storage = open_storage(args.storage, out)
+    storage = open_storage(args.storage, out, say=lambda line: print(line, file=sys.stderr, flush=True))
     marks = {"nncompile:space": str(space), "nncompile:objective": args.objective,
              "nncompile:model": hashlib.sha256(model.path.read_bytes()).hexdigest(),
              "nncompile:settings": json.dumps(fixed, sort_keys=True)}
