@@ -4,6 +4,7 @@ run directory predicting (nncompile/sweep/). Skipped without Optuna: bash script
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -123,7 +124,7 @@ def test_the_best_trials_run_directory_loads_and_predicts_with_the_trials_own_co
     predicted = run.predict(**{name: data.arrays[name] for name in run.inputs})
     assert run.accuracy(predicted, data) > 0.8
     assert f"const reg = {best.params['reg']!r}" in (Path(best.user_attrs["run_dir"]) / "model.nn").read_text()
-    assert f"best: trial {best.number}, validation loss {best.value:.4f}" in result.stdout
+    assert f"best: trial {best.number}, validation data loss {best.value:.4f}" in result.stdout
 
 
 def kill_holding_the_journal_lock(worker: subprocess.Popen, folder: Path) -> None:
@@ -252,7 +253,7 @@ def test_the_show_summary_gives_counts_by_state_and_the_best_trial(folder: Path,
     shown = capsys.readouterr().out
     best = study(folder / "s").best_trial
     assert shown.startswith("study tiny in s/journal.log: 2 trials (2 complete)\n")
-    assert f"best: trial {best.number}, validation loss {best.value:.4f}" in shown
+    assert f"best: trial {best.number}, validation data loss {best.value:.4f}" in shown
     assert f"  reg        = {best.params['reg']:.6g}" in shown and best.user_attrs["run_dir"] in shown
 
 
@@ -281,6 +282,33 @@ def test_without_optuna_the_sweep_says_how_to_install_it(folder: Path, monkeypat
     assert main(["sweep", str(folder / "tiny.nn"), "--space", "lr=uniform(0.1,1)"]) == 1
     assert "nncompile: error: nncompile sweep needs Optuna, which is not installed: pip install 'nncompile[sweep]'" \
         in capsys.readouterr().err
+
+
+def test_trials_are_ranked_by_the_validation_data_loss_without_the_penalty_the_models_loss_adds(folder: Path) -> None:
+    """The oracle: the cross-entropy of the kept params' class probabilities on the validation
+    split, computed here; the model's own loss adds reg * sum(W ** 2) to it."""
+    result = cli(*sweep_args("--trials", "2", "--no-prune", space="reg=loguniform(1e-3,1e-1)"), cwd=folder)
+    assert result.returncode == 0, result
+    for trial in study(folder / "s").get_trials():
+        run = load_run(trial.user_attrs["run_dir"])
+        data = read_data(run, "digits", part="val")
+        probabilities = np.asarray(run.predict_proba(X=data.arrays["X"]), dtype=np.float64)
+        cross_entropy = -np.mean(np.log(probabilities[np.arange(len(data)), data.arrays["y"]]))
+        assert trial.value == pytest.approx(cross_entropy, rel=1e-5)
+        W = np.load(Path(trial.user_attrs["run_dir"]) / "params.npz")["W"].astype(np.float64)
+        assert trial.params["reg"] * np.sum(W ** 2) > 1e-3 * cross_entropy   # a penalty that would show
+        records = [json.loads(line) for line in (Path(trial.user_attrs["run_dir"]) / "metrics.jsonl").open()]
+        assert trial.intermediate_values == {r["epoch"]: r["val_data_loss"] for r in records}
+        assert all(r["val_loss"] > r["val_data_loss"] for r in records)
+
+
+def test_the_loss_objective_ranks_by_the_models_loss_with_its_penalty(folder: Path) -> None:
+    result = cli(*sweep_args("--trials", "1", "--no-prune", "--objective", "loss"), cwd=folder)
+    assert result.returncode == 0, result
+    (trial,) = study(folder / "s").get_trials()
+    records = [json.loads(line) for line in (Path(trial.user_attrs["run_dir"]) / "metrics.jsonl").open()]
+    assert trial.intermediate_values == {r["epoch"]: r["val_loss"] for r in records}
+    assert f"validation loss {trial.value:.4f}" in result.stdout
 
 
 def test_the_error_objective_ranks_trials_by_one_minus_their_validation_accuracy(folder: Path) -> None:

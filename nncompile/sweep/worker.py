@@ -1,8 +1,8 @@
 """One sweep worker: takes trials from the shared study until it holds N finished ones.
 
 Each trial is a run of the trainer (:func:`nncompile.train.command.run`) with the trial's
-values, written to its own run directory SWEEP_DIR/trial-NNNN. The validation loss after
-each validated epoch is reported to Optuna, whose pruner may stop the trial there (PRUNED).
+values, written to its own run directory SWEEP_DIR/trial-NNNN. The objective (by default the
+validation data loss, without regularisation) after each validated epoch is reported to Optuna, whose pruner may stop the trial there (PRUNED).
 A trial that raises is FAIL with its error recorded, and the worker goes on. A Ctrl-C or
 SIGTERM stops the trial under way at its next step (a second one at once), marks it FAIL,
 enqueues its params again and stops the worker (exit 130); restarting the same command
@@ -31,7 +31,7 @@ from typing import Any
 from ..errors import NNError
 from ..train.checkpoint import write_text
 from ..train.loop import Stop, deferred_interrupts
-from .report import write_outputs
+from .report import OBJECTIVES, words, write_outputs
 from .settings import Model, trial_settings
 from .space import Space, Value
 from .study import Watch, optuna_module, retry
@@ -52,7 +52,7 @@ class Sweep:
     out: Path
     sampler: Callable[[int], Any]  # the sampler for a trial number (seeded by it)
     stale_after: float
-    objective: str = "loss"        # what trials are ranked by: the validation loss, or the error (1 - accuracy)
+    objective: str = "data-loss"   # what trials are ranked by (see OBJECTIVES)
     say: Callable[[str], None] = print
     worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
@@ -143,11 +143,11 @@ def run_trial(sweep: Sweep, study: Any, trial: Any, stop: Stop | None = None) ->
     started = time.perf_counter()
 
     def on_epoch(_: Any, record: dict[str, Any]) -> None:
-        value = objective(sweep.objective, record.get("val_loss"), record.get("val_acc"))
+        value = objective(sweep.objective, record.get("val_data_loss"), record.get("val_loss"), record.get("val_acc"))
         if value is not None:
             trial.report(value, record["epoch"])
             if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after epoch {record['epoch']}: validation {sweep.objective} "
+                raise optuna.TrialPruned(f"pruned after epoch {record['epoch']}: validation {words(sweep.objective)} "
                                          f"{value:.4f}, worse than the median of the trials so far")
 
     try:
@@ -176,25 +176,31 @@ def run_trial(sweep: Sweep, study: Any, trial: Any, stop: Stop | None = None) ->
         if run_dir.is_dir():
             write_text(run_dir / "train.log", "".join(line + "\n" for line in lines))
     seconds = time.perf_counter() - started
-    value = objective(sweep.objective, *((report.val.loss, report.val.acc) if report.val else (None, None)))
+    value = objective(sweep.objective, *((report.val.data_loss, report.val.loss, report.val.acc) if report.val
+                                         else (None, None, None)))
     if value is None:
-        _failed(study, trial, f"no validation {sweep.objective} to rank the trial by"
-                + (" (--objective error needs a classifier)" if sweep.objective == "error" else ""), sweep.say, shown)
+        _failed(study, trial, f"no validation {words(sweep.objective)} to rank the trial by"
+                + f" ({OBJECTIVES[sweep.objective][1]})", sweep.say, shown)
         return
     trial.set_user_attr("val_acc", report.val.acc)
     trial.set_user_attr("epochs", report.epochs)
     trial.set_user_attr("seconds", round(seconds, 3))
     _tell(study, trial, values=value)
     acc = f", accuracy {100 * report.val.acc:.2f}%" if report.val.acc is not None else ""
-    loss = f"validation loss {report.val.loss:.4f}" if report.val.loss is not None else "no validation loss"
+    loss = f"validation {words(sweep.objective)} {value:.4f}" if sweep.objective != "error" else \
+        f"validation loss {report.val.loss:.4f}" if report.val.loss is not None else "no validation loss"
     sweep.say(f"{shown}: {loss}{acc} after {report.epochs} epochs ({seconds:.1f}s)")
 
 
-def objective(kind: str, loss: float | None, acc: float | None) -> float | None:
-    """The number a trial is ranked by (lower is better): the validation loss, or the error."""
+def objective(kind: str, data_loss: float | None, loss: float | None, acc: float | None) -> float | None:
+    """The number a trial is ranked by (lower is better; see OBJECTIVES), None where the
+    model has none."""
+    if kind == "data-loss":
+        return data_loss
     if kind == "loss":
         return loss
     return None if acc is None else 1.0 - acc
+
 
 
 def _failed(study: Any, trial: Any, why: str, say: Callable[[str], None], shown: str) -> None:

@@ -197,8 +197,11 @@ def train_epochs(trainer: Trainer, train: Dataset, val: Dataset | None, state: T
 def _validate(trainer: Trainer, state: TrainState, val: Dataset, record: dict[str, Any], epoch: int,
               patience: int | None) -> None:
     """Measure ``val``, keep the best params, count validations without improvement."""
-    measured = trainer.evaluate(state.params, val, state.model_state)
+    evaluate = trainer.evaluate if trainer.parallel is None else trainer.parallel.evaluate   # shared out: distributed.py
+    measured = evaluate(state.params, val, state.model_state)
     record.update(val_loss=measured.loss, val_acc=measured.acc)
+    if measured.data_loss is not None:   # without regularisation: what a sweep ranks by
+        record["val_data_loss"] = measured.data_loss
     if measured.loss is None:
         return
     if not math.isfinite(measured.loss):
