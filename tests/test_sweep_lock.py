@@ -7,7 +7,10 @@ import multiprocessing
 import os
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from nncompile.sweep.lock import JournalLock
 
@@ -68,13 +71,25 @@ def test_a_lock_whose_holder_died_is_taken_over_at_once_and_said_so(tmp_path: Pa
     assert not os.path.lexists(journal + ".lock")
 
 
-def test_a_live_holders_lock_is_waited_for_and_then_taken(tmp_path: Path) -> None:
-    journal = str(tmp_path / "journal.log")
+@contextmanager
+def held_by_another_process(journal: str) -> Iterator[tuple[multiprocessing.Process, Any]]:
+    """A process holding the lock until the event yielded with it is set."""
     held, go_on = FORK.Event(), FORK.Event()
     holder = FORK.Process(target=hold_until_told, args=(journal, held, go_on))
     holder.start()
     try:
         assert held.wait(60)
+        yield holder, go_on
+    finally:
+        if holder.is_alive():
+            os.kill(holder.pid, signal.SIGCONT)
+        go_on.set()
+        holder.join(60)
+
+
+def test_a_live_holders_lock_is_waited_for_and_then_taken(tmp_path: Path) -> None:
+    journal = str(tmp_path / "journal.log")
+    with held_by_another_process(journal) as (holder, go_on):
         said: list[str] = []
         lock = JournalLock(journal, grace=3600, say=said.append)
         taken = threading.Event()
@@ -84,18 +99,11 @@ def test_a_live_holders_lock_is_waited_for_and_then_taken(tmp_path: Path) -> Non
         go_on.set()
         assert taken.wait(60) and said == []
         lock.release()
-    finally:
-        go_on.set()
-        holder.join(60)
 
 
 def test_a_suspended_holders_lock_is_broken_after_the_grace_period(tmp_path: Path) -> None:
     journal = str(tmp_path / "journal.log")
-    held, go_on = FORK.Event(), FORK.Event()
-    holder = FORK.Process(target=hold_until_told, args=(journal, held, go_on))
-    holder.start()
-    try:
-        assert held.wait(60)
+    with held_by_another_process(journal) as (holder, go_on):
         os.kill(holder.pid, signal.SIGSTOP)
         said: list[str] = []
         lock = JournalLock(journal, grace=0.3, say=said.append)
@@ -107,11 +115,6 @@ def test_a_suspended_holders_lock_is_broken_after_the_grace_period(tmp_path: Pat
         holder.join(60)
         assert os.readlink(journal + ".lock") == lock.held, "the holder that resumed released a lock not its own"
         lock.release()
-    finally:
-        if holder.is_alive():
-            os.kill(holder.pid, signal.SIGCONT)
-        go_on.set()
-        holder.join(60)
 
 
 def test_a_lock_of_optunas_own_kind_left_behind_is_broken_after_the_grace_period(tmp_path: Path) -> None:
