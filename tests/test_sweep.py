@@ -170,7 +170,7 @@ def test_a_killed_workers_trial_is_failed_and_retried_and_the_study_goes_on(fold
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_an_interrupted_worker_requeues_its_trial_and_a_restart_continues_the_study(folder: Path, signum) -> None:
-    args = sweep_args("--trials", "2", "--no-prune", "--patience", "0", epochs=600)
+    args = sweep_args("--trials", "2", "--no-prune", "--patience", "0", epochs=100)
     worker = start(folder, args)
     wait_for(lambda: reported(folder / "s"))   # into the epochs
     worker.send_signal(signum)   # once: the worker takes it as a request, which no import can lose
