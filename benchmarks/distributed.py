@@ -8,8 +8,8 @@ float32, on random inputs. For each case it times
 * **1 process**: the compiled ``step`` on the whole batch, BLAS on every core (what
   ``nncompile train`` does without workers), and the same on one BLAS thread;
 * **2 workers**: ``mpiexec -n 2`` (the MPICH wheel's), each worker running the trainer's
-  data-parallel step (nncompile/train/distributed.py: value_and_grad on its half, the
-  gradients weighted into the flat buffer, one Allreduce, apply_update), BLAS on
+  data-parallel step (nncompile/train/distributed.py: value_and_grad on its half, its
+  gradient buffer weighted in place and all-reduced, apply_update), BLAS on
   cores // 2 threads each as the trainer sets it; the time inside the Allreduce (waiting for
   the other worker included) is measured too, and an Allreduce of the same buffer alone
   after a barrier: the cost of the transfer itself.
@@ -79,9 +79,9 @@ def worker(case: str) -> None:
         parallel = DataParallel(trainer, world)
         reduce = parallel.sum
 
-        def timed(buffer: np.ndarray) -> None:
+        def timed(*buffers: np.ndarray) -> None:
             started = time.perf_counter()
-            reduce(buffer)
+            reduce(*buffers)
             spent[0] += time.perf_counter() - started
         parallel.sum = timed
         step = parallel.step_function(Stop())

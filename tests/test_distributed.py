@@ -151,6 +151,7 @@ def test_two_workers_take_the_steps_of_one_process_with_the_same_global_batch(mp
     for a, b in zip(metrics(tmp_path / "one"), metrics(tmp_path / "two"), strict=True):
         assert a["step"] == b["step"] and a["val_acc"] == b["val_acc"] and a["acc"] == b["acc"]
         assert abs(a["val_loss"] - b["val_loss"]) < 1e-12 * a["val_loss"] and abs(a["loss"] - b["loss"]) < 1e-12
+        assert abs(a["val_data_loss"] - b["val_data_loss"]) < 1e-12 * a["val_data_loss"]
     summaries = [json.loads((tmp_path / run / "summary.json").read_text()) for run in ("one", "two")]
     assert summaries[0]["test"]["acc"] == summaries[1]["test"]["acc"]
 
@@ -173,6 +174,7 @@ def test_with_batch_norm_and_dropout_each_shard_counts_by_its_size_and_the_worke
     ranks = [dict(np.load(tmp_path / f"rank{r}.npz")) for r in range(2)]
     assert ranks[0].keys() == ranks[1].keys()
     assert all(np.array_equal(ranks[0][k], ranks[1][k]) for k in ranks[0]), "the workers drifted apart"
+    assert (int(ranks[0]["module_buffers"]), int(ranks[0]["copied"])) == (8, 0)   # value_and_grad's own buffer
 
     trainer = Trainer(model, TrainConfig(dtype="float64", batch_size=batch, epochs=epochs, optimizer="adam", lr=1e-2,
                                          val_split=0.0, seed=7, patience=0))
@@ -201,6 +203,62 @@ def test_with_batch_norm_and_dropout_each_shard_counts_by_its_size_and_the_worke
     for name, value in {**{f"param/{k}": v for k, v in params.items()},
                         **{f"state/{k}": v for k, v in running.items()}}.items():
         assert relative(ranks[0][name], value) < 1e-12, name
+
+
+MLP_L2 = """
+    import nn
+    const D = 32, H = 16, C = 4
+    input X: float[N, D]
+    input y: int[N]
+    h = relu(linear(X, out=H) as fc1)
+    scores = linear(h, out=C) as fc2
+    output scores
+    data_loss = softmax_cross_entropy(scores, y)
+    loss = data_loss + 0.01 * sum(fc1.W ** 2)
+    output data_loss
+    minimize loss
+"""
+
+
+def workers_and_one_process(tmp_path: Path, examples: int, batch: int, epochs: int, val: int = 0):
+    """Two workers (tests/distributed_worker.py) and one process training the same run: their
+    saved files, and the one process's trainer and state."""
+    from nncompile.train import Dataset, TrainConfig, Trainer
+
+    model = write_nn(tmp_path, "mlp_l2.nn", MLP_L2)
+    generator = np.random.default_rng(5)
+    arrays = {"X": generator.normal(size=(examples + val, 32)), "y": generator.integers(0, 4, examples + val)}
+    np.savez(tmp_path / "data.npz", **arrays)
+    done = mpiexec(2, ROOT / "tests" / "distributed_worker.py", model, tmp_path / "data.npz", tmp_path, batch, epochs,
+                   "adam", val)
+    assert done.returncode == 0, done.stderr + done.stdout
+    trainer = Trainer(model, TrainConfig(dtype="float64", batch_size=batch, epochs=epochs, optimizer="adam", lr=1e-2,
+                                         val_split=0.0, seed=7, patience=0, val_every=1))
+    part = lambda rows: trainer.prepare(Dataset.from_arrays({k: v[rows] for k, v in arrays.items()}))  # noqa: E731
+    state = trainer.train(part(slice(0, examples)), part(slice(examples, None)) if val else None)
+    return [dict(np.load(tmp_path / f"rank{r}.npz")) for r in range(2)], state
+
+
+def test_a_worker_left_without_examples_adds_nothing_and_the_run_is_one_process_bit_for_bit(mpi, tmp_path) -> None:
+    """A batch of one: worker 1 has no shard, so the workers all-reduce copies, not the module's buffer."""
+    ranks, state = workers_and_one_process(tmp_path, examples=30, batch=1, epochs=1)
+    for rank in ranks:
+        assert (int(rank["steps"]), int(rank["module_buffers"]), int(rank["copied"])) == (30, 0, 30)
+        for name, value in state.params.items():
+            assert np.array_equal(rank[f"param/{name}"], value), name
+
+
+def test_the_workers_validate_their_shards_of_the_split_and_get_the_one_process_figures(mpi, tmp_path) -> None:
+    """41 validation examples: 21 for worker 0 and 20 for worker 1, each epoch; the figures summed."""
+    ranks, state = workers_and_one_process(tmp_path, examples=90, batch=25, epochs=2, val=41)
+    assert [int(rank["validated"]) for rank in ranks] == [2 * 21, 2 * 20]
+    for rank in ranks:
+        assert (int(rank["module_buffers"]), int(rank["copied"])) == (8, 0)
+        assert np.array_equal(rank["val/acc"], [r["val_acc"] for r in state.history])
+        for figure in ("loss", "data_loss"):
+            alone = np.array([r[f"val_{figure}"] for r in state.history])
+            assert relative(rank[f"val/{figure}"], alone) < 1e-12, figure
+        assert np.all(rank["val/loss"] > rank["val/data_loss"])   # the penalty is left out of the data loss
 
 
 def worker_pids(ancestor: int) -> dict[int, int]:

@@ -4,11 +4,13 @@ run directory predicting (nncompile/sweep/). Skipped without Optuna: bash script
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +66,14 @@ def study(folder: Path, storage: str | None = None):
     return optuna.load_study(study_name="tiny", storage=storage)
 
 
+def reported(folder: Path) -> bool:
+    """Whether a trial of the study in ``folder`` has reported a validated epoch."""
+    try:
+        return (folder / "journal.log").exists() and any(t.intermediate_values for t in study(folder).get_trials())
+    except KeyError:   # the journal holds no study yet
+        return False
+
+
 def finished(trials) -> list:
     return [t for t in trials if t.state in (State.COMPLETE, State.PRUNED)]
 
@@ -114,19 +124,42 @@ def test_the_best_trials_run_directory_loads_and_predicts_with_the_trials_own_co
     predicted = run.predict(**{name: data.arrays[name] for name in run.inputs})
     assert run.accuracy(predicted, data) > 0.8
     assert f"const reg = {best.params['reg']!r}" in (Path(best.user_attrs["run_dir"]) / "model.nn").read_text()
-    assert f"best: trial {best.number}, validation loss {best.value:.4f}" in result.stdout
+    assert f"best: trial {best.number}, validation data loss {best.value:.4f}" in result.stdout
+
+
+def kill_holding_the_journal_lock(worker: subprocess.Popen, folder: Path) -> None:
+    """SIGKILL ``worker`` at a moment it holds the journal's lock: stopped and looked at, again
+    and again, until it is caught appending (its heartbeat appends every few tenths of a second)."""
+    lock = folder / "journal.log.lock"
+    deadline = time.monotonic() + 60
+    while True:
+        os.kill(worker.pid, signal.SIGSTOP)
+        try:
+            holder = os.readlink(lock)
+        except OSError:
+            holder = ""
+        if f" {worker.pid} " in holder:
+            worker.kill()
+            worker.wait()
+            return
+        os.kill(worker.pid, signal.SIGCONT)
+        assert time.monotonic() < deadline, "never caught the worker holding the lock"
+        time.sleep(0.002)
 
 
 def test_a_killed_workers_trial_is_failed_and_retried_and_the_study_goes_on(folder: Path) -> None:
+    """Killed while it appends to the journal, the worker leaves its lock behind: the next worker
+    takes it over at once (Optuna's lock stayed held for good, the journal's path being relative)."""
     args = sweep_args("--trials", "2", "--stale-after", "2", "--no-prune", "--patience", "0", epochs=20)
     victim = start(folder, args)
-    wait_for(lambda: (folder / "s" / "trial-0000" / "metrics.jsonl").exists())
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    wait_for(lambda: reported(folder / "s"))
+    kill_holding_the_journal_lock(victim, folder / "s")
     (killed,) = study(folder / "s").get_trials()
     assert killed.state == State.RUNNING and killed.system_attrs.get(BEAT)   # as the dead worker left it
     code, out, err = finish(start(folder, args))
     assert code == 0, (out, err)
+    assert f"note: s/journal.log.lock was held by process {victim.pid} of {os.uname().nodename}, which has ended: " \
+        "taken over" in err, err
     trials = {t.number: t for t in study(folder / "s").get_trials()}
     assert trials[0].state == State.FAIL and trials[0].system_attrs[STALE] == "no heartbeat for 2s"
     (retried,) = [t for t in trials.values() if t.system_attrs.get("failed_trial") == 0]
@@ -135,16 +168,12 @@ def test_a_killed_workers_trial_is_failed_and_retried_and_the_study_goes_on(fold
     assert main(["sweep", "--show", "--out", str(folder / "s")]) == 0
 
 
-def test_an_interrupted_worker_requeues_its_trial_and_a_restart_continues_the_study(folder: Path) -> None:
-    args = sweep_args("--trials", "2", "--no-prune", "--patience", "0", epochs=600)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_worker_requeues_its_trial_and_a_restart_continues_the_study(folder: Path, signum) -> None:
+    args = sweep_args("--trials", "2", "--no-prune", "--patience", "0", epochs=100)
     worker = start(folder, args)
-    metrics = folder / "s" / "trial-0000" / "metrics.jsonl"
-    wait_for(lambda: metrics.exists() and metrics.read_text().strip())   # into the epochs
-    worker.send_signal(signal.SIGINT)
-    try:
-        worker.wait(timeout=3)
-    except subprocess.TimeoutExpired:   # Python loses a Ctrl-C that lands in an import's lock callback
-        worker.send_signal(signal.SIGINT)
+    wait_for(lambda: reported(folder / "s"))   # into the epochs
+    worker.send_signal(signum)   # once: the worker takes it as a request, which no import can lose
     code, out, err = finish(worker)
     assert code == 130 and "run the same command to continue" in err, (out, err)
     assert "nncompile: error" not in err and "Traceback" not in err
@@ -155,6 +184,45 @@ def test_an_interrupted_worker_requeues_its_trial_and_a_restart_continues_the_st
     trials = study(folder / "s").get_trials()
     assert [t.state for t in trials] == [State.FAIL, State.COMPLETE, State.COMPLETE]
     assert trials[1].params == trials[0].params
+
+
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT in this process as in a terminal's Python: KeyboardInterrupt, and not blocked (a
+    suite started in the background has it ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    yield
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    signal.signal(signal.SIGINT, previous)
+
+
+def ctrl_c_in_a_weakref_callback() -> None:
+    """A Ctrl-C that comes while a weakref callback runs (an import lock's, say): a
+    KeyboardInterrupt raised there is printed as "Exception ignored" and lost."""
+    class Dying:
+        pass
+
+    dying = Dying()
+    ref = weakref.ref(dying, lambda _: signal.raise_signal(signal.SIGINT))
+    del dying
+    assert ref() is None
+
+
+def test_a_ctrl_c_that_python_would_lose_still_stops_the_worker_before_its_next_trial(
+        folder: Path, monkeypatch, ctrl_c_raises) -> None:
+    import nncompile.sweep.worker as worker
+
+    written = worker.write_outputs
+
+    def after_each_trial(*args, **kwargs):
+        ctrl_c_in_a_weakref_callback()
+        return written(*args, **kwargs)
+
+    monkeypatch.setattr(worker, "write_outputs", after_each_trial)
+    monkeypatch.chdir(folder)
+    assert main(sweep_args("--trials", "3", "--no-prune")) == 130
+    assert [t.state for t in study(folder / "s").get_trials()] == [State.COMPLETE]
 
 
 def test_median_pruning_stops_the_trials_of_a_hopeless_learning_rate(folder: Path) -> None:
@@ -185,7 +253,7 @@ def test_the_show_summary_gives_counts_by_state_and_the_best_trial(folder: Path,
     shown = capsys.readouterr().out
     best = study(folder / "s").best_trial
     assert shown.startswith("study tiny in s/journal.log: 2 trials (2 complete)\n")
-    assert f"best: trial {best.number}, validation loss {best.value:.4f}" in shown
+    assert f"best: trial {best.number}, validation data loss {best.value:.4f}" in shown
     assert f"  reg        = {best.params['reg']:.6g}" in shown and best.user_attrs["run_dir"] in shown
 
 
@@ -214,6 +282,33 @@ def test_without_optuna_the_sweep_says_how_to_install_it(folder: Path, monkeypat
     assert main(["sweep", str(folder / "tiny.nn"), "--space", "lr=uniform(0.1,1)"]) == 1
     assert "nncompile: error: nncompile sweep needs Optuna, which is not installed: pip install 'nncompile[sweep]'" \
         in capsys.readouterr().err
+
+
+def test_trials_are_ranked_by_the_validation_data_loss_without_the_penalty_the_models_loss_adds(folder: Path) -> None:
+    """The oracle: the cross-entropy of the kept params' class probabilities on the validation
+    split, computed here; the model's own loss adds reg * sum(W ** 2) to it."""
+    result = cli(*sweep_args("--trials", "2", "--no-prune", space="reg=loguniform(1e-3,1e-1)"), cwd=folder)
+    assert result.returncode == 0, result
+    for trial in study(folder / "s").get_trials():
+        run = load_run(trial.user_attrs["run_dir"])
+        data = read_data(run, "digits", part="val")
+        probabilities = np.asarray(run.predict_proba(X=data.arrays["X"]), dtype=np.float64)
+        cross_entropy = -np.mean(np.log(probabilities[np.arange(len(data)), data.arrays["y"]]))
+        assert trial.value == pytest.approx(cross_entropy, rel=1e-5)
+        W = np.load(Path(trial.user_attrs["run_dir"]) / "params.npz")["W"].astype(np.float64)
+        assert trial.params["reg"] * np.sum(W ** 2) > 1e-3 * cross_entropy   # a penalty that would show
+        records = [json.loads(line) for line in (Path(trial.user_attrs["run_dir"]) / "metrics.jsonl").open()]
+        assert trial.intermediate_values == {r["epoch"]: r["val_data_loss"] for r in records}
+        assert all(r["val_loss"] > r["val_data_loss"] for r in records)
+
+
+def test_the_loss_objective_ranks_by_the_models_loss_with_its_penalty(folder: Path) -> None:
+    result = cli(*sweep_args("--trials", "1", "--no-prune", "--objective", "loss"), cwd=folder)
+    assert result.returncode == 0, result
+    (trial,) = study(folder / "s").get_trials()
+    records = [json.loads(line) for line in (Path(trial.user_attrs["run_dir"]) / "metrics.jsonl").open()]
+    assert trial.intermediate_values == {r["epoch"]: r["val_loss"] for r in records}
+    assert f"validation loss {trial.value:.4f}" in result.stdout
 
 
 def test_the_error_objective_ranks_trials_by_one_minus_their_validation_accuracy(folder: Path) -> None:

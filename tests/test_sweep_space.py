@@ -144,3 +144,26 @@ def test_a_trials_values_override_the_fixed_flags_as_nncompile_train_reads_them(
 def test_a_space_whose_end_the_trainer_refuses_is_refused_before_any_trial() -> None:
     with pytest.raises(NNError, match="--space: batch-size=0 is no setting the trainer takes: --batch-size must"):
         check_bounds({}, [{"batch-size": 0}, {"batch-size": 8}])
+
+
+def test_a_trial_trains_with_the_config_nncompile_train_builds_from_the_same_flags(monkeypatch, tmp_path) -> None:
+    import nncompile.train.command as command
+    from nncompile.cli import build_parser, main
+    from nncompile.sweep.cli import _fixed_settings
+
+    given: dict = {}
+
+    def run(model, **kwargs):
+        given.update(kwargs)
+        raise KeyboardInterrupt   # nncompile train ends there, with 130
+
+    monkeypatch.setattr(command, "run", run)
+    flags = ["--optimizer", "nesterov", "--momentum", "0.8", "--epochs", "7", "--batch-size", "16", "--map",
+             "X=pixels", "--val-split", "0.2", "--schedule", "step:every=2,gamma=0.5", "--clip-norm", "1.5",
+             "--seed", "3", "--dtype", "float64"]
+    assert main(["train", "m.nn", *flags, "--lr", "0.05", "--val-every", "1", "--out", str(tmp_path / "run")]) == 130
+    args = build_parser().parse_args(["sweep", "m.nn", "--space", "lr=uniform(0.01,0.1)", *flags])
+    settings, config = trial_settings(_fixed_settings(args), {"lr": 0.05})
+    assert config == given["config"] and config.hyper == {"momentum": 0.8}
+    assert (settings["data"], settings["map"], settings["test_data"]) == \
+        (given["data"], given["mapping"], given["test_data"])

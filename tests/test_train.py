@@ -151,7 +151,7 @@ def test_a_run_learns_and_writes_its_files(files: dict[str, Path], tmp_path: Pat
     history = without_times(tmp_path / "run" / "metrics.jsonl")
     assert [r["epoch"] for r in history] == list(range(1, 7))
     assert set(history[0]) == {"epoch", "step", "lr", "loss", "acc"}    # 11 steps an epoch: validated every 2nd
-    assert set(history[1]) == {"epoch", "step", "lr", "loss", "acc", "val_loss", "val_acc"}
+    assert set(history[1]) == {"epoch", "step", "lr", "loss", "acc", "val_loss", "val_acc", "val_data_loss"}
     assert history[-1]["loss"] < history[0]["loss"]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["test"]["acc"] == report.test.acc and summary["epochs"] == 6

@@ -159,8 +159,8 @@ def test_fit_on_arrays_returns_the_history_as_data_and_continues(files) -> None:
     assert history.step_loss.shape == (12,) and history["val_loss"].shape == (3,)
     sizes = np.array([50, 50, 50, 50])    # an epoch's loss is the mean of its steps' losses, by examples
     np.testing.assert_allclose(history["loss"], history.step_loss.reshape(3, 4) @ sizes / 200, rtol=1e-12)
-    assert set(history.as_dict()) == {"epoch", "step", "lr", "loss", "acc", "val_loss", "val_acc", "seconds",
-                                      "step_loss"}
+    assert set(history.as_dict()) == {"epoch", "step", "lr", "loss", "acc", "val_loss", "val_acc", "val_data_loss",
+                                      "seconds", "step_loss"}
     assert history.records[0].keys() == history.as_dict().keys() - {"step_loss"}
     more = trainer.fit(train, val, epochs=5)       # epochs in all: two more
     assert more["epoch"].tolist() == [1, 2, 3, 4, 5] and len(more.step_loss) == 20

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NNError
-from ..train.cli import DEFAULTS, add_train_parser
+from ..train.cli import DEFAULTS, add_train_parser, given_settings
+from .report import OBJECTIVES
 from .space import DISTRIBUTIONS, EXAMPLE, Space
 from .study import STALE_AFTER
 
 SAMPLERS = ("tpe", "random")
-OBJECTIVES = ("loss", "error")
 BORROWED = ("data", "training")   # the train parser's argument groups a sweep takes too
 
 
@@ -29,7 +29,7 @@ def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
         "sweep", help="search hyperparameters over many training runs, on one machine or several (needs "
                       "nncompile[sweep])",
         description="Train MODEL.nn once per trial with hyperparameters drawn from --space (Optuna: TPE or random "
-                    "sampling, median pruning on the validation loss). Start the same command on several machines "
+                    "sampling, median pruning on the same objective). Start the same command on several machines "
                     "sharing --storage to run trials side by side. Any data or training flag of nncompile train "
                     "fixes that setting for every trial.",
         epilog=f"example: nncompile sweep examples/digits_mlp.nn --trials 20 --epochs 10 --space \"{EXAMPLE}\". "
@@ -47,10 +47,9 @@ def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--study", metavar="NAME", help="the study's name in the storage (default: the model's name)")
     g.add_argument("--out", metavar="SWEEP_DIR", help="the trials' run directories, trials.csv and trials.png "
                                                       "(default: sweeps/MODEL)")
-    g.add_argument("--objective", choices=OBJECTIVES, default="loss",
-                   help="rank trials by the validation loss (the model's loss, as nncompile train reports it: "
-                        "with any regularisation the eval mode's loss holds) or a classifier's validation error, "
-                        "1 - accuracy (default: loss)")
+    g.add_argument("--objective", choices=tuple(OBJECTIVES), default="data-loss",
+                   help="rank trials by " + "; or ".join(f"{name}: {what}" for name, (what, _) in OBJECTIVES.items())
+                        + " (default: data-loss)")
     g.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="(default: tpe)")
     g.add_argument("--startup-trials", type=int, default=5, metavar="K",
                    help="trials drawn at random before TPE models the space and before pruning starts (default: 5)")
@@ -108,7 +107,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     fixed = _fixed_settings(args)
     check_bounds(fixed, [{d.name: a} for d in space.dimensions for a in d.args])
     if not fixed.get("val_split", DEFAULTS["val_split"]):
-        raise NNError("a sweep ranks its trials by validation loss: --val-split must be above 0")
+        raise NNError("a sweep ranks its trials on the validation split: --val-split must be above 0")
 
     def sampler(number: int) -> Any:
         seed = args.sampler_seed + number
@@ -118,7 +117,7 @@ def run_sweep(args: argparse.Namespace) -> int:
 
     pruner = optuna.pruners.NopPruner() if args.no_prune else \
         optuna.pruners.MedianPruner(n_startup_trials=args.startup_trials)
-    storage = open_storage(args.storage, out)
+    storage = open_storage(args.storage, out, say=lambda line: print(line, file=sys.stderr, flush=True))
     marks = {"nncompile:space": str(space), "nncompile:objective": args.objective,
              "nncompile:model": hashlib.sha256(model.path.read_bytes()).hexdigest(),
              "nncompile:settings": json.dumps(fixed, sort_keys=True)}
@@ -141,10 +140,6 @@ def run_sweep(args: argparse.Namespace) -> int:
 def _fixed_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The training settings given as flags (as nncompile train reads them); validation every
     epoch unless --val-every says otherwise, so that every trial reports at the same epochs."""
-    fixed = {k: getattr(args, k) for k in DEFAULTS if getattr(args, k, None) is not None}
-    if "map" in fixed:
-        from ..train.data import parse_mapping
-
-        fixed["map"] = parse_mapping(fixed["map"])
+    fixed = given_settings(args)
     fixed.setdefault("val_every", 1)
     return fixed

@@ -1,4 +1,4 @@
-"""What a sweep shows: the table of trials (trials.csv), the validation loss against each
+"""What a sweep shows: the table of trials (trials.csv), the objective against each
 hyperparameter (trials.png: the lectures' "coarse to fine" picture, on a log axis where the
 space is log), and the summary ``nncompile sweep --show`` prints. Each is drawn from the
 study alone, so any worker can write it, at any time, whole (``write_atomic``).
@@ -16,6 +16,15 @@ from ..files import write_atomic
 from .space import Space
 
 TABLE, PLOT = "trials.csv", "trials.png"
+# What --objective ranks trials by (lower is better): what it is, and what to do when a model has none.
+OBJECTIVES = {
+    "data-loss": ("the validation data loss: the model's data_loss output, or else its loss op's value, without the "
+                  "regularisation its loss may add", "the model has no data_loss output, and no loss op the "
+                  "trainer knows: --objective loss ranks by the model's loss"),
+    "loss": ("the model's validation loss as nncompile train reports it, with any regularisation its eval mode adds",
+             "the model computes no loss in eval mode"),
+    "error": ("a classifier's validation error, 1 - accuracy", "--objective error needs a classifier"),
+}
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
 
@@ -29,7 +38,13 @@ def write_outputs(study: Any, space: Space, out: Path, *, draw: bool = True) -> 
 
 
 def objective_of(study: Any) -> str:
-    return str(study.user_attrs.get("nncompile:objective", "loss"))
+    """What the study ranks its trials by, in words (a study that predates the mark: the loss)."""
+    return words(str(study.user_attrs.get("nncompile:objective", "loss")))
+
+
+def words(kind: str) -> str:
+    """An objective's name as a sentence has it: data loss, loss, error."""
+    return kind.replace("-", " ")
 
 
 def table(trials: list[Any], names: list[str]) -> str:

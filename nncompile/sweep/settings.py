@@ -18,7 +18,7 @@ from ..errors import NNError
 from ..files import write_atomic
 from ..optim import OPTIMIZERS
 from ..parser import parse_file
-from ..train.cli import DEFAULTS, HYPER_FLAGS
+from ..train.cli import DEFAULTS, HYPER_FLAGS, train_config
 from ..train.data import NORMALIZE
 from ..train.trainer import TrainConfig
 from .space import REAL, WHOLE, Kind, Value
@@ -105,9 +105,7 @@ def trial_settings(fixed: dict[str, Any], values: dict[str, Value]) -> tuple[dic
     training config, built as ``nncompile train`` builds it from its flags."""
     given = {TRAINING[name][0]: value for name, value in values.items() if name in TRAINING}
     settings = {**DEFAULTS, **fixed, **given}
-    hyper = {name: settings[name] for name in HYPER_FLAGS if settings.get(name) is not None}
-    fields = {k: settings[k] for k in DEFAULTS if k not in ("data", "map", "test_data") and k not in HYPER_FLAGS}
-    return settings, TrainConfig(hyper=hyper, **fields)
+    return settings, train_config(settings)
 
 
 def check_bounds(fixed: dict[str, Any], space_values: list[dict[str, Value]]) -> None:

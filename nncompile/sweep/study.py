@@ -1,7 +1,8 @@
 """The shared study: where it is stored, how workers join it, and how a dead worker's trial is failed.
 
 Workers cooperate only through Optuna's storage, never through each other: a journal file
-(``JournalStorage`` on ``JournalFileBackend``, whose lock file makes appends exclusive; on one
+(``JournalStorage`` on ``JournalFileBackend``, whose lock file makes appends exclusive: a
+:class:`~nncompile.sweep.lock.JournalLock`, which a killed worker does not leave held; on one
 machine or a shared filesystem, the default) or an SQL database (``RDBStorage``: sqlite on
 one machine, PostgreSQL or MySQL on a cluster). The study is created by whichever worker
 comes first (``load_if_exists``).
@@ -21,10 +22,12 @@ from __future__ import annotations
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..errors import NNError
+from .lock import JournalLock
 
 BEAT = "nncompile:beat"          # the trial's heartbeat counter (a system attr)
 STALE = "nncompile:stale"        # why a watcher failed a trial
@@ -57,9 +60,10 @@ def journal_path(spec: str | None, out: Path) -> Path:
     return Path(spec[len("journal:"):] if spec.startswith("journal:") else spec)
 
 
-def open_storage(spec: str | None, out: Path) -> Any:
+def open_storage(spec: str | None, out: Path, say: Callable[[str], None] | None = None) -> Any:
     """An Optuna storage: ``sqlite:///FILE``, ``postgresql://...`` or another SQLAlchemy URL;
-    otherwise (``journal:PATH``, a path, or None for OUT/journal.log) a journal file."""
+    otherwise (``journal:PATH``, a path, or None for OUT/journal.log) a journal file, locked
+    by :class:`~nncompile.sweep.lock.JournalLock` (``say`` hears when it breaks a dead worker's lock)."""
     optuna = optuna_module()
     if spec is not None and "://" in spec:
         return _database(optuna, spec)
@@ -68,7 +72,7 @@ def open_storage(spec: str | None, out: Path) -> Any:
         raise NNError(f"--storage {path} is a folder: give a journal file (journal.log) or a database URL")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        backend = optuna.storages.journal.JournalFileBackend(str(path))
+        backend = optuna.storages.journal.JournalFileBackend(str(path), lock_obj=JournalLock(path, say=say))
         return optuna.storages.JournalStorage(backend)
     except OSError as exc:
         raise NNError(f"cannot open the journal: {exc.strerror}", file=str(path)) from None

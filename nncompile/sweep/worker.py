@@ -1,11 +1,12 @@
 """One sweep worker: takes trials from the shared study until it holds N finished ones.
 
 Each trial is a run of the trainer (:func:`nncompile.train.command.run`) with the trial's
-values, written to its own run directory SWEEP_DIR/trial-NNNN. The validation loss after
-each validated epoch is reported to Optuna, whose pruner may stop the trial there (PRUNED).
-A trial that raises is FAIL with its error recorded, and the worker goes on; a Ctrl-C or
-SIGTERM marks the trial FAIL, enqueues its params again and stops the worker (exit 130);
-restarting the same command continues the study.
+values, written to its own run directory SWEEP_DIR/trial-NNNN. The objective (by default the
+validation data loss, without regularisation) after each validated epoch is reported to Optuna, whose pruner may stop the trial there (PRUNED).
+A trial that raises is FAIL with its error recorded, and the worker goes on. A Ctrl-C or
+SIGTERM stops the trial under way at its next step (a second one at once), marks it FAIL,
+enqueues its params again and stops the worker (exit 130); restarting the same command
+continues the study.
 
 N counts COMPLETE and PRUNED trials across all workers. A worker asks for a trial only while
 fewer than N are finished or under way; should two ask at once for the last one, the trial
@@ -21,14 +22,16 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import NNError
 from ..train.checkpoint import write_text
-from .report import write_outputs
+from ..train.loop import Stop, deferred_interrupts
+from .report import OBJECTIVES, words, write_outputs
 from .settings import Model, trial_settings
 from .space import Space, Value
 from .study import Watch, optuna_module, retry
@@ -49,49 +52,66 @@ class Sweep:
     out: Path
     sampler: Callable[[int], Any]  # the sampler for a trial number (seeded by it)
     stale_after: float
-    objective: str = "loss"        # what trials are ranked by: the validation loss, or the error (1 - accuracy)
+    objective: str = "data-loss"   # what trials are ranked by (see OBJECTIVES)
     say: Callable[[str], None] = print
     worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
 
 def work(sweep: Sweep, study: Any) -> int:
-    """Run trials until the study has N finished ones; returns the exit status."""
+    """Run trials until the study has N finished ones; returns the exit status.
+
+    Ctrl-C and SIGTERM only ask the worker to stop (the trainer's ``deferred_interrupts``,
+    which the trial's training loop shares): the trial stops at its next step, and no other
+    trial starts; a second one stops it at once. A KeyboardInterrupt raised by the signal
+    itself could land anywhere, and is lost where Python drops it (in an import lock's
+    weakref callback, say)."""
     optuna = optuna_module()
     state = optuna.trial.TrialState
     waited, drawn = False, -math.inf
-    previous = signal.signal(signal.SIGTERM, _interrupt) if _main_thread() else None
-    try:
-        with Watch(study, sweep.stale_after) as watch:
-            while True:
-                trials = study.get_trials(deepcopy=False)
-                done = sum(t.state in (state.COMPLETE, state.PRUNED) for t in trials)
-                waiting = sum(t.state == state.WAITING for t in trials)
-                running = sum(t.state == state.RUNNING for t in trials)
-                if done >= sweep.trials:
-                    break
-                if done + running >= sweep.trials and not waiting:
-                    if not waited:
-                        sweep.say(f"waiting for the last {running} trial(s) of other workers")
-                        waited = True
-                    time.sleep(POLL_SECONDS)
+    with deferred_interrupts() as stop, _terminate_as_interrupt(), Watch(study, sweep.stale_after) as watch:
+        while True:
+            if stop.requested:
+                raise KeyboardInterrupt
+            trials = study.get_trials(deepcopy=False)
+            done = sum(t.state in (state.COMPLETE, state.PRUNED) for t in trials)
+            waiting = sum(t.state == state.WAITING for t in trials)
+            running = sum(t.state == state.RUNNING for t in trials)
+            if done >= sweep.trials:
+                break
+            if done + running >= sweep.trials and not waiting:
+                if not waited:
+                    sweep.say(f"waiting for the last {running} trial(s) of other workers")
+                    waited = True
+                time.sleep(POLL_SECONDS)
+                continue
+            trial = study.ask()
+            watch.own(trial._trial_id)
+            try:
+                if _surplus(study, trial, sweep.trials):
+                    study.tell(trial, state=state.FAIL)
                     continue
-                trial = study.ask()
-                watch.own(trial._trial_id)
-                try:
-                    if _surplus(study, trial, sweep.trials):
-                        study.tell(trial, state=state.FAIL)
-                        continue
-                    run_trial(sweep, study, trial)
-                finally:
-                    watch.own(None)
-                draw = time.monotonic() >= drawn + PLOT_SECONDS
-                write_outputs(study, sweep.space, sweep.out, draw=draw)
-                drawn = time.monotonic() if draw else drawn
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+                run_trial(sweep, study, trial, stop)
+            finally:
+                watch.own(None)
+            draw = time.monotonic() >= drawn + PLOT_SECONDS
+            write_outputs(study, sweep.space, sweep.out, draw=draw)
+            drawn = time.monotonic() if draw else drawn
     write_outputs(study, sweep.space, sweep.out)
     return 0
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler ending the job) handled as Ctrl-C is."""
+    if not _main_thread():
+        yield
+        return
+    handler = signal.getsignal(signal.SIGINT)
+    previous = signal.signal(signal.SIGTERM, handler if hasattr(handler, "stop") else _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _surplus(study: Any, trial: Any, n: int) -> bool:
@@ -105,8 +125,9 @@ def _surplus(study: Any, trial: Any, n: int) -> bool:
     return True
 
 
-def run_trial(sweep: Sweep, study: Any, trial: Any) -> None:
-    """Train one trial and tell the study how it went."""
+def run_trial(sweep: Sweep, study: Any, trial: Any, stop: Stop | None = None) -> None:
+    """Train one trial and tell the study how it went. A Ctrl-C asked for (``stop``) while the
+    trial was under way fails it, however far it had come."""
     from ..train.command import run
 
     optuna = optuna_module()
@@ -122,11 +143,11 @@ def run_trial(sweep: Sweep, study: Any, trial: Any) -> None:
     started = time.perf_counter()
 
     def on_epoch(_: Any, record: dict[str, Any]) -> None:
-        value = objective(sweep.objective, record.get("val_loss"), record.get("val_acc"))
+        value = objective(sweep.objective, record.get("val_data_loss"), record.get("val_loss"), record.get("val_acc"))
         if value is not None:
             trial.report(value, record["epoch"])
             if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after epoch {record['epoch']}: validation {sweep.objective} "
+                raise optuna.TrialPruned(f"pruned after epoch {record['epoch']}: validation {words(sweep.objective)} "
                                          f"{value:.4f}, worse than the median of the trials so far")
 
     try:
@@ -134,6 +155,8 @@ def run_trial(sweep: Sweep, study: Any, trial: Any) -> None:
         settings, config = trial_settings(sweep.fixed, values)
         report = run(model, data=settings["data"], mapping=settings["map"], test_data=settings["test_data"],
                      config=config, out=run_dir, log=lines.append, on_epoch=on_epoch)
+        if stop is not None and stop.requested:   # after its training: the trial is still the one interrupted
+            raise KeyboardInterrupt
     except optuna.TrialPruned as pruned:
         _tell(study, trial, state=state.PRUNED)
         sweep.say(f"{shown}: {pruned}")
@@ -153,25 +176,31 @@ def run_trial(sweep: Sweep, study: Any, trial: Any) -> None:
         if run_dir.is_dir():
             write_text(run_dir / "train.log", "".join(line + "\n" for line in lines))
     seconds = time.perf_counter() - started
-    value = objective(sweep.objective, *((report.val.loss, report.val.acc) if report.val else (None, None)))
+    value = objective(sweep.objective, *((report.val.data_loss, report.val.loss, report.val.acc) if report.val
+                                         else (None, None, None)))
     if value is None:
-        _failed(study, trial, f"no validation {sweep.objective} to rank the trial by"
-                + (" (--objective error needs a classifier)" if sweep.objective == "error" else ""), sweep.say, shown)
+        _failed(study, trial, f"no validation {words(sweep.objective)} to rank the trial by"
+                + f" ({OBJECTIVES[sweep.objective][1]})", sweep.say, shown)
         return
     trial.set_user_attr("val_acc", report.val.acc)
     trial.set_user_attr("epochs", report.epochs)
     trial.set_user_attr("seconds", round(seconds, 3))
     _tell(study, trial, values=value)
     acc = f", accuracy {100 * report.val.acc:.2f}%" if report.val.acc is not None else ""
-    loss = f"validation loss {report.val.loss:.4f}" if report.val.loss is not None else "no validation loss"
+    loss = f"validation {words(sweep.objective)} {value:.4f}" if sweep.objective != "error" else \
+        f"validation loss {report.val.loss:.4f}" if report.val.loss is not None else "no validation loss"
     sweep.say(f"{shown}: {loss}{acc} after {report.epochs} epochs ({seconds:.1f}s)")
 
 
-def objective(kind: str, loss: float | None, acc: float | None) -> float | None:
-    """The number a trial is ranked by (lower is better): the validation loss, or the error."""
+def objective(kind: str, data_loss: float | None, loss: float | None, acc: float | None) -> float | None:
+    """The number a trial is ranked by (lower is better; see OBJECTIVES), None where the
+    model has none."""
+    if kind == "data-loss":
+        return data_loss
     if kind == "loss":
         return loss
     return None if acc is None else 1.0 - acc
+
 
 
 def _failed(study: Any, trial: Any, why: str, say: Callable[[str], None], shown: str) -> None:
@@ -192,7 +221,7 @@ def _tell(study: Any, trial: Any, **outcome: Any) -> None:
 
 
 def _interrupt(signum: int, frame: Any) -> None:
-    """SIGTERM (a scheduler ending the job) stops the worker as Ctrl-C does."""
+    """SIGTERM where Ctrl-C is not deferred (SIGINT ignored, as in a background job): at once."""
     raise KeyboardInterrupt
 
 

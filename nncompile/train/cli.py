@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..backends import BACKENDS
 from ..compiler import DTYPES
@@ -25,8 +25,12 @@ from .cadence import CHECKPOINT_EVERY, LOG_EVERY
 from .data import NORMALIZE
 from .schedules import NAMES as SCHEDULES
 
+if TYPE_CHECKING:
+    from .trainer import TrainConfig
+
 OVERFIT_EPOCHS = 200     # --overfit without --epochs: long enough to memorise a handful of examples
 HYPER_FLAGS = ("momentum", "beta1", "beta2", "eps", "decay_rate", "weight_decay")
+DATA_SETTINGS = ("data", "map", "test_data")   # the settings that say what to train on, not how
 # The settings a run takes from its flags: TrainConfig's fields and the data flags.
 DEFAULTS: dict[str, Any] = {
     "data": "digits", "map": None, "test_data": None, "val_split": 0.1, "test_split": None, "normalize": None,
@@ -146,7 +150,6 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, world: Any) -> int:
     from .command import run
-    from .trainer import TrainConfig
 
     run_dir = Path(args.out) if args.out is not None else Path("runs") / Path(args.model or "").stem
     try:  # NNError goes up to nncompile.cli.main, which reports every command's errors alike
@@ -159,19 +162,12 @@ def _train(args: argparse.Namespace, world: Any) -> int:
         model = args.model if args.model is not None else saved.get("model")
         if model is None:
             raise NNError(f"{run_dir / 'config.json'} does not say which model the run trained: give MODEL.nn")
-        given = {k: getattr(args, k) for k in DEFAULTS if getattr(args, k) is not None}
-        if "map" in given:
-            from .data import parse_mapping
-
-            given["map"] = parse_mapping(given["map"])
-        settings = {**DEFAULTS, **saved.get("config", {}), **{k: saved[k] for k in ("data", "map", "test_data")
-                                                                if k in saved}, **given}
+        given = given_settings(args)
+        settings = {**DEFAULTS, **saved.get("config", {}), **{k: saved[k] for k in DATA_SETTINGS if k in saved},
+                    **given}
         if args.overfit is not None and "epochs" not in given:
             settings["epochs"] = OVERFIT_EPOCHS
-        hyper = {name: settings[name] for name in HYPER_FLAGS if settings.get(name) is not None}
-        hyper = {**saved.get("config", {}).get("hyper", {}), **hyper}
-        fields = {k: settings[k] for k in DEFAULTS if k not in ("data", "map", "test_data") and k not in HYPER_FLAGS}
-        config = TrainConfig(hyper=hyper, **fields)
+        config = train_config(settings, saved.get("config", {}).get("hyper", {}))
         progress = args.progress if args.progress is not None else sys.stderr.isatty()
         report = run(model, data=settings["data"], mapping=settings["map"] or None,
                      test_data=settings["test_data"], config=config, out=run_dir, resume=args.resume,
@@ -184,6 +180,28 @@ def _train(args: argparse.Namespace, world: Any) -> int:
               f"nncompile train --resume --out {run_dir}", file=sys.stderr)
         return 130
     return 0 if report.ok else 1
+
+
+def given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings of :data:`DEFAULTS` given as flags in ``args`` (``--map`` parsed)."""
+    given = {k: getattr(args, k) for k in DEFAULTS if getattr(args, k, None) is not None}
+    if "map" in given:
+        from .data import parse_mapping
+
+        given["map"] = parse_mapping(given["map"])
+    return given
+
+
+def train_config(settings: dict[str, Any], hyper: dict[str, float] | None = None) -> TrainConfig:
+    """The TrainConfig of ``settings`` (keys of :data:`DEFAULTS`; those left out take their
+    default): how ``nncompile train`` and each trial of ``nncompile sweep`` build theirs. The
+    optimiser's hyperparameters given there override ``hyper`` (a resumed run's own)."""
+    from .trainer import TrainConfig
+
+    settings = {**DEFAULTS, **settings}
+    given = {name: settings[name] for name in HYPER_FLAGS if settings.get(name) is not None}
+    fields = {k: settings[k] for k in DEFAULTS if k not in DATA_SETTINGS and k not in HYPER_FLAGS}
+    return TrainConfig(hyper={**(hyper or {}), **given}, **fields)
 
 
 def _argv(args: argparse.Namespace) -> list[str]:

@@ -3,19 +3,22 @@
 K processes (workers, the MPI ranks) train one model. Each compiles the model, loads the data
 and shuffles it with the run's seed, so all agree on every global batch of ``--batch-size``
 examples; each takes its shard of it (:func:`shard`), runs the module's ``value_and_grad`` on
-it and leaves its gradient, weighted by its share of the batch, in one flat buffer. One
-in-place ``Allreduce`` per step sums that buffer over the workers, and every worker applies the
-same ``apply_update`` to the same params: they stay identical without ever being sent again.
-The buffer also carries the running statistics (batch norm: the workers' updates, averaged by
-the same weights), the batch's loss and hits and a Ctrl-C flag, so the one collective is all
-the communication a step needs. Rank 0 broadcasts the run's state at the start and alone
-writes logs, checkpoints and curves; see docs/distributed.md.
+it and scales the gradient by its share of the batch, in the one flat buffer value_and_grad
+writes it to (``flat_grads``). An in-place ``Allreduce`` per step sums that buffer over the
+workers, and every worker applies the same ``apply_update`` to the same params, which reads
+the buffer as it is: they stay identical without ever being sent again. Beside it travel the
+running statistics (batch norm: the workers' updates, averaged by the same weights), the
+batch's loss and hits and a Ctrl-C flag, in a non-blocking all-reduce under way during the
+other (MPICH sums no datatype that spans two buffers), so a step waits for one round of
+communication. Validation is shared out alike (:meth:`DataParallel.evaluate`). Rank 0
+broadcasts the run's state at the start and alone writes logs, checkpoints and curves; see
+docs/distributed.md.
 
 **The seam.** :meth:`DataParallel._local_gradients` is the only code that knows where the
-gradients come from: today it copies (and weights) the dict ``value_and_grad`` returns into
-:attr:`DataParallel.grads`, views laid out exactly as the module's own flat gradient buffer
-(``_starts`` order and alignment, as ``apply_update`` lays it out). A module whose backward
-pass writes into one flat buffer replaces that copy by an in-place scaling of its buffer.
+gradients come from. Where the module makes no flat buffer (CuPy; scalar params), or a batch
+leaves a worker without examples, the gradients are copied (and weighted) into
+:attr:`DataParallel.grads` instead, views laid out exactly as the module's own buffer
+(``_starts`` order and alignment) in one buffer with the rest, summed by one ``Allreduce``.
 
 On the CuPy backend the buffer lives on the GPU and is summed by NCCL (through
 ``cupy.cuda.nccl``); MPI only hands the NCCL id from rank 0 to the others.
@@ -40,7 +43,8 @@ import numpy as np
 
 from ..errors import NNError
 from .checkpoint import TrainState
-from .trainer import to_host
+from .data import Dataset
+from .trainer import Metrics, to_host
 
 if TYPE_CHECKING:
     from .loop import Stop
@@ -238,13 +242,18 @@ def limit_threads(workers: int) -> Any:
 
 
 class HostSum:
-    """Sums a numpy buffer over the workers in place: MPI's Allreduce."""
+    """Sums numpy buffers over the workers in place: MPI's Allreduce. Several buffers are summed
+    at once (the others' non-blocking all-reduces in flight during the first's): MPICH defines
+    MPI_SUM on no datatype that would take two buffers in one call."""
 
     def __init__(self, comm: Any):
-        self.comm, self.in_place = comm, mpi().IN_PLACE
+        MPI = mpi()
+        self.comm, self.in_place, self.wait = comm, MPI.IN_PLACE, MPI.Request.Waitall
 
-    def __call__(self, buffer: np.ndarray) -> None:
+    def __call__(self, buffer: np.ndarray, *more: np.ndarray) -> None:
+        requests = [self.comm.Iallreduce(self.in_place, other) for other in more]
         self.comm.Allreduce(self.in_place, buffer)
+        self.wait(requests)
 
 
 class DeviceSum:
@@ -308,7 +317,8 @@ class DataParallel:
 
     ``step`` has the signature of the module's ``step`` and is what the epoch loop calls
     (nncompile/train/loop.py asks ``trainer.parallel`` for it); ``hit_counter`` gives the loop
-    the hits of the whole batch, summed with the gradients.
+    the hits of the whole batch, summed with the gradients; ``evaluate`` the validation
+    figures, each worker measuring its shard of the split.
     """
 
     def __init__(self, trainer: Trainer, world: World, *, timeout: float = WORKER_TIMEOUT):
@@ -319,6 +329,8 @@ class DataParallel:
         self.counter = trainer.hit_counter()
         self.noise = rank_noise(trainer.config.seed, world.rank)
         self.sum = HostSum(world.comm) if xp is np else DeviceSum(world.comm, module.DTYPE)
+        self.host_sum = self.sum if xp is np else HostSum(world.comm)
+        self.flat_grads = getattr(module, "flat_grads", None) if xp is np else None   # value_and_grad's own buffer
         self.watchdog = Watchdog(world, timeout)
         self.hits, self.asked = 0, False   # asked: a Ctrl-C has come to this worker
         # The flat buffer: the gradients in the module's own flat layout, the model's state, then 3 numbers.
@@ -328,6 +340,7 @@ class DataParallel:
         states = list(getattr(module, "STATE", {}).items()) if trainer.has_state else []
         total = size + sum(int(np.prod(shape)) for _, (shape, _) in states)
         self.flat = xp.zeros(total + 3, dtype=module.DTYPE)
+        self.head, self.tail = self.flat[:size], self.flat[size:]   # the gradients; what travels beside them
         self.grads = {name: self.flat[s:s + int(np.prod(shape))].reshape(shape)
                       for name, shape, s in zip(names, shapes, starts)}
         self.state: dict[str, Any] = {}
@@ -361,26 +374,35 @@ class DataParallel:
              model_state: dict[str, Any] | None, **batch: Any) -> Any:
         n = len(next(iter(batch.values())))
         lo, hi = shard(n, self.world.size, self.world.rank)
-        outputs = self._local_gradients(params, model_state, opt["step"], (hi - lo) / n,
-                                        {k: v[lo:hi] for k, v in batch.items()}) if hi > lo else self._nothing()
-        flat = self.flat
-        flat[self.at_stop] = 1.0 if self.asked else 0.0
-        watchdog = self.watchdog
-        watchdog.step, watchdog.since = opt["step"], time.monotonic()
-        try:
-            self.sum(flat)
-            loss, hits, stopping = flat[self.at_loss:].tolist()   # on the GPU: waits for NCCL
-        except Exception as exc:   # mpi4py's MPI.Exception: a worker died or its link broke
-            raise NNError(f"the all-reduce of step {opt['step']} failed: {exc}") from None
-        finally:
-            watchdog.since = None
+        # Every worker has a shard: each all-reduces the module's own buffer (the same choice on all).
+        own = self.flat_grads is not None and n >= self.world.size
+        if hi > lo:
+            outputs, grads, buffer = self._local_gradients(params, model_state, opt["step"], (hi - lo) / n,
+                                                           {k: v[lo:hi] for k, v in batch.items()}, own)
+        else:
+            outputs, grads, buffer = self._nothing(), self.grads, self.head
+        self.flat[self.at_stop] = 1.0 if self.asked else 0.0
+        loss, hits, stopping = self._all_reduce(opt["step"], self.sum, (buffer, self.tail) if own else (self.flat,), 3)
         stop.requested = stopping > 0   # every worker stops after the same step
         self.hits = int(round(hits))
-        self.apply_update(params, self.grads, opt, lr)
+        self.apply_update(params, grads, opt, lr)
         outputs[self.loss] = loss
         if self.state:
             return outputs, {name: view.copy() for name, view in self.state.items()}
         return outputs
+
+    def _all_reduce(self, step: int, summed: Callable[..., None], buffers: tuple[Any, ...], last: int) -> list[float]:
+        """``summed(*buffers)``, watched (:class:`Watchdog`; a broken link is an NNError), and
+        the ``last`` numbers of the last buffer."""
+        watchdog = self.watchdog
+        watchdog.step, watchdog.since = step, time.monotonic()
+        try:
+            summed(*buffers)
+            return buffers[-1][-last:].tolist()   # on the GPU: waits for NCCL
+        except Exception as exc:   # mpi4py's MPI.Exception: a worker died or its link broke
+            raise NNError(f"the all-reduce of step {step} failed: {exc}") from None
+        finally:
+            watchdog.since = None
 
     def _asked(self, signum: int, frame: Any) -> None:
         if self.asked:   # the second Ctrl-C: now (mpiexec, asked twice, also stops the workers at once)
@@ -388,23 +410,48 @@ class DataParallel:
         self.asked = True
 
     def _local_gradients(self, params: dict[str, Any], model_state: dict[str, Any] | None, step: int,
-                         weight: float, shard: dict[str, Any]) -> dict[str, Any]:
+                         weight: float, shard: dict[str, Any], own: bool) -> tuple[dict[str, Any], dict[str, Any], Any]:
         """This worker's share of the batch's gradient (its own, times its share ``weight`` of
-        the examples), its state and loss likewise, left in the flat buffer; its outputs.
+        the examples), its state and loss likewise; its outputs, the gradients to update with
+        and the one buffer they are views of, to all-reduce: with ``own``, value_and_grad's,
+        scaled in place (``flat_grads``); else copied into :attr:`grads`, views of :attr:`flat`.
 
-        The seam: the only place that knows the gradients arrive as a dict of arrays."""
+        The seam: the only place that knows where the gradients come from."""
         trainer, xp, flat = self.trainer, self.xp, self.flat
         result = self.value_and_grad(params, model_state, trainer.generator(self.noise(step)), **shard)
         outputs, grads = result[0], result[1]
-        for name, view in self.grads.items():
-            xp.multiply(grads[name], weight, out=view)
+        buffer = self.flat_grads(grads) if own else None   # type: ignore[misc]
+        if buffer is not None:
+            xp.multiply(buffer, weight, out=buffer)
+        else:
+            for name, view in self.grads.items():
+                xp.multiply(grads[name], weight, out=view)
+            grads, buffer = self.grads, self.head
         for name, view in self.state.items():
             xp.multiply(result[2][name], weight, out=view)
         flat[self.at_loss] = outputs[self.loss] * weight
         flat[self.at_hits] = 0 if self.counter is None else self.counter(outputs[self.scores], shard[self.labels])
-        return dict(outputs)
+        return dict(outputs), grads, buffer
 
     def _nothing(self) -> dict[str, Any]:
         """A worker whose shard is empty (a batch smaller than the workers) adds nothing."""
         self.flat.fill(0)
         return dict.fromkeys([name for name in (self.scores,) if name])
+
+    def evaluate(self, params: dict[str, Any], data: Dataset, model_state: dict[str, Any] | None = None) -> Metrics:
+        """``Trainer.evaluate`` of the whole of ``data``, each worker measuring its shard: the
+        sums of the shards' losses and hits travel in one all-reduce, and every worker gets the
+        same figures (those of one process, up to the rounding of the sums)."""
+        n = len(data)
+        lo, hi = shard(n, self.world.size, self.world.rank)
+        sums = np.zeros(7)
+        if hi > lo:
+            mine = self.trainer.evaluate(params, data.take(slice(lo, hi)), model_state)
+            sums[0] = mine.n
+            for at, value in ((1, mine.loss), (3, mine.data_loss), (5, mine.acc)):
+                if value is not None:
+                    sums[at:at + 2] = (round(value * mine.n) if at == 5 else value * mine.n), 1
+        count, loss, has_loss, data_loss, has_data_loss, hits, has_acc = \
+            self._all_reduce(self.watchdog.step, self.host_sum, (sums,), len(sums))
+        return Metrics(loss / count if has_loss else None, hits / count if has_acc else None, int(count),
+                       data_loss / count if has_data_loss else None)

@@ -2,7 +2,7 @@
 
 :meth:`Trainer.fit <nncompile.train.trainer.Trainer.fit>` returns it. The records are the
 lines of metrics.jsonl (``epoch``, ``step``, ``lr``, ``loss``, ``acc``, ``val_loss``,
-``val_acc``, ``seconds``); ``history["loss"]`` is one of them as a numpy array over the
+``val_acc``, ``val_data_loss``, ``seconds``); ``history["loss"]`` is one of them as a numpy array over the
 epochs (NaN where an epoch has no value, e.g. no validation that epoch), ``as_dict()``
 all of them, and ``step_loss`` the training loss of each optimiser step. No pandas needed;
 ``pandas.DataFrame(history.records)`` works where it is installed.
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-COLUMNS = ("epoch", "step", "lr", "loss", "acc", "val_loss", "val_acc", "seconds")
+COLUMNS = ("epoch", "step", "lr", "loss", "acc", "val_loss", "val_acc", "val_data_loss", "seconds")
 
 
 @dataclass(frozen=True)

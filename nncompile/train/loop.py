@@ -58,10 +58,16 @@ class Stop:
 @contextmanager
 def deferred_interrupts() -> Iterator[Stop]:
     """Turn the first SIGINT into a request the loop honours between steps (main thread only;
-    elsewhere Python delivers no signals anyway)."""
+    elsewhere Python delivers no signals anyway). Inside another ``deferred_interrupts`` (a
+    sweep's, around its trials) the request is the outer one's."""
+    current = signal.getsignal(signal.SIGINT)
+    outer = getattr(current, "stop", None)
+    if isinstance(outer, Stop):
+        outer.mid_step = False
+        yield outer
+        return
     stop = Stop()
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    if threading.current_thread() is not threading.main_thread() or current is not signal.default_int_handler:
         yield stop      # a caller with its own SIGINT handler keeps it
         return
 
@@ -70,6 +76,7 @@ def deferred_interrupts() -> Iterator[Stop]:
             raise KeyboardInterrupt
         stop.requested = True
 
+    handler.stop = stop   # type: ignore[attr-defined]
     signal.signal(signal.SIGINT, handler)
     try:
         yield stop
@@ -190,8 +197,11 @@ def train_epochs(trainer: Trainer, train: Dataset, val: Dataset | None, state: T
 def _validate(trainer: Trainer, state: TrainState, val: Dataset, record: dict[str, Any], epoch: int,
               patience: int | None) -> None:
     """Measure ``val``, keep the best params, count validations without improvement."""
-    measured = trainer.evaluate(state.params, val, state.model_state)
+    evaluate = trainer.evaluate if trainer.parallel is None else trainer.parallel.evaluate   # shared out: distributed.py
+    measured = evaluate(state.params, val, state.model_state)
     record.update(val_loss=measured.loss, val_acc=measured.acc)
+    if measured.data_loss is not None:   # without regularisation: what a sweep ranks by
+        record["val_data_loss"] = measured.data_loss
     if measured.loss is None:
         return
     if not math.isfinite(measured.loss):

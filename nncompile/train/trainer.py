@@ -110,11 +110,13 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Metrics:
-    """Mean loss and accuracy over ``n`` examples; either is None when the model cannot say."""
+    """Mean loss and accuracy over ``n`` examples; either is None when the model cannot say.
+    ``data_loss`` leaves regularisation out (see ``Trainer._data_loss``)."""
 
     loss: float | None
     acc: float | None
     n: int
+    data_loss: float | None = None
 
     def show(self) -> str:
         loss = f"loss {self.loss:.4f}" if self.loss is not None else "no loss in eval mode"
@@ -401,19 +403,21 @@ class Trainer:
         """Mean loss and accuracy of ``params`` on ``data``: forward (eval mode) in chunks.
 
         The loss is the model's LOSS output, or where eval mode has none, its data loss
-        (see ``_data_loss``); None if neither exists.
+        (see ``_data_loss``); None if neither exists. ``data_loss`` is the data loss alone.
         """
         data = self.prepare(data)
         n = len(data)
         classify = self.scores is not None and self.labels in data.arrays
         scores, labels = self.scores or "", self.labels or ""
-        total, correct, has_loss = 0.0, 0, True
+        total, data_total, correct, has_loss, has_data_loss = 0.0, 0.0, 0, True, True
         for start in range(0, n, EVAL_CHUNK):
             chunk = {k: v[start:start + EVAL_CHUNK] for k, v in data.arrays.items()}
             outputs = self.module.forward(params, model_state, **{k: self.xp.asarray(v) for k, v in chunk.items()})
             size = len(next(iter(chunk.values())))
             predicted = to_host(outputs[scores]) if classify else None
-            data_loss = self._data_loss(outputs, chunk) if self.loss not in outputs else None
+            data_loss = self._data_loss(outputs, chunk)
+            has_data_loss = has_data_loss and data_loss is not None
+            data_total += data_loss[0] * size if data_loss is not None else 0.0
             if self.loss in outputs:
                 total += float(outputs[self.loss]) * size
             elif data_loss is not None:
@@ -422,7 +426,8 @@ class Trainer:
                 has_loss = False
             if classify:
                 correct += self._hits(predicted, chunk[labels])
-        return Metrics(total / max(1, n) if has_loss else None, correct / n if classify and n else None, n)
+        return Metrics(total / max(1, n) if has_loss else None, correct / n if classify and n else None, n,
+                       data_total / max(1, n) if has_data_loss else None)
 
     def initial_loss_check(self, params: dict[str, np.ndarray], data: Dataset,
                            model_state: dict[str, np.ndarray] | None = None) -> LossCheck | None:
