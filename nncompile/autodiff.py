@@ -11,7 +11,7 @@ from typing import Iterable
 
 import networkx as nx
 
-from .errors import NNError
+from .errors import NoSecondDerivative
 from .ir import Graph
 from .ops import REGISTRY, Value, constant, sum_to
 
@@ -98,4 +98,4 @@ def _no_rule(G: Graph, n: int) -> None:
     reason = REGISTRY[node.op].no_second_order
     if not reason:
         raise AssertionError(f"op {node.op} has no gradient rule")  # registry invariant
-    raise NNError(f"this needs the second derivative of {node.op}, which has none: {reason}", node.loc)
+    raise NoSecondDerivative(f"this needs the second derivative of {node.op}, which has none: {reason}", node.loc)

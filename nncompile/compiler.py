@@ -15,7 +15,7 @@ from .backends import BACKENDS
 from .codegen import Program, emit_module
 from .display import show_as_table
 from .elaborate import elaborate_file
-from .errors import NNError
+from .errors import NNError, NoSecondDerivative
 from .ir import Model
 from .optim import Optimizer, optimizer_source
 from .passes import Roots, eliminate_dead_code, fuse_elementwise, optimize
@@ -86,6 +86,9 @@ def compile_file(path: str | Path, *, dtype: str | None = None, optimized: bool 
 
     With ``optimizer`` (a name such as "adam", or an :class:`nncompile.optim.Optimizer`), the
     module also gets ``init_opt_state``, ``apply_update`` and ``step`` (see nncompile/optim.py).
+
+    One compile at a time per process: a compile pauses the cycle collector and a stretched
+    one records its warnings, and both are process-wide state (run compiles in processes).
     """
     if dtype is not None and dtype not in DTYPES:
         raise NNError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
@@ -135,7 +138,7 @@ def _compile(path: str | Path, dtype: str | None, optimized: bool, trace: bool, 
     if hvp and model.target is not None:
         try:
             program.hvp_program = hvp_program(second, optimized=optimized, fuse=BACKENDS[backend].fuses)
-        except NNError as missing:   # an op without a second derivative: hvp() and hessian() raise this
+        except NoSecondDerivative as missing:   # an op without a second derivative: hvp() and hessian() raise this
             program.hvp_missing = missing
     if model.gaps:
         fill_gaps(program)

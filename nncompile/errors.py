@@ -70,6 +70,12 @@ class NNError(Exception):
         return self.format()
 
 
+class NoSecondDerivative(NNError):
+    """A model asks for the second derivative of an op that declares it has none
+    (``OpDef.no_second_order``): a compile error where the language asks for it (``grad()``),
+    and the reason ``hvp()`` and ``hessian()`` raise where only the module's hvp needs it."""
+
+
 class NNWarning(UserWarning):
     """Something legal in the user's model that is probably not meant, at its place (issued
     with ``warnings.warn``; the CLI prints it like an error, as ``FILE:LINE:COL: warning: ...``)."""

@@ -317,3 +317,17 @@ def test_grad_of_it_in_the_language_stays_a_located_compile_error(tmp_path: Path
     with pytest.raises(NNError, match=re.escape(MISSING)) as caught:
         compile_file(path, hvp=False)
     assert caught.value.loc is not None and caught.value.loc.line == 3
+
+
+def test_any_other_error_building_the_hvp_still_stops_the_compile(tmp_path: Path, monkeypatch) -> None:
+    """Only a missing second derivative becomes an hvp() that raises; a mistake of any other
+    kind met while building hvp() is not hidden in the module."""
+    from nncompile import compiler
+    from nncompile.errors import NNError
+
+    def failing(*args, **kwargs):
+        raise NNError("something else went wrong")
+
+    monkeypatch.setattr(compiler, "hvp_program", failing)
+    with pytest.raises(NNError, match="something else went wrong"):
+        compile_file(write_nn(tmp_path, "m.nn", POOLED))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..errors import NNError
+from ..errors import NoSecondDerivative
 from ..ir import Graph, Model
 
 
@@ -22,7 +22,7 @@ class Program:
     eval_program: Program | None = None   # forward()'s program, when eval mode differs from train mode
     predict_program: Program | None = None   # predict()'s: eval mode, data inputs only, no loss
     hvp_program: Program | None = None   # hvp()'s: train mode, grads are the parts of H v
-    hvp_missing: NNError | None = None   # why there is no hvp_program: hvp() and hessian() raise it
+    hvp_missing: NoSecondDerivative | None = None   # why there is no hvp_program: hvp() and hessian() raise it
     tangents: dict[str, int] = field(default_factory=dict)   # hvp(): param name -> the leaf holding its v
 
 
