@@ -176,7 +176,9 @@ CONV2D_WEIGHT_GRAD = '''def _conv2d_weight_grad(x, g, kernel, stride=(1, 1), pad
     For an image of at most 2*KH*KW pixels (and one group) it is the gradient of the conv as
     one matrix (g's rows times x's pixels, channels last), each tap's entries then summed
     by a 0/1 matrix; at stride 1 the columns are _wide_columns' (channels first) and g is
-    widened to match, zeros against their junk."""
+    widened to match, zeros against their junk. Both multiply entries by zeros, so an inf
+    pixel in x (whose conv, and so the loss, is not finite either) makes NaN the gradient of
+    taps that never read it too."""
     n, f, oh, ow = g.shape
     c, (kh, kw) = x.shape[1], kernel
     if groups == 1 and x.shape[2] * x.shape[3] <= 2 * kh * kw:
