@@ -68,7 +68,9 @@ LOG_SOFTMAX = '''def _log_softmax(x, axis):
         shifted = x.T.copy()
         shifted -= np.maximum.reduce(shifted, axis=0)
         lse = np.log(np.add.reduce(np.exp(shifted), axis=0))
-        return np.subtract(shifted.T, lse[:, None], out=np.empty(x.shape, dtype=x.dtype))   # in C order
+        out = np.empty(x.shape, dtype=x.dtype)   # in C order, written through its transpose:
+        np.subtract(shifted, lse, out=out.T)     # the operands' own layout, lse along each row
+        return out
     shifted = x - np.maximum.reduce(x, axis=axis, keepdims=True)
     shifted -= np.log(np.add.reduce(np.exp(shifted), axis=axis, keepdims=True))
     return shifted'''
