@@ -76,6 +76,24 @@ def test_maximum_and_minimum_against_a_constant_array_give_the_numbers_bits(call
         assert constant.dtype == np.float32 and constant.shape == (3, 12) and len(set(constant.flat)) == 1
 
 
+
+@pytest.mark.parametrize("cmp", [">", "<="])
+def test_a_mask_copied_from_a_comparison_gives_the_float_comparisons_bits(cmp: str, compiled) -> None:
+    m, source = compiled(f"input x: float[N, 12]\ninput g: float[N, 12]\nh = relu(x)\noutput h\n"
+                         f"loss = sum(h * g) + sum((x {cmp} g) * g)\nminimize loss\n", dtype="float32")
+    assert "np.copyto(" in function_text(source, "value_and_grad")
+    x = np.tile(SPECIAL, (12, 1))
+    g = x.T.copy()   # every special value against every other, both ways round
+    with np.errstate(invalid="ignore", over="ignore"):
+        _, grads = m.value_and_grad({}, x=x, g=g)
+        h = np.maximum(x, 0.0)
+        relu_mask = np.greater(h, 0.0, out=np.empty_like(x))   # the float comparisons, as before
+        compare = {">": np.greater, "<=": np.less_equal}[cmp](x, g, out=np.empty_like(x))
+        want = {"x": g * relu_mask, "g": compare + h}
+    for name in ("x", "g"):
+        assert grads[name].dtype == np.float32
+        np.testing.assert_array_equal(grads[name].view(np.uint32), want[name].view(np.uint32))
+
 def test_the_constants_are_read_only_and_nothing_returned_shares_their_memory(compile_nn) -> None:
     m = compile_nn("""
         input X: float[N, 5]

@@ -69,7 +69,9 @@ LOG_SOFTMAX = '''def _log_softmax(x, axis):
         shifted = x.T.copy()
         shifted -= np.maximum.reduce(shifted, axis=0)
         lse = np.log(np.add.reduce(np.exp(shifted), axis=0))
-        return np.subtract(shifted.T, lse[:, None], out=np.empty(x.shape, dtype=x.dtype))   # in C order
+        out = np.empty(x.shape, dtype=x.dtype)   # in C order, written through its transpose:
+        np.subtract(shifted, lse, out=out.T)     # the operands' own layout, lse along each row
+        return out
     shifted = x - np.maximum.reduce(x, axis=axis, keepdims=True)
     shifted -= np.log(np.add.reduce(np.exp(shifted), axis=axis, keepdims=True))
     return shifted'''
@@ -158,9 +160,10 @@ def _compare_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
 
 def _emit_step(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
     """1 where the comparison holds, else 0, in the module's float dtype: a numpy comparison
-    gives bools unless it writes into a float buffer."""
-    test = f"{ctx.xp}.{_COMPARE[attrs['cmp']]}({args[0]}, {args[1]}"
-    return f"{test}, out={out})" if out else f"{test}).astype({ctx.dtype})"
+    gives bools. Into a buffer they are copied (copyto returns None, so ``or`` gives the buffer):
+    a comparison writing floats itself casts each chunk through a buffer, about twice as slow."""
+    test = f"{ctx.xp}.{_COMPARE[attrs['cmp']]}({args[0]}, {args[1]})"
+    return f"{ctx.xp}.copyto({out}, {test}) or {out}" if out else f"{test}.astype({ctx.dtype})"
 
 
 def _emit_dim(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
