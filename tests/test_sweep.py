@@ -319,3 +319,39 @@ def test_the_error_objective_ranks_trials_by_one_minus_their_validation_accuracy
     assert all(t.value == 1 - t.user_attrs["val_acc"] for t in trials)
     best = min(trials, key=lambda t: t.value)
     assert f"best: trial {best.number}, validation error {best.value:.4f}" in result.stdout
+
+
+def test_a_model_without_a_data_loss_is_ranked_by_its_loss_and_said_so(folder: Path) -> None:
+    """No data_loss output and no loss op the trainer knows: data-loss, the default, cannot rank."""
+    write_nn(folder, "tiny.nn", """
+        input X: float[N, 64]
+        input y: int[N]
+        param W: [64, 4] = normal(std=0.01)
+        h = tanh(X @ W)
+        output h
+        loss = sum(h ** 2)
+        minimize loss
+    """)
+    result = cli(*sweep_args("--trials", "2", space="lr=loguniform(1e-3,1e-1)"), cwd=folder)
+    assert result.returncode == 0, result
+    assert "tiny.nn has no data_loss output and no loss op the trainer knows: trials are ranked by its loss" \
+        in result.stderr
+    loaded = study(folder / "s")
+    assert loaded.user_attrs["nncompile:objective"] == "loss"
+    for trial in loaded.get_trials():
+        assert trial.state == State.COMPLETE
+        records = [json.loads(line) for line in (Path(trial.user_attrs["run_dir"]) / "metrics.jsonl").open()]
+        assert trial.intermediate_values == {r["epoch"]: r["val_loss"] for r in records}
+
+
+def test_a_study_goes_on_with_its_own_objective_unless_another_is_asked_for(folder: Path) -> None:
+    """A study ranked by loss (as one made before data-loss was the default is) continues with it."""
+    assert cli(*sweep_args("--trials", "1", "--no-prune", "--objective", "loss"), cwd=folder).returncode == 0
+    again = cli(*sweep_args("--trials", "2", "--no-prune"), cwd=folder)
+    assert again.returncode == 0, again
+    trials = study(folder / "s").get_trials()
+    assert [t.state for t in trials] == [State.COMPLETE] * 2
+    records = [json.loads(line) for line in (Path(trials[1].user_attrs["run_dir"]) / "metrics.jsonl").open()]
+    assert trials[1].intermediate_values == {r["epoch"]: r["val_loss"] for r in records}
+    other = cli(*sweep_args("--trials", "3", "--objective", "data-loss"), cwd=folder)
+    assert other.returncode == 1 and "nncompile: error: study tiny was started with another objective" in other.stderr
