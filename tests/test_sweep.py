@@ -20,6 +20,7 @@ optuna = pytest.importorskip("optuna")
 pytest.importorskip("sklearn")   # the digits data set
 
 from nncompile.cli import main
+from nncompile.errors import NNError
 from nncompile.runs import load_run, read_data
 from nncompile.sweep.study import BEAT, STALE
 from nncompile.sweep.worker import SURPLUS
@@ -223,6 +224,24 @@ def test_a_ctrl_c_that_python_would_lose_still_stops_the_worker_before_its_next_
     monkeypatch.chdir(folder)
     assert main(sweep_args("--trials", "3", "--no-prune")) == 130
     assert [t.state for t in study(folder / "s").get_trials()] == [State.COMPLETE]
+
+
+@pytest.mark.parametrize("error", [NNError("the data cannot be read"), RuntimeError("a bug")])
+def test_a_trial_that_fails_after_a_ctrl_c_is_requeued_as_an_interrupted_one(
+        folder: Path, monkeypatch, ctrl_c_raises, error) -> None:
+    """Ctrl-C during a long compile or data load: the trial may then end in an error, not at a step."""
+    import nncompile.train.command as command
+
+    def interrupted_then_failing(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)   # taken as a request: no KeyboardInterrupt here
+        raise error
+
+    monkeypatch.setattr(command, "run", interrupted_then_failing)
+    monkeypatch.chdir(folder)
+    assert main(sweep_args("--trials", "3", "--no-prune")) == 130
+    trials = study(folder / "s").get_trials()
+    assert [t.state for t in trials] == [State.FAIL, State.WAITING]
+    assert trials[1].params == trials[0].params
 
 
 def test_median_pruning_stops_the_trials_of_a_hopeless_learning_rate(folder: Path) -> None:
