@@ -15,6 +15,12 @@ once. One held by another host's worker (or by a process that still exists: susp
 is broken once the same holding has lasted :data:`GRACE` seconds of this worker's clock, as
 Optuna does: an append takes milliseconds. Optuna's own lock objects have the same two
 methods, ``acquire`` and ``release``, which are all the backend calls.
+
+Breaking is a rename that no file system makes conditional, so breakers take turns under a
+second lock (journal.log.lock.breaking, a folder) and rename only a link that still names the
+holder they judged gone. A dead holder cannot change its link meanwhile; only a live one past
+its grace period, releasing in the very instant it is broken, leaves a window (then its
+successor's link is put back).
 """
 from __future__ import annotations
 
