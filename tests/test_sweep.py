@@ -20,6 +20,7 @@ optuna = pytest.importorskip("optuna")
 pytest.importorskip("sklearn")   # the digits data set
 
 from nncompile.cli import main
+from nncompile.errors import NNError
 from nncompile.runs import load_run, read_data
 from nncompile.sweep.study import BEAT, STALE
 from nncompile.sweep.worker import SURPLUS
@@ -225,6 +226,24 @@ def test_a_ctrl_c_that_python_would_lose_still_stops_the_worker_before_its_next_
     assert [t.state for t in study(folder / "s").get_trials()] == [State.COMPLETE]
 
 
+@pytest.mark.parametrize("error", [NNError("the data cannot be read"), RuntimeError("a bug")])
+def test_a_trial_that_fails_after_a_ctrl_c_is_requeued_as_an_interrupted_one(
+        folder: Path, monkeypatch, ctrl_c_raises, error) -> None:
+    """Ctrl-C during a long compile or data load: the trial may then end in an error, not at a step."""
+    import nncompile.train.command as command
+
+    def interrupted_then_failing(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)   # taken as a request: no KeyboardInterrupt here
+        raise error
+
+    monkeypatch.setattr(command, "run", interrupted_then_failing)
+    monkeypatch.chdir(folder)
+    assert main(sweep_args("--trials", "3", "--no-prune")) == 130
+    trials = study(folder / "s").get_trials()
+    assert [t.state for t in trials] == [State.FAIL, State.WAITING]
+    assert trials[1].params == trials[0].params
+
+
 def test_median_pruning_stops_the_trials_of_a_hopeless_learning_rate(folder: Path) -> None:
     result = cli(*sweep_args("--trials", "8", "--startup-trials", "2", space="lr=choice(1e-7,0.05)", epochs=4),
                  cwd=folder)
@@ -319,3 +338,39 @@ def test_the_error_objective_ranks_trials_by_one_minus_their_validation_accuracy
     assert all(t.value == 1 - t.user_attrs["val_acc"] for t in trials)
     best = min(trials, key=lambda t: t.value)
     assert f"best: trial {best.number}, validation error {best.value:.4f}" in result.stdout
+
+
+def test_a_model_without_a_data_loss_is_ranked_by_its_loss_and_said_so(folder: Path) -> None:
+    """No data_loss output and no loss op the trainer knows: data-loss, the default, cannot rank."""
+    write_nn(folder, "tiny.nn", """
+        input X: float[N, 64]
+        input y: int[N]
+        param W: [64, 4] = normal(std=0.01)
+        h = tanh(X @ W)
+        output h
+        loss = sum(h ** 2)
+        minimize loss
+    """)
+    result = cli(*sweep_args("--trials", "2", space="lr=loguniform(1e-3,1e-1)"), cwd=folder)
+    assert result.returncode == 0, result
+    assert "tiny.nn has no data_loss output and no loss op the trainer knows: trials are ranked by its loss" \
+        in result.stderr
+    loaded = study(folder / "s")
+    assert loaded.user_attrs["nncompile:objective"] == "loss"
+    for trial in loaded.get_trials():
+        assert trial.state == State.COMPLETE
+        records = [json.loads(line) for line in (Path(trial.user_attrs["run_dir"]) / "metrics.jsonl").open()]
+        assert trial.intermediate_values == {r["epoch"]: r["val_loss"] for r in records}
+
+
+def test_a_study_goes_on_with_its_own_objective_unless_another_is_asked_for(folder: Path) -> None:
+    """A study ranked by loss (as one made before data-loss was the default is) continues with it."""
+    assert cli(*sweep_args("--trials", "1", "--no-prune", "--objective", "loss"), cwd=folder).returncode == 0
+    again = cli(*sweep_args("--trials", "2", "--no-prune"), cwd=folder)
+    assert again.returncode == 0, again
+    trials = study(folder / "s").get_trials()
+    assert [t.state for t in trials] == [State.COMPLETE] * 2
+    records = [json.loads(line) for line in (Path(trials[1].user_attrs["run_dir"]) / "metrics.jsonl").open()]
+    assert trials[1].intermediate_values == {r["epoch"]: r["val_loss"] for r in records}
+    other = cli(*sweep_args("--trials", "3", "--objective", "data-loss"), cwd=folder)
+    assert other.returncode == 1 and "nncompile: error: study tiny was started with another objective" in other.stderr

@@ -126,3 +126,65 @@ def test_a_lock_of_optunas_own_kind_left_behind_is_broken_after_the_grace_period
     lock.acquire()
     assert said == [f"note: {journal}.lock was held by a process that does not say which, for 0.2s: taken over"]
     lock.release()
+
+
+def a_dead_holders_lock(journal: str) -> tuple[str, JournalLock]:
+    """journal.log.lock naming a process of this host that has ended, and a lock object."""
+    dead = FORK.Process(target=os._exit, args=(0,))
+    dead.start()
+    dead.join(60)
+    lock = JournalLock(journal)
+    name = " ".join(["nncompile", *lock.host, str(dead.pid), "deadbeef"])
+    os.symlink(name, lock.path)
+    return name, lock
+
+
+def test_a_waiter_late_to_break_a_dead_holders_lock_leaves_the_new_holders_alone(tmp_path: Path, monkeypatch) -> None:
+    """A reads the dead holder's name, B breaks that lock and takes it, then A breaks what it read:
+    A must not set B's holding aside, where a third waiter C takes the lock before A gives it back."""
+    journal = str(tmp_path / "journal.log")
+    dead, a = a_dead_holders_lock(journal)
+    b, c = JournalLock(journal), JournalLock(journal)
+    assert a.ended(dead)
+    b.acquire()
+    symlink = os.symlink
+
+    def c_first(target: str, path: str) -> None:
+        if target == b.held:
+            c.acquire()   # C links the free path in the instant B's holding is set aside
+        symlink(target, path)
+
+    monkeypatch.setattr(os, "symlink", c_first)
+    assert not a.take_over(dead, "which has ended")
+    monkeypatch.undo()
+    assert c.held is None and os.readlink(a.path) == b.held
+    taken = threading.Thread(target=c.acquire, daemon=True)
+    taken.start()
+    taken.join(0.3)
+    assert taken.is_alive(), "C took a lock B holds"
+    b.release()
+    taken.join(60)
+    assert os.readlink(a.path) == c.held
+    c.release()
+    assert os.listdir(tmp_path) == []
+
+
+def test_waiters_break_a_dead_holders_lock_one_at_a_time(tmp_path: Path) -> None:
+    journal = str(tmp_path / "journal.log")
+    dead, a = a_dead_holders_lock(journal)
+    b = JournalLock(journal)
+    assert a._begin_breaking()   # A is breaking it
+    assert not b.take_over(dead, "which has ended")
+    assert os.readlink(a.path) == dead
+    os.rmdir(a.breaking)
+    assert b.take_over(dead, "which has ended") and not os.path.lexists(a.path)
+
+
+def test_the_mutex_of_a_waiter_killed_while_breaking_is_removed_after_its_grace_period(tmp_path: Path) -> None:
+    journal = str(tmp_path / "journal.log")
+    dead, a = a_dead_holders_lock(journal)
+    os.mkdir(a.breaking)   # as a breaker killed between taking the mutex and giving it back leaves it
+    b = JournalLock(journal, grace=0.2)
+    b.acquire()
+    assert os.readlink(a.path) == b.held and not os.path.lexists(a.breaking)
+    b.release()

@@ -47,9 +47,9 @@ def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--study", metavar="NAME", help="the study's name in the storage (default: the model's name)")
     g.add_argument("--out", metavar="SWEEP_DIR", help="the trials' run directories, trials.csv and trials.png "
                                                       "(default: sweeps/MODEL)")
-    g.add_argument("--objective", choices=tuple(OBJECTIVES), default="data-loss",
+    g.add_argument("--objective", choices=tuple(OBJECTIVES),
                    help="rank trials by " + "; or ".join(f"{name}: {what}" for name, (what, _) in OBJECTIVES.items())
-                        + " (default: data-loss)")
+                        + " (default: the study's, or for a new one data-loss where the model has one, else loss)")
     g.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="(default: tpe)")
     g.add_argument("--startup-trials", type=int, default=5, metavar="K",
                    help="trials drawn at random before TPE models the space and before pruning starts (default: 5)")
@@ -118,15 +118,17 @@ def run_sweep(args: argparse.Namespace) -> int:
     pruner = optuna.pruners.NopPruner() if args.no_prune else \
         optuna.pruners.MedianPruner(n_startup_trials=args.startup_trials)
     storage = open_storage(args.storage, out, say=lambda line: print(line, file=sys.stderr, flush=True))
-    marks = {"nncompile:space": str(space), "nncompile:objective": args.objective,
-             "nncompile:model": hashlib.sha256(model.path.read_bytes()).hexdigest(),
+    marks = {"nncompile:space": str(space), "nncompile:model": hashlib.sha256(model.path.read_bytes()).hexdigest(),
              "nncompile:settings": json.dumps(fixed, sort_keys=True)}
+    if args.objective is not None:   # asked for: the study must have been started with it
+        marks["nncompile:objective"] = args.objective
     study = join_study(storage, args.study or stem, sampler(0), pruner, marks)
+    objective = _objective(study, model, fixed)
     where = describe_storage(args.storage, out)
     print(f"sweep {study.study_name}: {trials} trials of {args.model}, {args.sampler} sampler, study in {where}; "
           f"run directories in {out}", flush=True)
     try:
-        status = work(Sweep(model, space, fixed, trials, out, sampler, args.stale_after, args.objective,
+        status = work(Sweep(model, space, fixed, trials, out, sampler, args.stale_after, objective,
                             say=lambda line: print(line, flush=True)), study)
     except KeyboardInterrupt:   # the table only: the plot takes a while, and a user who pressed Ctrl-C is waiting
         write_outputs(study, space, out, draw=False)
@@ -135,6 +137,24 @@ def run_sweep(args: argparse.Namespace) -> int:
     print(summary(study, where))
     print(f"wrote {out}/trials.csv and trials.png")
     return status
+
+
+def _objective(study: Any, model: Any, fixed: dict[str, Any]) -> str:
+    """The objective the study ranks by (as its first worker recorded it); for a new study without
+    --objective, the data loss where the model has one, else its loss (said on stderr)."""
+    from ..train.trainer import Trainer
+    from .settings import trial_settings
+
+    recorded = study.user_attrs.get("nncompile:objective")
+    if recorded is not None:
+        return str(recorded)
+    objective = "data-loss"
+    if not Trainer(model.path, trial_settings(fixed, {})[1]).reports_data_loss():
+        objective = "loss"
+        print(f"note: {model.path} has no data_loss output and no loss op the trainer knows: trials are ranked "
+              "by its loss (--objective)", file=sys.stderr, flush=True)
+    study.set_user_attr("nncompile:objective", objective)
+    return objective
 
 
 def _fixed_settings(args: argparse.Namespace) -> dict[str, Any]:

@@ -15,6 +15,12 @@ once. One held by another host's worker (or by a process that still exists: susp
 is broken once the same holding has lasted :data:`GRACE` seconds of this worker's clock, as
 Optuna does: an append takes milliseconds. Optuna's own lock objects have the same two
 methods, ``acquire`` and ``release``, which are all the backend calls.
+
+Breaking is a rename that no file system makes conditional, so breakers take turns under a
+second lock (journal.log.lock.breaking, a folder) and rename only a link that still names the
+holder they judged gone. A dead holder cannot change its link meanwhile; only a live one past
+its grace period, releasing in the very instant it is broken, leaves a window (then its
+successor's link is put back).
 """
 from __future__ import annotations
 
@@ -23,11 +29,23 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 
 GRACE = 30.0          # seconds one holding may last before a waiter breaks it (Optuna's grace period)
 MAX_WAIT = 0.05       # the longest sleep between two looks at a held lock
+BREAK_GRACE = 5.0     # seconds the breakers' mutex may stay the same before it is thought left behind
 MARK = "nncompile"    # the first word of a holder's name: a lock of another kind has an unknown holder
+
+
+def _name_in(path: str) -> str:
+    """The holder named by the lock at ``path``: a link's target, or a plain file's text."""
+    try:
+        return os.readlink(path)
+    except FileNotFoundError:
+        raise
+    except OSError:
+        return _read(path)   # a plain file (Optuna's JournalFileOpenLock): no holder named
 
 
 def _read(path: str) -> str:
@@ -54,7 +72,10 @@ class JournalLock:
 
     def __init__(self, journal: str | Path, *, grace: float = GRACE, say: Callable[[str], None] | None = None):
         self.path = f"{journal}.lock"
+        self.breaking = f"{self.path}.breaking"
         self.grace, self.say = grace, say
+        self.break_grace = min(grace, BREAK_GRACE)
+        self._breaking_seen: tuple[tuple[int, int], float] | None = None   # (identity, first seen)
         self.host = this_host()
         self.held: str | None = None   # this holding's name, while this process holds the lock
 
@@ -72,19 +93,15 @@ class JournalLock:
                 return True
             except FileExistsError:
                 pass
-            try:
-                holder = os.readlink(self.path)
-            except FileNotFoundError:
+            holder = self.holder()
+            if holder is None:
                 continue   # released meanwhile
-            except OSError:
-                holder = _read(self.path)   # a plain file (Optuna's JournalFileOpenLock): no holder named
             now = time.monotonic()
             if holder != seen:
                 seen, since = holder, now
             why = "which has ended" if self.ended(holder) else \
                 f"for {self.grace:g}s" if now - since >= self.grace else None
-            if why is not None:
-                self.take_over(holder, why)
+            if why is not None and self.take_over(holder, why):
                 wait = 0.001
                 continue
             time.sleep(wait)
@@ -112,26 +129,63 @@ class JournalLock:
             pass   # it exists (another user's)
         return False
 
-    def take_over(self, holder: str, why: str) -> None:
-        """Break the lock of ``holder``: set it aside and delete it, if it is still that one."""
-        aside = f"{self.path}.{uuid.uuid4().hex}.broken"
+    def take_over(self, holder: str, why: str) -> bool:
+        """Break the lock of ``holder`` if it still holds it; whether it was broken.
+
+        Breakers take turns (:meth:`_begin_breaking`): without that, a waiter that read a dead
+        holder's name could rename away the lock another waiter had just broken and taken."""
+        if not self._begin_breaking():
+            return False
         try:
-            os.rename(self.path, aside)
-        except FileNotFoundError:
-            return   # released, or broken by another waiter
-        try:
-            taken = os.readlink(aside)
-        except OSError:
-            taken = _read(aside)
-        if taken != holder:   # another waiter broke it first and holds it now: give it back
+            if self.holder() != holder:
+                return False   # released, or broken by another waiter and taken since
+            aside = f"{self.path}.{uuid.uuid4().hex}.broken"
             try:
-                os.symlink(taken, self.path)
-            except OSError:
-                pass
-        os.unlink(aside)
+                os.rename(self.path, aside)
+            except FileNotFoundError:
+                return False   # its (live) holder released it just now
+            taken = _name_in(aside)
+            if taken != holder:   # a live holder released it and a new one took it in that instant
+                try:
+                    os.symlink(taken, self.path)
+                except OSError:
+                    pass
+            os.unlink(aside)
+        finally:
+            with suppress(OSError):
+                os.rmdir(self.breaking)
         if taken == holder and self.say is not None:
             self.say(f"note: {self.path} was held by {describe(holder)}, {why}: taken over")
+        return taken == holder
 
+    def holder(self) -> str | None:
+        """The name the lock gives its holder; None when it is free."""
+        try:
+            return _name_in(self.path)
+        except FileNotFoundError:
+            return None
+
+    def _begin_breaking(self) -> bool:
+        """Take the breakers' mutex (a folder, made atomically), or say it is taken. One left by
+        a breaker killed while breaking (which takes microseconds) is removed once it has stayed
+        the same for :data:`BREAK_GRACE` seconds."""
+        try:
+            os.mkdir(self.breaking)
+            return True
+        except FileExistsError:
+            pass
+        try:
+            stat = os.stat(self.breaking)
+        except FileNotFoundError:
+            return False
+        seen, now = (stat.st_ino, stat.st_mtime_ns), time.monotonic()
+        if self._breaking_seen is None or self._breaking_seen[0] != seen:
+            self._breaking_seen = (seen, now)
+        elif now - self._breaking_seen[1] >= self.break_grace:
+            with suppress(OSError):
+                os.rmdir(self.breaking)
+            self._breaking_seen = None
+        return False
 
 def describe(holder: str) -> str:
     words = holder.split(" ")

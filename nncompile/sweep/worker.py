@@ -161,16 +161,15 @@ def run_trial(sweep: Sweep, study: Any, trial: Any, stop: Stop | None = None) ->
         _tell(study, trial, state=state.PRUNED)
         sweep.say(f"{shown}: {pruned}")
         return
-    except NNError as exc:
-        _failed(study, trial, exc.message, sweep.say, shown)
-        return
     except KeyboardInterrupt:
-        _tell(study, trial, state=state.FAIL)
-        retry(study, study._storage.get_trial(trial._trial_id))
-        sweep.say(f"{shown}: interrupted; its values are queued again: run the same command to continue the sweep")
+        _interrupted(sweep, study, trial, shown)
         raise
-    except Exception as exc:   # a bug, not the user's: the trial fails, the sweep goes on
-        _failed(study, trial, f"{type(exc).__name__}: {exc}", sweep.say, shown)
+    except Exception as exc:   # NNError: the user's; another: a bug; either way the trial fails, the sweep goes on
+        if stop is not None and stop.requested:   # ... unless the user stopped it meanwhile: then as a Ctrl-C
+            _interrupted(sweep, study, trial, shown)
+            raise KeyboardInterrupt from exc
+        _failed(study, trial, exc.message if isinstance(exc, NNError) else f"{type(exc).__name__}: {exc}",
+                sweep.say, shown)
         return
     finally:
         if run_dir.is_dir():
@@ -201,6 +200,13 @@ def objective(kind: str, data_loss: float | None, loss: float | None, acc: float
         return loss
     return None if acc is None else 1.0 - acc
 
+
+
+def _interrupted(sweep: Sweep, study: Any, trial: Any, shown: str) -> None:
+    """A trial stopped by Ctrl-C or SIGTERM: FAIL, and its values queued again."""
+    _tell(study, trial, state=optuna_module().trial.TrialState.FAIL)
+    retry(study, study._storage.get_trial(trial._trial_id))
+    sweep.say(f"{shown}: interrupted; its values are queued again: run the same command to continue the sweep")
 
 
 def _failed(study: Any, trial: Any, why: str, say: Callable[[str], None], shown: str) -> None:

@@ -289,14 +289,27 @@ class Trainer:
         """The loss without regularisation: the model's ``data_loss`` output where it has one, else
         its loss op computed here from the op's output and targets (softmax cross-entropy of the
         scores where no loss op is recognised); None where neither is at hand."""
-        declared = {**self.module.OUTPUTS, **getattr(self.module, "TRAIN_OUTPUTS", {})}   # either mode's outputs
-        if "data_loss" in outputs and "data_loss" != self.loss and declared.get("data_loss", [None])[0] == ():
+        if "data_loss" in outputs and self._data_loss_output():
             return float(outputs["data_loss"]), "the model's data_loss output"
-        objective = self.objective
-        predictions, targets = (objective.predictions, objective.targets) if objective.op else (self.scores, self.labels)
+        predictions, targets = self._scored()
         if predictions not in outputs or targets not in arrays:
             return None
-        return objective.data_loss(to_host(outputs[predictions]), to_host(arrays[targets])), objective.describe()
+        return self.objective.data_loss(to_host(outputs[predictions]), to_host(arrays[targets])), \
+            self.objective.describe()
+
+    def reports_data_loss(self) -> bool:
+        """Whether validation reports a data loss (``_data_loss``): what a sweep checks before its first trial."""
+        predictions, targets = self._scored()
+        return self._data_loss_output() or (predictions in self.module.OUTPUTS and targets in self.module.INPUTS)
+
+    def _data_loss_output(self) -> bool:
+        declared = {**self.module.OUTPUTS, **getattr(self.module, "TRAIN_OUTPUTS", {})}   # either mode's outputs
+        return "data_loss" != self.loss and declared.get("data_loss", [None])[0] == ()
+
+    def _scored(self) -> tuple[str | None, str | None]:
+        """The output and input the data loss is computed from: its loss op's, or the class scores'."""
+        objective = self.objective
+        return (objective.predictions, objective.targets) if objective.op else (self.scores, self.labels)
 
     # ---- state -------------------------------------------------------------------------
 
