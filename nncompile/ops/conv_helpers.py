@@ -216,11 +216,37 @@ FIRST_OFFSET = '''def _first_offset(windows, out=None):
     return out'''
 
 MAX_POOL2D = '''def _max_pool2d(x, kernel, stride, padding=(0, 0), out=None):
-    """The max of each window: a running maximum over the kernel's offsets (padding is -inf)."""
+    """The max of each window: a running maximum over the kernel's offsets (padding is -inf).
+    Windows that tile a C-order image take the max across each row's KW neighbours first, as
+    long 1-d runs, then across the KH rows: a strided view's rows of OW are several times slower."""
+    if _tiles(x, kernel, stride, padding) and x.flags.c_contiguous and (out is None or out.flags.c_contiguous):
+        return _tiled_max_pool2d(x, kernel, out)
     windows = _windows(x, kernel, stride, padding, (1, 1), fill=-np.inf)
     out = _first_offset(windows, out)
     for k in range(1, kernel[0] * kernel[1]):
         np.maximum(out, windows[:, :, k // kernel[1], k % kernel[1]], out=out)
+    return out'''
+
+TILED_MAX_POOL2D = '''def _tiles(x, kernel, stride, padding):
+    """Whether the windows tile the image exactly: stride the kernel, no padding, no remainder."""
+    return tuple(stride) == tuple(kernel) and tuple(padding) == (0, 0) and x.shape[2] % kernel[0] == 0 and x.shape[3] % kernel[1] == 0
+
+
+def _tiled_max_pool2d(x, kernel, out=None):
+    """_max_pool2d of windows that tile the C-order image x: the max over each row's KW
+    neighbours (x's columns as [-1, KW]), then over each window's KH rows."""
+    (kh, kw), (n, c, h, w) = kernel, x.shape
+    neighbours = x.reshape(-1, kw)
+    across = neighbours[:, 0].copy()
+    for j in range(1, kw):
+        np.maximum(across, neighbours[:, j], out=across)
+    rows = across.reshape(n * c * (h // kh), kh, w // kw)
+    if out is None:
+        out = np.empty((n, c, h // kh, w // kw), dtype=x.dtype)
+    best = out.reshape(rows.shape[0], rows.shape[2])
+    best[...] = rows[:, 0]
+    for i in range(1, kh):
+        np.maximum(best, rows[:, i], out=best)
     return out'''
 
 MAX_MASKS = '''def _max_masks(x, kernel, stride, padding):
