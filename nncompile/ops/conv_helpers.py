@@ -87,13 +87,14 @@ WIDE_COL2IM = '''def _wide_col2im(cols, size, padding, dilation, out=None):
 CONV2D = '''def _conv2d(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, out=None):
     """The cross-correlation of x [N, C, H, W] with filters w [F, C/groups, KH, KW] (plus the
     bias b [F]): im2col's columns [N, groups, C/groups*KH*KW, OH*OW] times each group's
-    filters as a matrix, one batched GEMM. At stride 1 the columns are _wide_columns' and
-    the junk at the end of each row is dropped in the copy into the NCHW result (the bias
-    added in the same pass); otherwise they are a strided view's and the GEMM writes the
-    result directly."""
+    filters as a matrix, one batched GEMM. At stride 1, where a column is longer than a
+    group's output channels, the columns are _wide_columns' and the junk at the end of each
+    row is dropped in the copy into the NCHW result (the bias added in the same pass);
+    otherwise they are a strided view's and the GEMM writes the result directly: with few
+    input channels (a first layer's 1 or 3) copying the result costs more than the columns."""
     f, cg, kh, kw = w.shape
     filters = w.reshape(groups, f // groups, cg * kh * kw)
-    if stride == (1, 1):
+    if stride == (1, 1) and cg * kh * kw > f // groups:
         cols = _wide_columns(x, (kh, kw), padding, dilation)
         n, _, m = cols.shape
         wp = x.shape[3] + 2 * padding[1]
