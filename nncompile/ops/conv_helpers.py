@@ -176,8 +176,9 @@ CONV2D_WEIGHT_GRAD = '''def _conv2d_weight_grad(x, g, kernel, stride=(1, 1), pad
     batch and the output pixels: one GEMM per group over N*OH*OW (the columns laid out so).
     For an image of at most 2*KH*KW pixels (and one group) it is the gradient of the conv as
     one matrix (g's rows times x's pixels, channels last), each tap's entries then summed
-    by a 0/1 matrix; at stride 1 the columns are _wide_columns' (channels first) and g is
-    widened to match, zeros against their junk. Both multiply entries by zeros, so an inf
+    by a 0/1 matrix; at stride 1, where a column is longer than a group's filters (as in
+    _conv2d), the columns are _wide_columns' (channels first) and g is widened to match,
+    zeros against their junk. Both multiply entries by zeros, so an inf
     pixel in x (whose conv, and so the loss, is not finite either) makes NaN the gradient of
     taps that never read it too."""
     n, f, oh, ow = g.shape
@@ -191,7 +192,7 @@ CONV2D_WEIGHT_GRAD = '''def _conv2d_weight_grad(x, g, kernel, stride=(1, 1), pad
             out = np.empty((f, c, kh, kw), dtype=x.dtype)
         out.reshape(f, c, kh * kw)[...] = per_tap.transpose(0, 2, 1)
         return out
-    if stride == (1, 1):
+    if stride == (1, 1) and c // groups * kh * kw > f // groups:   # as in _conv2d
         cols = _wide_columns(x, kernel, padding, dilation, channels_first=True)
         wp = x.shape[3] + 2 * padding[1]
         grads = np.zeros((f, n, oh, wp), dtype=g.dtype)
