@@ -142,7 +142,8 @@ CONV2D_INPUT_GRAD = '''def _conv2d_input_grad(g, w, size, stride=(1, 1), padding
     transposed, times g widened to W' (zeros in its junk) are _wide_columns' gradient, which
     _wide_col2im adds back as long runs; with as many or more, it is the full correlation of
     g [N, F, OH, OW] with the filters flipped and transposed (im2col and one batched GEMM
-    again): whichever columns are the smaller. Otherwise the columns' gradient, exact, is
+    again): whichever columns are the smaller. Otherwise (and where a column is shorter than
+    a group's filters, as in _conv2d: a first layer's) the columns' gradient, exact, is
     added back by col2im."""
     n, f, oh, ow = g.shape
     _, cg, kh, kw = w.shape
@@ -156,7 +157,7 @@ CONV2D_INPUT_GRAD = '''def _conv2d_input_grad(g, w, size, stride=(1, 1), padding
             return np.ascontiguousarray(image)
         out[...] = image
         return out
-    if stride == (1, 1) and cg * groups < f:
+    if stride == (1, 1) and cg * groups < f and cg * kh * kw > f // groups:
         wp = size[1] + 2 * padding[1]
         grads = np.zeros((n, f, oh, wp), dtype=g.dtype)
         grads[:, :, :, :ow] = g
@@ -164,7 +165,7 @@ CONV2D_INPUT_GRAD = '''def _conv2d_input_grad(g, w, size, stride=(1, 1), padding
         cols = np.matmul(filters, grads.reshape(n, groups, f // groups, oh * wp))
         return _wide_col2im(cols.reshape(n, groups * cg, kh, kw, oh * wp), size, padding, dilation, out)
     full = (dilation[0] * (kh - 1) - padding[0], dilation[1] * (kw - 1) - padding[1])
-    if stride == (1, 1) and min(full) >= 0:
+    if stride == (1, 1) and cg * groups >= f and min(full) >= 0:
         flipped = w.reshape(groups, f // groups, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
         return _conv2d(g, flipped.reshape(groups * cg, f // groups, kh, kw), None, (1, 1), full, dilation, groups, out)
     filters = w.reshape(groups, f // groups, cg * kh * kw).transpose(0, 2, 1)
