@@ -29,6 +29,7 @@ from .conv_helpers import (
     CONV2D_INPUT_GRAD,
     CONV2D_WEIGHT_GRAD,
     FIRST_OFFSET,
+    TILED_MAX_POOL2D,
     MAX_POOL2D,
     MAX_MASKS,
     MAX_POOL2D_GRAD,
@@ -359,7 +360,7 @@ def _pool_label(name: str):
 
 op("max_pool2d", 1, _pool_rule("max_pool2d"), _pool_call("_max_pool2d"), attrs=_POOL, takes_out=True,
    vjp=lambda g, out, x: g.node("max_pool2d_grad", x, **_pool_geometry_of(out)),
-   helpers=(WINDOWS, FIRST_OFFSET, MAX_POOL2D), samples=_POOL_SAMPLES, domain="separated",
+   helpers=(WINDOWS, FIRST_OFFSET, TILED_MAX_POOL2D, MAX_POOL2D), samples=_POOL_SAMPLES, domain="separated",
    doc="the max of each KH x KW window of x [N, C, H, W] (kernel is a number or [KH, KW]; stride defaults to the "
        "kernel; padding counts as -inf); the gradient goes to each window's max (the first of a tie)",
    example="p = max_pool2d(images, 2)",

@@ -87,13 +87,14 @@ WIDE_COL2IM = '''def _wide_col2im(cols, size, padding, dilation, out=None):
 CONV2D = '''def _conv2d(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, out=None):
     """The cross-correlation of x [N, C, H, W] with filters w [F, C/groups, KH, KW] (plus the
     bias b [F]): im2col's columns [N, groups, C/groups*KH*KW, OH*OW] times each group's
-    filters as a matrix, one batched GEMM. At stride 1 the columns are _wide_columns' and
-    the junk at the end of each row is dropped in the copy into the NCHW result (the bias
-    added in the same pass); otherwise they are a strided view's and the GEMM writes the
-    result directly."""
+    filters as a matrix, one batched GEMM. At stride 1, where a column is longer than a
+    group's output channels, the columns are _wide_columns' and the junk at the end of each
+    row is dropped in the copy into the NCHW result (the bias added in the same pass);
+    otherwise they are a strided view's and the GEMM writes the result directly: with few
+    input channels (a first layer's 1 or 3) copying the result costs more than the columns."""
     f, cg, kh, kw = w.shape
     filters = w.reshape(groups, f // groups, cg * kh * kw)
-    if stride == (1, 1):
+    if stride == (1, 1) and cg * kh * kw > f // groups:
         cols = _wide_columns(x, (kh, kw), padding, dilation)
         n, _, m = cols.shape
         wp = x.shape[3] + 2 * padding[1]
@@ -141,7 +142,8 @@ CONV2D_INPUT_GRAD = '''def _conv2d_input_grad(g, w, size, stride=(1, 1), padding
     transposed, times g widened to W' (zeros in its junk) are _wide_columns' gradient, which
     _wide_col2im adds back as long runs; with as many or more, it is the full correlation of
     g [N, F, OH, OW] with the filters flipped and transposed (im2col and one batched GEMM
-    again): whichever columns are the smaller. Otherwise the columns' gradient, exact, is
+    again): whichever columns are the smaller. Otherwise (and where a column is shorter than
+    a group's filters, as in _conv2d: a first layer's) the columns' gradient, exact, is
     added back by col2im."""
     n, f, oh, ow = g.shape
     _, cg, kh, kw = w.shape
@@ -155,7 +157,7 @@ CONV2D_INPUT_GRAD = '''def _conv2d_input_grad(g, w, size, stride=(1, 1), padding
             return np.ascontiguousarray(image)
         out[...] = image
         return out
-    if stride == (1, 1) and cg * groups < f:
+    if stride == (1, 1) and cg * groups < f and cg * kh * kw > f // groups:
         wp = size[1] + 2 * padding[1]
         grads = np.zeros((n, f, oh, wp), dtype=g.dtype)
         grads[:, :, :, :ow] = g
@@ -163,7 +165,7 @@ CONV2D_INPUT_GRAD = '''def _conv2d_input_grad(g, w, size, stride=(1, 1), padding
         cols = np.matmul(filters, grads.reshape(n, groups, f // groups, oh * wp))
         return _wide_col2im(cols.reshape(n, groups * cg, kh, kw, oh * wp), size, padding, dilation, out)
     full = (dilation[0] * (kh - 1) - padding[0], dilation[1] * (kw - 1) - padding[1])
-    if stride == (1, 1) and min(full) >= 0:
+    if stride == (1, 1) and cg * groups >= f and min(full) >= 0:
         flipped = w.reshape(groups, f // groups, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
         return _conv2d(g, flipped.reshape(groups * cg, f // groups, kh, kw), None, (1, 1), full, dilation, groups, out)
     filters = w.reshape(groups, f // groups, cg * kh * kw).transpose(0, 2, 1)
@@ -175,8 +177,9 @@ CONV2D_WEIGHT_GRAD = '''def _conv2d_weight_grad(x, g, kernel, stride=(1, 1), pad
     batch and the output pixels: one GEMM per group over N*OH*OW (the columns laid out so).
     For an image of at most 2*KH*KW pixels (and one group) it is the gradient of the conv as
     one matrix (g's rows times x's pixels, channels last), each tap's entries then summed
-    by a 0/1 matrix; at stride 1 the columns are _wide_columns' (channels first) and g is
-    widened to match, zeros against their junk. Both multiply entries by zeros, so an inf
+    by a 0/1 matrix; at stride 1, where a column is longer than a group's filters (as in
+    _conv2d), the columns are _wide_columns' (channels first) and g is widened to match,
+    zeros against their junk. Both multiply entries by zeros, so an inf
     pixel in x (whose conv, and so the loss, is not finite either) makes NaN the gradient of
     taps that never read it too."""
     n, f, oh, ow = g.shape
@@ -190,7 +193,7 @@ CONV2D_WEIGHT_GRAD = '''def _conv2d_weight_grad(x, g, kernel, stride=(1, 1), pad
             out = np.empty((f, c, kh, kw), dtype=x.dtype)
         out.reshape(f, c, kh * kw)[...] = per_tap.transpose(0, 2, 1)
         return out
-    if stride == (1, 1):
+    if stride == (1, 1) and c // groups * kh * kw > f // groups:   # as in _conv2d
         cols = _wide_columns(x, kernel, padding, dilation, channels_first=True)
         wp = x.shape[3] + 2 * padding[1]
         grads = np.zeros((f, n, oh, wp), dtype=g.dtype)
@@ -216,11 +219,37 @@ FIRST_OFFSET = '''def _first_offset(windows, out=None):
     return out'''
 
 MAX_POOL2D = '''def _max_pool2d(x, kernel, stride, padding=(0, 0), out=None):
-    """The max of each window: a running maximum over the kernel's offsets (padding is -inf)."""
+    """The max of each window: a running maximum over the kernel's offsets (padding is -inf).
+    Windows that tile a C-order image take the max across each row's KW neighbours first, as
+    long 1-d runs, then across the KH rows: a strided view's rows of OW are several times slower."""
+    if _tiles(x, kernel, stride, padding) and x.flags.c_contiguous and (out is None or out.flags.c_contiguous):
+        return _tiled_max_pool2d(x, kernel, out)
     windows = _windows(x, kernel, stride, padding, (1, 1), fill=-np.inf)
     out = _first_offset(windows, out)
     for k in range(1, kernel[0] * kernel[1]):
         np.maximum(out, windows[:, :, k // kernel[1], k % kernel[1]], out=out)
+    return out'''
+
+TILED_MAX_POOL2D = '''def _tiles(x, kernel, stride, padding):
+    """Whether the windows tile the image exactly: stride the kernel, no padding, no remainder."""
+    return tuple(stride) == tuple(kernel) and tuple(padding) == (0, 0) and x.shape[2] % kernel[0] == 0 and x.shape[3] % kernel[1] == 0
+
+
+def _tiled_max_pool2d(x, kernel, out=None):
+    """_max_pool2d of windows that tile the C-order image x: the max over each row's KW
+    neighbours (x's columns as [-1, KW]), then over each window's KH rows."""
+    (kh, kw), (n, c, h, w) = kernel, x.shape
+    neighbours = x.reshape(-1, kw)
+    across = neighbours[:, 0].copy()
+    for j in range(1, kw):
+        np.maximum(across, neighbours[:, j], out=across)
+    rows = across.reshape(n * c * (h // kh), kh, w // kw)
+    if out is None:
+        out = np.empty((n, c, h // kh, w // kw), dtype=x.dtype)
+    best = out.reshape(rows.shape[0], rows.shape[2])
+    best[...] = rows[:, 0]
+    for i in range(1, kh):
+        np.maximum(best, rows[:, i], out=best)
     return out'''
 
 MAX_MASKS = '''def _max_masks(x, kernel, stride, padding):
