@@ -27,11 +27,9 @@ they are missing.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = "1"   # before numpy is imported: one core for everyone
+from one_core import HERE  # isort: skip - first: one BLAS thread, set before numpy loads
 
 import statistics  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -40,11 +38,6 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
-
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(REPO))
 
 import reference as ref  # noqa: E402
 from reference import jax, jnp, torch  # noqa: E402

@@ -17,29 +17,19 @@ they are missing.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = "1"   # before numpy is imported: one core for everyone
+from one_core import mlp_medium  # isort: skip - first: one BLAS thread, set before numpy loads
 
 import statistics  # noqa: E402
 from collections.abc import Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
-
 import reference as ref  # noqa: E402
 from reference import jax, jnp, torch  # noqa: E402
 
-import nncompile  # noqa: E402
-
-MODEL = HERE / "models" / "mlp_medium.nn"
 BATCH = 128
 Arrays = dict[str, np.ndarray]
 
@@ -92,11 +82,7 @@ def main() -> int:
     args = ap.parse_args()
     print(ref.pin_threads(1))
 
-    module = nncompile.load_module(nncompile.compile_file(MODEL, dtype="float32"), "mlp_medium")
-    params = module.init_params(0)
-    for k in params:   # nonzero biases, as the other benchmarks use
-        if k.endswith(".b"):
-            params[k][...] = 0.1 * np.random.default_rng(len(k)).standard_normal(params[k].shape)
+    module, params = mlp_medium()
     X, y = ref.mlp_data(BATCH, module.INPUTS["X"][0][1], module.BOUNDS["y"])
     rng = np.random.default_rng(2)
     v = {k: rng.standard_normal(p.shape).astype(np.float32) for k, p in params.items()}

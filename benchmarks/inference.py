@@ -25,11 +25,9 @@ that set OPENBLAS_CORETYPE, run it as
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = "1"   # before numpy is imported: one core for everyone
+from one_core import HERE, mlp_medium  # isort: skip - first: one BLAS thread, set before numpy loads
 
 import io  # noqa: E402
 import statistics  # noqa: E402
@@ -40,11 +38,6 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
-
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(REPO))
 
 import reference as ref  # noqa: E402
 from reference import jax, jnp, torch  # noqa: E402
@@ -140,11 +133,7 @@ def main() -> int:
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
     print(ref.pin_threads(1))
-    module = nncompile.load_module(nncompile.compile_file(MODEL, dtype="float32"), "mlp_medium")
-    params = module.init_params(0)
-    for k in params:
-        if k.endswith(".b"):
-            params[k][...] = 0.1 * np.random.default_rng(len(k)).standard_normal(params[k].shape)
+    module, params = mlp_medium()
     rows = []
     with tempfile.TemporaryDirectory(prefix="nncompile_inference_") as folder:
         impls = implementations(params, module, Path(folder))

@@ -374,7 +374,7 @@ def _loop(G: Graph, model: Model, group: tuple, instances: list[int], bodies: di
                 row.append(Ref("carry", pos=p))
             elif op[0] in tables:
                 role = op[1]
-                if not _SAFE_NAME.match(role):
+                if not safe_name(role):
                     return None
                 if used[op[0]].setdefault(role, op[2]) != op[2]:
                     return None   # one role, one instance per iteration
@@ -386,7 +386,7 @@ def _loop(G: Graph, model: Model, group: tuple, instances: list[int], bodies: di
             else:
                 row.append(Ref("outer", node=G[body_nodes[1][q]].args[j]))
         refs.append(tuple(row))
-    if not all(_SAFE_NAME.match(part) for part in group[0]):
+    if not all(safe_name(part) for part in group[0]):
         return None
     order = sorted(range(len(instances)), key=lambda i: instances[i])   # per instance, upwards
     per_role = {kind: {role: [tables[kind][_prefix(group[0], actual(model, group[0], instances[i] + shift)) + role]
@@ -494,3 +494,8 @@ def reads_of(G: Graph, loop: Loop) -> set[int]:
     """The values from outside a loop that its iterations read."""
     mine = {n for body in loop.bodies for n in body}
     return {a for body in loop.bodies for n in body for a in G[n].args if a not in mine}
+
+
+def safe_name(name: str) -> bool:
+    """Whether a name (or a part of one) can be written into a generated f-string as it is."""
+    return _SAFE_NAME.match(name) is not None

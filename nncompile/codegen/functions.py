@@ -307,13 +307,10 @@ class FunctionEmitter:
             node = G[n]
             if node.is_leaf:
                 continue
-            where = self.definitions.where(node)
-            if where != last_where and where:
-                lines.append(f"    # {where}")
-                last_where = where
+            comment, last_where = self.source_comment(node, last_where, "    ")
+            lines += comment
             args = [self.ref(a, names.of) for a in node.args]
-            ctx.literals = frozenset(i for i, a in enumerate(node.args)
-                                     if G[a].op == "const" and not isinstance(G[a].attr("value"), tuple))
+            ctx.literals = self.literal_operands(node)
             if n in ctx.written:
                 out = ctx.written[n]
             elif n in plan.inplace:
@@ -328,6 +325,19 @@ class FunctionEmitter:
                 var = self.var_name(n, node, names)
             lines += self.statement(ctx, node, var, args, out)
         return lines
+
+    def source_comment(self, node: Node, last_where: str | None, indent: str) -> tuple[list[str], str | None]:
+        """The comment naming the node's .nn line, unless the statement before had the same."""
+        where = self.definitions.where(node)
+        if where != last_where and where:
+            return [f"{indent}# {where}"], where
+        return [], last_where
+
+    def literal_operands(self, node: Node) -> frozenset[int]:
+        """The positions of the node's number operands (not tuples), which an op may write as literals."""
+        G = self.G
+        return frozenset(i for i, a in enumerate(node.args)
+                         if G[a].op == "const" and not isinstance(G[a].attr("value"), tuple))
 
     def statement(self, ctx: _Context, node: Node, var: str, args: list[str], out: str | None) -> list[str]:
         """One op: a single call, or for elementwise ops a chain of ufuncs run in place."""

@@ -12,7 +12,7 @@ import re
 from typing import TYPE_CHECKING
 
 from ..errors import Sources
-from ..loops import Loop, Ref, Unstretchable, kept_view_bases, reads_of
+from ..loops import Loop, Ref, Unstretchable, kept_view_bases, reads_of, safe_name
 from ..ops import REGISTRY
 from ..schedule import Plan, plan_buffers
 from .names import Names, basename, safe_comment
@@ -134,13 +134,10 @@ class LoopWriter:
         last_where = None
         for q, n in enumerate(t):
             node = G[n]
-            where = em.definitions.where(node)
-            if where != last_where and where:
-                lines.append(f"        # {where}")
-                last_where = where
+            comment, last_where = em.source_comment(node, last_where, "        ")
+            lines += comment
             args = [self.operand(loop, ref, var) for ref in loop.refs[q]]
-            ctx.literals = frozenset(j for j, a in enumerate(node.args)
-                                     if G[a].op == "const" and not isinstance(G[a].attr("value"), tuple))
+            ctx.literals = em.literal_operands(node)
             if n in body_plan.inplace:
                 out = var[t.index(body_plan.inplace[n])]
             elif n in body_plan.slot:
@@ -311,7 +308,7 @@ def _grad_run(items: list, j: int, where: dict, seen: set[int]):
         if rn is None or rn not in where or where[rn][0] is not loop or where[rn][1] != it:
             return None
         roles.append((rname[len(prefix):], where[rn][2]))
-    if not roles or not all(re.match(r"[\w.]+$", role) for role, _ in roles):
+    if not roles or not all(safe_name(role) for role, _ in roles):
         return None
     count, pos = 0, j
     stem = loop.instance_name("")

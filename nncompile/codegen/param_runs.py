@@ -9,15 +9,12 @@ same as the unrolled module's: the keys are written out as data.
 """
 from __future__ import annotations
 
-import re
 import zlib
 from dataclasses import dataclass
 from typing import Callable
 
 from ..ir import Model
-from ..loops import MIN_RUN, instance_of
-
-_SAFE = re.compile(r"[\w.]+$")
+from ..loops import MIN_RUN, instance_of, safe_name
 
 
 @dataclass(frozen=True)
@@ -64,7 +61,7 @@ def param_runs(model: Model, same: Callable[[str, str], bool]) -> list[str | Run
 
 def _run_at(model: Model, G, names: list[str], j: int, same) -> Run | None:
     inst = instance_of(model, G[model.params[names[j]]].scope)
-    if inst is None or not all(_SAFE.match(part) for part in inst[0]):
+    if inst is None or not all(safe_name(part) for part in inst[0]):
         return None
     key, first = inst
     run = Run(key, first, 1, ())
@@ -72,7 +69,7 @@ def _run_at(model: Model, G, names: list[str], j: int, same) -> Run | None:
     roles = []
     while j + len(roles) < len(names) and names[j + len(roles)].startswith(prefix):
         roles.append(names[j + len(roles)][len(prefix):])
-    if not roles or not all(_SAFE.match(role) for role in roles):
+    if not roles or not all(safe_name(role) for role in roles):
         return None
     count, at = 1, j + len(roles)
     stem = run.name("", "")[:-2]   # "h": the instances' names are stem.k.role
