@@ -27,7 +27,7 @@ import re
 import shutil
 import sys
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -36,6 +36,7 @@ import graphviz
 import numpy as np
 
 from . import layout
+from .clusters import Cluster, cluster_path, common_scope, group_scope, instance_number, repeat_groups, slug
 from .errors import NNError, Sources
 from .gradient_clusters import drawn_nodes, gradient_clusters
 from .health import legend_rows, node_style, wire_badge, wire_style
@@ -98,26 +99,6 @@ def forward_nodes(ev) -> list[int]:
     return drawn_nodes(G, roots)   # with the sub-graphs of grad() calls (gradient_clusters.py)
 
 
-_REPEATED = re.compile(r"^(.+)\.(\d+)$")
-
-
-def _group_scope(scope: tuple[str, ...]) -> tuple[str, ...] | None:
-    """The scope of the repeat group an unrolled instance would sit in: ``h3.2`` -> ``h3``."""
-    m = _REPEATED.match(scope[-1])
-    return scope[:-1] + (m.group(1),) if m else None
-
-
-def _repeat_groups(layers: dict) -> dict[tuple, list[tuple]]:
-    """A repeat group's scope (``h3``) -> its unrolled instances ``h3.1``, ``h3.2``, ...
-    (none where a layer instance is itself called ``h3``)."""
-    groups: dict[tuple, list[tuple]] = {}
-    for scope in layers:
-        group = _group_scope(scope)
-        if group is not None and group not in layers:
-            groups.setdefault(group, []).append(scope)
-    return groups
-
-
 @dataclass(frozen=True)
 class _Direction:
     """What ``rankdir`` decides: the sides of a wire its value and gradient sit on (in the
@@ -142,26 +123,6 @@ DIRECTIONS = {
 }
 
 
-@dataclass
-class _Cluster:
-    """A cluster's own DOT lines and the clusters nested in it, in the order first placed."""
-    lines: list[str] = field(default_factory=list)
-    children: dict[tuple, _Cluster] = field(default_factory=dict)
-
-    def all_lines(self) -> Iterator[str]:
-        """Its lines and those of the clusters inside it."""
-        yield from self.lines
-        for child in self.children.values():
-            yield from child.all_lines()
-
-    def at(self, path: tuple) -> _Cluster:
-        """The cluster at the end of ``path`` (keys from :meth:`_Diagram.cluster_path`), made if new."""
-        cluster = self
-        for key in path:
-            cluster = cluster.children.setdefault(key, _Cluster())
-        return cluster
-
-
 class _Diagram:
     """Builds the DOT text for one evaluation (see the module docstring)."""
 
@@ -179,7 +140,7 @@ class _Diagram:
         self.nodes = forward_nodes(ev)
         self.fwd = set(self.nodes)
         self.layers: dict = dict(ev.model.layers)
-        self.repeats = _repeat_groups(self.layers)
+        self.repeats = repeat_groups(self.layers)
         self.folded = self.drawn_in_users()
         self.fold_of = {user: n for n, user in self.folded.items()}
         self.scopes = {n: self.drawn_scope(n) for n in self.nodes}
@@ -214,8 +175,8 @@ class _Diagram:
         line = _line(node.loc)
         beside = [u.scope for u in users if line is not None and _line(u.loc) == line]
         if beside:
-            return _common(beside)
-        common = _common([u.scope for u in users])
+            return common_scope(beside)
+        common = common_scope([u.scope for u in users])
         return common[:-1]
 
     def collapse(self, max_nodes: int, warn: Callable[[str], None]) -> dict[int, tuple]:
@@ -237,13 +198,7 @@ class _Diagram:
     def cluster_path(self, scope: tuple[str, ...]) -> tuple:
         """The chain of clusters a scope sits in, as (kind, scope) keys: each layer instance,
         and a ``repeat`` group around unrolled instances (``h3.1`` and ``h3.2`` sit in ``h3``)."""
-        path: list = []
-        for i in range(1, len(scope) + 1):
-            group = _group_scope(scope[:i])
-            if group in self.repeats:
-                path.append(("repeat", group))
-            path.append(("layer", scope[:i]))
-        return tuple(path)
+        return cluster_path(scope, self.repeats)
 
     def path_of(self, n: int) -> tuple:
         """The clusters the drawn node for ``n`` sits in: a box sits where its instance's
@@ -407,7 +362,7 @@ class _Diagram:
 
     def dot(self) -> str:
         """The DOT text: the drawn nodes in their clusters, then the sinks, then the edges."""
-        root = _Cluster()
+        root = Cluster()
         for n in self.nodes:
             if n not in self.box_of and n not in self.folded:
                 root.at(self.path_of(n)).lines.append(self.node_line(n))
@@ -454,7 +409,7 @@ class _Diagram:
                                   f"tooltip={quote(word + ' ' + name + seed)}];"))
         return lines
 
-    def wires(self, root: _Cluster, sinks: list[tuple[str, int, str]]) -> list[_Wire]:
+    def wires(self, root: Cluster, sinks: list[tuple[str, int, str]]) -> list[_Wire]:
         """The edges: producer -> its value label -> each consumer (and each sink), in argument
         order, and a dashed edge from each constant. Each label is placed where first used."""
         port_in, port_out = self.direction.port_in, self.direction.port_out
@@ -495,9 +450,9 @@ class _Diagram:
         labels = {_id(w.head) for w in wires if _id(w.head) == f"v{w.src}"}
         out = {}
         for group, scopes in self.repeats.items():
-            if any(g in self.repeats for g in (_group_scope(group[:i]) for i in range(1, len(group) + 1))):
+            if any(g in self.repeats for g in (group_scope(group[:i]) for i in range(1, len(group) + 1))):
                 continue   # inside another repeat: aligned with it
-            scopes = sorted(scopes, key=lambda scope: int(_REPEATED.match(scope[-1]).group(2)))
+            scopes = sorted(scopes, key=lambda scope: instance_number(scope))
             members = [[n for n in self.nodes if n not in self.folded and self.scopes[n][:len(scope)] == scope]
                        for scope in scopes]
             ids = [list(dict.fromkeys([*map(self.rep, ns), *(f"v{n}" for n in ns if f"v{n}" in labels)]))
@@ -560,13 +515,13 @@ class _Diagram:
                         f"labeltooltip={quote(stats_text(part, 'this branch' + chr(39) + 's part of the gradient'))}")
         return out
 
-    def clusters(self, cluster: _Cluster, depth: int, numbers: Iterator[int]) -> Iterator[str]:
+    def clusters(self, cluster: Cluster, depth: int, numbers: Iterator[int]) -> Iterator[str]:
         """The DOT lines of a cluster's contents, nested clusters numbered in the order drawn."""
         pad = "  " * depth
         yield from (pad + line for line in cluster.lines)
         for key, child in cluster.children.items():
             label, style = self.cluster_label(key)
-            yield f"{pad}subgraph cluster_{next(numbers)}_{_slug(key)} {{"
+            yield f"{pad}subgraph cluster_{next(numbers)}_{slug(key)} {{"
             yield (f"{pad}  graph [label=<<B>{escape(label)}</B>>, style={quote(style)}, "
                    f'color="#8250df", fontcolor="#8250df", fontsize=11, labelloc=t, labeljust=l, margin=10];')
             yield from self.clusters(child, depth + 1, numbers)
@@ -601,18 +556,6 @@ def _declared(line: str) -> list[str]:
 
 def _line(loc) -> tuple[str, int] | None:
     return None if loc is None else (loc.file, loc.line)
-
-
-def _common(scopes: list[tuple[str, ...]]) -> tuple[str, ...]:
-    """The longest scope that all of ``scopes`` start with."""
-    common = scopes[0] if scopes else ()
-    for scope in scopes[1:]:
-        common = common[:next((i for i, (a, b) in enumerate(zip(common, scope)) if a != b), min(len(common), len(scope)))]
-    return common
-
-
-def _slug(key: tuple) -> str:
-    return re.sub(r"\W", "_", ".".join(key[1]))[:40]
 
 
 def _attrs(attrs: dict[str, str]) -> str:
