@@ -17,7 +17,7 @@ from .names import Names
 from .program import Program
 
 _CHECKS = {
-    "type": "type({var}) is {value}.ndarray",
+    "type": "type({var}) is _ARRAY",
     "dtype": "{var}.dtype is {value}",
     "ndim": "{var}.ndim == {value}",
     "shape": "{var}.shape == {value!r}",
@@ -63,7 +63,8 @@ def read_inputs(program: Program, backend: Backend, function: str = "") -> str:
     infix, table = (f"{function}_", f"{function.upper()}_INPUTS") if function else ("", "INPUTS")
     convert = f"_convert_{infix}inputs"
     lines = [] if function else [
-        "_FLOAT, _INT = np.dtype(DTYPE), np.dtype(np.int64)  # the fast paths compare dtypes by identity", "", ""]
+        "_FLOAT, _INT = np.dtype(DTYPE), np.dtype(np.int64)  # the fast paths compare dtypes by identity",
+        f"_ARRAY = {backend.xp}.ndarray  # and types: a global, one lookup cheaper than {backend.xp}.ndarray", "", ""]
     lines += [f"def _read_{infix}inputs(inputs):",
               f'    """The inputs in {table} order, then the {"DIMS" if not function else table[:-6] + "DIMS"}; '
               'arrays already right pass straight through."""']
