@@ -650,3 +650,18 @@ def test_scalar_inputs_go_on_as_numpy_scalars_and_come_back_unaliased() -> None:
     outputs, grads = module.value_and_grad({}, x=x, y=y, z=z)
     assert all(g is not a for g in grads.values() for a in (x, y, z))
     assert (float(outputs["f"]), float(grads["x"]), float(grads["z"])) == (-12.0, -4.0, 3.0)
+
+
+@pytest.mark.parametrize("given", [float, np.float32, np.float64, lambda v: np.asarray(v, np.float64),
+                                   lambda v: np.asarray(v, np.int64)])
+def test_scalar_inputs_the_converter_takes_go_on_as_numpy_scalars_of_the_modules_dtype(given) -> None:
+    """Off the fast path (Python numbers, numpy scalars, 0-d arrays of another dtype) a 0-d input
+    is converted and then read as a numpy scalar too, so a gradient that is an input (df/dx = z)
+    is returned as it is: a numpy scalar of the module's dtype, never the caller's array."""
+    module = load_module(compile_file(EXAMPLES / "circuit.nn", dtype="float32"))
+    x, y, z = (given(v) for v in (-2, 5, -4))
+    assert all(type(v) is np.float32 for v in module._read_inputs({"x": x, "y": y, "z": z}))
+    outputs, grads = module.value_and_grad({}, x=x, y=y, z=z)
+    assert all(type(v) is np.float32 for v in (*outputs.values(), *grads.values()))
+    assert all(g is not a for g in grads.values() for a in (x, y, z))
+    assert {k: float(v) for k, v in grads.items()} == {"x": -4.0, "y": -4.0, "z": 3.0}

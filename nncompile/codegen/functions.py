@@ -432,9 +432,12 @@ class FunctionEmitter:
                 continue
             node = self.G[n if n is not None else self.model.params.get(name, self.model.inputs.get(name))]
             # A scalar is returned as numpy's ufuncs return one, a numpy scalar: immutable, so it
-            # needs no copy (CuPy has no scalars: there it is a 0-d array).
+            # needs no copy (CuPy has no scalars: there it is a 0-d array). The reader makes scalar
+            # inputs numpy scalars already.
             scalar = self.backend.scalars and node.shape == ()
-            if n is None:
+            if scalar and n in self.model.inputs.values():
+                expr = self.ref(n, names)
+            elif n is None:
                 expr = "DTYPE(0)" if scalar else f"{self.xp}.zeros({ctx.shape(node.shape)}, dtype=DTYPE)"
             elif node.op == "const":
                 expr = self.array_ref(n, names, ctx)

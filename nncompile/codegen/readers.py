@@ -17,7 +17,7 @@ from .names import Names
 from .program import Program
 
 _CHECKS = {
-    "type": "type({var}) is {value}.ndarray",
+    "type": "type({var}) is _ARRAY",
     "dtype": "{var}.dtype is {value}",
     "ndim": "{var}.ndim == {value}",
     "shape": "{var}.shape == {value!r}",
@@ -63,7 +63,8 @@ def read_inputs(program: Program, backend: Backend, function: str = "") -> str:
     infix, table = (f"{function}_", f"{function.upper()}_INPUTS") if function else ("", "INPUTS")
     convert = f"_convert_{infix}inputs"
     lines = [] if function else [
-        "_FLOAT, _INT = np.dtype(DTYPE), np.dtype(np.int64)  # the fast paths compare dtypes by identity", "", ""]
+        "_FLOAT, _INT = np.dtype(DTYPE), np.dtype(np.int64)  # the fast paths compare dtypes by identity",
+        f"_ARRAY = {backend.xp}.ndarray  # and types: a global, one lookup cheaper than {backend.xp}.ndarray", "", ""]
     lines += [f"def _read_{infix}inputs(inputs):",
               f'    """The inputs in {table} order, then the {"DIMS" if not function else table[:-6] + "DIMS"}; '
               'arrays already right pass straight through."""']
@@ -84,13 +85,20 @@ def read_inputs(program: Program, backend: Backend, function: str = "") -> str:
     lines.append(f"    {', '.join(vars_.values())} = {get}")
     cond = " and\n            ".join(map(str, checks))
     lines += [f"    if len(inputs) != {len(vars_)} or not (", f"            {cond}):"]
-    lines.append(f"        return {convert}(inputs)")
-    lines += bound_checks(model, vars_, dims, convert, backend)
-    # A scalar goes on as a numpy scalar, on which Python's operators are cheap (see python_form).
+    # A scalar goes on as a numpy scalar, on which Python's operators are cheap (see python_form),
+    # from the converter too: immutable, so the functions return it as it is, never a copy.
     scalar = [var + "[()]" if backend.scalars and program.graph[n].shape == () else var
               for var, n in zip(vars_.values(), model.inputs.values())]
     result = [*scalar, *(dims[d] for d in program.dim_names)]
-    lines.append(f"    return {', '.join(result)}{',' if len(result) == 1 else ''}")
+    returned = f"{', '.join(result)}{',' if len(result) == 1 else ''}"
+    if scalar == list(vars_.values()):
+        lines.append(f"        return {convert}(inputs)")
+    else:
+        converted = [*vars_.values(), *(dims[d] for d in program.dim_names)]
+        lines.append(f"        {', '.join(converted)}{',' if len(converted) == 1 else ''} = {convert}(inputs)"
+                     "   # on below, its scalars as numpy scalars")
+    lines += bound_checks(model, vars_, dims, convert, backend)
+    lines.append(f"    return {returned}")
     return "\n".join(lines)
 
 
