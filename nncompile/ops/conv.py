@@ -26,6 +26,7 @@ from .conv_helpers import (
     WIDE_COL2IM,
     CONV2D,
     TAPS,
+    SMALL_CONV2D,
     CONV2D_INPUT_GRAD,
     CONV2D_WEIGHT_GRAD,
     FIRST_OFFSET,
@@ -311,7 +312,7 @@ def _conv_label(attrs: dict) -> str:
 
 
 op("conv2d", -1, _conv2d_rule, _call("_conv2d", _conv_attrs), vjp=_vjp_conv2d, attrs=_GEOMETRY, takes_out=True,
-   helpers=(*_CONV_HELPERS, CONV2D),
+   helpers=(*_CONV_HELPERS, CONV2D, TAPS, SMALL_CONV2D),
    samples=(Sample(((2, 3, 5, 5), (4, 3, 3, 3))),
             Sample(((2, 3, 5, 5), (4, 3, 3, 3), (4,)), {"stride": 2, "padding": 1}),
             Sample(((1, 4, 6, 7), (6, 2, 2, 2), (6,)), _GROUPED)),
@@ -324,7 +325,7 @@ op("conv2d", -1, _conv2d_rule, _call("_conv2d", _conv_attrs), vjp=_vjp_conv2d, a
    onnx=_onnx_conv2d)
 op("conv2d_input_grad", 2, _conv2d_input_grad_rule, _call("_conv2d_input_grad", _conv_attrs, "{size!r}"),
    vjp=_vjp_conv2d_input_grad, attrs=(("size", ()), *_GEOMETRY), public=False, takes_out=True,
-   helpers=(*_CONV_HELPERS, CONV2D, COL2IM, WIDE_COL2IM, TAPS, CONV2D_INPUT_GRAD),
+   helpers=(*_CONV_HELPERS, CONV2D, TAPS, SMALL_CONV2D, COL2IM, WIDE_COL2IM, CONV2D_INPUT_GRAD),
    samples=(Sample(((2, 4, 3, 3), (4, 3, 3, 3)), {"size": (5, 5), "stride": 2, "padding": 1}),
             Sample(((1, 6, 6, 3), (6, 2, 2, 2)), {"size": (6, 7), **_GROUPED}),
             Sample(((2, 4, 3, 4), (4, 3, 3, 3)), {"size": (3, 4), "padding": 1}),      # small: the unrolled matrix

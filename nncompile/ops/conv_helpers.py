@@ -91,8 +91,12 @@ CONV2D = '''def _conv2d(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1
     group's output channels, the columns are _wide_columns' and the junk at the end of each
     row is dropped in the copy into the NCHW result (the bias added in the same pass);
     otherwise they are a strided view's and the GEMM writes the result directly: with few
-    input channels (a first layer's 1 or 3) copying the result costs more than the columns."""
+    input channels (a first layer's 1 or 3) copying the result costs more than the columns.
+    An image of at most 2*KH*KW pixels (one group) is multiplied by the conv as one matrix
+    (_conv2d_input_grad's, transposed): one GEMM, no columns, padding or junk."""
     f, cg, kh, kw = w.shape
+    if groups == 1 and x.shape[2] * x.shape[3] <= 2 * kh * kw:
+        return _small_conv2d(x, w, b, stride, padding, dilation, out)
     filters = w.reshape(groups, f // groups, cg * kh * kw)
     if stride == (1, 1) and cg * kh * kw > f // groups:
         cols = _wide_columns(x, (kh, kw), padding, dilation)
@@ -133,6 +137,27 @@ def _taps(size, kernel, stride, padding, dilation):
         inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
         _TAP_INDEX[key] = (r * ow + s)[inside], (rows * w + cols)[inside], (i * kw + j)[inside]
     return _TAP_INDEX[key]'''
+
+SMALL_CONV2D = '''def _small_conv2d(x, w, b, stride, padding, dilation, out=None):
+    """_conv2d of a small image as x [N, C*H*W] times the conv as one matrix [C*H*W, F*OH*OW],
+    each filter tap placed where it meets its input pixel: the product is the NCHW result. It
+    multiplies every pixel by zeros too, so an inf pixel turns its image's other outputs to NaN."""
+    (n, c, h, wd), (f, _, kh, kw) = x.shape, w.shape
+    outputs, inputs, taps = _taps((h, wd), (kh, kw), stride, padding, dilation)
+    oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (wd + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    unrolled = np.zeros((c, h * wd, f, oh * ow), dtype=w.dtype)
+    unrolled[:, inputs, :, outputs] = w.reshape(f, c, kh * kw)[:, :, taps].transpose(2, 1, 0)
+    direct = out is not None and out.flags.c_contiguous
+    result = out if direct else np.empty((n, f, oh, ow), dtype=x.dtype)
+    np.matmul(np.ascontiguousarray(x).reshape(n, c * h * wd), unrolled.reshape(c * h * wd, f * oh * ow),
+              out=result.reshape(n, f * oh * ow))
+    if b is not None:
+        result += b.reshape(f, 1, 1)
+    if out is None or direct:
+        return result
+    out[...] = result
+    return out'''
 
 CONV2D_INPUT_GRAD = '''def _conv2d_input_grad(g, w, size, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, out=None):
     """d loss / d x of a conv2d. For an image of at most 2*KH*KW pixels (and one group) it is
