@@ -429,6 +429,48 @@ def test_drop_redundant_broadcasts() -> None:
     assert G[node.args[1]].op == "broadcast_to"   # without it the product would be [4], not [3, 4]
 
 
+def test_a_per_channel_broadcast_is_a_reshape_that_numpy_broadcasts() -> None:
+    """broadcast_to(expand_dims(v, (0, 2, 3)), [N, C, H, W]) read by an elementwise op with a
+    full-sized operand is v as [C, 1, 1] (a view, no [N, C, H, W] array); alone, or where the
+    other operand is smaller, the broadcast stays; a scalar is left as it is."""
+    G, (x, v) = tiny(("N", 3, 4, 5), (3,))
+    wide = G.add("broadcast_to", [v], {"shape": ("N", 3, 4, 5), "axes": (0, 2, 3)})
+    node = simplified(G, G.add("mul", [wide, x]))
+    assert (node.op, node.args[1], G[node.args[0]].op, G[node.args[0]].shape) == ("mul", x, "reshape", (3, 1, 1))
+    assert G[node.args[0]].args == (v,)
+    G, (x, v) = tiny((2, 3), (2,))
+    node = simplified(G, G.add("add", [x, G.add("broadcast_to", [v], {"shape": (2, 3), "axes": (1,)})]))
+    assert (G[node.args[1]].op, G[node.args[1]].shape) == ("reshape", (2, 1))   # trailing unit dims are kept
+    G, (x, v) = tiny((4, 5), (3,))
+    node = simplified(G, G.add("mul", [x, G.add("broadcast_to", [v], {"shape": (3, 4, 5), "axes": (1, 2)})]))
+    assert G[node.args[1]].shape == (3, 1, 1)   # [3, 1, 1] * [4, 5] is [3, 4, 5] too
+    G, (x, v) = tiny((3,), (3,))
+    node = simplified(G, G.add("mul", [x, G.add("broadcast_to", [v], {"shape": (4, 3), "axes": (0,)})]))
+    assert G[node.args[1]].op == "broadcast_to"   # without it the product would be [3], not [4, 3]
+    G, (x,) = tiny((2, 3))
+    node = simplified(G, G.add("mul", [x, G.add("broadcast_to", [constant(G, 2.0)], {"shape": (2, 3), "axes": (0, 1)})]))
+    assert G[node.args[1]].op == "broadcast_to"
+
+
+def test_batch_norm_gradients_broadcast_no_per_channel_vector_to_an_image() -> None:
+    """The digits CNN's batch-norm backward reads its per-channel factors as [C, 1, 1] views,
+    with the unoptimized module's gradients."""
+    path = Path(__file__).parents[1] / "benchmarks" / "models" / "digits_cnn_plain.nn"
+    model = elaborate_file(str(path), "float64")
+    program = build(model, input_grads=False)
+    G = program.graph
+    assert not any(G[n].op == "broadcast_to" and G[n].attr("axes") and len(G[n].shape) == 4 for n in G.nodes())
+    fast, plain = module_of(program), module_of(build(elaborate_file(str(path), "float64"), optimized=False,
+                                                      input_grads=False))
+    rng = np.random.default_rng(0)
+    inputs = {"X": rng.standard_normal((5, 1, 8, 8)), "y": rng.integers(0, 10, 5)}
+    params = fast.init_params(0)
+    got = fast.value_and_grad(params, fast.init_state(), None, **inputs)[1]
+    want = plain.value_and_grad(params, plain.init_state(), None, **inputs)[1]
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-10, atol=1e-12, err_msg=name)
+
+
 def test_every_rule_is_declared_with_its_op_and_specified_here() -> None:
     """A rewrite is a named function in an op's ``rewrites``, and has its own test above."""
     rules = {rule for opdef in REGISTRY.values() for rule in opdef.rewrites} | {drop_redundant_broadcasts}

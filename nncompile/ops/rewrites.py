@@ -33,8 +33,11 @@ def drop_redundant_broadcasts(G: Graph, n: int) -> None:
     node = G[n]
     args = list(node.args)
     for i, a in enumerate(args):
-        if G[a].op == "broadcast_to" and not G[a].attr("axes"):
-            trial = args[:i] + [G[a].args[0]] + args[i + 1:]
+        if G[a].op == "broadcast_to":
+            operand = G[a].args[0] if not G[a].attr("axes") else _broadcast_as_reshape(G, a)
+            if operand is None:
+                continue
+            trial = args[:i] + [operand] + args[i + 1:]
             try:
                 shape = shapes.broadcast(*(G[t].shape for t in trial))
             except shapes.ShapeError:
@@ -44,6 +47,26 @@ def drop_redundant_broadcasts(G: Graph, n: int) -> None:
     if tuple(args) != node.args:
         G.set(n, args=tuple(args))
     return None
+
+
+def _broadcast_as_reshape(G: Graph, n: int) -> int | None:
+    """``broadcast_to(expand_dims(v, axes), shape)`` (a mean's gradient, [C] -> [N, C, H, W])
+    as ``reshape(v, [C, 1, 1])``: the same entries, broadcast by numpy itself where the
+    elementwise op that reads it meets a full-sized operand. Its unit dims are kept and only
+    the leading ones dropped, so the entries line up with the same axes; a scalar v is left
+    alone (nothing to gain)."""
+    node = G[n]
+    v = node.args[0]
+    if G[v].shape == () or G[v].dtype != node.dtype:
+        return None
+    dims = list(G[v].shape)
+    for axis in sorted(node.attr("axes")):
+        dims.insert(axis, 1)
+    while dims and dims[0] == 1:
+        dims.pop(0)
+    if tuple(dims) == G[v].shape:
+        return v
+    return G.add("reshape", [v], {"shape": tuple(dims)}, loc=node.loc, scope=node.scope, grad_of=node.grad_of)
 
 
 # ---- arithmetic ---------------------------------------------------------------------------
