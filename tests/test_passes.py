@@ -477,3 +477,80 @@ def test_every_rule_is_declared_with_its_op_and_specified_here() -> None:
     tests = {name for name in globals() if name.startswith("test_")}
     assert {f"test_{rule.__name__}" for rule in rules} <= tests
     assert all(rule.__doc__ for rule in rules)
+
+
+POOLED_RELU = """
+    input x: float[N, 3, 6, 6]
+    param w: [3, 6, 6] = normal(std=1.0)
+    r = relu(x * w)
+    h = max_pool2d(r, {pool})
+    loss = sum(h * h) + sum(h)
+    minimize loss
+"""
+
+
+def test_relu_after_max_pool() -> None:
+    """max_pool2d(relu(x)) is relu(max_pool2d(x)) where only the pool and its gradient read
+    the relu: the relu then runs on the pooled array, and nothing on x's shape remains. A relu
+    that is also a result stays for it; one that another op reads, or before an average pool,
+    is not moved."""
+    program = program_of(POOLED_RELU.format(pool=2))
+    G = program.graph
+    relus = [n for n in G.nodes() if G[n].op == "relu"]
+    assert [G[n].shape for n in relus] == [("N", 3, 3, 3)] and G[G[relus[0]].args[0]].op == "max_pool2d"
+    output = program_of(POOLED_RELU.format(pool=2).replace("    minimize", "    output r\n    minimize"))
+    assert ("N", 3, 6, 6) in [output.graph[n].shape for n in output.graph.nodes() if output.graph[n].op == "relu"]
+    for other in ("avg_pool2d(r, 2)", "max_pool2d(r, 2) + max_pool2d(exp(r), 2)"):
+        moved = program_of(POOLED_RELU.format(pool=2).replace("max_pool2d(r, 2)", other))
+        assert [moved.graph[n].shape for n in moved.graph.nodes() if moved.graph[n].op == "relu"] == [("N", 3, 6, 6)]
+
+
+def test_relu_mask_after_max_pool() -> None:
+    """relu's backward mask runs on the pooled gradient, before it is routed back through the
+    pool: every step (the mask) is pooled-sized, and only the pool's gradient is image-sized."""
+    for pool in ("2", "4, stride=2, padding=1", "[2, 3], stride=[2, 3]"):
+        G = program_of(POOLED_RELU.format(pool=pool)).graph
+        masks = [n for n in G.nodes() if G[n].op == "step"]
+        relu = next(n for n in G.nodes() if G[n].op == "relu")
+        assert masks and all(G[n].shape == G[relu].shape and G[n].args[0] == relu for n in masks), pool
+
+
+@pytest.mark.parametrize("pool, torch_pool", [
+    ("2", {"kernel_size": 2}), ("4, stride=2, padding=1", {"kernel_size": 4, "stride": 2, "padding": 1}),
+    ("[2, 3], stride=[2, 3]", {"kernel_size": (2, 3)}), ("3, stride=1", {"kernel_size": 3, "stride": 1})])
+def test_pooling_a_relu_first_or_last_gives_the_same_bits_ties_included(pool: str, torch_pool: dict) -> None:
+    """Small integers and zeros tie inside most windows, positive and not: the rewritten
+    module's loss and gradients equal the unrewritten one's exactly, and PyTorch's relu then
+    max_pool2d (float64), which routes a tie to its first entry too."""
+    torch = pytest.importorskip("torch")
+    text = POOLED_RELU.format(pool=pool)
+    fast, plain = module_of(program_of(text)), module_of(program_of(text, optimized=False))
+    rng = np.random.default_rng(3)
+    x = rng.integers(-2, 3, size=(4, 3, 6, 6)).astype(np.float64)
+    params = {"w": rng.integers(0, 2, size=(3, 6, 6)).astype(np.float64)}
+    (out, grads), (want_out, want) = fast.value_and_grad(params, x=x), plain.value_and_grad(params, x=x)
+    assert out["loss"] == want_out["loss"]
+    np.testing.assert_array_equal(grads["w"], want["w"])
+    np.testing.assert_array_equal(grads["x"], want["x"])
+    tx, tw = torch.tensor(x, requires_grad=True), torch.tensor(params["w"], requires_grad=True)
+    h = torch.nn.functional.max_pool2d(torch.relu(tx * tw), **torch_pool)
+    ((h * h).sum() + h.sum()).backward()
+    np.testing.assert_array_equal(grads["x"], tx.grad.numpy())
+    np.testing.assert_array_equal(grads["w"], tw.grad.numpy())
+
+
+def test_the_gradient_of_a_pooled_relu_matches_finite_differences_and_its_hvp(tmp_path: Path) -> None:
+    """Away from ties (distinct random values) the rewritten gradient is the derivative of the
+    loss, and H v, computed from the rewritten graphs, is the gradient's change along v."""
+    path = tmp_path / "p.nn"
+    path.write_text(textwrap.dedent(POOLED_RELU.format(pool=2)).lstrip("\n"))
+    module = nncompile.compile_and_load(path, dtype="float64")
+    rng = np.random.default_rng(5)
+    x, w, v = rng.standard_normal((2, 3, 6, 6)), rng.standard_normal((3, 6, 6)), rng.standard_normal((3, 6, 6))
+    loss = lambda w: module.value_and_grad({"w": w}, x=x)[0]["loss"]
+    grad = lambda w: module.value_and_grad({"w": w}, x=x)[1]["w"]
+    eps = 1e-6
+    numeric = [(loss(w + eps * e) - loss(w - eps * e)) / (2 * eps) for e in np.eye(w.size).reshape(-1, *w.shape)]
+    np.testing.assert_allclose(grad(w).ravel(), numeric, rtol=1e-6, atol=1e-6)
+    hv = module.hvp({"w": w}, {"w": v}, x=x)["w"]
+    np.testing.assert_allclose(hv, (grad(w + eps * v) - grad(w - eps * v)) / (2 * eps), rtol=1e-5, atol=1e-6)

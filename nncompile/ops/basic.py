@@ -42,6 +42,7 @@ from .rewrites import (
     mul_by_one,
     per_channel_sum,
     power_of_one,
+    relu_mask_after_max_pool,
     scale_of_scale,
     share_log_softmax,
     share_log_softmax_in_gradient,
@@ -345,7 +346,7 @@ elementwise("sub", 2, (("subtract", "0", "1"),), symbol="'-'", vjp=lambda g, out
             onnx=onnx_node("Sub"))
 elementwise("mul", 2, (("multiply", "0", "1"),), symbol="'*'", vjp=lambda g, out, a, b: (g * b, g * a), samples=_B,
             doc="a * b, elementwise, with numpy broadcasting", example="z = x * t",
-            rewrites=(mul_by_one, scale_of_scale), label="×",
+            rewrites=(mul_by_one, scale_of_scale, relu_mask_after_max_pool), label="×",
             onnx=onnx_node("Mul"))
 
 
