@@ -20,7 +20,7 @@ from nncompile.elaborate import elaborate, elaborate_file
 from nncompile.ir import Graph, Node
 from nncompile.parser import parse
 from nncompile.ops import REGISTRY, constant, new_graph
-from nncompile.ops.rewrites import drop_redundant_broadcasts
+from nncompile.ops.rewrites import drop_redundant_broadcasts, is_const
 from nncompile.passes import Roots, eliminate_common_subexpressions, eliminate_dead_code, fold_constants, simplify
 
 from conftest import EXAMPLE_FILES, EXAMPLES, example_inputs, value_and_grad
@@ -554,3 +554,35 @@ def test_the_gradient_of_a_pooled_relu_matches_finite_differences_and_its_hvp(tm
     np.testing.assert_allclose(grad(w).ravel(), numeric, rtol=1e-6, atol=1e-6)
     hv = module.hvp({"w": w}, {"w": v}, x=x)["w"]
     np.testing.assert_allclose(hv, (grad(w + eps * v) - grad(w - eps * v)) / (2 * eps), rtol=1e-5, atol=1e-6)
+
+
+def test_twice_added_scaled() -> None:
+    """(a + s * x) + s * x, s smaller than x, is a + (2 * s) * x: the 2 meets the small factor.
+    Not where the product has another reader, where s is as big as x, or for two products."""
+    G, (a, x, s) = tiny((2, 3, 4, 5), (2, 3, 4, 5), (3, 1, 1))
+    twice = G.add("add", [G.add("add", [a, G.add("mul", [s, x])]), G.add("mul", [x, s])])
+    node = simplified(G, twice)
+    doubled, big = G[node.args[1]].args
+    assert (node.op, node.args[0], G[node.args[1]].op, big) == ("add", a, "mul", x)
+    assert G[doubled].op == "mul" and G[doubled].args[0] == s and is_const(G, G[doubled].args[1], 2.0)
+    G, (a, x, s) = tiny((2, 3, 4, 5), (2, 3, 4, 5), (3, 1, 1))
+    b = G.add("mul", [s, x])
+    twice = G.add("add", [G.add("add", [a, b]), b])
+    roots = Roots({"out": twice, "b": G.add("exp", [b])})
+    simplify(G, roots)
+    assert G[roots["out"]].args[1] == b   # s * x is needed anyway
+    for s_shape, other in (((2, 3, 4, 5), False), ((3, 1, 1), True)):
+        G, (a, x, s, y) = tiny((2, 3, 4, 5), (2, 3, 4, 5), s_shape, (2, 3, 4, 5))
+        second = G.add("mul", [s, y if other else x])
+        node = simplified(G, G.add("add", [G.add("add", [a, G.add("mul", [s, x])]), second]))
+        assert G[node.args[0]].op == "add", (s_shape, other)
+
+
+def test_batch_norm_adds_its_centred_input_to_the_gradient_once() -> None:
+    """The digits CNN's xc gradient: the variance's term, reaching xc through both factors of
+    xc * xc, is one product with the 2 in its per-channel factor."""
+    path = Path(__file__).parents[1] / "benchmarks" / "models" / "digits_cnn_plain.nn"
+    G = build(elaborate_file(str(path), "float64"), input_grads=False).graph
+    sums = [n for n in G.nodes() if G[n].op == "add" and len(G[n].shape) == 4]
+    assert not any(G[a].op == "add" and set(G[a].args) & set(G[n].args) for n in sums for a in G[n].args)
+    assert sum(is_const(G, G[n].args[1], 2.0) for n in G.nodes() if G[n].op == "mul" and G[n].shape in ((16, 1, 1), (32, 1, 1))) == 2

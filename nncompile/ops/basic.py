@@ -49,6 +49,7 @@ from .rewrites import (
     square_is_mul,
     subtract_zero,
     sum_of_squares_is_l2,
+    twice_added_scaled,
 )
 from .onnx_helpers import (
     OnnxContext,
@@ -338,7 +339,7 @@ op("dim", 0, lambda ins, a: ((), "float"), _emit_dim, public=False, doc="a symbo
 
 elementwise("add", 2, (("add", "0", "1"),), symbol="'+'", vjp=lambda g, out, a, b: (g, g), samples=_B,
             doc="a + b, with numpy broadcasting (also written add(a, b))", example="z = x + t",
-            rewrites=(add_zero,), label="+",
+            rewrites=(add_zero, twice_added_scaled), label="+",
             onnx=first_of(batch_normalization, gemm, onnx_node("Add")))
 elementwise("sub", 2, (("subtract", "0", "1"),), symbol="'-'", vjp=lambda g, out, a, b: (g, -g), samples=_B,
             doc="a - b, with numpy broadcasting", example="z = x - t",

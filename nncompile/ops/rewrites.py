@@ -298,3 +298,64 @@ def relu_mask_after_max_pool(G: Graph, n: int) -> int | None:
     G.set(n, op="max_pool2d_grad", args=(masked, x), attrs=attrs)
     return n
 
+
+# ---- a term added twice ------------------------------------------------------------------
+
+def _size_of(shape: tuple) -> float:
+    return float(np.prod([d if isinstance(d, int) else np.inf for d in shape]))
+
+
+def _scaled_operands(G: Graph, b: int, n: int) -> tuple[int, int] | None:
+    """``(s, big)`` where node b is ``s * big`` with s smaller than the sum n (a per-channel
+    factor, a scalar) and big of n's shape."""
+    node = G[b]
+    if node.op != "mul" or node.dtype != "float":
+        return None
+    for s, big in (node.args, node.args[::-1]):
+        if G[big].shape == G[n].shape and G[big].dtype == "float" and _size_of(G[s].shape) < _size_of(G[n].shape):
+            return s, big
+    return None
+
+
+def _same_view(G: Graph, a: int, b: int) -> bool:
+    """Whether a and b are one node, or the same reshape or broadcast of one node (merged later)."""
+    return a == b or (G[a].op == G[b].op and G[a].op in ("reshape", "broadcast_to")
+                      and (G[a].args, G[a].attrs) == (G[b].args, G[b].attrs))
+
+
+def _same_product(G: Graph, b1: int, b2: int) -> bool:
+    if b1 == b2:
+        return True
+    if not G[b1].op == G[b2].op == "mul":
+        return False
+    (p, q), (r, t) = G[b1].args, G[b2].args
+    return (_same_view(G, p, r) and _same_view(G, q, t)) or (_same_view(G, p, t) and _same_view(G, q, r))
+
+
+def twice_added_scaled(G: Graph, n: int) -> int | None:
+    """(a + s * x) + s * x -> a + (2 * s) * x where nothing else reads s * x and s is smaller
+    than x (batch norm's variance gradient reaches xc twice, once through each factor of
+    xc * xc): the 2 meets the small factor, and one pass over the image fewer. Not the same
+    bits: a + 2 b is rounded once where (a + b) + b is rounded twice (2 s and 2 (s x) are exact)."""
+    node = G[n]
+    for inner, b in (node.args, node.args[::-1]):
+        first = G[inner]
+        if first.op != "add" or first.shape != node.shape or G.users(inner) != [n]:
+            continue
+        for a, b1 in (first.args, first.args[::-1]):
+            scaled = _scaled_operands(G, b, n)
+            if scaled is None or not _same_product(G, b1, b) or not _read_only_by(G, b1, b, inner, n):
+                continue
+            s, big = scaled
+            two = G.add("const", (), {"value": 2.0, "shape": (), "dtype": "float"}, loc=node.loc, scope=node.scope)
+            doubled = G.add("mul", [s, two], (), loc=G[b].loc, scope=G[b].scope)
+            G.set(n, args=(a, G.add("mul", [doubled, big], (), loc=G[b].loc, scope=G[b].scope, grad_of=G[b].grad_of)))
+            return n
+    return None
+
+
+def _read_only_by(G: Graph, b1: int, b: int, inner: int, n: int) -> bool:
+    """Whether the two terms are read by the two sums only (once each, or one node by both)."""
+    if b1 == b:
+        return sorted(G.users(b)) == sorted((inner, n))
+    return G.users(b1) == [inner] and G.users(b) == [n]
