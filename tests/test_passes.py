@@ -20,7 +20,7 @@ from nncompile.elaborate import elaborate, elaborate_file
 from nncompile.ir import Graph, Node
 from nncompile.parser import parse
 from nncompile.ops import REGISTRY, constant, new_graph
-from nncompile.ops.rewrites import drop_redundant_broadcasts
+from nncompile.ops.rewrites import drop_redundant_broadcasts, is_const
 from nncompile.passes import Roots, eliminate_common_subexpressions, eliminate_dead_code, fold_constants, simplify
 
 from conftest import EXAMPLE_FILES, EXAMPLES, example_inputs, value_and_grad
@@ -429,9 +429,160 @@ def test_drop_redundant_broadcasts() -> None:
     assert G[node.args[1]].op == "broadcast_to"   # without it the product would be [4], not [3, 4]
 
 
+def test_a_per_channel_broadcast_is_a_reshape_that_numpy_broadcasts() -> None:
+    """broadcast_to(expand_dims(v, (0, 2, 3)), [N, C, H, W]) read by an elementwise op with a
+    full-sized operand is v as [C, 1, 1] (a view, no [N, C, H, W] array); alone, or where the
+    other operand is smaller, the broadcast stays; a scalar is left as it is."""
+    G, (x, v) = tiny(("N", 3, 4, 5), (3,))
+    wide = G.add("broadcast_to", [v], {"shape": ("N", 3, 4, 5), "axes": (0, 2, 3)})
+    node = simplified(G, G.add("mul", [wide, x]))
+    assert (node.op, node.args[1], G[node.args[0]].op, G[node.args[0]].shape) == ("mul", x, "reshape", (3, 1, 1))
+    assert G[node.args[0]].args == (v,)
+    G, (x, v) = tiny((2, 3), (2,))
+    node = simplified(G, G.add("add", [x, G.add("broadcast_to", [v], {"shape": (2, 3), "axes": (1,)})]))
+    assert (G[node.args[1]].op, G[node.args[1]].shape) == ("reshape", (2, 1))   # trailing unit dims are kept
+    G, (x, v) = tiny((4, 5), (3,))
+    node = simplified(G, G.add("mul", [x, G.add("broadcast_to", [v], {"shape": (3, 4, 5), "axes": (1, 2)})]))
+    assert G[node.args[1]].shape == (3, 1, 1)   # [3, 1, 1] * [4, 5] is [3, 4, 5] too
+    G, (x, v) = tiny((3,), (3,))
+    node = simplified(G, G.add("mul", [x, G.add("broadcast_to", [v], {"shape": (4, 3), "axes": (0,)})]))
+    assert G[node.args[1]].op == "broadcast_to"   # without it the product would be [3], not [4, 3]
+    G, (x,) = tiny((2, 3))
+    node = simplified(G, G.add("mul", [x, G.add("broadcast_to", [constant(G, 2.0)], {"shape": (2, 3), "axes": (0, 1)})]))
+    assert G[node.args[1]].op == "broadcast_to"
+
+
+def test_batch_norm_gradients_broadcast_no_per_channel_vector_to_an_image() -> None:
+    """The digits CNN's batch-norm backward reads its per-channel factors as [C, 1, 1] views,
+    with the unoptimized module's gradients."""
+    path = Path(__file__).parents[1] / "benchmarks" / "models" / "digits_cnn_plain.nn"
+    model = elaborate_file(str(path), "float64")
+    program = build(model, input_grads=False)
+    G = program.graph
+    assert not any(G[n].op == "broadcast_to" and G[n].attr("axes") and len(G[n].shape) == 4 for n in G.nodes())
+    fast, plain = module_of(program), module_of(build(elaborate_file(str(path), "float64"), optimized=False,
+                                                      input_grads=False))
+    rng = np.random.default_rng(0)
+    inputs = {"X": rng.standard_normal((5, 1, 8, 8)), "y": rng.integers(0, 10, 5)}
+    params = fast.init_params(0)
+    got = fast.value_and_grad(params, fast.init_state(), None, **inputs)[1]
+    want = plain.value_and_grad(params, plain.init_state(), None, **inputs)[1]
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-10, atol=1e-12, err_msg=name)
+
+
 def test_every_rule_is_declared_with_its_op_and_specified_here() -> None:
     """A rewrite is a named function in an op's ``rewrites``, and has its own test above."""
     rules = {rule for opdef in REGISTRY.values() for rule in opdef.rewrites} | {drop_redundant_broadcasts}
     tests = {name for name in globals() if name.startswith("test_")}
     assert {f"test_{rule.__name__}" for rule in rules} <= tests
     assert all(rule.__doc__ for rule in rules)
+
+
+POOLED_RELU = """
+    input x: float[N, 3, 6, 6]
+    param w: [3, 6, 6] = normal(std=1.0)
+    r = relu(x * w)
+    h = max_pool2d(r, {pool})
+    loss = sum(h * h) + sum(h)
+    minimize loss
+"""
+
+
+def test_relu_after_max_pool() -> None:
+    """max_pool2d(relu(x)) is relu(max_pool2d(x)) where only the pool and its gradient read
+    the relu: the relu then runs on the pooled array, and nothing on x's shape remains. A relu
+    that is also a result stays for it; one that another op reads, or before an average pool,
+    is not moved."""
+    program = program_of(POOLED_RELU.format(pool=2))
+    G = program.graph
+    relus = [n for n in G.nodes() if G[n].op == "relu"]
+    assert [G[n].shape for n in relus] == [("N", 3, 3, 3)] and G[G[relus[0]].args[0]].op == "max_pool2d"
+    output = program_of(POOLED_RELU.format(pool=2).replace("    minimize", "    output r\n    minimize"))
+    assert ("N", 3, 6, 6) in [output.graph[n].shape for n in output.graph.nodes() if output.graph[n].op == "relu"]
+    for other in ("avg_pool2d(r, 2)", "max_pool2d(r, 2) + max_pool2d(exp(r), 2)"):
+        moved = program_of(POOLED_RELU.format(pool=2).replace("max_pool2d(r, 2)", other))
+        assert [moved.graph[n].shape for n in moved.graph.nodes() if moved.graph[n].op == "relu"] == [("N", 3, 6, 6)]
+
+
+def test_relu_mask_after_max_pool() -> None:
+    """relu's backward mask runs on the pooled gradient, before it is routed back through the
+    pool: every step (the mask) is pooled-sized, and only the pool's gradient is image-sized."""
+    for pool in ("2", "4, stride=2, padding=1", "[2, 3], stride=[2, 3]"):
+        G = program_of(POOLED_RELU.format(pool=pool)).graph
+        masks = [n for n in G.nodes() if G[n].op == "step"]
+        relu = next(n for n in G.nodes() if G[n].op == "relu")
+        assert masks and all(G[n].shape == G[relu].shape and G[n].args[0] == relu for n in masks), pool
+
+
+@pytest.mark.parametrize("pool, torch_pool", [
+    ("2", {"kernel_size": 2}), ("4, stride=2, padding=1", {"kernel_size": 4, "stride": 2, "padding": 1}),
+    ("[2, 3], stride=[2, 3]", {"kernel_size": (2, 3)}), ("3, stride=1", {"kernel_size": 3, "stride": 1})])
+def test_pooling_a_relu_first_or_last_gives_the_same_bits_ties_included(pool: str, torch_pool: dict) -> None:
+    """Small integers and zeros tie inside most windows, positive and not: the rewritten
+    module's loss and gradients equal the unrewritten one's exactly, and PyTorch's relu then
+    max_pool2d (float64), which routes a tie to its first entry too."""
+    torch = pytest.importorskip("torch")
+    text = POOLED_RELU.format(pool=pool)
+    fast, plain = module_of(program_of(text)), module_of(program_of(text, optimized=False))
+    rng = np.random.default_rng(3)
+    x = rng.integers(-2, 3, size=(4, 3, 6, 6)).astype(np.float64)
+    params = {"w": rng.integers(0, 2, size=(3, 6, 6)).astype(np.float64)}
+    (out, grads), (want_out, want) = fast.value_and_grad(params, x=x), plain.value_and_grad(params, x=x)
+    assert out["loss"] == want_out["loss"]
+    np.testing.assert_array_equal(grads["w"], want["w"])
+    np.testing.assert_array_equal(grads["x"], want["x"])
+    tx, tw = torch.tensor(x, requires_grad=True), torch.tensor(params["w"], requires_grad=True)
+    h = torch.nn.functional.max_pool2d(torch.relu(tx * tw), **torch_pool)
+    ((h * h).sum() + h.sum()).backward()
+    np.testing.assert_array_equal(grads["x"], tx.grad.numpy())
+    np.testing.assert_array_equal(grads["w"], tw.grad.numpy())
+
+
+def test_the_gradient_of_a_pooled_relu_matches_finite_differences_and_its_hvp(tmp_path: Path) -> None:
+    """Away from ties (distinct random values) the rewritten gradient is the derivative of the
+    loss, and H v, computed from the rewritten graphs, is the gradient's change along v."""
+    path = tmp_path / "p.nn"
+    path.write_text(textwrap.dedent(POOLED_RELU.format(pool=2)).lstrip("\n"))
+    module = nncompile.compile_and_load(path, dtype="float64")
+    rng = np.random.default_rng(5)
+    x, w, v = rng.standard_normal((2, 3, 6, 6)), rng.standard_normal((3, 6, 6)), rng.standard_normal((3, 6, 6))
+    loss = lambda w: module.value_and_grad({"w": w}, x=x)[0]["loss"]
+    grad = lambda w: module.value_and_grad({"w": w}, x=x)[1]["w"]
+    eps = 1e-6
+    numeric = [(loss(w + eps * e) - loss(w - eps * e)) / (2 * eps) for e in np.eye(w.size).reshape(-1, *w.shape)]
+    np.testing.assert_allclose(grad(w).ravel(), numeric, rtol=1e-6, atol=1e-6)
+    hv = module.hvp({"w": w}, {"w": v}, x=x)["w"]
+    np.testing.assert_allclose(hv, (grad(w + eps * v) - grad(w - eps * v)) / (2 * eps), rtol=1e-5, atol=1e-6)
+
+
+def test_twice_added_scaled() -> None:
+    """(a + s * x) + s * x, s smaller than x, is a + (2 * s) * x: the 2 meets the small factor.
+    Not where the product has another reader, where s is as big as x, or for two products."""
+    G, (a, x, s) = tiny((2, 3, 4, 5), (2, 3, 4, 5), (3, 1, 1))
+    twice = G.add("add", [G.add("add", [a, G.add("mul", [s, x])]), G.add("mul", [x, s])])
+    node = simplified(G, twice)
+    doubled, big = G[node.args[1]].args
+    assert (node.op, node.args[0], G[node.args[1]].op, big) == ("add", a, "mul", x)
+    assert G[doubled].op == "mul" and G[doubled].args[0] == s and is_const(G, G[doubled].args[1], 2.0)
+    G, (a, x, s) = tiny((2, 3, 4, 5), (2, 3, 4, 5), (3, 1, 1))
+    b = G.add("mul", [s, x])
+    twice = G.add("add", [G.add("add", [a, b]), b])
+    roots = Roots({"out": twice, "b": G.add("exp", [b])})
+    simplify(G, roots)
+    assert G[roots["out"]].args[1] == b   # s * x is needed anyway
+    for s_shape, other in (((2, 3, 4, 5), False), ((3, 1, 1), True)):
+        G, (a, x, s, y) = tiny((2, 3, 4, 5), (2, 3, 4, 5), s_shape, (2, 3, 4, 5))
+        second = G.add("mul", [s, y if other else x])
+        node = simplified(G, G.add("add", [G.add("add", [a, G.add("mul", [s, x])]), second]))
+        assert G[node.args[0]].op == "add", (s_shape, other)
+
+
+def test_batch_norm_adds_its_centred_input_to_the_gradient_once() -> None:
+    """The digits CNN's xc gradient: the variance's term, reaching xc through both factors of
+    xc * xc, is one product with the 2 in its per-channel factor."""
+    path = Path(__file__).parents[1] / "benchmarks" / "models" / "digits_cnn_plain.nn"
+    G = build(elaborate_file(str(path), "float64"), input_grads=False).graph
+    sums = [n for n in G.nodes() if G[n].op == "add" and len(G[n].shape) == 4]
+    assert not any(G[a].op == "add" and set(G[a].args) & set(G[n].args) for n in sums for a in G[n].args)
+    assert sum(is_const(G, G[n].args[1], 2.0) for n in G.nodes() if G[n].op == "mul" and G[n].shape in ((16, 1, 1), (32, 1, 1))) == 2

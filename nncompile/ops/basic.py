@@ -42,12 +42,14 @@ from .rewrites import (
     mul_by_one,
     per_channel_sum,
     power_of_one,
+    relu_mask_after_max_pool,
     scale_of_scale,
     share_log_softmax,
     share_log_softmax_in_gradient,
     square_is_mul,
     subtract_zero,
     sum_of_squares_is_l2,
+    twice_added_scaled,
 )
 from .onnx_helpers import (
     OnnxContext,
@@ -337,7 +339,7 @@ op("dim", 0, lambda ins, a: ((), "float"), _emit_dim, public=False, doc="a symbo
 
 elementwise("add", 2, (("add", "0", "1"),), symbol="'+'", vjp=lambda g, out, a, b: (g, g), samples=_B,
             doc="a + b, with numpy broadcasting (also written add(a, b))", example="z = x + t",
-            rewrites=(add_zero,), label="+",
+            rewrites=(add_zero, twice_added_scaled), label="+",
             onnx=first_of(batch_normalization, gemm, onnx_node("Add")))
 elementwise("sub", 2, (("subtract", "0", "1"),), symbol="'-'", vjp=lambda g, out, a, b: (g, -g), samples=_B,
             doc="a - b, with numpy broadcasting", example="z = x - t",
@@ -345,7 +347,7 @@ elementwise("sub", 2, (("subtract", "0", "1"),), symbol="'-'", vjp=lambda g, out
             onnx=onnx_node("Sub"))
 elementwise("mul", 2, (("multiply", "0", "1"),), symbol="'*'", vjp=lambda g, out, a, b: (g * b, g * a), samples=_B,
             doc="a * b, elementwise, with numpy broadcasting", example="z = x * t",
-            rewrites=(mul_by_one, scale_of_scale), label="×",
+            rewrites=(mul_by_one, scale_of_scale, relu_mask_after_max_pool), label="×",
             onnx=onnx_node("Mul"))
 
 

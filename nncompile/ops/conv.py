@@ -40,6 +40,7 @@ from .conv_helpers import (
     CHANNEL_SUMS,
 )
 from .value import Value
+from .rewrites import relu_after_max_pool
 
 # ---- attributes: an int or a pair per spatial axis ------------------------------------
 
@@ -366,6 +367,7 @@ op("max_pool2d", 1, _pool_rule("max_pool2d"), _pool_call("_max_pool2d"), attrs=_
        "kernel; padding counts as -inf); the gradient goes to each window's max (the first of a tie)",
    example="p = max_pool2d(images, 2)",
    label=_pool_label("max_pool2d"), kink=Kink(_window_gap, "has a tie for a window's maximum"),
+   rewrites=(relu_after_max_pool,),
    onnx=_onnx_pool("MaxPool"))
 op("max_pool2d_grad", 2, _pool_grad_rule("max_pool2d_grad"), _pool_call("_max_pool2d_grad"), attrs=_POOL,
    public=False, takes_out=True, domain="separated", helpers=(WINDOWS, COL2IM, MAX_MASKS, MAX_POOL2D_GRAD),

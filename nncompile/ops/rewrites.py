@@ -33,8 +33,11 @@ def drop_redundant_broadcasts(G: Graph, n: int) -> None:
     node = G[n]
     args = list(node.args)
     for i, a in enumerate(args):
-        if G[a].op == "broadcast_to" and not G[a].attr("axes"):
-            trial = args[:i] + [G[a].args[0]] + args[i + 1:]
+        if G[a].op == "broadcast_to":
+            operand = G[a].args[0] if not G[a].attr("axes") else _broadcast_as_reshape(G, a)
+            if operand is None:
+                continue
+            trial = args[:i] + [operand] + args[i + 1:]
             try:
                 shape = shapes.broadcast(*(G[t].shape for t in trial))
             except shapes.ShapeError:
@@ -44,6 +47,26 @@ def drop_redundant_broadcasts(G: Graph, n: int) -> None:
     if tuple(args) != node.args:
         G.set(n, args=tuple(args))
     return None
+
+
+def _broadcast_as_reshape(G: Graph, n: int) -> int | None:
+    """``broadcast_to(expand_dims(v, axes), shape)`` (a mean's gradient, [C] -> [N, C, H, W])
+    as ``reshape(v, [C, 1, 1])``: the same entries, broadcast by numpy itself where the
+    elementwise op that reads it meets a full-sized operand. Its unit dims are kept and only
+    the leading ones dropped, so the entries line up with the same axes; a scalar v is left
+    alone (nothing to gain)."""
+    node = G[n]
+    v = node.args[0]
+    if G[v].shape == () or G[v].dtype != node.dtype:
+        return None
+    dims = list(G[v].shape)
+    for axis in sorted(node.attr("axes")):
+        dims.insert(axis, 1)
+    while dims and dims[0] == 1:
+        dims.pop(0)
+    if tuple(dims) == G[v].shape:
+        return v
+    return G.add("reshape", [v], {"shape": tuple(dims)}, loc=node.loc, scope=node.scope, grad_of=node.grad_of)
 
 
 # ---- arithmetic ---------------------------------------------------------------------------
@@ -198,3 +221,141 @@ def per_channel_sum(G: Graph, n: int) -> int | None:
     attrs = (("mean", G[n].op == "mean"), ("negate", negate), ("shape", G[n].shape))
     G.set(n, op="channel_sum", args=(x.args[0],) if negate else G[n].args, attrs=attrs)
     return n
+
+
+# ---- relu before a max pool ---------------------------------------------------------------
+# relu is nondecreasing, so it commutes with a window's max: max(relu(x)) = relu(max(x)), the
+# same bits, and the relu and its backward mask run on the pooled array (4x fewer entries for a
+# 2 x 2 pool). Its gradient is the same too, ties included: where a window's max of x is
+# positive, relu(x) equals x at every entry tied with it and is smaller elsewhere, so the first
+# max of relu(x) is the first max of x, which relu passes (mask 1 there, before or after the
+# pool); where it is not positive, relu(x) is all zeros, and the gradient through relu is 0 at
+# every entry of the window either way (masked after routing, or routed after masking). A
+# position summed over overlapping windows gets, window by window, the same addends. Equal
+# values, exactly; a zero may change its sign.
+
+def _relu_read_only_through_pool(G: Graph, r: int, attrs: tuple) -> bool:
+    """Whether every reader of relu output ``r`` is a max pool with ``attrs``, that pool's
+    gradient (r as its x) or relu's mask ``r > 0`` feeding only such a gradient's product:
+    with both rewrites below, nothing reads the unpooled relu any more."""
+    for u in G.users(r):
+        node = G[u]
+        if node.op in ("max_pool2d", "max_pool2d_grad") and node.attrs == attrs and node.args[-1] == r \
+                and r not in node.args[:-1]:
+            continue
+        if _is_relu_mask(G, u, r) and all(_masked_pool_grad(G, m, attrs) is not None for m in G.users(u)):
+            continue
+        return False
+    return True
+
+
+def _is_relu_mask(G: Graph, n: int, r: int) -> bool:
+    node = G[n]
+    return node.op == "step" and dict(node.attrs).get("cmp") == ">" and node.args[0] == r and is_const(G, node.args[1], 0.0)
+
+
+def _masked_pool_grad(G: Graph, n: int, attrs: tuple | None = None) -> tuple[int, int, int] | None:
+    """``(g, x, mask)`` where node n is ``max_pool2d_grad(g, relu(x)) * (relu(x) > 0)``."""
+    node = G[n]
+    if node.op != "mul":
+        return None
+    for grad, mask in (node.args, node.args[::-1]):
+        pool_grad = G[grad]
+        if pool_grad.op != "max_pool2d_grad" or (attrs is not None and pool_grad.attrs != attrs):
+            continue
+        g, r = pool_grad.args
+        if G[r].op == "relu" and _is_relu_mask(G, mask, r) and pool_grad.shape == node.shape:
+            return g, G[r].args[0], mask
+    return None
+
+
+def relu_after_max_pool(G: Graph, n: int) -> int | None:
+    """max_pool2d(relu(x)) -> relu(max_pool2d(x)) where nothing else reads relu(x) (see above
+    for why the values and gradients are the same)."""
+    r = G[n].args[0]
+    if G[r].op != "relu" or G[r].dtype != "float" or not _relu_read_only_through_pool(G, r, G[n].attrs):
+        return None
+    pooled = G.add("max_pool2d", [G[r].args[0]], G[n].attrs, loc=G[n].loc, scope=G[n].scope)
+    G.set(n, op="relu", args=(pooled,), attrs=())
+    return n
+
+
+def relu_mask_after_max_pool(G: Graph, n: int) -> int | None:
+    """max_pool2d_grad(g, relu(x)) * (relu(x) > 0) -> max_pool2d_grad(g * (p > 0), x) with
+    p = relu(max_pool2d(x)), the forward's value after relu_after_max_pool (merged with it):
+    relu's backward mask runs on the pooled gradient (see above for why it is the same)."""
+    found = _masked_pool_grad(G, n)
+    if found is None:
+        return None
+    g, x, mask = found
+    grad = next(a for a in G[n].args if a != mask)
+    attrs, r = G[grad].attrs, G[grad].args[1]
+    if not _relu_read_only_through_pool(G, r, attrs):
+        return None
+    meta = {"loc": G[n].loc, "scope": G[n].scope}
+    pooled = G.add("relu", [G.add("max_pool2d", [x], attrs, **meta)], (), **meta)
+    masked = G.add("mul", [g, G.add("step", [pooled, G[mask].args[1]], G[mask].attrs, **meta)], (), **meta)
+    G.set(n, op="max_pool2d_grad", args=(masked, x), attrs=attrs)
+    return n
+
+
+# ---- a term added twice ------------------------------------------------------------------
+
+def _size_of(shape: tuple) -> float:
+    return float(np.prod([d if isinstance(d, int) else np.inf for d in shape]))
+
+
+def _scaled_operands(G: Graph, b: int, n: int) -> tuple[int, int] | None:
+    """``(s, big)`` where node b is ``s * big`` with s smaller than the sum n (a per-channel
+    factor, a scalar) and big of n's shape."""
+    node = G[b]
+    if node.op != "mul" or node.dtype != "float":
+        return None
+    for s, big in (node.args, node.args[::-1]):
+        if G[big].shape == G[n].shape and G[big].dtype == "float" and _size_of(G[s].shape) < _size_of(G[n].shape):
+            return s, big
+    return None
+
+
+def _same_view(G: Graph, a: int, b: int) -> bool:
+    """Whether a and b are one node, or the same reshape or broadcast of one node (merged later)."""
+    return a == b or (G[a].op == G[b].op and G[a].op in ("reshape", "broadcast_to")
+                      and (G[a].args, G[a].attrs) == (G[b].args, G[b].attrs))
+
+
+def _same_product(G: Graph, b1: int, b2: int) -> bool:
+    if b1 == b2:
+        return True
+    if not G[b1].op == G[b2].op == "mul":
+        return False
+    (p, q), (r, t) = G[b1].args, G[b2].args
+    return (_same_view(G, p, r) and _same_view(G, q, t)) or (_same_view(G, p, t) and _same_view(G, q, r))
+
+
+def twice_added_scaled(G: Graph, n: int) -> int | None:
+    """(a + s * x) + s * x -> a + (2 * s) * x where nothing else reads s * x and s is smaller
+    than x (batch norm's variance gradient reaches xc twice, once through each factor of
+    xc * xc): the 2 meets the small factor, and one pass over the image fewer. Not the same
+    bits: a + 2 b is rounded once where (a + b) + b is rounded twice (2 s and 2 (s x) are exact)."""
+    node = G[n]
+    for inner, b in (node.args, node.args[::-1]):
+        first = G[inner]
+        if first.op != "add" or first.shape != node.shape or G.users(inner) != [n]:
+            continue
+        for a, b1 in (first.args, first.args[::-1]):
+            scaled = _scaled_operands(G, b, n)
+            if scaled is None or not _same_product(G, b1, b) or not _read_only_by(G, b1, b, inner, n):
+                continue
+            s, big = scaled
+            two = G.add("const", (), {"value": 2.0, "shape": (), "dtype": "float"}, loc=node.loc, scope=node.scope)
+            doubled = G.add("mul", [s, two], (), loc=G[b].loc, scope=G[b].scope)
+            G.set(n, args=(a, G.add("mul", [doubled, big], (), loc=G[b].loc, scope=G[b].scope, grad_of=G[b].grad_of)))
+            return n
+    return None
+
+
+def _read_only_by(G: Graph, b1: int, b: int, inner: int, n: int) -> bool:
+    """Whether the two terms are read by the two sums only (once each, or one node by both)."""
+    if b1 == b:
+        return sorted(G.users(b)) == sorted((inner, n))
+    return G.users(b1) == [inner] and G.users(b) == [n]
