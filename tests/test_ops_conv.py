@@ -155,8 +155,9 @@ def test_conv2d_and_its_gradients_are_the_definition_and_its_transposes(g: dict,
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_a_small_images_conv_as_one_matrix_is_the_definition_whatever_the_layouts(dtype) -> None:
-    """Images of at most 2*KH*KW pixels (the digits CNN's 4 x 4) take _small_conv2d: a
-    non-contiguous image, a non-contiguous out and a bias give the definition's values."""
+    """Images of at most 2*KH*KW pixels (the digits CNN's 4 x 4) take _small_conv2d's
+    channels-last columns: a non-contiguous image, a non-contiguous out, a bias, a stride and
+    a dilation give the definition's values."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((3, 5, 4, 6)).astype(dtype)[:, :, :, ::-2]      # [3, 5, 4, 3], strided
     w, b = rng.standard_normal((7, 5, 3, 3)).astype(dtype), rng.standard_normal(7).astype(dtype)
@@ -170,21 +171,23 @@ def test_a_small_images_conv_as_one_matrix_is_the_definition_whatever_the_layout
     np.testing.assert_allclose(eval("_small_conv2d(x, w, None, (2, 1), (1, 0), (1, 1))", scope),  # noqa: S307
                                conv2d_by_definition(x.astype(np.float64), w, None, (2, 1), (1, 0), (1, 1), 1),
                                rtol=tol, atol=tol)
+    np.testing.assert_allclose(eval("_small_conv2d(x, w, b, (1, 1), (2, 2), (2, 1))", scope),  # noqa: S307
+                               conv2d_by_definition(x.astype(np.float64), w, b, (1, 1), (2, 2), (2, 1), 1),
+                               rtol=tol, atol=tol)
 
 
-def test_an_inf_pixel_of_a_small_image_keeps_its_infinite_outputs_and_turns_the_others_to_nan() -> None:
-    """The one-matrix form multiplies each pixel by the zeros of the taps that miss it too."""
+def test_an_inf_pixel_of_a_small_image_is_infinite_only_in_the_outputs_that_read_it() -> None:
+    """The channels-last columns multiply each pixel only by the taps that meet it, as the
+    definition does: the image's other outputs stay finite, and so do the other images'."""
     rng = np.random.default_rng(4)
     x, w = rng.standard_normal((2, 3, 4, 4)), rng.standard_normal((5, 3, 3, 3))
     x[0, 1, 2, 1] = np.inf
-    with np.errstate(invalid="ignore"):
-        want = conv2d_by_definition(x, w, None, (1, 1), (1, 1), (1, 1), 1)
-        got = _run("conv2d", x, w, padding=1)
-    reads = np.isinf(want[0])
-    assert reads.any() and not reads.all()
-    np.testing.assert_array_equal(got[0][reads], want[0][reads])
-    assert np.isnan(got[0][~reads]).all()
-    np.testing.assert_allclose(got[1], want[1], rtol=1e-12, atol=1e-12)
+    want = conv2d_by_definition(x, w, None, (1, 1), (1, 1), (1, 1), 1)
+    got = _run("conv2d", x, w, padding=1)
+    reads = np.isinf(want)
+    assert reads[0].any() and not reads[0].all() and not reads[1].any()
+    np.testing.assert_array_equal(got[reads], want[reads])
+    np.testing.assert_allclose(got[~reads], want[~reads], rtol=1e-12, atol=1e-12)
 
 
 def test_a_max_pools_tie_goes_to_the_first_maximum_of_the_window() -> None:

@@ -26,6 +26,7 @@ from .conv_helpers import (
     WIDE_COL2IM,
     CONV2D,
     TAPS,
+    CHANNELS_LAST_COLUMNS,
     SMALL_CONV2D,
     CONV2D_INPUT_GRAD,
     CONV2D_WEIGHT_GRAD,
@@ -313,7 +314,7 @@ def _conv_label(attrs: dict) -> str:
 
 
 op("conv2d", -1, _conv2d_rule, _call("_conv2d", _conv_attrs), vjp=_vjp_conv2d, attrs=_GEOMETRY, takes_out=True,
-   helpers=(*_CONV_HELPERS, CONV2D, TAPS, SMALL_CONV2D),
+   helpers=(*_CONV_HELPERS, CONV2D, CHANNELS_LAST_COLUMNS, SMALL_CONV2D),
    samples=(Sample(((2, 3, 5, 5), (4, 3, 3, 3))),
             Sample(((2, 3, 5, 5), (4, 3, 3, 3), (4,)), {"stride": 2, "padding": 1}),
             Sample(((1, 4, 6, 7), (6, 2, 2, 2), (6,)), _GROUPED)),
@@ -326,7 +327,7 @@ op("conv2d", -1, _conv2d_rule, _call("_conv2d", _conv_attrs), vjp=_vjp_conv2d, a
    onnx=_onnx_conv2d)
 op("conv2d_input_grad", 2, _conv2d_input_grad_rule, _call("_conv2d_input_grad", _conv_attrs, "{size!r}"),
    vjp=_vjp_conv2d_input_grad, attrs=(("size", ()), *_GEOMETRY), public=False, takes_out=True,
-   helpers=(*_CONV_HELPERS, CONV2D, TAPS, SMALL_CONV2D, COL2IM, WIDE_COL2IM, CONV2D_INPUT_GRAD),
+   helpers=(*_CONV_HELPERS, CONV2D, CHANNELS_LAST_COLUMNS, SMALL_CONV2D, TAPS, COL2IM, WIDE_COL2IM, CONV2D_INPUT_GRAD),
    samples=(Sample(((2, 4, 3, 3), (4, 3, 3, 3)), {"size": (5, 5), "stride": 2, "padding": 1}),
             Sample(((1, 6, 6, 3), (6, 2, 2, 2)), {"size": (6, 7), **_GROUPED}),
             Sample(((2, 4, 3, 4), (4, 3, 3, 3)), {"size": (3, 4), "padding": 1}),      # small: the unrolled matrix
@@ -337,7 +338,7 @@ op("conv2d_input_grad", 2, _conv2d_input_grad_rule, _call("_conv2d_input_grad", 
    doc="d loss / d x of conv2d: the transposed convolution of g with W, back onto an image of the given size")
 op("conv2d_weight_grad", 2, _conv2d_weight_grad_rule, _call("_conv2d_weight_grad", _conv_attrs, "{kernel!r}"),
    vjp=_vjp_conv2d_weight_grad, attrs=(("kernel", ()), *_GEOMETRY), public=False, takes_out=True,
-   helpers=(*_CONV_HELPERS, TAPS, CONV2D_WEIGHT_GRAD),
+   helpers=(*_CONV_HELPERS, CHANNELS_LAST_COLUMNS, CONV2D_WEIGHT_GRAD),
    samples=(Sample(((2, 3, 5, 5), (2, 4, 3, 3)), {"kernel": (3, 3), "stride": 2, "padding": 1}),
             Sample(((1, 4, 6, 7), (1, 6, 6, 3)), {"kernel": (2, 2), **_GROUPED}),
             Sample(((2, 3, 3, 4), (2, 4, 3, 4)), {"kernel": (3, 3), "padding": 1}),   # small: the unrolled matrix

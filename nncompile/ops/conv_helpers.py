@@ -5,9 +5,11 @@ numpy (``Backend.retarget`` moves them to CuPy): the careful numpy programmer's 
 At stride 1 im2col copies the padded image once into a flat buffer where each kernel
 offset's windows are one long run (:data:`WIDE_COLUMNS`), so the copy into the columns a
 conv multiplies with its filters (one batched GEMM) has no rows of OW; elsewhere the columns
-are a strided view of the image (:data:`WINDOWS`). Both backward products are GEMMs too;
-images of at most 2*KH*KW pixels use the conv as one matrix instead (:data:`TAPS`), and
-col2im and the pools loop over the kernel's offsets (9 for a 3x3 kernel), never over pixels.
+are a strided view of the image (:data:`WINDOWS`). Both backward products are GEMMs too.
+Images of at most 2*KH*KW pixels take columns copied channels last instead
+(:data:`CHANNELS_LAST_COLUMNS`), and their input gradient the conv as one matrix
+(:data:`TAPS`) where that is no larger than the columns; col2im and the pools loop over the
+kernel's offsets (9 for a 3x3 kernel), never over pixels.
 """
 
 WINDOWS = '''def _windows(x, kernel, stride, padding, dilation, fill=0.0):
@@ -92,8 +94,7 @@ CONV2D = '''def _conv2d(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1
     row is dropped in the copy into the NCHW result (the bias added in the same pass);
     otherwise they are a strided view's and the GEMM writes the result directly: with few
     input channels (a first layer's 1 or 3) copying the result costs more than the columns.
-    An image of at most 2*KH*KW pixels (one group) is multiplied by the conv as one matrix
-    (_conv2d_input_grad's, transposed): one GEMM, no columns, padding or junk."""
+    An image of at most 2*KH*KW pixels (one group) takes _small_conv2d's channels-last columns."""
     f, cg, kh, kw = w.shape
     if groups == 1 and x.shape[2] * x.shape[3] <= 2 * kh * kw:
         return _small_conv2d(x, w, b, stride, padding, dilation, out)
@@ -138,32 +139,42 @@ def _taps(size, kernel, stride, padding, dilation):
         _TAP_INDEX[key] = (r * ow + s)[inside], (rows * w + cols)[inside], (i * kw + j)[inside]
     return _TAP_INDEX[key]'''
 
+CHANNELS_LAST_COLUMNS = '''def _channels_last_columns(x, kernel, stride, padding, dilation):
+    """im2col of x [N, C, H, W] channels last: rows [N*OH*OW, KH*KW*C], one per output pixel,
+    copied from x padded as [N, H', W', C]. A row's entries of one kernel row are then runs of
+    KW*C (at dilation 1), long where there are many channels: the small images deep in a net."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    n, c, h, w = x.shape
+    padded = np.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=x.dtype)
+    padded[:, ph:ph + h, pw:pw + w] = x.transpose(0, 2, 3, 1)
+    oh, ow = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    s0, s1, s2, s3 = padded.strides
+    windows = np.lib.stride_tricks.as_strided(padded, (n, oh, ow, kh, kw, c), (s0, s1 * sh, s2 * sw, s1 * dh, s2 * dw, s3))
+    return windows.reshape(n * oh * ow, kh * kw * c)'''
+
 SMALL_CONV2D = '''def _small_conv2d(x, w, b, stride, padding, dilation, out=None):
-    """_conv2d of a small image as x [N, C*H*W] times the conv as one matrix [C*H*W, F*OH*OW],
-    each filter tap placed where it meets its input pixel: the product is the NCHW result. It
-    multiplies every pixel by zeros too, so an inf pixel turns its image's other outputs to NaN."""
+    """_conv2d of a small image (one group): its channels-last columns times the filters as
+    [KH*KW*C, F], one GEMM whose rows are the output pixels, copied into the NCHW result
+    (with the bias). Its columns copy runs of KW*C, where NCHW's are runs of at most OW."""
     (n, c, h, wd), (f, _, kh, kw) = x.shape, w.shape
-    outputs, inputs, taps = _taps((h, wd), (kh, kw), stride, padding, dilation)
     oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     ow = (wd + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    unrolled = np.zeros((c, h * wd, f, oh * ow), dtype=w.dtype)
-    unrolled[:, inputs, :, outputs] = w.reshape(f, c, kh * kw)[:, :, taps].transpose(2, 1, 0)
-    direct = out is not None and out.flags.c_contiguous
-    result = out if direct else np.empty((n, f, oh, ow), dtype=x.dtype)
-    np.matmul(np.ascontiguousarray(x).reshape(n, c * h * wd), unrolled.reshape(c * h * wd, f * oh * ow),
-              out=result.reshape(n, f * oh * ow))
-    if b is not None:
-        result += b.reshape(f, 1, 1)
-    if out is None or direct:
-        return result
-    out[...] = result
+    cols = _channels_last_columns(x, (kh, kw), stride, padding, dilation)
+    pixels = np.matmul(cols, w.transpose(2, 3, 1, 0).reshape(kh * kw * c, f))
+    image = pixels.reshape(n, oh, ow, f).transpose(0, 3, 1, 2)
+    if out is None:
+        out = np.empty((n, f, oh, ow), dtype=x.dtype)
+    if b is None:
+        out[...] = image
+    else:
+        np.add(image, b.reshape(f, 1, 1), out=out)
     return out'''
 
 CONV2D_INPUT_GRAD = '''def _conv2d_input_grad(g, w, size, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, out=None):
     """d loss / d x of a conv2d. For an image of at most 2*KH*KW pixels (and one group) it is
     g [N, F*OH*OW] times the conv as one matrix [F*OH*OW, H*W*C], each filter tap placed
     where it meets its input pixel: at most twice the flops of the columns, and no columns,
-    padding or junk. At stride 1 with fewer channels than filters, each group's filters,
+    padding or junk (where the matrix is no larger than the columns: few filters, or a batch). At stride 1 with fewer channels than filters, each group's filters,
     transposed, times g widened to W' (zeros in its junk) are _wide_columns' gradient, which
     _wide_col2im adds back as long runs; with as many or more, it is the full correlation of
     g [N, F, OH, OW] with the filters flipped and transposed (im2col and one batched GEMM
@@ -172,7 +183,7 @@ CONV2D_INPUT_GRAD = '''def _conv2d_input_grad(g, w, size, stride=(1, 1), padding
     added back by col2im."""
     n, f, oh, ow = g.shape
     _, cg, kh, kw = w.shape
-    if groups == 1 and size[0] * size[1] <= 2 * kh * kw:
+    if groups == 1 and size[0] * size[1] <= 2 * kh * kw and f * size[0] * size[1] <= n * kh * kw:
         outputs, inputs, taps = _taps(tuple(size), (kh, kw), stride, padding, dilation)
         unrolled = np.zeros((f, oh * ow, size[0] * size[1], cg), dtype=w.dtype)
         unrolled[:, outputs, inputs] = w.reshape(f, cg, kh * kw).transpose(0, 2, 1)[:, taps]
@@ -200,23 +211,19 @@ CONV2D_INPUT_GRAD = '''def _conv2d_input_grad(g, w, size, stride=(1, 1), padding
 CONV2D_WEIGHT_GRAD = '''def _conv2d_weight_grad(x, g, kernel, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, out=None):
     """d loss / d w of a conv2d: g [N, F, OH, OW] times im2col's columns of x, summed over the
     batch and the output pixels: one GEMM per group over N*OH*OW (the columns laid out so).
-    For an image of at most 2*KH*KW pixels (and one group) it is the gradient of the conv as
-    one matrix (g's rows times x's pixels, channels last), each tap's entries then summed
-    by a 0/1 matrix; at stride 1, where a column is longer than a group's filters (as in
-    _conv2d), the columns are _wide_columns' (channels first) and g is widened to match,
-    zeros against their junk. Both multiply entries by zeros, so an inf
-    pixel in x (whose conv, and so the loss, is not finite either) makes NaN the gradient of
-    taps that never read it too."""
+    For an image of at most 2*KH*KW pixels (and one group) the columns are channels last, as
+    in _small_conv2d; at stride 1, where a column is longer than a group's filters (as in
+    _conv2d), they are _wide_columns' (channels first) and g is widened to match, zeros
+    against their junk, so an inf pixel in x (whose conv, and so the loss, is not finite
+    either) makes NaN the gradient of taps that never read it too."""
     n, f, oh, ow = g.shape
     c, (kh, kw) = x.shape[1], kernel
-    if groups == 1 and x.shape[2] * x.shape[3] <= 2 * kh * kw:
-        outputs, inputs, taps = _taps(tuple(x.shape[2:]), kernel, stride, padding, dilation)
-        pixels = x.transpose(0, 2, 3, 1).reshape(n, -1)
-        unrolled = np.matmul(g.reshape(n, f * oh * ow).T, pixels).reshape(f, oh * ow, -1, c)
-        per_tap = np.matmul((taps == np.arange(kh * kw)[:, None]).astype(x.dtype), unrolled[:, outputs, inputs])
+    if groups == 1 and x.shape[2] * x.shape[3] <= 2 * kh * kw:   # as in _conv2d
+        cols = _channels_last_columns(x, kernel, stride, padding, dilation)
+        per_tap = np.matmul(g.transpose(1, 0, 2, 3).reshape(f, n * oh * ow), cols)
         if out is None:
             out = np.empty((f, c, kh, kw), dtype=x.dtype)
-        out.reshape(f, c, kh * kw)[...] = per_tap.transpose(0, 2, 1)
+        out[...] = per_tap.reshape(f, kh, kw, c).transpose(0, 3, 1, 2)
         return out
     if stride == (1, 1) and c // groups * kh * kw > f // groups:   # as in _conv2d
         cols = _wide_columns(x, kernel, padding, dilation, channels_first=True)

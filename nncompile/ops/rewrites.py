@@ -237,7 +237,8 @@ def per_channel_sum(G: Graph, n: int) -> int | None:
 def _relu_read_only_through_pool(G: Graph, r: int, attrs: tuple) -> bool:
     """Whether every reader of relu output ``r`` is a max pool with ``attrs``, that pool's
     gradient (r as its x) or relu's mask ``r > 0`` feeding only such a gradient's product:
-    with both rewrites below, nothing reads the unpooled relu any more."""
+    with both rewrites below, nothing reads the unpooled relu any more, unless it is also a
+    result of the model (rules do not see the roots), which keeps it for that result."""
     for u in G.users(r):
         node = G[u]
         if node.op in ("max_pool2d", "max_pool2d_grad") and node.attrs == attrs and node.args[-1] == r \
@@ -336,7 +337,8 @@ def twice_added_scaled(G: Graph, n: int) -> int | None:
     """(a + s * x) + s * x -> a + (2 * s) * x where nothing else reads s * x and s is smaller
     than x (batch norm's variance gradient reaches xc twice, once through each factor of
     xc * xc): the 2 meets the small factor, and one pass over the image fewer. Not the same
-    bits: a + 2 b is rounded once where (a + b) + b is rounded twice (2 s and 2 (s x) are exact)."""
+    bits: a + 2 b is rounded once where (a + b) + b is rounded twice (2 s and 2 (s x) are exact,
+    unless |s| is above half the dtype's largest value, where 2 s overflows)."""
     node = G[n]
     for inner, b in (node.args, node.args[::-1]):
         first = G[inner]
