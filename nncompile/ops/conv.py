@@ -330,7 +330,8 @@ op("conv2d_input_grad", 2, _conv2d_input_grad_rule, _call("_conv2d_input_grad", 
    helpers=(*_CONV_HELPERS, CONV2D, CHANNELS_LAST_COLUMNS, SMALL_CONV2D, TAPS, COL2IM, WIDE_COL2IM, CONV2D_INPUT_GRAD),
    samples=(Sample(((2, 4, 3, 3), (4, 3, 3, 3)), {"size": (5, 5), "stride": 2, "padding": 1}),
             Sample(((1, 6, 6, 3), (6, 2, 2, 2)), {"size": (6, 7), **_GROUPED}),
-            Sample(((2, 4, 3, 4), (4, 3, 3, 3)), {"size": (3, 4), "padding": 1}),      # small: the unrolled matrix
+            Sample(((2, 4, 3, 4), (4, 3, 3, 3)), {"size": (3, 4), "padding": 1}),      # small, but the matrix would be larger
+            Sample(((8, 2, 3, 4), (2, 3, 3, 3)), {"size": (3, 4), "padding": 1}),      # small: the unrolled matrix
             Sample(((2, 3, 3, 1), (3, 2, 2, 3)), {"size": (3, 3), "stride": (1, 2), "padding": (1, 0),
                                                   "dilation": (2, 1)}),
             Sample(((2, 4, 5, 5), (4, 3, 3, 3)), {"size": (5, 5), "padding": 1}),      # fewer channels: wide col2im
@@ -341,7 +342,7 @@ op("conv2d_weight_grad", 2, _conv2d_weight_grad_rule, _call("_conv2d_weight_grad
    helpers=(*_CONV_HELPERS, CHANNELS_LAST_COLUMNS, CONV2D_WEIGHT_GRAD),
    samples=(Sample(((2, 3, 5, 5), (2, 4, 3, 3)), {"kernel": (3, 3), "stride": 2, "padding": 1}),
             Sample(((1, 4, 6, 7), (1, 6, 6, 3)), {"kernel": (2, 2), **_GROUPED}),
-            Sample(((2, 3, 3, 4), (2, 4, 3, 4)), {"kernel": (3, 3), "padding": 1}),   # small: the unrolled matrix
+            Sample(((2, 3, 3, 4), (2, 4, 3, 4)), {"kernel": (3, 3), "padding": 1}),   # small: channels-last columns
             Sample(((2, 2, 3, 3), (2, 3, 3, 1)), {"kernel": (2, 3), "stride": (1, 2), "padding": (1, 0),
                                                   "dilation": (2, 1)})),
    doc="d loss / d W of conv2d: the correlation of x with g, summed over the batch")
