@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import shapes
 from .ir import ARGUMENTS, Graph, Node
 from .ops import REGISTRY
 from .ops.rewrites import drop_redundant_broadcasts
@@ -96,7 +97,7 @@ def fold_constants(G: Graph, roots: Roots) -> None:
             if node.dtype != "float" or any(G[a].dtype != "float" for a in node.args):
                 continue
             inputs = [_const_value(G[a]) for a in node.args]
-            if _size(node.shape) > max(16, *(v.size for v in inputs)):
+            if shapes.elements(node.shape) > max(16, *(v.size for v in inputs)):
                 continue  # folding would inline a big array where a cheap broadcast does
             with np.errstate(all="ignore"):
                 value = REGISTRY[node.op].compute(inputs, dict(node.attrs))
@@ -104,10 +105,6 @@ def fold_constants(G: Graph, roots: Roots) -> None:
                            name=node.name, loc=node.loc, scope=node.scope, grad_of=node.grad_of)
             _replace(G, roots, n, folded)
             G.remove(n)
-
-
-def _size(shape) -> float:
-    return float(np.prod([d if isinstance(d, int) else np.inf for d in shape]))
 
 
 def _simplify_node(G: Graph, n: int) -> int | None:

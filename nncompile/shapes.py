@@ -84,6 +84,12 @@ def reduce(shape: Shape, axis, keepdims: bool) -> Shape:
     return tuple(d for i, d in enumerate(shape) if i not in axes)
 
 
+def elements(shape: Shape) -> float:
+    """How many entries a shape holds, a symbolic dim counting as infinitely many: for
+    comparing sizes at compile time (a per-channel vector is smaller than an image)."""
+    return float(prod(d if isinstance(d, int) else float("inf") for d in shape))
+
+
 def _size(dims) -> tuple[int, Counter]:
     """A product of dims as (integer factor, multiset of symbols)."""
     return prod(d for d in dims if isinstance(d, int)), Counter(d for d in dims if isinstance(d, str))

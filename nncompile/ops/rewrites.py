@@ -302,10 +302,6 @@ def relu_mask_after_max_pool(G: Graph, n: int) -> int | None:
 
 # ---- a term added twice ------------------------------------------------------------------
 
-def _size_of(shape: tuple) -> float:
-    return float(np.prod([d if isinstance(d, int) else np.inf for d in shape]))
-
-
 def _scaled_operands(G: Graph, b: int, n: int) -> tuple[int, int] | None:
     """``(s, big)`` where node b is ``s * big`` with s smaller than the sum n (a per-channel
     factor, a scalar) and big of n's shape."""
@@ -313,7 +309,7 @@ def _scaled_operands(G: Graph, b: int, n: int) -> tuple[int, int] | None:
     if node.op != "mul" or node.dtype != "float":
         return None
     for s, big in (node.args, node.args[::-1]):
-        if G[big].shape == G[n].shape and G[big].dtype == "float" and _size_of(G[s].shape) < _size_of(G[n].shape):
+        if G[big].shape == G[n].shape and G[big].dtype == "float" and shapes.elements(G[s].shape) < shapes.elements(G[n].shape):
             return s, big
     return None
 
