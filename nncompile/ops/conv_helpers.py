@@ -140,7 +140,7 @@ def _taps(size, kernel, stride, padding, dilation):
     return _TAP_INDEX[key]'''
 
 CHANNELS_LAST_COLUMNS = '''def _channels_last_columns(x, kernel, stride, padding, dilation):
-    """im2col of x [N, C, H, W] channels last: rows [N*OH*OW, KH*KW*C], one per output pixel,
+    """im2col of x [N, C, H, W] channels last: [N, OH, OW, KH*KW*C], a row per output pixel,
     copied from x padded as [N, H', W', C]. A row's entries of one kernel row are then runs of
     KW*C (at dilation 1), long where there are many channels: the small images deep in a net."""
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
@@ -150,17 +150,16 @@ CHANNELS_LAST_COLUMNS = '''def _channels_last_columns(x, kernel, stride, padding
     oh, ow = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     s0, s1, s2, s3 = padded.strides
     windows = np.lib.stride_tricks.as_strided(padded, (n, oh, ow, kh, kw, c), (s0, s1 * sh, s2 * sw, s1 * dh, s2 * dw, s3))
-    return windows.reshape(n * oh * ow, kh * kw * c)'''
+    return windows.reshape(n, oh, ow, kh * kw * c)'''
 
 SMALL_CONV2D = '''def _small_conv2d(x, w, b, stride, padding, dilation, out=None):
     """_conv2d of a small image (one group): its channels-last columns times the filters as
     [KH*KW*C, F], one GEMM whose rows are the output pixels, copied into the NCHW result
     (with the bias). Its columns copy runs of KW*C, where NCHW's are runs of at most OW."""
-    (n, c, h, wd), (f, _, kh, kw) = x.shape, w.shape
-    oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    ow = (wd + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    f, _, kh, kw = w.shape
     cols = _channels_last_columns(x, (kh, kw), stride, padding, dilation)
-    pixels = np.matmul(cols, w.transpose(2, 3, 1, 0).reshape(kh * kw * c, f))
+    n, oh, ow, taps = cols.shape
+    pixels = np.matmul(cols.reshape(-1, taps), w.transpose(2, 3, 1, 0).reshape(taps, f))
     image = pixels.reshape(n, oh, ow, f).transpose(0, 3, 1, 2)
     if out is None:
         out = np.empty((n, f, oh, ow), dtype=x.dtype)
@@ -220,7 +219,7 @@ CONV2D_WEIGHT_GRAD = '''def _conv2d_weight_grad(x, g, kernel, stride=(1, 1), pad
     c, (kh, kw) = x.shape[1], kernel
     if groups == 1 and x.shape[2] * x.shape[3] <= 2 * kh * kw:   # as in _conv2d
         cols = _channels_last_columns(x, kernel, stride, padding, dilation)
-        per_tap = np.matmul(g.transpose(1, 0, 2, 3).reshape(f, n * oh * ow), cols)
+        per_tap = np.matmul(g.transpose(1, 0, 2, 3).reshape(f, n * oh * ow), cols.reshape(n * oh * ow, -1))
         if out is None:
             out = np.empty((f, c, kh, kw), dtype=x.dtype)
         out[...] = per_tap.reshape(f, kh, kw, c).transpose(0, 3, 1, 2)
