@@ -296,7 +296,7 @@ def bench_compile(quick: bool) -> tuple[list[list[str]], list[list[str]]]:
             out.append([str(layers), str(len(params)), *best.values(), str(lines["nncompile"]),
                         str(lines["written out"]), f"{min(times['whole']) / min(times['nncompile']):.1f}", jax_s])
             if layers in (100, 1000):
-                steps.append(step_row(layers, mods, params, X, 5 if quick else 30))
+                steps.append(step_row(layers, mods, params, X, 5 if quick else 100))
             print(f"  compiled {layers} layers")
     return out, steps
 

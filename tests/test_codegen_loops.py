@@ -7,6 +7,7 @@ import inspect
 import itertools
 import re
 import sys
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -210,6 +211,46 @@ def test_every_gradient_of_the_loop_matches_the_unrolled_module_and_none_alias(t
             assert not any(np.shares_memory(array, p) for p in params.values())
             assert not any(np.shares_memory(array, buf) for cache in (looped._VALUE_AND_GRAD_BUFFERS,)
                            for buffers in cache.values() for buf in buffers)
+
+
+@pytest.mark.parametrize("count", [9, 1000])   # 1000: compiled short and stretched
+def test_each_iteration_writes_its_param_gradients_into_the_one_gradient_buffer(tmp_path: Path, count: int) -> None:
+    """The loop's param gradients are views of one buffer laid out like the params, as the
+    unrolled module's are, computed there: a call holds that buffer and no second copy of it."""
+    path = write_nn(tmp_path, "deep", DEEP_TEXT.replace("COUNT", str(count)).replace("D = 4", "D = 48"))
+    module = load_module(compile_file(path, dtype="float64"), f"deep_views_{count}")
+    params = module.init_params(1)
+    X = np.random.default_rng(0).standard_normal((2, 7))
+    module.value_and_grad(params, X=X)   # the workspace is made on the first call
+    tracemalloc.start()
+    try:
+        _, grads = module.value_and_grad(params, X=X)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    buffer = module.flat_grads(grads)
+    assert buffer is not None and all(grads[k].base is buffer for k in module.PARAMS)
+    origin = buffer.__array_interface__["data"][0]
+    assert [(grads[k].__array_interface__["data"][0] - origin) // 8 for k in module.PARAMS] == \
+        [(p.__array_interface__["data"][0] - params["h.1.W"].base.__array_interface__["data"][0]) // 8
+         for p in params.values()]
+    assert peak < 1.5 * buffer.nbytes, (peak, buffer.nbytes)   # the gradients and small change
+    assert_identical(grads, load_module(compile_file(path, dtype="float64", loops=False),
+                                        f"deep_views_{count}_unrolled").value_and_grad(params, X=X)[1])
+
+
+def test_a_loop_gradient_no_op_can_write_into_its_view_is_copied_into_the_buffer(tmp_path: Path) -> None:
+    """W.T's gradient is a transpose, a view of its own: copied into the one buffer after the loop."""
+    text = DEEP_TEXT.replace("COUNT", "9").replace("param W: [K, width]", "param W: [width, K]").replace("x @ W", "x @ W.T")
+    path = write_nn(tmp_path, "deep", text)
+    module = load_module(compile_file(path, dtype="float64"), "deep_copied")
+    params = module.init_params(1)
+    X = np.random.default_rng(0).standard_normal((2, 7))
+    _, grads = module.value_and_grad(params, X=X)
+    buffer = module.flat_grads(grads)
+    assert buffer is not None and all(grads[k].base is buffer for k in module.PARAMS)
+    assert_identical(grads, load_module(compile_file(path, dtype="float64", loops=False),
+                                        "deep_copied_unrolled").value_and_grad(params, X=X)[1])
 
 
 def test_a_1000_layer_repeat_is_a_short_module() -> None:

@@ -130,10 +130,10 @@ class FunctionEmitter:
         else:
             body += self.fill_grad_views(grads, names, ctx)
             seen = set(outputs.values())
-            filled = self.loop_writer and self.loop_writer.grads(grads, ctx, seen, "grads")
+            filled = self.loop_writer and self.loop_writer.grads(grads, ctx, seen, "grads", ctx.grad_views)
             if filled:   # the gradients a loop kept go in by a loop
                 body += filled
-                if flat:
+                if flat and not ctx.grad_views:
                     body.append("    grads = _into_one_buffer(grads)  # copied into one buffer's views (see flat_grads)")
                 ret_grads = "grads"
             else:
@@ -183,6 +183,9 @@ class FunctionEmitter:
             read = {a for n in outer for a in self.G[n].args} | set(results) | named_reads(found)
             rest = self.loop_writer.read_params(set(order), read)
             rest += self.read_params_and_state(set(order), names, params=False)
+            if flat and self.loop_writer.write_grads(flat, results):   # each iteration's into its views
+                rest += self.grad_buffer(flat, results, names, ctx, set(outer))
+                rest += self.loop_writer.grad_tuples(ctx.grad_views, names)
         else:
             rest = self.read_params_and_state(set(order), names)
             rest += self.grad_buffer(flat or {}, results, names, ctx)
@@ -199,9 +202,11 @@ class FunctionEmitter:
             return {}
         return {name: grads.get(name) for name in params}
 
-    def grad_buffer(self, flat: dict[str, int | None], results: list[int], names: Names, ctx: _Context) -> list[str]:
+    def grad_buffer(self, flat: dict[str, int | None], results: list[int], names: Names, ctx: _Context,
+                    outer: set[int] | None = None) -> list[str]:
         """The line fetching the gradient views; the gradients an op can write into its view are
-        computed there (``ctx.written``), the others copied there at the end (fill_grad_views)."""
+        computed there (``ctx.written``), the others copied there at the end (fill_grad_views).
+        With loops, ``outer``: the nodes outside them (a loop writes its own, LoopWriter.grad_tuples)."""
         if not flat:
             return []
         if len(flat) <= 16:
@@ -213,7 +218,8 @@ class FunctionEmitter:
             line = f"    {whole} = _new_grads()"
         ctx.grad_views = dict(zip(flat, views))
         for (name, n), view in zip(flat.items(), views):
-            if n is not None and results.count(n) == 1 and self.writes_into_buffer(self.G[n]):
+            if n is not None and results.count(n) == 1 and self.writes_into_buffer(self.G[n]) and \
+                    (outer is None or n in outer):
                 ctx.written[n] = view
         return [line + "  # views into one buffer (see flat_grads)"]
 
@@ -225,8 +231,11 @@ class FunctionEmitter:
     def fill_grad_views(self, grads: dict[str, int | None], names: Names, ctx: _Context) -> list[str]:
         """The param gradients not computed in their views, copied there (zeros where there is none)."""
         lines = []
+        in_loops = self.loop_writer.grads_written if self.loop_writer else set()
         for name, view in ctx.grad_views.items():
             n = grads.get(name)
+            if name in in_loops:
+                continue
             if n is None:
                 lines.append(f"    {view}[...] = 0")
             elif n not in ctx.written:

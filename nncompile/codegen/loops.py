@@ -9,6 +9,8 @@ otherwise: those buffers are reused by every iteration and by nothing else.
 from __future__ import annotations
 
 import re
+from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..errors import Sources
@@ -46,6 +48,10 @@ class LoopWriter:
         self.tuples: dict[tuple, tuple[str, int]] = {}   # (repeat, kind, param) -> its tuple, its first instance
         self.role_vars: dict[tuple[str, str, int], str] = {}   # (kind, role, shift) -> the body's variable
         self.index = ""
+        self.grad_roles: dict[tuple[int, int], str] = {}   # (id(loop), position) -> the param role whose
+        # gradient it is, for its iteration's own instance: written into that gradient's view
+        self.grad_outs: dict[tuple[int, int], str] = {}    # (id(loop), position) -> the tuple of those views
+        self.grads_written: set[str] = set()   # the params whose gradients the loops write into their views
 
     def own_buffers(self, loop: Loop, p: int, body: Plan, plan: Plan, results: set[int], count: int) -> None:
         """A value that outlives its iteration, but is not returned, gets buffers of its own in
@@ -97,12 +103,46 @@ class LoopWriter:
             where = [index[f"{scope}{k}.{role}"] for k in range(low, high + 1)]
             var = names.fresh(f"{key[-1]}_{stem}{role}".replace(".", "_"))
             self.tuples[key, kind, role] = (var, low)
-            step = where[1] - where[0]
-            if step > 0 and where == list(range(where[0], where[-1] + 1, step)):
-                lines.append(f"    {var} = {arrays}[{where[0]}:{where[-1] + 1}{f':{step}' if step != 1 else ''}]"
-                             f"  # {loop.instance_name(low)}.{role} ... {loop.instance_name(high)}.{role}")
-            else:
-                lines.append(f"    {var} = ({', '.join(f'{arrays}[{i}]' for i in where)},)")
+            gathered = _gathered([f"{arrays}[{k}]" for k in where])
+            span = f"  # {loop.instance_name(low)}.{role} ... {loop.instance_name(high)}.{role}"
+            lines.append(f"    {var} = {gathered}{'' if gathered.startswith('(') else span}")
+        return lines
+
+    def write_grads(self, flat: dict[str, int | None], results: list[int]) -> bool:
+        """Whether every param gradient a loop computes is its iteration's own instance's, in an
+        op that can write into a view: then each iteration writes it into its view of the one
+        gradient buffer (grad_tuples), and none is copied there after. Sets ``grad_roles``."""
+        by_node: dict[int, list[str]] = {}
+        for name, n in flat.items():
+            if n is not None:
+                by_node.setdefault(n, []).append(name)
+        roles: dict[tuple[int, int], str] = {}
+        covered: set[str] = set()
+        counts = Counter(results)
+        for loop in self.loops:
+            for p in sorted(loop.kept):
+                role = _own_grad_role(loop, p, by_node, counts, lambda n: self.em.writes_into_buffer(self.em.G[n]))
+                if role is not None:
+                    roles[id(loop), p] = role
+                    covered.update(f"{loop.instance_name(k)}.{role}" for k in loop.instances)
+        in_loops = {name for n, names in by_node.items() if any(loop.where(n) for loop in self.loops)
+                    for name in names}
+        if not roles or not in_loops <= covered or not covered <= flat.keys():
+            return False
+        self.grad_roles, self.grads_written = roles, covered
+        return True
+
+    def grad_tuples(self, views: dict[str, str], names: Names) -> list[str]:
+        """One tuple per loop and role of the gradient views its iterations write (``d_h_W[i]``)."""
+        lines = []
+        for loop in self.loops:
+            for p, role in ((p, r) for (key, p), r in self.grad_roles.items() if key == id(loop)):
+                low, high = min(loop.instances), max(loop.instances)
+                var = names.fresh(f"d_{loop.key[-1]}_{role}".replace(".", "_"))
+                self.grad_outs[id(loop), p] = var
+                gathered = _gathered([views[f"{loop.instance_name(k)}.{role}"] for k in range(low, high + 1)])
+                lines.append(f"    {var} = {gathered}  # the gradients of "
+                             f"{loop.instance_name(low)}.{role} ... {loop.instance_name(high)}.{role}")
         return lines
 
     def loop(self, loop: Loop, buffers: list[str], ctx: _Context) -> list[str]:
@@ -138,7 +178,9 @@ class LoopWriter:
             lines += comment
             args = [self.operand(loop, ref, var) for ref in loop.refs[q]]
             ctx.literals = em.literal_operands(node)
-            if n in body_plan.inplace:
+            if (id(loop), q) in self.grad_outs:   # a param gradient: into its view
+                out = _indexed(self.grad_outs[id(loop), q], loop.low, loop, i)
+            elif n in body_plan.inplace:
                 out = var[t.index(body_plan.inplace[n])]
             elif n in body_plan.slot:
                 out = buffers[base + body_plan.slot[n]]
@@ -177,10 +219,12 @@ class LoopWriter:
             return _indexed(self.lists[id(other), ref.pos], other.low - ref.shift, loop, self.index)
         return self.em.ref(ref.node, self.names.of)
 
-    def grads(self, values: dict[str, int | None], ctx: _Context, seen: set[int], var: str) -> list[str] | None:
+    def grads(self, values: dict[str, int | None], ctx: _Context, seen: set[int], var: str,
+              views: dict[str, str] | None = None) -> list[str] | None:
         """The statements filling the dict ``var`` with the gradients, in its order, those a
         loop kept by one loop per run of instances (``grads[f"h.{i + 2}.W"] = d_Ws[i]``): the
-        entries before a run go in as a dict, those after it by ``update``. None where no
+        entries before a run go in as a dict, those after it by ``update`` (``views``: the
+        gradients in views of one buffer, see FunctionEmitter.grad_buffer). None where no
         gradient is in a loop's list."""
         em = self.em
         where = {body[p]: (loop, it, p) for loop in self.loops for it, body in loop.numbered() for p in loop.kept}
@@ -202,7 +246,7 @@ class LoopWriter:
         lines: list[str] = []
         for s in segments:
             if isinstance(s, dict):
-                text = em.returned(s, self.names.of, ctx, seen)
+                text = em.returned(s, self.names.of, ctx, seen, views=views)
                 lines.append(f"    {var} = {text}" if not lines else f"    {var}.update({text})")
                 continue
             if not lines:
@@ -263,6 +307,40 @@ def local_name(loop: Loop, name: str) -> str:
     if m is None:
         return name
     return m[1] if m[1] else loop.key[-1]
+
+
+def _own_grad_role(loop: Loop, p: int, by_node: dict[int, list[str]], counts: Counter,
+                   writable: Callable[[int], bool]) -> str | None:
+    """The role R where position ``p`` of every iteration computes the gradient of its own
+    instance's param R (``h.7.W``), and of no other param outside the loop's instances, in an op
+    that can write into a view (``writable``), returned only as that gradient (``counts``: how
+    often each node is a result); else None."""
+    it, body = next(loop.numbered())
+    prefix = loop.instance_name(loop.instances[it]) + "."
+    found = [name[len(prefix):] for name in by_node.get(body[p], ()) if name.startswith(prefix)]
+    if len(found) != 1:
+        return None
+    role = found[0]
+    stem = loop.instance_name("")
+    instances = {f"{stem}{k}.{role}" for k in loop.instances}
+    for it, body in loop.numbered():
+        n, mine = body[p], f"{loop.instance_name(loop.instances[it])}.{role}"
+        names = by_node.get(n, [])
+        if mine not in names or not set(names) <= instances or counts[n] != len(names) or not writable(n):
+            return None
+    return role
+
+
+def _gathered(items: list[str]) -> str:
+    """A tuple of ``items``: a slice where they are entries of one sequence at evenly spaced
+    indices (``arrays[0:1999:2]``), else a tuple display."""
+    parts = [re.fullmatch(r"(\w+)\[(\d+)\]", item) for item in items]
+    if len(items) > 1 and all(parts) and len({m[1] for m in parts}) == 1:
+        where = [int(m[2]) for m in parts]
+        step = where[1] - where[0]
+        if step > 0 and where == list(range(where[0], where[-1] + 1, step)):
+            return f"{parts[0][1]}[{where[0]}:{where[-1] + 1}{f':{step}' if step != 1 else ''}]"
+    return f"({', '.join(items)},)"
 
 
 def _indexed(var: str, low: int, loop: Loop, i: str) -> str:
