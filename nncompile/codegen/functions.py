@@ -3,6 +3,7 @@ statements in schedule order, with its arguments read, its workspace fetched and
 results returned without aliasing anything the caller holds."""
 from __future__ import annotations
 
+from collections import Counter
 from typing import Callable
 
 from ..backends import Backend
@@ -77,6 +78,7 @@ class _Context(EmitContext):
         self.dtype = "DTYPE"
         self.target = "v"   # the variable the statement being emitted defines
         self.grad_views: dict[str, str] = {}   # param -> its view into value_and_grad's gradient buffer
+        self.grad_list = ""   # the list of those views where they are indexed (grads_[k]), not named
         self.written: dict[int, str] = {}      # gradient node -> the view it is computed straight into
         self.constants: dict[tuple[float, Shape], str] = {}   # (value, shape) -> workspace array holding it
         self.fresh: Callable[[str], str] | None = None   # names a constant (the function's Names.fresh)
@@ -185,7 +187,7 @@ class FunctionEmitter:
             rest += self.read_params_and_state(set(order), names, params=False)
             if flat and self.loop_writer.write_grads(flat, results):   # each iteration's into its views
                 rest += self.grad_buffer(flat, results, names, ctx, set(outer))
-                rest += self.loop_writer.grad_tuples(ctx.grad_views, names)
+                rest += self.loop_writer.grad_tuples(ctx, names)
         else:
             rest = self.read_params_and_state(set(order), names)
             rest += self.grad_buffer(flat or {}, results, names, ctx)
@@ -213,12 +215,13 @@ class FunctionEmitter:
             views = [names.fresh("d_" + name) for name in flat]
             line = f"    {', '.join(views)}{',' if len(views) == 1 else ''} = _new_grads()"
         else:   # a deep model: index the views rather than name a thousand of them
-            whole = names.fresh("grads")
+            whole = ctx.grad_list = names.fresh("grads")
             views = [f"{whole}[{k}]" for k in range(len(flat))]
             line = f"    {whole} = _new_grads()"
         ctx.grad_views = dict(zip(flat, views))
+        counts = Counter(results)
         for (name, n), view in zip(flat.items(), views):
-            if n is not None and results.count(n) == 1 and self.writes_into_buffer(self.G[n]) and \
+            if n is not None and counts[n] == 1 and self.writes_into_buffer(self.G[n]) and \
                     (outer is None or n in outer):
                 ctx.written[n] = view
         return [line + "  # views into one buffer (see flat_grads)"]

@@ -103,7 +103,7 @@ class LoopWriter:
             where = [index[f"{scope}{k}.{role}"] for k in range(low, high + 1)]
             var = names.fresh(f"{key[-1]}_{stem}{role}".replace(".", "_"))
             self.tuples[key, kind, role] = (var, low)
-            gathered = _gathered([f"{arrays}[{k}]" for k in where])
+            gathered = _gathered(arrays, where)
             span = f"  # {loop.instance_name(low)}.{role} ... {loop.instance_name(high)}.{role}"
             lines.append(f"    {var} = {gathered}{'' if gathered.startswith('(') else span}")
         return lines
@@ -132,15 +132,18 @@ class LoopWriter:
         self.grad_roles, self.grads_written = roles, covered
         return True
 
-    def grad_tuples(self, views: dict[str, str], names: Names) -> list[str]:
+    def grad_tuples(self, ctx: _Context, names: Names) -> list[str]:
         """One tuple per loop and role of the gradient views its iterations write (``d_h_W[i]``)."""
         lines = []
+        index = {name: k for k, name in enumerate(ctx.grad_views)}
         for loop in self.loops:
             for p, role in ((p, r) for (key, p), r in self.grad_roles.items() if key == id(loop)):
                 low, high = min(loop.instances), max(loop.instances)
                 var = names.fresh(f"d_{loop.key[-1]}_{role}".replace(".", "_"))
                 self.grad_outs[id(loop), p] = var
-                gathered = _gathered([views[f"{loop.instance_name(k)}.{role}"] for k in range(low, high + 1)])
+                mine = [f"{loop.instance_name(k)}.{role}" for k in range(low, high + 1)]
+                gathered = (_gathered(ctx.grad_list, [index[name] for name in mine]) if ctx.grad_list else
+                            f"({', '.join(ctx.grad_views[name] for name in mine)},)")
                 lines.append(f"    {var} = {gathered}  # the gradients of "
                              f"{loop.instance_name(low)}.{role} ... {loop.instance_name(high)}.{role}")
         return lines
@@ -331,16 +334,13 @@ def _own_grad_role(loop: Loop, p: int, by_node: dict[int, list[str]], counts: Co
     return role
 
 
-def _gathered(items: list[str]) -> str:
-    """A tuple of ``items``: a slice where they are entries of one sequence at evenly spaced
-    indices (``arrays[0:1999:2]``), else a tuple display."""
-    parts = [re.fullmatch(r"(\w+)\[(\d+)\]", item) for item in items]
-    if len(items) > 1 and all(parts) and len({m[1] for m in parts}) == 1:
-        where = [int(m[2]) for m in parts]
-        step = where[1] - where[0]
-        if step > 0 and where == list(range(where[0], where[-1] + 1, step)):
-            return f"{parts[0][1]}[{where[0]}:{where[-1] + 1}{f':{step}' if step != 1 else ''}]"
-    return f"({', '.join(items)},)"
+def _gathered(var: str, where: list[int]) -> str:
+    """The entries of sequence ``var`` at ``where`` as a tuple: a slice where the indices are
+    evenly spaced (``param_arrays[0:1999:2]``), else a tuple display."""
+    step = where[1] - where[0] if len(where) > 1 else 0
+    if step > 0 and where == list(range(where[0], where[-1] + 1, step)):
+        return f"{var}[{where[0]}:{where[-1] + 1}{f':{step}' if step != 1 else ''}]"
+    return f"({', '.join(f'{var}[{k}]' for k in where)},)"
 
 
 def _indexed(var: str, low: int, loop: Loop, i: str) -> str:
