@@ -33,7 +33,7 @@ param b: [6] = zeros()
     ("h = conv2d(x, W, stride=[1, 2], dilation=2)", "conv2d: the output width (8 + 2*0 - 2*(3 - 1) - 1) / 2 + 1 "
                                                      "is not a whole number"),
     ("h = conv2d(x, Wg)", "conv2d: the weights [6, 2, 3, 3] take 2 channel(s) per group, but the input has 4 "
-                          "channels in 1 group(s), 4 each; expected [6, 4, 3, 3]"),
+                          "channel(s) in 1 group(s), 4 each; expected [6, 4, 3, 3]"),
     ("h = conv2d(x, Wg, groups=4)", "conv2d: groups=4 must divide the 4 input channels and the 6 filters"),
     ("h = conv2d(x, W, W)", "conv2d: the bias [6, 4, 3, 3] must have one entry per filter, [6]"),
     ("h = conv2d(x, W, padding=-1)", "conv2d() needs padding to be a whole number >= 0 or a pair of them "

@@ -108,7 +108,7 @@ def _conv_geometry(opname: str, image: Shape, weights: Shape, attrs: dict) -> tu
         raise ShapeError(f"{opname}: groups={groups} must divide the {c} input channels and the {f} filters", 1)
     if cg * groups != c:
         raise ShapeError(f"{opname}: the weights {shapes.show(weights)} take {cg} channel(s) per group, but the "
-                         f"input has {c} channels in {groups} group(s), {c // groups} each; expected "
+                         f"input has {c} channel(s) in {groups} group(s), {c // groups} each; expected "
                          f"{shapes.show((f, c // groups, kh, kw))}", 1)
     geometry = _window_attrs(opname, {"dilation": 1, **attrs}, (1, 1))
     size = tuple(out_size(opname, (h, w)[a], (kh, kw)[a], geometry["stride"][a], geometry["padding"][a],
