@@ -77,7 +77,8 @@ def _new_grads():
 
 def _into_one_buffer(grads):
     """grads with the param gradients copied into one fresh buffer's views, as _new_grads
-    lays them out: for the gradients a loop over a repeat's instances kept in lists."""
+    lays them out: for the gradients a loop over a repeat's instances kept in lists where an
+    op of the loop could not write them into their views (a transpose's, say)."""
     views = dict(zip(PARAMS, _new_grads()))
     for name, view in views.items():
         np.copyto(view, grads[name])
