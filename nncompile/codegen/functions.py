@@ -132,8 +132,14 @@ class FunctionEmitter:
         else:
             body += self.fill_grad_views(grads, names, ctx)
             seen = set(outputs.values())
-            filled = self.loop_writer and self.loop_writer.grads(grads, ctx, seen, "grads", ctx.grad_views)
-            if filled:   # the gradients a loop kept go in by a loop
+            if ctx.grad_list and list(grads)[:len(flat)] == list(flat):   # every param's view, in order
+                body.append(f"    grads = dict(zip(PARAMS, {ctx.grad_list}))  # the views, in PARAMS order")
+                rest = {k: v for k, v in grads.items() if k not in flat}
+                if rest:
+                    body.append(f"    grads.update({self.returned(rest, names, ctx, seen)})")
+                ret_grads = "grads"
+            elif filled := self.loop_writer and self.loop_writer.grads(grads, ctx, seen, "grads", ctx.grad_views):
+                # the gradients a loop kept go in by a loop
                 body += filled
                 if flat and not ctx.grad_views:
                     body.append("    grads = _into_one_buffer(grads)  # copied into one buffer's views (see flat_grads)")

@@ -160,7 +160,8 @@ class LoopWriter:
         var = {p: _var(G, loop, t[p], names) for p in sorted(loop.carried)}
         for p, init in sorted(loop.carried.items()):
             lines.append(f"    {var[p]} = {em.ref(init, names.of)}")
-        for p in sorted(loop.kept):
+        listed = [p for p in sorted(loop.kept) if not self.in_views_only(loop, p)]
+        for p in listed:
             self.lists[id(loop), p] = names.fresh(_var_stem(G, loop, t[p]) + "s")
             lines.append(f"    {self.lists[id(loop), p]} = [None] * {count}")
         span = f"range({count})"
@@ -196,16 +197,28 @@ class LoopWriter:
                 var[q] = _var(G, loop, n, names)
             names.of[n] = var[q]
             lines += ["    " + line for line in em.statement(ctx, node, var[q], args, out)]
-        lines += [f"        {self.lists[id(loop), p]}[{i}] = {var[p]}" for p in sorted(loop.kept)]
-        # After the loop: the last iteration's values are in the body's variables, the others in lists.
+        lines += [f"        {self.lists[id(loop), p]}[{i}] = {var[p]}" for p in listed]
+        # After the loop: the last iteration's values are in the body's variables, the others in
+        # lists, or in their gradient views.
         for it, body in loop.numbered():
             k = loop.instances[it]
             for p, n in enumerate(body):
                 if it == count - 1:
                     names.of[n] = var[p]
-                elif p in loop.kept:
+                elif (id(loop), p) in self.lists:
                     names.of[n] = f"{self.lists[id(loop), p]}[{k - loop.low}]"
+                elif p in loop.kept:
+                    names.of[n] = ctx.grad_views[f"{loop.instance_name(k)}.{self.grad_roles[id(loop), p]}"]
         return lines
+
+    def in_views_only(self, loop: Loop, p: int) -> bool:
+        """Whether position ``p`` is a param gradient the loop writes into its views, which no
+        other loop reads: then its views are all that keep it, no list."""
+        if (id(loop), p) not in self.grad_outs:
+            return False
+        me = self.loops.index(loop)
+        return not any(r.kind == "kept" and r.loop == me and r.pos == p
+                       for other in self.loops for row in other.refs for r in row)
 
     def own_param(self, loop: Loop, kind: str, role: str, shift: int) -> str:
         """``h_W[i + 1]``: this iteration's param ``role`` (or its v) from its tuple."""
@@ -259,7 +272,8 @@ class LoopWriter:
             lines.append(f"    for {i} in range({count}):")
             offset = first - loop.low
             for role, p in roles:
-                value = f"{self.lists[id(loop), p]}[{i}{f' + {offset}' if offset else ''}]"
+                listed = self.lists.get((id(loop), p), self.grad_outs.get((id(loop), p)))   # or its views
+                value = f"{listed}[{i}{f' + {offset}' if offset else ''}]"
                 if REGISTRY[em.G[loop.template[p]].op].view:
                     value = f"{em.xp}.array({value})"
                 key = loop.instance_name(f"{{{i} + {first}}}") + "." + role
