@@ -253,6 +253,62 @@ def test_a_loop_gradient_no_op_can_write_into_its_view_is_copied_into_the_buffer
                                         "deep_copied_unrolled").value_and_grad(params, X=X)[1])
 
 
+TWICE_TEXT = """
+input X: float[N, 4]
+layer block(x: [B, K]) -> [B, K] {
+    param W: [K, K] = xavier()
+    param b: [K] = zeros()
+    h = tanh(x @ W + b)
+    return h @ W + x * b
+}
+h = repeat 5 block(X)
+output h
+loss = sum(h ** 2)
+minimize loss
+"""
+
+
+def test_a_loop_that_computes_no_gradient_leaves_them_in_the_one_buffer(tmp_path: Path) -> None:
+    """Only the forward pass is a loop (X's gradient keeps the backward written out): every
+    gradient is computed outside it, into its view, as in the unrolled module (flat_grads)."""
+    path = write_nn(tmp_path, "twice", TWICE_TEXT)
+    source, looped, _, unrolled = both(path, dtype="float64")
+    assert "h.1 ... h.5, forward: one iteration per instance" in source and ", backward:" not in source
+    params = looped.init_params(1)
+    X = np.random.default_rng(0).standard_normal((3, 4))
+    _, grads = looped.value_and_grad(params, X=X)
+    buffer = looped.flat_grads(grads)
+    assert buffer is not None and all(grads[k].base is buffer for k in looped.PARAMS)
+    assert_identical(grads, unrolled.value_and_grad(params, X=X)[1])
+    assert_identical(buffer, unrolled.flat_grads(unrolled.value_and_grad(params, X=X)[1]))
+
+
+def test_a_gradient_that_is_a_value_the_forward_loop_kept_is_copied_into_the_one_buffer(tmp_path: Path) -> None:
+    """The loss is linear in each s: the gradient of h.5.s is h.3's output, a value of the
+    forward loop, which no view can take: the gradients are copied into one buffer after."""
+    text = """
+input X: float[3, 4]
+layer block(x: [B, K]) -> [B, K] {
+    param b: [K] = zeros()
+    param s: [B, K] = ones()
+    return x * s + b
+}
+h = repeat 5 block(X)
+output h
+loss = sum(h)
+minimize loss
+"""
+    path = write_nn(tmp_path, "linear", text)
+    source, looped, _, unrolled = both(path, dtype="float64")
+    assert "h.1 ... h.5, forward: one iteration per instance" in source
+    params = looped.init_params(1)
+    X = np.random.default_rng(0).standard_normal((3, 4))
+    _, grads = looped.value_and_grad(params, X=X)
+    buffer = looped.flat_grads(grads)
+    assert buffer is not None and all(grads[k].base is buffer for k in looped.PARAMS)
+    assert_identical(grads, unrolled.value_and_grad(params, X=X)[1])
+
+
 def test_a_1000_layer_repeat_is_a_short_module() -> None:
     source = compile_file(DEEP)
     assert source.count("\n") < 2000 and hvp_source(source).count("\n") < 400

@@ -146,6 +146,9 @@ class FunctionEmitter:
                 ret_grads = "grads"
             else:
                 ret_grads = self.returned({k: v for k, v in grads.items()}, names, ctx, seen, views=ctx.grad_views)
+                if flat and not ctx.grad_views:   # a loop's gradient no view could take (write_grads)
+                    body.append(f"    grads = _into_one_buffer({ret_grads})  # copied into one buffer's views")
+                    ret_grads = "grads"
             if self.model.state:
                 new_state = self.returned(updates, names, ctx, seen, keep=list(self.model.state))
                 body.append(f"    return {ret_out}, {ret_grads}, {new_state}")

@@ -111,7 +111,9 @@ class LoopWriter:
     def write_grads(self, flat: dict[str, int | None], results: list[int]) -> bool:
         """Whether every param gradient a loop computes is its iteration's own instance's, in an
         op that can write into a view: then each iteration writes it into its view of the one
-        gradient buffer (grad_tuples), and none is copied there after. Sets ``grad_roles``."""
+        gradient buffer (grad_tuples), and none is copied there after. Also where no loop
+        computes one (only the forward pass a loop): every gradient is then the outer code's,
+        into its view (FunctionEmitter.grad_buffer). Sets ``grad_roles``."""
         by_node: dict[int, list[str]] = {}
         for name, n in flat.items():
             if n is not None:
@@ -127,7 +129,7 @@ class LoopWriter:
                     covered.update(f"{loop.instance_name(k)}.{role}" for k in loop.instances)
         in_loops = {name for n, names in by_node.items() if any(loop.where(n) for loop in self.loops)
                     for name in names}
-        if not roles or not in_loops <= covered or not covered <= flat.keys():
+        if not in_loops <= covered or not covered <= flat.keys():
             return False
         self.grad_roles, self.grads_written = roles, covered
         return True
