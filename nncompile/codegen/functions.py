@@ -138,17 +138,14 @@ class FunctionEmitter:
                 if rest:
                     body.append(f"    grads.update({self.returned(rest, names, ctx, seen)})")
                 ret_grads = "grads"
-            elif filled := self.loop_writer and self.loop_writer.grads(grads, ctx, seen, "grads", ctx.grad_views):
-                # the gradients a loop kept go in by a loop
-                body += filled
-                if flat and not ctx.grad_views:
-                    body.append("    grads = _into_one_buffer(grads)  # copied into one buffer's views (see flat_grads)")
+            elif filled := self.loop_writer and self.loop_writer.grads(grads, ctx, seen, "grads"):
+                body += filled   # the gradients a loop kept go in by a loop
                 ret_grads = "grads"
             else:
                 ret_grads = self.returned({k: v for k, v in grads.items()}, names, ctx, seen, views=ctx.grad_views)
-                if flat and not ctx.grad_views:   # a loop's gradient no view could take (write_grads)
-                    body.append(f"    grads = _into_one_buffer({ret_grads})  # copied into one buffer's views")
-                    ret_grads = "grads"
+            if flat and not ctx.grad_views:   # a loop's gradient no view could take (LoopWriter.plan_grad_views)
+                body.append(f"    grads = _into_one_buffer({ret_grads})  # copied into one buffer's views (see flat_grads)")
+                ret_grads = "grads"
             if self.model.state:
                 new_state = self.returned(updates, names, ctx, seen, keep=list(self.model.state))
                 body.append(f"    return {ret_out}, {ret_grads}, {new_state}")
@@ -194,7 +191,7 @@ class FunctionEmitter:
             read = {a for n in outer for a in self.G[n].args} | set(results) | named_reads(found)
             rest = self.loop_writer.read_params(set(order), read)
             rest += self.read_params_and_state(set(order), names, params=False)
-            if flat and self.loop_writer.write_grads(flat, results):   # each iteration's into its views
+            if flat and self.loop_writer.plan_grad_views(flat, results):   # each iteration's into its views
                 rest += self.grad_buffer(flat, results, names, ctx, set(outer))
                 rest += self.loop_writer.grad_tuples(ctx, names)
         else:

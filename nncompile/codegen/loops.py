@@ -108,12 +108,13 @@ class LoopWriter:
             lines.append(f"    {var} = {gathered}{'' if gathered.startswith('(') else span}")
         return lines
 
-    def write_grads(self, flat: dict[str, int | None], results: list[int]) -> bool:
-        """Whether every param gradient a loop computes is its iteration's own instance's, in an
-        op that can write into a view: then each iteration writes it into its view of the one
-        gradient buffer (grad_tuples), and none is copied there after. Also where no loop
-        computes one (only the forward pass a loop): every gradient is then the outer code's,
-        into its view (FunctionEmitter.grad_buffer). Sets ``grad_roles``."""
+    def plan_grad_views(self, flat: dict[str, int | None], results: list[int]) -> bool:
+        """Plans the gradient views where every param gradient a loop computes is its
+        iteration's own instance's, in an op that can write into a view: each iteration then
+        writes it into its view of the one gradient buffer (grad_tuples, after
+        FunctionEmitter.grad_buffer has made the views), and none is copied there after. Also
+        where no loop computes one (only the forward pass a loop): every gradient is then the
+        outer code's, into its view. Returns whether it planned them (``grad_roles``)."""
         by_node: dict[int, list[str]] = {}
         for name, n in flat.items():
             if n is not None:
@@ -237,13 +238,12 @@ class LoopWriter:
             return _indexed(self.lists[id(other), ref.pos], other.low - ref.shift, loop, self.index)
         return self.em.ref(ref.node, self.names.of)
 
-    def grads(self, values: dict[str, int | None], ctx: _Context, seen: set[int], var: str,
-              views: dict[str, str] | None = None) -> list[str] | None:
+    def grads(self, values: dict[str, int | None], ctx: _Context, seen: set[int], var: str) -> list[str] | None:
         """The statements filling the dict ``var`` with the gradients, in its order, those a
         loop kept by one loop per run of instances (``grads[f"h.{i + 2}.W"] = d_Ws[i]``): the
-        entries before a run go in as a dict, those after it by ``update`` (``views``: the
-        gradients in views of one buffer, see FunctionEmitter.grad_buffer). None where no
-        gradient is in a loop's list."""
+        entries before a run go in as a dict, those after it by ``update`` (those in views of
+        the one gradient buffer as their views, ``ctx.grad_views``). None where no gradient is
+        in a loop's list."""
         em = self.em
         where = {body[p]: (loop, it, p) for loop in self.loops for it, body in loop.numbered() for p in loop.kept}
         items = through_gaps(em.model, list(values.items()), where)
@@ -264,7 +264,7 @@ class LoopWriter:
         lines: list[str] = []
         for s in segments:
             if isinstance(s, dict):
-                text = em.returned(s, self.names.of, ctx, seen, views=views)
+                text = em.returned(s, self.names.of, ctx, seen, views=ctx.grad_views)
                 lines.append(f"    {var} = {text}" if not lines else f"    {var}.update({text})")
                 continue
             if not lines:
@@ -345,7 +345,8 @@ def _own_grad_role(loop: Loop, p: int, by_node: dict[int, list[str]], counts: Co
     for it, body in loop.numbered():
         n, mine = body[p], f"{loop.instance_name(loop.instances[it])}.{role}"
         names = by_node.get(n, [])
-        if mine not in names or not set(names) <= instances or counts[n] != len(names) or not writable(n):
+        only_mine = mine in names and set(names) <= instances   # this instance's, and no other's outside the loop
+        if not only_mine or counts[n] != len(names) or not writable(n):   # or also an output, or a view
             return None
     return role
 
