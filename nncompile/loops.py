@@ -43,8 +43,10 @@ Member = tuple[tuple, int]   # ((repeat key, its pass: one of _PHASES), instance
 class Ref:
     """How one operand of a loop statement is reached, the same in every iteration."""
 
-    kind: str                 # "local", "carry", "param", "tangent", "kept" or "outer"
-    pos: int = -1             # local, carry, kept: the position in the (other) loop's body
+    kind: str                 # "local", "carry", "carried_in", "param", "tangent", "kept" or "outer"
+    # carry: the value the last iteration left at ``pos``, read before this one computes its
+    # own; carried_in: read after (the body binds it to a name of its own first)
+    pos: int = -1             # local, carry(_in), kept: the position in the (other) loop's body
     loop: int = -1            # kept: the index of the loop whose list holds the value
     shift: int = 0            # kept, param, tangent: that value's instance, minus this iteration's
     role: str = ""            # param, tangent: the param's name inside the instance (``W`` of ``h.3.W``)
@@ -356,7 +358,7 @@ def _carries_into(first: tuple, second: tuple) -> bool:
 
 def _loop(G: Graph, model: Model, group: tuple, instances: list[int], bodies: dict[int, list[int]],
           sig: tuple, tables: dict[str, dict[str, int]]) -> Loop | None:
-    """The loop of one run (None where a carried value would be read after its update)."""
+    """The loop of one run (None where its instances do not read their params alike)."""
     body_nodes = [bodies[k] for k in instances]
     refs, carried = [], {}
     used: dict[str, dict[str, int]] = {kind: {} for kind in tables}   # kind -> role -> its instance's shift
@@ -366,12 +368,10 @@ def _loop(G: Graph, model: Model, group: tuple, instances: list[int], bodies: di
         for j, op in enumerate(operands):
             if op[0] == "near":
                 p = op[2]
-                if q > p:        # the iteration has already overwritten it
-                    return None
                 init = G[first[q]].args[j]
                 if carried.setdefault(p, init) != init:
                     return None
-                row.append(Ref("carry", pos=p))
+                row.append(Ref("carried_in" if q > p else "carry", pos=p))   # after this iteration's own?
             elif op[0] in tables:
                 role = op[1]
                 if not safe_name(role):
@@ -459,7 +459,7 @@ def kept_view_bases(G: Graph, loop: Loop, positions: set[int]) -> set[int]:
             continue
         out.add(p)
         base = loop.refs[p][0] if REGISTRY[G[loop.template[p]].op].view else None
-        if base is not None and base.kind in ("local", "carry"):
+        if base is not None and base.kind in ("local", "carry", "carried_in"):
             todo.append(base.pos)
     return out
 

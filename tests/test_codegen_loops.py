@@ -269,11 +269,11 @@ minimize loss
 
 
 def test_a_loop_that_computes_no_gradient_leaves_them_in_the_one_buffer(tmp_path: Path) -> None:
-    """Only the forward pass is a loop (X's gradient keeps the backward written out): every
-    gradient is computed outside it, into its view, as in the unrolled module (flat_grads)."""
-    path = write_nn(tmp_path, "twice", TWICE_TEXT)
+    """Only the forward pass is a loop (the backward's 2 inner instances are too few for one):
+    every gradient is computed outside it, into its view, as in the unrolled module (flat_grads)."""
+    path = write_nn(tmp_path, "twice", TWICE_TEXT.replace("repeat 5", "repeat 4"))
     source, looped, _, unrolled = both(path, dtype="float64")
-    assert "h.1 ... h.5, forward: one iteration per instance" in source and ", backward:" not in source
+    assert "h.1 ... h.4, forward: one iteration per instance" in source and ", backward:" not in source
     params = looped.init_params(1)
     X = np.random.default_rng(0).standard_normal((3, 4))
     _, grads = looped.value_and_grad(params, X=X)
@@ -281,6 +281,16 @@ def test_a_loop_that_computes_no_gradient_leaves_them_in_the_one_buffer(tmp_path
     assert buffer is not None and all(grads[k].base is buffer for k in looped.PARAMS)
     assert_identical(grads, unrolled.value_and_grad(params, X=X)[1])
     assert_identical(buffer, unrolled.flat_grads(unrolled.value_and_grad(params, X=X)[1]))
+
+
+def test_a_carried_gradient_read_after_the_iteration_computes_its_own_is_still_a_loop(tmp_path: Path) -> None:
+    """x reaches the block's output twice (h @ W and x * b): the backward iteration computes the
+    gradient it carries on before its last read of the one carried in, which it keeps under a
+    name of its own (``d_h_in``). The backward is one loop, and computes what the unrolled does."""
+    path = write_nn(tmp_path, "twice", TWICE_TEXT.replace("repeat 5", "repeat 12"))
+    assert "# h.11 ... h.2, backward" in compile_file(path, dtype="float64")
+    assert assert_same_module_behaviour(path, dtype="float64")
+    assert assert_same_module_behaviour(path, dtype="float32", optimizer="adam", input_grads=False)
 
 
 def test_a_gradient_that_is_a_value_the_forward_loop_kept_is_copied_into_the_one_buffer(tmp_path: Path) -> None:

@@ -52,6 +52,8 @@ class LoopWriter:
         # gradient it is, for its iteration's own instance: written into that gradient's view
         self.grad_outs: dict[tuple[int, int], str] = {}    # (id(loop), position) -> the tuple of those views
         self.grads_written: set[str] = set()   # the params whose gradients the loops write into their views
+        self.carried_in: dict[tuple[int, int], str] = {}   # (id(loop), position) -> the value carried
+        # into the iteration, where it is read after the iteration computes its own
 
     def own_buffers(self, loop: Loop, p: int, body: Plan, plan: Plan, results: set[int], count: int) -> None:
         """A value that outlives its iteration, but is not returned, gets buffers of its own in
@@ -178,6 +180,10 @@ class LoopWriter:
             targets = ", ".join(self.role_vars[r] for r in roles)
             sources = ", ".join(self.own_param(loop, *r) for r in roles)
             lines.append(f"        {targets} = {sources}")
+        for p in sorted({r.pos for row in loop.refs for r in row if r.kind == "carried_in"}):
+            # read after this iteration computes its own: under a name of its own
+            self.carried_in[id(loop), p] = names.fresh(_var_stem(G, loop, t[p]) + "_in")
+            lines.append(f"        {self.carried_in[id(loop), p]} = {var[p]}")
         last_where = None
         for q, n in enumerate(t):
             node = G[n]
@@ -229,6 +235,8 @@ class LoopWriter:
         return _indexed(var, low - shift, loop, self.index)
 
     def operand(self, loop: Loop, ref: Ref, var: dict[int, str]) -> str:
+        if ref.kind in ("carry", "carried_in") and (id(loop), ref.pos) in self.carried_in:
+            return self.carried_in[id(loop), ref.pos]   # every read of it, before the update and after
         if ref.kind in ("local", "carry"):
             return var[ref.pos]
         if ref.kind in _ROLE_KINDS:
