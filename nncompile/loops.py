@@ -358,7 +358,8 @@ def _carries_into(first: tuple, second: tuple) -> bool:
 
 def _loop(G: Graph, model: Model, group: tuple, instances: list[int], bodies: dict[int, list[int]],
           sig: tuple, tables: dict[str, dict[str, int]]) -> Loop | None:
-    """The loop of one run (None where its instances do not read their params alike)."""
+    """The loop of one run (None where its instances do not read their params alike, or where
+    a view carried on is read after the iteration computes its own)."""
     body_nodes = [bodies[k] for k in instances]
     refs, carried = [], {}
     used: dict[str, dict[str, int]] = {kind: {} for kind in tables}   # kind -> role -> its instance's shift
@@ -386,6 +387,9 @@ def _loop(G: Graph, model: Model, group: tuple, instances: list[int], bodies: di
             else:
                 row.append(Ref("outer", node=G[body_nodes[1][q]].args[j]))
         refs.append(tuple(row))
+    late = {r.pos for row in refs for r in row if r.kind == "carried_in"}
+    if any(REGISTRY[G[body_nodes[1][p]].op].view for p in late):
+        return None   # a view may share storage with a value of the iteration before, which this one rewrites
     if not all(safe_name(part) for part in group[0]):
         return None
     order = sorted(range(len(instances)), key=lambda i: instances[i])   # per instance, upwards
