@@ -239,18 +239,22 @@ def test_each_iteration_writes_its_param_gradients_into_the_one_gradient_buffer(
                                         f"deep_views_{count}_unrolled").value_and_grad(params, X=X)[1])
 
 
+def assert_in_one_buffer_as_unrolled(looped, unrolled, params: dict, X: np.ndarray) -> None:
+    """value_and_grad's param gradients are views of one buffer (flat_grads), and the unrolled
+    module's bit for bit."""
+    _, grads = looped.value_and_grad(params, X=X)
+    buffer = looped.flat_grads(grads)
+    assert buffer is not None and all(grads[k].base is buffer for k in looped.PARAMS)
+    assert_identical(grads, unrolled.value_and_grad(params, X=X)[1])
+    assert_identical(buffer, unrolled.flat_grads(unrolled.value_and_grad(params, X=X)[1]))
+
+
 def test_a_loop_gradient_no_op_can_write_into_its_view_is_copied_into_the_buffer(tmp_path: Path) -> None:
     """W.T's gradient is a transpose, a view of its own: copied into the one buffer after the loop."""
     text = DEEP_TEXT.replace("COUNT", "9").replace("param W: [K, width]", "param W: [width, K]").replace("x @ W", "x @ W.T")
-    path = write_nn(tmp_path, "deep", text)
-    module = load_module(compile_file(path, dtype="float64"), "deep_copied")
-    params = module.init_params(1)
-    X = np.random.default_rng(0).standard_normal((2, 7))
-    _, grads = module.value_and_grad(params, X=X)
-    buffer = module.flat_grads(grads)
-    assert buffer is not None and all(grads[k].base is buffer for k in module.PARAMS)
-    assert_identical(grads, load_module(compile_file(path, dtype="float64", loops=False),
-                                        "deep_copied_unrolled").value_and_grad(params, X=X)[1])
+    _, looped, _, unrolled = both(write_nn(tmp_path, "deep", text), dtype="float64")
+    assert_in_one_buffer_as_unrolled(looped, unrolled, looped.init_params(1),
+                                     np.random.default_rng(0).standard_normal((2, 7)))
 
 
 TWICE_TEXT = """
@@ -274,13 +278,8 @@ def test_a_loop_that_computes_no_gradient_leaves_them_in_the_one_buffer(tmp_path
     path = write_nn(tmp_path, "twice", TWICE_TEXT.replace("repeat 5", "repeat 4"))
     source, looped, _, unrolled = both(path, dtype="float64")
     assert "h.1 ... h.4, forward: one iteration per instance" in source and ", backward:" not in source
-    params = looped.init_params(1)
-    X = np.random.default_rng(0).standard_normal((3, 4))
-    _, grads = looped.value_and_grad(params, X=X)
-    buffer = looped.flat_grads(grads)
-    assert buffer is not None and all(grads[k].base is buffer for k in looped.PARAMS)
-    assert_identical(grads, unrolled.value_and_grad(params, X=X)[1])
-    assert_identical(buffer, unrolled.flat_grads(unrolled.value_and_grad(params, X=X)[1]))
+    assert_in_one_buffer_as_unrolled(looped, unrolled, looped.init_params(1),
+                                     np.random.default_rng(0).standard_normal((3, 4)))
 
 
 def test_a_carried_gradient_read_after_the_iteration_computes_its_own_is_still_a_loop(tmp_path: Path) -> None:
@@ -311,12 +310,8 @@ minimize loss
     path = write_nn(tmp_path, "linear", text)
     source, looped, _, unrolled = both(path, dtype="float64")
     assert "h.1 ... h.5, forward: one iteration per instance" in source
-    params = looped.init_params(1)
-    X = np.random.default_rng(0).standard_normal((3, 4))
-    _, grads = looped.value_and_grad(params, X=X)
-    buffer = looped.flat_grads(grads)
-    assert buffer is not None and all(grads[k].base is buffer for k in looped.PARAMS)
-    assert_identical(grads, unrolled.value_and_grad(params, X=X)[1])
+    assert_in_one_buffer_as_unrolled(looped, unrolled, looped.init_params(1),
+                                     np.random.default_rng(0).standard_normal((3, 4)))
 
 
 def test_a_1000_layer_repeat_is_a_short_module() -> None:
