@@ -316,6 +316,14 @@ CASES: dict[str, Case] = {
         param W: [4, 3] = he()
         output h
     """}, ["check", "m.nn"], points_at="W"),
+    "layer_used_before_defined": Case({"m.nn": """
+        input X: float[N, 4]
+        h = repeat 3 block(X)
+        layer block(x: [B, K]) -> [B, K] {
+            return tanh(x)
+        }
+        output h
+    """}, ["check", "m.nn"], points_at="block(X)"),
     "python_def": Case({"m.nn": """
         def f(x):
             return x

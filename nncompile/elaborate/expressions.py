@@ -158,6 +158,8 @@ class Expressions:
             return self.grad(call, scope)
         opdef = REGISTRY.get(call.func)
         if opdef is None or not opdef.public:
+            if call.func in scope.later:   # a layer defined further down
+                raise el.unknown(call.func, call.loc, scope)
             if call.func in INITIALIZERS:
                 raise NNError(f"{call.func}() is an initialiser: use it in a param declaration, "
                               f"like 'param W: [3, 4] = {call.func}()'", call.loc)

@@ -63,6 +63,8 @@ class Layers:
             raise NNError(f"repeat can unroll at most {MAX_REPEAT} copies, not {count}", rep.count.loc)
         call = rep.call
         if call.func not in self.defined:
+            if call.func in scope.later:   # a layer defined further down
+                raise el.unknown(call.func, call.loc, scope)
             raise NNError(f"repeat applies a layer, but '{call.func}' is not one", call.loc)
         if not call.args:
             raise NNError("repeat feeds each result into the layer's first argument, so give it one", call.loc)

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from . import Elaborator
 
 
-_DEFINITIONS = (syntax.Const, syntax.Input, syntax.Param, syntax.State, syntax.Assign)   # statements that define a name
+_DEFINITIONS = (syntax.Const, syntax.Input, syntax.Param, syntax.State, syntax.Assign, syntax.Layer)   # define a name
 
 
 @dataclass(frozen=True)
