@@ -225,7 +225,7 @@ class LoopWriter:
         other loop reads: then its views are all that keep it, no list."""
         if (id(loop), p) not in self.grad_outs:
             return False
-        me = self.loops.index(loop)
+        me = next(k for k, other in enumerate(self.loops) if other is loop)
         return not any(r.kind == "kept" and r.loop == me and r.pos == p
                        for other in self.loops for row in other.refs for r in row)
 
