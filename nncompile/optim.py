@@ -240,8 +240,8 @@ def emit_optimizer(name: str, param_names: Iterable[str], *, clip_norm: float | 
 
     ``model_state`` says whether the model has state, so value_and_grad returns a third item
     that ``step`` passes on. The source relies on the module's ``np``, ``DTYPE`` and
-    ``value_and_grad``; it is a pure function of its arguments, so the module stays
-    byte-for-byte deterministic. With ``backend="cupy"`` each param's update is one
+    ``value_and_grad`` (on numpy, on its gradient buffer too: runtime.GRADS); it is a pure
+    function of its arguments, so the module stays byte-for-byte deterministic. With ``backend="cupy"`` each param's update is one
     ElementwiseKernel call, defined once at import.
     """
     check_optimizer(name, hyper, clip_norm)
@@ -252,6 +252,7 @@ def emit_optimizer(name: str, param_names: Iterable[str], *, clip_norm: float | 
 
     target = BACKENDS[backend]
     xp = target.xp
+    flat = not target.fuses and bool(params)   # value_and_grad makes one gradient buffer (runtime.GRADS)
     out = [
         f"# ---- optimiser: {name} (emitted by nncompile.optim) ".ljust(88, "-"),
         "",
@@ -278,7 +279,7 @@ def emit_optimizer(name: str, param_names: Iterable[str], *, clip_norm: float | 
         *_apply_update(d, params, values, clip_norm, target),
         "",
         "",
-        *_step(name, model_state, not target.fuses and bool(params) and _w_may_be_g(d.kernel)),
+        *_step(name, model_state, flat, flat and _w_may_be_g(d.kernel)),
     ]
     return "\n".join(out) + "\n"
 
@@ -423,18 +424,22 @@ def _w_may_be_g(kernel: tuple[str, ...]) -> bool:
             and all(not re.search(r"\bw\b", line) for line in kernel[:first]))
 
 
-def _step(name: str, model_state: bool, own: bool) -> list[str]:
+def _step(name: str, model_state: bool, flat: bool, own: bool) -> list[str]:
     """``step``: value_and_grad and apply_update in one call, returning what value_and_grad does
-    but the gradients (with state, the new state too). With ``own`` the update may write over the
-    gradients, which nobody else sees."""
+    but the gradients (with state, the new state too). Where value_and_grad makes one gradient
+    buffer (``flat``), step lends it one of its own, made once: nobody else sees it. With ``own``
+    the update may also write over the gradients, as its scratch."""
     returns, results, kept = (("(outputs, new_state)", "outputs, grads, new_state", "outputs, new_state")
                               if model_state else ("the outputs", "outputs, grads", "outputs"))
+    call = f"{results} = value_and_grad(params, state, rng, **inputs)"
     update = ("    _apply_update(params, grads, opt_state, lr, True)   # grads are step's own: the update's scratch"
               if own else "    apply_update(params, grads, opt_state, lr)")
+    lent = ["    _STEP_GRADS[1] = True   # value_and_grad writes into step's own gradient buffer, made once",
+            "    try:", f"        {call}", "    finally:", "        _STEP_GRADS[1] = False"]
     return [
         "def step(params, opt_state, lr, state=None, rng=None, /, **inputs):",
         f'    """Forward, backward and one {name} update in a single call; returns {returns}."""',
-        f"    {results} = value_and_grad(params, state, rng, **inputs)",
+        *(lent if flat else [f"    {call}"]),
         update,
         f"    return {kept}",
     ]

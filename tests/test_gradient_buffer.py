@@ -1,7 +1,8 @@
 """value_and_grad's param gradients live in one buffer laid out like the params
 (nncompile/codegen/runtime.py GRADS, codegen/functions.py): what flat_grads returns, what
 apply_update reads as it is, and what data-parallel training all-reduces. Each call makes a
-new buffer, so nothing returned is shared with a later call."""
+new buffer, so nothing returned is shared with a later call; step, which returns no gradients,
+keeps one of its own."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -102,6 +103,49 @@ def test_a_later_call_makes_a_new_buffer_and_leaves_the_earlier_gradients_alone(
         np.testing.assert_array_equal(g, kept[k])
         assert not np.shares_memory(g, second[k])
         assert not any(np.shares_memory(g, b) for b in [*workspace, *params.values()]), k
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_step_writes_into_one_gradient_buffer_of_its_own_that_no_caller_sees(model_path: Path, name: str) -> None:
+    """step returns no gradients, so it keeps one buffer for them, made by its first call: the
+    gradients value_and_grad returned before or after a step stay the caller's, and the steps
+    compute what value_and_grad and apply_update compute, bit for bit."""
+    module = load(model_path, optimizer=name)
+    stepped, stepped_opt = laid_out(module)
+    by_hand, by_hand_opt = laid_out(module)
+    _, before = module.value_and_grad(stepped, **data(50))
+    kept = {k: v.copy() for k, v in before.items()}
+    buffers = set()
+    for seed in range(4):
+        outputs = module.step(stepped, stepped_opt, 0.05, **data(seed))
+        buffers.add(id(module.flat_grads(dict(zip(module.PARAMS, module._LATEST_GRADS[0])))))
+        _, grads = module.value_and_grad(by_hand, **data(seed))
+        module.apply_update(by_hand, grads, by_hand_opt, 0.05)
+        for k in module.PARAMS:
+            assert stepped[k].tobytes() == by_hand[k].tobytes(), (seed, k)
+        _, after = module.value_and_grad(stepped, **data(seed))
+        kept_after = {k: v.copy() for k, v in after.items()}
+        module.step(stepped, stepped_opt, 0.05, **data(seed + 10))
+        module.step(by_hand, by_hand_opt, 0.05, **data(seed + 10))
+        for k, g in after.items():
+            np.testing.assert_array_equal(g, kept_after[k], err_msg=k)
+        assert not any(np.shares_memory(v, after[k]) for v in outputs.values() for k in after)
+    assert len(buffers) == 1, "one buffer for every step"
+    for k, g in before.items():
+        np.testing.assert_array_equal(g, kept[k], err_msg=k)
+
+
+def test_a_step_that_raises_leaves_value_and_grad_its_own_buffers(model_path: Path) -> None:
+    module = load(model_path, optimizer="sgd")
+    params, opt_state = laid_out(module)
+    module.step(params, opt_state, 0.05, **data(0))
+    with pytest.raises(ValueError):
+        module.step(params, opt_state, 0.05, X=np.zeros((8, 4)), t=np.zeros((8, 3)))
+    _, grads = module.value_and_grad(params, **data(1))
+    kept = {k: v.copy() for k, v in grads.items()}
+    module.step(params, opt_state, 0.05, **data(2))
+    for k, g in grads.items():
+        np.testing.assert_array_equal(g, kept[k], err_msg=k)
 
 
 def test_gradients_of_their_own_are_not_taken_for_the_buffer(model_path: Path) -> None:

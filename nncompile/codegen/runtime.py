@@ -62,16 +62,25 @@ GRADS = '''def _layout(table):
 
 _GRAD_LAYOUT, _GRAD_GAPS, _GRAD_SIZE = _layout(PARAMS)
 _LATEST_GRADS = [()]   # the gradient views the latest value_and_grad call returned
+_STEP_GRADS = [(), False]   # step's own gradient views, and whether step is calling value_and_grad
 
 
 def _new_grads():
     """value_and_grad's param gradients, in PARAMS order: views into one fresh buffer laid out
-    as init_params lays out the params, zeros between them (see flat_grads)."""
-    buffer = np.empty(_GRAD_SIZE, dtype=DTYPE)
-    for gap in _GRAD_GAPS:
+    as init_params lays out the params, zeros between them (see flat_grads). Inside step, the
+    buffer is step's own, made once: step returns no gradients, so no caller holds them."""
+    views, in_step = _STEP_GRADS
+    _STEP_GRADS[1] = False
+    if in_step and views:
+        buffer = views[0].base
+    else:
+        buffer = np.empty(_GRAD_SIZE, dtype=DTYPE)
+        views = [buffer[where] if shape is None else buffer[where].reshape(shape) for where, shape in _GRAD_LAYOUT]
+        if in_step:
+            _STEP_GRADS[0] = views
+    for gap in _GRAD_GAPS:   # the update uses the buffer as its scratch: zeros again
         buffer[gap] = 0
-    views = _LATEST_GRADS[0] = [buffer[where] if shape is None else buffer[where].reshape(shape)
-                                for where, shape in _GRAD_LAYOUT]
+    _LATEST_GRADS[0] = views
     return views
 
 
