@@ -372,7 +372,7 @@ def _loop(G: Graph, model: Model, group: tuple, instances: list[int], bodies: di
                 init = G[first[q]].args[j]
                 if carried.setdefault(p, init) != init:
                     return None
-                row.append(Ref("carried_in" if q > p else "carry", pos=p))   # after this iteration's own?
+                row.append(Ref("carried_in" if q > p or (q == p and _rereads(G[first[q]])) else "carry", pos=p))
             elif op[0] in tables:
                 role = op[1]
                 if not safe_name(role):
@@ -399,6 +399,14 @@ def _loop(G: Graph, model: Model, group: tuple, instances: list[int], bodies: di
     numbers, iterations = _through_gap(model, group[0], instances)
     return Loop(group[0], group[1], model.repeats[group[0]], numbers, body_nodes, refs, carried,
                 per_role["param"], tangents=per_role["tangent"], iterations=iterations)
+
+
+def _rereads(node) -> bool:
+    """Whether a statement reads an operand again after it first writes its result: a chain
+    whose later steps read an operand (leaky_relu's ``x + (alpha - 1) * min(x, 0)``). Where
+    that operand is the value it carries on, the loop body writes both under one name, so the
+    statement reads the value carried in under a name of its own (a ``carried_in`` Ref)."""
+    return REGISTRY[node.op].chain is not None and not REGISTRY[node.op].may_overwrite(dict(node.attrs))
 
 
 def _through_gap(model: Model, key: tuple[str, ...], instances: list[int]) -> tuple[list[int], list[int]]:

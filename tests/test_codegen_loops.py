@@ -444,3 +444,32 @@ def test_a_residual_block_with_dropout_and_a_shared_input_loops_and_draws_the_sa
     vag = source[source.index("def value_and_grad("):source.index("def predict(")]
     assert "forward: one iteration per instance" in vag and "backward: one iteration per instance" in vag
     assert assert_same_module_behaviour(path, dtype="float64")
+
+
+CARRIED_CHAIN = """
+input X: float[N, 3]
+param w: [3] = ones()
+layer blk(x: [B, K]) -> [B, K] {
+    return OP
+}
+h = repeat 4 blk(X)
+output h
+loss = sum(h * w)
+minimize loss
+"""
+
+
+@pytest.mark.parametrize("op", ["leaky_relu(x, alpha=0.1)", "gelu(x)"])
+def test_a_chain_that_reads_the_carried_value_again_reads_the_one_carried_in(tmp_path: Path, op: str) -> None:
+    """leaky_relu is x + (alpha - 1) * min(x, 0): its last step reads x again, after the first
+    has written the result, which in the loop has the carried value's name."""
+    path = write_nn(tmp_path, "chain", CARRIED_CHAIN.replace("OP", op))
+    assert assert_same_module_behaviour(path, dtype="float64")
+    module = load_module(compile_file(path, dtype="float64"), "chain")
+    X = np.array([[1.0, -2.0, 3.0]])
+    want = X.copy()
+    for _ in range(4):
+        want = np.where(want > 0, want, 0.1 * want) if op.startswith("leaky") else \
+            0.5 * want * (1 + np.tanh(np.sqrt(2 / np.pi) * (want + 0.044715 * want ** 3)))
+    np.testing.assert_allclose(module.forward(module.init_params(), X=X)["h"], want, rtol=1e-14)
+
