@@ -473,3 +473,21 @@ def test_a_chain_that_reads_the_carried_value_again_reads_the_one_carried_in(tmp
             0.5 * want * (1 + np.tanh(np.sqrt(2 / np.pi) * (want + 0.044715 * want ** 3)))
     np.testing.assert_allclose(module.forward(module.init_params(), X=X)["h"], want, rtol=1e-14)
 
+
+def test_a_loop_in_a_model_without_params_reads_none(tmp_path: Path) -> None:
+    """No params, no _read_params in the module: the looped functions must not call it."""
+    text = """
+input X: float[N, 3]
+layer blk(x: [B, K]) -> [B, K] {
+    return tanh(x) + x
+}
+h = repeat 4 blk(X)
+output h
+loss = sum(h)
+minimize loss
+"""
+    path = write_nn(tmp_path, "paramless", text)
+    source = compile_file(path, dtype="float64")
+    assert "for i in range(4):" in source and "_read_params" not in source
+    assert assert_same_module_behaviour(path, dtype="float64")
+
