@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from .errors import Loc
 from .ir import Graph, Model
 from .ops import REGISTRY
-from .schedule import post_order
+from .schedule import Cycle, post_order
 
 MIN_RUN = 3   # fewer instances read better unrolled
 _INSTANCE = re.compile(r"(.*)\.(\d+)$")
@@ -491,14 +491,12 @@ def loop_schedule(G: Graph, results: list[int], loops: list[Loop]) -> list[int |
     def operands(u) -> list[int]:
         return reads[u[0]] if isinstance(u, tuple) else list(G[u].args)
 
-    order = post_order([unit(n) for n in results], lambda u: [unit(a) for a in operands(u)])
-    seen: set = set()
-    for u in order:   # with a loop, the graph of units may have a cycle: then no order is right
-        if any(unit(a) not in seen for a in operands(u)):
-            if any(loop.stretched for loop in loops):
-                raise Unstretchable("a loop that spans a gap cannot be scheduled")
-            return None
-        seen.add(u)
+    try:   # with a loop, the graph of units may have a cycle: then no order is right
+        order = post_order([unit(n) for n in results], lambda u: [unit(a) for a in operands(u)])
+    except Cycle:
+        if any(loop.stretched for loop in loops):
+            raise Unstretchable("a loop that spans a gap cannot be scheduled") from None
+        return None
     return [loops[u[0]] if isinstance(u, tuple) else u for u in order]
 
 

@@ -491,3 +491,28 @@ minimize loss
     assert "for i in range(4):" in source and "_read_params" not in source
     assert assert_same_module_behaviour(path, dtype="float64")
 
+
+def test_loops_whose_statements_need_each_other_are_written_out_not_scheduled_forever(tmp_path: Path) -> None:
+    """hvp()'s passes over 7 rolled-and-tanh'd instances, then a roll outside the repeat, make
+    a cycle among the loops and the statements between them: no order exists, and the
+    function is written without loops (before, the schedule went round that cycle forever)."""
+    from nncompile.schedule import Cycle, post_order
+
+    with pytest.raises(Cycle):   # first, so that a schedule that cannot see one fails rather than hangs
+        post_order(["a"], {"a": ["b"], "b": ["c"], "c": ["a"]}.__getitem__)
+    assert post_order(["a"], {"a": ["b", "c"], "b": ["c"], "c": []}.__getitem__) == ["c", "b", "a"]
+    text = """
+input X: float[N, 2]
+param P: [2, 2] = xavier()
+param s: [2] = normal(1.0)
+layer blk(x: [B, K], Q: [K, K]) -> [B, K] {
+    t = concat(x[:, 1:], x[:, 0:1], axis=1)
+    return tanh(t @ Q) + x
+}
+h = repeat 7 blk(X, P)
+g = concat(h[:, 1:], h[:, 0:1], axis=1)
+loss = sum(g * s)
+minimize loss
+"""
+    path = write_nn(tmp_path, "cycle", text)
+    assert assert_same_module_behaviour(path, dtype="float64")
