@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from nncompile import compiler
 from nncompile.compiler import compile_file, load_module
@@ -19,7 +21,7 @@ from nncompile.compiler import compile_file, load_module
 from conftest import EXAMPLES, example_inputs, write_nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fuzzing import RandomChoices, write_program  # noqa: E402
+from fuzzing import HypothesisChoices, RandomChoices, write_program  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEEP = ROOT / "benchmarks" / "models" / "deep_tanh.nn"
@@ -516,3 +518,68 @@ minimize loss
 """
     path = write_nn(tmp_path, "cycle", text)
     assert assert_same_module_behaviour(path, dtype="float64")
+
+
+def check_random_repeat_model(choices, directory: Path, name: str) -> None:
+    """One model of tests/repeat_models.py: looped and unrolled modules the same bit for bit
+    (forward, value_and_grad, hvp, three optimiser steps), no result changed by a later call or
+    sharing memory with another, a param or an input, every result of the module's dtype, and
+    the float64 module's values and gradients those of PyTorch's autograd."""
+    from nncompile.optim import OPTIMIZERS, Optimizer
+    from repeat_models import make_model, torch_model
+
+    model = make_model(choices)
+    optimizer = choices.choice(list(OPTIMIZERS))
+    options = dict(input_grads=choices.chance(0.7), optimized=not choices.chance(0.15),
+                   optimizer=Optimizer(optimizer, clip_norm=0.5) if choices.chance(0.3) else optimizer)
+    path = write_nn(directory, f"{name}.nn", model.text)
+    looped = load_module(compile_file(path, **options), f"{name}_looped")
+    unrolled = load_module(compile_file(path, loops=False, **options), f"{name}_unrolled")
+    params = looped.init_params(1)
+    draw = np.random.default_rng(0)
+    inputs, later = ({"X": draw.standard_normal((n, model.K)), "C": draw.standard_normal((n, model.K))} for n in (3, 5))
+    first = calls(looped, params, inputs)
+    assert_identical(first, calls(unrolled, params, inputs))
+    returned = list(arrays_in(first["value_and_grad"])) + list(arrays_in(first["forward"]))
+    kept = [a.copy() for a in returned]
+    assert_identical(calls(looped, params, later), calls(unrolled, params, later))
+    for array, copy in zip(returned, kept):
+        assert np.array_equal(array, copy, equal_nan=True) and array.dtype == np.dtype(model.dtype)
+    for a, b in itertools.combinations(list(arrays_in(first["value_and_grad"])), 2):
+        assert not np.shares_memory(a, b)
+    assert not any(np.shares_memory(a, b) for a in returned for b in [*params.values(), *inputs.values()])
+    stepped = []
+    for module in (looped, unrolled):
+        p = module.init_params(2)
+        opt_state = module.init_opt_state(p)
+        outputs = [module.step(p, opt_state, 0.01, **(inputs, later)[k % 2]) for k in range(3)]
+        stepped.append((p, tuple(outputs), {k: v for k, v in opt_state.items() if k != "_buffers"}))
+    assert_identical(*stepped)
+    torch = pytest.importorskip("torch")
+    del torch
+    reference = load_module(compile_file(path, dtype="float64", optimized=options["optimized"]), f"{name}_f64")
+    params = reference.init_params(1)
+    values, grads = reference.value_and_grad(params, **inputs)
+    want_values, want_grads = torch_model(model, params, inputs)
+    if not all(np.isfinite(v).all() for v in [*values.values(), *grads.values()]):
+        return   # grown past float64 through the instances: nothing to compare
+    for key, value in values.items():
+        np.testing.assert_allclose(value, want_values[key], rtol=1e-9, atol=1e-11, err_msg=key)
+    for key, grad in grads.items():
+        np.testing.assert_allclose(grad, want_grads[key], rtol=1e-8, atol=1e-10, err_msg=key)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")   # a block that grows overflows some instances on
+def test_seeded_random_repeat_blocks_loop_as_unrolled_and_match_torch(tmp_path: Path) -> None:
+    for seed in range(12):
+        check_random_repeat_model(RandomChoices(seed), tmp_path, f"seeded{seed}")
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_random_repeat_blocks_loop_as_unrolled_and_match_torch(data) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as directory:
+        check_random_repeat_model(HypothesisChoices(data.draw), Path(directory), "drawn")
