@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from .errors import Loc
 from .ir import Graph, Model
 from .ops import REGISTRY
-from .schedule import post_order
+from .schedule import Cycle, post_order
 
 MIN_RUN = 3   # fewer instances read better unrolled
 _INSTANCE = re.compile(r"(.*)\.(\d+)$")
@@ -372,7 +372,7 @@ def _loop(G: Graph, model: Model, group: tuple, instances: list[int], bodies: di
                 init = G[first[q]].args[j]
                 if carried.setdefault(p, init) != init:
                     return None
-                row.append(Ref("carried_in" if q > p else "carry", pos=p))   # after this iteration's own?
+                row.append(Ref("carried_in" if q > p or (q == p and _rereads(G[first[q]])) else "carry", pos=p))
             elif op[0] in tables:
                 role = op[1]
                 if not safe_name(role):
@@ -399,6 +399,14 @@ def _loop(G: Graph, model: Model, group: tuple, instances: list[int], bodies: di
     numbers, iterations = _through_gap(model, group[0], instances)
     return Loop(group[0], group[1], model.repeats[group[0]], numbers, body_nodes, refs, carried,
                 per_role["param"], tangents=per_role["tangent"], iterations=iterations)
+
+
+def _rereads(node) -> bool:
+    """Whether a statement reads an operand again after it first writes its result: a chain
+    whose later steps read an operand (leaky_relu's ``x + (alpha - 1) * min(x, 0)``). Where
+    that operand is the value it carries on, the loop body writes both under one name, so the
+    statement reads the value carried in under a name of its own (a ``carried_in`` Ref)."""
+    return REGISTRY[node.op].chain is not None and not REGISTRY[node.op].may_overwrite(dict(node.attrs))
 
 
 def _through_gap(model: Model, key: tuple[str, ...], instances: list[int]) -> tuple[list[int], list[int]]:
@@ -483,14 +491,12 @@ def loop_schedule(G: Graph, results: list[int], loops: list[Loop]) -> list[int |
     def operands(u) -> list[int]:
         return reads[u[0]] if isinstance(u, tuple) else list(G[u].args)
 
-    order = post_order([unit(n) for n in results], lambda u: [unit(a) for a in operands(u)])
-    seen: set = set()
-    for u in order:   # with a loop, the graph of units may have a cycle: then no order is right
-        if any(unit(a) not in seen for a in operands(u)):
-            if any(loop.stretched for loop in loops):
-                raise Unstretchable("a loop that spans a gap cannot be scheduled")
-            return None
-        seen.add(u)
+    try:   # with a loop, the graph of units may have a cycle: then no order is right
+        order = post_order([unit(n) for n in results], lambda u: [unit(a) for a in operands(u)])
+    except Cycle:
+        if any(loop.stretched for loop in loops):
+            raise Unstretchable("a loop that spans a gap cannot be scheduled") from None
+        return None
     return [loops[u[0]] if isinstance(u, tuple) else u for u in order]
 
 

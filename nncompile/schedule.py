@@ -37,11 +37,17 @@ def schedule(G: Graph, results: list[int]) -> list[int]:
     return post_order(results, lambda n: G[n].args)
 
 
+class Cycle(ValueError):
+    """What post_order raises where a value needs itself (no order exists)."""
+
+
 def post_order(roots: Iterable[T], operands: Callable[[T], Iterable[T]]) -> list[T]:
     """Everything ``roots`` need, each after its operands: a depth-first post-order, iterative
-    (a 1000-layer graph is deeper than Python's recursion limit)."""
+    (a 1000-layer graph is deeper than Python's recursion limit). A cycle raises Cycle: a
+    graph of nodes has none, one of loops and nodes (loop_schedule's) may."""
     order: list[T] = []
     done: set[T] = set()
+    open_: set[T] = set()   # being expanded: their operands are on the stack above them
     for root in roots:
         stack = [(root, False)]
         while stack:
@@ -49,9 +55,13 @@ def post_order(roots: Iterable[T], operands: Callable[[T], Iterable[T]]) -> list
             if n in done:
                 continue
             if expanded:
+                open_.discard(n)
                 done.add(n)
                 order.append(n)
                 continue
+            if n in open_:   # reached again from its own operands
+                raise Cycle(n)
+            open_.add(n)
             stack.append((n, True))
             stack.extend((a, False) for a in reversed(tuple(operands(n))) if a not in done)
     return order

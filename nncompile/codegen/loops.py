@@ -74,7 +74,9 @@ class LoopWriter:
         """The params, as the tuple ``_read_params`` returns (PARAMS order): by name those
         ``outer`` code reads, and one tuple per param of a repeat's instances (``h_W[i]``);
         in hvp() the directions ``v`` the same way (``v_h_0_W``, ``h_vW[i]``)."""
-        lines = self.gather("param", "params", self.em.model.params, "", needed, outer)
+        params = self.em.model.params
+        lines = self.gather("param", "params", params, "", needed, outer) \
+            if any(n in needed for n in params.values()) else []   # none: the module has no _read_params
         tangents = self.em.p.tangents
         if any(n in needed for n in tangents.values()):
             lines += self.gather("tangent", "v", tangents, "v", needed, outer)
