@@ -7,6 +7,7 @@ error that names the limit.
 """
 from __future__ import annotations
 
+MAX_SOURCE = 2**26             # bytes of one .nn file (64 MiB): not /dev/zero read into memory until it runs out
 MAX_INT = 2**63 - 1            # compile-time whole numbers (consts, dims, attributes) are int64
 MAX_DIM = 2**31 - 1            # one dimension of a tensor
 MAX_ELEMENTS = 2**40           # the elements of one tensor whose dims are all known

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import math
 import re
 from importlib import resources
@@ -14,7 +15,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from . import syntax
 from .errors import Loc, NNError, Sources
-from .limits import MAX_INT, MAX_NESTING
+from .limits import MAX_INT, MAX_NESTING, MAX_SOURCE
 
 _OPEN = {"LPAR": "RPAR", "LSQB": "RSQB"}
 _CLOSE = {"RPAR", "RSQB"}
@@ -82,7 +83,12 @@ def parse(text: str, file: str = "<string>") -> syntax.Module:
 def parse_file(path: str | Path) -> syntax.Module:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")  # tolerate a BOM
+        with path.open("rb") as handle:   # at most one byte past the limit: /dev/zero never ends
+            data = handle.read(MAX_SOURCE + 1)
+        if len(data) > MAX_SOURCE:
+            raise NNError(f"larger than {MAX_SOURCE} bytes, the limit for a .nn file", file=str(path))
+        # As Path.read_text reads it: a BOM tolerated, \r\n and a lone \r read as \n
+        text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig").read()
     except FileNotFoundError:
         raise NNError("no such file", file=str(path)) from None
     except IsADirectoryError:

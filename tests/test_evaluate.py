@@ -220,3 +220,12 @@ def test_every_traced_value_and_gradient_has_the_module_dtype(example: Path, dty
     ev = evaluate_file(example, dtype=dtype)
     floats = {str(v.dtype) for v in [*ev.values.values(), *ev.grads.values()] if np.asarray(v).dtype.kind == "f"}
     assert floats == {dtype}
+
+
+@pytest.mark.parametrize("loss", ["s / 0", "div(s, 0)", "s ** 2 / 0", "exp(s) / 0"])
+def test_a_traced_op_on_two_numbers_gives_inf_where_python_would_raise(tmp_path: Path, loss: str) -> None:
+    """Unfolded, the gradient of ``s / 0`` is the seed 1.0 over the literal 0: numpy's inf, as
+    the compiled module's, not Python's ZeroDivisionError out of ``nncompile eval``."""
+    ev = evaluate_file(write_nn(tmp_path, "m.nn", f"input s = 3\nv = {loss}\nminimize v\n"))
+    assert np.isinf(ev.named_values()["v"]) and np.isinf(ev.input_and_param_grads()["s"])
+    assert {np.asarray(g).dtype for g in ev.grads.values()} == {np.dtype("float32")}

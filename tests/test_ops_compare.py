@@ -169,6 +169,24 @@ def test_one_hot_is_rows_of_the_identity_in_the_modules_dtype(compile_nn, dtype:
     np.testing.assert_array_equal(out["u"], np.eye(5)[Y][None])
 
 
+def test_one_hot_of_many_classes_takes_memory_for_its_result_only(compile_nn) -> None:
+    """Rows of eye(n) took n x n floats: one_hot(y, 65536) asked for 16 GiB for any batch."""
+    import tracemalloc
+
+    module = compile_nn("input y: int[N]\ninput k: int = 2\nt = one_hot(y, 65536)\nu = one_hot(k, 3)\n"
+                        "output t, u\n", dtype="float32")
+    tracemalloc.start()
+    try:
+        out = module.forward({}, y=np.array([0, 65535, 7]))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 3 * 65536, f"{peak} bytes at the peak"
+    assert out["t"].dtype == np.float32 and out["t"].shape == (3, 65536) and out["t"].sum() == 3
+    assert out["t"][1, 65535] == out["t"][2, 7] == 1
+    np.testing.assert_array_equal(out["u"], [0, 0, 1])
+
+
 def test_one_hot_checks_its_labels_when_called(compile_nn) -> None:
     module = compile_nn(HEADER + "t = one_hot(y, 4)\noutput t\n")
     with pytest.raises(ValueError, match=r"input 'y' holds -1: .* must lie in \[0, 4\)"):
@@ -286,7 +304,7 @@ def test_the_cupy_form_computes_what_numpy_computes(tmp_path, monkeypatch) -> No
     path = write_nn(tmp_path, "every.nn", EVERY_OP)
     reference = nncompile.compile_and_load(path, dtype="float64")
     source = nncompile.compile_file(path, dtype="float64", backend="cupy")
-    assert "cp.argmax(" in source and "cp.where(" in source and "cp.eye(" in source and "cp.min(" in source
+    assert "cp.argmax(" in source and "cp.where(" in source and "cp.arange(" in source and "cp.min(" in source
     gpu = _load_on_fake_cupy(source, "every_cupy", monkeypatch)
     params, inputs = reference.init_params(0), {"x": X, "y": Y, "t": X[2].copy()}
     want_out, want_grads = reference.value_and_grad(params, **inputs)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import textwrap
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -474,3 +475,25 @@ def test_python_statements_get_a_hint(text: str, message: str, where) -> None:
 def test_names_that_are_python_keywords_get_no_python_hint() -> None:
     assert "Python" not in error_of("for = 3 3\n").message
     assert [s.name for s in parse_text("for = 3\ndef = for * 2\noutput def\n")[:2]] == ["for", "def"]
+
+
+def test_a_file_past_the_size_limit_is_refused_before_it_is_read_whole(tmp_path, monkeypatch) -> None:
+    """/dev/zero, or a file too large to be a model, is an error naming the limit, not a
+    MemoryError after reading until memory runs out."""
+    from nncompile import parser
+
+    ok = b"\xef\xbb\xbfinput x = 1\r\noutput x\r"   # a BOM, CRLF and a lone CR: read as before
+    monkeypatch.setattr(parser, "MAX_SOURCE", len(ok))
+    (tmp_path / "ok.nn").write_bytes(ok)
+    assert [type(s).__name__ for s in parser.parse_file(tmp_path / "ok.nn").body] == ["Input", "Output"]
+    (tmp_path / "big.nn").write_bytes(ok + b"\n")
+    with pytest.raises(NNError, match=f"larger than {len(ok)} bytes, the limit for a .nn file") as info:
+        parser.parse_file(tmp_path / "big.nn")
+    assert info.value.loc is None and info.value.file == str(tmp_path / "big.nn")
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero")
+def test_compiling_dev_zero_is_an_error_not_a_memory_error(run_cli) -> None:
+    result = run_cli("compile", "/dev/zero", "-o", "out.py")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr == f"nncompile: error: /dev/zero: larger than {2**26} bytes, the limit for a .nn file\n"

@@ -367,9 +367,12 @@ class FunctionEmitter:
             all(self.G[a].shape == () for a in node.args)
         expr = python_form(opdef.chain(attrs)) if scalars else None
         if scalars and len(ctx.literals) == len(args) and node.dtype == "float":
-            # Numbers only (an unoptimised module folds nothing): Python computes in float64,
-            # and the value, like every other, is of the module's dtype.
-            value = expr.format(*args) if expr is not None else opdef.emit(ctx, args, attrs)
+            # Numbers only (an unoptimised module folds nothing): numpy computes in float64, as
+            # Python would, but with numpy's inf and nan where Python raises (1.0 / 0.0,
+            # 1e300 ** 2.0) or goes complex ((-8.0) ** 0.5); the value, like every other, is of
+            # the module's dtype.
+            numbers = [f"{self.xp}.float64({a})" for a in args]
+            value = expr.format(*numbers) if expr is not None else opdef.emit(ctx, numbers, attrs)
             return [f"    {var} = {ctx.dtype}({value}){note}"]
         if expr is not None:   # numpy scalars: Python's operators run the same loops, faster
             return [f"    {var} = {expr.format(*args)}{note}"]

@@ -132,7 +132,10 @@ def _onnx_one_hot(ctx: OnnxContext, args: list[str], attrs: dict) -> str:
 
 
 def _emit_one_hot(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
-    return f"{ctx.xp}.eye({attrs['n']!r}, dtype={ctx.dtype})[{args[0]}]"
+    # Each label against 0 ... n-1: memory for the result only, where rows of eye(n) took n x n
+    # (16 GiB for n = 65536, whatever the batch).
+    xp = ctx.xp
+    return f"({xp}.expand_dims({args[0]}, -1) == {xp}.arange({attrs['n']!r})).astype({ctx.dtype})"
 
 
 def _lower_one_hot(el, args: list[int], attrs: dict, loc, scope) -> int:
