@@ -197,6 +197,7 @@ def test_one_hot_checks_its_labels_when_called(compile_nn) -> None:
 
 @pytest.mark.parametrize(("call", "message", "col"), [
     ("one_hot(x, 4)", "one_hot needs integer labels, but 'x' is float[N, 4]; declare them as int[...]", 13),
+    ("one_hot(x * 2.0, 4)", "one_hot needs integer labels, but the labels are float[N, 4]", 13),
     ("one_hot(y, 0)", "one_hot() needs the number of classes n, a positive whole number, not 0", 5),
     ("one_hot(y, 2.5)", "not 2.5", 5),
 ])

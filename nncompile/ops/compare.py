@@ -119,8 +119,8 @@ op("argmax", 1, _argmax_rule, _emit_argmax, attrs=(("axis", None), ("keepdims", 
 def _one_hot_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
     labels, n = ins[0], attrs.get("n")
     if labels.dtype != "int":
-        what = f"'{labels.name}'" if labels.name else "the labels"
-        raise ShapeError(f"one_hot needs integer labels, but {what} is {labels.dtype}{shapes.show(labels.shape)}; "
+        what = f"'{labels.name}' is" if labels.name else "the labels are"
+        raise ShapeError(f"one_hot needs integer labels, but {what} {labels.dtype}{shapes.show(labels.shape)}; "
                          "declare them as int[...]", 0)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ShapeError(f"one_hot() needs the number of classes n, a positive whole number, not {n!r}")
