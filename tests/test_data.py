@@ -98,6 +98,24 @@ def test_digits_feed_a_model_whatever_its_input_names(tmp_path: Path) -> None:
     assert bind(load_digits(), images).arrays["img"].shape == (1797, 8, 8)
 
 
+
+@pytest.mark.parametrize("shape", ["[N, 64]", "[N, 1, 8, 8]", "[N, 8, 8]"])
+def test_digits_feed_an_input_named_images_whatever_its_shape(tmp_path: Path, shape: str) -> None:
+    """The digits set holds an array named images ([1797, 8, 8]); an input of that name that
+    wants the pixels flat or as one-channel images takes them reshaped, row by row."""
+    module = nncompile.compile_and_load(write_nn(tmp_path, "named.nn", f"""
+        input images: float{shape}
+        input y: int[N]
+        param W: [64, 10] = zeros()
+        scores = reshape(images, [N, 64]) @ W
+        loss = softmax_cross_entropy(scores, y)
+        minimize loss
+    """))
+    raw = load_digits()
+    fed = bind(raw, module).arrays["images"]
+    assert fed.shape == (1797, *[int(d) for d in shape.strip("[]").split(", ")[1:]]) and fed.dtype == np.float32
+    np.testing.assert_array_equal(fed.reshape(1797, 64), raw.arrays["X"].astype(np.float32))
+
 def test_digits_feed_a_conv_net_as_one_channel_images() -> None:
     """examples/digits_cnn.nn's X: float[N, 1, 8, 8] takes the flat pixels reshaped, row by row."""
     raw = load_digits()

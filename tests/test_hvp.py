@@ -105,6 +105,29 @@ def test_hvp_is_the_hessian_times_v_and_leaves_its_arguments_alone(tmp_path: Pat
         np.testing.assert_allclose(again[k], 2 * hv[k], rtol=1e-12, atol=1e-14)
 
 
+
+@pytest.mark.parametrize("kind", ["param", "input"])
+def test_a_param_or_input_named_v_leaves_hvps_own_v_alone(tmp_path: Path, kind: str) -> None:
+    """hvp(params, v, ...) reads its direction from its argument v: a value of the model named
+    v is another variable in the module, so hvp, hessian and check --hessian still work."""
+    declared = "param v: [3] = normal(0.5)\n    input X: float[N, 3]" if kind == "param" else \
+        "param b: [3] = normal(0.5)\n    input v: float[N, 3]"
+    data, scale = ("X", "v") if kind == "param" else ("v", "b")
+    module = compile_and_load(write_nn(tmp_path, "v.nn", f"""
+    {declared}
+    param W: [3, 3] = normal(0.5)
+    loss = sum(tanh({data} @ W) * {scale}) + 0.1 * l2(W)
+    minimize loss
+    """), dtype="float64")
+    params = module.init_params(0)
+    inputs = {data: np.random.default_rng(0).standard_normal((4, 3))}
+    H = module.hessian(params, **inputs)
+    np.testing.assert_allclose(H, _fd_hessian(module, params, inputs), rtol=1e-6, atol=1e-8)
+    v = {k: np.ones_like(a) for k, a in params.items()}
+    hv = module.hvp(params, v, **inputs)
+    np.testing.assert_allclose(np.concatenate([hv[k].ravel() for k in module.PARAMS]), H.sum(axis=1), rtol=1e-12,
+                               atol=1e-14)
+
 def test_hvp_returns_the_module_dtype(tmp_path: Path) -> None:
     module, params, inputs = _tiny(tmp_path, "float32")
     v = {k: np.ones(p.shape, np.float32) for k, p in params.items()}

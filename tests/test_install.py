@@ -52,14 +52,16 @@ def test_the_installed_wheel_runs_every_command_outside_the_checkout(wheel: Path
     venv.create(env_dir, with_pip=True)
     bindir = env_dir / ("Scripts" if os.name == "nt" else "bin")
     python = bindir / "python"
+    environ = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    environ["PATH"] = os.pathsep.join([str(bindir), environ.get("PATH", "")])
+    # pip too runs without PYTHONPATH: with the checkout on it, pip takes nncompile for
+    # installed already and writes no nncompile script into the environment
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
-                    f"{wheel}[train]"], check=True, capture_output=True, text=True, timeout=600)
+                    f"{wheel}[train]"], check=True, capture_output=True, text=True, timeout=600, env=environ)
     work = tmp_path / "work"
     work.mkdir()
     shutil.copy(EXAMPLES / "digits_mlp.nn", work / "digits_mlp.nn")
     shutil.copy(EXAMPLES / "neuron.nn", work / "neuron.nn")
-    environ = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    environ["PATH"] = os.pathsep.join([str(bindir), environ.get("PATH", "")])
 
     def nncompile(*args: str) -> str:
         done = subprocess.run([str(bindir / "nncompile"), *args], cwd=work, env=environ, capture_output=True,

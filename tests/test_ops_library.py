@@ -421,6 +421,37 @@ def test_slices_are_views_that_never_overwrite_their_base(build) -> None:
     np.testing.assert_allclose(grads["X"], expected, rtol=1e-12)
 
 
+@pytest.mark.parametrize("subscript, of", [("X[:, k]", "X"), ("X[k]", "X"), ("W[:, k]", "W"), ("X[0, k]", "X"),
+                                           ("X[:, argmax(v)]", "X")])
+def test_a_gather_by_int_scalars_never_writes_into_its_operand(subscript: str, of: str, build) -> None:
+    """0-d index tensors reach numpy as integers, which index basically (a view): the
+    gathered entries are computed on in place, so they must be a copy, or the caller's
+    input or param changes under them and each call's gradient doubles the last."""
+    m = build(f"""
+        input X: float[N, 5]
+        input k: int = 2
+        input v: float[5]
+        param W: [4, 5] = normal(1.0)
+        col = {subscript}
+        h = exp(col) * 3
+        loss = sum(col ** 2) + sum(h)
+        output h
+        minimize loss
+    """)
+    rng = np.random.default_rng(9)
+    params = m.init_params(0)
+    inputs = {"X": rng.standard_normal((3, 5)), "v": np.array([0.0, 0.0, 1.0, 0.0, 0.0])}
+    before = {name: value.copy() for name, value in (*params.items(), *inputs.items())}
+    forward = m.forward(params, **inputs)
+    first = m.value_and_grad(params, **inputs)
+    second = m.value_and_grad(params, **inputs)
+    for name, value in (*params.items(), *inputs.items()):
+        np.testing.assert_array_equal(value, before[name], err_msg=name)
+    np.testing.assert_array_equal(forward["h"], first[0]["h"])
+    np.testing.assert_array_equal(first[1][of], second[1][of])
+    assert_grads_match(m, params, inputs, names=[of])
+
+
 def test_the_lectures_correct_class_gather_bounds_its_labels(tmp_path: Path) -> None:
     path = write_nn(tmp_path, "m.nn", "input s: float[N, 7]\ninput y: int[N]\nc = s[arange(N), y]\noutput c\n")
     assert elaborate_file(path).int_bounds == {"y": 7}

@@ -249,6 +249,21 @@ def test_into_a_collapsed_layer_a_branch_carries_the_parts_of_all_its_uses_there
     assert f">{fmt(ev.grads[c])}<" in edge            # one wire in, so its part is the whole gradient
 
 
+def test_each_product_written_twice_is_its_own_branch_as_docs_rendering_md_says(tmp_path):
+    """docs/rendering.md: f = (x*y + x) * (x*y) in one expression draws both x*y, so x has
+    three branches, 48, 36 and -12, where the named q = x * y gives two, 84 and -12."""
+    model = tmp_path / "one_expression.nn"
+    model.write_text("input x = 3\ninput y = -4\nf = (x*y + x) * (x*y)\noutput f\n")
+    ev = evaluate_file(model)
+    x = ev.model.inputs["x"]
+    G = ev.program.graph
+    parts = sorted(float(v) for (user, at), v in ev.branch_grads.items() if G[user].args[at] == x)
+    assert parts == [-12, 36, 48] and float(ev.grads[x]) == 72
+    dot = to_dot(ev, "LR", branch_grads=True)
+    for shown in ("48", "36", "-12", "72"):
+        assert f'<FONT COLOR="#cf222e">{shown}</FONT>' in dot
+
+
 def test_cli_render_branch_grads(tmp_path):
     model = tmp_path / "branches.nn"
     model.write_text(BRANCHES)

@@ -493,6 +493,14 @@ def test_cli_sanity_checks(files: dict[str, Path], tmp_path: Path) -> None:
     assert "gradient check on one mini-batch (float64, extrapolated central differences): worst relative error" in result.stdout
 
 
+@pytest.mark.parametrize("folder", ["nothere", "empty"])
+def test_cli_resume_without_a_model_where_there_is_no_run_says_so(tmp_path: Path, folder: str) -> None:
+    (tmp_path / "empty").mkdir()
+    result = cli("train", "--resume", "--out", folder, cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr == (f"nncompile: error: there is no run to resume in {folder} (expected config.json, "
+                             "which nncompile train writes); give MODEL.nn to start a new run there\n")
+
 @pytest.mark.parametrize("make, args, message", [
     (None, ["--data", "missing.npz"], "missing.npz: data file not found"),
     (lambda X, y: {"X": X, "y": np.where(np.arange(len(y)) == 3, 7, y)}, [],

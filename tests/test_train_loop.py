@@ -170,6 +170,20 @@ def test_fit_on_arrays_returns_the_history_as_data_and_continues(files) -> None:
         trainer.fit(train, epochs=4)
 
 
+def test_evaluate_after_fit_uses_the_running_statistics_fit_trained(files) -> None:
+    data = blobs(files)
+    train, val = Dataset.from_arrays(X=data["X"][:200], y=data["y"][:200]), {"X": data["X"][200:], "y": data["y"][200:]}
+    trainer = Trainer(files["bn"], TrainConfig(batch_size=50, lr=1e-2, val_every=1))
+    assert trainer.model_state is None
+    history = trainer.fit(train, val, epochs=3)
+    assert set(trainer.model_state) == set(trainer.module.STATE)
+    measured = trainer.evaluate(trainer.params, val)           # as docs/training.md calls it
+    assert measured.loss == pytest.approx(history["val_loss"][-1], rel=1e-6)
+    assert measured == trainer.evaluate(trainer.params, val, trainer.model_state)
+    initial = trainer.evaluate(trainer.params, val, trainer.module.init_state())
+    assert initial.loss != pytest.approx(measured.loss, rel=1e-3)   # the initial statistics are another model
+
+
 def test_fit_checks_the_arrays_against_the_model(files) -> None:
     data = blobs(files)
     trainer = Trainer(files["mlp"], TrainConfig(epochs=1))

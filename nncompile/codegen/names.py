@@ -15,6 +15,7 @@ _MODULE_NAMES = {
     "DTYPE", "INPUTS", "PARAMS", "OUTPUTS", "LOSS", "DEFAULTS", "DIMS", "BOUNDS", "init_params", "forward",
     "value_and_grad", "trace", "params", "inputs", "outputs", "grads", "values", "buffers", "state", "rng",
     "STATE", "init_state", "new_state", "TRAIN_OUTPUTS", "DIM_BOUNDS", "MIN_DIMS",
+    "v",   # hvp(params, v, ...)'s direction: a param or input called v must not hide it
     *(backend.xp for backend in BACKENDS.values()),   # np, cp: an input called cp must not hide CuPy
 }
 RESERVED = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) | frozenset(dir(builtins)) | _MODULE_NAMES

@@ -87,6 +87,15 @@ def _emit_index(ctx: EmitContext, args: list[str], attrs: dict, out: str | None 
     return f"{args[0]}[{_subscript(attrs['key'], args)}]"
 
 
+def _emit_gather(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:
+    """A gather is a new array, which later code may write into. Index tensors that are all
+    0-d (an int scalar input, an argmax of a vector) reach numpy as integers, and integers
+    index basically: a view of the operand, so writing into it would change the caller's
+    input or param. Then the entry is copied out."""
+    gathered = _emit_index(ctx, args, attrs, out)
+    return f"{gathered}.copy()" if all(shape == () for shape in ctx.operand_shapes[1:]) else gathered
+
+
 def _vjp_index(g: Value, out: Value, x: Value, *tensors: Value):
     grad = g.node("scatter", *tensors, key=out.attr("key"), shape=x.shape)
     return (grad, *([None] * len(tensors)))
@@ -169,7 +178,7 @@ def _onnx_index(ctx: OnnxContext, args: list[str], attrs: dict) -> str:
     return ctx.node("Transpose", [out], perm=perm)
 
 
-op("index", -1, _index_rule, _emit_index, vjp=_vjp_index, attrs=(("key", ()),), public=False,
+op("index", -1, _index_rule, _emit_gather, vjp=_vjp_index, attrs=(("key", ()),), public=False,
    samples=(Sample(((5, 4), (5,), (5,)), {"key": ("{1}", "{2}")}, ints={1: 5, 2: 4}),
             Sample(((5, 4), (3,)), {"key": (":", "{1}")}, ints={1: 4}),
             Sample(((2, 5, 4), (2, 3)), {"key": ("1", "{1}")}, ints={1: 5}),

@@ -160,6 +160,9 @@ def _train(args: argparse.Namespace, world: Any) -> int:
         _check_run_dir(run_dir)
         saved = read_settings(run_dir) if args.resume else {}
         model = args.model if args.model is not None else saved.get("model")
+        if model is None and not (run_dir / "config.json").exists():
+            raise NNError(f"there is no run to resume in {run_dir} (expected config.json, which nncompile train "
+                          "writes); give MODEL.nn to start a new run there")
         if model is None:
             raise NNError(f"{run_dir / 'config.json'} does not say which model the run trained: give MODEL.nn")
         given = given_settings(args)

@@ -39,8 +39,10 @@ class RawData:
     ``roles`` names candidate arrays for an input that is neither named like an array nor
     mapped: ``features`` for the float input and ``labels`` for the integer one (the first
     candidate with the input's rank wins). Arrays from
-    a csv file or the digits set are ``flat`` ([N, K]) and may be reshaped to the input's
-    shape when the sizes agree; arrays from an npz file must match exactly.
+    a csv file or the digits set are ``flat``: their examples ([N, K], or the digits'
+    ``images`` [N, 8, 8]) may be reshaped to the input's shape when the sizes agree, so an
+    input named ``images`` takes them as [N, 64] or [N, 1, 8, 8] too; arrays from an npz file
+    must match exactly.
     """
 
     arrays: dict[str, np.ndarray]
@@ -335,7 +337,7 @@ def _check_array(raw: RawData, name: str, array_name: str, array: np.ndarray, sh
         raise NNError(f"{what} holds no examples", file=raw.file)
     if array.ndim != len(shape):
         per_example = shape[1:]
-        if raw.flat and array.ndim in (1, 2) and all(isinstance(d, int) for d in per_example) \
+        if raw.flat and array.ndim >= 1 and all(isinstance(d, int) for d in per_example) \
                 and math.prod(array.shape[1:]) == math.prod(per_example):
             array = array.reshape((len(array), *per_example))
         else:

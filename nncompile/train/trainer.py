@@ -357,6 +357,12 @@ class Trainer:
         """The params as of the last ``fit`` (the last epoch's, not the best)."""
         return None if self.state is None else self.state.params
 
+    @property
+    def model_state(self) -> dict[str, Any] | None:
+        """The model's state (batch norm's running statistics) as of the last ``fit``, beside
+        :attr:`params`; None for a model without state, or before ``fit``."""
+        return None if self.state is None else self.state.model_state
+
     def prepare(self, data: Dataset | Mapping[str, Any]) -> Dataset:
         """A Dataset checked against the model's inputs (dtype, shape, class labels)."""
         if isinstance(data, Dataset) and data.bound:
@@ -417,7 +423,12 @@ class Trainer:
 
         The loss is the model's LOSS output, or where eval mode has none, its data loss
         (see ``_data_loss``); None if neither exists. ``data_loss`` is the data loss alone.
+        ``model_state`` (running statistics) defaults to the trainer's own as of the last
+        ``fit`` (:attr:`model_state`), so ``evaluate(trainer.params, val)`` measures what
+        ``fit`` trained; before any ``fit``, the initial state.
         """
+        if model_state is None:
+            model_state = self.model_state
         data = self.prepare(data)
         n = len(data)
         classify = self.scores is not None and self.labels in data.arrays
