@@ -241,8 +241,8 @@ def emit_optimizer(name: str, param_names: Iterable[str], *, clip_norm: float | 
     ``model_state`` says whether the model has state, so value_and_grad returns a third item
     that ``step`` passes on. The source relies on the module's ``np``, ``DTYPE`` and
     ``value_and_grad`` (on numpy, on its gradient buffer too: runtime.GRADS); it is a pure
-    function of its arguments, so the module stays byte-for-byte deterministic. With ``backend="cupy"`` each param's update is one
-    ElementwiseKernel call, defined once at import.
+    function of its arguments, so the module stays byte-for-byte deterministic. With
+    ``backend="cupy"`` each param's update is one ElementwiseKernel call, defined once at import.
     """
     check_optimizer(name, hyper, clip_norm)
     d = OPTIMIZERS[name]
