@@ -131,8 +131,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .gradcheck import Kinks, check_gradients, summarize
 
     model = elaborate_file(args.model, "float64")
-    print(f"{args.model}: parsed and shape-checked: {len(model.inputs)} inputs, {len(model.params)} params, "
-          f"{len(model.outputs)} outputs")
+    counts = ", ".join(_counted(len(group), noun) for group, noun in
+                       ((model.inputs, "input"), (model.params, "param"), (model.outputs, "output")))
+    print(f"{args.model}: parsed and shape-checked: {counts}")
     if model.target is None:
         print("nothing to differentiate (no 'minimize' and no single scalar output): gradient check skipped")
         return 0
@@ -142,6 +143,10 @@ def cmd_check(args: argparse.Namespace) -> int:
                                         kinks=Kinks.of_file(args.model, args.seed)))
     status = _verdict(results, "gradient of", "gradient check", "float64, extrapolated central differences")
     return _check_hessian(args, params, inputs) if args.hessian and not status else status
+
+
+def _counted(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _verdict(results: dict, what: str, check: str, method: str) -> int:

@@ -191,7 +191,7 @@ def test_check_without_a_loss_still_shape_checks(tmp_path: Path, run_cli) -> Non
     write_nn(tmp_path, "m.nn", "input x: float[N, 3]\ny = x * 2\noutput y\n")
     result = run_cli("check", "m.nn")
     assert result.returncode == 0, result
-    assert "shape-checked" in result.stdout and "skipped" in result.stdout
+    assert "shape-checked: 1 input, 0 params, 1 output" in result.stdout and "skipped" in result.stdout
 
 
 def test_check_fails_on_a_shape_error(tmp_path: Path, run_cli) -> None:

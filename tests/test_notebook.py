@@ -107,7 +107,7 @@ def test_check_prints_what_nncompile_check_prints_for_the_cell(shell, run_cli, t
     done = run_cli("check", path)
     assert done.returncode == 0, done
     assert captured.stdout == done.stdout.replace(str(path), "<cell circuit>")
-    assert captured.stdout.startswith("<cell circuit>: parsed and shape-checked: 3 inputs, 0 params, 1 outputs")
+    assert captured.stdout.startswith("<cell circuit>: parsed and shape-checked: 3 inputs, 0 params, 1 output")
     assert "gradient check passed" in captured.stdout
 
 
