@@ -581,17 +581,21 @@ def test_concat_joins_and_splits_the_gradient(build) -> None:
 
 
 def test_symbolic_dims_are_numbers_and_attributes(build) -> None:
-    """N, the batch size, reads as a number in expressions and as a dim in attributes."""
+    """N, the batch size, reads as a number in expressions and as a dim in attributes; so does
+    a const naming it."""
     m = build("""
         input x: float[N, 6]
+        const M = N
         per_example = sum(x) / N
+        per_row = sum(x) / M
         grid = reshape(x, [N, 2, 3])
         rows = arange(N)
-        output per_example, grid, rows
+        output per_example, per_row, grid, rows
     """)
     x = np.arange(24.0).reshape(4, 6)
     out = m.forward({}, x=x)
     np.testing.assert_allclose(out["per_example"], x.sum() / 4)
+    np.testing.assert_allclose(out["per_row"], x.sum() / 4)
     assert out["grid"].shape == (4, 2, 3) and out["rows"].tolist() == [0, 1, 2, 3]
 
 

@@ -81,6 +81,8 @@ class Expressions:
                     return el.constant(float(value), ref.loc, name=ref.name)  # named in diagrams
                 if isinstance(value, list):
                     return el.const_tensor(el.consts.tensor_value(ref, scope, f"'{name}'"), ref.loc, name=ref.name)
+                if isinstance(value, str):   # const M = N: another name for a symbolic dim, a number as N is
+                    return el.G.add("dim", (), {"symbols": (value,), "factor": 1}, loc=ref.loc)
                 raise NNError(f"'{name}' is {value!r}, not a number", ref.loc)
             if name in scope.dims:
                 dim = scope.dims[name]
