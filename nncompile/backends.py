@@ -31,6 +31,7 @@ class Backend:
     fuses: bool                     # elementwise groups (and optimiser updates) become single kernels
     scalars: bool                   # 0-d results are numpy scalars, as numpy's ufuncs return (CuPy: 0-d arrays)
     traces: bool                    # can emit trace() for nncompile's eval and render
+    ufunc_order: bool = False       # its ufuncs take order='C' (else a C-ordered result is made with empty, out=)
     to_device: str = "{}"           # wraps init_params' host arrays
     reductions: tuple[tuple[str, str], ...] | None = None
     host_names: frozenset[str] = frozenset()
@@ -84,7 +85,7 @@ def _rename_module(text: str, old: str, new: str, keep: frozenset[str]) -> str:
 
 
 NUMPY = Backend(name="numpy", xp="np", module="numpy", needs="numpy", imports=("import numpy as np",),
-                fuses=False, scalars=True, traces=True)
+                fuses=False, scalars=True, traces=True, ufunc_order=True)
 
 CUPY = Backend(name="cupy", xp="cp", module="cupy", needs="CuPy and an NVIDIA GPU: pip install cupy-cuda12x",
                imports=("import numpy as np", "import cupy as cp"), fuses=True, scalars=False, traces=False,

@@ -106,7 +106,7 @@ def evaluate_file(path: str | Path, sets: Mapping[str, str] | None = None, *, se
         chosen = _trained(model, module, params, sets or {})
     drawn.update({name: _as_input(model, module, name, value) for name, value in given.items()
                   if name in model.inputs})
-    _check_with_module(model, module, chosen, drawn)
+    _check_with_module(model, module, chosen, drawn, sets or {})
     values, grads = _run(model, module, chosen, drawn, seed, state)
     branches = {use: grads.pop(use) for use in [k for k in grads if isinstance(k, tuple)]}
     return Evaluation(model, program, module, chosen, drawn, values, grads, mode, branches)
@@ -183,7 +183,7 @@ def concrete_values(model: Model, module: ModuleType, sets: Mapping[str, str], s
             inputs[name] = (weights / weights.sum(axis=-1, keepdims=True)).astype(module.DTYPE)
         else:
             inputs[name] = rng.standard_normal(shape).astype(module.DTYPE)
-    _check_with_module(model, module, params, inputs)
+    _check_with_module(model, module, params, inputs, sets)
     return params, inputs
 
 
@@ -264,7 +264,7 @@ def _int_limit(model: Model, name: str, dims: Mapping[str, int]) -> int:
 
 def _parse_value(name: str, text: str, model: Model, n: int, dtype) -> np.ndarray:
     node = model.graph[n]
-    flag = f"--set {name}={text if len(text) <= 40 else text[:37] + '...'}"
+    flag = _flag(name, text)
     try:
         value = np.asarray(json.loads(text))
     except RecursionError:
@@ -282,25 +282,34 @@ def _parse_value(name: str, text: str, model: Model, n: int, dtype) -> np.ndarra
     return value.astype(dtype if node.dtype == "float" else np.int64)
 
 
+def _flag(name: str, text: str) -> str:
+    """``--set y=[0, 1, 2]`` as the user wrote it, a long value cut short."""
+    return f"--set {name}={text if len(text) <= 40 else text[:37] + '...'}"
+
+
 def _set_error(message: str, name: str, declared: Loc | None) -> NNError:
     """A bad ``--set`` is a mistake on the command line, not in the file: the error names the
     flag, and a note shows the declaration the value is for."""
     return NNError(message, notes=((f"'{name}' is declared here", declared),) if declared else ())
 
 
-def _check_with_module(model: Model, module: ModuleType, params, inputs) -> None:
+def _check_with_module(model: Model, module: ModuleType, params, inputs, sets: Mapping[str, str]) -> None:
     """The module's own checks of its inputs and params, run once up front so that eval,
-    render and check all report a bad ``--set`` at the declaration it is about."""
+    render and check all report a bad value where it came from: a ``--set`` on the command
+    line (with a note at the declaration it is for), else the declaration (its default)."""
     try:
         module._convert_inputs(inputs)
         if model.params:
             module._convert(params, module.PARAMS, "param", "params")
     except (TypeError, ValueError) as exc:
-        # "input 'y' holds 9: ...": point at where y is declared
+        # "input 'y' holds 9: ...": the value of y is wrong
         named = re.match(r"(?:input|param) '([^']+)'", str(exc))
         node = {**model.inputs, **model.params}.get(named.group(1)) if named else None
-        if node is not None and model.graph[node].loc is not None:
-            raise NNError(str(exc), model.graph[node].loc) from None
+        declared = model.graph[node].loc if node is not None else None
+        if named and named.group(1) in sets:
+            raise _set_error(f"{_flag(named.group(1), sets[named.group(1)])}: {exc}", named.group(1), declared) from None
+        if declared is not None:
+            raise NNError(str(exc), declared) from None
         raise NNError(str(exc), file=model.file) from None
 
 

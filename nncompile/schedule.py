@@ -131,6 +131,23 @@ def plan_buffers(G: Graph, order: list[int], returned: set[int], kept: set[int] 
     return plan
 
 
+def may_be_transposed(G: Graph, n: int, memo: dict[int, bool]) -> bool:
+    """Whether ``n``'s array may be in another order than C's, as numpy would make it: a
+    transpose's is, and so are its views' and what numpy makes from it in its layout (order='K').
+    What an op writes into an ``out=`` (a workspace buffer is C-ordered) or a ufunc chain makes
+    is not: the emitter asks a fresh one of those for C order where an operand may be transposed,
+    so that a value sums the same whether the code after it is a loop's or written out."""
+    def follows_operand(m: int) -> bool:
+        node, opdef = G[m], REGISTRY[G[m].op]
+        return not node.is_leaf and len(node.shape) >= 2 and not opdef.reorders and (
+            opdef.view or opdef.chain is None and not opdef.takes_out and not opdef.c_result)
+
+    for m in post_order([n], lambda m: [a for a in G[m].args if a not in memo] if follows_operand(m) else ()):
+        reorders = REGISTRY[G[m].op].reorders and len(G[m].shape) >= 2
+        memo[m] = reorders or follows_operand(m) and any(memo[a] for a in G[m].args)
+    return memo[n]
+
+
 def _view_bases(G: Graph, args) -> list[int]:
     """The storage owners behind view operands (their liveness ends with the view's)."""
     bases = []

@@ -371,6 +371,18 @@ def test_names_follow_the_users_names() -> None:
     assert "params.get('fc1.W')" in source
 
 
+def test_a_name_taken_again_is_numbered_not_lengthened() -> None:
+    """The second h is h_ (as PEP 8 writes class_), the next ones h_2, h_3: a name a hundred
+    layers reuse stays short, and a user's own h_2 is never hidden."""
+    from nncompile.codegen.names import Names
+
+    names = Names()
+    assert [names.fresh("h") for _ in range(4)] == ["h", "h_", "h_2", "h_3"]
+    assert names.fresh("h_4") == "h_4" and names.fresh("h") == "h_5"
+    assert names.fresh("class") == "class_" and names.fresh("_x") == "v_x"
+    assert max(len(names.fresh("t")) for _ in range(1000)) == len("t_999")
+
+
 def test_each_statement_is_commented_with_its_line_and_shape() -> None:
     source = compile_file(EXAMPLES / "two_layer.nn")
     assert "# two_layer.nn:16: h = relu(fc1)" in source

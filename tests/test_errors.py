@@ -251,7 +251,7 @@ CASES: dict[str, Case] = {
         input y: int[N]
         loss = softmax_cross_entropy(s, y)
         minimize loss
-    """}, ["eval", "m.nn", "--set", "y=[0, 3]", "--set", "N=2"], points_at="input y"),
+    """}, ["eval", "m.nn", "--set", "y=[0, 3]", "--set", "N=2"], points_at="input y", located=False),
     "set_unknown_name": Case({"m.nn": """
         input x: float[3]
         y = sum(x)

@@ -99,13 +99,15 @@ def test_eval_render_and_check_run_on_what_they_draw(name: str, command: list[st
 
 @pytest.mark.parametrize("command", [["eval"], ["render", "-o", "g.dot"], ["check"]])
 @pytest.mark.parametrize("given, message", [
-    ("y=[0, 1, 2, 3, 0, 9]", "m.nn:2:1: error: input 'y' holds 9: its entries are class labels or indices, which must lie "
-                 "in [0, C) = [0, 4)"),
+    ("y=[0, 1, 2, 3, 0, 9]", "nncompile: error: --set y=[0, 1, 2, 3, 0, 9]: input 'y' holds 9: its entries are class labels or indices, "
+                             "which must lie in [0, C) = [0, 4)\nm.nn:2:1: note: 'y' is declared here"),
     ("N=3", "m.nn:1:1: error: input 'X' has N = 3, but the model takes a fixed entry of that axis that needs "
             "N >= 6"),
 ])
-def test_values_the_module_refuses_are_reported_at_their_declaration(command: list[str], given: str, message: str,
-                                                                     tmp_path: Path, run_cli) -> None:
+def test_values_the_module_refuses_are_reported_where_they_were_given(command: list[str], given: str, message: str,
+                                                                      tmp_path: Path, run_cli) -> None:
+    """A --set value is the command line's mistake (a note shows the declaration); a value
+    that follows from one, X's from N=3, is the declaration's to take."""
     write_nn(tmp_path, "m.nn", """
         input X: float[N, C]
         input y: int[N]

@@ -412,6 +412,28 @@ def test_an_op_without_a_lowering_is_a_located_error_naming_it(tmp_path: Path, m
     assert text.splitlines()[1:] == ["    h = tanh(x)", "        ^~~~~~~"]
 
 
+@needs_onnx
+def test_an_op_a_gradient_needs_is_reported_as_the_gradients(tmp_path: Path, monkeypatch) -> None:
+    """A gradient's node is located at the value it is the gradient of (h = X @ W, whose
+    gradient through h[i] is a scatter): the error says it is the gradient that needs the op."""
+    monkeypatch.setitem(REGISTRY, "scatter", dataclasses.replace(REGISTRY["scatter"], onnx=None))
+    path = write_nn(tmp_path, "m.nn", """
+        input X: float[N, 4]
+        input idx: int[N]
+        param W: [4, 3] = xavier()
+        h = X @ W
+        score = sum(h[arange(N), idx])
+        s = grad(score, X)
+        output s
+    """)
+    with pytest.raises(NNError) as caught:
+        export_onnx(path)
+    text = caught.value.format()
+    assert text.startswith(f"{path}:4:5: error: scatter, which the gradient of the value made here needs, cannot "
+                           "be exported to ONNX")
+    assert text.splitlines()[1:] == ["    h = X @ W", "        ^~~~~"]
+
+
 def _main(capsys, *args) -> tuple[int, str]:
     """``nncompile ARGS`` in this process: (exit code, stderr)."""
     from nncompile.cli import main

@@ -476,7 +476,9 @@ def test_full_slices_are_the_value_itself(tmp_path: Path) -> None:
     ("v = x[:, t]", "indices must be integers, but 't' is float[N]"),
     ("v = x[y, arange(3)]", "the index tensors do not broadcast together: dims 3 and N differ"),
     ("v = concat(x, t, axis=1)", "concat(axis=1): [N] does not match [N, 4] on the other axes"),
-    ("v = concat(x, x, axis=0)", "concat() along axis 0 needs fixed sizes there, but [N, 4] has the symbolic dim N"),
+    ("v = concat(x, x, axis=0)", "concat() along axis 0 needs fixed sizes there, but [N, 4] has the symbolic dim N "
+                                 "(the joined size would be a sum, which no dim is); join along a fixed axis, or "
+                                 "declare this one with a number"),
     ("v = concat(x, y, axis=1)", "concat() cannot join float and int tensors"),
     ("v = concat(x, x, 1)", "concat() takes any number of tensors, so give axis by keyword, like axis=..."),
     ("v = l2()", "l2() needs at least one tensor argument"),

@@ -103,3 +103,27 @@ def test_the_schedule_is_topological_and_deterministic() -> None:
     position = {n: i for i, n in enumerate(first)}
     for n in first:
         assert all(position[a] < position[n] for a in G[n].args)
+
+
+def test_a_fresh_result_computed_from_a_transpose_is_c_ordered(tmp_path: Path) -> None:
+    """numpy makes a ufunc's fresh result in its operands' layout, a transpose's too; a result
+    is asked for in C order, as the workspace's buffers and a loop's are, so that a sum over
+    it adds in the same order wherever it was made (tests/test_codegen_loops.py)."""
+    from conftest import write_nn
+    from nncompile.compiler import compile_file
+
+    path = write_nn(tmp_path, "t.nn", """
+input X: float[N, 3]
+param W: [3, 4] = xavier()
+a = tanh(X.T)
+b = a.T * 2.0 + X
+c = max(a.T, axis=1, keepdims=true) * X
+output a, b, c
+loss = sum(b @ W) + sum(c)
+minimize loss
+""")
+    module = load_module(compile_file(path, dtype="float64"), "t_layout")
+    outputs = module.forward(module.init_params(0), X=np.ones((5, 3)))
+    values, grads = module.value_and_grad(module.init_params(0), X=np.ones((5, 3)))
+    for name, array in [*outputs.items(), *values.items(), *grads.items()]:
+        assert array.ndim < 2 or array.flags.c_contiguous, name

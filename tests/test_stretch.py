@@ -240,6 +240,38 @@ def test_a_model_past_the_node_limit_is_refused_as_by_the_full_compile(tmp_path:
     assert errors[0] == errors[1]
 
 
+def test_a_nested_repeat_past_the_node_limit_is_refused_before_any_pipeline_runs(tmp_path: Path, monkeypatch,
+                                                                                  taken) -> None:
+    """A short compile counts the nodes of the instances it leaves out as it elaborates: a repeat
+    of repeats past the limit stops there (a repeat 1000 of a repeat 1000 ran two short
+    compiles of 8000 instances each, minutes, before the full compile said it is too big)."""
+    import nncompile.elaborate.layers as layers_module
+    monkeypatch.setattr(layers_module, "MAX_NODES", 2000)
+    built = []
+    real_build = compiler.build
+    monkeypatch.setattr(compiler, "build", lambda *a, **k: built.append(1) or real_build(*a, **k))
+    path = write_nn(tmp_path, "nested", """
+input X: float[N, 4]
+layer inner(x: [B, 4]) -> [B, 4] {
+    param W: [4, 4] = xavier()
+    return tanh(x @ W)
+}
+layer outer(x: [B, 4]) -> [B, 4] {
+    return repeat 30 inner(x)
+}
+h = repeat 30 outer(X)
+loss = sum(h)
+minimize loss
+""")
+    errors = []
+    for full in (False, True):
+        with pytest.raises(NNError, match="the model grows past 2000 graph nodes") as info:
+            compile_file(path, stretch=not full)
+        errors.append(info.value.format())
+    assert errors[0] == errors[1] and "in layer 'outer' called here as 'h.23'" in errors[0]
+    assert taken == [False] and built == []
+
+
 def test_warnings_are_given_as_by_the_full_compile(tmp_path: Path, taken) -> None:
     path = write_nn(tmp_path, "warn", DEEP_TEXT.replace("COUNT", "30").replace(
         "output h", "g = grad(sum(X), h.30.b)\noutput h, g"))

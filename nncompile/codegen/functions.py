@@ -12,7 +12,7 @@ from ..ir import Node
 from ..ops import REGISTRY, EmitContext, literal
 from ..loops import find_loops, loop_schedule
 from ..ops.registry import python_form
-from ..schedule import Plan, plan_buffers, schedule
+from ..schedule import Plan, may_be_transposed, plan_buffers, schedule
 from ..shapes import Shape, show
 from .loops import LoopWriter, loop_reads, named_reads
 from .names import Names, basename, c_source, plain, safe_comment, source
@@ -38,9 +38,10 @@ class Definitions:
         """The module-level ElementwiseKernel computing a fused node (one per distinct expression)."""
         key = (expr, arity)
         if key not in self.kernels:
-            name, taken = f"_kernel_{var}", set(self.kernels.values())
+            name, taken, count = f"_kernel_{var}", set(self.kernels.values()), 1
             while name in taken:  # the same variable name in another function or mode
-                name += "_"
+                count += 1
+                name = f"_kernel_{var}_{count}"
             self.kernels[key] = name
         return self.kernels[key]
 
@@ -117,6 +118,7 @@ class FunctionEmitter:
         self.backend = definitions.backend
         self.xp = definitions.backend.xp
         self.dim_names = program.dim_names
+        self.transposed: dict[int, bool] = {}   # may_be_transposed's memo
 
     def function(self, fname: str, outputs: dict[str, int], grads: dict[str, int | None] | None, doc: str) -> str:
         # Gradients in reverse: the last layer's first, as backprop runs, so each activation
@@ -376,20 +378,35 @@ class FunctionEmitter:
             return [f"    {var} = {ctx.dtype}({value}){note}"]
         if expr is not None:   # numpy scalars: Python's operators run the same loops, faster
             return [f"    {var} = {expr.format(*args)}{note}"]
+        lines = []
+        c_order = out is None and self.asks_c_order(node)
+        if c_order and (opdef.chain is None or not self.backend.ufunc_order):
+            lines.append(f"    {var} = {self.xp}.empty({ctx.shape(node.shape)}, dtype=DTYPE)  # in C order")
+            out = var
         if opdef.chain is not None and node.shape != ():
-            steps = opdef.chain(attrs)
-            lines = []
-            for i, (fn, *operands) in enumerate(steps):
+            for i, (fn, *operands) in enumerate(opdef.chain(attrs)):
                 names = [var if o == "$" else args[int(o)] if o.isdigit() else self.number(ctx, fn, o, node.shape)
                          for o in operands]
                 if i == 0:
-                    dest = [f"out={out}"] if out else []
+                    dest = [f"out={out}"] if out else ["order='C'"] if c_order else []
                     lines.append(f"    {var} = {self.xp}.{fn}({', '.join(names + dest)}){note}")
                 else:
                     lines.append(f"    {self.xp}.{fn}({', '.join(names)}, out={var})")
             return lines
         ctx.target = var
-        return [f"    {var} = {opdef.emit(ctx, args, attrs, out=out if opdef.takes_out else None)}{note}"]
+        return lines + [f"    {var} = {opdef.emit(ctx, args, attrs, out=out if opdef.takes_out else None)}{note}"]
+
+    def asks_c_order(self, node: Node) -> bool:
+        """Whether a fresh result is asked for in C order: an elementwise chain's, or an op's
+        that writes into an ``out=``, where an operand may be a transpose (numpy would make it
+        in the transpose's layout, where a workspace buffer, or a loop's, is C-ordered; a sum
+        over it would then add in another order). See may_be_transposed."""
+        opdef = REGISTRY[node.op]
+        if len(node.shape) < 2 or opdef.c_result or opdef.chain is None and not opdef.takes_out:
+            return False
+        if node.dtype != "float" and not (opdef.chain is not None and self.backend.ufunc_order):
+            return False   # no order= to ask, and no empty array of the module's dtype to write into
+        return any(may_be_transposed(self.G, a, self.transposed) for a in node.args)
 
     def number(self, ctx: _Context, fn: str, text: str, shape: Shape) -> str:
         """A chain's literal operand: as written, or a constant array where numpy's ufunc is slow

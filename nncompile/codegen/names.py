@@ -28,14 +28,18 @@ class Names:
         self.taken: set[str] = set(RESERVED)
         self.of: dict[Any, str] = {}
         self.temps = 0
+        self.clashes: dict[str, int] = {}   # base -> the last number a clash of it was given
 
     def fresh(self, wanted: str) -> str:
         base = re.sub(r"\W", "_", wanted) or "v"
         if base[0].isdigit():
             base = "v" + base
-        name = base
-        while name in self.taken or name.startswith("_"):
-            name = name + "_" if not name.startswith("_") else "v" + name
+        if base.startswith("_"):   # the module's own names start with one
+            base = "v" + base
+        name = base if base not in self.taken else base + "_"   # as PEP 8 avoids a keyword: class_
+        while name in self.taken:   # then numbered (d_h_2, d_h_3 ...), not ever more underscores
+            count = self.clashes[base] = self.clashes.get(base, 1) + 1
+            name = f"{base}_{count}"
         self.taken.add(name)
         return name
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from .. import syntax
 from ..errors import Loc, NNError
 from ..limits import MAX_LAYER_DEPTH, MAX_NODES, MAX_REPEAT
-from ..loops import instance_of
+from ..loops import Unstretchable, instance_of
 from ..ops import REGISTRY
 from ..shapes import Shape, show
 from .constants import show_expr
@@ -27,6 +27,7 @@ class Layers:
         self.defined: dict[str, syntax.Layer] = {}
         self.consts_of: dict[str, dict[str, Any]] = {}   # layer -> the consts of the file that defines it
         self.calling: list[str] = []   # the layers being instantiated, outermost first
+        self.left_out = 0   # a short compile's: the nodes of the instances left out at its gaps
 
     def define(self, layer: syntax.Layer, scope: Scope) -> None:
         if layer.name in self.defined:
@@ -76,10 +77,15 @@ class Layers:
         named = [(a.name, e) for a, e in zip(layer.args[1:], call.args[1:])] + [(k, e) for k, e, _ in call.kwargs]
         shared = {name: el.exprs.expr(e, scope) for name, e in named if name in tensors}
         el.model.repeats[(*scope.prefix, base)] = rep.loc   # instance i is scope (*prefix, f"{base}.{i}")
-        for i in self.numbers((*scope.prefix, base), count, scope):
+        key = (*scope.prefix, base)
+        for i in self.numbers(key, count, scope):
             if layer.args:   # else binding reports the extra argument
                 shared[layer.args[0].name] = value
+            size = len(el.G)
             value = self.instantiate(layer, call, f"{base}.{i}", scope, given=shared)
+        if key in el.model.gaps:   # each instance left out as big as the last one made
+            self.left_out += el.model.gaps[key][1] * (len(el.G) - size)
+            self.check_size(call.loc)
         return value
 
     def numbers(self, key: tuple[str, ...], count: int, scope: Scope) -> range | list[int]:
@@ -92,6 +98,17 @@ class Layers:
         head = short // 2
         self.el.model.gaps[key] = (head, count - short)
         return [*range(1, head + 1), *range(count - short + head + 1, count + 1)]
+
+    def check_size(self, loc: Loc) -> None:
+        """The full model past MAX_NODES is an error; a short compile's, one it cannot stretch
+        to (it stops here, not after its pipeline: the full compile reports where the limit is
+        passed, seconds later, where a repeat 1000 of a repeat 1000 would run the short one's
+        for minutes)."""
+        if len(self.el.G) + self.left_out <= MAX_NODES:
+            return
+        if self.left_out:
+            raise Unstretchable(f"the full model would grow past {MAX_NODES} graph nodes")
+        raise NNError(f"the model grows past {MAX_NODES} graph nodes, the limit, at this layer call", loc)
 
     def instantiate(self, layer: syntax.Layer, call: syntax.Call, name: str, scope: Scope,
                     given: dict[str, int] | None = None) -> int:
@@ -125,8 +142,7 @@ class Layers:
             raise
         finally:
             self.calling.pop()
-        if len(el.G) > MAX_NODES:
-            raise NNError(f"the model grows past {MAX_NODES} graph nodes, the limit, at this layer call", call.loc)
+        self.check_size(call.loc)
         if result is None:
             raise NNError(f"layer '{layer.name}' has no 'return' statement", layer.loc)
         if layer.returns is not None:

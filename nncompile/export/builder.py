@@ -146,7 +146,13 @@ class GraphBuilder(OnnxContext):
         node = self.graph[n]
         opdef = REGISTRY[node.op]
         if opdef.onnx is None:
-            raise NNError(f"{node.op} cannot be exported to ONNX: it has no ONNX lowering in the op registry"
+            # A gradient's node is located at the value it is the gradient of: say so, or the
+            # line (h = X @ W) would seem to need the op (the scatter of h[i]'s gradient).
+            part = ""
+            if node.grad_of is not None:   # (the forward value itself may be gone: dead in an export of grad())
+                of = self.graph[node.grad_of].name if node.grad_of in self.graph.nx else None
+                part = f", which the gradient of {repr(of) if of else 'the value made here'} needs,"
+            raise NNError(f"{node.op}{part} cannot be exported to ONNX: it has no ONNX lowering in the op registry"
                           f"{self._why_not(node.op)}", node.loc, file=self.model.file)
         self.current, self._base, self._group = n, self.names[n], []
         result = opdef.onnx(self, Operands(self, node.args), dict(node.attrs))

@@ -463,7 +463,7 @@ def _vjp_matmul(g: Value, out: Value, a: Value, b: Value):
     return g @ b.mT, a.mT @ g
 
 
-op("matmul", 2, _matmul_rule, call("matmul"), vjp=_vjp_matmul, takes_out=True,
+op("matmul", 2, _matmul_rule, call("matmul"), vjp=_vjp_matmul, takes_out=True, c_result=True,
    samples=(Sample(((3, 4), (4, 2))), Sample(((2, 3, 4), (4, 2))), Sample(((4,), (4, 2))),
             Sample(((3, 4), (4,))), Sample(((4,), (4,))), Sample(((2, 1, 3, 4), (2, 4, 2)))),
    doc="a @ b: matrix product, numpy's rules for 1-D and batched operands", example="s = x @ W",
@@ -542,7 +542,8 @@ def _vjp_transpose(g: Value, out: Value, x: Value):
     return g.transpose(sorted(range(rank), key=lambda i: axes[i]))   # the inverse permutation
 
 
-op("transpose", 1, _transpose_rule, _emit_transpose, vjp=_vjp_transpose, view=True, attrs=(("axes", None),),
+op("transpose", 1, _transpose_rule, _emit_transpose, vjp=_vjp_transpose, view=True, reorders=True,
+   attrs=(("axes", None),),
    samples=(Sample((MATRIX,)), Sample(((2, 3, 4),), {"axes": (1, 2, 0)})),
    doc="permutes the axes (reverses them by default)", example="xt = transpose(x)",
    label=lambda attrs: "transpose" if attrs.get("axes") is None else f"transpose({attr_text(attrs['axes'])})",

@@ -279,7 +279,8 @@ def _concat_rule(ins: list[Node], attrs: dict) -> tuple[Shape, str]:
                              f"{shapes.show(first.shape)} on the other axes", i)
         if not isinstance(node.shape[axis], int):
             raise ShapeError(f"concat() along axis {axis} needs fixed sizes there, but {shapes.show(node.shape)} "
-                             f"has the symbolic dim {node.shape[axis]}", i)
+                             f"has the symbolic dim {node.shape[axis]} (the joined size would be a sum, which no dim "
+                             "is); join along a fixed axis, or declare this one with a number", i)
         total += node.shape[axis]
     return (*first.shape[:axis], total, *first.shape[axis + 1:]), first.dtype
 

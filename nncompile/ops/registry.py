@@ -114,10 +114,12 @@ class OpDef:
     public: bool = True                       # callable from a .nn file
     chain: Callable[[dict[str, Any]], tuple[Step, ...]] | None = None  # elementwise: ufunc calls, in place
     takes_out: bool = False                   # emit(..., out=buffer) writes the result into a buffer
+    c_result: bool = False                    # its fresh result is C-ordered whatever its operands' layout
     in_place: bool = False                    # not a chain: may write over an operand of its own shape
     differentiable: bool = True               # False: carries no gradient (a mask), autodiff treats it as constant
     no_second_order: str = ""                 # no gradient rule yet no mask: why (autodiff errs at the model's line)
     view: bool = False                        # the result is a numpy view of operand 0: it owns no storage
+    reorders: bool = False                    # a view whose axes are in another order than operand 0's
     random: bool = False                      # draws from the caller's random generator (ctx.rng)
     pairwise: str | None = None               # a reduction: the elementwise op meant when it is called with two tensors
     mode_dependent: bool = False              # lowers differently in train and eval mode (dropout)
@@ -280,7 +282,7 @@ def elementwise(name: str, arity: int, steps: tuple[Step, ...] | Callable[[dict]
 
 
 # What only a node of an op's own can use: a composite, which leaves none, must not declare it.
-_NODE_KNOWLEDGE = frozenset({"vjp", "emit", "chain", "scalar", "takes_out", "in_place", "differentiable", "view",
+_NODE_KNOWLEDGE = frozenset({"vjp", "emit", "chain", "scalar", "takes_out", "c_result", "in_place", "differentiable", "view", "reorders",
                              "random", "helpers", "rewrites", "label", "kink", "loss", "lower", "mode_dependent"})
 
 
