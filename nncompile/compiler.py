@@ -117,9 +117,11 @@ def _collector_paused():
 
 def _compile(path: str | Path, dtype: str | None, optimized: bool, trace: bool, input_grads: bool, backend: str,
              optimizer: str | Optimizer | None, hvp: bool, loops: bool,
-             shorten: tuple[int, int] | None = None) -> tuple[str, Model]:
-    """The module's source and the model it was built from (``shorten``: see stretch.py)."""
+             shorten: tuple[int, int] | None = None) -> tuple[str, Model, int]:
+    """The module's source, the model it was built from and its size as elaborated, in graph
+    nodes (``shorten``: see stretch.py)."""
     model = elaborate_file(path, dtype, shorten=shorten)
+    elaborated = len(model.graph)
     roles = prediction_roles(model)   # before build() optimises the graph the analysis reads
     if backend not in BACKENDS:
         raise NNError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -141,7 +143,7 @@ def _compile(path: str | Path, dtype: str | None, optimized: bool, trace: bool, 
     if model.gaps:
         fill_gaps(program)
     source = emit_module(program, trace=trace, backend=backend, loops=loops)
-    return (source if optimizer is None else source + optimizer_source(model, optimizer, backend)), model
+    return (source if optimizer is None else source + optimizer_source(model, optimizer, backend)), model, elaborated
 
 
 def _unbuilt_copy(model: Model, mode: str) -> Model:

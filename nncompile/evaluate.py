@@ -306,8 +306,8 @@ def _check_with_module(model: Model, module: ModuleType, params, inputs, sets: M
         named = re.match(r"(?:input|param) '([^']+)'", str(exc))
         node = {**model.inputs, **model.params}.get(named.group(1)) if named else None
         declared = model.graph[node].loc if node is not None else None
-        if named and named.group(1) in sets:
-            raise _set_error(f"{_flag(named.group(1), sets[named.group(1)])}: {exc}", named.group(1), declared) from None
+        if named and (name := named.group(1)) in sets:
+            raise _set_error(f"{_flag(name, sets[name])}: {exc}", name, declared) from None
         if declared is not None:
             raise NNError(str(exc), declared) from None
         raise NNError(str(exc), file=model.file) from None

@@ -140,7 +140,7 @@ def may_be_transposed(G: Graph, n: int, memo: dict[int, bool]) -> bool:
     def follows_operand(m: int) -> bool:
         node, opdef = G[m], REGISTRY[G[m].op]
         return not node.is_leaf and len(node.shape) >= 2 and not opdef.reorders and (
-            opdef.view or opdef.chain is None and not opdef.takes_out and not opdef.c_result)
+            opdef.view or opdef.chain is None and not opdef.takes_out)
 
     for m in post_order([n], lambda m: [a for a in G[m].args if a not in memo] if follows_operand(m) else ()):
         reorders = REGISTRY[G[m].op].reorders and len(G[m].shape) >= 2

@@ -22,28 +22,32 @@ import warnings
 from collections.abc import Callable
 
 from .codegen import Program
+from .elaborate import layers
 from .ir import Model
 from .loops import Unstretchable
 
 SHORT = 8   # instances of a long repeat a short compile elaborates: enough for hvp's inner loops
 LONG = 24   # a repeat of fewer instances compiles about as fast whole as in two short compiles
 
-Compile = Callable[[tuple[int, int]], tuple[str, Model]]   # elaborate_file's shorten -> (module text, train model)
+Compile = Callable[[tuple[int, int]], tuple[str, Model, int]]   # elaborate_file's shorten ->
+# (module text, train model, its graph's nodes as elaborated)
 
 
 def stretched(compile_short: Compile) -> str | None:
-    """The module, from short compiles that agree, or None where the full compile is needed
-    (or is past MAX_NODES: the short compile's elaboration counts the instances it leaves out,
-    elaborate/layers.py). The warnings of the first short compile are the module's (the full
-    compile's, where it is needed, would repeat them)."""
+    """The module, from short compiles that agree, or None where the full compile is needed.
+    The warnings of the first short compile are the module's (the full compile's, where it is
+    needed, would repeat them)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            source, model = compile_short((SHORT, LONG))
-            again = compile_short((SHORT + 1, LONG))[0] if model.gaps else None   # none: that was the full compile
+            source, model, size = compile_short((SHORT, LONG))
+            if not model.gaps:   # no repeat is long: that was the full compile
+                again = None
+            else:
+                again, _, longer = compile_short((SHORT + 1, LONG))
         except Exception:   # noqa: BLE001 - the full compile is the answer: it reports the model's
             return None       # errors where they are, and compiles what the stretch does not fit
-    if again is not None and again != source:
+    if again is not None and (again != source or _too_big(model, size, longer)):
         return None
     seen = set()
     for w in caught:
@@ -54,6 +58,16 @@ def stretched(compile_short: Compile) -> str | None:
 
 
 _SHOWN: dict = {}   # the warnings the stretched compiles passed on ("default" shows each once)
+
+
+def _too_big(short: Model, size: int, longer: int) -> bool:
+    """Whether the full model might pass MAX_NODES (then its compile says so): each instance
+    left out adds at most what one more in every repeat does (``size`` and ``longer``: the
+    short compiles' graphs as elaborated, grad()'s nodes of each instance too). The forward
+    nodes alone are counted as the short compile elaborates (elaborate/layers.py), so a
+    repeat of repeats past the limit stops there, before any pipeline runs."""
+    left_out = max(gap[1] for gap in short.gaps.values())
+    return size + left_out * (longer - size) > layers.MAX_NODES
 
 
 def fill_gaps(program: Program) -> None:

@@ -372,15 +372,15 @@ def test_names_follow_the_users_names() -> None:
 
 
 def test_a_name_taken_again_is_numbered_not_lengthened() -> None:
-    """The second h is h_ (as PEP 8 writes class_), the next ones h_2, h_3: a name a hundred
-    layers reuse stays short, and a user's own h_2 is never hidden."""
+    """The second h is h_ (as PEP 8 writes class_), the next ones h__2, h__3: a name a hundred
+    layers reuse stays short, and is not taken for an instance's (h.2 is h_2)."""
     from nncompile.codegen.names import Names
 
     names = Names()
-    assert [names.fresh("h") for _ in range(4)] == ["h", "h_", "h_2", "h_3"]
-    assert names.fresh("h_4") == "h_4" and names.fresh("h") == "h_5"
+    assert [names.fresh("h") for _ in range(4)] == ["h", "h_", "h__2", "h__3"]
+    assert names.fresh("h.2") == "h_2" and names.fresh("h__4") == "h__4" and names.fresh("h") == "h__5"
     assert names.fresh("class") == "class_" and names.fresh("_x") == "v_x"
-    assert max(len(names.fresh("t")) for _ in range(1000)) == len("t_999")
+    assert max(len(names.fresh("t")) for _ in range(1000)) == len("t__999")
 
 
 def test_each_statement_is_commented_with_its_line_and_shape() -> None:

@@ -606,16 +606,34 @@ TRANSPOSED_KEPT = """
 """
 
 
-def test_a_kept_elementwise_value_of_a_transpose_is_c_ordered_and_sums_as_in_the_loop(tmp_path: Path) -> None:
-    """The last instance's t1, an output, is tanh of a transpose: numpy would make it in the
-    transpose's layout where the loop writes it into a C-ordered buffer, and sum(h0.3.t1) would
-    add in another order (1 ulp apart in float32). The written-out module asks for C order."""
-    path = write_nn(tmp_path, "kept.nn", TRANSPOSED_KEPT)
+BATCHED_KEPT = """
+    const K = 4
+    input X: float[K, K, K, K]
+    layer blk0(x: [K, K, K, K]) -> [K, K, K, K] {
+        param W: [K, K] = xavier()
+        t1 = transpose(x, [1, 0, 2, 3]) @ W
+        return tanh(t1)
+    }
+    h0 = repeat 3 blk0(X)
+    output h0, h0.3.t1
+    loss = sum(h0 * h0) + sum(h0.3.t1)
+    minimize loss
+"""
+
+
+@pytest.mark.parametrize("text", [TRANSPOSED_KEPT, BATCHED_KEPT], ids=["tanh", "batched_matmul"])
+def test_a_kept_value_of_a_transpose_is_c_ordered_and_sums_as_in_the_loop(tmp_path: Path, text: str) -> None:
+    """The last instance's t1, an output, is made from a transpose: numpy would make it in the
+    transpose's layout (tanh's, and a matmul's of two batch axes) where the loop writes it into a
+    C-ordered buffer, and sum(h0.3.t1) would add in another order (1 ulp apart in float32). The
+    written-out module asks for C order."""
+    path = write_nn(tmp_path, "kept.nn", text)
     looped, unrolled = (load_module(compile_file(path, dtype="float32", input_grads=False, loops=loops), f"kept{loops}")
                         for loops in (True, False))
     draw = np.random.default_rng(0)
-    draw.standard_normal((3, 2)), draw.standard_normal((3, 2))
-    later = {"X": draw.standard_normal((5, 2)), "C": draw.standard_normal((5, 2))}
-    values = [module.value_and_grad(module.init_params(2), **later)[0] for module in (looped, unrolled)]
-    assert all(v["h0.3.t1"].flags.c_contiguous for v in values)
-    assert values[0]["loss"].tobytes() == values[1]["loss"].tobytes()
+    for _ in range(20):
+        inputs = {name: draw.standard_normal([d if isinstance(d, int) else 5 for d in shape])
+                  for name, (shape, _dtype) in looped.INPUTS.items()}
+        values = [module.value_and_grad(module.init_params(2), **inputs)[0] for module in (looped, unrolled)]
+        assert all(v["h0.3.t1"].flags.c_contiguous for v in values)
+        assert values[0]["loss"].tobytes() == values[1]["loss"].tobytes()

@@ -272,6 +272,35 @@ minimize loss
     assert taken == [False] and built == []
 
 
+def test_a_grad_of_a_long_repeat_past_the_node_limit_is_refused_as_by_the_full_compile(tmp_path: Path, monkeypatch,
+                                                                                       taken) -> None:
+    """grad() adds each instance's backward nodes as the file is elaborated: the short compile's
+    count of its forward nodes does not see them, the comparison of the two short compiles does."""
+    import nncompile.elaborate.layers as layers_module
+    monkeypatch.setattr(layers_module, "MAX_NODES", 1060)   # the full graph has 1110 nodes
+    path = write_nn(tmp_path, "gradrep", """
+input X: float[N, 4]
+layer blk(x: [B, 4]) -> [B, 4] {
+    param W: [4, 4] = xavier()
+    return tanh(x @ W)
+}
+layer fin(x: [B, 4]) -> [B, 4] {
+    return x * 2.0
+}
+h = repeat 100 blk(X)
+g = grad(sum(h * h), X)
+o = fin(g)
+output o
+""")
+    errors = []
+    for full in (False, True):
+        with pytest.raises(NNError, match="the model grows past 1060 graph nodes") as info:
+            compile_file(path, stretch=not full)
+        errors.append(info.value.format())
+    assert errors[0] == errors[1]
+    assert taken == [False]
+
+
 def test_warnings_are_given_as_by_the_full_compile(tmp_path: Path, taken) -> None:
     path = write_nn(tmp_path, "warn", DEEP_TEXT.replace("COUNT", "30").replace(
         "output h", "g = grad(sum(X), h.30.b)\noutput h, g"))

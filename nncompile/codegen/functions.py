@@ -41,7 +41,7 @@ class Definitions:
             name, taken, count = f"_kernel_{var}", set(self.kernels.values()), 1
             while name in taken:  # the same variable name in another function or mode
                 count += 1
-                name = f"_kernel_{var}_{count}"
+                name = f"_kernel_{var}__{count}"
             self.kernels[key] = name
         return self.kernels[key]
 
@@ -402,7 +402,8 @@ class FunctionEmitter:
         in the transpose's layout, where a workspace buffer, or a loop's, is C-ordered; a sum
         over it would then add in another order). See may_be_transposed."""
         opdef = REGISTRY[node.op]
-        if len(node.shape) < 2 or opdef.c_result or opdef.chain is None and not opdef.takes_out:
+        rank = len(node.shape)
+        if rank < 2 or rank <= opdef.c_result or opdef.chain is None and not opdef.takes_out:
             return False
         if node.dtype != "float" and not (opdef.chain is not None and self.backend.ufunc_order):
             return False   # no order= to ask, and no empty array of the module's dtype to write into

@@ -37,9 +37,9 @@ class Names:
         if base.startswith("_"):   # the module's own names start with one
             base = "v" + base
         name = base if base not in self.taken else base + "_"   # as PEP 8 avoids a keyword: class_
-        while name in self.taken:   # then numbered (d_h_2, d_h_3 ...), not ever more underscores
-            count = self.clashes[base] = self.clashes.get(base, 1) + 1
-            name = f"{base}_{count}"
+        while name in self.taken:   # then numbered, not ever more underscores: d_h__2, d_h__3 (two
+            count = self.clashes[base] = self.clashes.get(base, 1) + 1   # of them: d_h_2 is h.2's)
+            name = f"{base}__{count}"
         self.taken.add(name)
         return name
 

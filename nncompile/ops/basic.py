@@ -463,7 +463,8 @@ def _vjp_matmul(g: Value, out: Value, a: Value, b: Value):
     return g @ b.mT, a.mT @ g
 
 
-op("matmul", 2, _matmul_rule, call("matmul"), vjp=_vjp_matmul, takes_out=True, c_result=True,
+op("matmul", 2, _matmul_rule, call("matmul"), vjp=_vjp_matmul, takes_out=True,
+   c_result=3,   # numpy's result of two batch axes follows a transposed operand's layout
    samples=(Sample(((3, 4), (4, 2))), Sample(((2, 3, 4), (4, 2))), Sample(((4,), (4, 2))),
             Sample(((3, 4), (4,))), Sample(((4,), (4,))), Sample(((2, 1, 3, 4), (2, 4, 2)))),
    doc="a @ b: matrix product, numpy's rules for 1-D and batched operands", example="s = x @ W",

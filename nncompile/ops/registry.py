@@ -114,7 +114,7 @@ class OpDef:
     public: bool = True                       # callable from a .nn file
     chain: Callable[[dict[str, Any]], tuple[Step, ...]] | None = None  # elementwise: ufunc calls, in place
     takes_out: bool = False                   # emit(..., out=buffer) writes the result into a buffer
-    c_result: bool = False                    # its fresh result is C-ordered whatever its operands' layout
+    c_result: int = 0                         # a fresh result of up to this rank is C-ordered whatever the operands
     in_place: bool = False                    # not a chain: may write over an operand of its own shape
     differentiable: bool = True               # False: carries no gradient (a mask), autodiff treats it as constant
     no_second_order: str = ""                 # no gradient rule yet no mask: why (autodiff errs at the model's line)
@@ -282,8 +282,9 @@ def elementwise(name: str, arity: int, steps: tuple[Step, ...] | Callable[[dict]
 
 
 # What only a node of an op's own can use: a composite, which leaves none, must not declare it.
-_NODE_KNOWLEDGE = frozenset({"vjp", "emit", "chain", "scalar", "takes_out", "c_result", "in_place", "differentiable", "view", "reorders",
-                             "random", "helpers", "rewrites", "label", "kink", "loss", "lower", "mode_dependent"})
+_NODE_KNOWLEDGE = frozenset({"vjp", "emit", "chain", "scalar", "takes_out", "c_result", "in_place", "differentiable",
+                             "view", "reorders", "random", "helpers", "rewrites", "label", "kink", "loss", "lower",
+                             "mode_dependent"})
 
 
 def composite(name: str, arity: int, build: Callable[..., Value], **kw: Any) -> OpDef:
