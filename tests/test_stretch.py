@@ -55,6 +55,17 @@ def _first_difference(a: str, b: str) -> str:
     return f"lengths {len(a)} and {len(b)}"
 
 
+def same_error_as_full(path: Path, match: str | None = None) -> str:
+    """The stretched compile's error, after checking that the full compile gives the very same."""
+    errors = []
+    for full in (False, True):
+        with pytest.raises(NNError, match=match) as info:
+            compile_file(path, stretch=not full)
+        errors.append(info.value.format())
+    assert errors[0] == errors[1]
+    return errors[0]
+
+
 def deep_file(tmp_path: Path, count: int, text: str = DEEP_TEXT) -> Path:
     return write_nn(tmp_path, f"deep{count}", text.replace("COUNT", str(count)))
 
@@ -216,13 +227,7 @@ def test_a_model_the_stretch_does_not_fit_compiles_every_instance(tmp_path: Path
 
 def test_an_error_at_an_instance_the_short_compile_leaves_out_is_reported_there(tmp_path: Path, taken) -> None:
     path = write_nn(tmp_path, "m", FALLBACKS["instances that differ: each one narrower"][0].replace("30", "45"))
-    errors = []
-    for full in (False, True):
-        with pytest.raises(NNError) as info:
-            compile_file(path, stretch=not full)
-        errors.append(info.value.format())
-    assert errors[0] == errors[1]
-    assert "in layer 'shrink' called here as 'h.40'" in errors[0]
+    assert "in layer 'shrink' called here as 'h.40'" in same_error_as_full(path)
     assert taken == [False]
 
 
@@ -231,13 +236,7 @@ def test_a_model_past_the_node_limit_is_refused_as_by_the_full_compile(tmp_path:
     monkeypatch.setattr(layers_module, "MAX_NODES", 400)
     same_as_full(deep_file(tmp_path, 60))   # 304 nodes: within the limit, and stretched
     assert taken == [True]
-    path = deep_file(tmp_path, 100)
-    errors = []
-    for full in (False, True):
-        with pytest.raises(NNError, match="the model grows past 400 graph nodes") as info:
-            compile_file(path, stretch=not full)
-        errors.append(info.value.format())
-    assert errors[0] == errors[1]
+    same_error_as_full(deep_file(tmp_path, 100), "the model grows past 400 graph nodes")
 
 
 def test_a_nested_repeat_past_the_node_limit_is_refused_before_any_pipeline_runs(tmp_path: Path, monkeypatch,
@@ -263,12 +262,7 @@ h = repeat 30 outer(X)
 loss = sum(h)
 minimize loss
 """)
-    errors = []
-    for full in (False, True):
-        with pytest.raises(NNError, match="the model grows past 2000 graph nodes") as info:
-            compile_file(path, stretch=not full)
-        errors.append(info.value.format())
-    assert errors[0] == errors[1] and "in layer 'outer' called here as 'h.23'" in errors[0]
+    assert "in layer 'outer' called here as 'h.23'" in same_error_as_full(path, "the model grows past 2000 graph nodes")
     assert taken == [False] and built == []
 
 
@@ -292,12 +286,7 @@ g = grad(sum(h * h), X)
 o = fin(g)
 output o
 """)
-    errors = []
-    for full in (False, True):
-        with pytest.raises(NNError, match="the model grows past 1060 graph nodes") as info:
-            compile_file(path, stretch=not full)
-        errors.append(info.value.format())
-    assert errors[0] == errors[1]
+    same_error_as_full(path, "the model grows past 1060 graph nodes")
     assert taken == [False]
 
 
