@@ -42,13 +42,18 @@ class Evaluation:
     branch_grads: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
 
     def named_values(self) -> dict[str, np.ndarray]:
-        """Every value the user named, in the order the file defines them."""
+        """Every value the user named, in the order the file defines them; an output that is
+        another name for a value (``out = scores``) right after it."""
         out: dict[str, np.ndarray] = {}
         G = self.program.graph
+        aliases: dict[int, list[str]] = {}
+        for name, n in self.model.outputs.items():
+            aliases.setdefault(n, []).append(name)
         for n in sorted(self.values):
             node = G[n]
-            if node.name and node.name not in out:   # a grad() the user named too (grad_of set)
-                out[node.name] = self.values[n]
+            for name in [node.name, *aliases.get(n, ())]:
+                if name and name not in out:   # a grad() the user named too (grad_of set)
+                    out[name] = self.values[n]
         return out
 
     def input_and_param_grads(self) -> dict[str, np.ndarray]:
@@ -101,6 +106,10 @@ def evaluate_file(path: str | Path, sets: Mapping[str, str] | None = None, *, se
     given = {name: value for name, value in (inputs or {}).items() if name not in (sets or {})}
     dims = {d: str(len(value)) for name, value in given.items() if name in model.inputs
             for d in model.graph[model.inputs[name]].shape[:1] if isinstance(d, str)}
+    for d, size in dims.items():   # the given examples fix their batch: a --set of it would be dropped
+        if d in (sets or {}) and sets[d] != size:
+            raise NNError(f"--set {d}={sets[d]}: {d} is {size} here, the number of examples given; "
+                          "--batch chooses how many")
     chosen, drawn = concrete_values(model, module, {**dims, **(sets or {})}, seed)
     if params is not None:
         chosen = _trained(model, module, params, sets or {})
@@ -262,11 +271,15 @@ def _int_limit(model: Model, name: str, dims: Mapping[str, int]) -> int:
     return max(1, min(limits, default=10))   # an empty axis: the module's own check says what is wrong
 
 
+_NON_FINITE = re.compile(r"(?<![\w.\"])(nan|inf|infinity)(?![\w.\"])", re.IGNORECASE)
+_JSON_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "infinity": "Infinity"}
+
+
 def _parse_value(name: str, text: str, model: Model, n: int, dtype) -> np.ndarray:
     node = model.graph[n]
     flag = _flag(name, text)
-    try:
-        value = np.asarray(json.loads(text))
+    try:   # nan and inf as numpy prints them (1e999 is JSON's inf already)
+        value = np.asarray(json.loads(_NON_FINITE.sub(lambda m: _JSON_NON_FINITE[m[1].lower()], text)))
     except RecursionError:
         raise _set_error(f"{flag}: the list is nested too deeply", name, node.loc) from None
     except (json.JSONDecodeError, ValueError):

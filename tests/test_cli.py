@@ -144,6 +144,17 @@ def test_eval_set_tensor_as_json(tmp_path: Path, run_cli) -> None:
     assert data["grads"] == {"X": [[0.5, -1.0]] * 3, "w": [9.0, 12.0]}
 
 
+@pytest.mark.parametrize("text", ["[nan, 1, -inf]", "[NaN, 1, -Infinity]", "[nan, 1, -1e999]"])
+def test_eval_set_takes_nan_and_inf_as_numpy_prints_them(tmp_path: Path, text: str) -> None:
+    """1e999 was inf and nan was refused: a non-finite input (to see what a model's health check
+    says of it) is written as numpy prints it, or as JSON's NaN and Infinity."""
+    from nncompile.evaluate import evaluate_file
+
+    path = write_nn(tmp_path, "m.nn", "input X: float[3]\ny = sum(X * X)\noutput y\nminimize y\n")
+    X = evaluate_file(path, {"X": text}).inputs["X"]
+    assert np.isnan(X[0]) and X[1] == 1 and X[2] == -np.inf
+
+
 def test_eval_random_inputs_are_seeded(tmp_path: Path, run_cli) -> None:
     write_nn(tmp_path, "m.nn", "input X: float[N, 3]\nparam W: [3] = normal(std=1)\nl = sum(X * W)\nminimize l\n")
     a = eval_json(run_cli, "m.nn")

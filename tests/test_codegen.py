@@ -141,7 +141,7 @@ def test_one_condition_binds_each_dim_after_the_ndim_test_that_makes_it_safe(tmp
     reader = next(f for f in ast.parse(source).body if isinstance(f, ast.FunctionDef) and f.name == "_read_inputs")
     condition = next(node for node in ast.walk(reader) if isinstance(node, ast.BoolOp) and isinstance(node.op, ast.And))
     tests = [ast.unparse(test) for test in condition.values]
-    assert tests[2:5] == ["x.ndim == 2", "(N := x.shape[0]) >= 0", "x.shape[1] == N"]
+    assert tests[2:5] == ["x.ndim == 2", "(N := x.shape[0]) >= 1", "x.shape[1] == N"]
     assert sum(":=" in test for test in tests) == 1 and tests.index("y.shape[0] == N") > tests.index("y.ndim == 1")
     m = load_module(source)
     assert m.value_and_grad({}, x=np.ones((3, 3)), y=np.ones(3))[1]["y"].shape == (3,)
@@ -577,6 +577,22 @@ def test_predict_drops_outputs_that_read_the_labels_and_computes_no_loss() -> No
         module.predict(module.init_params(), X=np.zeros((2, 6), np.float32), y=np.zeros(2, np.int64))
     with pytest.raises(ValueError, match="must have shape"):
         module.predict(module.init_params(), X=np.zeros((2, 5), np.float32))
+
+
+@pytest.mark.parametrize("name", ["two_layer", "losses", "svm_vs_softmax"])
+def test_an_empty_batch_is_refused_as_a_value_error(name: str) -> None:
+    """N = 0 has no mean: softmax cross-entropy's 1 / len(labels) raised ZeroDivisionError, a
+    sigmoid one gave nan with warnings. Every function refuses it as it refuses a wrong shape."""
+    module = load_module(compile_file(EXAMPLES / f"{name}.nn"), f"empty_{name}")
+    params = module.init_params(0)
+    empty = {k: np.zeros([0 if isinstance(d, str) else d for d in shape], dtype) for k, (shape, dtype) in
+             module.INPUTS.items()}
+    calls = [lambda: module.forward(params, **empty), lambda: module.value_and_grad(params, **empty)]
+    if hasattr(module, "predict"):   # (a model whose outputs all read the labels has none)
+        calls.append(lambda: module.predict(params, **{k: empty[k] for k in module.PREDICT_INPUTS}))
+    for call in calls:
+        with pytest.raises(ValueError, match=r"has \w+ = 0: every dim must be at least 1"):
+            call()
 
 
 def test_an_input_that_only_a_hand_written_loss_reads_is_a_label(compile_nn) -> None:

@@ -854,3 +854,36 @@ def test_dot_t_reads_a_layer_member_named_t_and_transposes_anything_else() -> No
     G = model.graph
     assert model.outputs["member"] == model.params["fc.T"]
     assert G[model.outputs["flipped"]].op == "transpose" and shape_of(model, "flipped") == (2, "N")
+
+
+def test_dot_t_of_a_name_that_is_a_value_and_an_instance_with_a_member_t_is_an_error() -> None:
+    """y = f(X) names the result and the instance: y.T could be the transpose or the member T,
+    and was silently the member."""
+    with pytest.raises(NNError, match=r"'y.T' is both the transpose of y and the member T of the layer instance y"):
+        model_of("""
+            layer f(x: [B, K]) -> [B, K] {
+                T = x * 3
+                return x * 2
+            }
+            input X: float[2, 4]
+            y = f(X)
+            z = y.T
+            output z
+        """)
+    model = model_of("""
+        layer f(x: [B, K]) -> [B, K] {
+            T = x * 3
+            return x * 2
+        }
+        input X: float[2, 4]
+        y = f(X)
+        z = transpose(y)
+        output z
+    """)
+    assert model.graph[model.outputs["z"]].shape == (4, 2)
+
+
+def test_a_second_dtype_statement_is_an_error_that_points_at_the_first() -> None:
+    with pytest.raises(NNError, match=r"the dtype is set already \(to float64\)") as info:
+        model_of("dtype float64\ndtype float32\ninput x = 2\noutput x\n")
+    assert info.value.loc.line == 2 and info.value.notes[0][1].line == 1

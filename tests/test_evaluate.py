@@ -231,3 +231,36 @@ def test_a_traced_op_on_two_numbers_gives_inf_where_python_would_raise(tmp_path:
     ev = evaluate_file(write_nn(tmp_path, "m.nn", f"input s = 3\nv = {loss}\nminimize v\n"))
     assert np.isinf(ev.named_values()["v"]) and np.isinf(ev.input_and_param_grads()["s"])
     assert {np.asarray(g).dtype for g in ev.grads.values()} == {np.dtype("float32")}
+
+
+def test_an_output_that_is_another_name_for_a_value_is_printed_after_it(tmp_path: Path, run_cli) -> None:
+    path = write_nn(tmp_path, "alias.nn", """
+        input X: float[N, 4]
+        param W: [4, 2] = ones()
+        scores = X @ W
+        out = scores
+        loss = sum(out)
+        output out
+        minimize loss
+    """)
+    named = evaluate_file(path, {"N": "1"}).named_values()
+    assert list(named) == ["X", "W", "scores", "out", "loss"]
+    assert np.array_equal(named["out"], named["scores"])
+    result = run_cli("eval", path, "--set", "N=1")
+    assert result.returncode == 0 and "  out    = [[" in result.stdout, result
+
+
+def test_a_set_dim_the_given_examples_contradict_is_refused(tmp_path: Path) -> None:
+    """The examples fix their batch: N=3 against 5 of them was dropped without a word."""
+    from nncompile.errors import NNError
+
+    path = write_nn(tmp_path, "m.nn", """
+        input X: float[N, 2]
+        param w: [2] = ones()
+        loss = sum(X * w)
+        minimize loss
+    """)
+    examples = {"X": np.ones((5, 2))}
+    with pytest.raises(NNError, match=r"--set N=3: N is 5 here, the number of examples given; --batch chooses"):
+        evaluate_file(path, {"N": "3"}, inputs=examples)
+    assert evaluate_file(path, {"N": "5"}, inputs=examples).inputs["X"].shape == (5, 2)

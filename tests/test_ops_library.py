@@ -489,6 +489,7 @@ def test_full_slices_are_the_value_itself(tmp_path: Path) -> None:
     ("v = softmax_cross_entropy(x, t)", "softmax_cross_entropy needs integer class labels, but 't' is float[N]"),
     ("v = softmax_cross_entropy(x, z)", "softmax_cross_entropy: probability targets [N, 3] do not match scores [N, 4]"),
     ("v = svm_loss(x, t)", "svm_loss needs integer class labels, but 't' is float[N]"),
+    ("v = svm_loss(x, 2)", "svm_loss needs integer class labels, but the labels are float[]; pass an int input"),
     ("v = sigmoid_cross_entropy(x, z)", "sigmoid_cross_entropy: targets [N, 3] do not match [N, 4]"),
     ("v = arange(2.5)", "arange() needs a positive whole number or a dim like N, not 2.5"),
     ("v = hardtanh(x, min_val=1, max_val=0)", "hardtanh() needs max_val >= 1, not 0"),

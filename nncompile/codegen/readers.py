@@ -22,7 +22,7 @@ _CHECKS = {
     "ndim": "{var}.ndim == {value}",
     "shape": "{var}.shape == {value!r}",
     "axis": "{var}.shape[{axis}] == {value}",
-    "bind": "({value} := {var}.shape[{axis}]) >= 0",   # binds a dim while the condition runs
+    "bind": "({value} := {var}.shape[{axis}]) >= 1",   # binds a dim while the condition runs (0: refused)
     "least": "{var} >= {value}",
 }
 

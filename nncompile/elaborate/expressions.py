@@ -46,7 +46,12 @@ class Expressions:
                 operands = [self.expr(left, scope), self.expr(right, scope)]
                 return el.op("step", operands, {"cmp": cmp}, expr.loc, scope, [left.loc, right.loc])
             case syntax.Transposed(operand=syntax.Ref(parts=parts)) if ".".join((*parts, "T")) in scope.values:
-                return scope.values[".".join((*parts, "T"))]   # a layer's member named T: fc.T
+                name = ".".join(parts)
+                if name in scope.values:   # y = f(X) names the result and the instance alike
+                    raise NNError(f"'{name}.T' is both the transpose of {name} and the member T of the layer "
+                                  f"instance {name}; write transpose({name}) for the transpose, or name the call "
+                                  "with 'as' and read the member through that name", expr.loc)
+                return scope.values[f"{name}.T"]   # a layer's member named T: fc.T
             case syntax.Transposed(operand=operand):
                 return el.op("transpose", [self.expr(operand, scope)], {"axes": None}, expr.loc, scope)
             case syntax.Neg(operand=syntax.Number(value=value)):

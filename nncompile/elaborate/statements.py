@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import syntax
-from ..errors import NNError
+from ..errors import Loc, NNError
 from ..initializers import INITIALIZERS, fans
 from ..limits import MAX_DIM
 from ..shapes import Dim, Shape, show
@@ -39,6 +39,7 @@ class Statements:
     def __init__(self, el: Elaborator):
         self.el = el
         self.phase: str | None = None    # the train/eval block being elaborated, if any
+        self.dtype_at: Loc | None = None   # the dtype statement, once one has run
 
     def body(self, body: tuple[syntax.Stmt, ...], scope: Scope) -> int | None:
         """Run a file's or a layer's statements; the node of the value it returns, if any."""
@@ -95,6 +96,10 @@ class Statements:
                 el.imports.follow(stmt, scope)
             case syntax.DType(dtype=dtype):
                 self.top_only(stmt, scope, "dtype")
+                if self.dtype_at is not None:   # else the last one would silently win
+                    raise NNError(f"the dtype is set already (to {el.model.dtype}); a file has one dtype statement",
+                                  stmt.loc, notes=(("set here", self.dtype_at),))
+                self.dtype_at = stmt.loc
                 el.model.dtype = dtype
             case syntax.Phase():
                 return self.phase_block(stmt, scope)

@@ -407,9 +407,10 @@ def labels_rule(opname: str, numbers: tuple[str, ...] = ()):
         scores, labels = ins[0], ins[1]
         need_float([scores], opname)
         if labels.dtype != "int":
-            what = f"'{labels.name}'" if labels.name else "the labels"
-            raise ShapeError(f"{opname} needs integer class labels, but {what} is "
-                             f"{labels.dtype}{shapes.show(labels.shape)}; declare it as int[...]", 1)
+            what = f"'{labels.name}' is" if labels.name else "the labels are"
+            fix = "declare it as int[...]" if labels.name else "pass an int input"
+            raise ShapeError(f"{opname} needs integer class labels, but {what} "
+                             f"{labels.dtype}{shapes.show(labels.shape)}; {fix}", 1)
         if len(scores.shape) != 2:
             raise ShapeError(f"{opname} needs scores of shape [N, C], not {shapes.show(scores.shape)}", 0)
         if labels.shape != scores.shape[:1]:
