@@ -107,7 +107,7 @@ def evaluate_file(path: str | Path, sets: Mapping[str, str] | None = None, *, se
     dims = {d: str(len(value)) for name, value in given.items() if name in model.inputs
             for d in model.graph[model.inputs[name]].shape[:1] if isinstance(d, str)}
     for d, size in dims.items():   # the given examples fix their batch: a --set of it would be dropped
-        if d in (sets or {}) and sets[d] != size:
+        if d in (sets or {}) and sets[d].isdigit() and int(sets[d]) != int(size):   # (else concrete_values says)
             raise NNError(f"--set {d}={sets[d]}: {d} is {size} here, the number of examples given; "
                           "--batch chooses how many")
     chosen, drawn = concrete_values(model, module, {**dims, **(sets or {})}, seed)

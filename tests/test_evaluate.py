@@ -263,4 +263,6 @@ def test_a_set_dim_the_given_examples_contradict_is_refused(tmp_path: Path) -> N
     examples = {"X": np.ones((5, 2))}
     with pytest.raises(NNError, match=r"--set N=3: N is 5 here, the number of examples given; --batch chooses"):
         evaluate_file(path, {"N": "3"}, inputs=examples)
-    assert evaluate_file(path, {"N": "5"}, inputs=examples).inputs["X"].shape == (5, 2)
+    assert evaluate_file(path, {"N": "05"}, inputs=examples).inputs["X"].shape == (5, 2)
+    with pytest.raises(NNError, match=r"--set N=x: the dim N must be a positive integer"):
+        evaluate_file(path, {"N": "x"}, inputs=examples)

@@ -50,7 +50,7 @@ class Expressions:
                 if name in scope.values:   # y = f(X) names the result and the instance alike
                     raise NNError(f"'{name}.T' is both the transpose of {name} and the member T of the layer "
                                   f"instance {name}; write transpose({name}) for the transpose, or name the call "
-                                  "with 'as' and read the member through that name", expr.loc)
+                                  "with 'as' and another name, and read the member through that one", expr.loc)
                 return scope.values[f"{name}.T"]   # a layer's member named T: fc.T
             case syntax.Transposed(operand=operand):
                 return el.op("transpose", [self.expr(operand, scope)], {"axes": None}, expr.loc, scope)
