@@ -147,7 +147,7 @@ def concrete_values(model: Model, module: ModuleType, sets: Mapping[str, str], s
     """Params from the initialisers, inputs from defaults; ``sets`` overrides either, and
     symbolic dims (``N=8``); tensors with no value are seeded random numbers."""
     G = model.graph
-    sets = dict(sets)
+    given, sets = sets, dict(sets)
     dims: dict[str, int] = {}
     symbols = {d for n in model.inputs.values() for d in G[n].shape if isinstance(d, str)}
     for name in list(sets):
@@ -192,7 +192,7 @@ def concrete_values(model: Model, module: ModuleType, sets: Mapping[str, str], s
             inputs[name] = (weights / weights.sum(axis=-1, keepdims=True)).astype(module.DTYPE)
         else:
             inputs[name] = rng.standard_normal(shape).astype(module.DTYPE)
-    _check_with_module(model, module, params, inputs, sets)
+    _check_with_module(model, module, params, inputs, given)
     return params, inputs
 
 
@@ -316,11 +316,13 @@ def _check_with_module(model: Model, module: ModuleType, params, inputs, sets: M
             module._convert(params, module.PARAMS, "param", "params")
     except (TypeError, ValueError) as exc:
         # "input 'y' holds 9: ...": the value of y is wrong
-        named = re.match(r"(?:input|param) '([^']+)'", str(exc))
+        named = re.match(r"(?:input|param) '([^']+)'(?: has (\w+) = )?", str(exc))
         node = {**model.inputs, **model.params}.get(named.group(1)) if named else None
         declared = model.graph[node].loc if node is not None else None
-        if named and (name := named.group(1)) in sets:
-            raise _set_error(f"{_flag(name, sets[name])}: {exc}", name, declared) from None
+        if named:   # the value came from a --set: of the input itself, or of the dim it names
+            for name in (named.group(1), named.group(2)):
+                if name in sets:
+                    raise _set_error(f"{_flag(name, sets[name])}: {exc}", named.group(1), declared) from None
         if declared is not None:
             raise NNError(str(exc), declared) from None
         raise NNError(str(exc), file=model.file) from None

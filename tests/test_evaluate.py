@@ -101,13 +101,13 @@ def test_eval_render_and_check_run_on_what_they_draw(name: str, command: list[st
 @pytest.mark.parametrize("given, message", [
     ("y=[0, 1, 2, 3, 0, 9]", "nncompile: error: --set y=[0, 1, 2, 3, 0, 9]: input 'y' holds 9: its entries are class labels or indices, "
                              "which must lie in [0, C) = [0, 4)\nm.nn:2:1: note: 'y' is declared here"),
-    ("N=3", "m.nn:1:1: error: input 'X' has N = 3, but the model takes a fixed entry of that axis that needs "
-            "N >= 6"),
+    ("N=3", "nncompile: error: --set N=3: input 'X' has N = 3, but the model takes a fixed entry of that axis "
+            "that needs N >= 6\nm.nn:1:1: note: 'X' is declared here"),
 ])
 def test_values_the_module_refuses_are_reported_where_they_were_given(command: list[str], given: str, message: str,
                                                                       tmp_path: Path, run_cli) -> None:
-    """A --set value is the command line's mistake (a note shows the declaration); a value
-    that follows from one, X's from N=3, is the declaration's to take."""
+    """A --set value is the command line's mistake, of the input itself or of the dim that
+    makes it too small (N=3 for X); a note shows the declaration it is about."""
     write_nn(tmp_path, "m.nn", """
         input X: float[N, C]
         input y: int[N]
