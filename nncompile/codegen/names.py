@@ -36,9 +36,11 @@ class Names:
             base = "v" + base
         if base.startswith("_"):   # the module's own names start with one
             base = "v" + base
-        name = base if base not in self.taken else base + "_"   # as PEP 8 avoids a keyword: class_
-        while name in self.taken:   # then numbered, not ever more underscores: d_h__2, d_h__3 (two
-            count = self.clashes[base] = self.clashes.get(base, 1) + 1   # of them: d_h_2 is h.2's)
+        # A clash: first base_ (as PEP 8 avoids a keyword: class_), then numbered after two
+        # underscores (d_h__2, d_h__3), not ever more underscores; d_h_2 is instance h.2's name.
+        name = base if base not in self.taken else base + "_"
+        while name in self.taken:
+            count = self.clashes[base] = self.clashes.get(base, 1) + 1
             name = f"{base}__{count}"
         self.taken.add(name)
         return name

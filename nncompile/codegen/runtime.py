@@ -144,7 +144,7 @@ CONVERT_INPUTS = '''def _convert_inputs(inputs):
             raise ValueError(f"input {name!r} must have {len(shape)} dims {list(shape)}, not shape {array.shape}")
         for want, got in zip(shape, array.shape):
             if isinstance(want, str):
-                if got == 0:   # a mean over no examples is no number (and 1 / N is no float)
+                if got == 0:   # an empty axis: no mean over it, 1 / N raises, numpy cannot reshape it
                     raise ValueError(f"input {name!r} has {want} = 0: every dim must be at least 1")
                 if dims.setdefault(want, got) != got:
                     raise ValueError(f"input {name!r} has {want} = {got}, but an earlier input has {want} = {dims[want]}")
