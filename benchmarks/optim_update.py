@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """The optimiser update alone, on mlp_medium's 535,818 float32 params: the compiled chain of
-ufuncs against cache-blocked runs of the same chain and against JAX jit's fused update.
+ufuncs, run over cache-sized blocks of its buffers as the module does and in one call over
+them, against JAX jit's fused update.
 
 Every row updates right after one (untimed) ``value_and_grad`` of the compiled module, so
 its buffers are where a training step leaves them; only the update is timed. Rows:
@@ -8,9 +9,10 @@ its buffers are where a training step leaves them; only the update is timed. Row
 * **apply_update**: the module's ``apply_update``, which reads the gradients and works in
   a scratch buffer of its own;
 * **step's update**: what ``step`` runs, the same chain taking the gradient buffer, which
-  ``step`` owns, as its scratch;
-* **blocked B**: step's update run over blocks of B elements of every buffer in turn (B
-  floats of each of the four buffers fit in the 1 MiB L2 for B = 32768);
+  ``step`` owns, as its scratch, over blocks of ``_BLOCK`` floats of every buffer (last
+  block first);
+* **one call**: step's update with no blocks, each pass over the whole buffers (the base);
+* **blocks of B**: step's update with the module's ``_BLOCK`` set to B;
 * **jax jit**: ``jax.jit`` of the same update over flat arrays, the buffers donated.
 
     python benchmarks/optim_update.py [--repeat 300] [--optimizer adam] [--markdown]
@@ -46,7 +48,7 @@ from reference import jax, jnp  # noqa: E402
 
 import nncompile  # noqa: E402
 
-BLOCKS = (32768, 131072)
+BLOCKS = (16384, 131072, 262144)
 
 
 def compiled_rows(module: Any, optimizer: str) -> tuple[Callable[[], None], dict[str, Callable[[], None]]]:
@@ -61,25 +63,18 @@ def compiled_rows(module: Any, optimizer: str) -> tuple[Callable[[], None], dict
         latest[0] = module.value_and_grad(params, X=X, y=y)[1]
 
     def blocked(size: int) -> Callable[[], None]:
-        def run() -> None:   # the kernel's constants as _apply_update works them out, then block by block
-            real = getattr(module, f"_{optimizer}_update")
-            calls: list[tuple] = []
-            setattr(module, f"_{optimizer}_update", lambda *a: calls.append(a))
+        def run() -> None:   # step's update with the module's block size set to size
+            default, module._BLOCK = module._BLOCK, size
             try:
                 module._apply_update(params, latest[0], opt, lr, True)
             finally:
-                setattr(module, f"_{optimizer}_update", real)
-            (p, g, *rest), = calls   # rest: the slots, the scratch, the constants
-            slots, constants = rest[:len(module.SLOTS)], rest[len(module.SLOTS) + 1:]
-            for start in range(0, p.size, size):
-                part = slice(start, start + size)
-                gp = g[part]
-                real(p[part], gp, *(s[part] for s in slots), gp, *constants)
+                module._BLOCK = default
         return run
 
     rows = {"apply_update": lambda: module.apply_update(params, latest[0], opt, lr),
-            "step's update": lambda: module._apply_update(params, latest[0], opt, lr, True),
-            **{f"blocked {size}": blocked(size) for size in BLOCKS}}
+            f"step's update (blocks of {module._BLOCK})": lambda: module._apply_update(params, latest[0], opt, lr, True),
+            "one call": blocked(1 << 62),
+            **{f"blocks of {size}": blocked(size) for size in BLOCKS}}
     return before, rows
 
 
@@ -150,11 +145,11 @@ def main() -> int:
         if jax_run is not None:
             rows["jax jit"] = jax_run
         times = measure(before, rows, args.repeat)
-        base = statistics.median(times["step's update"])
+        base = statistics.median(times["one call"])
         for name, ts in times.items():
             med = statistics.median(ts)
             table.append([f"{optimizer} ({size} params)", name, f"{med:.1f}", f"{min(ts):.1f}", f"{med / base:.2f}"])
-    print(train_step.table(["update", "row", "median us", "min us", "/ step's"], table, args.markdown))
+    print(train_step.table(["update", "row", "median us", "min us", "/ one call"], table, args.markdown))
     return 0
 
 

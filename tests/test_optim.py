@@ -375,6 +375,35 @@ def test_the_one_buffer_update_equals_the_update_param_by_param_bit_for_bit(
             assert flat_opt[slot][k].tobytes() == apart_opt[slot][k].tobytes()
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", NAMES)
+def test_the_update_block_by_block_equals_the_update_param_by_param_bit_for_bit(
+        name: str, dtype: str, tmp_path: Path) -> None:
+    """A buffer larger than _BLOCK is updated in blocks, the last first; blocks cut across
+    params (160,400 floats: W is 400 x 400), and each float is updated as it is alone."""
+    path = write_nn(tmp_path, "wide.nn", LEAST_SQUARES.replace("[N, 3]", "[N, 400]").replace("[3, 2]", "[400, 400]")
+                    .replace("[N, 2]", "[N, 400]").replace("[2]", "[400]"))
+    module = nncompile.load_module(nncompile.compile_file(path, dtype=dtype, optimizer=name), f"wide_{name}")
+    flat = module.init_params(0)
+    flat_opt = module.init_opt_state(flat)
+    apart = unlaid(flat)
+    apart_opt = {k: unlaid(v) if isinstance(v, dict) else v for k, v in module.init_opt_state(apart).items()}
+    kernel, calls = getattr(module, f"_{name}_update"), []
+    setattr(module, f"_{name}_update", lambda p, *rest: calls.append(p.size) or kernel(p, *rest))
+    rng = np.random.default_rng(1)
+    for seed in range(3):
+        data = {k: rng.standard_normal((4, 400)).astype(dtype) for k in ("X", "t")}
+        module.step(flat, flat_opt, 0.05 / (seed + 1), **data)
+        module.step(apart, apart_opt, 0.05 / (seed + 1), **data)
+    blocks = -(-160_400 // module._BLOCK)
+    assert blocks >= 3 and calls[:blocks] == [160_400 - (blocks - 1) * module._BLOCK] + [module._BLOCK] * (blocks - 1)
+    assert calls[blocks:blocks + 2] == [160_000, 400], "arrays of their own are updated one by one, whole"
+    for k in flat:
+        assert flat[k].tobytes() == apart[k].tobytes()
+        for slot in module.SLOTS:
+            assert flat_opt[slot][k].tobytes() == apart_opt[slot][k].tobytes()
+
+
 def test_init_params_are_aligned_views_of_one_buffer(least_squares_path: Path) -> None:
     params = compiled(least_squares_path, "adam").init_params(0)
     buffer = params["W"].base
