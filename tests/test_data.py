@@ -154,11 +154,11 @@ def test_npz_map_names_arrays(tmp_path: Path, module: ModuleType) -> None:
      "array 'y' for input 'y' holds float64 values, but y is int[N]: save the class labels as integers"),
     (lambda a: {**a, "y": a["y"] > 0}, None, "array 'y' for input 'y' holds booleans, but y is int[N]"),
     (lambda a: {**a, "X": np.where(np.arange(30)[:, None] == 7, np.nan, a["X"])}, None,
-     "array 'X' for input 'X' holds 4 NaN or infinite value(s); the first is in row 7"),
-    (lambda a: {**a, "X": np.where(np.arange(30)[:, None] == 2, np.inf, a["X"])}, None, "the first is in row 2 (inf)"),
+     "array 'X' for input 'X': row 7 holds nan (4 NaN or infinite value(s) in all); every value must be finite"),
+    (lambda a: {**a, "X": np.where(np.arange(30)[:, None] == 2, np.inf, a["X"])}, None, "row 2 holds inf (4 NaN"),
     (lambda a: {**a, "y": np.where(np.arange(30) == 5, 3, a["y"])}, None,
-     "array 'y' for input 'y' holds the label 3 (row 5), but the model has 3 classes: labels must lie in [0, 3)"),
-    (lambda a: {**a, "y": np.where(np.arange(30) == 9, -1, a["y"])}, None, "holds the label -1 (row 9)"),
+     "array 'y' for input 'y': row 5 holds the label 3, but the model has 3 classes: labels must lie in [0, 3)"),
+    (lambda a: {**a, "y": np.where(np.arange(30) == 9, -1, a["y"])}, None, "row 9 holds the label -1"),
     (lambda a: {**a, "y": a["y"][:29]}, None, "array 'y' for input 'y' has 29 examples, but array 'X' for input 'X' has 30"),
     (lambda a: {**a, "X": np.array(["a"] * 30)}, None, "array 'X' for input 'X' holds <U1 values; it must hold numbers"),
     (lambda a: {**a, "X": np.zeros((0, 4)), "y": np.zeros(0, dtype=int)}, None, "holds no examples"),
@@ -278,9 +278,17 @@ def test_a_csv_column_fills_a_one_wide_input(tmp_path: Path) -> None:
 @pytest.mark.parametrize("text, mapping, message", [
     ("a,b,c,d,label\n1,2,x,4,0\n", None, "line 2, column 'c': 'x' is not a number"),
     ("a,b,c,d,label\n1,2,3,4,0\n1,2,3\n", None, "line 3 has 3 fields, but the file has 5 columns"),
-    ("a,b,c,d,label\n1,2,3,4,0.5\n", None, "column 'label' for input 'y': row 0 holds 0.5, but y is int[N]"),
-    ("a,b,c,d,label\n1,,3,4,0\n", None, "holds 1 NaN or infinite value(s); the first is in row 0"),
-    ("a,b,c,label\n1,2,3,0\n", None, "array 'a:c' for input 'X' has shape [1, 3], but X is float[N, 4]"),
+    ("a,b,c,d,label\n1,2,3,4,0.5\n", None, "column 'label' for input 'y': line 2 holds 0.5, but y is int[N]"),
+    ("a,b,c,d,label\n1,2,3,4,0\n1,,3,4,0\n", None,
+     "the array of columns 'a', 'b', 'c', 'd' for input 'X': line 3, column 'b' is empty, and every example needs a "
+     "number there"),
+    ("a,b,label,c,d\n1,2,0,3,4\n\n1,2,1,nan,4\n", None,   # a blank line, and a label column between the features
+     "the array of columns 'a', 'b', 'c', 'd' for input 'X': line 4, column 'c' holds nan (1 NaN or infinite"),
+    ("a,b,c,d,label\n1,2,3,4,\n", None, "column 'label' for input 'y': line 2 holds an empty cell, but y is int[N]"),
+    ("a,b,c,d,label\n1,2,3,4,99999999999999999999\n", None,
+     "column 'label' for input 'y': line 2 holds 1e+20, far beyond any class label of y"),
+    ("a,b,c,d,label\n1,2,3,4,0\n1,2,3,4,3\n", None, "column 'label' for input 'y': line 3 holds the label 3, but"),
+    ("a,b,c,label\n1,2,3,0\n", None, "the array of columns 'a', 'b', 'c' for input 'X' has shape [1, 3], but X is float[N, 4]"),
     ("a,a,c,d,label\n1,2,3,4,0\n", None, "a repeated column name 'a'"),
     ("a,b,c,d,label\n", None, "has a header but no rows of data"),
     ("", None, "the csv file is empty"),
@@ -325,6 +333,15 @@ def test_splits_are_stratified_disjoint_and_fixed() -> None:
     assert not np.array_equal(other.arrays["X"], held.arrays["X"])
     assert split(data, 0.0, salt=1)[1].arrays["X"].shape == (0, 1)
     assert "leaves none to train on" in error_of(lambda: split(Dataset({"X": np.zeros((1, 1))}, "t"), 0.9, 1))
+
+
+@pytest.mark.parametrize("n, fraction", [(90, 0.01), (2, 0.4), (5, 0.1)])
+def test_a_split_asked_for_holds_at_least_one_example(n: int, fraction: float) -> None:
+    """0.01 of 90 examples (or of each class of 30) rounds to none: one is held out all the same."""
+    data = Dataset({"X": np.arange(float(n))[:, None], "y": np.arange(n) % 3}, "test", "y")
+    rest, held = split(data, fraction, salt=1)
+    assert len(held) == 1 and len(rest) == n - 1
+    assert len(split(Dataset({"X": np.zeros((1, 1))}, "t"), 0.1, 1)[1]) == 0, "one example stays to train on"
 
 
 def test_normalizer_uses_training_statistics_only() -> None:

@@ -148,6 +148,27 @@ def test_cli_predict_errors_are_for_people(digits_run: Path, tmp_path: Path, arg
     assert done.returncode == 1 and message in done.stderr and "Traceback" not in done.stderr, done
 
 
+def test_predicting_a_split_the_run_does_not_have_says_so(tmp_path: Path) -> None:
+    """A file's data has no test split unless asked for, and --val-split 0 leaves no validation."""
+    model = write_nn(tmp_path, "line.nn", """
+        input X: float[N, 2]
+        input t: float[N]
+        param w: [2] = zeros()
+        pred = sum(X * reshape(w, [1, 2]), axis=1)
+        output pred
+        loss = mse(pred, t)
+        minimize loss
+    """)
+    np.savez(tmp_path / "line.npz", X=np.ones((8, 2)), t=np.ones(8))
+    assert cli("train", model, "--data", "line.npz", "--epochs", "1", "--val-split", "0", "--out", "run",
+               cwd=tmp_path).returncode == 0
+    for split, said in [("test", "the run has no test examples (it was trained with --test-split 0); use --split all"),
+                        ("val", "the run has no validation examples (it was trained with --val-split 0)")]:
+        done = cli("predict", "run", "--split", split, cwd=tmp_path)
+        assert done.returncode == 1 and f"nncompile: error: --split {split}: {said}" in done.stderr, done
+    assert cli("predict", "run", "--split", "train", cwd=tmp_path).returncode == 0
+
+
 def test_a_regression_run_predicts_values_and_has_no_probabilities(tmp_path: Path) -> None:
     model = write_nn(tmp_path, "line.nn", """
         input X: float[N, 2]

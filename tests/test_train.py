@@ -504,9 +504,9 @@ def test_cli_resume_without_a_model_where_there_is_no_run_says_so(tmp_path: Path
 @pytest.mark.parametrize("make, args, message", [
     (None, ["--data", "missing.npz"], "missing.npz: data file not found"),
     (lambda X, y: {"X": X, "y": np.where(np.arange(len(y)) == 3, 7, y)}, [],
-     "holds the label 7 (row 3), but the model has 3 classes: labels must lie in [0, 3)"),
+     "row 3 holds the label 7, but the model has 3 classes: labels must lie in [0, 3)"),
     (lambda X, y: {"X": np.where(np.arange(len(y))[:, None] == 1, np.nan, X), "y": y}, [],
-     "holds 4 NaN or infinite value(s); the first is in row 1"),
+     "row 1 holds nan (4 NaN or infinite value(s) in all)"),
     (lambda X, y: {"X": X[:, :2], "y": y}, [], "has shape [240, 2], but X is float[N, 4]"),
     (lambda X, y: {"inputs": X, "y": y}, [], "no data for the model's input 'X'"),
     (lambda X, y: {"X": X, "y": y}, ["--map", "X=pixels"], "--map X=pixels: the file has no array 'pixels'"),

@@ -162,12 +162,22 @@ def test_fit_on_arrays_returns_the_history_as_data_and_continues(files) -> None:
     assert set(history.as_dict()) == {"epoch", "step", "lr", "loss", "acc", "val_loss", "val_acc", "val_data_loss",
                                       "seconds", "step_loss"}
     assert history.records[0].keys() == history.as_dict().keys() - {"step_loss"}
+    with pytest.raises(KeyError, match="no column 'val_accuracy'"):
+        history["val_accuracy"]
     more = trainer.fit(train, val, epochs=5)       # epochs in all: two more
     assert more["epoch"].tolist() == [1, 2, 3, 4, 5] and len(more.step_loss) == 20
     np.testing.assert_array_equal(more.step_loss[:12], history.step_loss)
     assert trainer.evaluate(trainer.params, trainer.prepare(val)).acc > 0.8
     with pytest.raises(NNError, match="has already trained 5 epochs"):
         trainer.fit(train, epochs=4)
+
+
+def test_validation_columns_are_nan_before_the_first_validation(files) -> None:
+    data = blobs(files)
+    train, val = Dataset.from_arrays(X=data["X"][:200], y=data["y"][:200]), {"X": data["X"][200:], "y": data["y"][200:]}
+    history = Trainer(files["mlp"], TrainConfig(batch_size=50, lr=1e-2, val_every=4)).fit(train, val, epochs=2)
+    for column in ("val_loss", "val_acc", "val_data_loss"):
+        assert np.isnan(history[column]).all() and history[column].shape == (2,)
 
 
 def test_evaluate_after_fit_uses_the_running_statistics_fit_trained(files) -> None:

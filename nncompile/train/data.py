@@ -51,6 +51,8 @@ class RawData:
     roles: dict[str, tuple[str, ...]] = field(default_factory=dict)
     flat: bool = False
     csv: bool = False
+    lines: tuple[int, ...] = ()            # csv: the file line of each row, for errors
+    blank: dict[str, np.ndarray] = field(default_factory=dict)   # csv: each column's empty cells
     default_test_split: float = 0.0
     default_normalize: str = "none"
 
@@ -171,13 +173,15 @@ def load_csv(path: Path) -> RawData:
     if not body:
         raise NNError("the csv file has a header but no rows of data", file=str(path))
     table = np.empty((len(body), len(names)), dtype=np.float64)
+    blank = np.zeros(table.shape, dtype=bool)
     for r, (line, row) in enumerate(body):
         if len(row) != len(names):
             raise NNError(f"line {line} has {len(row)} fields, but the file has {len(names)} columns",
                           Loc(str(path), line, 1))
         for c, cell in enumerate(row):
             try:
-                table[r, c] = float(cell) if cell.strip() else math.nan
+                blank[r, c] = not cell.strip()
+                table[r, c] = math.nan if blank[r, c] else float(cell)
             except ValueError:
                 col = sum(len(previous) + 1 for previous in row[:c]) + 1   # exact unless cells are quoted
                 raise NNError(f"line {line}, column {names[c]!r}: {cell.strip()!r} is not a number",
@@ -187,7 +191,9 @@ def load_csv(path: Path) -> RawData:
     label = next((name for name in names if name.lower() in LABEL_COLUMNS), None)
     if label is not None:
         roles["labels"] = (label,)
-    return RawData(arrays, str(path), file=str(path), roles=roles, flat=True, csv=True)
+    return RawData(arrays, str(path), file=str(path), roles=roles, flat=True, csv=True,
+                   lines=tuple(line for line, _ in body),
+                   blank={name: blank[:, c] for c, name in enumerate(names) if blank[:, c].any()})
 
 
 def _is_number(text: str) -> bool:
@@ -233,6 +239,7 @@ def bind(raw: RawData, module: ModuleType, mapping: Mapping[str, str] | None = N
         if name not in inputs:
             raise NNError(f"--map names {name!r}, but the model's inputs are {_names(inputs)}", file=raw.file)
     chosen: dict[str, tuple[str, np.ndarray]] = {}
+    columns_of: dict[str, list[str]] = {}   # the csv columns (or the array) each input takes
     used: set[str] = set()
     for name in inputs:
         if name in mapping:
@@ -242,6 +249,7 @@ def bind(raw: RawData, module: ModuleType, mapping: Mapping[str, str] | None = N
         else:
             continue
         chosen[name] = (label, array)
+        columns_of[name] = columns
         used.update(columns)
     unfed = [n for n in inputs if n not in chosen and n not in module.DEFAULTS]
     for is_int, role in ((True, "labels"), (False, "features")):
@@ -253,12 +261,14 @@ def bind(raw: RawData, module: ModuleType, mapping: Mapping[str, str] | None = N
         if candidates:
             pick = next((c for c in candidates if raw.arrays[c].ndim == rank), candidates[0])
             chosen[name] = (pick, raw.arrays[pick])
+            columns_of[name] = [pick]
             used.add(pick)
         elif raw.csv and not is_int:
             rest = [c for c in raw.arrays if c not in used]
             if rest:
                 label = f"{rest[0]}:{rest[-1]}" if len(rest) > 1 else rest[0]
                 chosen[name] = (label, np.stack([raw.arrays[c] for c in rest], axis=1))
+                columns_of[name] = rest
                 used.update(rest)
     for name, (shape, dtype) in inputs.items():
         if name not in chosen and name not in module.DEFAULTS:
@@ -267,7 +277,7 @@ def bind(raw: RawData, module: ModuleType, mapping: Mapping[str, str] | None = N
                           f"{kind} {_names(raw.arrays)}; choose one with --map {name}=NAME", file=raw.file)
     if not chosen:
         raise NNError("the model has no inputs to feed with data", file=raw.file)
-    arrays = {name: _check_array(raw, name, array_name, array, *inputs[name], module)
+    arrays = {name: _check_array(raw, name, array_name, array, *inputs[name], module, columns_of[name])
               for name, (array_name, array) in chosen.items()}
     _check_dims(raw, chosen, arrays, inputs)
     labels = label_input(module)
@@ -296,9 +306,21 @@ def _lookup(raw: RawData, wanted: str, input_name: str) -> tuple[str, np.ndarray
 
 
 def _check_array(raw: RawData, name: str, array_name: str, array: np.ndarray, shape: tuple, dtype: str,
-                 module: ModuleType) -> np.ndarray:
+                 module: ModuleType, columns: list[str]) -> np.ndarray:
     """One array, converted to the input's dtype and shape, or a clear error."""
-    what = f"{'column' if raw.csv and ':' not in array_name else 'array'} {array_name!r}"
+
+    def at(index: tuple[int, ...]) -> str:   # an entry's place: its csv line and column, else its row
+        if not raw.lines:
+            return f"row {index[0]}"
+        if len(columns) == 1 or len(index) != 2:   # one column, named already (or reshaped past them)
+            return f"line {raw.lines[index[0]]}"
+        return f"line {raw.lines[index[0]]}, column {columns[index[1]]!r}"
+
+    if raw.csv and len(columns) > 1:
+        what = (f"the array of columns {_names(columns)}" if len(columns) <= 4
+                else f"the array of the {len(columns)} columns {columns[0]!r} ... {columns[-1]!r}")
+    else:
+        what = f"{'column' if raw.csv else 'array'} {array_name!r}"
     what += f" for input {name!r}" if raw.file else f" of {raw.source} for input {name!r}"
     array = np.asarray(array)
     kind = array.dtype.kind
@@ -316,8 +338,17 @@ def _check_array(raw: RawData, name: str, array_name: str, array: np.ndarray, sh
             if not whole.all():
                 row = _first(~whole)
                 assert row is not None
-                raise NNError(f"{what}: row {row[0]} holds {array[row[1]].item()!r}, but {name} is "
+                column = columns[row[1][1] if len(columns) > 1 else 0]
+                held = ("an empty cell" if column in raw.blank and raw.blank[column][row[0]]
+                        else repr(array[row[1]].item()))
+                raise NNError(f"{what}: {at(row[1])} holds {held}, but {name} is "
                               f"{_type(shape, dtype)} and needs whole-number class labels", file=raw.file)
+            huge = np.abs(array) >= 2.0 ** 62   # no class label, and too big for int64
+            if huge.any():
+                row = _first(huge)
+                assert row is not None
+                raise NNError(f"{what}: {at(row[1])} holds {array[row[1]].item():g}, far beyond any class label "
+                              f"of {name}", file=raw.file)
         array = array.astype(np.int64)
     else:
         if kind == "b":
@@ -328,8 +359,12 @@ def _check_array(raw: RawData, name: str, array_name: str, array: np.ndarray, sh
         if bad.any():
             where = _first(bad)
             assert where is not None
-            raise NNError(f"{what} holds {int(bad.sum())} NaN or infinite value(s); the first is in row "
-                          f"{where[0]} ({array[where[1]].item()!r})", file=raw.file)
+            column = columns[where[1][1] if len(columns) > 1 and len(where[1]) > 1 else 0]
+            if column in raw.blank and raw.blank[column][where[0]]:
+                raise NNError(f"{what}: {at(where[1])} is empty, and every example needs a number there "
+                              f"({int(bad.sum())} empty or non-finite cell(s) in all)", file=raw.file)
+            raise NNError(f"{what}: {at(where[1])} holds {array[where[1]].item()!r} ({int(bad.sum())} NaN or "
+                          "infinite value(s) in all); every value must be finite", file=raw.file)
     if array.ndim == 0:
         raise NNError(f"{what} is a single value, but {name} is {_type(shape, dtype)}: it needs one entry per "
                       "example", file=raw.file)
@@ -345,7 +380,8 @@ def _check_array(raw: RawData, name: str, array_name: str, array: np.ndarray, sh
                           file=raw.file)
     if not shape or not isinstance(shape[0], str):
         raise NNError(f"input {name!r} is {_type(shape, dtype)}, which has no batch dimension to hold examples: "
-                      "declare it with a symbolic first dim, e.g. float[N, 64]", file=raw.file)
+                      f"declare it with a symbolic first dim, e.g. {'int[N]' if dtype.startswith('int') else 'float[N, 64]'}",
+                      file=raw.file)
     for axis, (want, got) in enumerate(zip(shape, array.shape)):
         if isinstance(want, int) and want != got:
             raise NNError(f"{what} has shape {_shape(array.shape)}, but {name} is {_type(shape, dtype)} "
@@ -356,7 +392,7 @@ def _check_array(raw: RawData, name: str, array_name: str, array: np.ndarray, sh
         if low < 0 or high >= bounds[name]:
             row = _first((array < 0) | (array >= bounds[name]))
             assert row is not None
-            raise NNError(f"{what} holds the label {int(array[row[1]])} (row {row[0]}), but the model has "
+            raise NNError(f"{what}: {at(row[1])} holds the label {int(array[row[1]])}, but the model has "
                           f"{bounds[name]} classes: labels must lie in [0, {bounds[name]})", file=raw.file)
     return np.ascontiguousarray(array)
 
@@ -426,7 +462,8 @@ SPLIT_SEED = 0   # splits never depend on --seed, so runs with different seeds s
 
 
 def split(data: Dataset, fraction: float, salt: int) -> tuple[Dataset, Dataset]:
-    """(rest, held out): ``fraction`` of the examples, drawn per class when there are labels.
+    """(rest, held out): ``fraction`` of the examples, drawn per class when there are labels;
+    at least one where there are two or more.
 
     The draw uses a fixed seed (and ``salt``, so the test and validation splits differ):
     the same data always gives the same split, whatever the training seed.
@@ -445,6 +482,8 @@ def split(data: Dataset, fraction: float, salt: int) -> tuple[Dataset, Dataset]:
         for c in np.unique(labels):
             members = rng.permutation(np.flatnonzero(labels == c))
             held.append(members[:round(fraction * len(members))])
+    if n >= 2 and not sum(map(len, held)):   # a split asked for is never empty (Keras rounds so too)
+        held = [rng.permutation(n)[:1]]
     held_index = np.sort(np.concatenate(held)).astype(np.int64)
     mask = np.ones(n, dtype=bool)
     mask[held_index] = False
