@@ -7,6 +7,9 @@ with no place in a file's text (a missing file, a bad ``--set``, bad data) is pr
 """
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,3 +103,20 @@ def _quote(loc: Loc) -> list[str]:
     width = max(1, (loc.end_col or loc.col + 1) - loc.col)
     width = min(width, max(1, len(printable) - loc.col + 1))
     return [f"    {printable}", "    " + " " * (loc.col - 1) + "^" + "~" * (width - 1)]
+
+
+def closest(name: str, known: Iterable[str], cutoff: float = 0.6) -> str | None:
+    """The known name a typo most likely meant, for "did you mean": one that differs only in
+    case first (``wt`` for ``Wt``), else the most similar ignoring case, ties going to the
+    longer common start (``fc.w`` means ``fc.W``, not ``fc.x``)."""
+    folded: dict[str, str] = {}
+    for option in known:
+        folded.setdefault(option.lower(), option)
+    key = name.lower()
+    if key in folded:
+        return folded[key]
+    close = difflib.get_close_matches(key, list(folded), n=5, cutoff=cutoff)
+    if not close:
+        return None
+    ratio = {c: difflib.SequenceMatcher(None, key, c).ratio() for c in close}
+    return folded[max(close, key=lambda c: (ratio[c], len(os.path.commonprefix([key, c]))))]

@@ -30,14 +30,14 @@ def broadcast(*shapes: Shape) -> Shape:
     """numpy broadcasting; symbolic dims broadcast only with themselves or 1."""
     rank = max((len(s) for s in shapes), default=0)
     out: list[Dim] = []
-    for axis in range(rank):
+    for axis in range(rank - 1, -1, -1):   # from the last axis, where numpy aligns the shapes
         dims = [s[axis - rank + len(s)] for s in shapes if axis - rank + len(s) >= 0]
-        real = {d for d in dims if d != 1}
+        real = list(dict.fromkeys(d for d in dims if d != 1))   # in operand order
         if len(real) > 1:
             raise ShapeError("cannot broadcast " + " with ".join(show(s) for s in shapes)
-                             + f": dims {' and '.join(str(d) for d in sorted(real, key=str))} differ")
-        out.append(real.pop() if real else 1)
-    return tuple(out)
+                             + f": dims {' and '.join(map(str, real))} differ (axis {axis - rank})")
+        out.append(real[0] if real else 1)
+    return tuple(reversed(out))
 
 
 def matmul(a: Shape, b: Shape) -> Shape:

@@ -790,7 +790,7 @@ def test_list_consts_are_constant_tensors_in_expressions() -> None:
         y = x * v
         output y
     """, "x * v")
-    assert got == "cannot apply '*' to [N, 4] and [3]: dims 3 and 4 differ"
+    assert got == "cannot apply '*' to [N, 4] and [3]: dims 4 and 3 differ (axis -1)"
 
 
 def test_max_of_two_tensors_points_to_maximum() -> None:

@@ -72,6 +72,29 @@ CASES: dict[str, Case] = {
         loss = sum(score)
         minimize loss
     """}, ["check", "m.nn"], points_at="score)"),
+    "unknown_member_differs_in_case": Case({"m.nn": """
+        input X: float[N, 4]
+        layer dense(x: [B, K], out: int) -> [B, out] {
+            param W: [K, out] = he()
+            return x @ W
+        }
+        a = dense(X, out=4) as fc
+        loss = sum(fc.w ** 2)
+        minimize loss
+    """}, ["check", "m.nn"], points_at="fc.w"),
+    "star_where_a_matrix_product_fits": Case({"m.nn": """
+        input X: float[N, 4]
+        param W: [4, 3] = xavier()
+        scores = X * W
+        loss = sum(scores)
+        minimize loss
+    """}, ["check", "m.nn"], points_at="X * W"),
+    "initialiser_not_called": Case({"m.nn": """
+        input X: float[N, 4]
+        param W: [4, 3] = he
+        loss = sum(X @ W)
+        minimize loss
+    """}, ["check", "m.nn"], points_at="he"),
     "unknown_op": Case({"m.nn": """
         input x: float[3]
         y = sum(rellu(x))
@@ -415,3 +438,13 @@ def test_failed_compile_leaves_nothing_behind(tmp_path: Path, run_cli) -> None:
     result = run_cli("compile", "bad.nn", "-o", "out/bad.py")
     assert result.returncode == 1 and "bad.nn:3:5: error:" in result.stderr
     assert set(tmp_path.rglob("*")) == before, "a failed compile wrote files"
+
+
+def test_the_suggested_name_differs_in_case_first_then_is_the_closest_with_the_longest_common_start() -> None:
+    from nncompile.errors import closest
+
+    assert closest("wt", ["X", "Wt", "w"]) == "Wt"
+    assert closest("fc.w", ["fc.x", "fc.W", "fc.b"]) == "fc.W"
+    assert closest("fc.Wx", ["fc.x", "fc.W"]) == "fc.W"
+    assert closest("scroes", ["scores", "loss"]) == "scores"
+    assert closest("zzz", ["scores", "loss"]) is None

@@ -474,7 +474,7 @@ def test_full_slices_are_the_value_itself(tmp_path: Path) -> None:
                    "is called; use ':'"),
     ("v = x[:, 4]", "index 4 is out of range for axis 1 of [N, 4]"),
     ("v = x[:, t]", "indices must be integers, but 't' is float[N]"),
-    ("v = x[y, arange(3)]", "the index tensors do not broadcast together: dims 3 and N differ"),
+    ("v = x[y, arange(3)]", "the index tensors do not broadcast together: dims N and 3 differ (axis -1)"),
     ("v = concat(x, t, axis=1)", "concat(axis=1): [N] does not match [N, 4] on the other axes"),
     ("v = concat(x, x, axis=0)", "concat() along axis 0 needs fixed sizes there, but [N, 4] has the symbolic dim N "
                                  "(the joined size would be a sum, which no dim is); join along a fixed axis, or "

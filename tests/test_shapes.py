@@ -70,7 +70,7 @@ def test_symbolic_dims_broadcast_only_with_themselves_or_one(a, b) -> None:
 def test_broadcast_error_names_the_shapes_and_dims() -> None:
     with pytest.raises(ShapeError) as info:
         shapes.broadcast(("N", 3), ("N", 4))
-    assert info.value.message == "cannot broadcast [N, 3] with [N, 4]: dims 3 and 4 differ"
+    assert info.value.message == "cannot broadcast [N, 3] with [N, 4]: dims 3 and 4 differ (axis -1)"
 
 
 # ---- matmul ---------------------------------------------------------------------------

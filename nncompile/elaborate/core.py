@@ -2,14 +2,13 @@
 mode, the scopes names live in, and ``op()``, the one way a node enters the graph."""
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..errors import Loc, NNError
+from ..errors import Loc, NNError, closest
 from ..ir import Model
 from ..limits import MAX_ELEMENTS, MAX_RANK
 from ..ops import REGISTRY, new_graph
@@ -96,8 +95,8 @@ class Context:
     def unknown(self, name: str, loc: Loc, scope: Scope, consts_only: bool = False) -> NNError:
         """The error for a name not in scope, with the closest known one as a hint."""
         pool = list(scope.consts) + list(scope.dims) + ([] if consts_only else list(scope.values))
-        close = difflib.get_close_matches(name, pool, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
+        close = closest(name, pool)
+        hint = f"; did you mean '{close}'?" if close else ""
         if "." in name and name.split(".")[0] in scope.values:
             hint = f"; '{name.split('.')[0]}' has no member '{name.split('.', 1)[1]}'" + hint
         if name in scope.later:

@@ -2,13 +2,12 @@
 instances), subscripts into views and gathers."""
 from __future__ import annotations
 
-import difflib
 import warnings
 from typing import TYPE_CHECKING, Any, Callable
 
 from .. import syntax
 from ..autodiff import differentiate
-from ..errors import Loc, NNError, NNWarning
+from ..errors import Loc, NNError, NNWarning, closest
 from ..initializers import INITIALIZERS
 from ..ops import REGISTRY, OpDef, constant
 from ..shapes import ShapeError, show
@@ -171,8 +170,8 @@ class Expressions:
                 raise NNError(f"{call.func}() is an initialiser: use it in a param declaration, "
                               f"like 'param W: [3, 4] = {call.func}()'", call.loc)
             known = [n for n, d in REGISTRY.items() if d.public] + list(el.layers.defined)
-            close = difflib.get_close_matches(call.func, known, n=1)
-            raise NNError(f"unknown op or layer '{call.func}'" + (f"; did you mean '{close[0]}'?" if close else ""),
+            close = closest(call.func, known)
+            raise NNError(f"unknown op or layer '{call.func}'" + (f"; did you mean '{close}'?" if close else ""),
                           call.loc)
         return self.op_call(opdef, call, scope)
 

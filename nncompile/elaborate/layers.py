@@ -3,11 +3,10 @@ params, scoped by the instance name: ``fc1.W``), ``repeat`` unrolled, arguments 
 checked against the shape patterns they declare (``x: [B, K]``)."""
 from __future__ import annotations
 
-import difflib
 from typing import TYPE_CHECKING, Any
 
 from .. import syntax
-from ..errors import Loc, NNError
+from ..errors import Loc, NNError, closest
 from ..limits import MAX_LAYER_DEPTH, MAX_NODES, MAX_REPEAT
 from ..loops import Unstretchable, instance_of
 from ..ops import REGISTRY
@@ -171,9 +170,9 @@ class Layers:
             values[arg_name] = (("node", given[arg_name]) if arg_name in given else ("expr", expr), expr.loc)
         for kw, expr, loc in call.kwargs:
             if kw not in params:
-                close = difflib.get_close_matches(kw, order, n=1)
+                close = closest(kw, order)
                 raise NNError(f"{layer.name}() has no argument '{kw}'"
-                              + (f"; did you mean '{close[0]}'?" if close else f"; it takes {', '.join(order)}"), loc)
+                              + (f"; did you mean '{close}'?" if close else f"; it takes {', '.join(order)}"), loc)
             if kw in values:
                 raise NNError(f"{layer.name}() got argument '{kw}' twice", loc)
             values[kw] = (("node", given[kw]) if kw in given else ("expr", expr), loc)

@@ -2,14 +2,13 @@
 ``train { }`` and ``eval { }`` blocks and the state updates in them."""
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .. import syntax
-from ..errors import Loc, NNError
+from ..errors import Loc, NNError, closest
 from ..initializers import INITIALIZERS, fans
 from ..limits import MAX_DIM
 from ..shapes import Dim, Shape, show
@@ -205,9 +204,11 @@ class Statements:
                     shape = ()
                 initial = self.initializer(init, shape, scope)
             case syntax.Call(func=func) as init:
-                close = difflib.get_close_matches(func, INITIALIZERS, n=1)
-                raise NNError(f"unknown initialiser '{func}'" + (f"; did you mean '{close[0]}'?" if close else
+                close = closest(func, INITIALIZERS)
+                raise NNError(f"unknown initialiser '{func}'" + (f"; did you mean '{close}'?" if close else
                               f"; the initialisers are {', '.join(sorted(INITIALIZERS))}"), init.loc)
+            case syntax.Ref(parts=(func,)) as init if func in INITIALIZERS and func not in scope.consts:
+                raise NNError(f"'{func}' is an initialiser, so it is called: write '= {func}()'", init.loc)
             case init:
                 value = np.asarray(el.consts.tensor_value(init, scope, f"the initial value of '{stmt.name}'"),
                                    dtype=float)

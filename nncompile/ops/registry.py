@@ -333,9 +333,18 @@ def elementwise_rule(opname: str):
         try:
             return shapes.broadcast(*(n.shape for n in ins)), "float"
         except ShapeError as exc:
+            hint = "; for the matrix product write '@'" if opname == "'*'" and _multiplies(ins) else ""
             raise ShapeError(f"cannot apply {opname} to {' and '.join(shapes.show(n.shape) for n in ins)}: "
-                             + exc.message.split(": ", 1)[-1], len(ins) - 1) from None
+                             + exc.message.split(": ", 1)[-1] + hint, len(ins) - 1) from None
     return infer
+
+
+def _multiplies(ins: list[Node]) -> bool:
+    """Whether two operands that do not broadcast are shaped for '@' (a common slip for '*')."""
+    try:
+        return len(ins) == 2 and min(len(n.shape) for n in ins) >= 2 and bool(shapes.matmul(ins[0].shape, ins[1].shape))
+    except ShapeError:
+        return False
 
 
 def along_axis_rule(opname: str):

@@ -7,14 +7,13 @@ and turned into Optuna's ``suggest_*`` calls for each trial. Its text form round
 """
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import NNError
+from ..errors import NNError, closest
 
 Value = int | float | str
 # The distributions, as the user writes them, with what their arguments mean.
@@ -145,8 +144,8 @@ def _dimension(item: str, known: dict[str, Kind]) -> Dimension:
 
 
 def _did_you_mean(name: str, known: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
-    return f" (did you mean {close[0]}?)" if close else ""
+    close = closest(name, known, cutoff=0.75)
+    return f" (did you mean {close}?)" if close else ""
 
 
 def _value(text: str, item: str) -> Value:
