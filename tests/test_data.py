@@ -299,6 +299,22 @@ def test_bad_csv_data(tmp_path: Path, module: ModuleType, text: str, mapping, me
     assert message in error_of(lambda: bind_file(path, module, mapping))
 
 
+def test_a_float_target_in_a_csv_file_is_named_in_the_hint(tmp_path: Path) -> None:
+    regression = nncompile.compile_and_load(write_nn(tmp_path, "reg.nn", """
+        input X: float[N, 2]
+        input t: float[N]
+        param w: [2] = zeros()
+        loss = mse(X @ w, t)
+        minimize loss
+    """))
+    path = write_csv(tmp_path, "a,b,target\n1,2,3\n4,5,6\n")
+    assert "would all read columns of the file, which has columns 'a', 'b', 'target': name the target's, e.g. " \
+           "--map t=target (the other inputs then take the remaining columns)" in \
+           error_of(lambda: bind_file(path, regression))
+    bound = bind_file(path, regression, {"t": "target"})
+    assert bound.arrays["X"].tolist() == [[1, 2], [4, 5]] and bound.arrays["t"].tolist() == [3, 6]
+
+
 def test_a_bad_csv_cell_is_shown_with_a_caret(tmp_path: Path, module: ModuleType) -> None:
     path = write_csv(tmp_path, "a,b,c,d,label\n\n1,2,3,4,0\n1,2,oops,4,0\n")
     lines = error_of(lambda: bind_file(path, module)).splitlines()

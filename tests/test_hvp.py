@@ -136,12 +136,14 @@ def test_hvp_returns_the_module_dtype(tmp_path: Path) -> None:
     assert module.hessian(params, **inputs).dtype == np.float32
 
 
-def test_a_v_of_the_wrong_shape_is_refused(tmp_path: Path) -> None:
+def test_a_v_of_the_wrong_shape_is_refused_as_v(tmp_path: Path) -> None:
     module, params, inputs = _tiny(tmp_path)
-    with pytest.raises(ValueError, match=r"'W' must have shape \[2, 3\]"):
+    with pytest.raises(ValueError, match=r"^v, the direction: param 'W' must have shape \[2, 3\]"):
         module.hvp(params, {"W": np.ones((3, 2)), "b": np.ones(3)}, **inputs)
-    with pytest.raises(TypeError, match=r"missing param\(s\) \['b'\]"):
+    with pytest.raises(TypeError, match=r"^v, the direction: missing param\(s\) \['b'\]"):
         module.hvp(params, {"W": np.ones((2, 3))}, **inputs)
+    with pytest.raises(TypeError, match=r"^missing param\(s\) \['b'\]"):   # the params themselves
+        module.hvp({"W": params["W"]}, params, **inputs)
 
 
 def test_hessian_of_a_model_past_the_limit_says_to_use_hvp(tmp_path: Path) -> None:

@@ -64,8 +64,11 @@ class HvpEmitter(FunctionEmitter):
                 if n in needed:
                     names.of[n] = names.fresh(f"v_{name}")
             targets = [names.of.get(n, "_") for n in tangents.values()]
-            lines.append(f"    {', '.join(targets)}{',' if len(targets) == 1 else ''} = _read_params(v)"
-                         "  # checked as the params are")
+            lines += ["    try:",
+                      f"        {', '.join(targets)}{',' if len(targets) == 1 else ''} = _read_params(v)"
+                      "  # checked as the params are",
+                      "    except (TypeError, ValueError) as error:   # say that it is v that is wrong",
+                      "        raise type(error)(f'v, the direction: {error}') from None"]
         return lines
 
     def hvp_function(self) -> str:

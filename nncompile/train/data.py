@@ -273,6 +273,14 @@ def bind(raw: RawData, module: ModuleType, mapping: Mapping[str, str] | None = N
     for name, (shape, dtype) in inputs.items():
         if name not in chosen and name not in module.DEFAULTS:
             kind = "columns" if raw.csv else "arrays"
+            floats = [n for n in unfed if n not in chosen and not inputs[n][1].startswith("int")]
+            targets = [n for n in floats if len(inputs[n][0]) == 1]
+            if raw.csv and len(floats) > 1 and len(targets) == 1:   # features and a float target: which is which?
+                column = next(iter(raw.roles.get("labels", ())), list(raw.arrays)[-1])
+                raise NNError(f"the model's float inputs {_names(floats)} would all read columns of {raw.what}, "
+                              f"which has {kind} {_names(raw.arrays)}: name the target's, e.g. --map "
+                              f"{targets[0]}={column} (the other inputs then take the remaining columns)",
+                              file=raw.file)
             raise NNError(f"no data for the model's input {name!r} ({_type(shape, dtype)}): {raw.what} has "
                           f"{kind} {_names(raw.arrays)}; choose one with --map {name}=NAME", file=raw.file)
     if not chosen:
