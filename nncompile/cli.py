@@ -212,6 +212,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     for kind, values in (("input ", proto.graph.input), ("output", proto.graph.output)):
         for value in values:
             print(f"  {kind} {value.name}: {_onnx_type(value)}", file=sys.stderr)
+    if exported.float32_only:
+        print(f"nncompile: warning: ONNX Runtime runs {', '.join(exported.float32_only)} in float32 only, so it "
+              "will not load this float64 file (other ONNX runtimes may); for ONNX Runtime export with "
+              "--dtype float32", file=sys.stderr)
     why = "not chosen" if args.outputs else "labels or loss"
     left = [f"{', '.join(exported.dropped)} ({why})"] if exported.dropped else []
     left += [f"input{'s' if len(exported.unused) > 1 else ''} {', '.join(exported.unused)}"] if exported.unused else []

@@ -31,6 +31,7 @@ from nncompile.elaborate import elaborate_file
 from nncompile.errors import NNError
 from nncompile.evaluate import concrete_values
 from nncompile.export import export_model, export_onnx
+from nncompile.export.model import ONNXRUNTIME_FLOAT32_ONLY
 from nncompile.ir import Model
 from nncompile.predictions import prediction_outputs, prediction_roles
 from nncompile.ops import REGISTRY, OpDef, Sample, new_graph
@@ -46,7 +47,6 @@ if os.environ.get("NNCOMPILE_EXPORT_CHECK") and not HAVE_ONNX:   # scripts/expor
     raise RuntimeError("scripts/export_check.sh runs the export check, but onnx or onnxruntime did not install")
 BATCHES = (1, 7)
 RTOL, ATOL = 1e-5, 1e-5   # float32: a few units in the last place of values of order 1
-FLOAT32_ONLY_IN_ONNX_RUNTIME = {"LeakyRelu", "Elu", "Softplus", "Conv", "AveragePool"}   # its CPU kernels (1.32.0), docs/export.md
 
 
 def run_onnx(proto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -226,9 +226,12 @@ def test_every_exportable_op_matches_onnx_runtime(opdef: OpDef, sample: Sample, 
         pytest.skip(f"numpy refuses this sample at N={batch}: {exc}")
     exported = export_model(_op_model(opdef, sample, shapes, dtype), ["out"], params={}, state={},
                             optimized=variant != "unoptimised")
-    missing = FLOAT32_ONLY_IN_ONNX_RUNTIME & {n.op_type for n in exported.model.graph.node}
-    if dtype == "float64" and missing:
-        pytest.skip(f"ONNX Runtime's CPU provider has {', '.join(sorted(missing))} for float32 only")
+    missing = ONNXRUNTIME_FLOAT32_ONLY & {n.op_type for n in exported.model.graph.node}
+    assert exported.float32_only == (tuple(sorted(missing)) if dtype == "float64" else ())
+    if exported.float32_only:   # the export's warning holds: ONNX Runtime refuses the file
+        with pytest.raises(Exception, match="NOT_IMPLEMENTED|Could not find an implementation"):
+            run_onnx(exported.model, {name: values[name] for name in exported.inputs})
+        return
     got = run_onnx(exported.model, {name: values[name] for name in exported.inputs})
     assert_matches(got, want, f"{opdef.name} {sample}")
 
@@ -440,6 +443,24 @@ def _main(capsys, *args) -> tuple[int, str]:
 
     code = main([str(a) for a in args])
     return code, capsys.readouterr().err
+
+
+@needs_onnx
+@pytest.mark.parametrize("activation, dtype, warned", [("elu", "float64", True), ("elu", "float32", False),
+                                                       ("relu", "float64", False)])
+def test_a_float64_export_that_onnx_runtime_cannot_load_warns(tmp_path: Path, capsys, activation: str, dtype: str,
+                                                               warned: bool) -> None:
+    path = write_nn(tmp_path, "m.nn", f"""
+        input X: float[N, 4]
+        param W: [4, 3] = xavier()
+        scores = {activation}(X @ W)
+        output scores
+    """)
+    code, err = _main(capsys, "export", path, "-o", tmp_path / "m.onnx", "--dtype", dtype)
+    assert code == 0 and (tmp_path / "m.onnx").exists()
+    warning = ("nncompile: warning: ONNX Runtime runs Elu in float32 only, so it will not load this float64 file "
+               "(other ONNX runtimes may); for ONNX Runtime export with --dtype float32")
+    assert (warning in err) == warned and ("warning" in err) == warned, err
 
 
 @needs_onnx

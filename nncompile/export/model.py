@@ -22,6 +22,9 @@ from .builder import GraphBuilder
 DEFAULT_OPSET = 20
 OLDEST_OPSET = 18   # reductions take their axes as an input from opset 18 on
 Arrays = Mapping[str, Any] | str | Path
+# ONNX ops that ONNX Runtime's CPU provider runs in float32 only (1.32.0): a float64 file
+# with one of them is valid ONNX that ONNX Runtime refuses to load.
+ONNXRUNTIME_FLOAT32_ONLY = frozenset({"LeakyRelu", "Elu", "Softplus", "Conv", "AveragePool"})
 
 
 @dataclass
@@ -33,6 +36,7 @@ class Export:
     dropped: tuple[str, ...]       # the file's outputs left out (labels or loss, or not asked for)
     inputs: tuple[str, ...]        # the graph's inputs: the ones the outputs need
     unused: tuple[str, ...]        # the file's inputs the outputs do not need (labels)
+    float32_only: tuple[str, ...] = ()   # a float64 graph's ops that ONNX Runtime runs in float32 only
 
 
 def require_onnx() -> Any:
@@ -99,8 +103,10 @@ def export_model(model: Model, outputs: Sequence[str], *, params: Mapping[str, A
     builder.build()
     proto = _model_proto(onnx, builder, model, Path(model.file), opset)
     inputs = tuple(name for name, n in model.inputs.items() if n in builder.graph_inputs)
+    float32_only = {node.op_type for node in proto.graph.node} & ONNXRUNTIME_FLOAT32_ONLY
     return Export(proto, tuple(program.outputs), dropped, inputs,
-                  tuple(name for name in model.inputs if name not in inputs))
+                  tuple(name for name in model.inputs if name not in inputs),
+                  tuple(sorted(float32_only)) if model.dtype == "float64" else ())
 
 
 def check_opset(onnx: Any, opset: Any) -> None:
