@@ -247,7 +247,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predicted = run.predict(**inputs)
     columns = _prediction_columns(run, predicted, outputs, inputs)
     accuracy = run.accuracy(predicted, data)
-    summary = f"{len(data)} examples from {data.source}" + (f" ({args.split} split)" if args.split != "all" else "")
+    summary = (f"{len(data)} example{'s' * (len(data) != 1)} from {data.source}"
+               + (f" ({args.split} split)" if args.split != "all" else ""))
     if accuracy is not None:
         summary += f": accuracy {100 * accuracy:.2f}%"
     if args.output is None:

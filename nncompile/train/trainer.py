@@ -121,7 +121,7 @@ class Metrics:
     def show(self) -> str:
         loss = f"loss {self.loss:.4f}" if self.loss is not None else "no loss in eval mode"
         acc = f", accuracy {100 * self.acc:.2f}%" if self.acc is not None else ""
-        return f"{loss}{acc} ({self.n} examples)"
+        return f"{loss}{acc} ({self.n} example{'s' * (self.n != 1)})"
 
 
 @dataclass(frozen=True)
