@@ -48,7 +48,7 @@ from reference import jax, jnp  # noqa: E402
 
 import nncompile  # noqa: E402
 
-BLOCKS = (16384, 131072, 262144)
+BLOCKS = (16384, 65536, 131072, 262144)
 
 
 def compiled_rows(module: Any, optimizer: str) -> tuple[Callable[[], None], dict[str, Callable[[], None]]]:

@@ -337,7 +337,7 @@ def _init_opt_state(d: OptimizerDef, backend: Backend, params: list[str]) -> lis
         "    return known[2]",
         "",
         "",
-        "_BLOCK = (1 << 18) // np.dtype(DTYPE).itemsize   # 256 KiB of each buffer: a block of all of them fits in the L2 cache",
+        "_BLOCK = (1 << 17) // np.dtype(DTYPE).itemsize   # 128 KiB of each buffer: a block of all of them fits in a 1 MiB L2",
         "",
         "",
         "def _in_blocks(update, buffers, args):",
