@@ -152,20 +152,23 @@ def read_data(run: Run, spec: str | None = None, mapping: dict[str, str] | None 
         raise NNError(f"--split {part} draws the split as training did, by class, so the data needs its labels "
                       f"{run.labels!r}")
     test_split = config.get("test_split")
-    test_split = raw.default_test_split if test_split is None else test_split
-    pool, test = split(data, test_split, salt=1)
-    if part == "test":
-        return _held(test, "test", f"--test-split {test_split:g}", "--test-split 0.2 or --test-data FILE")
+    if config.get("test_data"):   # the trainer split its validation set off all of --data
+        pool = data
+    else:
+        pool, test = split(data, raw.default_test_split if test_split is None else test_split, salt=1)
+        if part == "test":
+            return _held(test, "test", "no test split" if test_split is None else f"--test-split {test_split:g}",
+                         "--test-split 0.2 or --test-data FILE")
     val_split = config.get("val_split", 0.1)
     train, val = split(pool, val_split, salt=2)
-    return train if part == "train" else _held(val, "validation", f"--val-split {val_split:g}", "--val-split 0.1")
+    return train if part == "train" else _held(val, "val", f"--val-split {val_split:g}", "--val-split 0.1")
 
 
-def _held(part: Dataset, name: str, trained_with: str, fix: str) -> Dataset:
+def _held(part: Dataset, flag: str, asked: str, fix: str) -> Dataset:
     """The run's test or validation split, which must hold examples to predict."""
     if not len(part):
-        flag = "val" if name == "validation" else name
-        raise NNError(f"--split {flag}: the run has no {name} examples (it was trained with {trained_with}); "
+        name = "validation" if flag == "val" else flag
+        raise NNError(f"--split {flag}: the run has no {name} examples (it was trained with {asked}); "
                       f"use --split all or --split train, or train with {fix}")
     return part
 

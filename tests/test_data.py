@@ -280,7 +280,7 @@ def test_a_csv_column_fills_a_one_wide_input(tmp_path: Path) -> None:
     ("a,b,c,d,label\n1,2,3,4,0\n1,2,3\n", None, "line 3 has 3 fields, but the file has 5 columns"),
     ("a,b,c,d,label\n1,2,3,4,0.5\n", None, "column 'label' for input 'y': line 2 holds 0.5, but y is int[N]"),
     ("a,b,c,d,label\n1,2,3,4,0\n1,,3,4,0\n", None,
-     "the array of columns 'a', 'b', 'c', 'd' for input 'X': line 3, column 'b' is empty, and every example needs a "
+     "the array of columns 'a', 'b', 'c', 'd' for input 'X': line 3, column 'b' holds an empty cell, and every example needs a "
      "number there"),
     ("a,b,label,c,d\n1,2,0,3,4\n\n1,2,1,nan,4\n", None,   # a blank line, and a label column between the features
      "the array of columns 'a', 'b', 'c', 'd' for input 'X': line 4, column 'c' holds nan (1 NaN or infinite"),
@@ -308,8 +308,8 @@ def test_a_float_target_in_a_csv_file_is_named_in_the_hint(tmp_path: Path) -> No
         minimize loss
     """))
     path = write_csv(tmp_path, "a,b,target\n1,2,3\n4,5,6\n")
-    assert "would all read columns of the file, which has columns 'a', 'b', 'target': name the target's, e.g. " \
-           "--map t=target (the other inputs then take the remaining columns)" in \
+    assert "the model's float inputs 'X' and 't' would both read columns of the file, which has columns 'a', 'b', " \
+           "'target': name the target's, e.g. --map t=target ('X' then takes the remaining columns)" in \
            error_of(lambda: bind_file(path, regression))
     bound = bind_file(path, regression, {"t": "target"})
     assert bound.arrays["X"].tolist() == [[1, 2], [4, 5]] and bound.arrays["t"].tolist() == [3, 6]

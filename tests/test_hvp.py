@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from nncompile.codegen.hvp import HESSIAN_LIMIT
-from nncompile.compiler import compile_and_load, compile_file
+from nncompile.compiler import compile_and_load, compile_file, load_module
 from nncompile.evaluate import concrete_values
 from nncompile.elaborate import elaborate_file
 from nncompile.gradcheck import Kinks, check_gradients, check_hessian, summarize
@@ -144,6 +144,29 @@ def test_a_v_of_the_wrong_shape_is_refused_as_v(tmp_path: Path) -> None:
         module.hvp(params, {"W": np.ones((2, 3))}, **inputs)
     with pytest.raises(TypeError, match=r"^missing param\(s\) \['b'\]"):   # the params themselves
         module.hvp({"W": params["W"]}, params, **inputs)
+
+
+def test_a_wrong_v_is_refused_as_v_where_loops_read_it(tmp_path: Path) -> None:
+    source = compile_file(write_nn(tmp_path, "deep.nn", """
+        input X: float[N, 4]
+        layer block(x: [B, 4]) -> [B, 4] {
+            param W: [4, 4] = xavier()
+            param b: [4] = zeros()
+            return tanh(x @ W + b)
+        }
+        h = repeat 20 block(X)
+        loss = sum(h ** 2)
+        minimize loss
+    """), dtype="float64")
+    hvp = source[source.index("def hvp("):source.index("HESSIAN_LIMIT =")]
+    assert "for i in range(" in hvp and "v_arrays = _read_params(v)" in hvp, "the loop form reads v"
+    module = load_module(source, "deep_hvp")
+    params, X = module.init_params(0), np.ones((3, 4))
+    v = {k: np.ones_like(a) for k, a in params.items()}
+    with pytest.raises(ValueError, match=r"^v, the direction: param 'h.3.W' must have shape \[4, 4\]"):
+        module.hvp(params, {**v, "h.3.W": np.ones((2, 2))}, X=X)
+    with pytest.raises(TypeError, match=r"^v, the direction: missing param\(s\) \['h.3.b'\]"):
+        module.hvp(params, {k: a for k, a in v.items() if k != "h.3.b"}, X=X)
 
 
 def test_hessian_of_a_model_past_the_limit_says_to_use_hvp(tmp_path: Path) -> None:

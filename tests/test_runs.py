@@ -148,6 +148,20 @@ def test_cli_predict_errors_are_for_people(digits_run: Path, tmp_path: Path, arg
     assert done.returncode == 1 and message in done.stderr and "Traceback" not in done.stderr, done
 
 
+def test_with_test_data_the_train_and_val_splits_are_the_trainers(tmp_path: Path) -> None:
+    """With --test-data the trainer splits validation off all of --data (no test split of it)."""
+    from nncompile.runs import read_data
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "test.npz", X=rng.random((20, 64)) * 16, y=rng.integers(0, 10, 20))
+    done = cli("train", EXAMPLES / "digits_mlp.nn", "--data", "digits", "--test-data", "test.npz", "--epochs", "1",
+               "--out", "run", cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done
+    run = nncompile.load_run(tmp_path / "run")
+    assert len(read_data(run, part="train")) == run.config["train_examples"] == 1618
+    assert len(read_data(run, part="val")) == 179 and len(read_data(run, part="test")) == 20
+
+
 def test_predicting_a_split_the_run_does_not_have_says_so(tmp_path: Path) -> None:
     """A file's data has no test split unless asked for, and --val-split 0 leaves no validation."""
     model = write_nn(tmp_path, "line.nn", """
@@ -162,7 +176,7 @@ def test_predicting_a_split_the_run_does_not_have_says_so(tmp_path: Path) -> Non
     np.savez(tmp_path / "line.npz", X=np.ones((8, 2)), t=np.ones(8))
     assert cli("train", model, "--data", "line.npz", "--epochs", "1", "--val-split", "0", "--out", "run",
                cwd=tmp_path).returncode == 0
-    for split, said in [("test", "the run has no test examples (it was trained with --test-split 0); use --split all"),
+    for split, said in [("test", "the run has no test examples (it was trained with no test split); use --split all"),
                         ("val", "the run has no validation examples (it was trained with --val-split 0)")]:
         done = cli("predict", "run", "--split", split, cwd=tmp_path)
         assert done.returncode == 1 and f"nncompile: error: --split {split}: {said}" in done.stderr, done

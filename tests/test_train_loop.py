@@ -178,6 +178,8 @@ def test_validation_columns_are_nan_before_the_first_validation(files) -> None:
     history = Trainer(files["mlp"], TrainConfig(batch_size=50, lr=1e-2, val_every=4)).fit(train, val, epochs=2)
     for column in ("val_loss", "val_acc", "val_data_loss"):
         assert np.isnan(history[column]).all() and history[column].shape == (2,)
+    with pytest.raises(KeyError, match="no column 'step'"):   # an int column is never NaN: absent is an error
+        History.of([{"epoch": 1, "loss": 0.5}], [])["step"]
 
 
 def test_evaluate_after_fit_uses_the_running_statistics_fit_trained(files) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..errors import NNError
 from .functions import FunctionEmitter
 from .names import Names
+from .readers import read_params_as
 
 HESSIAN_LIMIT = 2048   # param elements: a float64 Hessian of 32 MiB, built from 2048 hvp calls
 
@@ -64,11 +65,8 @@ class HvpEmitter(FunctionEmitter):
                 if n in needed:
                     names.of[n] = names.fresh(f"v_{name}")
             targets = [names.of.get(n, "_") for n in tangents.values()]
-            lines += ["    try:",
-                      f"        {', '.join(targets)}{',' if len(targets) == 1 else ''} = _read_params(v)"
-                      "  # checked as the params are",
-                      "    except (TypeError, ValueError) as error:   # say that it is v that is wrong",
-                      "        raise type(error)(f'v, the direction: {error}') from None"]
+            lines += read_params_as("v", f"{', '.join(targets)}{',' if len(targets) == 1 else ''}",
+                                    "checked as the params are")
         return lines
 
     def hvp_function(self) -> str:

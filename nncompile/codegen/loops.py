@@ -18,6 +18,7 @@ from ..loops import Loop, Ref, Unstretchable, kept_view_bases, reads_of, safe_na
 from ..ops import REGISTRY
 from ..schedule import Plan, plan_buffers
 from .names import Names, basename, safe_comment
+from .readers import read_params_as
 
 if TYPE_CHECKING:
     from .functions import FunctionEmitter, _Context
@@ -90,7 +91,7 @@ class LoopWriter:
         names = self.names
         index = {name: i for i, name in enumerate(self.em.model.params)}
         arrays = names.fresh(f"{stem or 'param'}_arrays")
-        lines = [f"    {arrays} = _read_params({arg})  # in PARAMS order"]
+        lines = read_params_as(arg, arrays, "in PARAMS order")
         for name, n in table.items():
             if n in needed and n in outer:
                 names.of[n] = names.fresh(f"{stem}_{name}" if stem else name)

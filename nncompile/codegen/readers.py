@@ -155,3 +155,14 @@ def read_table(program: Program, backend: Backend, arg: str, looped: bool = Fals
         f"    if not ({cond}):",
         f"        return {fallback}",
         f"    return {ok}"])
+
+
+def read_params_as(arg: str, targets: str, comment: str) -> list[str]:
+    """``targets = _read_params(arg)``; for hvp's ``v``, an error that names v, as the error
+    would otherwise read as if the params were wrong."""
+    read = f"{targets} = _read_params({arg})  # {comment}"
+    if arg == "params":
+        return [f"    {read}"]
+    return ["    try:", f"        {read}",
+            f"    except (TypeError, ValueError) as error:   # say that it is {arg} that is wrong",
+            f"        raise type(error)(f'{arg}, the direction: {{error}}') from None"]

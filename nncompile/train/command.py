@@ -191,7 +191,7 @@ def run(model: str | Path, *, data: str = "digits", mapping: dict[str, str] | st
         report.test = trainer.evaluate(final, test, final_state)
         say(f"test: {report.test.show()}, with the params of {chosen}")
     elif test_split:
-        say(f"no test examples: {len(dataset)} are too few for --test-split {test_split:g}; kept the params of {chosen}")
+        say(f"no test examples: one example is too few to split; kept the params of {chosen}")
     else:
         say(f"no test split (use --test-split or --test-data); kept the params of {chosen}")
     files = ["config.json", "model.py", "checkpoint.npz", "metrics.jsonl", "params.npz"]

@@ -275,11 +275,13 @@ def bind(raw: RawData, module: ModuleType, mapping: Mapping[str, str] | None = N
             kind = "columns" if raw.csv else "arrays"
             floats = [n for n in unfed if n not in chosen and not inputs[n][1].startswith("int")]
             targets = [n for n in floats if len(inputs[n][0]) == 1]
-            if raw.csv and len(floats) > 1 and len(targets) == 1:   # features and a float target: which is which?
-                column = next(iter(raw.roles.get("labels", ())), list(raw.arrays)[-1])
-                raise NNError(f"the model's float inputs {_names(floats)} would all read columns of {raw.what}, "
-                              f"which has {kind} {_names(raw.arrays)}: name the target's, e.g. --map "
-                              f"{targets[0]}={column} (the other inputs then take the remaining columns)",
+            free = [c for c in raw.arrays if c not in used]
+            if raw.csv and len(floats) == 2 and len(targets) == 1 and free:   # features and a float target
+                column = next((c for c in raw.roles.get("labels", ()) if c in free), free[-1])
+                features = next(n for n in floats if n != targets[0])
+                raise NNError(f"the model's float inputs {floats[0]!r} and {floats[1]!r} would both read columns of "
+                              f"{raw.what}, which has {kind} {_names(raw.arrays)}: name the target's, e.g. --map "
+                              f"{targets[0]}={column} ({features!r} then takes the remaining columns)",
                               file=raw.file)
             raise NNError(f"no data for the model's input {name!r} ({_type(shape, dtype)}): {raw.what} has "
                           f"{kind} {_names(raw.arrays)}; choose one with --map {name}=NAME", file=raw.file)
@@ -369,10 +371,11 @@ def _check_array(raw: RawData, name: str, array_name: str, array: np.ndarray, sh
             assert where is not None
             column = columns[where[1][1] if len(columns) > 1 and len(where[1]) > 1 else 0]
             if column in raw.blank and raw.blank[column][where[0]]:
-                raise NNError(f"{what}: {at(where[1])} is empty, and every example needs a number there "
-                              f"({int(bad.sum())} empty or non-finite cell(s) in all)", file=raw.file)
-            raise NNError(f"{what}: {at(where[1])} holds {array[where[1]].item()!r} ({int(bad.sum())} NaN or "
-                          "infinite value(s) in all); every value must be finite", file=raw.file)
+                raise NNError(f"{what}: {at(where[1])} holds an empty cell, and every example needs a number "
+                              f"there ({int(bad.sum())} empty or non-finite cell(s) in all)", file=raw.file)
+            count = f"{int(bad.sum())} {'empty or non-finite cell' if raw.blank else 'NaN or infinite value'}(s)"
+            raise NNError(f"{what}: {at(where[1])} holds {array[where[1]].item()!r} ({count} in all); every value "
+                          "must be finite", file=raw.file)
     if array.ndim == 0:
         raise NNError(f"{what} is a single value, but {name} is {_type(shape, dtype)}: it needs one entry per "
                       "example", file=raw.file)
@@ -490,7 +493,7 @@ def split(data: Dataset, fraction: float, salt: int) -> tuple[Dataset, Dataset]:
         for c in np.unique(labels):
             members = rng.permutation(np.flatnonzero(labels == c))
             held.append(members[:round(fraction * len(members))])
-    if n >= 2 and not sum(map(len, held)):   # a split asked for is never empty (Keras rounds so too)
+    if n >= 2 and not sum(map(len, held)):   # a split asked for is never empty (scikit-learn rounds it up too)
         held = [rng.permutation(n)[:1]]
     held_index = np.sort(np.concatenate(held)).astype(np.int64)
     mask = np.ones(n, dtype=bool)

@@ -41,7 +41,7 @@ class History:
     def __getitem__(self, column: str) -> np.ndarray:
         """One column over the epochs; NaN where an epoch has no value, as for val_acc before the
         first validation (a known column is all NaN rather than missing)."""
-        if column not in COLUMNS and column not in self.columns():
+        if column not in self.columns() and (column not in COLUMNS or column in ("epoch", "step")):
             raise KeyError(f"no column {column!r} in this history (it has {', '.join(self.columns())})")
         kind = np.int64 if column in ("epoch", "step") else np.float64
         values = [r.get(column) for r in self.records]
