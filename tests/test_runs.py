@@ -21,6 +21,18 @@ from conftest import EXAMPLES, cli, write_nn
 pytest.importorskip("sklearn")
 
 
+# A regression: a line through the origin fitted to (X, t).
+LINE = """
+    input X: float[N, 2]
+    input t: float[N]
+    param w: [2] = zeros()
+    pred = sum(X * reshape(w, [1, 2]), axis=1)
+    output pred
+    loss = mse(pred, t)
+    minimize loss
+"""
+
+
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The digits example trained for a few epochs by ``nncompile train``, as a user runs it."""
@@ -164,15 +176,7 @@ def test_with_test_data_the_train_and_val_splits_are_the_trainers(tmp_path: Path
 
 def test_predicting_a_split_the_run_does_not_have_says_so(tmp_path: Path) -> None:
     """A file's data has no test split unless asked for, and --val-split 0 leaves no validation."""
-    model = write_nn(tmp_path, "line.nn", """
-        input X: float[N, 2]
-        input t: float[N]
-        param w: [2] = zeros()
-        pred = sum(X * reshape(w, [1, 2]), axis=1)
-        output pred
-        loss = mse(pred, t)
-        minimize loss
-    """)
+    model = write_nn(tmp_path, "line.nn", LINE)
     np.savez(tmp_path / "line.npz", X=np.ones((8, 2)), t=np.ones(8))
     assert cli("train", model, "--data", "line.npz", "--epochs", "1", "--val-split", "0", "--out", "run",
                cwd=tmp_path).returncode == 0
@@ -184,15 +188,7 @@ def test_predicting_a_split_the_run_does_not_have_says_so(tmp_path: Path) -> Non
 
 
 def test_a_regression_run_predicts_values_and_has_no_probabilities(tmp_path: Path) -> None:
-    model = write_nn(tmp_path, "line.nn", """
-        input X: float[N, 2]
-        input t: float[N]
-        param w: [2] = zeros()
-        pred = sum(X * reshape(w, [1, 2]), axis=1)
-        output pred
-        loss = mse(pred, t)
-        minimize loss
-    """)
+    model = write_nn(tmp_path, "line.nn", LINE)
     rng = np.random.default_rng(0)
     X = rng.standard_normal((64, 2))
     np.savez(tmp_path / "line.npz", X=X, t=X @ np.array([2.0, -1.0]))
