@@ -288,6 +288,9 @@ def test_a_csv_column_fills_a_one_wide_input(tmp_path: Path) -> None:
     ("a,b,c,d,label\n1,2,3,4,99999999999999999999\n", None,
      "column 'label' for input 'y': line 2 holds 1e+20, far beyond any class label of y"),
     ("a,b,c,d,label\n1,2,3,4,0\n1,2,3,4,3\n", None, "column 'label' for input 'y': line 3 holds the label 3, but"),
+    ('a,b,c,d,label\n"1\n",2,3,4,0\n1,2,3,4,3\n', None, "line 4 holds the label 3"),   # a record of two lines
+    ('a,b,c,d,label\n1,2,3,4,0\n"1\n",2,3,4,3\n', None, "line 3 holds the label 3"),   # reported where it starts
+    ('a,b,c,d,label\n"1\n",x,3,4,0\n', None, "data.csv:3:2: error: line 3, column 'b': 'x' is not a number"),
     ("a,b,c,label\n1,2,3,0\n", None, "the array of columns 'a', 'b', 'c' for input 'X' has shape [1, 3], but X is float[N, 4]"),
     ("a,a,c,d,label\n1,2,3,4,0\n", None, "a repeated column name 'a'"),
     ("a,b,c,d,label\n", None, "has a header but no rows of data"),

@@ -154,7 +154,11 @@ def load_csv(path: Path) -> RawData:
     try:
         with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.reader(handle)
-            rows = [(reader.line_num, row) for row in reader if row and any(cell.strip() for cell in row)]
+            rows, end = [], 0
+            for row in reader:   # each record with the line it starts on (a quoted cell may hold newlines)
+                start, end = end + 1, reader.line_num
+                if row and any(cell.strip() for cell in row):
+                    rows.append((start, row))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise NNError(f"cannot read the csv file: {exc}", file=str(path)) from None
     if not rows:
@@ -183,9 +187,10 @@ def load_csv(path: Path) -> RawData:
                 blank[r, c] = not cell.strip()
                 table[r, c] = math.nan if blank[r, c] else float(cell)
             except ValueError:
-                col = sum(len(previous) + 1 for previous in row[:c]) + 1   # exact unless cells are quoted
-                raise NNError(f"line {line}, column {names[c]!r}: {cell.strip()!r} is not a number",
-                              Loc(str(path), line, col, col + max(1, len(cell)))) from None
+                before = "".join(previous + "," for previous in row[:c])   # exact unless cells are quoted
+                at_line, col = line + before.count("\n"), len(before) - before.rfind("\n")
+                raise NNError(f"line {at_line}, column {names[c]!r}: {cell.strip()!r} is not a number",
+                              Loc(str(path), at_line, col, col + max(1, len(cell)))) from None
     arrays = {name: table[:, c] for c, name in enumerate(names)}
     roles: dict[str, tuple[str, ...]] = {}
     label = next((name for name in names if name.lower() in LABEL_COLUMNS), None)
