@@ -324,12 +324,18 @@ def _check_array(raw: RawData, name: str, array_name: str, array: np.ndarray, sh
                  module: ModuleType, columns: list[str]) -> np.ndarray:
     """One array, converted to the input's dtype and shape, or a clear error."""
 
+    def column_at(index: tuple[int, ...]) -> str | None:   # None: reshaped past the columns
+        return columns[0] if len(columns) == 1 else columns[index[1]] if len(index) == 2 else None
+
     def at(index: tuple[int, ...]) -> str:   # an entry's place: its csv line and column, else its row
         if not raw.lines:
             return f"row {index[0]}"
-        if len(columns) == 1 or len(index) != 2:   # one column, named already (or reshaped past them)
-            return f"line {raw.lines[index[0]]}"
-        return f"line {raw.lines[index[0]]}, column {columns[index[1]]!r}"
+        column = column_at(index)
+        return f"line {raw.lines[index[0]]}" + (f", column {column!r}" if len(columns) > 1 and column else "")
+
+    def blank_at(index: tuple[int, ...]) -> bool:   # an empty csv cell, read as NaN
+        column = column_at(index)
+        return column in raw.blank and bool(raw.blank[column][index[0]])
 
     if raw.csv and len(columns) > 1:
         what = (f"the array of columns {_names(columns)}" if len(columns) <= 4
@@ -353,9 +359,7 @@ def _check_array(raw: RawData, name: str, array_name: str, array: np.ndarray, sh
             if not whole.all():
                 row = _first(~whole)
                 assert row is not None
-                column = columns[row[1][1] if len(columns) > 1 else 0]
-                held = ("an empty cell" if column in raw.blank and raw.blank[column][row[0]]
-                        else repr(array[row[1]].item()))
+                held = "an empty cell" if blank_at(row[1]) else repr(array[row[1]].item())
                 raise NNError(f"{what}: {at(row[1])} holds {held}, but {name} is "
                               f"{_type(shape, dtype)} and needs whole-number class labels", file=raw.file)
             huge = np.abs(array) >= 2.0 ** 62   # no class label, and too big for int64
@@ -374,8 +378,7 @@ def _check_array(raw: RawData, name: str, array_name: str, array: np.ndarray, sh
         if bad.any():
             where = _first(bad)
             assert where is not None
-            column = columns[where[1][1] if len(columns) > 1 and len(where[1]) > 1 else 0]
-            if column in raw.blank and raw.blank[column][where[0]]:
+            if blank_at(where[1]):
                 raise NNError(f"{what}: {at(where[1])} holds an empty cell, and every example needs a number "
                               f"there ({int(bad.sum())} empty or non-finite cell(s) in all)", file=raw.file)
             count = f"{int(bad.sum())} {'empty or non-finite cell' if raw.blank else 'NaN or infinite value'}(s)"
