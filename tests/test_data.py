@@ -318,6 +318,22 @@ def test_a_float_target_in_a_csv_file_is_named_in_the_hint(tmp_path: Path) -> No
     assert bound.arrays["X"].tolist() == [[1, 2], [4, 5]] and bound.arrays["t"].tolist() == [3, 6]
 
 
+def test_an_input_of_several_columns_is_shown_the_range_to_map(tmp_path: Path) -> None:
+    two_targets = nncompile.compile_and_load(write_nn(tmp_path, "two.nn", """
+        input x: float[N, 3]
+        input t: float[N, 2]
+        param W: [3, 2] = zeros()
+        loss = mse(x @ W, t)
+        minimize loss
+    """))
+    path = write_csv(tmp_path, "a,b,c,t1,t2\n1,2,3,4,5\n")
+    assert "no data for the model's input 'x' (float[N, 3]): the file has columns 'a', 'b', 'c', 't1', 't2'; " \
+           "choose its 3 columns with --map x=FIRST:LAST, e.g. --map x=a:c" in \
+           error_of(lambda: bind_file(path, two_targets))
+    bound = bind_file(path, two_targets, {"x": "a:c"})
+    assert bound.arrays["x"].tolist() == [[1, 2, 3]] and bound.arrays["t"].tolist() == [[4, 5]]
+
+
 def test_a_bad_csv_cell_is_shown_with_a_caret(tmp_path: Path, module: ModuleType) -> None:
     path = write_csv(tmp_path, "a,b,c,d,label\n\n1,2,3,4,0\n1,2,oops,4,0\n")
     lines = error_of(lambda: bind_file(path, module)).splitlines()

@@ -288,8 +288,13 @@ def bind(raw: RawData, module: ModuleType, mapping: Mapping[str, str] | None = N
                               f"{raw.what}, which has {kind} {_names(raw.arrays)}: name the target's, e.g. --map "
                               f"{targets[0]}={column} ({features!r} then takes the remaining columns)",
                               file=raw.file)
+            how = f"choose one with --map {name}=NAME"
+            if raw.csv and len(shape) == 2 and isinstance(shape[1], int) and shape[1] > 1:   # a range of columns
+                take = free[:shape[1]]
+                how = f"choose its {shape[1]} columns with --map {name}=FIRST:LAST" + (
+                    f", e.g. --map {name}={take[0]}:{take[-1]}" if len(take) == shape[1] else "")
             raise NNError(f"no data for the model's input {name!r} ({_type(shape, dtype)}): {raw.what} has "
-                          f"{kind} {_names(raw.arrays)}; choose one with --map {name}=NAME", file=raw.file)
+                          f"{kind} {_names(raw.arrays)}; {how}", file=raw.file)
     if not chosen:
         raise NNError("the model has no inputs to feed with data", file=raw.file)
     arrays = {name: _check_array(raw, name, array_name, array, *inputs[name], module, columns_of[name])
