@@ -17,7 +17,7 @@ from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from nncompile.compiler import compile_file, load_module
-from nncompile.ops.basic import LOG_SOFTMAX, _NLL, _SOFTMAX_NLL_GRAD
+from nncompile.ops.basic import LOG_SOFTMAX, _LABEL_ENTRIES, _NLL, _SOFTMAX_NLL_GRAD
 
 from conftest import write_nn
 
@@ -27,7 +27,7 @@ SPECIAL = np.array([-0.0, 0.0, np.nan, -np.nan, np.inf, -np.inf, 1e-45, -1e-45, 
 
 def helpers() -> dict:
     scope: dict = {"np": np}
-    exec("\n\n".join([LOG_SOFTMAX, _NLL, _SOFTMAX_NLL_GRAD]), scope)  # noqa: S102 - the registry's own text
+    exec("\n\n".join([LOG_SOFTMAX, _LABEL_ENTRIES, _NLL, _SOFTMAX_NLL_GRAD]), scope)  # noqa: S102 - the registry's own text
     return scope
 
 
@@ -180,6 +180,20 @@ def test_the_softmax_gradient_subtracts_each_label_whatever_the_layout_of_logp(l
     want *= 0.5 / 9
     got = helpers()["_softmax_nll_grad"](logp, labels, 0.5)
     np.testing.assert_array_equal(got, want)
+
+
+def test_the_label_entries_made_once_per_shape_serve_every_batch_after() -> None:
+    rng = np.random.default_rng(4)
+    scope = helpers()
+    for rows, classes in [(9, 4), (5, 4), (9, 3), (9, 4), (1, 4)]:
+        logp = plain_log_softmax(rng.standard_normal((rows, classes)), 1)
+        labels = rng.integers(0, classes, rows)
+        assert scope["_nll"](logp, labels) == logp[np.arange(rows), labels].sum() * (-1.0 / rows)
+        want = np.exp(logp)
+        want[np.arange(rows), labels] -= 1
+        want *= 1.0 / rows
+        np.testing.assert_array_equal(scope["_softmax_nll_grad"](logp, labels, 1.0), want)
+    assert sorted(scope["_ROW_STARTS"]) == [(1, 4), (5, 4), (9, 3), (9, 4)]
 
 
 @pytest.mark.parametrize("bad", [-1, -2 ** 63, 10, 2 ** 63 - 1])

@@ -78,17 +78,26 @@ LOG_SOFTMAX = '''def _log_softmax(x, axis):
     shifted -= np.log(np.add.reduce(np.exp(shifted), axis=axis, keepdims=True))
     return shifted'''
 
+_LABEL_ENTRIES = '''_ROW_STARTS = {}
+
+
+def _label_entries(labels, classes):
+    """The flat index of each row's label in a C-ordered [len(labels), classes] array: a third
+    of 2-d indexing's cost. The row starts are made once per shape, as a workspace is."""
+    starts = _ROW_STARTS.get((len(labels), classes))
+    if starts is None:
+        starts = _ROW_STARTS[len(labels), classes] = np.arange(0, len(labels) * classes, classes)
+    return starts + labels'''
+
 _NLL = '''def _nll(logp, labels):
     """Mean negative log-likelihood of the labels under log-probabilities ``logp``."""
-    classes = logp.shape[1]   # each label's entry by its flat index: a third of 2-d indexing's cost
-    picked = logp.reshape(-1)[np.arange(0, len(labels) * classes, classes) + labels]
+    picked = logp.reshape(-1)[_label_entries(labels, logp.shape[1])]
     return picked.sum() * (-1.0 / len(labels))'''
 
 _SOFTMAX_NLL_GRAD = '''def _softmax_nll_grad(logp, labels, g):
     """(softmax - onehot(labels)) * g / N from saved log-probabilities: one exp, no max or sum."""
     probs = np.ascontiguousarray(np.exp(logp))
-    classes = probs.shape[1]   # each label's entry by its flat index: a third of 2-d indexing's cost
-    probs.reshape(-1)[np.arange(0, len(labels) * classes, classes) + labels] -= 1
+    probs.reshape(-1)[_label_entries(labels, probs.shape[1])] -= 1
     probs *= g / len(labels)
     return probs'''
 
@@ -612,7 +621,7 @@ op("broadcast_to", 1, _target_shape_rule, _emit_broadcast, public=False, vjp=_vj
 
 op("softmax_cross_entropy", 2, labels_rule("softmax_cross_entropy"), template("_nll(_log_softmax({0}, 1), {1})"),
    vjp=lambda g, out, scores, labels: (scores.node("softmax_cross_entropy_grad", labels, g), None),
-   helpers=(LOG_SOFTMAX, _NLL),
+   helpers=(LOG_SOFTMAX, _LABEL_ENTRIES, _NLL),
    int_bounds=lambda ins: {1: ins[0].shape[-1]},
    samples=(Sample(((5, 4), (5,)), ints={1: 4}),), dispatch=_dispatch_ce,
    doc="mean over the batch of -log softmax(s_i)[y_i] for int [N] labels y, computed stably; with float "
@@ -645,7 +654,7 @@ def _vjp_ce_grad(u: Value, out: Value, scores: Value, labels: Value, g: Value):
 
 
 op("softmax_cross_entropy_grad", 3, float_like_first, template("_softmax_nll_grad(_log_softmax({0}, 1), {1}, {2})"),
-   public=False, helpers=(LOG_SOFTMAX, _SOFTMAX_NLL_GRAD), vjp=_vjp_ce_grad,
+   public=False, helpers=(LOG_SOFTMAX, _LABEL_ENTRIES, _SOFTMAX_NLL_GRAD), vjp=_vjp_ce_grad,
    samples=(Sample(((5, 4), (5,), ()), ints={1: 4}),),
    rewrites=(share_log_softmax_in_gradient,), onnx=_onnx_softmax_grad(from_scores=True))
 
@@ -662,8 +671,8 @@ op("log_softmax", 1, along_axis_rule("log_softmax"), template("_log_softmax({0},
    doc="x - log(sum(exp(x), axis)), computed after subtracting the max so it cannot overflow",
    example="logp = log_softmax(x, axis=-1)",
    onnx=onnx_node("LogSoftmax", axis=int_attr("axis")))
-op("nll", 2, labels_rule("nll"), template("_nll({0}, {1})"), public=False, helpers=(_NLL,),
+op("nll", 2, labels_rule("nll"), template("_nll({0}, {1})"), public=False, helpers=(_LABEL_ENTRIES, _NLL),
    doc="mean -logp[i, label_i]",
    onnx=_mean_loss("NegativeLogLikelihoodLoss"))
 op("softmax_nll_grad", 3, float_like_first, template("_softmax_nll_grad({0}, {1}, {2})"), public=False,
-   helpers=(_SOFTMAX_NLL_GRAD,), onnx=_onnx_softmax_grad(from_scores=False))
+   helpers=(_LABEL_ENTRIES, _SOFTMAX_NLL_GRAD), onnx=_onnx_softmax_grad(from_scores=False))
