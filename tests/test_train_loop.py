@@ -113,10 +113,15 @@ def test_resuming_with_fewer_epochs_than_done_is_an_error_and_with_as_many_a_not
     assert cli("train", cwd=tmp_path).returncode == 1
 
 
-def test_ctrl_c_then_the_printed_command_equals_the_run_never_interrupted(files, tmp_path) -> None:
-    """A real SIGINT to ``nncompile train``: it stops at a step boundary, checkpoints that
-    point and prints how to continue; that command (from the run's config.json) ends where
-    an uninterrupted run ends, bit for bit."""
+@pytest.mark.parametrize("stop, code, why", [
+    ("ctrl-c", 130, "interrupted"),
+    ("closed pipe", 1, "the output pipe closed, so training stopped"),   # `nncompile train ... | head`
+])
+def test_a_stopped_run_then_the_printed_command_equals_the_run_never_stopped(files, tmp_path, stop, code,
+                                                                              why) -> None:
+    """A real SIGINT to ``nncompile train``, or the reader of its output leaving: it stops at
+    a step boundary, checkpoints that point and prints how to continue; that command (from
+    the run's config.json) ends where an uninterrupted run ends, bit for bit."""
     settings = ["--data", files["data"], "--batch-size", "16", "--test-split", "0.25", "--lr", "0.01",
                 "--patience", "0", "--log-every", "1", "--checkpoint-every", "1000"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -127,12 +132,16 @@ def test_ctrl_c_then_the_printed_command_equals_the_run_never_interrupted(files,
     for line in proc.stdout:
         if line.split()[:2] == ["epoch", "3/100000"]:
             break
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    if stop == "ctrl-c":
+        proc.send_signal(signal.SIGINT)
+    else:
+        proc.stdout.close()
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == code, err
     assert "Traceback" not in err
     hint = err.strip().splitlines()[-1]
-    assert hint.startswith("interrupted: the run is checkpointed where it stopped; continue it with nncompile train")
+    assert hint.startswith(f"{why}: the run is checkpointed where it stopped; continue it with nncompile train")
     command = hint.split("continue it with ")[1].split()
     assert command == ["nncompile", "train", "--resume", "--out", "cut"]
     state, _ = load_checkpoint(tmp_path / "cut" / "checkpoint.npz", ("m", "v"))
@@ -146,6 +155,19 @@ def test_ctrl_c_then_the_printed_command_equals_the_run_never_interrupted(files,
             np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}: {key}")
     assert without_times(tmp_path / "whole" / "metrics.jsonl") == without_times(tmp_path / "cut" / "metrics.jsonl")
 
+
+
+def test_output_closed_before_the_first_checkpoint_says_there_is_nothing_to_resume(files, tmp_path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "nncompile", "train", str(files["mlp"]), "--data",
+                             str(files["data"]), "--out", "cut"], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()   # before its first line: the data's
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 1, err
+    assert err.strip() == "the output pipe closed, so training stopped before its first checkpoint: there is nothing to resume"
+    assert not (tmp_path / "cut" / "checkpoint.npz").exists()
 
 # ---- the Python API -------------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -176,12 +177,18 @@ def _train(args: argparse.Namespace, world: Any) -> int:
                      test_data=settings["test_data"], config=config, out=run_dir, resume=args.resume,
                      overfit=args.overfit, grad_check=args.grad_check, log=lambda line: print(line, flush=True),
                      progress=progress, world=world)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, BrokenPipeError) as stop:   # Ctrl-C, or `nncompile train ... | head`
+        if isinstance(stop, BrokenPipeError):   # no more output: stdout goes nowhere, so exiting flushes nothing
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         if world is not None and not world.root:
             return 130
-        print(f"interrupted: the run is checkpointed where it stopped; continue it with "
-              f"nncompile train --resume --out {run_dir}", file=sys.stderr)
-        return 130
+        why = "interrupted" if isinstance(stop, KeyboardInterrupt) else "the output pipe closed, so training stopped"
+        if (run_dir / "checkpoint.npz").exists():
+            print(f"{why}: the run is checkpointed where it stopped; continue it with "
+                  f"nncompile train --resume --out {run_dir}", file=sys.stderr)
+        else:
+            print(f"{why} before its first checkpoint: there is nothing to resume", file=sys.stderr)
+        return 130 if isinstance(stop, KeyboardInterrupt) else 1
     return 0 if report.ok else 1
 
 
