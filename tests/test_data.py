@@ -290,7 +290,7 @@ def test_a_csv_column_fills_a_one_wide_input(tmp_path: Path) -> None:
     ("a,b,c,d,label\n1,2,3,4,0\n1,2,3,4,3\n", None, "column 'label' for input 'y': line 3 holds the label 3, but"),
     ('a,b,c,d,label\n"1\n",2,3,4,0\n1,2,3,4,3\n', None, "line 4 holds the label 3"),   # a record of two lines
     ('a,b,c,d,label\n1,2,3,4,0\n"1\n",2,3,4,3\n', None, "line 3 holds the label 3"),   # reported where it starts
-    ('a,b,c,d,label\n"1\n",x,3,4,0\n', None, "data.csv:3:2: error: line 3, column 'b': 'x' is not a number"),
+    ('a,b,c,d,label\n"1\n",x,3,4,0\n', None, "data.csv:3:3: error: line 3, column 'b': 'x' is not a number"),
     ("a,b,c,label\n1,2,3,0\n", None, "the array of columns 'a', 'b', 'c' for input 'X' has shape [1, 3], but X is float[N, 4]"),
     ("a,a,c,d,label\n1,2,3,4,0\n", None, "a repeated column name 'a'"),
     ("a,b,c,d,label\n", None, "has a header but no rows of data"),
@@ -340,6 +340,21 @@ def test_a_bad_csv_cell_is_shown_with_a_caret(tmp_path: Path, module: ModuleType
     assert lines[0] == f"{path}:4:5: error: line 4, column 'c': 'oops' is not a number"
     assert lines[1:] == ["    1,2,oops,4,0", "        ^~~~"]
 
+
+
+@pytest.mark.parametrize("text, place, caret", [
+    ('a,b,c,d,label\n"1","2.5",oops,4,0\n', "2:11", '    "1","2.5",oops,4,0\n              ^~~~'),
+    ('a,b,c,d,label\n1,"say ""hi""",x,4,0\n', "2:3", '    1,"say ""hi""",x,4,0\n      ^~~~~~~~~~~~'),
+    ('a,b,c,d,label\n1,"2\n",3,"4\r\n",bad\n', "4:3", '    ",bad\n      ^~~'),
+    ('a,b,c,d,label\r1,2,3,"x\ry",0\r', "2:7", '    1,2,3,"x\n          ^~'),
+])
+def test_a_bad_csv_cell_after_quoted_cells_gets_its_caret_under_it(tmp_path: Path, module: ModuleType, text: str,
+                                                                   place: str, caret: str) -> None:
+    path = tmp_path / "data.csv"
+    path.write_bytes(text.encode())
+    lines = error_of(lambda: bind_file(path, module)).splitlines()
+    assert lines[0].startswith(f"{path}:{place}: error: line {place.split(':')[0]}, column "), lines
+    assert "\n".join(lines[1:]) == caret
 
 def test_parse_mapping() -> None:
     assert parse_mapping(["X=images, y=labels", "z=col"]) == {"X": "images", "y": "labels", "z": "col"}

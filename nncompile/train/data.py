@@ -16,6 +16,7 @@ pixels' overall standard deviation; user files are left as they are unless asked
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -187,10 +188,9 @@ def load_csv(path: Path) -> RawData:
                 blank[r, c] = not cell.strip()
                 table[r, c] = math.nan if blank[r, c] else float(cell)
             except ValueError:
-                before = "".join(previous + "," for previous in row[:c])   # exact unless cells are quoted
-                at_line, col = line + before.count("\n"), len(before) - before.rfind("\n")
+                at_line, col, width = _field_place(path, line, c)
                 raise NNError(f"line {at_line}, column {names[c]!r}: {cell.strip()!r} is not a number",
-                              Loc(str(path), at_line, col, col + max(1, len(cell)))) from None
+                              Loc(str(path), at_line, col, col + width)) from None
     arrays = {name: table[:, c] for c, name in enumerate(names)}
     roles: dict[str, tuple[str, ...]] = {}
     label = next((name for name in names if name.lower() in LABEL_COLUMNS), None)
@@ -199,6 +199,30 @@ def load_csv(path: Path) -> RawData:
     return RawData(arrays, str(path), file=str(path), roles=roles, flat=True, csv=True,
                    lines=tuple(line for line, _ in body),
                    blank={name: blank[:, c] for c, name in enumerate(names) if blank[:, c].any()})
+
+
+def _field_place(path: Path, line: int, index: int) -> tuple[int, int, int]:
+    """(line, 1-based column, width) of field ``index`` of the csv record that starts on
+    ``line``, as the file writes it (its quotes included): where an error's caret goes. The
+    commas between fields are those outside quotes; a doubled quote toggles twice."""
+    quoted, field, start = False, 0, None
+    with open(path, newline="", encoding="utf-8") as handle:   # the lines as csv.reader counts them
+        for number, text in enumerate(itertools.islice(handle, line - 1, None), line):
+            text = text.rstrip("\r\n")
+            for col, char in enumerate(text, 1):
+                if field == index and start is None:
+                    start = col
+                if char == '"':
+                    quoted = not quoted
+                elif char == "," and not quoted:
+                    if field == index:
+                        return number, start, max(1, col - start)
+                    field += 1
+            if start is not None:   # the field runs to the end of its line, or on past it
+                return number, start, max(1, len(text) - start + 1)
+            if not quoted:
+                break
+    return line, 1, 1
 
 
 def _is_number(text: str) -> bool:
