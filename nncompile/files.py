@@ -21,6 +21,14 @@ def write_atomic(path: str | Path, content: str | bytes | Callable[[BinaryIO], o
     if not str(path) or Path(path).is_dir():
         raise NNError(f"cannot write {str(path) or 'an empty file name'}: give the name of a file, not a folder")
     path = Path(path)
+    if path.is_symlink():   # written through, as open() writes: the link stays a link
+        path = Path(os.path.realpath(path))
+    if path.exists() and not path.is_file():   # a device or a pipe (/dev/null, /dev/stdout): nothing to rename over
+        _write_into(path, content)
+        return
+    blocking = next((folder for folder in path.parents if folder.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise NNError(f"cannot write {path}: {blocking} is a file, not a folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         mode = _mode_for(path)
@@ -46,6 +54,18 @@ def write_atomic(path: str | Path, content: str | bytes | Callable[[BinaryIO], o
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _write_into(path: Path, content: str | bytes | Callable[[BinaryIO], object]) -> None:
+    """Write into a file that is not a regular one, as it is: a device takes the bytes as they come."""
+    try:
+        with open(path, "wb") as handle:
+            if callable(content):
+                content(handle)
+            else:
+                handle.write(content.encode("utf-8") if isinstance(content, str) else content)
+    except OSError as exc:
+        raise NNError(f"cannot write {path}: {exc.strerror}") from None
 
 
 def _mode_for(path: Path) -> int:

@@ -95,3 +95,36 @@ def test_a_folder_or_an_empty_name_is_refused_by_name(tmp_path: Path, monkeypatc
     monkeypatch.chdir(tmp_path)
     with pytest.raises(NNError, match="give the name of a file, not a folder"):
         write_atomic(name, "text")
+
+
+@posix_only
+def test_a_symlink_is_written_through_and_stays_a_link(tmp_path: Path) -> None:
+    target, link = tmp_path / "target.py", tmp_path / "link.py"
+    target.write_text("old")
+    link.symlink_to(target.name)
+    write_atomic(link, "new")
+    assert link.is_symlink() and target.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.py", "target.py"]
+
+
+@posix_only
+def test_a_pipe_or_device_is_written_into_not_replaced(tmp_path: Path) -> None:
+    """``-o /dev/null`` or ``-o /dev/stdout`` must not rename a regular file over the device
+    (as root, that replaced /dev/null); a named pipe stands in for the device here."""
+    import threading
+
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    write_atomic(fifo, "through the pipe", durable=True)
+    reader.join(timeout=10)
+    assert got == [b"through the pipe"]
+    assert stat.S_ISFIFO(fifo.lstat().st_mode) and list(tmp_path.iterdir()) == [fifo]
+
+
+def test_a_file_where_a_folder_should_be_is_named(tmp_path: Path) -> None:
+    (tmp_path / "model.nn").write_text("")
+    with pytest.raises(NNError, match=r"cannot write .*model.nn/x.py: .*model.nn is a file, not a folder"):
+        write_atomic(tmp_path / "model.nn" / "x.py", "text")
