@@ -151,11 +151,17 @@ def test_cli_predict_without_labels_predicts_and_reports_no_accuracy(digits_run:
     (["predict", "{run}", "--split", "test", "--data", "{data}"], "picks the run's own split"),
     (["predict", "{run}", "--data", "{data}", "-o", "out.txt"], "write predictions to a .csv or .npz file"),
     (["predict", "{run}", "--data", "{wrong}"], "has shape [2, 5], but X is float[N, 64] (axis 1 must be 64)"),
+    # With labels beside the features, the file is checked as training checks it, labels and all:
+    (["predict", "{run}", "--data", "{labelled}"], "array 'y' for input 'y': row 1 holds the label 12"),
+    (["predict", "{run}", "--data", "{short}"], "has shape [2, 5], but X is float[N, 64] (axis 1 must be 64)"),
 ])
 def test_cli_predict_errors_are_for_people(digits_run: Path, tmp_path: Path, args: list[str], message: str) -> None:
     np.savez(tmp_path / "data.npz", X=np.zeros((2, 64)))
     np.savez(tmp_path / "wrong.npz", X=np.zeros((2, 5)))
-    args = [a.format(run=digits_run, data=tmp_path / "data.npz", wrong=tmp_path / "wrong.npz") for a in args]
+    np.savez(tmp_path / "labelled.npz", X=np.zeros((2, 64)), y=np.array([3, 12]))
+    np.savez(tmp_path / "short.npz", X=np.zeros((2, 5)), y=np.array([3, 1]))
+    args = [a.format(run=digits_run, data=tmp_path / "data.npz", wrong=tmp_path / "wrong.npz",
+                     labelled=tmp_path / "labelled.npz", short=tmp_path / "short.npz") for a in args]
     done = cli(*args, cwd=tmp_path)
     assert done.returncode == 1 and message in done.stderr and "Traceback" not in done.stderr, done
 
