@@ -94,6 +94,11 @@ def test_training_mode_with_the_same_seed_is_reproducible(net) -> None:
     np.testing.assert_array_equal(a[0]["scores"], b[0]["scores"])
     np.testing.assert_array_equal(a[1]["W"], b[1]["W"])
     assert not np.array_equal(a[0]["scores"], c[0]["scores"]), "another seed draws another mask"
+    seeded = net.value_and_grad(params, None, 7, **data)   # a seed stands for the generator it seeds
+    np.testing.assert_array_equal(seeded[0]["scores"], a[0]["scores"])
+    v = {name: a[1][name] for name in params}
+    np.testing.assert_array_equal(net.hvp(params, v, None, 7, **data)["W"],
+                                  net.hvp(params, v, None, np.random.default_rng(7), **data)["W"])
 
 
 def test_batchnorm_and_dropout_gradients_match_finite_differences(net) -> None:

@@ -33,7 +33,7 @@ def hessian(params, state=None, rng=None, /, **inputs):
                          f"HESSIAN_LIMIT = {{HESSIAN_LIMIT}}; use hvp(params, v, ...) for products with the Hessian")
     # One seed for every column: each hvp() call then draws the same dropout masks, so the
     # columns are of one Hessian (a seeded rng gives the same matrix every time).
-    seed = int((np.random.default_rng() if rng is None else rng).integers(2**62))
+    seed = int(np.random.default_rng(rng).integers(2**62))   # rng: None, a seed, or a Generator
     basis = np.zeros(total, dtype=DTYPE)
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
     columns = []
