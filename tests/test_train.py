@@ -324,7 +324,21 @@ def test_overfit_of_a_regression_model_that_cannot_fit_fails(tmp_path: Path) -> 
     trainer = Trainer(write_nn(tmp_path, "regression.nn", REGRESSION), small(epochs=20, lr=5e-2))
     data = bind(synthetic(tmp_path, "noise", X=X, t=rng.standard_normal(40)), trainer.module)
     result = trainer.overfit(data, 20)   # 20 random targets, 5 parameters
-    assert not result.reached and "FAIL" in result.show()
+    assert not result.reached and not result.falling
+    assert "FAIL: the model cannot even memorise a handful of examples" in result.show()
+
+
+def test_an_overfit_check_cut_short_while_the_loss_falls_says_to_train_harder(tmp_path: Path) -> None:
+    """Too few epochs at too small a rate is not a broken model: the verdict says what to try."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 4))
+    trainer = Trainer(write_nn(tmp_path, "regression.nn", REGRESSION), small(epochs=20, lr=1e-2))
+    data = bind(synthetic(tmp_path, "line", X=X, t=X @ np.array([1.0, -2.0, 0.5, 3.0])), trainer.module)
+    result = trainer.overfit(data, 10)
+    assert not result.reached and result.falling
+    assert result.show().endswith("FAIL: not memorised yet, but the loss is still falling: train longer (--epochs) "
+                                  "or faster (a larger --lr than 0.01) before suspecting the model")
+    assert Trainer(write_nn(tmp_path, "regression.nn", REGRESSION), small(epochs=500, lr=5e-2)).overfit(data, 10).reached
 
 
 def test_gradient_check_before_training(files: dict[str, Path]) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -158,6 +158,8 @@ class OverfitResult:
     acc: float | None        # None for a regression model
     loss: float | None       # the data loss (without regularisation where the trainer can tell)
     target: float | None = None   # the loss that counts as memorised: OVERFIT_FRACTION of chance level
+    falling: bool = False    # whether the loss was still falling when the epochs ran out (_still_falling)
+    lr: float | None = None
 
     @property
     def reached(self) -> bool:
@@ -165,13 +167,32 @@ class OverfitResult:
         return (self.acc is None or self.acc >= 1.0) and small
 
     def show(self) -> str:
-        verdict = "PASS" if self.reached else "FAIL: the model cannot even memorise a handful of examples"
+        if self.reached:
+            verdict = "PASS"
+        elif self.falling:   # under-trained, not broken: the lecture's advice is to train harder first
+            faster = f"a larger --lr than {self.lr:g}" if self.lr is not None else "a larger --lr"
+            verdict = (f"FAIL: not memorised yet, but the loss is still falling: train longer (--epochs) or "
+                       f"faster ({faster}) before suspecting the model")
+        else:
+            verdict = "FAIL: the model cannot even memorise a handful of examples" + (
+                " (it classifies every one, but its loss stays above the target)"
+                if self.acc is not None and self.acc >= 1.0 else "")
         loss = f"loss {self.loss:.4f}" if self.loss is not None else ""
         if loss and self.target is not None:
             loss += f", the target {self.target:.4f}"
         measured = (f"training accuracy {100 * self.acc:.1f}%" + (f" ({loss})" if loss else "")
                     if self.acc is not None else f"training {loss}")
         return f"overfit check: {measured} on {self.examples} examples after {self.epochs} epochs: {verdict}"
+
+
+def _still_falling(losses: list[float | None], target: float | None) -> bool:
+    """Whether the loss, falling as fast as over the last tenth of the epochs (two at least),
+    would reach the target within ten times the epochs run: a run cut short, not a plateau."""
+    if None in losses or target is None or len(losses) < 3:
+        return False
+    recent = max(2, (len(losses) - 1) // 10)
+    rate = (losses[-1 - recent] - losses[-1]) / recent   # type: ignore[operator]
+    return bool(rate > 0 and losses[-1] - target <= rate * 10 * (len(losses) - 1))   # type: ignore[operator]
 
 
 @dataclass(frozen=True)
@@ -496,10 +517,12 @@ class Trainer:
         schedule = self.schedule(examples)
         target = self._overfit_target(subset)
         result = self._memorised(state, subset, 0, target)
+        losses = [result.loss]
         while result.epochs < self.config.epochs and not result.reached:
             run_epoch(self, state, subset, schedule)
             result = self._memorised(state, subset, result.epochs + 1, target)
-        return result
+            losses.append(result.loss)
+        return replace(result, falling=_still_falling(losses, target), lr=self.config.lr)
 
     def _overfit_target(self, data: Dataset) -> float | None:
         chance = self.objective.chance(self.classes)
