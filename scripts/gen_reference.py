@@ -37,7 +37,8 @@ OPERATORS = {"add": "x + t", "sub": "x - t", "mul": "x * t", "div": "x / t", "po
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
+    """Text for one cell of a Markdown table: on one line (a signature may wrap), pipes escaped."""
+    return re.sub(r"\s*\n\s*", " ", text).replace("|", "\\|")
 
 
 def signature(opdef: OpDef) -> str:
