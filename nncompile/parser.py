@@ -100,6 +100,15 @@ def parse_file(path: str | Path) -> syntax.Module:
     return parse(text, str(path))
 
 
+def _character_hint(char: str) -> str:
+    """What a character the language lacks is usually meant as, where that is known."""
+    if char == "^":
+        return ": for a power write '**', as in x ** 2"
+    if char.isalpha():   # a letter outside ASCII: names are ASCII, as Python's keywords are
+        return ": names are ASCII letters, digits and '_'"
+    return ""
+
+
 def _syntax_error(exc: UnexpectedInput, text: str, file: str) -> NNError:
     lines = text.split("\n")
     eof = Loc(file, len(lines), len(lines[-1].rstrip("\r")) + 1)
@@ -115,7 +124,7 @@ def _syntax_error(exc: UnexpectedInput, text: str, file: str) -> NNError:
         char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else "?"
         if char == '"':
             return NNError("unterminated string: the closing '\"' is missing on this line", loc)
-        return NNError(f"unexpected character {char!r}", loc)
+        return NNError(f"unexpected character {char!r}{_character_hint(char)}", loc)
     assert isinstance(exc, UnexpectedToken)
     tok_loc = Loc(file, token.line, token.column,
                   token.column + max(1, len(str(token))) if token.type != "_NL" else None)

@@ -226,6 +226,15 @@ CASES: dict[str, Case] = {
         y = x $ 2
         output y
     """}, ["check", "m.nn"], points_at="$"),
+    "power_written_with_a_caret": Case({"m.nn": """
+        input x = 3
+        y = x ^ 2
+        output y
+    """}, ["check", "m.nn"], points_at="^"),
+    "non_ascii_name": Case({"m.nn": """
+        input α = 1
+        output α
+    """}, ["check", "m.nn"], points_at="α"),
     "import_missing": Case({"m.nn": """
         import "layers.nn"
         input x = 1
