@@ -200,8 +200,10 @@ def test_intermediate_outputs_are_not_overwritten_by_later_calls(compile_nn) -> 
 def test_bad_inputs_are_rejected_clearly() -> None:
     m = compile_and_load(EXAMPLES / "two_layer.nn")
     p = m.init_params(0)
-    with pytest.raises(TypeError, match="missing input 'y'"):
+    with pytest.raises(TypeError, match=r"missing input 'y': int64\['N'\], passed by name \(y=\.\.\.\)"):
         m.forward(p, X=np.ones((2, 3072)))
+    with pytest.raises(TypeError, match=r"missing input 'X': .*, passed by name \(X=\.\.\.\)"):
+        m.forward(p, np.ones((2, 3072)))   # X given by position: the inputs come by name only
     with pytest.raises(TypeError, match="unknown input"):
         m.forward(p, X=np.ones((2, 3072)), y=np.zeros(2, dtype=int), z=1)
     with pytest.raises(ValueError, match="'X'"):

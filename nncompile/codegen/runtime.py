@@ -134,7 +134,7 @@ CONVERT_INPUTS = '''def _convert_inputs(inputs):
         elif name in DEFAULTS:
             array = np.asarray(DEFAULTS[name])
         else:
-            raise TypeError(f"missing input {name!r}: {dtype}{list(shape)}")
+            raise TypeError(f"missing input {name!r}: {dtype}{list(shape)}, passed by name ({name}=...)")
         if dtype.startswith("int") and array.dtype.kind not in "iu":
             raise TypeError(f"input {name!r} must hold integers, not {array.dtype}")
         if array.dtype.kind not in "fiub":
