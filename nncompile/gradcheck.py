@@ -314,10 +314,12 @@ def _verdict(name: str, analytic: float, numeric: float, uncertainty: float, flo
     error = relative_error(analytic, numeric, floor)
     if error < tolerance:
         return GradResult(name, analytic, numeric, error, "ok", note)
-    if abs(analytic - numeric) <= min(2 * uncertainty, SURE * max(abs(analytic), abs(numeric))):
+    if abs(analytic - numeric) <= min(2 * uncertainty, SURE * max(abs(analytic), abs(numeric), floor)):
         # A slope that cancels (a gradient nearly orthogonal to the direction) loses digits
         # to round-off; what the estimate itself cannot resolve is no evidence against it, but
-        # an estimate much rougher than the tolerance is no evidence for it either.
+        # an estimate much rougher than the tolerance is no evidence for it either. Slopes
+        # below the floor (a deep net's vanishing gradients) are measured against the floor,
+        # as relative_error measures them.
         within = f"within the numeric slope's own error (+-{uncertainty:.1e})"
         sharp = uncertainty <= 10 * tolerance * max(abs(numeric), floor)
         return GradResult(name, analytic, numeric, error, "ok" if sharp else "inconclusive",

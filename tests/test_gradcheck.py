@@ -110,6 +110,31 @@ def test_a_deep_batchnorm_net_passes_and_a_wrong_gradient_in_it_fails(tmp_path: 
     assert all(r.status == "ok" for r in results.values()), [r for r in results.values() if r.status != "ok"]
 
 
+
+DEAD_STACK = """
+    import nn
+    input X: float[N, 6]
+    input y: int[N]
+    h = repeat 40 dense(X, out=6)
+    scores = linear(h, out=2) as head
+    loss = softmax_cross_entropy(scores, y) + 1e-4 * l2(head.W)
+    minimize loss
+"""
+
+
+def test_vanishing_gradients_of_a_dying_relu_stack_are_judged_against_the_floor(tmp_path: Path) -> None:
+    """Forty dense relu layers: the upper ones sit on their kinks, and their bias gradients
+    fall to 1e-10, below what a difference quotient there resolves. They were FAILED for
+    differences well within the numeric slope's own error; they are not, and a gradient 1%
+    off among them still fails."""
+    module, params, inputs, kinks = prepared(write_nn(tmp_path, "stack.nn", DEAD_STACK))
+    results = by_name(check_gradients(module, params, inputs, kinks=kinks))
+    assert not [r for r in results.values() if r.status == "FAIL"], [r for r in results.values() if not r.ok]
+    assert sum(r.status == "ok" for r in results.values()) > 50
+    for name in ("head.W", "h.40.W"):
+        wrong = by_name(check_gradients(scaling_gradient(module, name, 1.01), params, inputs, kinks=kinks))
+        assert wrong[name].status == "FAIL", wrong[name]
+
 def test_the_deep_net_defeats_a_fixed_step(tmp_path: Path) -> None:
     """Why the check extrapolates and steers clear of kinks: at the old fixed step 1e-6
     centred differences disagree with the (correct) analytic gradient of the deep net."""
