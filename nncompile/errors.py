@@ -41,6 +41,8 @@ class Sources:
     @classmethod
     def line(cls, file: str, line: int) -> str | None:
         if file not in cls._lines:
+            if not Path(file).is_file():   # a pipe holds its text no more once read
+                return None
             try:
                 cls.add(file, Path(file).read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError):

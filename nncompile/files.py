@@ -21,11 +21,11 @@ def write_atomic(path: str | Path, content: str | bytes | Callable[[BinaryIO], o
     if not str(path) or Path(path).is_dir():
         raise NNError(f"cannot write {str(path) or 'an empty file name'}: give the name of a file, not a folder")
     path = Path(path)
+    if path.absolute().parts[1:2] in (("dev",), ("proc",)) or (path.exists() and not path.is_file()):
+        _write_into(path, content)   # a device, a pipe, /dev/stdout: written into, never renamed over
+        return
     if path.is_symlink():   # written through, as open() writes: the link stays a link
         path = Path(os.path.realpath(path))
-    if path.exists() and not path.is_file():   # a device or a pipe (/dev/null, /dev/stdout): nothing to rename over
-        _write_into(path, content)
-        return
     blocking = next((folder for folder in path.parents if folder.exists()), None)
     if blocking is not None and not blocking.is_dir():
         raise NNError(f"cannot write {path}: {blocking} is a file, not a folder")
@@ -57,9 +57,10 @@ def write_atomic(path: str | Path, content: str | bytes | Callable[[BinaryIO], o
 
 
 def _write_into(path: Path, content: str | bytes | Callable[[BinaryIO], object]) -> None:
-    """Write into a file that is not a regular one, as it is: a device takes the bytes as they come."""
+    """Write into a file that is not a regular one, as it is: a device takes the bytes as they
+    come. Appending, so that ``-o /dev/stdout >> log`` adds to the log instead of truncating it."""
     try:
-        with open(path, "wb") as handle:
+        with open(path, "ab") as handle:
             if callable(content):
                 content(handle)
             else:

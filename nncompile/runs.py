@@ -143,7 +143,7 @@ def read_data(run: Run, spec: str | None = None, mapping: dict[str, str] | None 
     mapping = dict(config.get("map") or {}) if mapping is None else mapping
     raw = load_source(config["test_data"] if part == "test" and config.get("test_data") else spec)
     targets = [name for name in run.module.INPUTS if name not in run.module.PREDICT_INPUTS]   # labels, say
-    if any(name in mapping or name in raw.arrays for name in targets) or raw.roles.get("labels"):
+    if any(mapping.get(name, name) in raw.arrays for name in targets) or raw.roles.get("labels"):
         data = bind(raw, run.module, mapping)   # checked as training checks it: a bad label is an error
     else:   # no labels in the source: the data inputs alone
         data = bind(raw, _PredictInputs(run.module), {k: v for k, v in mapping.items() if k in run.inputs})

@@ -2,6 +2,8 @@
 model's inputs, validation with clear errors before training, splits and normalisation."""
 from __future__ import annotations
 
+import os
+
 import io
 import zipfile
 from pathlib import Path
@@ -347,6 +349,7 @@ def test_a_bad_csv_cell_is_shown_with_a_caret(tmp_path: Path, module: ModuleType
     ('a,b,c,d,label\n1,"say ""hi""",x,4,0\n', "2:3", '    1,"say ""hi""",x,4,0\n      ^~~~~~~~~~~~'),
     ('a,b,c,d,label\n1,"2\n",3,"4\r\n",bad\n', "4:3", '    ",bad\n      ^~~'),
     ('a,b,c,d,label\r1,2,3,"x\ry",0\r', "2:7", '    1,2,3,"x\n          ^~'),
+    ('a,b,c,d,label\n1,x"y,3,4,0\n', "2:3", '    1,x"y,3,4,0\n      ^~~'),   # a quote inside a cell is a character
 ])
 def test_a_bad_csv_cell_after_quoted_cells_gets_its_caret_under_it(tmp_path: Path, module: ModuleType, text: str,
                                                                    place: str, caret: str) -> None:
@@ -355,6 +358,18 @@ def test_a_bad_csv_cell_after_quoted_cells_gets_its_caret_under_it(tmp_path: Pat
     lines = error_of(lambda: bind_file(path, module)).splitlines()
     assert lines[0].startswith(f"{path}:{place}: error: line {place.split(':')[0]}, column "), lines
     assert "\n".join(lines[1:]) == caret
+
+
+def test_a_bad_cell_read_from_a_pipe_is_reported_without_reading_the_pipe_again(tmp_path: Path, module) -> None:
+    import threading
+
+    fifo = tmp_path / "data.csv"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text("a,b,c,d,label\n1,2,oops,4,0\n"))
+    writer.start()
+    message = error_of(lambda: bind_file(fifo, module))
+    writer.join(timeout=10)
+    assert message.startswith(f"{fifo}:2:5: error: line 2, column 'c': 'oops' is not a number"), message
 
 def test_parse_mapping() -> None:
     assert parse_mapping(["X=images, y=labels", "z=col"]) == {"X": "images", "y": "labels", "z": "col"}

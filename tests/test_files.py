@@ -128,3 +128,22 @@ def test_a_file_where_a_folder_should_be_is_named(tmp_path: Path) -> None:
     (tmp_path / "model.nn").write_text("")
     with pytest.raises(NNError, match=r"cannot write .*model.nn/x.py: .*model.nn is a file, not a folder"):
         write_atomic(tmp_path / "model.nn" / "x.py", "text")
+
+
+
+@posix_only
+def test_dev_stdout_is_written_into_whether_it_is_a_pipe_or_a_file_appended_to(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    compile_to_stdout = f"{sys.executable} -m nncompile compile {root / 'examples' / 'neuron.nn'} -o /dev/stdout"
+    piped = subprocess.run(["bash", "-c", f"{compile_to_stdout} | head -1"], capture_output=True, text=True,
+                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(root)})
+    assert piped.stdout.startswith('"""neuron.nn, compiled by nncompile'), piped
+    (tmp_path / "log.py").write_text("# kept\n")
+    appended = subprocess.run(["bash", "-c", f"{compile_to_stdout} >> log.py"], capture_output=True, text=True,
+                              cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(root)})
+    assert appended.returncode == 0, appended
+    text = (tmp_path / "log.py").read_text()
+    assert text.startswith('# kept\n"""neuron.nn, compiled by nncompile') and "def value_and_grad" in text

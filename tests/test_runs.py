@@ -193,6 +193,16 @@ def test_predicting_a_split_the_run_does_not_have_says_so(tmp_path: Path) -> Non
     assert cli("predict", "run", "--split", "train", cwd=tmp_path).returncode == 0
 
 
+
+def test_a_run_whose_target_was_mapped_predicts_a_file_without_it(tmp_path: Path) -> None:
+    model = write_nn(tmp_path, "line.nn", LINE)
+    np.savez(tmp_path / "train.npz", X=np.ones((8, 2)), height=np.ones(8))
+    assert cli("train", model, "--data", "train.npz", "--map", "t=height", "--epochs", "1", "--out", "run",
+               cwd=tmp_path).returncode == 0
+    np.savez(tmp_path / "new.npz", X=np.ones((3, 2)), ids=np.arange(3))
+    done = cli("predict", "run", "--data", "new.npz", cwd=tmp_path)
+    assert done.returncode == 0 and len(done.stdout.splitlines()) == 3, done
+
 def test_a_regression_run_predicts_values_and_has_no_probabilities(tmp_path: Path) -> None:
     model = write_nn(tmp_path, "line.nn", LINE)
     rng = np.random.default_rng(0)

@@ -341,6 +341,17 @@ def test_an_overfit_check_cut_short_while_the_loss_falls_says_to_train_harder(tm
     assert Trainer(write_nn(tmp_path, "regression.nn", REGRESSION), small(epochs=500, lr=5e-2)).overfit(data, 10).reached
 
 
+
+@pytest.mark.parametrize("losses, falling", [
+    ([1.0, 0.8, 0.6, 0.5, 0.4, 0.3], True),             # cut short: at this pace the target is near
+    ([1.0, 0.5, 0.41, 0.4, 0.4, 0.4], False),            # a plateau
+    ([1.0, 0.08, 0.3, 0.25, 0.22, 0.21], False),         # a rate too high: bounced back above its best
+])
+def test_an_overfit_run_counts_as_cut_short_only_while_its_loss_falls_from_its_best(losses, falling) -> None:
+    from nncompile.train.trainer import _still_falling
+
+    assert _still_falling(losses, 0.05) is falling
+
 def test_gradient_check_before_training(files: dict[str, Path]) -> None:
     for model in ("mlp", "bn"):
         trainer = Trainer(files[model], small())

@@ -169,6 +169,21 @@ def test_output_closed_before_the_first_checkpoint_says_there_is_nothing_to_resu
     assert err.strip() == "the output pipe closed, so training stopped before its first checkpoint: there is nothing to resume"
     assert not (tmp_path / "cut" / "checkpoint.npz").exists()
 
+
+def test_output_closed_before_a_new_run_replaces_an_earlier_checkpoint_points_at_no_run(files, tmp_path) -> None:
+    """The earlier run's checkpoint is not this run's: resuming it would continue the old run."""
+    assert cli("train", files["mlp"], "--data", files["data"], "--epochs", "1", "--out", "cut",
+               cwd=tmp_path).returncode == 0
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "nncompile", "train", str(files["mlp"]), "--data",
+                             str(files["data"]), "--lr", "0.5", "--out", "cut"], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 1, err
+    assert err.strip().endswith("before its first checkpoint: there is nothing to resume"), err
+
 # ---- the Python API -------------------------------------------------------------------------------------
 
 def test_fit_on_arrays_returns_the_history_as_data_and_continues(files) -> None:

@@ -153,6 +153,7 @@ def _train(args: argparse.Namespace, world: Any) -> int:
     from .command import run
 
     run_dir = Path(args.out) if args.out is not None else Path("runs") / Path(args.model or "").stem
+    earlier = _identity(run_dir / "checkpoint.npz")   # an earlier run's, which this one may not get to replace
     try:  # NNError goes up to nncompile.cli.main, which reports every command's errors alike
         if args.model is None and not args.resume:
             raise NNError("give the model to train (MODEL.nn), or --resume --out RUN_DIR to continue a run")
@@ -183,7 +184,10 @@ def _train(args: argparse.Namespace, world: Any) -> int:
         if world is not None and not world.root:
             return 130
         why = "interrupted" if isinstance(stop, KeyboardInterrupt) else "the output pipe closed, so training stopped"
-        if (run_dir / "checkpoint.npz").exists():
+        latest = _identity(run_dir / "checkpoint.npz")
+        if args.overfit is not None:   # an overfit check keeps no run
+            print(why, file=sys.stderr)
+        elif latest is not None and (args.resume or latest != earlier):
             print(f"{why}: the run is checkpointed where it stopped; continue it with "
                   f"nncompile train --resume --out {run_dir}", file=sys.stderr)
         else:
@@ -255,6 +259,16 @@ def seed(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r}: a seed is a whole number from 0 up")
     return value
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(inode, modification time) of a file, None where there is none: a checkpoint written
+    since (renamed into place) has another."""
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_ino, status.st_mtime_ns
 
 
 def _check_run_dir(run_dir: Path) -> None:

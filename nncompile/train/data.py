@@ -188,7 +188,9 @@ def load_csv(path: Path) -> RawData:
                 blank[r, c] = not cell.strip()
                 table[r, c] = math.nan if blank[r, c] else float(cell)
             except ValueError:
-                at_line, col, width = _field_place(path, line, c)
+                before = "".join(previous + "," for previous in row[:c])   # a pipe's: exact unless quoted
+                at_line, col, width = _field_place(path, line, c) or (
+                    line + before.count("\n"), len(before) - before.rfind("\n"), max(1, len(cell)))
                 raise NNError(f"line {at_line}, column {names[c]!r}: {cell.strip()!r} is not a number",
                               Loc(str(path), at_line, col, col + width)) from None
     arrays = {name: table[:, c] for c, name in enumerate(names)}
@@ -201,28 +203,40 @@ def load_csv(path: Path) -> RawData:
                    blank={name: blank[:, c] for c, name in enumerate(names) if blank[:, c].any()})
 
 
-def _field_place(path: Path, line: int, index: int) -> tuple[int, int, int]:
+def _field_place(path: Path, line: int, index: int) -> tuple[int, int, int] | None:
     """(line, 1-based column, width) of field ``index`` of the csv record that starts on
     ``line``, as the file writes it (its quotes included): where an error's caret goes. The
-    commas between fields are those outside quotes; a doubled quote toggles twice."""
-    quoted, field, start = False, 0, None
+    commas between fields are those outside quotes, and a quote opens a quoted cell only at
+    the cell's start, as the csv module reads them. None for a file that cannot be read twice
+    (a pipe)."""
+    if not path.is_file():
+        return None
+    quoted, field, start, opening = False, 0, None, True
     with open(path, newline="", encoding="utf-8") as handle:   # the lines as csv.reader counts them
         for number, text in enumerate(itertools.islice(handle, line - 1, None), line):
-            text = text.rstrip("\r\n")
+            text, skip = text.rstrip("\r\n"), False
             for col, char in enumerate(text, 1):
                 if field == index and start is None:
                     start = col
-                if char == '"':
-                    quoted = not quoted
+                if skip:   # the second quote of a doubled one
+                    skip = False
+                elif quoted and char == '"':
+                    skip = text[col:col + 1] == '"'
+                    quoted = skip
+                elif char == '"' and opening:
+                    quoted = True
                 elif char == "," and not quoted:
                     if field == index:
                         return number, start, max(1, col - start)
                     field += 1
+                    opening = True
+                    continue
+                opening = False
             if start is not None:   # the field runs to the end of its line, or on past it
                 return number, start, max(1, len(text) - start + 1)
             if not quoted:
                 break
-    return line, 1, 1
+    return None
 
 
 def _is_number(text: str) -> bool:

@@ -187,12 +187,15 @@ class OverfitResult:
 
 def _still_falling(losses: list[float | None], target: float | None) -> bool:
     """Whether the loss, falling as fast as over the last tenth of the epochs (two at least),
-    would reach the target within ten times the epochs run: a run cut short, not a plateau."""
+    would reach the target within ten times the epochs run, from about the lowest it has been:
+    a run cut short, not a plateau, nor a rate so high that the loss bounced back up."""
     if None in losses or target is None or len(losses) < 3:
         return False
     recent = max(2, (len(losses) - 1) // 10)
-    rate = (losses[-1 - recent] - losses[-1]) / recent   # type: ignore[operator]
-    return bool(rate > 0 and losses[-1] - target <= rate * 10 * (len(losses) - 1))   # type: ignore[operator]
+    first, best, last = losses[0], min(losses), losses[-1]   # type: ignore[type-var]
+    rate = (losses[-1 - recent] - last) / recent   # type: ignore[operator]
+    near_best = last <= best + 0.01 * (first - best)   # type: ignore[operator]   # not a rate too high, bouncing back
+    return bool(rate > 0 and near_best and last - target <= rate * 10 * (len(losses) - 1))   # type: ignore[operator]
 
 
 @dataclass(frozen=True)
