@@ -21,8 +21,8 @@ def write_atomic(path: str | Path, content: str | bytes | Callable[[BinaryIO], o
     if not str(path) or Path(path).is_dir():
         raise NNError(f"cannot write {str(path) or 'an empty file name'}: give the name of a file, not a folder")
     path = Path(path)
-    if path.absolute().parts[1:2] in (("dev",), ("proc",)) or (path.exists() and not path.is_file()):
-        _write_into(path, content)   # a device, a pipe, /dev/stdout: written into, never renamed over
+    if _is_descriptor(path) or (path.exists() and not path.is_file()):
+        _write_into(path, content)   # /dev/stdout, a device, a pipe: written into, never renamed over
         return
     if path.is_symlink():   # written through, as open() writes: the link stays a link
         path = Path(os.path.realpath(path))
@@ -54,6 +54,13 @@ def write_atomic(path: str | Path, content: str | bytes | Callable[[BinaryIO], o
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _is_descriptor(path: Path) -> bool:
+    """Whether ``path`` names one of the process's open files (/dev/stdout, /dev/fd/1,
+    /proc/self/fd/1), whatever that file is: the caller's stream, not a file to replace."""
+    name = os.path.abspath(path)
+    return name in ("/dev/stdout", "/dev/stderr") or name.startswith(("/dev/fd/", "/proc/"))
 
 
 def _write_into(path: Path, content: str | bytes | Callable[[BinaryIO], object]) -> None:

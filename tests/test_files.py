@@ -147,3 +147,12 @@ def test_dev_stdout_is_written_into_whether_it_is_a_pipe_or_a_file_appended_to(t
     assert appended.returncode == 0, appended
     text = (tmp_path / "log.py").read_text()
     assert text.startswith('# kept\n"""neuron.nn, compiled by nncompile') and "def value_and_grad" in text
+
+
+
+def test_only_the_processs_own_streams_are_appended_to_a_file_under_dev_is_replaced(tmp_path: Path) -> None:
+    from nncompile.files import _is_descriptor
+
+    assert _is_descriptor(Path("/dev/stdout")) and _is_descriptor(Path("/dev/fd/1"))
+    assert _is_descriptor(Path("/proc/self/fd/1"))
+    assert not _is_descriptor(Path("/dev/shm/model.py")) and not _is_descriptor(tmp_path / "dev" / "fd")
