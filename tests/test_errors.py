@@ -130,6 +130,20 @@ CASES: dict[str, Case] = {
         h = affine(X, out=4)
         output h
     """}, ["check", "m.nn"], points_at="x @ W"),
+    "dim_that_is_a_typo_of_a_const": Case({"m.nn": """
+        const D = 4, H = 3
+        input X: float[N, Dd]
+        param W: [D, H] = he()
+        h = X @ W
+        output h
+    """}, ["check", "m.nn"], points_at="X @ W"),
+    "dims_that_differ_only_in_case": Case({"m.nn": """
+        input X: float[n, 4]
+        input y: int[N]
+        param W: [4, 3] = he()
+        loss = softmax_cross_entropy(X @ W, y)
+        minimize loss
+    """}, ["check", "m.nn"], points_at="y)"),
     "add_mismatch": Case({"m.nn": """
         input a: float[N, 3]
         input b: float[N, 4]

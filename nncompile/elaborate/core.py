@@ -50,6 +50,7 @@ class Context:
         self.G = new_graph()
         self.model = Model(self.G, file, mode=mode)
         self.mode = mode
+        self.dim_places: dict[str, Loc] = {}   # where each symbolic dim is first named
 
     def op(self, opname: str, args: list[int], attrs: dict[str, Any], loc: Loc, scope: Scope,
            arg_locs: list[Loc] | None = None) -> int:
@@ -62,12 +63,35 @@ class Context:
             node = self.G.add(opname, args, attrs, loc=loc, scope=scope.prefix)
         except ShapeError as exc:
             where = arg_locs[exc.arg] if arg_locs and exc.arg is not None and exc.arg < len(arg_locs) else loc
-            raise NNError(exc.message, where) from None
+            raise self.shape_error(exc, where, args, scope) from None
         check_size(self.G[node].shape, loc)
         if opdef.int_bounds:
             for index, bound in opdef.int_bounds([self.G[a] for a in args]).items():
                 self.bound(args[index], bound)
         return node
+
+    def shape_error(self, exc: ShapeError, where: Loc, args: list[int], scope: Scope) -> NNError:
+        """The error for operands whose shapes do not fit, with a note where one of their symbolic
+        dims looks like a typo of a const or of another dim (``float[N, Dd]`` beside ``const D``):
+        each unknown name in an input's type silently becomes a dim of its own."""
+        notes: list[tuple[str, Loc]] = []
+        named: set[str] = set()
+        for dim in dict.fromkeys(d for a in args for d in self.G[a].shape if isinstance(d, str)):
+            sizes = [name for name, value in scope.consts.items()   # the consts that could be a dim
+                     if isinstance(value, (int, np.integer)) and not isinstance(value, bool)]
+            others = [name for name in (*sizes, *self.dim_places) if name != dim]
+            close = closest(dim, others)
+            if dim not in self.dim_places or close is None or close in named:
+                continue
+            named.add(dim)
+            if close in scope.consts:
+                note = (f"'{dim}' is not a const, so it became a symbolic dim, set by the inputs at each "
+                        f"call; did you mean the const '{close}' (= {scope.consts[close]})?")
+            else:
+                note = (f"'{dim}' and '{close}' are two different symbolic dims, each set by the inputs "
+                        f"at each call; did you mean '{close}'?")
+            notes.append((note, self.dim_places[dim]))
+        return NNError(exc.message, where, notes=tuple(notes))
 
     def bound(self, n: int, dim: Dim) -> None:
         """Node ``n`` holds labels or indices below ``dim``: if it is an input, the module checks it."""

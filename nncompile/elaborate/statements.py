@@ -256,6 +256,7 @@ class Statements:
             match expr:
                 case syntax.Ref(parts=[name]) if symbolic and name not in scope.consts and name not in scope.dims:
                     dims.append(name)  # a symbolic dim, bound when the module is called
+                    el.dim_places.setdefault(name, expr.loc)
                 case syntax.Ref(parts=[name]) if name not in scope.consts and name not in scope.dims and \
                         name in el.symbolic_dims():
                     raise NNError(f"a param's shape must be known when compiling, but {name} is a symbolic dim "
