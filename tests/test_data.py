@@ -263,6 +263,16 @@ def test_csv_column_ranges_and_headerless_files(tmp_path: Path, module: ModuleTy
     np.testing.assert_array_equal(bound.arrays["y"], [0, 2])
 
 
+@pytest.mark.parametrize("header", ["a,b,c,d,label\n", ""])
+def test_a_spreadsheets_byte_order_mark_is_not_part_of_the_first_cell(tmp_path: Path, module: ModuleType,
+                                                                     header: str) -> None:
+    path = tmp_path / "data.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + f"{header}1,2,3,4,0\n5,6,7,8,2\n".encode())
+    bound = bind_file(path, module, None if header else {"y": "4", "X": "0:3"})
+    np.testing.assert_array_equal(bound.arrays["X"], [[1, 2, 3, 4], [5, 6, 7, 8]])
+    np.testing.assert_array_equal(bound.arrays["y"], [0, 2])
+
+
 def test_a_csv_column_fills_a_one_wide_input(tmp_path: Path) -> None:
     regression = nncompile.compile_and_load(write_nn(tmp_path, "regression.nn", """
         input X: float[N, 2]
@@ -298,10 +308,19 @@ def test_a_csv_column_fills_a_one_wide_input(tmp_path: Path) -> None:
     ("a,b,c,d,label\n", None, "has a header but no rows of data"),
     ("", None, "the csv file is empty"),
     ("a,b,c,d,label\n1,2,3,4,0\n", {"X": "a:zz"}, "--map X=a:zz: no column 'zz'"),
+    ("a;b;c;d;label\n1;2;3;4;0\n", None, "'1;2;3;4;0' is not a number; its fields seem to be separated by ';', "
+     "but nncompile reads comma-separated files"),
+    ("1\t2\t3\t4\t0\n5\t6\t7\t8\t1\n", None, "seem to be separated by tabs"),
 ])
 def test_bad_csv_data(tmp_path: Path, module: ModuleType, text: str, mapping, message: str) -> None:
     path = write_csv(tmp_path, text)
     assert message in error_of(lambda: bind_file(path, module, mapping))
+
+
+def test_a_semicolon_inside_one_cell_of_a_comma_separated_file_is_no_separator(tmp_path: Path,
+                                                                                module: ModuleType) -> None:
+    message = error_of(lambda: bind_file(write_csv(tmp_path, "a,b,c,d,label\n1,2,3;4,4,0\n"), module))
+    assert "line 2, column 'c': '3;4' is not a number" in message and "separated" not in message
 
 
 def test_a_float_target_in_a_csv_file_is_named_in_the_hint(tmp_path: Path) -> None:

@@ -153,7 +153,7 @@ def load_csv(path: Path) -> RawData:
     A column named like a label (label, y, target, class) is the default label column.
     """
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:   # -sig: a spreadsheet's BOM is no cell
             reader = csv.reader(handle)
             rows, end = [], 0
             for row in reader:   # each record with the line it starts on (a quoted cell may hold newlines)
@@ -191,8 +191,8 @@ def load_csv(path: Path) -> RawData:
                 before = "".join(previous + "," for previous in row[:c])   # a pipe's: exact unless quoted
                 at_line, col, width = _field_place(path, line, c) or (
                     line + before.count("\n"), len(before) - before.rfind("\n"), max(1, len(cell)))
-                raise NNError(f"line {at_line}, column {names[c]!r}: {cell.strip()!r} is not a number",
-                              Loc(str(path), at_line, col, col + width)) from None
+                raise NNError(f"line {at_line}, column {names[c]!r}: {cell.strip()!r} is not a number"
+                              + _separator_hint(row), Loc(str(path), at_line, col, col + width)) from None
     arrays = {name: table[:, c] for c, name in enumerate(names)}
     roles: dict[str, tuple[str, ...]] = {}
     label = next((name for name in names if name.lower() in LABEL_COLUMNS), None)
@@ -212,7 +212,7 @@ def _field_place(path: Path, line: int, index: int) -> tuple[int, int, int] | No
     if not path.is_file():
         return None
     quoted, field, start, opening = False, 0, None, True
-    with open(path, newline="", encoding="utf-8") as handle:   # the lines as csv.reader counts them
+    with open(path, newline="", encoding="utf-8-sig") as handle:   # the lines as csv.reader counts them
         for number, text in enumerate(itertools.islice(handle, line - 1, None), line):
             text, skip = text.rstrip("\r\n"), False
             for col, char in enumerate(text, 1):
@@ -237,6 +237,16 @@ def _field_place(path: Path, line: int, index: int) -> tuple[int, int, int] | No
             if not quoted:
                 break
     return None
+
+
+def _separator_hint(row: list[str]) -> str:
+    """A hint for a record read as one field that another separator splits into numbers: a
+    file written with ';' (as spreadsheets do where ',' is the decimal point) or tabs."""
+    for separator, name in ((";", "';'"), ("\t", "tabs")):
+        if len(row) == 1 and separator in row[0]:
+            return (f"; its fields seem to be separated by {name}, but nncompile reads comma-separated "
+                    "files, with '.' as the decimal point: save it as comma-separated")
+    return ""
 
 
 def _is_number(text: str) -> bool:
