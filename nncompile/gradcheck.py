@@ -68,17 +68,32 @@ def relative_error(a: float, b: float, floor: float = FLOOR) -> float:
 class KinkSite:
     """A kinked op of the model: where it is, and which traced values its switch reads."""
 
-    label: str                       # "relu in fc1 (line 12)"
+    name: str                        # "relu", or what the op's kink names it ("max over axis 1")
+    scope: str                       # the layer instance it is in ("fc1", "h.13"), or ""
+    place: str                       # " (line 12)", " (lib.nn line 3)", or "" where it has no place
     op: str
     attrs: dict
     args: tuple[int | np.ndarray, ...]   # a node id whose value the trace holds, or a constant's value
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}{f' in {self.scope}' if self.scope else ''}{self.place}"   # "relu in fc1 (line 12)"
 
     def switch(self, values: Mapping[int, np.ndarray]) -> np.ndarray:
         args = [a if isinstance(a, np.ndarray) else values[a] for a in self.args]
         return np.ravel(np.asarray(REGISTRY[self.op].kink.switch(args, self.attrs), dtype=np.float64))
 
-    def describe(self, entries: int) -> str:
-        return f"{self.label} {REGISTRY[self.op].kink.what} for {entries} entr{'y' if entries == 1 else 'ies'}"
+
+def _describe(sites: list[KinkSite], entries: int) -> str:
+    """"relu in fc1 (line 12) is at its kink for 3 entries"; the instances of one op of a layer
+    (a repeat's, say) in one phrase, naming the first few: a deep stack's note stays a line."""
+    what = f"{REGISTRY[sites[0].op].kink.what} for {entries} entr{'y' if entries == 1 else 'ies'}"
+    if len(sites) == 1:
+        return f"{sites[0].label} {what}"
+    scopes = [site.scope for site in sites]
+    where = f"at {len(sites)} places" if not all(scopes) else \
+        f"in {len(sites)} instances ({', '.join(scopes[:3])}{', ...' if len(scopes) > 3 else ''})"
+    return f"{sites[0].name}{sites[0].place} {what}, {where}"
 
 
 class Kinks:
@@ -107,7 +122,7 @@ class Kinks:
                 continue
             args = tuple(traced[a] if a in traced else np.asarray(G[a].attr("value"), dtype=np.float64)
                          for a in node.args)
-            kinks.append(KinkSite(_label(node, model.file), node.op, dict(node.attrs), args))
+            kinks.append(KinkSite(*_place(node, model.file), node.op, dict(node.attrs), args))
         module = load_module(emit_module(program, trace=True), Path(path).stem + "_trace")
         return cls(module, kinks, seed)
 
@@ -125,19 +140,22 @@ class Kinks:
             for other in after:
                 changed |= np.sign(before[i]) != np.sign(other[i])
             if changed.any():
-                found.append(kink.describe(int(changed.sum())))
-        return found
+                found.append((kink, int(changed.sum())))
+        groups: dict[tuple[str, str, str], list[tuple[KinkSite, int]]] = {}
+        for kink, entries in found:   # one op of the source, however many instances it has
+            groups.setdefault((kink.name, kink.place, kink.op), []).append((kink, entries))
+        return [_describe([k for k, _ in group], sum(e for _, e in group)) for group in groups.values()]
 
 
-def _label(node, model_file: str | None) -> str:
+def _place(node, model_file: str | None) -> tuple[str, str, str]:
+    """A kinked op's name, its layer instance and its place in the source, for KinkSite."""
     named = REGISTRY[node.op].kink.named
     name = named(dict(node.attrs)) if named else node.op
-    where = " in " + ".".join(node.scope) if node.scope else ""
     loc = node.loc
     if loc is None:
-        return f"{name}{where}"
+        return name, ".".join(node.scope), ""
     same = model_file is not None and Path(loc.file).resolve() == Path(model_file).resolve()
-    return f"{name}{where} ({'' if same else Path(loc.file).name + ' '}line {loc.line})"
+    return name, ".".join(node.scope), f" ({'' if same else Path(loc.file).name + ' '}line {loc.line})"
 
 
 def kink_radius(s0: list[np.ndarray], s1: list[np.ndarray], s2: list[np.ndarray], h: float) -> float:

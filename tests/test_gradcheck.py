@@ -5,6 +5,7 @@ or unused where that is the truth."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import tempfile
 from pathlib import Path
 from types import ModuleType
@@ -131,6 +132,10 @@ def test_vanishing_gradients_of_a_dying_relu_stack_are_judged_against_the_floor(
     results = by_name(check_gradients(module, params, inputs, kinks=kinks))
     assert not [r for r in results.values() if r.status == "FAIL"], [r for r in results.values() if not r.ok]
     assert sum(r.status == "ok" for r in results.values()) > 50
+    notes = [r.note for r in results.values() if "instances" in r.note]   # one phrase per op of the source
+    assert notes and all(len(note) < 250 and note.count("relu") == 1 for note in notes), notes
+    assert re.search(r"relu \([^)]*line \d+\) is at its kink for \d+ entries, in \d+ instances \(h\.\d+, h\.\d+, h\.\d+, "
+                     r"\.\.\.\) at the given point", " ".join(notes)), notes
     for name in ("head.W", "h.40.W"):
         wrong = by_name(check_gradients(scaling_gradient(module, name, 1.01), params, inputs, kinks=kinks))
         assert wrong[name].status == "FAIL", wrong[name]
