@@ -37,10 +37,7 @@ def write_atomic(path: str | Path, content: str | bytes | Callable[[BinaryIO], o
         raise NNError(f"cannot write {path}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as handle:
-            if callable(content):
-                content(handle)
-            else:
-                handle.write(content.encode("utf-8") if isinstance(content, str) else content)
+            _put(handle, content)
             if durable:
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -68,12 +65,17 @@ def _write_into(path: Path, content: str | bytes | Callable[[BinaryIO], object])
     come. Appending, so that ``-o /dev/stdout >> log`` adds to the log instead of truncating it."""
     try:
         with open(path, "ab") as handle:
-            if callable(content):
-                content(handle)
-            else:
-                handle.write(content.encode("utf-8") if isinstance(content, str) else content)
+            _put(handle, content)
     except OSError as exc:
         raise NNError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def _put(handle: BinaryIO, content: str | bytes | Callable[[BinaryIO], object]) -> None:
+    """Text as UTF-8, bytes as they are, or a function's writes."""
+    if callable(content):
+        content(handle)
+    else:
+        handle.write(content.encode("utf-8") if isinstance(content, str) else content)
 
 
 def _mode_for(path: Path) -> int:
