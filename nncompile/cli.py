@@ -249,8 +249,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     accuracy = run.accuracy(predicted, data)
     summary = (f"{len(data)} example{'s' * (len(data) != 1)} from {data.source}"
                + (f" ({args.split} split)" if args.split != "all" else ""))
-    if accuracy is not None:
-        summary += f": accuracy {100 * accuracy:.2f}%"
+    loss = run.loss(data)
+    scores = ([f"accuracy {100 * accuracy:.2f}%"] if accuracy is not None else []) + \
+        ([f"loss {loss:.4g}"] if loss is not None else [])
+    if scores:
+        summary += ": " + ", ".join(scores)
     if args.output is None:
         for row in zip(*columns.values()):
             print(",".join(_cell(v) for v in row))
@@ -298,7 +301,7 @@ def add_predict_parser(sub) -> None:
     """``nncompile predict RUN_DIR``: the trained run's predictions for a data file."""
     p = sub.add_parser("predict", help="predict with a trained run (a directory nncompile train wrote)",
                        description="Predict with the model trained in RUN_DIR, its inputs normalised as in "
-                                   "training; prints the accuracy where the data has labels.",
+                                   "training; prints the accuracy and the loss where the data has labels or targets.",
                        epilog="example: nncompile predict runs/digits_mlp --data digits --split test -o preds.csv")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--data", default=None, metavar="digits|FILE",

@@ -21,6 +21,7 @@ from .errors import NNError
 from .train.checkpoint import read_npz
 from .train.data import Dataset, bind, load_source, parse_mapping, split
 from .train.runfiles import PREDICT_FILE
+from .train.trainer import EVAL_CHUNK
 
 PARTS = ("all", "train", "val", "test")
 DEFAULT_BATCH = 4   # examples --data gives eval and render without --batch or --index
@@ -77,6 +78,26 @@ class Run:
         if self.kind == "binary":
             truth = (truth.reshape(len(truth), -1)[:, 0] > 0.5).astype(np.int64)
         return float((np.asarray(predicted) == truth).mean())
+
+    def loss(self, data: Dataset) -> float | None:
+        """The model's mean loss on ``data``'s examples, as training reports its val loss (the
+        LOSS output in eval mode, over the same chunks); None where the data lacks an input the
+        full model reads (the targets) or eval mode computes no loss."""
+        name = getattr(self.module, "LOSS", None)
+        needed = list(self.module.INPUTS)
+        if name is None or not len(data) or any(k not in data.arrays for k in needed):
+            return None
+        total = 0.0
+        for start in range(0, len(data), EVAL_CHUNK):
+            chunk = {k: data.arrays[k][start:start + EVAL_CHUNK] for k in needed}
+            try:
+                outputs = self.module.forward(self.params, self.state, **self.normalize(chunk))
+            except (TypeError, ValueError) as exc:   # the module's own message, as outputs() reports it
+                raise NNError(f"{exc}", file=str(self.directory / "model.py")) from None
+            if name not in outputs:
+                return None
+            total += float(outputs[name]) * len(next(iter(chunk.values())))
+        return total / len(data)
 
     def predict(self, X: Any = None, /, **inputs: Any) -> Any:
         """Class labels for a classifier (the argmax of the scores, or a logit's sign), else

@@ -125,6 +125,8 @@ def test_cli_predict_writes_predictions_and_prints_the_reported_accuracy(digits_
     done = cli("predict", digits_run, "--data", "digits", "--split", "test", "-o", tmp_path / "preds.csv")
     assert done.returncode == 0, done
     assert f"accuracy {100 * reported:.2f}%" in done.stdout and "359 examples" in done.stdout
+    loss = json.loads((digits_run / "summary.json").read_text())["test"]["loss"]
+    assert f"accuracy {100 * reported:.2f}%, loss {loss:.4g}\n" in done.stdout   # the trainer's test loss
     assert f"accuracy {100 * reported:.2f}%" in (digits_run / "train.log").read_text()
     rows = (tmp_path / "preds.csv").read_text().splitlines()
     assert rows[0].split(",") == ["prediction", *(f"probability_{c}" for c in range(10))] and len(rows) == 360
@@ -143,7 +145,7 @@ def test_cli_predict_without_labels_predicts_and_reports_no_accuracy(digits_run:
     lines = done.stdout.splitlines()
     assert len(lines) == 6 and [int(line.split(",")[0]) for line in lines] == \
         nncompile.load_run(digits_run).predict(X).tolist()
-    assert "accuracy" not in done.stderr and "6 examples" in done.stderr
+    assert "accuracy" not in done.stderr and "loss" not in done.stderr and "6 examples" in done.stderr
 
 
 @pytest.mark.parametrize("args, message", [
@@ -221,6 +223,11 @@ def test_a_regression_run_predicts_values_and_has_no_probabilities(tmp_path: Pat
     # The run's own data named as a user types it, relative to where they stand: its own split.
     done = cli("predict", tmp_path / "run", "--data", "line.npz", "--split", "val", "-o", "val.npz", cwd=tmp_path)
     assert done.returncode == 0 and "(val split)" in done.stdout, done
+    loss = json.loads((tmp_path / "run" / "summary.json").read_text())["val"]["loss"]
+    assert done.stdout.endswith(f"(val split): loss {loss:.4g}\n"), (done.stdout, loss)   # its val loss, as trained
+    np.savez(tmp_path / "no_targets.npz", X=X)
+    done = cli("predict", tmp_path / "run", "--data", "no_targets.npz", cwd=tmp_path)
+    assert done.returncode == 0 and "loss" not in done.stderr, done
 
 
 # ---- eval and render of the trained model ------------------------------------------------------
