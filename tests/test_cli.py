@@ -91,6 +91,18 @@ def test_eval_neuron_json(run_cli) -> None:
         assert gate in data["values"]
 
 
+def test_eval_json_is_strict_json_a_nan_or_an_infinity_is_null(tmp_path: Path, run_cli) -> None:
+    write_nn(tmp_path, "m.nn", """
+        input x = [-1.0, 0.0, 4.0]
+        y = log(x)
+        output y
+    """)
+    result = run_cli("eval", "m.nn", "--json")
+    assert result.returncode == 0, result
+    strict = json.loads(result.stdout, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    assert strict["values"]["y"] == [None, None, pytest.approx(np.log(4.0))]
+
+
 def test_eval_text(run_cli) -> None:
     result = run_cli("eval", EXAMPLES / "circuit.nn")
     assert result.returncode == 0, result
