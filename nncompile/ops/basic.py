@@ -532,9 +532,16 @@ composite("var", 1, _variance, attrs=_VA, samples=_V,
           doc="the variance over axis (every axis by default): mean((x - mean(x))^2), the population variance as "
               "numpy's default; ddof=1 divides by n - 1 instead (the sample variance, torch.var's default)",
           example="v = var(x, axis=0)")
-composite("std", 1, lambda x, **attrs: _variance(x, **attrs).node("sqrt"), attrs=_VA, samples=_V,
-          doc="sqrt(var(x)) over axis, population by default (ddof=0, as numpy); its gradient is infinite where "
-              "every entry is equal",
+# std's square root. Where the variance is 0 (every entry equal) std is kinked, as abs is at 0
+# (it is a norm of x - mean(x)), and its gradient there is 0, PyTorch's rule; through a plain
+# sqrt it would be 0 * inf = NaN, which would also wipe out every other term's gradient of x.
+elementwise("std_root", 1, (("sqrt", "0"),), vjp=lambda g, out, x: g * 0.5 / (out + out.eq(0.0)),
+            samples=UNARY, domain="positive", public=False, label="sqrt",
+            kink=Kink(what="has zero variance (every entry equal)", named=lambda attrs: "std"),
+            onnx=onnx_node("Sqrt"))
+composite("std", 1, lambda x, **attrs: _variance(x, **attrs).node("std_root"), attrs=_VA, samples=_V,
+          doc="sqrt(var(x)) over axis, population by default (ddof=0, as numpy); where every entry is equal "
+              "its gradient is 0, as PyTorch's",
           example="s = std(x, axis=1, keepdims=true)")
 
 op("reshape", 1, _reshape_rule, _emit_reshape, vjp=lambda g, out, x: g.reshape(x.shape), view=True,
