@@ -71,17 +71,14 @@ _AXES = ("height", "width")
 
 
 def out_size(opname: str, size: int, kernel: int, stride: int, padding: int, dilation: int, axis: int) -> int:
-    """(size + 2 padding - dilation (kernel - 1) - 1) / stride + 1, which must be whole and >= 1;
-    the error spells out the arithmetic."""
-    reach = kernel if dilation == 1 else f"{dilation}*({kernel} - 1) - 1"
+    """floor((size + 2 padding - dilation (kernel - 1) - 1) / stride) + 1, as PyTorch, ONNX and
+    JAX count it: where the stride does not divide the rest, the rows past the last window are
+    not read (a 3 x 3 conv at stride 2 and padding 1 halves an even size, its last row padding).
+    At least one window must fit; the error spells out the arithmetic."""
     extent = dilation * (kernel - 1) + 1
-    formula = f"({size} + 2*{padding} - {reach}) / {stride} + 1"
     if size + 2 * padding < extent:
         raise ShapeError(f"{opname}: the {_AXES[axis]} {size} (padded by {padding} on each side) is smaller than the "
                          f"kernel, which spans {extent}", 0)
-    if (size + 2 * padding - extent) % stride:
-        raise ShapeError(f"{opname}: the output {_AXES[axis]} {formula} is not a whole number; change the padding or "
-                         "the stride, or crop the input", 0)
     return (size + 2 * padding - extent) // stride + 1
 
 
@@ -317,10 +314,12 @@ op("conv2d", -1, _conv2d_rule, _call("_conv2d", _conv_attrs), vjp=_vjp_conv2d, a
    helpers=(*_CONV_HELPERS, CONV2D, CHANNELS_LAST_COLUMNS, SMALL_CONV2D),
    samples=(Sample(((2, 3, 5, 5), (4, 3, 3, 3))),
             Sample(((2, 3, 5, 5), (4, 3, 3, 3), (4,)), {"stride": 2, "padding": 1}),
+            Sample(((2, 3, 6, 7), (4, 3, 3, 3), (4,)), {"stride": 2, "padding": 1}),   # floored: a row, a column unread
+            Sample(((2, 3, 6, 6), (4, 3, 1, 1)), {"stride": 2}),                       # a 1 x 1 shortcut's
             Sample(((1, 4, 6, 7), (6, 2, 2, 2), (6,)), _GROUPED)),
    doc="the 2-D cross-correlation of x [N, C, H, W] with filters W [F, C/groups, KH, KW], plus an optional bias "
        "b [F]: out[n, f, i, j] = b[f] + sum_{c, p, q} x[n, c, i*s + p*d - pad, j*s + q*d - pad] W[f, c, p, q], "
-       "of shape [N, F, (H + 2 pad - d (KH - 1) - 1) / s + 1, ...]; stride, padding and dilation are a number or "
+       "of shape [N, F, floor((H + 2 pad - d (KH - 1) - 1) / s) + 1, ...]; stride, padding and dilation are a number or "
        "[height, width], by keyword",
    example="maps = conv2d(images, filters, stride=1, padding=1)",
    label=_conv_label, cluster_note=_kernel_note,
@@ -329,6 +328,7 @@ op("conv2d_input_grad", 2, _conv2d_input_grad_rule, _call("_conv2d_input_grad", 
    vjp=_vjp_conv2d_input_grad, attrs=(("size", ()), *_GEOMETRY), public=False, takes_out=True,
    helpers=(*_CONV_HELPERS, CONV2D, CHANNELS_LAST_COLUMNS, SMALL_CONV2D, TAPS, COL2IM, WIDE_COL2IM, CONV2D_INPUT_GRAD),
    samples=(Sample(((2, 4, 3, 3), (4, 3, 3, 3)), {"size": (5, 5), "stride": 2, "padding": 1}),
+            Sample(((2, 4, 3, 4), (4, 3, 3, 3)), {"size": (6, 7), "stride": 2, "padding": 1}),   # floored
             Sample(((1, 6, 6, 3), (6, 2, 2, 2)), {"size": (6, 7), **_GROUPED}),
             Sample(((2, 4, 3, 4), (4, 3, 3, 3)), {"size": (3, 4), "padding": 1}),      # small, but the matrix would be larger
             Sample(((8, 2, 3, 4), (2, 3, 3, 3)), {"size": (3, 4), "padding": 1}),      # small: the unrolled matrix
@@ -341,6 +341,7 @@ op("conv2d_weight_grad", 2, _conv2d_weight_grad_rule, _call("_conv2d_weight_grad
    vjp=_vjp_conv2d_weight_grad, attrs=(("kernel", ()), *_GEOMETRY), public=False, takes_out=True,
    helpers=(*_CONV_HELPERS, CHANNELS_LAST_COLUMNS, CONV2D_WEIGHT_GRAD),
    samples=(Sample(((2, 3, 5, 5), (2, 4, 3, 3)), {"kernel": (3, 3), "stride": 2, "padding": 1}),
+            Sample(((2, 3, 6, 7), (2, 4, 3, 4)), {"kernel": (3, 3), "stride": 2, "padding": 1}),   # floored
             Sample(((1, 4, 6, 7), (1, 6, 6, 3)), {"kernel": (2, 2), **_GROUPED}),
             Sample(((2, 3, 3, 4), (2, 4, 3, 4)), {"kernel": (3, 3), "padding": 1}),   # small: channels-last columns
             Sample(((2, 2, 3, 3), (2, 3, 3, 1)), {"kernel": (2, 3), "stride": (1, 2), "padding": (1, 0),
@@ -349,7 +350,9 @@ op("conv2d_weight_grad", 2, _conv2d_weight_grad_rule, _call("_conv2d_weight_grad
 
 _POOL = (("kernel", 2), ("stride", None), ("padding", 0))
 _POOL_SAMPLES = (Sample(((2, 3, 4, 4),)), Sample(((2, 2, 5, 5),), {"kernel": 3, "stride": 2, "padding": 1}),
-                 Sample(((1, 2, 4, 6),), {"kernel": (2, 3), "stride": (2, 3)}))
+                 Sample(((1, 2, 4, 6),), {"kernel": (2, 3), "stride": (2, 3)}),
+                 Sample(((2, 2, 6, 5),), {"kernel": 3, "stride": 2, "padding": 1}),   # floored: ResNet's stem pool
+                 Sample(((1, 2, 5, 7),), {"kernel": 2}))                              # floored: a row, a column unread
 
 
 def _pool_label(name: str):
@@ -375,13 +378,15 @@ op("max_pool2d_grad", 2, _pool_grad_rule("max_pool2d_grad"), _pool_call("_max_po
    public=False, takes_out=True, domain="separated", helpers=(WINDOWS, COL2IM, MAX_MASKS, MAX_POOL2D_GRAD),
    vjp=lambda u, out, g, x: (u.node("max_pool2d_select", x, **_pool_geometry_of(out)), None),
    samples=(Sample(((2, 3, 2, 2), (2, 3, 4, 4))), Sample(((2, 2, 3, 3), (2, 2, 5, 5)),
-                                                       {"kernel": 3, "stride": 2, "padding": 1})),
+                                                       {"kernel": 3, "stride": 2, "padding": 1}),
+            Sample(((1, 2, 2, 3), (1, 2, 5, 7)), {"kernel": 2})),   # floored
    doc="d loss / d x of max_pool2d: g routed to each window's max of x")
 op("max_pool2d_select", 2, _pool_rule("max_pool2d_select"), _pool_call("_max_pool2d_select"), attrs=_POOL,
    public=False, domain="separated", helpers=(WINDOWS, MAX_MASKS, MAX_POOL2D_SELECT),
    vjp=lambda g, out, u, x: (g.node("max_pool2d_grad", x, **_pool_geometry_of(out)), None),
    samples=(Sample(((2, 3, 4, 4), (2, 3, 4, 4))), Sample(((2, 2, 5, 5), (2, 2, 5, 5)),
-                                                       {"kernel": 3, "stride": 2, "padding": 1})),
+                                                       {"kernel": 3, "stride": 2, "padding": 1}),
+            Sample(((1, 2, 5, 7), (1, 2, 5, 7)), {"kernel": 2})),   # floored
    doc="u at each window's max of x: the transpose of max_pool2d_grad (its gradient rule)")
 op("avg_pool2d", 1, _pool_rule("avg_pool2d"), _pool_call("_avg_pool2d"), attrs=_POOL, takes_out=True,
    vjp=lambda g, out, x: g.node("avg_pool2d_grad", size=tuple(x.shape[2:]), **_pool_geometry_of(out)),
@@ -394,7 +399,8 @@ op("avg_pool2d_grad", 1, _pool_grad_rule("avg_pool2d_grad"), _pool_call("_avg_po
    attrs=(("size", ()), *_POOL), public=False, takes_out=True, helpers=(WINDOWS, COL2IM, AVG_POOL2D_GRAD),
    vjp=lambda u, out, g: u.node("avg_pool2d", **_pool_geometry_of(out)),
    samples=(Sample(((2, 3, 2, 2),), {"size": (4, 4)}),
-            Sample(((2, 2, 3, 3),), {"size": (5, 5), "kernel": 3, "stride": 2, "padding": 1})),
+            Sample(((2, 2, 3, 3),), {"size": (5, 5), "kernel": 3, "stride": 2, "padding": 1}),
+            Sample(((1, 2, 2, 3),), {"size": (5, 7), "kernel": 2})),   # floored
    doc="d loss / d x of avg_pool2d: g / (KH KW) spread over each window")
 
 
