@@ -124,20 +124,21 @@ def _trained_arguments(args: argparse.Namespace) -> tuple[dict, str]:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .compiler import build, load_module
-    from .codegen import emit_module
+    from .compiler import compile_and_load
     from .elaborate import elaborate_file
     from .evaluate import concrete_values, parse_sets
     from .gradcheck import Kinks, check_gradients, summarize
 
     model = elaborate_file(args.model, "float64")
+    # Compiled as `compile` compiles it (eval mode and predict too), so that check fails where
+    # compile would: an eval { } block can hold a shape error that train mode never meets.
+    module = compile_and_load(args.model, dtype="float64", hvp=False)
     counts = ", ".join(_counted(len(group), noun) for group, noun in
                        ((model.inputs, "input"), (model.params, "param"), (model.outputs, "output")))
     print(f"{args.model}: parsed and shape-checked: {counts}")
     if model.target is None:
         print("nothing to differentiate (no 'minimize' and no single scalar output): gradient check skipped")
         return 0
-    module = load_module(emit_module(build(model)), Path(args.model).stem)
     params, inputs = concrete_values(model, module, parse_sets(args.set), args.seed)
     results = summarize(check_gradients(module, params, inputs, seed=args.seed,
                                         kinks=Kinks.of_file(args.model, args.seed)))

@@ -144,6 +144,25 @@ CASES: dict[str, Case] = {
         loss = softmax_cross_entropy(X @ W, y)
         minimize loss
     """}, ["check", "m.nn"], points_at="y)"),
+    "shape_error_only_eval_mode_meets": Case({"m.nn": """
+        input X: float[N, 4]
+        param W: [4, 3] = he()
+        train {
+            h = X @ W
+        }
+        eval {
+            h = X @ W.T
+        }
+        loss = sum(h)
+        minimize loss
+    """}, ["check", "m.nn"], points_at="X @ W.T"),
+    "name_only_a_train_block_defines": Case({"m.nn": """
+        input X: float[N, 4]
+        train {
+            h = X * 2
+        }
+        output h
+    """}, ["check", "m.nn"], points_at="h", line=5),
     "add_mismatch": Case({"m.nn": """
         input a: float[N, 3]
         input b: float[N, 4]

@@ -30,6 +30,7 @@ class Scope:
     instances: dict[str, Loc] = field(default_factory=dict)
     in_layer: str | None = None
     later: dict[str, Loc] = field(default_factory=dict)   # names the statements still to run define
+    other_mode: dict[str, tuple[str, Loc]] = field(default_factory=dict)   # names only the other mode's block defines
 
     def qualify(self, name: str) -> str:
         return ".".join((*self.prefix, name))
@@ -123,6 +124,11 @@ class Context:
         hint = f"; did you mean '{close}'?" if close else ""
         if "." in name and name.split(".")[0] in scope.values:
             hint = f"; '{name.split('.')[0]}' has no member '{name.split('.', 1)[1]}'" + hint
+        if name in scope.other_mode and name not in scope.later:
+            phase, where = scope.other_mode[name]
+            return NNError(f"'{name}' is defined only in a '{phase}' block, so in {self.mode} mode it does not exist: "
+                           f"define it in {'an' if self.mode == 'eval' else 'a'} '{self.mode}' block too, or outside both", loc,
+                           notes=((f"'{name}' is defined here, for {phase} mode", where),))
         if name in scope.later:
             return NNError(f"'{name}' is used before it is defined (at line {scope.later[name].line}): "
                            "move its definition above this line", loc,

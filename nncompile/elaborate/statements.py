@@ -123,6 +123,9 @@ class Statements:
             raise NNError(f"a '{block.phase}' block cannot be nested in a '{self.phase}' block", block.loc)
         self.el.model.mode_dependent = True
         if block.phase != self.el.mode:
+            for stmt in block.body:   # for the error where this mode reads one of them
+                if isinstance(stmt, _DEFINITIONS):
+                    scope.other_mode.setdefault(stmt.name, (block.phase, stmt.loc))
             return None
         self.phase = block.phase
         try:
