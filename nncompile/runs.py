@@ -50,9 +50,10 @@ class Run:
         """The inputs in the module's dtype, normalised with the training split's statistics
         (the same arithmetic as the trainer's: float64 statistics, the result in the module's dtype)."""
         out = {}
+        declared = {name: shape for name, (shape, _) in self.module.INPUTS.items()}
         for name, value in inputs.items():
             array = np.asarray(value)
-            if name in self.normalization and array.dtype.kind in "fiu":
+            if name in self.normalization and array.dtype.kind in "fiu" and _fits(array.shape, declared.get(name)):
                 mean, scale = self.normalization[name]
                 array = array.astype(self.module.DTYPE)
                 array = ((array - mean) / scale).astype(self.module.DTYPE)
@@ -121,6 +122,14 @@ class Run:
             return (1.0 / (1.0 + np.exp(-scores.reshape(len(scores), -1)[:, 0]))).astype(self.module.DTYPE)
         shifted = np.exp(scores - scores.max(axis=-1, keepdims=True))
         return (shifted / shifted.sum(axis=-1, keepdims=True)).astype(self.module.DTYPE)
+
+
+def _fits(shape: tuple, declared: tuple | None) -> bool:
+    """Whether an array of ``shape`` fits an input declared ``declared`` (a dim like N fits any
+    size): one that does not is left for the module to refuse with its own message, rather
+    than broadcast against the normalisation's statistics first."""
+    return declared is not None and len(shape) == len(declared) and \
+        all(isinstance(d, str) or d == s for s, d in zip(shape, declared))
 
 
 def load_run(directory: str | Path) -> Run:

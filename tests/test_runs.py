@@ -99,6 +99,15 @@ def _numpy_only_python(tmp_path: Path) -> tuple[list[str], dict[str, str]]:
     return [sys.executable, "-I", "-S", "-c", prelude], env
 
 
+@pytest.mark.parametrize("shape", [(3, 63), (3, 1, 8, 8), (3,)])
+def test_a_wrongly_shaped_input_is_named_as_the_module_names_it_not_broadcast_against_the_statistics(
+        digits_run: Path, shape: tuple) -> None:
+    run = nncompile.load_run(digits_run)
+    assert set(run.normalization) == {"X"}
+    with pytest.raises(NNError, match=r"input 'X' must have (shape|2 dims) \['N', 64\]"):
+        run.predict(np.zeros(shape))
+
+
 def test_a_run_loads_with_numpy_alone_by_following_its_readme(digits_run: Path, tmp_path: Path) -> None:
     from nncompile.runs import read_data
 
