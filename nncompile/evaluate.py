@@ -279,7 +279,10 @@ def _parse_value(name: str, text: str, model: Model, n: int, dtype) -> np.ndarra
     node = model.graph[n]
     flag = _flag(name, text)
     try:   # nan and inf as numpy prints them (1e999 is JSON's inf already)
-        value = np.asarray(json.loads(_NON_FINITE.sub(lambda m: _JSON_NON_FINITE[m[1].lower()], text)))
+        parsed = json.loads(_NON_FINITE.sub(lambda m: _JSON_NON_FINITE[m[1].lower()], text))
+        if _holds_bool(parsed):   # numpy would read [true, 2] as [1, 2]
+            raise _set_error(f"{flag}: true and false are not numbers here; write 1 and 0", name, node.loc)
+        value = np.asarray(parsed)
     except RecursionError:
         raise _set_error(f"{flag}: the list is nested too deeply", name, node.loc) from None
     except (json.JSONDecodeError, ValueError):
@@ -292,7 +295,18 @@ def _parse_value(name: str, text: str, model: Model, n: int, dtype) -> np.ndarra
         dims = "[" + ", ".join(str(d) for d in node.shape) + "]"
         raise _set_error(f"--set {name}: '{name}' has shape {dims}, but the value has shape {list(value.shape)}",
                          name, node.loc)
-    return value.astype(dtype if node.dtype == "float" else np.int64)
+    if node.dtype != "float":
+        return value.astype(np.int64)
+    with np.errstate(over="ignore"):
+        cast = value.astype(dtype)
+    if np.isinf(cast).any() and not np.isinf(value).any():
+        raise _set_error(f"{flag}: a value is too large for {np.dtype(dtype).name} (at most "
+                         f"{float(np.finfo(dtype).max):.4g}); it would be inf", name, node.loc)
+    return cast
+
+
+def _holds_bool(parsed) -> bool:
+    return isinstance(parsed, bool) or isinstance(parsed, list) and any(map(_holds_bool, parsed))
 
 
 def _flag(name: str, text: str) -> str:

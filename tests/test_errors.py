@@ -295,6 +295,16 @@ CASES: dict[str, Case] = {
         y = sum(x)
         output y
     """}, ["eval", "m.nn", "--set", "x=abc"], points_at="input x", located=False),
+    "bad_set_boolean": Case({"m.nn": """
+        input x: float[3]
+        y = sum(x)
+        output y
+    """}, ["eval", "m.nn", "--set", "x=[true, 2, 3]"], points_at="input x", located=False),
+    "bad_set_too_large_for_float32": Case({"m.nn": """
+        input x: float[3]
+        y = sum(x)
+        output y
+    """}, ["eval", "m.nn", "--set", "x=[1e39, 1, 1]"], points_at="input x", located=False),
     "bad_set_shape": Case({"m.nn": """
         input x: float[3]
         y = sum(x)
