@@ -305,6 +305,8 @@ def test_a_csv_column_fills_a_one_wide_input(tmp_path: Path) -> None:
     ('a,b,c,d,label\n"1\n",x,3,4,0\n', None, "data.csv:3:3: error: line 3, column 'b': 'x' is not a number"),
     ("a,b,c,label\n1,2,3,0\n", None, "the array of columns 'a', 'b', 'c' for input 'X' has shape [1, 3], but X is float[N, 4]"),
     ("a,a,c,d,label\n1,2,3,4,0\n", None, "a repeated column name 'a'"),
+    ("a,b,c,d,label\n1,2,1e39,4,0\n", None, "line 2, column 'c' holds 1e+39, too large for X's float32 (at most "
+     "3.403e+38)"),
     ("a,b,c,d,label\n", None, "has a header but no rows of data"),
     ("", None, "the csv file is empty"),
     ("a,b,c,d,label\n1,2,3,4,0\n", {"X": "a:zz"}, "--map X=a:zz: no column 'zz'"),

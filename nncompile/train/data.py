@@ -426,17 +426,22 @@ def _check_array(raw: RawData, name: str, array_name: str, array: np.ndarray, sh
         if kind == "b":
             raise NNError(f"{what} holds booleans, but {name} is {_type(shape, dtype)}: give numbers",
                           file=raw.file)
-        array = array.astype(dtype)
-        bad = ~np.isfinite(array)
+        with np.errstate(over="ignore", invalid="ignore"):   # a value past float32's range is said below
+            cast = array.astype(dtype)
+        bad = ~np.isfinite(cast)
         if bad.any():
             where = _first(bad)
             assert where is not None
+            if np.isfinite(array[where[1]]):
+                raise NNError(f"{what}: {at(where[1])} holds {array[where[1]].item():g}, too large for {name}'s "
+                              f"{np.dtype(dtype).name} (at most {float(np.finfo(dtype).max):.4g})", file=raw.file)
             if blank_at(where[1]):
                 raise NNError(f"{what}: {at(where[1])} holds an empty cell, and every example needs a number "
                               f"there ({int(bad.sum())} empty or non-finite cell(s) in all)", file=raw.file)
             count = f"{int(bad.sum())} {'empty or non-finite cell' if raw.blank else 'NaN or infinite value'}(s)"
             raise NNError(f"{what}: {at(where[1])} holds {array[where[1]].item()!r} ({count} in all); every value "
                           "must be finite", file=raw.file)
+        array = cast
     if array.ndim == 0:
         raise NNError(f"{what} is a single value, but {name} is {_type(shape, dtype)}: it needs one entry per "
                       "example", file=raw.file)
