@@ -209,6 +209,18 @@ def test_fit_on_arrays_returns_the_history_as_data_and_continues(files) -> None:
         trainer.fit(train, epochs=4)
 
 
+@pytest.mark.parametrize("epochs", [3, 5])
+def test_by_default_the_last_epoch_is_validated_so_its_params_can_be_kept(files, epochs: int) -> None:
+    """Four steps an epoch validate every five epochs by default (20 steps), and the run's own
+    last epoch too: its params, the latest, are a candidate for the best."""
+    data = blobs(files)
+    train, val = Dataset.from_arrays(X=data["X"][:200], y=data["y"][:200]), {"X": data["X"][200:], "y": data["y"][200:]}
+    trainer = Trainer(files["mlp"], TrainConfig(batch_size=50, lr=1e-2))
+    history = trainer.fit(train, val, epochs=epochs)
+    validated = [int(e) for e, loss in zip(history["epoch"], history["val_loss"]) if not np.isnan(loss)]
+    assert validated == [epochs]
+
+
 def test_validation_columns_are_nan_before_the_first_validation(files) -> None:
     data = blobs(files)
     train, val = Dataset.from_arrays(X=data["X"][:200], y=data["y"][:200]), {"X": data["X"][200:], "y": data["y"][200:]}

@@ -134,8 +134,8 @@ def train_epochs(trainer: Trainer, train: Dataset, val: Dataset | None, state: T
     cfg = trainer.config
     schedule = trainer.schedule(len(train), epochs)
     val = val if val is not None and len(val) else None
-    every = val_every(trainer, len(train))
-    patience = cfg.patience or None
+    every = val_every(trainer, len(train))   # and the last epoch, unless --val-every says otherwise:
+    patience = cfg.patience or None          # the params it ends with are a candidate too
     checkpoints, lines = Cadence.parse(cfg.checkpoint_every, "--checkpoint-every"), \
         Cadence.parse(cfg.log_every, "--log-every")
     checkpoints.start()
@@ -155,7 +155,7 @@ def train_epochs(trainer: Trainer, train: Dataset, val: Dataset | None, state: T
                     epoch = state.epoch + 1
                     record: dict[str, Any] = {"epoch": epoch, "step": state.step, "lr": lr, "loss": loss, "acc": acc}
                     stop.mid_step = True   # an epoch half closed is no point to resume from
-                    if val is not None and epoch % every == 0:
+                    if val is not None and (epoch % every == 0 or (epoch >= epochs and cfg.val_every is None)):
                         _validate(trainer, state, val, record, epoch, patience)
                     ended = perf_counter()
                     record["seconds"], started = round(ended - started, 4), ended
