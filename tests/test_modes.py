@@ -101,6 +101,19 @@ def test_training_mode_with_the_same_seed_is_reproducible(net) -> None:
                                   net.hvp(params, v, None, np.random.default_rng(7), **data)["W"])
 
 
+@pytest.mark.parametrize("rng, named", [("abc", "str"), (1.5, "float"), ({}, "dict")])
+def test_an_rng_that_is_no_generator_or_seed_is_refused_by_name(net, rng, named: str) -> None:
+    with pytest.raises(TypeError, match=rf"rng must be a numpy random Generator .*, an int seed or None, not {named}"):
+        net.value_and_grad(net.init_params(0), None, rng, **_data())
+
+
+def test_a_legacy_random_state_draws_the_masks_its_bit_generator_gives(net) -> None:
+    params, data = net.init_params(0), _data()
+    legacy = net.value_and_grad(params, None, np.random.RandomState(3), **data)[0]["scores"]
+    same = net.value_and_grad(params, None, np.random.Generator(np.random.RandomState(3)._bit_generator), **data)
+    np.testing.assert_array_equal(legacy, same[0]["scores"])
+
+
 def test_batchnorm_and_dropout_gradients_match_finite_differences(net) -> None:
     """Batch norm in training mode w.r.t. its input, gamma and beta; dropout with a fixed mask."""
     results = check_gradients(net, net.init_params(1), _data(), seed=3)

@@ -312,8 +312,7 @@ class FunctionEmitter:
                     names.of[n] = names.fresh(name)
                     lines.append(f"    {names.of[n]} = state[{name!r}]")
         if any(REGISTRY[self.G[n].op].random for n in needed):
-            lines.append("    if not hasattr(rng, 'random'):  # None: fresh dropout masks; a seed: the same masks each time")
-            lines.append(f"        rng = {self.xp}.random.default_rng(rng)")
+            lines.append("    rng = _generator(rng)  # None: fresh dropout masks; a seed: the same masks each time")
         return lines
 
     def operations(self, plan: Plan, buffers: list[str], names: Names, ctx: _Context, units: list) -> list[str]:
