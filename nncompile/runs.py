@@ -115,8 +115,9 @@ class Run:
         """Class probabilities: the softmax of the class scores (for a binary model, the
         sigmoid of its logit, as the probability of class 1)."""
         if self.kind not in ("classes", "binary") or self.scores is None:
-            raise NNError(f"this model has no class scores (its loss compares {self.kind or 'no targets'}), "
-                          "so it has no probabilities: use predict()", file=str(self.directory))
+            why = f"its loss is a {self.kind} loss" if self.kind else "it has no loss that compares with labels"
+            raise NNError(f"this model has no class scores ({why}), so it has no probabilities: use predict()",
+                          file=str(self.directory))
         scores = np.asarray(self.outputs(X, **inputs)[self.scores], dtype=np.float64)
         if self.kind == "binary":
             return (1.0 / (1.0 + np.exp(-scores.reshape(len(scores), -1)[:, 0]))).astype(self.module.DTYPE)
@@ -135,6 +136,9 @@ def _fits(shape: tuple, declared: tuple | None) -> bool:
 def load_run(directory: str | Path) -> Run:
     """The run ``nncompile train`` wrote to ``directory``, ready to predict."""
     folder = Path(directory)
+    if folder.is_file():
+        raise NNError("is a file, not a run directory (nncompile train writes one, by default runs/MODEL)",
+                      file=str(folder))
     if not folder.is_dir():
         raise NNError("no such run directory (nncompile train writes one, by default runs/MODEL)", file=str(folder))
     for needed in ("model.py", "params.npz"):

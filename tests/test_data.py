@@ -162,7 +162,7 @@ def test_npz_map_names_arrays(tmp_path: Path, module: ModuleType) -> None:
      "array 'y' for input 'y': row 5 holds the label 3, but the model has 3 classes: labels must lie in [0, 3)"),
     (lambda a: {**a, "y": np.where(np.arange(30) == 9, -1, a["y"])}, None, "row 9 holds the label -1"),
     (lambda a: {**a, "y": a["y"][:29]}, None, "array 'y' for input 'y' has 29 examples, but array 'X' for input 'X' has 30"),
-    (lambda a: {**a, "X": np.array(["a"] * 30)}, None, "array 'X' for input 'X' holds <U1 values; it must hold numbers"),
+    (lambda a: {**a, "X": np.array(["a"] * 30)}, None, "array 'X' for input 'X' holds <U1 values; it must hold real numbers"),
     (lambda a: {**a, "X": np.zeros((0, 4)), "y": np.zeros(0, dtype=int)}, None, "holds no examples"),
 ])
 def test_bad_npz_data_is_reported_before_training(tmp_path: Path, module: ModuleType, make, mapping, message) -> None:

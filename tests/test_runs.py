@@ -159,6 +159,7 @@ def test_cli_predict_without_labels_predicts_and_reports_no_accuracy(digits_run:
 
 @pytest.mark.parametrize("args, message", [
     (["predict", "nowhere"], "nowhere: no such run directory"),
+    (["predict", "{data}"], "data.npz: is a file, not a run directory"),
     (["predict", "{run}", "--split", "test", "--data", "{data}"], "picks the run's own split"),
     (["predict", "{run}", "--data", "{data}", "-o", "out.txt"], "write predictions to a .csv or .npz file"),
     (["predict", "{run}", "--data", "{wrong}"], "has shape [2, 5], but X is float[N, 64] (axis 1 must be 64)"),

@@ -160,6 +160,15 @@ def test_a_run_learns_and_writes_its_files(files: dict[str, Path], tmp_path: Pat
     assert any(line.startswith("test: loss") for line in lines)
 
 
+def test_arrays_passed_without_one_the_model_needs_are_asked_for_by_name(files: dict[str, Path]) -> None:
+    trainer = Trainer(files["mlp"], small())
+    X = bind(load_source(str(files["data"])), trainer.module).arrays["X"]
+    with pytest.raises(NNError) as caught:
+        trainer.evaluate(trainer.init_state().params, {"X": X})
+    assert "no data for the model's input 'y' (int[N]): the arrays given are 'X'; pass one named 'y'" in str(caught.value)
+    assert "--map" not in str(caught.value)
+
+
 def test_initial_loss_is_near_log_c_with_regularisation_off(files: dict[str, Path]) -> None:
     trainer = Trainer(files["mlp"], small())
     data = bind(load_source(str(files["data"])), trainer.module)

@@ -56,6 +56,7 @@ class RawData:
     blank: dict[str, np.ndarray] = field(default_factory=dict)   # csv: each column's empty cells
     default_test_split: float = 0.0
     default_normalize: str = "none"
+    passed: bool = False                   # arrays a Python caller passed by name: no --map to suggest
 
     @property
     def what(self) -> str:
@@ -341,6 +342,9 @@ def bind(raw: RawData, module: ModuleType, mapping: Mapping[str, str] | None = N
                 take = free[:shape[1]]
                 how = f"choose its {shape[1]} columns with --map {name}=FIRST:LAST" + (
                     f", e.g. --map {name}={take[0]}:{take[-1]}" if len(take) == shape[1] else "")
+            if raw.passed:
+                raise NNError(f"no data for the model's input {name!r} ({_type(shape, dtype)}): the arrays given "
+                              f"are {_names(raw.arrays)}; pass one named {name!r}")
             raise NNError(f"no data for the model's input {name!r} ({_type(shape, dtype)}): {raw.what} has "
                           f"{kind} {_names(raw.arrays)}; {how}", file=raw.file)
     if not chosen:
@@ -399,7 +403,7 @@ def _check_array(raw: RawData, name: str, array_name: str, array: np.ndarray, sh
     array = np.asarray(array)
     kind = array.dtype.kind
     if kind not in "fiub":
-        raise NNError(f"{what} holds {array.dtype} values; it must hold numbers", file=raw.file)
+        raise NNError(f"{what} holds {array.dtype} values; it must hold real numbers", file=raw.file)
     if dtype.startswith("int"):
         if kind == "b":
             raise NNError(f"{what} holds booleans, but {name} is {_type(shape, dtype)}: give integer labels",

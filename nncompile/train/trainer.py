@@ -392,7 +392,7 @@ class Trainer:
         if isinstance(data, Dataset) and data.bound:
             return data
         arrays = data.arrays if isinstance(data, Dataset) else dict(data)
-        return bind(RawData(dict(arrays), "the arrays given", flat=False), self.module)
+        return bind(RawData(dict(arrays), "the arrays given", flat=False, passed=True), self.module)
 
     def train(self, train: Dataset, val: Dataset | None = None, *, state: TrainState | None = None,
               epochs: int | None = None, run_dir: Path | None = None, fingerprint: dict[str, Any] | None = None,
