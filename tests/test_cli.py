@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import EXAMPLE_FILES, EXAMPLES, write_nn
+from conftest import EXAMPLE_FILES, EXAMPLES, ROOT, cli, write_nn
 
 
 def load_path(path: Path):
@@ -101,6 +101,18 @@ def test_eval_json_is_strict_json_a_nan_or_an_infinity_is_null(tmp_path: Path, r
     assert result.returncode == 0, result
     strict = json.loads(result.stdout, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
     assert strict["values"]["y"] == [None, None, pytest.approx(np.log(4.0))]
+
+
+def test_the_readmes_eval_session_is_what_eval_prints() -> None:
+    """The first console session of the README, command by command (stdout, then stderr)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    session = readme.split("```console\n", 1)[1].split("```", 1)[0]
+    runs = [chunk.split("\n", 1) for chunk in session.split("$ nncompile ")[1:]]
+    evals = [(command.split(), shown) for command, shown in runs if command.startswith("eval ")]
+    assert len(evals) == 2
+    for args, shown in evals:
+        done = cli(*args, cwd=ROOT)
+        assert done.returncode == 0 and done.stdout + done.stderr == shown, (args, done)
 
 
 def test_eval_text(run_cli) -> None:
