@@ -151,6 +151,10 @@ def _syntax_error(exc: UnexpectedInput, text: str, file: str) -> NNError:
     if token.type == "COMPARE" and "PLUS" in accepts and "NAME" not in accepts:   # after a whole operand
         return NNError(f"comparisons do not chain: '{token}' follows another comparison; for 'a < b and b < c' "
                        "multiply the masks, (a < b) * (b < c)", tok_loc)
+    if token.type == "COLON" and opened and opened[-1][0] == "[" and \
+            ":" in re.split(r"[\[,]", text[:token.start_pos])[-1]:   # a second ':' in one subscript entry
+        return NNError("a slice takes no step: write start:stop (numpy's start:stop:step has no counterpart "
+                       "here)", tok_loc)
     keyword = _misused_keyword(text, token)
     if keyword is not None:
         word, start = keyword

@@ -272,7 +272,9 @@ def test_layer_arguments_defaults_and_attributes() -> None:
     ("affine(X, 4, out=4)", "affine() got argument 'out' twice"),
     ("affine(X, out=2.5)", "affine() needs an int for 'out', not 2.5"),
     ("affine(X, out=X)", "'X' is a tensor, but a constant is needed here"),
-    ("affine(L, out=4)", "'@' needs floats, but 'L' is int[N, 3]"),
+    ("affine(L, out=4)", "'@' needs floats, but 'L' is int[N, 3]: int values are labels and indices, for the ops "
+                         "that take them (softmax_cross_entropy, svm_loss, x[idx], one_hot); to compute with the "
+                         "numbers, declare the input float"),
     ("affine(V, out=4)", "argument 'x' of affine() must have shape [B, K] (rank 2), but it has shape [3]"),
 ])
 def test_layer_call_errors(call: str, message: str) -> None:

@@ -163,6 +163,22 @@ CASES: dict[str, Case] = {
         }
         output h
     """}, ["check", "m.nn"], points_at="h", line=5),
+    "const_of_a_dim_an_input_declares_later": Case({"m.nn": """
+        const M = N
+        input X: float[N, 4]
+        y = sum(X) / M
+        output y
+    """}, ["check", "m.nn"], points_at="N"),
+    "slice_with_a_step": Case({"m.nn": """
+        input Z: float[N, 4, 4]
+        w = Z[:, 1:3, ::2]
+        output w
+    """}, ["check", "m.nn"], points_at=":2"),
+    "reshape_of_a_symbolic_dim_times_a_number": Case({"m.nn": """
+        input a: float[N, 2, 3]
+        b = reshape(a, [-1, 3])
+        output b
+    """}, ["check", "m.nn"], points_at="reshape"),
     "add_mismatch": Case({"m.nn": """
         input a: float[N, 3]
         input b: float[N, 4]

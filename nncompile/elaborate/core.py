@@ -31,6 +31,7 @@ class Scope:
     in_layer: str | None = None
     later: dict[str, Loc] = field(default_factory=dict)   # names the statements still to run define
     other_mode: dict[str, tuple[str, Loc]] = field(default_factory=dict)   # names only the other mode's block defines
+    later_dims: dict[str, Loc] = field(default_factory=dict)   # names the inputs still to run may make symbolic dims
 
     def qualify(self, name: str) -> str:
         return ".".join((*self.prefix, name))
@@ -126,13 +127,18 @@ class Context:
             hint = f"; '{name.split('.')[0]}' has no member '{name.split('.', 1)[1]}'" + hint
         if name in scope.other_mode and name not in scope.later:
             phase, where = scope.other_mode[name]
+            article = "an" if self.mode == "eval" else "a"
             return NNError(f"'{name}' is defined only in a '{phase}' block, so in {self.mode} mode it does not exist: "
-                           f"define it in {'an' if self.mode == 'eval' else 'a'} '{self.mode}' block too, or outside both", loc,
+                           f"define it in {article} '{self.mode}' block too, or outside both", loc,
                            notes=((f"'{name}' is defined here, for {phase} mode", where),))
         if name in scope.later:
             return NNError(f"'{name}' is used before it is defined (at line {scope.later[name].line}): "
                            "move its definition above this line", loc,
                            notes=((f"'{name}' is defined here", scope.later[name]),))
+        if name in scope.later_dims and name not in self.symbolic_dims():
+            return NNError(f"'{name}' is used before an input declares it as a dim (at line "
+                           f"{scope.later_dims[name].line}): move this line below that input", loc,
+                           notes=((f"'{name}' is declared here", scope.later_dims[name]),))
         return NNError(f"unknown name '{name}'{hint}", loc)
 
 

@@ -46,6 +46,10 @@ class Statements:
         for stmt in reversed(body):   # the first definition of a name is the one a hint points to
             if isinstance(stmt, _DEFINITIONS):
                 scope.later[stmt.name] = stmt.loc
+            if isinstance(stmt, syntax.Input) and stmt.type is not None and stmt.type.shape is not None:
+                for expr in stmt.type.shape:
+                    if isinstance(expr, syntax.Ref) and len(expr.parts) == 1:
+                        scope.later_dims[expr.parts[0]] = expr.loc
         for stmt in body:
             if returned is not None:
                 raise NNError("statements after 'return' are never run", stmt.loc)

@@ -319,8 +319,8 @@ op("conv2d", -1, _conv2d_rule, _call("_conv2d", _conv_attrs), vjp=_vjp_conv2d, a
             Sample(((1, 4, 6, 7), (6, 2, 2, 2), (6,)), _GROUPED)),
    doc="the 2-D cross-correlation of x [N, C, H, W] with filters W [F, C/groups, KH, KW], plus an optional bias "
        "b [F]: out[n, f, i, j] = b[f] + sum_{c, p, q} x[n, c, i*s + p*d - pad, j*s + q*d - pad] W[f, c, p, q], "
-       "of shape [N, F, floor((H + 2 pad - d (KH - 1) - 1) / s) + 1, ...]; stride, padding and dilation are a number or "
-       "[height, width], by keyword",
+       "of shape [N, F, floor((H + 2 pad - d (KH - 1) - 1) / s) + 1, ...]; stride, padding and dilation are a "
+       "number or [height, width], by keyword",
    example="maps = conv2d(images, filters, stride=1, padding=1)",
    label=_conv_label, cluster_note=_kernel_note,
    onnx=_onnx_conv2d)
