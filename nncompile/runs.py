@@ -19,7 +19,7 @@ import numpy as np
 from .compiler import load_module
 from .errors import NNError
 from .train.checkpoint import read_npz
-from .train.data import Dataset, bind, load_source, parse_mapping, split
+from .train.data import Dataset, bind, load_source, mapping_for, parse_mapping, split
 from .train.runfiles import PREDICT_FILE
 from .train.trainer import EVAL_CHUNK
 
@@ -174,8 +174,9 @@ def read_data(run: Run, spec: str | None = None, mapping: dict[str, str] | None 
     if part != "all" and not _same_data(spec, config.get("data")):
         raise NNError(f"--split {part} picks the run's own split of its data ({config.get('data')!r}), "
                       f"but --data is {spec!r}: leave out --data, or use --split all")
-    mapping = dict(config.get("map") or {}) if mapping is None else mapping
     raw = load_source(config["test_data"] if part == "test" and config.get("test_data") else spec)
+    if mapping is None:   # the run's own --map, for what this source holds of it (as training read --test-data)
+        mapping = mapping_for(raw, dict(config.get("map") or {}))
     targets = [name for name in run.module.INPUTS if name not in run.module.PREDICT_INPUTS]   # labels, say
     if any(mapping.get(name, name) in raw.arrays for name in targets) or raw.roles.get("labels"):
         data = bind(raw, run.module, mapping)   # checked as training checks it: a bad label is an error

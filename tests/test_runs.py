@@ -215,6 +215,23 @@ def test_a_run_whose_target_was_mapped_predicts_a_file_without_it(tmp_path: Path
     done = cli("predict", "run", "--data", "new.npz", cwd=tmp_path)
     assert done.returncode == 0 and len(done.stdout.splitlines()) == 3, done
 
+def test_a_csv_runs_map_leaves_an_npz_test_file_named_after_the_inputs_to_bind_by_name(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    X, y = rng.random((60, 64)) * 16, rng.integers(0, 10, 60)
+    header = ",".join([*(f"p{i}" for i in range(64)), "digit"])
+    (tmp_path / "train.csv").write_text(header + "\n" + "\n".join(
+        ",".join([*map(str, row), str(label)]) for row, label in zip(X[:40], y[:40])) + "\n")
+    np.savez(tmp_path / "test.npz", X=X[40:], y=y[40:])
+    done = cli("train", EXAMPLES / "digits_mlp.nn", "--data", "train.csv", "--map", "X=p0:p63,y=digit",
+               "--test-data", "test.npz", "--epochs", "2", "--out", "run", cwd=tmp_path, timeout=120)
+    assert done.returncode == 0 and "20 test examples" in done.stdout, done
+    reported = json.loads((tmp_path / "run" / "summary.json").read_text())["test"]
+    for args in (["--split", "test"], ["--data", "test.npz"]):
+        done = cli("predict", "run", *args, "-o", "preds.csv", cwd=tmp_path)
+        assert done.returncode == 0 and f"accuracy {100 * reported['acc']:.2f}%, loss {reported['loss']:.4g}\n" \
+            in done.stdout, (args, done)
+
+
 def test_a_regression_run_predicts_values_and_has_no_probabilities(tmp_path: Path) -> None:
     model = write_nn(tmp_path, "line.nn", LINE)
     rng = np.random.default_rng(0)

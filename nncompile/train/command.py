@@ -25,6 +25,7 @@ from .data import (
     Normalizer,
     bind,
     load_source,
+    mapping_for,
     parse_mapping,
     split,
 )
@@ -110,7 +111,8 @@ def run(model: str | Path, *, data: str = "digits", mapping: dict[str, str] | st
     if test_data is not None:
         if test_split:
             raise NNError("give either --test-data or --test-split, not both")
-        test = bind(load_source(test_data), module, mapping)
+        test_raw = load_source(test_data)
+        test = bind(test_raw, module, mapping_for(test_raw, mapping))
         pool = dataset
     else:
         pool, test = split(dataset, raw.default_test_split if test_split is None else test_split, salt=1)

@@ -258,6 +258,16 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def mapping_for(raw: RawData, mapping: dict[str, str] | None) -> dict[str, str] | None:
+    """The entries of ``mapping`` that name arrays (or both ends of a column range) ``raw``
+    holds: a --map written for a csv --data leaves an npz --test-data, whose arrays are named
+    after the inputs, to bind by name."""
+    if not mapping:
+        return mapping
+    return {name: array for name, array in mapping.items()
+            if array in raw.arrays or all(end in raw.arrays for end in array.split(":"))}
+
+
 def parse_mapping(items: Sequence[str] | None) -> dict[str, str]:
     """``["X=images,y=labels", "z=col"]`` -> {"X": "images", "y": "labels", "z": "col"}."""
     mapping: dict[str, str] = {}
