@@ -129,10 +129,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .evaluate import concrete_values, parse_sets
     from .gradcheck import Kinks, check_gradients, summarize
 
-    model = elaborate_file(args.model, "float64")
     # Compiled as `compile` compiles it (eval mode and predict too), so that check fails where
     # compile would: an eval { } block can hold a shape error that train mode never meets.
     module = compile_and_load(args.model, dtype="float64", hvp=False)
+    model = elaborate_file(args.model, "float64")
     counts = ", ".join(_counted(len(group), noun) for group, noun in
                        ((model.inputs, "input"), (model.params, "param"), (model.outputs, "output")))
     print(f"{args.model}: parsed and shape-checked: {counts}")
@@ -402,12 +402,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """A warning about the user's model is printed like an error: place, source line, caret."""
-    if isinstance(message, NNWarning):
-        print(message, file=sys.stderr)
-    else:
-        print(warnings.formatwarning(message, category, filename, lineno, line), file=sys.stderr, end="")
+class _WarningPrinter:
+    """Prints a warning about the user's model like an error (place, source line, caret), and
+    each one once: a command that elaborates the model twice (both modes, a gradient check's
+    trace) would otherwise say it twice."""
+
+    def __init__(self) -> None:
+        self.shown: set[str] = set()
+
+    def __call__(self, message, category, filename, lineno, file=None, line=None) -> None:
+        text = f"{message}\n" if isinstance(message, NNWarning) else \
+            warnings.formatwarning(message, category, filename, lineno, line)
+        if text not in self.shown:
+            self.shown.add(text)
+            print(text, file=sys.stderr, end="")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -415,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         with warnings.catch_warnings():
-            warnings.showwarning = _show_warning
+            warnings.showwarning = _WarningPrinter()
             return run(args)
     except NNError as exc:
         print(exc.format(), file=sys.stderr)

@@ -146,6 +146,14 @@ def test_a_gradient_the_expression_does_not_depend_on_is_zero_with_a_warning(tmp
     assert np.array_equal(module.forward({}, x=np.ones(3), z=np.ones(2))["g"], np.zeros(2))
 
 
+def test_a_warning_is_printed_once_though_check_elaborates_the_model_more_than_once(tmp_path: Path,
+                                                                                    run_cli) -> None:
+    write_nn(tmp_path, "m.nn", "input x: float[3]\ninput z: float[2]\ng = grad(sum(x), z)\n"
+                               "loss = sum(x * x) + sum(g)\nminimize loss\n")
+    result = run_cli("check", "m.nn")
+    assert result.returncode == 0 and result.stderr.count("warning: this does not depend on 'z'") == 1, result
+
+
 def test_the_warning_is_printed_like_an_error_by_the_cli(tmp_path: Path, run_cli) -> None:
     write_nn(tmp_path, "m.nn", "input x: float[3]\ninput z: float[2]\ng = grad(sum(x), z)\noutput g\n")
     result = run_cli("check", "m.nn")
