@@ -252,7 +252,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                + (f" ({args.split} split)" if args.split != "all" else ""))
     loss = run.loss(data)
     scores = ([f"accuracy {100 * accuracy:.2f}%"] if accuracy is not None else []) + \
-        ([f"loss {loss:.4g}"] if loss is not None else [])
+        ([f"loss {loss:.4f}"] if loss is not None else [])   # as training prints it
     if scores:
         summary += ": " + ", ".join(scores)
     if args.output is None:

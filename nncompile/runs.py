@@ -83,9 +83,10 @@ class Run:
     def loss(self, data: Dataset) -> float | None:
         """The model's mean loss on ``data``'s examples, as training reports its val loss (the
         LOSS output in eval mode, over the same chunks); None where the data lacks an input the
-        full model reads (the targets) or eval mode computes no loss."""
+        full model reads (the targets), or where eval mode computes no loss (a loss written in a
+        train { } block: training then reports the loss op's own value, which this does not)."""
         name = getattr(self.module, "LOSS", None)
-        needed = list(self.module.INPUTS)
+        needed = [k for k in self.module.INPUTS if k in data.arrays or k not in self.module.DEFAULTS]
         if name is None or not len(data) or any(k not in data.arrays for k in needed):
             return None
         total = 0.0
@@ -175,8 +176,8 @@ def read_data(run: Run, spec: str | None = None, mapping: dict[str, str] | None 
         raise NNError(f"--split {part} picks the run's own split of its data ({config.get('data')!r}), "
                       f"but --data is {spec!r}: leave out --data, or use --split all")
     raw = load_source(config["test_data"] if part == "test" and config.get("test_data") else spec)
-    if mapping is None:   # the run's own --map, for what this source holds of it (as training read --test-data)
-        mapping = mapping_for(raw, dict(config.get("map") or {}))
+    if mapping is None:   # the run's own --map, as training read --test-data with it
+        mapping = mapping_for(raw, dict(config.get("map") or {}), str(config.get("data")).lower().endswith(".csv"))
     targets = [name for name in run.module.INPUTS if name not in run.module.PREDICT_INPUTS]   # labels, say
     if any(mapping.get(name, name) in raw.arrays for name in targets) or raw.roles.get("labels"):
         data = bind(raw, run.module, mapping)   # checked as training checks it: a bad label is an error

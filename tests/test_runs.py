@@ -135,7 +135,7 @@ def test_cli_predict_writes_predictions_and_prints_the_reported_accuracy(digits_
     assert done.returncode == 0, done
     assert f"accuracy {100 * reported:.2f}%" in done.stdout and "359 examples" in done.stdout
     loss = json.loads((digits_run / "summary.json").read_text())["test"]["loss"]
-    assert f"accuracy {100 * reported:.2f}%, loss {loss:.4g}\n" in done.stdout   # the trainer's test loss
+    assert f"accuracy {100 * reported:.2f}%, loss {loss:.4f}\n" in done.stdout   # the trainer's test loss
     assert f"accuracy {100 * reported:.2f}%" in (digits_run / "train.log").read_text()
     rows = (tmp_path / "preds.csv").read_text().splitlines()
     assert rows[0].split(",") == ["prediction", *(f"probability_{c}" for c in range(10))] and len(rows) == 360
@@ -228,8 +228,18 @@ def test_a_csv_runs_map_leaves_an_npz_test_file_named_after_the_inputs_to_bind_b
     reported = json.loads((tmp_path / "run" / "summary.json").read_text())["test"]
     for args in (["--split", "test"], ["--data", "test.npz"]):
         done = cli("predict", "run", *args, "-o", "preds.csv", cwd=tmp_path)
-        assert done.returncode == 0 and f"accuracy {100 * reported['acc']:.2f}%, loss {reported['loss']:.4g}\n" \
+        assert done.returncode == 0 and f"accuracy {100 * reported['acc']:.2f}%, loss {reported['loss']:.4f}\n" \
             in done.stdout, (args, done)
+
+
+def test_a_csv_test_file_without_a_mapped_column_is_an_error_as_the_training_file_would_be(tmp_path: Path) -> None:
+    (tmp_path / "train.csv").write_text("a,b,z,label\n" + "1,2,3,0\n4,5,6,1\n" * 10)
+    (tmp_path / "test.csv").write_text("p,q,label\n1,2,0\n4,5,1\n")
+    write_nn(tmp_path, "two.nn", "input X: float[N, 2]\ninput y: int[N]\nparam W: [2, 2] = he()\n"
+                                 "loss = softmax_cross_entropy(X @ W, y)\nminimize loss\n")
+    done = cli("train", "two.nn", "--data", "train.csv", "--map", "X=a:b", "--test-data", "test.csv", "--epochs", "1",
+               "--out", "run", cwd=tmp_path)
+    assert done.returncode == 1 and "--map X=a:b: no column 'a'" in done.stderr, done
 
 
 def test_a_regression_run_predicts_values_and_has_no_probabilities(tmp_path: Path) -> None:
@@ -251,7 +261,7 @@ def test_a_regression_run_predicts_values_and_has_no_probabilities(tmp_path: Pat
     done = cli("predict", tmp_path / "run", "--data", "line.npz", "--split", "val", "-o", "val.npz", cwd=tmp_path)
     assert done.returncode == 0 and "(val split)" in done.stdout, done
     loss = json.loads((tmp_path / "run" / "summary.json").read_text())["val"]["loss"]
-    assert done.stdout.endswith(f"(val split): loss {loss:.4g}\n"), (done.stdout, loss)   # its val loss, as trained
+    assert done.stdout.endswith(f"(val split): loss {loss:.4f}\n"), (done.stdout, loss)   # its val loss, as trained
     np.savez(tmp_path / "no_targets.npz", X=X)
     done = cli("predict", tmp_path / "run", "--data", "no_targets.npz", cwd=tmp_path)
     assert done.returncode == 0 and "loss" not in done.stderr, done

@@ -219,6 +219,8 @@ def test_by_default_the_last_epoch_is_validated_so_its_params_can_be_kept(files,
     history = trainer.fit(train, val, epochs=epochs)
     validated = [int(e) for e, loss in zip(history["epoch"], history["val_loss"]) if not np.isnan(loss)]
     assert validated == [epochs]
+    counted = [int(e) for e, acc in zip(history["epoch"], history["acc"]) if not np.isnan(acc)]
+    assert counted == [epochs]   # the training accuracy is counted in the epochs that are validated
 
 
 def test_validation_columns_are_nan_before_the_first_validation(files) -> None:

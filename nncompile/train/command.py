@@ -112,7 +112,7 @@ def run(model: str | Path, *, data: str = "digits", mapping: dict[str, str] | st
         if test_split:
             raise NNError("give either --test-data or --test-split, not both")
         test_raw = load_source(test_data)
-        test = bind(test_raw, module, mapping_for(test_raw, mapping))
+        test = bind(test_raw, module, mapping_for(test_raw, mapping, raw.csv))
         pool = dataset
     else:
         pool, test = split(dataset, raw.default_test_split if test_split is None else test_split, salt=1)

@@ -258,11 +258,12 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def mapping_for(raw: RawData, mapping: dict[str, str] | None) -> dict[str, str] | None:
-    """The entries of ``mapping`` that name arrays (or both ends of a column range) ``raw``
-    holds: a --map written for a csv --data leaves an npz --test-data, whose arrays are named
-    after the inputs, to bind by name."""
-    if not mapping:
+def mapping_for(raw: RawData, mapping: dict[str, str] | None, written_for_csv: bool) -> dict[str, str] | None:
+    """``mapping``, written for a csv source or not, as it applies to ``raw``: whole where raw is
+    of the same kind (a missing column is then an error); where it is not (a csv --data, an npz
+    --test-data whose arrays are named after the inputs), the entries that name arrays (or both
+    ends of a column range) raw holds, the rest bound by name."""
+    if not mapping or raw.csv == written_for_csv:
         return mapping
     return {name: array for name, array in mapping.items()
             if array in raw.arrays or all(end in raw.arrays for end in array.split(":"))}

@@ -125,6 +125,12 @@ def val_every(trainer: Trainer, examples: int) -> int:
     return max(1, math.ceil(VAL_STEPS / trainer.steps_per_epoch(examples)))
 
 
+def validated(trainer: Trainer, epoch: int, every: int, epochs: int | None) -> bool:
+    """Whether the run validates after ``epoch`` (1-based) of ``epochs``: every ``every`` epochs,
+    and the last one too unless --val-every is set, so that the params a run ends with can be kept."""
+    return epoch % every == 0 or (epochs is not None and epoch >= epochs and trainer.config.val_every is None)
+
+
 def train_epochs(trainer: Trainer, train: Dataset, val: Dataset | None, state: TrainState, epochs: int, *,
                  run_dir: Path | None = None, fingerprint: dict[str, Any] | None = None,
                  on_step: OnStep | None = None, on_epoch: OnEpoch | None = None) -> TrainState:
@@ -134,8 +140,8 @@ def train_epochs(trainer: Trainer, train: Dataset, val: Dataset | None, state: T
     cfg = trainer.config
     schedule = trainer.schedule(len(train), epochs)
     val = val if val is not None and len(val) else None
-    every = val_every(trainer, len(train))   # and the last epoch, unless --val-every says otherwise:
-    patience = cfg.patience or None          # the params it ends with are a candidate too
+    every = val_every(trainer, len(train))
+    patience = cfg.patience or None
     checkpoints, lines = Cadence.parse(cfg.checkpoint_every, "--checkpoint-every"), \
         Cadence.parse(cfg.log_every, "--log-every")
     checkpoints.start()
@@ -145,8 +151,8 @@ def train_epochs(trainer: Trainer, train: Dataset, val: Dataset | None, state: T
     monitor = trainer.health_monitor(train)   # gradient health, on a small share of the run's time
     try:
         with deferred_interrupts() as stop, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            runner = Epochs(trainer, train, schedule, on_step=on_step, stop=stop, checkpoints=checkpoints, book=book,
-                            bar=bar)
+            runner = Epochs(trainer, train, schedule, epochs, on_step=on_step, stop=stop, checkpoints=checkpoints,
+                            book=book, bar=bar)
             try:
                 history, started = state.history, perf_counter()
                 while state.epoch < epochs and not state.stopped_early:
@@ -155,7 +161,7 @@ def train_epochs(trainer: Trainer, train: Dataset, val: Dataset | None, state: T
                     epoch = state.epoch + 1
                     record: dict[str, Any] = {"epoch": epoch, "step": state.step, "lr": lr, "loss": loss, "acc": acc}
                     stop.mid_step = True   # an epoch half closed is no point to resume from
-                    if val is not None and (epoch % every == 0 or (epoch >= epochs and cfg.val_every is None)):
+                    if val is not None and validated(trainer, epoch, every, epochs):
                         _validate(trainer, state, val, record, epoch, patience)
                     ended = perf_counter()
                     record["seconds"], started = round(ended - started, 4), ended
@@ -222,7 +228,8 @@ class Epochs:
     """Runs epochs over one dataset: everything that does not change from one epoch to the
     next is looked up once, here, not in the loop."""
 
-    def __init__(self, trainer: Trainer, data: Dataset, schedule: Callable[[int], float], *,
+    def __init__(self, trainer: Trainer, data: Dataset, schedule: Callable[[int], float],
+                 epochs: int | None = None, *,
                  on_step: OnStep | None = None, stop: Stop | None = None, checkpoints: Cadence | None = None,
                  book: RunBook | None = None, bar: _Bar | None = None):
         self.trainer, self.data, self.schedule, self.on_step = trainer, data, schedule, on_step
@@ -237,7 +244,7 @@ class Epochs:
         self.whole = trainer.device_arrays(data) if self.steps == 1 else None   # one batch: the set as it is
         parallel = trainer.parallel   # several workers: each step is theirs (nncompile/train/distributed.py)
         self.count = trainer.hit_counter() if parallel is None else parallel.hit_counter()
-        self.every = val_every(trainer, self.n)
+        self.every, self.epochs = val_every(trainer, self.n), epochs
         self.sizes = [min(self.n, (b + 1) * self.size) - b * self.size for b in range(self.steps)]
         # What each step needs, looked up once; on the CPU the run's generator is passed as it is.
         self.call = (trainer.module.step if parallel is None else parallel.step_function(self.stop),
@@ -250,7 +257,7 @@ class Epochs:
         overflow warnings: a diverging run is reported as an error with advice."""
         trainer, n, size, steps, stop = self.trainer, self.n, self.size, self.steps, self.stop
         # Accuracy costs an argmax a step: it is counted in the epochs that are validated.
-        hits = self.count if (state.epoch + 1) % self.every == 0 else None
+        hits = self.count if validated(trainer, state.epoch + 1, self.every, self.epochs) else None
         if self.whole is not None:
             arrays = self.whole
         else:
@@ -306,7 +313,7 @@ class _Bar:
         self.per_epoch = trainer.steps_per_epoch(examples)
         self.size = min(trainer.config.batch_size, max(1, examples))
         self.classify = trainer.hit_counter() is not None
-        self.every = val_every(trainer, examples)
+        self.every, self.trainer = val_every(trainer, examples), trainer
         try:
             from tqdm.auto import tqdm  # type: ignore[import-untyped]
         except ImportError:
@@ -322,7 +329,7 @@ class _Bar:
         self.next = perf_counter() + PROGRESS_SECONDS
         seen = min(self.examples, state.position * self.size) or 1
         total, correct = state.partial
-        counted = self.classify and (state.epoch + 1) % self.every == 0
+        counted = self.classify and validated(self.trainer, state.epoch + 1, self.every, self.epochs)
         acc = f" acc {100 * correct / seen:.1f}%" if counted else ""
         self.bar.set_description_str(f"epoch {state.epoch + 1}/{self.epochs}", refresh=False)
         self.bar.set_postfix_str(f"loss {total / seen:.4f}{acc}", refresh=False)
