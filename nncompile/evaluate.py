@@ -299,7 +299,7 @@ def _parse_value(name: str, text: str, model: Model, n: int, dtype) -> np.ndarra
         return value.astype(np.int64)
     with np.errstate(over="ignore"):
         cast = value.astype(dtype)
-    if np.isinf(cast).any() and not np.isinf(value).any():
+    if (np.isinf(cast) & np.isfinite(value)).any():
         raise _set_error(f"{flag}: a value is too large for {np.dtype(dtype).name} (at most "
                          f"{float(np.finfo(dtype).max):.4g}); it would be inf", name, node.loc)
     return cast

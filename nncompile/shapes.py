@@ -116,9 +116,10 @@ def reshape(shape: Shape, target: tuple[Dim, ...]) -> Shape:
         symbols = list(left_s.elements())
         if symbols and (left_n != 1 or len(symbols) > 1):
             product = "*".join([*([str(left_n)] if left_n != 1 else []), *symbols])
+            keep = f"keep the symbolic dim whole (like {show((symbols[0], -1))})" if len(symbols) == 1 else \
+                "keep each symbolic dim whole"
             raise ShapeError(f"cannot infer the -1 in reshape {show(shape)} to {show(target)}: it would be "
-                             f"{product}, and a dim is one number or one name; keep the symbolic dim whole "
-                             f"(like {show((*symbols[:1], -1))})")
+                             f"{product}, and a dim is one number or one name; {keep}")
         fill: Dim = symbols[0] if symbols else left_n
         return tuple(fill if d == -1 else d for d in target)
     if (have_n, have_s) != (want_n, want_s):

@@ -313,6 +313,8 @@ def test_a_csv_column_fills_a_one_wide_input(tmp_path: Path) -> None:
     ("a;b;c;d;label\n1;2;3;4;0\n", None, "'1;2;3;4;0' is not a number; its fields seem to be separated by ';', "
      "but nncompile reads comma-separated files"),
     ("1\t2\t3\t4\t0\n5\t6\t7\t8\t1\n", None, "seem to be separated by tabs"),
+    ("a;b;c;d;label\n1,5;2;3;4;0\n", None, "line 2 has 2 fields, but the file has 1 columns; its fields seem to be "
+     "separated by ';'"),   # decimal commas
 ])
 def test_bad_csv_data(tmp_path: Path, module: ModuleType, text: str, mapping, message: str) -> None:
     path = write_csv(tmp_path, text)

@@ -179,6 +179,19 @@ CASES: dict[str, Case] = {
         b = reshape(a, [-1, 3])
         output b
     """}, ["check", "m.nn"], points_at="reshape"),
+    "mismatch_beside_a_const_that_resembles_the_batch_dim": Case({"m.nn": """
+        const NC = 10
+        input X: float[N, 4]
+        param W: [3, NC] = he()
+        h = X @ W
+        output h
+    """}, ["check", "m.nn"], points_at="X @ W"),
+    "param_shape_of_a_dim_an_input_declares_below": Case({"m.nn": """
+        param W: [K, 3] = he()
+        input X: float[N, K]
+        h = X @ W
+        output h
+    """}, ["check", "m.nn"], points_at="K"),
     "add_mismatch": Case({"m.nn": """
         input a: float[N, 3]
         input b: float[N, 4]

@@ -183,6 +183,8 @@ class _Module:
             for helper in REGISTRY[op].helpers:
                 if self.backend.retarget(helper) not in texts:
                     texts.append(self.backend.retarget(helper))
+        if any(REGISTRY[op].random for op in ops):   # the functions that draw read their rng with it
+            texts.insert(0, self.backend.retarget(runtime.GENERATOR))
         return texts
 
     def init_params(self, kind: str = "params") -> str:

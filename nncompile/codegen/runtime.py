@@ -109,6 +109,18 @@ def flat_grads(grads):
     return views[0].base'''
 
 
+GENERATOR = '''def _generator(rng):
+    """The generator a random op (dropout's masks) draws from: rng itself, or one seeded by it
+    (None: fresh draws; a seed: the same draws each time); anything else is refused by name."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    try:
+        return np.random.default_rng(rng)
+    except TypeError:
+        raise TypeError(f"rng must be a numpy random Generator (np.random.default_rng(seed)), an int seed or None, "
+                        f"not {type(rng).__name__}") from None'''
+
+
 EMPTY = '''def _empty(shapes):
     """Workspace buffers: allocated once per set of dims, then reused by every call."""
     return tuple(np.empty(shape, dtype=DTYPE) for shape in shapes)

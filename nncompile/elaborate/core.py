@@ -2,6 +2,7 @@
 mode, the scopes names live in, and ``op()``, the one way a node enters the graph."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,27 +66,27 @@ class Context:
             node = self.G.add(opname, args, attrs, loc=loc, scope=scope.prefix)
         except ShapeError as exc:
             where = arg_locs[exc.arg] if arg_locs and exc.arg is not None and exc.arg < len(arg_locs) else loc
-            raise self.shape_error(exc, where, args, scope) from None
+            raise self.shape_error(exc, where, opname, args, attrs, scope) from None
         check_size(self.G[node].shape, loc)
         if opdef.int_bounds:
             for index, bound in opdef.int_bounds([self.G[a] for a in args]).items():
                 self.bound(args[index], bound)
         return node
 
-    def shape_error(self, exc: ShapeError, where: Loc, args: list[int], scope: Scope) -> NNError:
+    def shape_error(self, exc: ShapeError, where: Loc, opname: str | None, args: list[int], attrs: dict[str, Any],
+                    scope: Scope) -> NNError:
         """The error for operands whose shapes do not fit, with a note where one of their symbolic
-        dims looks like a typo of a const or of another dim (``float[N, Dd]`` beside ``const D``):
-        each unknown name in an input's type silently becomes a dim of its own."""
+        dims looks like a typo of a const or of another dim (``float[N, Dd]`` beside ``const D``)
+        and the shapes fit with that name instead: each unknown name in an input's type silently
+        becomes a dim of its own."""
         notes: list[tuple[str, Loc]] = []
-        named: set[str] = set()
+        sizes = [name for name, value in scope.consts.items()   # the consts that could be a dim
+                 if isinstance(value, (int, np.integer)) and not isinstance(value, bool)]
         for dim in dict.fromkeys(d for a in args for d in self.G[a].shape if isinstance(d, str)):
-            sizes = [name for name, value in scope.consts.items()   # the consts that could be a dim
-                     if isinstance(value, (int, np.integer)) and not isinstance(value, bool)]
-            others = [name for name in (*sizes, *self.dim_places) if name != dim]
-            close = closest(dim, others)
-            if dim not in self.dim_places or close is None or close in named:
+            close = closest(dim, [name for name in (*sizes, *self.dim_places) if name != dim])
+            if dim not in self.dim_places or close is None or opname is None or \
+                    not self._fits_with(opname, args, attrs, dim, scope.consts.get(close, close)):
                 continue
-            named.add(dim)
             if close in scope.consts:
                 note = (f"'{dim}' is not a const, so it became a symbolic dim, set by the inputs at each "
                         f"call; did you mean the const '{close}' (= {scope.consts[close]})?")
@@ -93,7 +94,18 @@ class Context:
                 note = (f"'{dim}' and '{close}' are two different symbolic dims, each set by the inputs "
                         f"at each call; did you mean '{close}'?")
             notes.append((note, self.dim_places[dim]))
+            break   # the first is enough: 'n' beside 'N' would be said twice
         return NNError(exc.message, where, notes=tuple(notes))
+
+    def _fits_with(self, opname: str, args: list[int], attrs: dict[str, Any], dim: str, instead: Dim) -> bool:
+        """Whether the op's shape rule accepts its operands with ``dim`` read as ``instead``."""
+        operands = [dataclasses.replace(self.G[a], shape=tuple(instead if d == dim else d for d in self.G[a].shape))
+                    for a in args]
+        try:
+            self.G.infer(opname, operands, dict(attrs))
+        except ShapeError:
+            return False
+        return True
 
     def bound(self, n: int, dim: Dim) -> None:
         """Node ``n`` holds labels or indices below ``dim``: if it is an input, the module checks it."""

@@ -226,7 +226,7 @@ class Expressions:
                 return opdef.lower(el, args, attrs, call.loc, scope)
             except ShapeError as exc:
                 where = call.args[exc.arg].loc if exc.arg is not None and exc.arg < arity else call.loc
-                raise el.shape_error(exc, where, args, scope) from None
+                raise el.shape_error(exc, where, None, args, attrs, scope) from None   # a composite: no retry
         return el.op(opdef.name, args, attrs, call.loc, scope, [a.loc for a in call.args])
 
     def grad(self, call: syntax.Call, scope: Scope) -> int:

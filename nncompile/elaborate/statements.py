@@ -265,7 +265,7 @@ class Statements:
                     dims.append(name)  # a symbolic dim, bound when the module is called
                     el.dim_places.setdefault(name, expr.loc)
                 case syntax.Ref(parts=[name]) if name not in scope.consts and name not in scope.dims and \
-                        name in el.symbolic_dims():
+                        (name in el.symbolic_dims() or name in scope.later_dims and name not in scope.later):
                     raise NNError(f"a param's shape must be known when compiling, but {name} is a symbolic dim "
                                   "(set by the inputs at each call)", expr.loc)
                 case _:

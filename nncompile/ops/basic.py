@@ -577,19 +577,7 @@ op("sum_to", 1, _target_shape_rule, _emit_sum_to, public=False, takes_out=True,
 # Dropout: inverted dropout in train mode, the identity in eval mode (lowered by the elaborator).
 _DROPOUT_MASK = '''def _dropout_mask(rng, shape, p):
     """Keep each unit with probability 1 - p and scale kept units by 1 / (1 - p) (inverted dropout)."""
-    return np.multiply(rng.random(shape, dtype=DTYPE) >= p, 1 / (1 - p), dtype=DTYPE)
-
-
-def _generator(rng):
-    """The generator of the dropout masks: rng itself, or one seeded by it (None: fresh masks;
-    a seed: the same masks each time); anything else is refused by name."""
-    if isinstance(rng, np.random.Generator):
-        return rng
-    try:
-        return np.random.default_rng(rng)
-    except (TypeError, ValueError):
-        raise TypeError(f"rng must be a numpy random Generator (np.random.default_rng(seed)), an int seed or None, "
-                        f"not {type(rng).__name__}") from None'''
+    return np.multiply(rng.random(shape, dtype=DTYPE) >= p, 1 / (1 - p), dtype=DTYPE)'''
 
 
 def _emit_dropout_mask(ctx: EmitContext, args: list[str], attrs: dict, out: str | None = None) -> str:

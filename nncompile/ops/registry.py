@@ -324,9 +324,10 @@ def need_float(ins: list[Node], opname: str) -> None:
     for i, node in enumerate(ins):
         if node.dtype != "float":
             what = f"'{node.name}'" if node.name else f"operand {i + 1}"
+            fix = "; to compute with the numbers, declare the input float" if node.op == "input" else ""
             raise ShapeError(f"{opname} needs floats, but {what} is {node.dtype}{shapes.show(node.shape)}: int values "
                              "are labels and indices, for the ops that take them (softmax_cross_entropy, svm_loss, "
-                             "x[idx], one_hot); to compute with the numbers, declare the input float", i)
+                             f"x[idx], one_hot){fix}", i)
 
 
 def elementwise_rule(opname: str):

@@ -182,8 +182,8 @@ def load_csv(path: Path) -> RawData:
     blank = np.zeros(table.shape, dtype=bool)
     for r, (line, row) in enumerate(body):
         if len(row) != len(names):
-            raise NNError(f"line {line} has {len(row)} fields, but the file has {len(names)} columns",
-                          Loc(str(path), line, 1))
+            raise NNError(f"line {line} has {len(row)} fields, but the file has {len(names)} columns"
+                          + _separator_hint(rows[0][1]), Loc(str(path), line, 1))   # '1,5;2' after 'a;b
         for c, cell in enumerate(row):
             try:
                 blank[r, c] = not cell.strip()
