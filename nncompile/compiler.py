@@ -130,12 +130,7 @@ def _compile(path: str | Path, dtype: str | None, optimized: bool, trace: bool, 
     second = _unbuilt_copy(model, model.mode) if hvp and model.target is not None else None
     program = build(model, optimized=optimized, trace=trace, input_grads=input_grads, fuse=BACKENDS[backend].fuses)
     if model.mode_dependent:  # forward() runs eval mode: dropout off, running statistics used
-        try:
-            evaluation = elaborate_file(path, dtype, mode="eval", shorten=shorten)
-        except NNError as error:   # a line that train mode accepts: say which mode it fails in
-            said = "eval mode" in error.message
-            raise NNError(error.message if said else f"in eval mode (the eval {{ }} blocks count): {error.message}",
-                          error.loc, error.file, error.notes) from None
+        evaluation = elaborate_file(path, dtype, mode="eval", shorten=shorten)
         _check_inputs_for_both(model, evaluation)
         unbuilt = _unbuilt_copy(evaluation, "eval")
         program.eval_program = build(evaluation, optimized=optimized, fuse=BACKENDS[backend].fuses, differentiate=False)

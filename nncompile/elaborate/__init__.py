@@ -60,7 +60,13 @@ class Elaborator(Context):
 
     def run(self, module: syntax.Module) -> Model:
         self.imports.begin(module.file)
-        self.statements.body(module.body, Scope((), {}))
+        try:
+            self.statements.body(module.body, Scope((), {}))
+        except NNError as error:   # a line train mode accepts may fail here: say which mode it fails in
+            if self.mode != "eval" or not self.model.mode_dependent or "eval mode" in error.message:
+                raise
+            raise type(error)(f"in eval mode (the eval {{ }} blocks count): {error.message}", error.loc, error.file,
+                          error.notes) from None
         if self.dtype_override:
             self.model.dtype = self.dtype_override
         if not self.model.outputs and self.model.loss is None:
