@@ -251,10 +251,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     summary = (f"{len(data)} example{'s' * (len(data) != 1)} from {data.source}"
                + (f" ({args.split} split)" if args.split != "all" else ""))
     loss = run.loss(data)
-    scores = ([f"accuracy {100 * accuracy:.2f}%"] if accuracy is not None else []) + \
-        ([f"loss {loss:.4f}"] if loss is not None else [])   # as training prints it
-    if scores:
-        summary += ": " + ", ".join(scores)
+    measured = ([f"accuracy {100 * accuracy:.2f}%"] if accuracy is not None else []) + \
+        ([f"loss {loss:.4f}"] if loss is not None else [])   # as training prints them
+    if measured:
+        summary += ": " + ", ".join(measured)
     if args.output is None:
         for row in zip(*columns.values()):
             print(",".join(_cell(v) for v in row))
