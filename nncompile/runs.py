@@ -20,6 +20,7 @@ from .compiler import load_module
 from .errors import NNError
 from .train.checkpoint import read_npz
 from .train.data import Dataset, bind, load_source, mapping_for, parse_mapping, split
+from .train.objective import Objective
 from .train.runfiles import PREDICT_FILE
 from .train.trainer import EVAL_CHUNK
 
@@ -40,6 +41,7 @@ class Run:
     scores: str | None = None    # the output holding class scores (or a binary model's logits)
     kind: str | None = None      # the loss's kind of targets: "classes", "binary", "regression", ...
     labels: str | None = None    # the input holding the labels accuracy compares with
+    loss_op: dict[str, Any] | None = None   # how training computed a loss eval mode lacks (predict.json)
 
     @property
     def inputs(self) -> dict[str, tuple]:
@@ -81,10 +83,11 @@ class Run:
         return float((np.asarray(predicted) == truth).mean())
 
     def loss(self, data: Dataset) -> float | None:
-        """The model's mean loss on ``data``'s examples, as training reports its val loss (the
-        LOSS output in eval mode, over the same chunks); None where the data lacks an input the
-        full model reads (the targets), or where eval mode computes no loss (a loss written in a
-        train { } block: training then reports the loss op's own value, which this does not)."""
+        """The model's mean loss on ``data``'s examples, as training reports its val loss: the
+        LOSS output in eval mode over the same chunks, or where eval mode has none (a loss
+        written in a train { } block), the data loss as the trainer computed it (a scalar
+        ``data_loss`` output, else the loss op of predict.json's ``loss_op`` on its output and
+        targets). None where the data lacks an input the model reads (the targets)."""
         name = getattr(self.module, "LOSS", None)
         needed = [k for k in self.module.INPUTS if k in data.arrays or k not in self.module.DEFAULTS]
         if name is None or not len(data) or any(k not in data.arrays for k in needed):
@@ -96,10 +99,23 @@ class Run:
                 outputs = self.module.forward(self.params, self.state, **self.normalize(chunk))
             except (TypeError, ValueError) as exc:   # the module's own message, as outputs() reports it
                 raise NNError(f"{exc}", file=str(self.directory / "model.py")) from None
-            if name not in outputs:
+            loss = self._chunk_loss(name, outputs, chunk)
+            if loss is None:
                 return None
-            total += float(outputs[name]) * len(next(iter(chunk.values())))
+            total += loss * len(next(iter(chunk.values())))
         return total / len(data)
+
+    def _chunk_loss(self, name: str, outputs: dict[str, Any], chunk: dict[str, np.ndarray]) -> float | None:
+        """One chunk's loss, as ``Trainer.evaluate`` takes it."""
+        if name in outputs:
+            return float(outputs[name])
+        if name != "data_loss" and np.ndim(outputs.get("data_loss", [])) == 0:
+            return float(outputs["data_loss"])
+        how = self.loss_op
+        if how is None or how["predictions"] not in outputs or how["targets"] not in chunk:
+            return None
+        objective = Objective(how["op"], how["predictions"], how["targets"], tuple(how["attrs"].items()))
+        return objective.data_loss(outputs[how["predictions"]], chunk[how["targets"]])
 
     def predict(self, X: Any = None, /, **inputs: Any) -> Any:
         """Class labels for a classifier (the argmax of the scores, or a logit's sign), else
@@ -161,7 +177,7 @@ def load_run(directory: str | Path) -> Run:
     config = _json(folder / "config.json")
     described = _json(folder / PREDICT_FILE)
     return Run(folder, module, params, state, normalization, config, described.get("scores"), described.get("kind"),
-               described.get("labels"))
+               described.get("labels"), described.get("loss_op"))
 
 
 def read_data(run: Run, spec: str | None = None, mapping: dict[str, str] | None = None, part: str = "all") -> Dataset:

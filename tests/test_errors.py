@@ -25,11 +25,13 @@ from pathlib import Path
 
 import pytest
 
+import nncompile
 from nncompile.cli import main
 
 from conftest import GOLDEN, CliResult, write_nn
 
 UPDATE = os.environ.get("NNCOMPILE_UPDATE_GOLDENS") == "1"
+STDLIB = str(Path(nncompile.__file__).parent / "stdlib")   # written <nncompile>/stdlib in the goldens, for any checkout
 
 AFFINE = """
         layer affine(x: [B, K], out: int) -> [B, out] {
@@ -163,6 +165,13 @@ CASES: dict[str, Case] = {
         }
         output h
     """}, ["check", "m.nn"], points_at="h", line=5),
+    "layer_local_only_its_train_block_defines": Case({"m.nn": """
+        import nn
+        input X: float[N, 4]
+        h = batchnorm(X) as bn
+        output h
+        output bn.mu
+    """}, ["check", "m.nn"], points_at="bn.mu", line=5),
     "const_of_a_dim_an_input_declares_later": Case({"m.nn": """
         const M = N
         input X: float[N, 4]
@@ -489,11 +498,12 @@ def test_error_message(name: str, tmp_path: Path, monkeypatch) -> None:
             assert int(header["line"]) == case.line
 
     golden = GOLDEN / f"{name}.txt"
+    stderr = result.stderr.replace(STDLIB, "<nncompile>/stdlib")
     if UPDATE:
         golden.parent.mkdir(exist_ok=True)
-        golden.write_text(result.stderr)
+        golden.write_text(stderr)
     assert golden.exists(), f"no golden file {golden}; run with NNCOMPILE_UPDATE_GOLDENS=1 to create it"
-    assert result.stderr == golden.read_text(), f"stderr differs from {golden.name}"
+    assert stderr == golden.read_text(), f"stderr differs from {golden.name}"
 
 
 @pytest.mark.parametrize("name", ["syntax_error", "matmul_mismatch", "layer_missing_argument", "missing_file",

@@ -54,7 +54,7 @@ def test_a_run_directory_describes_itself(digits_run: Path) -> None:
     assert (digits_run / "model.nn").read_bytes() == (EXAMPLES / "digits_mlp.nn").read_bytes()
     described = json.loads((digits_run / "predict.json").read_text())
     assert described == {"inputs": ["X"], "outputs": ["scores"], "scores": "scores", "labels": "y",
-                         "kind": "classes", "normalized": ["X"]}
+                         "kind": "classes", "normalized": ["X"], "loss_op": None}
     readme = (digits_run / "README.txt").read_text()
     assert "nncompile.load_run" in readme and "# --- numpy recipe ---" in readme
 
@@ -265,6 +265,39 @@ def test_a_regression_run_predicts_values_and_has_no_probabilities(tmp_path: Pat
     np.savez(tmp_path / "no_targets.npz", X=X)
     done = cli("predict", tmp_path / "run", "--data", "no_targets.npz", cwd=tmp_path)
     assert done.returncode == 0 and "loss" not in done.stderr, done
+
+
+def test_predict_reports_the_loss_training_reported_where_the_loss_is_written_in_a_train_block(tmp_path: Path) -> None:
+    """Eval mode computes no loss written in a train { } block; training then reports its loss op
+    on the scores, and so does predict (from predict.json's loss_op), with the op's attrs."""
+    model = write_nn(tmp_path, "margin.nn", """
+        input X: float[N, 4]
+        input y: int[N]
+        param W: [4, 3] = randn(std=0.1)
+        scores = X @ W
+        output scores
+        train {
+            loss = svm_loss(scores, y, delta=2) + 0.01 * sum(W * W)
+            minimize loss
+        }
+    """)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((90, 4))
+    np.savez(tmp_path / "data.npz", X=X, y=(X[:, 0] > 0).astype(np.int64) + (X[:, 1] > 0))
+    done = cli("train", model, "--data", tmp_path / "data.npz", "--epochs", "3", "--test-split", "0.2",
+               "--out", tmp_path / "run", timeout=120)
+    assert done.returncode == 0, done
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    run = nncompile.load_run(tmp_path / "run")
+    assert run.loss_op == {"op": "svm_loss", "predictions": "scores", "targets": "y", "attrs": {"delta": 2.0}}
+    for part in ("val", "test"):
+        done = cli("predict", tmp_path / "run", "--split", part)
+        assert done.returncode == 0, done
+        reported = summary[part]
+        assert done.stderr.endswith(f"accuracy {100 * reported['acc']:.2f}%, loss {reported['loss']:.4f}\n"), \
+            (done.stderr, reported)
+    from nncompile.runs import read_data
+    assert run.loss(read_data(run, part="test")) == pytest.approx(summary["test"]["loss"], rel=1e-6)
 
 
 # ---- eval and render of the trained model ------------------------------------------------------

@@ -140,9 +140,11 @@ class Context:
         if name in scope.other_mode and name not in scope.later:
             phase, where = scope.other_mode[name]
             article = "an" if self.mode == "eval" else "a"
+            fix = f"define it in {article} '{self.mode}' block too, or outside both"
+            if "." in name:   # a layer's local: the layer is not the user's to change, its use is
+                fix = f"use it only inside {'an' if phase == 'eval' else 'a'} '{phase}' block ({phase} {{ ... }})"
             return NNError(f"'{name}' is defined only in a '{phase}' block, so in {self.mode} mode it does not exist: "
-                           f"define it in {article} '{self.mode}' block too, or outside both", loc,
-                           notes=((f"'{name}' is defined here, for {phase} mode", where),))
+                           f"{fix}", loc, notes=((f"'{name}' is defined here, for {phase} mode", where),))
         if name in scope.later:
             return NNError(f"'{name}' is used before it is defined (at line {scope.later[name].line}): "
                            "move its definition above this line", loc,

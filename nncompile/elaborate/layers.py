@@ -150,6 +150,9 @@ class Layers:
         el.model.layers[inner.prefix] = layer.name
         for local, node in inner.values.items():
             scope.values[f"{name}.{local}"] = node
+        for local, defined in inner.other_mode.items():   # bn.mu, which only train mode has
+            if local not in inner.values:
+                scope.other_mode.setdefault(f"{name}.{local}", defined)
         if el.G[result].name is None:
             el.G.set(result, name=".".join(inner.prefix))
             el.instance_results.add(result)

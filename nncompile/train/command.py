@@ -199,7 +199,8 @@ def run(model: str | Path, *, data: str = "digits", mapping: dict[str, str] | st
     files = ["config.json", "model.py", "checkpoint.npz", "metrics.jsonl", "params.npz"]
     files += write_run_files(run_dir, module, Path(model), scores=trainer.scores, labels=trainer.labels,
                              kind=trainer.objective.kind or ("classes" if trainer.scores else None),
-                             normalized=normalizer.mean, has_state=final_state is not None)
+                             normalized=normalizer.mean, has_state=final_state is not None,
+                             loss_op=trainer.eval_loss_op())
     if final_state is not None:
         files.append("state.npz")
     if normalizer.mean:

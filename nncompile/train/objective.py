@@ -67,6 +67,11 @@ class Objective:
         args = [a.astype(np.float64) if a.dtype.kind == "f" else a for a in map(np.asarray, (predictions, targets))]
         return float(self._opdef.compute(args, dict(self.attrs)))
 
+    @property
+    def op_or_assumed(self) -> str:
+        """The loss op's name: the graph's, or the one assumed of class scores where it has none."""
+        return self._opdef.name
+
     def describe(self) -> str:
         return self._opdef.loss.what
 

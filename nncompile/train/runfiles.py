@@ -15,15 +15,18 @@ README = "README.txt"
 
 
 def write_run_files(folder: Path, module: ModuleType, model_path: Path, *, scores: str | None, labels: str | None,
-                    kind: str | None, normalized: dict[str, Any], has_state: bool) -> list[str]:
+                    kind: str | None, normalized: dict[str, Any], has_state: bool,
+                    loss_op: dict[str, Any] | None = None) -> list[str]:
     """What makes a run directory self-describing: model.nn (the source), predict.json and
-    README.txt. Returns the names written."""
+    README.txt. Returns the names written. ``loss_op`` (the op, the output it scores, the input
+    holding its targets, its attrs) is how the trainer computed the loss where eval mode has
+    no LOSS output: a loss written in a train { } block."""
     write_atomic(folder / "model.nn", model_path.read_bytes())
     predicts = hasattr(module, "predict")
     description = {"inputs": list(getattr(module, "PREDICT_INPUTS", {})),
                    "outputs": list(getattr(module, "PREDICT_OUTPUTS", {})),
                    "scores": scores if predicts else None, "labels": labels, "kind": kind,
-                   "normalized": sorted(normalized)}
+                   "normalized": sorted(normalized), "loss_op": loss_op}
     write_atomic(folder / PREDICT_FILE, json.dumps(description, indent=2) + "\n")
     write_atomic(folder / README, readme(module, model_path.name, scores=scores if predicts else None, kind=kind,
                                          normalized=sorted(normalized), has_state=has_state))

@@ -326,6 +326,16 @@ class Trainer:
         predictions, targets = self._scored()
         return self._data_loss_output() or (predictions in self.module.OUTPUTS and targets in self.module.INPUTS)
 
+    def eval_loss_op(self) -> dict[str, Any] | None:
+        """How :meth:`evaluate` computes the loss where eval mode has no LOSS output (a loss
+        written in a train { } block): the loss op, the output it scores, the input holding its
+        targets and its attrs, as JSON for the run directory; None where eval mode has the LOSS."""
+        predictions, targets = self._scored()
+        if self.loss in self.module.OUTPUTS or predictions not in self.module.OUTPUTS or targets is None:
+            return None
+        return {"op": self.objective.op_or_assumed, "predictions": predictions, "targets": targets,
+                "attrs": dict(self.objective.attrs)}
+
     def _data_loss_output(self) -> bool:
         declared = {**self.module.OUTPUTS, **getattr(self.module, "TRAIN_OUTPUTS", {})}   # either mode's outputs
         return "data_loss" != self.loss and declared.get("data_loss", [None])[0] == ()
