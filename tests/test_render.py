@@ -177,6 +177,15 @@ def test_a_conv_layer_is_one_cluster_with_its_kernel_shape_in_the_label(tmp_path
     assert "label=<max_pool2d(2×2)>" in dot
 
 
+def test_a_pools_label_writes_its_geometry_as_the_file_would():
+    from nncompile.ops import REGISTRY
+
+    label = REGISTRY["max_pool2d"].label
+    assert label({"kernel": 3, "stride": 2, "padding": 1}) == "max_pool2d(3×3, stride=2, padding=1)"
+    assert label({"kernel": (2, 3), "stride": (1, 2)}) == "max_pool2d(2×3, stride=[1, 2])"
+    assert REGISTRY["avg_pool2d"].label({"kernel": 2}) == "avg_pool2d(2×2)"
+
+
 def test_collapse_above_the_node_budget(two_layer):
     warnings: list[str] = []
     dot = to_dot(two_layer, max_nodes=5, warn=warnings.append)

@@ -359,8 +359,8 @@ def _pool_label(name: str):
     def label(attrs: dict) -> str:
         g = _pool_attrs(attrs)
         words = [f"{'×'.join(map(str, g['kernel']))}"]
-        words += [f"stride={attr_text(g['stride'])}"] if g["stride"] != g["kernel"] else []
-        words += [f"padding={attr_text(g['padding'])}"] if any(g["padding"]) else []
+        words += [f"stride={_shown(g['stride'])}"] if g["stride"] != g["kernel"] else []
+        words += [f"padding={_shown(g['padding'])}"] if any(g["padding"]) else []
         return f"{name}({', '.join(words)})"
     return label
 
