@@ -182,8 +182,8 @@ def test_a_pools_label_writes_its_geometry_as_the_file_would():
 
     label = REGISTRY["max_pool2d"].label
     assert label({"kernel": 3, "stride": 2, "padding": 1}) == "max_pool2d(3×3, stride=2, padding=1)"
-    assert label({"kernel": (2, 3), "stride": (1, 2)}) == "max_pool2d(2×3, stride=[1, 2])"
-    assert REGISTRY["avg_pool2d"].label({"kernel": 2}) == "avg_pool2d(2×2)"
+    assert label({"kernel": (2, 3), "stride": (1, 2), "padding": 0}) == "max_pool2d(2×3, stride=[1, 2])"
+    assert REGISTRY["avg_pool2d"].label({"kernel": 2, "stride": None, "padding": 0}) == "avg_pool2d(2×2)"
 
 
 def test_collapse_above_the_node_budget(two_layer):
