@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from .errors import Loc
 from .ir import Graph, Model
 from .ops import REGISTRY
-from .schedule import Cycle, post_order
+from .schedule import Cycle, draw_operands, post_order
 
 MIN_RUN = 3   # fewer instances read better unrolled
 _INSTANCE = re.compile(r"(.*)\.(\d+)$")
@@ -480,16 +480,17 @@ def loop_schedule(G: Graph, results: list[int], loops: list[Loop]) -> list[int |
     """The function's statements in order, each loop one unit placed after everything it
     reads (a depth-first post-order, as schedule() makes); None where no order exists."""
     unit_of: dict[int, int] = {n: li for li, loop in enumerate(loops) for body in loop.bodies for n in body}
+    operands_of = draw_operands(G, results)   # the args, and a random draw's source-order predecessor
     reads: list[list[int]] = [[] for _ in loops]
     for li, loop in enumerate(loops):
-        reads[li] = list(dict.fromkeys(a for body in loop.bodies for n in body for a in G[n].args
+        reads[li] = list(dict.fromkeys(a for body in loop.bodies for n in body for a in operands_of(n)
                                        if unit_of.get(a) != li))
 
     def unit(n: int) -> int | tuple[int]:
         return (unit_of[n],) if n in unit_of else n
 
     def operands(u) -> list[int]:
-        return reads[u[0]] if isinstance(u, tuple) else list(G[u].args)
+        return reads[u[0]] if isinstance(u, tuple) else list(operands_of(u))
 
     try:   # with a loop, the graph of units may have a cycle: then no order is right
         order = post_order([unit(n) for n in results], lambda u: [unit(a) for a in operands(u)])

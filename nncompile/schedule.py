@@ -33,8 +33,19 @@ class Plan:
 
 
 def schedule(G: Graph, results: list[int]) -> list[int]:
-    """A deterministic topological order of everything ``results`` need (iterative DFS)."""
-    return post_order(results, lambda n: G[n].args)
+    """A deterministic topological order of everything ``results`` need (iterative DFS),
+    its random draws in source order (:func:`draw_operands`)."""
+    return post_order(results, draw_operands(G, results))
+
+
+def draw_operands(G: Graph, results: list[int]) -> Callable[[int], tuple[int, ...]]:
+    """A node's operands, and for a random draw (a dropout mask) also the draw before it in
+    source order, which is node order: every function that draws (value_and_grad, step, hvp,
+    trace), given generators in one state, then draws the same masks, in whatever order its
+    own dependencies would have reached them."""
+    draws = sorted(n for n in post_order(results, lambda n: G[n].args) if REGISTRY[G[n].op].random)
+    before = dict(zip(draws[1:], draws[:-1]))
+    return lambda n: (*G[n].args, before[n]) if n in before else G[n].args
 
 
 class Cycle(ValueError):

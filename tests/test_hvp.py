@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from nncompile.codegen.hvp import HESSIAN_LIMIT
-from nncompile.compiler import compile_and_load, compile_file, load_module
+from nncompile.codegen import emit_module
+from nncompile.compiler import build, compile_and_load, compile_file, load_module
 from nncompile.evaluate import concrete_values
 from nncompile.elaborate import elaborate_file
 from nncompile.gradcheck import Kinks, check_gradients, check_hessian, summarize
@@ -86,6 +87,65 @@ def test_the_hessian_of_a_model_with_dropout_is_of_one_set_of_masks(tmp_path: Pa
     np.testing.assert_allclose(H, H.T, rtol=1e-10, atol=1e-12)
     np.testing.assert_array_equal(H, module.hessian(params, None, np.random.default_rng(7), **inputs))
     assert np.abs(H).max() > 0
+
+
+# Two dropouts whose loss reads the second first, and a repeat of dropout layers (a loop):
+# each function's own dependencies would reach the masks in different orders.
+TWO_DROPOUTS = """
+    dtype float64
+    input X: float[N, 3]
+    param a: [3] = ones()
+    param b: [3] = ones()
+    layer noisy(x) {
+        param w: [3] = ones()
+        return dropout(x * w, p=0.3)
+    }
+    h = dropout(X * a, p=0.5)
+    k = dropout(X * b, p=0.2)
+    r = repeat 3 noisy(k)
+    loss = sum(r * r) + sum(k * k * k) + sum(h * h * h)
+    output h, k
+    minimize loss
+"""
+
+
+@pytest.mark.parametrize("loops", [True, False])
+def test_every_function_given_one_seed_draws_the_masks_value_and_grad_draws(tmp_path: Path, loops: bool) -> None:
+    """hvp, hessian and trace draw their dropout masks in source order, as value_and_grad
+    does: with one seed they differentiate the same function of the params."""
+    module = load_module(compile_file(write_nn(tmp_path, "two.nn", TWO_DROPOUTS), loops=loops), f"two_{loops}")
+    params = {k: 1 + 0.1 * np.arange(p.size, dtype=float).reshape(p.shape) for k, p in module.init_params(0).items()}
+    X = np.random.default_rng(1).uniform(0.5, 1.5, (8, 3))
+
+    def loss_and_grad(p: dict) -> tuple[float, np.ndarray]:
+        values, grads = module.value_and_grad(p, None, 5, X=X)
+        return values["loss"], np.concatenate([grads[k].reshape(-1) for k in module.PARAMS])
+
+    flat = np.concatenate([params[k].reshape(-1) for k in module.PARAMS])
+    sizes = np.cumsum([params[k].size for k in module.PARAMS])[:-1]
+
+    def at(x: np.ndarray) -> dict:
+        return {k: part.reshape(params[k].shape) for k, part in zip(module.PARAMS, np.split(x, sizes))}
+    eps = 1e-6   # the masks are fixed by the seed, so the gradient is smooth in the params
+    fd = np.stack([(loss_and_grad(at(flat + eps * e))[1] - loss_and_grad(at(flat - eps * e))[1]) / (2 * eps)
+                   for e in np.eye(flat.size)], axis=1)
+    H = module.hessian(params, None, 5, X=X)
+    np.testing.assert_allclose(H, fd, rtol=1e-6, atol=1e-6)
+    v = at(np.random.default_rng(2).standard_normal(flat.size))
+    hv = module.hvp(params, v, None, 5, X=X)
+    np.testing.assert_allclose(np.concatenate([hv[k].reshape(-1) for k in module.PARAMS]),
+                               H @ np.concatenate([v[k].reshape(-1) for k in module.PARAMS]), rtol=1e-10)
+    generator, once = np.random.default_rng(5), np.random.default_rng(5)
+    np.testing.assert_array_equal(module.hessian(params, None, generator, X=X), H)   # a Generator: copied per column
+    module.hvp(params, v, None, once, X=X)
+    assert generator.bit_generator.state == once.bit_generator.state   # and left where one hvp() leaves it
+
+    values = module.value_and_grad(params, None, 5, X=X)[0]
+    model = elaborate_file(tmp_path / "two.nn")
+    program = build(model, optimized=False, trace=True, differentiate=False)   # eval's and the gradient check's
+    traced = load_module(emit_module(program, trace=True), f"two_trace_{loops}").trace(params, None, 5, X=X)[0]
+    for name in ("h", "k", "loss"):
+        np.testing.assert_array_equal(traced[model.outputs[name]], values[name], err_msg=name)
 
 
 def test_hvp_is_the_hessian_times_v_and_leaves_its_arguments_alone(tmp_path: Path) -> None:

@@ -31,9 +31,15 @@ def hessian(params, state=None, rng=None, /, **inputs):
     if total > HESSIAN_LIMIT:
         raise ValueError(f"hessian() is for tiny models: this one has {{total}} param elements, more than "
                          f"HESSIAN_LIMIT = {{HESSIAN_LIMIT}}; use hvp(params, v, ...) for products with the Hessian")
-    # One seed for every column: each hvp() call then draws the same dropout masks, so the
-    # columns are of one Hessian (a seeded rng gives the same matrix every time).
-    seed = int(np.random.default_rng(rng).integers(2**62))   # rng: None, a seed, or a Generator
+    # Every column draws the dropout masks, so every column must draw the same ones to be of
+    # one Hessian: those value_and_grad(params, state, rng) and hvp(...) draw from the same rng.
+    # A seed is a fresh generator each time; a Generator is copied as it stands for each column
+    # (and left where one hvp() call leaves it); None draws one seed for all the columns.
+    if rng is None:
+        rng = int(np.random.default_rng().integers(2**62))
+    rng = np.random.default_rng(rng)
+    start = getattr(rng.bit_generator, "state", None)   # None: an array library's own generator
+    seed = int(rng.integers(2**62)) if not isinstance(start, dict) else None
     basis = np.zeros(total, dtype=DTYPE)
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
     columns = []
@@ -42,8 +48,15 @@ def hessian(params, state=None, rng=None, /, **inputs):
         basis[j] = 1
         v = {{name: basis[start:start + size].reshape(shape)
              for name, (shape, _), start, size in zip(PARAMS, PARAMS.values(), starts, sizes)}}
-        hv = hvp(params, v, state, np.random.default_rng(seed), **inputs)
+        if seed is None:
+            draws = np.random.Generator(type(rng.bit_generator)())
+            draws.bit_generator.state = start
+        else:
+            draws = np.random.default_rng(seed)
+        hv = hvp(params, v, state, draws, **inputs)
         columns.append(np.concatenate([hv[name].reshape(-1) for name in PARAMS]))
+    if seed is None and columns:
+        rng.bit_generator.state = draws.bit_generator.state
     return np.stack(columns, axis=1) if columns else np.zeros((0, 0), dtype=DTYPE)'''
 
 
