@@ -176,7 +176,7 @@ def _fused_expr(G: Graph, n: int, shape, results: set[int], members: list[int], 
             if a not in inputs:
                 inputs.append(a)
             operands.append(f"x{inputs.index(a)}")
-    return REGISTRY[node.op].scalar.format(*operands, **dict(node.attrs))
+    return REGISTRY[node.op].c_expression(operands, dict(node.attrs))
 
 
 def _c_literal(value: float) -> str:

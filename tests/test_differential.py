@@ -200,6 +200,30 @@ def test_kinks_and_ties_follow_the_documented_rule(case: str, dtype: str, torch,
     compare_with_torch(path, weighted(fn), {}, [{**inputs, "w": w}, {**inputs, "w": 1.7 - w}], dtype=dtype)
 
 
+# ---- infinite inputs: the values PyTorch gives, and gradients that are not 0 * inf ----------
+# (gelu and silu give nan gradients at infinities on both sides; hardswish, a composite whose
+# product rule multiplies x by hardtanh's 0, gives nan where PyTorch gives 0 and 1.)
+
+INFINITE = {"x": [-np.inf, -2.0, 0.5, np.inf]}
+INFINITIES = {op: (f"out = {op}(x{''.join(f', {k}={v}' for k, v in attrs.items())})", INFINITE,
+                   lambda e, op=op, attrs=attrs: T[op](e["x"], **attrs))
+              for op, attrs in {"elu": {"alpha": 1.5}, "leaky_relu": {"alpha": 0.1}, "relu": {}, "tanh": {},
+                                "sigmoid": {}, "softplus": {}, "hardtanh": {"min_val": -1.0, "max_val": 2.0},
+                                "abs": {}, "exp": {}}.items()}
+
+
+@differential
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", list(INFINITIES), ids=list(INFINITIES))
+def test_infinite_inputs_give_pytorchs_values_and_gradients(case: str, dtype: str, torch, tmp_path: Path) -> None:
+    statement, inputs, fn = INFINITIES[case]
+    inputs = {k: np.asarray(v) for k, v in inputs.items()}
+    w = weights_for(fn, inputs)
+    path = write_nn(tmp_path, "inf.nn", weighted_model(statement, inputs, w.shape))
+    with np.errstate(invalid="ignore"):   # the loss adds inf and -inf
+        compare_with_torch(path, weighted(fn), {}, [{**inputs, "w": w}], dtype=dtype)
+
+
 # ---- where naive formulas lose precision: relative error only, however small the number ----
 
 WIDE = [-50.0, -30.0, -10.0, -0.5, 0.5, 10.0, 30.0, 50.0]
@@ -209,6 +233,8 @@ EXTREMES = {
     "log of sigmoid": ("out = log(sigmoid(x))", {"x": WIDE}, lambda e: T["log"](T["sigmoid"](e["x"]))),
     "softplus": ("out = softplus(x)", {"x": WIDE}, lambda e: T["softplus"](e["x"])),
     "exp": ("out = exp(x)", {"x": WIDE}, lambda e: T["exp"](e["x"])),
+    "leaky_relu of a small slope": ("out = leaky_relu(x, alpha=0.001)", {"x": WIDE + [-1.0, -3.3, -7.77, -1e-3]},
+                                    lambda e: T["leaky_relu"](e["x"], alpha=0.001)),
     "log_softmax at 1000": ("out = log_softmax(x)", {"x": BIG_SCORES}, lambda e: T["log_softmax"](e["x"])),
     "softmax at 1000": ("out = softmax(x, axis=0)", {"x": BIG_SCORES}, lambda e: T["softmax"](e["x"], axis=0)),
     "softmax_cross_entropy at 1000": ("out = softmax_cross_entropy(x, y)", {"x": BIG_SCORES, "y": [0, 2, 1]},

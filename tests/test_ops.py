@@ -395,14 +395,14 @@ def check_scalar_form(opdef: OpDef, sample: Sample, dtype: str) -> None:
         trials["scaled"] = {n: v * 10 for n, v in drawn.items()}
     if len(names) == 2 and sample.shapes[0] == sample.shapes[1]:
         trials["tied"] = {names[0]: drawn[names[0]], names[1]: drawn[names[0]]}
-    expr = opdef.scalar.format(*names, **{**dict(opdef.attrs), **sample.attrs})
+    expr = opdef.c_expression(names, {**dict(opdef.attrs), **sample.attrs})
     for trial, values in trials.items():
         values = {n: np.asarray(v, dtype=dtype) for n, v in values.items()}
         with np.errstate(all="ignore"):
             want = module.forward({}, **values)["out"]
         got = fake_cupy.run_c(expr, dtype, *(values[n] for n in names))
         np.testing.assert_allclose(got, want, rtol=C_TOLERANCE[dtype], atol=C_TOLERANCE[dtype],
-                                   err_msg=f"C form {opdef.scalar!r} of {opdef.name}{sample}, {trial}, {dtype}")
+                                   err_msg=f"C form {expr!r} of {opdef.name}{sample}, {trial}, {dtype}")
 
 
 @needs_gcc

@@ -162,7 +162,7 @@ def test_sigmoids_c_form_keeps_its_relative_precision_too(dtype: str, low: float
     from nncompile.ops import REGISTRY
 
     x = np.linspace(low, high, 4001).astype(dtype)
-    got = fake_cupy.run_c(REGISTRY["sigmoid"].scalar.format("x0"), dtype, x)
+    got = fake_cupy.run_c(REGISTRY["sigmoid"].c_expression(["x0"], {}), dtype, x)
     np.testing.assert_allclose(got, [exact_sigmoid(v) for v in x], rtol=4 * np.finfo(dtype).eps, atol=0)
 
 

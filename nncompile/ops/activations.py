@@ -47,8 +47,16 @@ def _checked_elementwise_rule(opname: str, check: Callable[[dict], None]):
 # -- leaky_relu
 
 def _leaky_chain(attrs: dict) -> tuple[Step, ...]:
-    # x + (alpha - 1) * min(x, 0): three passes, no temporary.
-    return (("minimum", "0", "0.0"), ("multiply", "$", literal(float(attrs["alpha"]) - 1.0)), ("add", "0", "$"))
+    # max(x, alpha * x) for alpha <= 1 (min beyond): two passes, no temporary, alpha * x rounded
+    # once (x + (alpha - 1) * min(x, 0) cancels, 1e-5 off in float32 at alpha 0.001, and
+    # makes -inf nan).
+    alpha = float(attrs["alpha"])
+    return (("multiply", "0", literal(alpha)), ("maximum" if alpha <= 1 else "minimum", "$", "0"))
+
+
+def _leaky_c(attrs: dict) -> str:
+    """The chain's C form (CUDA's max is fmax: nan * alpha is nan, so a nan still spreads)."""
+    return f"{'max' if float(attrs['alpha']) <= 1 else 'min'}({{0}}, (T){{alpha}} * {{0}})"
 
 
 def _vjp_leaky_relu(g: Value, out: Value, x: Value):
@@ -59,12 +67,12 @@ def _vjp_leaky_relu(g: Value, out: Value, x: Value):
 
 
 # Primitive for its rule and speed: leaky_relu'(0) = alpha as PyTorch's (through maximum, a tie
-# would give (1 + alpha) / 2), three in-place passes, and the rule reads only the output's sign.
-elementwise("leaky_relu", 1, _leaky_chain, "({0} + ((T){alpha} - (T)1) * min({0}, (T)0))", attrs=(("alpha", 0.01),),
+# would give (1 + alpha) / 2), two passes, and the rule reads only the output's sign.
+elementwise("leaky_relu", 1, _leaky_chain, _leaky_c, attrs=(("alpha", 0.01),),
             infer=_checked_elementwise_rule("leaky_relu", lambda a: number_attr("leaky_relu", a, "alpha")),
             vjp=_vjp_leaky_relu,
-            samples=(*UNARY, Sample((MATRIX,), {"alpha": 0.2})), domain="nonzero",
-            doc="x where x > 0, else alpha * x (the lecture's fix for dying relus)",
+            samples=(*UNARY, Sample((MATRIX,), {"alpha": 0.2}), Sample((MATRIX,), {"alpha": 3.0})),   # max, min
+            domain="nonzero", doc="x where x > 0, else alpha * x (the lecture's fix for dying relus)",
             example="h = leaky_relu(x, alpha=0.1)",
             kink=Kink(),
             onnx=onnx_node("LeakyRelu", alpha=float_attr("alpha")))
@@ -90,8 +98,10 @@ def _elu_switch(operands: list[np.ndarray], attrs: dict) -> np.ndarray:
 
 
 def _vjp_elu(g: Value, out: Value, x: Value):
-    # d/dx = 1 where x > 0, else alpha * exp(x) = elu(x) + alpha.
-    return g * ((x > 0.0) + (x <= 0.0) * (out + float(out.attr("alpha"))))
+    # d/dx = 1 where x > 0, else alpha * exp(x) = elu(x) + alpha, written alpha - relu(-elu(x)) so
+    # the masked term is finite at x = inf (0 * inf is nan; PyTorch's elu'(inf) is 1) and its own
+    # derivative at 0 is relu's there, 0, as PyTorch's double backward has it.
+    return g * ((x > 0.0) + (x <= 0.0) * (float(out.attr("alpha")) - (-out).node("relu")))
 
 
 # Primitive for stability: expm1 of min(x, 0) never overflows and keeps precision near 0;

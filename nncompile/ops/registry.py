@@ -123,7 +123,7 @@ class OpDef:
     random: bool = False                      # draws from the caller's random generator (ctx.rng)
     pairwise: str | None = None               # a reduction: the elementwise op meant when it is called with two tensors
     mode_dependent: bool = False              # lowers differently in train and eval mode (dropout)
-    scalar: str | None = None                 # C expression over {0}, {1}: fusable elementwise op
+    scalar: str | Callable[[dict[str, Any]], str] | None = None   # C over {0}, {1} (or attrs -> it): fusable
     domain: str = "real"                      # gradient-check inputs: real, positive, separated
     samples: tuple[Sample, ...] = ()
     int_bounds: Callable[[list[Node]], dict[int, shapes.Dim]] | None = None   # operand -> the dim its ints lie below
@@ -155,6 +155,12 @@ class OpDef:
         if self.chain is None:
             return self.in_place
         return not any(o.isdigit() for _, *operands in self.chain(attrs)[1:] for o in operands)
+
+    def c_expression(self, operands: Sequence[str], attrs: dict[str, Any]) -> str:
+        """The C form over the operands' C expressions (a fused kernel's line)."""
+        template = self.scalar(attrs) if callable(self.scalar) else self.scalar
+        assert template is not None, f"{self.name} has no C form"
+        return template.format(*operands, **attrs)
 
     def compute(self, args: Sequence[Any], attrs: dict[str, Any]) -> np.ndarray:
         """Run the op on concrete float64 numpy arrays with the very code the numpy backend
@@ -255,7 +261,7 @@ def python_form(steps: tuple[Step, ...]) -> str | None:
 
 
 def elementwise(name: str, arity: int, steps: tuple[Step, ...] | Callable[[dict], tuple[Step, ...]],
-                scalar: str | None = None, **kw: Any) -> OpDef:
+                scalar: str | Callable[[dict[str, Any]], str] | None = None, **kw: Any) -> OpDef:
     """An elementwise op, emitted as a chain of numpy ufunc calls that run in place in its
     result; whether that result may overwrite an operand follows from the chain
     (:meth:`OpDef.may_overwrite`), so it cannot be declared. Its C form is derived from the
