@@ -403,7 +403,7 @@ def _loop(G: Graph, model: Model, group: tuple, instances: list[int], bodies: di
 
 def _rereads(node) -> bool:
     """Whether a statement reads an operand again after it first writes its result: a chain
-    whose later steps read an operand (leaky_relu's ``x + (alpha - 1) * min(x, 0)``). Where
+    whose later steps read an operand (leaky_relu's ``max(alpha * x, x)``). Where
     that operand is the value it carries on, the loop body writes both under one name, so the
     statement reads the value carried in under a name of its own (a ``carried_in`` Ref)."""
     return REGISTRY[node.op].chain is not None and not REGISTRY[node.op].may_overwrite(dict(node.attrs))
