@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -212,26 +212,30 @@ class Optimizer:
         return value if isinstance(value, Optimizer) else cls(value)
 
 
-def check_optimizer(name: str, hyper: Mapping[str, float], clip_norm: float | None) -> None:
-    """Reject unknown optimisers, unknown hyperparameters and values outside their domain."""
+def check_optimizer(name: str, hyper: Mapping[str, float], clip_norm: float | None,
+                    spelled: Callable[[str], str] = str) -> None:
+    """Reject unknown optimisers, unknown hyperparameters and values outside their domain;
+    ``spelled`` writes a hyperparameter's name as the caller gave it (``--beta1`` on the CLI)."""
     if name not in OPTIMIZERS:
         raise NNError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
     known = dict(OPTIMIZERS[name].hyper)
     for key, value in hyper.items():
         if key not in known:
-            takes = ", ".join(known) or "no hyperparameters"
-            raise NNError(f"the {name} optimizer has no hyperparameter {key!r} (it takes {takes})")
+            takes = ", ".join(map(spelled, known)) or "no hyperparameters"
+            has = [other for other, spec in OPTIMIZERS.items() if key in dict(spec.hyper)]
+            hint = f"; {', '.join(has)} {'has' if len(has) == 1 else 'have'} it" if has else ""
+            raise NNError(f"the {name} optimizer has no hyperparameter '{spelled(key)}' (it takes {takes}){hint}")
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-            raise NNError(f"{key} must be a finite number, not {value!r}")
+            raise NNError(f"{spelled(key)} must be a finite number, not {value!r}")
         if key in ("momentum", "beta1", "beta2", "decay_rate") and not 0 <= value < 1:
-            raise NNError(f"{key} must lie in [0, 1), not {value!r}")
+            raise NNError(f"{spelled(key)} must lie in [0, 1), not {value!r}")
         if key == "eps" and value <= 0:
-            raise NNError(f"eps must be positive, not {value!r}")
+            raise NNError(f"{spelled(key)} must be positive, not {value!r}")
         if key == "weight_decay" and value < 0:
-            raise NNError(f"weight_decay must not be negative, not {value!r}")
+            raise NNError(f"{spelled(key)} must not be negative, not {value!r}")
     if clip_norm is not None and (isinstance(clip_norm, bool) or not isinstance(clip_norm, (int, float))
                                   or not math.isfinite(clip_norm) or clip_norm <= 0):
-        raise NNError(f"clip_norm must be a positive number, not {clip_norm!r}")
+        raise NNError(f"{spelled('clip_norm')} must be a positive number, not {clip_norm!r}")
 
 
 def emit_optimizer(name: str, param_names: Iterable[str], *, clip_norm: float | None = None,

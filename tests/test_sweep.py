@@ -287,6 +287,8 @@ def test_user_mistakes_are_errors_not_tracebacks(folder: Path) -> None:
                        (["sweep", "tiny.nn", "--space", "rg=uniform(0,1)"], "the ones that exist: batch-size"),
                        (["sweep", "tiny.nn", "--space", "lr=uniform(0.1,1)", "--val-split", "0"],
                         "--val-split must be above 0"),
+                       (["sweep", "tiny.nn", "--space", "momentum=uniform(0.5,0.9)"],   # adam's, the default
+                        "the adam optimizer has no hyperparameter '--momentum'"),
                        (["sweep", "--show", "--out", "nowhere"], "no study here: nowhere/journal.log does not exist"),
                        (["sweep", "tiny.nn", "--space", "lr=uniform(0.1,1)", "--storage", "mysql://x@127.0.0.1:1/db"],
                         "--storage mysql://")]:
@@ -294,6 +296,22 @@ def test_user_mistakes_are_errors_not_tracebacks(folder: Path) -> None:
         assert result.returncode == 1 and f"nncompile: error: " in result.stderr and says in result.stderr, result
         assert "Traceback" not in result.stderr
     assert not (folder / "nowhere").exists()
+
+
+def test_a_space_whose_trials_all_fail_stops_after_a_run_of_failures_not_never(folder: Path) -> None:
+    """A trial that fails is recorded and the sweep goes on; but where the last FAILURES_IN_A_ROW
+    all failed (here every width but the data's 64), the worker stops rather than draw forever."""
+    from nncompile.sweep.worker import FAILURES_IN_A_ROW
+
+    write_nn(folder, "wide.nn", TINY.replace("const reg = 1e-3", "const reg = 1e-3\nconst D = 64")
+             .replace("float[N, 64]", "float[N, D]").replace("[64, 10]", "[D, 10]"))
+    done = cli("sweep", "wide.nn", "--out", "s", "--sampler", "random", "--epochs", "1", "--trials", "2",
+               "--space", "D=int(16,32)", cwd=folder, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done
+    assert f"nncompile: error: the last {FAILURES_IN_A_ROW} trials all failed, the last one with: " in done.stderr
+    with open(folder / "s" / "trials.csv") as table:
+        rows = list(csv.DictReader(table))
+    assert len(rows) == FAILURES_IN_A_ROW and {row["state"] for row in rows} == {"FAIL"}, rows
 
 
 def test_without_optuna_the_sweep_says_how_to_install_it(folder: Path, monkeypatch, capsys) -> None:

@@ -2,9 +2,10 @@
 
 Each trial is a run of the trainer (:func:`nncompile.train.command.run`) with the trial's
 values, written to its own run directory SWEEP_DIR/trial-NNNN. The objective (by default the
-validation data loss, without regularisation) after each validated epoch is reported to Optuna, whose pruner may stop the trial there (PRUNED).
-A trial that raises is FAIL with its error recorded, and the worker goes on. A Ctrl-C or
-SIGTERM stops the trial under way at its next step (a second one at once), marks it FAIL,
+validation data loss, without regularisation) after each validated epoch is reported to
+Optuna, whose pruner may stop the trial there (PRUNED). A trial that raises is FAIL with its
+error recorded, and the worker goes on, unless its last FAILURES_IN_A_ROW trials all failed:
+then it stops (exit 1), for a space none of whose trials train never ends. A Ctrl-C or SIGTERM stops the trial under way at its next step (a second one at once), marks it FAIL,
 enqueues its params again and stops the worker (exit 130); restarting the same command
 continues the study.
 
@@ -36,6 +37,7 @@ from .settings import Model, trial_settings
 from .space import Space, Value
 from .study import Watch, optuna_module, retry
 
+FAILURES_IN_A_ROW = 10   # a worker whose last this many trials all failed stops: its space does not train
 POLL_SECONDS = 0.5     # how often a worker waiting for other workers' last trials looks again
 PLOT_SECONDS = 30.0    # trials.png is drawn again after a trial at most this often (trials.csv after each)
 SURPLUS = "nncompile:surplus"
@@ -67,7 +69,7 @@ def work(sweep: Sweep, study: Any) -> int:
     weakref callback, say)."""
     optuna = optuna_module()
     state = optuna.trial.TrialState
-    waited, drawn = False, -math.inf
+    waited, drawn, failures = False, -math.inf, 0
     with deferred_interrupts() as stop, _terminate_as_interrupt(), Watch(study, sweep.stale_after) as watch:
         while True:
             if stop.requested:
@@ -90,9 +92,15 @@ def work(sweep: Sweep, study: Any) -> int:
                 if _surplus(study, trial, sweep.trials):
                     study.tell(trial, state=state.FAIL)
                     continue
-                run_trial(sweep, study, trial, stop)
+                why = run_trial(sweep, study, trial, stop)
             finally:
                 watch.own(None)
+            failures = failures + 1 if why is not None else 0
+            if failures >= FAILURES_IN_A_ROW:
+                write_outputs(study, sweep.space, sweep.out)
+                raise NNError(f"the last {failures} trials all failed, the last one with: {why}; a space whose "
+                              "trials fail cannot be swept: fix --space or the settings (trials.csv lists each "
+                              "trial's error)")
             draw = time.monotonic() >= drawn + PLOT_SECONDS
             write_outputs(study, sweep.space, sweep.out, draw=draw)
             drawn = time.monotonic() if draw else drawn
@@ -125,9 +133,10 @@ def _surplus(study: Any, trial: Any, n: int) -> bool:
     return True
 
 
-def run_trial(sweep: Sweep, study: Any, trial: Any, stop: Stop | None = None) -> None:
-    """Train one trial and tell the study how it went. A Ctrl-C asked for (``stop``) while the
-    trial was under way fails it, however far it had come."""
+def run_trial(sweep: Sweep, study: Any, trial: Any, stop: Stop | None = None) -> str | None:
+    """Train one trial and tell the study how it went: returns why it failed, None where it
+    did not. A Ctrl-C asked for (``stop``) while the trial was under way fails it, however far
+    it had come."""
     from ..train.command import run
 
     optuna = optuna_module()
@@ -160,7 +169,7 @@ def run_trial(sweep: Sweep, study: Any, trial: Any, stop: Stop | None = None) ->
     except optuna.TrialPruned as pruned:
         _tell(study, trial, state=state.PRUNED)
         sweep.say(f"{shown}: {pruned}")
-        return
+        return None
     except KeyboardInterrupt:
         _interrupted(sweep, study, trial, shown)
         raise
@@ -168,9 +177,8 @@ def run_trial(sweep: Sweep, study: Any, trial: Any, stop: Stop | None = None) ->
         if stop is not None and stop.requested:   # ... unless the user stopped it meanwhile: then as a Ctrl-C
             _interrupted(sweep, study, trial, shown)
             raise KeyboardInterrupt from exc
-        _failed(study, trial, exc.message if isinstance(exc, NNError) else f"{type(exc).__name__}: {exc}",
-                sweep.say, shown)
-        return
+        return _failed(study, trial, exc.message if isinstance(exc, NNError) else f"{type(exc).__name__}: {exc}",
+                       sweep.say, shown)
     finally:
         if run_dir.is_dir():
             write_text(run_dir / "train.log", "".join(line + "\n" for line in lines))
@@ -178,9 +186,8 @@ def run_trial(sweep: Sweep, study: Any, trial: Any, stop: Stop | None = None) ->
     value = objective(sweep.objective, *((report.val.data_loss, report.val.loss, report.val.acc) if report.val
                                          else (None, None, None)))
     if value is None:
-        _failed(study, trial, f"no validation {words(sweep.objective)} to rank the trial by"
-                + f" ({OBJECTIVES[sweep.objective][1]})", sweep.say, shown)
-        return
+        return _failed(study, trial, f"no validation {words(sweep.objective)} to rank the trial by"
+                       + f" ({OBJECTIVES[sweep.objective][1]})", sweep.say, shown)
     trial.set_user_attr("val_acc", report.val.acc)
     trial.set_user_attr("epochs", report.epochs)
     trial.set_user_attr("seconds", round(seconds, 3))
@@ -189,6 +196,7 @@ def run_trial(sweep: Sweep, study: Any, trial: Any, stop: Stop | None = None) ->
     loss = f"validation {words(sweep.objective)} {value:.4f}" if sweep.objective != "error" else \
         f"validation loss {report.val.loss:.4f}" if report.val.loss is not None else "no validation loss"
     sweep.say(f"{shown}: {loss}{acc} after {report.epochs} epochs ({seconds:.1f}s)")
+    return None
 
 
 def objective(kind: str, data_loss: float | None, loss: float | None, acc: float | None) -> float | None:
@@ -209,10 +217,11 @@ def _interrupted(sweep: Sweep, study: Any, trial: Any, shown: str) -> None:
     sweep.say(f"{shown}: interrupted; its values are queued again: run the same command to continue the sweep")
 
 
-def _failed(study: Any, trial: Any, why: str, say: Callable[[str], None], shown: str) -> None:
+def _failed(study: Any, trial: Any, why: str, say: Callable[[str], None], shown: str) -> str:
     trial.set_user_attr("error", why)
     _tell(study, trial, state=optuna_module().trial.TrialState.FAIL)
     say(f"{shown}: failed: {why}")
+    return why
 
 
 def _tell(study: Any, trial: Any, **outcome: Any) -> None:

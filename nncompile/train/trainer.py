@@ -38,7 +38,7 @@ from ..compiler import compile_file, load_module
 from ..errors import NNError
 from ..gradcheck import TOLERANCE
 from ..monitor import Monitor
-from ..optim import Optimizer
+from ..optim import Optimizer, check_optimizer
 from .checkpoint import TrainState
 from .cadence import CHECKPOINT_EVERY, LOG_EVERY, Cadence
 from .data import (
@@ -100,6 +100,7 @@ class TrainConfig:
         if self.normalize is not None and self.normalize not in NORMALIZE:
             raise NNError(f"--normalize must be one of {', '.join(NORMALIZE)}, not {self.normalize!r}")
         make_schedule(self.schedule, self.lr, 1, self.epochs)   # a bad --schedule fails before any work
+        check_optimizer(self.optimizer, self.hyper, self.clip_norm, spelled=lambda key: "--" + key.replace("_", "-"))
         if self.backend not in BACKENDS:
             raise NNError(f"--backend must be {' or '.join(BACKENDS)}, not {self.backend!r}")
         if self.val_every is not None and (not isinstance(self.val_every, int) or self.val_every < 1):
