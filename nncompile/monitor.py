@@ -23,9 +23,9 @@ from .health import Health, OptimiserStep, Thresholds, check
 def run_step(run: Any, lr: float | None = None) -> OptimiserStep:
     """The optimiser step a trained run (:func:`nncompile.runs.load_run`) would take next: its
     module, its optimiser state (the checkpoint's: the last epoch's, while params.npz may hold
-    the best epoch's) and its learning rate (the schedule's at that step, or ``lr``)."""
+    the best epoch's) and its learning rate (the run's --lr, or ``lr``): a schedule's rate,
+    annealed to 0 at the end of a cosine run, would make every trained run's step look too slow."""
     from .train.checkpoint import load_checkpoint
-    from .train.schedules import make_schedule, steps_per_epoch
 
     folder = Path(run.directory)
     if not hasattr(run.module, "apply_update"):
@@ -38,12 +38,7 @@ def run_step(run: Any, lr: float | None = None) -> OptimiserStep:
             raise NNError(f"--lr must be a positive number, not {lr!r}")
         return OptimiserStep(run.module, lr, opt)
     settings = run.config.get("settings", {}).get("config", {})
-    lr = float(settings.get("lr", run.config.get("lr", 1e-3)))
-    examples = run.config.get("train_examples")
-    if opt is not None and settings.get("schedule") and examples:
-        per_epoch = steps_per_epoch(examples, settings["batch_size"])   # the run's config.json records the whole config
-        lr = float(make_schedule(settings["schedule"], lr, per_epoch, settings.get("epochs", 1))(int(opt["step"])))
-    return OptimiserStep(run.module, lr, opt)
+    return OptimiserStep(run.module, float(settings.get("lr", run.config.get("lr", 1e-3))), opt)
 
 
 def plain_step(model: str | Path, lr: float, optimizer: str = "sgd", dtype: str | None = None) -> OptimiserStep:

@@ -402,20 +402,26 @@ def test_an_activation_off_the_path_to_the_loss_is_not_judged(tmp_path: Path) ->
     """), {"N": "64"})), "saturated")["p"][1] == "bad"   # no loss: judged where it is
 
 
-def test_a_runs_step_takes_its_optimiser_state_and_its_scheduled_learning_rate(run_cli, tmp_path: Path,
-                                                                               blobs: Path) -> None:
+def test_a_runs_step_takes_its_optimiser_state_and_its_own_lr_not_the_schedules(run_cli, tmp_path: Path,
+                                                                                blobs: Path) -> None:
+    """The step is the next one training would take, at the run's --lr: a schedule annealed to 0
+    (cosine's end) would make every trained run's update ratio read as too slow."""
     from nncompile.monitor import run_step
     from nncompile.runs import load_run
     from nncompile.train.checkpoint import load_checkpoint
 
     path = write_nn(tmp_path, "net.nn", RELU_NET)
     done = run_cli("train", path, "--data", blobs, "--epochs", "4", "--batch-size", "50", "--lr", "0.01",
-                   "--schedule", "step:every=2,gamma=0.1", "--out", tmp_path / "run")
+                   "--schedule", "cosine", "--out", tmp_path / "run")
     assert done.returncode == 0, done
+    assert "Δ/w 0.0e+00" not in done.stdout and "too slow" not in done.stdout, done.stdout
     run = load_run(tmp_path / "run")
     step = run_step(run)
     saved = load_checkpoint(tmp_path / "run" / "checkpoint.npz", run.module.SLOTS)[0].opt
     assert step.opt_state["step"] == saved["step"] == 16   # 4 epochs of ceil(162 / 50) steps
     np.testing.assert_array_equal(step.opt_state["m"]["fc1.W"], saved["m"]["fc1.W"])
-    assert step.lr == pytest.approx(0.01 * 0.1 ** 2)   # at step 16, 4 epochs in: decayed twice
-    assert run_step(run, lr=0.5).lr == 0.5 and "adam step, lr 0.0001" in step.describe()
+    assert step.lr == 0.01   # cosine's rate at step 16 of 16 is 0
+    assert run_step(run, lr=0.5).lr == 0.5 and "adam step, lr 0.01" in step.describe()
+    health = json.loads((tmp_path / "run" / "summary.json").read_text())["health"]
+    ratios = [value for key, value in health.items() if key.startswith("health/update_ratio/")]
+    assert ratios and all(value > 1e-4 for value in ratios), health

@@ -211,8 +211,7 @@ def run(model: str | Path, *, data: str = "digits", mapping: dict[str, str] | st
     else:
         say("matplotlib is not installed, so no curves.png (pip install 'nncompile[train]')")
     monitor = trainer.health_monitor(train)   # once the run's files are written: a last look at its params
-    health = None if monitor is None else monitor.measure(final, final_state, state.opt,
-                                                          trainer.schedule(len(train))(state.step))
+    health = None if monitor is None else monitor.measure(final, final_state, state.opt, trainer.config.lr)
     report.health = health
     if health is not None:
         say(f"health of the kept params on {monitor.examples} training examples: {health.summary()} "

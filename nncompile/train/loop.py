@@ -169,7 +169,7 @@ def train_epochs(trainer: Trainer, train: Dataset, val: Dataset | None, state: T
                     logged = epoch == 1 or last or lines.due_after(epoch)
                     note = ""
                     if logged and monitor is not None and monitor.due():   # into the record, and a word if off
-                        health = monitor.measure(state.params, state.model_state, state.opt, schedule(state.step))
+                        health = monitor.measure(state.params, state.model_state, state.opt, trainer.config.lr)
                         record.update(health.record())
                         note = health.note()
                     history.append(record)
