@@ -19,7 +19,7 @@ import numpy as np
 from .compiler import load_module
 from .errors import NNError
 from .train.checkpoint import read_npz
-from .train.data import Dataset, bind, load_source, mapping_for, parse_mapping, split
+from .train.data import Dataset, RawData, bind, load_source, mapping_for, parse_mapping, split
 from .train.objective import Objective
 from .train.runfiles import PREDICT_FILE
 from .train.trainer import EVAL_CHUNK
@@ -73,8 +73,9 @@ class Run:
         except (TypeError, ValueError) as exc:   # the module's own message: a missing input, a wrong shape
             raise NNError(f"{exc}", file=str(self.directory / "model.py")) from None
 
-    def accuracy(self, predicted: np.ndarray, data: Dataset) -> float | None:
+    def accuracy(self, predicted: np.ndarray, data: Dataset | RawData | Mapping[str, Any]) -> float | None:
         """The fraction of ``data``'s examples classified right; None without classes or labels."""
+        data = self.dataset(data)
         if self.kind not in ("classes", "binary") or self.labels not in data.arrays or not len(data):
             return None
         truth = data.arrays[self.labels]
@@ -82,12 +83,13 @@ class Run:
             truth = (truth.reshape(len(truth), -1)[:, 0] > 0.5).astype(np.int64)
         return float((np.asarray(predicted) == truth).mean())
 
-    def loss(self, data: Dataset) -> float | None:
+    def loss(self, data: Dataset | RawData | Mapping[str, Any]) -> float | None:
         """The model's mean loss on ``data``'s examples, as training reports its val loss: the
         LOSS output in eval mode over the same chunks, or where eval mode has none (a loss
         written in a train { } block), the data loss as the trainer computed it (a scalar
         ``data_loss`` output, else the loss op of predict.json's ``loss_op`` on its output and
         targets). None where the data lacks an input the model reads (the targets)."""
+        data = self.dataset(data)
         name = getattr(self.module, "LOSS", None)
         needed = [k for k in self.module.INPUTS if k in data.arrays or k not in self.module.DEFAULTS]
         if name is None or not len(data) or any(k not in data.arrays for k in needed):
@@ -104,6 +106,18 @@ class Run:
                 return None
             total += loss * len(next(iter(chunk.values())))
         return total / len(data)
+
+    def dataset(self, data: Dataset | RawData | Mapping[str, Any]) -> Dataset:
+        """``data`` as a Dataset: arrays keyed by the model's input names (a dict of them works),
+        or what ``load_digits()`` and ``load_source()`` return, bound as the run's training read it."""
+        if isinstance(data, Dataset):
+            return data
+        if isinstance(data, RawData):
+            return bind_for(self, data)
+        if isinstance(data, Mapping):
+            return Dataset.from_arrays(data)
+        raise NNError(f"give a Dataset, a dict of arrays by input name or what load_digits() returns, "
+                      f"not {type(data).__name__}")
 
     def _chunk_loss(self, name: str, outputs: dict[str, Any], chunk: dict[str, np.ndarray]) -> float | None:
         """One chunk's loss, as ``Trainer.evaluate`` takes it."""
@@ -180,6 +194,19 @@ def load_run(directory: str | Path) -> Run:
                described.get("labels"), described.get("loss_op"))
 
 
+def bind_for(run: Run, raw: RawData, mapping: dict[str, str] | None = None) -> Dataset:
+    """``raw`` bound to the run's inputs: with its labels where it has them (checked as
+    training checks them: a bad label is an error), else the data inputs alone; by default
+    with the run's own --map, as training read --test-data with it."""
+    if mapping is None:
+        mapping = mapping_for(raw, dict(run.config.get("map") or {}),
+                              str(run.config.get("data")).lower().endswith(".csv"))
+    targets = [name for name in run.module.INPUTS if name not in run.module.PREDICT_INPUTS]   # labels, say
+    if any(mapping.get(name, name) in raw.arrays for name in targets) or raw.roles.get("labels"):
+        return bind(raw, run.module, mapping)
+    return bind(raw, _PredictInputs(run.module), {k: v for k, v in mapping.items() if k in run.inputs})
+
+
 def read_data(run: Run, spec: str | None = None, mapping: dict[str, str] | None = None, part: str = "all") -> Dataset:
     """Examples to predict, read as ``nncompile train`` reads ``--data`` (raw, not yet
     normalised), with their labels where the source has them. ``part`` (train, val or test)
@@ -192,13 +219,7 @@ def read_data(run: Run, spec: str | None = None, mapping: dict[str, str] | None 
         raise NNError(f"--split {part} picks the run's own split of its data ({config.get('data')!r}), "
                       f"but --data is {spec!r}: leave out --data, or use --split all")
     raw = load_source(config["test_data"] if part == "test" and config.get("test_data") else spec)
-    if mapping is None:   # the run's own --map, as training read --test-data with it
-        mapping = mapping_for(raw, dict(config.get("map") or {}), str(config.get("data")).lower().endswith(".csv"))
-    targets = [name for name in run.module.INPUTS if name not in run.module.PREDICT_INPUTS]   # labels, say
-    if any(mapping.get(name, name) in raw.arrays for name in targets) or raw.roles.get("labels"):
-        data = bind(raw, run.module, mapping)   # checked as training checks it: a bad label is an error
-    else:   # no labels in the source: the data inputs alone
-        data = bind(raw, _PredictInputs(run.module), {k: v for k, v in mapping.items() if k in run.inputs})
+    data = bind_for(run, raw, mapping)
     if part == "all" or (part == "test" and config.get("test_data")):
         return data
     if run.labels is not None and run.labels not in data.arrays:

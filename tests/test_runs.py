@@ -129,6 +129,22 @@ def test_a_run_loads_with_numpy_alone_by_following_its_readme(digits_run: Path, 
     assert (labels == data.arrays["y"]).mean() == pytest.approx(_reported(digits_run, "test"), abs=1e-12)
 
 
+def test_loss_and_accuracy_take_a_dict_of_arrays_or_what_load_digits_returns(digits_run: Path) -> None:
+    from nncompile.runs import read_data
+    from nncompile.train.data import load_digits
+
+    run = nncompile.load_run(digits_run)
+    digits = load_digits()
+    loss = run.loss(read_data(run))
+    assert run.loss(digits) == run.loss(dict(digits.arrays)) == loss
+    assert run.loss({"X": digits.arrays["X"]}) is None   # no labels: no loss
+    labels = run.predict(digits.arrays["X"])
+    truth = digits.arrays["y"]
+    assert run.accuracy(labels, digits) == run.accuracy(labels, dict(digits.arrays)) == (labels == truth).mean()
+    with pytest.raises(NNError, match="give a Dataset, a dict of arrays by input name"):
+        run.loss([1, 2, 3])
+
+
 def test_cli_predict_writes_predictions_and_prints_the_reported_accuracy(digits_run: Path, tmp_path: Path) -> None:
     reported = _reported(digits_run, "test")
     done = cli("predict", digits_run, "--data", "digits", "--split", "test", "-o", tmp_path / "preds.csv")
