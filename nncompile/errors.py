@@ -74,6 +74,10 @@ class NNError(Exception):
     def __str__(self) -> str:
         return self.format()
 
+    def _render_traceback_(self) -> list[str]:
+        """What IPython (a notebook, the shell) shows for it: the diagnostic, not a traceback."""
+        return self.format().split("\n")
+
 
 class NoSecondDerivative(NNError):
     """A model asks for the second derivative of an op that declares it has none

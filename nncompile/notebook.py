@@ -30,14 +30,11 @@ USAGE = "%%nn NAME [--render] [--check] [--dtype float32|float64] [--set NAME=VA
 
 
 class CellError(NNError):
-    """A mistake in an ``%%nn`` cell. IPython shows what ``_render_traceback_`` returns in
-    place of a traceback: the error as the command line prints it."""
+    """A mistake in an ``%%nn`` cell, shown as every NNError is in IPython (its
+    ``_render_traceback_``): the error as the command line prints it, no traceback."""
 
     def __init__(self, error: NNError):
         super().__init__(error.message, error.loc, error.file, error.notes)
-
-    def _render_traceback_(self) -> list[str]:
-        return self.format().splitlines()
 
 
 class _Options(argparse.ArgumentParser):

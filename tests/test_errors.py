@@ -165,6 +165,11 @@ CASES: dict[str, Case] = {
         }
         output h
     """}, ["check", "m.nn"], points_at="h", line=5),
+    "stdlib_layer_without_its_import": Case({"m.nn": """
+        input X: float[N, 4]
+        h = dense(X, out=3)
+        output h
+    """}, ["check", "m.nn"], points_at="dense", line=2),
     "layer_local_only_its_train_block_defines": Case({"m.nn": """
         import nn
         input X: float[N, 4]

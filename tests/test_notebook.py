@@ -181,7 +181,8 @@ def test_in_a_kernel_the_magic_shows_svg_the_module_a_table_and_an_error_without
     from nbformat.v4 import new_code_cell, new_notebook
 
     cells = [new_code_cell("%load_ext nncompile"), new_code_cell(CIRCUIT_CELL), new_code_cell("circuit"),
-             new_code_cell(BAD_CELL, metadata={"tags": ["raises-exception"]}), new_code_cell("print('after')")]
+             new_code_cell(BAD_CELL, metadata={"tags": ["raises-exception"]}), new_code_cell("print('after')"),
+             new_code_cell("import nncompile\nnncompile.render('nope.nn')", metadata={"tags": ["raises-exception"]})]
     notebook = execute(new_notebook(cells=cells), tmp_path)
     nbformat.validate(notebook)
     assert kinds(notebook.cells[1]) == ["image/svg+xml", "text/plain"]
@@ -191,6 +192,8 @@ def test_in_a_kernel_the_magic_shows_svg_the_module_a_table_and_an_error_without
     assert "\n".join(error.traceback) == BAD_MESSAGE
     assert "Traceback" not in json.dumps(notebook)
     assert notebook.cells[4].outputs[0].text == "after\n"
+    (error,) = notebook.cells[5].outputs   # the Python API's errors too
+    assert error.ename == "NNError" and error.traceback == ["nncompile: error: nope.nn: no such file"], error
 
 
 def test_the_tutorial_runs_in_a_kernel_and_shows_diagrams_tables_and_curves() -> None:

@@ -13,6 +13,7 @@ from ..ops import REGISTRY, OpDef, constant
 from ..shapes import ShapeError, show
 from .constants import is_none, is_number, left_chain, neg_chain
 from .core import Scope
+from .imports import stdlib_layers
 
 if TYPE_CHECKING:
     from . import Elaborator
@@ -169,6 +170,10 @@ class Expressions:
             if call.func in INITIALIZERS:
                 raise NNError(f"{call.func}() is an initialiser: use it in a param declaration, "
                               f"like 'param W: [3, 4] = {call.func}()'", call.loc)
+            module = stdlib_layers().get(call.func)
+            if module is not None:
+                raise NNError(f"unknown op or layer '{call.func}': it is a layer of the standard library "
+                              f"module '{module}'; add 'import {module}' at the top of the file", call.loc)
             known = [n for n, d in REGISTRY.items() if d.public] + list(el.layers.defined)
             close = closest(call.func, known)
             raise NNError(f"unknown op or layer '{call.func}'" + (f"; did you mean '{close}'?" if close else ""),

@@ -1,6 +1,7 @@
 """Imports: files named by path or from the standard library, each read once, cycles refused."""
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -68,6 +69,14 @@ class Imports:
             scope.consts[name] = value
         self.importing.pop()
         self.imported.add(str(path))
+
+
+@functools.lru_cache(maxsize=None)
+def stdlib_layers() -> dict[str, str]:
+    """Each layer the standard library defines -> its module ('dense' -> 'nn'), for the hint
+    where a file calls one without importing it."""
+    return {stmt.name: path.stem for path in sorted(STDLIB.glob("*.nn")) for stmt in parse_file(path).body
+            if isinstance(stmt, syntax.Layer)}
 
 
 def _is_file(path: Path) -> bool:
