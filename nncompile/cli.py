@@ -199,6 +199,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_onnx
 
     args.output = args.file
+    if Path(args.file).suffix.lower() != ".onnx":
+        raise NNError(f"-o {args.file}: write the ONNX model to a .onnx file")
     _check_output(args)
     exported = export_onnx(args.model, args.file, params=args.params, state=args.state, outputs=args.outputs,
                            opset=args.opset, seed=args.seed, dtype=args.dtype, normalization=args.normalization)

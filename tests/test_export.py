@@ -480,6 +480,9 @@ def test_export_errors_are_for_people(tmp_path: Path, capsys) -> None:
         code, err = _main(capsys, "export", *args, "-o", out)
         assert code == 1 and err.startswith("nncompile: error: ") and message in err, err
     assert not out.exists(), "a failed export leaves no file"
+    code, err = _main(capsys, "export", digits, "-o", tmp_path / "model.txt")   # as predict refuses -o preds.txt
+    assert code == 1 and f"-o {tmp_path / 'model.txt'}: write the ONNX model to a .onnx file" in err, err
+    assert not (tmp_path / "model.txt").exists()
 
 
 def test_without_onnx_the_package_works_and_export_says_how_to_install_it(tmp_path: Path) -> None:

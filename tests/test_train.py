@@ -5,13 +5,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES, cli, write_nn
+from conftest import EXAMPLES, ROOT, cli, write_nn
 from test_gradcheck import DEEP
 
 from nncompile.compiler import compile_file, load_module
@@ -584,3 +585,18 @@ def test_the_data_loss_is_what_the_loss_op_computes(tmp_path: Path, inputs: str,
     module = load_module(compile_file(path, dtype="float64"), "m")
     expected = module.value_and_grad({}, s=s, **targets)[0]["loss"]
     assert objective.data_loss(s.astype(np.float32), *targets.values()) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_the_quick_start_prints_what_docs_training_md_shows(tmp_path: Path) -> None:
+    """The page's first command, run as a user runs it: its output is the page's, line for line,
+    but for timings (and the page's '...' for the lines between the first epoch and the last)."""
+    page = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
+    shown = page.split("## Quick start", 1)[1].split("```\n")[3].splitlines()
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "digits_mlp.nn").write_bytes((EXAMPLES / "digits_mlp.nn").read_bytes())
+    done = cli("train", "examples/digits_mlp.nn", "--data", "digits", cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done
+
+    def untimed(lines: list[str]) -> list[str]:
+        return [re.sub(r"\d+\.\d+s$", "TIME", line) for line in lines if line != "..."]
+    assert untimed(done.stdout.splitlines()) == untimed(shown)
