@@ -216,20 +216,21 @@ def test_one_pass_over_the_labels_catches_both_ends(bad: int, compile_nn) -> Non
 
 
 def test_constants_asked_for_in_any_order_hold_their_values(compiled) -> None:
-    # hvp asks for zeros of [N, 4] and [N, 1], then ones, then zeros of [N, 2] (leaky_relu's
-    # minimum, needed only by the late svm_loss): each name must be bound to its own array
+    # hvp asks for zeros of [N, 4] and [N, 1], then ones, then zeros of [N, 2] (relu's maximum,
+    # needed only by the late svm_loss): each name must be bound to its own array
     m, source = compiled("""
         import nn
         input Z: float[N, 1]
         input y: int[N]
         v2 = mlp(Z, hidden=4, out=2, depth=2) as M1
-        v3 = leaky_relu(v2, alpha=0.1)
+        v3 = relu(v2)
         v5 = mlp(v2, hidden=1, out=1, depth=2) as M4
         loss = sum(v5) + svm_loss(v3, y)
         minimize loss
     """, dtype="float64")
     hvp = function_text(source, "hvp")
-    assert re.search(r"np\.minimum\(\w+, zeros", hvp).start() > hvp.index("np.matmul(ones, ")   # after the ones
+    late = [m.start() for m in re.finditer(r"np\.maximum\(\w+, zeros", hvp)][-1]   # v3's relu
+    assert late > hvp.index("np.matmul(ones, ")   # after the ones
     rng = np.random.default_rng(4)
     params, Z, y = m.init_params(1), rng.standard_normal((2, 1)), np.array([0, 1])
     v = {k: rng.standard_normal(p.shape) for k, p in params.items()}
