@@ -461,6 +461,13 @@ def test_resume_refuses_other_settings_or_a_missing_checkpoint(files: dict[str, 
     run(files["mlp"], data=str(files["data"]), config=small(epochs=1), out=tmp_path / "run")
     with pytest.raises(NNError, match=r"settings differ from the checkpoint's \(lr: was 0.01, now 0.02\)"):
         run(files["mlp"], data=str(files["data"]), config=small(epochs=2, lr=2e-2), out=tmp_path / "run", resume=True)
+    with pytest.raises(NNError, match=r"\(optimizer: was 'adam', now 'sgd'\)$"):   # not the modules' digests
+        run(files["mlp"], data=str(files["data"]), config=small(epochs=2, optimizer="sgd"), out=tmp_path / "run",
+            resume=True)
+    changed = tmp_path / "changed.nn"
+    changed.write_text(files["mlp"].read_text() + "\n# a comment the module quotes\n")
+    with pytest.raises(NNError, match=r"\(the model compiles to another module: its .nn file, or a file it imports"):
+        run(changed, data=str(files["data"]), config=small(epochs=2), out=tmp_path / "run", resume=True)
     with pytest.raises(NNError, match="no checkpoint to resume from"):
         run(files["mlp"], data=str(files["data"]), config=small(), out=tmp_path / "empty", resume=True)
 

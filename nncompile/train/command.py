@@ -240,7 +240,10 @@ def _resumed(trainer: Trainer, run_dir: Path, fingerprint: dict[str, Any], confi
     state = trainer.laid_out(state, run_dir / "checkpoint.npz") if trainer.xp is np else state
     changed = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
     if changed:
-        details = "; ".join(f"{k}: was {saved.get(k)!r}, now {fingerprint.get(k)!r}" for k in changed)
+        # The module's digest changes with the optimiser too: said alone, where nothing else explains it.
+        details = "; ".join(f"{k}: was {saved.get(k)!r}, now {fingerprint.get(k)!r}"
+                            for k in changed if k != "module_sha256") \
+            or "the model compiles to another module: its .nn file, or a file it imports, has changed"
         raise NNError(f"cannot resume: this run's settings differ from the checkpoint's ({details})",
                       file=str(run_dir / "checkpoint.npz"))
     _check_more_epochs(state, config.epochs, say)
