@@ -7,6 +7,7 @@ a file, ``nncompile: error: ...``) on stderr and exit code 1; output files are w
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import sys
@@ -420,8 +421,24 @@ class _WarningPrinter:
             print(text, file=sys.stderr, end="")
 
 
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The arguments; an unknown option gets the command's closest one as a hint
+    (``--bach-size``: did you mean --batch-size?), which argparse does not give."""
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+        options = [o for action in command._actions for o in action.option_strings if o.startswith("--")]
+        close = [difflib.get_close_matches(extra.split("=")[0], options, n=1, cutoff=0.75)
+                 for extra in extras if extra.startswith("--")]
+        hints = [f"{extra.split('=')[0]}: did you mean {found[0]}?"
+                 for extra, found in zip([e for e in extras if e.startswith("--")], close) if found]
+        command.error(f"unrecognized arguments: {' '.join(extras)}" + (f" ({'; '.join(hints)})" if hints else ""))
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         with warnings.catch_warnings():

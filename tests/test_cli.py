@@ -72,6 +72,17 @@ def test_usage_errors_exit_nonzero_without_traceback(run_cli) -> None:
         assert "usage:" in result.stderr
 
 
+def test_a_mistyped_option_gets_the_commands_closest_one_and_its_usage(run_cli) -> None:
+    result = run_cli("train", EXAMPLES / "digits_mlp.nn", "--bach-size", "32", "--zzz")
+    assert result.returncode == 1 and result.stderr.startswith("usage: nncompile train "), result
+    assert result.stderr.endswith("nncompile: error: unrecognized arguments: --bach-size 32 --zzz "
+                                  "(--bach-size: did you mean --batch-size?)\n"), result.stderr
+    result = run_cli("eval", EXAMPLES / "circuit.nn", "--jsn=1")
+    assert "(--jsn: did you mean --json?)" in result.stderr and result.returncode == 1, result
+    result = run_cli("eval", EXAMPLES / "circuit.nn", "extra")
+    assert result.stderr.endswith("nncompile: error: unrecognized arguments: extra\n"), result.stderr
+
+
 # ---- eval -----------------------------------------------------------------------------
 
 def test_eval_circuit_json(run_cli) -> None:
