@@ -193,11 +193,19 @@ def weights_for(fn, inputs: dict[str, np.ndarray], seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", list(TIES), ids=list(TIES))
 def test_kinks_and_ties_follow_the_documented_rule(case: str, dtype: str, torch, tmp_path: Path) -> None:
-    statement, inputs, fn = TIES[case]
+    compare_weighted(TIES[case], dtype, tmp_path)
+
+
+def compare_weighted(case: tuple, dtype: str, tmp_path: Path, tol: Tolerance | None = None) -> None:
+    """A table's case (statement, inputs, its PyTorch twin) as ``loss = sum(out * w)``, against
+    PyTorch with two sets of weights."""
+    statement, inputs, fn = case
     inputs = {k: np.asarray(v) for k, v in inputs.items()}
     w = weights_for(fn, inputs)
-    path = write_nn(tmp_path, "tie.nn", weighted_model(statement, inputs, w.shape))
-    compare_with_torch(path, weighted(fn), {}, [{**inputs, "w": w}, {**inputs, "w": 1.7 - w}], dtype=dtype)
+    path = write_nn(tmp_path, "case.nn", weighted_model(statement, inputs, w.shape))
+    with np.errstate(invalid="ignore"):   # a loss over infinite outputs adds inf and -inf
+        compare_with_torch(path, weighted(fn), {}, [{**inputs, "w": w}, {**inputs, "w": 1.7 - w}], dtype=dtype,
+                           tol=tol)
 
 
 # ---- infinite inputs: the values PyTorch gives, and gradients that are not 0 * inf ----------
@@ -216,12 +224,7 @@ INFINITIES = {op: (f"out = {op}(x{''.join(f', {k}={v}' for k, v in attrs.items()
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", list(INFINITIES), ids=list(INFINITIES))
 def test_infinite_inputs_give_pytorchs_values_and_gradients(case: str, dtype: str, torch, tmp_path: Path) -> None:
-    statement, inputs, fn = INFINITIES[case]
-    inputs = {k: np.asarray(v) for k, v in inputs.items()}
-    w = weights_for(fn, inputs)
-    path = write_nn(tmp_path, "inf.nn", weighted_model(statement, inputs, w.shape))
-    with np.errstate(invalid="ignore"):   # the loss adds inf and -inf
-        compare_with_torch(path, weighted(fn), {}, [{**inputs, "w": w}], dtype=dtype)
+    compare_weighted(INFINITIES[case], dtype, tmp_path)
 
 
 # ---- where naive formulas lose precision: relative error only, however small the number ----
@@ -252,12 +255,7 @@ RELATIVE = {"float64": Tolerance(rtol=1e-9, atol=0.0), "float32": Tolerance(rtol
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", list(EXTREMES), ids=list(EXTREMES))
 def test_extreme_inputs_keep_their_relative_precision(case: str, dtype: str, torch, tmp_path: Path) -> None:
-    statement, inputs, fn = EXTREMES[case]
-    inputs = {k: np.asarray(v) for k, v in inputs.items()}
-    w = weights_for(fn, inputs)
-    path = write_nn(tmp_path, "extreme.nn", weighted_model(statement, inputs, w.shape))
-    compare_with_torch(path, weighted(fn), {}, [{**inputs, "w": w}, {**inputs, "w": 1.7 - w}], dtype=dtype,
-                       tol=RELATIVE[dtype])
+    compare_weighted(EXTREMES[case], dtype, tmp_path, tol=RELATIVE[dtype])
 
 
 # ---- the ops without gradient samples -------------------------------------------------------
